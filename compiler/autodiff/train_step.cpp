@@ -1,0 +1,173 @@
+// The training-step builder: loss, gradients and the optimizer update in one
+// graph. Update formulas follow torch.optim so results are comparable.
+#include "stepc/train.h"
+
+#include "stepc/autodiff.h"
+#include "stepc/builder.h"
+
+#include <fmt/format.h>
+
+#include <numbers>
+
+namespace stepc {
+namespace {
+
+constexpr std::pair<Optimizer::Kind, std::string_view> kOptimizerNames[] = {
+    {Optimizer::Kind::Sgd, "sgd"},         {Optimizer::Kind::Momentum, "momentum"},
+    {Optimizer::Kind::Nesterov, "nesterov"}, {Optimizer::Kind::RmsProp, "rmsprop"},
+    {Optimizer::Kind::Adam, "adam"},       {Optimizer::Kind::AdamW, "adamw"},
+};
+
+Value asDType(Value v, DType dtype) { return v.dtype() == dtype ? v : cast(v, dtype); }
+
+// The learning rate of this step, from the base rate and t = steps taken.
+Value scheduledRate(Value lr, Value t, const Schedule &s) {
+  switch (s.kind) {
+  case Schedule::Kind::Constant:
+    return lr;
+  case Schedule::Kind::Step: {
+    if (s.stepSize < 1)
+      throw Error(fmt::format("step schedule: step size must be >= 1, got {}", s.stepSize));
+    // floor(t / stepSize) in integers, then gamma^k.
+    GraphBuilder &b = *t.builder();
+    Value k = cast(div(cast(t, DType::I64), constant(b, double(s.stepSize), DType::I64)),
+                   DType::F32);
+    return lr * pow(scalarLike(lr, s.gamma), k);
+  }
+  case Schedule::Kind::Exponential:
+    return lr * pow(scalarLike(lr, s.gamma), t);
+  case Schedule::Kind::Cosine: {
+    if (s.totalSteps < 1)
+      throw Error(fmt::format("cosine schedule: total steps must be >= 1, got {}",
+                              s.totalSteps));
+    Value phase = cos(t * (std::numbers::pi / double(s.totalSteps)));
+    return (lr - s.minLr) * (phase + 1.0) * 0.5 + s.minLr;
+  }
+  }
+  throw std::logic_error("unknown schedule");
+}
+
+// Scales all gradients by min(1, maxNorm / (norm + 1e-6)), as
+// torch.nn.utils.clip_grad_norm_.
+void clipByGlobalNorm(std::vector<Value> &grads, double maxNorm) {
+  if (!(maxNorm > 0) || grads.empty())
+    return;
+  Value total;
+  for (const Value &g : grads) {
+    Value part = asDType(sum(square(g)), DType::F32);
+    total = total.valid() ? total + part : part;
+  }
+  Value norm = sqrt(total);
+  Value coef = minimum(maxNorm / (norm + 1e-6), scalarLike(norm, 1.0));
+  for (Value &g : grads)
+    g = g * asDType(coef, g.dtype());
+}
+
+} // namespace
+
+std::string_view optimizerName(Optimizer::Kind kind) {
+  for (const auto &[k, name] : kOptimizerNames)
+    if (k == kind)
+      return name;
+  return "?";
+}
+
+Optimizer::Kind parseOptimizerKind(std::string_view name) {
+  std::string known;
+  for (const auto &[k, n] : kOptimizerNames) {
+    if (n == name)
+      return k;
+    known += fmt::format("{}{}", known.empty() ? "" : ", ", n);
+  }
+  throw Error(fmt::format("unknown optimizer '{}'; expected one of: {}", name, known));
+}
+
+Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &opt) {
+  auto lossId = model.findOutput(loss);
+  if (!lossId)
+    throw Error(fmt::format("train_step: graph '{}' has no output '{}'", model.name, loss));
+  for (const char *reserved : {"lr", "step"})
+    if (model.findNamed(reserved))
+      throw Error(fmt::format("train_step: the model already has a value named '{}', which "
+                              "the training step needs for its own input or state",
+                              reserved));
+
+  GraphBuilder b(model);
+  std::vector<Value> params;
+  for (ValueId id : model.params())
+    if (isFloat(model.type(id).dtype))
+      params.push_back(b.value(id));
+  if (params.empty())
+    throw Error(fmt::format("train_step: graph '{}' has no floating-point parameters to train",
+                            model.name));
+
+  SourceLoc here("<train_step>", 0, 0);
+  here.origin = fmt::format("{} optimizer", optimizerName(opt.kind));
+  LocationScope scope(b, here);
+
+  Value lr = opt.lr ? constant(b, *opt.lr, DType::F32) : b.input("lr", DType::F32, {});
+  Value step = b.param("step", DType::I64, {}, Init::zeros());
+  std::vector<Value> grads = gradients(b.value(*lossId), params);
+  clipByGlobalNorm(grads, opt.clipNorm);
+
+  Value t = cast(step, DType::F32);
+  Value rate = scheduledRate(lr, t, opt.schedule);
+  Value t1 = t + 1.0; // Adam's bias correction counts this step
+
+  for (size_t i = 0; i < params.size(); ++i) {
+    Value p = params[i];
+    Value g = grads[i];
+    const std::string &name = b.graph().node(p.id()).name;
+    DType dtype = p.dtype();
+    Value lrP = asDType(rate, dtype);
+    auto state = [&](const char *suffix) {
+      return b.param(name + "." + suffix, dtype, p.shape(), Init::zeros());
+    };
+    if (opt.weightDecay != 0 && opt.kind != Optimizer::Kind::AdamW)
+      g = g + p * opt.weightDecay;
+
+    switch (opt.kind) {
+    case Optimizer::Kind::Sgd:
+      b.update(p, p - lrP * g);
+      break;
+    case Optimizer::Kind::Momentum:
+    case Optimizer::Kind::Nesterov: {
+      Value buf = state("buf");
+      Value next = buf * opt.momentum + g;
+      Value direction = opt.kind == Optimizer::Kind::Nesterov ? g + next * opt.momentum : next;
+      b.update(buf, next);
+      b.update(p, p - lrP * direction);
+      break;
+    }
+    case Optimizer::Kind::RmsProp: {
+      Value sq = state("sq");
+      Value next = sq * opt.alpha + square(g) * (1.0 - opt.alpha);
+      b.update(sq, next);
+      b.update(p, p - lrP * g / (sqrt(next) + opt.eps));
+      break;
+    }
+    case Optimizer::Kind::Adam:
+    case Optimizer::Kind::AdamW: {
+      Value m = state("m"), v = state("v");
+      Value base = p;
+      if (opt.kind == Optimizer::Kind::AdamW && opt.weightDecay != 0)
+        base = p * (1.0 - lrP * opt.weightDecay);
+      Value mNext = m * opt.beta1 + g * (1.0 - opt.beta1);
+      Value vNext = v * opt.beta2 + square(g) * (1.0 - opt.beta2);
+      Value correction1 = asDType(1.0 - pow(scalarLike(t1, opt.beta1), t1), dtype);
+      Value correction2 = asDType(1.0 - pow(scalarLike(t1, opt.beta2), t1), dtype);
+      Value denom = sqrt(vNext) / sqrt(correction2) + opt.eps;
+      b.update(m, mNext);
+      b.update(v, vNext);
+      b.update(p, base - (lrP / correction1) * mNext / denom);
+      break;
+    }
+    }
+  }
+  b.update(step, step + constant(b, 1.0, DType::I64));
+  Graph out = b.finish();
+  out.name = model.name + "_train_step";
+  return out;
+}
+
+} // namespace stepc

@@ -1,0 +1,133 @@
+// Initial parameter values from their initializers, and random graph inputs.
+// Both are counter-based (element i draws with counter i), so every backend
+// and thread count sees the same numbers for the same seed.
+#include "stepc/interpreter.h"
+#include "stepc/random.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace stepc {
+namespace {
+
+struct Fans {
+  double in = 1, out = 1;
+};
+
+// Fan-in/out as PyTorch computes them, with stepc's matmul(x, w) convention:
+// a rank-2 weight is [in, out] (PyTorch's Linear stores [out, in]); a conv
+// weight is [O, I, kh, kw, ...].
+Fans fans(const Shape &shape) {
+  switch (shape.size()) {
+  case 0: return {1, 1};
+  case 1: return {double(shape[0]), double(shape[0])};
+  case 2: return {double(shape[0]), double(shape[1])};
+  default: {
+    double receptive = 1;
+    for (size_t i = 2; i < shape.size(); ++i)
+      receptive *= double(shape[i]);
+    return {double(shape[1]) * receptive, double(shape[0]) * receptive};
+  }
+  }
+}
+
+// Fills `out` with draw(i) for element i, converted like a C++ cast
+// (integers round toward zero; bool is x != 0).
+template <class Draw> void fill(Tensor &out, Draw draw) {
+  for (int64_t i = 0; i < out.numel(); ++i)
+    out.setReal(i, draw(static_cast<uint64_t>(i)));
+}
+
+} // namespace
+
+Tensor initialTensor(const Init &init, const TensorType &type) {
+  Tensor out(type);
+  uint64_t seed = static_cast<uint64_t>(init.seed);
+  Fans f = fans(type.shape);
+  auto uniform = [&](double low, double high) {
+    fill(out, [&](uint64_t i) { return low + (high - low) * randomUniform(seed, i); });
+  };
+  auto normal = [&](double mean, double std) {
+    fill(out, [&](uint64_t i) { return mean + std * randomNormal(seed, i); });
+  };
+  switch (init.kind) {
+  case Init::Kind::Zeros: break; // Tensor starts zero-filled
+  case Init::Kind::Ones: fill(out, [](uint64_t) { return 1.0; }); break;
+  case Init::Kind::Constant: fill(out, [&](uint64_t) { return init.a; }); break;
+  case Init::Kind::Normal: normal(init.a, init.b); break;
+  case Init::Kind::Uniform: uniform(init.a, init.b); break;
+  case Init::Kind::HeNormal: normal(0, std::sqrt(2.0 / f.in)); break;
+  case Init::Kind::HeUniform: {
+    double bound = std::sqrt(6.0 / f.in);
+    uniform(-bound, bound);
+    break;
+  }
+  case Init::Kind::XavierNormal: normal(0, std::sqrt(2.0 / (f.in + f.out))); break;
+  case Init::Kind::XavierUniform: {
+    double bound = std::sqrt(6.0 / (f.in + f.out));
+    uniform(-bound, bound);
+    break;
+  }
+  }
+  return out;
+}
+
+TensorMap initialParams(const Graph &graph) {
+  TensorMap params;
+  for (ValueId id : graph.params()) {
+    const Node &node = graph.node(id);
+    Init init;
+    try {
+      init = Init::fromAttrs(node.attrs);
+    } catch (const Error &e) {
+      throw Error(locatedMessage(node.loc, fmt::format("param '{}': {}", node.name, e.what())));
+    }
+    params.emplace(node.name, initialTensor(init, node.type));
+  }
+  return params;
+}
+
+TensorMap randomInputs(const Graph &graph, uint64_t seed) {
+  TensorMap inputs;
+  std::vector<ValueId> ids = graph.inputs();
+  for (size_t k = 0; k < ids.size(); ++k) {
+    const Node &node = graph.node(ids[k]);
+    // Each input draws from its own stream, so adding an input leaves the
+    // values of the earlier ones unchanged.
+    uint64_t stream = randomBits(seed, k);
+    Tensor t(node.type);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      uint64_t counter = static_cast<uint64_t>(i);
+      switch (node.type.dtype) {
+      case DType::F32: {
+        // Rounding to float can carry a value just below 1 up to 1.0f.
+        float v = static_cast<float>(-1.0 + 2.0 * randomUniform(stream, counter));
+        t.data<float>()[i] = std::min(v, std::nextafter(1.0f, 0.0f));
+        break;
+      }
+      case DType::F64:
+        t.data<double>()[i] = -1.0 + 2.0 * randomUniform(stream, counter);
+        break;
+      case DType::I32:
+        t.data<int32_t>()[i] = static_cast<int32_t>(randomBits(stream, counter) % 10);
+        break;
+      case DType::I64:
+        // An i64 scalar is a seed (dropout): any value will do, and a full
+        // 64-bit one exercises the seed's whole range.
+        t.data<int64_t>()[i] =
+            node.type.rank() == 0 ? static_cast<int64_t>(randomBits(stream, counter))
+                                  : static_cast<int64_t>(randomBits(stream, counter) % 10);
+        break;
+      case DType::Bool:
+        t.data<uint8_t>()[i] = static_cast<uint8_t>(randomBits(stream, counter) >> 63);
+        break;
+      }
+    }
+    inputs.emplace(node.name, std::move(t));
+  }
+  return inputs;
+}
+
+} // namespace stepc

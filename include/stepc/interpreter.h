@@ -1,0 +1,50 @@
+// The reference interpreter: runs any verified graph op by op, naively, on
+// the host. It is the oracle that every pass and backend is tested against.
+#pragma once
+
+#include "stepc/graph.h"
+#include "stepc/tensor.h"
+
+#include <map>
+#include <string>
+
+namespace stepc {
+
+using TensorMap = std::map<std::string, Tensor, std::less<>>;
+
+// Initial values of every parameter, from their initializers.
+TensorMap initialParams(const Graph &graph);
+Tensor initialTensor(const Init &init, const TensorType &type);
+
+// Random values for every input of the graph, drawn from `seed`: floats
+// uniform in [-1, 1), integers in [0, 10) (for gather/one_hot/labels use
+// explicit inputs), bools 0/1, i64 scalars (dropout seeds) any value.
+TensorMap randomInputs(const Graph &graph, uint64_t seed);
+
+struct InterpretOptions {
+  // Refuse to allocate any single value larger than this (bytes).
+  size_t maxTensorBytes = size_t(8) << 30;
+};
+
+// Runs the graph. Every input and parameter must be given with its exact
+// name, dtype and shape, or stepc::Error names the one that is wrong.
+// Returns every graph output by name.
+TensorMap interpret(const Graph &graph, const TensorMap &inputs,
+                    const TensorMap &params, const InterpretOptions &options = {});
+
+// Runs one step of a graph with updates (a training step): returns the
+// outputs and then assigns each updated param its new value in `params`.
+// On an error `params` is left unchanged.
+TensorMap interpretStep(const Graph &graph, const TensorMap &inputs, TensorMap &params,
+                        const InterpretOptions &options = {});
+
+// As interpret(), but returns the value of every node (index = ValueId).
+std::vector<Tensor> interpretAll(const Graph &graph, const TensorMap &inputs,
+                                 const TensorMap &params,
+                                 const InterpretOptions &options = {});
+
+// The kernel of one op (one case per op; compiler/interp/kernels.cpp).
+// `node.type` is the result type; operands match the node's operand types.
+Tensor evaluateNode(const Node &node, std::span<const Tensor *const> operands);
+
+} // namespace stepc

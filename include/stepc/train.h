@@ -1,0 +1,58 @@
+// Training steps: one graph computes the loss, the gradients and the
+// optimizer's update of every parameter and its state.
+#pragma once
+
+#include "stepc/graph.h"
+
+#include <optional>
+#include <string>
+
+namespace stepc {
+
+// Learning-rate schedules, as PyTorch's StepLR, ExponentialLR and
+// CosineAnnealingLR with t = the number of steps taken before this one.
+struct Schedule {
+  enum class Kind { Constant, Step, Exponential, Cosine };
+  Kind kind = Kind::Constant;
+  int64_t stepSize = 1;   // Step: multiply by gamma every stepSize steps
+  double gamma = 0.1;     // Step, Exponential
+  int64_t totalSteps = 1; // Cosine: T_max
+  double minLr = 0;       // Cosine: eta_min
+};
+
+// Hyper-parameters follow torch.optim's definitions and defaults.
+struct Optimizer {
+  enum class Kind { Sgd, Momentum, Nesterov, RmsProp, Adam, AdamW };
+  Kind kind = Kind::Sgd;
+  double momentum = 0.9; // Momentum, Nesterov
+  double alpha = 0.99;   // RmsProp smoothing
+  double beta1 = 0.9;    // Adam, AdamW
+  double beta2 = 0.999;  // Adam, AdamW
+  double eps = 1e-8;     // RmsProp, Adam, AdamW
+  // L2 penalty added to the gradient (Sgd, Momentum, Nesterov, RmsProp,
+  // Adam); decoupled decay for AdamW (PyTorch's default there is 0.01).
+  double weightDecay = 0;
+  double clipNorm = 0; // > 0: clip the gradients' global L2 norm (clip_grad_norm_)
+  Schedule schedule;
+  // The base learning rate baked in as a constant; when unset the step graph
+  // takes it as the input `lr` (f32[]) so it can change between steps.
+  std::optional<double> lr;
+
+  static Optimizer sgd() { return {}; }
+  static Optimizer adam() { return {.kind = Kind::Adam}; }
+  static Optimizer adamw() { return {.kind = Kind::AdamW, .weightDecay = 0.01}; }
+};
+
+std::string_view optimizerName(Optimizer::Kind kind);
+// "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"; throws on others.
+Optimizer::Kind parseOptimizerKind(std::string_view name);
+
+// Builds the training step of `model`: inputs are the model's inputs plus
+// `lr` (f32[], the base learning rate) unless Optimizer::lr is set; parameters are the model's plus the
+// optimizer state ("<param>.m", "<param>.v", "<param>.buf", "<param>.sq")
+// and the step counter "step" (i64[]); outputs are the model's outputs; the
+// graph's updates assign every parameter, state tensor and the counter
+// their new values. Every floating-point parameter is trained.
+Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &optimizer);
+
+} // namespace stepc

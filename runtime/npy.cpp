@@ -1,0 +1,187 @@
+#include "stepc/npy.h"
+
+#include "stepc/error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace stepc {
+namespace {
+
+constexpr std::string_view kMagic = "\x93NUMPY";
+
+std::string_view descrOf(DType dtype) {
+  switch (dtype) {
+  case DType::F32: return "<f4";
+  case DType::F64: return "<f8";
+  case DType::I32: return "<i4";
+  case DType::I64: return "<i8";
+  case DType::Bool: return "|b1";
+  }
+  return "";
+}
+
+std::optional<DType> dtypeOfDescr(std::string_view descr) {
+  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool})
+    if (descrOf(d) == descr)
+      return d;
+  return std::nullopt;
+}
+
+// The header is a Python dict literal such as
+//   {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }
+// Only the three keys NumPy writes are read.
+std::string_view dictValue(std::string_view header, std::string_view key,
+                           const std::string &what) {
+  std::string quoted = fmt::format("'{}'", key);
+  size_t at = header.find(quoted);
+  if (at == std::string_view::npos)
+    throw Error(fmt::format("{}: npy header has no '{}' entry", what, key));
+  size_t colon = header.find(':', at + quoted.size());
+  if (colon == std::string_view::npos)
+    throw Error(fmt::format("{}: malformed npy header near '{}'", what, key));
+  std::string_view rest = header.substr(colon + 1);
+  while (!rest.empty() && rest.front() == ' ')
+    rest.remove_prefix(1);
+  size_t end;
+  if (!rest.empty() && rest.front() == '(')
+    end = rest.find(')') + 1;
+  else if (!rest.empty() && rest.front() == '\'')
+    end = rest.find('\'', 1) + 1;
+  else
+    end = rest.find_first_of(",}");
+  if (end == std::string_view::npos || end == 0 || end > rest.size())
+    throw Error(fmt::format("{}: malformed npy header near '{}'", what, key));
+  return rest.substr(0, end);
+}
+
+Shape parseShapeTuple(std::string_view tuple, const std::string &what) {
+  Shape shape;
+  std::string_view body = tuple.substr(1, tuple.size() - 2);
+  size_t i = 0;
+  while (i < body.size()) {
+    while (i < body.size() && (body[i] == ' ' || body[i] == ','))
+      ++i;
+    if (i == body.size())
+      break;
+    int64_t dim = 0;
+    size_t start = i;
+    while (i < body.size() && body[i] >= '0' && body[i] <= '9') {
+      if (dim > (int64_t(1) << 40))
+        throw Error(fmt::format("{}: npy shape {} is too large", what, tuple));
+      dim = dim * 10 + (body[i] - '0');
+      ++i;
+    }
+    if (i == start)
+      throw Error(fmt::format("{}: malformed npy shape {}", what, tuple));
+    shape.push_back(dim);
+  }
+  return shape;
+}
+
+} // namespace
+
+Tensor parseNpy(std::string_view bytes, const std::string &what) {
+  if (bytes.size() < 10 || bytes.substr(0, 6) != kMagic)
+    throw Error(fmt::format("{}: not a .npy file (bad magic)", what));
+  unsigned major = static_cast<unsigned char>(bytes[6]);
+  size_t headerLen, offset;
+  if (major == 1) {
+    headerLen = static_cast<unsigned char>(bytes[8]) |
+                static_cast<unsigned char>(bytes[9]) << 8;
+    offset = 10;
+  } else if (major == 2 || major == 3) {
+    if (bytes.size() < 12)
+      throw Error(fmt::format("{}: truncated .npy header", what));
+    headerLen = 0;
+    for (int i = 3; i >= 0; --i)
+      headerLen = headerLen << 8 | static_cast<unsigned char>(bytes[8 + i]);
+    offset = 12;
+  } else {
+    throw Error(fmt::format("{}: unsupported .npy version {}", what, major));
+  }
+  if (bytes.size() < offset + headerLen)
+    throw Error(fmt::format("{}: truncated .npy header", what));
+  std::string_view header = bytes.substr(offset, headerLen);
+
+  std::string_view descr = dictValue(header, "descr", what);
+  descr = descr.substr(1, descr.size() - 2);
+  auto dtype = dtypeOfDescr(descr);
+  if (!dtype)
+    throw Error(fmt::format("{}: unsupported npy dtype '{}'; expected one of "
+                            "<f4, <f8, <i4, <i8, |b1",
+                            what, descr));
+  if (dictValue(header, "fortran_order", what) != "False")
+    throw Error(fmt::format("{}: Fortran-order arrays are not supported; save "
+                            "with np.ascontiguousarray",
+                            what));
+  Shape shape = parseShapeTuple(dictValue(header, "shape", what), what);
+
+  int64_t numel = checkedNumel(shape);
+  size_t expected = static_cast<size_t>(numel) * dtypeSize(*dtype);
+  size_t available = bytes.size() - offset - headerLen;
+  if (available != expected)
+    throw Error(fmt::format("{}: npy data has {} bytes, expected {} for {}", what,
+                            available, expected, typeString({*dtype, shape})));
+  Tensor t(*dtype, shape);
+  if (expected > 0)
+    std::memcpy(t.bytes(), bytes.data() + offset + headerLen, expected);
+  return t;
+}
+
+Tensor readNpy(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    throw Error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+  std::ostringstream content;
+  content << in.rdbuf();
+  return parseNpy(content.str(), path);
+}
+
+std::string serializeNpy(const Tensor &tensor) {
+  // Python tuple syntax: "()", "(3,)", "(3, 4)".
+  std::string shape = fmt::format("{}", fmt::join(tensor.shape(), ", "));
+  if (tensor.rank() == 1)
+    shape += ",";
+  std::string header =
+      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}",
+                  descrOf(tensor.dtype()), shape);
+  // Pad with spaces so that the data starts on a 64-byte boundary.
+  size_t total = kMagic.size() + 4 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header.push_back('\n');
+  std::string out(kMagic);
+  out.push_back('\x01');
+  out.push_back('\x00');
+  out.push_back(static_cast<char>(header.size() & 0xff));
+  out.push_back(static_cast<char>(header.size() >> 8));
+  out += header;
+  out.append(reinterpret_cast<const char *>(tensor.bytes()), tensor.nbytes());
+  return out;
+}
+
+void writeNpy(const std::string &path, const Tensor &tensor) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out)
+      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+    std::string bytes = serializeNpy(tensor);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out)
+      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(fmt::format("cannot rename '{}' to '{}': {}", tmp, path,
+                            std::strerror(errno)));
+  }
+}
+
+} // namespace stepc

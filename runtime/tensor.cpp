@@ -1,0 +1,79 @@
+#include "stepc/tensor.h"
+
+#include "stepc/error.h"
+
+#include <fmt/format.h>
+
+namespace stepc {
+
+Tensor::Tensor(DType dtype, Shape shape) {
+  type_.dtype = dtype;
+  type_.shape = std::move(shape);
+  numel_ = checkedNumel(type_.shape);
+  if (numel_ > INT64_MAX / 8)
+    throw Error(fmt::format("tensor {} is too large", typeString(type_)));
+  bytes_.assign(static_cast<size_t>(numel_) * dtypeSize(dtype), std::byte{0});
+}
+
+Tensor Tensor::fromReals(DType dtype, Shape shape, const std::vector<double> &values) {
+  Tensor t(dtype, std::move(shape));
+  if (static_cast<int64_t>(values.size()) != t.numel())
+    throw Error(fmt::format("{} values given for a tensor of type {} ({} elements)",
+                            values.size(), typeString(t.type()), t.numel()));
+  for (size_t i = 0; i < values.size(); ++i)
+    t.setReal(static_cast<int64_t>(i), values[i]);
+  return t;
+}
+
+Tensor Tensor::scalar(DType dtype, double value) {
+  Tensor t(dtype, {});
+  t.setReal(0, value);
+  return t;
+}
+
+double Tensor::real(int64_t i) const {
+  switch (dtype()) {
+  case DType::F32: return data<float>()[i];
+  case DType::F64: return data<double>()[i];
+  case DType::I32: return data<int32_t>()[i];
+  case DType::I64: return static_cast<double>(data<int64_t>()[i]);
+  case DType::Bool: return data<uint8_t>()[i] ? 1.0 : 0.0;
+  }
+  return 0;
+}
+
+void Tensor::setReal(int64_t i, double v) {
+  switch (dtype()) {
+  case DType::F32: data<float>()[i] = static_cast<float>(v); return;
+  case DType::F64: data<double>()[i] = v; return;
+  case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(v); return;
+  case DType::I64: data<int64_t>()[i] = static_cast<int64_t>(v); return;
+  case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
+  }
+}
+
+std::vector<double> Tensor::reals() const {
+  std::vector<double> out(static_cast<size_t>(numel_));
+  for (int64_t i = 0; i < numel_; ++i)
+    out[i] = real(i);
+  return out;
+}
+
+Tensor castTensor(const Tensor &tensor, DType dtype) {
+  Tensor out(dtype, tensor.shape());
+  // i64 -> i64 must not round-trip through double.
+  if (dtype == tensor.dtype()) {
+    out = tensor;
+    return out;
+  }
+  if (tensor.dtype() == DType::I64 && dtype == DType::I32) {
+    for (int64_t i = 0; i < tensor.numel(); ++i)
+      out.data<int32_t>()[i] = static_cast<int32_t>(tensor.data<int64_t>()[i]);
+    return out;
+  }
+  for (int64_t i = 0; i < tensor.numel(); ++i)
+    out.setReal(i, tensor.real(i));
+  return out;
+}
+
+} // namespace stepc

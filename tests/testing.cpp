@@ -1,0 +1,56 @@
+#include "testing.h"
+
+#include "stepc/random.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+
+namespace stepc::testing {
+
+uint64_t freshSeed() {
+  if (const char *fixed = std::getenv("STEPC_TEST_SEED"))
+    return std::strtoull(fixed, nullptr, 10);
+  std::random_device device;
+  return (uint64_t(device()) << 32) | device();
+}
+
+Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low,
+                    double high) {
+  Tensor t(dtype, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    double u = randomUniform(seed, static_cast<uint64_t>(i));
+    double v = low + (high - low) * u;
+    t.setReal(i, isFloat(dtype) ? v : std::floor(v));
+  }
+  return t;
+}
+
+::testing::AssertionResult allClose(const Tensor &actual, const Tensor &expected,
+                                    double rtol, double atol) {
+  if (actual.type() != expected.type())
+    return ::testing::AssertionFailure()
+           << "type " << typeString(actual.type()) << " != expected "
+           << typeString(expected.type());
+  int64_t bad = 0;
+  std::string first;
+  for (int64_t i = 0; i < actual.numel(); ++i) {
+    double a = actual.real(i), e = expected.real(i);
+    bool ok = (std::isnan(a) && std::isnan(e)) || a == e ||
+              std::abs(a - e) <= atol + rtol * std::abs(e);
+    if (!ok && bad++ == 0)
+      first = fmt::format("element {}: {} vs expected {}", i, a, e);
+  }
+  if (bad == 0)
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << bad << " of " << actual.numel() << " elements differ; first " << first;
+}
+
+std::string sourcePath(const std::string &relative) {
+  return std::string(STEPC_TESTING_SOURCE_DIR) + "/" + relative;
+}
+
+} // namespace stepc::testing

@@ -1,0 +1,28 @@
+// Shared test helpers: fresh random seeds, random tensors, comparisons.
+#pragma once
+
+#include "stepc/interpreter.h"
+#include "stepc/tensor.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+
+namespace stepc::testing {
+
+// A fresh seed per call (from std::random_device) unless STEPC_TEST_SEED is
+// set; tests print it with SCOPED_TRACE so a failure can be replayed.
+uint64_t freshSeed();
+
+// Uniform in [low, high) for floats; integers in [low, high).
+Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low = -1,
+                    double high = 1);
+
+// Checks |a - b| <= atol + rtol * |b| elementwise, with matching types.
+::testing::AssertionResult allClose(const Tensor &actual, const Tensor &expected,
+                                    double rtol, double atol = 0);
+
+std::string sourcePath(const std::string &relative); // under the repo root
+
+} // namespace stepc::testing

@@ -1,0 +1,116 @@
+#include "commands.h"
+
+#include "stepc/autodiff.h"
+#include "stepc/gradcheck.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace stepc::cli {
+namespace {
+
+// Prints the graph, or writes it to `path` when one is given.
+void emitGraph(const Graph &graph, const std::string &path) {
+  std::string text = printGraph(graph);
+  if (path.empty()) {
+    fmt::print("{}", text);
+    return;
+  }
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << text;
+    if (!out)
+      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+  fmt::print("wrote {} ({} nodes)\n", path, graph.nodes.size());
+}
+
+Schedule::Kind parseScheduleKind(const std::string &name) {
+  if (name == "constant")
+    return Schedule::Kind::Constant;
+  if (name == "step")
+    return Schedule::Kind::Step;
+  if (name == "exponential")
+    return Schedule::Kind::Exponential;
+  if (name == "cosine")
+    return Schedule::Kind::Cosine;
+  throw Error(fmt::format("unknown schedule '{}'; expected one of: constant, step, "
+                          "exponential, cosine",
+                          name));
+}
+
+} // namespace
+
+int grad(const GradOptions &options) {
+  Graph graph = parseGraphFile(options.file);
+  GradResult result = stepc::grad(graph, options.loss, options.wrt);
+  for (const std::string &warning : result.warnings)
+    fmt::print(stderr, "warning: {}\n", warning);
+  emitGraph(result.graph, options.output);
+  return 0;
+}
+
+int trainStep(const TrainStepOptions &options) {
+  Graph graph = parseGraphFile(options.file);
+  Optimizer opt;
+  opt.kind = parseOptimizerKind(options.optimizer);
+  opt.lr = options.lr;
+  opt.weightDecay = options.weightDecay;
+  opt.clipNorm = options.clipNorm;
+  opt.momentum = options.momentum;
+  opt.schedule.kind = parseScheduleKind(options.schedule);
+  opt.schedule.stepSize = options.stepSize;
+  opt.schedule.gamma = options.gamma;
+  opt.schedule.totalSteps = options.totalSteps;
+  opt.schedule.minLr = options.minLr;
+  emitGraph(stepc::trainStep(graph, options.loss, opt), options.output);
+  return 0;
+}
+
+int gradcheck(const GradcheckCliOptions &options) {
+  if (options.allOps == !options.file.empty())
+    throw Error("gradcheck: give either --all-ops or a FILE.sg with --loss");
+  if (!options.allOps) {
+    if (options.loss.empty())
+      throw Error("gradcheck: --loss NAME is required with a graph file");
+    Graph graph = parseGraphFile(options.file);
+    GradcheckOptions checkOptions;
+    checkOptions.maxElementsPerTensor = options.samples;
+    GradcheckReport report = stepc::gradcheck(graph, options.loss,
+                                              randomInputs(graph, options.seed),
+                                              initialParams(graph), {}, checkOptions);
+    fmt::print("{}: {} elements checked, worst relative error {:.3g} at {}\n",
+               report.passed ? "passed" : "FAILED", report.elementsChecked,
+               report.worstError, report.worstWhere);
+    return report.passed ? 0 : 1;
+  }
+
+  int cases = 0, failed = 0;
+  std::vector<std::string> ops;
+  for (const GradcheckCase &c : gradcheckCases()) {
+    Graph graph = c.build();
+    GradcheckReport report =
+        stepc::gradcheck(graph, "loss", c.point(graph, options.seed + cases), {});
+    ++cases;
+    if (std::find(ops.begin(), ops.end(), c.op) == ops.end())
+      ops.push_back(c.op);
+    if (!report.passed)
+      ++failed;
+    fmt::print("{:<14} {:<36} {:>6} elements  worst {:.2e}  {}\n", c.op, c.name,
+               report.elementsChecked, report.worstError,
+               report.passed ? "ok" : "FAILED at " + report.worstWhere);
+  }
+  fmt::print("gradcheck: {} ops, {} cases passed, {} failed\n", ops.size(), cases - failed,
+             failed);
+  return failed == 0 ? 0 : 1;
+}
+
+} // namespace stepc::cli

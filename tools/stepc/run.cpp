@@ -1,0 +1,79 @@
+#include "commands.h"
+
+#include "stepc/npy.h"
+#include "stepc/text.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+
+namespace stepc::cli {
+namespace {
+
+// "x=path/to/x.npy" -> {"x", "path/to/x.npy"}
+std::pair<std::string, std::string> splitBinding(const std::string &binding) {
+  size_t eq = binding.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == binding.size())
+    throw Error(fmt::format("--input '{}': expected NAME=FILE.npy", binding));
+  return {binding.substr(0, eq), binding.substr(eq + 1)};
+}
+
+} // namespace
+
+std::string summarize(const std::string &name, const Tensor &tensor) {
+  std::string head;
+  int64_t shown = std::min<int64_t>(tensor.numel(), 6);
+  for (int64_t i = 0; i < shown; ++i)
+    head += fmt::format("{}{:.6g}", i ? ", " : "", tensor.real(i));
+  if (shown < tensor.numel())
+    head += ", ...";
+  std::string line = fmt::format("{}: {} [{}]", name, typeString(tensor.type()), head);
+  if (tensor.numel() > 1) {
+    double lo = tensor.real(0), hi = lo, total = 0;
+    for (int64_t i = 0; i < tensor.numel(); ++i) {
+      double v = tensor.real(i);
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+      total += v;
+    }
+    line += fmt::format("  min {:.6g} mean {:.6g} max {:.6g}", lo,
+                        total / static_cast<double>(tensor.numel()), hi);
+  }
+  return line;
+}
+
+int run(const RunOptions &options) {
+  if (options.backend != "interp")
+    throw Error(fmt::format("unknown backend '{}'; available: interp", options.backend));
+  Graph graph = parseGraphFile(options.file);
+
+  TensorMap inputs = randomInputs(graph, options.seed);
+  for (const std::string &binding : options.inputs) {
+    auto [name, path] = splitBinding(binding);
+    auto it = inputs.find(name);
+    if (it == inputs.end()) {
+      std::string known;
+      for (const auto &[n, t] : inputs)
+        known += fmt::format("{}{}", known.empty() ? "" : ", ", n);
+      throw Error(fmt::format("--input {}: the graph has no input '{}' (inputs: {})", binding,
+                              name, known));
+    }
+    it->second = readNpy(path);
+  }
+  TensorMap params = initialParams(graph);
+  TensorMap outputs = interpret(graph, inputs, params);
+
+  if (!options.saveOutputs.empty())
+    std::filesystem::create_directories(options.saveOutputs);
+  for (const GraphOutput &out : graph.outputs) {
+    const Tensor &value = outputs.at(out.name);
+    fmt::print("{}\n", summarize(out.name, value));
+    if (!options.saveOutputs.empty())
+      writeNpy((std::filesystem::path(options.saveOutputs) / (out.name + ".npy")).string(),
+               value);
+  }
+  return 0;
+}
+
+} // namespace stepc::cli
