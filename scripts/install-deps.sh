@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ ccache pkg-config libfmt-dev libcli11-dev
-          nlohmann-json3-dev libgtest-dev libgmock-dev)
+          nlohmann-json3-dev libgtest-dev libgmock-dev libonnx-dev libonnx-testdata
+          libprotobuf-dev protobuf-compiler)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -17,10 +17,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <set>
+#include <sstream>
 #include <string>
 
 using namespace stepc;
+
+namespace stepc {
+// gtest prints a failing parameter with this instead of its bytes.
+void PrintTo(const GradcheckCase &c, std::ostream *os) { *os << c.name << " (" << c.op << ")"; }
+} // namespace stepc
 
 namespace {
 
@@ -95,7 +102,7 @@ TEST(GradcheckCoverage, CasesAreWellFormed) {
     EXPECT_EQ(point.size(), g.inputs().size());
     for (ValueId id : g.inputs())
       EXPECT_EQ(point.at(g.node(id).name).type(), g.type(id)) << g.node(id).name;
-    EXPECT_EQ(point, c.point(g, 7));
+    EXPECT_TRUE(point == c.point(g, 7)) << "the point is not a function of the seed";
   }
 }
 
@@ -113,8 +120,8 @@ TEST_P(OpGradcheck, MatchesFiniteDifferences) {
 
 std::string caseName(const ::testing::TestParamInfo<GradcheckCase> &info) {
   std::string name = info.param.name;
-  std::ranges::replace_if(name, [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); },
-                          '_');
+  std::ranges::replace_if(
+      name, [](char ch) { return !std::isalnum(static_cast<unsigned char>(ch)); }, '_');
   return name;
 }
 
@@ -201,8 +208,8 @@ TEST(SecondOrder, MlpHessianVectorProduct) {
   for (const auto &[name, shape] : weights)
     vs.push_back(b.input("v_" + name, F64, shape));
   Value x = constantData(b, stepc::testing::randomTensor(F64, {5, 3}, seed).reals(), F64, {5, 3});
-  Value y = constantData(b, stepc::testing::randomTensor(F64, {5, 2}, seed + 1).reals(), F64,
-                         {5, 2});
+  Value y =
+      constantData(b, stepc::testing::randomTensor(F64, {5, 2}, seed + 1).reals(), F64, {5, 2});
   Value f = mse(linear(tanh(linear(x, ws[0], ws[1])), ws[2], Value()), y);
   std::vector<Value> g = gradients(f, ws);
   Value gv = sum(g[0] * vs[0]) + sum(g[1] * vs[1]) + sum(g[2] * vs[2]);
@@ -245,28 +252,61 @@ TEST(SecondOrder, MlpHessianVectorProduct) {
 
 // --- Whole models ------------------------------------------------------------
 
-GradcheckReport checkExample(const std::string &file, uint64_t seed, int64_t samples) {
-  Graph graph = parseGraphFile(stepc::testing::sourcePath("examples/" + file));
-  return gradcheck(graph, "loss", randomInputs(graph, seed), initialParams(graph), {},
-                   {.maxElementsPerTensor = samples});
+// An example model with its batch dimension cut down: the same layers and
+// initializers, but each of the ~60 interpreter runs of a check is faster
+// (the MLP at batch 128 takes ~9 s here), and fewer elements sit near a kink.
+Graph exampleWithBatch(const std::string &file, int64_t batch, int64_t smaller) {
+  std::ifstream in(stepc::testing::sourcePath("examples/" + file));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  std::string text = buffer.str();
+  int replaced = 0;
+  for (std::string suffix : {",", "]"}) {
+    std::string from = fmt::format("[{}{}", batch, suffix),
+                to = fmt::format("[{}{}", smaller, suffix);
+    for (size_t at; (at = text.find(from)) != std::string::npos; ++replaced)
+      text.replace(at, from.size(), to);
+  }
+  if (replaced < 2)
+    throw std::runtime_error(fmt::format("examples/{} no longer has batch {}", file, batch));
+  return parseGraph(text, file);
+}
+
+// Every input and parameter, `samples` elements of each, in f64. A kink
+// (relu at 0, two max-pool candidates within the step) inside the step of
+// the point spoils finite differences at random points, rarely but really
+// for ReLU nets; a wrong gradient is wrong at every step, so a failure is
+// checked again with a 100x smaller step before it counts.
+GradcheckReport checkModel(const Graph &graph, uint64_t seed, int64_t samples) {
+  TensorMap inputs = randomInputs(graph, seed), params = initialParams(graph);
+  GradcheckReport report =
+      gradcheck(graph, "loss", inputs, params, {}, {.maxElementsPerTensor = samples});
+  if (report.passed)
+    return report;
+  GradcheckReport again =
+      gradcheck(graph, "loss", inputs, params, {}, {.step = 1e-8, .maxElementsPerTensor = samples});
+  if (!again.passed)
+    again.worstWhere += fmt::format(" (with step 1e-6: {})", report.worstWhere);
+  return again;
 }
 
 TEST(ModelGradcheck, Mlp) {
   uint64_t seed = stepc::testing::freshSeed();
   SCOPED_TRACE(seedNote(seed));
-  EXPECT_TRUE(passed(checkExample("mlp.sg", seed, 4)));
+  EXPECT_TRUE(passed(checkModel(exampleWithBatch("mlp.sg", 128, 16), seed, 4)));
 }
 
 TEST(ModelGradcheck, Cnn) {
   uint64_t seed = stepc::testing::freshSeed();
   SCOPED_TRACE(seedNote(seed));
-  EXPECT_TRUE(passed(checkExample("cnn.sg", seed, 6)));
+  EXPECT_TRUE(passed(checkModel(exampleWithBatch("cnn.sg", 32, 8), seed, 6)));
 }
 
 TEST(ModelGradcheck, Attention) {
   uint64_t seed = stepc::testing::freshSeed();
   SCOPED_TRACE(seedNote(seed));
-  EXPECT_TRUE(passed(checkExample("attention.sg", seed, 8)));
+  Graph graph = parseGraphFile(stepc::testing::sourcePath("examples/attention.sg"));
+  EXPECT_TRUE(passed(checkModel(graph, seed, 8)));
 }
 
 } // namespace

@@ -107,13 +107,12 @@ Tensor someTrue(const TensorType &type, uint64_t seed) {
 }
 
 struct PointSpec {
-  Draw draw = Draw::Smooth;           // for float inputs not named below
-  std::map<std::string, Draw> draws;  // per float input
-  std::map<std::string, Fill> fills;  // every non-float input
+  Draw draw = Draw::Smooth;            // for float inputs not named below
+  std::map<std::string, Draw> draws{}; // per float input
+  std::map<std::string, Fill> fills{}; // every non-float input
 };
 
 PointSpec distinct() { return {.draw = Draw::Distinct}; }
-PointSpec positive() { return {.draw = Draw::Positive}; }
 
 std::function<TensorMap(const Graph &, uint64_t)> pointFrom(PointSpec spec) {
   return [spec = std::move(spec)](const Graph &graph, uint64_t seed) {
@@ -128,9 +127,9 @@ std::function<TensorMap(const Graph &, uint64_t)> pointFrom(PointSpec spec) {
         continue;
       }
       if (!isFloat(node.type.dtype))
-        throw std::logic_error(fmt::format(
-            "gradcheck case '{}': input '{}' of type {} needs a fill", graph.name,
-            node.name, typeString(node.type)));
+        throw std::logic_error(
+            fmt::format("gradcheck case '{}': input '{}' of type {} needs a fill", graph.name,
+                        node.name, typeString(node.type)));
       auto named = spec.draws.find(node.name);
       Draw draw = named != spec.draws.end() ? named->second : spec.draw;
       Tensor &t = out[node.name] = Tensor(node.type);
@@ -210,17 +209,19 @@ void addUnary(CaseList &cases) {
     Draw draw;
   };
   const Unary unaries[] = {
-      {"neg", neg, Draw::Smooth},          {"abs", abs, Draw::Distinct},
-      {"exp", exp, Draw::Smooth},          {"log", log, Draw::Positive},
-      {"sqrt", sqrt, Draw::Positive},      {"rsqrt", rsqrt, Draw::Positive},
-      {"square", square, Draw::Smooth},    {"tanh", tanh, Draw::Smooth},
-      {"sigmoid", sigmoid, Draw::Smooth},  {"relu", relu, Draw::Distinct},
-      {"sin", sin, Draw::Smooth},          {"cos", cos, Draw::Smooth},
+      {"neg", neg, Draw::Smooth},         {"abs", abs, Draw::Distinct},
+      {"exp", exp, Draw::Smooth},         {"log", log, Draw::Positive},
+      {"sqrt", sqrt, Draw::Positive},     {"rsqrt", rsqrt, Draw::Positive},
+      {"square", square, Draw::Smooth},   {"tanh", tanh, Draw::Smooth},
+      {"sigmoid", sigmoid, Draw::Smooth}, {"relu", relu, Draw::Distinct},
+      {"sin", sin, Draw::Smooth},         {"cos", cos, Draw::Smooth},
       {"erf", erf, Draw::Smooth},
   };
   for (const Unary &u : unaries)
     cases.add(u.op, u.op,
-              [fn = u.fn](GraphBuilder &b) { return fn(in(b, "x", {3, 4}), Loc::current()); },
+              [fn = u.fn](GraphBuilder &b) {
+                return fn(in(b, "x", {3, 4}), Loc::current());
+              },
               {.draw = u.draw});
 
   // gradcheck runs everything in f64, so a float round trip is checked as
@@ -229,14 +230,13 @@ void addUnary(CaseList &cases) {
     Value x = in(b, "x", {3, 4});
     return cast(tanh(cast(x, DType::F32)), F64);
   });
-  cases.add(
-      "cast_with_integer_factor", "cast",
-      [](GraphBuilder &b) {
-        Value x = in(b, "x", {3, 4});
-        Value k = b.input("k", DType::I32, {3, 4});
-        return cast(x, F64) * cast(k, F64);
-      },
-      {.fills = {{"k", labelsBelow(5)}}});
+  cases.add("cast_with_integer_factor", "cast",
+            [](GraphBuilder &b) {
+              Value x = in(b, "x", {3, 4});
+              Value k = b.input("k", DType::I32, {3, 4});
+              return cast(x, F64) * cast(k, F64);
+            },
+            {.fills = {{"k", labelsBelow(5)}}});
 }
 
 void addBinary(CaseList &cases) {
@@ -258,11 +258,12 @@ void addBinary(CaseList &cases) {
       {{3, 4}, {3, 4}}, {{3, 1}, {1, 4}}, {{2, 3}, {3}}, {{}, {2, 3}}, {{2, 3}, {}}};
   for (const Binary &op : binaries)
     for (const auto &[sa, sb] : shapes)
-      cases.add(fmt::format("{}_{}_{}", op.op, shapeTag(sa), shapeTag(sb)), op.op,
-                [fn = op.fn, sa, sb](GraphBuilder &b) {
-                  return fn(in(b, "a", sa), in(b, "b", sb), Loc::current());
-                },
-                op.spec);
+      cases.add(
+          fmt::format("{}_{}_{}", op.op, shapeTag(sa), shapeTag(sb)), op.op,
+          [fn = op.fn, sa, sb](GraphBuilder &b) {
+            return fn(in(b, "a", sa), in(b, "b", sb), Loc::current());
+          },
+          op.spec);
   // Both operands the same value: the two contributions are summed.
   cases.add("mul_same_operand", "mul", [](GraphBuilder &b) {
     Value x = in(b, "x", {2, 3});
@@ -272,15 +273,13 @@ void addBinary(CaseList &cases) {
   cases.add(
       "select_2x3", "select",
       [](GraphBuilder &b) {
-        return select(b.input("cond", DType::Bool, {2, 3}), in(b, "a", {2, 3}),
-                      in(b, "b", {2, 3}));
+        return select(b.input("cond", DType::Bool, {2, 3}), in(b, "a", {2, 3}), in(b, "b", {2, 3}));
       },
       {.fills = {{"cond", someTrue}}});
   cases.add(
       "select_broadcast", "select",
       [](GraphBuilder &b) {
-        return select(b.input("cond", DType::Bool, {2, 1}), in(b, "a", {1, 3}),
-                      in(b, "b", {}));
+        return select(b.input("cond", DType::Bool, {2, 1}), in(b, "a", {1, 3}), in(b, "b", {}));
       },
       {.fills = {{"cond", someTrue}}});
 }
@@ -301,7 +300,8 @@ void addReductions(CaseList &cases) {
     for (const auto &[axes, keep] : axesCases) {
       std::string tag = axes.empty() ? "all" : "";
       for (int64_t a : axes)
-        tag += (tag.empty() ? "axes" : "_") + (a < 0 ? "m" + std::to_string(-a) : std::to_string(a));
+        tag +=
+            (tag.empty() ? "axes" : "_") + (a < 0 ? "m" + std::to_string(-a) : std::to_string(a));
       cases.add(fmt::format("{}_{}{}", r.op, tag, keep ? "_keepdims" : ""), r.op,
                 [fn = r.fn, axes, keep](GraphBuilder &b) {
                   return fn(in(b, "x", {2, 3, 4}), axes, keep, Loc::current());
@@ -321,18 +321,21 @@ void addDataMovement(CaseList &cases) {
     cases.add(fmt::format("matmul_{}_{}", shapeTag(sa), shapeTag(sb)), "matmul",
               [sa, sb](GraphBuilder &b) { return matmul(in(b, "a", sa), in(b, "b", sb)); });
 
-  cases.add("transpose_3d", "transpose",
-            [](GraphBuilder &b) { return transpose(in(b, "x", {2, 3, 4}), {2, 0, 1}); });
-  cases.add("transpose_2d", "transpose",
-            [](GraphBuilder &b) { return transpose(in(b, "x", {3, 4}), {1, 0}); });
+  cases.add("transpose_3d", "transpose", [](GraphBuilder &b) {
+    return transpose(in(b, "x", {2, 3, 4}), {2, 0, 1});
+  });
+  cases.add("transpose_2d", "transpose", [](GraphBuilder &b) {
+    return transpose(in(b, "x", {3, 4}), {1, 0});
+  });
 
-  cases.add("reshape", "reshape",
-            [](GraphBuilder &b) { return reshape(in(b, "x", {2, 3, 4}), {4, 6}); });
-  cases.add("reshape_inferred", "reshape",
-            [](GraphBuilder &b) { return reshape(in(b, "x", {2, 3, 4}), {-1, 2}); });
+  cases.add("reshape", "reshape", [](GraphBuilder &b) {
+    return reshape(in(b, "x", {2, 3, 4}), {4, 6});
+  });
+  cases.add("reshape_inferred", "reshape", [](GraphBuilder &b) {
+    return reshape(in(b, "x", {2, 3, 4}), {-1, 2});
+  });
 
-  const std::pair<Shape, Shape> broadcasts[] = {
-      {{3, 1}, {2, 3, 4}}, {{}, {2, 3}}, {{4}, {3, 4}}};
+  const std::pair<Shape, Shape> broadcasts[] = {{{3, 1}, {2, 3, 4}}, {{}, {2, 3}}, {{4}, {3, 4}}};
   for (const auto &[from, to] : broadcasts)
     cases.add(fmt::format("broadcast_to_{}_{}", shapeTag(from), shapeTag(to)), "broadcast_to",
               [from, to](GraphBuilder &b) { return broadcastTo(in(b, "x", from), to); });
@@ -359,10 +362,12 @@ void addDataMovement(CaseList &cases) {
     return concat({x, in(b, "y", {2, 1}), x}, 1);
   });
 
-  cases.add("pad", "pad",
-            [](GraphBuilder &b) { return pad(in(b, "x", {2, 3}), {1, 0}, {0, 2}, 0.0); });
-  cases.add("pad_value", "pad",
-            [](GraphBuilder &b) { return pad(in(b, "x", {3, 2}), {0, 2}, {1, 1}, 0.75); });
+  cases.add("pad", "pad", [](GraphBuilder &b) {
+    return pad(in(b, "x", {2, 3}), {1, 0}, {0, 2}, 0.0);
+  });
+  cases.add("pad_value", "pad", [](GraphBuilder &b) {
+    return pad(in(b, "x", {3, 2}), {0, 2}, {1, 1}, 0.75);
+  });
   cases.add("pad_interior", "pad", [](GraphBuilder &b) {
     return opNode(b, OpKind::Pad, {in(b, "x", {3, 4})},
                   {{"low", std::vector<int64_t>{1, 2}},
@@ -371,41 +376,36 @@ void addDataMovement(CaseList &cases) {
                    {"value", 0.5}});
   });
 
-  cases.add(
-      "gather_embedding", "gather",
-      [](GraphBuilder &b) {
-        return gather(in(b, "table", {5, 3}), b.input("ids", DType::I32, {2, 4}), 0);
-      },
-      {.fills = {{"ids", indicesBelow(5)}}});
-  cases.add(
-      "gather_axis1", "gather",
-      [](GraphBuilder &b) {
-        return gather(in(b, "x", {3, 6}), b.input("ids", DType::I64, {4}), 1);
-      },
-      {.fills = {{"ids", indicesBelow(6)}}});
-  cases.add(
-      "gather_scalar_index", "gather",
-      [](GraphBuilder &b) {
-        return gather(in(b, "x", {4, 3}), b.input("ids", DType::I64, {}), -2);
-      },
-      {.fills = {{"ids", indicesBelow(4)}}});
+  cases.add("gather_embedding", "gather",
+            [](GraphBuilder &b) {
+              return gather(in(b, "table", {5, 3}), b.input("ids", DType::I32, {2, 4}), 0);
+            },
+            {.fills = {{"ids", indicesBelow(5)}}});
+  cases.add("gather_axis1", "gather",
+            [](GraphBuilder &b) {
+              return gather(in(b, "x", {3, 6}), b.input("ids", DType::I64, {4}), 1);
+            },
+            {.fills = {{"ids", indicesBelow(6)}}});
+  cases.add("gather_scalar_index", "gather",
+            [](GraphBuilder &b) {
+              return gather(in(b, "x", {4, 3}), b.input("ids", DType::I64, {}), -2);
+            },
+            {.fills = {{"ids", indicesBelow(4)}}});
 
-  cases.add(
-      "scatter_add_axis0", "scatter_add",
-      [](GraphBuilder &b) {
-        return opNode(b, OpKind::ScatterAdd,
-                      {b.input("ids", DType::I32, {2, 4}), in(b, "updates", {2, 4, 3})},
-                      {{"axis", int64_t(0)}, {"size", int64_t(5)}});
-      },
-      {.fills = {{"ids", indicesBelow(5)}}});
-  cases.add(
-      "scatter_add_axis1", "scatter_add",
-      [](GraphBuilder &b) {
-        return opNode(b, OpKind::ScatterAdd,
-                      {b.input("ids", DType::I64, {4}), in(b, "updates", {3, 4})},
-                      {{"axis", int64_t(1)}, {"size", int64_t(6)}});
-      },
-      {.fills = {{"ids", indicesBelow(6)}}});
+  cases.add("scatter_add_axis0", "scatter_add",
+            [](GraphBuilder &b) {
+              return opNode(b, OpKind::ScatterAdd,
+                            {b.input("ids", DType::I32, {2, 4}), in(b, "updates", {2, 4, 3})},
+                            {{"axis", int64_t(0)}, {"size", int64_t(5)}});
+            },
+            {.fills = {{"ids", indicesBelow(5)}}});
+  cases.add("scatter_add_axis1", "scatter_add",
+            [](GraphBuilder &b) {
+              return opNode(b, OpKind::ScatterAdd,
+                            {b.input("ids", DType::I64, {4}), in(b, "updates", {3, 4})},
+                            {{"axis", int64_t(1)}, {"size", int64_t(6)}});
+            },
+            {.fills = {{"ids", indicesBelow(6)}}});
 }
 
 void addConvolution(CaseList &cases) {
@@ -426,9 +426,8 @@ void addConvolution(CaseList &cases) {
        {.stride = {1, 2}, .padding = {0, 1}, .dilation = {2, 1}}},
   };
   for (const Conv &c : convs)
-    cases.add(c.name, "conv2d", [c](GraphBuilder &b) {
-      return conv2d(in(b, "x", c.x), in(b, "w", c.w), c.options);
-    });
+    cases.add(c.name, "conv2d",
+              [c](GraphBuilder &b) { return conv2d(in(b, "x", c.x), in(b, "w", c.w), c.options); });
 
   // The transposed convolutions the conv2d VJP emits, on their own.
   cases.add("conv2d_grad_input_stride2", "conv2d_grad_input", [](GraphBuilder &b) {
@@ -477,7 +476,9 @@ void addConvolution(CaseList &cases) {
   };
   const Pool maxPools[] = {
       {"max_pool2d_2x2", {2, 2, 4, 5}, {}},
-      {"max_pool2d_overlap_pad", {1, 2, 5, 5}, {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}},
+      {"max_pool2d_overlap_pad",
+       {1, 2, 5, 5},
+       {.kernel = {3, 3}, .stride = {2, 2}, .padding = {1, 1}}},
       {"max_pool2d_rect", {1, 1, 6, 7}, {.kernel = {2, 3}, .stride = {1, 2}, .padding = {1, 1}}},
   };
   for (const Pool &p : maxPools)
@@ -510,30 +511,35 @@ void addConvolution(CaseList &cases) {
                                {"count_include_pad", include}});
               });
 
-  cases.add(
-      "dropout", "dropout",
-      [](GraphBuilder &b) {
-        return dropout(in(b, "x", {4, 5}), b.input("seed", DType::I64, {}), 0.3);
-      },
-      {.fills = {{"seed", anySeed}}});
+  cases.add("dropout", "dropout",
+            [](GraphBuilder &b) {
+              return dropout(in(b, "x", {4, 5}), b.input("seed", DType::I64, {}), 0.3);
+            },
+            {.fills = {{"seed", anySeed}}});
 }
 
 void addComposites(CaseList &cases) {
   // The max subtracted inside softmax must not tie: Distinct.
   for (int64_t axis : {-1, 0}) {
     std::string tag = axis < 0 ? "last_axis" : fmt::format("axis{}", axis);
-    cases.add("softmax_" + tag, "softmax",
-              [axis](GraphBuilder &b) { return softmax(in(b, "x", {3, 4}), axis); }, distinct());
-    cases.add("log_softmax_" + tag, "log_softmax",
-              [axis](GraphBuilder &b) { return logSoftmax(in(b, "x", {3, 4}), axis); },
-              distinct());
+    cases.add(
+        "softmax_" + tag, "softmax",
+        [axis](GraphBuilder &b) {
+          return softmax(in(b, "x", {3, 4}), axis);
+        },
+        distinct());
+    cases.add(
+        "log_softmax_" + tag, "log_softmax",
+        [axis](GraphBuilder &b) {
+          return logSoftmax(in(b, "x", {3, 4}), axis);
+        },
+        distinct());
   }
-  cases.add(
-      "cross_entropy", "cross_entropy",
-      [](GraphBuilder &b) {
-        return crossEntropy(in(b, "logits", {4, 5}), b.input("labels", DType::I32, {4}));
-      },
-      {.draw = Draw::Distinct, .fills = {{"labels", labelsBelow(5)}}});
+  cases.add("cross_entropy", "cross_entropy",
+            [](GraphBuilder &b) {
+              return crossEntropy(in(b, "logits", {4, 5}), b.input("labels", DType::I32, {4}));
+            },
+            {.draw = Draw::Distinct, .fills = {{"labels", labelsBelow(5)}}});
   cases.add("layer_norm", "layer_norm", [](GraphBuilder &b) {
     return layerNorm(in(b, "x", {3, 5}), in(b, "gamma", {5}), in(b, "beta", {5}));
   });
@@ -541,18 +547,19 @@ void addComposites(CaseList &cases) {
     return layerNorm(in(b, "x", {2, 2, 4}), Value(), Value());
   });
   for (bool causal : {false, true})
-    cases.add(causal ? "attention_causal" : "attention", "attention",
-              [causal](GraphBuilder &b) {
-                return attention(in(b, "q", {2, 3, 4}), in(b, "k", {2, 3, 4}),
-                                 in(b, "v", {2, 3, 4}), causal);
-              });
+    cases.add(causal ? "attention_causal" : "attention", "attention", [causal](GraphBuilder &b) {
+      return attention(in(b, "q", {2, 3, 4}), in(b, "k", {2, 3, 4}), in(b, "v", {2, 3, 4}), causal);
+    });
   cases.add("attention_cross", "attention", [](GraphBuilder &b) {
     return attention(in(b, "q", {2, 3, 4}), in(b, "k", {2, 5, 4}), in(b, "v", {2, 5, 2}), false);
   });
   cases.add("gelu", "gelu", [](GraphBuilder &b) { return gelu(in(b, "x", {3, 4}) * 2.0); });
   cases.add(
       "leaky_relu", "leaky_relu",
-      [](GraphBuilder &b) { return leakyRelu(in(b, "x", {3, 4}), 0.1); }, distinct());
+      [](GraphBuilder &b) {
+        return leakyRelu(in(b, "x", {3, 4}), 0.1);
+      },
+      distinct());
   cases.add("mse", "mse", [](GraphBuilder &b) {
     return mse(in(b, "prediction", {3, 4}), in(b, "target", {3, 4}));
   });

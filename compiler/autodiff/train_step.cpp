@@ -117,7 +117,9 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
   for (size_t i = 0; i < params.size(); ++i) {
     Value p = params[i];
     Value g = grads[i];
-    const std::string &name = b.graph().node(p.id()).name;
+    // A copy: adding nodes (the weight-decay term, the state params) grows
+    // the graph's node vector and would leave a reference dangling.
+    const std::string name = b.graph().node(p.id()).name;
     DType dtype = p.dtype();
     Value lrP = asDType(rate, dtype);
     auto state = [&](const char *suffix) {

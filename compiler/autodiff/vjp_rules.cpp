@@ -23,7 +23,9 @@ std::vector<int64_t> normalizedAxes(const std::vector<int64_t> &axes, int64_t ra
 }
 
 // Brings a reduction's result (or its gradient) back to the input's shape.
-Value expandReduced(Value v, const Node &node, const Shape &inputShape) {
+// `inputShape` is taken by value: callers pass x.shape(), a reference into
+// the graph's node list, which the reshape below may reallocate.
+Value expandReduced(Value v, const Node &node, Shape inputShape) {
   std::vector<int64_t> axes;
   if (node.op == OpKind::ArgMax)
     axes = {node.attrs.getInt("axis")};
@@ -121,7 +123,8 @@ Value padGrad(const Node &node, Value g, const Shape &inputShape) {
   return slice(g, low, limits, strides);
 }
 
-std::vector<Value> concatGrad(const Node &node, const std::vector<Value> &xs, Value g) {
+std::vector<Value> concatGrad(const Node &node, const std::vector<Value> &xs, Value g,
+                              const std::vector<bool> &needed) {
   int64_t rank = g.rank();
   int64_t axis = node.attrs.getInt("axis");
   if (axis < 0)
@@ -133,7 +136,7 @@ std::vector<Value> concatGrad(const Node &node, const std::vector<Value> &xs, Va
     starts[axis] = offset;
     limits[axis] = offset + x.shape()[axis];
     offset = limits[axis];
-    grads.push_back(slice(g, starts, limits));
+    grads.push_back(needed[grads.size()] ? slice(g, starts, limits) : Value());
   }
   return grads;
 }
@@ -152,7 +155,8 @@ std::vector<int64_t> inversePermutation(const std::vector<int64_t> &perm) {
 
 } // namespace
 
-Value unbroadcast(Value g, const Shape &shape) {
+Value unbroadcast(Value g, const Shape &shapeRef) {
+  Shape shape = shapeRef; // may point into the graph, which sum() below grows
   if (g.shape() == shape)
     return g;
   int64_t extra = g.rank() - static_cast<int64_t>(shape.size());
@@ -202,8 +206,13 @@ std::vector<Value> vjp(const Node &node, const std::vector<Value> &x, Value y, V
     if (!isFloat(a().dtype()) || !isFloat(y.dtype()))
       return {};
     return {cast(g, a().dtype())};
-  case OpKind::Add: return {unbroadcast(g, shapeOf(0)), unbroadcast(g, shapeOf(1))};
-  case OpKind::Sub: return {unbroadcast(g, shapeOf(0)), unbroadcast(-g, shapeOf(1))};
+  // Operands off the path get nothing: not even a neg or a broadcast sum.
+  case OpKind::Add:
+    return {needed[0] ? unbroadcast(g, shapeOf(0)) : Value(),
+            needed[1] ? unbroadcast(g, shapeOf(1)) : Value()};
+  case OpKind::Sub:
+    return {needed[0] ? unbroadcast(g, shapeOf(0)) : Value(),
+            needed[1] ? unbroadcast(-g, shapeOf(1)) : Value()};
   case OpKind::Mul:
     return {needed[0] ? unbroadcast(g * b(), shapeOf(0)) : Value(),
             needed[1] ? unbroadcast(g * a(), shapeOf(1)) : Value()};
@@ -245,7 +254,7 @@ std::vector<Value> vjp(const Node &node, const std::vector<Value> &x, Value y, V
   case OpKind::Reshape: return {reshape(g, shapeOf(0))};
   case OpKind::BroadcastTo: return {unbroadcast(g, shapeOf(0))};
   case OpKind::Slice: return {sliceGrad(node, g, shapeOf(0))};
-  case OpKind::Concat: return concatGrad(node, x, g);
+  case OpKind::Concat: return concatGrad(node, x, g, needed);
   case OpKind::Pad: return {padGrad(node, g, shapeOf(0))};
   case OpKind::Gather: {
     int64_t axis = node.attrs.getInt("axis");

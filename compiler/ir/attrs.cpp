@@ -70,6 +70,10 @@ Attrs::Attrs(std::initializer_list<std::pair<std::string, AttrValue>> entries) {
 }
 
 void Attrs::set(std::string name, AttrValue value) {
+  // "[]" reads back as an empty integer list, so store it that way; getReals
+  // converts.
+  if (auto *reals = std::get_if<std::vector<double>>(&value); reals && reals->empty())
+    value = std::vector<int64_t>{};
   auto it = std::lower_bound(entries_.begin(), entries_.end(), name,
                              [](const auto &entry, const std::string &n) {
                                return entry.first < n;

@@ -171,13 +171,20 @@ class CompositeAttrs {
 public:
   CompositeAttrs(std::string_view name, const Attrs &attrs, const SourceLoc &loc)
       : name_(name), attrs_(attrs), loc_(loc) {}
+  template <class F> auto located(F &&read) const -> decltype(read()) {
+    try {
+      return read();
+    } catch (const Error &e) {
+      throw Error(locatedMessage(loc_, fmt::format("{}: {}", name_, e.what())));
+    }
+  }
   int64_t integer(std::string_view key, int64_t fallback) {
     used_.push_back(key);
-    return attrs_.has(key) ? attrs_.getInt(key) : fallback;
+    return located([&] { return attrs_.has(key) ? attrs_.getInt(key) : fallback; });
   }
   double real(std::string_view key, double fallback) {
     used_.push_back(key);
-    return attrs_.has(key) ? attrs_.getReal(key) : fallback;
+    return located([&] { return attrs_.has(key) ? attrs_.getReal(key) : fallback; });
   }
   void finish() const {
     for (const auto &[key, value] : attrs_.entries())

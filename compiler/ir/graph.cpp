@@ -56,6 +56,9 @@ ValueId Graph::add(Node node) {
     const char *what = node.op == OpKind::Input ? "input" : "param";
     if (!isIdentifier(node.name))
       fail(fmt::format("{} name '{}' is not an identifier", what, node.name));
+  } else if (!node.name.empty() && !isIdentifier(node.name)) {
+    // Every name must survive a round trip through the text format.
+    fail(fmt::format("value name '{}' is not an identifier", node.name));
   }
   if (!node.name.empty() && findNamed(node.name))
     fail(fmt::format("the name '{}' is already used in graph '{}'", node.name, name));

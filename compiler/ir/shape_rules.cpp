@@ -9,6 +9,10 @@
 namespace stepc {
 namespace {
 
+// Bound on sizes, strides and paddings: keeps every shape computation below
+// far from int64 overflow.
+constexpr int64_t kMaxExtent = int64_t(1) << 40;
+
 // Reads an op's attributes and, at the end, rejects any it did not read, so a
 // misspelt attribute ("strides" for "stride") is an error, not a silent default.
 class AttrReader {
@@ -42,8 +46,8 @@ public:
       throw Error(fmt::format("attribute '{}' must have {} entries, got {}", name,
                               size, attrValueString(v)));
     for (int64_t x : v)
-      if (x < minimum)
-        throw Error(fmt::format("attribute '{}' entries must be >= {}, got {}", name,
+      if (x < minimum || x > kMaxExtent)
+        throw Error(fmt::format("attribute '{}' entries must be in {}..2^40, got {}", name,
                                 minimum, attrValueString(v)));
     return v;
   }
@@ -243,7 +247,7 @@ TensorType slice(const TensorType &x, AttrReader &attrs) {
     if (starts[i] > limits[i] || limits[i] > x.shape[i])
       fail(fmt::format("axis {}: slice [{}:{}] is outside 0..{} of {}", i, starts[i],
                        limits[i], x.shape[i], typeString(x)));
-    out[i] = (limits[i] - starts[i] + strides[i] - 1) / strides[i];
+    out[i] = limits[i] == starts[i] ? 0 : (limits[i] - starts[i] - 1) / strides[i] + 1;
   }
   return {x.dtype, out};
 }
@@ -272,8 +276,12 @@ TensorType pad(const TensorType &x, AttrReader &attrs) {
   if (attrs.has("interior"))
     interior = attrs.intsOfSize("interior", x.shape.size(), 0);
   Shape out = x.shape;
-  for (size_t i = 0; i < out.size(); ++i)
-    out[i] += low[i] + high[i] + interior[i] * std::max<int64_t>(x.shape[i] - 1, 0);
+  for (size_t i = 0; i < out.size(); ++i) {
+    int64_t spread = checkedNumel({interior[i], std::max<int64_t>(x.shape[i] - 1, 0)});
+    if (spread > kMaxExtent || out[i] > kMaxExtent)
+      fail(fmt::format("padded axis {} of {} would exceed 2^40 elements", i, typeString(x)));
+    out[i] += low[i] + high[i] + spread;
+  }
   return {x.dtype, checkedShape(out)};
 }
 
@@ -290,7 +298,9 @@ TensorType gather(std::span<const TensorType> in, AttrReader &attrs) {
 // Output size of a sliding window; fails when the window does not fit.
 int64_t windowOutput(int64_t input, int64_t kernel, int64_t stride, int64_t padding,
                      int64_t dilation, std::string_view axis) {
-  int64_t span = dilation * (kernel - 1) + 1;
+  if (kernel > kMaxExtent || input > kMaxExtent)
+    fail(fmt::format("{} of {} with kernel {} exceeds 2^40", axis, input, kernel));
+  int64_t span = checkedNumel({dilation, kernel - 1}) + 1;
   int64_t padded = input + 2 * padding;
   if (padded < span)
     fail(fmt::format("window of {} (kernel {}, dilation {}) does not fit the {} of {} "
@@ -309,8 +319,8 @@ TensorType conv2d(std::span<const TensorType> in, AttrReader &attrs) {
   const auto &padding = attrs.intsOfSize("padding", 2, 0);
   const auto &dilation = attrs.intsOfSize("dilation", 2, 1);
   int64_t groups = attrs.integer("groups");
-  if (groups < 1)
-    fail(fmt::format("groups must be >= 1, got {}", groups));
+  if (groups < 1 || groups > kMaxExtent)
+    fail(fmt::format("groups must be in 1..2^40, got {}", groups));
   int64_t c = x.shape[1], o = w.shape[0];
   if (c % groups != 0 || o % groups != 0)
     fail(fmt::format("input channels {} and output channels {} must both be divisible "
@@ -350,7 +360,7 @@ TensorType scatterAdd(std::span<const TensorType> in, AttrReader &attrs) {
   int64_t axis = attrs.integer("axis");
   int64_t size = attrs.integer("size");
   int64_t ir = indices.rank();
-  if (axis < 0 || axis + ir > updates.rank())
+  if (axis < 0 || axis > updates.rank() || ir > updates.rank() - axis)
     fail(fmt::format("axis {} does not fit indices {} into updates {}", axis,
                      typeString(indices), typeString(updates)));
   if (size < 0)
@@ -381,7 +391,8 @@ TensorType conv2dGradInput(std::span<const TensorType> in, AttrReader &attrs) {
   requireSameDType(g, w);
   const auto &hw = attrs.intsOfSize("input_hw", 2, 1);
   int64_t groups = attrs.integer("groups");
-  TensorType x{g.dtype, {g.shape[0], w.shape[1] * std::max<int64_t>(groups, 1), hw[0], hw[1]}};
+  TensorType x{g.dtype,
+               {g.shape[0], checkedNumel({w.shape[1], std::max<int64_t>(groups, 1)}), hw[0], hw[1]}};
   TensorType forward[] = {x, w};
   requireForwardShape(conv2d(forward, attrs), g);
   return x;

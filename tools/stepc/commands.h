@@ -2,8 +2,10 @@
 #pragma once
 
 #include "stepc/interpreter.h"
+#include "stepc/onnx.h"
 
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -62,5 +64,47 @@ int gradcheck(const GradcheckCliOptions &options);
 
 // `stepc demo`: trains the small examples on the reference interpreter.
 int demo();
+
+struct OptOptions {
+  std::string file, output;
+  // The passes to run in order; without --passes, defaultPipeline().
+  std::vector<std::string> passes;
+  bool passesGiven = false;
+  bool printAfterAll = false, stats = false;
+  // Fusion flags (compiler/passes/fusion.cpp) go here: fusionReport, noFusion,
+  // whyNotFused, dot, svg.
+};
+// `stepc opt FILE.sg [--passes a,b,c] [--print-after-all] [--stats] [-o OUT.sg]`
+int opt(const OptOptions &options);
+
+// --- ONNX (onnx_commands.cpp) ---
+
+// The backend behind --backend: "interp" runs the reference interpreter;
+// "cpu" and "cuda" are not available yet (a clear error).
+BackendRun selectBackend(const std::string &name);
+
+// A .sg file (params from their initializers) or an .onnx file (imported
+// weights); `inputValues` are offered to an ONNX model that needs input
+// values at import, and the inputs it took become constants (`bound`).
+struct LoadedModel {
+  Graph graph;
+  TensorMap params;
+  std::set<std::string> bound;
+};
+LoadedModel loadModel(const std::string &file, const TensorMap &inputValues = {});
+
+struct ImportOnnxOptions {
+  std::string file, output;
+  std::vector<std::string> inputs; // NAME=FILE.npy for inputs needed at import
+};
+// `stepc import-onnx MODEL.onnx -o MODEL.sg`: also writes MODEL.params/NAME.npy.
+int importOnnx(const ImportOnnxOptions &options);
+
+struct ConformanceCliOptions {
+  std::string dir, backend = "interp", expectedFailures;
+  bool verbose = false;
+};
+// `stepc onnx-conformance DIR [--backend interp|cpu|cuda] [--expected-failures FILE]`
+int onnxConformance(const ConformanceCliOptions &options);
 
 } // namespace stepc::cli

@@ -73,6 +73,21 @@ int main(int argc, char **argv) {
 
   auto *demo = app.add_subcommand("demo", "Train the XOR and poly_sin examples");
 
+  stepc::cli::OptOptions optOptions;
+  auto *opt = app.add_subcommand("opt", "Run graph passes and print the optimized graph");
+  opt->add_option("file", optOptions.file, "graph file (.sg)")->required();
+  auto *passesOption =
+      opt->add_option("--passes", optOptions.passes,
+                      "passes to run in order: dce, cse, fold, simplify "
+                      "(default: the inference or training-step pipeline)")
+          ->delimiter(',');
+  opt->add_flag("--print-after-all", optOptions.printAfterAll,
+                "print the graph after each pass (to stderr)");
+  opt->add_flag("--stats", optOptions.stats,
+                "per pass: nodes before/after and time taken (to stderr)");
+  opt->add_option("-o,--output", optOptions.output, "write the graph here");
+  // Fusion flags: --fusion-report, --no-fusion, --why-not-fused, --dot, --svg.
+
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -90,6 +105,10 @@ int main(int argc, char **argv) {
       return stepc::cli::gradcheck(checkOptions);
     if (*demo)
       return stepc::cli::demo();
+    if (*opt) {
+      optOptions.passesGiven = passesOption->count() > 0;
+      return stepc::cli::opt(optOptions);
+    }
   } catch (const stepc::Error &e) {
     fmt::print(stderr, "{}\n", e.what());
     return 1;

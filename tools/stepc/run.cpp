@@ -1,5 +1,6 @@
 #include "commands.h"
 
+#include "stepc/compile.h"
 #include "stepc/npy.h"
 #include "stepc/text.h"
 
@@ -44,8 +45,8 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
 }
 
 int run(const RunOptions &options) {
-  if (options.backend != "interp")
-    throw Error(fmt::format("unknown backend '{}'; available: interp", options.backend));
+  if (options.backend != "interp" && options.backend != "cpu")
+    throw Error(fmt::format("unknown backend '{}'; available: interp, cpu", options.backend));
   Graph graph = parseGraphFile(options.file);
 
   TensorMap inputs = randomInputs(graph, options.seed);
@@ -62,7 +63,16 @@ int run(const RunOptions &options) {
     it->second = readNpy(path);
   }
   TensorMap params = initialParams(graph);
-  TensorMap outputs = interpret(graph, inputs, params);
+  TensorMap outputs;
+  if (options.backend == "cpu") {
+    auto executable = compileJit(graph);
+    for (auto &[name, value] : params)
+      executable->setParam(name, value);
+    for (auto &[name, value] : executable->step(inputs))
+      outputs.emplace(name, std::move(value));
+  } else {
+    outputs = interpret(graph, inputs, params);
+  }
 
   if (!options.saveOutputs.empty())
     std::filesystem::create_directories(options.saveOutputs);

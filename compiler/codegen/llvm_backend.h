@@ -1,0 +1,33 @@
+// MLIR text -> LLVM dialect -> LLVM IR -> host machine code. The only place
+// besides mlir_jit.cpp that includes MLIR or LLVM headers (DESIGN.md rule 2).
+#pragma once
+
+#include <memory>
+#include <string>
+
+namespace stepc::codegen {
+
+// The lowering stages `stepc compile --dump` can show.
+enum class Stage { Mlir, LlvmDialect, LlvmIr, OptimizedLlvmIr };
+
+// Lowers a module of kernels to the given stage and prints it.
+std::string lowerToStage(const std::string &mlirModule, Stage stage);
+
+// Compiles a module of kernels to a relocatable object for the host CPU
+// (its native vector width: AVX-512 here), optimized at O3.
+std::string compileToObject(const std::string &mlirModule);
+
+// The host target, as "x86_64-pc-linux-gnu znver4 +avx512f,...": part of
+// every cache key, since objects are built for it.
+std::string hostTargetDescription();
+
+// Machine code loaded in memory (LLVM ORC). Symbols stay valid while it lives.
+class LoadedObject {
+public:
+  static std::shared_ptr<LoadedObject> load(const std::string &objectBytes);
+  virtual ~LoadedObject() = default;
+  // The address of a symbol; throws stepc::Error if it is missing.
+  virtual void *symbol(const std::string &name) = 0;
+};
+
+} // namespace stepc::codegen

@@ -1,0 +1,109 @@
+#include "mlir_text.h"
+
+#include <fmt/format.h>
+
+#include <bit>
+#include <cmath>
+
+namespace stepc::codegen {
+
+std::string scalarType(DType dtype) {
+  switch (dtype) {
+  case DType::F32: return "f32";
+  case DType::F64: return "f64";
+  case DType::I32: return "i32";
+  case DType::I64: return "i64";
+  case DType::Bool: return "i1";
+  }
+  return "?";
+}
+
+std::string memoryElementType(DType dtype) {
+  return dtype == DType::Bool ? "i8" : scalarType(dtype);
+}
+
+std::string memrefType(const TensorType &type) {
+  std::string dims;
+  for (int64_t d : type.shape)
+    dims += fmt::format("{}x", d);
+  return fmt::format("memref<{}{}>", dims, memoryElementType(type.dtype));
+}
+
+void MlirWriter::line(const std::string &text) {
+  out_.append(static_cast<size_t>(depth_) * 2 + 4, ' ');
+  out_ += text;
+  out_ += '\n';
+}
+
+std::string MlirWriter::fresh(const std::string &hint) {
+  return fmt::format("%{}{}", hint, counter_++);
+}
+
+std::string MlirWriter::assign(const std::string &rhs) {
+  std::string name = fresh();
+  line(fmt::format("{} = {}", name, rhs));
+  return name;
+}
+
+std::string MlirWriter::indexConstant(int64_t value) {
+  std::string key = fmt::format("idx:{}", value);
+  if (const std::string *hit = cached(key))
+    return *hit;
+  std::string name = assign(fmt::format("arith.constant {} : index", value));
+  cache(key, name);
+  return name;
+}
+
+std::string MlirWriter::constant(double value, DType dtype) {
+  std::string literal;
+  switch (dtype) {
+  case DType::F32:
+    // Hexadecimal bit patterns are exact, including inf, nan and -0.
+    literal = fmt::format("0x{:08X}", std::bit_cast<uint32_t>(static_cast<float>(value)));
+    break;
+  case DType::F64:
+    literal = fmt::format("0x{:016X}", std::bit_cast<uint64_t>(value));
+    break;
+  case DType::I32:
+  case DType::I64:
+    literal = fmt::format("{}", static_cast<int64_t>(value));
+    break;
+  case DType::Bool:
+    literal = value != 0 ? "true" : "false";
+    break;
+  }
+  std::string key = fmt::format("c:{}:{}", literal, scalarType(dtype));
+  if (const std::string *hit = cached(key))
+    return *hit;
+  std::string name = assign(fmt::format("arith.constant {} : {}", literal, scalarType(dtype)));
+  cache(key, name);
+  return name;
+}
+
+std::string MlirWriter::beginFor(const std::string &lb, const std::string &ub) {
+  std::string iv = fresh("i");
+  std::string one = indexConstant(1);
+  line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, one));
+  indent();
+  pushScope();
+  return iv;
+}
+
+void MlirWriter::endFor() {
+  popScope();
+  dedent();
+  line("}");
+}
+
+const std::string *MlirWriter::cached(const std::string &key) const {
+  for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it)
+    if (auto found = it->find(key); found != it->end())
+      return &found->second;
+  return nullptr;
+}
+
+void MlirWriter::cache(const std::string &key, const std::string &value) {
+  scopes_.back()[key] = value;
+}
+
+} // namespace stepc::codegen

@@ -1,0 +1,158 @@
+#include "tiled_matmul.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <vector>
+
+namespace stepc::codegen {
+namespace {
+
+constexpr int kRows = 8;    // rows of a register tile
+constexpr int kVectors = 2; // vector<16xf32> per row of a tile
+constexpr int kLanes = 16;  // AVX-512: 16 f32 lanes
+constexpr const char *kVec = "vector<16xf32>";
+
+std::string memref(int64_t rows, int64_t cols) {
+  return fmt::format("memref<{}x{}xf32>", rows, cols);
+}
+
+// Emits `scf.for` with vector accumulators; returns the result names.
+struct VectorLoop {
+  std::string iv;
+  std::vector<std::string> accs, results;
+};
+
+VectorLoop openVectorLoop(MlirWriter &w, const std::string &lb, const std::string &ub,
+                          const std::vector<std::string> &inits) {
+  VectorLoop loop;
+  loop.iv = w.fresh("k");
+  std::string res = w.fresh("t");
+  std::vector<std::string> args, types;
+  for (size_t i = 0; i < inits.size(); ++i) {
+    loop.accs.push_back(w.fresh("acc"));
+    args.push_back(fmt::format("{} = {}", loop.accs.back(), inits[i]));
+    types.push_back(kVec);
+    loop.results.push_back(fmt::format("{}#{}", res, i));
+  }
+  w.line(fmt::format("{}:{} = scf.for {} = {} to {} step {} iter_args({}) -> ({}) {{", res,
+                     inits.size(), loop.iv, lb, ub, w.indexConstant(1), fmt::join(args, ", "),
+                     fmt::join(types, ", ")));
+  w.indent();
+  w.pushScope();
+  return loop;
+}
+
+void closeVectorLoop(MlirWriter &w, const std::vector<std::string> &yields) {
+  std::vector<std::string> types(yields.size(), kVec);
+  w.line(fmt::format("scf.yield {} : {}", fmt::join(yields, ", "), fmt::join(types, ", ")));
+  w.popScope();
+  w.dedent();
+  w.line("}");
+}
+
+std::string add(MlirWriter &w, const std::string &a, int64_t b) {
+  return w.assign(fmt::format("arith.addi {}, {} : index", a, w.indexConstant(b)));
+}
+
+// Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16).
+void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
+                    const std::string &col, int vectors) {
+  std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
+  std::vector<std::string> inits(static_cast<size_t>(rows * vectors), zero);
+  VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(mm.k), inits);
+  std::vector<std::string> bv;
+  for (int v = 0; v < vectors; ++v)
+    bv.push_back(w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, loop.iv,
+                                      v == 0 ? col : add(w, col, v * kLanes),
+                                      memref(mm.k, mm.n), kVec)));
+  std::vector<std::string> next;
+  for (int r = 0; r < rows; ++r) {
+    std::string row = r == 0 ? rowLo : add(w, rowLo, r);
+    std::string a = w.assign(
+        fmt::format("memref.load {}[{}, {}] : {}", mm.a, row, loop.iv, memref(mm.m, mm.k)));
+    std::string splat = w.assign(fmt::format("vector.broadcast {} : f32 to {}", a, kVec));
+    for (int v = 0; v < vectors; ++v)
+      next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", splat, bv[v],
+                                          loop.accs[r * vectors + v], kVec)));
+  }
+  closeVectorLoop(w, next);
+  for (int r = 0; r < rows; ++r) {
+    std::string row = r == 0 ? rowLo : add(w, rowLo, r);
+    for (int v = 0; v < vectors; ++v)
+      w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", loop.results[r * vectors + v],
+                         mm.c, row, v == 0 ? col : add(w, col, v * kLanes), memref(mm.m, mm.n),
+                         kVec));
+  }
+}
+
+// Plain dot products for the columns no vector covers.
+void emitScalarColumns(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
+                       const std::string &rowHi, int64_t colLo) {
+  std::string i = w.beginFor(rowLo, rowHi);
+  std::string j = w.beginFor(w.indexConstant(colLo), w.indexConstant(mm.n));
+  std::string kv = w.fresh("k"), acc = w.fresh("acc"), res = w.fresh();
+  w.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> (f32) {{", res, kv,
+                     w.indexConstant(0), w.indexConstant(mm.k), w.indexConstant(1), acc,
+                     w.constant(0, DType::F32)));
+  w.indent();
+  w.pushScope();
+  std::string a = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.a, i, kv, memref(mm.m, mm.k)));
+  std::string b = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.b, kv, j, memref(mm.k, mm.n)));
+  std::string s = w.assign(fmt::format("math.fma {}, {}, {} : f32", a, b, acc));
+  w.line(fmt::format("scf.yield {} : f32", s));
+  w.popScope();
+  w.dedent();
+  w.line("}");
+  w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", res, mm.c, i, j, memref(mm.m, mm.n)));
+  w.endFor();
+  w.endFor();
+}
+
+} // namespace
+
+void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
+  std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
+  std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
+  // Whole row tiles end at lo + floor((hi - lo) / 8) * 8.
+  std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
+  std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(kRows)));
+  std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(kRows)));
+  std::string tileEnd = w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled));
+
+  int64_t wideCols = (mm.n / (kVectors * kLanes)) * kVectors * kLanes;
+  int64_t narrowCols = (mm.n / kLanes) * kLanes;
+
+  // Column panels outside, row tiles inside.
+  if (wideCols > 0) {
+    std::string col = w.fresh("j");
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
+                       w.indexConstant(wideCols), w.indexConstant(kVectors * kLanes)));
+    w.indent();
+    w.pushScope();
+    std::string row = w.fresh("i");
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(kRows)));
+    w.indent();
+    w.pushScope();
+    emitVectorTile(w, mm, row, kRows, col, kVectors);
+    w.popScope();
+    w.dedent();
+    w.line("}");
+    // Leftover rows of this panel, one at a time.
+    std::string r = w.beginFor(tileEnd, hi);
+    emitVectorTile(w, mm, r, 1, col, kVectors);
+    w.endFor();
+    w.popScope();
+    w.dedent();
+    w.line("}");
+  }
+  if (narrowCols > wideCols) {
+    std::string r = w.beginFor(lo, hi);
+    emitVectorTile(w, mm, r, 1, w.indexConstant(wideCols), 1);
+    w.endFor();
+  }
+  if (mm.n > narrowCols)
+    emitScalarColumns(w, mm, lo, hi, narrowCols);
+}
+
+} // namespace stepc::codegen

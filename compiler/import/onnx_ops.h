@@ -1,0 +1,50 @@
+// Internal to the ONNX importer: helpers shared by the mapping functions and
+// the mapping functions of onnx_nn_ops.cpp, which kMappings in onnx_ops.cpp
+// names.
+#pragma once
+
+#include "onnx_context.h"
+
+namespace stepc::onnx_import {
+
+// Axis in [-rank, rank) -> [0, rank); out of range is an error naming `what`.
+int64_t normalizeAxis(NodeContext &c, int64_t axis, int64_t rank, std::string_view what);
+// Normalized, sorted, without repeats (a repeat is an error).
+std::vector<int64_t> normalizeAxes(NodeContext &c, std::vector<int64_t> axes, int64_t rank,
+                                   std::string_view what);
+// A scalar constant of `like`'s dtype.
+Value scalarOf(NodeContext &c, Value like, double value);
+Value indexConstant(NodeContext &c, const std::vector<int64_t> &values);
+// Moves the last axis of x to position `axis`.
+Value moveLastAxisTo(Value x, int64_t axis);
+// i + size where i < 0 (ONNX counts negative indices from the end).
+Value wrapNegativeIndices(NodeContext &c, Value indices, int64_t size);
+
+void mapConv(NodeContext &c);
+void mapMaxPool(NodeContext &c);
+void mapAveragePool(NodeContext &c);
+void mapGlobalAveragePool(NodeContext &c);
+void mapGlobalMaxPool(NodeContext &c);
+void mapBatchNormalization(NodeContext &c);
+void mapInstanceNormalization(NodeContext &c);
+void mapLayerNormalization(NodeContext &c);
+void mapMeanVarianceNormalization(NodeContext &c);
+void mapPad(NodeContext &c);
+void mapClip(NodeContext &c);
+void mapLeakyRelu(NodeContext &c);
+void mapElu(NodeContext &c);
+void mapSelu(NodeContext &c);
+void mapCelu(NodeContext &c);
+void mapPRelu(NodeContext &c);
+void mapThresholdedRelu(NodeContext &c);
+void mapHardSigmoid(NodeContext &c);
+void mapHardSwish(NodeContext &c);
+void mapSoftplus(NodeContext &c);
+void mapSoftsign(NodeContext &c);
+void mapShrink(NodeContext &c);
+void mapGelu(NodeContext &c);
+void mapTan(NodeContext &c);
+void mapSinh(NodeContext &c);
+void mapCosh(NodeContext &c);
+
+} // namespace stepc::onnx_import

@@ -1,0 +1,839 @@
+// Fusion: partitions a graph into kernels (FusionGroups).
+//
+// Every node that is no source (input, param) and no inlined constant
+// (constant, iota) starts as a kernel of its own; groups then merge greedily:
+//   1. producer -> consumer, over every edge in program order, until nothing
+//      changes: loop fusion (elementwise chains), reduction input fusion
+//      (elementwise producers into the reduction reading them), reduction
+//      epilogues (what only needs the reduced value, broadcast back or not),
+//      and matmul/conv epilogues (bias, activation, scale, an optimizer's
+//      update of the weight whose gradient the matmul computes);
+//   2. siblings: groups that read a common value and iterate over the same
+//      space become one multi-output kernel (a parameter and its moments);
+//   3. producer -> consumer once more, for what step 2 made possible.
+// A merge happens only when ShouldFuse() says yes. It checks that the merged
+// node set is still one kernel that codegen can emit (the contract is in
+// include/stepc/fusion.h) and that the kernel graph stays acyclic. Every "no"
+// carries the rule that said it, which --why-not-fused prints.
+//
+// Nothing is ever duplicated: each node is in exactly one group. A producer
+// that also feeds other kernels can still join its consumer; it then becomes
+// one more output of the merged kernel, so it is written once and never
+// recomputed. (XLA duplicates cheap producers into several consumers instead;
+// we keep "one node, one kernel" because the report, the buffer plan and the
+// oracle test all rely on it.)
+#include "stepc/fusion.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cassert>
+#include <map>
+#include <queue>
+#include <set>
+
+namespace stepc {
+
+std::string_view fusionKindName(FusionKind kind) {
+  switch (kind) {
+  case FusionKind::Single: return "single";
+  case FusionKind::Loop: return "loop";
+  case FusionKind::Reduction: return "reduction";
+  case FusionKind::Epilogue: return "epilogue";
+  case FusionKind::MultiOutput: return "multi-output";
+  }
+  return "?";
+}
+
+namespace {
+
+// How fusion sees each op (one case per op, DESIGN.md rule 1).
+enum class OpClass {
+  Source,      // input, param: buffers the caller owns
+  Inlined,     // constant, iota: computed by every kernel that reads them
+  Elementwise, // out[i] from operands at i (after NumPy broadcasting)
+  View,        // an index map over its operand: read by index, never computed
+  Reduction,   // reduces axes of its first operand
+  Contraction, // matmul, conv and conv gradients: the hero of an Epilogue kernel
+  Opaque,      // runs alone, see opaqueReason()
+};
+
+OpClass opClass(OpKind op) {
+  switch (op) {
+  case OpKind::Input:
+  case OpKind::Parameter: return OpClass::Source;
+  case OpKind::Constant:
+  case OpKind::Iota: return OpClass::Inlined;
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select: return OpClass::Elementwise;
+  // The mask is a function of (seed, the element's flat index), so dropout is
+  // elementwise for fusion: any kernel that visits the element can compute it.
+  case OpKind::Dropout: return OpClass::Elementwise;
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax: return OpClass::Reduction;
+  case OpKind::MatMul:
+  case OpKind::Conv2d:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight: return OpClass::Contraction;
+  // Pure index maps: out[i] = operand[f(i)] (or a fill value for pad, or a
+  // comparison with the index for one_hot). Reading one costs index math, so
+  // a kernel folds them into its reads instead of materializing them; a
+  // transpose feeding a matmul becomes the matmul's operand indexing.
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Pad:
+  case OpKind::OneHot: return OpClass::View;
+  case OpKind::Concat:
+  case OpKind::Gather:
+  case OpKind::ScatterAdd:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad: return OpClass::Opaque;
+  }
+  return OpClass::Opaque;
+}
+
+// Why an opaque op runs alone (rule "opaque").
+std::string_view opaqueReason(OpKind op) {
+  switch (op) {
+  case OpKind::Gather: return "it reads rows chosen by run-time indices";
+  case OpKind::ScatterAdd:
+    return "it accumulates into rows chosen by run-time indices";
+  case OpKind::Concat: return "it reads a different operand per range of its output";
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d: return "each output reads a window of its input";
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad: return "each input element scatters into several windows";
+  default: return "it has no fusible form";
+  }
+}
+
+// Where a node of a kernel lives in the kernel's iteration (fusion.h).
+enum class Role : uint8_t {
+  External, // not in the kernel: read from memory (or an inlined constant)
+  Full,     // one value per iteration point
+  Reduced,  // one value per row of a Reduction kernel
+  Uniform,  // one scalar for the whole kernel
+  View,     // an index map over memory (or over a uniform value)
+};
+
+struct FusionDecision {
+  bool fuse = true;
+  std::string rule; // why not, when !fuse
+  static FusionDecision yes() { return {}; }
+  static FusionDecision no(std::string rule) { return {false, std::move(rule)}; }
+};
+
+// What kind of loop a set of nodes forms, when it forms one.
+struct KernelShape {
+  enum class Mode { Loop, Reduction, Epilogue } mode = Mode::Loop;
+  Shape space;              // Loop/Epilogue: iteration shape; Reduction: reduced operand
+  std::vector<bool> axes;   // Reduction: which axes of `space` are reduced
+  int64_t hero = -1;        // contraction, or first reduction
+  bool opaque = false;      // a single opaque op
+};
+
+std::vector<bool> reducedAxes(const Node &node, int64_t rank) {
+  std::vector<bool> axes(static_cast<size_t>(rank), false);
+  auto mark = [&](int64_t axis) { axes[static_cast<size_t>(axis < 0 ? axis + rank : axis)] = true; };
+  if (node.op == OpKind::ArgMax)
+    mark(node.attrs.getInt("axis"));
+  else
+    for (int64_t axis : node.attrs.getInts("axes"))
+      mark(axis);
+  return axes;
+}
+
+Shape squeezed(const Shape &shape) {
+  Shape out;
+  for (int64_t d : shape)
+    if (d != 1)
+      out.push_back(d);
+  return out;
+}
+
+int64_t numelOf(const Shape &shape) {
+  int64_t n = 1;
+  for (int64_t d : shape)
+    n *= d;
+  return n;
+}
+
+class Fuser {
+public:
+  Fuser(const Graph &graph, const FusionOptions &options)
+      : g_(graph), options_(options), n_(graph.size()), users_(n_), escapes_(n_, false),
+        groupOf_(n_, -1), mark_(n_, 0), role_(n_, Role::External) {
+    for (ValueId v = 0; v < n_; ++v)
+      for (ValueId o : g_.node(v).operands)
+        if (users_[o].empty() || users_[o].back() != v)
+          users_[o].push_back(v);
+    for (const GraphOutput &out : g_.outputs)
+      escapes_[out.value] = true;
+    for (const ParamUpdate &u : g_.updates)
+      escapes_[u.value] = true;
+    for (ValueId v = 0; v < n_; ++v) {
+      OpClass c = opClass(g_.node(v).op);
+      if (c == OpClass::Source || c == OpClass::Inlined)
+        continue;
+      groupOf_[v] = static_cast<int>(members_.size());
+      members_.push_back({v});
+      minId_.push_back(v);
+      maxId_.push_back(v);
+    }
+  }
+
+  FusionPlan run();
+
+private:
+  bool computed(ValueId v) const { return groupOf_[v] >= 0; }
+  const Shape &shape(ValueId v) const { return g_.type(v).shape; }
+  std::string show(ValueId v) const {
+    const Node &node = g_.node(v);
+    return node.name.empty() ? fmt::format("%{}", v) : "%" + node.name;
+  }
+  std::string describe(ValueId v) const {
+    return fmt::format("{} ({})", show(v), opInfo(g_.node(v).op).name);
+  }
+
+  FusionDecision analyze(const std::vector<ValueId> &nodes, KernelShape *out);
+  FusionDecision shouldFuse(int producer, int consumer);
+  FusionDecision shouldFuseSiblings(int a, int b);
+  bool reaches(int from, int to) const;
+  void merge(int into, int from);
+  std::vector<ValueId> united(int a, int b) const;
+  bool producerConsumerSweep();
+  bool siblingSweep();
+  FusionPlan finish();
+
+  const Graph &g_;
+  FusionOptions options_;
+  size_t n_;
+  std::vector<std::vector<ValueId>> users_; // distinct, in order
+  std::vector<bool> escapes_;               // graph output or param update
+  std::vector<int> groupOf_;
+  std::vector<std::vector<ValueId>> members_; // sorted; empty once merged away
+  std::vector<ValueId> minId_, maxId_;
+  std::map<std::pair<ValueId, ValueId>, std::string> refusals_;
+  // Scratch for analyze(): mark_[v] == stamp_ means v is in the candidate.
+  std::vector<uint32_t> mark_;
+  uint32_t stamp_ = 0;
+  std::vector<Role> role_;
+};
+
+// Whether `nodes` (sorted) form one kernel, and of which shape. Each early
+// return is one fusion rule; its message is what --why-not-fused prints.
+FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *out) {
+  ++stamp_;
+  for (ValueId v : nodes)
+    mark_[v] = stamp_;
+  auto inside = [&](ValueId v) { return mark_[v] == stamp_; };
+
+  KernelShape k;
+  ValueId contraction = 0, firstReduction = 0;
+  bool hasContraction = false, hasReduction = false;
+  for (ValueId v : nodes) {
+    OpKind op = g_.node(v).op;
+    switch (opClass(op)) {
+    case OpClass::Opaque:
+      // Rule "opaque": gather, scatter_add, concat, pooling and pooling
+      // gradients run alone; their loops are not an elementwise loop nest
+      // (see opaqueReason), so nothing shares one with them.
+      if (nodes.size() > 1)
+        return FusionDecision::no(
+            fmt::format("{} runs alone: {}", describe(v), opaqueReason(op)));
+      k.opaque = true;
+      break;
+    case OpClass::Contraction:
+      // Rule "one contraction": a kernel is built around one matmul/conv's
+      // tiling; a second one (a matmul reading another's result) would need
+      // the first's whole result, so that result goes through memory.
+      if (hasContraction)
+        return FusionDecision::no(fmt::format(
+            "one matmul/conv per kernel: {} and {}", describe(contraction), describe(v)));
+      hasContraction = true;
+      contraction = v;
+      break;
+    case OpClass::Reduction:
+      if (!hasReduction)
+        firstReduction = v;
+      hasReduction = true;
+      break;
+    default: break;
+    }
+  }
+  // Rule "no reduction after a contraction": reducing a matmul's result (a
+  // bias gradient's column sum, a softmax over scores) needs every tile of it,
+  // so the reduction would have to run across the matmul's tiles.
+  if (hasContraction && hasReduction)
+    return FusionDecision::no(fmt::format(
+        "{} reduces the result of {}: a reduction needs the matmul's whole result",
+        describe(firstReduction), describe(contraction)));
+
+  std::vector<bool> axes;
+  Shape reducedKeep; // Reduction: the reduced shape with keepdims
+  if (hasContraction) {
+    k.mode = KernelShape::Mode::Epilogue;
+    k.space = shape(contraction);
+    k.hero = contraction;
+  } else if (hasReduction) {
+    k.mode = KernelShape::Mode::Reduction;
+    const Node &r0 = g_.node(firstReduction);
+    k.space = shape(r0.operands[0]);
+    k.axes = reducedAxes(r0, static_cast<int64_t>(k.space.size()));
+    k.hero = firstReduction;
+    reducedKeep = k.space;
+    for (size_t i = 0; i < k.axes.size(); ++i)
+      if (k.axes[i])
+        reducedKeep[i] = 1;
+    // Rule "one reduction space": all reductions of a kernel walk the same
+    // rows (same operand shape, same axes), so one loop over the kept axes
+    // holds them all; softmax's max and sum, layer_norm's two means.
+    for (ValueId v : nodes) {
+      const Node &node = g_.node(v);
+      if (opClass(node.op) != OpClass::Reduction || v == firstReduction)
+        continue;
+      const Shape &s = shape(node.operands[0]);
+      if (s != k.space || reducedAxes(node, static_cast<int64_t>(s.size())) != k.axes)
+        return FusionDecision::no(fmt::format(
+            "reductions over different spaces: {} reduces {} and {} reduces {}",
+            describe(firstReduction), shapeString(k.space), describe(v), shapeString(s)));
+    }
+  } else {
+    // A loop kernel iterates over its biggest output (every output must
+    // have that many elements; checked below).
+    k.mode = KernelShape::Mode::Loop;
+    int64_t best = -1;
+    for (ValueId v : nodes) {
+      bool isOut = escapes_[v];
+      for (ValueId u : users_[v])
+        isOut = isOut || !inside(u);
+      if (isOut && g_.type(v).numel() > best) {
+        best = g_.type(v).numel();
+        k.space = shape(v);
+      }
+    }
+    if (best < 0)
+      k.space = shape(nodes.back());
+  }
+  if (k.hero < 0 && nodes.size() == 1)
+    k.space = shape(nodes[0]);
+  if (nodes.size() == 1) {
+    if (out)
+      *out = k;
+    return FusionDecision::yes();
+  }
+
+  const int64_t spaceNumel = numelOf(k.space);
+  const bool reduction = k.mode == KernelShape::Mode::Reduction;
+  const Shape reducedSqueezed = squeezed(reducedKeep);
+  auto roleOf = [&](ValueId v) { return inside(v) ? role_[v] : Role::External; };
+  // A reduced value read by a full-shape node must broadcast back along the
+  // reduced axes only: its shape, padded with leading 1s, is the keepdims
+  // shape of the reduction.
+  auto broadcastsBack = [&](const Shape &s) {
+    if (s.size() > reducedKeep.size())
+      return false;
+    Shape padded(reducedKeep.size() - s.size(), 1);
+    padded.insert(padded.end(), s.begin(), s.end());
+    return padded == reducedKeep;
+  };
+  auto misaligned = [&](ValueId v, ValueId operand, std::string_view why) {
+    // Rule "aligned reads": inside a kernel a computed value exists only at
+    // the iteration point that computed it, so another node may read it only
+    // at that point (or a row's reduced value broadcast back over the row).
+    return FusionDecision::no(fmt::format("{} would read {} {}: {}", describe(v),
+                                          describe(operand), why,
+                                          "values computed in a kernel are read at their own "
+                                          "iteration point only"));
+  };
+
+  for (ValueId v : nodes) {
+    const Node &node = g_.node(v);
+    const Shape &s = node.type.shape;
+    int64_t numel = node.type.numel();
+    switch (opClass(node.op)) {
+    case OpClass::View: {
+      ValueId operand = node.operands[0];
+      Role r = roleOf(operand);
+      if (r == Role::External || r == Role::View || r == Role::Uniform) {
+        role_[v] = numel == 1 && r == Role::Uniform ? Role::Uniform : Role::View;
+      } else if (r == Role::Full && node.op == OpKind::Reshape && !reduction) {
+        // A reshape keeps the row-major order: in a flat loop it is a no-op.
+        role_[v] = Role::Full;
+      } else if (r == Role::Reduced && node.op == OpKind::Reshape &&
+                 squeezed(s) == reducedSqueezed) {
+        role_[v] = Role::Reduced; // [128,1] <-> [128]: same row order
+      } else if (r == Role::Reduced && node.op == OpKind::BroadcastTo && s == k.space &&
+                 broadcastsBack(shape(operand))) {
+        role_[v] = Role::Full;
+      } else {
+        return misaligned(v, operand, "through an index map");
+      }
+      break;
+    }
+    case OpClass::Elementwise: {
+      // Place the node by its shape, then check each in-kernel operand.
+      Role mine;
+      if (reduction ? s == k.space : numel == spaceNumel)
+        mine = Role::Full;
+      else if (reduction && squeezed(s) == reducedSqueezed)
+        mine = Role::Reduced;
+      else if (numel == 1)
+        mine = Role::Uniform;
+      else
+        // Rule "one iteration space": an elementwise node of another size
+        // would need a loop of its own.
+        return FusionDecision::no(fmt::format(
+            "{} of shape {} is outside the kernel's iteration space {}", describe(v),
+            shapeString(s), shapeString(k.space)));
+      for (ValueId operand : node.operands) {
+        Role r = roleOf(operand);
+        const Shape &os = shape(operand);
+        bool ok = true;
+        switch (r) {
+        case Role::External:
+        case Role::View: break; // read by index from memory
+        case Role::Uniform: break;
+        case Role::Full: ok = mine == Role::Full && os == s; break;
+        case Role::Reduced:
+          ok = (mine == Role::Reduced && (os == s || g_.type(operand).numel() == 1)) ||
+               (mine == Role::Full && s == k.space && broadcastsBack(os));
+          break;
+        }
+        if (!ok)
+          return misaligned(v, operand, "broadcast to another shape");
+      }
+      role_[v] = mine;
+      break;
+    }
+    case OpClass::Reduction: {
+      Role r = roleOf(node.operands[0]);
+      if (r == Role::Reduced || r == Role::Uniform)
+        return misaligned(v, node.operands[0], "as a reduction operand");
+      role_[v] = Role::Reduced;
+      break;
+    }
+    case OpClass::Contraction:
+      for (ValueId operand : node.operands) {
+        Role r = roleOf(operand);
+        // Rule "no prologue": a matmul/conv reads its operands tile by tile,
+        // many times each; a computed producer fused in would be recomputed
+        // per read, so operands come from memory. Views of memory (a
+        // transpose of a weight) are folded into the operand's indexing.
+        if (r != Role::External && r != Role::View)
+          return FusionDecision::no(fmt::format(
+              "{} would be computed inside {}'s operand reads: a matmul/conv reads "
+              "operands from memory (only views such as transposes fold in)",
+              describe(operand), describe(v)));
+      }
+      role_[v] = Role::Full;
+      break;
+    case OpClass::Opaque:
+    case OpClass::Source:
+    case OpClass::Inlined: role_[v] = Role::Full; break;
+    }
+  }
+
+  // Outputs are written at the kernel's iteration points.
+  for (ValueId v : nodes) {
+    bool isOut = escapes_[v];
+    for (ValueId u : users_[v])
+      isOut = isOut || !inside(u);
+    if (!isOut)
+      continue;
+    Role r = role_[v];
+    if (r == Role::Full || r == Role::Reduced)
+      continue;
+    if (r == Role::View && k.mode == KernelShape::Mode::Loop &&
+        g_.type(v).numel() == spaceNumel)
+      continue; // a copy kernel materializing the view
+    if (spaceNumel == 1)
+      continue;
+    // Rule "outputs cover the space": a scalar or a view used by another
+    // kernel would be written by a loop that does not iterate over it.
+    return FusionDecision::no(
+        fmt::format("{} is used by another kernel but would be computed as a {} inside "
+                    "a kernel over {}",
+                    describe(v), r == Role::View ? "view" : "uniform scalar",
+                    shapeString(k.space)));
+  }
+
+  // Rule "bounded inputs": each input is a pointer argument and a stream of
+  // reads; past options.maxInputs a kernel spills registers and thrashes the
+  // cache, so it is better split.
+  std::set<ValueId> inputs;
+  for (ValueId v : nodes)
+    for (ValueId o : g_.node(v).operands)
+      if (!inside(o) && opClass(g_.node(o).op) != OpClass::Inlined)
+        inputs.insert(o);
+  if (inputs.size() > options_.maxInputs)
+    return FusionDecision::no(fmt::format("the kernel would read {} inputs (limit {})",
+                                          inputs.size(), options_.maxInputs));
+  if (out)
+    *out = k;
+  return FusionDecision::yes();
+}
+
+std::vector<ValueId> Fuser::united(int a, int b) const {
+  std::vector<ValueId> nodes;
+  std::merge(members_[a].begin(), members_[a].end(), members_[b].begin(),
+             members_[b].end(), std::back_inserter(nodes));
+  return nodes;
+}
+
+// Whether a path of kernels leads from `from` to `to` through some other
+// kernel. Node ids are topological, so a kernel whose first node comes after
+// `to`'s last cannot lead to `to`, which keeps the search short.
+bool Fuser::reaches(int from, int to) const {
+  std::vector<int> stack;
+  std::set<int> seen;
+  auto push = [&](int g) {
+    if (g != to && minId_[g] <= maxId_[to] && seen.insert(g).second)
+      stack.push_back(g);
+  };
+  auto pushSuccessors = [&](int g, bool &hit) {
+    for (ValueId v : members_[g])
+      for (ValueId u : users_[v]) {
+        int s = groupOf_[u];
+        if (s == g)
+          continue;
+        if (s == to && g != from)
+          hit = true;
+        push(s);
+      }
+  };
+  bool hit = false;
+  pushSuccessors(from, hit);
+  while (!stack.empty() && !hit) {
+    int g = stack.back();
+    stack.pop_back();
+    pushSuccessors(g, hit);
+  }
+  return hit;
+}
+
+// ShouldFuse(producer, consumer): may the producer's kernel join the
+// consumer's? The merged set must be one kernel (analyze) and the kernel
+// graph must stay acyclic.
+FusionDecision Fuser::shouldFuse(int producer, int consumer) {
+  FusionDecision d = analyze(united(producer, consumer), nullptr);
+  if (!d.fuse)
+    return d;
+  // Rule "no cycles": if the producer also reaches the consumer through a
+  // third kernel (softmax's max between a matmul and the subtraction), the
+  // merged kernel would both feed and wait for that third kernel.
+  if (reaches(producer, consumer))
+    return FusionDecision::no(
+        "another kernel lies on a path between them: fusing would create a cycle");
+  return FusionDecision::yes();
+}
+
+// Sibling fusion: two kernels reading a common value, with no edge between
+// them, become one multi-output kernel that reads the value once.
+FusionDecision Fuser::shouldFuseSiblings(int a, int b) {
+  FusionDecision d = analyze(united(a, b), nullptr);
+  if (!d.fuse)
+    return d;
+  if (reaches(a, b) || reaches(b, a))
+    return FusionDecision::no("siblings: one depends on the other through another kernel; "
+                              "fusing would create a cycle");
+  return FusionDecision::yes();
+}
+
+void Fuser::merge(int into, int from) {
+  for (ValueId v : members_[from])
+    groupOf_[v] = into;
+  members_[into] = united(into, from);
+  members_[from].clear();
+  minId_[into] = std::min(minId_[into], minId_[from]);
+  maxId_[into] = std::max(maxId_[into], maxId_[from]);
+}
+
+bool Fuser::producerConsumerSweep() {
+  bool any = false;
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (ValueId c = 0; c < n_; ++c) {
+      if (!computed(c))
+        continue;
+      for (ValueId p : g_.node(c).operands) {
+        if (!computed(p) || groupOf_[p] == groupOf_[c])
+          continue;
+        FusionDecision d = shouldFuse(groupOf_[p], groupOf_[c]);
+        if (d.fuse) {
+          merge(groupOf_[c], groupOf_[p]);
+          changed = any = true;
+        } else {
+          refusals_[{p, c}] = std::move(d.rule);
+        }
+      }
+    }
+  }
+  return any;
+}
+
+bool Fuser::siblingSweep() {
+  bool any = false;
+  // A kernel's "space signature": what must match for two kernels to share
+  // a loop. Kernels around a matmul/conv or an opaque op have no siblings.
+  auto signature = [&](int grp, KernelShape &k) {
+    if (!analyze(members_[grp], &k).fuse || k.opaque ||
+        k.mode == KernelShape::Mode::Epilogue)
+      return false;
+    return true;
+  };
+  for (ValueId v = 0; v < n_; ++v) {
+    if (opClass(g_.node(v).op) == OpClass::Inlined)
+      continue;
+    // One node per reading kernel; kernels are looked up again at each pair,
+    // since earlier pairs may have merged them.
+    std::vector<ValueId> readers;
+    for (ValueId u : users_[v]) {
+      bool known = groupOf_[u] == groupOf_[v];
+      for (ValueId r : readers)
+        known = known || groupOf_[r] == groupOf_[u];
+      if (!known)
+        readers.push_back(u);
+    }
+    for (size_t i = 0; i < readers.size(); ++i) {
+      for (size_t j = i + 1; j < readers.size(); ++j) {
+        int a = groupOf_[readers[i]], b = groupOf_[readers[j]];
+        if (a == b)
+          continue;
+        KernelShape ka, kb;
+        if (!signature(a, ka) || !signature(b, kb))
+          continue;
+        bool scalarPair = numelOf(ka.space) == 1 && numelOf(kb.space) == 1 &&
+                          ka.mode == KernelShape::Mode::Loop &&
+                          kb.mode == KernelShape::Mode::Loop;
+        // Sharing a scalar (a learning rate) saves nothing worth a merge, so
+        // siblings must share a tensor, unless both are tiny scalar kernels.
+        if (g_.type(v).numel() == 1 && !scalarPair)
+          continue;
+        bool sameSpace =
+            (ka.mode == kb.mode && ka.space == kb.space && ka.axes == kb.axes) ||
+            (ka.mode == KernelShape::Mode::Loop && kb.mode == KernelShape::Mode::Loop &&
+             numelOf(ka.space) == numelOf(kb.space)) ||
+            (ka.mode != kb.mode && ka.space == kb.space);
+        if (!sameSpace)
+          continue; // not siblings: different loops
+        FusionDecision d = shouldFuseSiblings(a, b);
+        ValueId na = members_[a].back(), nb = members_[b].back();
+        if (d.fuse) {
+          merge(a, b);
+          refusals_.erase({std::min(na, nb), std::max(na, nb)});
+          any = true;
+        } else {
+          if (d.rule.rfind("siblings", 0) != 0)
+            d.rule = fmt::format("siblings reading {}: {}", show(v), d.rule);
+          refusals_[{std::min(na, nb), std::max(na, nb)}] = std::move(d.rule);
+        }
+      }
+    }
+  }
+  return any;
+}
+
+FusionPlan Fuser::run() {
+  if (options_.enabled) {
+    producerConsumerSweep();
+    if (siblingSweep())
+      producerConsumerSweep();
+  }
+  return finish();
+}
+
+// Orders the kernels, then fills in each one's inputs, outputs and bytes.
+FusionPlan Fuser::finish() {
+  std::vector<int> live;
+  for (int grp = 0; grp < static_cast<int>(members_.size()); ++grp)
+    if (!members_[grp].empty())
+      live.push_back(grp);
+  std::map<int, int> index; // group id -> position in `live`
+  for (size_t i = 0; i < live.size(); ++i)
+    index[live[i]] = static_cast<int>(i);
+  size_t count = live.size();
+  std::vector<std::set<int>> succ(count);
+  for (size_t i = 0; i < count; ++i)
+    for (ValueId v : members_[live[i]])
+      for (ValueId u : users_[v])
+        if (groupOf_[u] != live[i])
+          succ[i].insert(index[groupOf_[u]]);
+
+  // Scheduling hint for in-place updates: a kernel reading a parameter's old
+  // value should run before the kernel computing its new value, so the update
+  // can overwrite the parameter (planBuffers). Added only where it leaves the
+  // kernel graph acyclic.
+  auto reachable = [&](int from, int to) {
+    std::vector<int> stack{from};
+    std::vector<bool> seen(count, false);
+    while (!stack.empty()) {
+      int x = stack.back();
+      stack.pop_back();
+      if (x == to)
+        return true;
+      for (int s : succ[x])
+        if (!seen[s]) {
+          seen[s] = true;
+          stack.push_back(s);
+        }
+    }
+    return false;
+  };
+  for (const ParamUpdate &update : g_.updates) {
+    if (!computed(update.value))
+      continue;
+    int writer = index[groupOf_[update.value]];
+    for (ValueId u : users_[update.param]) {
+      int reader = index[groupOf_[u]];
+      if (reader != writer && !succ[reader].count(writer) && !reachable(writer, reader))
+        succ[reader].insert(writer);
+    }
+  }
+
+  // Kahn's algorithm; among ready kernels, the one with the earliest node
+  // runs first, which follows the program's own order.
+  std::vector<int> indegree(count, 0);
+  for (size_t i = 0; i < count; ++i)
+    for (int s : succ[i])
+      ++indegree[s];
+  using Entry = std::pair<ValueId, int>;
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<>> ready;
+  for (size_t i = 0; i < count; ++i)
+    if (indegree[i] == 0)
+      ready.push({minId_[live[i]], static_cast<int>(i)});
+  std::vector<int> order;
+  while (!ready.empty()) {
+    int i = ready.top().second;
+    ready.pop();
+    order.push_back(i);
+    for (int s : succ[i])
+      if (--indegree[s] == 0)
+        ready.push({minId_[live[s]], s});
+  }
+  assert(order.size() == count && "fusion produced a cyclic kernel graph");
+
+  FusionPlan plan;
+  plan.groupOf.assign(n_, -1);
+  for (size_t pos = 0; pos < order.size(); ++pos)
+    for (ValueId v : members_[live[order[pos]]])
+      plan.groupOf[v] = static_cast<int>(pos);
+
+  for (size_t pos = 0; pos < order.size(); ++pos) {
+    FusionGroup group;
+    group.nodes = members_[live[order[pos]]];
+    KernelShape k;
+    [[maybe_unused]] FusionDecision ok = analyze(group.nodes, &k);
+    assert(ok.fuse);
+    group.hero = k.hero;
+    std::set<ValueId> inputs, constants;
+    for (ValueId v : group.nodes) {
+      for (ValueId o : g_.node(v).operands) {
+        if (plan.groupOf[o] == static_cast<int>(pos))
+          continue;
+        if (opClass(g_.node(o).op) == OpClass::Inlined)
+          constants.insert(o);
+        else
+          inputs.insert(o);
+      }
+      bool isOut = escapes_[v];
+      for (ValueId u : users_[v])
+        isOut = isOut || plan.groupOf[u] != static_cast<int>(pos);
+      if (isOut)
+        group.outputs.push_back(v);
+    }
+    group.inputs.assign(inputs.begin(), inputs.end());
+    group.constants.assign(constants.begin(), constants.end());
+    auto bytes = [&](ValueId v) {
+      return g_.type(v).numel() * static_cast<int64_t>(dtypeSize(g_.type(v).dtype));
+    };
+    for (ValueId v : group.inputs)
+      group.bytesRead += bytes(v);
+    // A constant stored element by element is read from memory too; fills
+    // and iotas are computed from the index.
+    for (ValueId v : group.constants)
+      if (g_.node(v).attrs.has("data") && g_.type(v).numel() > 1)
+        group.bytesRead += bytes(v);
+    for (ValueId v : group.outputs)
+      group.bytesWritten += bytes(v);
+
+    if (group.nodes.size() == 1)
+      group.kind = FusionKind::Single;
+    else if (k.mode == KernelShape::Mode::Epilogue)
+      group.kind = FusionKind::Epilogue;
+    else if (k.mode == KernelShape::Mode::Reduction)
+      group.kind = FusionKind::Reduction;
+    else
+      group.kind = group.outputs.size() > 1 ? FusionKind::MultiOutput : FusionKind::Loop;
+
+    // Name: index, then the hero and the other distinct ops in order (views
+    // only when there is nothing else), at most four.
+    std::vector<std::string_view> ops;
+    auto addOp = [&](ValueId v) {
+      std::string_view name = opInfo(g_.node(v).op).name;
+      if (std::find(ops.begin(), ops.end(), name) == ops.end())
+        ops.push_back(name);
+    };
+    if (group.hero >= 0)
+      addOp(static_cast<ValueId>(group.hero));
+    for (ValueId v : group.nodes)
+      if (opClass(g_.node(v).op) != OpClass::View)
+        addOp(v);
+    if (ops.empty())
+      for (ValueId v : group.nodes)
+        addOp(v);
+    group.name = fmt::format("k{}", pos);
+    for (size_t i = 0; i < ops.size() && i < 4; ++i)
+      group.name += fmt::format("_{}", ops[i]);
+    if (ops.size() > 4)
+      group.name += "_etc";
+    plan.groups.push_back(std::move(group));
+  }
+
+  for (auto &[edge, rule] : refusals_)
+    if (plan.groupOf[edge.first] != plan.groupOf[edge.second])
+      plan.refusals.push_back({edge.first, edge.second, rule});
+  return plan;
+}
+
+} // namespace
+
+FusionPlan planFusion(const Graph &graph, const FusionOptions &options) {
+  return Fuser(graph, options).run();
+}
+
+} // namespace stepc

@@ -1,0 +1,216 @@
+// Seeing fusion: the per-kernel report, the refused fusions, and a Graphviz
+// view with one cluster per kernel (stepc opt --fusion-report, --why-not-fused,
+// --dot).
+#include "stepc/fusion.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+namespace stepc {
+namespace {
+
+std::string valueName(const Graph &graph, ValueId v) {
+  const Node &node = graph.node(v);
+  return node.name.empty() ? fmt::format("%{}", v) : "%" + node.name;
+}
+
+// "mlp.sg:12" (line granularity: a row names lines, not columns).
+std::string lineOf(const SourceLoc &loc) {
+  if (!loc.known())
+    return "<unknown>";
+  return loc.line > 0 ? fmt::format("{}:{}", loc.file, loc.line) : loc.file;
+}
+
+// Where a kernel's ops come from: each source line once, with what generated
+// the nodes there: "mlp.sg:20 (forward; gradient of exp/log)",
+// "<train_step> (adam optimizer)".
+std::string provenance(const Graph &graph, const std::vector<ValueId> &nodes) {
+  struct Line {
+    bool forward = false;
+    std::vector<std::string> gradientOf, other;
+  };
+  std::vector<std::string> order;
+  std::map<std::string, Line> lines;
+  for (ValueId v : nodes) {
+    const SourceLoc &loc = graph.node(v).loc;
+    std::string key = lineOf(loc);
+    if (!lines.count(key))
+      order.push_back(key);
+    Line &line = lines[key];
+    constexpr std::string_view kGradient = "gradient of ";
+    if (loc.origin.empty()) {
+      line.forward = true;
+    } else if (loc.origin.rfind(kGradient, 0) == 0) {
+      std::string op = loc.origin.substr(kGradient.size());
+      if (std::find(line.gradientOf.begin(), line.gradientOf.end(), op) == line.gradientOf.end())
+        line.gradientOf.push_back(op);
+    } else if (std::find(line.other.begin(), line.other.end(), loc.origin) ==
+               line.other.end()) {
+      line.other.push_back(loc.origin);
+    }
+  }
+  std::string out;
+  for (const std::string &key : order) {
+    const Line &line = lines[key];
+    std::vector<std::string> notes;
+    bool generated = !line.gradientOf.empty() || !line.other.empty();
+    if (line.forward && generated)
+      notes.push_back("forward");
+    if (!line.gradientOf.empty())
+      notes.push_back(fmt::format("gradient of {}", fmt::join(line.gradientOf, "/")));
+    notes.insert(notes.end(), line.other.begin(), line.other.end());
+    if (!out.empty())
+      out += ", ";
+    out += key;
+    if (generated)
+      out += fmt::format(" ({})", fmt::join(notes, "; "));
+  }
+  return out;
+}
+
+// "matmul, add, relu" or "mul(3), add(2)": each op once, with its count.
+std::string opList(const Graph &graph, const std::vector<ValueId> &nodes) {
+  std::vector<std::string_view> order;
+  std::map<std::string_view, int> count;
+  for (ValueId v : nodes) {
+    std::string_view name = opInfo(graph.node(v).op).name;
+    if (count[name]++ == 0)
+      order.push_back(name);
+  }
+  std::string out;
+  for (std::string_view name : order) {
+    if (!out.empty())
+      out += ", ";
+    out += count[name] == 1 ? std::string(name) : fmt::format("{}({})", name, count[name]);
+  }
+  return out;
+}
+
+std::string dotEscape(const std::string &text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+} // namespace
+
+std::string fusionReport(const Graph &graph, const FusionPlan &plan,
+                         const BufferPlan &buffers) {
+  struct Row {
+    std::string name, kind, ops, read, written, source;
+  };
+  std::vector<Row> rows;
+  int64_t moved = 0;
+  for (const FusionGroup &group : plan.groups) {
+    rows.push_back({group.name, std::string(fusionKindName(group.kind)),
+                    opList(graph, group.nodes), fmt::format("{}", group.bytesRead),
+                    fmt::format("{}", group.bytesWritten), provenance(graph, group.nodes)});
+    moved += group.bytesRead + group.bytesWritten;
+  }
+  Row header{"kernel", "kind", "ops", "read", "written", "source"};
+  size_t wName = header.name.size(), wKind = header.kind.size(), wOps = header.ops.size(),
+         wRead = header.read.size(), wWritten = header.written.size();
+  // Long op lists wrap the table badly; past this width they run on and the
+  // source column simply starts later on that row.
+  constexpr size_t kOpsWidth = 40;
+  for (const Row &r : rows) {
+    wName = std::max(wName, r.name.size());
+    wKind = std::max(wKind, r.kind.size());
+    wOps = std::max(wOps, std::min(r.ops.size(), kOpsWidth));
+    wRead = std::max(wRead, r.read.size());
+    wWritten = std::max(wWritten, r.written.size());
+  }
+  std::string out;
+  auto line = [&](const Row &r) {
+    out += fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>{}}  {:>{}}  {}\n", r.name, wName, r.kind,
+                       wKind, r.ops, wOps, r.read, wRead, r.written, wWritten, r.source);
+  };
+  line(header);
+  for (const Row &r : rows)
+    line(r);
+  out += fmt::format("total: {} kernels, {} bytes read+written, peak arena {} bytes\n",
+                     plan.groups.size(), moved, buffers.arenaBytes);
+  return out;
+}
+
+std::string whyNotFused(const Graph &graph, const FusionPlan &plan) {
+  if (plan.refusals.empty())
+    return "no fusion was refused\n";
+  auto kernel = [&](ValueId v) {
+    int g = plan.groupOf[v];
+    return g < 0 ? std::string("-") : plan.groups[g].name;
+  };
+  auto value = [&](ValueId v) {
+    const Node &node = graph.node(v);
+    std::string where = node.loc.known() ? ", " + node.loc.str() : "";
+    if (!node.loc.origin.empty())
+      where += ", " + node.loc.origin;
+    return fmt::format("{} ({}{})", valueName(graph, v), opInfo(node.op).name, where);
+  };
+  std::string out;
+  for (const FusionRefusal &r : plan.refusals)
+    out += fmt::format("{} -> {}: {} -> {}: {}\n", kernel(r.producer), kernel(r.consumer),
+                       value(r.producer), value(r.consumer), r.rule);
+  return out;
+}
+
+std::string fusionDot(const Graph &graph, const FusionPlan &plan) {
+  auto id = [](ValueId v) { return fmt::format("v{}", v); };
+  auto label = [&](ValueId v) {
+    const Node &node = graph.node(v);
+    return dotEscape(fmt::format("{} {}", valueName(graph, v), opInfo(node.op).name)) +
+           "\\n" + typeString(node.type);
+  };
+  std::string out = fmt::format("digraph \"{}\" {{\n", dotEscape(graph.name));
+  out += "  rankdir=TB;\n  node [shape=box, fontsize=10];\n";
+  // Inputs and params: outside every kernel. Constants and iotas are left
+  // out: each kernel computes its own (FusionGroup::constants).
+  for (ValueId v = 0; v < graph.size(); ++v) {
+    OpKind op = graph.node(v).op;
+    if (op == OpKind::Input || op == OpKind::Parameter)
+      out += fmt::format("  {} [label=\"{}\", shape=ellipse{}];\n", id(v), label(v),
+                         op == OpKind::Parameter ? ", style=dashed" : "");
+  }
+  for (size_t g = 0; g < plan.groups.size(); ++g) {
+    const FusionGroup &group = plan.groups[g];
+    out += fmt::format("  subgraph cluster_{} {{\n    label=\"{} ({})\";\n", g,
+                       dotEscape(group.name), fusionKindName(group.kind));
+    out += "    style=filled; color=lightgrey;\n";
+    for (ValueId v : group.nodes) {
+      bool isOutput =
+          std::find(group.outputs.begin(), group.outputs.end(), v) != group.outputs.end();
+      out += fmt::format("    {} [label=\"{}\"{}];\n", id(v), label(v),
+                         isOutput ? ", style=\"filled,bold\", fillcolor=white" : "");
+    }
+    out += "  }\n";
+  }
+  for (ValueId v = 0; v < graph.size(); ++v) {
+    if (plan.groupOf[v] < 0)
+      continue;
+    std::set<ValueId> seen;
+    for (ValueId o : graph.node(v).operands) {
+      OpKind op = graph.node(o).op;
+      if (op == OpKind::Constant || op == OpKind::Iota || !seen.insert(o).second)
+        continue;
+      // Edges that cross kernels go through memory: drawn bold.
+      bool crosses = plan.groupOf[o] != plan.groupOf[v];
+      out += fmt::format("  {} -> {}{};\n", id(o), id(v), crosses ? " [penwidth=2]" : "");
+    }
+  }
+  for (const GraphOutput &o : graph.outputs) {
+    out += fmt::format("  \"out_{}\" [label=\"output {}\", shape=ellipse];\n",
+                       dotEscape(o.name), dotEscape(o.name));
+    out += fmt::format("  {} -> \"out_{}\";\n", id(o.value), dotEscape(o.name));
+  }
+  out += "}\n";
+  return out;
+}
+
+} // namespace stepc

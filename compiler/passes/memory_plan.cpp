@@ -1,0 +1,218 @@
+// Memory planning: one arena for a whole step, with an offset per buffer.
+//
+// 1. Liveness over the kernel schedule. Params (weights and optimizer state)
+//    and inputs (the batch) belong to the caller: they live for the whole
+//    step. A kernel's output lives from the kernel that writes it to the last
+//    kernel that reads it, or to the end of the step when it is a graph output
+//    or a param's new value.
+// 2. In-place reuse, where legal (see canOverwrite):
+//    - a param's new value is written over the param when nothing reads the
+//      old value after the kernel computing the new one (fusion schedules the
+//      readers first where it can);
+//    - an elementwise output takes over a same-size input that dies in its
+//      kernel (never a param's or a graph input's buffer: those belong to the
+//      caller).
+//    Values sharing a buffer form one "slot" whose lifetime is the union.
+// 3. Placement: whole-step slots first, then the rest by decreasing size, each
+//    at the lowest 64-byte-aligned offset that overlaps no placed slot alive
+//    at the same time (greedy by size, as TFLite's arena planner).
+#include "stepc/fusion.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace stepc {
+namespace {
+
+constexpr int64_t kAlignment = 64;
+
+int64_t alignUp(int64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
+
+int64_t bytesOf(const Graph &graph, ValueId v) {
+  const TensorType &t = graph.type(v);
+  return t.numel() * static_cast<int64_t>(dtypeSize(t.dtype));
+}
+
+bool isElementwise(OpKind op) {
+  return opInfo(op).is(kElementwise) || op == OpKind::Dropout;
+}
+
+// Whether `group` may write `output` over `operand`'s buffer while it runs:
+// every read of `operand` in the kernel is by an elementwise node at the
+// element's own index (same shape, no broadcast, no view, no reduction or
+// matmul reading whole rows), and `output` is such a node of the same shape
+// and dtype size. Then element i is read before element i is written and
+// never read again (codegen keeps that order within an iteration point).
+bool canOverwrite(const Graph &graph, const FusionPlan &plan, int group, ValueId operand,
+                  ValueId output, const std::vector<std::vector<ValueId>> &users) {
+  const Node &out = graph.node(output);
+  const TensorType &in = graph.type(operand);
+  if (plan.groupOf[output] != group || !isElementwise(out.op) || out.type.shape != in.shape ||
+      dtypeSize(out.type.dtype) != dtypeSize(in.dtype))
+    return false;
+  for (ValueId u : users[operand]) {
+    if (plan.groupOf[u] != group)
+      continue;
+    const Node &reader = graph.node(u);
+    if (!isElementwise(reader.op) || reader.type.shape != in.shape)
+      return false;
+  }
+  return true;
+}
+
+} // namespace
+
+BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
+  const size_t n = graph.size();
+  const int end = static_cast<int>(plan.groups.size()); // "after the last kernel"
+  std::vector<std::vector<ValueId>> users(n);
+  for (ValueId v = 0; v < n; ++v)
+    for (ValueId o : graph.node(v).operands)
+      if (users[o].empty() || users[o].back() != v)
+        users[o].push_back(v);
+
+  // 1. Which values have buffers, and when they are alive.
+  std::vector<bool> needed(n, false), wholeStep(n, false), escapes(n, false);
+  std::vector<int> def(n, end), last(n, -1);
+  for (ValueId v = 0; v < n; ++v) {
+    OpKind op = graph.node(v).op;
+    if (op == OpKind::Parameter || op == OpKind::Input) {
+      needed[v] = wholeStep[v] = true;
+      def[v] = 0;
+      last[v] = end;
+    }
+  }
+  for (const GraphOutput &o : graph.outputs)
+    escapes[o.value] = true;
+  for (const ParamUpdate &u : graph.updates)
+    escapes[u.value] = true;
+  for (int g = 0; g < end; ++g) {
+    const FusionGroup &group = plan.groups[g];
+    for (ValueId v : group.inputs) {
+      needed[v] = true;
+      last[v] = std::max(last[v], g);
+    }
+    for (ValueId v : group.outputs) {
+      needed[v] = true;
+      def[v] = g;
+      last[v] = std::max(last[v], escapes[v] ? end : g);
+    }
+  }
+
+  // 2. In-place reuse.
+  std::vector<int64_t> reuses(n, -1);
+  std::vector<bool> taken(n, false); // buffer already handed to a new value
+  for (const ParamUpdate &update : graph.updates) {
+    ValueId p = update.param, u = update.value;
+    int writer = u < n ? plan.groupOf[u] : -1;
+    if (writer < 0 || reuses[u] >= 0 || taken[p])
+      continue;
+    bool laterReader = false;
+    for (ValueId r : users[p])
+      laterReader = laterReader || plan.groupOf[r] > writer;
+    if (laterReader || !canOverwrite(graph, plan, writer, p, u, users))
+      continue;
+    reuses[u] = p;
+    taken[p] = true;
+  }
+  for (int g = 0; g < end; ++g) {
+    const FusionGroup &group = plan.groups[g];
+    for (ValueId out : group.outputs) {
+      if (reuses[out] >= 0)
+        continue;
+      for (ValueId in : group.inputs) {
+        if (wholeStep[in] || taken[in] || escapes[in] || last[in] != g ||
+            !canOverwrite(graph, plan, g, in, out, users))
+          continue;
+        reuses[out] = in;
+        taken[in] = true;
+        break;
+      }
+    }
+  }
+
+  // Slots: a value and every value written over it share one buffer.
+  std::vector<ValueId> root(n);
+  std::iota(root.begin(), root.end(), ValueId(0));
+  for (ValueId v = 0; v < n; ++v)
+    while (reuses[root[v]] >= 0)
+      root[v] = static_cast<ValueId>(reuses[root[v]]);
+  struct Slot {
+    ValueId root;
+    int first, last;
+    int64_t bytes;
+    bool wholeStep;
+    int64_t offset = -1;
+  };
+  std::vector<Slot> slots;
+  std::vector<int> slotOf(n, -1);
+  for (ValueId v = 0; v < n; ++v) {
+    if (!needed[v])
+      continue;
+    ValueId r = root[v];
+    if (slotOf[r] < 0) {
+      slotOf[r] = static_cast<int>(slots.size());
+      slots.push_back({r, def[r], last[r], bytesOf(graph, r), wholeStep[r]});
+    }
+    Slot &s = slots[slotOf[r]];
+    slotOf[v] = slotOf[r];
+    s.first = std::min(s.first, def[v]);
+    s.last = std::max(s.last, last[v]);
+    s.bytes = std::max(s.bytes, bytesOf(graph, v));
+  }
+
+  // 3. Placement.
+  std::vector<size_t> order(slots.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    if (slots[a].wholeStep != slots[b].wholeStep)
+      return slots[a].wholeStep;
+    if (slots[a].wholeStep)
+      return slots[a].root < slots[b].root;
+    if (slots[a].bytes != slots[b].bytes)
+      return slots[a].bytes > slots[b].bytes;
+    return slots[a].first < slots[b].first;
+  });
+  std::vector<size_t> placed;
+  BufferPlan result;
+  for (size_t i : order) {
+    Slot &s = slots[i];
+    std::vector<std::pair<int64_t, int64_t>> busy; // [begin, end) of overlapping slots
+    for (size_t j : placed)
+      if (slots[j].first <= s.last && s.first <= slots[j].last)
+        busy.push_back({slots[j].offset, slots[j].offset + slots[j].bytes});
+    std::sort(busy.begin(), busy.end());
+    int64_t offset = 0;
+    for (auto [begin, stop] : busy) {
+      if (offset + s.bytes <= begin)
+        break;
+      offset = std::max(offset, alignUp(stop));
+    }
+    s.offset = offset;
+    placed.push_back(i);
+    result.arenaBytes = std::max(result.arenaBytes, offset + s.bytes);
+  }
+
+  for (ValueId v = 0; v < n; ++v)
+    if (needed[v])
+      result.buffers.push_back(
+          {v, slots[slotOf[v]].offset, bytesOf(graph, v), reuses[v]});
+
+  // The bound: every whole-step slot, plus the most bytes of other slots
+  // alive at any one kernel.
+  int64_t resident = 0, peak = 0;
+  for (const Slot &s : slots)
+    if (s.wholeStep)
+      resident += s.bytes;
+  for (int g = 0; g < end; ++g) {
+    int64_t alive = 0;
+    for (const Slot &s : slots)
+      if (!s.wholeStep && s.first <= g && g <= s.last)
+        alive += s.bytes;
+    peak = std::max(peak, alive);
+  }
+  result.liveLowerBound = resident + peak;
+  return result;
+}
+
+} // namespace stepc

@@ -1,0 +1,27 @@
+// Graph surgery used by the passes, beyond what passes.h exports.
+#pragma once
+
+#include "stepc/graph.h"
+
+#include <vector>
+
+namespace stepc::passes {
+
+// How many times each value is used: as an operand (once per operand slot),
+// as a graph output, or as a param update's new value.
+std::vector<uint32_t> useCounts(const Graph &graph);
+
+// Erases the nodes in `candidates` that nothing uses any more, then the
+// operands that become unused through that, transitively; inputs and params
+// stay. Passes call it on what their rewrites orphaned, so each pass leaves
+// no garbage of its own (dead code that was there before is DCE's job).
+// Returns the number of nodes erased.
+size_t eraseIfUnused(Graph &graph, const std::vector<ValueId> &candidates);
+
+// Points every operand, output and update through `canonical` (a value's
+// replacement, or the value itself; canonical[v] <= v): how a forward sweep
+// that replaces many values applies them in one O(n) walk instead of one
+// replaceAllUses (O(n) each) per value.
+void applyReplacements(Graph &graph, const std::vector<ValueId> &canonical);
+
+} // namespace stepc::passes

@@ -1,0 +1,162 @@
+// The runtime's view of a compiled step function (runtime/, no LLVM or MLIR):
+// kernels, one arena laid out by the buffer plan, and the schedule. JIT and
+// AOT builds both produce an ExecutableSpec; the Executable runs it.
+#pragma once
+
+#include "stepc/tensor.h"
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace stepc {
+
+// The arena as an MLIR memref<?xi8> descriptor: kernels take a pointer to it
+// (MLIR's C interface), plus the [begin, end) slice of their parallel
+// dimension that this call computes.
+struct ArenaDescriptor {
+  std::byte *allocated;
+  std::byte *aligned;
+  int64_t offset;
+  int64_t size;
+  int64_t stride;
+};
+using KernelFn = void (*)(ArenaDescriptor *arena, int64_t begin, int64_t end);
+
+// A named tensor at a fixed place in the arena.
+struct TensorSlot {
+  std::string name;
+  TensorType type;
+  int64_t offset = 0;
+  int64_t bytes() const { return type.numel() * static_cast<int64_t>(dtypeSize(type.dtype)); }
+};
+
+struct KernelSpec {
+  std::string name;         // "k3_matmul_add_relu"
+  KernelFn fn = nullptr;
+  // Calls split [0, parallelExtent) among threads; 1 means one call.
+  int64_t parallelExtent = 1;
+  // The slots it writes; --check-numerics scans the f32/f64 ones after each
+  // call and names the first bad element. Names are the graph's ("%12").
+  std::vector<TensorSlot> outputs;
+  // The ops fused in it and where they come from, one per line:
+  // "matmul at mlp.sg:14:3", "relu at mlp.sg:15:3 (gradient of relu)".
+  std::vector<std::string> provenance;
+};
+
+struct ExecutableSpec {
+  std::string name;
+  int64_t arenaBytes = 0;
+  std::vector<TensorSlot> inputs;
+  std::vector<TensorSlot> params;  // resident between steps
+  std::vector<TensorSlot> outputs;
+  // After the kernels ran: copy bytes at `from` to the param slot at `to`
+  // (updates the buffer plan could not do in place).
+  struct Copy {
+    int64_t from, to, bytes;
+  };
+  std::vector<Copy> updateCopies;
+  std::vector<KernelSpec> kernels; // in execution order
+  // One value per param, of its exact type; copied into the arena when the
+  // Executable is created.
+  std::map<std::string, Tensor> initialParams;
+  // Keeps the kernels' machine code loaded (a JIT module) while in use.
+  std::shared_ptr<void> owner;
+};
+
+struct RunOptions {
+  // After each kernel, check its float outputs for NaN/Inf; on the first hit
+  // throw stepc::Error naming the kernel, its ops with their source
+  // locations, and the step number.
+  bool checkNumerics = false;
+  // Record each kernel's wall time (see profile()).
+  bool profile = false;
+  // Threads that run a kernel's parallel extent, counting the one that calls
+  // step() (it takes a chunk too); 0: std::thread::hardware_concurrency.
+  int threads = 0;
+};
+
+struct KernelTiming {
+  std::string kernel;
+  int64_t step; // stepsTaken() when the step ran: steps count from 0
+  // Since the Executable was created (steady clock).
+  double startMicros, durationMicros;
+};
+
+class ThreadPool;
+
+// Not thread-safe: one thread at a time calls step() and the param methods.
+class Executable {
+public:
+  // Allocates the arena (64-byte aligned, zero-filled) and copies in
+  // spec.initialParams; throws stepc::Error if a slot or copy falls outside
+  // the arena or a param has no initial value of its exact type.
+  explicit Executable(ExecutableSpec spec, RunOptions options = {});
+  ~Executable();
+  Executable(const Executable &) = delete;
+  Executable &operator=(const Executable &) = delete;
+
+  // Runs one step. Every input must be given with its exact name, dtype and
+  // shape, or stepc::Error names the one that is wrong; on any error no
+  // param changes. Params and optimizer state stay resident and are updated
+  // in place.
+  //
+  // Inputs are checked before anything is touched. Generated kernels cannot
+  // fail, so after that a step can only fail by --check-numerics finding a
+  // NaN/Inf, or by a (hand-written) kernel throwing. To roll such a step
+  // back, checkNumerics copies every param before the kernels run (a debug
+  // mode, so the copy is affordable) and restores them on failure. Without
+  // checkNumerics no copy is taken: a kernel that throws then leaves params
+  // partly updated, and the error says so.
+  std::map<std::string, Tensor> step(const std::map<std::string, Tensor, std::less<>> &inputs);
+
+  std::vector<std::string> paramNames() const;
+  Tensor param(const std::string &name) const;
+  void setParam(const std::string &name, const Tensor &value); // checks type
+  int64_t stepsTaken() const { return steps_; }
+  const ExecutableSpec &spec() const { return spec_; }
+
+  // Checkpoints in the safetensors format: written atomically (temporary
+  // file, fsync, rename); a load checks every name, dtype and shape and says
+  // what differs, changing nothing on error.
+  void saveParams(const std::string &path) const;
+  void loadParams(const std::string &path);
+
+  // One entry per kernel per successful step, when RunOptions::profile.
+  const std::vector<KernelTiming> &profile() const { return timings_; }
+  // Chrome trace JSON (chrome://tracing, Perfetto) of the recorded timings:
+  // one complete ("X") event per entry, written atomically.
+  void writeTrace(const std::string &path) const;
+
+private:
+  ExecutableSpec spec_;
+  RunOptions options_;
+  std::byte *arena_ = nullptr;
+  ArenaDescriptor descriptor_{};
+  std::unique_ptr<ThreadPool> pool_;
+  int64_t steps_ = 0;
+  std::vector<KernelTiming> timings_;
+  std::chrono::steady_clock::time_point created_;
+  std::vector<std::byte> paramSnapshot_; // checkNumerics only: see step()
+
+  void checkInputs(const std::map<std::string, Tensor, std::less<>> &inputs) const;
+  void runKernels();
+  void checkOutputs(const KernelSpec &kernel) const;
+  const TensorSlot &paramSlot(const std::string &name) const;
+};
+
+// safetensors files, shared by checkpoints and tools (the format other
+// frameworks read: F32, F64, I32, I64 and BOOL tensors). Writes are atomic
+// like saveParams; `metadata` becomes the header's "__metadata__". Reads check
+// the whole file (header length, JSON, dtypes, shapes against byte counts,
+// offsets in range and back to back) and throw stepc::Error naming the file
+// and the tensor.
+void writeSafetensors(const std::string &path, const std::map<std::string, Tensor> &tensors,
+                      const std::map<std::string, std::string> &metadata = {});
+std::map<std::string, Tensor> readSafetensors(const std::string &path,
+                                              std::map<std::string, std::string> *metadata = nullptr);
+
+} // namespace stepc

@@ -1,0 +1,120 @@
+// Fusion: partitioning a graph into kernels (FusionGroups), and planning the
+// memory those kernels use (compiler/passes). Codegen lowers one FusionGroup
+// to one kernel; the runtime runs them in order over one arena.
+//
+// How a kernel computes its nodes (the contract codegen implements; the rules
+// in fusion.cpp only form groups that fit it):
+// - Loop / MultiOutput: one loop over the iteration space (the outputs' shape,
+//   all outputs have its element count). Each computed node is evaluated once
+//   per iteration point from its in-kernel operands at the same point.
+// - Reduction: the reductions in the group all reduce the same axes of the
+//   same shape. For each point of the kept axes ("row"), the kernel runs the
+//   reductions in dependency order over the reduced axes, then computes the
+//   row's reduced-shape nodes and its full-shape nodes (which may read the
+//   row's reduced values broadcast back).
+// - Epilogue: one matmul/conv (the hero) whose operands come from memory; the
+//   elementwise nodes after it run on each result element it produces.
+// - Views (broadcast_to, reshape, transpose, slice, pad, one_hot) of values in
+//   memory are index maps: a node reads such a view by computing the index it
+//   needs in the underlying buffer; the view is never materialized unless it
+//   is itself an output. This is how a transpose feeding a matmul is folded
+//   into the matmul's operand indexing.
+// - Uniform values: scalar nodes computed from scalars only (a learning-rate
+//   correction); computed once per kernel, never an output of a bigger kernel.
+// - Constants and iotas belong to no group: every kernel that reads one
+//   computes it itself (FusionGroup::constants), so they need no buffer.
+#pragma once
+
+#include "stepc/graph.h"
+
+#include <string>
+#include <vector>
+
+namespace stepc {
+
+enum class FusionKind {
+  Single,    // one op alone (the unfused mode, or nothing to fuse with)
+  Loop,      // elementwise/broadcast chain: one loop nest
+  Reduction, // elementwise producers folded into the reduction reading them
+  Epilogue,  // matmul/conv with elementwise ops applied to its result
+  MultiOutput, // siblings sharing inputs, e.g. an optimizer's param/moments update
+};
+// "single", "loop", "reduction", "epilogue", "multi-output"
+std::string_view fusionKindName(FusionKind kind);
+
+// One kernel: a set of nodes computed together.
+struct FusionGroup {
+  std::string name;             // "k3_matmul_add_relu": index + main ops
+  FusionKind kind = FusionKind::Single;
+  std::vector<ValueId> nodes;   // topological order
+  std::vector<ValueId> inputs;  // values the kernel reads from outside (buffers)
+  std::vector<ValueId> outputs; // values it writes for later kernels or the caller
+  // Constant and iota nodes the kernel reads; it computes them itself (they
+  // are in no group's `nodes` and never in `inputs`).
+  std::vector<ValueId> constants;
+  // The matmul/conv of an Epilogue group, the first reduction of a Reduction
+  // group, or -1.
+  int64_t hero = -1;
+  int64_t bytesRead = 0;        // inputs' sizes, plus constants stored as data
+  int64_t bytesWritten = 0;     // sum of the output values' sizes
+};
+
+// A fusion the rules refused, for --why-not-fused.
+struct FusionRefusal {
+  // An edge producer -> consumer, or for sibling fusion two nodes (one of
+  // each group) that read a common value; the rule then starts "siblings".
+  ValueId producer, consumer;
+  std::string rule; // "producer is a matmul used by 2 kernels: would duplicate it"
+};
+
+struct FusionOptions {
+  bool enabled = true;  // false: every op is its own kernel (--no-fusion)
+  size_t maxInputs = 16; // bound on one kernel's distinct inputs
+};
+
+struct FusionPlan {
+  std::vector<FusionGroup> groups; // in execution order
+  std::vector<FusionRefusal> refusals;
+  // For each value, the group computing it (-1 for inputs, params and
+  // constants that no kernel computes).
+  std::vector<int> groupOf;
+};
+
+FusionPlan planFusion(const Graph &graph, const FusionOptions &options = {});
+
+// One value's place in the arena.
+struct Buffer {
+  ValueId value;
+  int64_t offset = 0;
+  int64_t bytes = 0;
+  // The value shares the buffer of this one (in-place reuse), or -1.
+  int64_t reuses = -1;
+};
+
+struct BufferPlan {
+  std::vector<Buffer> buffers; // every value a kernel reads or writes
+  int64_t arenaBytes = 0;      // peak: the arena's size
+  // Lower bound for comparison: params + optimizer state + one batch + the
+  // largest set of activations alive at once (buffers shared in place count
+  // once).
+  int64_t liveLowerBound = 0;
+};
+
+// Liveness over the kernel schedule; one arena with offsets; in-place reuse
+// where legal (elementwise outputs over dead inputs, param updates over the
+// param). Params and inputs live for the whole step.
+BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan);
+
+// --- Seeing fusion (compiler/passes/fusion_report.cpp) ---------------------
+// One row per kernel: name, kind, ops, bytes read and written, source
+// locations of its ops (and, for gradient nodes, the forward op they
+// differentiate). The last line is exactly
+//   total: K kernels, B bytes read+written, peak arena P bytes
+std::string fusionReport(const Graph &graph, const FusionPlan &plan,
+                         const BufferPlan &buffers);
+// Every refused fusion, one per line, with the rule that refused it.
+std::string whyNotFused(const Graph &graph, const FusionPlan &plan);
+// Graphviz DOT: one cluster per kernel, edges between values.
+std::string fusionDot(const Graph &graph, const FusionPlan &plan);
+
+} // namespace stepc

@@ -1,0 +1,392 @@
+#include "stepc/executable.h"
+
+#include "atomic_file.h"
+#include "thread_pool.h"
+
+#include "stepc/error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+
+namespace stepc {
+namespace {
+
+constexpr size_t kArenaAlignment = 64;
+
+const TensorSlot *findSlot(const std::vector<TensorSlot> &slots, std::string_view name) {
+  for (const TensorSlot &slot : slots)
+    if (slot.name == name)
+      return &slot;
+  return nullptr;
+}
+
+std::string slotNames(const std::vector<TensorSlot> &slots) {
+  std::vector<std::string_view> names;
+  for (const TensorSlot &slot : slots)
+    names.push_back(slot.name);
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+double micros(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::micro>(d).count();
+}
+
+// Index of the first NaN/Inf among n values of type T at `data`, or -1.
+template <class T> int64_t firstNonFinite(const std::byte *data, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T value;
+    std::memcpy(&value, data + i * sizeof(T), sizeof(T)); // slots may be unaligned
+    if (!std::isfinite(value))
+      return i;
+  }
+  return -1;
+}
+
+std::string_view nonFiniteName(double value) {
+  if (std::isnan(value))
+    return "NaN";
+  return value > 0 ? "Inf" : "-Inf";
+}
+
+// "[0,5]": the row-major index of a flat element.
+std::string indexString(const Shape &shape, int64_t flat) {
+  std::vector<int64_t> index(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    index[d] = shape[d] == 0 ? 0 : flat % shape[d];
+    flat = shape[d] == 0 ? 0 : flat / shape[d];
+  }
+  return shapeString(index);
+}
+
+// The spec comes from our own codegen, but an AOT artifact may be paired
+// with the wrong runtime or hand-edited: check every place the runtime will
+// write before it writes anything.
+void checkSpec(const ExecutableSpec &spec, const RunOptions &options) {
+  std::string name = spec.name.empty() ? "<unnamed>" : spec.name;
+  if (spec.arenaBytes < 0)
+    throw Error(fmt::format("executable '{}': negative arena size {}", name, spec.arenaBytes));
+  if (options.threads < 0)
+    throw Error(fmt::format("executable '{}': thread count must be >= 0 (0: one per core), "
+                            "got {}",
+                            name, options.threads));
+  auto checkSlot = [&](const TensorSlot &slot, std::string_view role) {
+    int64_t bytes = slot.bytes();
+    if (slot.offset < 0 || slot.offset > spec.arenaBytes || bytes > spec.arenaBytes - slot.offset)
+      throw Error(fmt::format("executable '{}': {} '{}' ({}, {} bytes at offset {}) does not "
+                              "fit in the arena of {} bytes",
+                              name, role, slot.name, typeString(slot.type), bytes, slot.offset,
+                              spec.arenaBytes));
+  };
+  auto checkSlots = [&](const std::vector<TensorSlot> &slots, std::string_view role) {
+    std::set<std::string_view> seen;
+    for (const TensorSlot &slot : slots) {
+      checkSlot(slot, role);
+      if (!seen.insert(slot.name).second)
+        throw Error(fmt::format("executable '{}': two {}s are named '{}'", name, role,
+                                slot.name));
+    }
+  };
+  checkSlots(spec.inputs, "input");
+  checkSlots(spec.params, "param");
+  checkSlots(spec.outputs, "output");
+  for (const auto &copy : spec.updateCopies) {
+    auto inArena = [&](int64_t at) {
+      return at >= 0 && copy.bytes >= 0 && at <= spec.arenaBytes &&
+             copy.bytes <= spec.arenaBytes - at;
+    };
+    if (!inArena(copy.from) || !inArena(copy.to))
+      throw Error(fmt::format("executable '{}': update copy of {} bytes from {} to {} falls "
+                              "outside the arena of {} bytes",
+                              name, copy.bytes, copy.from, copy.to, spec.arenaBytes));
+  }
+  for (const KernelSpec &kernel : spec.kernels) {
+    if (!kernel.fn)
+      throw Error(fmt::format("executable '{}': kernel '{}' has no function", name,
+                              kernel.name));
+    if (kernel.parallelExtent < 1)
+      throw Error(fmt::format("executable '{}': kernel '{}' has parallel extent {}; it must "
+                              "be at least 1",
+                              name, kernel.name, kernel.parallelExtent));
+    for (const TensorSlot &slot : kernel.outputs)
+      checkSlot(slot, fmt::format("output of kernel {}", kernel.name));
+  }
+  for (const TensorSlot &slot : spec.params) {
+    auto value = spec.initialParams.find(slot.name);
+    if (value == spec.initialParams.end())
+      throw Error(fmt::format("executable '{}': param '{}' ({}) has no initial value", name,
+                              slot.name, typeString(slot.type)));
+    if (value->second.type() != slot.type)
+      throw Error(fmt::format("executable '{}': initial value of param '{}': expected {}, "
+                              "got {}",
+                              name, slot.name, typeString(slot.type),
+                              typeString(value->second.type())));
+  }
+  for (const auto &[paramName, value] : spec.initialParams)
+    if (!findSlot(spec.params, paramName))
+      throw Error(fmt::format("executable '{}': initial value given for '{}', which is not "
+                              "a param; the params are: {}",
+                              name, paramName, slotNames(spec.params)));
+}
+
+} // namespace
+
+Executable::Executable(ExecutableSpec spec, RunOptions options)
+    : spec_(std::move(spec)), options_(options), created_(std::chrono::steady_clock::now()) {
+  checkSpec(spec_, options_);
+
+  size_t bytes = static_cast<size_t>(std::max<int64_t>(spec_.arenaBytes, 1));
+  bytes = (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
+  arena_ = static_cast<std::byte *>(std::aligned_alloc(kArenaAlignment, bytes));
+  if (!arena_)
+    throw Error(fmt::format("executable '{}': cannot allocate its arena of {} bytes",
+                            spec_.name, spec_.arenaBytes));
+  std::memset(arena_, 0, bytes);
+  descriptor_ = {arena_, arena_, 0, spec_.arenaBytes, 1};
+
+  try {
+    for (const TensorSlot &slot : spec_.params) {
+      const Tensor &value = spec_.initialParams.at(slot.name);
+      std::memcpy(arena_ + slot.offset, value.bytes(), value.nbytes());
+    }
+    if (options_.checkNumerics) {
+      int64_t total = 0;
+      for (const TensorSlot &slot : spec_.params)
+        total += slot.bytes();
+      paramSnapshot_.resize(static_cast<size_t>(total));
+    }
+    int threads = options_.threads > 0
+                      ? options_.threads
+                      : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    bool parallel = std::any_of(spec_.kernels.begin(), spec_.kernels.end(),
+                                [](const KernelSpec &k) { return k.parallelExtent > 1; });
+    if (threads > 1 && parallel)
+      pool_ = std::make_unique<ThreadPool>(threads);
+  } catch (...) {
+    std::free(arena_);
+    throw;
+  }
+}
+
+Executable::~Executable() {
+  pool_.reset(); // join the workers before the arena they might touch goes
+  std::free(arena_);
+}
+
+void Executable::checkInputs(const std::map<std::string, Tensor, std::less<>> &inputs) const {
+  // Unknown names first: for a misspelt input this lists the right spelling.
+  for (const auto &[name, value] : inputs)
+    if (!findSlot(spec_.inputs, name))
+      throw Error(spec_.inputs.empty()
+                      ? fmt::format("unknown input '{}'; the executable takes no inputs", name)
+                      : fmt::format("unknown input '{}'; the executable's inputs are: {}", name,
+                                    slotNames(spec_.inputs)));
+  for (const TensorSlot &slot : spec_.inputs) {
+    auto given = inputs.find(slot.name);
+    if (given == inputs.end())
+      throw Error(fmt::format("missing input '{}' ({})", slot.name, typeString(slot.type)));
+    if (given->second.type() != slot.type)
+      throw Error(fmt::format("input '{}': expected {}, got {}", slot.name,
+                              typeString(slot.type), typeString(given->second.type())));
+  }
+}
+
+void Executable::checkOutputs(const KernelSpec &kernel) const {
+  for (const TensorSlot &slot : kernel.outputs) {
+    if (!isFloat(slot.type.dtype))
+      continue;
+    const std::byte *data = arena_ + slot.offset;
+    int64_t n = slot.type.numel();
+    int64_t bad = slot.type.dtype == DType::F32 ? firstNonFinite<float>(data, n)
+                                                : firstNonFinite<double>(data, n);
+    if (bad < 0)
+      continue;
+    double value;
+    if (slot.type.dtype == DType::F32) {
+      float f;
+      std::memcpy(&f, data + bad * sizeof(float), sizeof f);
+      value = f;
+    } else {
+      std::memcpy(&value, data + bad * sizeof(double), sizeof value);
+    }
+    std::string ops;
+    for (const std::string &line : kernel.provenance)
+      ops += fmt::format("\n  {}", line);
+    if (ops.empty())
+      ops = "\n  (not recorded)";
+    throw Error(fmt::format("check-numerics: kernel {} (step {}) produced {} in output {} {} "
+                            "at element {} (index {}); its ops:{}\nparams are left as they "
+                            "were before step {}",
+                            kernel.name, steps_, nonFiniteName(value), slot.name,
+                            typeString(slot.type), bad, indexString(slot.type.shape, bad), ops,
+                            steps_));
+  }
+}
+
+void Executable::runKernels() {
+  for (const KernelSpec &kernel : spec_.kernels) {
+    auto start = std::chrono::steady_clock::now();
+    try {
+      if (kernel.parallelExtent > 1 && pool_)
+        pool_->parallelFor(kernel.parallelExtent, [&](int64_t begin, int64_t end) {
+          kernel.fn(&descriptor_, begin, end);
+        });
+      else
+        kernel.fn(&descriptor_, 0, kernel.parallelExtent);
+    } catch (const std::exception &e) {
+      throw Error(fmt::format(
+          "kernel {} (step {}) failed: {}; {}", kernel.name, steps_, e.what(),
+          options_.checkNumerics
+              ? fmt::format("params are left as they were before step {}", steps_)
+              : std::string("params may be partly updated (with checkNumerics on, a "
+                            "failed step is rolled back)")));
+    }
+    if (options_.profile) {
+      auto end = std::chrono::steady_clock::now();
+      timings_.push_back({kernel.name, steps_, micros(start - created_), micros(end - start)});
+    }
+    if (options_.checkNumerics)
+      checkOutputs(kernel);
+  }
+}
+
+std::map<std::string, Tensor>
+Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
+  checkInputs(inputs);
+
+  // Everything that allocates happens before the first write to the arena.
+  std::map<std::string, Tensor> outputs;
+  for (const TensorSlot &slot : spec_.outputs)
+    outputs.emplace(slot.name, Tensor(slot.type));
+  size_t timingsBefore = timings_.size();
+  if (options_.profile)
+    timings_.reserve(timingsBefore + spec_.kernels.size());
+
+  if (options_.checkNumerics) {
+    std::byte *to = paramSnapshot_.data();
+    for (const TensorSlot &slot : spec_.params) {
+      std::memcpy(to, arena_ + slot.offset, static_cast<size_t>(slot.bytes()));
+      to += slot.bytes();
+    }
+  }
+  for (const TensorSlot &slot : spec_.inputs)
+    std::memcpy(arena_ + slot.offset, inputs.find(slot.name)->second.bytes(),
+                static_cast<size_t>(slot.bytes()));
+
+  try {
+    runKernels();
+  } catch (...) {
+    timings_.erase(timings_.begin() + static_cast<ptrdiff_t>(timingsBefore), timings_.end());
+    if (options_.checkNumerics) {
+      const std::byte *from = paramSnapshot_.data();
+      for (const TensorSlot &slot : spec_.params) {
+        std::memcpy(arena_ + slot.offset, from, static_cast<size_t>(slot.bytes()));
+        from += slot.bytes();
+      }
+    }
+    throw;
+  }
+
+  for (const auto &copy : spec_.updateCopies)
+    std::memmove(arena_ + copy.to, arena_ + copy.from, static_cast<size_t>(copy.bytes));
+  ++steps_;
+  for (const TensorSlot &slot : spec_.outputs)
+    std::memcpy(outputs.at(slot.name).bytes(), arena_ + slot.offset,
+                static_cast<size_t>(slot.bytes()));
+  return outputs;
+}
+
+const TensorSlot &Executable::paramSlot(const std::string &name) const {
+  if (const TensorSlot *slot = findSlot(spec_.params, name))
+    return *slot;
+  throw Error(spec_.params.empty()
+                  ? fmt::format("unknown param '{}'; the executable has no params", name)
+                  : fmt::format("unknown param '{}'; the executable's params are: {}", name,
+                                slotNames(spec_.params)));
+}
+
+std::vector<std::string> Executable::paramNames() const {
+  std::vector<std::string> names;
+  for (const TensorSlot &slot : spec_.params)
+    names.push_back(slot.name);
+  return names;
+}
+
+Tensor Executable::param(const std::string &name) const {
+  const TensorSlot &slot = paramSlot(name);
+  Tensor value(slot.type);
+  std::memcpy(value.bytes(), arena_ + slot.offset, value.nbytes());
+  return value;
+}
+
+void Executable::setParam(const std::string &name, const Tensor &value) {
+  const TensorSlot &slot = paramSlot(name);
+  if (value.type() != slot.type)
+    throw Error(fmt::format("param '{}': expected {}, got {}", name, typeString(slot.type),
+                            typeString(value.type())));
+  std::memcpy(arena_ + slot.offset, value.bytes(), value.nbytes());
+}
+
+void Executable::saveParams(const std::string &path) const {
+  std::map<std::string, Tensor> tensors;
+  for (const TensorSlot &slot : spec_.params)
+    tensors.emplace(slot.name, param(slot.name));
+  std::map<std::string, std::string> metadata{{"producer", "stepc"}};
+  if (!spec_.name.empty())
+    metadata["executable"] = spec_.name;
+  writeSafetensors(path, tensors, metadata);
+}
+
+void Executable::loadParams(const std::string &path) {
+  std::map<std::string, Tensor> tensors = readSafetensors(path);
+  std::vector<std::string> differences;
+  for (const TensorSlot &slot : spec_.params) {
+    auto found = tensors.find(slot.name);
+    if (found == tensors.end())
+      differences.push_back(
+          fmt::format("missing '{}' ({})", slot.name, typeString(slot.type)));
+    else if (found->second.type() != slot.type)
+      differences.push_back(fmt::format("'{}': expected {}, found {}", slot.name,
+                                        typeString(slot.type),
+                                        typeString(found->second.type())));
+  }
+  for (const auto &[name, value] : tensors)
+    if (!findSlot(spec_.params, name))
+      differences.push_back(
+          fmt::format("unexpected '{}' ({})", name, typeString(value.type())));
+  if (!differences.empty())
+    throw Error(fmt::format("{}: checkpoint does not match executable '{}' ({} difference{}):"
+                            "\n  {}",
+                            path, spec_.name, differences.size(),
+                            differences.size() == 1 ? "" : "s",
+                            fmt::join(differences, "\n  ")));
+  for (const TensorSlot &slot : spec_.params) {
+    const Tensor &value = tensors.at(slot.name);
+    std::memcpy(arena_ + slot.offset, value.bytes(), value.nbytes());
+  }
+}
+
+void Executable::writeTrace(const std::string &path) const {
+  nlohmann::json events = nlohmann::json::array();
+  for (const KernelTiming &t : timings_)
+    events.push_back({{"name", t.kernel},
+                      {"cat", "kernel"},
+                      {"ph", "X"},
+                      {"ts", t.startMicros},
+                      {"dur", t.durationMicros},
+                      {"pid", 1},
+                      {"tid", 1},
+                      {"args", {{"step", t.step}}}});
+  nlohmann::json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
+  std::string text =
+      trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  writeFileAtomically(path, {text});
+}
+
+} // namespace stepc

@@ -1,0 +1,102 @@
+// `stepc import-onnx`, `stepc onnx-conformance`, and the model loading and
+// backend selection that `stepc run` shares with them.
+#include "commands.h"
+
+#include "stepc/npy.h"
+#include "stepc/onnx.h"
+#include "stepc/text.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace stepc::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool isOnnxFile(const std::string &path) { return fs::path(path).extension() == ".onnx"; }
+
+// "x=path/to/x.npy" bindings as tensors, by name.
+TensorMap readBindings(const std::vector<std::string> &bindings) {
+  TensorMap values;
+  for (const std::string &binding : bindings) {
+    size_t eq = binding.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == binding.size())
+      throw Error(fmt::format("--input '{}': expected NAME=FILE.npy", binding));
+    values[binding.substr(0, eq)] = readNpy(binding.substr(eq + 1));
+  }
+  return values;
+}
+
+} // namespace
+
+// The one place that maps a backend name to a way of running a graph; the
+// CPU and CUDA backends plug in here.
+BackendRun selectBackend(const std::string &name) {
+  if (name == "interp")
+    return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
+      return interpret(graph, inputs, params);
+    };
+  if (name == "cpu" || name == "cuda")
+    throw Error(fmt::format("backend '{}' is not available yet; available: interp", name));
+  throw Error(fmt::format("unknown backend '{}'; expected interp, cpu or cuda", name));
+}
+
+LoadedModel loadModel(const std::string &file, const TensorMap &inputValues) {
+  LoadedModel loaded;
+  if (!isOnnxFile(file)) {
+    loaded.graph = parseGraphFile(file);
+    loaded.params = initialParams(loaded.graph);
+    return loaded;
+  }
+  OnnxModel model = importOnnx(file, {inputValues});
+  for (size_t i = 0; i < model.inputs.size(); ++i)
+    if (model.inputs[i].empty())
+      loaded.bound.insert(model.onnxInputs[i]);
+  loaded.graph = std::move(model.graph);
+  loaded.params = std::move(model.params);
+  return loaded;
+}
+
+int importOnnx(const ImportOnnxOptions &options) {
+  OnnxModel model = stepc::importOnnx(options.file, {readBindings(options.inputs)});
+  std::string text =
+      fmt::format("# Imported from {} (ONNX opset {}).\n", options.file, model.opset);
+  fs::path paramsDir;
+  if (!model.params.empty()) {
+    paramsDir = options.output.empty() ? fs::path(options.file) : fs::path(options.output);
+    paramsDir.replace_extension(".params");
+    text += fmt::format("# Param values (the init below is a placeholder): {}/NAME.npy\n",
+                        paramsDir.string());
+  }
+  text += printGraph(model.graph);
+  if (options.output.empty()) {
+    fmt::print("{}", text);
+  } else {
+    std::ofstream out(options.output, std::ios::binary);
+    if (!(out << text))
+      throw Error(fmt::format("{}: cannot write the file", options.output));
+  }
+  if (!paramsDir.empty()) {
+    fs::create_directories(paramsDir);
+    for (const auto &[name, value] : model.params)
+      writeNpy((paramsDir / (name + ".npy")).string(), value);
+    fmt::print(stderr, "wrote {} param{} to {}/\n", model.params.size(),
+               model.params.size() == 1 ? "" : "s", paramsDir.string());
+  }
+  return 0;
+}
+
+int onnxConformance(const ConformanceCliOptions &options) {
+  ConformanceOptions conformance;
+  conformance.run = selectBackend(options.backend);
+  conformance.verbose = options.verbose;
+  if (!options.expectedFailures.empty())
+    conformance.expectedFailures = readExpectedFailures(options.expectedFailures);
+  ConformanceResult result = runOnnxConformance(options.dir, conformance, stdout);
+  return result.failed == 0 ? 0 : 1;
+}
+
+} // namespace stepc::cli
