@@ -34,6 +34,12 @@ std::string slotNames(const std::vector<TensorSlot> &slots) {
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
+// memcpy, except that empty tensors may have null data pointers.
+void copyBytes(std::byte *to, const std::byte *from, int64_t bytes) {
+  if (bytes > 0)
+    std::memcpy(to, from, static_cast<size_t>(bytes));
+}
+
 double micros(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double, std::micro>(d).count();
 }
@@ -153,7 +159,7 @@ Executable::Executable(ExecutableSpec spec, RunOptions options)
   try {
     for (const TensorSlot &slot : spec_.params) {
       const Tensor &value = spec_.initialParams.at(slot.name);
-      std::memcpy(arena_ + slot.offset, value.bytes(), value.nbytes());
+      copyBytes(arena_ + slot.offset, value.bytes(), slot.bytes());
     }
     if (options_.checkNumerics) {
       int64_t total = 0;
@@ -265,19 +271,18 @@ Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   for (const TensorSlot &slot : spec_.outputs)
     outputs.emplace(slot.name, Tensor(slot.type));
   size_t timingsBefore = timings_.size();
-  if (options_.profile)
-    timings_.reserve(timingsBefore + spec_.kernels.size());
+  if (options_.profile && timings_.capacity() < timingsBefore + spec_.kernels.size())
+    timings_.reserve(std::max(2 * timings_.capacity(), timingsBefore + spec_.kernels.size()));
 
   if (options_.checkNumerics) {
     std::byte *to = paramSnapshot_.data();
     for (const TensorSlot &slot : spec_.params) {
-      std::memcpy(to, arena_ + slot.offset, static_cast<size_t>(slot.bytes()));
+      copyBytes(to, arena_ + slot.offset, slot.bytes());
       to += slot.bytes();
     }
   }
   for (const TensorSlot &slot : spec_.inputs)
-    std::memcpy(arena_ + slot.offset, inputs.find(slot.name)->second.bytes(),
-                static_cast<size_t>(slot.bytes()));
+    copyBytes(arena_ + slot.offset, inputs.find(slot.name)->second.bytes(), slot.bytes());
 
   try {
     runKernels();
@@ -286,7 +291,7 @@ Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
     if (options_.checkNumerics) {
       const std::byte *from = paramSnapshot_.data();
       for (const TensorSlot &slot : spec_.params) {
-        std::memcpy(arena_ + slot.offset, from, static_cast<size_t>(slot.bytes()));
+        copyBytes(arena_ + slot.offset, from, slot.bytes());
         from += slot.bytes();
       }
     }
@@ -294,11 +299,11 @@ Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   }
 
   for (const auto &copy : spec_.updateCopies)
-    std::memmove(arena_ + copy.to, arena_ + copy.from, static_cast<size_t>(copy.bytes));
+    if (copy.bytes > 0)
+      std::memmove(arena_ + copy.to, arena_ + copy.from, static_cast<size_t>(copy.bytes));
   ++steps_;
   for (const TensorSlot &slot : spec_.outputs)
-    std::memcpy(outputs.at(slot.name).bytes(), arena_ + slot.offset,
-                static_cast<size_t>(slot.bytes()));
+    copyBytes(outputs.at(slot.name).bytes(), arena_ + slot.offset, slot.bytes());
   return outputs;
 }
 
@@ -321,7 +326,7 @@ std::vector<std::string> Executable::paramNames() const {
 Tensor Executable::param(const std::string &name) const {
   const TensorSlot &slot = paramSlot(name);
   Tensor value(slot.type);
-  std::memcpy(value.bytes(), arena_ + slot.offset, value.nbytes());
+  copyBytes(value.bytes(), arena_ + slot.offset, slot.bytes());
   return value;
 }
 
@@ -330,7 +335,7 @@ void Executable::setParam(const std::string &name, const Tensor &value) {
   if (value.type() != slot.type)
     throw Error(fmt::format("param '{}': expected {}, got {}", name, typeString(slot.type),
                             typeString(value.type())));
-  std::memcpy(arena_ + slot.offset, value.bytes(), value.nbytes());
+  copyBytes(arena_ + slot.offset, value.bytes(), slot.bytes());
 }
 
 void Executable::saveParams(const std::string &path) const {
@@ -368,13 +373,19 @@ void Executable::loadParams(const std::string &path) {
                             fmt::join(differences, "\n  ")));
   for (const TensorSlot &slot : spec_.params) {
     const Tensor &value = tensors.at(slot.name);
-    std::memcpy(arena_ + slot.offset, value.bytes(), value.nbytes());
+    copyBytes(arena_ + slot.offset, value.bytes(), slot.bytes());
   }
 }
 
 void Executable::writeTrace(const std::string &path) const {
+  std::map<std::string_view, double> flops;
+  for (const KernelSpec &kernel : spec_.kernels)
+    flops[kernel.name] = kernel.flops;
   nlohmann::json events = nlohmann::json::array();
-  for (const KernelTiming &t : timings_)
+  for (const KernelTiming &t : timings_) {
+    nlohmann::json args = {{"step", t.step}};
+    if (double f = flops[t.kernel]; f > 0 && t.durationMicros > 0)
+      args["gflops_per_s"] = f / t.durationMicros * 1e-3;
     events.push_back({{"name", t.kernel},
                       {"cat", "kernel"},
                       {"ph", "X"},
@@ -382,7 +393,8 @@ void Executable::writeTrace(const std::string &path) const {
                       {"dur", t.durationMicros},
                       {"pid", 1},
                       {"tid", 1},
-                      {"args", {{"step", t.step}}}});
+                      {"args", std::move(args)}});
+  }
   nlohmann::json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
   std::string text =
       trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 namespace stepc {
 namespace {
@@ -34,6 +35,9 @@ template <class Done> bool spinUntil(Done done) {
     }
     if (std::chrono::steady_clock::now() >= deadline)
       return done();
+    // Let a thread waiting for this core run: with more threads than cores
+    // the one we wait for may be it.
+    std::this_thread::yield();
   }
 }
 

@@ -412,7 +412,9 @@ TEST(Executable, ThrowingKernelIsReportedAndRolledBackWithCheckNumerics) {
 
 TEST(Executable, ProfileWritesOneTraceEventPerKernelPerStep) {
   TempDir dir;
-  Executable exe(trainSpec(), {.checkNumerics = true, .profile = true, .threads = 2});
+  auto spec = trainSpec();
+  spec.kernels[0].flops = 4; // shown as a rate in the trace
+  Executable exe(spec, {.checkNumerics = true, .profile = true, .threads = 2});
   for (int step = 0; step < 3; ++step)
     exe.step(gradient({0.1f, 0.1f, 0.1f, 0.1f}));
   // A failed step records nothing.
@@ -434,6 +436,8 @@ TEST(Executable, ProfileWritesOneTraceEventPerKernelPerStep) {
     EXPECT_GE(ts, lastTs);
     EXPECT_GE(event.at("dur").get<double>(), 0);
     lastTs = ts;
+    bool hasRate = event.at("args").contains("gflops_per_s");
+    EXPECT_EQ(hasRate, event.at("name") == "k0_sgd" && event.at("dur").get<double>() > 0);
     seen[{event.at("name").get<std::string>(), event.at("args").at("step").get<int64_t>()}]++;
   }
   EXPECT_EQ(events.size(), 9u);

@@ -2,6 +2,7 @@
 // per FusionGroup -> machine code -> ExecutableSpec.
 #include "stepc/compile.h"
 
+#include "jit_cache.h"
 #include "llvm_backend.h"
 #include "lowering.h"
 
@@ -43,6 +44,30 @@ void giveSourcesKernels(const Graph &graph, FusionPlan &plan) {
     // It reads nothing, so it may run last.
     plan.groupOf[v] = static_cast<int>(plan.groups.size());
     plan.groups.push_back(group);
+  }
+}
+
+// 2 flops per multiply-add of a matmul or convolution (and its gradients).
+double matrixFlops(const Graph &g, ValueId v) {
+  const Node &n = g.node(v);
+  auto numel = [&](ValueId id) { return static_cast<double>(g.type(id).numel()); };
+  switch (n.op) {
+  case OpKind::MatMul:
+    return 2 * numel(v) * static_cast<double>(g.type(n.operands[0]).shape.back());
+  case OpKind::Conv2d: {
+    const Shape &w = g.type(n.operands[1]).shape;
+    return 2 * numel(v) * static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight: {
+    // The same multiply-adds as the forward convolution: one per (output
+    // gradient element, weight tap in its group).
+    const Shape &w = g.type(n.op == OpKind::Conv2dGradInput ? n.operands[1] : v).shape;
+    return 2 * numel(n.op == OpKind::Conv2dGradInput ? n.operands[0] : n.operands[1]) *
+           static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  default:
+    return 0;
   }
 }
 
@@ -101,8 +126,10 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     KernelSpec kernel;
     kernel.name = source.name;
     kernel.parallelExtent = source.parallelExtent;
-    for (ValueId v : group.nodes)
+    for (ValueId v : group.nodes) {
       kernel.provenance.push_back(provenanceLine(g.node(v)));
+      kernel.flops += matrixFlops(g, v);
+    }
     for (ValueId v : group.outputs)
       if (usedOutside[v])
         kernel.outputs.push_back({fmt::format("%{}", v), g.type(v), offsetOf(v)});
@@ -132,13 +159,7 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
 
 std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions &options,
                                        const RunOptions &run) {
-  LoweredGraph lowered = lowerGraph(graph, options);
-  std::string object = codegen::compileToObject(lowered.mlirModule);
-  auto loaded = codegen::LoadedObject::load(object);
-  for (KernelSpec &kernel : lowered.spec.kernels)
-    kernel.fn = reinterpret_cast<KernelFn>(loaded->symbol("_mlir_ciface_" + kernel.name));
-  lowered.spec.owner = loaded;
-  return std::make_unique<Executable>(std::move(lowered.spec), run);
+  return std::make_unique<Executable>(codegen::jitSpec(graph, options), run);
 }
 
 std::string dumpKernelIR(const Graph &graph, const CompileOptions &options,

@@ -26,6 +26,8 @@
 #include "llvm/ExecutionEngine/Orc/ExecutionUtils.h"
 #include "llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h"
 #include "llvm/ExecutionEngine/Orc/LLJIT.h"
+#include "llvm/IR/Constants.h"
+#include "llvm/IR/GlobalVariable.h"
 #include "llvm/IR/LLVMContext.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
@@ -231,6 +233,11 @@ std::string lowerToStage(const std::string &mlirModule, Stage stage) {
 }
 
 std::string compileToObject(const std::string &mlirModule) {
+  return compileToObject(mlirModule, "", "");
+}
+
+std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
+                            std::string_view data) {
   auto context = makeContext();
   auto module = parse(*context, mlirModule);
   lowerToLlvmDialect(*module);
@@ -238,6 +245,15 @@ std::string compileToObject(const std::string &mlirModule) {
   llvm::LLVMContext llvmContext;
   auto llvmModule = translate(*module, llvmContext, *machine);
   optimize(*llvmModule, *machine);
+  if (!dataSymbol.empty()) {
+    // At least one byte: a zero-length array would have no address to take.
+    std::string bytes(data.empty() ? std::string_view("\0", 1) : data);
+    llvm::Type *byte = llvm::Type::getInt8Ty(llvmContext);
+    auto *init = llvm::ConstantDataArray::getRaw(bytes, bytes.size(), byte);
+    auto *global = new llvm::GlobalVariable(*llvmModule, init->getType(), /*isConstant=*/true,
+                                            llvm::GlobalValue::ExternalLinkage, init, dataSymbol);
+    global->setAlignment(llvm::Align(64));
+  }
 
   llvm::SmallVector<char, 0> buffer;
   llvm::raw_svector_ostream os(buffer);

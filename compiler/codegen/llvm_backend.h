@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace stepc::codegen {
 
@@ -16,6 +17,10 @@ std::string lowerToStage(const std::string &mlirModule, Stage stage);
 // Compiles a module of kernels to a relocatable object for the host CPU
 // (its native vector width: AVX-512 here), optimized at O3.
 std::string compileToObject(const std::string &mlirModule);
+// As above, plus a read-only, 64-byte aligned byte array named `dataSymbol`
+// holding `data`: how AOT artifacts carry their initial params.
+std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
+                            std::string_view data);
 
 // The host target, as "x86_64-pc-linux-gnu znver4 +avx512f,...": part of
 // every cache key, since objects are built for it.

@@ -1219,28 +1219,29 @@ KernelSource KernelEmitter::emit() {
       scratch_.push_back(fmt::format("{} : {}", views_[id], type));
     }
 
-  // One parallel loop nest when every root is elementwise over one shape
-  // (sibling fusion). Otherwise the roots run one after another, split among
-  // threads by their dimension 0 when that is safe (see rowLocal), else on
-  // one thread.
-  bool sameShape = true, allInlinable = true;
-  for (ValueId r : roots) {
-    sameShape = sameShape && shapeOf(r) == shapeOf(roots.front());
-    allInlinable = allInlinable && isInlinable(node(r).op);
-  }
+  // The roots run one after another, split among threads by their dimension
+  // 0 when that is safe (see rowLocal), else on one thread.
   int64_t extent = 1;
   bool parallel = !roots.empty() && rowLocal(roots);
   if (parallel)
     extent = shapeOf(roots.front())[0];
 
-  if (allInlinable && sameShape && !roots.empty()) {
-    emitElementwiseRoots(roots, parallel);
-  } else {
-    for (ValueId r : roots) {
-      w_.pushScope();
-      emitRoot(r, parallel);
-      w_.popScope();
+  // Consecutive elementwise roots of one shape share a loop nest (an
+  // optimizer's parameter and moment updates: one pass over memory).
+  for (size_t i = 0; i < roots.size();) {
+    w_.pushScope();
+    if (isInlinable(node(roots[i]).op)) {
+      size_t j = i + 1;
+      while (j < roots.size() && isInlinable(node(roots[j]).op) &&
+             shapeOf(roots[j]) == shapeOf(roots[i]))
+        ++j;
+      emitElementwiseRoots(std::vector<ValueId>(roots.begin() + i, roots.begin() + j), parallel);
+      i = j;
+    } else {
+      emitRoot(roots[i], parallel);
+      ++i;
     }
+    w_.popScope();
   }
   for (const std::string &s : scratch_)
     w_.line(fmt::format("memref.dealloc {}", s));

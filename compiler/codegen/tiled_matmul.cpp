@@ -55,17 +55,23 @@ std::string add(MlirWriter &w, const std::string &a, int64_t b) {
   return w.assign(fmt::format("arith.addi {}, {} : index", a, w.indexConstant(b)));
 }
 
-// Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16).
+// Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16). With a
+// mask, the tile is one vector whose lanes past the matrix edge are off.
 void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
-                    const std::string &col, int vectors) {
+                    const std::string &col, int vectors, const std::string &mask = "") {
   std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
   std::vector<std::string> inits(static_cast<size_t>(rows * vectors), zero);
   VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(mm.k), inits);
   std::vector<std::string> bv;
   for (int v = 0; v < vectors; ++v)
-    bv.push_back(w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, loop.iv,
-                                      v == 0 ? col : add(w, col, v * kLanes),
-                                      memref(mm.k, mm.n), kVec)));
+    bv.push_back(mask.empty()
+                     ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, loop.iv,
+                                            v == 0 ? col : add(w, col, v * kLanes),
+                                            memref(mm.k, mm.n), kVec))
+                     : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, "
+                                            "vector<16xi1>, {} into {}",
+                                            mm.b, loop.iv, col, mask, zero, memref(mm.k, mm.n),
+                                            kVec, kVec)));
   std::vector<std::string> next;
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
@@ -79,34 +85,18 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   closeVectorLoop(w, next);
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
-    for (int v = 0; v < vectors; ++v)
+    for (int v = 0; v < vectors; ++v) {
+      if (!mask.empty()) {
+        w.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", mm.c,
+                           row, col, mask, loop.results[r * vectors + v], memref(mm.m, mm.n),
+                           kVec));
+        continue;
+      }
       w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", loop.results[r * vectors + v],
                          mm.c, row, v == 0 ? col : add(w, col, v * kLanes), memref(mm.m, mm.n),
                          kVec));
+    }
   }
-}
-
-// Plain dot products for the columns no vector covers.
-void emitScalarColumns(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
-                       const std::string &rowHi, int64_t colLo) {
-  std::string i = w.beginFor(rowLo, rowHi);
-  std::string j = w.beginFor(w.indexConstant(colLo), w.indexConstant(mm.n));
-  std::string kv = w.fresh("k"), acc = w.fresh("acc"), res = w.fresh();
-  w.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> (f32) {{", res, kv,
-                     w.indexConstant(0), w.indexConstant(mm.k), w.indexConstant(1), acc,
-                     w.constant(0, DType::F32)));
-  w.indent();
-  w.pushScope();
-  std::string a = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.a, i, kv, memref(mm.m, mm.k)));
-  std::string b = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.b, kv, j, memref(mm.k, mm.n)));
-  std::string s = w.assign(fmt::format("math.fma {}, {}, {} : f32", a, b, acc));
-  w.line(fmt::format("scf.yield {} : f32", s));
-  w.popScope();
-  w.dedent();
-  w.line("}");
-  w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", res, mm.c, i, j, memref(mm.m, mm.n)));
-  w.endFor();
-  w.endFor();
 }
 
 } // namespace
@@ -151,8 +141,23 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     emitVectorTile(w, mm, r, 1, w.indexConstant(wideCols), 1);
     w.endFor();
   }
-  if (mm.n > narrowCols)
-    emitScalarColumns(w, mm, lo, hi, narrowCols);
+  if (mm.n > narrowCols) {
+    // The last columns: one masked vector per row, 8 rows at a time.
+    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
+                                            mm.n - narrowCols));
+    std::string col = w.indexConstant(narrowCols);
+    std::string row = w.fresh("i");
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(kRows)));
+    w.indent();
+    w.pushScope();
+    emitVectorTile(w, mm, row, kRows, col, 1, mask);
+    w.popScope();
+    w.dedent();
+    w.line("}");
+    std::string r = w.beginFor(tileEnd, hi);
+    emitVectorTile(w, mm, r, 1, col, 1, mask);
+    w.endFor();
+  }
 }
 
 } // namespace stepc::codegen

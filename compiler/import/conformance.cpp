@@ -11,7 +11,7 @@
 
 #include <fmt/format.h>
 
-#include <onnx/onnx-ml.pb.h>
+#include <onnx/onnx_pb.h>
 
 #include <algorithm>
 #include <cmath>
@@ -48,12 +48,11 @@ std::string readBytes(const fs::path &path) {
 // The first line of a (possibly multi-line) message.
 std::string firstLine(const std::string &s) {
   std::string line = s.substr(0, s.find('\n'));
-  return line.size() > 300 ? line.substr(0, 300) + "..." : line;
+  return line.size() > 400 ? line.substr(0, 400) + "..." : line;
 }
 
 Outcome unsupportedOutcome(const OnnxImportError &e) {
   Outcome outcome{Status::Skipped, "", {}};
-  bool invalid = false;
   for (const OnnxProblem &p : e.problems()) {
     switch (p.kind) {
     case OnnxProblem::Kind::Operator:
@@ -68,13 +67,17 @@ Outcome unsupportedOutcome(const OnnxImportError &e) {
       break;
     case OnnxProblem::Kind::StaticInput:
     case OnnxProblem::Kind::Invalid:
-      invalid = true;
       break;
     }
   }
   // Unsupported parts explain any other problem; without them, it is a failure.
-  if (outcome.skipKeys.empty() || !invalid)
-    return outcome.skipKeys.empty() ? failed(e.what()) : outcome;
+  if (outcome.skipKeys.empty()) {
+    std::string reasons;
+    for (const OnnxProblem &p : e.problems())
+      reasons += fmt::format("{}{}{}", reasons.empty() ? "import: " : "; ",
+                             p.opType.empty() ? "" : p.opType + ": ", p.reason);
+    return failed(reasons.empty() ? std::string(e.what()) : reasons);
+  }
   return outcome;
   return outcome;
 }

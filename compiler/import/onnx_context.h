@@ -7,7 +7,7 @@
 #include "stepc/onnx.h"
 #include "stepc/tensor.h"
 
-#include <onnx/onnx-ml.pb.h>
+#include <onnx/onnx_pb.h>
 
 #include <optional>
 #include <string>

@@ -62,7 +62,10 @@ void windowPads(NodeContext &c, const Shape &spatial, Window &w) {
   }
 }
 
-Shape spatialOf(Value x) { return Shape(x.shape().begin() + 2, x.shape().end()); }
+Shape spatialOf(Value x) {
+  Shape shape = x.shape();
+  return Shape(shape.begin() + 2, shape.end());
+}
 
 // Prepends a unit axis to the spatial axes, so 1-D convolutions and pools
 // run as 2-D ones of height 1.
@@ -103,44 +106,41 @@ std::vector<int64_t> spatialAxes(Value x) {
 // ---------------------------------------------------------------------------
 // Pooling.
 
-// Pools of any rank, dilation, padding and ceil_mode: the elementwise max (or
-// sum) of one strided slice of the padded input per kernel offset. Average
-// pooling divides by a constant count of the elements each window covers.
+// Pools of any rank, dilation, padding and ceil_mode. A window's max (or
+// sum) is separable, so each spatial axis is reduced in turn: the
+// elementwise max (or sum) of one strided slice per kernel offset along that
+// axis. Average pooling then divides by a constant count of the elements
+// each window covers (also separable).
 Value generalPool(NodeContext &c, Value x, const Window &w, const std::vector<int64_t> &out,
                   bool isMax, bool includePad) {
   size_t n = w.rank();
   Shape in = spatialOf(x);
-  std::vector<int64_t> extra(n), high(n);
+  std::vector<int64_t> high(n);
   bool padded = false;
   for (size_t i = 0; i < n; ++i) {
+    // ceil_mode: windows may run past the padded input; pad those too.
     int64_t covered = (out[i] - 1) * w.stride[i] + w.span(i);
-    extra[i] = std::max<int64_t>(0, covered - (in[i] + w.low[i] + w.high[i]));
-    high[i] = w.high[i] + extra[i];
+    high[i] = w.high[i] + std::max<int64_t>(0, covered - (in[i] + w.low[i] + w.high[i]));
     padded = padded || w.low[i] || high[i];
   }
   double fill = isMax ? -std::numeric_limits<double>::infinity() : 0.0;
-  Value xp = padded ? padSpatial(x, w.low, high, fill) : x;
-  Value acc;
-  std::vector<int64_t> offset(n, 0);
-  for (;;) {
-    std::vector<int64_t> starts{0, 0}, limits{x.dim(0), x.dim(1)}, strides{1, 1};
-    for (size_t i = 0; i < n; ++i) {
-      int64_t s = offset[i] * w.dilation[i];
-      starts.push_back(s);
-      limits.push_back(s + (out[i] - 1) * w.stride[i] + 1);
-      strides.push_back(w.stride[i]);
+  Value acc = padded ? padSpatial(x, w.low, high, fill) : x;
+  for (size_t i = 0; i < n; ++i) {
+    int64_t axis = static_cast<int64_t>(i) + 2;
+    Value reduced;
+    for (int64_t a = 0; a < w.kernel[i]; ++a) {
+      std::vector<int64_t> starts(static_cast<size_t>(acc.rank()), 0), limits = acc.shape(),
+          strides(static_cast<size_t>(acc.rank()), 1);
+      starts[axis] = a * w.dilation[i];
+      limits[axis] = starts[axis] + (out[i] - 1) * w.stride[i] + 1;
+      strides[axis] = w.stride[i];
+      Value part = slice(acc, starts, limits, strides);
+      reduced = !reduced.valid() ? part : isMax ? maximum(reduced, part) : add(reduced, part);
     }
-    Value part = slice(xp, starts, limits, strides);
-    acc = !acc.valid() ? part : isMax ? maximum(acc, part) : add(acc, part);
-    size_t i = n;
-    while (i > 0 && ++offset[i - 1] == w.kernel[i - 1])
-      offset[--i] = 0;
-    if (i == 0)
-      break;
+    acc = reduced;
   }
   if (isMax)
     return acc;
-  // How many elements of each window count: separable, one factor per axis.
   Shape countShape{1, 1};
   countShape.insert(countShape.end(), out.begin(), out.end());
   Tensor count(x.dtype(), countShape);
@@ -198,6 +198,11 @@ void pool(NodeContext &c, bool isMax) {
              2 * w.low[i] <= w.kernel[i] && out[i] == room / w.stride[i] + 1;
   }
   if (!native) {
+    for (int64_t k : w.kernel)
+      if (k > 4096)
+        c.unsupported(fmt::format("a kernel of [{}]: the general pooling path takes one "
+                                  "slice per kernel element along each axis, at most 4096",
+                                  fmt::join(w.kernel, ",")));
     c.setOutput(0, generalPool(c, x, w, out, isMax, includePad));
     return;
   }
@@ -225,21 +230,65 @@ void mapGlobalMaxPool(NodeContext &c) {
 }
 
 // ---------------------------------------------------------------------------
-// Convolution: 2-D natively, 1-D as 2-D of height 1. Pads stepc's symmetric
-// padding cannot express become an explicit pad.
+// Convolution: 2-D natively, 1-D as 2-D of height 1, and 3-D as a sum over
+// the kernel's depth of 2-D convolutions, each of one strided depth slice of
+// the input with the depth positions folded into the batch. Pads stepc's
+// symmetric padding cannot express become an explicit pad.
+
+namespace {
+
+Value conv2dPadded(Value x, Value weight, const Window &w, int64_t groups) {
+  std::vector<int64_t> padding = w.low;
+  if (w.low != w.high) {
+    x = padSpatial(x, w.low, w.high, 0);
+    padding.assign(2, 0);
+  }
+  return conv2d(x, weight, {w.stride, padding, w.dilation, groups});
+}
+
+Value conv3d(Value x, Value weight, const Window &w, int64_t groups) {
+  // Depth padding is explicit; height and width go to conv2d.
+  Value xp = x;
+  if (w.low[0] || w.high[0])
+    xp = pad(x, {0, 0, w.low[0], 0, 0}, {0, 0, w.high[0], 0, 0});
+  Window plane{{w.kernel[1], w.kernel[2]}, {w.stride[1], w.stride[2]},
+               {w.dilation[1], w.dilation[2]}, {w.low[1], w.low[2]}, {w.high[1], w.high[2]}};
+  int64_t n = x.dim(0), ch = x.dim(1), h = x.dim(3), wd = x.dim(4);
+  int64_t o = weight.dim(0), cg = weight.dim(1);
+  int64_t room = xp.dim(2) - w.span(0);
+  if (room < 0)
+    throw Error(fmt::format("the kernel depth {} does not fit the input {}", w.kernel[0],
+                            typeString(x.type())));
+  int64_t depth = room / w.stride[0] + 1;
+  Value sum;
+  for (int64_t a = 0; a < w.kernel[0]; ++a) {
+    int64_t first = a * w.dilation[0];
+    Value xa = slice(xp, {0, 0, first, 0, 0},
+                     {n, ch, first + (depth - 1) * w.stride[0] + 1, h, wd},
+                     {1, 1, w.stride[0], 1, 1});
+    xa = reshape(transpose(xa, {0, 2, 1, 3, 4}), {n * depth, ch, h, wd});
+    Value wa = slice(weight, {0, 0, a, 0, 0},
+                     {o, cg, a + 1, w.kernel[1], w.kernel[2]});
+    wa = reshape(wa, {o, cg, w.kernel[1], w.kernel[2]});
+    Value ya = conv2dPadded(xa, wa, plane, groups);
+    sum = sum.valid() ? add(sum, ya) : ya;
+  }
+  Value y = reshape(sum, {n, depth, o, sum.dim(2), sum.dim(3)});
+  return transpose(y, {0, 2, 1, 3, 4});
+}
+
+} // namespace
 
 void mapConv(NodeContext &c) {
   Value x = c.in(0), weight = c.in(1);
   int64_t n = x.rank() - 2;
-  if (n != 1 && n != 2)
-    c.unsupported(fmt::format("{}-D convolution is not supported (stepc has 2-D; 1-D maps "
-                              "onto it)",
-                              n));
+  if (n < 1 || n > 3)
+    c.unsupported(fmt::format("{}-D convolution is not supported (1-D, 2-D and 3-D are)", n));
   if (weight.rank() != x.rank())
     c.invalid(fmt::format("weight {} does not match input {}", typeString(weight.type()),
                           typeString(x.type())));
   Window w;
-  Shape kernel(weight.shape().begin() + 2, weight.shape().end());
+  Shape kernel = spatialOf(weight);
   w.kernel = c.attrInts("kernel_shape", kernel);
   if (w.kernel != kernel)
     c.invalid(fmt::format("kernel_shape [{}] differs from the weight {}",
@@ -247,20 +296,20 @@ void mapConv(NodeContext &c) {
   w.stride = spatialAttr(c, "strides", static_cast<size_t>(n));
   w.dilation = spatialAttr(c, "dilations", static_cast<size_t>(n));
   windowPads(c, spatialOf(x), w);
-  if (n == 1) {
-    x = lift1dTo2d(x);
-    weight = lift1dTo2d(weight);
+  int64_t groups = c.attrInt("group", 1);
+  Value y;
+  if (n == 3) {
+    y = conv3d(x, weight, w, groups);
+  } else if (n == 2) {
+    y = conv2dPadded(x, weight, w, groups);
+  } else {
     liftWindowTo2d(w);
+    y = conv2dPadded(lift1dTo2d(x), lift1dTo2d(weight), w, groups);
+    y = reshape(y, {y.dim(0), y.dim(1), y.dim(3)});
   }
-  std::vector<int64_t> padding = w.low;
-  if (w.low != w.high) {
-    x = padSpatial(x, w.low, w.high, 0);
-    padding.assign(2, 0);
-  }
-  Value y = conv2d(x, weight, {w.stride, padding, w.dilation, c.attrInt("group", 1)});
   if (c.has(2))
-    y = add(y, perChannel(c.in(2), 4));
-  c.setOutput(0, n == 1 ? reshape(y, {y.dim(0), y.dim(1), y.dim(3)}) : y);
+    y = add(y, perChannel(c.in(2), y.rank()));
+  c.setOutput(0, y);
 }
 
 // ---------------------------------------------------------------------------
@@ -391,6 +440,8 @@ void mapPad(NodeContext &c) {
     if (low[a] == 0 && high[a] == 0)
       continue;
     int64_t d = x.dim(a);
+    if (low[a] > kMaxImportElements || high[a] > kMaxImportElements)
+      c.invalid(fmt::format("pads [{}] are out of range", fmt::join(pads, ",")));
     if (d == 0 || -low[a] >= d + high[a])
       c.invalid(fmt::format("cannot pad an axis of size {} with [{}, {}]", d, low[a], high[a]));
     std::vector<int64_t> source;
@@ -432,7 +483,7 @@ void mapLeakyRelu(NodeContext &c) {
 }
 
 // alpha * (exp(x) - 1) below zero, x above.
-Value eluOf(NodeContext &c, Value x, double alpha) {
+static Value eluOf(NodeContext &c, Value x, double alpha) {
   Value below = mul(sub(exp(x), scalarOf(c, x, 1)), scalarOf(c, x, alpha));
   return select(gt(x, scalarOf(c, x, 0)), x, below);
 }
@@ -456,6 +507,9 @@ void mapCelu(NodeContext &c) {
 
 void mapPRelu(NodeContext &c) {
   Value x = c.in(0), slope = c.in(1);
+  // Before opset 7 a slope of C values applies per channel (axis 1).
+  if (c.opset < 7 && slope.rank() == 1 && x.rank() > 2 && slope.dim(0) == x.dim(1))
+    slope = perChannel(slope, x.rank());
   c.setOutput(0, select(lt(x, scalarOf(c, x, 0)), mul(x, slope), x));
 }
 
@@ -465,7 +519,7 @@ void mapThresholdedRelu(NodeContext &c) {
   c.setOutput(0, select(above, x, scalarOf(c, x, 0)));
 }
 
-Value hardSigmoidOf(NodeContext &c, Value x, double alpha, double beta) {
+static Value hardSigmoidOf(NodeContext &c, Value x, double alpha, double beta) {
   Value y = add(mul(x, scalarOf(c, x, alpha)), scalarOf(c, x, beta));
   return maximum(minimum(y, scalarOf(c, x, 1)), scalarOf(c, x, 0));
 }
@@ -525,6 +579,163 @@ void mapSinh(NodeContext &c) {
 void mapCosh(NodeContext &c) {
   Value x = c.in(0);
   c.setOutput(0, mul(add(exp(x), exp(neg(x))), scalarOf(c, x, 0.5)));
+}
+
+// ---------------------------------------------------------------------------
+// Losses.
+
+// -input[n, target[n, d...], d...] * weight[target], reduced; targets equal to
+// ignore_index count with weight 0 (and are not looked up).
+static Value nllLoss(NodeContext &c, Value input, Value target, Value weight) {
+  if (input.rank() < 2 || target.rank() != input.rank() - 1 || !isInteger(target.dtype()))
+    c.invalid(fmt::format("expected input [N, C, d...] and integer target [N, d...], found "
+                          "{} and {}",
+                          typeString(input.type()), typeString(target.type())));
+  int64_t classes = input.dim(1);
+  std::optional<int64_t> ignore;
+  if (c.hasAttr("ignore_index"))
+    ignore = c.attrInt("ignore_index");
+  // one_hot gives an all-zero row for a target outside [0, C), such as an
+  // ignored one.
+  Value hot = moveLastAxisTo(oneHot(target, classes, DType::Bool), 1);
+  Value picked = sum(select(hot, input, scalarOf(c, input, 0)), {1}, false);
+  Value ignored;
+  if (ignore)
+    ignored = eq(target, scalarOf(c, target, double(*ignore)));
+  Value w;
+  if (weight.valid()) {
+    Value safe = ignore ? select(ignored, scalarOf(c, target, 0), target) : target;
+    w = gather(weight, safe, 0);
+    if (ignore)
+      w = select(ignored, scalarOf(c, w, 0), w);
+  } else if (ignore) {
+    w = select(ignored, scalarOf(c, input, 0), scalarOf(c, input, 1));
+  }
+  Value loss = neg(w.valid() ? mul(picked, w) : picked);
+  std::string reduction = c.attrString("reduction", "mean");
+  if (reduction == "none")
+    return loss;
+  if (reduction == "sum")
+    return sum(loss);
+  if (reduction != "mean")
+    c.invalid(fmt::format("unknown reduction '{}'", reduction));
+  if (!w.valid())
+    return mean(loss);
+  if (w.shape() != loss.shape())
+    w = broadcastTo(w, loss.shape());
+  return div(sum(loss), sum(w));
+}
+
+void mapNegativeLogLikelihoodLoss(NodeContext &c) {
+  c.setOutput(0, nllLoss(c, c.in(0), c.in(1), c.has(2) ? c.in(2) : Value()));
+}
+
+void mapSoftmaxCrossEntropyLoss(NodeContext &c) {
+  Value scores = c.in(0);
+  if (scores.rank() < 2)
+    c.invalid(fmt::format("expected scores [N, C, d...], found {}",
+                          typeString(scores.type())));
+  Value logProb = logSoftmax(scores, 1);
+  c.setOutput(0, nllLoss(c, logProb, c.in(1), c.has(2) ? c.in(2) : Value()));
+  c.setOutput(1, logProb);
+}
+
+// ---------------------------------------------------------------------------
+// ConvTranspose: stepc's conv2d_grad_input is the transposed convolution
+// (its weight layout [C_in, C_out / groups, kH, kW] is ONNX's). It runs
+// without padding; pads then crop the full result and output_padding grows
+// it at the end.
+
+void mapConvTranspose(NodeContext &c) {
+  Value x = c.in(0), weight = c.in(1);
+  int64_t n = x.rank() - 2;
+  if (n != 1 && n != 2)
+    c.unsupported(fmt::format("{}-D transposed convolution is not supported (1-D and 2-D are)",
+                              n));
+  if (weight.rank() != x.rank() || weight.dim(0) != x.dim(1))
+    c.invalid(fmt::format("weight {} does not match input {}", typeString(weight.type()),
+                          typeString(x.type())));
+  size_t sn = static_cast<size_t>(n);
+  int64_t groups = c.attrInt("group", 1);
+  Window w;
+  w.kernel = c.attrInts("kernel_shape", spatialOf(weight));
+  if (w.kernel != spatialOf(weight))
+    c.invalid(fmt::format("kernel_shape [{}] differs from the weight {}",
+                          fmt::join(w.kernel, ","), typeString(weight.type())));
+  w.stride = spatialAttr(c, "strides", sn);
+  w.dilation = spatialAttr(c, "dilations", sn);
+  std::vector<int64_t> extra = c.attrInts("output_padding", std::vector<int64_t>(sn, 0));
+  if (extra.size() != sn)
+    c.invalid("output_padding needs one entry per spatial axis");
+  Shape in = spatialOf(x);
+  std::vector<int64_t> full(sn), low(sn, 0), high(sn, 0);
+  for (size_t i = 0; i < sn; ++i)
+    full[i] = (in[i] - 1) * w.stride[i] + w.span(i);
+  std::vector<int64_t> outputShape = c.attrInts("output_shape");
+  std::string autoPad = c.attrString("auto_pad", "NOTSET");
+  if (!outputShape.empty() || autoPad == "SAME_UPPER" || autoPad == "SAME_LOWER") {
+    // Pads follow from the wanted output size; the odd one goes at the end
+    // for SAME_UPPER (and output_shape), at the beginning for SAME_LOWER.
+    if (outputShape.size() == sn + 2)
+      outputShape.erase(outputShape.begin(), outputShape.begin() + 2);
+    if (outputShape.empty())
+      for (size_t i = 0; i < sn; ++i)
+        outputShape.push_back(in[i] * w.stride[i]);
+    if (outputShape.size() != sn)
+      c.invalid("output_shape needs one entry per spatial axis");
+    for (size_t i = 0; i < sn; ++i) {
+      int64_t total = full[i] + extra[i] - outputShape[i];
+      if (total < 0)
+        c.unsupported("an output_shape larger than the full transposed convolution");
+      low[i] = autoPad == "SAME_LOWER" ? total - total / 2 : total / 2;
+      high[i] = total - low[i];
+    }
+  } else if (autoPad == "NOTSET") {
+    std::vector<int64_t> pads = c.attrInts("pads", std::vector<int64_t>(2 * sn, 0));
+    if (pads.size() != 2 * sn)
+      c.invalid("pads need two entries per spatial axis");
+    for (size_t i = 0; i < sn; ++i) {
+      low[i] = pads[i];
+      high[i] = pads[sn + i];
+    }
+  } else if (autoPad != "VALID") {
+    c.invalid(fmt::format("unknown auto_pad '{}'", autoPad));
+  }
+  Value x4 = n == 1 ? lift1dTo2d(x) : x, w4 = n == 1 ? lift1dTo2d(weight) : weight;
+  std::vector<int64_t> hw = full, stride = w.stride, dilation = w.dilation;
+  if (n == 1) {
+    hw.insert(hw.begin(), 1);
+    stride.insert(stride.begin(), 1);
+    dilation.insert(dilation.begin(), 1);
+  }
+  Value y = c.op(OpKind::Conv2dGradInput, {x4, w4},
+                 {{"input_hw", hw},
+                  {"stride", stride},
+                  {"padding", std::vector<int64_t>{0, 0}},
+                  {"dilation", dilation},
+                  {"groups", groups}});
+  if (n == 1)
+    y = reshape(y, {y.dim(0), y.dim(1), y.dim(3)});
+  // output_padding adds zeros at the end, then pads crop.
+  bool grow = false;
+  for (int64_t e : extra)
+    grow = grow || e != 0;
+  if (grow)
+    y = padSpatial(y, std::vector<int64_t>(sn, 0), extra, 0);
+  std::vector<int64_t> starts{0, 0}, limits{y.dim(0), y.dim(1)};
+  bool crop = false;
+  for (size_t i = 0; i < sn; ++i) {
+    starts.push_back(low[i]);
+    limits.push_back(full[i] + extra[i] - high[i]);
+    if (limits.back() < starts.back())
+      c.invalid("pads crop away the whole output");
+    crop = crop || low[i] || high[i];
+  }
+  if (crop)
+    y = slice(y, starts, limits);
+  if (c.has(2))
+    y = add(y, perChannel(c.in(2), y.rank()));
+  c.setOutput(0, y);
 }
 
 } // namespace stepc::onnx_import

@@ -69,6 +69,15 @@ Value wrapNegativeIndices(NodeContext &c, Value indices, int64_t size) {
 
 namespace {
 
+Value matmulNd(Value a, Value b);
+
+Value sliceAxis(Value x, int64_t axis, int64_t start, int64_t limit) {
+  std::vector<int64_t> starts(static_cast<size_t>(x.rank()), 0), limits = x.shape();
+  starts[axis] = start;
+  limits[axis] = limit;
+  return slice(x, starts, limits);
+}
+
 // ---------------------------------------------------------------------------
 // Elementwise.
 
@@ -220,6 +229,15 @@ void mapConstantOfShape(NodeContext &c) {
   for (int64_t d : shape)
     if (d < 0)
       c.invalid(fmt::format("negative dimension in shape {}", shapeString(shape)));
+  // A large fill stays a node (a fill constant) rather than a tensor held at
+  // import.
+  if (checkedNumel(shape) > kMaxImportElements) {
+    c.setOutput(0, c.op(OpKind::Constant, {},
+                        {{"dtype", std::string(dtypeName(fill.dtype()))},
+                         {"shape", shape},
+                         {"value", fill.real(0)}}));
+    return;
+  }
   Tensor out(fill.dtype(), shape);
   for (int64_t i = 0; i < out.numel(); ++i)
     out.setReal(i, fill.real(0));
@@ -399,6 +417,77 @@ void mapReduceLogSumExp(NodeContext &c) {
   c.setOutput(0, add(log(s), mOut));
 }
 
+// The product over the reduced axes, as a product of slices: stepc has no
+// multiplicative reduction. The reduced axes are moved last and flattened.
+void mapReduceProd(NodeContext &c) {
+  Value x = c.in(0);
+  ReduceArgs args = reduceArgs(c, x.rank());
+  if (args.none) {
+    c.setOutput(0, x);
+    return;
+  }
+  std::vector<int64_t> perm, keptShape, outShape;
+  int64_t count = 1;
+  for (int64_t i = 0; i < x.rank(); ++i) {
+    bool reduced = std::binary_search(args.axes.begin(), args.axes.end(), i);
+    if (!reduced) {
+      perm.push_back(i);
+      keptShape.push_back(x.dim(i));
+    }
+    if (!reduced || args.keepdims)
+      outShape.push_back(reduced ? 1 : x.dim(i));
+  }
+  for (int64_t a : args.axes) {
+    perm.push_back(a);
+    count *= x.dim(a);
+  }
+  if (count > 4096)
+    c.unsupported(fmt::format("a product over {} elements (at most 4096)", count));
+  Shape lined = keptShape;
+  lined.push_back(count);
+  Value y = reshape(transpose(x, perm), lined);
+  int64_t last = static_cast<int64_t>(lined.size()) - 1;
+  Value product = count == 0 ? Value() : sliceAxis(y, last, 0, 1);
+  for (int64_t k = 1; k < count; ++k)
+    product = mul(product, sliceAxis(y, last, k, k + 1));
+  if (count == 0) {
+    Tensor ones(x.dtype(), outShape);
+    for (int64_t i = 0; i < ones.numel(); ++i)
+      ones.setReal(i, 1);
+    c.setOutput(0, std::move(ones));
+    return;
+  }
+  c.setOutput(0, reshape(product, outShape));
+}
+
+// Running sums along one axis as a product with a triangular 0/1 matrix
+// (exclusive: strictly triangular; reverse: the other triangle).
+void mapCumSum(NodeContext &c) {
+  Value x = c.in(0);
+  if (x.rank() == 0)
+    c.invalid("expected an input of rank >= 1");
+  int64_t axis = normalizeAxis(c, static_cast<int64_t>(c.requireScalar(1, "the axis")),
+                               x.rank(), "axis");
+  bool exclusive = c.attrInt("exclusive", 0) != 0, reverse = c.attrInt("reverse", 0) != 0;
+  int64_t n = x.dim(axis);
+  if (n > 4096)
+    c.unsupported(fmt::format("a running sum over {} elements (at most 4096)", n));
+  Tensor mask(x.dtype(), {n, n});
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      // out[j] = sum_i x[i] * mask[i][j]
+      bool in = reverse ? (exclusive ? i > j : i >= j) : (exclusive ? i < j : i <= j);
+      mask.setReal(i * n + j, in ? 1 : 0);
+    }
+  std::vector<int64_t> perm;
+  for (int64_t i = 0; i < x.rank(); ++i)
+    if (i != axis)
+      perm.push_back(i);
+  perm.push_back(axis);
+  Value y = matmulNd(transpose(x, perm), c.constantOf(mask));
+  c.setOutput(0, moveLastAxisTo(y, axis));
+}
+
 // ArgMax/ArgMin; select_last_index reverses the axis with a gather.
 Value argExtreme(NodeContext &c, bool isMin) {
   Value x = c.in(0);
@@ -571,13 +660,6 @@ void mapConcat(NodeContext &c) {
     c.invalid("expected at least one input");
   int64_t axis = normalizeAxis(c, c.attrInt("axis"), xs[0].rank(), "axis");
   c.setOutput(0, xs.size() == 1 ? xs[0] : concat(xs, axis));
-}
-
-Value sliceAxis(Value x, int64_t axis, int64_t start, int64_t limit) {
-  std::vector<int64_t> starts(static_cast<size_t>(x.rank()), 0), limits = x.shape();
-  starts[axis] = start;
-  limits[axis] = limit;
-  return slice(x, starts, limits);
 }
 
 void mapSplit(NodeContext &c) {
@@ -761,8 +843,8 @@ void mapTile(NodeContext &c) {
     c.invalid(fmt::format("{} repeats for {}", repeats.size(), typeString(x.type())));
   for (int64_t axis = 0; axis < x.rank(); ++axis) {
     int64_t n = repeats[axis];
-    if (n < 0)
-      c.invalid(fmt::format("negative repeat {}", n));
+    if (n < 0 || n > kMaxImportElements)
+      c.invalid(fmt::format("repeat {} is out of range", n));
     if (n == 0)
       x = sliceAxis(x, axis, 0, 0);
     else if (n > 1)
@@ -778,8 +860,8 @@ void mapRange(NodeContext &c) {
   if (d == 0)
     c.invalid("delta is 0");
   int64_t n = std::max<int64_t>(0, static_cast<int64_t>(std::ceil((l - s) / d)));
-  if (n > (int64_t(1) << 30))
-    c.invalid(fmt::format("range of {} elements", n));
+  if (n > kMaxImportElements)
+    c.unsupported(fmt::format("a range of {} elements is too large to fold at import", n));
   Tensor out(start.dtype(), {n});
   for (int64_t i = 0; i < n; ++i) {
     if (isFloat(start.dtype()))
@@ -962,6 +1044,11 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"Tan", mapTan},
       {"Sinh", mapSinh},
       {"Cosh", mapCosh},
+      {"NegativeLogLikelihoodLoss", mapNegativeLogLikelihoodLoss},
+      {"SoftmaxCrossEntropyLoss", mapSoftmaxCrossEntropyLoss},
+      {"ConvTranspose", mapConvTranspose},
+      {"CumSum", mapCumSum},
+      {"ReduceProd", mapReduceProd},
   };
   return table;
 }

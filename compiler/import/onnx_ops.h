@@ -7,6 +7,11 @@
 
 namespace stepc::onnx_import {
 
+// The most elements a value computed at import (ConstantOfShape, Range, index
+// lists) may have: a corrupt model must not make the importer allocate
+// gigabytes.
+inline constexpr int64_t kMaxImportElements = int64_t(1) << 24;
+
 // Axis in [-rank, rank) -> [0, rank); out of range is an error naming `what`.
 int64_t normalizeAxis(NodeContext &c, int64_t axis, int64_t rank, std::string_view what);
 // Normalized, sorted, without repeats (a repeat is an error).
@@ -46,5 +51,8 @@ void mapGelu(NodeContext &c);
 void mapTan(NodeContext &c);
 void mapSinh(NodeContext &c);
 void mapCosh(NodeContext &c);
+void mapNegativeLogLikelihoodLoss(NodeContext &c);
+void mapSoftmaxCrossEntropyLoss(NodeContext &c);
+void mapConvTranspose(NodeContext &c);
 
 } // namespace stepc::onnx_import

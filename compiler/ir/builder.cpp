@@ -51,7 +51,7 @@ std::pair<Value, Value> operands(const Operand &a, const Operand &b) {
 
 } // namespace
 
-const TensorType &Value::type() const { return builder_->graph().type(id_); }
+TensorType Value::type() const { return builder_->graph().type(id_); }
 
 int64_t Value::dim(int64_t axis) const {
   int64_t r = rank();

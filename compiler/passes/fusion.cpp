@@ -177,6 +177,15 @@ std::vector<bool> reducedAxes(const Node &node, int64_t rank) {
   return axes;
 }
 
+// "[1]" for the axes marked true.
+std::string axesString(const std::vector<bool> &axes) {
+  std::vector<int64_t> list;
+  for (size_t i = 0; i < axes.size(); ++i)
+    if (axes[i])
+      list.push_back(static_cast<int64_t>(i));
+  return shapeString(list);
+}
+
 Shape squeezed(const Shape &shape) {
   Shape out;
   for (int64_t d : shape)
@@ -329,8 +338,10 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
       const Shape &s = shape(node.operands[0]);
       if (s != k.space || reducedAxes(node, static_cast<int64_t>(s.size())) != k.axes)
         return FusionDecision::no(fmt::format(
-            "reductions over different spaces: {} reduces {} and {} reduces {}",
-            describe(firstReduction), shapeString(k.space), describe(v), shapeString(s)));
+            "reductions over different spaces: {} reduces {} over axes {} and {} reduces {} "
+            "over axes {}",
+            describe(firstReduction), shapeString(k.space), axesString(k.axes), describe(v),
+            shapeString(s), axesString(reducedAxes(node, static_cast<int64_t>(s.size())))));
     }
   } else {
     // A loop kernel iterates over its biggest output (every output must

@@ -17,26 +17,19 @@ std::string valueName(const Graph &graph, ValueId v) {
   return node.name.empty() ? fmt::format("%{}", v) : "%" + node.name;
 }
 
-// "mlp.sg:12" (line granularity: a row names lines, not columns).
-std::string lineOf(const SourceLoc &loc) {
-  if (!loc.known())
-    return "<unknown>";
-  return loc.line > 0 ? fmt::format("{}:{}", loc.file, loc.line) : loc.file;
-}
-
-// Where a kernel's ops come from: each source line once, with what generated
-// the nodes there: "mlp.sg:20 (forward; gradient of exp/log)",
-// "<train_step> (adam optimizer)".
+// Where a kernel's ops come from: each source file once with its lines (runs
+// of lines as ranges), split by what generated the nodes there:
+// "mlp.sg:13-14 (forward; gradient of relu)", "<train_step> (adam optimizer)".
 std::string provenance(const Graph &graph, const std::vector<ValueId> &nodes) {
   struct Line {
     bool forward = false;
     std::vector<std::string> gradientOf, other;
   };
-  std::vector<std::string> order;
-  std::map<std::string, Line> lines;
+  std::map<std::pair<std::string, int>, Line> lines;
+  std::vector<std::pair<std::string, int>> order;
   for (ValueId v : nodes) {
     const SourceLoc &loc = graph.node(v).loc;
-    std::string key = lineOf(loc);
+    std::pair<std::string, int> key{loc.known() ? loc.file : "<unknown>", loc.line};
     if (!lines.count(key))
       order.push_back(key);
     Line &line = lines[key];
@@ -52,8 +45,10 @@ std::string provenance(const Graph &graph, const std::vector<ValueId> &nodes) {
       line.other.push_back(loc.origin);
     }
   }
-  std::string out;
-  for (const std::string &key : order) {
+  // Lines with the same file and the same notes print together.
+  std::vector<std::pair<std::string, std::string>> groups; // file, notes
+  std::map<std::pair<std::string, std::string>, std::vector<int>> linesOf;
+  for (const auto &key : order) {
     const Line &line = lines[key];
     std::vector<std::string> notes;
     bool generated = !line.gradientOf.empty() || !line.other.empty();
@@ -62,11 +57,33 @@ std::string provenance(const Graph &graph, const std::vector<ValueId> &nodes) {
     if (!line.gradientOf.empty())
       notes.push_back(fmt::format("gradient of {}", fmt::join(line.gradientOf, "/")));
     notes.insert(notes.end(), line.other.begin(), line.other.end());
+    std::pair<std::string, std::string> group{key.first, fmt::format("{}", fmt::join(notes, "; "))};
+    if (!linesOf.count(group))
+      groups.push_back(group);
+    linesOf[group].push_back(key.second);
+  }
+  std::string out;
+  for (const auto &group : groups) {
+    std::vector<int> numbers = linesOf[group];
+    std::sort(numbers.begin(), numbers.end());
+    numbers.erase(std::remove(numbers.begin(), numbers.end(), 0), numbers.end());
+    std::string ranges;
+    for (size_t i = 0; i < numbers.size();) {
+      size_t j = i;
+      while (j + 1 < numbers.size() && numbers[j + 1] == numbers[j] + 1)
+        ++j;
+      ranges += fmt::format("{}{}", ranges.empty() ? "" : ",", numbers[i]);
+      if (j > i)
+        ranges += fmt::format("-{}", numbers[j]);
+      i = j + 1;
+    }
     if (!out.empty())
       out += ", ";
-    out += key;
-    if (generated)
-      out += fmt::format(" ({})", fmt::join(notes, "; "));
+    out += group.first;
+    if (!ranges.empty())
+      out += ":" + ranges;
+    if (!group.second.empty())
+      out += fmt::format(" ({})", group.second);
   }
   return out;
 }

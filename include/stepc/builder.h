@@ -33,9 +33,11 @@ public:
   ValueId id() const { return id_; }
   bool valid() const { return builder_ != nullptr; }
 
-  const TensorType &type() const;
+  // By value: adding nodes may move the graph's storage, so a reference
+  // would dangle as soon as the caller builds the next op.
+  TensorType type() const;
   DType dtype() const { return type().dtype; }
-  const Shape &shape() const { return type().shape; }
+  Shape shape() const { return type().shape; }
   int64_t rank() const { return type().rank(); }
   int64_t dim(int64_t axis) const; // negative axes count from the end
 

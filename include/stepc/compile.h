@@ -14,6 +14,10 @@ namespace stepc {
 struct CompileOptions {
   bool fusion = true;  // false: every op is its own kernel (--no-fusion)
   bool passes = true;  // run the default pass pipeline first
+  // compileJit looks the graph up in the JIT cache (this process' memory,
+  // then jitCacheDirectory()) before compiling, and stores what it compiles.
+  // Not part of the cache key.
+  bool cache = true;
 };
 
 // One kernel of a compiled graph, before its code is loaded.
@@ -38,6 +42,58 @@ LoweredGraph lowerGraph(const Graph &graph, const CompileOptions &options = {});
 // dtypes fail with stepc::Error naming the op and its location.
 std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions &options = {},
                                        const RunOptions &run = {});
+
+// --- The JIT cache (compiler/codegen/jit_cache.cpp) -------------------------
+// The key is a hash of the graph's text with every node's source location
+// (the kernels' provenance names them), the host target, the options that
+// change code (fusion, passes), the LLVM version and a fingerprint of the
+// codegen sources. Input shapes and dtypes are part of the graph's text.
+//
+// In memory, a hit copies a finished ExecutableSpec: no MLIR, no LLVM, no
+// disk (microseconds plus copying the initial params). On disk, under
+// jitCacheDirectory(), an entry is NAME-KEY.o (the object) and NAME-KEY.json
+// (the full key, the object's size and checksum, and a checksum of the
+// kernels' MLIR text); a hit re-runs the graph passes and the kernel text
+// emission to rebuild the spec (milliseconds, no MLIR or LLVM), checks it
+// against the entry and loads the object. Entries are written atomically
+// (temporary file, rename); one that is truncated, corrupt or stale is
+// ignored, counted, recompiled and overwritten. Nothing is ever evicted.
+struct JitCacheStats {
+  int64_t memoryHits = 0;     // served from this process' memory
+  int64_t diskHits = 0;       // loaded from the cache directory
+  int64_t misses = 0;         // compiled through MLIR and LLVM
+  int64_t badEntries = 0;     // disk entries found corrupt or stale, then rewritten
+  int64_t writeFailures = 0;  // entries that could not be written (the compile succeeds)
+};
+JitCacheStats jitCacheStats();
+void resetJitCacheStats();
+// Forgets every in-memory entry (the disk cache stays).
+void clearJitMemoryCache();
+// $STEPC_CACHE_DIR, else $XDG_CACHE_HOME/stepc, else $HOME/.cache/stepc;
+// empty (no disk cache) when none is set. Read on every compile.
+std::string jitCacheDirectory();
+// The text the cache key hashes (for tests and `stepc bench`).
+std::string jitCacheKeyText(const Graph &graph, const CompileOptions &options);
+
+// --- Ahead of time (compiler/codegen/aot.cpp) -------------------------------
+// What compileAot wrote, as paths.
+struct AotArtifact {
+  std::string name;   // the C identifier in the API: stepc_<name>_step
+  std::string object; // DIR/<name>.o: the kernels and the initial params
+  std::string header; // DIR/<name>.h: the C API
+  std::string source; // DIR/<name>_spec.cpp: the C API on libstepc_runtime
+  std::string params; // DIR/<name>.params.safetensors: the initial params
+};
+
+// Compiles `graph` for the host CPU into DIR (created if missing). A program
+// compiles DIR/<name>_spec.cpp (with -I include/ and -I DIR) and links it with
+// DIR/<name>.o and libstepc_runtime.a (plus libfmt, -pthread, -lm): no LLVM
+// or MLIR. The object embeds the params' initial values, so
+// stepc_<name>_create(NULL) needs no file; the .safetensors copy of them is
+// for inspection and for stepc_<name>_create(path). `name` defaults to the
+// graph's name made a C identifier.
+AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const std::string &dir,
+                       const std::string &name = {});
 
 // The IR of one kernel (or all, with an empty name) at a lowering stage:
 // "mlir", "llvm-dialect", "llvm", "llvm-opt".

@@ -45,6 +45,8 @@ struct KernelSpec {
   // The ops fused in it and where they come from, one per line:
   // "matmul at mlp.sg:14:3", "relu at mlp.sg:15:3 (gradient of relu)".
   std::vector<std::string> provenance;
+  // Floating-point work of its matmuls and convolutions (for GFLOP/s).
+  double flops = 0;
 };
 
 struct ExecutableSpec {
@@ -70,7 +72,8 @@ struct ExecutableSpec {
 struct RunOptions {
   // After each kernel, check its float outputs for NaN/Inf; on the first hit
   // throw stepc::Error naming the kernel, its ops with their source
-  // locations, and the step number.
+  // locations, and the step number (stepsTaken() before the failing call),
+  // and leave params as they were before that step (see step()).
   bool checkNumerics = false;
   // Record each kernel's wall time (see profile()).
   bool profile = false;

@@ -37,7 +37,6 @@ Files (all under tests/golden/optimizer/):
       optimizer state tensor after the last step.
 """
 
-import json
 import math
 import os
 import sys
@@ -234,7 +233,6 @@ def main():
               f"({g.size} in all, {int((g == 0).sum())} with zero gradient)")
         indices[k] = idx
         save(os.path.join(OUT, "indices", f"{k}.npy"), idx)
-    summary = {}
     for name, cfg in CONFIGS.items():
         losses, norms, p, state = run(cfg, x64, y, start)
         d = os.path.join(OUT, name)
@@ -242,7 +240,6 @@ def main():
         for k, v in list(p.items()) + list(state.items()):
             base = k.split(".")[0]
             save(os.path.join(d, f"{k}.npy"), v.reshape(-1)[indices[base]].astype(np.float64))
-        summary[name] = dict(losses=[float(l) for l in losses], grad_norms=norms)
         print(f"{name:20s} loss {' '.join(f'{l:.9f}' for l in losses)}  "
               f"grad norm {' '.join(f'{n:.6f}' for n in norms)}")
         if cfg.get("clip_norm") and not norms[0] > cfg["clip_norm"]:

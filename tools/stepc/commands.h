@@ -14,7 +14,7 @@ namespace stepc::cli {
 // `stepc check FILE.sg`
 int check(const std::string &file);
 
-struct RunOptions {
+struct RunCommandOptions {
   std::string file;
   std::string backend = "interp";
   uint64_t seed = 0;
@@ -22,7 +22,7 @@ struct RunOptions {
   std::string saveOutputs;         // directory, optional
 };
 // `stepc run FILE.sg ...`
-int run(const RunOptions &options);
+int run(const RunCommandOptions &options);
 
 // `stepc print FILE.sg`: the canonical text of a graph.
 int print(const std::string &file);
@@ -71,16 +71,20 @@ struct OptOptions {
   std::vector<std::string> passes;
   bool passesGiven = false;
   bool printAfterAll = false, stats = false;
-  // Fusion flags (compiler/passes/fusion.cpp) go here: fusionReport, noFusion,
-  // whyNotFused, dot, svg.
+  // Fusion (compiler/passes/fusion.cpp), planned on the optimized graph:
+  // --fusion-report and --why-not-fused print instead of the graph; --dot and
+  // --svg write files; --no-fusion plans one kernel per op.
+  bool fusionReport = false, noFusion = false, whyNotFused = false;
+  std::string dot, svg;
 };
-// `stepc opt FILE.sg [--passes a,b,c] [--print-after-all] [--stats] [-o OUT.sg]`
+// `stepc opt FILE.sg [--passes a,b,c] [--print-after-all] [--stats] [-o OUT.sg]
+//   [--fusion-report] [--why-not-fused] [--no-fusion] [--dot OUT.dot] [--svg OUT.svg]`
 int opt(const OptOptions &options);
 
 // --- ONNX (onnx_commands.cpp) ---
 
-// The backend behind --backend: "interp" runs the reference interpreter;
-// "cpu" and "cuda" are not available yet (a clear error).
+// The backend behind --backend: "interp" runs the reference interpreter,
+// "cpu" the JIT-compiled graph; "cuda" is not available yet (a clear error).
 BackendRun selectBackend(const std::string &name);
 
 // A .sg file (params from their initializers) or an .onnx file (imported
@@ -106,5 +110,34 @@ struct ConformanceCliOptions {
 };
 // `stepc onnx-conformance DIR [--backend interp|cpu|cuda] [--expected-failures FILE]`
 int onnxConformance(const ConformanceCliOptions &options);
+
+} // namespace stepc::cli
+
+namespace stepc::cli {
+
+struct BenchOptions {
+  std::string file, loss = "loss";
+  std::string optimizer; // non-empty: bench the training step with it
+  uint64_t seed = 0;
+  int steps = 20, warmup = 3, threads = 0;
+  bool perKernel = false, compareUnfused = false, verbose = false;
+  double peakGflops = 227; // fp32 FMA peak of the 2-core machines here
+};
+// `stepc bench FILE.sg [--train-step adam] [--per-kernel] [--compare-unfused]`
+int bench(const BenchOptions &options);
+
+} // namespace stepc::cli
+
+namespace stepc::cli {
+
+// --- Ahead of time (compile_commands.cpp) ---
+
+struct CompileCliOptions {
+  std::string file, output, target = "cpu", dump, kernel, name;
+  bool noFusion = false;
+};
+// `stepc compile FILE.sg --target cpu -o DIR [--no-fusion] [--name NAME]`
+// `stepc compile FILE.sg --dump mlir|llvm-dialect|llvm|llvm-opt [--kernel NAME]`
+int compile(const CompileCliOptions &options);
 
 } // namespace stepc::cli

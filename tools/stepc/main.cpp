@@ -19,9 +19,9 @@ int main(int argc, char **argv) {
   auto *print = app.add_subcommand("print", "Print a .sg graph in canonical form");
   print->add_option("file", file, "graph file (.sg)")->required();
 
-  stepc::cli::RunOptions runOptions;
+  stepc::cli::RunCommandOptions runOptions;
   auto *run = app.add_subcommand("run", "Run a graph once and summarize its outputs");
-  run->add_option("file", runOptions.file, "graph file (.sg)")->required();
+  run->add_option("file", runOptions.file, "graph file (.sg) or ONNX model (.onnx)")->required();
   run->add_option("--backend", runOptions.backend, "interp")->capture_default_str();
   run->add_option("--seed", runOptions.seed, "seed for random inputs")->capture_default_str();
   run->add_option("--input", runOptions.inputs, "NAME=FILE.npy (repeatable)");
@@ -86,11 +86,71 @@ int main(int argc, char **argv) {
   opt->add_flag("--stats", optOptions.stats,
                 "per pass: nodes before/after and time taken (to stderr)");
   opt->add_option("-o,--output", optOptions.output, "write the graph here");
-  // Fusion flags: --fusion-report, --no-fusion, --why-not-fused, --dot, --svg.
+  // Fusion flags: they apply to the graph after the passes ran.
+  opt->add_flag("--fusion-report", optOptions.fusionReport,
+                "print one row per kernel and the totals instead of the graph");
+  opt->add_flag("--no-fusion", optOptions.noFusion,
+                "one kernel per op, for comparing with the fused plan");
+  opt->add_flag("--why-not-fused", optOptions.whyNotFused,
+                "list each fusion the rules refused, with the rule");
+  opt->add_option("--dot", optOptions.dot, "write the kernels as a Graphviz graph here");
+  opt->add_option("--svg", optOptions.svg, "render the kernels to SVG here (needs Graphviz)");
+
+  stepc::cli::ImportOnnxOptions importOptions;
+  auto *importOnnx = app.add_subcommand(
+      "import-onnx", "Convert an ONNX model to a .sg graph; weights go to OUT.params/NAME.npy");
+  importOnnx->add_option("model", importOptions.file, "ONNX model (.onnx)")->required();
+  importOnnx->add_option("-o,--output", importOptions.output, "write the graph here");
+  importOnnx->add_option("--input", importOptions.inputs,
+                         "NAME=FILE.npy: an input the model needs at import (repeatable)");
+
+  stepc::cli::ConformanceCliOptions conformanceOptions;
+  auto *conformance = app.add_subcommand(
+      "onnx-conformance", "Run the ONNX backend test data (dirs holding model.onnx)");
+  conformance->add_option("dir", conformanceOptions.dir, "test data directory")->required();
+  conformance->add_option("--backend", conformanceOptions.backend, "interp, cpu or cuda")
+      ->capture_default_str();
+  conformance->add_option("--expected-failures", conformanceOptions.expectedFailures,
+                          "file of 'TEST REASON' lines counted as xfail");
+  conformance->add_flag("-v,--verbose", conformanceOptions.verbose, "one line per test");
+
+  stepc::cli::BenchOptions benchOptions;
+  auto *bench = app.add_subcommand("bench", "Time compiled steps (medians), per kernel");
+  bench->add_option("file", benchOptions.file, "graph file (.sg)")->required();
+  bench->add_option("--train-step", benchOptions.optimizer,
+                    "bench the training step with this optimizer (e.g. adam)");
+  bench->add_option("--loss", benchOptions.loss)->capture_default_str();
+  bench->add_option("--steps", benchOptions.steps)->capture_default_str();
+  bench->add_option("--warmup", benchOptions.warmup)->capture_default_str();
+  bench->add_option("--threads", benchOptions.threads, "0: all cores")->capture_default_str();
+  bench->add_option("--seed", benchOptions.seed)->capture_default_str();
+  bench->add_flag("--per-kernel", benchOptions.perKernel, "median time and GFLOP/s per kernel");
+  bench->add_flag("--compare-unfused", benchOptions.compareUnfused,
+                  "also run one op per kernel, alternating steps");
+  bench->add_flag("--verbose", benchOptions.verbose, "per-kernel table of the unfused build too");
+  bench->add_option("--peak-gflops", benchOptions.peakGflops, "for the % of peak")
+      ->capture_default_str();
+
+  stepc::cli::CompileCliOptions compileOptions;
+  auto *compile = app.add_subcommand(
+      "compile", "Compile ahead of time (object + C header + runtime glue), or dump the IR");
+  compile->add_option("file", compileOptions.file, "graph file (.sg)")->required();
+  compile->add_option("--target", compileOptions.target, "cpu (cuda: not available yet)")
+      ->capture_default_str();
+  compile->add_option("-o,--output", compileOptions.output,
+                      "directory for NAME.o, NAME.h, NAME_spec.cpp, NAME.params.safetensors");
+  compile->add_option("--name", compileOptions.name,
+                      "the C name of the artifact (default: the graph's name)");
+  compile->add_flag("--no-fusion", compileOptions.noFusion, "one kernel per op");
+  compile->add_option("--dump", compileOptions.dump,
+                      "print the IR at a stage: mlir, llvm-dialect, llvm, llvm-opt");
+  compile->add_option("--kernel", compileOptions.kernel, "with --dump: only this kernel");
 
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (*compile)
+      return stepc::cli::compile(compileOptions);
     if (*check)
       return stepc::cli::check(file);
     if (*print)
@@ -105,6 +165,12 @@ int main(int argc, char **argv) {
       return stepc::cli::gradcheck(checkOptions);
     if (*demo)
       return stepc::cli::demo();
+    if (*bench)
+      return stepc::cli::bench(benchOptions);
+    if (*importOnnx)
+      return stepc::cli::importOnnx(importOptions);
+    if (*conformance)
+      return stepc::cli::onnxConformance(conformanceOptions);
     if (*opt) {
       optOptions.passesGiven = passesOption->count() > 0;
       return stepc::cli::opt(optOptions);

@@ -2,6 +2,7 @@
 // backend selection that `stepc run` shares with them.
 #include "commands.h"
 
+#include "stepc/compile.h"
 #include "stepc/npy.h"
 #include "stepc/onnx.h"
 #include "stepc/text.h"
@@ -39,7 +40,17 @@ BackendRun selectBackend(const std::string &name) {
     return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
       return interpret(graph, inputs, params);
     };
-  if (name == "cpu" || name == "cuda")
+  if (name == "cpu")
+    return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
+      auto executable = compileJit(graph);
+      for (const auto &[param, value] : params)
+        executable->setParam(param, value);
+      TensorMap outputs;
+      for (auto &[output, value] : executable->step(inputs))
+        outputs.emplace(output, std::move(value));
+      return outputs;
+    };
+  if (name == "cuda")
     throw Error(fmt::format("backend '{}' is not available yet; available: interp", name));
   throw Error(fmt::format("unknown backend '{}'; expected interp, cpu or cuda", name));
 }
@@ -51,7 +62,7 @@ LoadedModel loadModel(const std::string &file, const TensorMap &inputValues) {
     loaded.params = initialParams(loaded.graph);
     return loaded;
   }
-  OnnxModel model = importOnnx(file, {inputValues});
+  OnnxModel model = stepc::importOnnx(file, {inputValues});
   for (size_t i = 0; i < model.inputs.size(); ++i)
     if (model.inputs[i].empty())
       loaded.bound.insert(model.onnxInputs[i]);

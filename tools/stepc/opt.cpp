@@ -2,6 +2,7 @@
 // result, optionally with the graph after each pass and per-pass statistics.
 #include "commands.h"
 
+#include "stepc/fusion.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"
 
@@ -9,6 +10,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -47,6 +49,52 @@ std::string statsTable(const std::vector<PassStats> &stats, size_t nodesBefore,
   return out;
 }
 
+// A path as one word for /bin/sh.
+std::string shellQuoted(const std::string &text) {
+  std::string out = "'";
+  for (char c : text)
+    out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+// --svg: Graphviz renders the DOT text; without it, a clear error.
+void renderSvg(const std::string &dot, const std::string &svg, const std::string &dotFile) {
+  if (std::system("command -v dot >/dev/null 2>&1") != 0)
+    throw Error(fmt::format("--svg {}: Graphviz's 'dot' is not on PATH; install graphviz, "
+                            "or write the graph with --dot FILE and render it elsewhere",
+                            svg));
+  std::string input = dotFile.empty() ? svg + ".dot.tmp" : dotFile;
+  if (dotFile.empty())
+    writeAtomically(input, dot);
+  std::string command =
+      fmt::format("dot -Tsvg {} -o {}", shellQuoted(input), shellQuoted(svg));
+  int status = std::system(command.c_str());
+  if (dotFile.empty())
+    std::remove(input.c_str());
+  if (status != 0)
+    throw Error(fmt::format("--svg {}: '{}' failed (status {})", svg, command, status));
+}
+
+void showFusion(const Graph &graph, const OptOptions &options) {
+  FusionPlan plan = planFusion(graph, {.enabled = !options.noFusion});
+  if (options.fusionReport)
+    fmt::print("{}", fusionReport(graph, plan, planBuffers(graph, plan)));
+  if (options.whyNotFused)
+    fmt::print("{}", options.noFusion ? "fusion is off (--no-fusion): nothing was refused\n"
+                                      : whyNotFused(graph, plan));
+  if (!options.dot.empty() || !options.svg.empty()) {
+    std::string dot = fusionDot(graph, plan);
+    if (!options.dot.empty()) {
+      writeAtomically(options.dot, dot);
+      fmt::print(stderr, "wrote {} ({} kernels)\n", options.dot, plan.groups.size());
+    }
+    if (!options.svg.empty()) {
+      renderSvg(dot, options.svg, options.dot);
+      fmt::print(stderr, "wrote {} ({} kernels)\n", options.svg, plan.groups.size());
+    }
+  }
+}
+
 } // namespace
 
 int opt(const OptOptions &options) {
@@ -75,13 +123,16 @@ int opt(const OptOptions &options) {
   size_t nodesBefore = graph.size();
   std::vector<PassStats> stats = manager.run(graph);
 
-  // Fusion and memory planning hook in here (their flags: --fusion-report,
-  // --no-fusion, --why-not-fused, --dot FILE, --svg FILE) and run on the
-  // optimized graph.
+  // Fusion and memory planning run on the optimized graph. The report and the
+  // refusals take stdout's place of the graph.
+  bool fusionOnStdout = options.fusionReport || options.whyNotFused;
+  if (fusionOnStdout || !options.dot.empty() || !options.svg.empty())
+    showFusion(graph, options);
 
   std::string text = printGraph(graph);
   if (options.output.empty()) {
-    fmt::print("{}", text);
+    if (!fusionOnStdout)
+      fmt::print("{}", text);
   } else {
     writeAtomically(options.output, text);
     fmt::print(stderr, "wrote {} ({} nodes)\n", options.output, graph.size());

@@ -44,15 +44,25 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
   return line;
 }
 
-int run(const RunOptions &options) {
+int run(const RunCommandOptions &options) {
   if (options.backend != "interp" && options.backend != "cpu")
     throw Error(fmt::format("unknown backend '{}'; available: interp, cpu", options.backend));
-  Graph graph = parseGraphFile(options.file);
+  // An .onnx model may need some inputs' values at import (stepc shapes are
+  // static): offer it the --input files; those it takes become constants.
+  TensorMap given;
+  for (const std::string &binding : options.inputs) {
+    auto [name, path] = splitBinding(binding);
+    given[name] = readNpy(path);
+  }
+  LoadedModel model = loadModel(options.file, given);
+  Graph &graph = model.graph;
 
   TensorMap inputs = randomInputs(graph, options.seed);
   for (const std::string &binding : options.inputs) {
     auto [name, path] = splitBinding(binding);
     auto it = inputs.find(name);
+    if (it == inputs.end() && model.bound.count(name))
+      continue;
     if (it == inputs.end()) {
       std::string known;
       for (const auto &[n, t] : inputs)
@@ -60,9 +70,9 @@ int run(const RunOptions &options) {
       throw Error(fmt::format("--input {}: the graph has no input '{}' (inputs: {})", binding,
                               name, known));
     }
-    it->second = readNpy(path);
+    it->second = std::move(given.at(name));
   }
-  TensorMap params = initialParams(graph);
+  TensorMap params = std::move(model.params);
   TensorMap outputs;
   if (options.backend == "cpu") {
     auto executable = compileJit(graph);

@@ -1,0 +1,50 @@
+# `stepc compile --target cpu` -> examples/aot/main.c built with the C++
+# compiler and linked with libstepc_runtime only; its loss must match the
+# interpreter's on the same inputs, and ldd must show no LLVM or MLIR library.
+# Takes STEPC, EXAMPLES, INCLUDE, CXX, RUNTIME (libstepc_runtime.a), FMT
+# (libfmt) and WORK.
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+
+function(checked what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    string(REPLACE ";" " " command "${ARGN}")
+    message(FATAL_ERROR "${what} failed (${rc}): ${command}\n${out}\n${err}")
+  endif()
+  set(out "${out}" PARENT_SCOPE)
+endfunction()
+
+checked("stepc compile" ${STEPC} compile ${EXAMPLES}/mlp.sg --target cpu -o ${WORK}/artifact)
+foreach(file mlp.o mlp.h mlp_spec.cpp mlp.params.safetensors)
+  if(NOT EXISTS ${WORK}/artifact/${file})
+    message(FATAL_ERROR "stepc compile did not write ${file}:\n${out}")
+  endif()
+endforeach()
+
+checked("compiling mlp_spec.cpp" ${CXX} -std=c++20 -O2 -Wall -Werror -I${INCLUDE}
+        -I${WORK}/artifact -c ${WORK}/artifact/mlp_spec.cpp -o ${WORK}/mlp_spec.o)
+# The header is C: the example is compiled as C11.
+checked("compiling main.c" ${CXX} -x c -std=c11 -O2 -Wall -Wextra -Werror -I${WORK}/artifact
+        -c ${EXAMPLES}/aot/main.c -o ${WORK}/main.o)
+checked("linking" ${CXX} ${WORK}/main.o ${WORK}/mlp_spec.o ${WORK}/artifact/mlp.o ${RUNTIME}
+        ${FMT} -pthread -lm -o ${WORK}/mlp_aot)
+
+checked("ldd" ldd ${WORK}/mlp_aot)
+string(TOLOWER "${out}" libraries)
+if(libraries MATCHES "llvm|mlir")
+  message(FATAL_ERROR "the AOT program must not need LLVM or MLIR:\n${out}")
+endif()
+
+# The program writes its inputs as .npy; the interpreter computes the loss on
+# them; the program then checks its own loss against that.
+checked("mlp_aot" ${WORK}/mlp_aot ${WORK})
+string(REGEX MATCH "loss = [^\n]*" aot "${out}")
+checked("stepc run --backend interp" ${STEPC} run ${EXAMPLES}/mlp.sg --backend interp
+        --input x=${WORK}/x.npy --input y=${WORK}/y.npy)
+if(NOT out MATCHES "loss: f32\\[\\] \\[([^]]+)\\]")
+  message(FATAL_ERROR "no loss in the interpreter's output:\n${out}")
+endif()
+set(expected ${CMAKE_MATCH_1})
+checked("mlp_aot against the interpreter" ${WORK}/mlp_aot ${WORK} ${expected})
+message(STATUS "AOT ${aot}; interpreter loss = ${expected}\n${out}")

@@ -1,0 +1,208 @@
+// The CPU backend against the reference interpreter (DESIGN.md rule 5): a
+// graph is compiled fused and unfused, both get the same params and inputs,
+// and every output and every updated param must match interpret() within a
+// tolerance chosen by the value's dtype and by whether it accumulates.
+// Shared by test_codegen.cpp (ops) and test_codegen_examples.cpp (models);
+// header-only so that only these two tests link the backend (and LLVM).
+#pragma once
+
+#include "testing.h"
+
+#include "stepc/compile.h"
+#include "stepc/interpreter.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace stepc::testing {
+
+struct Tolerance {
+  double rtol = 0, atol = 0; // both 0: exact (ints and bools)
+};
+
+// Whether `value` is computed through an accumulation: a reduction, matmul,
+// convolution, average pool or one of their gradients, anywhere upstream.
+inline bool accumulates(const Graph &graph, ValueId value);
+
+// f32: 1e-5 relative for elementwise results, 1e-4 for accumulated ones
+// (issue 5). The absolute terms cover results near zero, where a relative
+// bound means nothing: an elementwise f32 result of O(1) operands (a
+// difference, sin near pi, the polynomial exp/tanh/erf that codegen uses)
+// carries an absolute rounding error of a few ulps of 1, ~1e-7, so 1e-6;
+// a sum of n O(1) terms that cancels to near zero carries n * eps * max|term|
+// from its summation order (tiled matmul, parallel chunks), ~1e-5 for the
+// hundreds of terms in these tests. f64: the same reasoning with eps 1e-16.
+inline Tolerance toleranceFor(const Graph &graph, ValueId value);
+
+struct CompareOptions {
+  int steps = 1;
+  // Compile and compare these modes (both by default).
+  bool fused = true, unfused = true;
+  // Scales the float tolerances (training steps compound rounding over
+  // forward, backward and update: see test_codegen_examples.cpp).
+  double toleranceScale = 1;
+  // Collects the op names of every kernel compiled (from provenance).
+  std::set<std::string> *opsCompiled = nullptr;
+};
+
+// Compiles `graph` (fused and unfused), sets every param to `params`, runs
+// `steps` steps on `inputs`, and compares every output and, for graphs with
+// updates, every param after each step with interpret()/interpretStep().
+// Reports failures through gtest.
+inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs,
+                                     const TensorMap &params,
+                                     const CompareOptions &options = {});
+
+// Checks two tensors: same type; exact for ints and bools, else allClose.
+inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &expected,
+                                          Tolerance tolerance);
+
+// ---------------------------------------------------------------------------
+// Implementation
+
+inline bool accumulates(const Graph &graph, ValueId value) {
+  std::vector<bool> seen(graph.size(), false);
+  std::vector<ValueId> stack{value};
+  while (!stack.empty()) {
+    ValueId v = stack.back();
+    stack.pop_back();
+    if (seen[v])
+      continue;
+    seen[v] = true;
+    OpKind op = graph.node(v).op;
+    if (opInfo(op).is(kReduction) || op == OpKind::MatMul || op == OpKind::Conv2d ||
+        op == OpKind::AvgPool2d || op == OpKind::ScatterAdd ||
+        op == OpKind::Conv2dGradInput || op == OpKind::Conv2dGradWeight ||
+        op == OpKind::AvgPool2dGrad)
+      return true;
+    for (ValueId o : graph.node(v).operands)
+      stack.push_back(o);
+  }
+  return false;
+}
+
+inline Tolerance toleranceFor(const Graph &graph, ValueId value) {
+  bool acc = accumulates(graph, value);
+  switch (graph.type(value).dtype) {
+  case DType::F32: return acc ? Tolerance{1e-4, 1e-5} : Tolerance{1e-5, 1e-6};
+  case DType::F64: return acc ? Tolerance{1e-11, 1e-13} : Tolerance{1e-13, 1e-15};
+  case DType::I32:
+  case DType::I64:
+  case DType::Bool: return {};
+  }
+  return {};
+}
+
+inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &expected,
+                                          Tolerance tolerance) {
+  if (actual.type() != expected.type())
+    return ::testing::AssertionFailure() << "type " << typeString(actual.type())
+                                         << " != expected " << typeString(expected.type());
+  if (!isFloat(expected.dtype())) {
+    // Bytes, so that i64 values above 2^53 compare exactly too.
+    if (actual == expected)
+      return ::testing::AssertionSuccess();
+    int64_t bad = 0;
+    std::string first;
+    for (int64_t i = 0; i < actual.numel(); ++i) {
+      bool same = expected.dtype() == DType::I64
+                      ? actual.data<int64_t>()[i] == expected.data<int64_t>()[i]
+                      : actual.real(i) == expected.real(i);
+      if (!same && bad++ == 0)
+        first = expected.dtype() == DType::I64
+                    ? fmt::format("element {}: {} vs expected {}", i,
+                                  actual.data<int64_t>()[i], expected.data<int64_t>()[i])
+                    : fmt::format("element {}: {} vs expected {}", i, actual.real(i),
+                                  expected.real(i));
+    }
+    return ::testing::AssertionFailure()
+           << bad << " of " << actual.numel() << " elements differ; first " << first;
+  }
+  return allClose(actual, expected, tolerance.rtol, tolerance.atol);
+}
+
+namespace detail {
+
+inline std::unique_ptr<Executable> compileOrFail(const Graph &graph, bool fusion) {
+  try {
+    return compileJit(graph, CompileOptions{.fusion = fusion});
+  } catch (const std::exception &e) {
+    ADD_FAILURE() << "compileJit (" << (fusion ? "fused" : "unfused")
+                  << ") threw: " << e.what();
+    // STEPC_TEST_DUMP_MLIR=FILE writes the module that failed, for debugging.
+    if (const char *path = std::getenv("STEPC_TEST_DUMP_MLIR")) {
+      std::ofstream out(path);
+      out << lowerGraph(graph, CompileOptions{.fusion = fusion}).mlirModule;
+    }
+    return nullptr;
+  }
+}
+
+} // namespace detail
+
+inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs,
+                                     const TensorMap &params, const CompareOptions &options) {
+  std::vector<bool> modes;
+  if (options.fused)
+    modes.push_back(true);
+  if (options.unfused)
+    modes.push_back(false);
+  auto scaled = [&](Tolerance t) {
+    return Tolerance{t.rtol * options.toleranceScale, t.atol * options.toleranceScale};
+  };
+  for (bool fusion : modes) {
+    SCOPED_TRACE(fusion ? "compiled fused" : "compiled unfused");
+    std::unique_ptr<Executable> exe = detail::compileOrFail(graph, fusion);
+    if (!exe)
+      continue;
+    if (options.opsCompiled)
+      for (const KernelSpec &kernel : exe->spec().kernels)
+        for (const std::string &line : kernel.provenance)
+          options.opsCompiled->insert(line.substr(0, line.find(' ')));
+    for (const std::string &name : exe->paramNames())
+      exe->setParam(name, params.at(name));
+
+    TensorMap expectedParams = params;
+    for (int step = 0; step < options.steps; ++step) {
+      SCOPED_TRACE(fmt::format("step {}", step));
+      TensorMap expected = graph.updates.empty()
+                               ? interpret(graph, inputs, expectedParams)
+                               : interpretStep(graph, inputs, expectedParams);
+      std::map<std::string, Tensor> actual;
+      try {
+        actual = exe->step(inputs);
+      } catch (const std::exception &e) {
+        ADD_FAILURE() << "step threw: " << e.what();
+        break;
+      }
+      EXPECT_EQ(actual.size(), expected.size());
+      for (const GraphOutput &out : graph.outputs) {
+        auto it = actual.find(out.name);
+        if (it == actual.end()) {
+          ADD_FAILURE() << "no output '" << out.name << "'";
+          continue;
+        }
+        EXPECT_TRUE(matches(it->second, expected.at(out.name),
+                            scaled(toleranceFor(graph, out.value))))
+            << "output '" << out.name << "' (" << opInfo(graph.node(out.value).op).name
+            << " at " << graph.node(out.value).loc.str() << ")";
+      }
+      for (const ParamUpdate &u : graph.updates) {
+        const std::string &name = graph.node(u.param).name;
+        EXPECT_TRUE(matches(exe->param(name), expectedParams.at(name),
+                            scaled(toleranceFor(graph, u.value))))
+            << "param '" << name << "' after the step";
+      }
+    }
+  }
+}
+
+} // namespace stepc::testing

@@ -1,0 +1,600 @@
+// The CPU backend, op by op, against the reference interpreter: every op of
+// ops.def is compiled fused and unfused on random shapes and data (plus the
+// edge values the interpreter defines: NaN, integer division by zero,
+// INT_MIN / -1, out-of-range one_hot) and must match interpret(). Each case
+// batches many ops into one graph, one output each, because compiling costs
+// far more than running. Seeds are fresh per run and printed on failure; set
+// STEPC_TEST_SEED to replay one. The models in examples/ are checked in
+// test_codegen_examples.cpp (ctest label e2e).
+#include "codegen_harness.h"
+
+#include "stepc/builder.h"
+#include "stepc/compile.h"
+#include "stepc/interpreter.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <random>
+#include <span>
+#include <string>
+
+using namespace stepc;
+using stepc::testing::expectMatchesInterpreter;
+using stepc::testing::freshSeed;
+using ::testing::HasSubstr;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// --- Building test graphs ----------------------------------------------------
+
+// What a case builds from: a builder, its rng, and the inputs it feeds.
+struct CaseContext {
+  GraphBuilder &b;
+  std::mt19937_64 &rng;
+  TensorMap &inputs;
+  int outputs = 0;
+
+  int64_t dim(int64_t low, int64_t high) {
+    return std::uniform_int_distribution<int64_t>(low, high)(rng);
+  }
+  // Floats uniform in [low, high); integers uniform in [low, high].
+  Tensor random(DType dtype, const Shape &shape, double low = -1, double high = 1) {
+    if (isFloat(dtype))
+      return stepc::testing::randomTensor(dtype, shape, rng(), low, high);
+    return stepc::testing::randomTensor(dtype, shape, rng(), low, high + 1);
+  }
+  // A graph input fed with `value`.
+  Value feed(Tensor value) {
+    std::string name = fmt::format("in{}", inputs.size());
+    Value v = b.input(name, value.dtype(), value.shape());
+    inputs[name] = std::move(value);
+    return v;
+  }
+  Value feedRandom(DType dtype, const Shape &shape, double low = -1, double high = 1) {
+    return feed(random(dtype, shape, low, high));
+  }
+  void out(Value v) { b.output(fmt::format("out{}", outputs++), v); }
+};
+
+struct OpCase {
+  std::string name;
+  // The ops the case compiles (checked against the kernels' provenance, so
+  // that a pass rewriting one away cannot hide it).
+  std::vector<OpKind> covers;
+  std::function<void(CaseContext &)> build;
+};
+
+std::vector<OpKind> ops(std::initializer_list<OpKind> list) { return list; }
+
+const DType kFloats[] = {DType::F32, DType::F64};
+const DType kInts[] = {DType::I32, DType::I64};
+
+Attrs convAttrs(std::vector<int64_t> stride, std::vector<int64_t> padding,
+                std::vector<int64_t> dilation, int64_t groups) {
+  return {{"stride", stride}, {"padding", padding}, {"dilation", dilation}, {"groups", groups}};
+}
+
+// --- The cases -----------------------------------------------------------------
+
+void unaryFloat(CaseContext &c, DType dt) {
+  Shape s{c.dim(1, 5), c.dim(1, 7), c.dim(2, 9)};
+  Value x = c.feedRandom(dt, s, -4, 4);      // log/sqrt/rsqrt of negatives: NaN
+  Value wide = c.feedRandom(dt, s, -30, 30); // saturating exp/tanh/sigmoid/erf
+  Value positive = c.feedRandom(dt, {s[2]}, 0.01, 5);
+  for (Value v : {x, wide}) {
+    c.out(neg(v));
+    c.out(abs(v));
+    c.out(exp(v));
+    c.out(tanh(v));
+    c.out(sigmoid(v));
+    c.out(relu(v));
+    c.out(sin(v));
+    c.out(cos(v));
+    c.out(sign(v));
+    c.out(erf(v));
+    c.out(square(v));
+  }
+  c.out(log(x));
+  c.out(sqrt(x));
+  c.out(rsqrt(x));
+  c.out(log(positive));
+  c.out(sqrt(positive));
+  c.out(rsqrt(positive));
+  // A fused chain of them.
+  c.out(tanh(exp(neg(square(x))) * sigmoid(wide)) + erf(sin(x)) * cos(positive));
+}
+
+void unaryInt(CaseContext &c, DType dt) {
+  Shape s{c.dim(2, 6), c.dim(2, 9)};
+  Tensor t = c.random(dt, s, -1000, 1000);
+  // Wrapping square, and INT_MIN, whose negation and abs wrap to itself.
+  t.setReal(0, dt == DType::I32 ? std::numeric_limits<int32_t>::min() : -9.2233720368547758e18);
+  t.setReal(1, dt == DType::I32 ? 70000 : 5e9);
+  Value x = c.feed(t);
+  c.out(neg(x));
+  c.out(abs(x));
+  c.out(square(x));
+  c.out(relu(x));
+  c.out(sign(x));
+}
+
+void casts(CaseContext &c) {
+  Shape s{c.dim(2, 5), c.dim(2, 8)};
+  Tensor f32 = c.random(DType::F32, s, -100, 100);
+  f32.setReal(0, 0);
+  f32.setReal(1, -0.5); // truncates toward zero
+  Tensor i64 = c.random(DType::I64, s, -1000, 1000);
+  i64.setReal(0, 6e9); // wraps when narrowed to i32
+  i64.setReal(1, 0);
+  Tensor boolean = c.random(DType::Bool, s, 0, 1);
+  std::vector<Value> sources = {c.feed(f32), c.feed(castTensor(f32, DType::F64)),
+                                c.feedRandom(DType::I32, s, -1000, 1000), c.feed(i64),
+                                c.feed(boolean)};
+  for (Value from : sources)
+    for (DType to : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool})
+      if (to != from.dtype())
+        c.out(cast(from, to));
+}
+
+// Binary arithmetic under broadcasting: [m,1] op [1,n], scalar op [2,3,5],
+// [n] op [m,n], and same shapes.
+void binaryFloat(CaseContext &c, DType dt) {
+  int64_t m = c.dim(2, 6), n = c.dim(2, 9);
+  Value col = c.feedRandom(dt, {m, 1}), row = c.feedRandom(dt, {1, n});
+  Value scalar = c.feedRandom(dt, {}), cube = c.feedRandom(dt, {2, 3, 5});
+  Value vec = c.feedRandom(dt, {n}), mat = c.feedRandom(dt, {m, n});
+  std::pair<Value, Value> pairs[] = {{col, row}, {scalar, cube}, {cube, scalar}, {vec, mat},
+                                     {mat, mat}};
+  for (auto [a, b] : pairs) {
+    c.out(add(a, b));
+    c.out(sub(a, b));
+    c.out(mul(a, b));
+    c.out(div(a, b));
+    c.out(maximum(a, b));
+    c.out(minimum(a, b));
+  }
+  // pow: positive bases with real exponents, negative bases with integer ones.
+  Value base = c.feedRandom(dt, {m, n}, 0.1, 3);
+  c.out(pow(base, c.feedRandom(dt, {1, n}, -2, 2)));
+  c.out(pow(c.feedRandom(dt, {m, n}, -3, 3),
+            constantData(c.b, std::vector<double>(size_t(n), 3.0), dt, {n})));
+  // Comparisons on small integers stored as floats, so that ties occur.
+  Tensor ties = c.random(dt, {m, n}, 0, 3);
+  for (int64_t i = 0; i < ties.numel(); ++i)
+    ties.setReal(i, std::floor(ties.real(i)));
+  Value t1 = c.feed(ties), t2 = c.feed(castTensor(castTensor(c.random(DType::I32, {1, n}, 0, 2), DType::F64), dt));
+  for (Value v : {eq(t1, t2), ne(t1, t2), lt(t1, t2), le(t1, t2), gt(t1, t2), ge(t1, t2)})
+    c.out(v);
+  c.out(select(gt(col, row), scalar, mat));
+  c.out(select(c.feedRandom(DType::Bool, {m, 1}, 0, 1), row, scalar));
+}
+
+void binaryInt(CaseContext &c, DType dt) {
+  int64_t m = c.dim(2, 6), n = c.dim(2, 9);
+  double lowest = dt == DType::I32 ? std::numeric_limits<int32_t>::min() : -9.2233720368547758e18;
+  Tensor a = c.random(dt, {m, n}, -100, 100);
+  a.setReal(0, lowest);
+  a.setReal(1, lowest);
+  a.setReal(2, 7);
+  a.setReal(3, -7);
+  Tensor b = c.random(dt, {m, n}, -6, 6); // zeros occur
+  b.setReal(0, -1);                         // INT_MIN / -1
+  b.setReal(1, 0);                          // INT_MIN / 0
+  b.setReal(2, 2);                          // truncation toward zero
+  b.setReal(3, 2);
+  Value x = c.feed(a), y = c.feed(b), row = c.feedRandom(dt, {n}, -5, 5);
+  for (auto [p, q] : {std::pair{x, y}, std::pair{x, row}, std::pair{row, y}}) {
+    c.out(add(p, q));
+    c.out(sub(p, q));
+    c.out(mul(p, q));
+    c.out(div(p, q));
+    c.out(maximum(p, q));
+    c.out(minimum(p, q));
+    c.out(eq(p, q));
+    c.out(ne(p, q));
+    c.out(lt(p, q));
+    c.out(le(p, q));
+    c.out(gt(p, q));
+    c.out(ge(p, q));
+  }
+  c.out(select(lt(x, y), x, row));
+}
+
+void boolOps(CaseContext &c) {
+  int64_t m = c.dim(2, 6), n = c.dim(2, 9);
+  Value p = c.feedRandom(DType::Bool, {m, n}, 0, 1), q = c.feedRandom(DType::Bool, {n}, 0, 1);
+  c.out(eq(p, q));
+  c.out(ne(p, q));
+  c.out(select(p, q, eq(q, q)));
+  c.out(transpose(p, {1, 0}));
+  c.out(concat({p, p, reshape(q, {1, n})}, 0));
+  c.out(pad(p, {1, 0}, {0, 2}, 1));
+  c.out(reshape(p, {-1}));
+  c.out(broadcastTo(q, {3, m, n}));
+  c.out(slice(p, {0, 1}, {m, n}, {2, 1}));
+  c.out(gather(p, c.feedRandom(DType::I32, {4}, 0, m - 1), 0));
+}
+
+void reductions(CaseContext &c, DType dt) {
+  Shape s{c.dim(2, 5), c.dim(1, 6), c.dim(2, 7)};
+  Value x = c.feedRandom(dt, s, -10, 10);
+  std::vector<std::vector<int64_t>> axesList = {{}, {0}, {1}, {-1}, {0, 2}, {1, 2}, {0, 1, 2}};
+  for (const auto &axes : axesList)
+    for (bool keep : {false, true}) {
+      c.out(sum(x, axes, keep));
+      c.out(max(x, axes, keep));
+      c.out(min(x, axes, keep));
+      if (isFloat(dt))
+        c.out(mean(x, axes, keep));
+    }
+  // Ties: few distinct values, so argmax must return the first maximum.
+  Tensor small = c.random(dt, s, 0, 2);
+  for (int64_t i = 0; i < small.numel(); ++i)
+    small.setReal(i, std::floor(small.real(i)));
+  Value tied = c.feed(small);
+  for (int64_t axis : {0, 1, 2, -1})
+    for (bool keep : {false, true}) {
+      c.out(argmax(tied, axis, keep));
+      c.out(argmax(x, axis, keep));
+    }
+  // Reductions of a fused elementwise producer.
+  if (isFloat(dt))
+    c.out(sum(exp(x * scalarLike(x, 0.1)), {1, 2}));
+  else
+    c.out(max(x * x, {0}, true));
+}
+
+void matmuls(CaseContext &c, DType dt) {
+  bool f32 = dt == DType::F32;
+  double hi = isFloat(dt) ? 1 : 9;
+  // Odd sizes: partial register tiles on every edge of the tiled f32 path.
+  int64_t m = c.dim(1, 40), k = c.dim(1, 40), n = c.dim(1, 70);
+  Value a = c.feedRandom(dt, {m, k}, -hi, hi), w = c.feedRandom(dt, {k, n}, -hi, hi);
+  c.out(matmul(a, w));
+  // Whole tiles (8 rows x 32 columns) and a bias-relu epilogue.
+  int64_t M = 8 * c.dim(1, 4), N = 32 * c.dim(1, 3), K = c.dim(16, 64);
+  Value a2 = c.feedRandom(dt, {M, K}, -hi, hi), w2 = c.feedRandom(dt, {K, N}, -hi, hi);
+  c.out(relu(matmul(a2, w2) + c.feedRandom(dt, {N}, -hi, hi)));
+  // Transposed operands (views folded into the operand reads).
+  c.out(matmul(transpose(c.feedRandom(dt, {k, m}, -hi, hi), {1, 0}), w));
+  c.out(matmul(a, transpose(c.feedRandom(dt, {n, k}, -hi, hi), {1, 0})));
+  // Batched with broadcasting: [B,m,k] x [k,n] and [1,m,k] x [B,k,n].
+  int64_t batch = c.dim(2, 3);
+  c.out(matmul(c.feedRandom(dt, {batch, m, k}, -hi, hi), w));
+  c.out(matmul(c.feedRandom(dt, {1, m, k}, -hi, hi), c.feedRandom(dt, {batch, k, n}, -hi, hi)));
+  c.out(matmul(c.feedRandom(dt, {2, batch, m, k}, -hi, hi),
+               c.feedRandom(dt, {batch, k, n}, -hi, hi)));
+  if (f32) {
+    // A weight held as a param (set through Executable::setParam).
+    Value p = c.b.param("w", dt, {k, n}, Init::heUniform(1));
+    c.out(matmul(a, p) * scalarLike(a, 0.5));
+  }
+}
+
+void movement(CaseContext &c, DType dt) {
+  int64_t a = c.dim(2, 5), b = c.dim(2, 6), d = c.dim(3, 7);
+  Value x = c.feedRandom(dt, {a, b, d}, -9, 9);
+  Value y = c.feedRandom(dt, {a, b, d}, -9, 9);
+  Value four = c.feedRandom(dt, {2, a, b, d}, -9, 9);
+  for (auto perm : {std::vector<int64_t>{2, 0, 1}, {1, 0, 2}, {0, 2, 1}, {2, 1, 0}})
+    c.out(transpose(x, perm));
+  c.out(transpose(four, {0, 2, 1, 3}));
+  c.out(transpose(four, {3, 2, 1, 0}));
+  c.out(reshape(x, {a * b, d}));
+  c.out(reshape(x, {-1}));
+  c.out(reshape(x, {d, -1}));
+  c.out(reshape(c.feedRandom(dt, {}, -9, 9), {1, 1}));
+  c.out(broadcastTo(c.feedRandom(dt, {1, d}, -9, 9), {a, b, d}));
+  c.out(broadcastTo(c.feedRandom(dt, {}, -9, 9), {2, 3}));
+  c.out(slice(x, {0, 1, 0}, {a, b, d}, {2, 1, 3}));
+  c.out(slice(x, {1, 0, 2}, {a, b - 1, d}, {1, 2, 1}));
+  c.out(slice(x, {0, 0, 0}, {a, b, d}));
+  for (int64_t axis : {0, 1, -1})
+    c.out(concat({x, y, x}, axis));
+  c.out(concat({c.feedRandom(dt, {1, b, d}, -9, 9), x, c.feedRandom(dt, {3, b, d}, -9, 9)}, 0));
+  c.out(pad(x, {1, 0, 2}, {0, 3, 1}, 0));
+  c.out(pad(x, {0, 1, 0}, {2, 0, 1}, -2.5));
+  Attrs interior{{"low", std::vector<int64_t>{1, 0, 2}},
+                 {"high", std::vector<int64_t>{0, 2, 1}},
+                 {"interior", std::vector<int64_t>{1, 2, 0}},
+                 {"value", 7.0}};
+  c.out(c.b.op(OpKind::Pad, {x}, interior, SourceLoc("movement", 1, 1)));
+  // Views feeding elementwise ops inside one kernel.
+  c.out(transpose(x, {2, 0, 1}) + reshape(y, {d, a, b}));
+  c.out(slice(pad(x, {1, 1, 1}, {1, 1, 1}, 0), {0, 0, 0}, {a, b, d}) * y);
+  c.out(broadcastTo(c.feedRandom(dt, {b, 1}, -9, 9), {a, b, d}) - x);
+}
+
+void gathers(CaseContext &c, DType dt) {
+  int64_t rows = c.dim(3, 8), cols = c.dim(3, 8);
+  Value data = c.feedRandom(dt, {rows, cols, 2}, -9, 9);
+  Value idx0 = c.feedRandom(DType::I32, {5}, 0, rows - 1);
+  Value idx1 = c.feedRandom(DType::I64, {2, 3}, 0, cols - 1);
+  c.out(gather(data, idx0, 0));
+  c.out(gather(data, idx1, 1));
+  c.out(gather(data, c.feedRandom(DType::I64, {4}, 0, 1), -1));
+  c.out(gather(data, idx1, 1) * scalarLike(data, 2));
+  // one_hot: indices below 0 and at or above depth give all-zero rows.
+  Tensor labels = c.random(DType::I32, {7}, -2, 6);
+  labels.setReal(0, -1);
+  labels.setReal(1, 5);
+  labels.setReal(2, 4);
+  Value l = c.feed(labels);
+  c.out(oneHot(l, 5, dt));
+  c.out(oneHot(c.feedRandom(DType::I64, {2, 3}, -1, 4), 4, DType::Bool));
+}
+
+void convolutions(CaseContext &c, DType dt) {
+  int64_t n = c.dim(1, 2), h = c.dim(5, 9), w = c.dim(5, 9);
+  Value x = c.feedRandom(dt, {n, 4, h, w});
+  struct Variant {
+    std::vector<int64_t> stride, padding, dilation;
+    int64_t groups, filters, kh, kw;
+  };
+  Variant variants[] = {
+      {{1, 1}, {0, 0}, {1, 1}, 1, 3, 3, 3},
+      {{2, 1}, {1, 2}, {1, 1}, 1, 5, 3, 2},
+      {{1, 2}, {2, 1}, {2, 1}, 1, 2, 2, 3},
+      {{1, 1}, {1, 1}, {1, 1}, 2, 4, 3, 3}, // groups
+      {{2, 2}, {1, 0}, {1, 2}, 4, 8, 2, 2}, // depthwise, 2 filters per channel
+  };
+  for (const Variant &v : variants) {
+    Value k = c.feedRandom(dt, {v.filters, 4 / v.groups, v.kh, v.kw});
+    c.out(conv2d(x, k, {v.stride, v.padding, v.dilation, v.groups}));
+  }
+  // conv + bias + relu epilogue.
+  Value k = c.feedRandom(dt, {6, 4, 3, 3});
+  c.out(relu(conv2d(x, k, {{1, 1}, {1, 1}, {1, 1}, 1}) + c.feedRandom(dt, {6, 1, 1})));
+}
+
+void pools(CaseContext &c, DType dt) {
+  Value x = c.feedRandom(dt, {c.dim(1, 2), c.dim(1, 3), c.dim(4, 9), c.dim(4, 9)}, -5, 5);
+  Pool2dOptions variants[] = {
+      {{2, 2}, {2, 2}, {0, 0}, true},
+      {{3, 3}, {2, 1}, {1, 1}, true},
+      {{3, 3}, {2, 1}, {1, 1}, false},
+      {{3, 2}, {1, 2}, {1, 0}, false},
+      {{2, 3}, {3, 1}, {1, 1}, true},
+  };
+  for (const Pool2dOptions &o : variants) {
+    c.out(maxPool2d(x, o));
+    c.out(avgPool2d(x, o));
+  }
+  // Pool of a fused producer's result.
+  c.out(maxPool2d(relu(x), variants[1]));
+}
+
+// The gradient ops, as grad() emits them; the training steps of
+// test_codegen_examples.cpp cover them in context.
+void gradientOps(CaseContext &c, DType dt) {
+  // scatter_add along axis 0 and 1; repeated indices accumulate.
+  int64_t size = c.dim(2, 5);
+  Value idx = c.feedRandom(DType::I32, {7}, 0, size - 1);
+  Value upd = c.feedRandom(dt, {7, 3});
+  c.out(c.b.op(OpKind::ScatterAdd, {idx, upd}, {{"axis", int64_t(0)}, {"size", size}},
+               SourceLoc("grad", 1, 1)));
+  Value idx2 = c.feedRandom(DType::I64, {2, 3}, 0, size - 1);
+  Value upd2 = c.feedRandom(dt, {4, 2, 3, 2});
+  c.out(c.b.op(OpKind::ScatterAdd, {idx2, upd2}, {{"axis", int64_t(1)}, {"size", size}},
+               SourceLoc("grad", 2, 1)));
+
+  // conv2d gradients with stride, padding, dilation and groups.
+  int64_t h = c.dim(5, 8), w = c.dim(5, 8);
+  struct Variant {
+    std::vector<int64_t> stride, padding, dilation;
+    int64_t groups;
+  };
+  for (Variant v : {Variant{{1, 1}, {0, 0}, {1, 1}, 1}, Variant{{2, 1}, {1, 2}, {1, 2}, 2}}) {
+    Attrs a = convAttrs(v.stride, v.padding, v.dilation, v.groups);
+    Shape xs{2, 4, h, w}, ws{6, 4 / v.groups, 3, 2};
+    TensorType out = inferType(OpKind::Conv2d, a, std::vector<TensorType>{{dt, xs}, {dt, ws}});
+    Value g = c.feedRandom(dt, out.shape);
+    Attrs gi = a;
+    gi.set("input_hw", std::vector<int64_t>{h, w});
+    c.out(c.b.op(OpKind::Conv2dGradInput, {g, c.feedRandom(dt, ws)}, gi, SourceLoc("grad", 3, 1)));
+    Attrs gw = a;
+    gw.set("kernel", std::vector<int64_t>{3, 2});
+    c.out(c.b.op(OpKind::Conv2dGradWeight, {c.feedRandom(dt, xs), g}, gw, SourceLoc("grad", 4, 1)));
+  }
+
+  // Pool gradients; integer-valued inputs make ties (the first maximum wins).
+  for (auto [kernel, stride, padding, include] :
+       {std::tuple{std::vector<int64_t>{2, 2}, std::vector<int64_t>{2, 2}, std::vector<int64_t>{0, 0}, 1},
+        std::tuple{std::vector<int64_t>{3, 3}, std::vector<int64_t>{2, 1}, std::vector<int64_t>{1, 1}, 0},
+        std::tuple{std::vector<int64_t>{3, 2}, std::vector<int64_t>{1, 2}, std::vector<int64_t>{1, 1}, 1}}) {
+    Shape xs{2, 2, h, w};
+    Tensor ties = c.random(dt, xs, 0, 3);
+    for (int64_t i = 0; i < ties.numel(); ++i)
+      ties.setReal(i, std::floor(ties.real(i)));
+    Value x = c.feed(ties);
+    Attrs a{{"kernel", kernel}, {"stride", stride}, {"padding", padding}};
+    TensorType out = inferType(OpKind::MaxPool2d, a, std::vector<TensorType>{{dt, xs}});
+    c.out(c.b.op(OpKind::MaxPool2dGrad, {x, c.feedRandom(dt, out.shape)}, a, SourceLoc("grad", 5, 1)));
+    Attrs avg = a;
+    avg.set("input_hw", std::vector<int64_t>{h, w});
+    avg.set("count_include_pad", int64_t(include));
+    c.out(c.b.op(OpKind::AvgPool2dGrad, {c.feedRandom(dt, out.shape)}, avg, SourceLoc("grad", 6, 1)));
+  }
+}
+
+void dropouts(CaseContext &c, DType dt) {
+  Value x = c.feedRandom(dt, {c.dim(2, 9), c.dim(3, 40)});
+  Tensor seed(DType::I64, {});
+  seed.data<int64_t>()[0] = static_cast<int64_t>(c.rng());
+  Value s = c.feed(seed);
+  for (double rate : {0.0, 0.3, 0.9})
+    c.out(dropout(x, s, rate));
+  c.out(relu(dropout(x * scalarLike(x, 3), s, 0.5)) + x);
+}
+
+void sources(CaseContext &c) {
+  int64_t m = c.dim(2, 5), n = c.dim(2, 6);
+  Value x = c.feedRandom(DType::F32, {m, n});
+  Value i = c.feedRandom(DType::I64, {m, n}, -5, 5);
+  c.out(constant(c.b, 2.5, DType::F32, {m, n}));
+  c.out(x + constant(c.b, -1.5, DType::F32, {n}));
+  c.out(constantData(c.b, {1, -2, 3.5, 0}, DType::F32, {2, 2}));
+  c.out(x * constantData(c.b, std::vector<double>(size_t(n), 0.25), DType::F32, {n}));
+  c.out(constantData(c.b, {1, 0, 1}, DType::Bool, {3}));
+  c.out(constantData(c.b, {1, -7, 40}, DType::I32, {3}));
+  // i64 data above 2^53 must stay exact.
+  Attrs big{{"dtype", std::string("i64")},
+            {"shape", std::vector<int64_t>{3}},
+            {"data", std::vector<int64_t>{(int64_t(1) << 53) + 1, -(int64_t(1) << 60) - 3, 5}}};
+  Value bigConst = c.b.op(OpKind::Constant, {}, big, SourceLoc("sources", 1, 1));
+  c.out(bigConst);
+  c.out(c.feedRandom(DType::I64, {3}, -5, 5) + bigConst);
+  for (auto [dt, axis] : {std::pair{DType::I32, 0}, std::pair{DType::I64, 1},
+                          std::pair{DType::F32, 1}, std::pair{DType::F64, 0}}) {
+    c.out(iota(c.b, dt, {m, n}, axis));
+  }
+  c.out(i + iota(c.b, DType::I64, {m, n}, 1));
+  c.out(x * iota(c.b, DType::F32, {m, n}, 0));
+}
+
+// NaN and infinities through the ops whose handling the interpreter defines:
+// relu, sign, maximum/minimum and the max reductions propagate NaN; argmax
+// picks the first NaN; a NaN is nonzero as a bool.
+void specialValues(CaseContext &c) {
+  std::vector<double> values = {kNaN, 1, -1, kInf, -kInf, 0, -0.0, 2, kNaN, -3, 0.5, kNaN};
+  Value x = c.feed(Tensor::fromReals(DType::F32, {3, 4}, values));
+  Value y = c.feed(Tensor::fromReals(DType::F32, {3, 4},
+                                     {0, kNaN, -2, 1, kNaN, kInf, 3, -kInf, kNaN, 4, 0, -1}));
+  c.out(relu(x));
+  c.out(sign(x));
+  c.out(maximum(x, y));
+  c.out(minimum(x, y));
+  c.out(max(x, {1}));
+  c.out(min(x, {0}));
+  c.out(max(x));
+  c.out(argmax(x, 1));
+  c.out(argmax(y, 0));
+  c.out(cast(x, DType::Bool));
+  c.out(exp(x));
+  c.out(log(x));
+  c.out(sqrt(x));
+  c.out(tanh(x));
+  c.out(sigmoid(x));
+  c.out(erf(x));
+  c.out(eq(x, x));
+  c.out(ne(x, y));
+  c.out(lt(x, y));
+  c.out(ge(x, y));
+  c.out(x / y);
+  Value img = c.feed(Tensor::fromReals(DType::F32, {1, 1, 3, 4}, values));
+  c.out(maxPool2d(img, {{2, 2}, {1, 1}, {0, 0}, true}));
+}
+
+// Composites: built from primitives, so they exercise fusion of reductions
+// with their producers and epilogues.
+void composites(CaseContext &c, DType dt) {
+  int64_t n = c.dim(2, 9), classes = c.dim(2, 12);
+  Value logits = c.feedRandom(dt, {n, classes}, -5, 5);
+  c.out(softmax(logits));
+  c.out(softmax(logits, 0));
+  c.out(logSoftmax(logits));
+  c.out(crossEntropy(logits, c.feedRandom(DType::I32, {n}, 0, classes - 1)));
+  Value gamma = c.feedRandom(dt, {classes}), beta = c.feedRandom(dt, {classes});
+  c.out(layerNorm(logits, gamma, beta));
+  c.out(gelu(logits));
+  c.out(leakyRelu(logits, 0.1));
+  c.out(mse(logits, c.feedRandom(dt, {n, classes})));
+  Value w = c.feedRandom(dt, {classes, 5}), bias = c.feedRandom(dt, {5});
+  c.out(linear(logits, w, bias));
+  c.out(linear(logits, w, Value()));
+  int64_t t = c.dim(2, 9), d = c.dim(2, 8);
+  Value q = c.feedRandom(dt, {2, t, d}), k = c.feedRandom(dt, {2, t, d}),
+        v = c.feedRandom(dt, {2, t, d});
+  c.out(attention(q, k, v, false));
+  c.out(attention(q, k, v, true));
+}
+
+std::vector<OpCase> allCases() {
+  std::vector<OpCase> cases;
+  auto perDType = [&](std::string name, std::vector<OpKind> covers,
+                      void (*f)(CaseContext &, DType), std::span<const DType> dtypes) {
+    for (DType dt : dtypes)
+      cases.push_back({fmt::format("{}_{}", name, dtypeName(dt)), covers,
+                       [f, dt](CaseContext &c) { f(c, dt); }});
+  };
+  using enum OpKind;
+  perDType("unary", ops({Neg, Abs, Exp, Log, Sqrt, Rsqrt, Square, Tanh, Sigmoid, Relu, Sin,
+                         Cos, Sign, Erf}),
+           unaryFloat, kFloats);
+  perDType("unary", ops({Neg, Abs, Square, Relu, Sign}), unaryInt, kInts);
+  cases.push_back({"cast", ops({Cast}), casts});
+  perDType("binary", ops({Add, Sub, Mul, Div, Pow, Maximum, Minimum, Eq, Ne, Lt, Le, Gt, Ge, Select}),
+           binaryFloat, kFloats);
+  perDType("binary", ops({Add, Sub, Mul, Div, Maximum, Minimum, Eq, Ne, Lt, Le, Gt, Ge, Select}),
+           binaryInt, kInts);
+  cases.push_back({"bool", ops({Eq, Ne, Select, Transpose, Concat, Pad, Reshape, BroadcastTo,
+                                Slice, Gather}),
+                   boolOps});
+  const DType kAll[] = {DType::F32, DType::F64, DType::I32, DType::I64};
+  perDType("reduce", ops({ReduceSum, ReduceMax, ReduceMin, ArgMax}), reductions, kAll);
+  perDType("matmul", ops({MatMul, Transpose}), matmuls, kAll);
+  perDType("movement", ops({Transpose, Reshape, BroadcastTo, Slice, Concat, Pad}), movement,
+           kAll);
+  perDType("gather", ops({Gather, OneHot}), gathers, kAll);
+  perDType("conv2d", ops({Conv2d}), convolutions, kFloats);
+  perDType("pool", ops({MaxPool2d, AvgPool2d}), pools, kFloats);
+  perDType("gradient_ops", ops({ScatterAdd, Conv2dGradInput, Conv2dGradWeight, MaxPool2dGrad,
+                                AvgPool2dGrad}),
+           gradientOps, kFloats);
+  perDType("dropout", ops({Dropout}), dropouts, kFloats);
+  cases.push_back({"sources", ops({Constant, Iota}), sources});
+  cases.push_back({"special_values", ops({Relu, Sign, Maximum, Minimum, ReduceMax, ReduceMin,
+                                          ArgMax, Cast, MaxPool2d}),
+                   specialValues});
+  perDType("composites", ops({ReduceMean, ReduceSum, ReduceMax, MatMul, OneHot}), composites,
+           kFloats);
+  return cases;
+}
+
+// gtest prints a case by its name, not its bytes.
+void PrintTo(const OpCase &c, std::ostream *os) { *os << c.name; }
+
+class CodegenOps : public ::testing::TestWithParam<OpCase> {};
+
+TEST_P(CodegenOps, MatchesInterpreterFusedAndUnfused) {
+  const OpCase &oc = GetParam();
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("case {}, seed {} (replay with STEPC_TEST_SEED={})", oc.name, seed,
+                           seed));
+  std::mt19937_64 rng(seed);
+  GraphBuilder b(oc.name);
+  TensorMap inputs;
+  CaseContext c{b, rng, inputs};
+  oc.build(c);
+  Graph graph = b.finish();
+  TensorMap params = initialParams(graph);
+  for (auto &[name, value] : params)
+    value = c.random(value.dtype(), value.shape());
+  std::set<std::string> compiled;
+  expectMatchesInterpreter(graph, inputs, params, {.opsCompiled = &compiled});
+  for (OpKind op : oc.covers)
+    EXPECT_TRUE(compiled.count(std::string(opInfo(op).name)))
+        << oc.name << " claims to cover " << opInfo(op).name << " but compiled no kernel with it";
+}
+
+INSTANTIATE_TEST_SUITE_P(, CodegenOps, ::testing::ValuesIn(allCases()),
+                         [](const auto &info) { return info.param.name; });
+
+// Completeness (DESIGN.md rule 1): every op of ops.def has a case. Inputs
+// and params are in every case.
+TEST(CodegenOpsCoverage, EveryOpHasACase) {
+  std::set<OpKind> covered = {OpKind::Input, OpKind::Parameter};
+  for (const OpCase &c : allCases())
+    covered.insert(c.covers.begin(), c.covers.end());
+  for (const OpInfo &info : allOps())
+    EXPECT_TRUE(covered.count(info.kind)) << "no codegen test case covers " << info.name;
+}
+
+} // namespace

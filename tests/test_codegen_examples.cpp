@@ -1,0 +1,73 @@
+// Every model in examples/ through the CPU backend, fused and unfused,
+// against the reference interpreter: the forward pass, and the training
+// step with Adam and with SGD run for two steps, so that the params and
+// optimizer state updated in place by step 1 are what step 2 reads. These
+// compile whole training steps, so they take seconds each: ctest label e2e
+// (tests/CMakeLists.txt).
+#include "codegen_harness.h"
+
+#include "stepc/interpreter.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <string>
+
+using namespace stepc;
+using stepc::testing::expectMatchesInterpreter;
+using stepc::testing::freshSeed;
+
+namespace {
+
+std::vector<std::string> exampleNames() {
+  std::vector<std::string> names;
+  for (const auto &entry :
+       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
+    if (entry.path().extension() == ".sg")
+      names.push_back(entry.path().stem().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Graph loadExample(const std::string &name) {
+  return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
+}
+
+// The output every example names its loss.
+constexpr const char *kLoss = "loss";
+
+class CodegenExamples : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CodegenExamples, Forward) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {} (replay with STEPC_TEST_SEED={})", seed, seed));
+  Graph model = loadExample(GetParam());
+  expectMatchesInterpreter(model, randomInputs(model, seed), initialParams(model));
+}
+
+// Two steps of a training step: outputs (the loss) and every param and
+// optimizer state after each step. The tolerances are the harness's
+// (1e-4 relative for these accumulated f32 values) times 10: a step chains
+// forward, backward and update, and step 2 starts from step 1's compiled
+// params, so rounding differences compound through a few dozen reductions
+// and matmuls.
+void checkTraining(const std::string &example, const Optimizer &optimizer, double lr) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {} (replay with STEPC_TEST_SEED={})", seed, seed));
+  Graph step = trainStep(loadExample(example), kLoss, optimizer);
+  TensorMap inputs = randomInputs(step, seed);
+  inputs.at("lr") = Tensor::scalar(DType::F32, lr);
+  expectMatchesInterpreter(step, inputs, initialParams(step),
+                           {.steps = 2, .toleranceScale = 10});
+}
+
+TEST_P(CodegenExamples, TrainStepAdam) { checkTraining(GetParam(), Optimizer::adam(), 1e-3); }
+
+TEST_P(CodegenExamples, TrainStepSgd) { checkTraining(GetParam(), Optimizer::sgd(), 1e-2); }
+
+INSTANTIATE_TEST_SUITE_P(, CodegenExamples, ::testing::ValuesIn(exampleNames()),
+                         [](const auto &info) { return info.param; });
+
+} // namespace

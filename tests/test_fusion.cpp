@@ -1,0 +1,706 @@
+// Fusion and memory planning: the interpreter is the oracle (a plan run
+// kernel by kernel, each seeing only its inputs, must give interpret()'s
+// answer), the plans have the promised structure, the buffer plan never puts
+// two live values in one place, and the figures of issue 4 hold.
+#include "testing.h"
+
+#include "stepc/autodiff.h"
+#include "stepc/fusion.h"
+#include "stepc/gradcheck.h"
+#include "stepc/interpreter.h"
+#include "stepc/passes.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+namespace stepc {
+namespace {
+
+using testing::freshSeed;
+
+Graph optimized(Graph graph) {
+  PassManager manager;
+  for (const std::string &name : defaultPipeline(!graph.updates.empty()))
+    manager.add(name);
+  manager.run(graph);
+  return graph;
+}
+
+std::string valueName(const Graph &g, ValueId v) {
+  return g.node(v).name.empty() ? fmt::format("%{}", v) : "%" + g.node(v).name;
+}
+
+bool isSource(const Graph &g, ValueId v) {
+  OpKind op = g.node(v).op;
+  return op == OpKind::Input || op == OpKind::Parameter;
+}
+bool isInlined(const Graph &g, ValueId v) {
+  OpKind op = g.node(v).op;
+  return op == OpKind::Constant || op == OpKind::Iota;
+}
+
+struct StepResult {
+  TensorMap outputs;
+  TensorMap params; // after the step's updates
+};
+
+// Runs a plan kernel by kernel. A kernel sees only its declared inputs (from
+// the caller or from earlier kernels' outputs) and the constants it declares;
+// everything else it computes is dropped when it finishes. Throws on any read
+// the plan does not allow.
+StepResult runPlan(const Graph &g, const FusionPlan &plan, const TensorMap &inputs,
+                   const TensorMap &params) {
+  std::map<ValueId, Tensor> memory; // what lives between kernels
+  for (ValueId v = 0; v < g.size(); ++v) {
+    if (!isSource(g, v))
+      continue;
+    const TensorMap &from = g.node(v).op == OpKind::Input ? inputs : params;
+    memory[v] = from.at(g.node(v).name);
+  }
+  auto constant = [&](ValueId v) { return evaluateNode(g.node(v), {}); };
+  for (size_t k = 0; k < plan.groups.size(); ++k) {
+    const FusionGroup &group = plan.groups[k];
+    std::map<ValueId, Tensor> local;
+    for (ValueId in : group.inputs)
+      if (!memory.count(in))
+        throw std::runtime_error(fmt::format(
+            "{} reads {} before any kernel wrote it", group.name, valueName(g, in)));
+    for (ValueId c : group.constants)
+      local[c] = constant(c);
+    for (ValueId v : group.nodes) {
+      std::vector<const Tensor *> operands;
+      for (ValueId o : g.node(v).operands) {
+        if (local.count(o)) {
+          operands.push_back(&local.at(o));
+        } else if (std::count(group.inputs.begin(), group.inputs.end(), o)) {
+          operands.push_back(&memory.at(o));
+        } else {
+          throw std::runtime_error(
+              fmt::format("{}: {} reads {}, which is neither an input of the kernel nor "
+                          "computed in it",
+                          group.name, valueName(g, v), valueName(g, o)));
+        }
+      }
+      local[v] = evaluateNode(g.node(v), operands);
+    }
+    for (ValueId out : group.outputs)
+      memory[out] = std::move(local.at(out));
+  }
+  auto final = [&](ValueId v) {
+    if (memory.count(v))
+      return memory.at(v);
+    if (isInlined(g, v))
+      return constant(v);
+    throw std::runtime_error(fmt::format("{} is not an output of any kernel", valueName(g, v)));
+  };
+  StepResult result;
+  for (const GraphOutput &o : g.outputs)
+    result.outputs[o.name] = final(o.value);
+  result.params = params;
+  for (const ParamUpdate &u : g.updates)
+    result.params[g.node(u.param).name] = final(u.value);
+  return result;
+}
+
+// Structure every plan must have.
+void checkStructure(const Graph &g, const FusionPlan &plan, const FusionOptions &options) {
+  std::vector<int> seen(g.size(), 0);
+  for (size_t k = 0; k < plan.groups.size(); ++k) {
+    const FusionGroup &group = plan.groups[k];
+    ASSERT_FALSE(group.nodes.empty()) << group.name;
+    EXPECT_TRUE(std::is_sorted(group.nodes.begin(), group.nodes.end())) << group.name;
+    EXPECT_EQ(group.name.rfind(fmt::format("k{}_", k), 0), 0u) << group.name;
+    if (group.nodes.size() > 1) {
+      EXPECT_LE(group.inputs.size(), options.maxInputs) << group.name;
+    }
+    for (ValueId v : group.nodes) {
+      ++seen[v];
+      EXPECT_EQ(plan.groupOf[v], static_cast<int>(k)) << valueName(g, v);
+    }
+    for (ValueId in : group.inputs) {
+      EXPECT_FALSE(isInlined(g, in)) << group.name << " takes a constant as input";
+      // No kernel reads a value produced by itself or a later kernel.
+      EXPECT_LT(plan.groupOf[in], static_cast<int>(k))
+          << group.name << " reads " << valueName(g, in) << " from a later kernel";
+    }
+    for (ValueId c : group.constants)
+      EXPECT_TRUE(isInlined(g, c)) << valueName(g, c);
+    int64_t read = 0, written = 0;
+    for (ValueId in : group.inputs)
+      read += g.type(in).numel() * static_cast<int64_t>(dtypeSize(g.type(in).dtype));
+    for (ValueId out : group.outputs)
+      written += g.type(out).numel() * static_cast<int64_t>(dtypeSize(g.type(out).dtype));
+    EXPECT_GE(group.bytesRead, read) << group.name;
+    EXPECT_EQ(group.bytesWritten, written) << group.name;
+    if (!options.enabled) {
+      EXPECT_EQ(group.nodes.size(), 1u);
+      EXPECT_EQ(group.kind, FusionKind::Single);
+    }
+  }
+  for (ValueId v = 0; v < g.size(); ++v) {
+    if (isSource(g, v) || isInlined(g, v)) {
+      EXPECT_EQ(seen[v], 0) << valueName(g, v) << " is a source but in a kernel";
+      EXPECT_EQ(plan.groupOf[v], -1);
+    } else {
+      EXPECT_EQ(seen[v], 1) << valueName(g, v) << " is in " << seen[v] << " kernels";
+    }
+  }
+}
+
+// Lifetimes recomputed here from the plan, independently of planBuffers:
+// [first kernel, last kernel] with params and inputs alive throughout.
+struct Lifetime {
+  int first, last;
+};
+
+void checkBuffers(const Graph &g, const FusionPlan &plan, const BufferPlan &bp) {
+  const int end = static_cast<int>(plan.groups.size());
+  std::map<ValueId, Lifetime> life;
+  std::set<ValueId> escapes;
+  for (const GraphOutput &o : g.outputs)
+    escapes.insert(o.value);
+  for (const ParamUpdate &u : g.updates)
+    escapes.insert(u.value);
+  for (ValueId v = 0; v < g.size(); ++v)
+    if (isSource(g, v))
+      life[v] = {0, end};
+  for (int k = 0; k < end; ++k) {
+    for (ValueId out : plan.groups[k].outputs)
+      life[out] = {k, escapes.count(out) ? end : k};
+  }
+  for (int k = 0; k < end; ++k)
+    for (ValueId in : plan.groups[k].inputs)
+      life.at(in).last = std::max(life.at(in).last, k);
+
+  std::map<ValueId, const Buffer *> byValue;
+  for (const Buffer &b : bp.buffers) {
+    byValue[b.value] = &b;
+    EXPECT_EQ(b.offset % 64, 0) << valueName(g, b.value);
+    EXPECT_LE(b.offset + b.bytes, bp.arenaBytes) << valueName(g, b.value);
+    EXPECT_EQ(b.bytes, g.type(b.value).numel() *
+                           static_cast<int64_t>(dtypeSize(g.type(b.value).dtype)));
+  }
+  for (auto &[v, l] : life)
+    EXPECT_TRUE(byValue.count(v)) << valueName(g, v) << " has no buffer";
+
+  // In-place reuse only where legal.
+  auto rootOf = [&](ValueId v) {
+    while (byValue.at(v)->reuses >= 0)
+      v = static_cast<ValueId>(byValue.at(v)->reuses);
+    return v;
+  };
+  for (const Buffer &b : bp.buffers) {
+    if (b.reuses < 0)
+      continue;
+    ValueId old = static_cast<ValueId>(b.reuses);
+    ASSERT_TRUE(byValue.count(old));
+    EXPECT_EQ(byValue.at(old)->offset, b.offset);
+    EXPECT_EQ(byValue.at(old)->bytes, b.bytes);
+    int writer = plan.groupOf[b.value];
+    ASSERT_GE(writer, 0) << valueName(g, b.value) << " reuses a buffer but no kernel writes it";
+    if (g.node(old).op == OpKind::Parameter) {
+      bool isUpdate = false;
+      for (const ParamUpdate &u : g.updates)
+        isUpdate = isUpdate || (u.param == old && u.value == b.value);
+      EXPECT_TRUE(isUpdate) << valueName(g, b.value) << " overwrites param "
+                            << valueName(g, old) << " but is not its new value";
+      for (int k = writer + 1; k < end; ++k)
+        for (ValueId in : plan.groups[k].inputs)
+          EXPECT_NE(in, old) << plan.groups[k].name << " reads " << valueName(g, old)
+                             << " after its update overwrote it";
+    } else {
+      EXPECT_NE(g.node(old).op, OpKind::Input) << "a graph input was overwritten";
+      EXPECT_FALSE(escapes.count(old)) << valueName(g, old) << " is still needed";
+      EXPECT_EQ(life.at(old).last, writer)
+          << valueName(g, b.value) << " overwrites " << valueName(g, old) << " before it dies";
+    }
+  }
+
+  // Values alive at the same time never share bytes (unless one was written
+  // over the other in place).
+  std::vector<ValueId> values;
+  for (auto &[v, l] : life)
+    values.push_back(v);
+  for (size_t i = 0; i < values.size(); ++i)
+    for (size_t j = i + 1; j < values.size(); ++j) {
+      ValueId a = values[i], b = values[j];
+      const Lifetime &la = life.at(a), &lb = life.at(b);
+      if (la.last < lb.first || lb.last < la.first || rootOf(a) == rootOf(b))
+        continue;
+      const Buffer &ba = *byValue.at(a), &bb = *byValue.at(b);
+      bool disjoint = ba.offset + ba.bytes <= bb.offset || bb.offset + bb.bytes <= ba.offset;
+      EXPECT_TRUE(disjoint) << valueName(g, a) << " and " << valueName(g, b)
+                            << " are alive together but overlap";
+    }
+  EXPECT_GE(bp.arenaBytes, bp.liveLowerBound);
+}
+
+struct Case {
+  std::string name;
+  Graph graph;
+};
+
+// Every example, and its Adam training step, raw and after the default
+// pipeline.
+std::vector<Case> exampleCases() {
+  std::vector<Case> cases;
+  std::vector<std::filesystem::path> files;
+  for (const auto &entry :
+       std::filesystem::directory_iterator(testing::sourcePath("examples")))
+    if (entry.path().extension() == ".sg")
+      files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  for (const auto &file : files) {
+    Graph model = parseGraphFile(file.string());
+    std::string stem = file.stem().string();
+    cases.push_back({stem, model});
+    if (model.findOutput("loss"))
+      cases.push_back({stem + " step", trainStep(model, "loss", Optimizer::adam())});
+  }
+  size_t raw = cases.size();
+  for (size_t i = 0; i < raw; ++i)
+    cases.push_back({cases[i].name + " (optimized)", optimized(cases[i].graph)});
+  return cases;
+}
+
+void expectSameResults(const Graph &g, const FusionPlan &plan, uint64_t seed) {
+  TensorMap inputs = randomInputs(g, seed);
+  TensorMap params = initialParams(g);
+  TensorMap expectedParams = params;
+  TensorMap expected = interpretStep(g, inputs, expectedParams);
+  StepResult actual;
+  try {
+    actual = runPlan(g, plan, inputs, params);
+  } catch (const std::exception &e) {
+    FAIL() << e.what();
+  }
+  for (auto &[name, tensor] : expected)
+    EXPECT_TRUE(testing::allClose(actual.outputs.at(name), tensor, 0, 0)) << "output " << name;
+  for (auto &[name, tensor] : expectedParams)
+    EXPECT_TRUE(testing::allClose(actual.params.at(name), tensor, 0, 0)) << "param " << name;
+}
+
+TEST(Fusion, PlansRunKernelByKernelAsTheInterpreter) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  for (const Case &c : exampleCases()) {
+    for (bool enabled : {true, false}) {
+      SCOPED_TRACE(fmt::format("{} ({})", c.name, enabled ? "fused" : "unfused"));
+      FusionOptions options{.enabled = enabled};
+      FusionPlan plan = planFusion(c.graph, options);
+      checkStructure(c.graph, plan, options);
+      expectSameResults(c.graph, plan, seed);
+      BufferPlan bp = planBuffers(c.graph, plan);
+      checkBuffers(c.graph, plan, bp);
+    }
+  }
+}
+
+void expectSameResults(const Graph &g, const FusionPlan &plan, const TensorMap &inputs) {
+  TensorMap params = initialParams(g);
+  TensorMap expected = interpret(g, inputs, params);
+  StepResult actual;
+  try {
+    actual = runPlan(g, plan, inputs, params);
+  } catch (const std::exception &e) {
+    FAIL() << e.what();
+  }
+  for (auto &[name, tensor] : expected)
+    EXPECT_TRUE(testing::allClose(actual.outputs.at(name), tensor, 0, 0)) << "output " << name;
+}
+
+// Every op and composite of the gradient checks, with its gradient graph:
+// views, opaque ops, conv and pool gradients, dropout, all in plans.
+TEST(Fusion, EveryOpAndItsGradientRunKernelByKernel) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  for (const GradcheckCase &c : gradcheckCases()) {
+    Graph forward = c.build();
+    std::vector<std::string> wrt;
+    for (ValueId v : forward.inputs())
+      if (isFloat(forward.type(v).dtype))
+        wrt.push_back(forward.node(v).name);
+    for (ValueId v : forward.params())
+      if (isFloat(forward.type(v).dtype))
+        wrt.push_back(forward.node(v).name);
+    Graph backward = grad(forward, "loss", wrt).graph;
+    TensorMap inputs = c.point(forward, seed);
+    for (const Graph &g : {forward, backward, optimized(backward)}) {
+      for (bool enabled : {true, false}) {
+        SCOPED_TRACE(fmt::format("{} ({}, {} nodes)", c.name, enabled ? "fused" : "unfused",
+                                 g.size()));
+        FusionOptions options{.enabled = enabled};
+        FusionPlan plan = planFusion(g, options);
+        checkStructure(g, plan, options);
+        expectSameResults(g, plan, inputs);
+        checkBuffers(g, plan, planBuffers(g, plan));
+      }
+    }
+  }
+}
+
+// Steps of every optimizer, with weight decay and gradient clipping.
+TEST(Fusion, EveryOptimizerStepRunsKernelByKernel) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  for (const char *example : {"xor.sg", "attention.sg"}) {
+    Graph model = parseGraphFile(testing::sourcePath(std::string("examples/") + example));
+    for (Optimizer::Kind kind :
+         {Optimizer::Kind::Sgd, Optimizer::Kind::Momentum, Optimizer::Kind::Nesterov,
+          Optimizer::Kind::RmsProp, Optimizer::Kind::Adam, Optimizer::Kind::AdamW}) {
+      Optimizer opt{.kind = kind, .weightDecay = 0.01, .clipNorm = 1.0};
+      Graph step = optimized(trainStep(model, "loss", opt));
+      SCOPED_TRACE(fmt::format("{} {}", example, optimizerName(kind)));
+      FusionPlan plan = planFusion(step);
+      checkStructure(step, plan, {});
+      expectSameResults(step, plan, seed);
+      checkBuffers(step, plan, planBuffers(step, plan));
+    }
+  }
+}
+
+TEST(Fusion, TightInputBoundStillRunsCorrectly) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  Graph step = optimized(trainStep(parseGraphFile(testing::sourcePath("examples/attention.sg")),
+                                   "loss", Optimizer::adam()));
+  FusionOptions options{.maxInputs = 3};
+  FusionPlan plan = planFusion(step, options);
+  checkStructure(step, plan, options);
+  expectSameResults(step, plan, seed);
+  bool limited = false;
+  for (const FusionRefusal &r : plan.refusals)
+    limited = limited || r.rule.find("(limit 3)") != std::string::npos;
+  EXPECT_TRUE(limited) << whyNotFused(step, plan);
+}
+
+int kernelCount(const std::string &text) {
+  Graph g = parseGraph(text, "snippet.sg");
+  FusionPlan plan = planFusion(g);
+  checkStructure(g, plan, {});
+  return static_cast<int>(plan.groups.size());
+}
+
+TEST(Fusion, SoftmaxLayerNormCrossEntropyAreFewKernels) {
+  EXPECT_LE(kernelCount(R"(graph s {
+    input %x : f32[8,16]
+    %y = softmax(%x) {axis=-1}
+    output y = %y
+  })"), 3);
+  EXPECT_LE(kernelCount(R"(graph ln {
+    input %x : f32[4,8,32]
+    param %g : f32[32] = ones()
+    param %b : f32[32] = zeros()
+    %y = layer_norm(%x, %g, %b) {eps=1e-05}
+    output y = %y
+  })"), 3);
+  EXPECT_LE(kernelCount(R"(graph ce {
+    input %logits : f32[16,10]
+    input %labels : i32[16]
+    %loss = cross_entropy(%logits, %labels)
+    output loss = %loss
+  })"), 3);
+}
+
+TEST(Fusion, MatmulBiasReluIsOneEpilogueKernel) {
+  Graph g = parseGraph(R"(graph dense {
+    input %x : f32[32,64]
+    param %w : f32[64,16] = he_uniform(seed=1)
+    param %b : f32[16] = zeros()
+    %z = linear(%x, %w, %b)
+    %h = relu(%z)
+    output h = %h
+  })", "dense.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  EXPECT_EQ(plan.groups[0].kind, FusionKind::Epilogue);
+  EXPECT_EQ(plan.groups[0].name, "k0_matmul_add_relu");
+  EXPECT_EQ(plan.groups[0].outputs, std::vector<ValueId>{*g.findOutput("h")});
+}
+
+// torch.optim.Adam's update of one parameter, its gradient given: m, v and
+// the parameter are updated in one pass over memory, in place.
+TEST(Fusion, AdamUpdateIsOneMultiOutputKernelInPlace) {
+  Graph g = parseGraph(R"(graph adam {
+    input %g : f32[256,64]
+    input %lr : f32[]
+    param %p : f32[256,64] = he_uniform(seed=1)
+    param %m : f32[256,64] = zeros()
+    param %v : f32[256,64] = zeros()
+    %b1 = constant() {dtype=f32, shape=[], value=0.9}
+    %c1 = constant() {dtype=f32, shape=[], value=0.1}
+    %b2 = constant() {dtype=f32, shape=[], value=0.999}
+    %c2 = constant() {dtype=f32, shape=[], value=0.001}
+    %eps = constant() {dtype=f32, shape=[], value=1e-08}
+    %m_old = mul(%m, %b1)
+    %m_new = mul(%g, %c1)
+    %m1 = add(%m_old, %m_new)
+    %g2 = square(%g)
+    %v_old = mul(%v, %b2)
+    %v_new = mul(%g2, %c2)
+    %v1 = add(%v_old, %v_new)
+    %step = mul(%lr, %m1)
+    %root = sqrt(%v1)
+    %denom = add(%root, %eps)
+    %delta = div(%step, %denom)
+    %p1 = sub(%p, %delta)
+    output p = %p1
+    update %m = %m1
+    update %v = %v1
+    update %p = %p1
+  })", "adam.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  const FusionGroup &k = plan.groups[0];
+  EXPECT_EQ(k.kind, FusionKind::MultiOutput);
+  EXPECT_EQ(k.outputs.size(), 3u);
+  EXPECT_TRUE(k.constants.size() == 5u); // scalars are no inputs
+  EXPECT_EQ(k.inputs.size(), 5u);        // g, lr, p, m, v
+  BufferPlan bp = planBuffers(g, plan);
+  checkBuffers(g, plan, bp);
+  for (const Buffer &b : bp.buffers)
+    for (const ParamUpdate &u : g.updates)
+      if (b.value == u.value) {
+        EXPECT_EQ(b.reuses, static_cast<int64_t>(u.param)) << valueName(g, u.value);
+      }
+  // Nothing but the state and the batch, up to 64-byte alignment.
+  EXPECT_LT(bp.arenaBytes, bp.liveLowerBound + 64 * static_cast<int64_t>(bp.buffers.size()));
+}
+
+// In a real training step every parameter's update and its moments' land in
+// one kernel (with the gradient's matmul or reduction when they can), and all
+// of them are written in place.
+TEST(Fusion, TrainingStepUpdatesParamsAndMomentsTogetherInPlace) {
+  Graph step = optimized(trainStep(parseGraphFile(testing::sourcePath("examples/mlp.sg")),
+                                   "loss", Optimizer::adam()));
+  FusionPlan plan = planFusion(step);
+  BufferPlan bp = planBuffers(step, plan);
+  std::map<std::string, ValueId> newValue;
+  for (const ParamUpdate &u : step.updates)
+    newValue[step.node(u.param).name] = u.value;
+  for (const char *p : {"w1", "b1", "w2", "b2", "w3", "b3"}) {
+    int k = plan.groupOf[newValue.at(p)];
+    EXPECT_EQ(plan.groupOf[newValue.at(std::string(p) + ".m")], k) << p;
+    EXPECT_EQ(plan.groupOf[newValue.at(std::string(p) + ".v")], k) << p;
+    EXPECT_GE(plan.groups[k].outputs.size(), 3u) << p;
+  }
+  for (const Buffer &b : bp.buffers)
+    for (const ParamUpdate &u : step.updates)
+      if (b.value == u.value) {
+        EXPECT_EQ(b.reuses, static_cast<int64_t>(u.param))
+            << step.node(u.param).name << " is not updated in place";
+      }
+}
+
+TEST(Fusion, RefusalsCarryTheirRule) {
+  Graph g = parseGraph(R"(graph scores {
+    input %q : f32[16,8]
+    input %k : f32[8,16]
+    input %table : f32[16,8]
+    input %ids : i32[16]
+    %s = matmul(%q, %k)
+    %p = softmax(%s) {axis=-1}
+    %e = exp(%table)
+    %rows = gather(%e, %ids) {axis=0}
+    %r = add(%e, %rows)
+    %t = reduce_sum(%r) {axes=[0], keepdims=0}
+    %u = reduce_sum(%r) {axes=[1], keepdims=0}
+    output p = %p
+    output t = %t
+    output u = %u
+  })", "scores.sg");
+  FusionPlan plan = planFusion(g);
+  checkStructure(g, plan, {});
+  std::string why = whyNotFused(g, plan);
+  auto refused = [&](std::string_view producer, std::string_view consumer,
+                     std::string_view rule) {
+    for (const FusionRefusal &r : plan.refusals)
+      if (valueName(g, r.producer) == producer && valueName(g, r.consumer) == consumer &&
+          r.rule.find(rule) != std::string::npos)
+        return true;
+    return false;
+  };
+  // A softmax over a matmul's result needs all of it.
+  EXPECT_TRUE(refused("%s", "%5", "needs the matmul's whole result")) << why;
+  // gather runs alone; exp -> add would then be a cycle around it.
+  EXPECT_TRUE(refused("%e", "%rows", "runs alone")) << why;
+  EXPECT_TRUE(refused("%rows", "%r", "runs alone")) << why;
+  EXPECT_TRUE(refused("%e", "%r", "cycle")) << why;
+  // Two reductions of one value over different axes are two kernels.
+  EXPECT_TRUE(refused("%r", "%u", "reductions over different spaces")) << why;
+  EXPECT_NE(why.find("scores.sg:"), std::string::npos) << why;
+  // matmul; softmax; exp; gather; add + one reduction; the other reduction
+  EXPECT_EQ(plan.groups.size(), 6u) << fusionReport(g, plan, planBuffers(g, plan)) << why;
+  expectSameResults(g, plan, freshSeed());
+}
+
+TEST(Fusion, TransposeOfAWeightFoldsIntoTheMatmul) {
+  Graph g = parseGraph(R"(graph t {
+    input %x : f32[32,64]
+    param %w : f32[16,64] = he_uniform(seed=1)
+    %wt = transpose(%w) {perm=[1,0]}
+    %y = matmul(%x, %wt)
+    output y = %y
+  })", "t.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u);
+  EXPECT_EQ(plan.groups[0].outputs, std::vector<ValueId>{*g.findOutput("y")});
+}
+
+TEST(Fusion, UnfusedModeIsOneKernelPerOp) {
+  Graph g = optimized(trainStep(parseGraphFile(testing::sourcePath("examples/xor.sg")), "loss",
+                                Optimizer::adam()));
+  FusionPlan plan = planFusion(g, {.enabled = false});
+  checkStructure(g, plan, {.enabled = false});
+  size_t ops = 0;
+  for (ValueId v = 0; v < g.size(); ++v)
+    ops += !isSource(g, v) && !isInlined(g, v);
+  EXPECT_EQ(plan.groups.size(), ops);
+  EXPECT_TRUE(plan.refusals.empty());
+}
+
+TEST(Fusion, ReportDotAndProvenance) {
+  Graph step = optimized(trainStep(parseGraphFile(testing::sourcePath("examples/mlp.sg")),
+                                   "loss", Optimizer::adam()));
+  FusionPlan plan = planFusion(step);
+  BufferPlan bp = planBuffers(step, plan);
+  std::string report = fusionReport(step, plan, bp);
+  int64_t moved = 0;
+  for (const FusionGroup &k : plan.groups)
+    moved += k.bytesRead + k.bytesWritten;
+  std::string last = fmt::format("total: {} kernels, {} bytes read+written, peak arena {} bytes\n",
+                                 plan.groups.size(), moved, bp.arenaBytes);
+  ASSERT_GE(report.size(), last.size());
+  EXPECT_EQ(report.substr(report.size() - last.size()), last) << report;
+  EXPECT_NE(report.find("mlp.sg:"), std::string::npos) << report;
+  EXPECT_NE(report.find("gradient of matmul"), std::string::npos) << report;
+  EXPECT_NE(report.find("adam optimizer"), std::string::npos) << report;
+  for (const FusionGroup &k : plan.groups)
+    EXPECT_NE(report.find(k.name), std::string::npos);
+
+  std::string dot = fusionDot(step, plan);
+  EXPECT_EQ(dot.rfind("digraph", 0), 0u);
+  for (size_t k = 0; k < plan.groups.size(); ++k)
+    EXPECT_NE(dot.find(fmt::format("subgraph cluster_{} {{", k)), std::string::npos);
+  EXPECT_EQ(std::count(dot.begin(), dot.end(), '{'), std::count(dot.begin(), dot.end(), '}'));
+}
+
+// `stepc opt` with the fusion flags, as a user runs it (STEPC_BIN is set by
+// tests/CMakeLists.txt; skipped when the tool was not built).
+struct CommandResult {
+  int status;
+  std::string output; // stdout and stderr
+};
+CommandResult stepcCommand(const std::string &arguments) {
+  const char *bin = std::getenv("STEPC_BIN");
+  std::string command = fmt::format("{} {} 2>&1", bin ? bin : "", arguments);
+  CommandResult result{-1, ""};
+  FILE *pipe = popen(command.c_str(), "r");
+  if (!pipe)
+    return result;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
+    result.output.append(buffer, n);
+  result.status = pclose(pipe);
+  return result;
+}
+
+TEST(Fusion, OptCommandFlags) {
+  const char *bin = std::getenv("STEPC_BIN");
+  if (!bin || !std::filesystem::exists(bin))
+    GTEST_SKIP() << "the stepc tool is not built";
+  std::string mlp = testing::sourcePath("examples/mlp.sg");
+
+  CommandResult fused = stepcCommand("opt " + mlp + " --fusion-report");
+  EXPECT_EQ(fused.status, 0) << fused.output;
+  EXPECT_NE(fused.output.find("k0_matmul_add_relu"), std::string::npos) << fused.output;
+  EXPECT_NE(fused.output.find("\ntotal: 5 kernels, "), std::string::npos) << fused.output;
+  EXPECT_EQ(fused.output.find("graph mlp"), std::string::npos) << "the report replaces the graph";
+
+  CommandResult unfused = stepcCommand("opt " + mlp + " --fusion-report --no-fusion");
+  EXPECT_EQ(unfused.status, 0) << unfused.output;
+  EXPECT_NE(unfused.output.find("\ntotal: 18 kernels, "), std::string::npos) << unfused.output;
+
+  CommandResult why = stepcCommand("opt " + mlp + " --why-not-fused");
+  EXPECT_EQ(why.status, 0) << why.output;
+  EXPECT_NE(why.output.find("one matmul/conv per kernel"), std::string::npos) << why.output;
+
+  std::string dot = (std::filesystem::temp_directory_path() /
+                     fmt::format("stepc_fusion_{}.dot", freshSeed()))
+                        .string();
+  CommandResult written = stepcCommand("opt " + mlp + " --dot " + dot);
+  EXPECT_EQ(written.status, 0) << written.output;
+  EXPECT_TRUE(std::filesystem::exists(dot));
+  std::filesystem::remove(dot);
+
+  // Without Graphviz on PATH, --svg says what is missing and fails.
+  CommandResult svg = stepcCommand("opt " + mlp + " --svg out.svg");
+  if (std::system("command -v dot >/dev/null 2>&1") != 0) {
+    EXPECT_NE(svg.status, 0);
+    EXPECT_NE(svg.output.find("--svg out.svg: Graphviz's 'dot' is not on PATH"),
+              std::string::npos)
+        << svg.output;
+  }
+}
+
+struct Figures {
+  size_t kernels, kernelsUnfused;
+  int64_t bytes, bytesUnfused, arena, bound;
+};
+
+Figures measure(const std::string &example) {
+  Graph step = optimized(trainStep(parseGraphFile(testing::sourcePath("examples/" + example)),
+                                   "loss", Optimizer::adam()));
+  auto totals = [&](bool enabled, size_t &kernels, int64_t &bytes) {
+    FusionPlan plan = planFusion(step, {.enabled = enabled});
+    kernels = plan.groups.size();
+    bytes = 0;
+    for (const FusionGroup &k : plan.groups)
+      bytes += k.bytesRead + k.bytesWritten;
+    return plan;
+  };
+  Figures f{};
+  FusionPlan plan = totals(true, f.kernels, f.bytes);
+  totals(false, f.kernelsUnfused, f.bytesUnfused);
+  BufferPlan bp = planBuffers(step, plan);
+  f.arena = bp.arenaBytes;
+  f.bound = bp.liveLowerBound;
+  fmt::print("{} Adam step: kernels {} fused / {} unfused ({:.3f}); bytes moved {} / {} "
+             "({:.3f}); peak arena {} vs bound {} ({:.3f}x)\n",
+             example, f.kernels, f.kernelsUnfused, double(f.kernels) / f.kernelsUnfused,
+             f.bytes, f.bytesUnfused, double(f.bytes) / f.bytesUnfused, f.arena, f.bound,
+             double(f.arena) / f.bound);
+  return f;
+}
+
+// Issue 4's figures, on mlp.sg's Adam training step at batch 128.
+TEST(Fusion, MlpTrainingStepFigures) {
+  Figures f = measure("mlp.sg");
+  EXPECT_LE(3 * f.kernels, f.kernelsUnfused);
+  EXPECT_LE(2 * f.bytes, f.bytesUnfused);
+  EXPECT_LE(f.arena * 4, f.bound * 5); // arena <= 1.25 x bound
+  EXPECT_GE(f.arena, f.bound);
+}
+
+// The same figures for the other models, printed for the closing note.
+TEST(Fusion, CnnAndAttentionTrainingStepFigures) {
+  for (const char *example : {"cnn.sg", "attention.sg"}) {
+    Figures f = measure(example);
+    EXPECT_LT(f.kernels, f.kernelsUnfused);
+    EXPECT_LT(f.bytes, f.bytesUnfused);
+    EXPECT_GE(f.arena, f.bound);
+  }
+}
+
+} // namespace
+} // namespace stepc
