@@ -7,6 +7,7 @@
 
 #include <onnx/onnx_pb.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -19,8 +20,8 @@ namespace fs = std::filesystem;
 
 const fs::path kData = "/usr/share/libonnx-testdata/data";
 
-#define REQUIRE_TESTDATA()                                                                   \
-  if (!fs::exists(kData))                                                                    \
+#define REQUIRE_TESTDATA()                                                                         \
+  if (!fs::exists(kData))                                                                          \
   GTEST_SKIP() << "libonnx-testdata is not installed"
 
 std::string readBytes(const fs::path &path) {
@@ -61,21 +62,19 @@ TEST_P(TestData, MatchesReferenceOutputs) {
 
 INSTANTIATE_TEST_SUITE_P(
     Onnx, TestData,
-    ::testing::Values("node/test_gemm_all_attributes", "node/test_matmul_3d",
-                      "node/test_conv_with_autopad_same",
-                      "node/test_conv_with_strides_and_asymmetric_padding",
-                      "node/test_maxpool_2d_ceil", "node/test_averagepool_2d_pads",
-                      "node/test_softmax_axis_0", "node/test_logsoftmax_axis_1",
-                      "node/test_slice_neg_steps", "node/test_gather_negative_indices",
-                      "node/test_reshape_negative_extended_dims",
-                      "node/test_batchnorm_epsilon", "node/test_layer_normalization_3d_axis1_epsilon",
-                      "node/test_constant_pad", "node/test_reflect_pad", "node/test_edge_pad",
-                      "node/test_clip_default_inbounds", "node/test_onehot_with_axis",
-                      "node/test_argmax_keepdims_example_select_last_index",
-                      "pytorch-converted/test_Linear", "pytorch-converted/test_Conv2d",
-                      "pytorch-converted/test_MaxPool2d", "pytorch-converted/test_AvgPool2d",
-                      "pytorch-converted/test_Softmax", "pytorch-converted/test_LogSoftmax",
-                      "pytorch-operator/test_operator_flatten"),
+    ::testing::Values(
+        "node/test_gemm_all_attributes", "node/test_matmul_3d", "node/test_conv_with_autopad_same",
+        "node/test_conv_with_strides_and_asymmetric_padding", "node/test_maxpool_2d_ceil",
+        "node/test_averagepool_2d_pads", "node/test_softmax_axis_0", "node/test_logsoftmax_axis_1",
+        "node/test_slice_neg_steps", "node/test_gather_negative_indices",
+        "node/test_reshape_negative_extended_dims", "node/test_batchnorm_epsilon",
+        "node/test_layer_normalization_3d_axis1_epsilon", "node/test_constant_pad",
+        "node/test_reflect_pad", "node/test_edge_pad", "node/test_clip_default_inbounds",
+        "node/test_onehot_with_axis", "node/test_argmax_keepdims_example_select_last_index",
+        "pytorch-converted/test_Linear", "pytorch-converted/test_Conv2d",
+        "pytorch-converted/test_MaxPool2d", "pytorch-converted/test_AvgPool2d",
+        "pytorch-converted/test_Softmax", "pytorch-converted/test_LogSoftmax",
+        "pytorch-operator/test_operator_flatten"),
     [](const auto &info) {
       std::string name = info.param;
       for (char &c : name)
@@ -118,8 +117,7 @@ TEST(OnnxImport, InputsNeededAtImportAreBoundToConstants) {
     EXPECT_NE(std::string(e.what()).find("Reshape"), std::string::npos) << e.what();
   }
   OnnxImportOptions options;
-  options.inputValues["shape"] =
-      readOnnxTensor((dir / "test_data_set_0/input_1.pb").string());
+  options.inputValues["shape"] = readOnnxTensor((dir / "test_data_set_0/input_1.pb").string());
   OnnxModel m = importOnnx((dir / "model.onnx").string(), options);
   EXPECT_EQ(m.graph.inputs().size(), 1u);
   EXPECT_EQ(m.inputs, (std::vector<std::string>{"data", ""}));
@@ -202,10 +200,120 @@ TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
   }
 }
 
+// Imports a hand-built model and runs it on the interpreter.
+TensorMap runModel(const ModelMaker &m, const TensorMap &inputs) {
+  OnnxModel model = importOnnxBytes(m.bytes(), m.graph->name() + ".onnx");
+  return interpret(model.graph, inputs, model.params);
+}
+
+void setInt(onnx::NodeProto *node, const std::string &name, int64_t value) {
+  auto *a = node->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(value);
+}
+
+// Before opset 13, Softmax flattens the input to 2-D at `axis` and
+// normalizes whole rows; from 13 on it normalizes one axis.
+TEST(OnnxImport, SoftmaxBeforeOpset13CoercesTo2d) {
+  Tensor x = testing::randomTensor(DType::F32, {2, 3, 4}, 7);
+  for (int64_t opset : {11, 13}) {
+    ModelMaker m;
+    m.model.mutable_opset_import(0)->set_version(opset);
+    m.input("x", onnx::TensorProto::FLOAT, {2, 3, 4});
+    setInt(m.node("Softmax", "s", {"x"}, {"y"}), "axis", 1);
+    m.output("y");
+    Tensor y = runModel(m, {{"x", x}}).at("y");
+    SCOPED_TRACE(opset);
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t k = 0; k < (opset < 13 ? 1 : 4); ++k) {
+        // The elements one softmax normalizes: 12 per batch before 13, the
+        // 3 along axis 1 after.
+        double total = 0;
+        for (int64_t i = 0; i < 12; ++i)
+          if (opset < 13 || i % 4 == k)
+            total += y.real(b * 12 + i);
+        EXPECT_NEAR(total, 1.0, 1e-5);
+      }
+  }
+}
+
+TEST(OnnxImport, MatMulPromotesVectors) {
+  Tensor v = testing::randomTensor(DType::F32, {3}, 1);
+  Tensor a = testing::randomTensor(DType::F32, {3, 4}, 2);
+  ModelMaker m;
+  m.input("v", onnx::TensorProto::FLOAT, {3});
+  m.input("a", onnx::TensorProto::FLOAT, {3, 4});
+  m.node("MatMul", "va", {"v", "a"}, {"y"});
+  m.node("Transpose", "t", {"a"}, {"at"});
+  m.node("MatMul", "av", {"at", "v"}, {"z"});
+  m.output("y");
+  m.output("z");
+  TensorMap out = runModel(m, {{"v", v}, {"a", a}});
+  ASSERT_EQ(out.at("y").shape(), Shape{4});
+  ASSERT_EQ(out.at("z").shape(), Shape{4});
+  for (int64_t j = 0; j < 4; ++j) {
+    double expected = 0;
+    for (int64_t i = 0; i < 3; ++i)
+      expected += v.real(i) * a.real(i * 4 + j);
+    EXPECT_NEAR(out.at("y").real(j), expected, 1e-5);
+    EXPECT_NEAR(out.at("z").real(j), expected, 1e-5);
+  }
+}
+
+// Gelu (opset 20) is not in the 1.12 test data: check both forms here.
+TEST(OnnxImport, GeluExactAndTanh) {
+  Tensor x = testing::randomTensor(DType::F32, {16}, 3, -4, 4);
+  for (const char *approximate : {"none", "tanh"}) {
+    ModelMaker m;
+    m.model.mutable_opset_import(0)->set_version(20);
+    m.input("x", onnx::TensorProto::FLOAT, {16});
+    auto *a = m.node("Gelu", "g", {"x"}, {"y"})->add_attribute();
+    a->set_name("approximate");
+    a->set_type(onnx::AttributeProto::STRING);
+    a->set_s(approximate);
+    m.output("y");
+    Tensor y = runModel(m, {{"x", x}}).at("y");
+    for (int64_t i = 0; i < 16; ++i) {
+      double v = x.real(i);
+      double expected =
+          std::string(approximate) == "none"
+              ? 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)))
+              : 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+      EXPECT_NEAR(y.real(i), expected, 1e-5) << approximate << " at " << v;
+    }
+  }
+}
+
+// Logical ops have no stepc op of their own: they are selects.
+TEST(OnnxImport, LogicalOpsAsSelects) {
+  Tensor a = Tensor::of<bool>({4}, {false, false, true, true});
+  Tensor b = Tensor::of<bool>({4}, {false, true, false, true});
+  ModelMaker m;
+  m.input("a", onnx::TensorProto::BOOL, {4});
+  m.input("b", onnx::TensorProto::BOOL, {4});
+  m.node("And", "and", {"a", "b"}, {"and"});
+  m.node("Or", "or", {"a", "b"}, {"or"});
+  m.node("Not", "not", {"a"}, {"not"});
+  m.node("Xor", "xor", {"a", "b"}, {"xor"});
+  for (const char *out : {"and", "or", "not", "xor"})
+    m.output(out);
+  TensorMap out = runModel(m, {{"a", a}, {"b", b}});
+  EXPECT_EQ(out.at("and"), Tensor::of<bool>({4}, {false, false, false, true}));
+  EXPECT_EQ(out.at("or"), Tensor::of<bool>({4}, {false, true, true, true}));
+  EXPECT_EQ(out.at("not"), Tensor::of<bool>({4}, {true, true, false, false}));
+  EXPECT_EQ(out.at("xor"), Tensor::of<bool>({4}, {false, true, true, false}));
+}
+
 TEST(OnnxImport, DynamicShapesAreRejected) {
   ModelMaker m;
   m.input("x", onnx::TensorProto::FLOAT, {3});
-  m.graph->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(0)->set_dim_param("batch");
+  m.graph->mutable_input(0)
+      ->mutable_type()
+      ->mutable_tensor_type()
+      ->mutable_shape()
+      ->mutable_dim(0)
+      ->set_dim_param("batch");
   m.node("Relu", "r", {"x"}, {"y"});
   m.output("y");
   try {
@@ -233,8 +341,8 @@ TEST(OnnxImport, MalformedFilesFailCleanly) {
   std::string whole = readBytes(kData / "pytorch-converted/test_Conv2d/model.onnx");
   ASSERT_GT(whole.size(), 100u);
   // Truncated copies, written to files and read back through importOnnx.
-  for (size_t cut : {size_t(0), size_t(1), size_t(7), whole.size() / 3, whole.size() / 2,
-                     whole.size() - 1}) {
+  for (size_t cut :
+       {size_t(0), size_t(1), size_t(7), whole.size() / 3, whole.size() / 2, whole.size() - 1}) {
     fs::path file = tmp / ("truncated_" + std::to_string(cut) + ".onnx");
     std::ofstream(file, std::ios::binary).write(whole.data(), static_cast<std::streamsize>(cut));
     EXPECT_THROW(importOnnx(file.string()), Error) << cut;

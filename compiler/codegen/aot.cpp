@@ -19,35 +19,45 @@ namespace {
 
 std::string_view cType(DType dtype) {
   switch (dtype) {
-  case DType::F32: return "float";
-  case DType::F64: return "double";
-  case DType::I32: return "int32_t";
-  case DType::I64: return "int64_t";
-  case DType::Bool: return "uint8_t";
+  case DType::F32:
+    return "float";
+  case DType::F64:
+    return "double";
+  case DType::I32:
+    return "int32_t";
+  case DType::I64:
+    return "int64_t";
+  case DType::Bool:
+    return "uint8_t";
   }
   return "void";
 }
 
 std::string_view dtypeEnum(DType dtype) {
   switch (dtype) {
-  case DType::F32: return "F32";
-  case DType::F64: return "F64";
-  case DType::I32: return "I32";
-  case DType::I64: return "I64";
-  case DType::Bool: return "Bool";
+  case DType::F32:
+    return "F32";
+  case DType::F64:
+    return "F64";
+  case DType::I32:
+    return "I32";
+  case DType::I64:
+    return "I64";
+  case DType::Bool:
+    return "Bool";
   }
   return "F32";
 }
 
 bool isReservedWord(std::string_view word) {
   static const std::set<std::string_view> words = {
-      "auto",     "break",    "case",     "char",   "const",    "continue", "default",
-      "do",       "double",   "else",     "enum",   "extern",   "float",    "for",
-      "goto",     "if",       "inline",   "int",    "long",     "register", "restrict",
-      "return",   "short",    "signed",   "sizeof", "static",   "struct",   "switch",
-      "typedef",  "union",    "unsigned", "void",   "volatile", "while",    "bool",
-      "class",    "delete",   "new",      "this",   "template", "true",     "false",
-      "operator", "private",  "public",   "namespace", "using", "virtual", "NULL"};
+      "auto",     "break",   "case",     "char",      "const",    "continue", "default",
+      "do",       "double",  "else",     "enum",      "extern",   "float",    "for",
+      "goto",     "if",      "inline",   "int",       "long",     "register", "restrict",
+      "return",   "short",   "signed",   "sizeof",    "static",   "struct",   "switch",
+      "typedef",  "union",   "unsigned", "void",      "volatile", "while",    "bool",
+      "class",    "delete",  "new",      "this",      "template", "true",     "false",
+      "operator", "private", "public",   "namespace", "using",    "virtual",  "NULL"};
   return words.count(word) > 0;
 }
 
@@ -266,8 +276,7 @@ void {p}_destroy({p} *model);
 )",
       fmt::arg("n", name), fmt::arg("graph", commentSafe(spec.name)), fmt::arg("slots", slots),
       fmt::arg("guard", guard), fmt::arg("sizes", sizes), fmt::arg("p", "stepc_" + name),
-      fmt::arg("paramDocs", paramDocs), fmt::arg("updates", updates),
-      fmt::arg("params", params));
+      fmt::arg("paramDocs", paramDocs), fmt::arg("updates", updates), fmt::arg("params", params));
 }
 
 std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
@@ -320,8 +329,8 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
   }
   for (size_t i = 0; i < spec.outputs.size(); ++i) {
     params += fmt::format(", {} *{}", cType(spec.outputs[i].type.dtype), args.outputs[i]);
-    getOutputs += fmt::format("    getOutput(outputs, {}, {});\n",
-                              cppString(spec.outputs[i].name), args.outputs[i]);
+    getOutputs += fmt::format("    getOutput(outputs, {}, {});\n", cppString(spec.outputs[i].name),
+                              args.outputs[i]);
   }
 
   return fmt::format(
@@ -500,8 +509,8 @@ void {p}_destroy({p} *model) {{ delete model; }}
       fmt::arg("paramSlots", slotList(spec.params, "      ")),
       fmt::arg("outputs", slotList(spec.outputs, "      ")), fmt::arg("copies", copies),
       fmt::arg("kernelCount", spec.kernels.size()), fmt::arg("kernels", kernels),
-      fmt::arg("offsets", offsets), fmt::arg("params", params),
-      fmt::arg("setInputs", setInputs), fmt::arg("getOutputs", getOutputs));
+      fmt::arg("offsets", offsets), fmt::arg("params", params), fmt::arg("setInputs", setInputs),
+      fmt::arg("getOutputs", getOutputs));
 }
 
 } // namespace stepc::codegen
@@ -524,8 +533,8 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
     module.replace(at, from.size(), fmt::format("func.func @stepc_{}_{}(", name, kernel.name));
   }
   codegen::ParamBlob blob = codegen::packInitialParams(lowered.spec);
-  std::string object = codegen::compileToObject(
-      module, fmt::format("stepc_{}_initial_params", name), blob.bytes);
+  std::string object =
+      codegen::compileToObject(module, fmt::format("stepc_{}_initial_params", name), blob.bytes);
 
   std::error_code error;
   std::filesystem::create_directories(dir, error);
@@ -533,17 +542,14 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
     throw Error(fmt::format("cannot create the output directory '{}': {}", dir, error.message()));
   AotArtifact artifact;
   artifact.name = name;
-  auto path = [&](const std::string &file) {
-    return (std::filesystem::path(dir) / file).string();
-  };
+  auto path = [&](const std::string &file) { return (std::filesystem::path(dir) / file).string(); };
   artifact.object = path(name + ".o");
   artifact.header = path(name + ".h");
   artifact.source = path(name + "_spec.cpp");
   artifact.params = path(name + ".params.safetensors");
   codegen::writeFileAtomically(artifact.object, object);
   codegen::writeFileAtomically(artifact.header, codegen::aotHeader(lowered.spec, name));
-  codegen::writeFileAtomically(artifact.source,
-                               codegen::aotSpecSource(lowered.spec, name, blob));
+  codegen::writeFileAtomically(artifact.source, codegen::aotSpecSource(lowered.spec, name, blob));
   writeSafetensors(artifact.params, lowered.spec.initialParams, {{"graph", lowered.spec.name}});
   return artifact;
 }

@@ -4,6 +4,7 @@
 
 #include "stepc/error.h"
 #include "stepc/interpreter.h"
+#include "stepc/train.h"
 
 #include <fmt/format.h>
 
@@ -55,8 +56,8 @@ Compiled JitCore::State::trace(const std::vector<const Tensor *> &args, const Tr
   }
   NamedValues results = fn(b, xs);
   if (results.empty())
-    throw Error(fmt::format("stepc::jit '{}': the traced function returned no values",
-                            options.name));
+    throw Error(
+        fmt::format("stepc::jit '{}': the traced function returned no values", options.name));
   for (const auto &[name, value] : results) {
     if (value.builder() != &b)
       throw Error(fmt::format("stepc::jit '{}': output '{}' is not a value of the traced graph "
@@ -79,8 +80,7 @@ void JitCore::State::log(const std::string &line) const {
     std::fprintf(stderr, "%s\n", line.c_str());
 }
 
-JitCore::JitCore(JitOptions options, GraphTransform transform)
-    : state_(std::make_unique<State>()) {
+JitCore::JitCore(JitOptions options, GraphTransform transform) : state_(std::make_unique<State>()) {
   state_->options = std::move(options);
   state_->transform = std::move(transform);
 }
@@ -94,8 +94,7 @@ std::vector<Tensor> JitCore::call(const std::vector<const Tensor *> &args, const
   auto it = s.bySignature.find(signature);
   if (it == s.bySignature.end()) {
     if (s.current)
-      s.log(fmt::format("stepc::jit: recompiling for {} (was {})", signature,
-                        s.currentSignature));
+      s.log(fmt::format("stepc::jit: recompiling for {} (was {})", signature, s.currentSignature));
     it = s.bySignature.emplace(signature, s.trace(args, trace)).first;
   }
   Compiled &target = it->second;

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -37,10 +38,16 @@ namespace {
 constexpr std::string_view kCodegenVersion = "stepc-codegen 1";
 constexpr std::string_view kEntryFormat = "stepc-jit-cache 1";
 
+// In-memory entries kept, oldest dropped first: a process that compiles many
+// graphs (the ONNX conformance run) must not keep every JIT alive. A dropped
+// entry's code stays loaded while an Executable still uses it.
+constexpr size_t kMemoryEntries = 64;
+
 struct CacheState {
   std::mutex mutex;
   // Full key text -> a finished spec (its owner keeps the code loaded).
   std::unordered_map<std::string, std::shared_ptr<const ExecutableSpec>> entries;
+  std::deque<std::string> insertionOrder;
   JitCacheStats stats;
 };
 
@@ -254,7 +261,14 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
 
   auto entry = std::make_shared<const ExecutableSpec>(lowered.spec);
   std::lock_guard lock(state().mutex);
-  state().entries.emplace(std::move(key), std::move(entry));
+  CacheState &cache = state();
+  if (cache.entries.emplace(key, std::move(entry)).second) {
+    cache.insertionOrder.push_back(std::move(key));
+    while (cache.insertionOrder.size() > kMemoryEntries) {
+      cache.entries.erase(cache.insertionOrder.front());
+      cache.insertionOrder.pop_front();
+    }
+  }
   return std::move(lowered.spec);
 }
 
@@ -275,6 +289,7 @@ void resetJitCacheStats() {
 void clearJitMemoryCache() {
   std::lock_guard lock(codegen::state().mutex);
   codegen::state().entries.clear();
+  codegen::state().insertionOrder.clear();
 }
 
 std::string jitCacheDirectory() {

@@ -121,6 +121,7 @@ private:
   std::string valueAt(ValueId id, const Index &idx);
   std::string lowerElement(const Node &n, ValueId id, const Index &idx);
   std::string unary(const Node &n, const std::string &x);
+  std::string sinOrCosF32(const std::string &x, bool sine);
   std::string binary(OpKind op, DType dtype, const std::string &a, const std::string &b);
   std::string convert(const std::string &v, DType from, DType to);
   Index broadcastIndex(ValueId operand, const Shape &outShape, const Index &idx);
@@ -331,8 +332,8 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
                               : w_.assign(fmt::format("arith.cmpi slt, {}, {} : {}", x, w_.constant(0, dt), t));
     return w_.assign(fmt::format("arith.select {}, {}, {} : {}", negative, w_.constant(0, dt), x, t));
   }
-  case OpKind::Sin: return op1("math.sin");
-  case OpKind::Cos: return op1("math.cos");
+  case OpKind::Sin: return dt == DType::F32 ? sinOrCosF32(x, true) : op1("math.sin");
+  case OpKind::Cos: return dt == DType::F32 ? sinOrCosF32(x, false) : op1("math.cos");
   case OpKind::Erf: return op1("math.erf");
   case OpKind::Sign: {
     std::string gt = binary(OpKind::Gt, dt, x, w_.constant(0, dt));
@@ -347,6 +348,55 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
   default:
     throw std::logic_error("unary: not a unary op");
   }
+}
+
+// f32 sin and cos as vectorizable arithmetic. MLIR's polynomial
+// approximation of math.sin/cos (which llvm_backend.cpp applies to f32)
+// reduces x - floor(x * 2/pi) * pi/2 with one f32 constant into [0, pi/2):
+// its absolute error grows as |x| * 4e-8, and near every zero of the result
+// (x slightly below k pi) it subtracts nearly equal numbers, so relative
+// errors reach 1e-4 at |x| < 4 and 1e-2 at |x| ~ 100. Here: round to the
+// nearest quadrant, reduce with pi/2 split in three parts (Cody-Waite, with
+// fma) into [-pi/4, pi/4], where sin is odd and cos even, and evaluate
+// Cephes' sinf/cosf polynomials, accurate to about an ulp there.
+std::string KernelEmitter::sinOrCosF32(const std::string &x, bool sine) {
+  const DType dt = DType::F32;
+  auto c = [&](double v) { return w_.constant(v, dt); };
+  auto op2 = [&](const char *name, const std::string &a, const std::string &b) {
+    return w_.assign(fmt::format("{} {}, {} : f32", name, a, b));
+  };
+  auto fma = [&](const std::string &a, const std::string &b, const std::string &acc) {
+    return w_.assign(fmt::format("math.fma {}, {}, {} : f32", a, b, acc));
+  };
+  auto eq = [&](const std::string &a, double b) {
+    return w_.assign(fmt::format("arith.cmpf oeq, {}, {} : f32", a, c(b)));
+  };
+  std::string k = w_.assign(
+      fmt::format("math.roundeven {} : f32", op2("arith.mulf", x, c(0.63661977236758134308))));
+  std::string minusK = w_.assign(fmt::format("arith.negf {} : f32", k));
+  std::string r = fma(minusK, c(1.5703125), x);
+  r = fma(minusK, c(4.837512969970703125e-4), r);
+  r = fma(minusK, c(7.54978995489188216e-8), r);
+  std::string z = op2("arith.mulf", r, r);
+  // sin r = r + r z (s1 + z (s2 + z s3)); cos r = 1 - z/2 + z^2 (c1 + z (c2 + z c3)).
+  std::string ps = fma(z, c(-1.9515295891e-4), c(8.3321608736e-3));
+  ps = fma(z, ps, c(-1.6666654611e-1));
+  std::string sinR = fma(op2("arith.mulf", r, z), ps, r);
+  std::string pc = fma(z, c(2.443315711809948e-5), c(-1.388731625493765e-3));
+  pc = fma(z, pc, c(4.166664568298827e-2));
+  std::string cosR = fma(op2("arith.mulf", z, z), pc, fma(z, c(-0.5), c(1)));
+  // The quadrant q = k mod 4 in [0, 4), exact while |k| < 2^24.
+  std::string quarter = w_.assign(fmt::format("math.floor {} : f32", op2("arith.mulf", k, c(0.25))));
+  std::string q = fma(quarter, c(-4), k);
+  // sin x: q = 0: sin r, 1: cos r, 2: -sin r, 3: -cos r. cos x is sin(x + pi/2): q + 1.
+  std::string odd = w_.assign(fmt::format("arith.ori {}, {} : i1", eq(q, 1), eq(q, 3)));
+  std::string useCos =
+      sine ? odd : w_.assign(fmt::format("arith.xori {}, {} : i1", odd, w_.constant(1, DType::Bool)));
+  std::string negate = sine ? w_.assign(fmt::format("arith.cmpf oge, {}, {} : f32", q, c(2)))
+                            : w_.assign(fmt::format("arith.ori {}, {} : i1", eq(q, 1), eq(q, 2)));
+  std::string v = w_.assign(fmt::format("arith.select {}, {}, {} : f32", useCos, cosR, sinR));
+  std::string negated = w_.assign(fmt::format("arith.negf {} : f32", v));
+  return w_.assign(fmt::format("arith.select {}, {}, {} : f32", negate, negated, v));
 }
 
 std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, const std::string &b) {
@@ -367,7 +417,7 @@ std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, con
       return op2("arith.divf");
     // x / 0 = 0 and MIN / -1 = MIN, as the interpreter; never a trap.
     std::string zero = w_.constant(0, dt), one = w_.constant(1, dt), minusOne = w_.constant(-1, dt);
-    std::string minimum = w_.constant(dt == DType::I32 ? double(INT32_MIN) : double(INT64_MIN), dt);
+    std::string minimum = w_.integerConstant(dt == DType::I32 ? INT32_MIN : INT64_MIN, dt);
     std::string byZero = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, zero, t));
     std::string isMin = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", a, minimum, t));
     std::string isMinusOne = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, minusOne, t));
@@ -400,13 +450,17 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
   std::string name = fmt::format("@{}_cst{}", sanitize(group_.name), id);
   if (globalNames_.insert(name).second) {
     std::vector<double> data = n.attrs.getReals("data");
+    // Integer lists are taken as they are, so i64 data above 2^53 stays
+    // exact (as in the interpreter).
+    const auto *ints = std::get_if<std::vector<int64_t>>(n.attrs.find("data"));
     std::string hex;
-    for (double d : data) {
+    for (size_t k = 0; k < data.size(); ++k) {
+      double d = data[k];
       unsigned char bytes[8];
       size_t size = dtypeSize(dt);
       float f = static_cast<float>(d);
-      int32_t i32 = static_cast<int32_t>(d);
-      int64_t i64 = static_cast<int64_t>(d);
+      int32_t i32 = ints ? static_cast<int32_t>((*ints)[k]) : static_cast<int32_t>(d);
+      int64_t i64 = ints ? (*ints)[k] : static_cast<int64_t>(d);
       uint8_t b = d != 0;
       switch (dt) {
       case DType::F32: std::memcpy(bytes, &f, 4); break;
@@ -415,8 +469,8 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
       case DType::I64: std::memcpy(bytes, &i64, 8); break;
       case DType::Bool: bytes[0] = b; break;
       }
-      for (size_t k = 0; k < size; ++k)
-        hex += fmt::format("{:02X}", bytes[k]);
+      for (size_t j = 0; j < size; ++j)
+        hex += fmt::format("{:02X}", bytes[j]);
     }
     globals_ += fmt::format("  memref.global \"private\" constant {} : {} = dense<\"0x{}\">\n",
                             name, memrefType(n.type), hex);
@@ -709,10 +763,18 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   std::string t = scalarType(dt);
 
   Index out = openLoops(n.type.shape, parallel);
+  // The identities of max and min: infinities, or the integer limits
+  // (integerConstant: INT64_MAX is no double).
   std::string init;
   switch (n.op) {
-  case OpKind::ReduceMax: init = w_.constant(isFloat(dt) ? -INFINITY : (dt == DType::I32 ? double(INT32_MIN) : double(INT64_MIN)), dt); break;
-  case OpKind::ReduceMin: init = w_.constant(isFloat(dt) ? INFINITY : (dt == DType::I32 ? double(INT32_MAX) : double(INT64_MAX)), dt); break;
+  case OpKind::ReduceMax:
+    init = isFloat(dt) ? w_.constant(-INFINITY, dt)
+                       : w_.integerConstant(dt == DType::I32 ? INT32_MIN : INT64_MIN, dt);
+    break;
+  case OpKind::ReduceMin:
+    init = isFloat(dt) ? w_.constant(INFINITY, dt)
+                       : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
+    break;
   default: init = w_.constant(0, dt); break;
   }
   // Map output indices to input positions; reduced axes get loop indices.

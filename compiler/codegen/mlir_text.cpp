@@ -66,12 +66,21 @@ std::string MlirWriter::constant(double value, DType dtype) {
     break;
   case DType::I32:
   case DType::I64:
-    literal = fmt::format("{}", static_cast<int64_t>(value));
-    break;
+    return integerConstant(static_cast<int64_t>(value), dtype);
   case DType::Bool:
-    literal = value != 0 ? "true" : "false";
-    break;
+    return integerConstant(value != 0, dtype);
   }
+  return literalConstant(literal, dtype);
+}
+
+std::string MlirWriter::integerConstant(int64_t value, DType dtype) {
+  // MLIR spells i1 constants `true` with no type, or as integers; `true : i1`
+  // does not parse.
+  return literalConstant(fmt::format("{}", dtype == DType::Bool ? int64_t(value != 0) : value),
+                         dtype);
+}
+
+std::string MlirWriter::literalConstant(const std::string &literal, DType dtype) {
   std::string key = fmt::format("c:{}:{}", literal, scalarType(dtype));
   if (const std::string *hit = cached(key))
     return *hit;

@@ -29,6 +29,9 @@ public:
 
   std::string indexConstant(int64_t value);
   std::string constant(double value, DType dtype);
+  // Exact for every int64 (a double holds only 53 bits: INT64_MAX does not
+  // survive constant()); `dtype` is i32, i64 or bool.
+  std::string integerConstant(int64_t value, DType dtype);
 
   void indent() { depth_ += 1; }
   void dedent() { depth_ -= 1; }
@@ -49,6 +52,8 @@ public:
   const std::string &text() const { return out_; }
 
 private:
+  std::string literalConstant(const std::string &literal, DType dtype);
+
   std::string out_;
   int depth_ = 0;
   int counter_ = 0;

@@ -38,8 +38,8 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what);
 
 class NodeContext {
 public:
-  NodeContext(Importer &importer, const onnx::NodeProto &node, int64_t opset,
-              GraphBuilder &builder, SourceLoc loc);
+  NodeContext(Importer &importer, const onnx::NodeProto &node, int64_t opset, GraphBuilder &builder,
+              SourceLoc loc);
 
   const onnx::NodeProto &node;
   const int64_t opset; // of the default domain
@@ -53,11 +53,12 @@ public:
   // The operand as a graph value (a value known at import becomes a constant).
   Value in(size_t i);
   TensorType type(size_t i) const;
-  // The operand's value when it is known at import: a constant, an
-  // initializer, or a folded node.
+  // The operand's value when it is a constant at import: a Constant, an
+  // integer initializer, or a folded node (not a param).
   std::optional<Tensor> known(size_t i) const;
-  // As known(), but the value is required: otherwise Unsupported naming what
-  // it sets ("the target shape").
+  // The operand's value, which sets a shape or an attribute, so it is needed
+  // at import (a param's initializer counts); otherwise Unsupported naming
+  // what it sets ("the target shape").
   Tensor require(size_t i, std::string_view what) const;
   std::vector<int64_t> requireInts(size_t i, std::string_view what) const;
   double requireScalar(size_t i, std::string_view what) const;
@@ -68,8 +69,7 @@ public:
   int64_t attrInt(std::string_view name, int64_t fallback) const;
   int64_t attrInt(std::string_view name) const; // required
   double attrFloat(std::string_view name, double fallback) const;
-  std::vector<int64_t> attrInts(std::string_view name,
-                                std::vector<int64_t> fallback = {}) const;
+  std::vector<int64_t> attrInts(std::string_view name, std::vector<int64_t> fallback = {}) const;
   std::vector<double> attrFloats(std::string_view name) const;
   std::string attrString(std::string_view name, std::string fallback = {}) const;
   Tensor attrTensor(std::string_view name) const; // required

@@ -47,8 +47,9 @@ std::string kindName(OnnxProblem::Kind kind) {
 std::string problemLine(const OnnxProblem &p) {
   if (p.opType.empty())
     return fmt::format("  {}: {}", kindName(p.kind), p.reason);
-  return fmt::format("  {} node '{}': {}: {}", p.opType, p.nodeName, kindName(p.kind),
-                     p.reason);
+  std::string node =
+      p.nodeName.empty() ? fmt::format("#{}", p.nodeIndex) : fmt::format("'{}'", p.nodeName);
+  return fmt::format("  {} node {}: {}: {}", p.opType, node, kindName(p.kind), p.reason);
 }
 
 } // namespace
@@ -134,10 +135,9 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   // shape of terabytes.
   if (proto.has_raw_data()) {
     const std::string &raw = proto.raw_data();
-    if (numel > static_cast<int64_t>(raw.size()) ||
-        raw.size() != static_cast<size_t>(numel) * elem)
-      throw Error(fmt::format("{}: raw_data has {} bytes but {} {} needs {}", what,
-                              raw.size(), dtypeName(*dtype), shapeString(shape),
+    if (numel > static_cast<int64_t>(raw.size()) || raw.size() != static_cast<size_t>(numel) * elem)
+      throw Error(fmt::format("{}: raw_data has {} bytes but {} {} needs {}", what, raw.size(),
+                              dtypeName(*dtype), shapeString(shape),
                               static_cast<uint64_t>(numel) * elem));
     Tensor t(*dtype, shape);
     if (!raw.empty())
@@ -243,7 +243,8 @@ private:
   void problem(OnnxProblem::Kind kind, std::string reason, const onnx::NodeProto *node = nullptr,
                std::string input = {}, std::string typeName = {}) {
     problems_.push_back({kind, node ? node->op_type() : "", node ? node->name() : "",
-                         std::move(reason), std::move(input), std::move(typeName)});
+                         node ? nodeIndex_ : -1, std::move(reason), std::move(input),
+                         std::move(typeName)});
   }
   std::string uniqueName(std::string_view onnxName) {
     std::string base = identifier(onnxName), name = base;
@@ -263,6 +264,7 @@ private:
   std::vector<std::optional<Tensor>> folded_; // by ValueId
   std::set<std::string> used_;
   std::vector<OnnxProblem> problems_;
+  int nodeIndex_ = -1; // of the node being imported
   TensorMap params_;
   SourceLoc graphLoc_;
 };
@@ -287,8 +289,8 @@ Value Importer::constantOf(const Tensor &value, const SourceLoc &loc) {
   Attrs attrs{{"dtype", std::string(dtypeName(value.dtype()))}, {"shape", value.shape()}};
   bool uniform = value.numel() > 0;
   for (int64_t i = 1; uniform && i < value.numel(); ++i)
-    uniform = value.real(i) == value.real(0) ||
-              (std::isnan(value.real(i)) && std::isnan(value.real(0)));
+    uniform =
+        value.real(i) == value.real(0) || (std::isnan(value.real(i)) && std::isnan(value.real(0)));
   if (uniform) {
     attrs.set("value", value.real(0));
   } else if (isFloat(value.dtype())) {
@@ -395,9 +397,9 @@ void Importer::importInputs(std::vector<std::string> &stepcNames,
         dynamic = dim.has_dim_param() ? "'" + dim.dim_param() + "'" : "?";
     }
     if (!dynamic.empty()) {
-      problem(OnnxProblem::Kind::Feature,
-              fmt::format("{} has the dynamic dimension {}; stepc shapes are static", what,
-                          dynamic));
+      problem(
+          OnnxProblem::Kind::Feature,
+          fmt::format("{} has the dynamic dimension {}; stepc shapes are static", what, dynamic));
       continue;
     }
     try {
@@ -421,11 +423,12 @@ void Importer::importInitializers() {
     try {
       Tensor value = tensorFromProto(init, what);
       if (isFloat(value.dtype()))
-        define(init.name(), Symbol{Symbol::Kind::Param, {}, std::move(value),
-                                   uniqueName(init.name()), init.name()});
+        define(
+            init.name(),
+            Symbol{
+                Symbol::Kind::Param, {}, std::move(value), uniqueName(init.name()), init.name()});
       else
-        define(init.name(),
-               Symbol{Symbol::Kind::Constant, {}, std::move(value), "", init.name()});
+        define(init.name(), Symbol{Symbol::Kind::Constant, {}, std::move(value), "", init.name()});
     } catch (const Unsupported &u) {
       problem(u.kind, u.reason, nullptr, {}, u.typeName);
       define(init.name(), Symbol{});
@@ -437,6 +440,7 @@ void Importer::importInitializers() {
 }
 
 void Importer::importNode(const onnx::NodeProto &node, int index) {
+  nodeIndex_ = index;
   auto poisonOutputs = [&] {
     for (const std::string &out : node.output())
       if (!out.empty())
@@ -474,8 +478,7 @@ void Importer::importNode(const onnx::NodeProto &node, int index) {
     for (int i = 0; i < node.output_size(); ++i)
       if (!node.output(i).empty() && !find(node.output(i)))
         throw Unsupported{OnnxProblem::Kind::Feature,
-                          fmt::format("output {} ('{}') is not supported", i, node.output(i)),
-                          ""};
+                          fmt::format("output {} ('{}') is not supported", i, node.output(i)), ""};
   } catch (const Unsupported &u) {
     problem(u.kind, u.reason, &node, u.input, u.typeName);
     poisonOutputs();
@@ -590,10 +593,10 @@ OnnxModel Importer::run() {
     problem(OnnxProblem::Kind::Invalid, "the graph has no outputs");
 
   if (!problems_.empty()) {
-    std::string message = fmt::format("{}: cannot import this ONNX model (opset {}): {} "
-                                      "problem{}:",
-                                      what_, opset_, problems_.size(),
-                                      problems_.size() == 1 ? "" : "s");
+    std::string message =
+        fmt::format("{}: cannot import this ONNX model (opset {}): {} "
+                    "problem{}:",
+                    what_, opset_, problems_.size(), problems_.size() == 1 ? "" : "s");
     for (const OnnxProblem &p : problems_)
       message += "\n" + problemLine(p);
     throw OnnxImportError(message, problems_);
@@ -630,8 +633,8 @@ TensorType NodeContext::type(size_t i) const {
     invalid(fmt::format("input {} is missing", i));
   const auto *s = importer_.find(node.input(static_cast<int>(i)));
   if (!s)
-    invalid(fmt::format("value '{}' is not defined before this node",
-                        node.input(static_cast<int>(i))));
+    invalid(
+        fmt::format("value '{}' is not defined before this node", node.input(static_cast<int>(i))));
   return importer_.typeOf(*s);
 }
 
@@ -639,7 +642,8 @@ std::optional<Tensor> NodeContext::known(size_t i) const {
   if (!has(i))
     return std::nullopt;
   const auto *s = importer_.find(node.input(static_cast<int>(i)));
-  if (!s)
+  // A param's value is only its initial one: it stays a graph value.
+  if (!s || s->kind == Importer::Symbol::Kind::Param)
     return std::nullopt;
   return s->value;
 }
@@ -647,10 +651,12 @@ std::optional<Tensor> NodeContext::known(size_t i) const {
 Tensor NodeContext::require(size_t i, std::string_view what) const {
   if (!has(i))
     invalid(fmt::format("{} (input {}) is missing", what, i));
-  if (std::optional<Tensor> v = known(i))
-    return *v;
   const std::string &name = node.input(static_cast<int>(i));
   const auto *s = importer_.find(name);
+  // Values that set shapes and attributes are read at import, also from a
+  // floating-point initializer (a Pad value, a Range bound).
+  if (s && s->value)
+    return *s->value;
   std::vector<std::string> inputs;
   if (s && s->kind == Importer::Symbol::Kind::Input)
     inputs.push_back(name);
@@ -719,8 +725,7 @@ std::vector<int64_t> NodeContext::attrInts(std::string_view name,
 
 std::vector<double> NodeContext::attrFloats(std::string_view name) const {
   const auto *a = attr(name);
-  return a ? std::vector<double>(a->floats().begin(), a->floats().end())
-           : std::vector<double>{};
+  return a ? std::vector<double>(a->floats().begin(), a->floats().end()) : std::vector<double>{};
 }
 
 std::string NodeContext::attrString(std::string_view name, std::string fallback) const {
@@ -843,12 +848,10 @@ Tensor parseOnnxTensor(std::string_view bytes, const std::string &what) {
   try {
     return onnx_import::tensorFromProto(proto, what);
   } catch (const onnx_import::Unsupported &u) {
-    throw OnnxImportError(u.reason, {{u.kind, "", "", u.reason, "", u.typeName}});
+    throw OnnxImportError(u.reason, {{u.kind, "", "", -1, u.reason, "", u.typeName}});
   }
 }
 
-Tensor readOnnxTensor(const std::string &path) {
-  return parseOnnxTensor(readFile(path), path);
-}
+Tensor readOnnxTensor(const std::string &path) { return parseOnnxTensor(readFile(path), path); }
 
 } // namespace stepc

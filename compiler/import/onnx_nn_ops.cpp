@@ -23,12 +23,12 @@ struct Window {
 std::vector<int64_t> spatialAttr(NodeContext &c, std::string_view name, size_t rank) {
   std::vector<int64_t> v = c.attrInts(name, std::vector<int64_t>(rank, 1));
   if (v.size() != rank)
-    c.invalid(fmt::format("attribute '{}' needs {} entries, got [{}]", name, rank,
-                          fmt::join(v, ",")));
+    c.invalid(
+        fmt::format("attribute '{}' needs {} entries, got [{}]", name, rank, fmt::join(v, ",")));
   for (int64_t x : v)
     if (x < 1)
-      c.invalid(fmt::format("attribute '{}' entries must be >= 1, got [{}]", name,
-                            fmt::join(v, ",")));
+      c.invalid(
+          fmt::format("attribute '{}' entries must be >= 1, got [{}]", name, fmt::join(v, ",")));
   return v;
 }
 
@@ -129,8 +129,8 @@ Value generalPool(NodeContext &c, Value x, const Window &w, const std::vector<in
     int64_t axis = static_cast<int64_t>(i) + 2;
     Value reduced;
     for (int64_t a = 0; a < w.kernel[i]; ++a) {
-      std::vector<int64_t> starts(static_cast<size_t>(acc.rank()), 0), limits = acc.shape(),
-          strides(static_cast<size_t>(acc.rank()), 1);
+      std::vector<int64_t> starts(static_cast<size_t>(acc.rank()), 0),
+          limits = acc.shape(), strides(static_cast<size_t>(acc.rank()), 1);
       starts[axis] = a * w.dilation[i];
       limits[axis] = starts[axis] + (out[i] - 1) * w.stride[i] + 1;
       strides[axis] = w.stride[i];
@@ -150,8 +150,7 @@ Value generalPool(NodeContext &c, Value x, const Window &w, const std::vector<in
       int64_t k = 0;
       for (int64_t a = 0; a < w.kernel[i]; ++a) {
         int64_t p = o * w.stride[i] + a * w.dilation[i];
-        k += includePad ? p < in[i] + w.low[i] + w.high[i]
-                        : p >= w.low[i] && p < w.low[i] + in[i];
+        k += includePad ? p < in[i] + w.low[i] + w.high[i] : p >= w.low[i] && p < w.low[i] + in[i];
       }
       perAxis[i].push_back(k);
     }
@@ -173,8 +172,7 @@ void pool(NodeContext &c, bool isMax) {
   if (isMax && c.wants(1))
     c.unsupported("the Indices output of MaxPool is not supported");
   if (x.rank() < 3)
-    c.invalid(fmt::format("expected an input [N, C, spatial...], found {}",
-                          typeString(x.type())));
+    c.invalid(fmt::format("expected an input [N, C, spatial...], found {}", typeString(x.type())));
   size_t n = static_cast<size_t>(x.rank() - 2);
   Window w;
   w.kernel = c.attrInts("kernel_shape");
@@ -191,11 +189,11 @@ void pool(NodeContext &c, bool isMax) {
   for (size_t i = 0; i < n; ++i) {
     int64_t room = in[i] + w.low[i] + w.high[i] - w.span(i);
     if (room < 0)
-      c.invalid(fmt::format("the window [{}] does not fit the input {}",
-                            fmt::join(w.kernel, ","), typeString(x.type())));
+      c.invalid(fmt::format("the window [{}] does not fit the input {}", fmt::join(w.kernel, ","),
+                            typeString(x.type())));
     out[i] = (ceilMode ? (room + w.stride[i] - 1) / w.stride[i] : room / w.stride[i]) + 1;
-    native = native && w.dilation[i] == 1 && w.low[i] == w.high[i] &&
-             2 * w.low[i] <= w.kernel[i] && out[i] == room / w.stride[i] + 1;
+    native = native && w.dilation[i] == 1 && w.low[i] == w.high[i] && 2 * w.low[i] <= w.kernel[i] &&
+             out[i] == room / w.stride[i] + 1;
   }
   if (!native) {
     for (int64_t k : w.kernel)
@@ -251,8 +249,11 @@ Value conv3d(Value x, Value weight, const Window &w, int64_t groups) {
   Value xp = x;
   if (w.low[0] || w.high[0])
     xp = pad(x, {0, 0, w.low[0], 0, 0}, {0, 0, w.high[0], 0, 0});
-  Window plane{{w.kernel[1], w.kernel[2]}, {w.stride[1], w.stride[2]},
-               {w.dilation[1], w.dilation[2]}, {w.low[1], w.low[2]}, {w.high[1], w.high[2]}};
+  Window plane{{w.kernel[1], w.kernel[2]},
+               {w.stride[1], w.stride[2]},
+               {w.dilation[1], w.dilation[2]},
+               {w.low[1], w.low[2]},
+               {w.high[1], w.high[2]}};
   int64_t n = x.dim(0), ch = x.dim(1), h = x.dim(3), wd = x.dim(4);
   int64_t o = weight.dim(0), cg = weight.dim(1);
   int64_t room = xp.dim(2) - w.span(0);
@@ -263,12 +264,10 @@ Value conv3d(Value x, Value weight, const Window &w, int64_t groups) {
   Value sum;
   for (int64_t a = 0; a < w.kernel[0]; ++a) {
     int64_t first = a * w.dilation[0];
-    Value xa = slice(xp, {0, 0, first, 0, 0},
-                     {n, ch, first + (depth - 1) * w.stride[0] + 1, h, wd},
+    Value xa = slice(xp, {0, 0, first, 0, 0}, {n, ch, first + (depth - 1) * w.stride[0] + 1, h, wd},
                      {1, 1, w.stride[0], 1, 1});
     xa = reshape(transpose(xa, {0, 2, 1, 3, 4}), {n * depth, ch, h, wd});
-    Value wa = slice(weight, {0, 0, a, 0, 0},
-                     {o, cg, a + 1, w.kernel[1], w.kernel[2]});
+    Value wa = slice(weight, {0, 0, a, 0, 0}, {o, cg, a + 1, w.kernel[1], w.kernel[2]});
     wa = reshape(wa, {o, cg, w.kernel[1], w.kernel[2]});
     Value ya = conv2dPadded(xa, wa, plane, groups);
     sum = sum.valid() ? add(sum, ya) : ya;
@@ -291,8 +290,8 @@ void mapConv(NodeContext &c) {
   Shape kernel = spatialOf(weight);
   w.kernel = c.attrInts("kernel_shape", kernel);
   if (w.kernel != kernel)
-    c.invalid(fmt::format("kernel_shape [{}] differs from the weight {}",
-                          fmt::join(w.kernel, ","), typeString(weight.type())));
+    c.invalid(fmt::format("kernel_shape [{}] differs from the weight {}", fmt::join(w.kernel, ","),
+                          typeString(weight.type())));
   w.stride = spatialAttr(c, "strides", static_cast<size_t>(n));
   w.dilation = spatialAttr(c, "dilations", static_cast<size_t>(n));
   windowPads(c, spatialOf(x), w);
@@ -369,8 +368,7 @@ void mapLayerNormalization(NodeContext &c) {
 // ONNX's function body: (x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9).
 void mapMeanVarianceNormalization(NodeContext &c) {
   Value x = c.in(0);
-  std::vector<int64_t> axes =
-      normalizeAxes(c, c.attrInts("axes", {0, 2, 3}), x.rank(), "axis");
+  std::vector<int64_t> axes = normalizeAxes(c, c.attrInts("axes", {0, 2, 3}), x.rank(), "axis");
   Value m = mean(x, axes, true);
   Value var = sub(mean(square(x), axes, true), square(m));
   Value std = add(sqrt(var), scalarOf(c, var, 1e-9));
@@ -403,8 +401,8 @@ void mapPad(NodeContext &c) {
     for (int64_t i = 0; i < r; ++i)
       axes.push_back(i);
   if (pads.size() != 2 * axes.size())
-    c.invalid(fmt::format("pads [{}] need {} entries for {}", fmt::join(pads, ","),
-                          2 * axes.size(), typeString(x.type())));
+    c.invalid(fmt::format("pads [{}] need {} entries for {}", fmt::join(pads, ","), 2 * axes.size(),
+                          typeString(x.type())));
   std::vector<int64_t> low(static_cast<size_t>(r), 0), high(static_cast<size_t>(r), 0);
   for (size_t k = 0; k < axes.size(); ++k) {
     int64_t a = normalizeAxis(c, axes[k], r, "axis");
@@ -434,8 +432,7 @@ void mapPad(NodeContext &c) {
     return;
   }
   if (mode != "edge" && mode != "reflect")
-    c.unsupported(fmt::format("mode '{}' is not supported (constant, edge and reflect are)",
-                              mode));
+    c.unsupported(fmt::format("mode '{}' is not supported (constant, edge and reflect are)", mode));
   for (int64_t a = 0; a < r; ++a) {
     if (low[a] == 0 && high[a] == 0)
       continue;
@@ -525,8 +522,7 @@ static Value hardSigmoidOf(NodeContext &c, Value x, double alpha, double beta) {
 }
 
 void mapHardSigmoid(NodeContext &c) {
-  c.setOutput(0, hardSigmoidOf(c, c.in(0), c.attrFloat("alpha", 0.2),
-                               c.attrFloat("beta", 0.5)));
+  c.setOutput(0, hardSigmoidOf(c, c.in(0), c.attrFloat("alpha", 0.2), c.attrFloat("beta", 0.5)));
 }
 
 void mapHardSwish(NodeContext &c) {
@@ -633,8 +629,7 @@ void mapNegativeLogLikelihoodLoss(NodeContext &c) {
 void mapSoftmaxCrossEntropyLoss(NodeContext &c) {
   Value scores = c.in(0);
   if (scores.rank() < 2)
-    c.invalid(fmt::format("expected scores [N, C, d...], found {}",
-                          typeString(scores.type())));
+    c.invalid(fmt::format("expected scores [N, C, d...], found {}", typeString(scores.type())));
   Value logProb = logSoftmax(scores, 1);
   c.setOutput(0, nllLoss(c, logProb, c.in(1), c.has(2) ? c.in(2) : Value()));
   c.setOutput(1, logProb);
@@ -650,8 +645,7 @@ void mapConvTranspose(NodeContext &c) {
   Value x = c.in(0), weight = c.in(1);
   int64_t n = x.rank() - 2;
   if (n != 1 && n != 2)
-    c.unsupported(fmt::format("{}-D transposed convolution is not supported (1-D and 2-D are)",
-                              n));
+    c.unsupported(fmt::format("{}-D transposed convolution is not supported (1-D and 2-D are)", n));
   if (weight.rank() != x.rank() || weight.dim(0) != x.dim(1))
     c.invalid(fmt::format("weight {} does not match input {}", typeString(weight.type()),
                           typeString(x.type())));
@@ -660,8 +654,8 @@ void mapConvTranspose(NodeContext &c) {
   Window w;
   w.kernel = c.attrInts("kernel_shape", spatialOf(weight));
   if (w.kernel != spatialOf(weight))
-    c.invalid(fmt::format("kernel_shape [{}] differs from the weight {}",
-                          fmt::join(w.kernel, ","), typeString(weight.type())));
+    c.invalid(fmt::format("kernel_shape [{}] differs from the weight {}", fmt::join(w.kernel, ","),
+                          typeString(weight.type())));
   w.stride = spatialAttr(c, "strides", sn);
   w.dilation = spatialAttr(c, "dilations", sn);
   std::vector<int64_t> extra = c.attrInts("output_padding", std::vector<int64_t>(sn, 0));
@@ -684,9 +678,9 @@ void mapConvTranspose(NodeContext &c) {
     if (outputShape.size() != sn)
       c.invalid("output_shape needs one entry per spatial axis");
     for (size_t i = 0; i < sn; ++i) {
+      // A negative total (an output larger than the full result) extends it
+      // with zeros, at the end for an odd total like the reference.
       int64_t total = full[i] + extra[i] - outputShape[i];
-      if (total < 0)
-        c.unsupported("an output_shape larger than the full transposed convolution");
       low[i] = autoPad == "SAME_LOWER" ? total - total / 2 : total / 2;
       high[i] = total - low[i];
     }
@@ -716,20 +710,25 @@ void mapConvTranspose(NodeContext &c) {
                   {"groups", groups}});
   if (n == 1)
     y = reshape(y, {y.dim(0), y.dim(1), y.dim(3)});
-  // output_padding adds zeros at the end, then pads crop.
+  // output_padding and negative pads add zeros; positive pads crop.
+  std::vector<int64_t> growLow(sn), growHigh(sn);
   bool grow = false;
-  for (int64_t e : extra)
-    grow = grow || e != 0;
+  for (size_t i = 0; i < sn; ++i) {
+    growLow[i] = std::max<int64_t>(0, -low[i]);
+    growHigh[i] = extra[i] + std::max<int64_t>(0, -high[i]);
+    grow = grow || growLow[i] || growHigh[i];
+  }
   if (grow)
-    y = padSpatial(y, std::vector<int64_t>(sn, 0), extra, 0);
+    y = padSpatial(y, growLow, growHigh, 0);
   std::vector<int64_t> starts{0, 0}, limits{y.dim(0), y.dim(1)};
   bool crop = false;
   for (size_t i = 0; i < sn; ++i) {
-    starts.push_back(low[i]);
-    limits.push_back(full[i] + extra[i] - high[i]);
+    int64_t size = y.dim(static_cast<int64_t>(i) + 2);
+    starts.push_back(std::max<int64_t>(0, low[i]));
+    limits.push_back(size - std::max<int64_t>(0, high[i]));
     if (limits.back() < starts.back())
       c.invalid("pads crop away the whole output");
-    crop = crop || low[i] || high[i];
+    crop = crop || low[i] > 0 || high[i] > 0;
   }
   if (crop)
     y = slice(y, starts, limits);

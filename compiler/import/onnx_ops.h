@@ -1,6 +1,6 @@
-// Internal to the ONNX importer: helpers shared by the mapping functions and
-// the mapping functions of onnx_nn_ops.cpp, which kMappings in onnx_ops.cpp
-// names.
+// Internal to the ONNX importer: helpers shared by the mapping functions, and
+// the mapping functions of onnx_shape_ops.cpp and onnx_nn_ops.cpp, which the
+// table in onnx_ops.cpp names.
 #pragma once
 
 #include "onnx_context.h"
@@ -24,7 +24,31 @@ Value indexConstant(NodeContext &c, const std::vector<int64_t> &values);
 Value moveLastAxisTo(Value x, int64_t axis);
 // i + size where i < 0 (ONNX counts negative indices from the end).
 Value wrapNegativeIndices(NodeContext &c, Value indices, int64_t size);
+// x[..., start:limit, ...] along one axis.
+Value sliceAxis(Value x, int64_t axis, int64_t start, int64_t limit);
+// matmul with NumPy's rules for 1-D operands.
+Value matmulNd(Value a, Value b);
 
+// onnx_shape_ops.cpp
+void mapTranspose(NodeContext &c);
+void mapReshape(NodeContext &c);
+void mapFlatten(NodeContext &c);
+void mapSqueeze(NodeContext &c);
+void mapUnsqueeze(NodeContext &c);
+void mapConcat(NodeContext &c);
+void mapSplit(NodeContext &c);
+void mapSlice(NodeContext &c);
+void mapGather(NodeContext &c);
+void mapGatherElements(NodeContext &c);
+void mapExpand(NodeContext &c);
+void mapTile(NodeContext &c);
+void mapRange(NodeContext &c);
+void mapTrilu(NodeContext &c);
+void mapOneHot(NodeContext &c);
+void mapDepthToSpace(NodeContext &c);
+void mapSpaceToDepth(NodeContext &c);
+
+// onnx_nn_ops.cpp
 void mapConv(NodeContext &c);
 void mapMaxPool(NodeContext &c);
 void mapAveragePool(NodeContext &c);

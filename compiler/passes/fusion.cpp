@@ -150,6 +150,23 @@ enum class Role : uint8_t {
   View,     // an index map over memory (or over a uniform value)
 };
 
+// How a View reads memory: what a matmul/conv can take as an operand.
+enum class Layout : uint8_t {
+  Contiguous, // row-major over a buffer (a reshape of one)
+  Strided,    // a strided view of a buffer: transpose, broadcast, slice
+  Indexed,    // anything else: computed index per element (pad, one_hot, ...)
+};
+
+Layout viewLayout(OpKind op, Layout operand) {
+  switch (op) {
+  case OpKind::Reshape: return operand == Layout::Contiguous ? operand : Layout::Indexed;
+  case OpKind::Transpose:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice: return operand == Layout::Indexed ? operand : Layout::Strided;
+  default: return Layout::Indexed;
+  }
+}
+
 struct FusionDecision {
   bool fuse = true;
   std::string rule; // why not, when !fuse
@@ -205,7 +222,8 @@ class Fuser {
 public:
   Fuser(const Graph &graph, const FusionOptions &options)
       : g_(graph), options_(options), n_(graph.size()), users_(n_), escapes_(n_, false),
-        groupOf_(n_, -1), mark_(n_, 0), role_(n_, Role::External) {
+        groupOf_(n_, -1), mark_(n_, 0), role_(n_, Role::External),
+        layout_(n_, Layout::Indexed) {
     for (ValueId v = 0; v < n_; ++v)
       for (ValueId o : g_.node(v).operands)
         if (users_[o].empty() || users_[o].back() != v)
@@ -261,6 +279,7 @@ private:
   std::vector<uint32_t> mark_;
   uint32_t stamp_ = 0;
   std::vector<Role> role_;
+  std::vector<Layout> layout_; // for Role::View nodes
 };
 
 // Whether `nodes` (sorted) form one kernel, and of which shape. Each early
@@ -312,7 +331,6 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
         "{} reduces the result of {}: a reduction needs the matmul's whole result",
         describe(firstReduction), describe(contraction)));
 
-  std::vector<bool> axes;
   Shape reducedKeep; // Reduction: the reduced shape with keepdims
   if (hasContraction) {
     k.mode = KernelShape::Mode::Epilogue;
@@ -402,6 +420,10 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
       Role r = roleOf(operand);
       if (r == Role::External || r == Role::View || r == Role::Uniform) {
         role_[v] = numel == 1 && r == Role::Uniform ? Role::Uniform : Role::View;
+        Layout base = r == Role::External ? Layout::Contiguous
+                      : r == Role::View   ? layout_[operand]
+                                          : Layout::Indexed;
+        layout_[v] = viewLayout(node.op, base);
       } else if (r == Role::Full && node.op == OpKind::Reshape && !reduction) {
         // A reshape keeps the row-major order: in a flat loop it is a no-op.
         role_[v] = Role::Full;
@@ -469,6 +491,14 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
           return FusionDecision::no(fmt::format(
               "{} would be computed inside {}'s operand reads: a matmul/conv reads "
               "operands from memory (only views such as transposes fold in)",
+              describe(operand), describe(v)));
+        // Only a view that is a strided layout of a buffer (a transpose, a
+        // broadcast, a slice, after any reshapes of the contiguous buffer)
+        // can be handed to a matmul/conv as its operand; a pad or one_hot,
+        // or a reshape of a transposed view, would need a gather per read.
+        if (r == Role::View && layout_[operand] == Layout::Indexed)
+          return FusionDecision::no(fmt::format(
+              "{} is no strided view of a buffer, so {} cannot read it as an operand",
               describe(operand), describe(v)));
       }
       role_[v] = Role::Full;

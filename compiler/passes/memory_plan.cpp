@@ -9,9 +9,9 @@
 //    - a param's new value is written over the param when nothing reads the
 //      old value after the kernel computing the new one (fusion schedules the
 //      readers first where it can);
-//    - an elementwise output takes over a same-size input that dies in its
-//      kernel (never a param's or a graph input's buffer: those belong to the
-//      caller).
+//    - an elementwise output takes over an input of its shape that dies in
+//      its kernel and is read there only element by element (never a param's
+//      or a graph input's buffer: those belong to the caller).
 //    Values sharing a buffer form one "slot" whose lifetime is the union.
 // 3. Placement: whole-step slots first, then the rest by decreasing size, each
 //    at the lowest 64-byte-aligned offset that overlaps no placed slot alive

@@ -57,7 +57,8 @@ std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions 
 // emission to rebuild the spec (milliseconds, no MLIR or LLVM), checks it
 // against the entry and loads the object. Entries are written atomically
 // (temporary file, rename); one that is truncated, corrupt or stale is
-// ignored, counted, recompiled and overwritten. Nothing is ever evicted.
+// ignored, counted, recompiled and overwritten. Memory keeps the 64 latest
+// entries; nothing is ever evicted from disk.
 struct JitCacheStats {
   int64_t memoryHits = 0;     // served from this process' memory
   int64_t diskHits = 0;       // loaded from the cache directory

@@ -17,8 +17,12 @@
 // - Views (broadcast_to, reshape, transpose, slice, pad, one_hot) of values in
 //   memory are index maps: a node reads such a view by computing the index it
 //   needs in the underlying buffer; the view is never materialized unless it
-//   is itself an output. This is how a transpose feeding a matmul is folded
-//   into the matmul's operand indexing.
+//   is itself an output. A matmul/conv takes only strided views (reshapes of
+//   the buffer, then transposes, broadcasts, slices) as operands: this is how
+//   a transpose feeding a matmul becomes the matmul's operand indexing.
+// - Inside a kernel, a computed node reads another computed node only at its
+//   own iteration point (same shape), or a row's reduced value broadcast back
+//   over the row; anything else goes through memory between two kernels.
 // - Uniform values: scalar nodes computed from scalars only (a learning-rate
 //   correction); computed once per kernel, never an output of a bigger kernel.
 // - Constants and iotas belong to no group: every kernel that reads one

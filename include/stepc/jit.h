@@ -28,7 +28,6 @@
 
 #include "stepc/builder.h"
 #include "stepc/compile.h"
-#include "stepc/train.h"
 
 #include <cstddef>
 #include <functional>
@@ -41,6 +40,8 @@
 #include <vector>
 
 namespace stepc {
+
+struct Optimizer; // stepc/train.h
 
 struct JitOptions {
   CompileOptions compile;
@@ -118,7 +119,8 @@ template <class... Vs> struct Unpack<std::tuple<Vs...>> {
   static auto from(std::vector<Tensor> outs) {
     return [&]<size_t... I>(std::index_sequence<I...>) {
       return std::tuple{(static_cast<void>(I), std::move(outs.at(I)))...};
-    }(std::index_sequence_for<Vs...>{});
+    }
+    (std::index_sequence_for<Vs...>{});
   }
 };
 template <class A, class B> struct Unpack<std::pair<A, B>> {
@@ -140,9 +142,10 @@ decltype(auto) invokeTraced(F &fn, GraphBuilder &b, const std::vector<Value> &xs
 }
 
 template <class F, size_t N>
-using TracedResult = std::remove_cvref_t<decltype(invokeTraced(
-    std::declval<F &>(), std::declval<GraphBuilder &>(), std::declval<const std::vector<Value> &>(),
-    std::make_index_sequence<N>{}))>;
+using TracedResult =
+    std::remove_cvref_t<decltype(invokeTraced(std::declval<F &>(), std::declval<GraphBuilder &>(),
+                                              std::declval<const std::vector<Value> &>(),
+                                              std::make_index_sequence<N>{}))>;
 
 GraphTransform trainStepTransform(const Optimizer &optimizer);
 
@@ -154,13 +157,12 @@ public:
       : fn_(std::move(fn)), core_(std::move(options), std::move(transform)) {}
 
   template <class... Ts>
-    requires(std::is_same_v<std::remove_cvref_t<Ts>, Tensor> && ...)
-  auto operator()(const Ts &...args) {
+  requires(std::is_same_v<std::remove_cvref_t<Ts>, Tensor> &&...) auto
+  operator()(const Ts &...args) {
     constexpr size_t n = sizeof...(Ts);
     using R = detail::TracedResult<F, n>;
     detail::TraceFn trace = [this](GraphBuilder &b, const std::vector<Value> &xs) {
-      return detail::nameOutputs(
-          detail::invokeTraced(fn_, b, xs, std::make_index_sequence<n>{}));
+      return detail::nameOutputs(detail::invokeTraced(fn_, b, xs, std::make_index_sequence<n>{}));
     };
     std::vector<Tensor> outs = core_.call({&args...}, trace);
     if constexpr (std::is_same_v<R, std::map<std::string, Value>>) {
@@ -197,8 +199,10 @@ template <class F> Jit<F> jit(F fn, JitOptions options = {}) {
 // A training step traced from a model function that returns its scalar loss:
 // each call computes the loss (returned), the gradients of every
 // floating-point param, and the optimizer's update of the params and its
-// state, all in one compiled step. The optimizer's lr must be set.
-template <class F> Jit<F> jitTrainStep(F model, const Optimizer &optimizer, JitOptions options = {}) {
+// state, all in one compiled step. The optimizer's lr must be set (else
+// stepc::Error). Include stepc/train.h for Optimizer.
+template <class F>
+Jit<F> jitTrainStep(F model, const Optimizer &optimizer, JitOptions options = {}) {
   return Jit<F>(std::move(model), std::move(options), detail::trainStepTransform(optimizer));
 }
 

@@ -63,6 +63,7 @@ struct OnnxProblem {
   Kind kind = Kind::Invalid;
   std::string opType;   // "" for problems outside a node
   std::string nodeName; // may be ""
+  int nodeIndex = -1;   // position in the graph's node list
   std::string reason;
   std::string input;    // StaticInput: the graph input's ONNX name
   std::string typeName; // DType: the ONNX element type ("float16")
@@ -95,8 +96,8 @@ Tensor parseOnnxTensor(std::string_view bytes, const std::string &what);
 // --- Conformance: the ONNX backend test data ---------------------------------
 
 // Runs a graph on one backend: outputs by name.
-using BackendRun = std::function<TensorMap(const Graph &graph, const TensorMap &inputs,
-                                           const TensorMap &params)>;
+using BackendRun =
+    std::function<TensorMap(const Graph &graph, const TensorMap &inputs, const TensorMap &params)>;
 
 struct ConformanceOptions {
   BackendRun run;
@@ -109,18 +110,20 @@ struct ConformanceOptions {
 
 struct ConformanceResult {
   int passed = 0, failed = 0, skipped = 0, xfailed = 0, xpassed = 0;
+  // Tests whose graph inputs set shapes (a Reshape target fed as an input),
+  // run with those inputs bound to the test's values at import.
+  int bound = 0;
 };
 
 // Walks `dir` recursively for directories holding model.onnx and runs each
 // test; prints one line per failure, the skipped-operator summary and the
 // closing line "N passed, N failed, N skipped" to `out`. Never throws for a
 // single test's failure.
-ConformanceResult runOnnxConformance(const std::string &dir,
-                                     const ConformanceOptions &options, std::FILE *out);
+ConformanceResult runOnnxConformance(const std::string &dir, const ConformanceOptions &options,
+                                     std::FILE *out);
 
 // Reads a list of expected failures: "test_name  reason" per line, '#'
 // comments and blank lines ignored.
-std::map<std::string, std::string, std::less<>>
-readExpectedFailures(const std::string &path);
+std::map<std::string, std::string, std::less<>> readExpectedFailures(const std::string &path);
 
 } // namespace stepc

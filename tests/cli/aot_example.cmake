@@ -48,3 +48,17 @@ endif()
 set(expected ${CMAKE_MATCH_1})
 checked("mlp_aot against the interpreter" ${WORK}/mlp_aot ${WORK} ${expected})
 message(STATUS "AOT ${aot}; interpreter loss = ${expected}\n${out}")
+
+# A training step (Adam: i64 and dotted param names, update copies) compiles
+# too, and its artifact links into the same program as mlp's: kernel symbols
+# are prefixed with the artifact's name.
+checked("stepc train-step" ${STEPC} train-step ${EXAMPLES}/mlp.sg --loss loss --optimizer adam
+        --lr 1e-3 -o ${WORK}/mlp_train.sg)
+checked("stepc compile (training step)" ${STEPC} compile ${WORK}/mlp_train.sg --target cpu
+        -o ${WORK}/artifact --name mlp_train)
+checked("compiling mlp_train_spec.cpp" ${CXX} -std=c++20 -O2 -Wall -Werror -I${INCLUDE}
+        -I${WORK}/artifact -c ${WORK}/artifact/mlp_train_spec.cpp -o ${WORK}/mlp_train_spec.o)
+checked("linking both artifacts" ${CXX} ${WORK}/main.o ${WORK}/mlp_spec.o ${WORK}/artifact/mlp.o
+        ${WORK}/mlp_train_spec.o ${WORK}/artifact/mlp_train.o ${RUNTIME} ${FMT} -pthread -lm
+        -o ${WORK}/both)
+

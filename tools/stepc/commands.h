@@ -20,6 +20,7 @@ struct RunCommandOptions {
   uint64_t seed = 0;
   std::vector<std::string> inputs; // NAME=FILE.npy
   std::string saveOutputs;         // directory, optional
+  std::string params;              // safetensors checkpoint, optional
 };
 // `stepc run FILE.sg ...`
 int run(const RunCommandOptions &options);
@@ -62,8 +63,20 @@ struct GradcheckCliOptions {
 // `stepc gradcheck --all-ops` or `stepc gradcheck FILE.sg --loss NAME`
 int gradcheck(const GradcheckCliOptions &options);
 
-// `stepc demo`: trains the small examples on the reference interpreter.
+// `stepc demo small`: trains XOR and poly_sin on the reference interpreter.
 int demo();
+
+struct DemoOptions {
+  std::string model = "mlp";         // examples/<model>.sg
+  std::string examples = "examples"; // where the .sg files are
+  int epochs = 1;
+  double lr = 1e-3;
+  uint64_t seed = 1;
+  std::string checkpoint = "build/fashion_mnist_mlp.safetensors";
+  double targetAccuracy = 83.5; // exit 1 below it
+};
+// `stepc demo [--model mlp|cnn]`: trains on Fashion-MNIST, compiled.
+int fashionDemo(const DemoOptions &options);
 
 struct OptOptions {
   std::string file, output;

@@ -25,6 +25,8 @@ int main(int argc, char **argv) {
   run->add_option("--backend", runOptions.backend, "interp")->capture_default_str();
   run->add_option("--seed", runOptions.seed, "seed for random inputs")->capture_default_str();
   run->add_option("--input", runOptions.inputs, "NAME=FILE.npy (repeatable)");
+  run->add_option("--params", runOptions.params,
+                  "take params from a safetensors checkpoint (e.g. the demo's)");
   run->add_option("--save-outputs", runOptions.saveOutputs,
                   "write each output to DIR/NAME.npy");
 
@@ -71,7 +73,19 @@ int main(int argc, char **argv) {
                         "elements checked per tensor of a whole model")
       ->capture_default_str();
 
-  auto *demo = app.add_subcommand("demo", "Train the XOR and poly_sin examples");
+  stepc::cli::DemoOptions demoOptions;
+  auto *demo = app.add_subcommand(
+      "demo", "Train examples/<model>.sg on Fashion-MNIST, compiled (or `demo small`)");
+  std::string demoWhich;
+  demo->add_option("which", demoWhich, "'small': XOR and poly_sin on the interpreter");
+  demo->add_option("--model", demoOptions.model, "mlp or cnn")->capture_default_str();
+  demo->add_option("--epochs", demoOptions.epochs)->capture_default_str();
+  demo->add_option("--lr", demoOptions.lr)->capture_default_str();
+  demo->add_option("--seed", demoOptions.seed)->capture_default_str();
+  demo->add_option("--examples", demoOptions.examples, "folder with the .sg files")
+      ->capture_default_str();
+  demo->add_option("--checkpoint", demoOptions.checkpoint, "where to save the trained model")
+      ->capture_default_str();
 
   stepc::cli::OptOptions optOptions;
   auto *opt = app.add_subcommand("opt", "Run graph passes and print the optimized graph");
@@ -163,8 +177,14 @@ int main(int argc, char **argv) {
       return stepc::cli::trainStep(stepOptions);
     if (*gradcheck)
       return stepc::cli::gradcheck(checkOptions);
-    if (*demo)
-      return stepc::cli::demo();
+    if (*demo) {
+      if (demoWhich == "small")
+        return stepc::cli::demo();
+      if (!demoWhich.empty())
+        throw stepc::Error(fmt::format("unknown demo '{}'; try `stepc demo` or `stepc demo small`",
+                                       demoWhich));
+      return stepc::cli::fashionDemo(demoOptions);
+    }
     if (*bench)
       return stepc::cli::bench(benchOptions);
     if (*importOnnx)

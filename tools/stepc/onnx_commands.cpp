@@ -51,8 +51,8 @@ BackendRun selectBackend(const std::string &name) {
       return outputs;
     };
   if (name == "cuda")
-    throw Error(fmt::format("backend '{}' is not available yet; available: interp", name));
-  throw Error(fmt::format("unknown backend '{}'; expected interp, cpu or cuda", name));
+    throw Error(fmt::format("backend '{}' is not available yet; available: interp, cpu", name));
+  throw Error(fmt::format("unknown backend '{}'; available: interp, cpu", name));
 }
 
 LoadedModel loadModel(const std::string &file, const TensorMap &inputValues) {

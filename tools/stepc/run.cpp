@@ -1,6 +1,7 @@
 #include "commands.h"
 
 #include "stepc/compile.h"
+#include "stepc/executable.h"
 #include "stepc/npy.h"
 #include "stepc/text.h"
 
@@ -44,6 +45,28 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
   return line;
 }
 
+// Takes the graph's params from a safetensors checkpoint. A training
+// checkpoint also holds optimizer state, which a model ignores; a missing or
+// mistyped param is an error naming it.
+void loadCheckpointInto(const std::string &path, const Graph &graph, TensorMap &params) {
+  std::map<std::string, Tensor> saved = readSafetensors(path);
+  std::string problems;
+  for (ValueId id : graph.params()) {
+    const Node &p = graph.node(id);
+    auto it = saved.find(p.name);
+    if (it == saved.end())
+      problems += fmt::format("\n  missing param '{}' ({})", p.name, typeString(p.type));
+    else if (it->second.type() != p.type)
+      problems += fmt::format("\n  param '{}': expected {}, the checkpoint has {}", p.name,
+                              typeString(p.type), typeString(it->second.type()));
+    else
+      params[p.name] = it->second;
+  }
+  if (!problems.empty())
+    throw Error(fmt::format("checkpoint '{}' does not fit graph '{}':{}", path, graph.name,
+                            problems));
+}
+
 int run(const RunCommandOptions &options) {
   if (options.backend != "interp" && options.backend != "cpu")
     throw Error(fmt::format("unknown backend '{}'; available: interp, cpu", options.backend));
@@ -73,6 +96,8 @@ int run(const RunCommandOptions &options) {
     it->second = std::move(given.at(name));
   }
   TensorMap params = std::move(model.params);
+  if (!options.params.empty())
+    loadCheckpointInto(options.params, graph, params);
   TensorMap outputs;
   if (options.backend == "cpu") {
     auto executable = compileJit(graph);
