@@ -116,9 +116,10 @@ void checkSpec(const ExecutableSpec &spec, const RunOptions &options) {
     if (!kernel.fn)
       throw Error(fmt::format("executable '{}': kernel '{}' has no function", name,
                               kernel.name));
-    if (kernel.parallelExtent < 1)
+    // Extent 0: the kernel's outputs are empty, so there is nothing to run.
+    if (kernel.parallelExtent < 0)
       throw Error(fmt::format("executable '{}': kernel '{}' has parallel extent {}; it must "
-                              "be at least 1",
+                              "be at least 0",
                               name, kernel.name, kernel.parallelExtent));
     for (const TensorSlot &slot : kernel.outputs)
       checkSlot(slot, fmt::format("output of kernel {}", kernel.name));
@@ -236,14 +237,16 @@ void Executable::checkOutputs(const KernelSpec &kernel) const {
 }
 
 void Executable::runKernels() {
-  for (const KernelSpec &kernel : spec_.kernels) {
+  for (size_t index = 0; index < spec_.kernels.size(); ++index) {
+    const KernelSpec &kernel = spec_.kernels[index];
     auto start = std::chrono::steady_clock::now();
     try {
-      if (kernel.parallelExtent > 1 && pool_)
+      bool empty = kernel.parallelExtent == 0; // its outputs have no elements
+      if (!empty && kernel.parallelExtent > 1 && pool_)
         pool_->parallelFor(kernel.parallelExtent, [&](int64_t begin, int64_t end) {
           kernel.fn(&descriptor_, begin, end);
         });
-      else
+      else if (!empty)
         kernel.fn(&descriptor_, 0, kernel.parallelExtent);
     } catch (const std::exception &e) {
       throw Error(fmt::format(
@@ -257,6 +260,8 @@ void Executable::runKernels() {
       auto end = std::chrono::steady_clock::now();
       timings_.push_back({kernel.name, steps_, micros(start - created_), micros(end - start)});
     }
+    if (options_.afterKernel)
+      options_.afterKernel(index, kernel, arena_);
     if (options_.checkNumerics)
       checkOutputs(kernel);
   }

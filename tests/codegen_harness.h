@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <exception>
 #include <fstream>
@@ -46,9 +48,14 @@ struct CompareOptions {
   int steps = 1;
   // Compile and compare these modes (both by default).
   bool fused = true, unfused = true;
-  // Scales the float tolerances (training steps compound rounding over
-  // forward, backward and update: see test_codegen_examples.cpp).
-  double toleranceScale = 1;
+  // Updated params whose elements may, a few of them, miss the tolerance:
+  // at most `fraction` of a param's elements (at least one) may differ by up
+  // to `atol` (see test_codegen_examples.cpp for Adam's reason). 0: none.
+  struct Outliers {
+    double fraction = 0, atol = 0;
+  } paramOutliers;
+  // Threads that split each kernel's parallel dimension (0: one per core).
+  int threads = 0;
   // Collects the op names of every kernel compiled (from provenance).
   std::set<std::string> *opsCompiled = nullptr;
 };
@@ -62,8 +69,11 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
                                      const CompareOptions &options = {});
 
 // Checks two tensors: same type; exact for ints and bools, else allClose.
+// With `outliers`, up to that many float elements may miss `tolerance` if
+// each is within `outlierAtol`.
 inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &expected,
-                                          Tolerance tolerance);
+                                          Tolerance tolerance, int64_t outliers = 0,
+                                          double outlierAtol = 0);
 
 // ---------------------------------------------------------------------------
 // Implementation
@@ -102,7 +112,8 @@ inline Tolerance toleranceFor(const Graph &graph, ValueId value) {
 }
 
 inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &expected,
-                                          Tolerance tolerance) {
+                                          Tolerance tolerance, int64_t outliers,
+                                          double outlierAtol) {
   if (actual.type() != expected.type())
     return ::testing::AssertionFailure() << "type " << typeString(actual.type())
                                          << " != expected " << typeString(expected.type());
@@ -126,21 +137,39 @@ inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &ex
     return ::testing::AssertionFailure()
            << bad << " of " << actual.numel() << " elements differ; first " << first;
   }
-  return allClose(actual, expected, tolerance.rtol, tolerance.atol);
+  ::testing::AssertionResult close = allClose(actual, expected, tolerance.rtol, tolerance.atol);
+  if (close || outliers == 0)
+    return close;
+  int64_t missed = 0;
+  for (int64_t i = 0; i < actual.numel(); ++i) {
+    double a = actual.real(i), e = expected.real(i);
+    if ((std::isnan(a) && std::isnan(e)) || a == e ||
+        std::abs(a - e) <= tolerance.atol + tolerance.rtol * std::abs(e))
+      continue;
+    if (!(std::abs(a - e) <= outlierAtol))
+      return close;
+    ++missed;
+  }
+  if (missed <= outliers)
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << missed << " elements miss the tolerance, more than the "
+                                       << outliers << " allowed; " << close.message();
 }
 
 namespace detail {
 
-inline std::unique_ptr<Executable> compileOrFail(const Graph &graph, bool fusion) {
+inline std::unique_ptr<Executable> compileOrFail(const Graph &graph, bool fusion,
+                                                 const RunOptions &run) {
   try {
-    return compileJit(graph, CompileOptions{.fusion = fusion});
+    // No cache: every run compiles, and tests leave the user's cache alone.
+    return compileJit(graph, CompileOptions{.fusion = fusion, .cache = false}, run);
   } catch (const std::exception &e) {
     ADD_FAILURE() << "compileJit (" << (fusion ? "fused" : "unfused")
                   << ") threw: " << e.what();
     // STEPC_TEST_DUMP_MLIR=FILE writes the module that failed, for debugging.
     if (const char *path = std::getenv("STEPC_TEST_DUMP_MLIR")) {
       std::ofstream out(path);
-      out << lowerGraph(graph, CompileOptions{.fusion = fusion}).mlirModule;
+      out << lowerGraph(graph, CompileOptions{.fusion = fusion, .cache = false}).mlirModule;
     }
     return nullptr;
   }
@@ -155,12 +184,10 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
     modes.push_back(true);
   if (options.unfused)
     modes.push_back(false);
-  auto scaled = [&](Tolerance t) {
-    return Tolerance{t.rtol * options.toleranceScale, t.atol * options.toleranceScale};
-  };
   for (bool fusion : modes) {
     SCOPED_TRACE(fusion ? "compiled fused" : "compiled unfused");
-    std::unique_ptr<Executable> exe = detail::compileOrFail(graph, fusion);
+    std::unique_ptr<Executable> exe =
+        detail::compileOrFail(graph, fusion, RunOptions{.threads = options.threads});
     if (!exe)
       continue;
     if (options.opsCompiled)
@@ -190,15 +217,19 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
           ADD_FAILURE() << "no output '" << out.name << "'";
           continue;
         }
-        EXPECT_TRUE(matches(it->second, expected.at(out.name),
-                            scaled(toleranceFor(graph, out.value))))
+        EXPECT_TRUE(matches(it->second, expected.at(out.name), toleranceFor(graph, out.value)))
             << "output '" << out.name << "' (" << opInfo(graph.node(out.value).op).name
             << " at " << graph.node(out.value).loc.str() << ")";
       }
       for (const ParamUpdate &u : graph.updates) {
         const std::string &name = graph.node(u.param).name;
-        EXPECT_TRUE(matches(exe->param(name), expectedParams.at(name),
-                            scaled(toleranceFor(graph, u.value))))
+        const Tensor &want = expectedParams.at(name);
+        int64_t outliers =
+            options.paramOutliers.fraction > 0
+                ? std::max<int64_t>(1, int64_t(options.paramOutliers.fraction * double(want.numel())))
+                : 0;
+        EXPECT_TRUE(matches(exe->param(name), want, toleranceFor(graph, u.value), outliers,
+                            options.paramOutliers.atol))
             << "param '" << name << "' after the step";
       }
     }

@@ -48,19 +48,26 @@ TEST_P(CodegenExamples, Forward) {
 }
 
 // Two steps of a training step: outputs (the loss) and every param and
-// optimizer state after each step. The tolerances are the harness's
-// (1e-4 relative for these accumulated f32 values) times 10: a step chains
-// forward, backward and update, and step 2 starts from step 1's compiled
-// params, so rounding differences compound through a few dozen reductions
-// and matmuls.
+// optimizer state after each step, at the harness's tolerances.
+//
+// But for a few weights under Adam. Its step lr * m^/(sqrt(v^) + eps) is
+// g/(|g| + eps) * lr at first: for a weight whose batch gradient nearly
+// cancels, |g| ~ eps = 1e-8, that ratio turns the gradient's rounding error
+// (~1e-9 from summing the batch in another order, tiled and in parallel)
+// into an update error of up to about lr/2. Such weights are rare (about one
+// in 500,000 in mlp.sg, none in most models), so up to 1e-5 of a param's
+// elements (at least one) may differ by up to lr per step taken; a wrong
+// kernel errs on many more elements, or by more.
 void checkTraining(const std::string &example, const Optimizer &optimizer, double lr) {
   uint64_t seed = freshSeed();
   SCOPED_TRACE(fmt::format("seed {} (replay with STEPC_TEST_SEED={})", seed, seed));
   Graph step = trainStep(loadExample(example), kLoss, optimizer);
   TensorMap inputs = randomInputs(step, seed);
   inputs.at("lr") = Tensor::scalar(DType::F32, lr);
-  expectMatchesInterpreter(step, inputs, initialParams(step),
-                           {.steps = 2, .toleranceScale = 10});
+  stepc::testing::CompareOptions options{.steps = 2};
+  if (optimizer.kind == Optimizer::Kind::Adam)
+    options.paramOutliers = {.fraction = 1e-5, .atol = 2 * lr};
+  expectMatchesInterpreter(step, inputs, initialParams(step), options);
 }
 
 TEST_P(CodegenExamples, TrainStepAdam) { checkTraining(GetParam(), Optimizer::adam(), 1e-3); }

@@ -2,6 +2,7 @@
 // header, and the C++ that runs them on libstepc_runtime (no LLVM or MLIR).
 #include "aot.h"
 
+#include "gpu_lowering.h"
 #include "jit_cache.h"
 #include "llvm_backend.h"
 
@@ -144,6 +145,33 @@ std::string slotDoc(const TensorSlot &slot) {
                      n == 1 ? "" : "s");
 }
 
+// makeCudaSpec(): the launches, and the PTX that the object carries after
+// the params.
+std::string cudaSpecSource(const AotCudaCode &cuda, const std::string &p) {
+  std::string launches;
+  for (const std::vector<CudaLaunch> &kernel : cuda.launches) {
+    std::string list;
+    for (const CudaLaunch &launch : kernel)
+      list += fmt::format("{{{}, {}}}, ", cppString(launch.function), launch.extent);
+    launches += fmt::format("      {{{}}},\n", list);
+  }
+  return fmt::format(R"(
+// The GPU code: each kernel's launches (one per loop nest) and the PTX.
+stepc::CudaExecutableSpec makeCudaSpec() {{
+  stepc::CudaExecutableSpec cuda;
+  cuda.layout = makeSpec();
+  cuda.launches = {{
+{launches}  }};
+  cuda.ptx.assign(reinterpret_cast<const char *>({p}_initial_params) + {offset}, {bytes});
+  cuda.arch = {arch};
+  return cuda;
+}}
+)",
+                     fmt::arg("launches", launches), fmt::arg("p", p),
+                     fmt::arg("offset", cuda.ptxOffset), fmt::arg("bytes", cuda.ptxBytes),
+                     fmt::arg("arch", cppString(cuda.arch)));
+}
+
 } // namespace
 
 std::string cIdentifier(std::string_view name) {
@@ -168,7 +196,7 @@ ParamBlob packInitialParams(const ExecutableSpec &spec) {
   return blob;
 }
 
-std::string aotHeader(const ExecutableSpec &spec, const std::string &name) {
+std::string aotHeader(const ExecutableSpec &spec, const std::string &name, bool cuda) {
   std::string guard = upper(fmt::format("STEPC_{}_H", name));
   std::string macro = upper(fmt::format("STEPC_{}", name));
   StepArgs args = stepArgs(spec);
@@ -219,14 +247,14 @@ std::string aotHeader(const ExecutableSpec &spec, const std::string &name) {
  *
  * Build: compile {n}_spec.cpp as C++20 with -I <stepc>/include -I <this
  * directory>, and link it with {n}.o, libstepc_runtime.a, libfmt, -pthread
- * and -lm. No LLVM or MLIR library is needed.
+ * and -lm{build}. No LLVM or MLIR library is needed.
  *
  * Tensors are dense, row-major, of the element type in the signature (bool
  * is one uint8_t 0/1 per element).
 {slots} *
  * Functions returning int return 0 on success and -1 on error; then
  * {p}_last_error says what went wrong. A handle is used by one thread at a
- * time; the kernels themselves run on the handle's own thread pool.
+ * time; the kernels themselves run {runsOn}.
  */
 #ifndef {guard}
 #define {guard}
@@ -241,7 +269,7 @@ extern "C" {{
 {sizes}
 typedef struct {p} {p};
 
-/* Creates the state: the arena, a thread pool (one thread per core) and the
+/* Creates the state: {state} and the
  * params. params_path: a safetensors file holding every param (as written by
  * {p}_save_params; {n}.params.safetensors next to this header holds
  * the initial values); NULL: the initial values embedded in {n}.o.
@@ -276,18 +304,27 @@ void {p}_destroy({p} *model);
 )",
       fmt::arg("n", name), fmt::arg("graph", commentSafe(spec.name)), fmt::arg("slots", slots),
       fmt::arg("guard", guard), fmt::arg("sizes", sizes), fmt::arg("p", "stepc_" + name),
-      fmt::arg("paramDocs", paramDocs), fmt::arg("updates", updates), fmt::arg("params", params));
+      fmt::arg("paramDocs", paramDocs), fmt::arg("updates", updates), fmt::arg("params", params),
+      fmt::arg("build", cuda ? ", -ldl (the CUDA driver is opened at run time; the PTX in the\n"
+                               " * object is compiled for the GPU by the driver)"
+                             : ""),
+      fmt::arg("runsOn", cuda ? "on the first CUDA GPU, on the handle's own stream"
+                              : "on the handle's own thread pool"),
+      fmt::arg("state", cuda ? "the device arena (on the first CUDA GPU; without one\n"
+                               " * this fails with \"no CUDA device: ...\"), a stream"
+                             : "the arena, a thread pool (one thread per core)"));
 }
 
 std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
-                          const ParamBlob &blob) {
+                          const ParamBlob &blob, const AotCudaCode *cuda) {
   std::string p = "stepc_" + name;
   StepArgs args = stepArgs(spec);
 
   std::string declarations;
-  for (const KernelSpec &kernel : spec.kernels)
-    declarations += fmt::format("void {}(stepc::ArenaDescriptor *, int64_t, int64_t);\n",
-                                kernelSymbol(name, kernel));
+  if (!cuda)
+    for (const KernelSpec &kernel : spec.kernels)
+      declarations += fmt::format("void {}(stepc::ArenaDescriptor *, int64_t, int64_t);\n",
+                                  kernelSymbol(name, kernel));
 
   std::string copies;
   for (const auto &copy : spec.updateCopies)
@@ -302,17 +339,18 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
     kernels += fmt::format(R"(  {{
     KernelSpec &k = spec.kernels[{i}];
     k.name = {name};
-    k.fn = &{symbol};
-    k.parallelExtent = {extent};
-    k.outputs = {{
+{code}    k.outputs = {{
 {outputs}    }};
     k.provenance = {{
 {provenance}    }};
   }}
 )",
                            fmt::arg("i", i), fmt::arg("name", cppString(kernel.name)),
-                           fmt::arg("symbol", kernelSymbol(name, kernel)),
-                           fmt::arg("extent", kernel.parallelExtent),
+                           fmt::arg("code", cuda ? std::string()
+                                                 : fmt::format("    k.fn = &{};\n"
+                                                               "    k.parallelExtent = {};\n",
+                                                               kernelSymbol(name, kernel),
+                                                               kernel.parallelExtent)),
                            fmt::arg("outputs", slotList(kernel.outputs, "        ")),
                            fmt::arg("provenance", provenance));
   }
@@ -340,7 +378,7 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
 
 #include "stepc/error.h"
 #include "stepc/executable.h"
-
+{cudaInclude}
 #include <cstring>
 #include <exception>
 #include <map>
@@ -380,17 +418,17 @@ stepc::ExecutableSpec makeSpec() {{
   }}
   return spec;
 }}
-
+{cudaSpec}
 thread_local std::string createError;
 
 }} // namespace
 
 struct {p} {{
-  explicit {p}(stepc::ExecutableSpec spec) : executable(std::move(spec)) {{
+  explicit {p}({specType} spec) : executable(std::move(spec)) {{
     for (const stepc::TensorSlot &slot : executable.spec().inputs)
       inputs.emplace(slot.name, stepc::Tensor(slot.type));
   }}
-  stepc::Executable executable;
+  {executableType} executable;
   std::map<std::string, stepc::Tensor, std::less<>> inputs; // reused by every step
   mutable std::string error;
 }};
@@ -441,7 +479,7 @@ extern "C" {{
 
 {p} *{p}_create(const char *params_path) {{
   try {{
-    auto model = std::make_unique<{p}>(makeSpec());
+    auto model = std::make_unique<{p}>({makeSpec}());
     if (params_path)
       model->executable.loadParams(params_path);
     createError.clear();
@@ -510,7 +548,12 @@ void {p}_destroy({p} *model) {{ delete model; }}
       fmt::arg("outputs", slotList(spec.outputs, "      ")), fmt::arg("copies", copies),
       fmt::arg("kernelCount", spec.kernels.size()), fmt::arg("kernels", kernels),
       fmt::arg("offsets", offsets), fmt::arg("params", params), fmt::arg("setInputs", setInputs),
-      fmt::arg("getOutputs", getOutputs));
+      fmt::arg("getOutputs", getOutputs),
+      fmt::arg("cudaInclude", cuda ? "#include \"stepc/cuda.h\"\n" : ""),
+      fmt::arg("cudaSpec", cuda ? cudaSpecSource(*cuda, p) : ""),
+      fmt::arg("specType", cuda ? "stepc::CudaExecutableSpec" : "stepc::ExecutableSpec"),
+      fmt::arg("executableType", cuda ? "stepc::CudaExecutable" : "stepc::Executable"),
+      fmt::arg("makeSpec", cuda ? "makeCudaSpec" : "makeSpec"));
 }
 
 } // namespace stepc::codegen
@@ -519,6 +562,8 @@ namespace stepc {
 
 AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const std::string &dir,
                        const std::string &requestedName) {
+  if (options.target == Target::Cuda)
+    return codegen::compileAotCuda(graph, options, dir, requestedName);
   std::string name = codegen::cIdentifier(requestedName.empty() ? graph.name : requestedName);
   LoweredGraph lowered = lowerGraph(graph, options);
 

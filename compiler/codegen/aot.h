@@ -3,6 +3,7 @@
 // ExecutableSpec on libstepc_runtime. Internal to compiler/codegen.
 #pragma once
 
+#include "stepc/cuda.h"
 #include "stepc/executable.h"
 
 #include <string>
@@ -23,10 +24,19 @@ struct ParamBlob {
 };
 ParamBlob packInitialParams(const ExecutableSpec &spec);
 
+// What a CUDA artifact's source needs beyond the spec: the object holds
+// the PTX (ptxBytes, no NUL) at ptxOffset of the params' symbol.
+struct AotCudaCode {
+  std::vector<std::vector<CudaLaunch>> launches;
+  std::string arch;
+  int64_t ptxOffset = 0, ptxBytes = 0;
+};
+
 // `spec` is the lowered spec (no function pointers); kernel K's symbol in
-// the object is _mlir_ciface_stepc_<name>_<K>.
-std::string aotHeader(const ExecutableSpec &spec, const std::string &name);
+// the object is _mlir_ciface_stepc_<name>_<K>. With `cuda` (a CUDA
+// artifact), the source builds a CudaExecutable instead.
+std::string aotHeader(const ExecutableSpec &spec, const std::string &name, bool cuda = false);
 std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
-                          const ParamBlob &blob);
+                          const ParamBlob &blob, const AotCudaCode *cuda = nullptr);
 
 } // namespace stepc::codegen

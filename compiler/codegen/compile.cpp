@@ -2,6 +2,7 @@
 // per FusionGroup -> machine code -> ExecutableSpec.
 #include "stepc/compile.h"
 
+#include "gpu_lowering.h"
 #include "jit_cache.h"
 #include "llvm_backend.h"
 #include "lowering.h"
@@ -11,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <unordered_map>
 
 namespace stepc {
@@ -119,10 +121,24 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   ExecutableSpec &spec = out.spec;
   spec.name = g.name;
   spec.arenaBytes = out.buffers.arenaBytes;
+  // GPU kernels keep their scratch in the arena, after the planned buffers.
+  bool cuda = options.target == Target::Cuda;
+  codegen::GpuTarget gpu{(out.buffers.arenaBytes + 63) / 64 * 64};
+  int64_t gpuScratch = 0;
   for (const FusionGroup &group : out.plan.groups) {
-    codegen::KernelSource source = codegen::lowerGroup(g, group, offsetOf, usedOutside);
+    codegen::KernelSource source =
+        codegen::lowerGroup(g, group, offsetOf, usedOutside, cuda ? &gpu : nullptr);
     globals += source.globals;
     functions += source.function;
+    if (cuda) {
+      std::vector<CudaLaunch> launches;
+      for (const codegen::GpuFunction &f : source.gpuFunctions) {
+        functions += f.function;
+        launches.push_back({f.name, f.extent});
+      }
+      out.launches.push_back(std::move(launches));
+      gpuScratch = std::max(gpuScratch, source.scratchBytes);
+    }
     KernelSpec kernel;
     kernel.name = source.name;
     kernel.parallelExtent = source.parallelExtent;
@@ -135,7 +151,12 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
         kernel.outputs.push_back({fmt::format("%{}", v), g.type(v), offsetOf(v)});
     spec.kernels.push_back(std::move(kernel));
   }
-  out.mlirModule = fmt::format("module {{\n{}{}}}\n", globals, functions);
+  if (cuda) {
+    spec.arenaBytes = gpu.scratchOffset + gpuScratch;
+    out.mlirModule = codegen::gpuModuleText(globals, functions);
+  } else {
+    out.mlirModule = fmt::format("module {{\n{}{}}}\n", globals, functions);
+  }
 
   for (ValueId id = 0; id < g.size(); ++id) {
     const Node &n = g.node(id);
@@ -159,11 +180,15 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
 
 std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions &options,
                                        const RunOptions &run) {
+  if (options.target != Target::Cpu)
+    throw Error("compileJit builds CPU executables; for Target::Cuda use compileCuda");
   return std::make_unique<Executable>(codegen::jitSpec(graph, options), run);
 }
 
 std::string dumpKernelIR(const Graph &graph, const CompileOptions &options,
                          const std::string &kernel, const std::string &stage) {
+  if (options.target == Target::Cuda)
+    return codegen::dumpGpuIR(graph, options, kernel, stage);
   LoweredGraph lowered = lowerGraph(graph, options);
   codegen::Stage s;
   if (stage == "mlir")

@@ -99,14 +99,16 @@ class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
                 const std::function<int64_t(ValueId)> &arenaOffset,
-                const std::vector<bool> &usedOutside)
-      : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside) {
+                const std::vector<bool> &usedOutside, const GpuTarget *gpu = nullptr)
+      : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
+        gpu_(gpu) {
     inGroup_.insert(group.nodes.begin(), group.nodes.end());
   }
 
   KernelSource emit();
 
 private:
+  KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
   const Node &node(ValueId id) const { return g_.node(id); }
   DType dtypeOf(ValueId id) const { return g_.type(id).dtype; }
   const Shape &shapeOf(ValueId id) const { return g_.type(id).shape; }
@@ -163,6 +165,12 @@ private:
   std::string globals_;
   std::set<std::string> globalNames_;
   std::string begin_ = "%begin", end_ = "%end";
+  // GPU: see GpuTarget. A nest's parallel openLoops call is flattened: no
+  // loops, %begin is the thread's flat index into `flatExtent_` elements.
+  const GpuTarget *gpu_ = nullptr;
+  bool flattened_ = false;
+  int64_t flatExtent_ = 1;
+  std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened
 };
 
 // ---------------------------------------------------------------------------
@@ -332,8 +340,10 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
                               : w_.assign(fmt::format("arith.cmpi slt, {}, {} : {}", x, w_.constant(0, dt), t));
     return w_.assign(fmt::format("arith.select {}, {}, {} : {}", negative, w_.constant(0, dt), x, t));
   }
-  case OpKind::Sin: return dt == DType::F32 ? sinOrCosF32(x, true) : op1("math.sin");
-  case OpKind::Cos: return dt == DType::F32 ? sinOrCosF32(x, false) : op1("math.cos");
+  // On the GPU, libdevice's sinf/cosf are accurate (the CPU's reason for
+  // sinOrCosF32 is MLIR's polynomial, which the GPU path does not use).
+  case OpKind::Sin: return dt == DType::F32 && !gpu_ ? sinOrCosF32(x, true) : op1("math.sin");
+  case OpKind::Cos: return dt == DType::F32 && !gpu_ ? sinOrCosF32(x, false) : op1("math.cos");
   case OpKind::Erf: return op1("math.erf");
   case OpKind::Sign: {
     std::string gt = binary(OpKind::Gt, dt, x, w_.constant(0, dt));
@@ -700,17 +710,36 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
 // Roots
 
 Index KernelEmitter::openLoops(const Shape &shape, bool parallel, size_t from) {
+  if (gpu_ && parallel) {
+    // One GPU thread per element of the nest's parallel loops.
+    if (flattened_ || from != 0)
+      throw std::logic_error(fmt::format("kernel {}: a GPU loop nest has two parallel loops",
+                                         group_.name));
+    flattened_ = true;
+    flatExtent_ = 1;
+    for (int64_t d : shape)
+      flatExtent_ *= d;
+    openedLoops_.push_back(0);
+    return delinearize(begin_, shape);
+  }
   Index idx;
   for (size_t d = from; d < shape.size(); ++d) {
     bool outer = parallel && d == 0;
     idx.push_back(w_.beginFor(outer ? begin_ : w_.indexConstant(0),
                               outer ? end_ : w_.indexConstant(shape[d])));
   }
+  openedLoops_.push_back(idx.size());
   return idx;
 }
 
 void KernelEmitter::closeLoops(size_t count) {
-  for (size_t i = 0; i < count; ++i)
+  // What the matching openLoops opened: `count` loops on the CPU, fewer
+  // where a GPU nest was flattened.
+  size_t opened = openedLoops_.back();
+  openedLoops_.pop_back();
+  if (!gpu_ && opened != count)
+    throw std::logic_error("closeLoops: does not match openLoops");
+  for (size_t i = 0; i < opened; ++i)
     w_.endFor();
 }
 
@@ -884,7 +913,8 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   const Shape &out = n.type.shape;
   size_t rank = out.size();
   // Plain 2-D f32 products of stored operands take the register-tiled path.
-  if (rank == 2 && n.type.dtype == DType::F32 && views_.count(a) && views_.count(b)) {
+  // (Not on the GPU: one thread per output element there.)
+  if (!gpu_ && rank == 2 && n.type.dtype == DType::F32 && views_.count(a) && views_.count(b)) {
     TiledMatMul tiled{views_.at(a), views_.at(b), viewOf(id), out[0], shapeOf(a)[1], out[1],
                       parallel ? begin_ : "", parallel ? end_ : ""};
     emitTiledMatMul(w_, tiled);
@@ -1040,6 +1070,16 @@ void KernelEmitter::zeroChunk(ValueId id, bool parallel) {
 }
 
 void KernelEmitter::accumulate(ValueId id, const Index &idx, const std::string &v) {
+  if (gpu_) {
+    // GPU threads of a scatter-form nest add into shared elements.
+    DType dt = dtypeOf(id);
+    if (dt == DType::Bool)
+      throw std::logic_error("accumulate: no atomic add of bools");
+    w_.assign(fmt::format("memref.atomic_rmw {} {}, {}[{}] : ({}, {}) -> {}",
+                          isFloat(dt) ? "addf" : "addi", v, viewOf(id), fmt::join(idx, ", "),
+                          scalarType(dt), memrefType(g_.type(id)), scalarType(dt)));
+    return;
+  }
   std::string old = load(id, idx);
   store(id, viewOf(id), idx, binary(OpKind::Add, dtypeOf(id), old, v));
 }
@@ -1050,7 +1090,9 @@ void KernelEmitter::accumulate(ValueId id, const Index &idx, const std::string &
 // same element.
 void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   const Node &n = node(id);
-  zeroChunk(id, parallel);
+  // (The GPU zeroes the output in a nest of its own first: see emitGpu.)
+  if (!gpu_)
+    zeroChunk(id, parallel);
   DType dt = n.type.dtype;
   auto ifValid = [&](const std::string &cond, const std::function<void()> &body) {
     w_.line(fmt::format("scf.if {} {{", cond));
@@ -1065,7 +1107,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   case OpKind::ScatterAdd: {
     ValueId indices = n.operands[0], updates = n.operands[1];
     int64_t axis = n.attrs.getInt("axis"), ir = g_.type(indices).rank();
-    Index u = openLoops(shapeOf(updates), parallel && axis > 0);
+    Index u = openLoops(shapeOf(updates), parallel && (axis > 0 || gpu_));
     Index at(u.begin() + axis, u.begin() + axis + ir);
     Index dst(u.begin(), u.begin() + axis);
     dst.push_back(indexValue(indices, at, n.type.shape[axis]));
@@ -1086,10 +1128,18 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
          dilation = n.attrs.getInts("dilation");
     int64_t perGroup = ws[0] / n.attrs.getInt("groups");
     // Loop order: the output's dimension 0 first (batch for dx, filter for dw).
+    // A GPU thread takes one element of g and adds its taps atomically.
     Shape outer = input ? Shape{gs[0], gs[1]} : Shape{gs[1], gs[0]};
+    Shape inner = {gs[2], gs[3], ws[1], ws[2], ws[3]};
+    if (gpu_) {
+      outer.insert(outer.end(), {gs[2], gs[3]});
+      inner.erase(inner.begin(), inner.begin() + 2);
+    }
     Index nf = openLoops(outer, parallel);
     std::string batch = input ? nf[0] : nf[1], filter = input ? nf[1] : nf[0];
-    Index rest = openLoops({gs[2], gs[3], ws[1], ws[2], ws[3]}, false);
+    Index rest = openLoops(inner, false);
+    if (gpu_)
+      rest.insert(rest.begin(), {nf[2], nf[3]});
     std::string group = w_.assign(fmt::format("arith.divui {}, {} : index", filter, w_.indexConstant(perGroup)));
     std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", group, w_.indexConstant(ws[1])));
     std::string channel = w_.assign(fmt::format("arith.addi {}, {} : index", first, rest[2]));
@@ -1196,7 +1246,9 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
 // left operand read row by row; anything else reads across rows.
 bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
   const Shape &first = shapeOf(roots.front());
-  if (first.empty())
+  // No dimension 0, or an empty one: nothing to split (and a parallel extent
+  // of 0 would be no valid kernel).
+  if (first.empty() || first[0] == 0)
     return false;
   for (ValueId r : roots)
     if (shapeOf(r).empty() || shapeOf(r)[0] != first[0])
@@ -1246,7 +1298,22 @@ bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
 
 // ---------------------------------------------------------------------------
 
+// What this backend cannot compile although the shape rules accept it, as a
+// stepc::Error naming the op and where it comes from. Everything else the
+// shape rules allow has a lowering (tests/test_codegen.cpp covers every op
+// with every dtype it takes).
+void checkSupported(const Node &n) {
+  // scatter_add's shape rule lets bool updates through; a sum of bools has no
+  // bool result (the interpreter refuses them too).
+  if (n.op == OpKind::ScatterAdd && n.type.dtype == DType::Bool)
+    throw Error(locatedMessage(
+        n.loc, "scatter_add: bool updates are not supported by the CPU backend; cast them "
+               "to i32 first"));
+}
+
 KernelSource KernelEmitter::emit() {
+  for (ValueId id : group_.nodes)
+    checkSupported(node(id));
   // Roots: nodes other kernels (or the caller) read, nodes that cannot be
   // inlined into a consumer, and matmul operands (the tiled matmul reads
   // them from memory, so a fused transpose is materialized once).
@@ -1272,6 +1339,8 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : roots)
     if (usedOutside_[id])
       arenaValues.insert(id);
+  if (gpu_)
+    return emitGpu(roots, arenaValues);
   for (ValueId id : arenaValues)
     views_[id] = arenaView(id);
   for (ValueId id : roots)
@@ -1320,12 +1389,96 @@ KernelSource KernelEmitter::emit() {
   return out;
 }
 
+bool isScatterForm(OpKind op) {
+  return op == OpKind::ScatterAdd || op == OpKind::Conv2dGradInput ||
+         op == OpKind::Conv2dGradWeight || op == OpKind::MaxPool2dGrad ||
+         op == OpKind::AvgPool2dGrad;
+}
+
+// See GpuTarget (lowering.h). Each nest is emitted into a function of its
+// own, with views of the arena and of the scratch made anew in each.
+KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
+                                    const std::set<ValueId> &arenaValues) {
+  std::map<ValueId, int64_t> scratch;
+  int64_t scratchBytes = 0;
+  for (ValueId id : roots)
+    if (!usedOutside_[id]) {
+      const TensorType &type = g_.type(id);
+      scratch[id] = gpu_->scratchOffset + scratchBytes;
+      int64_t bytes = type.numel() * static_cast<int64_t>(dtypeSize(type.dtype));
+      scratchBytes += (bytes + 63) / 64 * 64;
+    }
+
+  // The nests, in the CPU's order (consecutive same-shape elementwise roots
+  // share one).
+  std::vector<std::function<void()>> nests;
+  for (size_t i = 0; i < roots.size();) {
+    if (isInlinable(node(roots[i]).op)) {
+      size_t j = i + 1;
+      while (j < roots.size() && isInlinable(node(roots[j]).op) &&
+             shapeOf(roots[j]) == shapeOf(roots[i]))
+        ++j;
+      std::vector<ValueId> run(roots.begin() + i, roots.begin() + j);
+      nests.push_back([this, run] { emitElementwiseRoots(run, true); });
+      i = j;
+    } else {
+      ValueId root = roots[i];
+      if (isScatterForm(node(root).op))
+        nests.push_back([this, root] { zeroChunk(root, true); });
+      nests.push_back([this, root] { emitRoot(root, true); });
+      ++i;
+    }
+  }
+
+  KernelSource out;
+  out.name = sanitize(group_.name);
+  for (size_t k = 0; k < nests.size(); ++k) {
+    w_ = MlirWriter();
+    views_.clear();
+    flattened_ = false;
+    flatExtent_ = 1;
+    for (ValueId id : arenaValues)
+      views_[id] = arenaView(id);
+    for (const auto &[id, offset] : scratch)
+      views_[id] = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to {}",
+                                         w_.indexConstant(offset), memrefType(g_.type(id))));
+    w_.pushScope();
+    nests[k]();
+    w_.popScope();
+    if (!openedLoops_.empty())
+      throw std::logic_error(fmt::format("kernel {}: unclosed loops", group_.name));
+    GpuFunction f;
+    f.name = nests.size() == 1 ? out.name : fmt::format("{}_{}", out.name, k);
+    f.extent = flatExtent_;
+    // A grid-stride loop: thread t computes elements t, t + threads, ...
+    f.function = fmt::format(
+        "    gpu.func @{}(%arena: memref<?xi8>, %extent: index) kernel {{\n"
+        "      %gpu_block = gpu.block_id x\n"
+        "      %gpu_width = gpu.block_dim x\n"
+        "      %gpu_lane = gpu.thread_id x\n"
+        "      %gpu_base = arith.muli %gpu_block, %gpu_width : index\n"
+        "      %gpu_first = arith.addi %gpu_base, %gpu_lane : index\n"
+        "      %gpu_blocks = gpu.grid_dim x\n"
+        "      %gpu_stride = arith.muli %gpu_blocks, %gpu_width : index\n"
+        "      scf.for %begin = %gpu_first to %extent step %gpu_stride {{\n"
+        "{}"
+        "      }}\n"
+        "      gpu.return\n"
+        "    }}\n",
+        f.name, w_.text());
+    out.gpuFunctions.push_back(std::move(f));
+  }
+  out.globals = globals_;
+  out.scratchBytes = scratchBytes;
+  return out;
+}
+
 } // namespace
 
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
-                        const std::vector<bool> &usedOutside) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside).emit();
+                        const std::vector<bool> &usedOutside, const GpuTarget *gpu) {
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, gpu).emit();
 }
 
 } // namespace stepc::codegen

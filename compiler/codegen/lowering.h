@@ -6,20 +6,49 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace stepc::codegen {
+
+// One loop nest of a kernel lowered for the GPU: a gpu.func run by
+// `extent` threads, each computing one element of the nest's parallel
+// loops (see GpuTarget).
+struct GpuFunction {
+  std::string name;     // "k3_matmul_add_relu", or "..._1" for a kernel's second nest
+  std::string function; // gpu.func @name(%arena: memref<?xi8>, %extent: index) kernel
+  int64_t extent = 1;   // 0: nothing to compute, no launch
+};
 
 struct KernelSource {
   std::string name;
   std::string globals;  // module-level ops (constant data), may be empty
   std::string function; // func.func @name(%arena: memref<?xi8>, %begin, %end)
   int64_t parallelExtent = 1;
+  // GPU only (function is then empty): the kernel's loop nests, launched in
+  // order, and the scratch bytes they use from GpuTarget::scratchOffset on.
+  std::vector<GpuFunction> gpuFunctions;
+  int64_t scratchBytes = 0;
+};
+
+// Lowering for the GPU (compiler/codegen/gpu_lowering.cpp drives it). The
+// CPU splits a kernel's dimension 0 among threads and runs its loop nests
+// one after another in one call; a GPU has no grid-wide barrier inside a
+// kernel, so each loop nest (a root, a run of same-shape elementwise roots,
+// or the zeroing pass of a scatter-form gradient) becomes a gpu.func of its
+// own, and all the nest's output loops are parallel: one thread per element
+// (a grid-stride loop over the flattened index). Scatter-form gradients add
+// their contributions with atomics. Roots only the kernel reads get scratch
+// in the arena, at scratchOffset (no allocation inside a GPU kernel); every
+// kernel's scratch starts there, since kernels run one at a time.
+struct GpuTarget {
+  int64_t scratchOffset = 0;
 };
 
 // `arenaOffset(v)` gives the byte offset of every value the kernel reads
 // from or writes to the arena (its inputs, outputs, params and graph inputs).
+// With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
-                        const std::vector<bool> &usedOutside);
+                        const std::vector<bool> &usedOutside, const GpuTarget *gpu = nullptr);
 
 } // namespace stepc::codegen

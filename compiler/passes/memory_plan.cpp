@@ -37,12 +37,21 @@ bool isElementwise(OpKind op) {
   return opInfo(op).is(kElementwise) || op == OpKind::Dropout;
 }
 
-// Whether `group` may write `output` over `operand`'s buffer while it runs:
-// every read of `operand` in the kernel is by an elementwise node at the
-// element's own index (same shape, no broadcast, no view, no reduction or
-// matmul reading whole rows), and `output` is such a node of the same shape
-// and dtype size. Then element i is read before element i is written and
-// never read again (codegen keeps that order within an iteration point).
+// Whether `group` may write `output` over `operand`'s buffer while it runs.
+// `output` must be an elementwise node of `operand`'s shape and dtype size,
+// so it writes element i right after reading element i. What else may read
+// `operand` in the kernel depends on how the kernel runs:
+// - One loop nest (no hero, every output of one shape): every element is
+//   read and written in the same iteration, so any reader at the element's
+//   own index (elementwise, same shape) is fine.
+// - Otherwise codegen runs the kernel's roots (outputs, reductions, the
+//   matmul) one loop nest after another, recomputing inlined nodes from
+//   memory, and a later nest could read `operand` after `output`'s nest
+//   overwrote it. Then every path from `operand` inside the kernel must run
+//   through elementwise, same-shape nodes that feed only `output`: all reads
+//   of `operand` happen while computing `output` (an Adam moment m' =
+//   b1 m + (1-b1) g over m, p' = p - ... over p). Readers of `output` itself
+//   read its new value, which is what the buffer then holds.
 bool canOverwrite(const Graph &graph, const FusionPlan &plan, int group, ValueId operand,
                   ValueId output, const std::vector<std::vector<ValueId>> &users) {
   const Node &out = graph.node(output);
@@ -50,12 +59,42 @@ bool canOverwrite(const Graph &graph, const FusionPlan &plan, int group, ValueId
   if (plan.groupOf[output] != group || !isElementwise(out.op) || out.type.shape != in.shape ||
       dtypeSize(out.type.dtype) != dtypeSize(in.dtype))
     return false;
-  for (ValueId u : users[operand]) {
-    if (plan.groupOf[u] != group)
+  const FusionGroup &kernel = plan.groups[group];
+  auto inKernel = [&](ValueId v) { return plan.groupOf[v] == group; };
+  auto identityRead = [&](ValueId v) {
+    return isElementwise(graph.node(v).op) && graph.type(v).shape == in.shape;
+  };
+
+  bool oneLoopNest = kernel.hero < 0;
+  for (ValueId o : kernel.outputs)
+    oneLoopNest = oneLoopNest && graph.type(o).shape == out.type.shape;
+  if (oneLoopNest) {
+    for (ValueId u : users[operand])
+      if (inKernel(u) && !identityRead(u))
+        return false;
+    return true;
+  }
+
+  std::vector<ValueId> stack;
+  std::vector<bool> seen(graph.size(), false);
+  for (ValueId u : users[operand])
+    if (inKernel(u))
+      stack.push_back(u);
+  while (!stack.empty()) {
+    ValueId v = stack.back();
+    stack.pop_back();
+    if (seen[v] || v == output)
       continue;
-    const Node &reader = graph.node(u);
-    if (!isElementwise(reader.op) || reader.type.shape != in.shape)
+    seen[v] = true;
+    bool isOutput =
+        std::find(kernel.outputs.begin(), kernel.outputs.end(), v) != kernel.outputs.end();
+    if (!identityRead(v) || isOutput)
       return false;
+    for (ValueId u : users[v]) {
+      if (!inKernel(u))
+        return false;
+      stack.push_back(u);
+    }
   }
   return true;
 }

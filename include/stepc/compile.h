@@ -3,6 +3,7 @@
 // runtime's Executable.
 #pragma once
 
+#include "stepc/cuda.h"
 #include "stepc/executable.h"
 #include "stepc/fusion.h"
 
@@ -11,6 +12,12 @@
 
 namespace stepc {
 
+// What the kernels are compiled for.
+enum class Target {
+  Cpu,  // host machine code (compileJit, compileAot)
+  Cuda, // PTX for an NVIDIA GPU (compileCuda, compileAot, dumpKernelIR)
+};
+
 struct CompileOptions {
   bool fusion = true;  // false: every op is its own kernel (--no-fusion)
   bool passes = true;  // run the default pass pipeline first
@@ -18,6 +25,11 @@ struct CompileOptions {
   // then jitCacheDirectory()) before compiling, and stores what it compiles.
   // Not part of the cache key.
   bool cache = true;
+  // Target::Cuda lowers every kernel to gpu.funcs (compiler/codegen/
+  // gpu_lowering.cpp) and PTX for `gpuArch` ("sm_90", "sm_80", ...).
+  // compileJit is for the CPU only.
+  Target target = Target::Cpu;
+  std::string gpuArch = "sm_90";
 };
 
 // One kernel of a compiled graph, before its code is loaded.
@@ -32,8 +44,10 @@ struct LoweredGraph {
   Graph graph; // after the passes
   FusionPlan plan;
   BufferPlan buffers;
-  std::string mlirModule;
+  std::string mlirModule; // Target::Cuda: one gpu.module of gpu.funcs
   ExecutableSpec spec; // complete but for the kernels' function pointers
+  // Target::Cuda: per kernel of spec, the gpu.funcs it launches in order.
+  std::vector<std::vector<CudaLaunch>> launches;
 };
 
 LoweredGraph lowerGraph(const Graph &graph, const CompileOptions &options = {});
@@ -80,7 +94,8 @@ std::string jitCacheKeyText(const Graph &graph, const CompileOptions &options);
 // What compileAot wrote, as paths.
 struct AotArtifact {
   std::string name;   // the C identifier in the API: stepc_<name>_step
-  std::string object; // DIR/<name>.o: the kernels and the initial params
+  std::string object; // DIR/<name>.o: the kernels (CUDA: the PTX) and the initial params
+  std::string ptx;    // Target::Cuda: DIR/<name>.ptx, the PTX also in the object
   std::string header; // DIR/<name>.h: the C API
   std::string source; // DIR/<name>_spec.cpp: the C API on libstepc_runtime
   std::string params; // DIR/<name>.params.safetensors: the initial params
@@ -93,11 +108,28 @@ struct AotArtifact {
 // stepc_<name>_create(NULL) needs no file; the .safetensors copy of them is
 // for inspection and for stepc_<name>_create(path). `name` defaults to the
 // graph's name made a C identifier.
+//
+// With Target::Cuda the object holds the PTX (for options.gpuArch) and the
+// params, and DIR/<name>.ptx is written too; the C API is the same, and the
+// program also links -ldl: it runs where there is a CUDA driver and a GPU,
+// with no LLVM, MLIR or CUDA toolkit (the driver JIT-compiles the PTX).
 AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const std::string &dir,
                        const std::string &name = {});
 
+// --- CUDA (compiler/codegen/gpu_lowering.cpp) -------------------------------
+// Compiles `graph` to PTX for options.gpuArch (options.target is ignored).
+// Needs neither a GPU nor the CUDA driver: the PTX comes from MLIR's NVVM
+// target, with libdevice from the CUDA toolkit for math functions.
+CudaExecutableSpec compileCudaSpec(const Graph &graph, const CompileOptions &options = {});
+// compileCudaSpec, then a CudaExecutable on the first GPU. Where no CUDA
+// device can be used this throws stepc::Error("no CUDA device: ...") before
+// compiling anything.
+std::unique_ptr<CudaExecutable> compileCuda(const Graph &graph, const CompileOptions &options = {},
+                                            const RunOptions &run = {});
+
 // The IR of one kernel (or all, with an empty name) at a lowering stage:
-// "mlir", "llvm-dialect", "llvm", "llvm-opt".
+// "mlir", "llvm-dialect", "llvm", "llvm-opt"; with Target::Cuda: "mlir"
+// (the gpu.module), "nvvm" (its LLVM dialect) or "ptx".
 std::string dumpKernelIR(const Graph &graph, const CompileOptions &options,
                          const std::string &kernel, const std::string &stage);
 

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -80,6 +81,13 @@ struct RunOptions {
   // Threads that run a kernel's parallel extent, counting the one that calls
   // step() (it takes a chunk too); 0: std::thread::hardware_concurrency.
   int threads = 0;
+  // Called after each kernel of a step (after its profile entry, before
+  // checkNumerics looks at it) with the kernel's index in spec().kernels and
+  // the arena, whose KernelSpec::outputs slots then hold what it wrote.
+  // `stepc bench --per-kernel` copies them to compare fused with unfused
+  // kernels; later kernels may reuse those bytes. Unset: no cost.
+  std::function<void(size_t kernelIndex, const KernelSpec &, const std::byte *arena)>
+      afterKernel = nullptr;
 };
 
 struct KernelTiming {

@@ -68,7 +68,9 @@ struct FusionRefusal {
   // An edge producer -> consumer, or for sibling fusion two nodes (one of
   // each group) that read a common value; the rule then starts "siblings".
   ValueId producer, consumer;
-  std::string rule; // "producer is a matmul used by 2 kernels: would duplicate it"
+  // The rule that refused it: "%16 (reduce_max) reduces the result of %14
+  // (matmul): a reduction needs the matmul's whole result"
+  std::string rule;
 };
 
 struct FusionOptions {
@@ -106,7 +108,11 @@ struct BufferPlan {
 
 // Liveness over the kernel schedule; one arena with offsets; in-place reuse
 // where legal (elementwise outputs over dead inputs, param updates over the
-// param). Params and inputs live for the whole step.
+// param). Params and inputs live for the whole step. Codegen's side of the
+// in-place contract: a kernel reads element i of an overwritten input before
+// it writes element i of the output, and when the kernel is more than one
+// loop nest, it reads that input only while computing that output
+// (memory_plan.cpp, canOverwrite).
 BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan);
 
 // --- Seeing fusion (compiler/passes/fusion_report.cpp) ---------------------

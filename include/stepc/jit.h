@@ -119,8 +119,7 @@ template <class... Vs> struct Unpack<std::tuple<Vs...>> {
   static auto from(std::vector<Tensor> outs) {
     return [&]<size_t... I>(std::index_sequence<I...>) {
       return std::tuple{(static_cast<void>(I), std::move(outs.at(I)))...};
-    }
-    (std::index_sequence_for<Vs...>{});
+    }(std::index_sequence_for<Vs...>{});
   }
 };
 template <class A, class B> struct Unpack<std::pair<A, B>> {
@@ -157,8 +156,8 @@ public:
       : fn_(std::move(fn)), core_(std::move(options), std::move(transform)) {}
 
   template <class... Ts>
-  requires(std::is_same_v<std::remove_cvref_t<Ts>, Tensor> &&...) auto
-  operator()(const Ts &...args) {
+    requires(std::is_same_v<std::remove_cvref_t<Ts>, Tensor> && ...)
+  auto operator()(const Ts &...args) {
     constexpr size_t n = sizeof...(Ts);
     using R = detail::TracedResult<F, n>;
     detail::TraceFn trace = [this](GraphBuilder &b, const std::vector<Value> &xs) {

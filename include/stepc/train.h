@@ -39,8 +39,16 @@ struct Optimizer {
   std::optional<double> lr;
 
   static Optimizer sgd() { return {}; }
-  static Optimizer adam() { return {.kind = Kind::Adam}; }
-  static Optimizer adamw() { return {.kind = Kind::AdamW, .weightDecay = 0.01}; }
+  static Optimizer adam() { return withKind(Kind::Adam, 0); }
+  static Optimizer adamw() { return withKind(Kind::AdamW, 0.01); }
+
+private:
+  static Optimizer withKind(Kind kind, double weightDecay) {
+    Optimizer o;
+    o.kind = kind;
+    o.weightDecay = weightDecay;
+    return o;
+  }
 };
 
 std::string_view optimizerName(Optimizer::Kind kind);

@@ -1,83 +1,185 @@
 // `stepc bench`: times compiled steps. Figures are medians over repeated
 // steps; fused and unfused builds alternate step by step so that noise from
-// a shared machine hits both alike and the ratio stays meaningful.
+// a shared machine hits both alike and the ratio stays meaningful. The
+// machine's own peaks are measured in the same run, so every percentage is
+// of what this machine does now, not of a datasheet.
+#include "bench.h"
 #include "commands.h"
 
 #include "stepc/builder.h"
 #include "stepc/compile.h"
+#include "stepc/error.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <optional>
 #include <thread>
 
 namespace stepc::cli {
 namespace {
 
-double median(std::vector<double> v) {
-  if (v.empty())
-    return 0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+using perf::median;
+using Json = nlohmann::json;
+
+template <class F> double millisecondsOf(F &&run) {
+  auto start = std::chrono::steady_clock::now();
+  run();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+      .count();
 }
 
-struct Timed {
-  std::unique_ptr<Executable> exe;
-  std::vector<double> stepMillis;
+Json optionalJson(const std::optional<double> &x) { return x ? Json(*x) : Json(); }
+
+// The 1, 5 and 15 minute load averages: how busy the machine was.
+std::array<double, 3> loadAverage() {
+  std::array<double, 3> load{-1, -1, -1};
+  std::ifstream in("/proc/loadavg");
+  in >> load[0] >> load[1] >> load[2];
+  return load;
+}
+
+// tmp file, fsync, rename: a reader sees the old JSON or the complete new one.
+void writeJsonAtomically(const std::string &path, const Json &json) {
+  std::string text = json.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+  std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw Error(fmt::format("bench: cannot write '{}': {}", tmp, std::strerror(errno)));
+  size_t done = 0;
+  int error = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      error = n < 0 ? errno : EIO;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (error == 0 && ::fsync(fd) != 0)
+    error = errno;
+  if (::close(fd) != 0 && error == 0)
+    error = errno;
+  if (error == 0 && std::rename(tmp.c_str(), path.c_str()) != 0)
+    error = errno;
+  if (error != 0) {
+    ::unlink(tmp.c_str());
+    throw Error(fmt::format("bench: cannot write '{}': {}", path, std::strerror(error)));
+  }
+}
+
+// Points the JIT's disk cache at a fresh directory for the bench's lifetime,
+// so that the first compile is a real compile whatever the user's cache holds.
+class PrivateJitCache {
+public:
+  PrivateJitCache() {
+    if (const char *old = std::getenv("STEPC_CACHE_DIR"))
+      saved_ = old;
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "stepc-bench-XXXXXX").string();
+    if (::mkdtemp(pattern.data()))
+      dir_ = pattern;
+    ::setenv("STEPC_CACHE_DIR", dir_.empty() ? "" : dir_.c_str(), 1);
+  }
+  ~PrivateJitCache() {
+    if (saved_)
+      ::setenv("STEPC_CACHE_DIR", saved_->c_str(), 1);
+    else
+      ::unsetenv("STEPC_CACHE_DIR");
+    std::error_code ignored;
+    if (!dir_.empty())
+      std::filesystem::remove_all(dir_, ignored);
+  }
+  PrivateJitCache(const PrivateJitCache &) = delete;
+  PrivateJitCache &operator=(const PrivateJitCache &) = delete;
+  bool onDisk() const { return !dir_.empty(); }
+
+private:
+  std::string dir_;
+  std::optional<std::string> saved_;
 };
 
-void runStep(Timed &t, const TensorMap &inputs) {
-  auto start = std::chrono::steady_clock::now();
-  t.exe->step(inputs);
-  auto end = std::chrono::steady_clock::now();
-  t.stepMillis.push_back(std::chrono::duration<double, std::milli>(end - start).count());
-}
+std::string megabytes(int64_t bytes) { return fmt::format("{:.2f} MB", double(bytes) / 1e6); }
 
-// Median time and work of each kernel over the measured steps.
-void printKernels(const Executable &exe, int64_t firstStep, double peakGflops) {
-  std::map<std::string, std::vector<double>> times;
-  for (const KernelTiming &t : exe.profile())
-    if (t.step >= firstStep)
-      times[t.kernel].push_back(t.durationMicros);
-  struct Row {
-    std::string name;
-    double micros, flops;
-  };
-  std::vector<Row> rows;
+// The fused kernels' medians, longest first, with GFLOP/s for matmul/conv.
+Json printKernels(const std::vector<perf::KernelTime> &kernels, double peakGflops) {
+  std::vector<perf::KernelTime> rows = kernels;
   double total = 0, matrixMicros = 0, matrixFlops = 0;
-  for (const KernelSpec &k : exe.spec().kernels) {
-    double m = median(times[k.name]);
-    rows.push_back({k.name, m, k.flops});
-    total += m;
+  for (const perf::KernelTime &k : rows) {
+    total += k.micros;
     if (k.flops > 0) {
-      matrixMicros += m;
+      matrixMicros += k.micros;
       matrixFlops += k.flops;
     }
   }
-  std::sort(rows.begin(), rows.end(), [](const Row &a, const Row &b) { return a.micros > b.micros; });
-  fmt::print("  {:<44} {:>10} {:>7} {:>10}\n", "kernel", "median us", "share", "GFLOP/s");
-  for (const Row &r : rows)
-    fmt::print("  {:<44} {:>10.1f} {:>6.1f}% {:>10}\n", r.name.substr(0, 44), r.micros,
+  std::stable_sort(rows.begin(), rows.end(), [](const auto &a, const auto &b) { return a.micros > b.micros; });
+  Json json = Json::array();
+  fmt::print("per kernel, fused (median of profiled steps):\n");
+  fmt::print("  {:<44} {:>10} {:>7} {:>10} {:>7}\n", "kernel", "median us", "share", "GFLOP/s",
+             "% peak");
+  for (const perf::KernelTime &r : rows) {
+    double gflops = r.flops > 0 && r.micros > 0 ? r.flops / r.micros / 1e3 : 0;
+    fmt::print("  {:<44} {:>10.1f} {:>6.1f}% {:>10} {:>7}\n", r.name.substr(0, 44), r.micros,
                total > 0 ? 100 * r.micros / total : 0,
-               r.flops > 0 ? fmt::format("{:.1f}", r.flops / r.micros / 1e3) : "");
+               gflops > 0 ? fmt::format("{:.1f}", gflops) : "",
+               gflops > 0 ? fmt::format("{:.0f}%", 100 * gflops / peakGflops) : "");
+    Json row = {{"kernel", r.name}, {"median_us", r.micros}};
+    if (gflops > 0)
+      row["gflops"] = gflops;
+    json.push_back(std::move(row));
+  }
   if (matrixMicros > 0) {
     double gflops = matrixFlops / matrixMicros / 1e3;
-    fmt::print("  matmul/conv kernels: {:.1f} GFLOP/s over {:.2f} GFLOP, {:.0f}% of the {:.0f} "
-               "GFLOP/s fp32 FMA peak\n",
+    fmt::print("  matmul/conv kernels (with their fused epilogues): {:.1f} GFLOP/s over "
+               "{:.3f} GFLOP, {:.0f}% of the {:.0f} GFLOP/s peak\n",
                gflops, matrixFlops / 1e9, 100 * gflops / peakGflops, peakGflops);
   }
+  return json;
+}
+
+Json printComparison(const perf::KernelReport &report, bool verbose) {
+  fmt::print("fused vs unfused, per fused kernel (same inputs; {}):\n", report.note);
+  fmt::print("  {:<36} {:>4} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "fused kernel", "ops",
+             "fused us", "unfused us", "saved us", "fused MB", "unfsd MB", "max rel");
+  Json rows = Json::array();
+  double fusedTotal = 0, unfusedTotal = 0;
+  for (const perf::KernelComparison &r : report.rows) {
+    fmt::print("  {:<36} {:>4} {:>10.1f} {:>10.1f} {:>9.1f} {:>9.2f} {:>9.2f} {:>9.1e}{}\n",
+               r.kernel.substr(0, 36), r.ops, r.fusedMicros, r.unfusedMicros,
+               r.unfusedMicros - r.fusedMicros, double(r.fusedBytes) / 1e6,
+               double(r.unfusedBytes) / 1e6, r.maxRelDiff, r.note.empty() ? "" : "  " + r.note);
+    if (verbose)
+      fmt::print("    unfused: {}\n", fmt::join(r.unfused, " + "));
+    fusedTotal += r.fusedMicros;
+    unfusedTotal += r.unfusedMicros;
+    rows.push_back(perf::toJson(r));
+  }
+  fmt::print("  total: {:.1f} us fused, {:.1f} us unfused ({} fused kernels); max rel = "
+             "max |a-b| / max(|a|,|b|,1e-6) over the kernel's outputs\n",
+             fusedTotal, unfusedTotal, report.rows.size());
+  return rows;
 }
 
 // Each distinct matmul shape of the graph compiled alone and timed: kernel
 // times of fused builds include their epilogues (an optimizer update can
 // cost more than the product), so this is the figure for the products.
-void printMatmuls(const Graph &graph, const BenchOptions &options) {
+Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGflops) {
   std::map<std::string, std::array<int64_t, 4>> shapes; // batch, m, k, n
   for (const Node &n : graph.nodes) {
     if (n.op != OpKind::MatMul || n.type.dtype != DType::F32)
@@ -88,8 +190,9 @@ void printMatmuls(const Graph &graph, const BenchOptions &options) {
     shapes[fmt::format("{}x{}x{}{}", m, k, cols, batch > 1 ? fmt::format(" (batch {})", batch) : "")] =
         {batch, m, k, cols};
   }
+  Json json = Json::array();
   if (shapes.empty())
-    return;
+    return json;
   fmt::print("matmuls (m x k x n), each compiled alone:\n");
   double totalFlops = 0, totalMicros = 0;
   for (const auto &[label, s] : shapes) {
@@ -102,9 +205,7 @@ void printMatmuls(const Graph &graph, const BenchOptions &options) {
     TensorMap in = randomInputs(g, options.seed);
     std::vector<double> micros;
     for (int i = 0; i < options.warmup + options.steps; ++i) {
-      auto start = std::chrono::steady_clock::now();
-      exe->step(in);
-      double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+      double us = 1e3 * millisecondsOf([&] { exe->step(in); });
       if (i >= options.warmup)
         micros.push_back(us);
     }
@@ -113,16 +214,19 @@ void printMatmuls(const Graph &graph, const BenchOptions &options) {
     totalFlops += flops;
     totalMicros += us;
     fmt::print("  {:<28} {:>9.1f} us {:>8.1f} GFLOP/s {:>5.0f}% of peak\n", label, us,
-               flops / us / 1e3, 100 * flops / us / 1e3 / options.peakGflops);
+               flops / us / 1e3, 100 * flops / us / 1e3 / peakGflops);
+    json.push_back({{"shape", label}, {"median_us", us}, {"gflops", flops / us / 1e3}});
   }
-  fmt::print("  all matmul shapes: {:.1f} GFLOP/s ({:.0f}% of the {:.0f} GFLOP/s peak)\n",
-             totalFlops / totalMicros / 1e3, 100 * totalFlops / totalMicros / 1e3 / options.peakGflops,
-             options.peakGflops);
+  fmt::print("  all matmul shapes: {:.1f} GFLOP/s ({:.0f}% of the {:.0f} GFLOP/s peak; step "
+             "times include copying inputs in and the output out)\n",
+             totalFlops / totalMicros / 1e3, 100 * totalFlops / totalMicros / 1e3 / peakGflops,
+             peakGflops);
+  return json;
 }
 
-} // namespace
-
-int bench(const BenchOptions &options) {
+// The compiled graph's figures: compile and cache-hit times, ms/step fused
+// and unfused, peak arena, and with --per-kernel the kernel tables.
+Json benchGraph(const BenchOptions &options, double peakGflops) {
   Graph graph = parseGraphFile(options.file);
   if (!options.optimizer.empty()) {
     Optimizer opt;
@@ -131,51 +235,189 @@ int bench(const BenchOptions &options) {
     graph = stepc::trainStep(graph, options.loss, opt);
   }
   TensorMap inputs = randomInputs(graph, options.seed);
+  RunOptions run{.threads = options.threads};
+  CompileOptions fusedOptions{.fusion = true}, unfusedOptions{.fusion = false};
 
-  RunOptions run;
-  run.profile = options.perKernel;
-  run.threads = options.threads;
-  auto compileStart = std::chrono::steady_clock::now();
-  Timed fused{compileJit(graph, {.fusion = true}, run), {}};
-  double compileSeconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - compileStart).count();
-  Timed unfused;
-  if (options.compareUnfused)
-    unfused.exe = compileJit(graph, {.fusion = false}, run);
+  // A compile, a hit in this process' memory, and a hit on disk (what a
+  // second process finds), each checked against the cache's own counters.
+  PrivateJitCache cache;
+  resetJitCacheStats();
+  std::unique_ptr<Executable> fused;
+  double compileMs = millisecondsOf([&] { fused = compileJit(graph, fusedOptions, run); });
+  std::optional<double> memoryHitMs, diskHitMs;
+  std::string cacheNote;
+  if (jitCacheStats().misses == 1) {
+    double ms = millisecondsOf([&] { compileJit(graph, fusedOptions, run); });
+    if (jitCacheStats().memoryHits == 1)
+      memoryHitMs = ms;
+    clearJitMemoryCache();
+    ms = millisecondsOf([&] { compileJit(graph, fusedOptions, run); });
+    if (jitCacheStats().diskHits == 1)
+      diskHitMs = ms;
+    else
+      cacheNote = cache.onDisk() ? " (the disk cache could not be written)"
+                                 : " (no temporary directory for the disk cache)";
+  } else {
+    cacheNote = " (the first compile did not go through the cache)";
+  }
+
+  std::unique_ptr<Executable> unfused;
+  std::optional<double> unfusedCompileMs;
+  if (options.compareUnfused || options.perKernel)
+    unfusedCompileMs =
+        millisecondsOf([&] { unfused = compileJit(graph, unfusedOptions, run); });
 
   for (int i = 0; i < options.warmup; ++i) {
-    fused.exe->step(inputs);
-    if (unfused.exe)
-      unfused.exe->step(inputs);
+    fused->step(inputs);
+    if (unfused)
+      unfused->step(inputs);
   }
-  int64_t firstFused = fused.exe->stepsTaken();
-  int64_t firstUnfused = unfused.exe ? unfused.exe->stepsTaken() : 0;
+  std::vector<double> fusedMs, unfusedMs;
   for (int i = 0; i < options.steps; ++i) {
-    runStep(fused, inputs);
-    if (unfused.exe)
-      runStep(unfused, inputs);
+    fusedMs.push_back(millisecondsOf([&] { fused->step(inputs); }));
+    if (unfused)
+      unfusedMs.push_back(millisecondsOf([&] { unfused->step(inputs); }));
   }
 
-  fmt::print("{}{}: {} kernels, compiled in {:.2f} s, {} threads\n", graph.name,
+  int threads = options.threads > 0 ? options.threads
+                                    : static_cast<int>(std::thread::hardware_concurrency());
+  auto load = loadAverage();
+  fmt::print("{}{}: {} kernels fused{}, {} threads, load average {:.2f} {:.2f} {:.2f}\n",
+             graph.name,
              options.optimizer.empty() ? "" : " (training step, " + options.optimizer + ")",
-             fused.exe->spec().kernels.size(), compileSeconds,
-             options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()));
-  double fusedMedian = median(fused.stepMillis);
+             fused->spec().kernels.size(),
+             unfused ? fmt::format(", {} unfused", unfused->spec().kernels.size()) : "", threads,
+             load[0], load[1], load[2]);
+  fmt::print("compile: {:.1f} ms (passes, MLIR, LLVM, load){}\n", compileMs,
+             unfusedCompileMs ? fmt::format("; unfused {:.1f} ms", *unfusedCompileMs) : "");
+  fmt::print("cache hit: {} in memory, {} from disk{}\n",
+             memoryHitMs ? fmt::format("{:.2f} ms", *memoryHitMs) : "n/a",
+             diskHitMs ? fmt::format("{:.2f} ms", *diskHitMs) : "n/a", cacheNote);
+  fmt::print("peak arena: {} bytes fused ({}){}\n", fused->spec().arenaBytes,
+             megabytes(fused->spec().arenaBytes),
+             unfused ? fmt::format(", {} bytes unfused ({})", unfused->spec().arenaBytes,
+                                   megabytes(unfused->spec().arenaBytes))
+                     : "");
+  double fusedMedian = median(fusedMs);
   fmt::print("fused:   median step {:.3f} ms over {} steps\n", fusedMedian, options.steps);
-  if (unfused.exe) {
-    double unfusedMedian = median(unfused.stepMillis);
-    fmt::print("unfused: median step {:.3f} ms over {} steps ({} kernels)\n", unfusedMedian,
-               options.steps, unfused.exe->spec().kernels.size());
-    fmt::print("speedup fused/unfused: {:.2f}x\n", unfusedMedian / fusedMedian);
+  std::optional<double> unfusedMedian;
+  if (unfused) {
+    unfusedMedian = median(unfusedMs);
+    fmt::print("unfused: median step {:.3f} ms over {} steps\n", *unfusedMedian, options.steps);
+    fmt::print("speedup fused/unfused: {:.2f}x\n", *unfusedMedian / fusedMedian);
   }
+
+  Json json = {
+      {"graph", graph.name},
+      {"file", options.file},
+      {"training_step", options.optimizer.empty() ? Json() : Json(options.optimizer)},
+      {"threads", threads},
+      {"steps", options.steps},
+      {"warmup", options.warmup},
+      {"load_average", load},
+      {"compile_ms", compileMs},
+      {"unfused_compile_ms", optionalJson(unfusedCompileMs)},
+      {"cache_hit_ms", optionalJson(memoryHitMs)},
+      {"cache_hit_disk_ms", optionalJson(diskHitMs)},
+      {"fused_ms_per_step", fusedMedian},
+      {"unfused_ms_per_step", optionalJson(unfusedMedian)},
+      {"speedup", unfusedMedian ? Json(*unfusedMedian / fusedMedian) : Json()},
+      {"peak_bytes", fused->spec().arenaBytes},
+      {"unfused_peak_bytes", unfused ? Json(unfused->spec().arenaBytes) : Json()},
+      {"kernels_fused", fused->spec().kernels.size()},
+      {"kernels_unfused", unfused ? Json(unfused->spec().kernels.size()) : Json()},
+      {"per_kernel", Json()},
+  };
   if (options.perKernel) {
-    fmt::print("per kernel, fused:\n");
-    printKernels(*fused.exe, firstFused, options.peakGflops);
-    if (unfused.exe && options.verbose) {
-      fmt::print("per kernel, unfused:\n");
-      printKernels(*unfused.exe, firstUnfused, options.peakGflops);
-    }
-    printMatmuls(graph, options);
+    fused.reset();
+    unfused.reset();
+    perf::KernelReport report = perf::compareKernels(
+        graph, inputs, {.steps = options.steps, .warmup = options.warmup, .threads = options.threads});
+    json["kernels"] = printKernels(report.fused, peakGflops);
+    json["per_kernel"] = printComparison(report, options.verbose);
+    json["per_kernel_note"] = report.note;
+    json["matmuls"] = printMatmuls(graph, options, peakGflops);
+  }
+  return json;
+}
+
+// The tanh GELU over n floats, fused into one pass: how close an elementwise
+// chain gets to the machine's copy bandwidth.
+Json benchGelu(int64_t n, const BenchOptions &options, const perf::MachinePeak &machine) {
+  GraphBuilder b("gelu");
+  Value x = b.input("x", DType::F32, {n});
+  b.output("y", gelu(x));
+  Graph graph = b.finish();
+  auto exe = compileJit(graph, {.fusion = true}, {.profile = true, .threads = options.threads});
+  TensorMap inputs = randomInputs(graph, options.seed);
+  for (int i = 0; i < options.warmup; ++i)
+    exe->step(inputs);
+  int64_t first = exe->stepsTaken();
+  std::vector<double> stepMs;
+  for (int i = 0; i < std::max(options.steps, 10); ++i)
+    stepMs.push_back(millisecondsOf([&] { exe->step(inputs); }));
+  // Kernel time per step: step() also copies x into the arena and y out.
+  std::map<int64_t, double> kernelMs;
+  for (const KernelTiming &t : exe->profile())
+    if (t.step >= first)
+      kernelMs[t.step] += t.durationMicros / 1e3;
+  std::vector<double> perStep;
+  for (const auto &[step, ms] : kernelMs)
+    perStep.push_back(ms);
+  double kernel = median(perStep), step = median(stepMs);
+  double bytes = 2.0 * double(n) * sizeof(float); // x read once, y written once
+  double gbs = bytes / (kernel / 1e3) / 1e9;
+  double percent = machine.copyGBs > 0 ? 100 * gbs / machine.copyGBs : 0;
+  fmt::print("gelu (tanh) over {} floats: {} kernel{}, {:.3f} ms = {:.1f} GB/s read+written, "
+             "{:.0f}% of the measured copy bandwidth; step with copies in and out {:.3f} ms\n",
+             n, exe->spec().kernels.size(), exe->spec().kernels.size() == 1 ? "" : "s", kernel,
+             gbs, percent, step);
+  return {{"n", n},
+          {"kernels", exe->spec().kernels.size()},
+          {"kernel_ms", kernel},
+          {"step_ms", step},
+          {"bytes", bytes},
+          {"gb_per_s", gbs},
+          {"percent_of_copy", percent}};
+}
+
+} // namespace
+
+int bench(const BenchOptions &options) {
+  if (options.backend != "cpu")
+    throw Error(fmt::format("bench: backend '{}' is not available; the only backend bench "
+                            "runs is 'cpu'",
+                            options.backend));
+  if (options.file.empty() && options.gelu <= 0)
+    throw Error("bench: give a graph file (FILE.sg), --gelu N, or both");
+  if (options.steps < 1 || options.warmup < 0)
+    throw Error(fmt::format("bench: --steps must be at least 1 and --warmup at least 0 (got "
+                            "{} and {})",
+                            options.steps, options.warmup));
+
+  perf::MachinePeak machine = perf::measureMachine(options.threads);
+  double peak = options.peakGflops > 0 ? options.peakGflops : machine.gflops;
+  fmt::print("machine: {:.1f} GFLOP/s fp32 FMA ({}), {:.1f} GB/s copy (measured now, {} "
+             "thread{}){}\n",
+             machine.gflops, machine.isa, machine.copyGBs, machine.threads,
+             machine.threads == 1 ? "" : "s",
+             options.peakGflops > 0 ? fmt::format("; percentages of --peak-gflops {:.1f}", peak)
+                                    : "");
+  if (peak <= 0)
+    peak = 1; // no FMA measured and none given: percentages are meaningless but finite
+
+  Json json = options.file.empty() ? Json::object() : benchGraph(options, peak);
+  json["backend"] = options.backend;
+  json["machine"] = {{"threads", machine.threads},
+                     {"isa", machine.isa},
+                     {"fma_gflops", machine.gflops},
+                     {"copy_gb_per_s", machine.copyGBs},
+                     {"peak_gflops_used", peak}};
+  if (options.gelu > 0)
+    json["gelu"] = benchGelu(options.gelu, options, machine);
+  if (!options.json.empty()) {
+    writeJsonAtomically(options.json, json);
+    fmt::print("wrote {}\n", options.json);
   }
   return 0;
 }

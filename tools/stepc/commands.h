@@ -16,7 +16,8 @@ int check(const std::string &file);
 
 struct RunCommandOptions {
   std::string file;
-  std::string backend = "interp";
+  std::string backend = "interp"; // interp, cpu or cuda
+  std::string gpuArch = "sm_90";   // --backend cuda
   uint64_t seed = 0;
   std::vector<std::string> inputs; // NAME=FILE.npy
   std::string saveOutputs;         // directory, optional
@@ -67,16 +68,22 @@ int gradcheck(const GradcheckCliOptions &options);
 int demo();
 
 struct DemoOptions {
-  std::string model = "mlp";         // examples/<model>.sg
+  // examples/<model>.sg; empty: mlp (Fashion-MNIST), makemore (demo makemore).
+  std::string model;
   std::string examples = "examples"; // where the .sg files are
   int epochs = 1;
-  double lr = 1e-3;
+  int64_t steps = 0; // > 0: stop training after this many steps (quick runs)
+  std::optional<double> lr; // default: the model's (1e-3 on Fashion-MNIST)
   uint64_t seed = 1;
-  std::string checkpoint = "build/fashion_mnist_mlp.safetensors";
-  double targetAccuracy = 83.5; // exit 1 below it
+  // Default: build/<data set>_<model>.safetensors; empty: save nothing.
+  std::optional<std::string> checkpoint;
+  double targetAccuracy = 83.5; // Fashion-MNIST: exit 1 below it
 };
 // `stepc demo [--model mlp|cnn]`: trains on Fashion-MNIST, compiled.
 int fashionDemo(const DemoOptions &options);
+// `stepc demo makemore [--model bigram|makemore]`: character-level language
+// models on Debian's wamerican words, compiled; prints samples.
+int makemoreDemo(const DemoOptions &options);
 
 struct OptOptions {
   std::string file, output;
@@ -97,7 +104,8 @@ int opt(const OptOptions &options);
 // --- ONNX (onnx_commands.cpp) ---
 
 // The backend behind --backend: "interp" runs the reference interpreter,
-// "cpu" the JIT-compiled graph; "cuda" is not available yet (a clear error).
+// "cpu" the JIT-compiled graph, "cuda" the graph compiled to PTX on the first
+// GPU (where there is none: stepc::Error "no CUDA device: ...").
 BackendRun selectBackend(const std::string &name);
 
 // A .sg file (params from their initializers) or an .onnx file (imported
@@ -129,14 +137,20 @@ int onnxConformance(const ConformanceCliOptions &options);
 namespace stepc::cli {
 
 struct BenchOptions {
-  std::string file, loss = "loss";
+  std::string file, loss = "loss"; // file may be empty with gelu > 0
   std::string optimizer; // non-empty: bench the training step with it
+  std::string backend = "cpu"; // the only one; others are a clear error
+  std::string json;            // non-empty: write the figures here too
   uint64_t seed = 0;
   int steps = 20, warmup = 3, threads = 0;
+  // perKernel: the fused-vs-unfused A/B per fusion group (implies
+  // compareUnfused); verbose also lists each group's unfused kernels.
   bool perKernel = false, compareUnfused = false, verbose = false;
-  double peakGflops = 227; // fp32 FMA peak of the 2-core machines here
+  double peakGflops = 0; // fp32 FMA peak for percentages; 0: measured now
+  int64_t gelu = 0;      // > 0: also the tanh GELU over this many floats
 };
-// `stepc bench FILE.sg [--train-step adam] [--per-kernel] [--compare-unfused]`
+// `stepc bench FILE.sg [--train-step adam] [--compare-unfused] [--per-kernel]
+//   [--json OUT.json] [--gelu [N]]` (tools/stepc/bench*.cpp)
 int bench(const BenchOptions &options);
 
 } // namespace stepc::cli
@@ -147,10 +161,13 @@ namespace stepc::cli {
 
 struct CompileCliOptions {
   std::string file, output, target = "cpu", dump, kernel, name;
+  std::string gpuArch = "sm_90"; // --target cuda
   bool noFusion = false;
 };
-// `stepc compile FILE.sg --target cpu -o DIR [--no-fusion] [--name NAME]`
+// `stepc compile FILE.sg --target cpu|cuda -o DIR [--no-fusion] [--name NAME]
+//   [--gpu-arch sm_90]`
 // `stepc compile FILE.sg --dump mlir|llvm-dialect|llvm|llvm-opt [--kernel NAME]`
+// `stepc compile FILE.sg --target cuda --dump mlir|nvvm|ptx [--kernel NAME]`
 int compile(const CompileCliOptions &options);
 
 } // namespace stepc::cli

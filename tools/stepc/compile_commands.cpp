@@ -1,5 +1,5 @@
-// `stepc compile`: ahead-of-time artifacts for the host CPU, and the IR of
-// each lowering stage.
+// `stepc compile`: ahead-of-time artifacts for the host CPU or a CUDA GPU,
+// and the IR of each lowering stage.
 #include "commands.h"
 
 #include "stepc/compile.h"
@@ -12,34 +12,42 @@
 namespace stepc::cli {
 
 int compile(const CompileCliOptions &options) {
-  if (options.target == "cuda")
-    throw Error("--target cuda: the CUDA backend is not available yet; use --target cpu");
-  if (options.target != "cpu")
-    throw Error(fmt::format("unknown target '{}'; expected cpu (cuda is not available yet)",
-                            options.target));
+  bool cuda = options.target == "cuda";
+  if (!cuda && options.target != "cpu")
+    throw Error(fmt::format("unknown target '{}'; expected cpu or cuda", options.target));
+  std::string stages = cuda ? "mlir|nvvm|ptx" : "mlir|llvm-dialect|llvm|llvm-opt";
   if (!options.kernel.empty() && options.dump.empty())
-    throw Error("--kernel chooses the kernel to dump: give --dump mlir|llvm-dialect|llvm|llvm-opt "
-                "as well");
+    throw Error(fmt::format("--kernel chooses the kernel to dump: give --dump {} as well", stages));
   if (options.dump.empty() && options.output.empty())
-    throw Error("stepc compile: give -o DIR to write an artifact, or --dump "
-                "mlir|llvm-dialect|llvm|llvm-opt to print IR");
+    throw Error(fmt::format("stepc compile: give -o DIR to write an artifact, or --dump {} to "
+                            "print IR",
+                            stages));
 
   Graph graph = parseGraphFile(options.file);
   CompileOptions compileOptions;
   compileOptions.fusion = !options.noFusion;
+  compileOptions.target = cuda ? Target::Cuda : Target::Cpu;
+  compileOptions.gpuArch = options.gpuArch;
   if (!options.dump.empty())
     fmt::print("{}", dumpKernelIR(graph, compileOptions, options.kernel, options.dump));
   if (options.output.empty())
     return 0;
 
   AotArtifact artifact = compileAot(graph, compileOptions, options.output, options.name);
-  for (const std::string &file :
-       {artifact.header, artifact.object, artifact.source, artifact.params})
+  std::vector<std::string> files = {artifact.header, artifact.object, artifact.source,
+                                    artifact.params};
+  if (cuda)
+    files.push_back(artifact.ptx);
+  for (const std::string &file : files)
     fmt::print("wrote {} ({} bytes)\n", file, std::filesystem::file_size(file));
   fmt::print("build: c++ -std=c++20 -I<stepc>/include -I{dir} {source} {object} your_main.c "
-             "<build>/lib/libstepc_runtime.a -lfmt -pthread -lm\n",
+             "<build>/lib/libstepc_runtime.a -lfmt -pthread -lm{dl}\n",
              fmt::arg("dir", options.output), fmt::arg("source", artifact.source),
-             fmt::arg("object", artifact.object));
+             fmt::arg("object", artifact.object), fmt::arg("dl", cuda ? " -ldl" : ""));
+  if (cuda)
+    fmt::print("runs on a CUDA GPU ({} or newer; the driver compiles the PTX), with no LLVM, "
+               "MLIR or CUDA toolkit\n",
+               options.gpuArch);
   return 0;
 }
 

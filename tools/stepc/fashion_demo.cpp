@@ -50,7 +50,9 @@ double median(std::vector<double> v) {
 } // namespace
 
 int fashionDemo(const DemoOptions &options) {
-  std::string modelPath = options.examples + "/" + options.model + ".sg";
+  std::string modelName = options.model.empty() ? "mlp" : options.model;
+  std::string modelPath = options.examples + "/" + modelName + ".sg";
+  double lr = options.lr.value_or(1e-3);
   Graph model = parseGraphFile(modelPath);
   auto xId = model.findNamed("x"), yId = model.findNamed("y"), logitsId = model.findNamed("logits");
   if (!xId || !yId || !logitsId || model.type(*xId).numel() % model.type(*xId).shape[0] != 0)
@@ -68,10 +70,10 @@ int fashionDemo(const DemoOptions &options) {
     throw Error(fmt::format("{}: input x has {} values per example, images have {}", modelPath,
                             xType.numel() / batch, train.pixels));
   fmt::print("Fashion-MNIST: {} training and {} test images; model {} (batch {}), Adam lr {}\n",
-             train.count, test.count, modelPath, batch, options.lr);
+             train.count, test.count, modelPath, batch, lr);
 
   Optimizer opt = Optimizer::adam();
-  opt.lr = options.lr;
+  opt.lr = lr;
   Graph step = trainStep(model, "loss", opt);
   auto compileStart = Clock::now();
   auto trainer = compileJit(step);
@@ -81,9 +83,12 @@ int fashionDemo(const DemoOptions &options) {
   std::mt19937_64 rng(options.seed);
   std::vector<int64_t> order(static_cast<size_t>(train.count));
   std::iota(order.begin(), order.end(), 0);
-  int64_t stepsPerEpoch = train.count / batch;
+  // --steps cuts training short (quick runs); the last epoch may be partial.
+  int64_t stepsLeft = options.steps > 0 ? options.steps : options.epochs * (train.count / batch);
   std::vector<double> stepMillis;
-  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
+  for (int epoch = 1; epoch <= options.epochs && stepsLeft > 0; ++epoch) {
+    int64_t stepsPerEpoch = std::min(train.count / batch, stepsLeft);
+    stepsLeft -= stepsPerEpoch;
     std::shuffle(order.begin(), order.end(), rng);
     Progress progress(fmt::format("epoch {}/{}", epoch, options.epochs), stepsPerEpoch);
     double lossSum = 0;
@@ -121,14 +126,19 @@ int fashionDemo(const DemoOptions &options) {
     }
   }
   double accuracy = 100.0 * double(correct) / double(test.count);
-  fmt::print("test accuracy after {} epoch{}: {:.2f}% ({} of {})\n", options.epochs,
-             options.epochs == 1 ? "" : "s", accuracy, correct, test.count);
+  std::string trained = options.steps > 0
+                            ? fmt::format("{} steps", trainer->stepsTaken())
+                            : fmt::format("{} epoch{}", options.epochs, options.epochs == 1 ? "" : "s");
+  fmt::print("test accuracy after {}: {:.2f}% ({} of {}; target {}%)\n", trained, accuracy,
+             correct, test.count, options.targetAccuracy);
 
-  if (!options.checkpoint.empty()) {
-    trainer->saveParams(options.checkpoint);
+  std::string checkpoint =
+      options.checkpoint.value_or(fmt::format("build/fashion_mnist_{}.safetensors", modelName));
+  if (!checkpoint.empty()) {
+    trainer->saveParams(checkpoint);
     fmt::print("saved the trained parameters and optimizer state to {} (evaluate with: stepc run "
                "{} --backend cpu --params {})\n",
-               options.checkpoint, modelPath, options.checkpoint);
+               checkpoint, modelPath, checkpoint);
   }
 
   // Fused against unfused on the same batches, alternating.

@@ -22,7 +22,9 @@ int main(int argc, char **argv) {
   stepc::cli::RunCommandOptions runOptions;
   auto *run = app.add_subcommand("run", "Run a graph once and summarize its outputs");
   run->add_option("file", runOptions.file, "graph file (.sg) or ONNX model (.onnx)")->required();
-  run->add_option("--backend", runOptions.backend, "interp")->capture_default_str();
+  run->add_option("--backend", runOptions.backend, "interp, cpu or cuda")->capture_default_str();
+  run->add_option("--gpu-arch", runOptions.gpuArch, "with --backend cuda: the GPU's chip")
+      ->capture_default_str();
   run->add_option("--seed", runOptions.seed, "seed for random inputs")->capture_default_str();
   run->add_option("--input", runOptions.inputs, "NAME=FILE.npy (repeatable)");
   run->add_option("--params", runOptions.params,
@@ -75,16 +77,26 @@ int main(int argc, char **argv) {
 
   stepc::cli::DemoOptions demoOptions;
   auto *demo = app.add_subcommand(
-      "demo", "Train examples/<model>.sg on Fashion-MNIST, compiled (or `demo small`)");
+      "demo",
+      "Train examples/<model>.sg on Fashion-MNIST, compiled (or `demo makemore`, `demo small`)");
   std::string demoWhich;
-  demo->add_option("which", demoWhich, "'small': XOR and poly_sin on the interpreter");
-  demo->add_option("--model", demoOptions.model, "mlp or cnn")->capture_default_str();
-  demo->add_option("--epochs", demoOptions.epochs)->capture_default_str();
-  demo->add_option("--lr", demoOptions.lr)->capture_default_str();
+  demo->add_option("which", demoWhich,
+                   "'makemore': character-level language models on English words; "
+                   "'small': XOR and poly_sin on the interpreter");
+  demo->add_option("--model", demoOptions.model,
+                   "mlp (default) or cnn; with makemore: makemore (default) or bigram");
+  demo->add_option("--epochs", demoOptions.epochs, "Fashion-MNIST epochs")->capture_default_str();
+  demo->add_option("--steps", demoOptions.steps, "stop training after N steps (0: all)")
+      ->capture_default_str();
+  demo->add_option("--lr", demoOptions.lr, "Adam's learning rate (default: the model's)");
   demo->add_option("--seed", demoOptions.seed)->capture_default_str();
   demo->add_option("--examples", demoOptions.examples, "folder with the .sg files")
       ->capture_default_str();
-  demo->add_option("--checkpoint", demoOptions.checkpoint, "where to save the trained model")
+  demo->add_option("--checkpoint", demoOptions.checkpoint,
+                   "where to save the trained model (default: build/DATA_MODEL.safetensors; "
+                   "'': nowhere)");
+  demo->add_option("--target-accuracy", demoOptions.targetAccuracy,
+                   "Fashion-MNIST: exit 1 below this test accuracy (%)")
       ->capture_default_str();
 
   stepc::cli::OptOptions optOptions;
@@ -129,27 +141,46 @@ int main(int argc, char **argv) {
   conformance->add_flag("-v,--verbose", conformanceOptions.verbose, "one line per test");
 
   stepc::cli::BenchOptions benchOptions;
-  auto *bench = app.add_subcommand("bench", "Time compiled steps (medians), per kernel");
-  bench->add_option("file", benchOptions.file, "graph file (.sg)")->required();
+  auto *bench = app.add_subcommand(
+      "bench", "Time compiled steps (medians): compile, cache hit, fused vs unfused, per kernel");
+  bench->add_option("file", benchOptions.file, "graph file (.sg); optional with --gelu");
   bench->add_option("--train-step", benchOptions.optimizer,
                     "bench the training step with this optimizer (e.g. adam)");
+  bool benchTrain = false;
+  bench->add_flag("--train", benchTrain, "bench the training step (--optimizer, default adam)");
+  std::string benchOptimizer;
+  bench->add_option("--optimizer", benchOptimizer, "with --train: sgd, momentum, adam, ...");
+  bench->add_option("--backend", benchOptions.backend, "cpu (the only one)")
+      ->capture_default_str();
   bench->add_option("--loss", benchOptions.loss)->capture_default_str();
   bench->add_option("--steps", benchOptions.steps)->capture_default_str();
   bench->add_option("--warmup", benchOptions.warmup)->capture_default_str();
   bench->add_option("--threads", benchOptions.threads, "0: all cores")->capture_default_str();
   bench->add_option("--seed", benchOptions.seed)->capture_default_str();
-  bench->add_flag("--per-kernel", benchOptions.perKernel, "median time and GFLOP/s per kernel");
-  bench->add_flag("--compare-unfused", benchOptions.compareUnfused,
+  bench->add_flag("--per-kernel", benchOptions.perKernel,
+                  "per kernel: GFLOP/s, and each fused kernel against its ops run unfused "
+                  "(time, bytes, largest output difference)");
+  bench->add_flag("--compare-unfused,--compare-fusion", benchOptions.compareUnfused,
                   "also run one op per kernel, alternating steps");
-  bench->add_flag("--verbose", benchOptions.verbose, "per-kernel table of the unfused build too");
-  bench->add_option("--peak-gflops", benchOptions.peakGflops, "for the % of peak")
-      ->capture_default_str();
+  bench->add_flag("--verbose", benchOptions.verbose,
+                  "with --per-kernel: list each fused kernel's unfused kernels");
+  bench->add_option("--json", benchOptions.json, "also write the figures to this JSON file");
+  bench->add_option("--gelu", benchOptions.gelu,
+                    "also time the fused tanh GELU over N floats (default 4194304) against "
+                    "the copy bandwidth")
+      ->expected(0, 1)
+      ->default_str("4194304");
+  bench->add_option("--peak-gflops", benchOptions.peakGflops,
+                    "fp32 peak for the % of peak (default: measured in the run)");
 
   stepc::cli::CompileCliOptions compileOptions;
   auto *compile = app.add_subcommand(
       "compile", "Compile ahead of time (object + C header + runtime glue), or dump the IR");
   compile->add_option("file", compileOptions.file, "graph file (.sg)")->required();
-  compile->add_option("--target", compileOptions.target, "cpu (cuda: not available yet)")
+  compile->add_option("--target", compileOptions.target, "cpu or cuda (PTX)")
+      ->capture_default_str();
+  compile->add_option("--gpu-arch", compileOptions.gpuArch,
+                      "with --target cuda: the chip (sm_90, sm_80, sm_86, sm_89, ...)")
       ->capture_default_str();
   compile->add_option("-o,--output", compileOptions.output,
                       "directory for NAME.o, NAME.h, NAME_spec.cpp, NAME.params.safetensors");
@@ -157,7 +188,8 @@ int main(int argc, char **argv) {
                       "the C name of the artifact (default: the graph's name)");
   compile->add_flag("--no-fusion", compileOptions.noFusion, "one kernel per op");
   compile->add_option("--dump", compileOptions.dump,
-                      "print the IR at a stage: mlir, llvm-dialect, llvm, llvm-opt");
+                      "print the IR at a stage: mlir, llvm-dialect, llvm, llvm-opt; with "
+                      "--target cuda: mlir, nvvm, ptx");
   compile->add_option("--kernel", compileOptions.kernel, "with --dump: only this kernel");
 
   CLI11_PARSE(app, argc, argv);
@@ -180,13 +212,26 @@ int main(int argc, char **argv) {
     if (*demo) {
       if (demoWhich == "small")
         return stepc::cli::demo();
+      if (demoWhich == "makemore")
+        return stepc::cli::makemoreDemo(demoOptions);
       if (!demoWhich.empty())
-        throw stepc::Error(fmt::format("unknown demo '{}'; try `stepc demo` or `stepc demo small`",
-                                       demoWhich));
+        throw stepc::Error(fmt::format(
+            "unknown demo '{}'; try `stepc demo`, `stepc demo makemore` or `stepc demo small`",
+            demoWhich));
       return stepc::cli::fashionDemo(demoOptions);
     }
-    if (*bench)
+    if (*bench) {
+      // --train --optimizer OPT is the long spelling of --train-step OPT.
+      if (!benchOptimizer.empty() && !benchOptions.optimizer.empty() &&
+          benchOptimizer != benchOptions.optimizer)
+        throw stepc::Error(fmt::format("bench: --train-step {} and --optimizer {} disagree",
+                                       benchOptions.optimizer, benchOptimizer));
+      if (!benchOptimizer.empty())
+        benchOptions.optimizer = benchOptimizer;
+      else if (benchTrain && benchOptions.optimizer.empty())
+        benchOptions.optimizer = "adam";
       return stepc::cli::bench(benchOptions);
+    }
     if (*importOnnx)
       return stepc::cli::importOnnx(importOptions);
     if (*conformance)

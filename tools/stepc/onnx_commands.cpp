@@ -50,9 +50,21 @@ BackendRun selectBackend(const std::string &name) {
         outputs.emplace(output, std::move(value));
       return outputs;
     };
-  if (name == "cuda")
-    throw Error(fmt::format("backend '{}' is not available yet; available: interp, cpu", name));
-  throw Error(fmt::format("unknown backend '{}'; available: interp, cpu", name));
+  if (name == "cuda") {
+    // Fail now, not once per test, where there is no GPU.
+    if (std::string why = cudaUnavailableReason(); !why.empty())
+      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
+    return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
+      auto executable = compileCuda(graph);
+      for (const auto &[param, value] : params)
+        executable->setParam(param, value);
+      TensorMap outputs;
+      for (auto &[output, value] : executable->step(inputs))
+        outputs.emplace(output, std::move(value));
+      return outputs;
+    };
+  }
+  throw Error(fmt::format("unknown backend '{}'; available: interp, cpu, cuda", name));
 }
 
 LoadedModel loadModel(const std::string &file, const TensorMap &inputValues) {

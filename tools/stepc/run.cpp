@@ -68,8 +68,12 @@ void loadCheckpointInto(const std::string &path, const Graph &graph, TensorMap &
 }
 
 int run(const RunCommandOptions &options) {
-  if (options.backend != "interp" && options.backend != "cpu")
-    throw Error(fmt::format("unknown backend '{}'; available: interp, cpu", options.backend));
+  if (options.backend != "interp" && options.backend != "cpu" && options.backend != "cuda")
+    throw Error(fmt::format("unknown backend '{}'; available: interp, cpu, cuda", options.backend));
+  // Before loading and compiling anything: is there a GPU to run on?
+  if (options.backend == "cuda")
+    if (std::string why = cudaUnavailableReason(); !why.empty())
+      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
   // An .onnx model may need some inputs' values at import (stepc shapes are
   // static): offer it the --input files; those it takes become constants.
   TensorMap given;
@@ -101,6 +105,12 @@ int run(const RunCommandOptions &options) {
   TensorMap outputs;
   if (options.backend == "cpu") {
     auto executable = compileJit(graph);
+    for (auto &[name, value] : params)
+      executable->setParam(name, value);
+    for (auto &[name, value] : executable->step(inputs))
+      outputs.emplace(name, std::move(value));
+  } else if (options.backend == "cuda") {
+    auto executable = compileCuda(graph, CompileOptions{.gpuArch = options.gpuArch});
     for (auto &[name, value] : params)
       executable->setParam(name, value);
     for (auto &[name, value] : executable->step(inputs))

@@ -1,0 +1,68 @@
+// Pieces of `stepc bench` (bench.cpp drives them): the machine's measured
+// peaks and the per-kernel fused-vs-unfused comparison.
+#pragma once
+
+#include "stepc/compile.h"
+#include "stepc/interpreter.h"
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace stepc::cli::perf {
+
+double median(std::vector<double> values);
+
+// What this machine does right now on `threads` threads at once: fp32 FMA
+// throughput on independent accumulators (AVX-512 where the CPU has it, else
+// AVX2) and memcpy bandwidth over 256 MB (bytes read + bytes written per
+// second, the convention the GELU figure uses). Best of a few repetitions.
+struct MachinePeak {
+  int threads = 1;
+  std::string isa;         // "avx512f", "avx2", or "none" (no FMA: gflops 0)
+  double gflops = 0;       // fp32, 2 flops per lane per FMA
+  double copyGBs = 0;      // 1e9 bytes/s
+};
+MachinePeak measureMachine(int threads);
+
+// One fused kernel against the unfused kernels of its ops.
+struct KernelComparison {
+  std::string kernel;               // the fused kernel
+  std::string kind;                 // "epilogue", "loop", ...
+  std::vector<std::string> unfused; // the one-op kernels of its ops
+  size_t ops = 0;
+  double fusedMicros = 0, unfusedMicros = 0; // medians; unfused: their sum
+  int64_t fusedBytes = 0, unfusedBytes = 0;  // read + written
+  // Over the fused kernel's outputs, element by element against the same
+  // value computed unfused: |a - b| / max(|a|, |b|, 1e-6), and |a - b|.
+  // NaN when no output could be matched (see `note`).
+  double maxRelDiff = 0, maxAbsDiff = 0;
+  std::string note;
+};
+
+struct KernelComparisonOptions {
+  int steps = 20, warmup = 3, threads = 0;
+};
+
+struct KernelTime {
+  std::string name;
+  double micros = 0; // median
+  double flops = 0;  // of its matmuls and convolutions
+};
+
+struct KernelReport {
+  std::vector<KernelComparison> rows; // sorted by time saved, largest first
+  std::vector<KernelTime> fused;      // every fused kernel, in execution order
+  std::string note;                   // how the two builds were made
+};
+
+// Compiles `graph` fused and unfused (both after the same passes, so node ids
+// match), runs one step of each with the same inputs and initial params while
+// copying every kernel's outputs, then alternates profiled steps.
+KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
+                            const KernelComparisonOptions &options);
+
+nlohmann::json toJson(const KernelComparison &row);
+
+} // namespace stepc::cli::perf

@@ -1,0 +1,259 @@
+// `stepc bench --per-kernel`: each fused kernel against the one-op kernels of
+// its ops, on the same inputs: time, bytes moved, and how far apart their
+// outputs are.
+//
+// The two builds share node ids because both run the same passes on the same
+// graph before fusion partitions it; a value "%12" is then the same value in
+// both, and the unfused kernel that computes it is the one holding node 12.
+#include "bench.h"
+
+#include "stepc/error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+
+namespace stepc::cli::perf {
+namespace {
+
+// A value's bytes as a kernel left them, copied before a later kernel could
+// reuse its place in the arena.
+struct CapturedValue {
+  TensorType type;
+  std::vector<std::byte> bytes;
+};
+using Captured = std::map<ValueId, CapturedValue>;
+
+// "%12" -> 12 (KernelSpec::outputs are named by value id).
+std::optional<ValueId> slotValue(const TensorSlot &slot) {
+  if (slot.name.size() < 2 || slot.name[0] != '%')
+    return std::nullopt;
+  ValueId id{};
+  const char *end = slot.name.data() + slot.name.size();
+  auto [at, error] = std::from_chars(slot.name.data() + 1, end, id);
+  if (error != std::errc() || at != end)
+    return std::nullopt;
+  return id;
+}
+
+// Copies the outputs of every kernel (those in `wanted`, when given).
+RunOptions capturing(int threads, Captured &into, const std::set<ValueId> *wanted) {
+  RunOptions run;
+  run.threads = threads;
+  run.afterKernel = [&into, wanted](size_t, const KernelSpec &kernel, const std::byte *arena) {
+    for (const TensorSlot &slot : kernel.outputs) {
+      std::optional<ValueId> id = slotValue(slot);
+      if (!id || (wanted && !wanted->count(*id)))
+        continue;
+      const std::byte *data = arena + slot.offset;
+      into[*id] = {slot.type, std::vector<std::byte>(data, data + slot.bytes())};
+    }
+  };
+  return run;
+}
+
+double element(const CapturedValue &value, int64_t i) {
+  const std::byte *at = value.bytes.data() + i * static_cast<int64_t>(dtypeSize(value.type.dtype));
+  auto load = [at]<class T>(T) {
+    T x;
+    std::memcpy(&x, at, sizeof x);
+    return static_cast<double>(x);
+  };
+  switch (value.type.dtype) {
+  case DType::F32:
+    return load(float{});
+  case DType::F64:
+    return load(double{});
+  case DType::I32:
+    return load(int32_t{});
+  case DType::I64:
+    return load(int64_t{});
+  case DType::Bool:
+    return load(uint8_t{}) != 0 ? 1 : 0;
+  }
+  return 0;
+}
+
+struct Difference {
+  double rel = 0, abs = 0;
+};
+
+// Element by element; a NaN on one side only (or Inf against a finite value)
+// is an infinite difference, NaN against NaN none.
+void accumulateDifference(const CapturedValue &a, const CapturedValue &b, Difference &d) {
+  int64_t n = a.type.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    double x = element(a, i), y = element(b, i);
+    if (std::isnan(x) && std::isnan(y))
+      continue;
+    if (x == y)
+      continue;
+    double diff = std::abs(x - y);
+    if (!std::isfinite(diff)) {
+      d.rel = d.abs = std::numeric_limits<double>::infinity();
+      return;
+    }
+    d.abs = std::max(d.abs, diff);
+    d.rel = std::max(d.rel, diff / std::max({std::abs(x), std::abs(y), 1e-6}));
+  }
+}
+
+std::map<std::string, double> kernelMedians(const Executable &exe, int64_t firstStep) {
+  std::map<std::string, std::vector<double>> times;
+  for (const KernelTiming &t : exe.profile())
+    if (t.step >= firstStep)
+      times[t.kernel].push_back(t.durationMicros);
+  std::map<std::string, double> medians;
+  for (auto &[name, micros] : times)
+    medians[name] = median(std::move(micros));
+  return medians;
+}
+
+void requireMatchingKernels(const LoweredGraph &lowered, const Executable &exe,
+                            std::string_view build) {
+  const auto &expected = lowered.spec.kernels, &actual = exe.spec().kernels;
+  bool same = expected.size() == actual.size() && expected.size() == lowered.plan.groups.size();
+  for (size_t i = 0; same && i < expected.size(); ++i)
+    same = expected[i].name == actual[i].name;
+  if (!same)
+    throw Error(fmt::format("bench --per-kernel: the {} executable's kernels differ from its "
+                            "lowered plan ({} kernels against {} groups)",
+                            build, actual.size(), lowered.plan.groups.size()));
+}
+
+} // namespace
+
+KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
+                            const KernelComparisonOptions &options) {
+  KernelReport report;
+  CompileOptions fusedOptions{.fusion = true}, unfusedOptions{.fusion = false};
+  LoweredGraph fused = lowerGraph(graph, fusedOptions);
+  LoweredGraph unfused = lowerGraph(graph, unfusedOptions);
+  Graph base = graph;
+  if (fused.graph == unfused.graph) {
+    report.note = "fused and unfused builds ran the same passes to the same graph";
+  } else {
+    // The passes run before fusion, so this should not happen; if a pass ever
+    // looked at the fusion option, pin the graph after the fused build's
+    // passes and build both from it with no further passes.
+    base = fused.graph;
+    fusedOptions.passes = unfusedOptions.passes = false;
+    fused = lowerGraph(base, fusedOptions);
+    unfused = lowerGraph(base, unfusedOptions);
+    report.note = "the passes gave different graphs fused and unfused; both builds were made "
+                  "from the fused build's optimized graph with passes off";
+  }
+
+  // One step each from the initial params, on the same inputs, copying what
+  // each kernel wrote. The unfused build keeps only the values a fused
+  // kernel also writes.
+  std::set<ValueId> wanted;
+  for (const KernelSpec &kernel : fused.spec.kernels)
+    for (const TensorSlot &slot : kernel.outputs)
+      if (std::optional<ValueId> id = slotValue(slot))
+        wanted.insert(*id);
+  Captured fusedValues, unfusedValues;
+  compileJit(base, fusedOptions, capturing(options.threads, fusedValues, nullptr))->step(inputs);
+  compileJit(base, unfusedOptions, capturing(options.threads, unfusedValues, &wanted))
+      ->step(inputs);
+
+  // Timed steps, alternating builds so that noise hits both alike.
+  RunOptions timed{.profile = true, .threads = options.threads};
+  auto fusedExe = compileJit(base, fusedOptions, timed);
+  auto unfusedExe = compileJit(base, unfusedOptions, timed);
+  requireMatchingKernels(fused, *fusedExe, "fused");
+  requireMatchingKernels(unfused, *unfusedExe, "unfused");
+  for (int i = 0; i < options.warmup; ++i) {
+    fusedExe->step(inputs);
+    unfusedExe->step(inputs);
+  }
+  int64_t firstFused = fusedExe->stepsTaken(), firstUnfused = unfusedExe->stepsTaken();
+  for (int i = 0; i < options.steps; ++i) {
+    fusedExe->step(inputs);
+    unfusedExe->step(inputs);
+  }
+  std::map<std::string, double> fusedMicros = kernelMedians(*fusedExe, firstFused);
+  std::map<std::string, double> unfusedMicros = kernelMedians(*unfusedExe, firstUnfused);
+  for (const KernelSpec &kernel : fused.spec.kernels)
+    report.fused.push_back({kernel.name, fusedMicros[kernel.name], kernel.flops});
+
+  for (size_t g = 0; g < fused.plan.groups.size(); ++g) {
+    const FusionGroup &group = fused.plan.groups[g];
+    const KernelSpec &kernel = fused.spec.kernels[g];
+    KernelComparison row;
+    row.kernel = kernel.name;
+    row.kind = fusionKindName(group.kind);
+    row.ops = group.nodes.size();
+    row.fusedMicros = fusedMicros[kernel.name];
+    row.fusedBytes = group.bytesRead + group.bytesWritten;
+    std::set<int> unfusedGroups;
+    for (ValueId v : group.nodes)
+      if (int u = unfused.plan.groupOf.at(v); u >= 0)
+        unfusedGroups.insert(u);
+    for (int u : unfusedGroups) {
+      const KernelSpec &one = unfused.spec.kernels.at(static_cast<size_t>(u));
+      row.unfused.push_back(one.name);
+      row.unfusedMicros += unfusedMicros[one.name];
+      const FusionGroup &single = unfused.plan.groups[static_cast<size_t>(u)];
+      row.unfusedBytes += single.bytesRead + single.bytesWritten;
+    }
+    Difference d;
+    std::vector<std::string> unmatched;
+    size_t matched = 0;
+    for (const TensorSlot &slot : kernel.outputs) {
+      std::optional<ValueId> id = slotValue(slot);
+      auto a = id ? fusedValues.find(*id) : fusedValues.end();
+      auto b = id ? unfusedValues.find(*id) : unfusedValues.end();
+      if (a == fusedValues.end() || b == unfusedValues.end() || a->second.type != b->second.type) {
+        unmatched.push_back(slot.name);
+        continue;
+      }
+      accumulateDifference(a->second, b->second, d);
+      ++matched;
+    }
+    row.maxRelDiff = matched ? d.rel : std::numeric_limits<double>::quiet_NaN();
+    row.maxAbsDiff = matched ? d.abs : std::numeric_limits<double>::quiet_NaN();
+    if (!unmatched.empty())
+      row.note = fmt::format("no unfused value to compare for {}", fmt::join(unmatched, ", "));
+    report.rows.push_back(std::move(row));
+  }
+  std::stable_sort(report.rows.begin(), report.rows.end(),
+                   [](const KernelComparison &a, const KernelComparison &b) {
+                     return a.unfusedMicros - a.fusedMicros > b.unfusedMicros - b.fusedMicros;
+                   });
+  return report;
+}
+
+nlohmann::json toJson(const KernelComparison &row) {
+  // JSON has no Inf or NaN: an infinite difference is "inf", none measured null.
+  auto number = [](double x) {
+    return std::isfinite(x) ? nlohmann::json(x)
+                            : std::isinf(x) ? nlohmann::json("inf") : nlohmann::json();
+  };
+  nlohmann::json j = {
+      {"kernel", row.kernel},
+      {"kind", row.kind},
+      {"ops", row.ops},
+      {"unfused_kernels", row.unfused},
+      {"fused_us", row.fusedMicros},
+      {"unfused_us", row.unfusedMicros},
+      {"saved_us", row.unfusedMicros - row.fusedMicros},
+      {"fused_bytes", row.fusedBytes},
+      {"unfused_bytes", row.unfusedBytes},
+      {"max_rel_diff", number(row.maxRelDiff)},
+      {"max_abs_diff", number(row.maxAbsDiff)},
+  };
+  if (!row.note.empty())
+    j["note"] = row.note;
+  return j;
+}
+
+} // namespace stepc::cli::perf
