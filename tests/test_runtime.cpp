@@ -447,6 +447,45 @@ TEST(Executable, ProfileWritesOneTraceEventPerKernelPerStep) {
   EXPECT_FALSE(fs::exists(path + ".tmp"));
 }
 
+// The hook `stepc bench --per-kernel` reads kernel outputs through: once per
+// kernel, in order, while the kernel's output slots hold what it wrote.
+TEST(Executable, AfterKernelSeesEachKernelsOutputsInOrder) {
+  struct Call {
+    size_t index;
+    std::string kernel;
+    std::vector<std::byte> output;
+  };
+  std::vector<Call> calls;
+  RunOptions run{.threads = 2};
+  run.afterKernel = [&](size_t index, const KernelSpec &kernel, const std::byte *arena) {
+    const TensorSlot &out = kernel.outputs.at(0);
+    calls.push_back({index, kernel.name,
+                     std::vector<std::byte>(arena + out.offset, arena + out.offset + out.bytes())});
+  };
+  Executable exe(trainSpec(), run);
+  for (int step = 0; step < 2; ++step)
+    exe.step(gradient({0.25f, 0.25f, 0.25f, 0.25f}));
+  ASSERT_EQ(calls.size(), 6u);
+  const char *names[] = {"k0_sgd", "k1_log", "k2_count"};
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i].index, i % 3);
+    EXPECT_EQ(calls[i].kernel, names[i % 3]);
+  }
+  auto floats = [](const std::vector<std::byte> &bytes) {
+    std::vector<float> v(bytes.size() / sizeof(float));
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    return v;
+  };
+  // Step 1: w = (1 2 3 4) - 2 * 0.25, then log(w), then t + 1 = 2.
+  EXPECT_EQ(floats(calls[3].output), (std::vector<float>{0.5f, 1.5f, 2.5f, 3.5f}));
+  std::vector<float> logs = floats(calls[4].output);
+  for (int i = 0; i < 4; ++i)
+    EXPECT_FLOAT_EQ(logs[i], std::log(0.5f + i));
+  int64_t t;
+  std::memcpy(&t, calls[5].output.data(), sizeof t);
+  EXPECT_EQ(t, 2);
+}
+
 // ------------------------------------------------- checkpoints (safetensors)
 
 // A spec with no kernels and one param of every dtype.

@@ -120,6 +120,12 @@ GradResult grad(const Graph &graph, const std::string &loss, std::vector<std::st
       if (isFloat(graph.type(id).dtype))
         wrt.push_back(graph.node(id).name);
 
+  const TensorType &lossType = graph.type(*lossId);
+  if (lossType.rank() != 0 || !isFloat(lossType.dtype))
+    throw Error(fmt::format(
+        "grad: the loss output '{}'{} must be a floating-point scalar, found {}", loss,
+        graph.node(*lossId).name.empty() ? "" : fmt::format(" (value '{}')", graph.node(*lossId).name),
+        typeString(lossType)));
   GraphBuilder b(graph);
   std::vector<Value> wrtValues;
   for (const std::string &name : wrt) {

@@ -1434,6 +1434,8 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   out.name = sanitize(group_.name);
   for (size_t k = 0; k < nests.size(); ++k) {
     w_ = MlirWriter();
+    w_.indent(); // inside the gpu.func's grid-stride loop
+    w_.indent();
     views_.clear();
     flattened_ = false;
     flatExtent_ = 1;

@@ -91,8 +91,7 @@ public:
   PrivateJitCache() {
     if (const char *old = std::getenv("STEPC_CACHE_DIR"))
       saved_ = old;
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "stepc-bench-XXXXXX").string();
+    std::string pattern = (std::filesystem::temp_directory_path() / "stepc-bench-XXXXXX").string();
     if (::mkdtemp(pattern.data()))
       dir_ = pattern;
     ::setenv("STEPC_CACHE_DIR", dir_.empty() ? "" : dir_.c_str(), 1);
@@ -128,7 +127,8 @@ Json printKernels(const std::vector<perf::KernelTime> &kernels, double peakGflop
       matrixFlops += k.flops;
     }
   }
-  std::stable_sort(rows.begin(), rows.end(), [](const auto &a, const auto &b) { return a.micros > b.micros; });
+  std::stable_sort(rows.begin(), rows.end(),
+                   [](const auto &a, const auto &b) { return a.micros > b.micros; });
   Json json = Json::array();
   fmt::print("per kernel, fused (median of profiled steps):\n");
   fmt::print("  {:<44} {:>10} {:>7} {:>10} {:>7}\n", "kernel", "median us", "share", "GFLOP/s",
@@ -165,7 +165,8 @@ Json printComparison(const perf::KernelReport &report, bool verbose) {
                r.unfusedMicros - r.fusedMicros, double(r.fusedBytes) / 1e6,
                double(r.unfusedBytes) / 1e6, r.maxRelDiff, r.note.empty() ? "" : "  " + r.note);
     if (verbose)
-      fmt::print("    unfused: {}\n", fmt::join(r.unfused, " + "));
+      fmt::print("    unfused: {}; {} output elements compared, max abs {:.1e}\n",
+                 fmt::join(r.unfused, " + "), r.comparedElements, r.maxAbsDiff);
     fusedTotal += r.fusedMicros;
     unfusedTotal += r.unfusedMicros;
     rows.push_back(perf::toJson(r));
@@ -187,8 +188,8 @@ Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGf
     const Shape &a = graph.type(n.operands[0]).shape;
     int64_t batch = n.type.numel() / (n.type.shape[n.type.rank() - 2] * n.type.shape.back());
     int64_t m = a[a.size() - 2], k = a.back(), cols = n.type.shape.back();
-    shapes[fmt::format("{}x{}x{}{}", m, k, cols, batch > 1 ? fmt::format(" (batch {})", batch) : "")] =
-        {batch, m, k, cols};
+    shapes[fmt::format("{}x{}x{}{}", m, k, cols,
+                       batch > 1 ? fmt::format(" (batch {})", batch) : "")] = {batch, m, k, cols};
   }
   Json json = Json::array();
   if (shapes.empty())
@@ -264,8 +265,7 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
   std::unique_ptr<Executable> unfused;
   std::optional<double> unfusedCompileMs;
   if (options.compareUnfused || options.perKernel)
-    unfusedCompileMs =
-        millisecondsOf([&] { unfused = compileJit(graph, unfusedOptions, run); });
+    unfusedCompileMs = millisecondsOf([&] { unfused = compileJit(graph, unfusedOptions, run); });
 
   for (int i = 0; i < options.warmup; ++i) {
     fused->step(inputs);
@@ -279,8 +279,8 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
       unfusedMs.push_back(millisecondsOf([&] { unfused->step(inputs); }));
   }
 
-  int threads = options.threads > 0 ? options.threads
-                                    : static_cast<int>(std::thread::hardware_concurrency());
+  int threads =
+      options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
   auto load = loadAverage();
   fmt::print("{}{}: {} kernels fused{}, {} threads, load average {:.2f} {:.2f} {:.2f}\n",
              graph.name,
@@ -332,7 +332,8 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
     fused.reset();
     unfused.reset();
     perf::KernelReport report = perf::compareKernels(
-        graph, inputs, {.steps = options.steps, .warmup = options.warmup, .threads = options.threads});
+        graph, inputs,
+        {.steps = options.steps, .warmup = options.warmup, .threads = options.threads});
     json["kernels"] = printKernels(report.fused, peakGflops);
     json["per_kernel"] = printComparison(report, options.verbose);
     json["per_kernel_note"] = report.note;
@@ -370,8 +371,8 @@ Json benchGelu(int64_t n, const BenchOptions &options, const perf::MachinePeak &
   double percent = machine.copyGBs > 0 ? 100 * gbs / machine.copyGBs : 0;
   fmt::print("gelu (tanh) over {} floats: {} kernel{}, {:.3f} ms = {:.1f} GB/s read+written, "
              "{:.0f}% of the measured copy bandwidth; step with copies in and out {:.3f} ms\n",
-             n, exe->spec().kernels.size(), exe->spec().kernels.size() == 1 ? "" : "s", kernel,
-             gbs, percent, step);
+             n, exe->spec().kernels.size(), exe->spec().kernels.size() == 1 ? "" : "s", kernel, gbs,
+             percent, step);
   return {{"n", n},
           {"kernels", exe->spec().kernels.size()},
           {"kernel_ms", kernel},

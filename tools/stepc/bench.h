@@ -20,9 +20,9 @@ double median(std::vector<double> values);
 // second, the convention the GELU figure uses). Best of a few repetitions.
 struct MachinePeak {
   int threads = 1;
-  std::string isa;         // "avx512f", "avx2", or "none" (no FMA: gflops 0)
-  double gflops = 0;       // fp32, 2 flops per lane per FMA
-  double copyGBs = 0;      // 1e9 bytes/s
+  std::string isa;    // "avx512f", "avx2", or "none" (no FMA: gflops 0)
+  double gflops = 0;  // fp32, 2 flops per lane per FMA
+  double copyGBs = 0; // 1e9 bytes/s
 };
 MachinePeak measureMachine(int threads);
 
@@ -38,6 +38,7 @@ struct KernelComparison {
   // value computed unfused: |a - b| / max(|a|, |b|, 1e-6), and |a - b|.
   // NaN when no output could be matched (see `note`).
   double maxRelDiff = 0, maxAbsDiff = 0;
+  int64_t comparedElements = 0; // over the outputs matched in both builds
   std::string note;
 };
 

@@ -217,6 +217,7 @@ KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
         continue;
       }
       accumulateDifference(a->second, b->second, d);
+      row.comparedElements += a->second.type.numel();
       ++matched;
     }
     row.maxRelDiff = matched ? d.rel : std::numeric_limits<double>::quiet_NaN();
@@ -236,7 +237,8 @@ nlohmann::json toJson(const KernelComparison &row) {
   // JSON has no Inf or NaN: an infinite difference is "inf", none measured null.
   auto number = [](double x) {
     return std::isfinite(x) ? nlohmann::json(x)
-                            : std::isinf(x) ? nlohmann::json("inf") : nlohmann::json();
+           : std::isinf(x)  ? nlohmann::json("inf")
+                            : nlohmann::json();
   };
   nlohmann::json j = {
       {"kernel", row.kernel},
@@ -250,6 +252,7 @@ nlohmann::json toJson(const KernelComparison &row) {
       {"unfused_bytes", row.unfusedBytes},
       {"max_rel_diff", number(row.maxRelDiff)},
       {"max_abs_diff", number(row.maxAbsDiff)},
+      {"compared_elements", row.comparedElements},
   };
   if (!row.note.empty())
     j["note"] = row.note;

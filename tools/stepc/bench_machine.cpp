@@ -21,7 +21,7 @@ namespace {
 // (2) is 8 in flight per core; 16 (AVX-512, 32 registers) and 12 (AVX2, 16
 // registers) keep both ports busy without spilling. acc = acc * a + b with
 // a < 1 converges, so no lane ever becomes Inf or a denormal.
-#define STEPC_FMA_16(F)                                                                    \
+#define STEPC_FMA_16(F)                                                                            \
   F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11) F(12) F(13) F(14) F(15)
 #define STEPC_FMA_12(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11)
 
@@ -95,8 +95,7 @@ double timeOnThreads(int threads, const std::function<void(int)> &work) {
   go.store(true, std::memory_order_release);
   for (std::thread &w : workers)
     w.join();
-  return std::chrono::duration<double>(*std::max_element(ends.begin(), ends.end()) - start)
-      .count();
+  return std::chrono::duration<double>(*std::max_element(ends.begin(), ends.end()) - start).count();
 }
 
 std::atomic<float> fmaSink{0}; // keeps the loops' results alive
@@ -145,8 +144,9 @@ void measureCopy(MachinePeak &peak) {
   });
   double best = 0;
   for (int rep = 0; rep < 5; ++rep) {
-    double seconds = timeOnThreads(
-        peak.threads, [&](int t) { std::memcpy(to.get() + part(t), from.get() + part(t), length(t)); });
+    double seconds = timeOnThreads(peak.threads, [&](int t) {
+      std::memcpy(to.get() + part(t), from.get() + part(t), length(t));
+    });
     best = std::max(best, 2.0 * double(kBytes) / seconds / 1e9);
   }
   peak.copyGBs = best;
@@ -164,7 +164,8 @@ double median(std::vector<double> values) {
 
 MachinePeak measureMachine(int threads) {
   MachinePeak peak;
-  peak.threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  peak.threads =
+      threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   measureFma(peak);
   measureCopy(peak);
   return peak;

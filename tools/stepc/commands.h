@@ -142,7 +142,7 @@ struct BenchOptions {
   std::string backend = "cpu"; // the only one; others are a clear error
   std::string json;            // non-empty: write the figures here too
   uint64_t seed = 0;
-  int steps = 20, warmup = 3, threads = 0;
+  int steps = 50, warmup = 5, threads = 0; // medians over `steps` after `warmup`
   // perKernel: the fused-vs-unfused A/B per fusion group (implies
   // compareUnfused); verbose also lists each group's unfused kernels.
   bool perKernel = false, compareUnfused = false, verbose = false;

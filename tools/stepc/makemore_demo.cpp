@@ -199,7 +199,8 @@ int makemoreDemo(const DemoOptions &options) {
   opt.schedule = {.kind = Schedule::Kind::Cosine, .totalSteps = steps, .minLr = lr / 10};
   auto compileStart = Clock::now();
   auto trainer = compileJit(trainStep(m.graph, "loss", opt));
-  fmt::print("compiled the training step: {} kernels in {:.0f} ms\n", trainer->spec().kernels.size(),
+  fmt::print("compiled the training step: {} kernels in {:.0f} ms\n",
+             trainer->spec().kernels.size(),
              std::chrono::duration<double, std::milli>(Clock::now() - compileStart).count());
 
   std::vector<int64_t> order(static_cast<size_t>(train.count()));
@@ -231,9 +232,12 @@ int makemoreDemo(const DemoOptions &options) {
   for (const std::string &name : evaluator->paramNames())
     evaluator->setParam(name, trainer->param(name));
   double trainLoss = meanLoss(*evaluator, m, train), heldOutLoss = meanLoss(*evaluator, m, heldOut);
+  // Success means the model learned something: it beats a uniform guess on
+  // words it never saw.
   double uniform = std::log(double(kVocab));
-  fmt::print("loss after {} steps: train {:.4f}, held out {:.4f} (a uniform guess: {:.4f})\n",
-             steps, trainLoss, heldOutLoss, uniform);
+  bool learned = heldOutLoss < uniform;
+  fmt::print("loss after {} steps: train {:.4f}, held out {:.4f}, {} a uniform guess ({:.4f})\n",
+             steps, trainLoss, heldOutLoss, learned ? "below" : "NOT below", uniform);
 
   std::mt19937 sampler(static_cast<uint32_t>(options.seed));
   std::unordered_set<std::string> known(words.begin(), words.end());
@@ -242,14 +246,12 @@ int makemoreDemo(const DemoOptions &options) {
     fmt::print("  {}{}\n", word, known.contains(word) ? "" : " *");
 
   std::string checkpoint =
-      options.checkpoint.value_or(fmt::format("build/makemore_{}.safetensors", modelName));
+      options.checkpoint.value_or(fmt::format("build/wamerican_{}.safetensors", modelName));
   if (!checkpoint.empty()) {
     trainer->saveParams(checkpoint);
     fmt::print("saved the trained parameters and optimizer state to {}\n", checkpoint);
   }
-  // Success means the model learned something: it beats a uniform guess on
-  // words it never saw.
-  return heldOutLoss < uniform ? 0 : 1;
+  return learned ? 0 : 1;
 }
 
 } // namespace stepc::cli

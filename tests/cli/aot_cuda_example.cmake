@@ -1,0 +1,56 @@
+# `stepc compile --target cuda` -> examples/aot/main.c built against the CUDA
+# artifact and linked with libstepc_runtime and -ldl only (no LLVM, MLIR or
+# CUDA library, checked with ldd). Where a CUDA device can be used its loss
+# must match the interpreter's; elsewhere the program must fail cleanly with
+# "no CUDA device: ...". Takes STEPC, EXAMPLES, INCLUDE, CXX, RUNTIME, FMT,
+# WORK, and PTXAS (may be empty).
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+
+function(checked what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    string(REPLACE ";" " " command "${ARGN}")
+    message(FATAL_ERROR "${what} failed (${rc}): ${command}\n${out}\n${err}")
+  endif()
+  set(out "${out}" PARENT_SCOPE)
+endfunction()
+
+checked("stepc compile" ${STEPC} compile ${EXAMPLES}/mlp.sg --target cuda -o ${WORK}/artifact)
+foreach(file mlp.o mlp.h mlp_spec.cpp mlp.params.safetensors mlp.ptx)
+  if(NOT EXISTS ${WORK}/artifact/${file})
+    message(FATAL_ERROR "stepc compile --target cuda did not write ${file}:\n${out}")
+  endif()
+endforeach()
+if(PTXAS)
+  checked("ptxas" ${PTXAS} -arch=sm_90 ${WORK}/artifact/mlp.ptx -o ${WORK}/mlp.cubin)
+endif()
+
+checked("compiling mlp_spec.cpp" ${CXX} -std=c++20 -O2 -Wall -Werror -I${INCLUDE}
+        -I${WORK}/artifact -c ${WORK}/artifact/mlp_spec.cpp -o ${WORK}/mlp_spec.o)
+checked("compiling main.c" ${CXX} -x c -std=c11 -O2 -Wall -Wextra -Werror -I${WORK}/artifact
+        -c ${EXAMPLES}/aot/main.c -o ${WORK}/main.o)
+checked("linking" ${CXX} ${WORK}/main.o ${WORK}/mlp_spec.o ${WORK}/artifact/mlp.o ${RUNTIME}
+        ${FMT} -pthread -lm -ldl -o ${WORK}/mlp_cuda)
+checked("ldd" ldd ${WORK}/mlp_cuda)
+string(TOLOWER "${out}" libraries)
+if(libraries MATCHES "llvm|mlir|cuda")
+  message(FATAL_ERROR "the CUDA AOT program must not link LLVM, MLIR or CUDA:\n${out}")
+endif()
+
+execute_process(COMMAND ${WORK}/mlp_cuda ${WORK} RESULT_VARIABLE rc OUTPUT_VARIABLE out
+                ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  if(err MATCHES "no CUDA device: ")
+    message(STATUS "no GPU here; the artifact fails cleanly: ${err}")
+    return()
+  endif()
+  message(FATAL_ERROR "mlp_cuda failed (${rc}):\n${out}\n${err}")
+endif()
+checked("stepc run --backend interp" ${STEPC} run ${EXAMPLES}/mlp.sg --backend interp
+        --input x=${WORK}/x.npy --input y=${WORK}/y.npy)
+if(NOT out MATCHES "loss: f32\\[\\] \\[([^]]+)\\]")
+  message(FATAL_ERROR "no loss in the interpreter's output:\n${out}")
+endif()
+checked("mlp_cuda against the interpreter" ${WORK}/mlp_cuda ${WORK} ${CMAKE_MATCH_1})
+message(STATUS "${out}")

@@ -1,0 +1,558 @@
+// The CUDA backend. On every machine: every op (with every dtype it takes)
+// and every model in examples/ (forward, and the Adam training step) lower
+// to PTX, fused and unfused, and where ptxas is installed the PTX assembles
+// for sm_90 and sm_80. Where a CUDA device can be used, the same graphs run
+// on it and must match the CPU backend; elsewhere those tests skip, saying
+// why. The runtime's errors without a driver are checked in child processes
+// (the driver is loaded once per process).
+#include "codegen_harness.h"
+#include "sg_corpus.h"
+
+#include "../compiler/codegen/gpu_backend.h"
+
+#include "stepc/compile.h"
+#include "stepc/cuda.h"
+#include "stepc/interpreter.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include <fmt/ranges.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
+using namespace stepc;
+using ::testing::HasSubstr;
+
+namespace {
+
+// --- Graphs -------------------------------------------------------------------
+
+// Every node that is not a source becomes an output, so that no pass removes
+// it and every op is compiled.
+Graph everyNodeAnOutput(Graph graph) {
+  std::set<ValueId> outputs;
+  for (const GraphOutput &out : graph.outputs)
+    outputs.insert(out.value);
+  for (ValueId id = 0; id < graph.size(); ++id) {
+    OpKind op = graph.node(id).op;
+    if (op != OpKind::Input && op != OpKind::Parameter && !outputs.count(id))
+      graph.addOutput(fmt::format("v{}", id), id);
+  }
+  return graph;
+}
+
+// The dtypes and variants kEveryOpText leaves out: f64 and integer
+// elementwise ops, casts, integer and f64 reductions and matmuls, batched
+// matmul, scatter_add along axis 1, grouped and dilated convolution, pooling
+// without padding in the count, and their gradients in f64.
+constexpr std::string_view kDtypesText = R"sg(
+graph dtypes {
+  input %f : f64[3,5]
+  input %g : f64[3,5]
+  input %i : i32[3,5]
+  input %j : i32[3,5]
+  input %l : i64[3,5]
+  input %m : i64[3,5]
+  input %b : bool[3,5]
+  input %idx : i64[4]
+  input %img : f64[2,4,6,6]
+  input %bm : f32[2,3,5]
+  param %k : f64[4,2,3,3] = normal(mean=0, std=0.1, seed=3)
+  param %w : f32[5,4] = he_uniform(seed=5)
+  param %wi : i32[5,2] = ones()
+
+  %f1 = neg(%f)
+  %f2 = abs(%f)
+  %f3 = exp(%f)
+  %f4 = log(%f)
+  %f5 = sqrt(%f)
+  %f6 = rsqrt(%f)
+  %f7 = square(%f)
+  %f8 = tanh(%f)
+  %f9 = sigmoid(%f)
+  %f10 = relu(%f)
+  %f11 = sin(%f)
+  %f12 = cos(%f)
+  %f13 = sign(%f)
+  %f14 = erf(%f)
+  %f15 = pow(%f, %g)
+  %f16 = div(%f, %g)
+  %f17 = maximum(%f, %g)
+  %f18 = minimum(%f, %g)
+
+  %i1 = neg(%i)
+  %i2 = abs(%i)
+  %i3 = square(%i)
+  %i4 = relu(%i)
+  %i5 = sign(%i)
+  %i6 = add(%i, %j)
+  %i7 = sub(%i, %j)
+  %i8 = mul(%i, %j)
+  %i9 = div(%i, %j)
+  %i10 = maximum(%i, %j)
+  %i11 = minimum(%i, %j)
+  %i12 = lt(%i, %j)
+  %i13 = select(%b, %i, %j)
+  %l1 = neg(%l)
+  %l2 = abs(%l)
+  %l3 = div(%l, %m)
+  %l4 = ge(%l, %m)
+  %l5 = sign(%l)
+  %l6 = mul(%l, %m)
+
+  %c1 = cast(%f) {dtype=i32}
+  %c2 = cast(%i) {dtype=f64}
+  %c3 = cast(%l) {dtype=i32}
+  %c4 = cast(%b) {dtype=f64}
+  %c5 = cast(%f) {dtype=bool}
+  %c6 = cast(%i) {dtype=i64}
+  %c7 = cast(%f) {dtype=f32}
+  %c8 = cast(%b) {dtype=i32}
+
+  %r1 = reduce_sum(%i) {axes=[0], keepdims=0}
+  %r2 = reduce_max(%l) {axes=[1], keepdims=1}
+  %r3 = reduce_min(%f) {axes=[0,1], keepdims=0}
+  %r4 = reduce_mean(%f) {axes=[0], keepdims=0}
+  %r5 = argmax(%i) {axis=0, keepdims=0}
+  %r6 = argmax(%f) {axis=1, keepdims=1}
+
+  %mm1 = matmul(%i, %wi)
+  %mm2 = matmul(%bm, %w)
+  %ft = transpose(%f) {perm=[1,0]}
+  %mm3 = matmul(%f, %ft)
+
+  %ga = gather(%f, %idx) {axis=1}
+  %sa = scatter_add(%idx, %ga) {axis=1, size=5}
+  %si = gather(%i, %idx) {axis=1}
+  %sai = scatter_add(%idx, %si) {axis=1, size=5}
+  %g0 = gather(%f, %idx) {axis=0}
+  %sa0 = scatter_add(%idx, %g0) {axis=0, size=7}
+
+  %cv = conv2d(%img, %k) {dilation=[2,2], groups=2, padding=[2,1], stride=[1,2]}
+  %cgi = conv2d_grad_input(%cv, %k) {dilation=[2,2], groups=2, input_hw=[6,6], padding=[2,1], stride=[1,2]}
+  %cgw = conv2d_grad_weight(%img, %cv) {dilation=[2,2], groups=2, kernel=[3,3], padding=[2,1], stride=[1,2]}
+  %ap = avg_pool2d(%img) {count_include_pad=0, kernel=[3,3], padding=[1,1], stride=[2,2]}
+  %apg = avg_pool2d_grad(%ap) {count_include_pad=0, input_hw=[6,6], kernel=[3,3], padding=[1,1], stride=[2,2]}
+  %mp = max_pool2d(%img) {kernel=[3,3], padding=[1,1], stride=[2,2]}
+  %mpg = max_pool2d_grad(%img, %mp) {kernel=[3,3], padding=[1,1], stride=[2,2]}
+
+  output f1 = %f1
+}
+)sg";
+
+struct GraphCase {
+  std::string name;
+  Graph graph;
+};
+
+std::vector<std::string> exampleNames() {
+  std::vector<std::string> names;
+  for (const auto &entry :
+       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
+    if (entry.path().extension() == ".sg")
+      names.push_back(entry.path().stem().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Graph loadExample(const std::string &name) {
+  return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
+}
+
+std::vector<GraphCase> opCases() {
+  return {
+      {"every_op", everyNodeAnOutput(parseGraph(stepc::testing::kEveryOpText, "every_op.sg"))},
+      {"dtypes", everyNodeAnOutput(parseGraph(kDtypesText, "dtypes.sg"))},
+      {"composites", parseGraph(stepc::testing::kCompositesText, "composites.sg")},
+  };
+}
+
+// --- ptxas ----------------------------------------------------------------------
+
+std::string ptxasPath() {
+  for (const char *variable : {"CUDA_HOME", "CUDA_PATH"})
+    if (const char *root = std::getenv(variable)) {
+      std::string path = std::string(root) + "/bin/ptxas";
+      if (std::filesystem::exists(path))
+        return path;
+    }
+  return std::filesystem::exists("/usr/local/cuda/bin/ptxas") ? "/usr/local/cuda/bin/ptxas" : "";
+}
+
+// Assembles `ptx` for `arch`; the failure carries ptxas' messages.
+::testing::AssertionResult assembles(const std::string &ptx, const std::string &arch,
+                                     const std::string &what) {
+  std::string ptxas = ptxasPath();
+  if (ptxas.empty())
+    return ::testing::AssertionSuccess(); // nothing to check with
+  auto dir = std::filesystem::temp_directory_path();
+  std::string base = fmt::format("{}/stepc_gpu_test_{}_{}", dir.string(), ::getpid(), what);
+  {
+    std::ofstream file(base + ".ptx");
+    file << ptx;
+  }
+  std::string command =
+      fmt::format("'{}' -arch={} '{}.ptx' -o '{}.cubin' 2>&1", ptxas, arch, base, base);
+  std::string output;
+  FILE *pipe = popen(command.c_str(), "r");
+  if (!pipe)
+    return ::testing::AssertionFailure() << "cannot run " << command;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
+    output.append(buffer, n);
+  int status = pclose(pipe);
+  std::filesystem::remove(base + ".cubin");
+  if (status != 0)
+    return ::testing::AssertionFailure()
+           << "ptxas -arch=" << arch << " failed on " << what << " (PTX kept in " << base
+           << ".ptx):\n"
+           << output;
+  std::filesystem::remove(base + ".ptx");
+  return ::testing::AssertionSuccess();
+}
+
+// Lowers `graph` for the GPU once, takes it to PTX for sm_90 and sm_80, and
+// assembles both. Returns the ops the kernels compiled.
+std::set<std::string> expectPtx(const Graph &graph, bool fusion, const std::string &what) {
+  SCOPED_TRACE(fmt::format("{} ({})", what, fusion ? "fused" : "unfused"));
+  std::set<std::string> ops;
+  CompileOptions options{.fusion = fusion, .cache = false, .target = Target::Cuda};
+  LoweredGraph lowered;
+  std::vector<std::string> ptx;
+  try {
+    lowered = lowerGraph(graph, options);
+    ptx = codegen::compileToPtx(lowered.mlirModule, {"sm_90", "sm_80"});
+  } catch (const std::exception &e) {
+    ADD_FAILURE() << "compiling to PTX threw: " << e.what();
+    if (const char *path = std::getenv("STEPC_TEST_DUMP_MLIR"))
+      std::ofstream(path) << lowered.mlirModule;
+    return ops;
+  }
+  EXPECT_EQ(lowered.launches.size(), lowered.spec.kernels.size());
+  for (size_t k = 0; k < lowered.launches.size(); ++k) {
+    EXPECT_FALSE(lowered.launches[k].empty()) << lowered.spec.kernels[k].name;
+    for (const CudaLaunch &launch : lowered.launches[k])
+      for (const std::string &text : ptx)
+        EXPECT_THAT(text, HasSubstr(fmt::format(".entry {}(", launch.function)));
+    for (const std::string &line : lowered.spec.kernels[k].provenance)
+      ops.insert(line.substr(0, line.find(' ')));
+  }
+  EXPECT_THAT(ptx[0], HasSubstr(".target sm_90"));
+  EXPECT_THAT(ptx[1], HasSubstr(".target sm_80"));
+  std::string tag = fmt::format("{}_{}", what, fusion ? "fused" : "unfused");
+  EXPECT_TRUE(assembles(ptx[0], "sm_90", tag));
+  EXPECT_TRUE(assembles(ptx[1], "sm_80", tag));
+  return ops;
+}
+
+// --- PTX for every op and every example ------------------------------------------
+
+TEST(CudaPtx, EveryOpCompilesAndAssembles) {
+  if (ptxasPath().empty())
+    fmt::print("ptxas not found ($CUDA_HOME/bin, /usr/local/cuda/bin): PTX is generated but "
+               "not assembled\n");
+  std::set<std::string> compiled;
+  for (const GraphCase &c : opCases())
+    for (bool fusion : {true, false}) {
+      std::set<std::string> ops = expectPtx(c.graph, fusion, c.name);
+      compiled.insert(ops.begin(), ops.end());
+    }
+  // Every op but the graph's inputs and params reached a kernel.
+  for (int k = 0; k < kNumOps; ++k) {
+    OpKind op = static_cast<OpKind>(k);
+    if (op == OpKind::Input || op == OpKind::Parameter)
+      continue;
+    EXPECT_TRUE(compiled.count(std::string(opInfo(op).name)))
+        << "no kernel compiled op " << opInfo(op).name;
+  }
+}
+
+class CudaPtxExamples : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaPtxExamples, Forward) {
+  Graph model = loadExample(GetParam());
+  for (bool fusion : {true, false})
+    expectPtx(model, fusion, GetParam());
+}
+
+TEST_P(CudaPtxExamples, TrainStepAdam) {
+  Graph step = trainStep(loadExample(GetParam()), "loss", Optimizer::adam());
+  for (bool fusion : {true, false})
+    expectPtx(step, fusion, GetParam() + "_adam");
+}
+
+INSTANTIATE_TEST_SUITE_P(, CudaPtxExamples, ::testing::ValuesIn(exampleNames()),
+                         [](const auto &info) { return info.param; });
+
+// --- What the GPU code looks like ---------------------------------------------------
+
+TEST(CudaLowering, ScratchLivesInTheArenaAndNothingIsAllocated) {
+  CompileOptions options{.target = Target::Cuda};
+  LoweredGraph lowered = lowerGraph(trainStep(loadExample("mlp"), "loss", Optimizer::adam()),
+                                    options);
+  EXPECT_THAT(lowered.mlirModule, HasSubstr("gpu.module @stepc_kernels"));
+  EXPECT_THAT(lowered.mlirModule, ::testing::Not(HasSubstr("memref.alloc")));
+  EXPECT_THAT(lowered.mlirModule, ::testing::Not(HasSubstr("func.func")));
+  EXPECT_THAT(lowered.mlirModule, HasSubstr("gpu.func @"));
+  EXPECT_GE(lowered.spec.arenaBytes, lowered.buffers.arenaBytes);
+  // The nests of one thread: scalar results (the loss and its reductions).
+  for (size_t k = 0; k < lowered.launches.size(); ++k)
+    for (const CudaLaunch &launch : lowered.launches[k])
+      if (launch.extent == 1)
+        fmt::print("one thread: {} ({})\n", launch.function,
+                   fmt::join(lowered.spec.kernels[k].provenance, "; "));
+}
+
+TEST(CudaLowering, CpuModuleIsUnchangedByTheGpuPath) {
+  // The GPU options only switch the target: the CPU module stays a func.func
+  // module with the C interface.
+  LoweredGraph cpu = lowerGraph(loadExample("xor"));
+  EXPECT_THAT(cpu.mlirModule, HasSubstr("func.func @k0_"));
+  EXPECT_TRUE(cpu.launches.empty());
+}
+
+TEST(CudaLowering, DumpsPtxPerKernel) {
+  Graph mlp = loadExample("mlp");
+  CompileOptions options{.target = Target::Cuda, .gpuArch = "sm_80"};
+  LoweredGraph lowered = lowerGraph(mlp, options);
+  const std::string &first = lowered.spec.kernels.front().name;
+  std::string ptx = dumpKernelIR(mlp, options, first, "ptx");
+  EXPECT_THAT(ptx, HasSubstr(".target sm_80"));
+  EXPECT_THAT(ptx, HasSubstr(fmt::format(".entry {}", lowered.launches.front().front().function)));
+  EXPECT_THAT(ptx, HasSubstr("// stepc kernel " + first));
+  EXPECT_THAT(ptx, HasSubstr("matmul at "));
+  // Only that kernel.
+  const std::string &last = lowered.launches.back().back().function;
+  EXPECT_THAT(ptx, ::testing::Not(HasSubstr(fmt::format(".entry {}(", last))));
+  EXPECT_THAT(dumpKernelIR(mlp, options, "", "nvvm"), HasSubstr("nvvm.read.ptx.sreg"));
+  EXPECT_THAT(dumpKernelIR(mlp, options, first, "mlir"), HasSubstr("gpu.func @" + first));
+}
+
+TEST(CudaLowering, UserErrors) {
+  Graph xor_ = loadExample("xor");
+  try {
+    compileCudaSpec(xor_, CompileOptions{.gpuArch = "sm90"});
+    ADD_FAILURE() << "no error for a bad --gpu-arch";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), HasSubstr("unknown GPU architecture 'sm90'; expected one of: sm_90"));
+  }
+  try {
+    dumpKernelIR(xor_, CompileOptions{.target = Target::Cuda}, "", "llvm-opt");
+    ADD_FAILURE() << "no error for a CPU-only stage";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), HasSubstr("expected mlir, nvvm or ptx"));
+  }
+  try {
+    dumpKernelIR(xor_, CompileOptions{.target = Target::Cuda}, "nope", "ptx");
+    ADD_FAILURE() << "no error for an unknown kernel";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), HasSubstr("no kernel named 'nope'; the kernels are: k0_"));
+  }
+  try {
+    compileJit(xor_, CompileOptions{.target = Target::Cuda});
+    ADD_FAILURE() << "compileJit accepted Target::Cuda";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), HasSubstr("compileCuda"));
+  }
+}
+
+TEST(CudaAot, WritesPtxHeaderAndSource) {
+  auto dir = std::filesystem::temp_directory_path() / fmt::format("stepc_cuda_aot_{}", ::getpid());
+  AotArtifact artifact =
+      compileAot(loadExample("xor"), CompileOptions{.target = Target::Cuda}, dir.string());
+  for (const std::string &file :
+       {artifact.object, artifact.header, artifact.source, artifact.params, artifact.ptx})
+    EXPECT_TRUE(std::filesystem::exists(file)) << file;
+  std::ifstream in(artifact.ptx);
+  std::string ptx((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(ptx, HasSubstr(".target sm_90"));
+  EXPECT_EQ(ptx.find('\0'), std::string::npos);
+  EXPECT_TRUE(assembles(ptx, "sm_90", "aot_xor"));
+  std::ifstream source(artifact.source);
+  std::string text((std::istreambuf_iterator<char>(source)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(text, HasSubstr("stepc::CudaExecutable executable;"));
+  EXPECT_THAT(text, HasSubstr("cuda.arch = \"sm_90\";"));
+  std::filesystem::remove_all(dir);
+}
+
+// --- The runtime without a GPU -------------------------------------------------------
+
+// In a child process (a fresh driver load), with $STEPC_CUDA_DRIVER set.
+void expectUnavailable(const std::string &driver, const std::string &pattern) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("STEPC_CUDA_DRIVER", driver.c_str(), 1);
+        std::string why = cudaUnavailableReason();
+        std::fprintf(stderr, "%s\n", why.c_str());
+        std::exit(why.empty() ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), pattern);
+}
+
+TEST(CudaRuntime, MissingDriverIsAClearError) {
+  expectUnavailable("/nonexistent/libcuda.so.1",
+                    "no CUDA device: /nonexistent/libcuda.so.1 not found \\(");
+}
+
+TEST(CudaRuntime, StubDriverIsAClearError) {
+  // The toolkit's link-time stub exports every function but answers each
+  // call with CUDA_ERROR_STUB_LIBRARY.
+  const char *stub = "/usr/local/cuda/lib64/stubs/libcuda.so";
+  if (!std::filesystem::exists(stub))
+    GTEST_SKIP() << "no CUDA stub library at " << stub;
+  expectUnavailable(stub, "no CUDA device: cuInit failed: CUDA_ERROR_STUB_LIBRARY");
+}
+
+TEST(CudaRuntime, ExecutableWithoutDeviceThrowsNoCudaDevice) {
+  std::string why = cudaUnavailableReason();
+  if (why.empty())
+    GTEST_SKIP() << "a CUDA device is present";
+  CudaExecutableSpec spec = compileCudaSpec(loadExample("xor"));
+  try {
+    CudaExecutable exe(spec);
+    ADD_FAILURE() << "a CudaExecutable was created without a device";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), ::testing::StartsWith("no CUDA device: "));
+  }
+  try {
+    compileCuda(loadExample("xor"));
+    ADD_FAILURE() << "compileCuda succeeded without a device";
+  } catch (const Error &e) {
+    EXPECT_EQ(std::string(e.what()), why);
+  }
+  // The CPU backend is unaffected.
+  EXPECT_NO_THROW(compileJit(loadExample("xor"), CompileOptions{.cache = false}));
+}
+
+TEST(CudaRuntime, BadSpecsAreRefusedBeforeTheDriverIsTouched) {
+  CudaExecutableSpec spec = compileCudaSpec(loadExample("xor"));
+  spec.launches.pop_back();
+  try {
+    CudaExecutable exe(spec);
+    ADD_FAILURE() << "a spec without launches for every kernel was accepted";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), HasSubstr("kernels but launches for"));
+  }
+}
+
+// --- On a GPU: the same results as the CPU backend --------------------------------
+
+// Runs `graph` on the CPU backend and on the GPU (fused and unfused) from the
+// same params and inputs for `steps` steps; outputs and updated params must
+// agree within twice the CPU-vs-interpreter tolerance (both are that close
+// to the interpreter), times `scale`.
+void expectGpuMatchesCpu(const Graph &graph, const TensorMap &inputs, const TensorMap &params,
+                         int steps, double scale) {
+  if (std::string why = cudaUnavailableReason(); !why.empty())
+    GTEST_SKIP() << why;
+  auto cpu = compileJit(graph, CompileOptions{.cache = false});
+  for (const std::string &name : cpu->paramNames())
+    cpu->setParam(name, params.at(name));
+  std::vector<std::map<std::string, Tensor>> expected;
+  std::vector<std::map<std::string, Tensor>> expectedParams;
+  for (int s = 0; s < steps; ++s) {
+    expected.push_back(cpu->step(inputs));
+    std::map<std::string, Tensor> now;
+    for (const std::string &name : cpu->paramNames())
+      now.emplace(name, cpu->param(name));
+    expectedParams.push_back(std::move(now));
+  }
+  auto tolerance = [&](ValueId v) {
+    stepc::testing::Tolerance t = stepc::testing::toleranceFor(graph, v);
+    return stepc::testing::Tolerance{2 * scale * t.rtol, 2 * scale * t.atol};
+  };
+  for (bool fusion : {true, false}) {
+    SCOPED_TRACE(fusion ? "cuda fused" : "cuda unfused");
+    auto gpu = compileCuda(graph, CompileOptions{.fusion = fusion});
+    for (const std::string &name : gpu->paramNames())
+      gpu->setParam(name, params.at(name));
+    for (int s = 0; s < steps; ++s) {
+      SCOPED_TRACE(fmt::format("step {}", s));
+      std::map<std::string, Tensor> actual = gpu->step(inputs);
+      for (const GraphOutput &out : graph.outputs)
+        EXPECT_TRUE(stepc::testing::matches(actual.at(out.name), expected[s].at(out.name),
+                                            tolerance(out.value)))
+            << "output " << out.name;
+      for (const ParamUpdate &u : graph.updates) {
+        const std::string &name = graph.node(u.param).name;
+        const Tensor &want = expectedParams[s].at(name);
+        // Adam divides by sqrt(v) + eps: a few elements of tiny gradients
+        // amplify the last-bit differences of two backends (as on the CPU).
+        EXPECT_TRUE(stepc::testing::matches(gpu->param(name), want, tolerance(u.value),
+                                            std::max<int64_t>(1, want.numel() / 100), 1e-2))
+            << "param " << name;
+      }
+    }
+  }
+}
+
+TEST(CudaExecution, EveryOpMatchesCpu) {
+  if (std::string why = cudaUnavailableReason(); !why.empty())
+    GTEST_SKIP() << why;
+  for (const GraphCase &c : opCases()) {
+    SCOPED_TRACE(c.name);
+    expectGpuMatchesCpu(c.graph, randomInputs(c.graph, 7), initialParams(c.graph), 1, 1);
+  }
+}
+
+class CudaExecutionExamples : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaExecutionExamples, Forward) {
+  Graph model = loadExample(GetParam());
+  expectGpuMatchesCpu(model, randomInputs(model, 3), initialParams(model), 1, 1);
+}
+
+TEST_P(CudaExecutionExamples, TrainStepAdam) {
+  Graph step = trainStep(loadExample(GetParam()), "loss", Optimizer::adam());
+  TensorMap inputs = randomInputs(step, 5);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-3);
+  expectGpuMatchesCpu(step, inputs, initialParams(step), 2, 10);
+}
+
+INSTANTIATE_TEST_SUITE_P(, CudaExecutionExamples, ::testing::ValuesIn(exampleNames()),
+                         [](const auto &info) { return info.param; });
+
+TEST(CudaExecution, ProfileCheckpointAndNumerics) {
+  if (std::string why = cudaUnavailableReason(); !why.empty())
+    GTEST_SKIP() << why;
+  Graph step = trainStep(loadExample("xor"), "loss", Optimizer::adam());
+  TensorMap inputs = randomInputs(step, 1);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  auto exe = compileCuda(step, {}, RunOptions{.checkNumerics = true, .profile = true});
+  exe->step(inputs);
+  EXPECT_EQ(exe->profile().size(), exe->spec().kernels.size());
+  auto dir = std::filesystem::temp_directory_path() / fmt::format("stepc_cuda_{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  exe->saveParams((dir / "params.safetensors").string());
+  exe->writeTrace((dir / "trace.json").string());
+  auto again = compileCuda(step);
+  again->loadParams((dir / "params.safetensors").string());
+  for (const std::string &name : exe->paramNames())
+    EXPECT_TRUE(stepc::testing::matches(again->param(name), exe->param(name), {}));
+  std::filesystem::remove_all(dir);
+
+  // A NaN input is caught after the kernel that produced it; params stay.
+  TensorMap bad = inputs;
+  bad.at("lr") = Tensor::scalar(DType::F32, std::numeric_limits<double>::quiet_NaN());
+  std::map<std::string, Tensor> before;
+  for (const std::string &name : exe->paramNames())
+    before.emplace(name, exe->param(name));
+  try {
+    exe->step(bad);
+    ADD_FAILURE() << "a NaN step passed check-numerics";
+  } catch (const Error &e) {
+    EXPECT_THAT(e.what(), HasSubstr("check-numerics: kernel "));
+  }
+  for (const std::string &name : exe->paramNames())
+    EXPECT_TRUE(stepc::testing::matches(exe->param(name), before.at(name), {}));
+}
+
+} // namespace
