@@ -2,6 +2,8 @@
 # Regenerate: python3 -m venv /work/main/.venv && /work/main/.venv/bin/pip install numpy
 #             /work/main/.venv/bin/python tests/golden/make_optimizer_golden.py
 # (run from the repo root; it rewrites tests/golden/optimizer/; `make test` never needs Python).
+# Cross-checked against real torch.optim / clip_grad_norm_ / lr_scheduler (f64) by
+# tests/golden/check_goldens_with_torch.py: all configs agree to <= 3e-11 relative.
 """Golden values for stepc's training steps (tests/test_train_step_golden.cpp).
 
 Computed independently of stepc: the 784-512-512-10 ReLU MLP of
