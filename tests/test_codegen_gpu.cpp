@@ -9,6 +9,7 @@
 #include "sg_corpus.h"
 
 #include "../compiler/codegen/gpu_backend.h"
+#include "../compiler/codegen/gpu_lowering.h"
 
 #include "stepc/compile.h"
 #include "stepc/cuda.h"
@@ -29,6 +30,14 @@
 
 using namespace stepc;
 using ::testing::HasSubstr;
+
+// The kernels the fake driver (tests/fake_cuda_driver.cpp) runs on a launch,
+// by function name: their CPU emulation. Exported (ENABLE_EXPORTS) for it.
+static std::map<std::string, KernelFn> fakeKernels;
+extern "C" void *stepc_fake_cuda_kernel(const char *name) {
+  auto it = fakeKernels.find(name);
+  return it == fakeKernels.end() ? nullptr : reinterpret_cast<void *>(it->second);
+}
 
 namespace {
 
@@ -150,6 +159,13 @@ graph dtypes {
 struct GraphCase {
   std::string name;
   Graph graph;
+  TensorMap indices; // inputs that must hold valid indices
+  TensorMap inputs(uint64_t seed) const {
+    TensorMap values = randomInputs(graph, seed);
+    for (const auto &[name, value] : indices)
+      values.at(name) = value;
+    return values;
+  }
 };
 
 std::vector<std::string> exampleNames() {
@@ -168,9 +184,13 @@ Graph loadExample(const std::string &name) {
 
 std::vector<GraphCase> opCases() {
   return {
-      {"every_op", everyNodeAnOutput(parseGraph(stepc::testing::kEveryOpText, "every_op.sg"))},
-      {"dtypes", everyNodeAnOutput(parseGraph(kDtypesText, "dtypes.sg"))},
-      {"composites", parseGraph(stepc::testing::kCompositesText, "composites.sg")},
+      {"every_op",
+       everyNodeAnOutput(parseGraph(stepc::testing::kEveryOpText, "every_op.sg")),
+       {{"i", Tensor::of<int32_t>({2}, {1, 0})}}},
+      {"dtypes",
+       everyNodeAnOutput(parseGraph(kDtypesText, "dtypes.sg")),
+       {{"idx", Tensor::of<int64_t>({4}, {2, 0, 1, 2})}}},
+      {"composites", parseGraph(stepc::testing::kCompositesText, "composites.sg"), {}},
   };
 }
 
@@ -186,36 +206,47 @@ std::string ptxasPath() {
   return std::filesystem::exists("/usr/local/cuda/bin/ptxas") ? "/usr/local/cuda/bin/ptxas" : "";
 }
 
-// Assembles `ptx` for `arch`; the failure carries ptxas' messages.
-::testing::AssertionResult assembles(const std::string &ptx, const std::string &arch,
-                                     const std::string &what) {
+// Assembles each `ptx[i]` for `archs[i]`, the ptxas runs side by side; the
+// failure carries ptxas' messages.
+::testing::AssertionResult assemble(const std::vector<std::string> &ptx,
+                                    const std::vector<std::string> &archs,
+                                    const std::string &what) {
   std::string ptxas = ptxasPath();
   if (ptxas.empty())
     return ::testing::AssertionSuccess(); // nothing to check with
   auto dir = std::filesystem::temp_directory_path();
-  std::string base = fmt::format("{}/stepc_gpu_test_{}_{}", dir.string(), ::getpid(), what);
-  {
-    std::ofstream file(base + ".ptx");
-    file << ptx;
+  std::vector<std::string> bases;
+  std::vector<FILE *> pipes;
+  for (size_t i = 0; i < ptx.size(); ++i) {
+    std::string base =
+        fmt::format("{}/stepc_gpu_test_{}_{}_{}", dir.string(), ::getpid(), what, archs[i]);
+    std::ofstream(base + ".ptx") << ptx[i];
+    std::string command =
+        fmt::format("'{}' -arch={} '{}.ptx' -o '{}.cubin' 2>&1", ptxas, archs[i], base, base);
+    bases.push_back(base);
+    pipes.push_back(popen(command.c_str(), "r"));
   }
-  std::string command =
-      fmt::format("'{}' -arch={} '{}.ptx' -o '{}.cubin' 2>&1", ptxas, arch, base, base);
-  std::string output;
-  FILE *pipe = popen(command.c_str(), "r");
-  if (!pipe)
-    return ::testing::AssertionFailure() << "cannot run " << command;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
-    output.append(buffer, n);
-  int status = pclose(pipe);
-  std::filesystem::remove(base + ".cubin");
-  if (status != 0)
-    return ::testing::AssertionFailure()
-           << "ptxas -arch=" << arch << " failed on " << what << " (PTX kept in " << base
-           << ".ptx):\n"
-           << output;
-  std::filesystem::remove(base + ".ptx");
-  return ::testing::AssertionSuccess();
+  ::testing::AssertionResult result = ::testing::AssertionSuccess();
+  for (size_t i = 0; i < ptx.size(); ++i) {
+    if (!pipes[i]) {
+      result = ::testing::AssertionFailure() << "cannot run " << ptxas;
+      continue;
+    }
+    std::string output;
+    char buffer[4096];
+    while (size_t n = fread(buffer, 1, sizeof buffer, pipes[i]))
+      output.append(buffer, n);
+    int status = pclose(pipes[i]);
+    std::filesystem::remove(bases[i] + ".cubin");
+    if (status != 0) {
+      result = ::testing::AssertionFailure() << "ptxas -arch=" << archs[i] << " failed on " << what
+                                             << " (PTX kept in " << bases[i] << ".ptx):\n"
+                                             << output;
+      continue;
+    }
+    std::filesystem::remove(bases[i] + ".ptx");
+  }
+  return result;
 }
 
 // Lowers `graph` for the GPU once, takes it to PTX for sm_90 and sm_80, and
@@ -246,9 +277,8 @@ std::set<std::string> expectPtx(const Graph &graph, bool fusion, const std::stri
   }
   EXPECT_THAT(ptx[0], HasSubstr(".target sm_90"));
   EXPECT_THAT(ptx[1], HasSubstr(".target sm_80"));
-  std::string tag = fmt::format("{}_{}", what, fusion ? "fused" : "unfused");
-  EXPECT_TRUE(assembles(ptx[0], "sm_90", tag));
-  EXPECT_TRUE(assembles(ptx[1], "sm_80", tag));
+  EXPECT_TRUE(
+      assemble(ptx, {"sm_90", "sm_80"}, fmt::format("{}_{}", what, fusion ? "fused" : "unfused")));
   return ops;
 }
 
@@ -295,8 +325,8 @@ INSTANTIATE_TEST_SUITE_P(, CudaPtxExamples, ::testing::ValuesIn(exampleNames()),
 
 TEST(CudaLowering, ScratchLivesInTheArenaAndNothingIsAllocated) {
   CompileOptions options{.target = Target::Cuda};
-  LoweredGraph lowered = lowerGraph(trainStep(loadExample("mlp"), "loss", Optimizer::adam()),
-                                    options);
+  LoweredGraph lowered =
+      lowerGraph(trainStep(loadExample("mlp"), "loss", Optimizer::adam()), options);
   EXPECT_THAT(lowered.mlirModule, HasSubstr("gpu.module @stepc_kernels"));
   EXPECT_THAT(lowered.mlirModule, ::testing::Not(HasSubstr("memref.alloc")));
   EXPECT_THAT(lowered.mlirModule, ::testing::Not(HasSubstr("func.func")));
@@ -374,13 +404,115 @@ TEST(CudaAot, WritesPtxHeaderAndSource) {
   std::string ptx((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_THAT(ptx, HasSubstr(".target sm_90"));
   EXPECT_EQ(ptx.find('\0'), std::string::npos);
-  EXPECT_TRUE(assembles(ptx, "sm_90", "aot_xor"));
+  EXPECT_TRUE(assemble({ptx}, {"sm_90"}, "aot_xor"));
   std::ifstream source(artifact.source);
   std::string text((std::istreambuf_iterator<char>(source)), std::istreambuf_iterator<char>());
   EXPECT_THAT(text, HasSubstr("stepc::CudaExecutable executable;"));
   EXPECT_THAT(text, HasSubstr("cuda.arch = \"sm_90\";"));
   std::filesystem::remove_all(dir);
 }
+
+// --- The GPU lowering run on the CPU ---------------------------------------------------
+
+// Whether `value` depends on an f32 sin or cos: the GPU lowering takes those
+// to libdevice, which the CPU emulation replaces with MLIR's polynomial (see
+// sinOrCosF32 in lowering.cpp), good to ~1e-4 only.
+bool usesF32SinCos(const Graph &graph, ValueId value) {
+  std::vector<ValueId> stack{value};
+  std::set<ValueId> seen;
+  while (!stack.empty()) {
+    ValueId v = stack.back();
+    stack.pop_back();
+    if (!seen.insert(v).second)
+      continue;
+    const Node &n = graph.node(v);
+    if ((n.op == OpKind::Sin || n.op == OpKind::Cos) && n.type.dtype == DType::F32)
+      return true;
+    stack.insert(stack.end(), n.operands.begin(), n.operands.end());
+  }
+  return false;
+}
+
+// Runs the GPU kernels' code on the CPU (emulateCudaOnCpu: each nest's
+// elements in reverse order) for `steps` steps and compares every output
+// and updated param with the interpreter, as the CPU backend's tests do.
+void expectEmulationMatchesInterpreter(const Graph &graph, const TensorMap &inputs,
+                                       TensorMap params, int steps, bool fusion,
+                                       double outlierFraction = 0) {
+  SCOPED_TRACE(fusion ? "emulated fused" : "emulated unfused");
+  std::unique_ptr<Executable> exe;
+  try {
+    exe = std::make_unique<Executable>(
+        codegen::emulateCudaOnCpu(graph, CompileOptions{.fusion = fusion}),
+        RunOptions{.threads = 1});
+  } catch (const std::exception &e) {
+    ADD_FAILURE() << "emulateCudaOnCpu threw: " << e.what();
+    return;
+  }
+  for (const std::string &name : exe->paramNames())
+    exe->setParam(name, params.at(name));
+  for (int step = 0; step < steps; ++step) {
+    SCOPED_TRACE(fmt::format("step {}", step));
+    TensorMap expected = graph.updates.empty() ? interpret(graph, inputs, params)
+                                               : interpretStep(graph, inputs, params);
+    std::map<std::string, Tensor> actual = exe->step(inputs);
+    for (const GraphOutput &out : graph.outputs) {
+      stepc::testing::Tolerance t = stepc::testing::toleranceFor(graph, out.value);
+      if (usesF32SinCos(graph, out.value))
+        t = {1e-3, 1e-4};
+      EXPECT_TRUE(stepc::testing::matches(actual.at(out.name), expected.at(out.name), t))
+          << "output " << out.name << " (" << opInfo(graph.node(out.value).op).name << " at "
+          << graph.node(out.value).loc.str() << ")";
+    }
+    for (const ParamUpdate &u : graph.updates) {
+      const std::string &name = graph.node(u.param).name;
+      const Tensor &want = params.at(name);
+      int64_t outliers = outlierFraction > 0
+                             ? std::max<int64_t>(1, int64_t(outlierFraction * double(want.numel())))
+                             : 0;
+      EXPECT_TRUE(stepc::testing::matches(
+          exe->param(name), want, stepc::testing::toleranceFor(graph, u.value), outliers, 1e-4))
+          << "param " << name << " after the step";
+    }
+  }
+}
+
+TEST(CudaEmulated, EveryOpMatchesInterpreter) {
+  for (const GraphCase &c : opCases()) {
+    SCOPED_TRACE(c.name);
+    TensorMap inputs = c.inputs(stepc::testing::freshSeed());
+    // Two steps: the second finds the arena as the first left it (scatter
+    // outputs must be zeroed again, scratch overwritten).
+    for (bool fusion : {true, false})
+      expectEmulationMatchesInterpreter(c.graph, inputs, initialParams(c.graph), 2, fusion);
+  }
+}
+
+class CudaEmulatedExamples : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaEmulatedExamples, Forward) {
+  Graph model = loadExample(GetParam());
+  uint64_t seed = stepc::testing::freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  for (bool fusion : {true, false})
+    expectEmulationMatchesInterpreter(model, randomInputs(model, seed), initialParams(model), 1,
+                                      fusion);
+}
+
+// Two Adam steps, fused: step 2 reads the params and moments step 1 left in
+// the arena. Adam divides by sqrt(v) + eps, so a few elements of tiny
+// gradients may differ more (as in test_codegen_examples.cpp).
+TEST_P(CudaEmulatedExamples, TrainStepAdam) {
+  Graph step = trainStep(loadExample(GetParam()), "loss", Optimizer::adam());
+  uint64_t seed = stepc::testing::freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  TensorMap inputs = randomInputs(step, seed);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-3);
+  expectEmulationMatchesInterpreter(step, inputs, initialParams(step), 2, true, 0.01);
+}
+
+INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(exampleNames()),
+                         [](const auto &info) { return info.param; });
 
 // --- The runtime without a GPU -------------------------------------------------------
 
@@ -443,6 +575,114 @@ TEST(CudaRuntime, BadSpecsAreRefusedBeforeTheDriverIsTouched) {
   }
 }
 
+// --- The runtime on a fake driver ------------------------------------------------------
+
+// What differs between `actual` and `expected`, or "".
+std::string mismatch(const std::string &what, const Tensor &actual, const Tensor &expected,
+                     stepc::testing::Tolerance tolerance, int64_t outliers = 0) {
+  ::testing::AssertionResult same =
+      stepc::testing::matches(actual, expected, tolerance, outliers, 1e-4);
+  return same ? "" : fmt::format("{}: {}\n", what, same.message());
+}
+
+// The whole CudaExecutable on the fake driver against the CPU backend: a
+// training step (convolutions, pooling, atomics, update copies) for two
+// steps, params and checkpoints, profiling, check-numerics and its rollback,
+// and input errors. Returns what went wrong, or "".
+std::string runtimeOnFakeDriver(bool fusion) {
+  std::string failures;
+  if (std::string why = cudaUnavailableReason(); !why.empty())
+    return "the fake driver did not load: " + why;
+  Graph step = trainStep(loadExample("cnn"), "loss", Optimizer::adam());
+  CompileOptions options{.fusion = fusion, .cache = false};
+  ExecutableSpec emulated = codegen::emulateCudaOnCpu(step, options);
+  for (const KernelSpec &kernel : emulated.kernels)
+    fakeKernels[kernel.name] = kernel.fn;
+
+  TensorMap inputs = randomInputs(step, 11);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-3);
+  TensorMap params = initialParams(step);
+  auto cpu = compileJit(step, options);
+  CudaExecutable gpu(compileCudaSpec(step, options), RunOptions{.profile = true});
+  if (gpu.deviceName() != "stepc fake GPU (sm_90)")
+    failures += "device name: " + gpu.deviceName() + "\n";
+  for (const std::string &name : cpu->paramNames()) {
+    cpu->setParam(name, params.at(name));
+    gpu.setParam(name, params.at(name));
+  }
+  for (int s = 0; s < 2; ++s) {
+    std::map<std::string, Tensor> want = cpu->step(inputs), got = gpu.step(inputs);
+    failures +=
+        mismatch(fmt::format("step {} loss", s), got.at("loss"), want.at("loss"), {1e-4, 1e-5});
+    for (const std::string &name : cpu->paramNames()) {
+      Tensor expected = cpu->param(name);
+      failures += mismatch(fmt::format("step {} param {}", s, name), gpu.param(name), expected,
+                           {1e-3, 1e-5}, std::max<int64_t>(1, expected.numel() / 100));
+    }
+  }
+  if (gpu.stepsTaken() != 2 || gpu.profile().size() != 2 * gpu.spec().kernels.size())
+    failures += fmt::format("{} steps, {} timings\n", gpu.stepsTaken(), gpu.profile().size());
+
+  auto dir = std::filesystem::temp_directory_path() / fmt::format("stepc_fake_{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  gpu.saveParams((dir / "p.safetensors").string());
+  gpu.writeTrace((dir / "trace.json").string());
+  CudaExecutable again(compileCudaSpec(step, options), RunOptions{.checkNumerics = true});
+  again.loadParams((dir / "p.safetensors").string());
+  for (const std::string &name : gpu.paramNames())
+    failures += mismatch("loaded " + name, again.param(name), gpu.param(name), {});
+  std::filesystem::remove_all(dir);
+
+  // A NaN learning rate is caught after the first kernel that produces a NaN;
+  // the params are restored.
+  TensorMap bad = inputs;
+  bad.at("lr") = Tensor::scalar(DType::F32, std::numeric_limits<double>::quiet_NaN());
+  try {
+    again.step(bad);
+    failures += "a NaN step passed check-numerics\n";
+  } catch (const Error &e) {
+    if (!std::string(e.what()).starts_with("check-numerics: kernel "))
+      failures += std::string("check-numerics: ") + e.what() + "\n";
+  }
+  for (const std::string &name : gpu.paramNames())
+    failures += mismatch("restored " + name, again.param(name), gpu.param(name), {});
+  if (again.stepsTaken() != 0)
+    failures += "the failed step counted\n";
+
+  try {
+    gpu.step({{"x", inputs.at("x")}});
+    failures += "a missing input was accepted\n";
+  } catch (const Error &e) {
+    if (std::string(e.what()).find("missing input 'y'") == std::string::npos)
+      failures += std::string("missing input: ") + e.what() + "\n";
+  }
+  return failures;
+}
+
+TEST(CudaRuntimeOnFakeDriver, MatchesCpuFused) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("STEPC_CUDA_DRIVER", STEPC_FAKE_CUDA, 1);
+        std::string failures = runtimeOnFakeDriver(true);
+        std::fprintf(stderr, "%s", failures.empty() ? "fake runtime OK\n" : failures.c_str());
+        std::exit(failures.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "fake runtime OK");
+}
+
+TEST(CudaRuntimeOnFakeDriver, MatchesCpuUnfused) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("STEPC_CUDA_DRIVER", STEPC_FAKE_CUDA, 1);
+        std::string failures = runtimeOnFakeDriver(false);
+        std::fprintf(stderr, "%s", failures.empty() ? "fake runtime OK\n" : failures.c_str());
+        std::exit(failures.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "fake runtime OK");
+}
+
 // --- On a GPU: the same results as the CPU backend --------------------------------
 
 // Runs `graph` on the CPU backend and on the GPU (fused and unfused) from the
@@ -499,7 +739,7 @@ TEST(CudaExecution, EveryOpMatchesCpu) {
     GTEST_SKIP() << why;
   for (const GraphCase &c : opCases()) {
     SCOPED_TRACE(c.name);
-    expectGpuMatchesCpu(c.graph, randomInputs(c.graph, 7), initialParams(c.graph), 1, 1);
+    expectGpuMatchesCpu(c.graph, c.inputs(7), initialParams(c.graph), 1, 1);
   }
 }
 

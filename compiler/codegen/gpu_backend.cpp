@@ -52,10 +52,9 @@ constexpr const char *kPtxFeatures = "+ptx80";
 
 std::unique_ptr<mlir::MLIRContext> makeGpuContext() {
   mlir::DialectRegistry registry;
-  registry.insert<mlir::arith::ArithDialect, mlir::cf::ControlFlowDialect,
-                  mlir::func::FuncDialect, mlir::gpu::GPUDialect, mlir::LLVM::LLVMDialect,
-                  mlir::math::MathDialect, mlir::memref::MemRefDialect, mlir::NVVM::NVVMDialect,
-                  mlir::scf::SCFDialect>();
+  registry.insert<mlir::arith::ArithDialect, mlir::cf::ControlFlowDialect, mlir::func::FuncDialect,
+                  mlir::gpu::GPUDialect, mlir::LLVM::LLVMDialect, mlir::math::MathDialect,
+                  mlir::memref::MemRefDialect, mlir::NVVM::NVVMDialect, mlir::scf::SCFDialect>();
   // convert-gpu-to-nvvm lowers the other dialects through their
   // ConvertToLLVM interfaces; the NVVM target serializes to PTX.
   mlir::arith::registerConvertArithToLLVMInterface(registry);
@@ -136,7 +135,7 @@ bool hasLibdevice(const std::string &toolkit) {
 
 const std::vector<std::string> &supportedGpuArchs() {
   static const std::vector<std::string> archs = {"sm_90", "sm_90a", "sm_89", "sm_87",
-                                                  "sm_86", "sm_80",  "sm_75", "sm_70"};
+                                                 "sm_86", "sm_80",  "sm_75", "sm_70"};
   return archs;
 }
 

@@ -17,8 +17,7 @@ const std::vector<std::string> &supportedGpuArchs();
 void checkGpuArch(const std::string &arch);
 
 // Lowers a module holding one gpu.module to `stage` for `arch` and prints it.
-std::string lowerGpuToStage(const std::string &mlirModule, GpuStage stage,
-                            const std::string &arch);
+std::string lowerGpuToStage(const std::string &mlirModule, GpuStage stage, const std::string &arch);
 
 // The module's PTX for each chip of `archs`, in that order: text ending in
 // a newline, with no NUL (the CUDA driver wants exactly one more, which the

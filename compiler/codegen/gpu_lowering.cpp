@@ -6,6 +6,7 @@
 #include "gpu_backend.h"
 #include "jit_cache.h"
 #include "llvm_backend.h"
+#include "lowering.h"
 
 #include <fmt/format.h>
 
@@ -64,7 +65,8 @@ std::string annotatePtx(std::string ptx, const LoweredGraph &lowered) {
       std::string note = fmt::format("// stepc kernel {}", kernel.name);
       if (launches.size() > 1)
         note += fmt::format(", loop nest {} of {}", i + 1, launches.size());
-      note += fmt::format(": {} thread{}\n", launches[i].extent, launches[i].extent == 1 ? "" : "s");
+      note +=
+          fmt::format(": {} thread{}\n", launches[i].extent, launches[i].extent == 1 ? "" : "s");
       for (std::string op : kernel.provenance) {
         std::replace(op.begin(), op.end(), '\n', ' ');
         note += fmt::format("//   {}\n", op);
@@ -83,8 +85,8 @@ std::string gpuModuleText(const std::string &globals, const std::string &functio
                      globals, functions);
 }
 
-std::string dumpGpuIR(const Graph &graph, const CompileOptions &options,
-                      const std::string &kernel, const std::string &stage) {
+std::string dumpGpuIR(const Graph &graph, const CompileOptions &options, const std::string &kernel,
+                      const std::string &stage) {
   GpuStage s;
   if (stage == "mlir")
     s = GpuStage::Mlir;
@@ -100,6 +102,53 @@ std::string dumpGpuIR(const Graph &graph, const CompileOptions &options,
   std::string module = kernel.empty() ? lowered.mlirModule : onlyKernel(lowered, kernel);
   std::string text = lowerGpuToStage(module, s, options.gpuArch);
   return s == GpuStage::Ptx ? annotatePtx(std::move(text), lowered) : text;
+}
+
+ExecutableSpec emulateCudaOnCpu(const Graph &graph, const CompileOptions &options) {
+  LoweredGraph lowered = lowerForGpu(graph, options);
+  std::string module = lowered.mlirModule;
+  std::string head = gpuModuleText("", "");
+  std::string open = head.substr(0, head.find("  }\n}\n"));
+  if (module.rfind(open, 0) != 0)
+    throw std::logic_error("emulateCudaOnCpu: unexpected module text");
+  module = "module {\n" + module.substr(open.size(), module.size() - head.size()) + "}\n";
+  auto replaceAll = [&](const std::string &from, const std::string &to) {
+    for (size_t at = module.find(from); at != std::string::npos;
+         at = module.find(from, at + to.size()))
+      module.replace(at, from.size(), to);
+  };
+  for (const std::vector<CudaLaunch> &launches : lowered.launches)
+    for (const CudaLaunch &launch : launches)
+      replaceAll(gpuFunctionHead(launch.function),
+                 fmt::format("    func.func @{}(%arena: memref<?xi8>, %gpu_lo: index, %gpu_hi: "
+                             "index) attributes {{llvm.emit_c_interface}} {{\n"
+                             "      %gpu_one = arith.constant 1 : index\n"
+                             "      %gpu_sum = arith.addi %gpu_lo, %gpu_hi : index\n"
+                             "      %gpu_top = arith.subi %gpu_sum, %gpu_one : index\n"
+                             "      scf.for %gpu_i = %gpu_lo to %gpu_hi step %gpu_one {{\n"
+                             "        %begin = arith.subi %gpu_top, %gpu_i : index\n",
+                             launch.function));
+  replaceAll("      gpu.return\n", "      return\n");
+
+  std::shared_ptr<LoadedObject> code = LoadedObject::load(compileToObject(module));
+  ExecutableSpec spec = lowered.spec;
+  spec.kernels.clear();
+  for (size_t k = 0; k < lowered.launches.size(); ++k) {
+    const KernelSpec &kernel = lowered.spec.kernels[k];
+    for (size_t i = 0; i < lowered.launches[k].size(); ++i) {
+      const CudaLaunch &launch = lowered.launches[k][i];
+      KernelSpec emulated;
+      emulated.name = launch.function;
+      emulated.fn = reinterpret_cast<KernelFn>(code->symbol("_mlir_ciface_" + launch.function));
+      emulated.parallelExtent = launch.extent;
+      emulated.provenance = kernel.provenance;
+      if (i + 1 == lowered.launches[k].size())
+        emulated.outputs = kernel.outputs;
+      spec.kernels.push_back(std::move(emulated));
+    }
+  }
+  spec.owner = code;
+  return spec;
 }
 
 AotArtifact compileAotCuda(const Graph &graph, const CompileOptions &options,

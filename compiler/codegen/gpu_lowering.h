@@ -15,8 +15,17 @@ namespace stepc::codegen {
 std::string gpuModuleText(const std::string &globals, const std::string &functions);
 
 // dumpKernelIR for Target::Cuda: stages "mlir", "nvvm", "ptx".
-std::string dumpGpuIR(const Graph &graph, const CompileOptions &options,
-                      const std::string &kernel, const std::string &stage);
+std::string dumpGpuIR(const Graph &graph, const CompileOptions &options, const std::string &kernel,
+                      const std::string &stage);
+
+// The GPU kernels' code run on the CPU, for tests on machines without a GPU:
+// each gpu.func becomes a CPU function that visits its nest's elements in
+// reverse order (a nest whose elements depend on each other's order then
+// fails), one kernel of the spec per launch, over the GPU's arena layout
+// (scratch included) and with its atomics. It checks what the GPU lowering
+// decides (nests, flattening, scratch, zeroing and atomic accumulation), not
+// NVPTX or real concurrency.
+ExecutableSpec emulateCudaOnCpu(const Graph &graph, const CompileOptions &options);
 
 // compileAot for Target::Cuda.
 AotArtifact compileAotCuda(const Graph &graph, const CompileOptions &options,

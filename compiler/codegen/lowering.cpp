@@ -1452,22 +1452,7 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
     GpuFunction f;
     f.name = nests.size() == 1 ? out.name : fmt::format("{}_{}", out.name, k);
     f.extent = flatExtent_;
-    // A grid-stride loop: thread t computes elements t, t + threads, ...
-    f.function = fmt::format(
-        "    gpu.func @{}(%arena: memref<?xi8>, %extent: index) kernel {{\n"
-        "      %gpu_block = gpu.block_id x\n"
-        "      %gpu_width = gpu.block_dim x\n"
-        "      %gpu_lane = gpu.thread_id x\n"
-        "      %gpu_base = arith.muli %gpu_block, %gpu_width : index\n"
-        "      %gpu_first = arith.addi %gpu_base, %gpu_lane : index\n"
-        "      %gpu_blocks = gpu.grid_dim x\n"
-        "      %gpu_stride = arith.muli %gpu_blocks, %gpu_width : index\n"
-        "      scf.for %begin = %gpu_first to %extent step %gpu_stride {{\n"
-        "{}"
-        "      }}\n"
-        "      gpu.return\n"
-        "    }}\n",
-        f.name, w_.text());
+    f.function = gpuFunctionHead(f.name) + w_.text() + "      }\n      gpu.return\n    }\n";
     out.gpuFunctions.push_back(std::move(f));
   }
   out.globals = globals_;
@@ -1476,6 +1461,20 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
 }
 
 } // namespace
+
+std::string gpuFunctionHead(const std::string &name) {
+  // A grid-stride loop: thread t computes elements t, t + threads, ...
+  return fmt::format("    gpu.func @{}(%arena: memref<?xi8>, %extent: index) kernel {{\n"
+                     "      %gpu_block = gpu.block_id x\n"
+                     "      %gpu_width = gpu.block_dim x\n"
+                     "      %gpu_lane = gpu.thread_id x\n"
+                     "      %gpu_base = arith.muli %gpu_block, %gpu_width : index\n"
+                     "      %gpu_first = arith.addi %gpu_base, %gpu_lane : index\n"
+                     "      %gpu_blocks = gpu.grid_dim x\n"
+                     "      %gpu_stride = arith.muli %gpu_blocks, %gpu_width : index\n"
+                     "      scf.for %begin = %gpu_first to %extent step %gpu_stride {{\n",
+                     name);
+}
 
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,

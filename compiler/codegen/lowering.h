@@ -46,6 +46,10 @@ struct GpuTarget {
 
 // `arenaOffset(v)` gives the byte offset of every value the kernel reads
 // from or writes to the arena (its inputs, outputs, params and graph inputs).
+// A nest's gpu.func up to the grid-stride loop that binds the element index
+// %begin; the nest's body follows, then "      }\n      gpu.return\n    }\n".
+std::string gpuFunctionHead(const std::string &name);
+
 // With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -233,10 +234,14 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
   if (CUresult r = d.moduleLoadDataEx(&s.module, image.data(), 2, jitOptions, jitValues);
       r != CUDA_SUCCESS) {
     log.resize(std::strlen(log.c_str()));
+    // PTX for a newer chip than the device's cannot be loaded: say which to use.
+    auto number = [](const std::string &a) { return std::atoi(a.c_str() + 3); };
+    std::string hint = number(s.spec.arch) > number(arch)
+                           ? fmt::format("; recompile with --gpu-arch {}", arch)
+                           : "";
     throw Error(fmt::format(
-        "CUDA error in cuModuleLoadDataEx (the PTX of '{}', compiled for {}, on {}): {}{}{}",
-        layout.name, s.spec.arch, s.deviceName, d.describe(r), log.empty() ? "" : "\n",
-        log));
+        "CUDA error in cuModuleLoadDataEx (the PTX of '{}', compiled for {}, on {}): {}{}{}{}",
+        layout.name, s.spec.arch, s.deviceName, d.describe(r), hint, log.empty() ? "" : "\n", log));
   }
   for (size_t k = 0; k < layout.kernels.size(); ++k) {
     std::vector<CUfunction> functions;
@@ -308,8 +313,8 @@ void CudaExecutable::State::checkOutputs(size_t k) {
       continue;
     scan.resize(static_cast<size_t>(slot.bytes()));
     d->check(d->memcpyDtoHAsync(scan.data(), arena + slot.offset, scan.size(), stream),
-             "cuMemcpyDtoHAsync", fmt::format("checking output {} of kernel {}", slot.name,
-                                              kernel.name));
+             "cuMemcpyDtoHAsync",
+             fmt::format("checking output {} of kernel {}", slot.name, kernel.name));
     synchronize(fmt::format("checking kernel {}", kernel.name));
     int64_t n = slot.type.numel();
     int64_t bad = slot.type.dtype == DType::F32 ? firstNonFinite<float>(scan.data(), n)
@@ -333,9 +338,11 @@ void CudaExecutable::State::checkOutputs(size_t k) {
                             "at element {} (index {}); its ops:{}\nparams are left as they "
                             "were before step {}",
                             kernel.name, steps,
-                            std::isnan(value) ? "NaN" : value > 0 ? "Inf" : "-Inf", slot.name,
-                            typeString(slot.type), bad, indexString(slot.type.shape, bad), ops,
-                            steps));
+                            std::isnan(value) ? "NaN"
+                            : value > 0       ? "Inf"
+                                              : "-Inf",
+                            slot.name, typeString(slot.type), bad,
+                            indexString(slot.type.shape, bad), ops, steps));
   }
 }
 
@@ -366,8 +373,8 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
     if (given == inputs.end())
       throw Error(fmt::format("missing input '{}' ({})", slot.name, typeString(slot.type)));
     if (given->second.type() != slot.type)
-      throw Error(fmt::format("input '{}': expected {}, got {}", slot.name,
-                              typeString(slot.type), typeString(given->second.type())));
+      throw Error(fmt::format("input '{}': expected {}, got {}", slot.name, typeString(slot.type),
+                              typeString(given->second.type())));
   }
   std::map<std::string, Tensor> outputs;
   for (const TensorSlot &slot : spec.outputs)
@@ -527,8 +534,8 @@ void CudaExecutable::loadParams(const std::string &path) {
   if (!differences.empty())
     throw Error(fmt::format("{}: checkpoint does not match executable '{}' ({} difference{}):"
                             "\n  {}",
-                            path, spec.name, differences.size(),
-                            differences.size() == 1 ? "" : "s", fmt::join(differences, "\n  ")));
+                            path, spec.name, differences.size(), differences.size() == 1 ? "" : "s",
+                            fmt::join(differences, "\n  ")));
   for (const TensorSlot &slot : spec.params)
     setParam(slot.name, tensors.at(slot.name));
 }
@@ -552,9 +559,8 @@ void CudaExecutable::writeTrace(const std::string &path) const {
                       {"args", std::move(args)}});
   }
   nlohmann::json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
-  writeFileAtomically(path, {trace.dump(-1, ' ', false,
-                                        nlohmann::json::error_handler_t::replace) +
-                             "\n"});
+  writeFileAtomically(
+      path, {trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"});
 }
 
 } // namespace stepc

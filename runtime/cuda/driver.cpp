@@ -36,8 +36,7 @@ Loaded load() {
   void *library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!library) {
     const char *why = dlerror();
-    out.error = fmt::format("no CUDA device: {} not found ({})", path,
-                            why ? why : "dlopen failed");
+    out.error = fmt::format("no CUDA device: {} not found ({})", path, why ? why : "dlopen failed");
     return out;
   }
   // The library stays loaded for the life of the process.
@@ -72,8 +71,7 @@ Loaded load() {
   resolve(library, d.eventDestroy, {"cuEventDestroy_v2", "cuEventDestroy"}, missing);
   resolve(library, d.eventRecord, {"cuEventRecord"}, missing);
   resolve(library, d.eventSynchronize, {"cuEventSynchronize"}, missing);
-  resolve(library, d.eventElapsedTime, {"cuEventElapsedTime_v2", "cuEventElapsedTime"},
-          missing);
+  resolve(library, d.eventElapsedTime, {"cuEventElapsedTime_v2", "cuEventElapsedTime"}, missing);
   resolve(library, d.getErrorName, {"cuGetErrorName"}, missing);
   resolve(library, d.getErrorString, {"cuGetErrorString"}, missing);
   if (!missing.empty()) {

@@ -51,8 +51,8 @@ struct Driver {
   CUresult (*memcpyDtoDAsync)(CUdeviceptr to, CUdeviceptr from, size_t bytes, CUstream stream);
   CUresult (*memsetD8Async)(CUdeviceptr to, unsigned char value, size_t bytes, CUstream stream);
   CUresult (*launchKernel)(CUfunction function, unsigned gridX, unsigned gridY, unsigned gridZ,
-                           unsigned blockX, unsigned blockY, unsigned blockZ,
-                           unsigned sharedBytes, CUstream stream, void **params, void **extra);
+                           unsigned blockX, unsigned blockY, unsigned blockZ, unsigned sharedBytes,
+                           CUstream stream, void **params, void **extra);
   CUresult (*streamCreate)(CUstream *stream, unsigned flags);
   CUresult (*streamDestroy)(CUstream stream);
   CUresult (*streamSynchronize)(CUstream stream);

@@ -19,8 +19,11 @@ while another is timed), with 2 threads:
            (os.sched_setaffinity), since XLA:CPU sizes its thread pool by the
            CPUs it may run on.
 Figures are the median ms per step over --steps steps after --warmup steps
-(torch.compile and jax.jit compile during the warm-up). With --stepc, the
-same workloads are timed with `stepc bench` in the same run (stepc column).
+(torch.compile and jax.jit compile during the warm-up). The whole set runs
+--rounds times, the columns taking turns, and each cell is the lowest of its
+rounds' medians: on a shared machine, the round that no one else's work
+slowed down. With --stepc, the same workloads are timed with `stepc bench` in
+the same rounds (stepc column).
 
 Never part of `make test`.
 """
@@ -240,6 +243,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="repeat the whole set; each cell is its lowest median")
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help="comma-separated subset of " + ",".join(WORKLOADS))
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -264,15 +269,22 @@ def main():
     for f in frameworks:
         if f not in FRAMEWORKS:
             parser.error(f"unknown framework '{f}'; the frameworks are: {', '.join(FRAMEWORKS)}")
-    columns = {f: run_worker(f, args) for f in frameworks}
-    if args.stepc:
-        columns["stepc"] = run_stepc(args.stepc, args)
+    names = frameworks + (["stepc"] if args.stepc else [])
+    rounds = {c: {w: [] for w in args.only} for c in names}
+    for _ in range(args.rounds):
+        for c in names:
+            got = run_stepc(args.stepc, args) if c == "stepc" else run_worker(c, args)
+            for w in args.only:
+                if got.get(w) is not None:
+                    rounds[c][w].append(got[w])
+    columns = {c: {w: min(v) if v else None for w, v in rounds[c].items()} for c in names}
 
     load = os.getloadavg()
     labels = {"mlp": "mlp.sg Adam step, batch 128", "cnn": "cnn.sg Adam step, batch 32",
               "gelu": "tanh GELU, 4M floats"}
     print(f"median ms per step, {THREADS} threads, {args.steps} steps after {args.warmup} "
-          f"warm-up; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"warm-up, lowest of {args.rounds} rounds; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     header = f"| {'workload':<30} |" + "".join(f" {c:>13} |" for c in columns)
     print(header)
     print("|" + "-" * 32 + "|" + "".join("-" * 15 + "|" for _ in columns))
@@ -284,7 +296,8 @@ def main():
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump({"threads": THREADS, "steps": args.steps, "warmup": args.warmup,
-                       "load_average": load, "ms_per_step": columns}, f, indent=2)
+                       "rounds": args.rounds, "load_average": load, "ms_per_step": columns,
+                       "ms_per_step_each_round": rounds}, f, indent=2)
         os.replace(args.json + ".tmp", args.json)
 
 
