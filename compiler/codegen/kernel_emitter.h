@@ -1,0 +1,101 @@
+// The kernel emitter shared by lowering.cpp (storage, element rules, the
+// kernel as a whole) and lowering_roots.cpp (the loop nests of roots).
+#pragma once
+
+#include "lowering.h"
+
+#include "mlir_text.h"
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace stepc::codegen {
+
+using Index = std::vector<std::string>;
+
+// Whether an op's value at an index is a cheap function of its operands'
+// values at computable indices, so it can be inlined into its consumer.
+bool isInlinable(OpKind op);
+
+class KernelEmitter {
+public:
+  KernelEmitter(const Graph &graph, const FusionGroup &group,
+                const std::function<int64_t(ValueId)> &arenaOffset,
+                const std::vector<bool> &usedOutside, const GpuTarget *gpu = nullptr)
+      : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
+        gpu_(gpu) {
+    inGroup_.insert(group.nodes.begin(), group.nodes.end());
+  }
+
+  KernelSource emit();
+
+private:
+  KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
+  const Node &node(ValueId id) const { return g_.node(id); }
+  DType dtypeOf(ValueId id) const { return g_.type(id).dtype; }
+  const Shape &shapeOf(ValueId id) const { return g_.type(id).shape; }
+
+  // --- storage ------------------------------------------------------------
+  std::string arenaView(ValueId id);
+  std::string load(ValueId id, const Index &idx);
+  void store(ValueId id, const std::string &view, const Index &idx, const std::string &v);
+  std::string viewOf(ValueId id);
+
+  // --- values -------------------------------------------------------------
+  std::string valueAt(ValueId id, const Index &idx);
+  std::string lowerElement(const Node &n, ValueId id, const Index &idx);
+  std::string unary(const Node &n, const std::string &x);
+  std::string sinOrCosF32(const std::string &x, bool sine);
+  std::string binary(OpKind op, DType dtype, const std::string &a, const std::string &b);
+  std::string convert(const std::string &v, DType from, DType to);
+  Index broadcastIndex(ValueId operand, const Shape &outShape, const Index &idx);
+  std::string linearize(const Index &idx, const Shape &shape);
+  Index delinearize(const std::string &flat, const Shape &shape);
+  std::string indexValue(ValueId indices, const Index &idx, int64_t bound);
+  std::string dropoutElement(const Node &n, ValueId id, const Index &idx);
+  std::string padElement(const Node &n, const Index &idx);
+  std::string concatElement(const Node &n, const Index &idx, size_t first);
+  std::string constantElement(const Node &n, ValueId id, const Index &idx);
+
+  // --- roots --------------------------------------------------------------
+  Index openLoops(const Shape &shape, bool parallel, size_t from = 0);
+  void closeLoops(size_t count);
+  void emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel);
+  void emitRoot(ValueId id, bool parallel);
+  void emitReduction(ValueId id, bool parallel);
+  void emitArgMax(ValueId id, bool parallel);
+  void emitMatMul(ValueId id, bool parallel);
+  void emitConv2d(ValueId id, bool parallel);
+  void emitPool(ValueId id, bool parallel);
+  void emitScatterForm(ValueId id, bool parallel);
+  void zeroChunk(ValueId id, bool parallel);
+  void accumulate(ValueId id, const Index &idx, const std::string &v);
+  std::string inBounds(const std::string &v, int64_t size);
+  std::string clampIndex(const std::string &v, int64_t size);
+  std::string windowCoordinate(const std::string &out, const std::string &tap,
+                               int64_t stride, int64_t padding, int64_t dilation);
+  bool rowLocal(const std::vector<ValueId> &roots) const;
+
+  const Graph &g_;
+  const FusionGroup &group_;
+  const std::function<int64_t(ValueId)> &arenaOffset_;
+  const std::vector<bool> &usedOutside_;
+  std::set<ValueId> inGroup_;
+  std::map<ValueId, std::string> views_;  // materialized values
+  std::vector<std::string> scratch_;      // "%view : type" to dealloc
+  MlirWriter w_;
+  std::string globals_;
+  std::set<std::string> globalNames_;
+  std::string begin_ = "%begin", end_ = "%end";
+  // GPU: see GpuTarget. A nest's parallel openLoops call is flattened: no
+  // loops, %begin is the thread's flat index into `flatExtent_` elements.
+  const GpuTarget *gpu_ = nullptr;
+  bool flattened_ = false;
+  int64_t flatExtent_ = 1;
+  std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened
+};
+
+
+} // namespace stepc::codegen

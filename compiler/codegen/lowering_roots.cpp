@@ -1,0 +1,600 @@
+// The loop nests of a kernel's roots: elementwise bundles, reductions,
+// argmax, matmul (generic and register-tiled), convolution, pooling and the
+// scatter-form gradient ops, and the rule that says when a kernel's roots may
+// be split among threads by rows.
+#include "kernel_emitter.h"
+#include "tiled_matmul.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <functional>
+
+namespace stepc::codegen {
+
+// ---------------------------------------------------------------------------
+// Roots
+
+Index KernelEmitter::openLoops(const Shape &shape, bool parallel, size_t from) {
+  if (gpu_ && parallel) {
+    // One GPU thread per element of the nest's parallel loops.
+    if (flattened_ || from != 0)
+      throw std::logic_error(fmt::format("kernel {}: a GPU loop nest has two parallel loops",
+                                         group_.name));
+    flattened_ = true;
+    flatExtent_ = 1;
+    for (int64_t d : shape)
+      flatExtent_ *= d;
+    openedLoops_.push_back(0);
+    return delinearize(begin_, shape);
+  }
+  Index idx;
+  for (size_t d = from; d < shape.size(); ++d) {
+    bool outer = parallel && d == 0;
+    idx.push_back(w_.beginFor(outer ? begin_ : w_.indexConstant(0),
+                              outer ? end_ : w_.indexConstant(shape[d])));
+  }
+  openedLoops_.push_back(idx.size());
+  return idx;
+}
+
+void KernelEmitter::closeLoops(size_t count) {
+  // What the matching openLoops opened: `count` loops on the CPU, fewer
+  // where a GPU nest was flattened.
+  size_t opened = openedLoops_.back();
+  openedLoops_.pop_back();
+  if (!gpu_ && opened != count)
+    throw std::logic_error("closeLoops: does not match openLoops");
+  for (size_t i = 0; i < opened; ++i)
+    w_.endFor();
+}
+
+void KernelEmitter::emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel) {
+  const Shape &shape = shapeOf(roots.front());
+  Index idx = openLoops(shape, parallel);
+  for (ValueId r : roots) {
+    std::string v = lowerElement(node(r), r, idx);
+    w_.cache(fmt::format("{}@{}", r, fmt::join(idx, ",")), v);
+    store(r, viewOf(r), idx, v);
+  }
+  closeLoops(idx.size());
+}
+
+void KernelEmitter::emitRoot(ValueId id, bool parallel) {
+  switch (node(id).op) {
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin: return emitReduction(id, parallel);
+  case OpKind::ArgMax: return emitArgMax(id, parallel);
+  case OpKind::MatMul: return emitMatMul(id, parallel);
+  case OpKind::Conv2d: return emitConv2d(id, parallel);
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d: return emitPool(id, parallel);
+  case OpKind::ScatterAdd:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad: return emitScatterForm(id, parallel);
+  default: return emitElementwiseRoots({id}, parallel);
+  }
+}
+
+void KernelEmitter::emitReduction(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  ValueId x = n.operands[0];
+  const Shape &in = shapeOf(x);
+  std::vector<bool> reduced(in.size(), false);
+  for (int64_t a : n.attrs.getInts("axes"))
+    reduced[a < 0 ? a + static_cast<int64_t>(in.size()) : a] = true;
+  bool keep = n.attrs.getInt("keepdims") != 0;
+  DType dt = n.type.dtype;
+  std::string t = scalarType(dt);
+
+  Index out = openLoops(n.type.shape, parallel);
+  // The identities of max and min: infinities, or the integer limits
+  // (integerConstant: INT64_MAX is no double).
+  std::string init;
+  switch (n.op) {
+  case OpKind::ReduceMax:
+    init = isFloat(dt) ? w_.constant(-INFINITY, dt)
+                       : w_.integerConstant(dt == DType::I32 ? INT32_MIN : INT64_MIN, dt);
+    break;
+  case OpKind::ReduceMin:
+    init = isFloat(dt) ? w_.constant(INFINITY, dt)
+                       : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
+    break;
+  default: init = w_.constant(0, dt); break;
+  }
+  // Map output indices to input positions; reduced axes get loop indices.
+  Index full(in.size());
+  size_t o = 0;
+  std::vector<size_t> loops;
+  for (size_t d = 0; d < in.size(); ++d) {
+    if (!reduced[d])
+      full[d] = out[o++];
+    else {
+      loops.push_back(d);
+      if (keep)
+        ++o;
+    }
+  }
+  std::string acc = init;
+  std::vector<std::string> results;
+  for (size_t d : loops) {
+    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
+    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
+                        w_.indexConstant(0), w_.indexConstant(in[d]), w_.indexConstant(1), a, acc, t));
+    w_.indent();
+    w_.pushScope();
+    full[d] = iv;
+    acc = a;
+    results.push_back(res);
+  }
+  std::string v = valueAt(x, full);
+  OpKind combine = n.op == OpKind::ReduceMax ? OpKind::Maximum
+                   : n.op == OpKind::ReduceMin ? OpKind::Minimum
+                                               : OpKind::Add;
+  std::string next = binary(combine, dt, acc, v);
+  for (size_t k = loops.size(); k-- > 0;) {
+    w_.line(fmt::format("scf.yield {} : {}", next, t));
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+    next = results[k];
+  }
+  if (n.op == OpKind::ReduceMean) {
+    double count = 1;
+    for (size_t d : loops)
+      count *= static_cast<double>(in[d]);
+    next = binary(OpKind::Div, dt, next, w_.constant(count, dt));
+  }
+  store(id, viewOf(id), out, next);
+  closeLoops(out.size());
+}
+
+void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  ValueId x = n.operands[0];
+  const Shape &in = shapeOf(x);
+  int64_t axis = n.attrs.getInt("axis");
+  if (axis < 0)
+    axis += static_cast<int64_t>(in.size());
+  bool keep = n.attrs.getInt("keepdims") != 0;
+  DType dt = dtypeOf(x);
+  std::string t = scalarType(dt);
+  Index out = openLoops(n.type.shape, parallel);
+  Index full;
+  size_t o = 0;
+  for (size_t d = 0; d < in.size(); ++d) {
+    if (static_cast<int64_t>(d) == axis) {
+      full.push_back("");
+      if (keep)
+        ++o;
+    } else {
+      full.push_back(out[o++]);
+    }
+  }
+  // Strictly greater keeps the first index on ties; the first NaN wins.
+  Index first = full;
+  first[axis] = w_.indexConstant(0);
+  std::string initValue = valueAt(x, first);
+  std::string iv = w_.fresh("r"), best = w_.fresh("best"), at = w_.fresh("at"), res = w_.fresh();
+  w_.line(fmt::format("{}:2 = scf.for {} = {} to {} step {} iter_args({} = {}, {} = {}) -> ({}, index) {{",
+                      res, iv, w_.indexConstant(1), w_.indexConstant(in[axis]), w_.indexConstant(1), best,
+                      initValue, at, w_.indexConstant(0), t));
+  w_.indent();
+  w_.pushScope();
+  full[axis] = iv;
+  std::string v = valueAt(x, full);
+  std::string better = binary(OpKind::Gt, dt, v, best);
+  if (isFloat(dt)) {
+    std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
+    std::string bestNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", best, best, t));
+    std::string notBestNan = w_.assign(fmt::format("arith.xori {}, {} : i1", bestNan, w_.constant(1, DType::Bool)));
+    std::string takeNan = w_.assign(fmt::format("arith.andi {}, {} : i1", vNan, notBestNan));
+    better = w_.assign(fmt::format("arith.ori {}, {} : i1", better, takeNan));
+    better = w_.assign(fmt::format("arith.andi {}, {} : i1", better, notBestNan));
+  }
+  std::string nb = w_.assign(fmt::format("arith.select {}, {}, {} : {}", better, v, best, t));
+  std::string na = w_.assign(fmt::format("arith.select {}, {}, {} : index", better, iv, at));
+  w_.line(fmt::format("scf.yield {}, {} : {}, index", nb, na, t));
+  w_.popScope();
+  w_.dedent();
+  w_.line("}");
+  std::string index = w_.assign(fmt::format("arith.index_cast {}#1 : index to i64", res));
+  store(id, viewOf(id), out, index);
+  closeLoops(out.size());
+}
+
+void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  ValueId a = n.operands[0], b = n.operands[1];
+  const Shape &out = n.type.shape;
+  size_t rank = out.size();
+  // Plain 2-D f32 products of stored operands take the register-tiled path.
+  // (Not on the GPU: one thread per output element there.)
+  if (!gpu_ && rank == 2 && n.type.dtype == DType::F32 && views_.count(a) && views_.count(b)) {
+    TiledMatMul tiled{views_.at(a), views_.at(b), viewOf(id), out[0], shapeOf(a)[1], out[1],
+                      parallel ? begin_ : "", parallel ? end_ : ""};
+    emitTiledMatMul(w_, tiled);
+    return;
+  }
+  DType dt = n.type.dtype;
+  std::string t = scalarType(dt);
+  Index idx = openLoops(out, parallel);
+  int64_t k = shapeOf(a).back();
+  std::string iv = w_.fresh("r"), acc = w_.fresh("acc"), res = w_.fresh();
+  w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
+                      w_.indexConstant(0), w_.indexConstant(k), w_.indexConstant(1), acc,
+                      w_.constant(0, dt), t));
+  w_.indent();
+  w_.pushScope();
+  auto batchIndex = [&](ValueId operand, const std::string &row, const std::string &col) {
+    const Shape &s = shapeOf(operand);
+    Index full;
+    size_t lead = (rank - 2) - (s.size() - 2);
+    for (size_t d = 0; d + 2 < s.size(); ++d)
+      full.push_back(s[d] == 1 ? w_.indexConstant(0) : idx[lead + d]);
+    full.push_back(row);
+    full.push_back(col);
+    return full;
+  };
+  std::string av = valueAt(a, batchIndex(a, idx[rank - 2], iv));
+  std::string bv = valueAt(b, batchIndex(b, iv, idx[rank - 1]));
+  std::string sum = binary(OpKind::Add, dt, acc, binary(OpKind::Mul, dt, av, bv));
+  w_.line(fmt::format("scf.yield {} : {}", sum, t));
+  w_.popScope();
+  w_.dedent();
+  w_.line("}");
+  store(id, viewOf(id), idx, res);
+  closeLoops(idx.size());
+}
+
+void KernelEmitter::emitConv2d(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  ValueId x = n.operands[0], wt = n.operands[1];
+  const Shape &xs = shapeOf(x), &ws = shapeOf(wt);
+  auto pair = [&](const char *name) { return n.attrs.getInts(name); };
+  auto stride = pair("stride"), padding = pair("padding"), dilation = pair("dilation");
+  int64_t groups = n.attrs.getInt("groups");
+  int64_t perGroup = ws[0] / groups, cg = ws[1];
+  DType dt = n.type.dtype;
+  std::string t = scalarType(dt);
+  Index o = openLoops(n.type.shape, parallel); // n, f, i, j
+  std::string group = w_.assign(fmt::format("arith.divui {}, {} : index", o[1], w_.indexConstant(perGroup)));
+  std::string firstChannel = w_.assign(fmt::format("arith.muli {}, {} : index", group, w_.indexConstant(cg)));
+  std::vector<int64_t> extents = {cg, ws[2], ws[3]};
+  std::vector<std::string> ivs, results;
+  std::string acc = w_.constant(0, dt);
+  for (int64_t e : extents) {
+    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
+    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
+                        w_.indexConstant(0), w_.indexConstant(e), w_.indexConstant(1), a, acc, t));
+    w_.indent();
+    w_.pushScope();
+    ivs.push_back(iv);
+    results.push_back(res);
+    acc = a;
+  }
+  std::string y = windowCoordinate(o[2], ivs[1], stride[0], padding[0], dilation[0]);
+  std::string xw = windowCoordinate(o[3], ivs[2], stride[1], padding[1], dilation[1]);
+  std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
+  std::string channel = w_.assign(fmt::format("arith.addi {}, {} : index", firstChannel, ivs[0]));
+  std::string xv = valueAt(x, {o[0], channel, clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
+  std::string wv = valueAt(wt, {o[1], ivs[0], ivs[1], ivs[2]});
+  std::string product = binary(OpKind::Mul, dt, xv, wv);
+  std::string masked = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, product, w_.constant(0, dt), t));
+  std::string next = binary(OpKind::Add, dt, acc, masked);
+  for (size_t k = extents.size(); k-- > 0;) {
+    w_.line(fmt::format("scf.yield {} : {}", next, t));
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+    next = results[k];
+  }
+  store(id, viewOf(id), o, next);
+  closeLoops(o.size());
+}
+
+void KernelEmitter::emitPool(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  ValueId x = n.operands[0];
+  const Shape &xs = shapeOf(x);
+  auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride"),
+       padding = n.attrs.getInts("padding");
+  bool isMax = n.op == OpKind::MaxPool2d;
+  DType dt = n.type.dtype;
+  std::string t = scalarType(dt);
+  Index o = openLoops(n.type.shape, parallel);
+  std::string acc = w_.constant(isMax ? -INFINITY : 0, dt);
+  std::vector<std::string> ivs, results;
+  for (int64_t e : {kernel[0], kernel[1]}) {
+    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
+    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
+                        w_.indexConstant(0), w_.indexConstant(e), w_.indexConstant(1), a, acc, t));
+    w_.indent();
+    w_.pushScope();
+    ivs.push_back(iv);
+    results.push_back(res);
+    acc = a;
+  }
+  std::string y = windowCoordinate(o[2], ivs[0], stride[0], padding[0], 1);
+  std::string xw = windowCoordinate(o[3], ivs[1], stride[1], padding[1], 1);
+  std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
+  std::string v = valueAt(x, {o[0], o[1], clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
+  std::string next;
+  if (isMax) {
+    std::string candidate = binary(OpKind::Maximum, dt, acc, v);
+    next = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, candidate, acc, t));
+  } else {
+    std::string masked = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, v, w_.constant(0, dt), t));
+    next = binary(OpKind::Add, dt, acc, masked);
+  }
+  for (size_t k = 2; k-- > 0;) {
+    w_.line(fmt::format("scf.yield {} : {}", next, t));
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+    next = results[k];
+  }
+  if (!isMax) {
+    std::string divisor;
+    if (n.attrs.getInt("count_include_pad") != 0) {
+      divisor = w_.constant(static_cast<double>(kernel[0] * kernel[1]), dt);
+    } else {
+      // In-bounds taps per axis: min(start + k, size) - max(start, 0).
+      auto span = [&](const std::string &out, int64_t k, int64_t s, int64_t p, int64_t size) {
+        std::string start = windowCoordinate(out, w_.indexConstant(0), s, p, 1);
+        std::string end = w_.assign(fmt::format("arith.addi {}, {} : index", start, w_.indexConstant(k)));
+        std::string hi = w_.assign(fmt::format("arith.minsi {}, {} : index", end, w_.indexConstant(size)));
+        std::string lo = w_.assign(fmt::format("arith.maxsi {}, {} : index", start, w_.indexConstant(0)));
+        return w_.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
+      };
+      std::string count = w_.assign(fmt::format("arith.muli {}, {} : index",
+                                                span(o[2], kernel[0], stride[0], padding[0], xs[2]),
+                                                span(o[3], kernel[1], stride[1], padding[1], xs[3])));
+      std::string asInt = w_.assign(fmt::format("arith.index_cast {} : index to i64", count));
+      divisor = convert(asInt, DType::I64, dt);
+    }
+    next = binary(OpKind::Div, dt, next, divisor);
+  }
+  store(id, viewOf(id), o, next);
+  closeLoops(o.size());
+}
+
+void KernelEmitter::zeroChunk(ValueId id, bool parallel) {
+  Index idx = openLoops(shapeOf(id), parallel);
+  store(id, viewOf(id), idx, w_.constant(0, dtypeOf(id)));
+  closeLoops(idx.size());
+}
+
+void KernelEmitter::accumulate(ValueId id, const Index &idx, const std::string &v) {
+  if (gpu_) {
+    // GPU threads of a scatter-form nest add into shared elements.
+    DType dt = dtypeOf(id);
+    if (dt == DType::Bool)
+      throw std::logic_error("accumulate: no atomic add of bools");
+    w_.assign(fmt::format("memref.atomic_rmw {} {}, {}[{}] : ({}, {}) -> {}",
+                          isFloat(dt) ? "addf" : "addi", v, viewOf(id), fmt::join(idx, ", "),
+                          scalarType(dt), memrefType(g_.type(id)), scalarType(dt)));
+    return;
+  }
+  std::string old = load(id, idx);
+  store(id, viewOf(id), idx, binary(OpKind::Add, dtypeOf(id), old, v));
+}
+
+// Gradient ops in scatter form: zero this call's slice of the output (its
+// dimension 0 range), then add every contribution that lands in it. Each
+// loop nest starts at output dimension 0, so parallel calls never write the
+// same element.
+void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  // (The GPU zeroes the output in a nest of its own first: see emitGpu.)
+  if (!gpu_)
+    zeroChunk(id, parallel);
+  DType dt = n.type.dtype;
+  auto ifValid = [&](const std::string &cond, const std::function<void()> &body) {
+    w_.line(fmt::format("scf.if {} {{", cond));
+    w_.indent();
+    w_.pushScope();
+    body();
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+  };
+  switch (n.op) {
+  case OpKind::ScatterAdd: {
+    ValueId indices = n.operands[0], updates = n.operands[1];
+    int64_t axis = n.attrs.getInt("axis"), ir = g_.type(indices).rank();
+    Index u = openLoops(shapeOf(updates), parallel && (axis > 0 || gpu_));
+    Index at(u.begin() + axis, u.begin() + axis + ir);
+    Index dst(u.begin(), u.begin() + axis);
+    dst.push_back(indexValue(indices, at, n.type.shape[axis]));
+    dst.insert(dst.end(), u.begin() + axis + ir, u.end());
+    accumulate(id, dst, valueAt(updates, u));
+    closeLoops(u.size());
+    return;
+  }
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight: {
+    bool input = n.op == OpKind::Conv2dGradInput;
+    ValueId g = input ? n.operands[0] : n.operands[1];
+    ValueId other = input ? n.operands[1] : n.operands[0];
+    const Shape &gs = shapeOf(g);
+    Shape xs = input ? n.type.shape : shapeOf(other);
+    Shape ws = input ? shapeOf(other) : n.type.shape;
+    auto stride = n.attrs.getInts("stride"), padding = n.attrs.getInts("padding"),
+         dilation = n.attrs.getInts("dilation");
+    int64_t perGroup = ws[0] / n.attrs.getInt("groups");
+    // Loop order: the output's dimension 0 first (batch for dx, filter for dw).
+    // A GPU thread takes one element of g and adds its taps atomically.
+    Shape outer = input ? Shape{gs[0], gs[1]} : Shape{gs[1], gs[0]};
+    Shape inner = {gs[2], gs[3], ws[1], ws[2], ws[3]};
+    if (gpu_) {
+      outer.insert(outer.end(), {gs[2], gs[3]});
+      inner.erase(inner.begin(), inner.begin() + 2);
+    }
+    Index nf = openLoops(outer, parallel);
+    std::string batch = input ? nf[0] : nf[1], filter = input ? nf[1] : nf[0];
+    Index rest = openLoops(inner, false);
+    if (gpu_)
+      rest.insert(rest.begin(), {nf[2], nf[3]});
+    std::string group = w_.assign(fmt::format("arith.divui {}, {} : index", filter, w_.indexConstant(perGroup)));
+    std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", group, w_.indexConstant(ws[1])));
+    std::string channel = w_.assign(fmt::format("arith.addi {}, {} : index", first, rest[2]));
+    std::string y = windowCoordinate(rest[0], rest[3], stride[0], padding[0], dilation[0]);
+    std::string xw = windowCoordinate(rest[1], rest[4], stride[1], padding[1], dilation[1]);
+    std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
+    ifValid(valid, [&] {
+      std::string gv = valueAt(g, {batch, filter, rest[0], rest[1]});
+      if (input) {
+        std::string wv = valueAt(other, {filter, rest[2], rest[3], rest[4]});
+        accumulate(id, {batch, channel, y, xw}, binary(OpKind::Mul, dt, gv, wv));
+      } else {
+        std::string xv = valueAt(other, {batch, channel, y, xw});
+        accumulate(id, {filter, rest[2], rest[3], rest[4]}, binary(OpKind::Mul, dt, gv, xv));
+      }
+    });
+    closeLoops(rest.size());
+    closeLoops(nf.size());
+    return;
+  }
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad: {
+    bool isMax = n.op == OpKind::MaxPool2dGrad;
+    ValueId g = isMax ? n.operands[1] : n.operands[0];
+    const Shape &gs = shapeOf(g), &xs = n.type.shape;
+    auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride"),
+         padding = n.attrs.getInts("padding");
+    Index o = openLoops(gs, parallel);
+    std::string gv = valueAt(g, o);
+    if (isMax) {
+      // The first maximum of the window (row-major) receives the gradient.
+      ValueId x = n.operands[0];
+      std::string t = scalarType(dt);
+      std::string best = w_.constant(-INFINITY, dt), at = w_.indexConstant(-1);
+      // One flat loop over the window's taps carries (best value, position).
+      std::string iv = w_.fresh("r"), bv = w_.fresh("best"), av = w_.fresh("at"), res = w_.fresh();
+      w_.line(fmt::format("{}:2 = scf.for {} = {} to {} step {} iter_args({} = {}, {} = {}) -> ({}, index) {{",
+                          res, iv, w_.indexConstant(0), w_.indexConstant(kernel[0] * kernel[1]),
+                          w_.indexConstant(1), bv, best, av, at, t));
+      w_.indent();
+      w_.pushScope();
+      std::string a = w_.assign(fmt::format("arith.divui {}, {} : index", iv, w_.indexConstant(kernel[1])));
+      std::string b = w_.assign(fmt::format("arith.remui {}, {} : index", iv, w_.indexConstant(kernel[1])));
+      std::string y = windowCoordinate(o[2], a, stride[0], padding[0], 1);
+      std::string xw = windowCoordinate(o[3], b, stride[1], padding[1], 1);
+      std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
+      std::string v = valueAt(x, {o[0], o[1], clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
+      std::string none = w_.assign(fmt::format("arith.cmpi slt, {}, {} : index", av, w_.indexConstant(0)));
+      std::string greater = binary(OpKind::Gt, dt, v, bv);
+      std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
+      std::string bNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", bv, bv, t));
+      std::string bNotNan = w_.assign(fmt::format("arith.xori {}, {} : i1", bNan, w_.constant(1, DType::Bool)));
+      std::string nanWins = w_.assign(fmt::format("arith.andi {}, {} : i1", vNan, bNotNan));
+      std::string take = w_.assign(fmt::format("arith.ori {}, {} : i1", none, greater));
+      take = w_.assign(fmt::format("arith.ori {}, {} : i1", take, nanWins));
+      take = w_.assign(fmt::format("arith.andi {}, {} : i1", take, valid));
+      std::string position = linearize({y, xw}, {xs[2], xs[3]});
+      std::string nb = w_.assign(fmt::format("arith.select {}, {}, {} : {}", take, v, bv, t));
+      std::string na = w_.assign(fmt::format("arith.select {}, {}, {} : index", take, position, av));
+      w_.line(fmt::format("scf.yield {}, {} : {}, index", nb, na, t));
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
+      Index yx = delinearize(fmt::format("{}#1", res), {xs[2], xs[3]});
+      accumulate(id, {o[0], o[1], yx[0], yx[1]}, gv);
+    } else {
+      Index taps = openLoops({kernel[0], kernel[1]}, false);
+      std::string y = windowCoordinate(o[2], taps[0], stride[0], padding[0], 1);
+      std::string xw = windowCoordinate(o[3], taps[1], stride[1], padding[1], 1);
+      std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
+      std::string divisor;
+      if (n.attrs.getInt("count_include_pad") != 0) {
+        divisor = w_.constant(static_cast<double>(kernel[0] * kernel[1]), dt);
+      } else {
+        auto span = [&](const std::string &out, int64_t k, int64_t s, int64_t p, int64_t size) {
+          std::string start = windowCoordinate(out, w_.indexConstant(0), s, p, 1);
+          std::string end = w_.assign(fmt::format("arith.addi {}, {} : index", start, w_.indexConstant(k)));
+          std::string hi = w_.assign(fmt::format("arith.minsi {}, {} : index", end, w_.indexConstant(size)));
+          std::string lo = w_.assign(fmt::format("arith.maxsi {}, {} : index", start, w_.indexConstant(0)));
+          return w_.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
+        };
+        std::string count = w_.assign(fmt::format("arith.muli {}, {} : index",
+                                                  span(o[2], kernel[0], stride[0], padding[0], xs[2]),
+                                                  span(o[3], kernel[1], stride[1], padding[1], xs[3])));
+        divisor = convert(w_.assign(fmt::format("arith.index_cast {} : index to i64", count)), DType::I64, dt);
+      }
+      std::string share = binary(OpKind::Div, dt, gv, divisor);
+      ifValid(valid, [&] { accumulate(id, {o[0], o[1], y, xw}, share); });
+      closeLoops(taps.size());
+    }
+    closeLoops(o.size());
+    return;
+  }
+  default:
+    throw std::logic_error("emitScatterForm: not a scatter-form op");
+  }
+}
+
+// Splitting a kernel's roots by their dimension 0 among threads is safe when
+// every root has the same dimension 0 and each value computed in the kernel
+// is read only at the same dimension-0 index it was written at: then one
+// call's rows never need another call's. Elementwise ops over operands of
+// the same rank and dimension 0, reductions that keep axis 0, and a matmul's
+// left operand read row by row; anything else reads across rows.
+bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
+  const Shape &first = shapeOf(roots.front());
+  // No dimension 0, or an empty one: nothing to split (and a parallel extent
+  // of 0 would be no valid kernel).
+  if (first.empty() || first[0] == 0)
+    return false;
+  for (ValueId r : roots)
+    if (shapeOf(r).empty() || shapeOf(r)[0] != first[0])
+      return false;
+  // Only reads of data a root of this kernel wrote (directly, or through
+  // inlined ops) can cross rows; reads of the arena were written earlier.
+  std::set<ValueId> rootSet(roots.begin(), roots.end());
+  std::set<ValueId> carries;
+  for (ValueId id : group_.nodes) {
+    bool c = false;
+    for (ValueId operand : node(id).operands)
+      c = c || carries.count(operand);
+    if (c || rootSet.count(id))
+      carries.insert(id);
+  }
+  for (ValueId id : group_.nodes) {
+    const Node &n = node(id);
+    for (size_t k = 0; k < n.operands.size(); ++k) {
+      ValueId operand = n.operands[k];
+      if (!carries.count(operand))
+        continue;
+      const Shape &in = shapeOf(operand);
+      bool sameRow = !in.empty() && in.size() == n.type.shape.size() && in[0] == n.type.shape[0];
+      bool ok = false;
+      if (opInfo(n.op).is(kElementwise))
+        ok = sameRow;
+      else if (opInfo(n.op).is(kReduction)) {
+        bool keepsAxis0 = true;
+        if (n.op == OpKind::ArgMax)
+          keepsAxis0 = n.attrs.getInt("axis") != 0 && n.attrs.getInt("axis") != -static_cast<int64_t>(in.size());
+        else
+          for (int64_t a : n.attrs.getInts("axes"))
+            keepsAxis0 = keepsAxis0 && a != 0 && a != -static_cast<int64_t>(in.size());
+        ok = keepsAxis0 && !in.empty() && !n.type.shape.empty() && in[0] == n.type.shape[0];
+      } else if (n.op == OpKind::MatMul)
+        ok = k == 0 && in.size() == 2 && sameRow;
+      if (!ok)
+        return false;
+    }
+  }
+  // A scatter along axis 0 writes rows it does not own.
+  for (ValueId r : roots)
+    if (node(r).op == OpKind::ScatterAdd && node(r).attrs.getInt("axis") == 0)
+      return false;
+  return true;
+}
+
+} // namespace stepc::codegen
