@@ -22,6 +22,8 @@ struct RunCommandOptions {
   std::vector<std::string> inputs; // NAME=FILE.npy
   std::string saveOutputs;         // directory, optional
   std::string params;              // safetensors checkpoint, optional
+  bool checkNumerics = false;      // stop at the first kernel producing NaN/Inf
+  std::string trace;               // Chrome trace JSON of the kernels, optional
 };
 // `stepc run FILE.sg ...`
 int run(const RunCommandOptions &options);

@@ -27,6 +27,9 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   run->add_option("--seed", runOptions.seed, "seed for random inputs")->capture_default_str();
   run->add_option("--input", runOptions.inputs, "NAME=FILE.npy (repeatable)");
+  run->add_flag("--check-numerics", runOptions.checkNumerics,
+               "after each kernel, stop at the first NaN/Inf and name its ops");
+  run->add_option("--trace", runOptions.trace, "write a Chrome trace (JSON) of the kernels");
   run->add_option("--params", runOptions.params,
                   "take params from a safetensors checkpoint (e.g. the demo's)");
   run->add_option("--save-outputs", runOptions.saveOutputs,

@@ -103,19 +103,28 @@ int run(const RunCommandOptions &options) {
   if (!options.params.empty())
     loadCheckpointInto(options.params, graph, params);
   TensorMap outputs;
+  RunOptions runOptions;
+  runOptions.checkNumerics = options.checkNumerics;
+  runOptions.profile = !options.trace.empty();
+  // Both compiled backends share the Executable interface.
+  auto runCompiled = [&](auto executable) {
+    for (auto &[name, value] : params)
+      executable->setParam(name, value);
+    for (auto &[name, value] : executable->step(inputs))
+      outputs.emplace(name, std::move(value));
+    if (!options.trace.empty()) {
+      executable->writeTrace(options.trace);
+      fmt::print(stderr, "wrote a Chrome trace of {} kernels to {}\n",
+                 executable->profile().size(), options.trace);
+    }
+  };
   if (options.backend == "cpu") {
-    auto executable = compileJit(graph);
-    for (auto &[name, value] : params)
-      executable->setParam(name, value);
-    for (auto &[name, value] : executable->step(inputs))
-      outputs.emplace(name, std::move(value));
+    runCompiled(compileJit(graph, {}, runOptions));
   } else if (options.backend == "cuda") {
-    auto executable = compileCuda(graph, CompileOptions{.gpuArch = options.gpuArch});
-    for (auto &[name, value] : params)
-      executable->setParam(name, value);
-    for (auto &[name, value] : executable->step(inputs))
-      outputs.emplace(name, std::move(value));
+    runCompiled(compileCuda(graph, CompileOptions{.gpuArch = options.gpuArch}, runOptions));
   } else {
+    if (options.checkNumerics || !options.trace.empty())
+      throw Error("--check-numerics and --trace need a compiled backend (--backend cpu)");
     outputs = interpret(graph, inputs, params);
   }
 
