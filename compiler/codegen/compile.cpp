@@ -121,13 +121,15 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   ExecutableSpec &spec = out.spec;
   spec.name = g.name;
   spec.arenaBytes = out.buffers.arenaBytes;
-  // GPU kernels keep their scratch in the arena, after the planned buffers.
+  // Kernels keep values only they read in a scratch area after the planned
+  // buffers; one area serves all, since kernels run one at a time.
   bool cuda = options.target == Target::Cuda;
-  codegen::GpuTarget gpu{(out.buffers.arenaBytes + 63) / 64 * 64};
-  int64_t gpuScratch = 0;
+  int64_t scratchOffset = (out.buffers.arenaBytes + 63) / 64 * 64;
+  int64_t scratchBytes = 0;
   for (const FusionGroup &group : out.plan.groups) {
     codegen::KernelSource source =
-        codegen::lowerGroup(g, group, offsetOf, usedOutside, cuda ? &gpu : nullptr);
+        codegen::lowerGroup(g, group, offsetOf, usedOutside, scratchOffset, cuda);
+    scratchBytes = std::max(scratchBytes, source.scratchBytes);
     globals += source.globals;
     functions += source.function;
     if (cuda) {
@@ -137,7 +139,6 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
         launches.push_back({f.name, f.extent});
       }
       out.launches.push_back(std::move(launches));
-      gpuScratch = std::max(gpuScratch, source.scratchBytes);
     }
     KernelSpec kernel;
     kernel.name = source.name;
@@ -151,8 +152,9 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
         kernel.outputs.push_back({fmt::format("%{}", v), g.type(v), offsetOf(v)});
     spec.kernels.push_back(std::move(kernel));
   }
+  if (scratchBytes > 0)
+    spec.arenaBytes = scratchOffset + scratchBytes;
   if (cuda) {
-    spec.arenaBytes = gpu.scratchOffset + gpuScratch;
     out.mlirModule = codegen::gpuModuleText(globals, functions);
   } else {
     out.mlirModule = fmt::format("module {{\n{}{}}}\n", globals, functions);

@@ -23,9 +23,9 @@ class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
                 const std::function<int64_t(ValueId)> &arenaOffset,
-                const std::vector<bool> &usedOutside, const GpuTarget *gpu = nullptr)
+                const std::vector<bool> &usedOutside, int64_t scratchOffset, bool gpu)
       : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
-        gpu_(gpu) {
+        scratchOffset_(scratchOffset), gpu_(gpu) {
     inGroup_.insert(group.nodes.begin(), group.nodes.end());
   }
 
@@ -33,6 +33,13 @@ public:
 
 private:
   KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
+  // The stored matrix a matmul operand is the [1,0] transpose of, when the
+  // tiled matmul reads it in place (see emit()).
+  const std::string *transposedView(ValueId operand) const;
+  std::map<ValueId, ValueId> directTransposes_;
+  // Places the roots only this kernel reads in the scratch area.
+  std::map<ValueId, int64_t> scratchOffsets(const std::vector<ValueId> &roots,
+                                            int64_t &bytes) const;
   const Node &node(ValueId id) const { return g_.node(id); }
   DType dtypeOf(ValueId id) const { return g_.type(id).dtype; }
   const Shape &shapeOf(ValueId id) const { return g_.type(id).shape; }
@@ -84,14 +91,15 @@ private:
   const std::vector<bool> &usedOutside_;
   std::set<ValueId> inGroup_;
   std::map<ValueId, std::string> views_;  // materialized values
-  std::vector<std::string> scratch_;      // "%view : type" to dealloc
   MlirWriter w_;
   std::string globals_;
   std::set<std::string> globalNames_;
   std::string begin_ = "%begin", end_ = "%end";
-  // GPU: see GpuTarget. A nest's parallel openLoops call is flattened: no
+  // Where roots only this kernel reads live (KernelSource::scratchBytes).
+  int64_t scratchOffset_ = 0;
+  // GPU (see lowerGroup): a nest's parallel openLoops call is flattened: no
   // loops, %begin is the thread's flat index into `flatExtent_` elements.
-  const GpuTarget *gpu_ = nullptr;
+  bool gpu_ = false;
   bool flattened_ = false;
   int64_t flatExtent_ = 1;
   std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened

@@ -640,16 +640,59 @@ void checkSupported(const Node &n) {
                "to i32 first"));
 }
 
+const std::string *KernelEmitter::transposedView(ValueId operand) const {
+  auto it = directTransposes_.find(operand);
+  if (it == directTransposes_.end())
+    return nullptr;
+  auto view = views_.find(it->second);
+  return view == views_.end() ? nullptr : &view->second;
+}
+
+std::map<ValueId, int64_t> KernelEmitter::scratchOffsets(const std::vector<ValueId> &roots,
+                                                         int64_t &bytes) const {
+  std::map<ValueId, int64_t> offsets;
+  for (ValueId id : roots)
+    if (!usedOutside_[id]) {
+      const TensorType &type = g_.type(id);
+      offsets[id] = scratchOffset_ + bytes;
+      bytes += (type.numel() * static_cast<int64_t>(dtypeSize(type.dtype)) + 63) / 64 * 64;
+    }
+  return offsets;
+}
+
 KernelSource KernelEmitter::emit() {
   for (ValueId id : group_.nodes)
     checkSupported(node(id));
   // Roots: nodes other kernels (or the caller) read, nodes that cannot be
   // inlined into a consumer, and matmul operands (the tiled matmul reads
   // them from memory, so a fused transpose is materialized once).
+  // A 2-D f32 matmul reads an operand that is the [1,0] transpose of a stored
+  // matrix in place (one of its two operands at most).
   std::set<ValueId> matmulOperands;
-  for (ValueId id : group_.nodes)
-    if (node(id).op == OpKind::MatMul)
-      matmulOperands.insert(node(id).operands.begin(), node(id).operands.end());
+  for (ValueId id : group_.nodes) {
+    const Node &n = node(id);
+    if (n.op != OpKind::MatMul)
+      continue;
+    bool direct = false;
+    // Dot products along K pay a reduction per output element: worth it
+    // only when K is long; otherwise B^T is materialized once instead.
+    int64_t depth = shapeOf(n.operands[0]).back();
+    for (size_t k = 0; k < n.operands.size(); ++k) {
+      ValueId operand = n.operands[k];
+      const Node &t = node(operand);
+      bool transposeOfStored = !gpu_ && n.type.rank() == 2 && n.type.dtype == DType::F32 &&
+                               t.op == OpKind::Transpose && !inGroup_.count(t.operands[0]) &&
+                               t.attrs.getInts("perm") == std::vector<int64_t>{1, 0} &&
+                               inGroup_.count(operand) && !usedOutside_[operand] &&
+                               (k == 0 || depth >= 64);
+      if (transposeOfStored && !direct) {
+        directTransposes_[operand] = t.operands[0];
+        direct = true;
+      } else {
+        matmulOperands.insert(operand);
+      }
+    }
+  }
   std::vector<ValueId> roots;
   for (ValueId id : group_.nodes) {
     OpKind op = node(id).op;
@@ -672,12 +715,19 @@ KernelSource KernelEmitter::emit() {
     return emitGpu(roots, arenaValues);
   for (ValueId id : arenaValues)
     views_[id] = arenaView(id);
-  for (ValueId id : roots)
-    if (!usedOutside_[id]) {
-      std::string type = memrefType(g_.type(id));
-      views_[id] = w_.assign(fmt::format("memref.alloc() {{alignment = 64 : i64}} : {}", type));
-      scratch_.push_back(fmt::format("{} : {}", views_[id], type));
-    }
+  // Parallel calls share the scratch safely: each writes and reads only the
+  // rows of dimension 0 it owns (rowLocal).
+  int64_t scratchBytes = 0;
+  for (const auto &[id, offset] : scratchOffsets(roots, scratchBytes))
+    views_[id] = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to {}",
+                                       w_.indexConstant(offset), memrefType(g_.type(id))));
+
+  // Scalars the kernel only reads are loaded once, up front: a load inside
+  // the loops from the arena the loops also store to is a dependence LLVM
+  // cannot rule out, and it would keep the loops from vectorizing.
+  for (ValueId id : arenaValues)
+    if (g_.type(id).rank() == 0 && !inGroup_.count(id))
+      w_.cache(fmt::format("{}@", id), load(id, {}));
 
   // The roots run one after another, split among threads by their dimension
   // 0 when that is safe (see rowLocal), else on one thread.
@@ -703,12 +753,11 @@ KernelSource KernelEmitter::emit() {
     }
     w_.popScope();
   }
-  for (const std::string &s : scratch_)
-    w_.line(fmt::format("memref.dealloc {}", s));
   w_.line("return");
 
   KernelSource out;
   out.name = sanitize(group_.name);
+  out.scratchBytes = scratchBytes;
   out.globals = globals_;
   out.parallelExtent = extent;
   out.function = fmt::format(
@@ -724,19 +773,12 @@ bool isScatterForm(OpKind op) {
          op == OpKind::AvgPool2dGrad;
 }
 
-// See GpuTarget (lowering.h). Each nest is emitted into a function of its
+// See lowerGroup (lowering.h). Each nest is emitted into a function of its
 // own, with views of the arena and of the scratch made anew in each.
 KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
                                     const std::set<ValueId> &arenaValues) {
-  std::map<ValueId, int64_t> scratch;
   int64_t scratchBytes = 0;
-  for (ValueId id : roots)
-    if (!usedOutside_[id]) {
-      const TensorType &type = g_.type(id);
-      scratch[id] = gpu_->scratchOffset + scratchBytes;
-      int64_t bytes = type.numel() * static_cast<int64_t>(dtypeSize(type.dtype));
-      scratchBytes += (bytes + 63) / 64 * 64;
-    }
+  std::map<ValueId, int64_t> scratch = scratchOffsets(roots, scratchBytes);
 
   // The nests, in the CPU's order (consecutive same-shape elementwise roots
   // share one).
@@ -806,8 +848,9 @@ std::string gpuFunctionHead(const std::string &name) {
 
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
-                        const std::vector<bool> &usedOutside, const GpuTarget *gpu) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside, gpu).emit();
+                        const std::vector<bool> &usedOutside, int64_t scratchOffset,
+                        bool gpu) {
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu).emit();
 }
 
 } // namespace stepc::codegen

@@ -12,7 +12,7 @@ namespace stepc::codegen {
 
 // One loop nest of a kernel lowered for the GPU: a gpu.func run by
 // `extent` threads, each computing one element of the nest's parallel
-// loops (see GpuTarget).
+// loops (see lowerGroup).
 struct GpuFunction {
   std::string name;     // "k3_matmul_add_relu", or "..._1" for a kernel's second nest
   std::string function; // gpu.func @name(%arena: memref<?xi8>, %extent: index) kernel
@@ -25,8 +25,11 @@ struct KernelSource {
   std::string function; // func.func @name(%arena: memref<?xi8>, %begin, %end)
   int64_t parallelExtent = 1;
   // GPU only (function is then empty): the kernel's loop nests, launched in
-  // order, and the scratch bytes they use from GpuTarget::scratchOffset on.
+  // order.
   std::vector<GpuFunction> gpuFunctions;
+  // Scratch bytes the kernel uses from scratchOffset on (values only it
+  // reads: CPU and GPU keep them in the arena, after the planned buffers,
+  // every kernel from the same offset since kernels run one at a time).
   int64_t scratchBytes = 0;
 };
 
@@ -38,11 +41,7 @@ struct KernelSource {
 // own, and all the nest's output loops are parallel: one thread per element
 // (a grid-stride loop over the flattened index). Scatter-form gradients add
 // their contributions with atomics. Roots only the kernel reads get scratch
-// in the arena, at scratchOffset (no allocation inside a GPU kernel); every
-// kernel's scratch starts there, since kernels run one at a time.
-struct GpuTarget {
-  int64_t scratchOffset = 0;
-};
+// in the arena (no allocation inside a GPU kernel).
 
 // `arenaOffset(v)` gives the byte offset of every value the kernel reads
 // from or writes to the arena (its inputs, outputs, params and graph inputs).
@@ -53,6 +52,7 @@ std::string gpuFunctionHead(const std::string &name);
 // With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
-                        const std::vector<bool> &usedOutside, const GpuTarget *gpu = nullptr);
+                        const std::vector<bool> &usedOutside, int64_t scratchOffset,
+                        bool gpu = false);
 
 } // namespace stepc::codegen

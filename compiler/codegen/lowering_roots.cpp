@@ -215,9 +215,14 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   size_t rank = out.size();
   // Plain 2-D f32 products of stored operands take the register-tiled path.
   // (Not on the GPU: one thread per output element there.)
-  if (!gpu_ && rank == 2 && n.type.dtype == DType::F32 && views_.count(a) && views_.count(b)) {
-    TiledMatMul tiled{views_.at(a), views_.at(b), viewOf(id), out[0], shapeOf(a)[1], out[1],
+  auto stored = [&](ValueId v) { return views_.count(v) || transposedView(v); };
+  if (!gpu_ && rank == 2 && n.type.dtype == DType::F32 && stored(a) && stored(b)) {
+    TiledMatMul tiled{views_.count(a) ? views_.at(a) : *transposedView(a),
+                      views_.count(b) ? views_.at(b) : *transposedView(b),
+                      viewOf(id), out[0], shapeOf(a)[1], out[1],
                       parallel ? begin_ : "", parallel ? end_ : ""};
+    tiled.aTransposed = !views_.count(a);
+    tiled.bTransposed = !views_.count(b);
     emitTiledMatMul(w_, tiled);
     return;
   }

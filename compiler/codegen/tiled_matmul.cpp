@@ -75,8 +75,11 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   std::vector<std::string> next;
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
-    std::string a = w.assign(
-        fmt::format("memref.load {}[{}, {}] : {}", mm.a, row, loop.iv, memref(mm.m, mm.k)));
+    std::string a = w.assign(mm.aTransposed
+                                 ? fmt::format("memref.load {}[{}, {}] : {}", mm.a, loop.iv, row,
+                                               memref(mm.k, mm.m))
+                                 : fmt::format("memref.load {}[{}, {}] : {}", mm.a, row, loop.iv,
+                                               memref(mm.m, mm.k)));
     std::string splat = w.assign(fmt::format("vector.broadcast {} : f32 to {}", a, kVec));
     for (int v = 0; v < vectors; ++v)
       next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", splat, bv[v],
@@ -99,11 +102,117 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   }
 }
 
+// C[rows x cols] at (rowLo, colLo) as dot products of A's rows with B^T's
+// rows: 16-lane partial sums along K (the tail masked), reduced at the end.
+void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
+                 const std::string &colLo, int cols) {
+  std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
+  int64_t full = mm.k / kLanes * kLanes;
+  std::vector<std::string> acc(static_cast<size_t>(rows * cols), zero);
+  std::vector<std::string> rowIdx, colIdx;
+  for (int r = 0; r < rows; ++r)
+    rowIdx.push_back(r == 0 ? rowLo : add(w, rowLo, r));
+  for (int c = 0; c < cols; ++c)
+    colIdx.push_back(c == 0 ? colLo : add(w, colLo, c));
+  auto step = [&](const std::string &k, const std::string &mask, const std::vector<std::string> &in) {
+    auto load = [&](const std::string &mem, const std::string &i, int64_t rowsOf) {
+      return mask.empty()
+                 ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mem, i, k,
+                                        memref(rowsOf, mm.k), kVec))
+                 : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, "
+                                        "{} into {}",
+                                        mem, i, k, mask, zero, memref(rowsOf, mm.k), kVec, kVec));
+    };
+    std::vector<std::string> av, bv, next;
+    for (int r = 0; r < rows; ++r)
+      av.push_back(load(mm.a, rowIdx[r], mm.m));
+    for (int c = 0; c < cols; ++c)
+      bv.push_back(load(mm.b, colIdx[c], mm.n));
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c)
+        next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", av[r], bv[c],
+                                            in[r * cols + c], kVec)));
+    return next;
+  };
+  if (full > 0) {
+    std::string k = w.fresh("k"), res = w.fresh("t");
+    std::vector<std::string> args, types, inner, results;
+    for (size_t i = 0; i < acc.size(); ++i) {
+      inner.push_back(w.fresh("acc"));
+      args.push_back(fmt::format("{} = {}", inner.back(), acc[i]));
+      types.push_back(kVec);
+      results.push_back(fmt::format("{}#{}", res, i));
+    }
+    w.line(fmt::format("{}:{} = scf.for {} = {} to {} step {} iter_args({}) -> ({}) {{", res,
+                       acc.size(), k, w.indexConstant(0), w.indexConstant(full),
+                       w.indexConstant(kLanes), fmt::join(args, ", "), fmt::join(types, ", ")));
+    w.indent();
+    w.pushScope();
+    closeVectorLoop(w, step(k, "", inner));
+    acc = results;
+  }
+  if (mm.k > full) {
+    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.k - full));
+    acc = step(w.indexConstant(full), mask, acc);
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      std::string sum = w.assign(fmt::format("vector.reduction <add>, {} : {} into f32",
+                                             acc[r * cols + c], kVec));
+      w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", sum, mm.c, rowIdx[r], colIdx[c],
+                         memref(mm.m, mm.n)));
+    }
+}
+
+// Rows [lo, hi) of A x B^T: 4x4 tiles, then the leftover rows and columns
+// one at a time.
+void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const std::string &lo,
+                     const std::string &hi, const std::string &tileEnd) {
+  constexpr int kTile = 4;
+  int64_t colTiles = mm.n / kTile * kTile;
+  auto columns = [&](const std::string &row, int rows) {
+    if (colTiles > 0) {
+      std::string col = w.fresh("j");
+      w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
+                         w.indexConstant(colTiles), w.indexConstant(kTile)));
+      w.indent();
+      w.pushScope();
+      emitDotTile(w, mm, row, rows, col, kTile);
+      w.popScope();
+      w.dedent();
+      w.line("}");
+    }
+    if (mm.n > colTiles) {
+      std::string col = w.beginFor(w.indexConstant(colTiles), w.indexConstant(mm.n));
+      emitDotTile(w, mm, row, rows, col, 1);
+      w.endFor();
+    }
+  };
+  std::string row = w.fresh("i");
+  w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(kTile)));
+  w.indent();
+  w.pushScope();
+  columns(row, kTile);
+  w.popScope();
+  w.dedent();
+  w.line("}");
+  std::string r = w.beginFor(tileEnd, hi);
+  columns(r, 1);
+  w.endFor();
+}
+
 } // namespace
 
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
+  if (mm.bTransposed) {
+    std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
+    std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(4)));
+    std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(4)));
+    emitDotProducts(w, mm, lo, hi, w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled)));
+    return;
+  }
   // Whole row tiles end at lo + floor((hi - lo) / 8) * 8.
   std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
   std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(kRows)));

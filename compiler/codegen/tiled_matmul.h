@@ -13,13 +13,18 @@ struct TiledMatMul {
   int64_t m, k, n;
   // The row range this call computes; empty means all rows.
   std::string rowBegin, rowEnd;
+  // Operands stored transposed: `a` is A^T [K,M] (its elements are loaded
+  // one at a time, so the stride costs little); `b` is B^T [N,K], which
+  // turns the product into dot products of rows, vectorized along K.
+  bool aTransposed = false, bTransposed = false;
 };
 
 // Blocks of 8 rows x 32 columns accumulate in 16 vector<16xf32> registers
 // over the whole K loop (one broadcast of A and two loads of B feed 16
 // FMAs); column blocks are the outer loop so a 32-column panel of B stays in
-// L2 while the row blocks pass over it. Edges fall back to one-row vectors
-// and scalar columns.
+// L2 while the row blocks pass over it. Edges use one-row tiles and masked
+// vectors. With B^T, 4x4 tiles of dot products accumulate 16-lane partial
+// sums along K and reduce them at the end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
 } // namespace stepc::codegen

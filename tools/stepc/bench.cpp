@@ -396,6 +396,14 @@ int bench(const BenchOptions &options) {
                             "{} and {})",
                             options.steps, options.warmup));
 
+  if (!options.json.empty()) {
+    // Fail before the minutes of measuring, not after.
+    std::filesystem::path dir = std::filesystem::path(options.json).parent_path();
+    if (!dir.empty() && !std::filesystem::is_directory(dir))
+      throw Error(fmt::format("bench: cannot write '{}': no directory '{}'", options.json,
+                              dir.string()));
+  }
+
   perf::MachinePeak machine = perf::measureMachine(options.threads);
   double peak = options.peakGflops > 0 ? options.peakGflops : machine.gflops;
   fmt::print("machine: {:.1f} GFLOP/s fp32 FMA ({}), {:.1f} GB/s copy (measured now, {} "
