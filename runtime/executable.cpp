@@ -1,16 +1,15 @@
 #include "stepc/executable.h"
 
 #include "atomic_file.h"
+#include "slots.h"
 #include "thread_pool.h"
 
 #include "stepc/error.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -20,55 +19,10 @@ namespace {
 
 constexpr size_t kArenaAlignment = 64;
 
-const TensorSlot *findSlot(const std::vector<TensorSlot> &slots, std::string_view name) {
-  for (const TensorSlot &slot : slots)
-    if (slot.name == name)
-      return &slot;
-  return nullptr;
-}
-
-std::string slotNames(const std::vector<TensorSlot> &slots) {
-  std::vector<std::string_view> names;
-  for (const TensorSlot &slot : slots)
-    names.push_back(slot.name);
-  return fmt::format("{}", fmt::join(names, ", "));
-}
-
 // memcpy, except that empty tensors may have null data pointers.
 void copyBytes(std::byte *to, const std::byte *from, int64_t bytes) {
   if (bytes > 0)
     std::memcpy(to, from, static_cast<size_t>(bytes));
-}
-
-double micros(std::chrono::steady_clock::duration d) {
-  return std::chrono::duration<double, std::micro>(d).count();
-}
-
-// Index of the first NaN/Inf among n values of type T at `data`, or -1.
-template <class T> int64_t firstNonFinite(const std::byte *data, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    T value;
-    std::memcpy(&value, data + i * sizeof(T), sizeof(T)); // slots may be unaligned
-    if (!std::isfinite(value))
-      return i;
-  }
-  return -1;
-}
-
-std::string_view nonFiniteName(double value) {
-  if (std::isnan(value))
-    return "NaN";
-  return value > 0 ? "Inf" : "-Inf";
-}
-
-// "[0,5]": the row-major index of a flat element.
-std::string indexString(const Shape &shape, int64_t flat) {
-  std::vector<int64_t> index(shape.size());
-  for (size_t d = shape.size(); d-- > 0;) {
-    index[d] = shape[d] == 0 ? 0 : flat % shape[d];
-    flat = shape[d] == 0 ? 0 : flat / shape[d];
-  }
-  return shapeString(index);
 }
 
 // The spec comes from our own codegen, but an AOT artifact may be paired
@@ -187,53 +141,12 @@ Executable::~Executable() {
 }
 
 void Executable::checkInputs(const std::map<std::string, Tensor, std::less<>> &inputs) const {
-  // Unknown names first: for a misspelt input this lists the right spelling.
-  for (const auto &[name, value] : inputs)
-    if (!findSlot(spec_.inputs, name))
-      throw Error(spec_.inputs.empty()
-                      ? fmt::format("unknown input '{}'; the executable takes no inputs", name)
-                      : fmt::format("unknown input '{}'; the executable's inputs are: {}", name,
-                                    slotNames(spec_.inputs)));
-  for (const TensorSlot &slot : spec_.inputs) {
-    auto given = inputs.find(slot.name);
-    if (given == inputs.end())
-      throw Error(fmt::format("missing input '{}' ({})", slot.name, typeString(slot.type)));
-    if (given->second.type() != slot.type)
-      throw Error(fmt::format("input '{}': expected {}, got {}", slot.name,
-                              typeString(slot.type), typeString(given->second.type())));
-  }
+  checkStepInputs(spec_.inputs, inputs);
 }
 
 void Executable::checkOutputs(const KernelSpec &kernel) const {
-  for (const TensorSlot &slot : kernel.outputs) {
-    if (!isFloat(slot.type.dtype))
-      continue;
-    const std::byte *data = arena_ + slot.offset;
-    int64_t n = slot.type.numel();
-    int64_t bad = slot.type.dtype == DType::F32 ? firstNonFinite<float>(data, n)
-                                                : firstNonFinite<double>(data, n);
-    if (bad < 0)
-      continue;
-    double value;
-    if (slot.type.dtype == DType::F32) {
-      float f;
-      std::memcpy(&f, data + bad * sizeof(float), sizeof f);
-      value = f;
-    } else {
-      std::memcpy(&value, data + bad * sizeof(double), sizeof value);
-    }
-    std::string ops;
-    for (const std::string &line : kernel.provenance)
-      ops += fmt::format("\n  {}", line);
-    if (ops.empty())
-      ops = "\n  (not recorded)";
-    throw Error(fmt::format("check-numerics: kernel {} (step {}) produced {} in output {} {} "
-                            "at element {} (index {}); its ops:{}\nparams are left as they "
-                            "were before step {}",
-                            kernel.name, steps_, nonFiniteName(value), slot.name,
-                            typeString(slot.type), bad, indexString(slot.type.shape, bad), ops,
-                            steps_));
-  }
+  for (const TensorSlot &slot : kernel.outputs)
+    checkFinite(kernel, slot, arena_ + slot.offset, steps_);
 }
 
 void Executable::runKernels() {
@@ -313,12 +226,7 @@ Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
 }
 
 const TensorSlot &Executable::paramSlot(const std::string &name) const {
-  if (const TensorSlot *slot = findSlot(spec_.params, name))
-    return *slot;
-  throw Error(spec_.params.empty()
-                  ? fmt::format("unknown param '{}'; the executable has no params", name)
-                  : fmt::format("unknown param '{}'; the executable's params are: {}", name,
-                                slotNames(spec_.params)));
+  return findParamSlot(spec_.params, name);
 }
 
 std::vector<std::string> Executable::paramNames() const {
@@ -355,27 +263,7 @@ void Executable::saveParams(const std::string &path) const {
 
 void Executable::loadParams(const std::string &path) {
   std::map<std::string, Tensor> tensors = readSafetensors(path);
-  std::vector<std::string> differences;
-  for (const TensorSlot &slot : spec_.params) {
-    auto found = tensors.find(slot.name);
-    if (found == tensors.end())
-      differences.push_back(
-          fmt::format("missing '{}' ({})", slot.name, typeString(slot.type)));
-    else if (found->second.type() != slot.type)
-      differences.push_back(fmt::format("'{}': expected {}, found {}", slot.name,
-                                        typeString(slot.type),
-                                        typeString(found->second.type())));
-  }
-  for (const auto &[name, value] : tensors)
-    if (!findSlot(spec_.params, name))
-      differences.push_back(
-          fmt::format("unexpected '{}' ({})", name, typeString(value.type())));
-  if (!differences.empty())
-    throw Error(fmt::format("{}: checkpoint does not match executable '{}' ({} difference{}):"
-                            "\n  {}",
-                            path, spec_.name, differences.size(),
-                            differences.size() == 1 ? "" : "s",
-                            fmt::join(differences, "\n  ")));
+  checkCheckpoint(path, spec_, tensors);
   for (const TensorSlot &slot : spec_.params) {
     const Tensor &value = tensors.at(slot.name);
     copyBytes(arena_ + slot.offset, value.bytes(), slot.bytes());

@@ -22,6 +22,7 @@
 using namespace stepc;
 using ::testing::AllOf;
 using ::testing::ContainsRegex;
+using ::testing::EndsWith;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using ::testing::StartsWith;
@@ -126,17 +127,17 @@ struct ErrorCase {
   std::vector<std::string> expected;
 };
 
-const std::vector<OpKind> kUnaryNumeric = {OpKind::Neg, OpKind::Abs, OpKind::Square,
-                                           OpKind::Relu, OpKind::Sign};
-const std::vector<OpKind> kUnaryFloat = {OpKind::Exp,  OpKind::Log,     OpKind::Sqrt,
-                                         OpKind::Rsqrt, OpKind::Tanh,   OpKind::Sigmoid,
-                                         OpKind::Sin,  OpKind::Cos,     OpKind::Erf};
+const std::vector<OpKind> kUnaryNumeric = {OpKind::Neg, OpKind::Abs, OpKind::Square, OpKind::Relu,
+                                           OpKind::Sign};
+const std::vector<OpKind> kUnaryFloat = {OpKind::Exp,   OpKind::Log,  OpKind::Sqrt,
+                                         OpKind::Rsqrt, OpKind::Tanh, OpKind::Sigmoid,
+                                         OpKind::Sin,   OpKind::Cos,  OpKind::Erf};
 const std::vector<OpKind> kArithmetic = {OpKind::Add, OpKind::Sub,     OpKind::Mul,
                                          OpKind::Div, OpKind::Maximum, OpKind::Minimum};
 const std::vector<OpKind> kEquality = {OpKind::Eq, OpKind::Ne};
 const std::vector<OpKind> kOrdered = {OpKind::Lt, OpKind::Le, OpKind::Gt, OpKind::Ge};
-const std::vector<OpKind> kReduce = {OpKind::ReduceSum, OpKind::ReduceMean,
-                                     OpKind::ReduceMax, OpKind::ReduceMin};
+const std::vector<OpKind> kReduce = {OpKind::ReduceSum, OpKind::ReduceMean, OpKind::ReduceMax,
+                                     OpKind::ReduceMin};
 
 std::vector<ValidCase> validCases() {
   std::vector<ValidCase> v;
@@ -155,19 +156,17 @@ std::vector<ValidCase> validCases() {
       f64({3, 4}));
   add("param he_uniform", K::Parameter, {}, paramAttrs(Init::heUniform(1), "f32", {784, 512}),
       f32({784, 512}));
-  add("param uniform", K::Parameter, {}, paramAttrs(Init::uniform(-1, 1, 3), "f32", {}),
-      f32({}));
-  add("constant fill", K::Constant, {},
-      with(typeAttrs("f32", {2, 2}), "value", Real(1.5)), f32({2, 2}));
+  add("param uniform", K::Parameter, {}, paramAttrs(Init::uniform(-1, 1, 3), "f32", {}), f32({}));
+  add("constant fill", K::Constant, {}, with(typeAttrs("f32", {2, 2}), "value", Real(1.5)),
+      f32({2, 2}));
   add("constant integer fill", K::Constant, {}, with(typeAttrs("i64", {}), "value", Int(7)),
       i64({}));
-  add("constant data", K::Constant, {},
-      with(typeAttrs("i32", {3}), "data", Reals({1, 2, 3})), i32({3}));
-  add("constant empty data", K::Constant, {},
-      with(typeAttrs("f32", {0, 2}), "data", Ints({})), f32({0, 2}));
+  add("constant data", K::Constant, {}, with(typeAttrs("i32", {3}), "data", Reals({1, 2, 3})),
+      i32({3}));
+  add("constant empty data", K::Constant, {}, with(typeAttrs("f32", {0, 2}), "data", Ints({})),
+      f32({0, 2}));
   add("iota", K::Iota, {}, with(typeAttrs("i64", {3, 4}), "axis", Int(1)), i64({3, 4}));
-  add("iota negative axis", K::Iota, {}, with(typeAttrs("f32", {5}), "axis", Int(-1)),
-      f32({5}));
+  add("iota negative axis", K::Iota, {}, with(typeAttrs("f32", {5}), "axis", Int(-1)), f32({5}));
 
   // Elementwise unary: same type out.
   for (OpKind op : kUnaryNumeric) {
@@ -235,8 +234,7 @@ std::vector<ValidCase> validCases() {
   add("reduce_sum i32", K::ReduceSum, {i32({4, 5})}, reduceAttrs({1}, 0), i32({4}));
   add("reduce_max i64", K::ReduceMax, {i64({4, 5})}, reduceAttrs({-2}, 1), i64({1, 5}));
   add("reduce_min i32", K::ReduceMin, {i32({4, 5})}, reduceAttrs({0, 1}, 0), i32({}));
-  add("argmax", K::ArgMax, {f32({2, 3, 4})}, {{"axis", Int(1)}, {"keepdims", Int(0)}},
-      i64({2, 4}));
+  add("argmax", K::ArgMax, {f32({2, 3, 4})}, {{"axis", Int(1)}, {"keepdims", Int(0)}}, i64({2, 4}));
   add("argmax keepdims negative axis", K::ArgMax, {f32({2, 3, 4})},
       {{"axis", Int(-1)}, {"keepdims", Int(1)}}, i64({2, 3, 1}));
   add("argmax i32 vector", K::ArgMax, {i32({5})}, {{"axis", Int(0)}, {"keepdims", Int(0)}},
@@ -247,8 +245,7 @@ std::vector<ValidCase> validCases() {
   add("matmul batched broadcast", K::MatMul, {f32({2, 1, 3, 4}), f32({5, 4, 6})}, {},
       f32({2, 5, 3, 6}));
   add("matmul rank 2 x rank 3", K::MatMul, {f32({3, 4}), f32({2, 4, 5})}, {}, f32({2, 3, 5}));
-  add("matmul batch 1 broadcast", K::MatMul, {f64({7, 2, 3}), f64({1, 3, 4})}, {},
-      f64({7, 2, 4}));
+  add("matmul batch 1 broadcast", K::MatMul, {f64({7, 2, 3}), f64({1, 3, 4})}, {}, f64({7, 2, 4}));
   add("matmul i32", K::MatMul, {i32({2, 3}), i32({3, 1})}, {}, i32({2, 1}));
   add("matmul empty rows", K::MatMul, {f32({0, 3}), f32({3, 4})}, {}, f32({0, 4}));
   add("matmul empty inner", K::MatMul, {f32({2, 0}), f32({0, 4})}, {}, f32({2, 4}));
@@ -263,26 +260,22 @@ std::vector<ValidCase> validCases() {
   add("reshape to scalar", K::Reshape, {f32({1, 1})}, {{"shape", Ints({})}}, f32({}));
   add("reshape empty -1", K::Reshape, {f32({0, 3})}, {{"shape", Ints({-1, 3})}}, f32({0, 3}));
   add("reshape empty", K::Reshape, {f32({0, 3})}, {{"shape", Ints({3, 0, 5})}}, f32({3, 0, 5}));
-  add("broadcast_to", K::BroadcastTo, {f32({3, 1})}, {{"shape", Ints({2, 3, 4})}},
-      f32({2, 3, 4}));
+  add("broadcast_to", K::BroadcastTo, {f32({3, 1})}, {{"shape", Ints({2, 3, 4})}}, f32({2, 3, 4}));
   add("broadcast_to scalar", K::BroadcastTo, {f32({})}, {{"shape", Ints({5})}}, f32({5}));
   add("broadcast_to 1->0", K::BroadcastTo, {i32({1})}, {{"shape", Ints({0})}}, i32({0}));
-  add("broadcast_to same", K::BroadcastTo, {f32({2, 3})}, {{"shape", Ints({2, 3})}},
-      f32({2, 3}));
-  add("slice strided (ceil division)", K::Slice, {f32({10, 5})},
-      sliceAttrs({1, 0}, {8, 5}, {3, 2}), f32({3, 3}));
+  add("broadcast_to same", K::BroadcastTo, {f32({2, 3})}, {{"shape", Ints({2, 3})}}, f32({2, 3}));
+  add("slice strided (ceil division)", K::Slice, {f32({10, 5})}, sliceAttrs({1, 0}, {8, 5}, {3, 2}),
+      f32({3, 3}));
   add("slice strided exact", K::Slice, {f32({10, 5})}, sliceAttrs({0, 0}, {10, 5}, {4, 5}),
       f32({3, 1}));
-  add("slice empty", K::Slice, {f32({10, 5})}, sliceAttrs({2, 0}, {2, 5}, {1, 1}),
-      f32({0, 5}));
+  add("slice empty", K::Slice, {f32({10, 5})}, sliceAttrs({2, 0}, {2, 5}, {1, 1}), f32({0, 5}));
   add("slice stride beyond range", K::Slice, {i64({4})}, sliceAttrs({1}, {2}, {7}), i64({1}));
   add("slice scalar", K::Slice, {f32({})}, sliceAttrs({}, {}, {}), f32({}));
   add("concat axis 0", K::Concat, {f32({2, 3}), f32({4, 3})}, {{"axis", Int(0)}}, f32({6, 3}));
   add("concat three, axis -1", K::Concat, {f32({2, 3}), f32({2, 1}), f32({2, 2})},
       {{"axis", Int(-1)}}, f32({2, 6}));
   add("concat one operand", K::Concat, {i32({5})}, {{"axis", Int(0)}}, i32({5}));
-  add("concat with empty", K::Concat, {f32({0, 3}), f32({2, 3})}, {{"axis", Int(0)}},
-      f32({2, 3}));
+  add("concat with empty", K::Concat, {f32({0, 3}), f32({2, 3})}, {{"axis", Int(0)}}, f32({2, 3}));
   add("pad", K::Pad, {f32({2, 3})}, padAttrs({1, 0}, {0, 2}), f32({3, 5}));
   // Interior padding puts interior[i] elements between neighbours: d + (d-1)*interior.
   add("pad interior", K::Pad, {f32({2, 3})},
@@ -290,26 +283,21 @@ std::vector<ValidCase> validCases() {
   add("pad interior of empty axis", K::Pad, {i32({0})},
       with(padAttrs({1}, {2}), "interior", Ints({3})), i32({3}));
   add("pad scalar", K::Pad, {f32({})}, padAttrs({}, {}), f32({}));
-  add("gather axis 1, 2-D indices", K::Gather, {f32({5, 6, 7}), i32({2, 3})},
-      {{"axis", Int(1)}}, f32({5, 2, 3, 7}));
-  add("gather axis -1", K::Gather, {f32({5, 6, 7}), i64({4})}, {{"axis", Int(-1)}},
-      f32({5, 6, 4}));
-  add("gather scalar index", K::Gather, {f32({5, 6, 7}), i64({})}, {{"axis", Int(0)}},
-      f32({6, 7}));
+  add("gather axis 1, 2-D indices", K::Gather, {f32({5, 6, 7}), i32({2, 3})}, {{"axis", Int(1)}},
+      f32({5, 2, 3, 7}));
+  add("gather axis -1", K::Gather, {f32({5, 6, 7}), i64({4})}, {{"axis", Int(-1)}}, f32({5, 6, 4}));
+  add("gather scalar index", K::Gather, {f32({5, 6, 7}), i64({})}, {{"axis", Int(0)}}, f32({6, 7}));
   add("gather bool data", K::Gather, {b8({4}), i32({2})}, {{"axis", Int(0)}}, b8({2}));
-  add("one_hot", K::OneHot, {i32({4})}, {{"depth", Int(10)}, {"dtype", Str("f32")}},
-      f32({4, 10}));
+  add("one_hot", K::OneHot, {i32({4})}, {{"depth", Int(10)}, {"dtype", Str("f32")}}, f32({4, 10}));
   add("one_hot 2-D bool depth 1", K::OneHot, {i64({2, 3})},
       {{"depth", Int(1)}, {"dtype", Str("bool")}}, b8({2, 3, 1}));
-  add("one_hot scalar", K::OneHot, {i64({})}, {{"depth", Int(3)}, {"dtype", Str("i32")}},
-      i32({3}));
+  add("one_hot scalar", K::OneHot, {i64({})}, {{"depth", Int(3)}, {"dtype", Str("i32")}}, i32({3}));
 
   // Convolution and pooling: out = floor((H + 2p - d(k-1) - 1) / s) + 1.
   add("conv2d stride 2 padding 2", K::Conv2d, {f32({2, 3, 32, 32}), f32({8, 3, 5, 5})},
       convAttrs({2, 2}, {2, 2}, {1, 1}, 1), f32({2, 8, 16, 16}));
-  add("conv2d dilation, groups, uneven stride", K::Conv2d,
-      {f32({1, 4, 10, 12}), f32({6, 2, 3, 3})}, convAttrs({1, 2}, {0, 1}, {2, 1}, 2),
-      f32({1, 6, 6, 6}));
+  add("conv2d dilation, groups, uneven stride", K::Conv2d, {f32({1, 4, 10, 12}), f32({6, 2, 3, 3})},
+      convAttrs({1, 2}, {0, 1}, {2, 1}, 2), f32({1, 6, 6, 6}));
   add("conv2d depthwise", K::Conv2d, {f64({1, 4, 5, 5}), f64({4, 1, 3, 3})},
       convAttrs({1, 1}, {0, 0}, {1, 1}, 4), f64({1, 4, 3, 3}));
   add("conv2d floor", K::Conv2d, {f32({1, 1, 6, 7}), f32({1, 1, 2, 2})},
@@ -318,8 +306,8 @@ std::vector<ValidCase> validCases() {
       convAttrs({1, 1}, {1, 1}, {1, 1}, 1), f32({1, 1, 2, 5}));
   add("max_pool2d 2x2", K::MaxPool2d, {f32({1, 3, 8, 8})}, poolAttrs({2, 2}, {2, 2}, {0, 0}),
       f32({1, 3, 4, 4}));
-  add("max_pool2d 3x3 s2 p1", K::MaxPool2d, {f32({1, 3, 7, 7})},
-      poolAttrs({3, 3}, {2, 2}, {1, 1}), f32({1, 3, 4, 4}));
+  add("max_pool2d 3x3 s2 p1", K::MaxPool2d, {f32({1, 3, 7, 7})}, poolAttrs({3, 3}, {2, 2}, {1, 1}),
+      f32({1, 3, 4, 4}));
   add("max_pool2d 3x1 s1", K::MaxPool2d, {f64({2, 1, 5, 4})}, poolAttrs({3, 1}, {1, 1}, {0, 0}),
       f64({2, 1, 3, 4}));
   add("max_pool2d kernel 2 padding 1", K::MaxPool2d, {f32({1, 1, 3, 3})},
@@ -340,18 +328,14 @@ std::vector<ValidCase> validCases() {
   add("scatter_add size 0", K::ScatterAdd, {i64({0}), f32({0})},
       {{"axis", Int(0)}, {"size", Int(0)}}, f32({0}));
   add("conv2d_grad_input", K::Conv2dGradInput, {f32({2, 8, 16, 16}), f32({8, 3, 5, 5})},
-      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "input_hw", Ints({32, 32})),
-      f32({2, 3, 32, 32}));
+      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "input_hw", Ints({32, 32})), f32({2, 3, 32, 32}));
   // Stride 2 maps 31 and 32 to the same output size: input_hw decides.
   add("conv2d_grad_input odd size", K::Conv2dGradInput, {f32({2, 8, 16, 16}), f32({8, 3, 5, 5})},
-      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "input_hw", Ints({31, 31})),
-      f32({2, 3, 31, 31}));
+      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "input_hw", Ints({31, 31})), f32({2, 3, 31, 31}));
   add("conv2d_grad_input groups", K::Conv2dGradInput, {f32({1, 6, 6, 6}), f32({6, 2, 3, 3})},
-      with(convAttrs({1, 2}, {0, 1}, {2, 1}, 2), "input_hw", Ints({10, 12})),
-      f32({1, 4, 10, 12}));
+      with(convAttrs({1, 2}, {0, 1}, {2, 1}, 2), "input_hw", Ints({10, 12})), f32({1, 4, 10, 12}));
   add("conv2d_grad_input zero height", K::Conv2dGradInput, {f32({1, 1, 2, 5}), f32({1, 1, 1, 1})},
-      with(convAttrs({1, 1}, {1, 1}, {1, 1}, 1), "input_hw", Ints({0, 3})),
-      f32({1, 1, 0, 3}));
+      with(convAttrs({1, 1}, {1, 1}, {1, 1}, 1), "input_hw", Ints({0, 3})), f32({1, 1, 0, 3}));
   add("conv2d_grad_weight", K::Conv2dGradWeight, {f32({2, 3, 32, 32}), f32({2, 8, 16, 16})},
       with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "kernel", Ints({5, 5})), f32({8, 3, 5, 5}));
   add("conv2d_grad_weight groups", K::Conv2dGradWeight, {f64({1, 4, 10, 12}), f64({1, 6, 6, 6})},
@@ -359,15 +343,12 @@ std::vector<ValidCase> validCases() {
   add("max_pool2d_grad", K::MaxPool2dGrad, {f32({1, 3, 7, 7}), f32({1, 3, 4, 4})},
       poolAttrs({3, 3}, {2, 2}, {1, 1}), f32({1, 3, 7, 7}));
   add("avg_pool2d_grad", K::AvgPool2dGrad, {f32({1, 3, 4, 4})},
-      with(avgPoolAttrs({3, 3}, {2, 2}, {1, 1}, 0), "input_hw", Ints({7, 7})),
-      f32({1, 3, 7, 7}));
+      with(avgPoolAttrs({3, 3}, {2, 2}, {1, 1}, 0), "input_hw", Ints({7, 7})), f32({1, 3, 7, 7}));
   add("avg_pool2d_grad odd size", K::AvgPool2dGrad, {f64({2, 1, 4, 4})},
-      with(avgPoolAttrs({2, 2}, {2, 2}, {0, 0}, 1), "input_hw", Ints({9, 8})),
-      f64({2, 1, 9, 8}));
+      with(avgPoolAttrs({2, 2}, {2, 2}, {0, 0}, 1), "input_hw", Ints({9, 8})), f64({2, 1, 9, 8}));
 
   add("dropout", K::Dropout, {f32({4, 5}), i64({})}, {{"rate", Real(0.5)}}, f32({4, 5}));
-  add("dropout rate 0 (integer)", K::Dropout, {f64({3}), i64({})}, {{"rate", Int(0)}},
-      f64({3}));
+  add("dropout rate 0 (integer)", K::Dropout, {f64({3}), i64({})}, {{"rate", Int(0)}}, f64({3}));
   return v;
 }
 
@@ -392,8 +373,7 @@ std::vector<ErrorCase> errorCases() {
   add("input too many elements", K::Input, {}, typeAttrs("f32", {k2to32, k2to32}),
       {"shape [4294967296,4294967296] has more elements than fit in 64 bits"});
   add("param missing init", K::Parameter, {}, typeAttrs("f32", {2}), {"missing attribute 'init'"});
-  add("param unknown init", K::Parameter, {},
-      with(typeAttrs("f32", {2}), "init", Str("gaussian")),
+  add("param unknown init", K::Parameter, {}, with(typeAttrs("f32", {2}), "init", Str("gaussian")),
       {"unknown initializer 'gaussian'; expected one of: zeros, ones"});
   add("param extra argument", K::Parameter, {},
       with(paramAttrs(Init::zeros(), "f32", {2}), "seed", Int(3)),
@@ -460,19 +440,22 @@ std::vector<ErrorCase> errorCases() {
   add("add result too large", K::Add, {f32({k2to32, 1}), f32({1, k2to32})}, {},
       {"shape [4294967296,4294967296] has more elements than fit in 64 bits"});
   add("pow i32", K::Pow, {i32({2}), i32({2})}, {}, {notFloat + "i32[2]"});
-  add("pow f32 x f64", K::Pow, {f32({2}), f64({2})}, {}, {"operand dtypes differ: f32[2] and f64[2]"});
+  add("pow f32 x f64", K::Pow, {f32({2}), f64({2})}, {},
+      {"operand dtypes differ: f32[2] and f64[2]"});
   add("pow broadcast", K::Pow, {f32({3}), f32({4})}, {},
       {"shapes [3] and [4] are not broadcastable"});
   for (OpKind op : kEquality) {
     std::string name(opInfo(op).name);
-    add(name + " dtypes", op, {f32({2}), i32({2})}, {}, {"operand dtypes differ: f32[2] and i32[2]"});
+    add(name + " dtypes", op, {f32({2}), i32({2})}, {},
+        {"operand dtypes differ: f32[2] and i32[2]"});
     add(name + " broadcast", op, {b8({2}), b8({3})}, {},
         {"shapes [2] and [3] are not broadcastable"});
   }
   for (OpKind op : kOrdered) {
     std::string name(opInfo(op).name);
     add(name + " bool", op, {b8({2}), b8({2})}, {}, {notNumeric + "bool[2]"});
-    add(name + " dtypes", op, {i64({2}), i32({2})}, {}, {"operand dtypes differ: i64[2] and i32[2]"});
+    add(name + " dtypes", op, {i64({2}), i32({2})}, {},
+        {"operand dtypes differ: i64[2] and i32[2]"});
     add(name + " broadcast", op, {f32({2, 3}), f32({2})}, {},
         {"shapes [2,3] and [2] are not broadcastable (dim -1: 3 vs 2)"});
   }
@@ -505,7 +488,8 @@ std::vector<ErrorCase> errorCases() {
     add(name + " unknown attribute", op, {f32({2})}, with(reduceAttrs({0}, 0), "axis", Int(0)),
         {"unknown attribute 'axis'; expected: axes, keepdims"});
   }
-  add("reduce_mean i32", K::ReduceMean, {i32({4, 5})}, reduceAttrs({1}, 0), {notFloat + "i32[4,5]"});
+  add("reduce_mean i32", K::ReduceMean, {i32({4, 5})}, reduceAttrs({1}, 0),
+      {notFloat + "i32[4,5]"});
   add("reduce_sum bool", K::ReduceSum, {b8({3})}, reduceAttrs({0}, 0), {notNumeric + "bool[3]"});
   add("reduce_max bool", K::ReduceMax, {b8({3})}, reduceAttrs({0}, 0), {notNumeric + "bool[3]"});
   add("reduce_min bool", K::ReduceMin, {b8({3})}, reduceAttrs({0}, 0), {notNumeric + "bool[3]"});
@@ -585,9 +569,9 @@ std::vector<ErrorCase> errorCases() {
   add("concat scalar", K::Concat, {f32({})}, {{"axis", Int(0)}},
       {"concat axis 0 is out of range for rank 0"});
   add("concat result too large", K::Concat, {f32({k2to62}), f32({k2to62})}, {{"axis", Int(0)}},
-      {"more elements than fit in 64 bits"});
-  add("concat result numel too large", K::Concat, {f32({k2to32, k2to32 / 4}),
-      f32({k2to32, k2to32 / 4})}, {{"axis", Int(1)}},
+      {"axis 0 of the result has more elements than fit in 64 bits"});
+  add("concat result numel too large", K::Concat,
+      {f32({k2to32, k2to32 / 4}), f32({k2to32, k2to32 / 4})}, {{"axis", Int(1)}},
       {"shape [4294967296,2147483648] has more elements than fit in 64 bits"});
   add("pad negative", K::Pad, {f32({2, 3})}, padAttrs({-1, 0}, {0, 0}),
       {"attribute 'low' entries must be in 0..2^40, got [-1,0]"});
@@ -659,8 +643,7 @@ std::vector<ErrorCase> errorCases() {
       {"attribute 'groups' must be an integer, found a real (1.0)"});
   const Attrs pool2 = poolAttrs({2, 2}, {2, 2}, {0, 0});
   add("max_pool2d padding over half", K::MaxPool2d, {f32({1, 1, 8, 8})},
-      poolAttrs({3, 3}, {1, 1}, {2, 0}),
-      {"padding [2,0] must be at most half the kernel [3,3]"});
+      poolAttrs({3, 3}, {1, 1}, {2, 0}), {"padding [2,0] must be at most half the kernel [3,3]"});
   add("max_pool2d window too large", K::MaxPool2d, {f32({1, 1, 3, 8})},
       poolAttrs({5, 5}, {1, 1}, {0, 0}),
       {"window of 5 (kernel 5, dilation 1) does not fit the height of 3 plus padding 0"});
@@ -676,9 +659,12 @@ std::vector<ErrorCase> errorCases() {
   // With an empty height every window would be padding only (max of nothing,
   // average over zero elements).
   add("max_pool2d empty height", K::MaxPool2d, {f32({1, 1, 0, 4})},
-      poolAttrs({2, 2}, {1, 1}, {1, 1}), {"f32[1,1,0,4]", "height"});
+      poolAttrs({2, 2}, {1, 1}, {1, 1}),
+      {"input f32[1,1,0,4] has an empty height: every window would hold padding only"});
   add("avg_pool2d empty width", K::AvgPool2d, {f32({1, 1, 4, 0})},
-      avgPoolAttrs({2, 2}, {1, 1}, {1, 1}, 0), {"f32[1,1,4,0]", "width"});
+      avgPoolAttrs({2, 2}, {1, 1}, {1, 1}, 0), {"input f32[1,1,4,0] has an empty width"});
+  add("max_pool2d_grad empty height", K::MaxPool2dGrad, {f32({1, 1, 0, 4}), f32({1, 1, 1, 5})},
+      poolAttrs({2, 2}, {1, 1}, {1, 1}), {"input f32[1,1,0,4] has an empty height"});
   add("avg_pool2d count_include_pad 2", K::AvgPool2d, {f32({1, 1, 4, 4})},
       avgPoolAttrs({2, 2}, {2, 2}, {0, 0}, 2),
       {"attribute 'count_include_pad' must be 0 or 1, got 2"});
@@ -715,8 +701,8 @@ std::vector<ErrorCase> errorCases() {
   add("conv2d_grad_input gradient channels", K::Conv2dGradInput,
       {f32({2, 4, 16, 16}), f32({8, 3, 5, 5})}, gradIn,
       {"gradient f32[2,4,16,16] does not match the forward result shape [2,8,16,16]"});
-  add("conv2d_grad_input i32", K::Conv2dGradInput, {i32({2, 8, 16, 16}), i32({8, 3, 5, 5})},
-      gradIn, {"expected a floating-point gradient (f32 or f64), found i32[2,8,16,16]"});
+  add("conv2d_grad_input i32", K::Conv2dGradInput, {i32({2, 8, 16, 16}), i32({8, 3, 5, 5})}, gradIn,
+      {"expected a floating-point gradient (f32 or f64), found i32[2,8,16,16]"});
   add("conv2d_grad_input dtypes", K::Conv2dGradInput, {f32({2, 8, 16, 16}), f64({8, 3, 5, 5})},
       gradIn, {"operand dtypes differ: f32[2,8,16,16] and f64[8,3,5,5]"});
   add("conv2d_grad_input input_hw entries", K::Conv2dGradInput,
@@ -759,9 +745,8 @@ std::vector<ErrorCase> errorCases() {
       pool3, {"gradient f32[1,3,3,3] does not match the forward result shape [1,3,4,4]"});
   add("max_pool2d_grad dtypes", K::MaxPool2dGrad, {f32({1, 3, 7, 7}), f64({1, 3, 4, 4})}, pool3,
       {"operand dtypes differ: f32[1,3,7,7] and f64[1,3,4,4]"});
-  add("max_pool2d_grad count_include_pad", K::MaxPool2dGrad,
-      {f32({1, 3, 7, 7}), f32({1, 3, 4, 4})}, with(pool3, "count_include_pad", Int(0)),
-      {"unknown attribute 'count_include_pad'"});
+  add("max_pool2d_grad count_include_pad", K::MaxPool2dGrad, {f32({1, 3, 7, 7}), f32({1, 3, 4, 4})},
+      with(pool3, "count_include_pad", Int(0)), {"unknown attribute 'count_include_pad'"});
   add("max_pool2d_grad rank", K::MaxPool2dGrad, {f32({3, 7, 7}), f32({3, 4, 4})}, pool3,
       {"expected input x[N,C,H,W] of rank 4, found f32[3,7,7]"});
   const Attrs avgGrad = with(avgPoolAttrs({3, 3}, {2, 2}, {1, 1}, 0), "input_hw", Ints({7, 7}));
@@ -927,6 +912,31 @@ TEST(ShapeRules, EveryOpHasValidAndErrorCases) {
   }
 }
 
+// The unknown-attribute message lists what the op reads, each name once
+// (the gradient ops read some twice: their own and the forward rule's).
+TEST(ShapeRules, UnknownAttributeListsEachExpectedNameOnce) {
+  std::vector<TensorType> conv = {f32({2, 8, 16, 16}), f32({8, 3, 5, 5})};
+  Attrs base = convAttrs({2, 2}, {2, 2}, {1, 1}, 1);
+  EXPECT_THAT(inferError(OpKind::Conv2dGradInput,
+                         with(with(base, "input_hw", Ints({32, 32})), "kernel", Ints({5, 5})),
+                         conv),
+              EndsWith("unknown attribute 'kernel'; expected: input_hw, groups, stride, padding, "
+                       "dilation"));
+  std::vector<TensorType> xg = {f32({2, 3, 32, 32}), f32({2, 8, 16, 16})};
+  EXPECT_THAT(inferError(OpKind::Conv2dGradWeight,
+                         with(with(base, "kernel", Ints({5, 5})), "input_hw", Ints({32, 32})), xg),
+              EndsWith("unknown attribute 'input_hw'; expected: kernel, groups, stride, padding, "
+                       "dilation"));
+  std::vector<TensorType> g = {f32({1, 3, 4, 4})};
+  EXPECT_THAT(
+      inferError(OpKind::AvgPool2dGrad,
+                 with(with(avgPoolAttrs({3, 3}, {2, 2}, {1, 1}, 0), "input_hw", Ints({7, 7})),
+                      "dilation", Ints({1, 1})),
+                 g),
+      EndsWith("unknown attribute 'dilation'; expected: input_hw, kernel, stride, "
+               "padding, count_include_pad"));
+}
+
 // Graph::add checks the operand count before the shape rule runs.
 TEST(ShapeRules, ArityErrorsFromGraphAdd) {
   int checked = 0;
@@ -942,11 +952,10 @@ TEST(ShapeRules, ArityErrorsFromGraphAdd) {
     for (int count : counts) {
       std::vector<ValueId> ids;
       Graph g = graphWithInputs(std::vector<TensorType>(count, f32({2})), ids);
-      std::string expected =
-          info.arity < 0
-              ? "expected at least one operand, got none"
-              : fmt::format("expected {} operand{}, got {}", info.arity,
-                            info.arity == 1 ? "" : "s", count);
+      std::string expected = info.arity < 0
+                                 ? "expected at least one operand, got none"
+                                 : fmt::format("expected {} operand{}, got {}", info.arity,
+                                               info.arity == 1 ? "" : "s", count);
       try {
         g.add(nodeFor(info.kind, ids, {}, SourceLoc("arity.sg", 3, 5)));
         ADD_FAILURE() << "no error for " << count << " operands";
@@ -1031,13 +1040,12 @@ TEST(ShapeRules, ConvGradientsRecoverForwardShapes) {
       TensorType xw[] = {x, w};
       TensorType y = inferType(OpKind::Conv2d, conv, xw);
       TensorType gw[] = {y, w};
-      EXPECT_EQ(inferType(OpKind::Conv2dGradInput,
-                          with(conv, "input_hw", Ints({c.x[2], c.x[3]})), gw),
-                x);
+      EXPECT_EQ(
+          inferType(OpKind::Conv2dGradInput, with(conv, "input_hw", Ints({c.x[2], c.x[3]})), gw),
+          x);
       TensorType xg[] = {x, y};
-      EXPECT_EQ(inferType(OpKind::Conv2dGradWeight, with(conv, "kernel", Ints({c.w[2], c.w[3]})),
-                          xg),
-                w);
+      EXPECT_EQ(
+          inferType(OpKind::Conv2dGradWeight, with(conv, "kernel", Ints({c.w[2], c.w[3]})), xg), w);
     }
 }
 
@@ -1047,9 +1055,9 @@ TEST(ShapeRules, PoolGradientsRecoverForwardShapes) {
     std::vector<int64_t> kernel, stride, padding;
   };
   std::vector<Config> configs = {
-      {{1, 3, 8, 8}, {2, 2}, {2, 2}, {0, 0}},  {{1, 3, 7, 7}, {3, 3}, {2, 2}, {1, 1}},
-      {{2, 1, 5, 4}, {3, 1}, {1, 1}, {0, 0}},  {{1, 1, 3, 3}, {2, 2}, {2, 2}, {1, 1}},
-      {{4, 2, 9, 8}, {2, 2}, {2, 2}, {0, 0}},  {{1, 1, 1, 1}, {1, 1}, {5, 5}, {0, 0}},
+      {{1, 3, 8, 8}, {2, 2}, {2, 2}, {0, 0}}, {{1, 3, 7, 7}, {3, 3}, {2, 2}, {1, 1}},
+      {{2, 1, 5, 4}, {3, 1}, {1, 1}, {0, 0}}, {{1, 1, 3, 3}, {2, 2}, {2, 2}, {1, 1}},
+      {{4, 2, 9, 8}, {2, 2}, {2, 2}, {0, 0}}, {{1, 1, 1, 1}, {1, 1}, {5, 5}, {0, 0}},
   };
   for (const Config &c : configs) {
     TensorType x = f32(c.x);
@@ -1063,8 +1071,7 @@ TEST(ShapeRules, PoolGradientsRecoverForwardShapes) {
       Attrs avg = with(pool, "count_include_pad", Int(include));
       EXPECT_EQ(inferType(OpKind::AvgPool2d, avg, in), y);
       TensorType g[] = {y};
-      EXPECT_EQ(inferType(OpKind::AvgPool2dGrad, with(avg, "input_hw", Ints({c.x[2], c.x[3]})),
-                          g),
+      EXPECT_EQ(inferType(OpKind::AvgPool2dGrad, with(avg, "input_hw", Ints({c.x[2], c.x[3]})), g),
                 x);
     }
   }
@@ -1115,7 +1122,8 @@ TEST(BuilderLocations, OpFunctionReportsItsCallSite) {
   Value w = b.input("w", DType::F32, {4, 5});
   int line = 0;
   std::string message = errorOf([&] {
-    line = __LINE__; matmul(x, w);
+    line = __LINE__ + 1; // the call below
+    matmul(x, w);
   });
   EXPECT_THAT(message, StartsWith(callSite(line)));
   EXPECT_THAT(message, ContainsRegex("^test_shape_rules\\.cpp:[0-9]+:[0-9]+: error: matmul: "
@@ -1124,30 +1132,66 @@ TEST(BuilderLocations, OpFunctionReportsItsCallSite) {
   EXPECT_EQ(b.graph().size(), 2u);
 }
 
+// Runs `statement`, which must throw, and checks that its message starts with
+// "test_shape_rules.cpp:<line>:<column>: error: " for the line where the macro
+// is used (__LINE__ and the builder's std::source_location both resolve there)
+// and goes on with "error: " + `expected`. The message is computed before the
+// matchers, which read `line`.
+#define EXPECT_ERROR_AT_LINE(statement, expected)                                                  \
+  do {                                                                                             \
+    int line = 0;                                                                                  \
+    std::string message = errorOf([&] {                                                            \
+      line = __LINE__;                                                                             \
+      statement;                                                                                   \
+    });                                                                                            \
+    EXPECT_THAT(message, ContainsRegex(fmt::format("^test_shape_rules\\.cpp:{}:[0-9]+: "           \
+                                                   "error: ",                                      \
+                                                   line)));                                        \
+    EXPECT_THAT(message, HasSubstr(std::string("error: ") + (expected)));                          \
+  } while (0)
+
 TEST(BuilderLocations, EachCallReportsItsOwnLine) {
   GraphBuilder b("m");
   Value x = b.input("x", DType::F32, {2, 3});
   Value i = b.input("i", DType::I32, {4});
-  int line = 0;
-  EXPECT_THAT(errorOf([&] { line = __LINE__; sum(x, {2}); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: reduce_sum: reduction axis 2")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; exp(i); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: exp: expected a floating-point")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; reshape(x, {-1, -1}); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: reshape: shape [-1,-1]")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; gather(x, x, 0); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: gather: expected integer")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; conv2d(x, x); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: conv2d: expected input")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; dropout(x, i, 0.5); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: dropout: seed must be")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; b.input("bad", DType::F32, {2, -1}); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: input: shape [2,-1]")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; b.input("x", DType::F32, {2}); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: input: the name 'x'")));
-  // Composites report the caller's line too.
-  EXPECT_THAT(errorOf([&] { line = __LINE__; softmax(x, 5); }),
-              StartsWith(callSite(line)));
+  int first = 0, second = 0;
+  std::string m1 = errorOf([&] {
+    first = __LINE__ + 1; // the call below
+    sum(x, {2});
+  });
+  std::string m2 = errorOf([&] {
+    second = __LINE__ + 1; // the call below
+    exp(i);
+  });
+  ASSERT_NE(first, second);
+  EXPECT_THAT(m1, StartsWith(callSite(first)));
+  EXPECT_THAT(m1, HasSubstr("error: reduce_sum: reduction axis 2 is out of range for rank 2"));
+  EXPECT_THAT(m2, StartsWith(callSite(second)));
+  EXPECT_THAT(m2, HasSubstr("error: exp: expected a floating-point operand (f32 or f64), "
+                            "found i32[4]"));
+
+  EXPECT_ERROR_AT_LINE(reshape(x, {-1, -1}), "reshape: shape [-1,-1] has more than one -1");
+  EXPECT_ERROR_AT_LINE(gather(x, x, 0), "gather: expected integer indices (i32 or i64)");
+  EXPECT_ERROR_AT_LINE(conv2d(x, x), "conv2d: expected input x[N,C,H,W] of rank 4");
+  EXPECT_ERROR_AT_LINE(dropout(x, i, 0.5), "dropout: seed must be an i64 scalar");
+  EXPECT_ERROR_AT_LINE(transpose(x, {0, 0}), "transpose: perm [0,0] is not a permutation");
+  EXPECT_ERROR_AT_LINE(slice(x, {0, 0}, {3, 3}), "slice: axis 0: slice [0:3] is outside 0..2");
+  EXPECT_ERROR_AT_LINE(concat({x, i}, 0), "concat: operand dtypes differ: f32[2,3] and i32[4]");
+  EXPECT_ERROR_AT_LINE(oneHot(i, 0, DType::F32), "one_hot: depth must be >= 1, got 0");
+  EXPECT_ERROR_AT_LINE(maxPool2d(x), "max_pool2d: expected input x[N,C,H,W] of rank 4");
+  EXPECT_ERROR_AT_LINE(neg(cast(x, DType::Bool)),
+                       "neg: expected a numeric operand, found bool[2,3]");
+  EXPECT_ERROR_AT_LINE(b.input("bad", DType::F32, {2, -1}),
+                       "input: shape [2,-1] has a negative dimension");
+  EXPECT_ERROR_AT_LINE(b.input("x", DType::F32, {2}),
+                       "input: the name 'x' is already used in graph 'm'");
+  EXPECT_ERROR_AT_LINE(b.param("p", DType::F32, {2}, Init::normal(0, -1, 1)),
+                       "param: initializer 'normal' needs std >= 0");
+  // Composites report the caller's line too (naming the op inside them).
+  EXPECT_ERROR_AT_LINE(softmax(x, 5), "reduce_max: reduction axis 5 is out of range");
+  EXPECT_ERROR_AT_LINE(linear(x, x, Value()), "matmul: inner dimensions differ: [2,3] x [2,3]");
+  // The failed nodes were not added.
+  EXPECT_EQ(b.graph().size(), 2u + 1u); // x, i, and the good cast
 }
 
 TEST(BuilderLocations, OperatorsReportTheExpressionsLine) {
@@ -1157,29 +1201,28 @@ TEST(BuilderLocations, OperatorsReportTheExpressionsLine) {
   Value flag = b.input("flag", DType::Bool, {2});
   int line = 0;
   std::string message = errorOf([&] {
-    line = __LINE__; (void)(a + c);
+    line = __LINE__ + 1; // the call below
+    (void)(a + c);
   });
   EXPECT_THAT(message, StartsWith(callSite(line)));
   EXPECT_THAT(message,
               HasSubstr("error: add: shapes [3,4] and [5] are not broadcastable (dim -1: 4 vs 5)"));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; (void)(a - c); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: sub: shapes [3,4] and [5]")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; (void)(c * a); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: mul: shapes [5] and [3,4]")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; (void)(a / c); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: div: shapes [3,4] and [5]")));
+  EXPECT_ERROR_AT_LINE((void)(a - c), "sub: shapes [3,4] and [5] are not broadcastable");
+  EXPECT_ERROR_AT_LINE((void)(c * a), "mul: shapes [5] and [3,4] are not broadcastable");
+  EXPECT_ERROR_AT_LINE((void)(a / c), "div: shapes [3,4] and [5] are not broadcastable");
   // A number operand becomes a scalar of the other side's dtype.
-  EXPECT_THAT(errorOf([&] { line = __LINE__; (void)(flag + 1.0); }),
-              AllOf(StartsWith(callSite(line)),
-                    HasSubstr("error: add: expected a numeric operand, found bool[2]")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; (void)(2.0 * flag); }),
-              AllOf(StartsWith(callSite(line)), HasSubstr("error: mul: expected a numeric")));
-  EXPECT_THAT(errorOf([&] { line = __LINE__; (void)(-flag); }),
-              AllOf(StartsWith(callSite(line)),
-                    HasSubstr("error: neg: expected a numeric operand, found bool[2]")));
-  // The same operators on good operands build nodes.
-  Value ok = a * 2.0;
-  EXPECT_EQ(ok.shape(), (Shape{3, 4}));
+  EXPECT_ERROR_AT_LINE((void)(flag + 1.0), "add: expected a numeric operand, found bool[2]");
+  EXPECT_ERROR_AT_LINE((void)(2.0 * flag), "mul: expected a numeric operand, found bool[]");
+  EXPECT_ERROR_AT_LINE((void)(-flag), "neg: expected a numeric operand, found bool[2]");
+  // In a longer expression, the failing operator's line.
+  int bad = 0;
+  std::string nested = errorOf([&] {
+    Value ok = a * 2.0 + 1.0;
+    bad = __LINE__ + 1; // the call below
+    (void)(ok - c);
+  });
+  EXPECT_THAT(nested, StartsWith(callSite(bad)));
+  EXPECT_THAT(nested, HasSubstr("error: sub: shapes [3,4] and [5]"));
 }
 
 TEST(BuilderLocations, LocationOverrideWins) {
@@ -1219,10 +1262,10 @@ TEST(NodeLocations, GraphAddPrefixesTheNodeLocation) {
 TEST(NodeLocations, VerifyReportsTheBadNodesLocation) {
   std::vector<ValueId> ids;
   Graph good = graphWithInputs({f32({2, 3})}, ids);
-  ValueId t =
-      good.add(nodeFor(OpKind::Transpose, ids, {{"perm", Ints({1, 0})}}, SourceLoc("net.sg", 5, 11)));
-  ValueId r = good.add(
-      nodeFor(OpKind::ReduceSum, {t}, reduceAttrs({0}, 0), SourceLoc("net.sg", 6, 3)));
+  ValueId t = good.add(
+      nodeFor(OpKind::Transpose, ids, {{"perm", Ints({1, 0})}}, SourceLoc("net.sg", 5, 11)));
+  ValueId r =
+      good.add(nodeFor(OpKind::ReduceSum, {t}, reduceAttrs({0}, 0), SourceLoc("net.sg", 6, 3)));
   good.addOutput("out", r);
   verify(good);
 

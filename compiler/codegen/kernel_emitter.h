@@ -77,6 +77,9 @@ private:
   void emitConv2d(ValueId id, bool parallel);
   void emitPool(ValueId id, bool parallel);
   void emitScatterForm(ValueId id, bool parallel);
+  // Average pooling's divisor at output position `out` over input spatial
+  // shape `xs`: shared by the forward pool and its scatter-form gradient.
+  std::string avgPoolDivisor(const Node &n, const Index &out, const Shape &xs, DType dt);
   void zeroChunk(ValueId id, bool parallel);
   void accumulate(ValueId id, const Index &idx, const std::string &v);
   std::string inBounds(const std::string &v, int64_t size);

@@ -344,29 +344,32 @@ void KernelEmitter::emitPool(ValueId id, bool parallel) {
     w_.line("}");
     next = results[k];
   }
-  if (!isMax) {
-    std::string divisor;
-    if (n.attrs.getInt("count_include_pad") != 0) {
-      divisor = w_.constant(static_cast<double>(kernel[0] * kernel[1]), dt);
-    } else {
-      // In-bounds taps per axis: min(start + k, size) - max(start, 0).
-      auto span = [&](const std::string &out, int64_t k, int64_t s, int64_t p, int64_t size) {
-        std::string start = windowCoordinate(out, w_.indexConstant(0), s, p, 1);
-        std::string end = w_.assign(fmt::format("arith.addi {}, {} : index", start, w_.indexConstant(k)));
-        std::string hi = w_.assign(fmt::format("arith.minsi {}, {} : index", end, w_.indexConstant(size)));
-        std::string lo = w_.assign(fmt::format("arith.maxsi {}, {} : index", start, w_.indexConstant(0)));
-        return w_.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
-      };
-      std::string count = w_.assign(fmt::format("arith.muli {}, {} : index",
-                                                span(o[2], kernel[0], stride[0], padding[0], xs[2]),
-                                                span(o[3], kernel[1], stride[1], padding[1], xs[3])));
-      std::string asInt = w_.assign(fmt::format("arith.index_cast {} : index to i64", count));
-      divisor = convert(asInt, DType::I64, dt);
-    }
-    next = binary(OpKind::Div, dt, next, divisor);
-  }
+  if (!isMax)
+    next = binary(OpKind::Div, dt, next, avgPoolDivisor(n, o, xs, dt));
   store(id, viewOf(id), o, next);
   closeLoops(o.size());
+}
+
+std::string KernelEmitter::avgPoolDivisor(const Node &n, const Index &out, const Shape &xs, DType dt) {
+  auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride"),
+       padding = n.attrs.getInts("padding");
+  if (n.attrs.getInt("count_include_pad") != 0)
+    return w_.constant(static_cast<double>(kernel[0] * kernel[1]), dt);
+  // In-bounds taps per axis: min(start + k, size) - max(start, 0).
+  auto span = [&](const std::string &o, int64_t k, int64_t s, int64_t p, int64_t size) {
+    std::string start = windowCoordinate(o, w_.indexConstant(0), s, p, 1);
+    std::string end = w_.assign(fmt::format("arith.addi {}, {} : index", start, w_.indexConstant(k)));
+    std::string hi = w_.assign(fmt::format("arith.minsi {}, {} : index", end, w_.indexConstant(size)));
+    std::string lo = w_.assign(fmt::format("arith.maxsi {}, {} : index", start, w_.indexConstant(0)));
+    return w_.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
+  };
+  // Both spans inside one call, as before: the SSA names they get depend on
+  // the compiler's argument order, and the generated MLIR must not change.
+  std::string count = w_.assign(fmt::format("arith.muli {}, {} : index",
+                                            span(out[2], kernel[0], stride[0], padding[0], xs[2]),
+                                            span(out[3], kernel[1], stride[1], padding[1], xs[3])));
+  std::string asInt = w_.assign(fmt::format("arith.index_cast {} : index to i64", count));
+  return convert(asInt, DType::I64, dt);
 }
 
 void KernelEmitter::zeroChunk(ValueId id, bool parallel) {
@@ -516,23 +519,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
       std::string y = windowCoordinate(o[2], taps[0], stride[0], padding[0], 1);
       std::string xw = windowCoordinate(o[3], taps[1], stride[1], padding[1], 1);
       std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
-      std::string divisor;
-      if (n.attrs.getInt("count_include_pad") != 0) {
-        divisor = w_.constant(static_cast<double>(kernel[0] * kernel[1]), dt);
-      } else {
-        auto span = [&](const std::string &out, int64_t k, int64_t s, int64_t p, int64_t size) {
-          std::string start = windowCoordinate(out, w_.indexConstant(0), s, p, 1);
-          std::string end = w_.assign(fmt::format("arith.addi {}, {} : index", start, w_.indexConstant(k)));
-          std::string hi = w_.assign(fmt::format("arith.minsi {}, {} : index", end, w_.indexConstant(size)));
-          std::string lo = w_.assign(fmt::format("arith.maxsi {}, {} : index", start, w_.indexConstant(0)));
-          return w_.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
-        };
-        std::string count = w_.assign(fmt::format("arith.muli {}, {} : index",
-                                                  span(o[2], kernel[0], stride[0], padding[0], xs[2]),
-                                                  span(o[3], kernel[1], stride[1], padding[1], xs[3])));
-        divisor = convert(w_.assign(fmt::format("arith.index_cast {} : index to i64", count)), DType::I64, dt);
-      }
-      std::string share = binary(OpKind::Div, dt, gv, divisor);
+      std::string share = binary(OpKind::Div, dt, gv, avgPoolDivisor(n, o, xs, dt));
       ifValid(valid, [&] { accumulate(id, {o[0], o[1], y, xw}, share); });
       closeLoops(taps.size());
     }

@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace stepc {
 namespace {
@@ -36,7 +37,12 @@ public:
   }
   bool has(std::string_view name) const { return attrs_.has(name); }
   const Attrs &all() const { return attrs_; }
-  void mark(std::string_view name) { used_.push_back(name); }
+  void mark(std::string_view name) {
+    // Gradient ops read some attributes twice (theirs, then the forward
+    // rule's); list each once in the unknown-attribute message.
+    if (std::find(used_.begin(), used_.end(), name) == used_.end())
+      used_.push_back(name);
+  }
 
   // A list attribute with one entry per spatial/axis position.
   const std::vector<int64_t> &intsOfSize(std::string_view name, size_t size,
@@ -263,6 +269,8 @@ TensorType concat(std::span<const TensorType> in, AttrReader &attrs) {
     if (!ok)
       fail(fmt::format("operand {} has type {}, which does not match {} outside axis {}",
                        i, typeString(in[i]), typeString(in[0]), axis));
+    if (out[axis] > std::numeric_limits<int64_t>::max() - in[i].shape[axis])
+      fail(fmt::format("axis {} of the result has more elements than fit in 64 bits", axis));
     out[axis] += in[i].shape[axis];
   }
   return {in[0].dtype, out};
@@ -349,6 +357,12 @@ TensorType pool2d(const TensorType &x, AttrReader &attrs, bool average) {
     if (padding[i] * 2 > kernel[i])
       fail(fmt::format("padding {} must be at most half the kernel {}",
                        attrValueString(padding), attrValueString(kernel)));
+  // With an empty height or width, padding alone would make windows with no
+  // real element (a max of nothing, an average over zero elements).
+  for (int i = 0; i < 2; ++i)
+    if (x.shape[2 + i] == 0)
+      fail(fmt::format("input {} has an empty {}: every window would hold padding only",
+                       typeString(x), i == 0 ? "height" : "width"));
   int64_t oh = windowOutput(x.shape[2], kernel[0], stride[0], padding[0], 1, "height");
   int64_t ow = windowOutput(x.shape[3], kernel[1], stride[1], padding[1], 1, "width");
   return {x.dtype, {x.shape[0], x.shape[1], oh, ow}};
@@ -389,7 +403,8 @@ TensorType conv2dGradInput(std::span<const TensorType> in, AttrReader &attrs) {
   requireRank(w, 4, "weight w[O,C/groups,KH,KW]");
   requireFloat(g, "gradient");
   requireSameDType(g, w);
-  const auto &hw = attrs.intsOfSize("input_hw", 2, 1);
+  // 0 allowed: conv2d accepts an empty height or width when padded.
+  const auto &hw = attrs.intsOfSize("input_hw", 2, 0);
   int64_t groups = attrs.integer("groups");
   TensorType x{g.dtype,
                {g.shape[0], checkedNumel({w.shape[1], std::max<int64_t>(groups, 1)}), hw[0], hw[1]}};
@@ -587,6 +602,9 @@ TensorType inferType(OpKind op, const Attrs &attrs, std::span<const TensorType> 
     AttrReader reader(attrs);
     TensorType type = inferUnchecked(op, reader, operands);
     reader.finish();
+    // Every result has a representable element count, whatever its rule
+    // (broadcasts, matmul, concat and the gradient ops' sizes can grow it).
+    checkedShape(type.shape);
     return type;
   } catch (const Error &e) {
     throw Error(fmt::format("{}: {}", opInfo(op).name, e.what()));

@@ -11,10 +11,10 @@
 #include <nlohmann/json.hpp>
 
 #include "../atomic_file.h"
+#include "../slots.h"
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -30,43 +30,6 @@ constexpr int64_t kBlock = 256;
 // The grid-stride loop covers any extent; more blocks than this only add
 // scheduling work.
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-
-const TensorSlot *findSlot(const std::vector<TensorSlot> &slots, std::string_view name) {
-  for (const TensorSlot &slot : slots)
-    if (slot.name == name)
-      return &slot;
-  return nullptr;
-}
-
-std::string slotNames(const std::vector<TensorSlot> &slots) {
-  std::vector<std::string_view> names;
-  for (const TensorSlot &slot : slots)
-    names.push_back(slot.name);
-  return fmt::format("{}", fmt::join(names, ", "));
-}
-
-double micros(std::chrono::steady_clock::duration d) {
-  return std::chrono::duration<double, std::micro>(d).count();
-}
-
-template <class T> int64_t firstNonFinite(const std::byte *data, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    T value;
-    std::memcpy(&value, data + i * sizeof(T), sizeof(T));
-    if (!std::isfinite(value))
-      return i;
-  }
-  return -1;
-}
-
-std::string indexString(const Shape &shape, int64_t flat) {
-  std::vector<int64_t> index(shape.size());
-  for (size_t d = shape.size(); d-- > 0;) {
-    index[d] = shape[d] == 0 ? 0 : flat % shape[d];
-    flat = shape[d] == 0 ? 0 : flat / shape[d];
-  }
-  return shapeString(index);
-}
 
 // Every place the runtime will touch, checked before it touches anything
 // (an AOT artifact may be paired with the wrong runtime or hand-edited).
@@ -316,33 +279,7 @@ void CudaExecutable::State::checkOutputs(size_t k) {
              "cuMemcpyDtoHAsync",
              fmt::format("checking output {} of kernel {}", slot.name, kernel.name));
     synchronize(fmt::format("checking kernel {}", kernel.name));
-    int64_t n = slot.type.numel();
-    int64_t bad = slot.type.dtype == DType::F32 ? firstNonFinite<float>(scan.data(), n)
-                                                : firstNonFinite<double>(scan.data(), n);
-    if (bad < 0)
-      continue;
-    double value;
-    if (slot.type.dtype == DType::F32) {
-      float f;
-      std::memcpy(&f, scan.data() + bad * sizeof(float), sizeof f);
-      value = f;
-    } else {
-      std::memcpy(&value, scan.data() + bad * sizeof(double), sizeof value);
-    }
-    std::string ops;
-    for (const std::string &line : kernel.provenance)
-      ops += fmt::format("\n  {}", line);
-    if (ops.empty())
-      ops = "\n  (not recorded)";
-    throw Error(fmt::format("check-numerics: kernel {} (step {}) produced {} in output {} {} "
-                            "at element {} (index {}); its ops:{}\nparams are left as they "
-                            "were before step {}",
-                            kernel.name, steps,
-                            std::isnan(value) ? "NaN"
-                            : value > 0       ? "Inf"
-                                              : "-Inf",
-                            slot.name, typeString(slot.type), bad,
-                            indexString(slot.type.shape, bad), ops, steps));
+    checkFinite(kernel, slot, scan.data(), steps);
   }
 }
 
@@ -362,20 +299,7 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   State &s = *state_;
   const ExecutableSpec &spec = s.spec.layout;
   // The same checks, in the same order, as Executable::step.
-  for (const auto &[name, value] : inputs)
-    if (!findSlot(spec.inputs, name))
-      throw Error(spec.inputs.empty()
-                      ? fmt::format("unknown input '{}'; the executable takes no inputs", name)
-                      : fmt::format("unknown input '{}'; the executable's inputs are: {}", name,
-                                    slotNames(spec.inputs)));
-  for (const TensorSlot &slot : spec.inputs) {
-    auto given = inputs.find(slot.name);
-    if (given == inputs.end())
-      throw Error(fmt::format("missing input '{}' ({})", slot.name, typeString(slot.type)));
-    if (given->second.type() != slot.type)
-      throw Error(fmt::format("input '{}': expected {}, got {}", slot.name, typeString(slot.type),
-                              typeString(given->second.type())));
-  }
+  checkStepInputs(spec.inputs, inputs);
   std::map<std::string, Tensor> outputs;
   for (const TensorSlot &slot : spec.outputs)
     outputs.emplace(slot.name, Tensor(slot.type));
@@ -459,12 +383,7 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
 }
 
 const TensorSlot &CudaExecutable::State::paramSlot(const std::string &name) const {
-  if (const TensorSlot *slot = findSlot(spec.layout.params, name))
-    return *slot;
-  throw Error(spec.layout.params.empty()
-                  ? fmt::format("unknown param '{}'; the executable has no params", name)
-                  : fmt::format("unknown param '{}'; the executable's params are: {}", name,
-                                slotNames(spec.layout.params)));
+  return findParamSlot(spec.layout.params, name);
 }
 
 std::vector<std::string> CudaExecutable::paramNames() const {
@@ -519,23 +438,7 @@ void CudaExecutable::saveParams(const std::string &path) const {
 void CudaExecutable::loadParams(const std::string &path) {
   const ExecutableSpec &spec = state_->spec.layout;
   std::map<std::string, Tensor> tensors = readSafetensors(path);
-  std::vector<std::string> differences;
-  for (const TensorSlot &slot : spec.params) {
-    auto found = tensors.find(slot.name);
-    if (found == tensors.end())
-      differences.push_back(fmt::format("missing '{}' ({})", slot.name, typeString(slot.type)));
-    else if (found->second.type() != slot.type)
-      differences.push_back(fmt::format("'{}': expected {}, found {}", slot.name,
-                                        typeString(slot.type), typeString(found->second.type())));
-  }
-  for (const auto &[name, value] : tensors)
-    if (!findSlot(spec.params, name))
-      differences.push_back(fmt::format("unexpected '{}' ({})", name, typeString(value.type())));
-  if (!differences.empty())
-    throw Error(fmt::format("{}: checkpoint does not match executable '{}' ({} difference{}):"
-                            "\n  {}",
-                            path, spec.name, differences.size(), differences.size() == 1 ? "" : "s",
-                            fmt::join(differences, "\n  ")));
+  checkCheckpoint(path, spec, tensors);
   for (const TensorSlot &slot : spec.params)
     setParam(slot.name, tensors.at(slot.name));
 }

@@ -1,0 +1,143 @@
+#include "slots.h"
+
+#include "stepc/error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <cstring>
+
+namespace stepc {
+namespace {
+
+// Index of the first NaN/Inf among n values of type T at `data`, or -1.
+template <class T> int64_t firstNonFinite(const std::byte *data, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    T value;
+    std::memcpy(&value, data + i * sizeof(T), sizeof(T)); // slots may be unaligned
+    if (!std::isfinite(value))
+      return i;
+  }
+  return -1;
+}
+
+std::string_view nonFiniteName(double value) {
+  if (std::isnan(value))
+    return "NaN";
+  return value > 0 ? "Inf" : "-Inf";
+}
+
+// "[0,5]": the row-major index of a flat element.
+std::string indexString(const Shape &shape, int64_t flat) {
+  std::vector<int64_t> index(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    index[d] = shape[d] == 0 ? 0 : flat % shape[d];
+    flat = shape[d] == 0 ? 0 : flat / shape[d];
+  }
+  return shapeString(index);
+}
+
+} // namespace
+
+const TensorSlot *findSlot(const std::vector<TensorSlot> &slots, std::string_view name) {
+  for (const TensorSlot &slot : slots)
+    if (slot.name == name)
+      return &slot;
+  return nullptr;
+}
+
+std::string slotNames(const std::vector<TensorSlot> &slots) {
+  std::vector<std::string_view> names;
+  for (const TensorSlot &slot : slots)
+    names.push_back(slot.name);
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+const TensorSlot &findParamSlot(const std::vector<TensorSlot> &params, const std::string &name) {
+  if (const TensorSlot *slot = findSlot(params, name))
+    return *slot;
+  throw Error(params.empty()
+                  ? fmt::format("unknown param '{}'; the executable has no params", name)
+                  : fmt::format("unknown param '{}'; the executable's params are: {}", name,
+                                slotNames(params)));
+}
+
+void checkStepInputs(const std::vector<TensorSlot> &slots,
+                     const std::map<std::string, Tensor, std::less<>> &inputs) {
+  for (const auto &[name, value] : inputs)
+    if (!findSlot(slots, name))
+      throw Error(slots.empty()
+                      ? fmt::format("unknown input '{}'; the executable takes no inputs", name)
+                      : fmt::format("unknown input '{}'; the executable's inputs are: {}", name,
+                                    slotNames(slots)));
+  for (const TensorSlot &slot : slots) {
+    auto given = inputs.find(slot.name);
+    if (given == inputs.end())
+      throw Error(fmt::format("missing input '{}' ({})", slot.name, typeString(slot.type)));
+    if (given->second.type() != slot.type)
+      throw Error(fmt::format("input '{}': expected {}, got {}", slot.name,
+                              typeString(slot.type), typeString(given->second.type())));
+  }
+}
+
+void checkCheckpoint(const std::string &path, const ExecutableSpec &spec,
+                     const std::map<std::string, Tensor> &tensors) {
+  std::vector<std::string> differences;
+  for (const TensorSlot &slot : spec.params) {
+    auto found = tensors.find(slot.name);
+    if (found == tensors.end())
+      differences.push_back(
+          fmt::format("missing '{}' ({})", slot.name, typeString(slot.type)));
+    else if (found->second.type() != slot.type)
+      differences.push_back(fmt::format("'{}': expected {}, found {}", slot.name,
+                                        typeString(slot.type),
+                                        typeString(found->second.type())));
+  }
+  for (const auto &[name, value] : tensors)
+    if (!findSlot(spec.params, name))
+      differences.push_back(
+          fmt::format("unexpected '{}' ({})", name, typeString(value.type())));
+  if (!differences.empty())
+    throw Error(fmt::format("{}: checkpoint does not match executable '{}' ({} difference{}):"
+                            "\n  {}",
+                            path, spec.name, differences.size(),
+                            differences.size() == 1 ? "" : "s",
+                            fmt::join(differences, "\n  ")));
+}
+
+void checkFinite(const KernelSpec &kernel, const TensorSlot &slot, const std::byte *data,
+                 int64_t step) {
+  if (!isFloat(slot.type.dtype))
+    return;
+  int64_t n = slot.type.numel();
+  int64_t bad = slot.type.dtype == DType::F32 ? firstNonFinite<float>(data, n)
+                                              : firstNonFinite<double>(data, n);
+  if (bad < 0)
+    return;
+  double value;
+  if (slot.type.dtype == DType::F32) {
+    float f;
+    std::memcpy(&f, data + bad * sizeof(float), sizeof f);
+    value = f;
+  } else {
+    std::memcpy(&value, data + bad * sizeof(double), sizeof value);
+  }
+  std::string ops;
+  for (const std::string &line : kernel.provenance)
+    ops += fmt::format("\n  {}", line);
+  if (ops.empty())
+    ops = "\n  (not recorded)";
+  throw Error(fmt::format("check-numerics: kernel {} (step {}) produced {} in output {} {} "
+                          "at element {} (index {}); its ops:{}\nparams are left as they "
+                          "were before step {}",
+                          kernel.name, step, nonFiniteName(value), slot.name,
+                          typeString(slot.type), bad, indexString(slot.type.shape, bad), ops,
+                          step));
+}
+
+double micros(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::micro>(d).count();
+}
+
+} // namespace stepc

@@ -1,0 +1,45 @@
+// Slot lookups and the checks whose messages the CPU Executable and the
+// CudaExecutable share (runtime only): one place, so both backends report
+// the same mistake in the same words.
+#pragma once
+
+#include "stepc/executable.h"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace stepc {
+
+// The slot named `name`, or nullptr.
+const TensorSlot *findSlot(const std::vector<TensorSlot> &slots, std::string_view name);
+
+// "a, b, c": the slots' names, for error messages.
+std::string slotNames(const std::vector<TensorSlot> &slots);
+
+// The param slot named `name`; throws stepc::Error listing the params.
+const TensorSlot &findParamSlot(const std::vector<TensorSlot> &params, const std::string &name);
+
+// Throws stepc::Error for an unknown, missing or mistyped input (unknown
+// names first: for a misspelt input this lists the right spelling).
+void checkStepInputs(const std::vector<TensorSlot> &slots,
+                     const std::map<std::string, Tensor, std::less<>> &inputs);
+
+// Throws stepc::Error if `tensors` (read from the checkpoint at `path`) do
+// not hold exactly the params of `spec`, with their types.
+void checkCheckpoint(const std::string &path, const ExecutableSpec &spec,
+                     const std::map<std::string, Tensor> &tensors);
+
+// With checkNumerics: throws stepc::Error naming the first NaN/Inf in
+// output `slot` of `kernel`, whose values are at `data` (host memory).
+// Non-float slots pass.
+void checkFinite(const KernelSpec &kernel, const TensorSlot &slot, const std::byte *data,
+                 int64_t step);
+
+double micros(std::chrono::steady_clock::duration d);
+
+} // namespace stepc
