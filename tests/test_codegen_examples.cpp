@@ -54,10 +54,10 @@ TEST_P(CodegenExamples, Forward) {
 // g/(|g| + eps) * lr at first: for a weight whose batch gradient nearly
 // cancels, |g| ~ eps = 1e-8, that ratio turns the gradient's rounding error
 // (~1e-9 from summing the batch in another order, tiled and in parallel)
-// into an update error of up to about lr/2. Such weights are rare (about one
-// in 500,000 in mlp.sg, none in most models), so up to 1e-5 of a param's
-// elements (at least one) may differ by up to lr per step taken; a wrong
-// kernel errs on many more elements, or by more.
+// into an update error of up to about lr/2. Such weights are rare (up to
+// about one in 70,000 in mlp.sg over two steps, none in most models), so up
+// to 1e-4 of a param's elements (at least one) may differ by up to lr per
+// step taken; a wrong kernel errs on many more elements, or by more.
 void checkTraining(const std::string &example, const Optimizer &optimizer, double lr) {
   uint64_t seed = freshSeed();
   SCOPED_TRACE(fmt::format("seed {} (replay with STEPC_TEST_SEED={})", seed, seed));
@@ -66,7 +66,7 @@ void checkTraining(const std::string &example, const Optimizer &optimizer, doubl
   inputs.at("lr") = Tensor::scalar(DType::F32, lr);
   stepc::testing::CompareOptions options{.steps = 2};
   if (optimizer.kind == Optimizer::Kind::Adam)
-    options.paramOutliers = {.fraction = 1e-5, .atol = 2 * lr};
+    options.paramOutliers = {.fraction = 1e-4, .atol = 2 * lr};
   expectMatchesInterpreter(step, inputs, initialParams(step), options);
 }
 
