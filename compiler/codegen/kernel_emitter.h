@@ -6,6 +6,7 @@
 
 #include "mlir_text.h"
 
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -37,6 +38,20 @@ private:
   // tiled matmul reads it in place (see emit()).
   const std::string *transposedView(ValueId operand) const;
   std::map<ValueId, ValueId> directTransposes_;
+  // Convolutions through the tiled matmul (lowering_roots.cpp).
+  static constexpr ValueId kNoValue = ~ValueId(0);
+  bool convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const;
+  bool emitConvAsMatmul(ValueId id, bool parallel);
+  std::string matrixView(ValueId id, const std::string &sample, int64_t rows, int64_t cols);
+  void forEachColElement(
+      const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
+      const std::function<void(const std::string &, const std::string &, const std::string &,
+                               const std::string &, const std::string &, const std::string &)> &f);
+  std::string im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+                     const Shape &gs);
+  // Byte offset in the arena of a stored value (a planned buffer or scratch).
+  int64_t byteOffset(ValueId id) const;
+  std::map<ValueId, int64_t> scratchAt_;
   // Places the roots only this kernel reads in the scratch area.
   std::map<ValueId, int64_t> scratchOffsets(const std::vector<ValueId> &roots,
                                             int64_t &bytes) const;

@@ -640,6 +640,11 @@ void checkSupported(const Node &n) {
                "to i32 first"));
 }
 
+int64_t KernelEmitter::byteOffset(ValueId id) const {
+  auto it = scratchAt_.find(id);
+  return it != scratchAt_.end() ? it->second : arenaOffset_(id);
+}
+
 const std::string *KernelEmitter::transposedView(ValueId operand) const {
   auto it = directTransposes_.find(operand);
   if (it == directTransposes_.end())
@@ -718,7 +723,8 @@ KernelSource KernelEmitter::emit() {
   // Parallel calls share the scratch safely: each writes and reads only the
   // rows of dimension 0 it owns (rowLocal).
   int64_t scratchBytes = 0;
-  for (const auto &[id, offset] : scratchOffsets(roots, scratchBytes))
+  scratchAt_ = scratchOffsets(roots, scratchBytes);
+  for (const auto &[id, offset] : scratchAt_)
     views_[id] = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to {}",
                                        w_.indexConstant(offset), memrefType(g_.type(id))));
 

@@ -257,7 +257,144 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   closeLoops(idx.size());
 }
 
+// Convolutions as matmuls, one sample at a time: im2col copies a sample's
+// receptive fields into col [C*KH*KW, OH*OW] (a stack buffer of the call),
+// and the tiled matmul does the arithmetic:
+//   conv2d:             out_n [O, OH*OW] = W [O, C*KH*KW] x col_n
+//   conv2d_grad_weight: dW += g_n [O, OH*OW] x col_n^T       (all samples)
+//   conv2d_grad_input:  dcol = W^T x g_n, added back into dx_n (col2im)
+// out_n, g_n and dx_n are plain row-major slices of the NCHW tensors. Used
+// for f32, one group, stored operands and a col buffer of at most 1 MB.
+bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const {
+  const Shape &ws = shapeOf(w), &gs = shapeOf(g);
+  int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
+  return !gpu_ && n.type.dtype == DType::F32 && n.attrs.getInt("groups") == 1 &&
+         (x == kNoValue || views_.count(x)) && views_.count(g) && views_.count(w) &&
+         depth * points * 4 <= (int64_t(1) << 20) && points > 0 && depth > 0;
+}
+
+std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int64_t rows,
+                                      int64_t cols) {
+  std::string offset = w_.indexConstant(byteOffset(id));
+  if (!sample.empty()) {
+    std::string shift = w_.assign(fmt::format("arith.muli {}, {} : index", sample,
+                                              w_.indexConstant(rows * cols * 4)));
+    offset = w_.assign(fmt::format("arith.addi {}, {} : index", shift, offset));
+  }
+  return w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}x{}xf32>",
+                               offset, rows, cols));
+}
+
+// Visits col's elements: f(row, point, y, x, valid) with the input position
+// of tap `row` at output point `point`.
+void KernelEmitter::forEachColElement(
+    const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
+    const std::function<void(const std::string &, const std::string &, const std::string &,
+                             const std::string &, const std::string &, const std::string &)> &f) {
+  auto stride = n.attrs.getInts("stride"), padding = n.attrs.getInts("padding"),
+       dilation = n.attrs.getInts("dilation");
+  Index tap = openLoops({ws[1], ws[2], ws[3]}, false);
+  std::string row = linearize(tap, {ws[1], ws[2], ws[3]});
+  Index at = openLoops({gs[2], gs[3]}, false);
+  std::string y = windowCoordinate(at[0], tap[1], stride[0], padding[0], dilation[0]);
+  std::string xw = windowCoordinate(at[1], tap[2], stride[1], padding[1], dilation[1]);
+  std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]),
+                                            inBounds(xw, xs[3])));
+  f(row, linearize(at, {gs[2], gs[3]}), tap[0], y, xw, valid);
+  closeLoops(at.size());
+  closeLoops(tap.size());
+}
+
+std::string KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample,
+                                  const Shape &ws, const Shape &gs) {
+  const Shape &xs = shapeOf(x);
+  int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
+  std::string type = fmt::format("memref<{}x{}xf32>", depth, points);
+  std::string col = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
+  forEachColElement(n, xs, ws, gs,
+                    [&](const std::string &row, const std::string &point, const std::string &c,
+                        const std::string &y, const std::string &xw, const std::string &valid) {
+                      std::string v = load(x, {sample, c, clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
+                      std::string masked = w_.assign(fmt::format(
+                          "arith.select {}, {}, {} : f32", valid, v, w_.constant(0, DType::F32)));
+                      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", masked, col, row,
+                                          point, type));
+                    });
+  return col;
+}
+
+bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
+  const Node &n = node(id);
+  switch (n.op) {
+  case OpKind::Conv2d: {
+    ValueId x = n.operands[0], w = n.operands[1];
+    if (!convAsMatmul(n, x, id, w))
+      return false;
+    const Shape &ws = shapeOf(w), &os = n.type.shape;
+    int64_t depth = ws[1] * ws[2] * ws[3], points = os[2] * os[3];
+    std::string weights = matrixView(w, "", ws[0], depth);
+    Index sample = openLoops({os[0]}, parallel);
+    std::string col = im2col(n, x, sample[0], ws, os);
+    std::string out = matrixView(id, sample[0], os[1], points);
+    emitTiledMatMul(w_, TiledMatMul{weights, col, out, os[1], depth, points, "", ""});
+    closeLoops(sample.size());
+    return true;
+  }
+  case OpKind::Conv2dGradWeight: { // operands (x, g); rows of dW split among calls
+    ValueId x = n.operands[0], g = n.operands[1];
+    if (!convAsMatmul(n, x, g, id))
+      return false;
+    const Shape &ws = n.type.shape, &gs = shapeOf(g);
+    int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
+    std::string grad = matrixView(id, "", ws[0], depth);
+    Index sample = openLoops({gs[0]}, false);
+    std::string col = im2col(n, x, sample[0], ws, gs);
+    TiledMatMul mm{matrixView(g, sample[0], gs[1], points), col, grad, ws[0], points, depth,
+                   parallel ? begin_ : "", parallel ? end_ : ""};
+    mm.bTransposed = true;
+    mm.accumulate = true;
+    emitTiledMatMul(w_, mm);
+    closeLoops(sample.size());
+    return true;
+  }
+  case OpKind::Conv2dGradInput: { // operands (g, w); samples split among calls
+    ValueId g = n.operands[0], w = n.operands[1];
+    if (!convAsMatmul(n, kNoValue, g, w))
+      return false;
+    const Shape &ws = shapeOf(w), &gs = shapeOf(g), &xs = n.type.shape;
+    int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
+    std::string type = fmt::format("memref<{}x{}xf32>", depth, points);
+    std::string dcol = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
+    std::string weights = matrixView(w, "", ws[0], depth);
+    Index sample = openLoops({gs[0]}, parallel);
+    TiledMatMul mm{weights, matrixView(g, sample[0], gs[1], points), dcol, depth, gs[1], points,
+                   "", ""};
+    mm.aTransposed = true;
+    emitTiledMatMul(w_, mm);
+    forEachColElement(n, xs, ws, gs,
+                      [&](const std::string &row, const std::string &point, const std::string &c,
+                          const std::string &y, const std::string &xw, const std::string &valid) {
+                        w_.line(fmt::format("scf.if {} {{", valid));
+                        w_.indent();
+                        w_.pushScope();
+                        std::string v = w_.assign(fmt::format("memref.load {}[{}, {}] : {}", dcol,
+                                                              row, point, type));
+                        accumulate(id, {sample[0], c, y, xw}, v);
+                        w_.popScope();
+                        w_.dedent();
+                        w_.line("}");
+                      });
+    closeLoops(sample.size());
+    return true;
+  }
+  default:
+    return false;
+  }
+}
+
 void KernelEmitter::emitConv2d(ValueId id, bool parallel) {
+  if (emitConvAsMatmul(id, parallel))
+    return;
   const Node &n = node(id);
   ValueId x = n.operands[0], wt = n.operands[1];
   const Shape &xs = shapeOf(x), &ws = shapeOf(wt);
@@ -427,6 +564,8 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   }
   case OpKind::Conv2dGradInput:
   case OpKind::Conv2dGradWeight: {
+    if (emitConvAsMatmul(id, parallel))
+      return;
     bool input = n.op == OpKind::Conv2dGradInput;
     ValueId g = input ? n.operands[0] : n.operands[1];
     ValueId other = input ? n.operands[1] : n.operands[0];

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <stdexcept>
 #include <vector>
 
 namespace stepc::codegen {
@@ -159,6 +160,11 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
     for (int c = 0; c < cols; ++c) {
       std::string sum = w.assign(fmt::format("vector.reduction <add>, {} : {} into f32",
                                              acc[r * cols + c], kVec));
+      if (mm.accumulate) {
+        std::string old = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.c, rowIdx[r],
+                                               colIdx[c], memref(mm.m, mm.n)));
+        sum = w.assign(fmt::format("arith.addf {}, {} : f32", old, sum));
+      }
       w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", sum, mm.c, rowIdx[r], colIdx[c],
                          memref(mm.m, mm.n)));
     }
@@ -204,6 +210,8 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const std::string &lo
 } // namespace
 
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
+  if (mm.accumulate && !mm.bTransposed)
+    throw std::logic_error("tiled matmul: accumulate needs the dot-product path");
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
   if (mm.bTransposed) {

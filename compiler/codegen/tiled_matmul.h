@@ -17,6 +17,8 @@ struct TiledMatMul {
   // one at a time, so the stride costs little); `b` is B^T [N,K], which
   // turns the product into dot products of rows, vectorized along K.
   bool aTransposed = false, bTransposed = false;
+  // Add the product to C instead of storing it (dot-product path only).
+  bool accumulate = false;
 };
 
 // Blocks of 8 rows x 32 columns accumulate in 16 vector<16xf32> registers
