@@ -183,7 +183,7 @@ public:
     if (!jit)
       throw Error("cannot start the JIT: " + llvm::toString(jit.takeError()));
     jit_ = std::move(*jit);
-    // Kernels call malloc/free and libm (erf, tanh in f64).
+    // Kernels may call libm (erf and tanh in f64).
     auto generator = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
         jit_->getDataLayout().getGlobalPrefix());
     if (!generator)

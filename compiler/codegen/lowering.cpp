@@ -2,8 +2,9 @@
 // memref). Elementwise and index-remapping ops are inlined into the loop of
 // whatever consumes them ("loop fusion by substitution"); reductions,
 // matmul, convolutions, pools and the gradient ops are roots with loop nests
-// of their own. Values a later kernel needs are stored to the arena; other
-// roots get scratch buffers freed at the end of the kernel.
+// of their own (lowering_roots.cpp). Values a later kernel needs are stored
+// to their planned arena buffers; other roots go to the kernel scratch area
+// after them.
 #include "kernel_emitter.h"
 #include "tiled_matmul.h"
 
