@@ -38,6 +38,20 @@ private:
   // tiled matmul reads it in place (see emit()).
   const std::string *transposedView(ValueId operand) const;
   std::map<ValueId, ValueId> directTransposes_;
+  // Epilogues on the matmul's register tile (lowering_roots.cpp): the roots
+  // after a kernel's matmul, computed on each 16-lane piece of the product
+  // before anything is stored.
+  bool vectorizable(ValueId id, ValueId product, const Shape &shape) const;
+  std::string vectorAt(ValueId id, const std::string &row, const std::string &col,
+                       const std::string &mask);
+  bool emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
+                              bool parallel);
+  ValueId tileProduct_ = 0;
+  std::set<ValueId> tileRoots_; // computed on the tile, though they have views
+  std::string tileValue_;
+  std::function<void(const std::string &, const std::string &, const std::string &,
+                     const std::string &)>
+      tileEpilogue_;
   // Convolutions through the tiled matmul (lowering_roots.cpp).
   static constexpr ValueId kNoValue = ~ValueId(0);
   bool convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const;

@@ -747,6 +747,14 @@ KernelSource KernelEmitter::emit() {
   // optimizer's parameter and moment updates: one pass over memory).
   for (size_t i = 0; i < roots.size();) {
     w_.pushScope();
+    // A matmul whose remaining roots are its elementwise epilogue computes
+    // them on its register tile.
+    if (node(roots[i]).op == OpKind::MatMul && i + 1 < roots.size() &&
+        emitMatMulWithEpilogue(roots[i], std::vector<ValueId>(roots.begin() + i + 1, roots.end()),
+                               parallel)) {
+      w_.popScope();
+      break;
+    }
     if (isInlinable(node(roots[i]).op)) {
       size_t j = i + 1;
       while (j < roots.size() && isInlinable(node(roots[j]).op) &&

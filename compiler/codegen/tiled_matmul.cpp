@@ -90,6 +90,13 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
     for (int v = 0; v < vectors; ++v) {
+      if (mm.epilogue) {
+        w.pushScope();
+        mm.epilogue(row, v == 0 ? col : add(w, col, v * kLanes), loop.results[r * vectors + v],
+                    mask);
+        w.popScope();
+        continue;
+      }
       if (!mask.empty()) {
         w.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", mm.c,
                            row, col, mask, loop.results[r * vectors + v], memref(mm.m, mm.n),
@@ -212,6 +219,8 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const std::string &lo
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   if (mm.accumulate && !mm.bTransposed)
     throw std::logic_error("tiled matmul: accumulate needs the dot-product path");
+  if (mm.epilogue && mm.bTransposed)
+    throw std::logic_error("tiled matmul: an epilogue needs the vector path");
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
   if (mm.bTransposed) {

@@ -4,6 +4,7 @@
 
 #include "mlir_text.h"
 
+#include <functional>
 #include <string>
 
 namespace stepc::codegen {
@@ -19,6 +20,12 @@ struct TiledMatMul {
   bool aTransposed = false, bTransposed = false;
   // Add the product to C instead of storing it (dot-product path only).
   bool accumulate = false;
+  // Instead of storing each 16-lane piece of C, hand it to the caller while
+  // it is still in a register: epilogue(row, col, value, mask), mask empty
+  // unless lanes past the edge are off. Not with bTransposed.
+  std::function<void(const std::string &, const std::string &, const std::string &,
+                     const std::string &)>
+      epilogue;
 };
 
 // Blocks of 8 rows x 32 columns accumulate in 16 vector<16xf32> registers
