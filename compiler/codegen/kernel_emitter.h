@@ -48,6 +48,8 @@ private:
                               bool parallel);
   ValueId tileProduct_ = 0;
   std::set<ValueId> tileRoots_; // computed on the tile, though they have views
+  bool tileConv_ = false;       // the product is a conv2d (tiles per sample)
+  std::string tileSample_;      // conv2d: the sample the tile belongs to
   std::string tileValue_;
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>

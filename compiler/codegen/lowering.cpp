@@ -749,7 +749,8 @@ KernelSource KernelEmitter::emit() {
     w_.pushScope();
     // A matmul whose remaining roots are its elementwise epilogue computes
     // them on its register tile.
-    if (node(roots[i]).op == OpKind::MatMul && i + 1 < roots.size() &&
+    if ((node(roots[i]).op == OpKind::MatMul || node(roots[i]).op == OpKind::Conv2d) &&
+        i + 1 < roots.size() &&
         emitMatMulWithEpilogue(roots[i], std::vector<ValueId>(roots.begin() + i + 1, roots.end()),
                                parallel)) {
       w_.popScope();

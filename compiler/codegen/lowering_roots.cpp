@@ -276,14 +276,16 @@ bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w)
 
 std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int64_t rows,
                                       int64_t cols) {
+  DType dt = dtypeOf(id);
   std::string offset = w_.indexConstant(byteOffset(id));
   if (!sample.empty()) {
-    std::string shift = w_.assign(fmt::format("arith.muli {}, {} : index", sample,
-                                              w_.indexConstant(rows * cols * 4)));
+    std::string shift = w_.assign(fmt::format(
+        "arith.muli {}, {} : index", sample,
+        w_.indexConstant(rows * cols * static_cast<int64_t>(dtypeSize(dt)))));
     offset = w_.assign(fmt::format("arith.addi {}, {} : index", shift, offset));
   }
-  return w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}x{}xf32>",
-                               offset, rows, cols));
+  return w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}x{}x{}>",
+                               offset, rows, cols, memoryElementType(dt)));
 }
 
 // Visits col's elements: f(row, point, y, x, valid) with the input position
@@ -337,7 +339,11 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     Index sample = openLoops({os[0]}, parallel);
     std::string col = im2col(n, x, sample[0], ws, os);
     std::string out = matrixView(id, sample[0], os[1], points);
-    emitTiledMatMul(w_, TiledMatMul{weights, col, out, os[1], depth, points, "", ""});
+    TiledMatMul mm{weights, col, out, os[1], depth, points, "", ""};
+    tileSample_ = sample[0];
+    mm.epilogue = tileEpilogue_;
+    emitTiledMatMul(w_, mm);
+    tileSample_.clear();
     closeLoops(sample.size());
     return true;
   }
@@ -397,8 +403,17 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   if (id == product)
     return true;
   const Node &n = node(id);
-  if (views_.count(id) && !tileRoots_.count(id))
-    return n.type.dtype == DType::F32;
+  if (views_.count(id) && !tileRoots_.count(id)) {
+    if (n.type.dtype != DType::F32)
+      return false;
+    if (!tileConv_ || n.type.shape == shape)
+      return true;
+    // A convolution's tile is (channel, pixel) of one sample: other operands
+    // must be full-size or constant over the pixels (a bias [C,1,1]).
+    const Shape &s = n.type.shape;
+    size_t r = s.size();
+    return (r < 1 || s[r - 1] == 1) && (r < 2 || s[r - 2] == 1);
+  }
   if (n.op == OpKind::Constant)
     return n.type.dtype == DType::F32 && n.attrs.has("value");
   if (!inGroup_.count(id) || n.type.shape != shape)
@@ -457,6 +472,24 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
   };
   if (id == tileProduct_) {
     v = tileValue_;
+  } else if (views_.count(id) && !tileRoots_.count(id) && !tileSample_.empty()) {
+    // Convolution tile: row = channel, col = pixel of sample tileSample_.
+    const Shape &out = shapeOf(tileProduct_);
+    if (n.type.shape == out) {
+      std::string view = matrixView(id, tileSample_, out[1], out[2] * out[3]);
+      std::string type = fmt::format("memref<{}x{}xf32>", out[1], out[2] * out[3]);
+      if (mask.empty()) {
+        v = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", view, row, col, type, vec));
+      } else {
+        std::string zero = w_.assign(fmt::format("arith.constant dense<0.0> : {}", vec));
+        v = w_.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}",
+                                  view, row, col, mask, zero, type, vec, vec));
+      }
+    } else {
+      Index zero{w_.indexConstant(0), w_.indexConstant(0)};
+      v = splat(n.type.rank() == 0 ? valueAt(id, {})
+                                   : load(id, broadcastIndex(id, out, {tileSample_, row, zero[0], zero[1]})));
+    }
   } else if (views_.count(id) && !tileRoots_.count(id)) {
     // A stored operand: 16 consecutive columns where its last axis spans the
     // product's columns, else one element broadcast.
@@ -535,10 +568,17 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
                                            bool parallel) {
   const Node &m = node(product);
   const Shape &shape = m.type.shape;
-  ValueId b = m.operands[1];
-  if (gpu_ || shape.size() != 2 || m.type.dtype != DType::F32 || !views_.count(b) ||
-      !(views_.count(m.operands[0]) || transposedView(m.operands[0])))
-    return false;
+  bool conv = m.op == OpKind::Conv2d;
+  if (conv) {
+    if (!convAsMatmul(m, m.operands[0], product, m.operands[1]))
+      return false;
+  } else {
+    ValueId b = m.operands[1];
+    if (gpu_ || shape.size() != 2 || m.type.dtype != DType::F32 || !views_.count(b) ||
+        !(views_.count(m.operands[0]) || transposedView(m.operands[0])))
+      return false;
+  }
+  tileConv_ = conv;
   // Heavy epilogues stay a row sweep after the product: a whole optimizer
   // update streams several full-size tensors, which the tile order (column
   // panels outside) would read in short strided pieces.
@@ -557,13 +597,16 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
     for (ValueId operand : node(v).operands)
       stack.push_back(operand);
   }
-  if (fullSize.size() + epilogue.size() > 3)
+  if (fullSize.size() + epilogue.size() > 3) {
+    tileConv_ = false;
     return false;
+  }
   tileRoots_ = std::set<ValueId>(epilogue.begin(), epilogue.end());
   for (ValueId r : epilogue)
     if (shapeOf(r) != shape || !(dtypeOf(r) == DType::F32 || dtypeOf(r) == DType::Bool) ||
         !vectorizable(r, product, shape)) {
       tileRoots_.clear();
+      tileConv_ = false;
       return false;
     }
   tileProduct_ = product;
@@ -576,21 +619,31 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
         v = w_.assign(fmt::format("arith.extui {} : vector<16xi1> to vector<16xi8>", v));
         type = "vector<16xi8>";
       }
+      // A convolution stores into the sample's [C, pixels] slice.
+      std::string view = viewOf(id), memType = memrefType(g_.type(id));
+      if (!tileSample_.empty()) {
+        int64_t pixels = shape[2] * shape[3];
+        view = matrixView(id, tileSample_, shape[1], pixels);
+        memType = fmt::format("memref<{}x{}x{}>", shape[1], pixels, memoryElementType(dtypeOf(id)));
+      }
       if (mask.empty())
-        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", v, viewOf(id), row, col,
-                            memrefType(g_.type(id)), type));
+        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", v, view, row, col, memType, type));
       else
-        w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}",
-                            viewOf(id), row, col, mask, v, memrefType(g_.type(id)), type));
+        w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", view,
+                            row, col, mask, v, memType, type));
     };
     if (usedOutside_[product])
       storeVector(product, value);
     for (ValueId r : epilogue)
       storeVector(r, vectorAt(r, row, col, mask));
   };
-  emitMatMul(product, parallel);
+  if (conv)
+    emitConvAsMatmul(product, parallel);
+  else
+    emitMatMul(product, parallel);
   tileEpilogue_ = nullptr;
   tileRoots_.clear();
+  tileConv_ = false;
   return true;
 }
 
