@@ -50,14 +50,16 @@ TEST_P(CodegenExamples, Forward) {
 // Two steps of a training step: outputs (the loss) and every param and
 // optimizer state after each step, at the harness's tolerances.
 //
-// But for a few weights under Adam. Its step lr * m^/(sqrt(v^) + eps) is
-// g/(|g| + eps) * lr at first: for a weight whose batch gradient nearly
-// cancels, |g| ~ eps = 1e-8, that ratio turns the gradient's rounding error
-// (~1e-9 from summing the batch in another order, tiled and in parallel)
-// into an update error of up to about lr/2. Such weights are rare (up to
-// about one in 70,000 in mlp.sg over two steps, none in most models), so up
-// to 1e-4 of a param's elements (at least one) may differ by up to lr per
-// step taken; a wrong kernel errs on many more elements, or by more.
+// But for weights under Adam. Its step lr * m^/(sqrt(v^) + eps) divides by
+// the gradient's own size, so where a weight's batch gradients nearly cancel,
+// the rounding of summing the batch in another order (tiled, in parallel)
+// becomes a visible change of the update, up to about lr/2; on the second
+// step it depends on the ratio of two such gradients. With random inputs
+// that touches up to a few percent of mlp.sg's first-layer weights (3.2% for
+// seed 2034011565678868422, where fused and unfused compiled builds differ
+// from each other just as much). So under Adam up to 5% of a param's elements
+// may differ by up to 2 lr; the same kernels are checked strictly by the SGD
+// test below, whose update is linear in the gradient.
 void checkTraining(const std::string &example, const Optimizer &optimizer, double lr) {
   uint64_t seed = freshSeed();
   SCOPED_TRACE(fmt::format("seed {} (replay with STEPC_TEST_SEED={})", seed, seed));
@@ -66,7 +68,7 @@ void checkTraining(const std::string &example, const Optimizer &optimizer, doubl
   inputs.at("lr") = Tensor::scalar(DType::F32, lr);
   stepc::testing::CompareOptions options{.steps = 2};
   if (optimizer.kind == Optimizer::Kind::Adam)
-    options.paramOutliers = {.fraction = 1e-4, .atol = 2 * lr};
+    options.paramOutliers = {.fraction = 5e-2, .atol = 2 * lr};
   expectMatchesInterpreter(step, inputs, initialParams(step), options);
 }
 
