@@ -556,6 +556,21 @@ void {p}_destroy({p} *model) {{ delete model; }}
       fmt::arg("makeSpec", cuda ? "makeCudaSpec" : "makeSpec"));
 }
 
+AotArtifact artifactFiles(const std::string &dir, const std::string &name) {
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error)
+    throw Error(fmt::format("cannot create the output directory '{}': {}", dir, error.message()));
+  AotArtifact artifact;
+  artifact.name = name;
+  auto path = [&](const std::string &file) { return (std::filesystem::path(dir) / file).string(); };
+  artifact.object = path(name + ".o");
+  artifact.header = path(name + ".h");
+  artifact.source = path(name + "_spec.cpp");
+  artifact.params = path(name + ".params.safetensors");
+  return artifact;
+}
+
 } // namespace stepc::codegen
 
 namespace stepc {
@@ -581,17 +596,7 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
   std::string object =
       codegen::compileToObject(module, fmt::format("stepc_{}_initial_params", name), blob.bytes);
 
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error)
-    throw Error(fmt::format("cannot create the output directory '{}': {}", dir, error.message()));
-  AotArtifact artifact;
-  artifact.name = name;
-  auto path = [&](const std::string &file) { return (std::filesystem::path(dir) / file).string(); };
-  artifact.object = path(name + ".o");
-  artifact.header = path(name + ".h");
-  artifact.source = path(name + "_spec.cpp");
-  artifact.params = path(name + ".params.safetensors");
+  AotArtifact artifact = codegen::artifactFiles(dir, name);
   codegen::writeFileAtomically(artifact.object, object);
   codegen::writeFileAtomically(artifact.header, codegen::aotHeader(lowered.spec, name));
   codegen::writeFileAtomically(artifact.source, codegen::aotSpecSource(lowered.spec, name, blob));

@@ -3,6 +3,7 @@
 // ExecutableSpec on libstepc_runtime. Internal to compiler/codegen.
 #pragma once
 
+#include "stepc/compile.h"
 #include "stepc/cuda.h"
 #include "stepc/executable.h"
 
@@ -38,5 +39,9 @@ struct AotCudaCode {
 std::string aotHeader(const ExecutableSpec &spec, const std::string &name, bool cuda = false);
 std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
                           const ParamBlob &blob, const AotCudaCode *cuda = nullptr);
+
+// Creates `dir` and names the artifact's files in it (NAME.o, NAME.h,
+// NAME_spec.cpp, NAME.params.safetensors); shared by the CPU and CUDA targets.
+AotArtifact artifactFiles(const std::string &dir, const std::string &name);
 
 } // namespace stepc::codegen

@@ -170,18 +170,8 @@ AotArtifact compileAotCuda(const Graph &graph, const CompileOptions &options,
   std::string object =
       compileToObject("module {\n}\n", fmt::format("stepc_{}_initial_params", name), data);
 
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error)
-    throw Error(fmt::format("cannot create the output directory '{}': {}", dir, error.message()));
-  AotArtifact artifact;
-  artifact.name = name;
-  auto path = [&](const std::string &file) { return (std::filesystem::path(dir) / file).string(); };
-  artifact.object = path(name + ".o");
-  artifact.header = path(name + ".h");
-  artifact.source = path(name + "_spec.cpp");
-  artifact.params = path(name + ".params.safetensors");
-  artifact.ptx = path(name + ".ptx");
+  AotArtifact artifact = artifactFiles(dir, name);
+  artifact.ptx = (std::filesystem::path(dir) / (name + ".ptx")).string();
   writeFileAtomically(artifact.object, object);
   writeFileAtomically(artifact.ptx, cuda.ptx);
   writeFileAtomically(artifact.header, aotHeader(cuda.layout, name, /*cuda=*/true));

@@ -1,6 +1,7 @@
 // `stepc demo`: trains an examples/ model on Fashion-MNIST with the compiled
 // CPU backend, shows progress, evaluates on the test set, saves a checkpoint
 // and compares fused and unfused step times.
+#include "bench.h"
 #include "commands.h"
 #include "datasets.h"
 
@@ -40,11 +41,6 @@ TensorMap makeBatch(const ImageSet &data, const std::vector<int64_t> &order, int
   m.emplace("x", std::move(x));
   m.emplace("y", std::move(y));
   return m;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 } // namespace
@@ -156,8 +152,8 @@ int fashionDemo(const DemoOptions &options) {
   }
   fmt::print("ms/step (median of 20): fused {:.2f} ({} kernels), unfused {:.2f} ({} kernels), "
              "{:.2f}x\n",
-             median(fusedMs), trainer->spec().kernels.size(), median(unfusedMs),
-             unfused->spec().kernels.size(), median(unfusedMs) / median(fusedMs));
+             perf::median(fusedMs), trainer->spec().kernels.size(), perf::median(unfusedMs),
+             unfused->spec().kernels.size(), perf::median(unfusedMs) / perf::median(fusedMs));
   return reached ? 0 : 1;
 }
 
