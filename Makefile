@@ -1,9 +1,21 @@
 # The README's two commands: `make test` and `make demo`. Each installs what is
 # missing, configures, builds and runs. `make build` stops after the build.
+# CI (.ci/run) also runs `make sanitize` and `make fuzz`, which build with
+# clang into $(SAN_BUILD).
 BUILD ?= build
+SAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
+# Seconds each libFuzzer target runs in `make fuzz`.
+FUZZ_SECONDS ?= 60
+CLANG_PACKAGES = clang-19 libclang-rt-19-dev libfuzzer-19-dev
+# Any sanitizer report fails its test. allocator_may_return_null: an
+# impossible allocation throws std::bad_alloc, as it does without ASan (the
+# CLI turns that into an error), rather than aborting.
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:strict_string_checks=1 \
+          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: deps configure build test demo clean
+.PHONY: deps configure build test test-random demo clean \
+        san-deps san-configure sanitize fuzz-build fuzz
 
 deps:
 	@scripts/install-deps.sh
@@ -14,11 +26,36 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# The tests labelled `random` (fresh seeds) are left out: `make test-random`.
 test: build
-	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE random
+
+test-random: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L random
 
 demo: build
 	@$(BUILD)/bin/stepc demo
 
+san-deps:
+	@scripts/install-deps.sh $(CLANG_PACKAGES)
+
+# One clang build serves both: ASan+UBSan everywhere, coverage for libFuzzer.
+san-configure: san-deps
+	@[ -f $(SAN_BUILD)/build.ninja ] || cmake -S . -B $(SAN_BUILD) -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-19 \
+	  -DCMAKE_CXX_FLAGS=-gline-tables-only -DSTEPC_SANITIZE=ON -DSTEPC_BUILD_FUZZERS=ON >/dev/null
+
+# The whole test suite under AddressSanitizer, LeakSanitizer and UBSan.
+sanitize: san-configure
+	@cmake --build $(SAN_BUILD) -j $(JOBS)
+	@cd $(SAN_BUILD) && $(SAN_ENV) ctest --output-on-failure -j $(JOBS) -LE random
+
+fuzz-build: san-configure
+	@cmake --build $(SAN_BUILD) -j $(JOBS) --target fuzz_sg fuzz_npy fuzz_safetensors fuzz_onnx fuzz_graph
+
+# Each libFuzzer target for FUZZ_SECONDS on a copy of its committed corpus.
+fuzz: fuzz-build
+	@$(SAN_ENV) scripts/fuzz.sh $(SAN_BUILD) $(FUZZ_SECONDS)
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(SAN_BUILD)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages stepc builds with. Idempotent and quiet when
-# everything is present; used by `make build|test|demo`.
+# everything is present; used by `make build|test|demo`. Arguments are more
+# packages to install (`make sanitize|fuzz` add clang's).
 set -euo pipefail
 
 packages=(cmake ninja-build g++ ccache pkg-config libfmt-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libonnx-dev libonnx-testdata
           libprotobuf-dev protobuf-compiler llvm-19-dev libmlir-19-dev mlir-19-tools
-          zlib1g-dev dataset-fashion-mnist wamerican)
+          zlib1g-dev dataset-fashion-mnist wamerican "$@")
 
 missing=()
 for p in "${packages[@]}"; do

@@ -11,7 +11,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -27,6 +29,12 @@ using KernelFn = void (*)(Descriptor *, int64_t, int64_t);
 
 struct Function {
   std::string name;
+};
+
+// Owns the functions looked up in it, as a real module does: they are freed
+// with it (LeakSanitizer checks the runtime unloads what it loads).
+struct Module {
+  std::vector<std::unique_ptr<Function>> functions;
 };
 
 double now() {
@@ -64,12 +72,17 @@ CUresult cuModuleLoadDataEx(void **module, const void *image, unsigned, int *, v
   const char *text = static_cast<const char *>(image);
   if (!std::strstr(text, ".version") || !std::strstr(text, ".entry"))
     return kInvalidPtx;
-  *module = &dummy;
+  *module = new Module;
   return kSuccess;
 }
-CUresult cuModuleUnload(void *) { return kSuccess; }
-CUresult cuModuleGetFunction(void **function, void *, const char *name) {
-  *function = new Function{name}; // leaked: a test's few functions
+CUresult cuModuleUnload(void *module) {
+  delete static_cast<Module *>(module);
+  return kSuccess;
+}
+CUresult cuModuleGetFunction(void **function, void *module, const char *name) {
+  auto &functions = static_cast<Module *>(module)->functions;
+  functions.push_back(std::make_unique<Function>(Function{name}));
+  *function = functions.back().get();
   return kSuccess;
 }
 

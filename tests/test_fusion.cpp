@@ -22,6 +22,7 @@
 #include <map>
 #include <set>
 #include <stdexcept>
+#include <unistd.h>
 
 namespace stepc {
 namespace {
@@ -690,7 +691,7 @@ TEST(Fusion, OptCommandFlags) {
   EXPECT_NE(why.output.find("one matmul/conv per kernel"), std::string::npos) << why.output;
 
   std::string dot = (std::filesystem::temp_directory_path() /
-                     fmt::format("stepc_fusion_{}.dot", freshSeed()))
+                     fmt::format("stepc_fusion_{}.dot", ::getpid()))
                         .string();
   CommandResult written = stepcCommand("opt " + mlp + " --dot " + dot);
   EXPECT_EQ(written.status, 0) << written.output;

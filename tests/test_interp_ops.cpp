@@ -1,8 +1,11 @@
 // The reference interpreter, op by op: small hand-computed cases, and random
 // cases checked against naive reimplementations written here in a different
 // style (multi-index unravel/ravel in double precision, scatter-form
-// convolution) so a shared mistake is unlikely. Random seeds are fresh per
-// run and printed on failure; set STEPC_TEST_SEED to replay one.
+// convolution) so a shared mistake is unlikely. Random seeds are fixed (fresh
+// under the `random` label, see testing.h) and printed on failure; set
+// STEPC_TEST_SEED to replay one.
+#include "testing.h"
+
 #include "stepc/builder.h"
 #include "stepc/interpreter.h"
 #include "stepc/random.h"
@@ -25,12 +28,7 @@ namespace {
 
 // --- Seeds, random tensors, comparisons -----------------------------------
 
-uint64_t freshSeed() {
-  if (const char *s = std::getenv("STEPC_TEST_SEED"))
-    return std::strtoull(s, nullptr, 10);
-  std::random_device device;
-  return (uint64_t(device()) << 32) ^ device();
-}
+using stepc::testing::freshSeed;
 
 std::string seedNote(uint64_t seed) {
   return "seed " + std::to_string(seed) + " (replay with STEPC_TEST_SEED=" +

@@ -1,7 +1,10 @@
-// Mutation fuzzing of the .sg parser, in process and for a bounded time: every
-// input must either parse (and then round-trip) or throw stepc::Error. A crash
-// or any other exception fails the test; the seed is printed for replay
-// (STEPC_TEST_SEED=<seed>).
+// Mutation fuzzing of the .sg parser, in process: every input must either
+// parse (and then round-trip) or throw stepc::Error. A crash or any other
+// exception fails the test; the seed is printed for replay
+// (STEPC_TEST_SEED=<seed>). By default a fixed number of mutations from a
+// fixed seed, the same inputs every run; the `random` label runs it for a
+// bounded time with a fresh seed (STEPC_FUZZ_MS, STEPC_FRESH_SEEDS). The
+// coverage-guided fuzzer for the parser is tests/fuzz/fuzz_sg.cpp.
 #include "sg_corpus.h"
 #include "testing.h"
 
@@ -14,17 +17,20 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 
 namespace stepc {
 namespace {
 
-// About two seconds by default; STEPC_FUZZ_MS=<ms> runs longer (or shorter).
-std::chrono::milliseconds budget() {
+constexpr int kMutations = 20000;
+
+// STEPC_FUZZ_MS=<ms>: mutate for that long instead of kMutations times.
+std::optional<std::chrono::milliseconds> budget() {
   if (const char *ms = std::getenv("STEPC_FUZZ_MS"))
     return std::chrono::milliseconds(std::strtoll(ms, nullptr, 10));
-  return std::chrono::milliseconds(2000);
+  return std::nullopt;
 }
 
 std::vector<std::string> corpus() {
@@ -255,9 +261,10 @@ TEST(ParserFuzz, MutatedInputsParseOrThrowStepcError) {
   SCOPED_TRACE("STEPC_TEST_SEED=" + std::to_string(seed));
   RecordProperty("seed", std::to_string(seed));
   Mutator mutator(seed, corpus());
-  auto deadline = std::chrono::steady_clock::now() + budget();
+  std::optional<std::chrono::milliseconds> time = budget();
+  auto deadline = std::chrono::steady_clock::now() + time.value_or(std::chrono::milliseconds(0));
   int runs = 0, parsed = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
+  while (time ? std::chrono::steady_clock::now() < deadline : runs < kMutations) {
     ++runs;
     if (!checkOne(mutator.next(), parsed))
       break; // one reproducer is enough

@@ -7,14 +7,20 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <string_view>
 
 namespace stepc::testing {
 
 uint64_t freshSeed() {
   if (const char *fixed = std::getenv("STEPC_TEST_SEED"))
     return std::strtoull(fixed, nullptr, 10);
+  const char *fresh = std::getenv("STEPC_FRESH_SEEDS");
+  if (!fresh || std::string_view(fresh) != "1")
+    return 20261205;
   std::random_device device;
-  return (uint64_t(device()) << 32) | device();
+  uint64_t seed = (uint64_t(device()) << 32) | device();
+  fmt::print(stderr, "fresh seed: replay with STEPC_TEST_SEED={}\n", seed);
+  return seed;
 }
 
 Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low,

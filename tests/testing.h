@@ -1,4 +1,4 @@
-// Shared test helpers: fresh random seeds, random tensors, comparisons.
+// Shared test helpers: seeds, random tensors, comparisons.
 #pragma once
 
 #include "stepc/interpreter.h"
@@ -11,8 +11,11 @@
 
 namespace stepc::testing {
 
-// A fresh seed per call (from std::random_device) unless STEPC_TEST_SEED is
-// set; tests print it with SCOPED_TRACE so a failure can be replayed.
+// The seed of a randomized test. Fixed by default, so that `make test` gives
+// the same result every run; STEPC_TEST_SEED=<n> replays a given seed, and
+// STEPC_FRESH_SEEDS=1 draws a fresh one per call (std::random_device) and
+// prints it: the tests labelled `random` run that way. Tests also print the
+// seed with SCOPED_TRACE so a failure can be replayed.
 uint64_t freshSeed();
 
 // Uniform in [low, high) for floats; integers in [low, high).

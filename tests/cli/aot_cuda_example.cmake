@@ -4,6 +4,9 @@
 # must match the interpreter's; elsewhere the program must fail cleanly with
 # "no CUDA device: ...". Takes STEPC, EXAMPLES, INCLUDE, CXX, RUNTIME, FMT,
 # WORK, and PTXAS (may be empty).
+# SANITIZE: the sanitizer flags of a `make sanitize` build, which the runtime
+# library was built with, so the program must be too.
+set(CXX ${CXX} ${SANITIZE})
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 

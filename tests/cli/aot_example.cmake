@@ -3,6 +3,9 @@
 # interpreter's on the same inputs, and ldd must show no LLVM or MLIR library.
 # Takes STEPC, EXAMPLES, INCLUDE, CXX, RUNTIME (libstepc_runtime.a), FMT
 # (libfmt) and WORK.
+# SANITIZE: the sanitizer flags of a `make sanitize` build, which the runtime
+# library was built with, so the program must be too.
+set(CXX ${CXX} ${SANITIZE})
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 
