@@ -178,6 +178,9 @@ void pool(NodeContext &c, bool isMax) {
   w.kernel = c.attrInts("kernel_shape");
   if (w.kernel.size() != n)
     c.invalid(fmt::format("kernel_shape [{}] needs {} entries", fmt::join(w.kernel, ","), n));
+  for (int64_t k : w.kernel)
+    if (k < 1)
+      c.invalid(fmt::format("kernel_shape entries must be >= 1, got [{}]", fmt::join(w.kernel, ",")));
   w.stride = spatialAttr(c, "strides", n);
   w.dilation = spatialAttr(c, "dilations", n);
   Shape in = spatialOf(x);
