@@ -5,8 +5,10 @@
 BUILD ?= build
 SAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
-# Seconds each libFuzzer target runs in `make fuzz`.
+# Seconds each libFuzzer target runs in `make fuzz` (the graph fuzzer
+# compiles every input, about one a second, so it gets longer).
 FUZZ_SECONDS ?= 60
+GRAPH_FUZZ_SECONDS ?= 180
 CLANG_PACKAGES = clang-19 libclang-rt-19-dev libfuzzer-19-dev
 # Any sanitizer report fails its test. allocator_may_return_null: an
 # impossible allocation throws std::bad_alloc, as it does without ASan (the
@@ -55,7 +57,7 @@ fuzz-build: san-configure
 
 # Each libFuzzer target for FUZZ_SECONDS on a copy of its committed corpus.
 fuzz: fuzz-build
-	@$(SAN_ENV) scripts/fuzz.sh $(SAN_BUILD) $(FUZZ_SECONDS)
+	@$(SAN_ENV) scripts/fuzz.sh $(SAN_BUILD) $(FUZZ_SECONDS) $(GRAPH_FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD) $(SAN_BUILD)
