@@ -8,6 +8,8 @@
 #include "kernel_emitter.h"
 #include "tiled_matmul.h"
 
+#include "stepc/interpreter.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -183,13 +185,70 @@ std::string KernelEmitter::windowCoordinate(const std::string &out, const std::s
   return w_.assign(fmt::format("arith.subi {}, {} : index", c, w_.indexConstant(padding)));
 }
 
-// An integer index read from `indices`, clamped into [0, bound): compiled
-// code never reads out of bounds (the interpreter reports such indices).
-std::string KernelEmitter::indexValue(ValueId indices, const Index &idx, int64_t bound) {
-  std::string v = valueAt(indices, idx);
+// The integer index op `user` reads from `indices` at `at`, checked against
+// [0, bound): one outside is recorded (outOfRange) and 0 read instead, so
+// compiled code never reads out of bounds.
+std::string KernelEmitter::indexValue(ValueId user, ValueId indices, const Index &at,
+                                      int64_t bound) {
+  std::string v = valueAt(indices, at);
   std::string asIndex =
       w_.assign(fmt::format("arith.index_cast {} : {} to index", v, scalarType(dtypeOf(indices))));
-  return clampIndex(asIndex, bound);
+  std::string bad = outOfRange(user, indices, at, v, asIndex, bound);
+  return w_.assign(fmt::format("arith.select {}, {}, {} : index", bad, w_.indexConstant(0), asIndex));
+}
+
+// Whether `index` (the element of `indices` at `at`, `value` in its own
+// dtype) lies outside [0, bound), as an i1. When it does, the first thread
+// to claim the fault record (an atomic or on its first word) writes which
+// check failed, where and with what value; the runtime reports it after the
+// kernel. The fast path is one unsigned compare and a branch never taken.
+std::string KernelEmitter::outOfRange(ValueId user, ValueId indices, const Index &at,
+                                      const std::string &value, const std::string &index,
+                                      int64_t bound) {
+  if (fault_.offset < 0)
+    throw std::logic_error(fmt::format("kernel {}: %{} checks indices, but the executable has "
+                                       "no fault record",
+                                       group_.name, user));
+  auto [entry, added] = checkOf_.try_emplace(user, static_cast<int64_t>(checks_.size()));
+  if (added) {
+    const Node &n = node(user);
+    std::vector<TensorType> operands;
+    for (ValueId operand : n.operands)
+      operands.push_back(g_.type(operand));
+    checks_.push_back(*indexCheckFor(n, operands));
+  }
+  // Negative indices are huge unsigned ones.
+  std::string bad =
+      w_.assign(fmt::format("arith.cmpi uge, {}, {} : index", index, w_.indexConstant(bound)));
+  w_.line(fmt::format("scf.if {} {{", bad));
+  w_.indent();
+  w_.pushScope();
+  std::string record = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}xi64>",
+                                             w_.indexConstant(fault_.offset), kFaultRecordWords));
+  std::string old = w_.assign(fmt::format("memref.atomic_rmw ori {}, {}[{}] : (i64, memref<{}xi64>) -> i64",
+                                          w_.integerConstant(1, DType::I64), record,
+                                          w_.indexConstant(0), kFaultRecordWords));
+  std::string first = w_.assign(fmt::format("arith.cmpi eq, {}, {} : i64", old,
+                                            w_.integerConstant(0, DType::I64)));
+  w_.line(fmt::format("scf.if {} {{", first));
+  w_.indent();
+  w_.pushScope();
+  std::string element = w_.assign(fmt::format("arith.index_cast {} : index to i64",
+                                              linearize(at, shapeOf(indices))));
+  std::string wide = convert(value, dtypeOf(indices), DType::I64);
+  auto put = [&](int64_t word, const std::string &v) {
+    w_.line(fmt::format("memref.store {}, {}[{}] : memref<{}xi64>", v, record,
+                        w_.indexConstant(word), kFaultRecordWords));
+  };
+  put(1, w_.integerConstant(fault_.firstCheck + entry->second, DType::I64));
+  put(2, element);
+  put(3, wide);
+  for (int k = 0; k < 2; ++k) {
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+  }
+  return bad;
 }
 
 // ---------------------------------------------------------------------------
@@ -609,15 +668,19 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
     int64_t ir = g_.type(indices).rank();
     Index at(idx.begin() + axis, idx.begin() + axis + ir);
     Index src(idx.begin(), idx.begin() + axis);
-    src.push_back(indexValue(indices, at, shapeOf(data)[axis]));
+    src.push_back(indexValue(id, indices, at, shapeOf(data)[axis]));
     src.insert(src.end(), idx.begin() + axis + ir, idx.end());
     return valueAt(data, src);
   }
   case OpKind::OneHot: {
     ValueId indices = n.operands[0];
     Index at(idx.begin(), idx.end() - 1);
-    std::string k = w_.assign(fmt::format("arith.index_cast {} : {} to index", valueAt(indices, at),
+    std::string v = valueAt(indices, at);
+    std::string k = w_.assign(fmt::format("arith.index_cast {} : {} to index", v,
                                           scalarType(dtypeOf(indices))));
+    // Unchecked, an index out of range matches no column: an all-zero row.
+    if (checksIndices(n))
+      outOfRange(id, indices, at, v, k, n.attrs.getInt("depth"));
     std::string hit = w_.assign(fmt::format("arith.cmpi eq, {}, {} : index", k, idx.back()));
     return convert(hit, DType::Bool, n.type.dtype);
   }
@@ -774,6 +837,7 @@ KernelSource KernelEmitter::emit() {
   KernelSource out;
   out.name = sanitize(group_.name);
   out.scratchBytes = scratchBytes;
+  out.indexChecks = kernelChecks(out.name);
   out.globals = globals_;
   out.parallelExtent = extent;
   out.function = fmt::format(
@@ -844,6 +908,7 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   }
   out.globals = globals_;
   out.scratchBytes = scratchBytes;
+  out.indexChecks = kernelChecks(out.name);
   return out;
 }
 
@@ -862,11 +927,24 @@ std::string gpuFunctionHead(const std::string &name) {
                      name);
 }
 
+std::vector<IndexCheck> KernelEmitter::kernelChecks(const std::string &kernel) const {
+  std::vector<IndexCheck> checks = checks_;
+  for (IndexCheck &check : checks)
+    check.kernel = kernel;
+  return checks;
+}
+
+bool checksIndices(const Node &node) {
+  return node.op == OpKind::Gather || node.op == OpKind::ScatterAdd ||
+         (node.op == OpKind::OneHot && node.attrs.has("checked") &&
+          node.attrs.getInt("checked") != 0);
+}
+
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                        bool gpu) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu).emit();
+                        bool gpu, FaultRecord fault) {
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault).emit();
 }
 
 } // namespace stepc::codegen
