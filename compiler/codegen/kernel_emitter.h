@@ -92,9 +92,11 @@ private:
   Index broadcastIndex(ValueId operand, const Shape &outShape, const Index &idx);
   std::string linearize(const Index &idx, const Shape &shape);
   Index delinearize(const std::string &flat, const Shape &shape);
-  std::string indexValue(ValueId user, ValueId indices, const Index &at, int64_t bound);
-  std::string outOfRange(ValueId user, ValueId indices, const Index &at,
-                         const std::string &value, const std::string &index, int64_t bound);
+  std::string indexValue(ValueId user, const Index &at);
+  std::string outOfRange(ValueId user, const Index &at, const std::string &value,
+                         const std::string &index);
+  void emitIndexCheck(ValueId user);
+  std::vector<ValueId> precheckable(const std::vector<ValueId> &roots) const;
   std::string dropoutElement(const Node &n, ValueId id, const Index &idx);
   std::string padElement(const Node &n, const Index &idx);
   std::string concatElement(const Node &n, const Index &idx, size_t first);
@@ -140,10 +142,13 @@ private:
   bool flattened_ = false;
   int64_t flatExtent_ = 1;
   std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened
-  // Index checks: the record, and this kernel's checks by the node they guard.
+  // Index checks: the record, this kernel's checks by the node they guard,
+  // and the nodes whose indices are checked in a nest of their own before
+  // the roots (see precheckable).
   FaultRecord fault_;
   std::vector<IndexCheck> checks_;
   std::map<ValueId, int64_t> checkOf_;
+  std::set<ValueId> prechecked_;
   std::vector<IndexCheck> kernelChecks(const std::string &kernel) const;
 };
 
