@@ -78,6 +78,7 @@ void checkSpec(const ExecutableSpec &spec, const RunOptions &options) {
     for (const TensorSlot &slot : kernel.outputs)
       checkSlot(slot, fmt::format("output of kernel {}", kernel.name));
   }
+  checkFaultRecordSpec(spec);
   for (const TensorSlot &slot : spec.params) {
     auto value = spec.initialParams.find(slot.name);
     if (value == spec.initialParams.end())
@@ -101,6 +102,7 @@ void checkSpec(const ExecutableSpec &spec, const RunOptions &options) {
 Executable::Executable(ExecutableSpec spec, RunOptions options)
     : spec_(std::move(spec)), options_(options), created_(std::chrono::steady_clock::now()) {
   checkSpec(spec_, options_);
+  firstParamWriter_ = firstParamWriter(spec_);
 
   size_t bytes = static_cast<size_t>(std::max<int64_t>(spec_.arenaBytes, 1));
   bytes = (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
@@ -149,6 +151,16 @@ void Executable::checkOutputs(const KernelSpec &kernel) const {
     checkFinite(kernel, slot, arena_ + slot.offset, steps_);
 }
 
+void Executable::checkFault(size_t kernelIndex) {
+  int64_t *record = reinterpret_cast<int64_t *>(arena_ + spec_.faultOffset);
+  if (record[0] == 0)
+    return;
+  int64_t copy[kFaultRecordWords];
+  std::memcpy(copy, record, sizeof copy);
+  std::memset(record, 0, sizeof copy); // ready for the next step
+  throwIndexFault(spec_, copy, steps_, options_.checkNumerics || kernelIndex < firstParamWriter_);
+}
+
 void Executable::runKernels() {
   for (size_t index = 0; index < spec_.kernels.size(); ++index) {
     const KernelSpec &kernel = spec_.kernels[index];
@@ -173,6 +185,8 @@ void Executable::runKernels() {
       auto end = std::chrono::steady_clock::now();
       timings_.push_back({kernel.name, steps_, micros(start - created_), micros(end - start)});
     }
+    if (spec_.faultOffset >= 0)
+      checkFault(index);
     if (options_.afterKernel)
       options_.afterKernel(index, kernel, arena_);
     if (options_.checkNumerics)

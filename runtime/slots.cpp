@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -134,6 +135,68 @@ void checkFinite(const KernelSpec &kernel, const TensorSlot &slot, const std::by
                           kernel.name, step, nonFiniteName(value), slot.name,
                           typeString(slot.type), bad, indexString(slot.type.shape, bad), ops,
                           step));
+}
+
+std::string indexOutOfRange(const IndexCheck &check, int64_t value, int64_t element) {
+  std::string valid = check.bound > 0
+                          ? fmt::format("valid indices are 0 to {}", check.bound - 1)
+                          : std::string("no index is valid");
+  return fmt::format("index {} (element {} of the indices {}) is out of range{}{}; {}", value,
+                     element, check.indices, check.range.empty() ? "" : " for ", check.range,
+                     valid);
+}
+
+void checkFaultRecordSpec(const ExecutableSpec &spec) {
+  std::string name = spec.name.empty() ? "<unnamed>" : spec.name;
+  int64_t bytes = kFaultRecordWords * static_cast<int64_t>(sizeof(int64_t));
+  if (spec.faultOffset == -1 && spec.indexChecks.empty())
+    return;
+  if (spec.faultOffset < 0 || spec.faultOffset % 8 != 0 || spec.faultOffset > spec.arenaBytes ||
+      bytes > spec.arenaBytes - spec.faultOffset)
+    throw Error(fmt::format("executable '{}': its fault record ({} bytes at offset {}) is not "
+                            "an 8-byte aligned place in the arena of {} bytes",
+                            name, bytes, spec.faultOffset, spec.arenaBytes));
+  for (const IndexCheck &check : spec.indexChecks)
+    if (std::none_of(spec.kernels.begin(), spec.kernels.end(),
+                     [&](const KernelSpec &k) { return k.name == check.kernel; }))
+      throw Error(fmt::format("executable '{}': index check of {} names kernel '{}', which "
+                              "it does not have",
+                              name, check.op, check.kernel));
+}
+
+bool writesParams(const KernelSpec &kernel, const std::vector<TensorSlot> &params) {
+  for (const TensorSlot &out : kernel.outputs)
+    for (const TensorSlot &param : params)
+      if (out.offset < param.offset + param.bytes() && param.offset < out.offset + out.bytes())
+        return true;
+  return false;
+}
+
+size_t firstParamWriter(const ExecutableSpec &spec) {
+  for (size_t k = 0; k < spec.kernels.size(); ++k)
+    if (writesParams(spec.kernels[k], spec.params))
+      return k;
+  return spec.kernels.size();
+}
+
+void throwIndexFault(const ExecutableSpec &spec, const int64_t *record, int64_t step,
+                     bool paramsKept) {
+  int64_t which = record[1];
+  if (which < 0 || which >= static_cast<int64_t>(spec.indexChecks.size()))
+    throw Error(fmt::format("executable '{}', step {}: a kernel reported a bad index for check "
+                            "{}, but the executable has {} checks; its kernels and its spec "
+                            "do not match",
+                            spec.name, step, which, spec.indexChecks.size()));
+  const IndexCheck &check = spec.indexChecks[static_cast<size_t>(which)];
+  std::string message = fmt::format("{}: {}", check.op, indexOutOfRange(check, record[3], record[2]));
+  throw Error(fmt::format(
+      "{}\n  in kernel {}, step {}; {}",
+      check.location.empty() ? fmt::format("error: {}", message)
+                             : fmt::format("{}: error: {}", check.location, message),
+      check.kernel, step,
+      paramsKept ? fmt::format("params are left as they were before step {}", step)
+                 : std::string("params may be partly updated (kernels up to this one write "
+                               "params; with checkNumerics on, a failed step is rolled back)")));
 }
 
 double micros(std::chrono::steady_clock::duration d) {

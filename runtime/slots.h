@@ -40,6 +40,21 @@ void checkCheckpoint(const std::string &path, const ExecutableSpec &spec,
 void checkFinite(const KernelSpec &kernel, const TensorSlot &slot, const std::byte *data,
                  int64_t step);
 
+// Throws stepc::Error if the fault record or an index check of `spec` is
+// malformed (outside the arena, misaligned, a check with no kernel).
+void checkFaultRecordSpec(const ExecutableSpec &spec);
+
+// Whether `kernel` writes bytes of a param (an in-place update).
+bool writesParams(const KernelSpec &kernel, const std::vector<TensorSlot> &params);
+// The index of the first kernel that writes params, or kernels.size().
+size_t firstParamWriter(const ExecutableSpec &spec);
+
+// Throws the stepc::Error a claimed fault record (`record`, the
+// kFaultRecordWords values read from the arena) stands for. `paramsKept`:
+// whether params are as they were before `step`.
+[[noreturn]] void throwIndexFault(const ExecutableSpec &spec, const int64_t *record,
+                                  int64_t step, bool paramsKept);
+
 double micros(std::chrono::steady_clock::duration d);
 
 } // namespace stepc

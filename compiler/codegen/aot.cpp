@@ -355,6 +355,12 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
                            fmt::arg("provenance", provenance));
   }
 
+  std::string checks;
+  for (const IndexCheck &c : spec.indexChecks)
+    checks += fmt::format("      {{{}, {}, {}, {}, {}, {}}},\n", cppString(c.kernel),
+                          cppString(c.op), cppString(c.location), cppString(c.indices),
+                          cppString(c.range), c.bound);
+
   std::string offsets;
   for (int64_t offset : blob.offsets)
     offsets += fmt::format("{}, ", offset);
@@ -408,7 +414,9 @@ stepc::ExecutableSpec makeSpec() {{
   spec.updateCopies = {{
 {copies}  }};
   spec.kernels.resize({kernelCount});
-{kernels}
+{kernels}  spec.faultOffset = {faultOffset};
+  spec.indexChecks = {{
+{checks}  }};
   static const size_t offsets[] = {{{offsets}0}};
   for (size_t i = 0; i < spec.params.size(); ++i) {{
     stepc::Tensor value(spec.params[i].type);
@@ -547,6 +555,7 @@ void {p}_destroy({p} *model) {{ delete model; }}
       fmt::arg("paramSlots", slotList(spec.params, "      ")),
       fmt::arg("outputs", slotList(spec.outputs, "      ")), fmt::arg("copies", copies),
       fmt::arg("kernelCount", spec.kernels.size()), fmt::arg("kernels", kernels),
+      fmt::arg("faultOffset", spec.faultOffset), fmt::arg("checks", checks),
       fmt::arg("offsets", offsets), fmt::arg("params", params), fmt::arg("setInputs", setInputs),
       fmt::arg("getOutputs", getOutputs),
       fmt::arg("cudaInclude", cuda ? "#include \"stepc/cuda.h\"\n" : ""),

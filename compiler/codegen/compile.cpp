@@ -122,13 +122,22 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   spec.name = g.name;
   spec.arenaBytes = out.buffers.arenaBytes;
   // Kernels keep values only they read in a scratch area after the planned
-  // buffers; one area serves all, since kernels run one at a time.
+  // buffers; one area serves all, since kernels run one at a time. Kernels
+  // that read indices report a bad one in the fault record before it.
   bool cuda = options.target == Target::Cuda;
   int64_t scratchOffset = (out.buffers.arenaBytes + 63) / 64 * 64;
+  if (std::any_of(g.nodes.begin(), g.nodes.end(), codegen::checksIndices)) {
+    spec.faultOffset = scratchOffset;
+    scratchOffset += (kFaultRecordWords * 8 + 63) / 64 * 64;
+    spec.arenaBytes = scratchOffset;
+  }
   int64_t scratchBytes = 0;
   for (const FusionGroup &group : out.plan.groups) {
+    codegen::FaultRecord fault{spec.faultOffset, static_cast<int64_t>(spec.indexChecks.size())};
     codegen::KernelSource source =
-        codegen::lowerGroup(g, group, offsetOf, usedOutside, scratchOffset, cuda);
+        codegen::lowerGroup(g, group, offsetOf, usedOutside, scratchOffset, cuda, fault);
+    spec.indexChecks.insert(spec.indexChecks.end(), source.indexChecks.begin(),
+                            source.indexChecks.end());
     scratchBytes = std::max(scratchBytes, source.scratchBytes);
     globals += source.globals;
     functions += source.function;

@@ -142,8 +142,13 @@ ExecutableSpec emulateCudaOnCpu(const Graph &graph, const CompileOptions &option
       emulated.fn = reinterpret_cast<KernelFn>(code->symbol("_mlir_ciface_" + launch.function));
       emulated.parallelExtent = launch.extent;
       emulated.provenance = kernel.provenance;
-      if (i + 1 == lowered.launches[k].size())
+      if (i + 1 == lowered.launches[k].size()) {
         emulated.outputs = kernel.outputs;
+        // Checks are named by the kernel's last nest, the one with its outputs.
+        for (IndexCheck &check : spec.indexChecks)
+          if (check.kernel == kernel.name)
+            check.kernel = launch.function;
+      }
       spec.kernels.push_back(std::move(emulated));
     }
   }

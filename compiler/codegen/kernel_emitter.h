@@ -24,9 +24,10 @@ class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
                 const std::function<int64_t(ValueId)> &arenaOffset,
-                const std::vector<bool> &usedOutside, int64_t scratchOffset, bool gpu)
+                const std::vector<bool> &usedOutside, int64_t scratchOffset, bool gpu,
+                FaultRecord fault)
       : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
-        scratchOffset_(scratchOffset), gpu_(gpu) {
+        scratchOffset_(scratchOffset), gpu_(gpu), fault_(fault) {
     inGroup_.insert(group.nodes.begin(), group.nodes.end());
   }
 
@@ -91,7 +92,11 @@ private:
   Index broadcastIndex(ValueId operand, const Shape &outShape, const Index &idx);
   std::string linearize(const Index &idx, const Shape &shape);
   Index delinearize(const std::string &flat, const Shape &shape);
-  std::string indexValue(ValueId indices, const Index &idx, int64_t bound);
+  std::string indexValue(ValueId user, const Index &at);
+  std::string outOfRange(ValueId user, const Index &at, const std::string &value,
+                         const std::string &index);
+  void emitIndexCheck(ValueId user);
+  std::vector<ValueId> precheckable(const std::vector<ValueId> &roots) const;
   std::string dropoutElement(const Node &n, ValueId id, const Index &idx);
   std::string padElement(const Node &n, const Index &idx);
   std::string concatElement(const Node &n, const Index &idx, size_t first);
@@ -137,6 +142,14 @@ private:
   bool flattened_ = false;
   int64_t flatExtent_ = 1;
   std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened
+  // Index checks: the record, this kernel's checks by the node they guard,
+  // and the nodes whose indices are checked in a nest of their own before
+  // the roots (see precheckable).
+  FaultRecord fault_;
+  std::vector<IndexCheck> checks_;
+  std::map<ValueId, int64_t> checkOf_;
+  std::set<ValueId> prechecked_;
+  std::vector<IndexCheck> kernelChecks(const std::string &kernel) const;
 };
 
 

@@ -8,6 +8,8 @@
 #include "kernel_emitter.h"
 #include "tiled_matmul.h"
 
+#include "stepc/interpreter.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -183,13 +185,115 @@ std::string KernelEmitter::windowCoordinate(const std::string &out, const std::s
   return w_.assign(fmt::format("arith.subi {}, {} : index", c, w_.indexConstant(padding)));
 }
 
-// An integer index read from `indices`, clamped into [0, bound): compiled
-// code never reads out of bounds (the interpreter reports such indices).
-std::string KernelEmitter::indexValue(ValueId indices, const Index &idx, int64_t bound) {
-  std::string v = valueAt(indices, idx);
+// The operand that holds the indices a checked op reads.
+namespace {
+ValueId indicesOf(const Node &n) { return n.operands[n.op == OpKind::Gather ? 1 : 0]; }
+} // namespace
+
+// The index op `user` (gather, scatter_add) reads at `at` of its indices, in
+// [0, bound): one outside was recorded (outOfRange, here or in the kernel's
+// check nest) and 0 is read instead, so compiled code never reads out of
+// bounds.
+std::string KernelEmitter::indexValue(ValueId user, const Index &at) {
+  ValueId indices = indicesOf(node(user));
+  std::string v = valueAt(indices, at);
   std::string asIndex =
       w_.assign(fmt::format("arith.index_cast {} : {} to index", v, scalarType(dtypeOf(indices))));
-  return clampIndex(asIndex, bound);
+  if (prechecked_.count(user))
+    return clampIndex(asIndex, checks_[checkOf_.at(user)].bound);
+  std::string bad = outOfRange(user, at, v, asIndex);
+  return w_.assign(fmt::format("arith.select {}, {}, {} : index", bad, w_.indexConstant(0), asIndex));
+}
+
+// Whether `index` (the element of `user`'s indices at `at`, `value` in its
+// own dtype) lies outside the op's range, as an i1. When it does, the first
+// thread to claim the fault record (an atomic or on its first word) writes
+// which check failed, where and with what value; the runtime reports it
+// after the kernel.
+std::string KernelEmitter::outOfRange(ValueId user, const Index &at, const std::string &value,
+                                      const std::string &index) {
+  if (fault_.offset < 0)
+    throw std::logic_error(fmt::format("kernel {}: %{} checks indices, but the executable has "
+                                       "no fault record",
+                                       group_.name, user));
+  const Node &n = node(user);
+  ValueId indices = indicesOf(n);
+  auto [entry, added] = checkOf_.try_emplace(user, static_cast<int64_t>(checks_.size()));
+  if (added) {
+    std::vector<TensorType> operands;
+    for (ValueId operand : n.operands)
+      operands.push_back(g_.type(operand));
+    checks_.push_back(*indexCheckFor(n, operands));
+  }
+  // Negative indices are huge unsigned ones.
+  std::string bad = w_.assign(fmt::format("arith.cmpi uge, {}, {} : index", index,
+                                          w_.indexConstant(checks_[entry->second].bound)));
+  w_.line(fmt::format("scf.if {} {{", bad));
+  w_.indent();
+  w_.pushScope();
+  std::string record = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}xi64>",
+                                             w_.indexConstant(fault_.offset), kFaultRecordWords));
+  std::string old = w_.assign(fmt::format("memref.atomic_rmw ori {}, {}[{}] : (i64, memref<{}xi64>) -> i64",
+                                          w_.integerConstant(1, DType::I64), record,
+                                          w_.indexConstant(0), kFaultRecordWords));
+  std::string first = w_.assign(fmt::format("arith.cmpi eq, {}, {} : i64", old,
+                                            w_.integerConstant(0, DType::I64)));
+  w_.line(fmt::format("scf.if {} {{", first));
+  w_.indent();
+  w_.pushScope();
+  std::string element = w_.assign(fmt::format("arith.index_cast {} : index to i64",
+                                              linearize(at, shapeOf(indices))));
+  std::string wide = convert(value, dtypeOf(indices), DType::I64);
+  auto put = [&](int64_t word, const std::string &v) {
+    w_.line(fmt::format("memref.store {}, {}[{}] : memref<{}xi64>", v, record,
+                        w_.indexConstant(word), kFaultRecordWords));
+  };
+  put(1, w_.integerConstant(fault_.firstCheck + entry->second, DType::I64));
+  put(2, element);
+  put(3, wide);
+  for (int k = 0; k < 2; ++k) {
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+  }
+  return bad;
+}
+
+// A nest over every element of `user`'s indices that checks each one, in
+// row-major order (so one thread records the first bad element, as the
+// interpreter reports it). It costs one pass over the indices, which are
+// small next to what they select, and keeps the checks out of the loops that
+// read them: an inner loop over a one_hot row or a gathered row stays free
+// of branches and vectorizes as before.
+void KernelEmitter::emitIndexCheck(ValueId user) {
+  ValueId indices = indicesOf(node(user));
+  Index at = openLoops(shapeOf(indices), gpu_);
+  std::string v = valueAt(indices, at);
+  std::string asIndex =
+      w_.assign(fmt::format("arith.index_cast {} : {} to index", v, scalarType(dtypeOf(indices))));
+  outOfRange(user, at, v, asIndex);
+  closeLoops(at.size());
+}
+
+// The checked ops whose indices can be read before any root of the kernel
+// runs: the indices are in the arena, or inlined from values that are. The
+// rest (indices computed by a root of this kernel) are checked where they
+// are read.
+std::vector<ValueId> KernelEmitter::precheckable(const std::vector<ValueId> &roots) const {
+  std::set<ValueId> late(roots.begin(), roots.end());
+  std::vector<ValueId> out;
+  for (ValueId id : group_.nodes) {
+    const Node &n = node(id);
+    if (!late.count(id))
+      for (ValueId operand : n.operands)
+        if (late.count(operand)) {
+          late.insert(id);
+          break;
+        }
+    if (checksIndices(n) && !late.count(indicesOf(n)))
+      out.push_back(id);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -609,15 +713,20 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
     int64_t ir = g_.type(indices).rank();
     Index at(idx.begin() + axis, idx.begin() + axis + ir);
     Index src(idx.begin(), idx.begin() + axis);
-    src.push_back(indexValue(indices, at, shapeOf(data)[axis]));
+    src.push_back(indexValue(id, at));
     src.insert(src.end(), idx.begin() + axis + ir, idx.end());
     return valueAt(data, src);
   }
   case OpKind::OneHot: {
     ValueId indices = n.operands[0];
     Index at(idx.begin(), idx.end() - 1);
-    std::string k = w_.assign(fmt::format("arith.index_cast {} : {} to index", valueAt(indices, at),
+    std::string v = valueAt(indices, at);
+    std::string k = w_.assign(fmt::format("arith.index_cast {} : {} to index", v,
                                           scalarType(dtypeOf(indices))));
+    // An index out of range matches no column: an all-zero row (an error
+    // too when checked).
+    if (checksIndices(n) && !prechecked_.count(id))
+      outOfRange(id, at, v, k);
     std::string hit = w_.assign(fmt::format("arith.cmpi eq, {}, {} : index", k, idx.back()));
     return convert(hit, DType::Bool, n.type.dtype);
   }
@@ -736,6 +845,15 @@ KernelSource KernelEmitter::emit() {
     if (g_.type(id).rank() == 0 && !inGroup_.count(id))
       w_.cache(fmt::format("{}@", id), load(id, {}));
 
+  // Index checks first; each call checks all of them (they are few), so any
+  // split of the roots among threads is still checked whole.
+  for (ValueId id : precheckable(roots)) {
+    w_.pushScope();
+    emitIndexCheck(id);
+    w_.popScope();
+    prechecked_.insert(id);
+  }
+
   // The roots run one after another, split among threads by their dimension
   // 0 when that is safe (see rowLocal), else on one thread.
   int64_t extent = 1;
@@ -774,6 +892,7 @@ KernelSource KernelEmitter::emit() {
   KernelSource out;
   out.name = sanitize(group_.name);
   out.scratchBytes = scratchBytes;
+  out.indexChecks = kernelChecks(out.name);
   out.globals = globals_;
   out.parallelExtent = extent;
   out.function = fmt::format(
@@ -796,9 +915,13 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   int64_t scratchBytes = 0;
   std::map<ValueId, int64_t> scratch = scratchOffsets(roots, scratchBytes);
 
-  // The nests, in the CPU's order (consecutive same-shape elementwise roots
-  // share one).
+  // The nests: index checks first (one thread per index), then the CPU's
+  // order (consecutive same-shape elementwise roots share one).
   std::vector<std::function<void()>> nests;
+  for (ValueId id : precheckable(roots)) {
+    nests.push_back([this, id] { emitIndexCheck(id); });
+    prechecked_.insert(id);
+  }
   for (size_t i = 0; i < roots.size();) {
     if (isInlinable(node(roots[i]).op)) {
       size_t j = i + 1;
@@ -844,6 +967,7 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   }
   out.globals = globals_;
   out.scratchBytes = scratchBytes;
+  out.indexChecks = kernelChecks(out.name);
   return out;
 }
 
@@ -862,11 +986,24 @@ std::string gpuFunctionHead(const std::string &name) {
                      name);
 }
 
+std::vector<IndexCheck> KernelEmitter::kernelChecks(const std::string &kernel) const {
+  std::vector<IndexCheck> checks = checks_;
+  for (IndexCheck &check : checks)
+    check.kernel = kernel;
+  return checks;
+}
+
+bool checksIndices(const Node &node) {
+  return node.op == OpKind::Gather || node.op == OpKind::ScatterAdd ||
+         (node.op == OpKind::OneHot && node.attrs.has("checked") &&
+          node.attrs.getInt("checked") != 0);
+}
+
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                        bool gpu) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu).emit();
+                        bool gpu, FaultRecord fault) {
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault).emit();
 }
 
 } // namespace stepc::codegen

@@ -2,6 +2,7 @@
 // stage's rule per op (DESIGN.md rule 1).
 #pragma once
 
+#include "stepc/executable.h"
 #include "stepc/fusion.h"
 
 #include <functional>
@@ -31,6 +32,16 @@ struct KernelSource {
   // reads: CPU and GPU keep them in the arena, after the planned buffers,
   // every kernel from the same offset since kernels run one at a time).
   int64_t scratchBytes = 0;
+  // Its index checks (gather, scatter_add, checked one_hot), numbered in the
+  // fault record from FaultRecord::firstCheck on, with kernel = name.
+  std::vector<IndexCheck> indexChecks;
+};
+
+// Where kernels report an index out of range (ExecutableSpec::faultOffset),
+// and the number of the kernel's first check among the executable's.
+struct FaultRecord {
+  int64_t offset = -1;
+  int64_t firstCheck = 0;
 };
 
 // Lowering for the GPU (compiler/codegen/gpu_lowering.cpp drives it). The
@@ -50,9 +61,13 @@ struct KernelSource {
 std::string gpuFunctionHead(const std::string &name);
 
 // With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
+// A group that reads indices needs `fault` (its offset >= 0).
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                        bool gpu = false);
+                        bool gpu = false, FaultRecord fault = {});
+
+// Whether a node's kernel checks the indices it reads (see IndexCheck).
+bool checksIndices(const Node &node);
 
 } // namespace stepc::codegen

@@ -811,7 +811,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     Index u = openLoops(shapeOf(updates), parallel && (axis > 0 || gpu_));
     Index at(u.begin() + axis, u.begin() + axis + ir);
     Index dst(u.begin(), u.begin() + axis);
-    dst.push_back(indexValue(indices, at, n.type.shape[axis]));
+    dst.push_back(indexValue(id, at));
     dst.insert(dst.end(), u.begin() + axis + ir, u.end());
     accumulate(id, dst, valueAt(updates, u));
     closeLoops(u.size());

@@ -2,6 +2,8 @@
 
 #include "index_math.h"
 
+#include "stepc/interpreter.h"
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -112,12 +114,10 @@ Tensor scatterAdd(const Node &node, const Tensor &indices, const Tensor &updates
   std::vector<int64_t> index(static_cast<size_t>(indices.numel()));
   for (int64_t i = 0; i < indices.numel(); ++i)
     index[i] = static_cast<int64_t>(indices.real(i));
-  int64_t size = node.attrs.getInt("size");
+  IndexCheck check = *indexCheckFor(node, std::vector{indices.type(), updates.type()});
   for (size_t i = 0; i < index.size(); ++i)
-    if (index[i] < 0 || index[i] >= size)
-      throw Error(fmt::format("index {} (element {} of the indices {}) is out of range; "
-                              "valid indices are 0 to {}",
-                              index[i], i, typeString(indices.type()), size - 1));
+    if (index[i] < 0 || index[i] >= check.bound)
+      throw Error(indexOutOfRange(check, index[i], static_cast<int64_t>(i)));
   Tensor out(node.type);
   switch (updates.dtype()) {
   case DType::F32: scatterRows<float>(node, index, updates, out); break;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 namespace stepc {
 namespace {
@@ -38,6 +39,43 @@ Fans fans(const Shape &shape) {
 template <class Draw> void fill(Tensor &out, Draw draw) {
   for (int64_t i = 0; i < out.numel(); ++i)
     out.setReal(i, draw(static_cast<uint64_t>(i)));
+}
+
+// Ops that pass integer values through unchanged, so that indices read
+// through them are still the input's values.
+bool passesValues(const Node &n) {
+  return n.op == OpKind::Reshape || n.op == OpKind::Transpose || n.op == OpKind::BroadcastTo ||
+         n.op == OpKind::Slice || n.op == OpKind::Concat ||
+         (n.op == OpKind::Cast && isInteger(n.type.dtype));
+}
+
+// The smallest range [0, bound) that the values of `input` must lie in to
+// be valid indices of every gather, one_hot and scatter_add that reads them
+// (directly or through passesValues ops), or nullopt if none does.
+std::optional<int64_t> indexBound(const Graph &graph, ValueId input) {
+  std::vector<bool> carries(graph.size(), false);
+  carries[input] = true;
+  std::optional<int64_t> bound;
+  auto tighten = [&](int64_t b) { bound = bound ? std::min(*bound, b) : b; };
+  for (ValueId id = input + 1; id < graph.size(); ++id) {
+    const Node &n = graph.node(id);
+    for (size_t k = 0; k < n.operands.size(); ++k) {
+      if (!carries[n.operands[k]])
+        continue;
+      if (passesValues(n))
+        carries[id] = true;
+      else if (n.op == OpKind::Gather && k == 1) {
+        int64_t axis = n.attrs.getInt("axis");
+        const Shape &data = graph.type(n.operands[0]).shape;
+        tighten(data[static_cast<size_t>(axis < 0 ? axis + static_cast<int64_t>(data.size())
+                                                  : axis)]);
+      } else if (n.op == OpKind::OneHot)
+        tighten(n.attrs.getInt("depth"));
+      else if (n.op == OpKind::ScatterAdd && k == 0)
+        tighten(n.attrs.getInt("size"));
+    }
+  }
+  return bound;
 }
 
 } // namespace
@@ -98,6 +136,12 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
     // values of the earlier ones unchanged.
     uint64_t stream = randomBits(seed, k);
     Tensor t(node.type);
+    // Integers are drawn in [0, 10), or as valid indices of what reads them
+    // (an empty axis has none: those stay 0).
+    std::optional<int64_t> bound;
+    if (isInteger(node.type.dtype))
+      bound = indexBound(graph, ids[k]);
+    uint64_t range = bound ? static_cast<uint64_t>(std::max<int64_t>(*bound, 1)) : 10;
     for (int64_t i = 0; i < t.numel(); ++i) {
       uint64_t counter = static_cast<uint64_t>(i);
       switch (node.type.dtype) {
@@ -111,14 +155,14 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
         t.data<double>()[i] = -1.0 + 2.0 * randomUniform(stream, counter);
         break;
       case DType::I32:
-        t.data<int32_t>()[i] = static_cast<int32_t>(randomBits(stream, counter) % 10);
+        t.data<int32_t>()[i] = static_cast<int32_t>(randomBits(stream, counter) % range);
         break;
       case DType::I64:
         // An i64 scalar is a seed (dropout): any value will do, and a full
         // 64-bit one exercises the seed's whole range.
         t.data<int64_t>()[i] =
-            node.type.rank() == 0 ? static_cast<int64_t>(randomBits(stream, counter))
-                                  : static_cast<int64_t>(randomBits(stream, counter) % 10);
+            node.type.rank() == 0 && !bound ? static_cast<int64_t>(randomBits(stream, counter))
+                                  : static_cast<int64_t>(randomBits(stream, counter) % range);
         break;
       case DType::Bool:
         t.data<uint8_t>()[i] = static_cast<uint8_t>(randomBits(stream, counter) >> 63);

@@ -115,15 +115,14 @@ std::vector<Tensor> run(const Graph &graph, const TensorMap &inputs,
       assert(operand < i && values[operand] && "operand freed or not yet computed");
       operands.push_back(values[operand]);
     }
-    const OpInfo &info = opInfo(node.op);
     try {
       owned[i] = evaluateNode(node, operands);
     } catch (const Error &e) {
-      throw Error(locatedMessage(node.loc, fmt::format("{}: {}", info.name, e.what())));
+      throw Error(locatedMessage(node.loc, fmt::format("{}: {}", opLabel(node), e.what())));
     } catch (const std::logic_error &e) {
       // An interpreter bug; keep it an internal error, but say where.
       throw std::logic_error(
-          locatedMessage(node.loc, fmt::format("{}: {}", info.name, e.what())));
+          locatedMessage(node.loc, fmt::format("{}: {}", opLabel(node), e.what())));
     }
     assert(owned[i].type() == node.type && "kernel result differs from the node type");
     values[i] = &owned[i];
@@ -157,6 +156,43 @@ std::vector<Tensor> run(const Graph &graph, const TensorMap &inputs,
 }
 
 } // namespace
+
+std::string opLabel(const Node &node) {
+  std::string_view name = opInfo(node.op).name;
+  return node.loc.origin.empty() ? std::string(name)
+                                 : fmt::format("{} ({})", name, node.loc.origin);
+}
+
+std::optional<IndexCheck> indexCheckFor(const Node &node, std::span<const TensorType> operands) {
+  IndexCheck check;
+  check.op = opLabel(node);
+  check.location = node.loc.known() ? node.loc.str() : "";
+  if (node.op == OpKind::Gather) {
+    const TensorType &data = operands[0];
+    int64_t axis = node.attrs.getInt("axis");
+    if (axis < 0)
+      axis += data.rank();
+    check.indices = typeString(operands[1]);
+    check.range = fmt::format("axis {} of data {}", axis, typeString(data));
+    check.bound = data.shape[static_cast<size_t>(axis)];
+    return check;
+  }
+  if (node.op == OpKind::ScatterAdd) {
+    check.indices = typeString(operands[0]);
+    check.range = fmt::format("axis {} of the result {}", node.attrs.getInt("axis"),
+                              typeString(node.type));
+    check.bound = node.attrs.getInt("size");
+    return check;
+  }
+  if (node.op == OpKind::OneHot && node.attrs.has("checked") &&
+      node.attrs.getInt("checked") != 0) {
+    check.indices = typeString(operands[0]);
+    check.bound = node.attrs.getInt("depth");
+    check.range = fmt::format("depth {}", check.bound);
+    return check;
+  }
+  return std::nullopt;
+}
 
 TensorMap interpret(const Graph &graph, const TensorMap &inputs, const TensorMap &params,
                     const InterpretOptions &options) {

@@ -356,9 +356,8 @@ Tensor argmax(const Node &node, const Tensor &x) {
     size_t axis = normalizeAxis(node.attrs.getInt("axis"), x.rank());
     int64_t outer = dimProduct(x.shape(), 0, axis), n = x.shape()[axis];
     int64_t inner = dimProduct(x.shape(), axis + 1, x.shape().size());
-    if (n == 0 && outer * inner != 0)
-      throw Error(fmt::format("axis {} of {} is empty, so it has no maximum", axis,
-                              typeString(x.type())));
+    // The shape rule rejects an empty axis unless the result is empty too.
+    assert(n > 0 || outer * inner == 0);
     Tensor out(node.type);
     int64_t *o = out.data<int64_t>();
     const T *p = x.data<T>();
@@ -505,18 +504,24 @@ std::vector<int64_t> indexValues(const Node &node, const Tensor &indices) {
   unsupported(node, indices.dtype());
 }
 
+// Throws the error indexCheckFor describes for the first index out of its
+// range, if the op checks its indices.
+void checkIndices(const Node &node, std::vector<TensorType> operands,
+                  const std::vector<int64_t> &index) {
+  std::optional<IndexCheck> check = indexCheckFor(node, operands);
+  if (!check)
+    return;
+  for (size_t i = 0; i < index.size(); ++i)
+    if (index[i] < 0 || index[i] >= check->bound)
+      throw Error(indexOutOfRange(*check, index[i], static_cast<int64_t>(i)));
+}
+
 Tensor gather(const Node &node, const Tensor &data, const Tensor &indices) {
   size_t axis = normalizeAxis(node.attrs.getInt("axis"), data.rank());
   int64_t outer = dimProduct(data.shape(), 0, axis), n = data.shape()[axis];
   int64_t inner = dimProduct(data.shape(), axis + 1, data.shape().size());
   std::vector<int64_t> index = indexValues(node, indices);
-  for (size_t i = 0; i < index.size(); ++i)
-    if (index[i] < 0 || index[i] >= n)
-      throw Error(fmt::format(
-          "index {} (element {} of the indices {}) is out of range for axis {} of "
-          "data {}; valid indices are 0 to {}",
-          index[i], i, typeString(indices.type()), axis, typeString(data.type()),
-          n - 1));
+  checkIndices(node, {data.type(), indices.type()}, index);
   Tensor out(node.type);
   size_t block = static_cast<size_t>(inner) * dtypeSize(data.dtype());
   std::byte *o = out.bytes();
@@ -532,6 +537,8 @@ Tensor gather(const Node &node, const Tensor &data, const Tensor &indices) {
 Tensor oneHot(const Node &node, const Tensor &indices) {
   int64_t depth = node.attrs.getInt("depth");
   std::vector<int64_t> index = indexValues(node, indices);
+  // Unless checked=1, an index out of range gives an all-zero row.
+  checkIndices(node, {indices.type()}, index);
   return withElementType(node.type.dtype, [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);

@@ -19,6 +19,12 @@ public:
   Value op(OpKind kind, std::vector<Value> xs, Attrs attrs = {}) {
     return b_.op(kind, std::move(xs), std::move(attrs), loc_);
   }
+  // A node that errors name by what it is for (SourceLoc::origin).
+  Value op(OpKind kind, std::vector<Value> xs, Attrs attrs, std::string origin) {
+    SourceLoc loc = loc_;
+    loc.origin = std::move(origin);
+    return b_.op(kind, std::move(xs), std::move(attrs), loc);
+  }
   Value scalar(Value like, double v) {
     return op(OpKind::Constant, {},
               {{"dtype", std::string(dtypeName(like.dtype()))},
@@ -110,9 +116,13 @@ Value crossEntropyAt(Value logits, Value labels, const SourceLoc &loc) {
                        typeString(logits.type()),
                        labels.valid() ? typeString(labels.type()) : "nothing"));
   Value logProbs = logSoftmaxAt(logits, 1, loc);
+  // A label outside [0, C) has no log-probability to pick: an error on every
+  // backend, rather than a zero row and a wrong loss.
   Value picked = e.op(OpKind::OneHot, {labels},
                       {{"depth", logits.dim(1)},
-                       {"dtype", std::string(dtypeName(logits.dtype()))}});
+                       {"dtype", std::string(dtypeName(logits.dtype()))},
+                       {"checked", int64_t(1)}},
+                      "cross_entropy labels");
   Value perExample = e.op(OpKind::ReduceSum, {e.op(OpKind::Mul, {logProbs, picked})},
                           {{"axes", std::vector<int64_t>{1}}, {"keepdims", int64_t(0)}});
   return e.op(OpKind::Neg, {e.reduceAll(OpKind::ReduceMean, perExample)});

@@ -526,6 +526,11 @@ TensorType inferUnchecked(OpKind op, AttrReader &attrs, std::span<const TensorTy
       out[axis] = 1;
     else
       out.erase(out.begin() + axis);
+    // Shapes are static, so an index of the maximum of nothing is an error
+    // here rather than a value some backend would have to make up.
+    if (in[0].shape[axis] == 0 && checkedNumel(out) > 0)
+      fail(fmt::format("axis {} of {} is empty, so it has no maximum", axis,
+                       typeString(in[0])));
     return {DType::I64, out};
   }
   case OpKind::MatMul:
@@ -562,6 +567,9 @@ TensorType inferUnchecked(OpKind op, AttrReader &attrs, std::span<const TensorTy
     int64_t depth = attrs.integer("depth");
     if (depth < 1)
       fail(fmt::format("depth must be >= 1, got {}", depth));
+    // checked=1: an index outside [0, depth) is an error, not a zero row.
+    if (attrs.has("checked"))
+      attrs.flag("checked");
     Shape out = in[0].shape;
     out.push_back(depth);
     return {attrs.dtype("dtype"), checkedShape(out)};

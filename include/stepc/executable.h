@@ -50,6 +50,32 @@ struct KernelSpec {
   double flops = 0;
 };
 
+// A range check compiled into a kernel: every index an op reads (gather,
+// scatter_add, one_hot with checked=1) must lie in [0, bound). A kernel that
+// reads one outside claims the arena's fault record and writes it there
+// (reading index 0 instead, so it never touches memory out of bounds); the
+// runtime turns the record into a stepc::Error after the kernel, worded as
+// the interpreter reports the same index (indexOutOfRange).
+struct IndexCheck {
+  std::string kernel;   // the kernel that holds the check
+  std::string op;       // "gather", "scatter_add (gradient of gather)"
+  std::string location; // "t.sg:4:3", or "" when unknown
+  std::string indices;  // the indices' type: "i32[4]"
+  std::string range;    // what they index: "axis 0 of data f32[27,10]", "depth 3"
+  int64_t bound = 0;
+};
+
+// "index 99 (element 2 of the indices i32[4]) is out of range for axis 0 of
+// data f32[27,10]; valid indices are 0 to 26".
+std::string indexOutOfRange(const IndexCheck &check, int64_t value, int64_t element);
+
+// The fault record: kFaultRecordWords int64s at ExecutableSpec::faultOffset,
+// zero until a kernel finds a bad index: [0] nonzero once claimed (an atomic
+// or, so one writer fills the rest), [1] the check (index in
+// ExecutableSpec::indexChecks), [2] the element of the indices (row-major),
+// [3] the index's value.
+constexpr int64_t kFaultRecordWords = 4;
+
 struct ExecutableSpec {
   std::string name;
   int64_t arenaBytes = 0;
@@ -63,6 +89,10 @@ struct ExecutableSpec {
   };
   std::vector<Copy> updateCopies;
   std::vector<KernelSpec> kernels; // in execution order
+  // Where the fault record lives in the arena (8-byte aligned), or -1 when no
+  // kernel checks indices; indexChecks are the checks it can name.
+  int64_t faultOffset = -1;
+  std::vector<IndexCheck> indexChecks;
   // One value per param, of its exact type; copied into the arena when the
   // Executable is created.
   std::map<std::string, Tensor> initialParams;
@@ -115,13 +145,16 @@ public:
   // param changes. Params and optimizer state stay resident and are updated
   // in place.
   //
-  // Inputs are checked before anything is touched. Generated kernels cannot
-  // fail, so after that a step can only fail by --check-numerics finding a
-  // NaN/Inf, or by a (hand-written) kernel throwing. To roll such a step
-  // back, checkNumerics copies every param before the kernels run (a debug
-  // mode, so the copy is affordable) and restores them on failure. Without
-  // checkNumerics no copy is taken: a kernel that throws then leaves params
-  // partly updated, and the error says so.
+  // Inputs are checked before anything is touched. After that a step fails
+  // when a kernel finds an index out of range (see IndexCheck; the error
+  // names the op, its source location, the index and the valid range), when
+  // --check-numerics finds a NaN/Inf, or when a (hand-written) kernel throws.
+  // To roll such a step back, checkNumerics copies every param before the
+  // kernels run (a debug mode, so the copy is affordable) and restores them
+  // on failure. Without checkNumerics no copy is taken: the error says
+  // whether a kernel had written params by then (a bad index in a training
+  // step's forward or backward pass is found before any optimizer kernel
+  // runs, so params are unchanged).
   std::map<std::string, Tensor> step(const std::map<std::string, Tensor, std::less<>> &inputs);
 
   std::vector<std::string> paramNames() const;
@@ -156,6 +189,9 @@ private:
   void checkInputs(const std::map<std::string, Tensor, std::less<>> &inputs) const;
   void runKernels();
   void checkOutputs(const KernelSpec &kernel) const;
+  void checkFault(size_t kernelIndex);
+  // Kernels [0, firstParamWriter_) write no param bytes.
+  size_t firstParamWriter_ = 0;
   const TensorSlot &paramSlot(const std::string &name) const;
 };
 

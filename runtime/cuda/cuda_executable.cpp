@@ -79,6 +79,7 @@ void checkSpec(const CudaExecutableSpec &cuda) {
     for (const TensorSlot &slot : spec.kernels[k].outputs)
       checkSlot(slot, fmt::format("output of kernel {}", spec.kernels[k].name));
   }
+  checkFaultRecordSpec(spec);
   if (cuda.ptx.empty() && !spec.kernels.empty())
     throw Error(fmt::format("executable '{}': no PTX", name));
   for (const TensorSlot &slot : spec.params) {
@@ -126,8 +127,12 @@ struct CudaExecutable::State {
   CUdeviceptr arena = 0;
   CUdeviceptr snapshot = 0; // checkNumerics: the params before the step
   int64_t paramBytes = 0;
-  std::byte *staging = nullptr; // pinned: inputs, then outputs
+  std::byte *staging = nullptr; // pinned: inputs, then outputs, then the fault record
   int64_t inputBytes = 0, outputBytes = 0;
+  // Index checks (see IndexCheck): which kernels hold them, which write
+  // param bytes. A step reads the fault record before the first param write
+  // that follows a checked kernel, and at its end.
+  std::vector<bool> checked, writesParams;
   std::vector<CUevent> events; // profile: before and after each kernel
   std::vector<std::byte> scan; // checkNumerics: a kernel's outputs on the host
   std::string deviceName;
@@ -142,6 +147,11 @@ struct CudaExecutable::State {
   }
   void launch(size_t kernel);
   void checkOutputs(size_t kernel);
+  int64_t *faultStaging() const {
+    return reinterpret_cast<int64_t *>(staging + inputBytes + outputBytes);
+  }
+  void copyFaultRecord();
+  void throwIfFaulted(bool paramsKept);
   void restoreParams();
   const TensorSlot &paramSlot(const std::string &name) const;
 };
@@ -230,8 +240,12 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
   for (const TensorSlot &slot : layout.params)
     s.paramBytes += slot.bytes();
   void *staging = nullptr;
-  d.check(d.memAllocHost(&staging, bytes(s.inputBytes + s.outputBytes)), "cuMemAllocHost",
-          "staging for inputs and outputs");
+  // Outputs are copied as they come; the fault record after them stays
+  // 8-byte aligned.
+  s.outputBytes = (s.outputBytes + 7) / 8 * 8;
+  int64_t faultBytes = kFaultRecordWords * static_cast<int64_t>(sizeof(int64_t));
+  d.check(d.memAllocHost(&staging, bytes(s.inputBytes + s.outputBytes + faultBytes)),
+          "cuMemAllocHost", "staging for inputs and outputs");
   s.staging = static_cast<std::byte *>(staging);
   if (options.checkNumerics)
     d.check(d.memAlloc(&s.snapshot, bytes(s.paramBytes)), "cuMemAlloc",
@@ -240,6 +254,11 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
     s.events.resize(2 * layout.kernels.size());
     for (CUevent &event : s.events)
       d.check(d.eventCreate(&event, CU_EVENT_DEFAULT), "cuEventCreate");
+  }
+  for (const KernelSpec &kernel : layout.kernels) {
+    s.checked.push_back(std::any_of(layout.indexChecks.begin(), layout.indexChecks.end(),
+                                    [&](const IndexCheck &c) { return c.kernel == kernel.name; }));
+    s.writesParams.push_back(writesParams(kernel, layout.params));
   }
   for (const TensorSlot &slot : layout.params)
     setParam(slot.name, layout.initialParams.at(slot.name));
@@ -281,6 +300,26 @@ void CudaExecutable::State::checkOutputs(size_t k) {
     synchronize(fmt::format("checking kernel {}", kernel.name));
     checkFinite(kernel, slot, scan.data(), steps);
   }
+}
+
+// Queues the fault record's copy to the host; read it after a synchronize.
+void CudaExecutable::State::copyFaultRecord() {
+  d->check(d->memcpyDtoHAsync(faultStaging(), arena + spec.layout.faultOffset,
+                              kFaultRecordWords * sizeof(int64_t), stream),
+           "cuMemcpyDtoHAsync", "reading the fault record");
+}
+
+// After copyFaultRecord and a synchronize: throws the fault, if any, with
+// the device's record zeroed for the next step.
+void CudaExecutable::State::throwIfFaulted(bool paramsKept) {
+  int64_t record[kFaultRecordWords];
+  std::memcpy(record, faultStaging(), sizeof record);
+  if (record[0] == 0)
+    return;
+  d->check(d->memsetD8Async(arena + spec.layout.faultOffset, 0, sizeof record, stream),
+           "cuMemsetD8Async", "clearing the fault record");
+  synchronize("clearing the fault record");
+  throwIndexFault(spec.layout, record, steps, paramsKept);
 }
 
 void CudaExecutable::State::restoreParams() {
@@ -328,16 +367,36 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   }
 
   auto start = std::chrono::steady_clock::now();
+  // A checked kernel has run since the fault record was last read; a kernel
+  // has written params in this step.
+  bool pending = false, paramsWritten = false;
+  auto resolve = [&](const std::string &where) {
+    s.copyFaultRecord();
+    s.synchronize(where);
+    pending = false;
+    s.throwIfFaulted(s.options.checkNumerics || !paramsWritten);
+  };
   try {
     for (size_t k = 0; k < spec.kernels.size(); ++k) {
+      if (pending && s.writesParams[k])
+        resolve(fmt::format("checking indices before kernel {}, step {}", spec.kernels[k].name,
+                            s.steps));
       if (!s.events.empty())
         d.check(d.eventRecord(s.events[2 * k], s.stream), "cuEventRecord");
       s.launch(k);
+      pending = pending || s.checked[k];
+      paramsWritten = paramsWritten || s.writesParams[k];
       if (!s.events.empty())
         d.check(d.eventRecord(s.events[2 * k + 1], s.stream), "cuEventRecord");
-      if (s.options.checkNumerics)
+      if (s.options.checkNumerics) {
+        if (pending)
+          resolve(fmt::format("checking the indices of kernel {}, step {}", spec.kernels[k].name,
+                              s.steps));
         s.checkOutputs(k);
+      }
     }
+    if (pending && !spec.updateCopies.empty())
+      resolve(fmt::format("checking indices before the param updates of step {}", s.steps));
   } catch (...) {
     if (s.options.checkNumerics)
       s.restoreParams();
@@ -354,6 +413,8 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
               "cuMemcpyDtoHAsync", "output " + slot.name);
     out += slot.bytes();
   }
+  if (pending)
+    s.copyFaultRecord();
   // A kernel that faults is reported here, asynchronously: name them all.
   std::vector<std::string_view> names;
   for (const KernelSpec &kernel : spec.kernels)
@@ -362,6 +423,8 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
                             "is synchronized and named on its own); params may be partly "
                             "updated",
                             s.steps, fmt::join(names, ", ")));
+  if (pending)
+    s.throwIfFaulted(!paramsWritten);
   out = s.staging + s.inputBytes;
   for (const TensorSlot &slot : spec.outputs) {
     if (slot.bytes() > 0)
