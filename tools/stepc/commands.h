@@ -80,6 +80,10 @@ struct DemoOptions {
   // Default: build/<data set>_<model>.safetensors; empty: save nothing.
   std::optional<std::string> checkpoint;
   double targetAccuracy = 83.5; // Fashion-MNIST: exit 1 below it
+  // Under mpirun: each rank trains on its slice of every global batch,
+  // gradients averaged over MPI (docs/distributed.md).
+  bool dataParallel = false;
+  double bucketMb = 2;
 };
 // `stepc demo [--model mlp|cnn]`: trains on Fashion-MNIST, compiled.
 int fashionDemo(const DemoOptions &options);

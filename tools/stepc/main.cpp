@@ -101,6 +101,12 @@ int main(int argc, char **argv) {
   demo->add_option("--target-accuracy", demoOptions.targetAccuracy,
                    "Fashion-MNIST: exit 1 below this test accuracy (%)")
       ->capture_default_str();
+  demo->add_flag("--data-parallel", demoOptions.dataParallel,
+                 "Fashion-MNIST under `mpirun -np N`: split each batch across the ranks and "
+                 "average the gradients over MPI");
+  demo->add_option("--bucket-mb", demoOptions.bucketMb,
+                   "with --data-parallel: gradient bucket size in MB")
+      ->capture_default_str();
 
   stepc::cli::OptOptions optOptions;
   auto *opt = app.add_subcommand("opt", "Run graph passes and print the optimized graph");
