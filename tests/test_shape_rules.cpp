@@ -782,7 +782,7 @@ std::vector<ErrorCase> errorCases() {
   add("all_reduce unknown reduction", K::AllReduce, {f32({4})}, {{"reduction", Str("max")}},
       {"reduction must be sum or mean, got 'max'"});
   add("all_reduce mean of integers", K::AllReduce, {i32({4})}, {{"reduction", Str("mean")}},
-      {"expected a floating-point input (f32 or f64), found i32[4]"});
+      {"expected a floating-point operand (f32 or f64), found i32[4]"});
   add("all_reduce missing reduction", K::AllReduce, {f32({4})}, {},
       {"missing attribute 'reduction'"});
   return v;
