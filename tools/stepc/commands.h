@@ -53,6 +53,8 @@ struct TrainStepOptions {
   std::string schedule = "constant";
   int64_t stepSize = 1, totalSteps = 1;
   double gamma = 0.1, minLr = 0;
+  bool dataParallel = false; // average gradients over the job's ranks
+  double bucketMb = 2;
 };
 // `stepc train-step FILE.sg --loss NAME --optimizer adam --lr 1e-3 -o step.sg`
 int trainStep(const TrainStepOptions &options);
