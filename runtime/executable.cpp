@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <utility>
 
 namespace stepc {
 namespace {
@@ -66,10 +67,23 @@ void checkSpec(const ExecutableSpec &spec, const RunOptions &options) {
                               "outside the arena of {} bytes",
                               name, copy.bytes, copy.from, copy.to, spec.arenaBytes));
   }
-  for (const KernelSpec &kernel : spec.kernels) {
-    if (!kernel.fn)
+  for (size_t index = 0; index < spec.kernels.size(); ++index) {
+    const KernelSpec &kernel = spec.kernels[index];
+    if (kernel.collective) {
+      if (kernel.outputs.size() != 1 || kernel.outputs[0].type != kernel.collective->from.type)
+        throw Error(fmt::format("executable '{}': collective step '{}' needs one output of "
+                                "the type of what it reduces ({})",
+                                name, kernel.name, typeString(kernel.collective->from.type)));
+      checkSlot(kernel.collective->from, fmt::format("input of collective {}", kernel.name));
+    } else if (!kernel.fn) {
       throw Error(fmt::format("executable '{}': kernel '{}' has no function", name,
                               kernel.name));
+    }
+    for (size_t w : kernel.waitFor)
+      if (w >= index || !spec.kernels[w].collective)
+        throw Error(fmt::format("executable '{}': kernel '{}' waits for step {}, which is no "
+                                "earlier collective step",
+                                name, kernel.name, w));
     // Extent 0: the kernel's outputs are empty, so there is nothing to run.
     if (kernel.parallelExtent < 0)
       throw Error(fmt::format("executable '{}': kernel '{}' has parallel extent {}; it must "
@@ -97,7 +111,40 @@ void checkSpec(const ExecutableSpec &spec, const RunOptions &options) {
                               name, paramName, slotNames(spec.params)));
 }
 
+void mix(uint64_t &h, std::string_view bytes) {
+  for (char c : bytes) { // FNV-1a
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ull;
+  }
+  h ^= 0xff; // separates consecutive fields
+  h *= 0x100000001b3ull;
+}
+
+void mixSlot(uint64_t &h, const TensorSlot &slot) {
+  mix(h, fmt::format("{} {} {}", slot.name, typeString(slot.type), slot.offset));
+}
+
 } // namespace
+
+uint64_t executableHash(const ExecutableSpec &spec) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  mix(h, fmt::format("{} {}", spec.name, spec.arenaBytes));
+  for (const auto *slots : {&spec.inputs, &spec.params, &spec.outputs})
+    for (const TensorSlot &slot : *slots)
+      mixSlot(h, slot);
+  for (const KernelSpec &kernel : spec.kernels) {
+    mix(h, fmt::format("{} {}", kernel.name, kernel.parallelExtent));
+    for (const std::string &line : kernel.provenance)
+      mix(h, line);
+    for (const TensorSlot &slot : kernel.outputs)
+      mixSlot(h, slot);
+    if (kernel.collective) {
+      mix(h, reduceOpName(kernel.collective->op));
+      mixSlot(h, kernel.collective->from);
+    }
+  }
+  return h;
+}
 
 Executable::Executable(ExecutableSpec spec, RunOptions options)
     : spec_(std::move(spec)), options_(options), created_(std::chrono::steady_clock::now()) {
@@ -131,6 +178,17 @@ Executable::Executable(ExecutableSpec spec, RunOptions options)
                                 [](const KernelSpec &k) { return k.parallelExtent > 1; });
     if (threads > 1 && parallel)
       pool_ = std::make_unique<ThreadPool>(threads);
+    inFlight_.assign(spec_.kernels.size(), -1);
+    comm_ = options_.communicator ? options_.communicator : std::make_shared<SingleProcess>();
+    if (comm_->size() > 1) {
+      // Every rank must run the same schedule, or their collectives would
+      // pair up wrongly (and hang or corrupt); then all start from rank 0's
+      // params, whatever their initializers drew.
+      checkSameOnEveryRank(*comm_, executableHash(spec_),
+                           fmt::format("the compiled executable '{}'", spec_.name));
+      for (const TensorSlot &slot : spec_.params)
+        comm_->broadcast(arena_ + slot.offset, slot.bytes(), 0);
+    }
   } catch (...) {
     std::free(arena_);
     throw;
@@ -161,18 +219,40 @@ void Executable::checkFault(size_t kernelIndex) {
   throwIndexFault(spec_, copy, steps_, options_.checkNumerics || kernelIndex < firstParamWriter_);
 }
 
+void Executable::runCollective(size_t index, const KernelSpec &kernel) {
+  const KernelSpec::Collective &c = *kernel.collective;
+  const TensorSlot &to = kernel.outputs[0];
+  inFlight_[index] = comm_->startAllReduce(arena_ + c.from.offset, arena_ + to.offset,
+                                           to.type.numel(), to.type.dtype, c.op);
+  ++collectiveStats_.calls;
+  collectiveStats_.bytes += to.bytes();
+}
+
+void Executable::waitFor(size_t index) {
+  if (inFlight_[index] < 0)
+    return;
+  auto start = std::chrono::steady_clock::now();
+  comm_->wait(std::exchange(inFlight_[index], -1));
+  collectiveStats_.waitMicros += micros(std::chrono::steady_clock::now() - start);
+}
+
 void Executable::runKernels() {
   for (size_t index = 0; index < spec_.kernels.size(); ++index) {
     const KernelSpec &kernel = spec_.kernels[index];
+    for (size_t w : kernel.waitFor)
+      waitFor(w);
     auto start = std::chrono::steady_clock::now();
     try {
-      bool empty = kernel.parallelExtent == 0; // its outputs have no elements
-      if (!empty && kernel.parallelExtent > 1 && pool_)
+      if (kernel.collective)
+        runCollective(index, kernel);
+      // Extent 0: its outputs have no elements.
+      else if (kernel.parallelExtent > 1 && pool_)
         pool_->parallelFor(kernel.parallelExtent, [&](int64_t begin, int64_t end) {
           kernel.fn(&descriptor_, begin, end);
         });
-      else if (!empty)
+      else if (kernel.parallelExtent > 0)
         kernel.fn(&descriptor_, 0, kernel.parallelExtent);
+      comm_->progress();
     } catch (const std::exception &e) {
       throw Error(fmt::format(
           "kernel {} (step {}) failed: {}; {}", kernel.name, steps_, e.what(),
@@ -187,11 +267,14 @@ void Executable::runKernels() {
     }
     if (spec_.faultOffset >= 0)
       checkFault(index);
-    if (options_.afterKernel)
+    if (options_.afterKernel && !kernel.collective)
       options_.afterKernel(index, kernel, arena_);
-    if (options_.checkNumerics)
+    if (options_.checkNumerics && !kernel.collective)
       checkOutputs(kernel);
   }
+  // Results a graph output or param update names are read after the kernels.
+  for (size_t index = 0; index < spec_.kernels.size(); ++index)
+    waitFor(index);
 }
 
 std::map<std::string, Tensor>
@@ -219,6 +302,8 @@ Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   try {
     runKernels();
   } catch (...) {
+    for (size_t index = 0; index < spec_.kernels.size(); ++index)
+      waitFor(index); // no collective may still write into the arena
     timings_.erase(timings_.begin() + static_cast<ptrdiff_t>(timingsBefore), timings_.end());
     if (options_.checkNumerics) {
       const std::byte *from = paramSnapshot_.data();
@@ -266,6 +351,8 @@ void Executable::setParam(const std::string &name, const Tensor &value) {
 }
 
 void Executable::saveParams(const std::string &path) const {
+  if (comm_->rank() != 0)
+    return;
   std::map<std::string, Tensor> tensors;
   for (const TensorSlot &slot : spec_.params)
     tensors.emplace(slot.name, param(slot.name));

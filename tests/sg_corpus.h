@@ -85,6 +85,7 @@ graph every_op {
   %mp = max_pool2d(%img) {kernel=[2,2], padding=[0,0], stride=[2,2]} : f32[1,2,2,2]
   %ap = avg_pool2d(%img) {count_include_pad=1, kernel=[3,3], padding=[1,1], stride=[1,1]}
   %dr = dropout(%x, %seed) {rate=0.25}
+  %ar = all_reduce(%x) {reduction=mean} : f32[2,3]
   %pdi = pad(%x) {high=[0,0], interior=[1,0], low=[0,0], value=0.0} : f32[3,3]
 
   # Gradient ops, as grad() emits them.

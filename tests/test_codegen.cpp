@@ -446,6 +446,15 @@ void dropouts(CaseContext &c, DType dt) {
   c.out(relu(dropout(x * scalarLike(x, 3), s, 0.5)) + x);
 }
 
+// One process: the collective step copies. Its result feeds a kernel, so
+// the kernel's wait and the buffer kept alive for the send are exercised.
+void collectives(CaseContext &c, DType dt) {
+  Value x = c.feedRandom(dt, {c.dim(2, 9), c.dim(3, 40)});
+  Value y = allReduce(x * scalarLike(x, 2), isFloat(dt) ? "mean" : "sum");
+  c.out(y + x);
+  c.out(allReduce(x, "sum"));
+}
+
 void sources(CaseContext &c) {
   int64_t m = c.dim(2, 5), n = c.dim(2, 6);
   Value x = c.feedRandom(DType::F32, {m, n});
@@ -562,6 +571,7 @@ std::vector<OpCase> allCases() {
            gradientOps, kFloats);
   perDType("scatter_add", ops({ScatterAdd}), scatterInt, kInts);
   perDType("dropout", ops({Dropout}), dropouts, kFloats);
+  perDType("all_reduce", ops({AllReduce}), collectives, kAll);
   cases.push_back({"sources", ops({Constant, Iota}), sources});
   cases.push_back({"special_values", ops({Relu, Sign, Maximum, Minimum, ReduceMax, ReduceMin,
                                           ArgMax, Cast, MaxPool2d}),

@@ -1,6 +1,7 @@
 // The runtime's Executable, thread pool and safetensors checkpoints, driven by
 // hand-built ExecutableSpecs whose kernels are small C++ functions that read
 // and write the arena at known offsets (what generated code does).
+#include "../runtime/cuda/nccl.h"
 #include "../runtime/thread_pool.h"
 
 #include "stepc/error.h"
@@ -815,3 +816,12 @@ TEST(ThreadPool, ManyShortJobsInARow) {
 
 } // namespace
 } // namespace stepc
+
+// NCCL is opened at run time like the CUDA driver: where it cannot be, the
+// reason says what was tried and how to point stepc at it.
+TEST(Nccl, MissingLibraryIsExplained) {
+  ::setenv("STEPC_NCCL", "/nonexistent/libnccl.so.2", 1);
+  std::string why = stepc::cuda::ncclUnavailableReason();
+  EXPECT_NE(why.find("no NCCL: cannot open /nonexistent/libnccl.so.2"), std::string::npos) << why;
+  EXPECT_NE(why.find("STEPC_NCCL"), std::string::npos) << why;
+}

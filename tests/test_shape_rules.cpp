@@ -349,6 +349,9 @@ std::vector<ValidCase> validCases() {
 
   add("dropout", K::Dropout, {f32({4, 5}), i64({})}, {{"rate", Real(0.5)}}, f32({4, 5}));
   add("dropout rate 0 (integer)", K::Dropout, {f64({3}), i64({})}, {{"rate", Int(0)}}, f64({3}));
+
+  add("all_reduce mean", K::AllReduce, {f32({3, 5})}, {{"reduction", Str("mean")}}, f32({3, 5}));
+  add("all_reduce sum i64", K::AllReduce, {i64({7})}, {{"reduction", Str("sum")}}, i64({7}));
   return v;
 }
 
@@ -775,6 +778,13 @@ std::vector<ErrorCase> errorCases() {
   add("dropout i32 input", K::Dropout, {i32({4}), i64({})}, {{"rate", Real(0.5)}},
       {"expected a floating-point input (f32 or f64), found i32[4]"});
   add("dropout missing rate", K::Dropout, {f32({4}), i64({})}, {}, {"missing attribute 'rate'"});
+
+  add("all_reduce unknown reduction", K::AllReduce, {f32({4})}, {{"reduction", Str("max")}},
+      {"reduction must be sum or mean, got 'max'"});
+  add("all_reduce mean of integers", K::AllReduce, {i32({4})}, {{"reduction", Str("mean")}},
+      {"expected a floating-point operand (f32 or f64), found i32[4]"});
+  add("all_reduce missing reduction", K::AllReduce, {f32({4})}, {},
+      {"missing attribute 'reduction'"});
   return v;
 }
 

@@ -516,6 +516,12 @@ void addConvolution(CaseList &cases) {
               return dropout(in(b, "x", {4, 5}), b.input("seed", DType::I64, {}), 0.3);
             },
             {.fills = {{"seed", anySeed}}});
+  // One process: the identity, so its VJP (an all_reduce of the cotangent)
+  // must be the identity too.
+  cases.add("all_reduce_mean", "all_reduce",
+            [](GraphBuilder &b) { return allReduce(tanh(in(b, "x", {3, 7})), "mean"); });
+  cases.add("all_reduce_sum", "all_reduce",
+            [](GraphBuilder &b) { return allReduce(in(b, "x", {5}), "sum"); });
 }
 
 void addComposites(CaseList &cases) {

@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 
 #include <numbers>
+#include <algorithm>
+#include <numeric>
 
 namespace stepc {
 namespace {
@@ -63,6 +65,60 @@ void clipByGlobalNorm(std::vector<Value> &grads, double maxNorm) {
     g = g * asDType(coef, g.dtype());
 }
 
+// Averages the gradients over the processes, one all_reduce per bucket of
+// about `bucketBytes`. Buckets fill in the order the backward pass completes
+// the gradients (their node ids), so the first bucket can travel while the
+// rest of the backward pass runs; several gradients share a bucket as one
+// flat concatenation, which the optimizer reads back through slices.
+void averageOverProcesses(GraphBuilder &b, std::vector<Value> &grads,
+                          const std::vector<Value> &params, int64_t bucketBytes) {
+  if (bucketBytes < 1)
+    throw Error(fmt::format("data-parallel bucket size must be at least 1 byte, got {}",
+                            bucketBytes));
+  std::vector<size_t> order(grads.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t c) { return grads[a].id() < grads[c].id(); });
+  auto bytesOf = [&](size_t i) {
+    return grads[i].type().numel() * static_cast<int64_t>(dtypeSize(grads[i].dtype()));
+  };
+  std::vector<std::vector<size_t>> buckets;
+  int64_t filled = 0;
+  for (size_t i : order) {
+    bool fits = !buckets.empty() && filled + bytesOf(i) <= bucketBytes &&
+                grads[buckets.back()[0]].dtype() == grads[i].dtype();
+    if (!fits) {
+      buckets.emplace_back();
+      filled = 0;
+    }
+    buckets.back().push_back(i);
+    filled += bytesOf(i);
+  }
+  for (size_t k = 0; k < buckets.size(); ++k) {
+    const std::vector<size_t> &bucket = buckets[k];
+    std::string names;
+    for (size_t i : bucket)
+      names += fmt::format("{}{}", names.empty() ? "" : ", ", b.graph().node(params[i].id()).name);
+    SourceLoc loc("<train_step>", 0, 0);
+    loc.origin = fmt::format("data-parallel bucket {} of {}: {}", k, buckets.size(), names);
+    LocationScope scope(b, loc);
+    if (bucket.size() == 1) {
+      grads[bucket[0]] = allReduce(grads[bucket[0]], "mean");
+      continue;
+    }
+    std::vector<Value> flat;
+    for (size_t i : bucket)
+      flat.push_back(reshape(grads[i], {grads[i].type().numel()}));
+    Value reduced = allReduce(concat(flat, 0), "mean");
+    int64_t at = 0;
+    for (size_t i : bucket) {
+      int64_t n = grads[i].type().numel();
+      grads[i] = reshape(slice(reduced, {at}, {at + n}), grads[i].shape());
+      at += n;
+    }
+  }
+}
+
 } // namespace
 
 std::string_view optimizerName(Optimizer::Kind kind) {
@@ -82,7 +138,8 @@ Optimizer::Kind parseOptimizerKind(std::string_view name) {
   throw Error(fmt::format("unknown optimizer '{}'; expected one of: {}", name, known));
 }
 
-Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &opt) {
+Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &opt,
+                const DataParallel &dataParallel) {
   auto lossId = model.findOutput(loss);
   if (!lossId)
     throw Error(fmt::format("train_step: graph '{}' has no output '{}'", model.name, loss));
@@ -108,6 +165,8 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
   Value lr = opt.lr ? constant(b, *opt.lr, DType::F32) : b.input("lr", DType::F32, {});
   Value step = b.param("step", DType::I64, {}, Init::zeros());
   std::vector<Value> grads = gradients(b.value(*lossId), params);
+  if (dataParallel.enabled)
+    averageOverProcesses(b, grads, params, dataParallel.bucketBytes);
   clipByGlobalNorm(grads, opt.clipNorm);
 
   Value t = cast(step, DType::F32);
@@ -167,7 +226,12 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
     }
   }
   b.update(step, step + constant(b, 1.0, DType::I64));
+  // Report the loss of the global batch, so rank 0 can print it.
+  Value globalLoss = dataParallel.enabled ? allReduce(b.value(*lossId), "mean") : Value();
   Graph out = b.finish();
+  for (GraphOutput &o : out.outputs)
+    if (o.name == loss && globalLoss.valid())
+      o.value = globalLoss.id();
   out.name = model.name + "_train_step";
   return out;
 }

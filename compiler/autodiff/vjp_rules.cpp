@@ -291,6 +291,9 @@ std::vector<Value> vjp(const Node &node, const std::vector<Value> &x, Value y, V
     return {g.builder()->op(OpKind::Dropout, {g, b()},
                             {{"rate", node.attrs.getReal("rate")}}, {}),
             Value()};
+  // Every process's output depends on every process's input with weight 1
+  // (sum) or 1/size (mean): the cotangents are reduced the same way.
+  case OpKind::AllReduce: return {allReduce(g, node.attrs.getString("reduction"))};
   }
   throw std::logic_error("vjp: unknown op");
 }

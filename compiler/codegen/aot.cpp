@@ -323,7 +323,8 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
   std::string declarations;
   if (!cuda)
     for (const KernelSpec &kernel : spec.kernels)
-      declarations += fmt::format("void {}(stepc::ArenaDescriptor *, int64_t, int64_t);\n",
+      if (!kernel.collective)
+        declarations += fmt::format("void {}(stepc::ArenaDescriptor *, int64_t, int64_t);\n",
                                   kernelSymbol(name, kernel));
 
   std::string copies;
@@ -336,6 +337,16 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
     std::string provenance;
     for (const std::string &line : kernel.provenance)
       provenance += fmt::format("        {},\n", cppString(line));
+    std::string code;
+    if (kernel.collective)
+      code = fmt::format("    k.collective = KernelSpec::Collective{{ReduceOp::{}, {}}};\n",
+                         kernel.collective->op == ReduceOp::Sum ? "Sum" : "Mean",
+                         slotInit(kernel.collective->from));
+    else if (!cuda)
+      code = fmt::format("    k.fn = &{};\n    k.parallelExtent = {};\n",
+                         kernelSymbol(name, kernel), kernel.parallelExtent);
+    for (size_t w : kernel.waitFor)
+      code += fmt::format("    k.waitFor.push_back({});\n", w);
     kernels += fmt::format(R"(  {{
     KernelSpec &k = spec.kernels[{i}];
     k.name = {name};
@@ -346,11 +357,7 @@ std::string aotSpecSource(const ExecutableSpec &spec, const std::string &name,
   }}
 )",
                            fmt::arg("i", i), fmt::arg("name", cppString(kernel.name)),
-                           fmt::arg("code", cuda ? std::string()
-                                                 : fmt::format("    k.fn = &{};\n"
-                                                               "    k.parallelExtent = {};\n",
-                                                               kernelSymbol(name, kernel),
-                                                               kernel.parallelExtent)),
+                           fmt::arg("code", code),
                            fmt::arg("outputs", slotList(kernel.outputs, "        ")),
                            fmt::arg("provenance", provenance));
   }

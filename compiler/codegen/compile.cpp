@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 #include <unordered_map>
 
 namespace stepc {
@@ -133,6 +134,22 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   }
   int64_t scratchBytes = 0;
   for (const FusionGroup &group : out.plan.groups) {
+    // The lowering rule of all_reduce: no code, a collective step that the
+    // runtime runs through its communicator (MPI, NCCL).
+    if (ValueId v = group.nodes[0]; g.node(v).op == OpKind::AllReduce) {
+      KernelSpec step;
+      step.name = group.name;
+      step.provenance.push_back(provenanceLine(g.node(v)));
+      step.outputs.push_back({fmt::format("%{}", v), g.type(v), offsetOf(v)});
+      ValueId from = g.node(v).operands[0];
+      step.collective = KernelSpec::Collective{
+          *parseReduceOp(g.node(v).attrs.getString("reduction")),
+          {fmt::format("%{}", from), g.type(from), offsetOf(from)}};
+      spec.kernels.push_back(std::move(step));
+      if (cuda)
+        out.launches.emplace_back();
+      continue;
+    }
     codegen::FaultRecord fault{spec.faultOffset, static_cast<int64_t>(spec.indexChecks.size())};
     codegen::KernelSource source =
         codegen::lowerGroup(g, group, offsetOf, usedOutside, scratchOffset, cuda, fault);
@@ -163,6 +180,16 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   }
   if (scratchBytes > 0)
     spec.arenaBytes = scratchOffset + scratchBytes;
+  // A kernel waits for the collectives whose results it reads, as late as
+  // that: the kernels in between overlap the communication.
+  for (size_t k = 0; k < out.plan.groups.size(); ++k) {
+    std::set<size_t> waits;
+    for (ValueId v : out.plan.groups[k].inputs)
+      if (int producer = out.plan.groupOf[v];
+          producer >= 0 && spec.kernels[static_cast<size_t>(producer)].collective)
+        waits.insert(static_cast<size_t>(producer));
+    spec.kernels[k].waitFor.assign(waits.begin(), waits.end());
+  }
   if (cuda) {
     out.mlirModule = codegen::gpuModuleText(globals, functions);
   } else {

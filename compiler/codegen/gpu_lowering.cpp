@@ -133,8 +133,15 @@ ExecutableSpec emulateCudaOnCpu(const Graph &graph, const CompileOptions &option
   std::shared_ptr<LoadedObject> code = LoadedObject::load(compileToObject(module));
   ExecutableSpec spec = lowered.spec;
   spec.kernels.clear();
+  // Collective steps stay as they are; their indices move with the launches.
+  std::vector<size_t> newIndex(lowered.launches.size());
   for (size_t k = 0; k < lowered.launches.size(); ++k) {
     const KernelSpec &kernel = lowered.spec.kernels[k];
+    newIndex[k] = spec.kernels.size();
+    if (kernel.collective) {
+      spec.kernels.push_back(kernel);
+      continue;
+    }
     for (size_t i = 0; i < lowered.launches[k].size(); ++i) {
       const CudaLaunch &launch = lowered.launches[k][i];
       KernelSpec emulated;
@@ -149,6 +156,9 @@ ExecutableSpec emulateCudaOnCpu(const Graph &graph, const CompileOptions &option
           if (check.kernel == kernel.name)
             check.kernel = launch.function;
       }
+      if (i == 0)
+        for (size_t w : kernel.waitFor)
+          emulated.waitFor.push_back(newIndex[w]);
       spec.kernels.push_back(std::move(emulated));
     }
   }

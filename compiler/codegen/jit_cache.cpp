@@ -115,7 +115,8 @@ std::optional<std::string> readWholeFile(const std::string &path) {
 
 void bindKernels(ExecutableSpec &spec, const std::shared_ptr<LoadedObject> &object) {
   for (KernelSpec &kernel : spec.kernels)
-    kernel.fn = reinterpret_cast<KernelFn>(object->symbol("_mlir_ciface_" + kernel.name));
+    if (!kernel.collective)
+      kernel.fn = reinterpret_cast<KernelFn>(object->symbol("_mlir_ciface_" + kernel.name));
   spec.owner = object;
 }
 

@@ -38,6 +38,7 @@ bool isInlinable(OpKind op) {
   case OpKind::Conv2dGradWeight:
   case OpKind::MaxPool2dGrad:
   case OpKind::AvgPool2dGrad:
+  case OpKind::AllReduce:
     return false;
   case OpKind::Constant:
   case OpKind::Iota:
@@ -643,6 +644,7 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Conv2dGradWeight:
   case OpKind::MaxPool2dGrad:
   case OpKind::AvgPool2dGrad:
+  case OpKind::AllReduce: // the runtime's collective step wrote it
     return load(id, idx);
   case OpKind::Constant: return constantElement(n, id, idx);
   case OpKind::Iota: {

@@ -116,7 +116,14 @@ std::vector<Tensor> run(const Graph &graph, const TensorMap &inputs,
       operands.push_back(values[operand]);
     }
     try {
-      owned[i] = evaluateNode(node, operands);
+      if (node.op == OpKind::AllReduce && options.communicator) {
+        owned[i] = Tensor(node.type);
+        options.communicator->allReduce(operands[0]->bytes(), owned[i].bytes(),
+                                        node.type.numel(), node.type.dtype,
+                                        *parseReduceOp(node.attrs.getString("reduction")));
+      } else {
+        owned[i] = evaluateNode(node, operands);
+      }
     } catch (const Error &e) {
       throw Error(locatedMessage(node.loc, fmt::format("{}: {}", opLabel(node), e.what())));
     } catch (const std::logic_error &e) {

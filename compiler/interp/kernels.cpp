@@ -800,6 +800,9 @@ Tensor evaluateNode(const Node &node, std::span<const Tensor *const> operands) {
   case OpKind::Conv2dGradWeight: return interp::conv2dGradWeight(node, x(0), x(1));
   case OpKind::MaxPool2dGrad: return interp::maxPool2dGrad(node, x(0), x(1));
   case OpKind::AvgPool2dGrad: return interp::avgPool2dGrad(node, x(0));
+  // One process: the sum or mean over all processes is the value itself.
+  // interpret() sends it through InterpretOptions::communicator when given.
+  case OpKind::AllReduce: return x(0);
   }
   throw std::logic_error("evaluateNode: unknown op");
 }

@@ -292,4 +292,8 @@ Value dropout(Value x, Value seed, double rate, Loc at) {
   return builderOf(x, at).op(OpKind::Dropout, {x, seed}, {{"rate", rate}}, here(at));
 }
 
+Value allReduce(Value x, std::string_view reduction, Loc at) {
+  return unary(OpKind::AllReduce, x, at, {{"reduction", std::string(reduction)}});
+}
+
 } // namespace stepc

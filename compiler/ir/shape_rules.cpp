@@ -599,6 +599,17 @@ TensorType inferUnchecked(OpKind op, AttrReader &attrs, std::span<const TensorTy
       fail(fmt::format("rate must be in [0, 1), got {}", rate));
     return in[0];
   }
+  case OpKind::AllReduce: {
+    attrs.mark("reduction");
+    const std::string &reduction = attrs.all().getString("reduction");
+    if (reduction == "mean")
+      requireFloat(in[0]);
+    else if (reduction == "sum")
+      requireNumeric(in[0]);
+    else
+      fail(fmt::format("reduction must be sum or mean, got '{}'", reduction));
+    return in[0];
+  }
   }
   fail("unknown op");
 }

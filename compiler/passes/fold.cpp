@@ -132,7 +132,8 @@ bool ConstantFolding::run(Graph &graph) {
   bool changed = false;
   for (ValueId id = 0; id < graph.size(); ++id) {
     Node &node = graph.nodes[id];
-    if (opInfo(node.op).is(kSource))
+    // A collective's value depends on the other processes.
+    if (opInfo(node.op).is(kSource) || node.op == OpKind::AllReduce)
       continue;
     bool allConstant = true, allSplat = true;
     for (ValueId operand : node.operands) {

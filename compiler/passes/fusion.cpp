@@ -31,6 +31,7 @@
 #include <map>
 #include <queue>
 #include <set>
+#include <tuple>
 
 namespace stepc {
 
@@ -121,7 +122,8 @@ OpClass opClass(OpKind op) {
   case OpKind::MaxPool2d:
   case OpKind::AvgPool2d:
   case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad: return OpClass::Opaque;
+  case OpKind::AvgPool2dGrad:
+  case OpKind::AllReduce: return OpClass::Opaque;
   }
   return OpClass::Opaque;
 }
@@ -137,6 +139,8 @@ std::string_view opaqueReason(OpKind op) {
   case OpKind::AvgPool2d: return "each output reads a window of its input";
   case OpKind::MaxPool2dGrad:
   case OpKind::AvgPool2dGrad: return "each input element scatters into several windows";
+  case OpKind::AllReduce:
+    return "it is a collective: a runtime call between kernels, not a loop";
   default: return "it has no fusible form";
   }
 }
@@ -766,25 +770,46 @@ FusionPlan Fuser::finish() {
     }
   }
 
-  // Kahn's algorithm; among ready kernels, the one with the earliest node
-  // runs first, which follows the program's own order.
+  // Collectives, and the kernels that only pack values for one, run as
+  // soon as they are ready: a gradient bucket's all_reduce then starts right
+  // after the kernel that completes the bucket and overlaps the rest of the
+  // backward pass, instead of waiting for its place in program order.
+  auto urgent = [&](int i) {
+    bool feedsCollective = false;
+    for (ValueId v : members_[live[i]]) {
+      if (g_.node(v).op == OpKind::AllReduce)
+        return true;
+      if (escapes_[v])
+        return false;
+      for (ValueId u : users_[v]) {
+        bool collective = g_.node(u).op == OpKind::AllReduce;
+        if (!collective && groupOf_[u] != live[i])
+          return false;
+        feedsCollective = feedsCollective || collective;
+      }
+    }
+    return feedsCollective;
+  };
+  // Kahn's algorithm; among ready kernels, urgent ones first, then the one
+  // with the earliest node, which follows the program's own order.
   std::vector<int> indegree(count, 0);
   for (size_t i = 0; i < count; ++i)
     for (int s : succ[i])
       ++indegree[s];
-  using Entry = std::pair<ValueId, int>;
+  using Entry = std::tuple<bool, ValueId, int>;
   std::priority_queue<Entry, std::vector<Entry>, std::greater<>> ready;
+  auto push = [&](int i) { ready.push({!urgent(i), minId_[live[i]], i}); };
   for (size_t i = 0; i < count; ++i)
     if (indegree[i] == 0)
-      ready.push({minId_[live[i]], static_cast<int>(i)});
+      push(static_cast<int>(i));
   std::vector<int> order;
   while (!ready.empty()) {
-    int i = ready.top().second;
+    int i = std::get<2>(ready.top());
     ready.pop();
     order.push_back(i);
     for (int s : succ[i])
       if (--indegree[s] == 0)
-        ready.push({minId_[live[s]], s});
+        push(s);
   }
   assert(order.size() == count && "fusion produced a cyclic kernel graph");
 

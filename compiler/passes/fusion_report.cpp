@@ -152,6 +152,27 @@ std::string fusionReport(const Graph &graph, const FusionPlan &plan,
   line(header);
   for (const Row &r : rows)
     line(r);
+  // Collectives (data-parallel gradient buckets): when each starts, and the
+  // kernel that first waits for it; the kernels between overlap it.
+  for (size_t k = 0; k < plan.groups.size(); ++k) {
+    ValueId v = plan.groups[k].nodes[0];
+    if (graph.node(v).op != OpKind::AllReduce)
+      continue;
+    size_t waiter = plan.groups.size();
+    for (size_t j = k + 1; j < plan.groups.size() && waiter == plan.groups.size(); ++j)
+      for (ValueId in : plan.groups[j].inputs)
+        if (in == v)
+          waiter = j;
+    const SourceLoc &loc = graph.node(v).loc;
+    out += fmt::format("collective {}: all_reduce {} of {} bytes{}, started after {}, waited "
+                       "for by {} ({} kernels overlap it)\n",
+                       plan.groups[k].name, graph.node(v).attrs.getString("reduction"),
+                       plan.groups[k].bytesWritten,
+                       loc.origin.empty() ? "" : fmt::format(" ({})", loc.origin),
+                       k == 0 ? "the start" : plan.groups[k - 1].name,
+                       waiter < plan.groups.size() ? plan.groups[waiter].name : "the step's end",
+                       waiter - k - 1);
+  }
   out += fmt::format("total: {} kernels, {} bytes read+written, peak arena {} bytes\n",
                      plan.groups.size(), moved, buffers.arenaBytes);
   return out;

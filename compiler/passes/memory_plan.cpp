@@ -137,6 +137,13 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
       last[v] = std::max(last[v], escapes[v] ? end : g);
     }
   }
+  // A collective runs asynchronously from its step until the first kernel
+  // that reads its result waits for it: the buffer it sends from stays
+  // alive until then (at most as long as the result's own buffer).
+  for (ValueId v = 0; v < n; ++v)
+    if (graph.node(v).op == OpKind::AllReduce && needed[v])
+      for (ValueId o : graph.node(v).operands)
+        last[o] = std::max(last[o], last[v]);
 
   // 2. In-place reuse.
   std::vector<int64_t> reuses(n, -1);

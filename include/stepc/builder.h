@@ -200,6 +200,11 @@ Value avgPool2d(Value x, Pool2dOptions options = {}, Loc at = Loc::current());
 // 1/(1-rate); `seed` is an i64 scalar, normally a graph input.
 Value dropout(Value x, Value seed, double rate, Loc at = Loc::current());
 
+// --- Collectives ------------------------------------------------------------
+// The elementwise sum ("sum") or mean ("mean") of x over every process of a
+// data-parallel job; x itself when the job is one process.
+Value allReduce(Value x, std::string_view reduction, Loc at = Loc::current());
+
 // --- Composites: built from the ops above, no kernels of their own ----------
 // x @ w + b (b may be an invalid Value for no bias).
 Value linear(Value x, Value w, Value b, Loc at = Loc::current());

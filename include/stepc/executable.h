@@ -3,6 +3,7 @@
 // AOT builds both produce an ExecutableSpec; the Executable runs it.
 #pragma once
 
+#include "stepc/communicator.h"
 #include "stepc/tensor.h"
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +50,17 @@ struct KernelSpec {
   std::vector<std::string> provenance;
   // Floating-point work of its matmuls and convolutions (for GFLOP/s).
   double flops = 0;
+  // A collective step instead of a kernel (fn stays null): the executor
+  // starts an all_reduce of `from` into outputs[0] through the communicator
+  // and goes on with the next kernels while it runs.
+  struct Collective {
+    ReduceOp op = ReduceOp::Sum;
+    TensorSlot from;
+  };
+  std::optional<Collective> collective;
+  // Collective steps (indices in ExecutableSpec::kernels) whose results
+  // this kernel reads: it waits for them before it runs.
+  std::vector<size_t> waitFor;
 };
 
 // A range check compiled into a kernel: every index an op reads (gather,
@@ -113,12 +126,29 @@ struct RunOptions {
   int threads = 0;
   // Called after each kernel of a step (after its profile entry, before
   // checkNumerics looks at it) with the kernel's index in spec().kernels and
-  // the arena, whose KernelSpec::outputs slots then hold what it wrote.
+  // the arena, whose KernelSpec::outputs slots then hold what it wrote
+  // (not after a collective step, whose result arrives later).
   // `stepc bench --per-kernel` copies them to compare fused with unfused
   // kernels; later kernels may reuse those bytes. Unset: no cost.
   std::function<void(size_t kernelIndex, const KernelSpec &, const std::byte *arena)>
       afterKernel = nullptr;
+  // The job's processes, for the spec's collective steps (data-parallel
+  // training). Unset: one process, every collective is a copy. With more
+  // than one rank the constructor checks that every rank built the same
+  // executable (executableHash) and copies rank 0's initial params to all.
+  std::shared_ptr<Communicator> communicator;
 };
+
+// What the collective steps did, summed over the steps taken.
+struct CollectiveStats {
+  int64_t calls = 0;
+  int64_t bytes = 0;       // payload of every all_reduce
+  double waitMicros = 0;   // blocked waiting for results: the exposed part
+};
+
+// A fingerprint of what every rank must agree on: slot names, types and
+// offsets, kernels, their ops and collectives.
+uint64_t executableHash(const ExecutableSpec &spec);
 
 struct KernelTiming {
   std::string kernel;
@@ -165,12 +195,15 @@ public:
 
   // Checkpoints in the safetensors format: written atomically (temporary
   // file, fsync, rename); a load checks every name, dtype and shape and says
-  // what differs, changing nothing on error.
+  // what differs, changing nothing on error. In a job of several ranks only
+  // rank 0 writes (every rank holds the same params).
   void saveParams(const std::string &path) const;
   void loadParams(const std::string &path);
 
   // One entry per kernel per successful step, when RunOptions::profile.
   const std::vector<KernelTiming> &profile() const { return timings_; }
+  const CollectiveStats &collectiveStats() const { return collectiveStats_; }
+  Communicator &communicator() const { return *comm_; }
   // Chrome trace JSON (chrome://tracing, Perfetto) of the recorded timings:
   // one complete ("X") event per entry, written atomically.
   void writeTrace(const std::string &path) const;
@@ -185,9 +218,14 @@ private:
   std::vector<KernelTiming> timings_;
   std::chrono::steady_clock::time_point created_;
   std::vector<std::byte> paramSnapshot_; // checkNumerics only: see step()
+  std::shared_ptr<Communicator> comm_;
+  std::vector<int64_t> inFlight_; // per kernel: the collective's handle, or -1
+  CollectiveStats collectiveStats_;
 
   void checkInputs(const std::map<std::string, Tensor, std::less<>> &inputs) const;
   void runKernels();
+  void runCollective(size_t index, const KernelSpec &kernel);
+  void waitFor(size_t index);
   void checkOutputs(const KernelSpec &kernel) const;
   void checkFault(size_t kernelIndex);
   // Kernels [0, firstParamWriter_) write no param bytes.

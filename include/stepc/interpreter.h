@@ -2,6 +2,7 @@
 // the host. It is the oracle that every pass and backend is tested against.
 #pragma once
 
+#include "stepc/communicator.h"
 #include "stepc/executable.h"
 #include "stepc/graph.h"
 #include "stepc/tensor.h"
@@ -30,6 +31,8 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed);
 struct InterpretOptions {
   // Refuse to allocate any single value larger than this (bytes).
   size_t maxTensorBytes = size_t(8) << 30;
+  // The job's processes for all_reduce; null: one process (the identity).
+  Communicator *communicator = nullptr;
 };
 
 // Runs the graph. Every input and parameter must be given with its exact

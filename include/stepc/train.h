@@ -55,12 +55,27 @@ std::string_view optimizerName(Optimizer::Kind kind);
 // "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"; throws on others.
 Optimizer::Kind parseOptimizerKind(std::string_view name);
 
+// Data-parallel training (the way PyTorch's DDP and XLA do it): every
+// process runs the step on its own slice of the global batch, and the
+// gradients are averaged over the processes (all_reduce mean) between the
+// backward pass and the optimizer, so every process applies the same update.
+// The gradients are packed into buckets of about bucketBytes, in the order
+// the backward pass completes them; fusion schedules each bucket's
+// all_reduce right after the kernel that completes it, so the communication
+// overlaps the rest of the backward pass. The loss output becomes the mean
+// over the processes too. With one process every all_reduce is the identity.
+struct DataParallel {
+  bool enabled = false;
+  int64_t bucketBytes = int64_t(2) << 20;
+};
+
 // Builds the training step of `model`: inputs are the model's inputs plus
 // `lr` (f32[], the base learning rate) unless Optimizer::lr is set; parameters are the model's plus the
 // optimizer state ("<param>.m", "<param>.v", "<param>.buf", "<param>.sq")
 // and the step counter "step" (i64[]); outputs are the model's outputs; the
 // graph's updates assign every parameter, state tensor and the counter
 // their new values. Every floating-point parameter is trained.
-Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &optimizer);
+Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &optimizer,
+                const DataParallel &dataParallel = {});
 
 } // namespace stepc

@@ -3,6 +3,7 @@
 #include "stepc/cuda.h"
 
 #include "driver.h"
+#include "nccl.h"
 
 #include "stepc/error.h"
 
@@ -139,6 +140,7 @@ struct CudaExecutable::State {
   int64_t steps = 0;
   std::vector<KernelTiming> timings;
   std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now();
+  std::unique_ptr<NcclComm> nccl; // a job of several ranks: the collective steps
 
   ~State();
   void makeCurrent() const { d->check(d->ctxSetCurrent(context), "cuCtxSetCurrent"); }
@@ -164,6 +166,7 @@ CudaExecutable::State::~State() {
     d->ctxSetCurrent(context);
   if (stream)
     d->streamSynchronize(stream);
+  nccl.reset();
   for (CUevent event : events)
     if (event)
       d->eventDestroy(event);
@@ -191,7 +194,15 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
   const Driver &d = driver(); // "no CUDA device: ..." when there is none
   s.d = &d;
 
-  d.check(d.deviceGet(&s.device, 0), "cuDeviceGet");
+  // One GPU per rank: the rank's index among the ranks on its node.
+  int ordinal = 0;
+  if (options.communicator && options.communicator->size() > 1)
+    if (const char *local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) {
+      int count = 1;
+      d.check(d.deviceGetCount(&count), "cuDeviceGetCount");
+      ordinal = std::atoi(local) % std::max(count, 1);
+    }
+  d.check(d.deviceGet(&s.device, ordinal), "cuDeviceGet");
   char name[256] = {};
   d.check(d.deviceGetName(name, sizeof name - 1, s.device), "cuDeviceGetName");
   std::string arch = deviceArch(d, s.device);
@@ -260,6 +271,19 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
                                     [&](const IndexCheck &c) { return c.kernel == kernel.name; }));
     s.writesParams.push_back(writesParams(kernel, layout.params));
   }
+  if (Communicator *comm = options.communicator.get(); comm && comm->size() > 1) {
+    // As the CPU Executable: the same executable on every rank, rank 0's
+    // initial params everywhere.
+    checkSameOnEveryRank(*comm, executableHash(layout),
+                         fmt::format("the compiled executable '{}'", layout.name));
+    s.nccl = std::make_unique<NcclComm>(*comm);
+    for (const TensorSlot &slot : layout.params) {
+      Tensor value = layout.initialParams.at(slot.name);
+      comm->broadcast(value.bytes(), static_cast<int64_t>(value.nbytes()), 0);
+      setParam(slot.name, value);
+    }
+    return;
+  }
   for (const TensorSlot &slot : layout.params)
     setParam(slot.name, layout.initialParams.at(slot.name));
 }
@@ -268,6 +292,18 @@ CudaExecutable::~CudaExecutable() = default;
 
 void CudaExecutable::State::launch(size_t k) {
   const KernelSpec &kernel = spec.layout.kernels[k];
+  if (kernel.collective) {
+    // On the kernels' stream, so ordered with them; one process: a copy.
+    const KernelSpec::Collective &c = *kernel.collective;
+    const TensorSlot &to = kernel.outputs[0];
+    if (nccl)
+      nccl->allReduce(arena + c.from.offset, arena + to.offset, to.type.numel(), to.type.dtype,
+                      c.op, stream);
+    else if (to.bytes() > 0 && to.offset != c.from.offset)
+      d->check(d->memcpyDtoDAsync(arena + to.offset, arena + c.from.offset, to.bytes(), stream),
+               "cuMemcpyDtoDAsync", fmt::format("collective step {}", kernel.name));
+    return;
+  }
   CUdeviceptr allocated = arena, aligned = arena;
   int64_t offset = 0, size = spec.layout.arenaBytes, stride = 1;
   for (size_t i = 0; i < functions[k].size(); ++i) {
@@ -489,6 +525,8 @@ std::string CudaExecutable::deviceName() const { return state_->deviceName; }
 const std::vector<KernelTiming> &CudaExecutable::profile() const { return state_->timings; }
 
 void CudaExecutable::saveParams(const std::string &path) const {
+  if (state_->options.communicator && state_->options.communicator->rank() != 0)
+    return; // rank 0 writes for the job: every rank holds the same params
   std::map<std::string, Tensor> tensors;
   for (const TensorSlot &slot : state_->spec.layout.params)
     tensors.emplace(slot.name, param(slot.name));

@@ -71,7 +71,9 @@ int trainStep(const TrainStepOptions &options) {
   opt.schedule.gamma = options.gamma;
   opt.schedule.totalSteps = options.totalSteps;
   opt.schedule.minLr = options.minLr;
-  emitGraph(stepc::trainStep(graph, options.loss, opt), options.output);
+  DataParallel dp{.enabled = options.dataParallel,
+                  .bucketBytes = static_cast<int64_t>(options.bucketMb * (1 << 20))};
+  emitGraph(stepc::trainStep(graph, options.loss, opt, dp), options.output);
   return 0;
 }
 

@@ -53,6 +53,8 @@ struct TrainStepOptions {
   std::string schedule = "constant";
   int64_t stepSize = 1, totalSteps = 1;
   double gamma = 0.1, minLr = 0;
+  bool dataParallel = false; // average gradients over the job's ranks
+  double bucketMb = 2;
 };
 // `stepc train-step FILE.sg --loss NAME --optimizer adam --lr 1e-3 -o step.sg`
 int trainStep(const TrainStepOptions &options);
@@ -80,6 +82,10 @@ struct DemoOptions {
   // Default: build/<data set>_<model>.safetensors; empty: save nothing.
   std::optional<std::string> checkpoint;
   double targetAccuracy = 83.5; // Fashion-MNIST: exit 1 below it
+  // Under mpirun: each rank trains on its slice of every global batch,
+  // gradients averaged over MPI (docs/distributed.md).
+  bool dataParallel = false;
+  double bucketMb = 2;
 };
 // `stepc demo [--model mlp|cnn]`: trains on Fashion-MNIST, compiled.
 int fashionDemo(const DemoOptions &options);

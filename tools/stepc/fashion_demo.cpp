@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "datasets.h"
 
+#include "stepc/communicator.h"
 #include "stepc/compile.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
@@ -15,14 +16,51 @@
 #include <chrono>
 #include <numeric>
 #include <random>
+#include <thread>
 
 namespace stepc::cli {
+
+// The demo on one process (comm null) or as one rank of a data-parallel job.
+int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm);
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The floating-point params' bytes: what one step's gradients weigh.
+int64_t gradientBytes(const Graph &model) {
+  int64_t bytes = 0;
+  for (ValueId id : model.params())
+    if (isFloat(model.type(id).dtype))
+      bytes += model.type(id).numel() * static_cast<int64_t>(dtypeSize(model.type(id).dtype));
+  return bytes;
+}
+
 double millisSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// The model with its batch (the leading axis of its inputs, and of shape
+// attributes that carry it, such as a flattening reshape) changed from
+// `from` to `to`: a data-parallel rank's slice of the global batch.
+Graph withBatch(const Graph &model, int64_t from, int64_t to) {
+  Graph out;
+  out.name = model.name;
+  for (Node node : model.nodes) {
+    const auto *shape = node.attrs.find("shape");
+    if (shape && std::holds_alternative<std::vector<int64_t>>(*shape)) {
+      std::vector<int64_t> dims = std::get<std::vector<int64_t>>(*shape);
+      if (!dims.empty() && dims[0] == from && !node.type.shape.empty() &&
+          node.type.shape[0] == from && node.op != OpKind::Parameter) {
+        dims[0] = to;
+        node.attrs.set("shape", dims);
+      }
+    }
+    out.add(std::move(node));
+  }
+  for (const GraphOutput &o : model.outputs)
+    out.addOutput(o.name, o.value);
+  return out;
 }
 
 // Copies examples `order[first .. first + batch)` into the model's x and y.
@@ -43,9 +81,48 @@ TensorMap makeBatch(const ImageSet &data, const std::vector<int64_t> &order, int
   return m;
 }
 
+// Every rank's params, hashed, must agree after training.
+uint64_t paramsHash(const Executable &e) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const std::string &name : e.paramNames()) {
+    Tensor t = e.param(name);
+    for (size_t i = 0; i < t.nbytes(); ++i) {
+      h ^= static_cast<uint64_t>(t.bytes()[i]);
+      h *= 0x100000001b3ull;
+    }
+  }
+  return h;
+}
+
+// Threads per rank: the machine's cores shared among the ranks on it, so two
+// spinning pools do not stall each other.
+int threadsPerRank(int ranks) {
+  int local = ranks;
+  if (const char *s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))
+    local = std::max(1, std::atoi(s));
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
+}
+
 } // namespace
 
 int fashionDemo(const DemoOptions &options) {
+  if (!options.dataParallel)
+    return fashionDemoOn(options, nullptr);
+  std::shared_ptr<Communicator> comm = mpiCommunicator();
+  try {
+    return fashionDemoOn(options, comm);
+  } catch (const std::exception &e) {
+    // The other ranks may be inside a collective: end the whole job.
+    fmt::print(stderr, "stepc: rank {} of {}: error: {}\n", comm->rank(), comm->size(), e.what());
+    std::fflush(stderr);
+    comm->abort(1);
+  }
+  return 1; // not reached: abort() ends the process
+}
+
+int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm) {
+  int rank = comm ? comm->rank() : 0, ranks = comm ? comm->size() : 1;
+  bool lead = rank == 0;
   std::string modelName = options.model.empty() ? "mlp" : options.model;
   std::string modelPath = options.examples + "/" + modelName + ".sg";
   double lr = options.lr.value_or(1e-3);
@@ -57,6 +134,12 @@ int fashionDemo(const DemoOptions &options) {
                             modelPath));
   TensorType xType = model.type(*xId), yType = model.type(*yId);
   int64_t batch = xType.shape[0];
+  if (batch % ranks != 0)
+    throw Error(fmt::format("{}: the global batch of {} does not split evenly across {} ranks",
+                            modelPath, batch, ranks));
+  int64_t shard = batch / ranks;
+  Graph local = comm ? withBatch(model, batch, shard) : model;
+  TensorType xShard = local.type(*xId), yShard = local.type(*yId);
 
   ImageSet train = readIdxImages(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz",
                                  std::string(kFashionMnistDir) + "/train-labels-idx1-ubyte.gz");
@@ -65,16 +148,32 @@ int fashionDemo(const DemoOptions &options) {
   if (xType.numel() / batch != train.pixels)
     throw Error(fmt::format("{}: input x has {} values per example, images have {}", modelPath,
                             xType.numel() / batch, train.pixels));
-  fmt::print("Fashion-MNIST: {} training and {} test images; model {} (batch {}), Adam lr {}\n",
-             train.count, test.count, modelPath, batch, lr);
+  if (lead)
+    fmt::print("Fashion-MNIST: {} training and {} test images; model {} (batch {}), Adam lr {}\n",
+               train.count, test.count, modelPath, batch, lr);
 
   Optimizer opt = Optimizer::adam();
   opt.lr = lr;
-  Graph step = trainStep(model, "loss", opt);
+  DataParallel dp;
+  dp.enabled = comm != nullptr;
+  dp.bucketBytes = static_cast<int64_t>(options.bucketMb * (1 << 20));
+  Graph step = trainStep(local, "loss", opt, dp);
   auto compileStart = Clock::now();
-  auto trainer = compileJit(step);
-  fmt::print("compiled the training step: {} kernels in {:.0f} ms\n", trainer->spec().kernels.size(),
-             millisSince(compileStart));
+  RunOptions run;
+  run.communicator = comm;
+  if (comm)
+    run.threads = threadsPerRank(ranks);
+  auto trainer = compileJit(step, {}, run);
+  if (lead)
+    fmt::print("compiled the training step: {} kernels in {:.0f} ms\n",
+               trainer->spec().kernels.size(), millisSince(compileStart));
+  if (comm && lead)
+    fmt::print("data-parallel over {} ranks ({}): each rank trains on {} of every {} examples, "
+               "{} threads each; gradients averaged in {} all-reduce buckets\n",
+               ranks, comm->engine(), shard, batch, run.threads,
+               std::count_if(trainer->spec().kernels.begin(), trainer->spec().kernels.end(),
+                             [](const KernelSpec &k) { return k.collective.has_value(); }) -
+                   1);
 
   std::mt19937_64 rng(options.seed);
   std::vector<int64_t> order(static_cast<size_t>(train.count));
@@ -86,20 +185,58 @@ int fashionDemo(const DemoOptions &options) {
     int64_t stepsPerEpoch = std::min(train.count / batch, stepsLeft);
     stepsLeft -= stepsPerEpoch;
     std::shuffle(order.begin(), order.end(), rng);
-    Progress progress(fmt::format("epoch {}/{}", epoch, options.epochs), stepsPerEpoch);
+    std::optional<Progress> progress;
+    if (lead)
+      progress.emplace(fmt::format("epoch {}/{}", epoch, options.epochs), stepsPerEpoch);
     double lossSum = 0;
     auto epochStart = Clock::now();
     for (int64_t s = 0; s < stepsPerEpoch; ++s) {
-      TensorMap inputs = makeBatch(train, order, s * batch, xType, yType);
+      // This rank's slice of global batch s.
+      TensorMap inputs = makeBatch(train, order, s * batch + rank * shard, xShard, yShard);
       auto start = Clock::now();
       double loss = trainer->step(inputs).at("loss").real(0);
       stepMillis.push_back(millisSince(start));
       lossSum += loss;
       double seconds = millisSince(epochStart) / 1e3;
-      progress.update(s + 1, fmt::format("loss {:.4f}  {:.0f} images/s", lossSum / double(s + 1),
-                                         double((s + 1) * batch) / seconds));
+      if (progress)
+        progress->update(s + 1, fmt::format("loss {:.4f}  {:.0f} images/s",
+                                            lossSum / double(s + 1),
+                                            double((s + 1) * batch) / seconds));
     }
-    progress.finish(fmt::format("mean loss {:.4f}", lossSum / double(stepsPerEpoch)));
+    if (progress)
+      progress->finish(fmt::format("mean loss {:.4f}", lossSum / double(stepsPerEpoch)));
+  }
+
+  if (comm) {
+    checkSameOnEveryRank(*comm, paramsHash(*trainer), "the trained params");
+    const CollectiveStats &stats = trainer->collectiveStats();
+    int64_t steps = trainer->stepsTaken();
+    // The same bytes all-reduced alone, blocking: what the step would wait
+    // for if nothing overlapped the communication.
+    std::vector<double> blockingMs;
+    std::vector<std::byte> buffer(static_cast<size_t>(stats.bytes / std::max<int64_t>(steps, 1)));
+    for (int i = 0; i < 20; ++i) {
+      auto a = Clock::now();
+      comm->allReduce(buffer.data(), buffer.data(), static_cast<int64_t>(buffer.size() / 4),
+                      DType::F32, ReduceOp::Sum);
+      blockingMs.push_back(millisSince(a));
+    }
+    double exposedMs = stats.waitMicros / 1e3 / double(std::max<int64_t>(steps, 1));
+    double aloneMs = perf::median(blockingMs);
+    if (lead)
+      fmt::print("per step: {:.2f} ms median; all-reduced {} bytes in {} calls (the gradients: "
+                 "{} bytes); waited {:.3f} ms for them, against {:.3f} ms for the same all-reduce "
+                 "alone: {:.0f}% hidden behind the backward pass\n",
+                 perf::median(stepMillis), stats.bytes / std::max<int64_t>(steps, 1),
+                 stats.calls / std::max<int64_t>(steps, 1), gradientBytes(local),
+                 exposedMs, aloneMs,
+                 100.0 * std::clamp(1.0 - exposedMs / std::max(aloneMs, 1e-9), 0.0, 1.0));
+    if (lead)
+      fmt::print("params identical on all {} ranks\n", ranks);
+    if (!lead) {
+      // Rank 0 evaluates and saves: every rank holds the same params.
+      return 0;
+    }
   }
 
   // Evaluate: the same model with its logits as an output, the trained weights.
@@ -138,6 +275,8 @@ int fashionDemo(const DemoOptions &options) {
                checkpoint, modelPath, checkpoint);
   }
 
+  if (comm)
+    return reached ? 0 : 1;
   // Fused against unfused on the same batches, alternating.
   auto unfused = compileJit(step, {.fusion = false});
   std::vector<double> fusedMs, unfusedMs;

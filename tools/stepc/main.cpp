@@ -54,6 +54,11 @@ int main(int argc, char **argv) {
   trainStep->add_option("--lr", stepOptions.lr,
                         "base learning rate (default: an input 'lr' of the step graph)");
   trainStep->add_option("--weight-decay", stepOptions.weightDecay)->capture_default_str();
+  trainStep->add_flag("--data-parallel", stepOptions.dataParallel,
+                      "average the gradients over the job's ranks (all_reduce mean, in buckets)");
+  trainStep->add_option("--bucket-mb", stepOptions.bucketMb,
+                        "with --data-parallel: gradient bucket size in MB")
+      ->capture_default_str();
   trainStep->add_option("--momentum", stepOptions.momentum)->capture_default_str();
   trainStep->add_option("--clip-norm", stepOptions.clipNorm, "0: no clipping")
       ->capture_default_str();
@@ -100,6 +105,12 @@ int main(int argc, char **argv) {
                    "'': nowhere)");
   demo->add_option("--target-accuracy", demoOptions.targetAccuracy,
                    "Fashion-MNIST: exit 1 below this test accuracy (%)")
+      ->capture_default_str();
+  demo->add_flag("--data-parallel", demoOptions.dataParallel,
+                 "Fashion-MNIST under `mpirun -np N`: split each batch across the ranks and "
+                 "average the gradients over MPI");
+  demo->add_option("--bucket-mb", demoOptions.bucketMb,
+                   "with --data-parallel: gradient bucket size in MB")
       ->capture_default_str();
 
   stepc::cli::OptOptions optOptions;
