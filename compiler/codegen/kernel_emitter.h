@@ -64,8 +64,9 @@ private:
       const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
       const std::function<void(const std::string &, const std::string &, const std::string &,
                                const std::string &, const std::string &, const std::string &)> &f);
-  std::string im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
-                     const Shape &gs);
+  std::string colBuffer(const Shape &ws, const Shape &gs);
+  void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+              const Shape &gs, const std::string &col);
   // Byte offset in the arena of a stored value (a planned buffer or scratch).
   int64_t byteOffset(ValueId id) const;
   std::map<ValueId, int64_t> scratchAt_;

@@ -259,8 +259,10 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
 }
 
 // Convolutions as matmuls, one sample at a time: im2col copies a sample's
-// receptive fields into col [C*KH*KW, OH*OW] (a stack buffer of the call),
-// and the tiled matmul does the arithmetic:
+// receptive fields into col [C*KH*KW, OH*OW] (a stack buffer of the call,
+// allocated before the sample loop: an alloca inside the loop takes new
+// stack on every iteration, as many buffers as samples), and the tiled
+// matmul does the arithmetic:
 //   conv2d:             out_n [O, OH*OW] = W [O, C*KH*KW] x col_n
 //   conv2d_grad_weight: dW += g_n [O, OH*OW] x col_n^T       (all samples)
 //   conv2d_grad_input:  dcol = W^T x g_n, added back into dx_n (col2im)
@@ -308,12 +310,15 @@ void KernelEmitter::forEachColElement(
   closeLoops(tap.size());
 }
 
-std::string KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample,
-                                  const Shape &ws, const Shape &gs) {
+std::string KernelEmitter::colBuffer(const Shape &ws, const Shape &gs) {
+  return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : memref<{}x{}xf32>",
+                               ws[1] * ws[2] * ws[3], gs[2] * gs[3]));
+}
+
+void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+                           const Shape &gs, const std::string &col) {
   const Shape &xs = shapeOf(x);
-  int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
-  std::string type = fmt::format("memref<{}x{}xf32>", depth, points);
-  std::string col = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
+  std::string type = fmt::format("memref<{}x{}xf32>", ws[1] * ws[2] * ws[3], gs[2] * gs[3]);
   forEachColElement(n, xs, ws, gs,
                     [&](const std::string &row, const std::string &point, const std::string &c,
                         const std::string &y, const std::string &xw, const std::string &valid) {
@@ -323,7 +328,6 @@ std::string KernelEmitter::im2col(const Node &n, ValueId x, const std::string &s
                       w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", masked, col, row,
                                           point, type));
                     });
-  return col;
 }
 
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
@@ -336,8 +340,9 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     const Shape &ws = shapeOf(w), &os = n.type.shape;
     int64_t depth = ws[1] * ws[2] * ws[3], points = os[2] * os[3];
     std::string weights = matrixView(w, "", ws[0], depth);
+    std::string col = colBuffer(ws, os);
     Index sample = openLoops({os[0]}, parallel);
-    std::string col = im2col(n, x, sample[0], ws, os);
+    im2col(n, x, sample[0], ws, os, col);
     std::string out = matrixView(id, sample[0], os[1], points);
     TiledMatMul mm{weights, col, out, os[1], depth, points, "", ""};
     tileSample_ = sample[0];
@@ -354,8 +359,9 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     const Shape &ws = n.type.shape, &gs = shapeOf(g);
     int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
     std::string grad = matrixView(id, "", ws[0], depth);
+    std::string col = colBuffer(ws, gs);
     Index sample = openLoops({gs[0]}, false);
-    std::string col = im2col(n, x, sample[0], ws, gs);
+    im2col(n, x, sample[0], ws, gs, col);
     TiledMatMul mm{matrixView(g, sample[0], gs[1], points), col, grad, ws[0], points, depth,
                    parallel ? begin_ : "", parallel ? end_ : ""};
     mm.bTransposed = true;
@@ -371,7 +377,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     const Shape &ws = shapeOf(w), &gs = shapeOf(g), &xs = n.type.shape;
     int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
     std::string type = fmt::format("memref<{}x{}xf32>", depth, points);
-    std::string dcol = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
+    std::string dcol = colBuffer(ws, gs);
     std::string weights = matrixView(w, "", ws[0], depth);
     Index sample = openLoops({gs[0]}, parallel);
     TiledMatMul mm{weights, matrixView(g, sample[0], gs[1], points), dcol, depth, gs[1], points,
