@@ -53,7 +53,8 @@ struct KernelSpec {
 // A range check compiled into a kernel: every index an op reads (gather,
 // scatter_add, one_hot with checked=1) must lie in [0, bound). A kernel that
 // reads one outside claims the arena's fault record and writes it there
-// (reading index 0 instead, so it never touches memory out of bounds); the
+// (reading an index in range instead, so it never touches memory out of
+// bounds); the
 // runtime turns the record into a stepc::Error after the kernel, worded as
 // the interpreter reports the same index (indexOutOfRange).
 struct IndexCheck {
