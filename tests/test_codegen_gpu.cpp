@@ -23,6 +23,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -516,6 +517,67 @@ TEST_P(CudaEmulatedExamples, TrainStepAdam) {
 INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(exampleNames()),
                          [](const auto &info) { return info.param; });
 
+// An embedding model's training step for the index checks: gather (and its
+// gradient, scatter_add, with atomics) and cross_entropy's checked labels.
+constexpr std::string_view kEmbeddingText = R"sg(
+graph emb {
+  input %ctx : i32[16,3]
+  input %y : i32[16]
+  param %table : f32[27,10] = normal(mean=0, std=1, seed=31)
+  param %w : f32[30,27] = normal(mean=0, std=0.3, seed=32)
+  %e = gather(%table, %ctx) {axis=0}
+  %flat = reshape(%e) {shape=[16,30]}
+  %logits = matmul(%flat, %w)
+  %loss = cross_entropy(%logits, %y)
+  output loss = %loss
+}
+)sg";
+
+// The message of the stepc::Error `f` throws, or "".
+template <class F> std::string errorOf(F f) {
+  try {
+    f();
+  } catch (const Error &e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
+  Graph model = parseGraph(kEmbeddingText, "emb.sg");
+  Graph step = trainStep(model, "loss", Optimizer::adam());
+  TensorMap good = randomInputs(step, 5);
+  good.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  TensorMap badIndex = good, badLabel = good;
+  badIndex.at("ctx").data<int32_t>()[7] = 27;
+  badLabel.at("y").data<int32_t>()[9] = -2;
+  for (bool fusion : {true, false}) {
+    SCOPED_TRACE(fusion ? "fused" : "unfused");
+    Executable exe(codegen::emulateCudaOnCpu(step, CompileOptions{.fusion = fusion}));
+    TensorMap params = initialParams(step);
+    for (const TensorMap &bad : {badIndex, badLabel}) {
+      std::string interpreted = errorOf([&] { interpretStep(step, bad, params); });
+      ASSERT_FALSE(interpreted.empty());
+      std::string emulated = errorOf([&] { exe.step(bad); });
+      EXPECT_THAT(emulated, ::testing::StartsWith(interpreted + "\n  in kernel k"));
+      EXPECT_THAT(emulated, HasSubstr("params are left as they were before step 0"));
+    }
+    // The gradient's scatter_add checks too (the forward gather is not in
+    // this graph).
+    Graph scatter = parseGraph("graph s {\n  input %i : i32[3]\n  input %u : f32[3,4]\n"
+                               "  %r = scatter_add(%i, %u) {axis=0, size=5}\n  output r = %r\n}\n",
+                               "s.sg");
+    TensorMap in = {{"i", Tensor::of<int32_t>({3}, {1, 5, 0})},
+                    {"u", stepc::testing::randomTensor(DType::F32, {3, 4}, 3)}};
+    Executable s(codegen::emulateCudaOnCpu(scatter, CompileOptions{.fusion = fusion}));
+    EXPECT_THAT(errorOf([&] { s.step(in); }),
+                ::testing::StartsWith("s.sg:4:3: error: scatter_add: index 5 (element 1 of the "
+                                      "indices i32[3]) is out of range for axis 0 of the result "
+                                      "f32[5,4]; valid indices are 0 to 4\n  in kernel k"));
+    EXPECT_NO_THROW(exe.step(good));
+  }
+}
+
 // --- The runtime without a GPU -------------------------------------------------------
 
 // In a child process (a fresh driver load), with $STEPC_CUDA_DRIVER set.
@@ -659,6 +721,65 @@ std::string runtimeOnFakeDriver(bool fusion) {
       failures += std::string("missing input: ") + e.what() + "\n";
   }
   return failures;
+}
+
+// A CudaExecutable on the fake driver finds a bad index before any param is
+// written (a training step) or at the end of the step (forward only), and
+// names it as the interpreter does. Returns what went wrong, or "".
+std::string indexChecksOnFakeDriver() {
+  std::string failures;
+  if (std::string why = cudaUnavailableReason(); !why.empty())
+    return "the fake driver did not load: " + why;
+  Graph model = parseGraph(kEmbeddingText, "emb.sg");
+  Graph step = trainStep(model, "loss", Optimizer::adam());
+  TensorMap good = randomInputs(step, 5);
+  good.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  TensorMap bad = good;
+  bad.at("ctx").data<int32_t>()[7] = 27;
+  for (const Graph *graph : {&step, &model}) {
+    TensorMap inputs = graph == &step ? good : TensorMap{{"ctx", good.at("ctx")}, {"y", good.at("y")}};
+    TensorMap badInputs = inputs;
+    badInputs.at("ctx") = bad.at("ctx");
+    // The spec keeps the emulated kernels' code loaded.
+    ExecutableSpec emulated = codegen::emulateCudaOnCpu(*graph, {.cache = false});
+    for (const KernelSpec &kernel : emulated.kernels)
+      fakeKernels[kernel.name] = kernel.fn;
+    CudaExecutable gpu(compileCudaSpec(*graph, {.cache = false}));
+    gpu.step(inputs);
+    std::map<std::string, Tensor> before;
+    for (const std::string &name : gpu.paramNames())
+      before.emplace(name, gpu.param(name));
+    TensorMap params(before.begin(), before.end());
+    std::string interpreted = errorOf([&] { interpretStep(*graph, badInputs, params); });
+    std::string message = errorOf([&] { gpu.step(badInputs); });
+    if (interpreted.empty() || message.rfind(interpreted + "\n  in kernel k", 0) != 0 ||
+        message.find("params are left as they were before step 1") == std::string::npos)
+      failures += fmt::format("{}: interpreter said\n{}\nthe GPU runtime said\n{}\n",
+                              graph->name, interpreted, message);
+    for (const auto &[name, value] : before)
+      if (std::memcmp(gpu.param(name).bytes(), value.bytes(), value.nbytes()) != 0)
+        failures += fmt::format("{}: param {} changed in the failed step\n", graph->name, name);
+    try {
+      gpu.step(inputs);
+    } catch (const std::exception &e) {
+      failures += fmt::format("{}: the step after the fault failed: {}\n", graph->name, e.what());
+    }
+    if (gpu.stepsTaken() != 2)
+      failures += fmt::format("{}: {} steps taken\n", graph->name, gpu.stepsTaken());
+  }
+  return failures;
+}
+
+TEST(CudaRuntimeOnFakeDriver, IndexChecks) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("STEPC_CUDA_DRIVER", STEPC_FAKE_CUDA, 1);
+        std::string failures = indexChecksOnFakeDriver();
+        std::fprintf(stderr, "%s", failures.empty() ? "fake runtime OK\n" : failures.c_str());
+        std::exit(failures.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "fake runtime OK");
 }
 
 TEST(CudaRuntimeOnFakeDriver, MatchesCpuFused) {

@@ -66,9 +66,9 @@ struct KernelSpec {
 // A range check compiled into a kernel: every index an op reads (gather,
 // scatter_add, one_hot with checked=1) must lie in [0, bound). A kernel that
 // reads one outside claims the arena's fault record and writes it there
-// (reading index 0 instead, so it never touches memory out of bounds); the
-// runtime turns the record into a stepc::Error after the kernel, worded as
-// the interpreter reports the same index (indexOutOfRange).
+// (reading an index in range instead, so it never touches memory out of
+// bounds); the runtime turns the record into a stepc::Error after the
+// kernel, worded as the interpreter reports the same index (indexOutOfRange).
 struct IndexCheck {
   std::string kernel;   // the kernel that holds the check
   std::string op;       // "gather", "scatter_add (gradient of gather)"
