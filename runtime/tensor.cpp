@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <new>
+
 namespace stepc {
 
 Tensor::Tensor(DType dtype, Shape shape) {
@@ -12,7 +14,15 @@ Tensor::Tensor(DType dtype, Shape shape) {
   numel_ = checkedNumel(type_.shape);
   if (numel_ > INT64_MAX / 8)
     throw Error(fmt::format("tensor {} is too large", typeString(type_)));
-  bytes_.assign(static_cast<size_t>(numel_) * dtypeSize(dtype), std::byte{0});
+  size_t bytes = static_cast<size_t>(numel_) * dtypeSize(dtype);
+  try {
+    bytes_.assign(bytes, std::byte{0});
+  } catch (const std::bad_alloc &) {
+    // A user error (the graph asks for more than the machine has), said in
+    // numbers; callers add which input, param or value it was for.
+    throw Error(fmt::format("out of memory: a {} tensor needs {} bytes ({:.3g} GiB)",
+                            typeString(type_), bytes, static_cast<double>(bytes) / (1 << 30)));
+  }
 }
 
 Tensor Tensor::fromReals(DType dtype, Shape shape, const std::vector<double> &values) {

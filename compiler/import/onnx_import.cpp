@@ -18,6 +18,7 @@
 // each.
 #include "onnx_context.h"
 
+#include "stepc/file.h"
 #include "stepc/interpreter.h"
 
 #include <fmt/format.h>
@@ -795,14 +796,8 @@ void NodeContext::invalid(const std::string &reason) const { throw Error(reason)
 namespace {
 
 std::string readFile(const std::string &path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file)
-    throw Error(fmt::format("{}: cannot open the file", path));
-  std::ostringstream bytes;
-  bytes << file.rdbuf();
-  if (file.bad())
-    throw Error(fmt::format("{}: cannot read the file", path));
-  return bytes.str();
+  return readFileBounded(path, kMaxOnnxFileBytes, "an ONNX file",
+                         "protobuf parses messages of at most 2 GiB");
 }
 
 } // namespace

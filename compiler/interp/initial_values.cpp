@@ -78,13 +78,11 @@ TensorMap initialParams(const Graph &graph) {
   TensorMap params;
   for (ValueId id : graph.params()) {
     const Node &node = graph.node(id);
-    Init init;
     try {
-      init = Init::fromAttrs(node.attrs);
+      params.emplace(node.name, initialTensor(Init::fromAttrs(node.attrs), node.type));
     } catch (const Error &e) {
       throw Error(locatedMessage(node.loc, fmt::format("param '{}': {}", node.name, e.what())));
     }
-    params.emplace(node.name, initialTensor(init, node.type));
   }
   return params;
 }
@@ -97,7 +95,12 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
     // Each input draws from its own stream, so adding an input leaves the
     // values of the earlier ones unchanged.
     uint64_t stream = randomBits(seed, k);
-    Tensor t(node.type);
+    Tensor t;
+    try {
+      t = Tensor(node.type);
+    } catch (const Error &e) {
+      throw Error(locatedMessage(node.loc, fmt::format("input '{}': {}", node.name, e.what())));
+    }
     for (int64_t i = 0; i < t.numel(); ++i) {
       uint64_t counter = static_cast<uint64_t>(i);
       switch (node.type.dtype) {

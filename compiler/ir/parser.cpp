@@ -3,6 +3,7 @@
 #include "lexer.h"
 
 #include "stepc/builder.h"
+#include "stepc/file.h"
 #include "stepc/text.h"
 
 #include <fmt/format.h>
@@ -576,17 +577,9 @@ Graph parseGraph(std::string_view text, std::string_view filename) {
 }
 
 Graph parseGraphFile(const std::string &path) {
-  std::unique_ptr<FILE, int (*)(FILE *)> file(std::fopen(path.c_str(), "rb"),
-                                              &std::fclose);
-  if (!file)
-    throw Error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
-  std::string text;
-  char buffer[1 << 16];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, file.get()))
-    text.append(buffer, n);
-  if (std::ferror(file.get()))
-    throw Error(fmt::format("cannot read '{}': {}", path, std::strerror(errno)));
-  return parseGraph(text, path);
+  return parseGraph(readFileBounded(path, kMaxGraphFileBytes, "a .sg graph",
+                                    "a million-node graph is about 35 MB"),
+                    path);
 }
 
 } // namespace stepc
