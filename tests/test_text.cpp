@@ -4,8 +4,10 @@
 
 #include "../compiler/ir/lexer.h"
 #include "stepc/builder.h"
+#include "stepc/file.h"
 #include "stepc/text.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -340,6 +342,29 @@ TEST(TextFile, ReadsFilesAndNamesThemInErrors) {
   } catch (const Error &e) {
     EXPECT_NE(std::string(e.what()).find("cannot read"), std::string::npos) << e.what();
   }
+}
+
+// Reads are bounded: a device never ends and a huge file is refused by its
+// size before anything is read (the file is sparse: it takes no disk).
+TEST(TextFile, RefusesDevicesAndFilesOverTheLimit) {
+  auto messageOf = [](const std::string &path) {
+    try {
+      parseGraphFile(path);
+    } catch (const Error &e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(messageOf("/dev/zero"), "cannot read '/dev/zero': it is a character device, and "
+                                    "a .sg graph is read only from a regular file");
+  std::string path = ::testing::TempDir() + "/stepc_too_big.sg";
+  std::filesystem::resize_file(
+      (std::ofstream(path), std::filesystem::path(path)), kMaxGraphFileBytes + 1);
+  EXPECT_EQ(messageOf(path),
+            fmt::format("cannot read '{}': {} bytes, more than the limit of {} bytes for a .sg "
+                        "graph (a million-node graph is about 35 MB)",
+                        path, kMaxGraphFileBytes + 1, kMaxGraphFileBytes));
+  std::filesystem::remove(path);
 }
 
 // A graph wrapper for one-line error cases: the body starts on line 2.
