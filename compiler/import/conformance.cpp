@@ -276,6 +276,11 @@ ConformanceResult runOnnxConformance(const std::string &dir, const ConformanceOp
     if (it->is_regular_file() && it->path().filename() == "model.onnx")
       tests.push_back(it->path().parent_path());
   std::sort(tests.begin(), tests.end());
+  // An empty run would report "0 failed" and pass: a wrong path is a mistake.
+  if (tests.empty())
+    throw Error(fmt::format("no ONNX test cases found under {} (a test case is a directory "
+                            "holding model.onnx)",
+                            dir));
 
   ConformanceResult result;
   std::map<std::string, int> skipCounts;
