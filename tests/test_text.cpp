@@ -367,6 +367,25 @@ TEST(TextFile, RefusesDevicesAndFilesOverTheLimit) {
   std::filesystem::remove(path);
 }
 
+// An error about a huge attribute quotes its first entries and its length,
+// not a megabyte of numbers.
+TEST(TextErrors, HugeAttributesAreShortenedInMessages) {
+  std::string perm = "0";
+  for (int i = 1; i < 500000; ++i)
+    perm += "," + std::to_string(i);
+  std::string text = "graph g {\n  input %x : f32[2,3]\n  %y = transpose(%x) {perm=[" +
+                     perm + "]}\n  output y = %y\n}\n";
+  try {
+    parseGraph(text, "t.sg");
+    FAIL() << "expected an error";
+  } catch (const Error &e) {
+    std::string message = e.what();
+    EXPECT_LT(message.size(), 200u) << message.substr(0, 300);
+    EXPECT_NE(message.find("[0,1,2,3,4,5,6,7,... (500000 entries)]"), std::string::npos)
+        << message.substr(0, 300);
+  }
+}
+
 // A graph wrapper for one-line error cases: the body starts on line 2.
 std::string inGraph(std::string_view body) {
   return "graph g {\n" + std::string(body) + "\n  output out = %x\n}\n";

@@ -83,6 +83,10 @@ private:
 
 // "1", "0.5", "[1,2]", "he_uniform"
 std::string attrValueString(const AttrValue &value);
+// For messages: lists past 8 entries show the first 8 and their length,
+// "[1,2,3,4,5,6,7,8,... (500000 entries)]", and long strings are cut, so a
+// huge attribute cannot make a megabyte-long error.
+std::string attrValueSummary(const AttrValue &value);
 
 using ValueId = uint32_t;
 
