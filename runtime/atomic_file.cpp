@@ -1,6 +1,7 @@
 #include "atomic_file.h"
 
 #include "stepc/error.h"
+#include "stepc/file.h"
 
 #include <fmt/format.h>
 
@@ -74,10 +75,31 @@ void writeFileAtomically(const std::string &path,
   }
 }
 
-std::string readFileBytes(const std::string &path) {
+namespace {
+
+const char *fileKind(mode_t mode) {
+  if (S_ISCHR(mode))
+    return "a character device";
+  if (S_ISBLK(mode))
+    return "a block device";
+  if (S_ISFIFO(mode))
+    return "a pipe";
+  if (S_ISSOCK(mode))
+    return "a socket";
+  return "not a plain file";
+}
+
+} // namespace
+
+std::string readFileBounded(const std::string &path, uint64_t maxBytes,
+                            std::string_view what, std::string_view why) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     failWith("open", path, errno);
+  auto closeAndThrow = [&](const std::string &message) {
+    ::close(fd);
+    throw Error(message);
+  };
   struct stat info {};
   if (::fstat(fd, &info) != 0) {
     int error = errno;
@@ -88,6 +110,19 @@ std::string readFileBytes(const std::string &path) {
     ::close(fd);
     failWith("read", path, EISDIR);
   }
+  // A device or a pipe may never end (/dev/zero): only regular files, whose
+  // size is known before reading, are read.
+  if (!S_ISREG(info.st_mode))
+    closeAndThrow(fmt::format("cannot read '{}': it is {}, and {} is read only from a "
+                              "regular file",
+                              path, fileKind(info.st_mode), what));
+  auto tooLarge = [&](uint64_t bytes, std::string_view atLeast) {
+    closeAndThrow(fmt::format("cannot read '{}': {}{} bytes, more than the limit of {} "
+                              "bytes for {} ({})",
+                              path, atLeast, bytes, maxBytes, what, why));
+  };
+  if (static_cast<uint64_t>(info.st_size) > maxBytes)
+    tooLarge(static_cast<uint64_t>(info.st_size), "");
   std::string bytes;
   bytes.reserve(static_cast<size_t>(info.st_size));
   char buffer[1 << 16];
@@ -102,6 +137,9 @@ std::string readFileBytes(const std::string &path) {
     }
     if (n == 0)
       break;
+    // The file may grow while it is read.
+    if (bytes.size() + static_cast<size_t>(n) > maxBytes)
+      tooLarge(bytes.size() + static_cast<size_t>(n), "at least ");
     bytes.append(buffer, static_cast<size_t>(n));
   }
   ::close(fd);

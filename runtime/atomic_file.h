@@ -14,7 +14,4 @@ namespace stepc {
 void writeFileAtomically(const std::string &path,
                          const std::vector<std::string_view> &pieces);
 
-// The whole file; throws stepc::Error naming it.
-std::string readFileBytes(const std::string &path);
-
 } // namespace stepc

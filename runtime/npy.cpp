@@ -1,6 +1,7 @@
 #include "stepc/npy.h"
 
 #include "stepc/error.h"
+#include "stepc/file.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -136,12 +137,9 @@ Tensor parseNpy(std::string_view bytes, const std::string &what) {
 }
 
 Tensor readNpy(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
-  std::ostringstream content;
-  content << in.rdbuf();
-  return parseNpy(content.str(), path);
+  return parseNpy(readFileBounded(path, kMaxTensorFileBytes, "a .npy file",
+                                  "past any tensor stepc holds"),
+                  path);
 }
 
 std::string serializeNpy(const Tensor &tensor) {

@@ -5,6 +5,7 @@
 // padded with spaces, then the tensors' bytes (row-major, little-endian);
 // offsets are relative to the end of the header.
 #include "atomic_file.h"
+#include "stepc/file.h"
 
 #include "stepc/error.h"
 #include "stepc/executable.h"
@@ -184,7 +185,8 @@ void writeSafetensors(const std::string &path, const std::map<std::string, Tenso
 
 std::map<std::string, Tensor> readSafetensors(const std::string &path,
                                               std::map<std::string, std::string> *metadata) {
-  std::string bytes = readFileBytes(path);
+  std::string bytes = readFileBounded(path, kMaxTensorFileBytes, "a safetensors file",
+                                      "past any tensor stepc holds");
   const std::string &what = path;
   if (bytes.size() < 8)
     throw Error(fmt::format("{}: not a safetensors file: {} bytes, shorter than the 8-byte "

@@ -4,6 +4,10 @@
 
 #include <fmt/format.h>
 
+#include <new>
+
+#include <unistd.h>
+
 namespace stepc {
 
 Tensor::Tensor(DType dtype, Shape shape) {
@@ -12,7 +16,26 @@ Tensor::Tensor(DType dtype, Shape shape) {
   numel_ = checkedNumel(type_.shape);
   if (numel_ > INT64_MAX / 8)
     throw Error(fmt::format("tensor {} is too large", typeString(type_)));
-  bytes_.assign(static_cast<size_t>(numel_) * dtypeSize(dtype), std::byte{0});
+  size_t bytes = static_cast<size_t>(numel_) * dtypeSize(dtype);
+  // Running out of memory is a user error (the graph asks for more than the
+  // machine has), said in numbers; callers add which input, param or value
+  // it was for. More than the machine's memory is refused before asking the
+  // allocator, which may overcommit and leave the process to be killed later.
+  auto outOfMemory = [&](const std::string &more) {
+    return Error(fmt::format("out of memory: a {} tensor needs {} bytes ({:.1f} GiB){}",
+                             typeString(type_), bytes, static_cast<double>(bytes) / (1 << 30),
+                             more));
+  };
+  static const uint64_t physical =
+      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
+  if (bytes > physical)
+    throw outOfMemory(fmt::format(", more than this machine's {:.1f} GiB",
+                                  static_cast<double>(physical) / (1 << 30)));
+  try {
+    bytes_.assign(bytes, std::byte{0});
+  } catch (const std::bad_alloc &) {
+    throw outOfMemory("");
+  }
 }
 
 Tensor Tensor::fromReals(DType dtype, Shape shape, const std::vector<double> &values) {

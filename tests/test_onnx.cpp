@@ -238,6 +238,31 @@ TEST(OnnxImport, SoftmaxBeforeOpset13CoercesTo2d) {
   }
 }
 
+// An attribute of the wrong type is reported (it used to read as 0), and an
+// element type ONNX does not define reads as a number, once.
+TEST(OnnxImport, WrongAttributeTypeAndUnknownElementTypeAreReported) {
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {2, 3});
+  m.input("odd", 99, {2});
+  auto *axis = m.node("Softmax", "soft", {"x"}, {"y"})->add_attribute();
+  axis->set_name("axis");
+  axis->set_type(onnx::AttributeProto::STRING);
+  axis->set_s("1");
+  m.output("y");
+  try {
+    importOnnxBytes(m.bytes(), "typed.onnx");
+    FAIL() << "expected the import to fail";
+  } catch (const OnnxImportError &e) {
+    std::string message = e.what();
+    SCOPED_TRACE(message);
+    EXPECT_NE(message.find("Softmax node 'soft'"), std::string::npos);
+    EXPECT_NE(message.find("attribute 'axis' must be INT, found STRING"), std::string::npos);
+    EXPECT_NE(message.find("graph input 'odd' has element type 99 (unknown to ONNX)"),
+              std::string::npos);
+    EXPECT_EQ(message.find("element type element type"), std::string::npos);
+  }
+}
+
 TEST(OnnxImport, MatMulPromotesVectors) {
   Tensor v = testing::randomTensor(DType::F32, {3}, 1);
   Tensor a = testing::randomTensor(DType::F32, {3, 4}, 2);

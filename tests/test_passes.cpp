@@ -666,6 +666,36 @@ TEST(Rewrite, CompactRenumbersOperandsOutputsAndUpdates) {
   EXPECT_NO_THROW(verify(g));
 }
 
+// findNamed goes through the graph's name index: after nodes are dropped and
+// renumbered, and after CSE moves a name to the surviving node, it must find
+// each name at its new place and no longer find dropped names.
+TEST(Rewrite, NameLookupFollowsCompactAndCse) {
+  Graph g = parse(R"(graph g {
+    input %x : f32[3]
+    %dead = exp(%x)
+    %a = neg(%x)
+    %b = mul(%a, %a)
+    output b = %b
+  })");
+  compact(g, {true, false, true, true});
+  EXPECT_EQ(g.findNamed("a"), ValueId(1));
+  EXPECT_EQ(g.findNamed("b"), ValueId(2));
+  EXPECT_EQ(g.findNamed("dead"), std::nullopt);
+
+  Graph h = parse(R"(graph g {
+    input %x : f32[3]
+    %1 = exp(%x)
+    %named = exp(%x)
+    %t = add(%named, %1)
+    output t = %t
+  })");
+  EXPECT_EQ(h.findNamed("named"), ValueId(2));
+  EXPECT_TRUE(createPass("cse")->run(h));
+  EXPECT_EQ(h.findNamed("named"), ValueId(1));
+  EXPECT_EQ(h.findNamed("t"), ValueId(2));
+  EXPECT_THROW(h.add(Node{OpKind::Neg, {0}, {}, {}, "named"}), Error);
+}
+
 TEST(Rewrite, CompactRefusesToDropAUsedNode) {
   Graph g = parse(R"(graph g {
     input %x : f32[3]

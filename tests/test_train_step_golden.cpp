@@ -267,5 +267,49 @@ TEST(TrainStepGolden, SgdCosineLr) {
   checkAgainstGolden("sgd_cosine_lr", opt, 0.1, 3);
 }
 
+// Out-of-range hyper-parameters are refused by the builder itself, so the
+// C++ API and `stepc train-step` give the same message naming the option.
+TEST(TrainStepOptions, OutOfRangeHyperParametersAreRejected) {
+  Graph model = parseGraph(R"(graph m {
+    input %x : f32[3,2]
+    param %w : f32[2,1] = uniform(low=-1, high=1, seed=3)
+    %y = matmul(%x, %w)
+    %loss = reduce_mean(%y) {axes=[0,1], keepdims=0}
+    output loss = %loss
+  })");
+  auto messageOf = [&](const Optimizer &opt) {
+    try {
+      trainStep(model, "loss", opt);
+    } catch (const Error &e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  double nan = std::nan(""), inf = INFINITY;
+  auto with = [](auto change) {
+    Optimizer opt = Optimizer::sgd();
+    change(opt);
+    return opt;
+  };
+  EXPECT_EQ(messageOf(with([&](Optimizer &o) { o.lr = nan; })),
+            "train_step: lr (--lr) must be a finite number >= 0, got nan");
+  EXPECT_EQ(messageOf(with([&](Optimizer &o) { o.lr = inf; })),
+            "train_step: lr (--lr) must be a finite number >= 0, got inf");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.lr = -1; })),
+            "train_step: lr (--lr) must be a finite number >= 0, got -1");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.clipNorm = -1; })),
+            "train_step: clipNorm (--clip-norm) must be a finite number >= 0 (0: no "
+            "clipping), got -1");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.momentum = 7; })),
+            "train_step: momentum (--momentum) must be in [0, 1), got 7");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.weightDecay = -3; })),
+            "train_step: weightDecay (--weight-decay) must be a finite number >= 0, got -3");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.schedule.gamma = -5; })),
+            "train_step: schedule.gamma (--gamma) must be a finite number > 0, got -5");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.beta2 = 1; })),
+            "train_step: beta2 must be in [0, 1), got 1");
+  EXPECT_EQ(messageOf(with([](Optimizer &o) { o.lr = 0.1; })), "accepted");
+}
+
 } // namespace
 } // namespace stepc

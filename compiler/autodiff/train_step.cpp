@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include <numbers>
 #include <algorithm>
 #include <numeric>
@@ -138,8 +140,41 @@ Optimizer::Kind parseOptimizerKind(std::string_view name) {
   throw Error(fmt::format("unknown optimizer '{}'; expected one of: {}", name, known));
 }
 
+namespace {
+
+// Hyper-parameters outside their range would build a step that silently
+// diverges or does nothing sensible; each message names the field and the
+// stepc train-step flag that sets it.
+void checkHyperParameters(const Optimizer &opt) {
+  auto check = [](double value, std::string_view field, std::string_view flag, bool ok,
+                  std::string_view range) {
+    if (!std::isfinite(value) || !ok)
+      throw Error(fmt::format("train_step: {}{} must be {}, got {}", field,
+                              flag.empty() ? "" : fmt::format(" ({})", flag), range, value));
+  };
+  if (opt.lr)
+    check(*opt.lr, "lr", "--lr", *opt.lr >= 0, "a finite number >= 0");
+  check(opt.momentum, "momentum", "--momentum", opt.momentum >= 0 && opt.momentum < 1,
+        "in [0, 1)");
+  check(opt.weightDecay, "weightDecay", "--weight-decay", opt.weightDecay >= 0,
+        "a finite number >= 0");
+  check(opt.clipNorm, "clipNorm", "--clip-norm", opt.clipNorm >= 0,
+        "a finite number >= 0 (0: no clipping)");
+  check(opt.alpha, "alpha", "", opt.alpha >= 0 && opt.alpha < 1, "in [0, 1)");
+  check(opt.beta1, "beta1", "", opt.beta1 >= 0 && opt.beta1 < 1, "in [0, 1)");
+  check(opt.beta2, "beta2", "", opt.beta2 >= 0 && opt.beta2 < 1, "in [0, 1)");
+  check(opt.eps, "eps", "", opt.eps >= 0, "a finite number >= 0");
+  check(opt.schedule.gamma, "schedule.gamma", "--gamma", opt.schedule.gamma > 0,
+        "a finite number > 0");
+  check(opt.schedule.minLr, "schedule.minLr", "--min-lr", opt.schedule.minLr >= 0,
+        "a finite number >= 0");
+}
+
+} // namespace
+
 Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &opt,
                 const DataParallel &dataParallel) {
+  checkHyperParameters(opt);
   auto lossId = model.findOutput(loss);
   if (!lossId)
     throw Error(fmt::format("train_step: graph '{}' has no output '{}'", model.name, loss));

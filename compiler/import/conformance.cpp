@@ -7,6 +7,7 @@
 // failure. Graph inputs the model needs at import (a Reshape's target shape
 // fed as an input, as many node tests do) are bound to the test's values:
 // stepc specializes shapes at compile time, so that is how such a model runs.
+#include "stepc/file.h"
 #include "stepc/onnx.h"
 
 #include <fmt/format.h>
@@ -38,12 +39,8 @@ Outcome failed(std::string reason) { return {Status::Failed, false, std::move(re
 Outcome skipped(std::string key) { return {Status::Skipped, false, "", {std::move(key)}}; }
 
 std::string readBytes(const fs::path &path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file)
-    throw Error(fmt::format("{}: cannot open the file", path.string()));
-  std::ostringstream bytes;
-  bytes << file.rdbuf();
-  return bytes.str();
+  return readFileBounded(path.string(), kMaxOnnxFileBytes, "an ONNX file",
+                         "protobuf parses messages of at most 2 GiB");
 }
 
 // The first line of a (possibly multi-line) message.
@@ -279,6 +276,11 @@ ConformanceResult runOnnxConformance(const std::string &dir, const ConformanceOp
     if (it->is_regular_file() && it->path().filename() == "model.onnx")
       tests.push_back(it->path().parent_path());
   std::sort(tests.begin(), tests.end());
+  // An empty run would report "0 failed" and pass: a wrong path is a mistake.
+  if (tests.empty())
+    throw Error(fmt::format("no ONNX test cases found under {} (a test case is a directory "
+                            "holding model.onnx)",
+                            dir));
 
   ConformanceResult result;
   std::map<std::string, int> skipCounts;

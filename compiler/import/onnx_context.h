@@ -65,6 +65,8 @@ public:
 
   // --- Attributes ---
   const onnx::AttributeProto *attr(std::string_view name) const;
+  const onnx::AttributeProto *typedAttr(std::string_view name,
+                                        onnx::AttributeProto::AttributeType expected) const;
   bool hasAttr(std::string_view name) const { return attr(name) != nullptr; }
   int64_t attrInt(std::string_view name, int64_t fallback) const;
   int64_t attrInt(std::string_view name) const; // required

@@ -18,6 +18,7 @@
 // each.
 #include "onnx_context.h"
 
+#include "stepc/file.h"
 #include "stepc/interpreter.h"
 
 #include <fmt/format.h>
@@ -83,7 +84,7 @@ int32_t onnxTypeOf(DType dtype) {
 
 std::string onnxTypeName(int32_t elemType) {
   if (!onnx::TensorProto_DataType_IsValid(elemType))
-    return fmt::format("element type {}", elemType);
+    return fmt::format("{} (unknown to ONNX)", elemType);
   std::string name = onnx::TensorProto_DataType_Name(elemType);
   std::transform(name.begin(), name.end(), name.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
@@ -700,41 +701,54 @@ const onnx::AttributeProto *NodeContext::attr(std::string_view name) const {
   return nullptr;
 }
 
-int64_t NodeContext::attrInt(std::string_view name, int64_t fallback) const {
+// The attribute `name` when it is there, after checking its declared type:
+// a STRING `axis` must not read as axis 0. Files from before attribute types
+// were recorded leave them UNDEFINED; those are read as asked.
+const onnx::AttributeProto *NodeContext::typedAttr(std::string_view name,
+                                                   onnx::AttributeProto::AttributeType expected) const {
   const auto *a = attr(name);
+  if (a && a->type() != onnx::AttributeProto::UNDEFINED && a->type() != expected)
+    invalid(fmt::format("attribute '{}' must be {}, found {}", name,
+                        onnx::AttributeProto::AttributeType_Name(expected),
+                        onnx::AttributeProto::AttributeType_Name(a->type())));
+  return a;
+}
+
+int64_t NodeContext::attrInt(std::string_view name, int64_t fallback) const {
+  const auto *a = typedAttr(name, onnx::AttributeProto::INT);
   return a ? a->i() : fallback;
 }
 
 int64_t NodeContext::attrInt(std::string_view name) const {
-  const auto *a = attr(name);
+  const auto *a = typedAttr(name, onnx::AttributeProto::INT);
   if (!a)
     invalid(fmt::format("attribute '{}' is required", name));
   return a->i();
 }
 
 double NodeContext::attrFloat(std::string_view name, double fallback) const {
-  const auto *a = attr(name);
+  const auto *a = typedAttr(name, onnx::AttributeProto::FLOAT);
   return a ? a->f() : fallback;
 }
 
 std::vector<int64_t> NodeContext::attrInts(std::string_view name,
                                            std::vector<int64_t> fallback) const {
-  const auto *a = attr(name);
+  const auto *a = typedAttr(name, onnx::AttributeProto::INTS);
   return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : fallback;
 }
 
 std::vector<double> NodeContext::attrFloats(std::string_view name) const {
-  const auto *a = attr(name);
+  const auto *a = typedAttr(name, onnx::AttributeProto::FLOATS);
   return a ? std::vector<double>(a->floats().begin(), a->floats().end()) : std::vector<double>{};
 }
 
 std::string NodeContext::attrString(std::string_view name, std::string fallback) const {
-  const auto *a = attr(name);
+  const auto *a = typedAttr(name, onnx::AttributeProto::STRING);
   return a ? a->s() : fallback;
 }
 
 Tensor NodeContext::attrTensor(std::string_view name) const {
-  const auto *a = attr(name);
+  const auto *a = typedAttr(name, onnx::AttributeProto::TENSOR);
   if (!a || !a->has_t())
     invalid(fmt::format("tensor attribute '{}' is required", name));
   return tensorFromProto(a->t(), fmt::format("attribute '{}'", name));
@@ -795,14 +809,8 @@ void NodeContext::invalid(const std::string &reason) const { throw Error(reason)
 namespace {
 
 std::string readFile(const std::string &path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file)
-    throw Error(fmt::format("{}: cannot open the file", path));
-  std::ostringstream bytes;
-  bytes << file.rdbuf();
-  if (file.bad())
-    throw Error(fmt::format("{}: cannot read the file", path));
-  return bytes.str();
+  return readFileBounded(path, kMaxOnnxFileBytes, "an ONNX file",
+                         "protobuf parses messages of at most 2 GiB");
 }
 
 } // namespace

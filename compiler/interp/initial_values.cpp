@@ -116,13 +116,11 @@ TensorMap initialParams(const Graph &graph) {
   TensorMap params;
   for (ValueId id : graph.params()) {
     const Node &node = graph.node(id);
-    Init init;
     try {
-      init = Init::fromAttrs(node.attrs);
+      params.emplace(node.name, initialTensor(Init::fromAttrs(node.attrs), node.type));
     } catch (const Error &e) {
       throw Error(locatedMessage(node.loc, fmt::format("param '{}': {}", node.name, e.what())));
     }
-    params.emplace(node.name, initialTensor(init, node.type));
   }
   return params;
 }
@@ -135,7 +133,12 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
     // Each input draws from its own stream, so adding an input leaves the
     // values of the earlier ones unchanged.
     uint64_t stream = randomBits(seed, k);
-    Tensor t(node.type);
+    Tensor t;
+    try {
+      t = Tensor(node.type);
+    } catch (const Error &e) {
+      throw Error(locatedMessage(node.loc, fmt::format("input '{}': {}", node.name, e.what())));
+    }
     // Integers are drawn in [0, 10), or as valid indices of what reads them
     // (an empty axis has none: those stay 0).
     std::optional<int64_t> bound;

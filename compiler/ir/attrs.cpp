@@ -22,7 +22,7 @@ const char *kindName(const AttrValue &value) {
 [[noreturn]] void wrongKind(std::string_view name, const char *expected,
                             const AttrValue &found) {
   throw Error(fmt::format("attribute '{}' must be {}, found {} ({})", name, expected,
-                          kindName(found), attrValueString(found)));
+                          kindName(found), attrValueSummary(found)));
 }
 
 // Reals always print with a '.', an exponent, or as inf/nan, so that they
@@ -163,6 +163,25 @@ std::string attrValueString(const AttrValue &value) {
     return isBareWord(s) ? s : quoted(s);
   }
   }
+}
+
+std::string attrValueSummary(const AttrValue &value) {
+  constexpr size_t kShown = 8;
+  auto shorten = [&](const auto &list) {
+    using List = std::decay_t<decltype(list)>;
+    if (list.size() <= kShown)
+      return attrValueString(list);
+    std::string head = attrValueString(List(list.begin(), list.begin() + kShown));
+    head.pop_back();
+    return fmt::format("{},... ({} entries)]", head, list.size());
+  };
+  if (const auto *ints = std::get_if<std::vector<int64_t>>(&value))
+    return shorten(*ints);
+  if (const auto *reals = std::get_if<std::vector<double>>(&value))
+    return shorten(*reals);
+  if (const auto *text = std::get_if<std::string>(&value); text && text->size() > 64)
+    return fmt::format("{}... ({} bytes)", attrValueString(text->substr(0, 64)), text->size());
+  return attrValueString(value);
 }
 
 } // namespace stepc

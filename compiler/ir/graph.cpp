@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
+#include <unordered_set>
 
 namespace stepc {
 namespace {
@@ -34,7 +36,13 @@ std::optional<OpKind> findOp(std::string_view name) {
   return std::nullopt;
 }
 
-ValueId Graph::add(Node node) {
+namespace {
+
+// The checks add() and verify() share; returns the node's inferred type.
+// `defined` are the nodes before it (its operands must be among them);
+// `nameTaken` says whether its name is already used.
+TensorType checkedType(const Node &node, std::span<const Node> defined, bool nameTaken,
+                       std::string_view graphName) {
   const OpInfo &info = opInfo(node.op);
   auto fail = [&](const std::string &message) {
     throw Error(locatedMessage(node.loc, fmt::format("{}: {}", info.name, message)));
@@ -48,9 +56,9 @@ ValueId Graph::add(Node node) {
   std::vector<TensorType> operandTypes;
   operandTypes.reserve(node.operands.size());
   for (ValueId operand : node.operands) {
-    if (operand >= nodes.size())
+    if (operand >= defined.size())
       fail(fmt::format("operand %{} is not defined before this node", operand));
-    operandTypes.push_back(nodes[operand].type);
+    operandTypes.push_back(defined[operand].type);
   }
   if (node.op == OpKind::Input || node.op == OpKind::Parameter) {
     const char *what = node.op == OpKind::Input ? "input" : "param";
@@ -60,41 +68,67 @@ ValueId Graph::add(Node node) {
     // Every name must survive a round trip through the text format.
     fail(fmt::format("value name '{}' is not an identifier", node.name));
   }
-  if (!node.name.empty() && findNamed(node.name))
-    fail(fmt::format("the name '{}' is already used in graph '{}'", node.name, name));
+  if (nameTaken)
+    fail(fmt::format("the name '{}' is already used in graph '{}'", node.name, graphName));
   try {
-    node.type = inferType(node.op, node.attrs, operandTypes);
+    return inferType(node.op, node.attrs, operandTypes);
   } catch (const Error &e) {
     throw Error(locatedMessage(node.loc, e.what()));
   }
-  nodes.push_back(std::move(node));
-  return static_cast<ValueId>(nodes.size() - 1);
 }
 
-void Graph::addOutput(std::string outputName, ValueId value) {
-  if (value >= nodes.size())
+} // namespace
+
+ValueId Graph::add(Node node) {
+  node.type = checkedType(node, nodes, !node.name.empty() && findNamed(node.name), name);
+  auto id = static_cast<ValueId>(nodes.size());
+  if (!node.name.empty())
+    nameIndex_.emplace(node.name, id);
+  nodes.push_back(std::move(node));
+  indexed_ = nodes.size();
+  return id;
+}
+
+namespace {
+
+void checkOutput(const Graph &graph, const std::string &outputName, ValueId value,
+                 bool nameTaken) {
+  if (value >= graph.size())
     throw Error(fmt::format("output '{}' refers to undefined value %{}", outputName, value));
   if (!isIdentifier(outputName))
     throw Error(fmt::format("output name '{}' is not an identifier", outputName));
-  if (findOutput(outputName))
-    throw Error(fmt::format("graph '{}' already has an output named '{}'", name, outputName));
+  if (nameTaken)
+    throw Error(
+        fmt::format("graph '{}' already has an output named '{}'", graph.name, outputName));
+}
+
+void checkUpdate(const Graph &graph, ValueId param, ValueId value, bool updatedBefore) {
+  if (param >= graph.size() || value >= graph.size())
+    throw Error(fmt::format("update refers to an undefined value"));
+  const Node &p = graph.nodes[param];
+  if (p.op != OpKind::Parameter)
+    throw Error(locatedMessage(p.loc, fmt::format("update target %{} is not a param", param)));
+  const Node &v = graph.nodes[value];
+  if (v.type != p.type)
+    throw Error(locatedMessage(v.loc, fmt::format("update of param '{}' ({}) with a value "
+                                                  "of type {}",
+                                                  p.name, typeString(p.type),
+                                                  typeString(v.type))));
+  if (updatedBefore)
+    throw Error(fmt::format("param '{}' is updated twice", p.name));
+}
+
+} // namespace
+
+void Graph::addOutput(std::string outputName, ValueId value) {
+  checkOutput(*this, outputName, value, findOutput(outputName).has_value());
   outputs.push_back({std::move(outputName), value});
 }
 
 void Graph::addUpdate(ValueId param, ValueId value) {
-  if (param >= nodes.size() || value >= nodes.size())
-    throw Error(fmt::format("update refers to an undefined value"));
-  const Node &p = nodes[param];
-  if (p.op != OpKind::Parameter)
-    throw Error(locatedMessage(p.loc, fmt::format("update target %{} is not a param", param)));
-  if (nodes[value].type != p.type)
-    throw Error(locatedMessage(
-        nodes[value].loc, fmt::format("update of param '{}' ({}) with a value of type {}",
-                                      p.name, typeString(p.type),
-                                      typeString(nodes[value].type))));
-  for (const ParamUpdate &u : updates)
-    if (u.param == param)
-      throw Error(fmt::format("param '{}' is updated twice", p.name));
+  bool updatedBefore = std::any_of(updates.begin(), updates.end(),
+                                   [&](const ParamUpdate &u) { return u.param == param; });
+  checkUpdate(*this, param, value, updatedBefore);
   updates.push_back({param, value});
 }
 
@@ -114,11 +148,31 @@ std::vector<ValueId> Graph::params() const {
   return ids;
 }
 
+void Graph::reindexNames() {
+  nameIndex_.clear();
+  indexed_ = 0;
+  syncNameIndex();
+}
+
+void Graph::syncNameIndex() const {
+  if (indexed_ > nodes.size()) {
+    nameIndex_.clear();
+    indexed_ = 0;
+  }
+  // The first node of a name wins, as a scan in order would find it.
+  for (; indexed_ < nodes.size(); ++indexed_)
+    if (!nodes[indexed_].name.empty())
+      nameIndex_.emplace(nodes[indexed_].name, static_cast<ValueId>(indexed_));
+}
+
 std::optional<ValueId> Graph::findNamed(std::string_view wanted) const {
-  for (ValueId i = 0; i < nodes.size(); ++i)
-    if (nodes[i].name == wanted)
-      return i;
-  return std::nullopt;
+  if (wanted.empty())
+    return std::nullopt;
+  syncNameIndex();
+  auto it = nameIndex_.find(wanted);
+  if (it == nameIndex_.end())
+    return std::nullopt;
+  return it->second;
 }
 
 std::optional<ValueId> Graph::findOutput(std::string_view wanted) const {
@@ -128,21 +182,28 @@ std::optional<ValueId> Graph::findOutput(std::string_view wanted) const {
   return std::nullopt;
 }
 
+// Checks the graph in place rather than rebuilding a copy with add(): a
+// million-node graph is verified without a second copy of its nodes.
 void verify(const Graph &graph) {
-  Graph rebuilt;
-  rebuilt.name = graph.name;
-  for (const Node &node : graph.nodes) {
-    ValueId id = rebuilt.add(node);
-    if (rebuilt.nodes[id].type != node.type)
+  std::unordered_set<std::string_view> names;
+  names.reserve(graph.size());
+  std::span<const Node> nodes = graph.nodes;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node &node = nodes[i];
+    bool taken = !node.name.empty() && !names.insert(node.name).second;
+    TensorType inferred = checkedType(node, nodes.first(i), taken, graph.name);
+    if (inferred != node.type)
       throw Error(locatedMessage(
           node.loc, fmt::format("{}: recorded type {} differs from inferred type {}",
                                 opInfo(node.op).name, typeString(node.type),
-                                typeString(rebuilt.nodes[id].type))));
+                                typeString(inferred))));
   }
+  std::unordered_set<std::string_view> outputNames;
   for (const GraphOutput &out : graph.outputs)
-    rebuilt.addOutput(out.name, out.value);
+    checkOutput(graph, out.name, out.value, !outputNames.insert(out.name).second);
+  std::unordered_set<ValueId> updated;
   for (const ParamUpdate &u : graph.updates)
-    rebuilt.addUpdate(u.param, u.value);
+    checkUpdate(graph, u.param, u.value, !updated.insert(u.param).second);
   if (graph.outputs.empty())
     throw Error(fmt::format("graph '{}' has no outputs", graph.name));
 }

@@ -3,6 +3,7 @@
 #include "lexer.h"
 
 #include "stepc/builder.h"
+#include "stepc/file.h"
 #include "stepc/text.h"
 
 #include <fmt/format.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -32,9 +34,11 @@ constexpr int64_t kMaxRank = 64;
 constexpr size_t kMaxListLength = size_t(1) << 24;
 constexpr size_t kMaxCompositeOperands = 16;
 
-struct Symbol {
+// A numbered value (%12): numbers are not node names, so the parser keeps
+// them itself; named values are found through the graph's own name index.
+struct Numbered {
   ValueId id;
-  SourceLoc loc;
+  int line, col;
 };
 
 bool isNumericName(std::string_view name) {
@@ -87,7 +91,12 @@ private:
 
   Lexer lex_;
   Graph graph_;
-  std::unordered_map<std::string, Symbol> symbols_;
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  // Looked up by the token's text without building a string each time.
+  std::unordered_map<std::string, Numbered, NameHash, std::equal_to<>> numbered_;
   std::unordered_map<std::string, SourceLoc> outputs_;
   std::unordered_map<ValueId, SourceLoc> updated_; // param -> its update statement
 };
@@ -108,14 +117,21 @@ Token Parser::expectVar(std::string_view context) {
 }
 
 void Parser::checkUndefined(const Token &var) {
-  auto it = symbols_.find(std::string(var.text));
-  if (it != symbols_.end())
-    lex_.fail(var, fmt::format("redefinition of '%{}' (first defined at {})",
-                               clip(var.text), it->second.loc.str()));
+  std::string first;
+  if (!isNumericName(var.text)) {
+    if (std::optional<ValueId> id = graph_.findNamed(var.text))
+      first = graph_.nodes[*id].loc.str();
+  } else if (auto it = numbered_.find(var.text); it != numbered_.end()) {
+    first = SourceLoc(lex_.filename(), it->second.line, it->second.col).str();
+  }
+  if (!first.empty())
+    lex_.fail(var, fmt::format("redefinition of '%{}' (first defined at {})", clip(var.text),
+                               first));
 }
 
 void Parser::define(const Token &var, ValueId id) {
-  symbols_.emplace(std::string(var.text), Symbol{id, lex_.locOf(var)});
+  if (isNumericName(var.text))
+    numbered_.emplace(std::string(var.text), Numbered{id, var.line, var.col});
 }
 
 // Shape rules accept anything that fits in int64; the parser is stricter, so a
@@ -326,17 +342,22 @@ void Parser::parseUpdate() {
               fmt::format("update of param '%{}' ({}) with '%{}' of type {}",
                           clip(target.text), typeString(graph_.type(param)),
                           clip(valueToken.text), typeString(graph_.type(value))));
-  graph_.addUpdate(param, value);
+  // Checked above (and by verify() at the end); Graph::addUpdate would also
+  // scan every earlier update, quadratic in a file with many.
+  graph_.updates.push_back({param, value});
 }
 
 ValueId Parser::parseOperand() {
   Token t = lex_.next();
   if (t.kind != TokenKind::Var)
     lex_.fail(t, fmt::format("expected an operand like %x, found {}", describe(t)));
-  auto it = symbols_.find(std::string(t.text));
-  if (it == symbols_.end())
-    lex_.fail(t, fmt::format("use of undefined value '%{}'", clip(t.text)));
-  return it->second.id;
+  if (!isNumericName(t.text)) {
+    if (std::optional<ValueId> id = graph_.findNamed(t.text))
+      return *id;
+  } else if (auto it = numbered_.find(t.text); it != numbered_.end()) {
+    return it->second.id;
+  }
+  lex_.fail(t, fmt::format("use of undefined value '%{}'", clip(t.text)));
 }
 
 // Composites are built by the builder into a scratch graph whose inputs stand
@@ -367,6 +388,9 @@ ValueId Parser::addComposite(const Token &opToken, const std::vector<ValueId> &o
     throw Error(locatedMessage(loc, fmt::format("{}: {}", opToken.text, message)));
   }
   const Graph &built = scratch.graph();
+  // The result's node carries the statement's name, so it must be a new node.
+  if (result.id() < operands.size())
+    throw std::logic_error(fmt::format("composite {} returned its operand", opToken.text));
   std::vector<ValueId> ids(operands);
   ids.resize(built.size());
   for (ValueId i = static_cast<ValueId>(operands.size()); i < built.size(); ++i) {
@@ -541,7 +565,9 @@ void Parser::parseOutput() {
                                 clip(name.text), it->second.str()));
   expectPunct('=', fmt::format("after output name '{}'", clip(name.text)));
   ValueId value = parseOperand();
-  graph_.addOutput(std::string(name.text), value);
+  // Checked above (and by verify()); Graph::addOutput would scan every
+  // earlier output, quadratic in a file with many.
+  graph_.outputs.push_back({std::string(name.text), value});
 }
 
 } // namespace
@@ -551,17 +577,9 @@ Graph parseGraph(std::string_view text, std::string_view filename) {
 }
 
 Graph parseGraphFile(const std::string &path) {
-  std::unique_ptr<FILE, int (*)(FILE *)> file(std::fopen(path.c_str(), "rb"),
-                                              &std::fclose);
-  if (!file)
-    throw Error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
-  std::string text;
-  char buffer[1 << 16];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, file.get()))
-    text.append(buffer, n);
-  if (std::ferror(file.get()))
-    throw Error(fmt::format("cannot read '{}': {}", path, std::strerror(errno)));
-  return parseGraph(text, path);
+  return parseGraph(readFileBounded(path, kMaxGraphFileBytes, "a .sg graph",
+                                    "a million-node graph is about 35 MB"),
+                    path);
 }
 
 } // namespace stepc

@@ -50,11 +50,11 @@ public:
     const auto &v = ints(name);
     if (v.size() != size)
       throw Error(fmt::format("attribute '{}' must have {} entries, got {}", name,
-                              size, attrValueString(v)));
+                              size, attrValueSummary(v)));
     for (int64_t x : v)
       if (x < minimum || x > kMaxExtent)
         throw Error(fmt::format("attribute '{}' entries must be in {}..2^40, got {}", name,
-                                minimum, attrValueString(v)));
+                                minimum, attrValueSummary(v)));
     return v;
   }
 
@@ -166,7 +166,7 @@ TensorType reduction(std::span<const TensorType> in, AttrReader &attrs, bool flo
     int64_t a = normalizeAxis(axis, in[0].rank(), "reduction axis");
     if (reduced[a])
       fail(fmt::format("reduction axis {} appears twice in {}", axis,
-                       attrValueString(axes)));
+                       attrValueSummary(axes)));
     reduced[a] = true;
   }
   Shape out;
@@ -356,7 +356,7 @@ TensorType pool2d(const TensorType &x, AttrReader &attrs, bool average) {
   for (int i = 0; i < 2; ++i)
     if (padding[i] * 2 > kernel[i])
       fail(fmt::format("padding {} must be at most half the kernel {}",
-                       attrValueString(padding), attrValueString(kernel)));
+                       attrValueSummary(padding), attrValueSummary(kernel)));
   // With an empty height or width, padding alone would make windows with no
   // real element (a max of nothing, an average over zero elements).
   for (int i = 0; i < 2; ++i)
@@ -544,7 +544,7 @@ TensorType inferUnchecked(OpKind op, AttrReader &attrs, std::span<const TensorTy
       ok = sorted[i] == static_cast<int64_t>(i);
     if (!ok)
       fail(fmt::format("perm {} is not a permutation of the {} axes of {}",
-                       attrValueString(perm), in[0].rank(), typeString(in[0])));
+                       attrValueSummary(perm), in[0].rank(), typeString(in[0])));
     Shape out(perm.size());
     for (size_t i = 0; i < perm.size(); ++i)
       out[i] = in[0].shape[perm[i]];

@@ -96,6 +96,7 @@ void compact(Graph &graph, const std::vector<bool> &keep) {
     kept.push_back(std::move(node));
   }
   graph.nodes = std::move(kept);
+  graph.reindexNames();
   for (GraphOutput &out : graph.outputs)
     out.value = newId[out.value];
   for (ParamUpdate &update : graph.updates) {

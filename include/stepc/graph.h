@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <variant>
 #include <vector>
 
@@ -82,6 +83,10 @@ private:
 
 // "1", "0.5", "[1,2]", "he_uniform"
 std::string attrValueString(const AttrValue &value);
+// For messages: lists past 8 entries show the first 8 and their length,
+// "[1,2,3,4,5,6,7,8,... (500000 entries)]", and long strings are cut, so a
+// huge attribute cannot make a megabyte-long error.
+std::string attrValueSummary(const AttrValue &value);
 
 using ValueId = uint32_t;
 
@@ -133,10 +138,29 @@ public:
 
   std::vector<ValueId> inputs() const;
   std::vector<ValueId> params() const;
+  // Through a name index, so adding n named nodes costs O(n), not O(n^2).
+  // add() keeps the index current; code that renames nodes or replaces
+  // `nodes` wholesale calls reindexNames() afterwards. Nodes appended to
+  // `nodes` directly, and a shrunk `nodes`, are picked up on the next lookup.
   std::optional<ValueId> findNamed(std::string_view name) const;
   std::optional<ValueId> findOutput(std::string_view name) const;
+  void reindexNames();
 
-  bool operator==(const Graph &) const = default;
+  bool operator==(const Graph &other) const {
+    return name == other.name && nodes == other.nodes && outputs == other.outputs &&
+           updates == other.updates;
+  }
+
+private:
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  // name -> node, for the nodes [0, indexed_); mutable: a const lookup may
+  // catch the index up with nodes appended directly.
+  mutable std::unordered_map<std::string, ValueId, NameHash, std::equal_to<>> nameIndex_;
+  mutable size_t indexed_ = 0;
+  void syncNameIndex() const;
 };
 
 // Shape and dtype rule of one op (one case per op; compiler/ir/shape_rules.cpp).

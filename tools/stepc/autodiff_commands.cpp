@@ -83,6 +83,12 @@ int gradcheck(const GradcheckCliOptions &options) {
   if (!options.allOps) {
     if (options.loss.empty())
       throw Error("gradcheck: --loss NAME is required with a graph file");
+    // GradcheckOptions reads 0 as "all"; on the command line a count below
+    // 1 is a mistake, not a request to perturb every element of a model.
+    if (options.samples < 1)
+      throw Error(fmt::format("gradcheck: --samples must be at least 1 (elements checked per "
+                              "tensor), got {}",
+                              options.samples));
     Graph graph = parseGraphFile(options.file);
     GradcheckOptions checkOptions;
     checkOptions.maxElementsPerTensor = options.samples;

@@ -7,6 +7,90 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <regex>
+
+namespace {
+
+std::string commandNames(const CLI::App &app) {
+  std::string names;
+  for (const CLI::App *sub : app.get_subcommands([](const CLI::App *) { return true; }))
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  return names;
+}
+
+// CLI11 says "Could not convert: --seed = abc"; say what was expected.
+std::string conversionMessage(const CLI::App &command, const std::string &message) {
+  static const std::regex pattern("Could not convert: (\\S+) = (.*)");
+  std::smatch match;
+  if (!std::regex_match(message, match, pattern))
+    return message;
+  std::string name = match[1], expected = "a number";
+  if (const CLI::Option *option = command.get_option_no_throw(name)) {
+    if (option->get_type_name() == "UINT")
+      expected = "a non-negative integer";
+    else if (option->get_type_name() == "INT")
+      expected = "an integer";
+  }
+  return fmt::format("{}: expected {}, got '{}'", name, expected, std::string(match[2]));
+}
+
+// CLI11's "file is required" and "The following argument was not expected:
+// --bogus", in the words of the rest of stepc.
+std::string usageMessage(const std::string &message) {
+  static const std::regex required("(\\S+) is required");
+  static const std::regex extra("The following arguments? (?:was|were) not expected: (\\S+).*");
+  std::smatch match;
+  if (std::regex_match(message, match, required)) {
+    std::string name = match[1];
+    return name[0] == '-' ? fmt::format("missing option {}", name)
+                          : fmt::format("missing the {} argument", name);
+  }
+  if (std::regex_match(message, match, extra)) {
+    std::string word = match[1];
+    return word[0] == '-' ? fmt::format("unknown option '{}'", word)
+                          : fmt::format("unexpected argument '{}'", word);
+  }
+  return message;
+}
+
+// Parses the command line; returns the exit status when stepc should stop
+// (help: 0, a mistake: 1 with a message), -1 to go on.
+int parseCommandLine(CLI::App &app, int argc, char **argv) {
+  std::string first = argc > 1 ? argv[1] : "";
+  if (first.size() > 1 && first[0] == '-' && first != "-h" && first != "--help") {
+    fmt::print(stderr, "stepc: unknown option '{}'; a command comes first: {}\n", first,
+               commandNames(app));
+    return 1;
+  }
+  if (first.empty() || first[0] != '-') {
+    auto named = app.get_subcommands([&](const CLI::App *sub) { return sub->check_name(first); });
+    if (named.empty()) {
+      fmt::print(stderr, "stepc: {}; the commands are: {}\nRun 'stepc --help' for more.\n",
+                 first.empty() ? std::string("no command given")
+                               : fmt::format("unknown command '{}'", first),
+                 commandNames(app));
+      return 1;
+    }
+  }
+  try {
+    app.parse(argc, argv);
+    return -1;
+  } catch (const CLI::ParseError &e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success))
+      return app.exit(e); // --help
+    std::vector<CLI::App *> parsed = app.get_subcommands();
+    const CLI::App &command = parsed.empty() ? app : *parsed.back();
+    std::string prefix = parsed.empty() ? "stepc" : "stepc " + command.get_name();
+    std::string message = e.what();
+    message = dynamic_cast<const CLI::ConversionError *>(&e)
+                  ? conversionMessage(command, message)
+                  : usageMessage(message);
+    fmt::print(stderr, "{}: {}\nRun '{} --help' for the options.\n", prefix, message, prefix);
+    return 1;
+  }
+}
+
+} // namespace
 
 int main(int argc, char **argv) {
   CLI::App app{"stepc: a static-graph compiler for machine-learning models"};
@@ -206,7 +290,10 @@ int main(int argc, char **argv) {
                       "--target cuda: mlir, nvvm, ptx");
   compile->add_option("--kernel", compileOptions.kernel, "with --dump: only this kernel");
 
-  CLI11_PARSE(app, argc, argv);
+  // CLI11's own exit codes (104-109) would break the rule that every user
+  // error exits 1, so its parse errors are reported here.
+  if (int status = parseCommandLine(app, argc, argv); status >= 0)
+    return status;
 
   try {
     if (*compile)
@@ -256,6 +343,11 @@ int main(int argc, char **argv) {
     }
   } catch (const stepc::Error &e) {
     fmt::print(stderr, "{}\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc &) {
+    // Where the size is known (tensors, the arena) a stepc::Error says it;
+    // anything else that runs out of memory still is not a stepc bug.
+    fmt::print(stderr, "stepc: out of memory\n");
     return 1;
   } catch (const std::exception &e) {
     fmt::print(stderr, "stepc: internal error: {}\n", e.what());

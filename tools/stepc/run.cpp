@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 
 namespace stepc::cli {
 namespace {
@@ -76,6 +77,13 @@ int run(const RunCommandOptions &options) {
       throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
   // An .onnx model may need some inputs' values at import (stepc shapes are
   // static): offer it the --input files; those it takes become constants.
+  std::map<std::string, std::string> givenAs; // name -> its --input
+  for (const std::string &binding : options.inputs) {
+    auto [name, path] = splitBinding(binding);
+    if (auto [it, first] = givenAs.emplace(name, binding); !first)
+      throw Error(fmt::format("--input {}: input '{}' is given twice (first as --input {})",
+                              binding, name, it->second));
+  }
   TensorMap given;
   for (const std::string &binding : options.inputs) {
     auto [name, path] = splitBinding(binding);
@@ -128,8 +136,13 @@ int run(const RunCommandOptions &options) {
     outputs = interpret(graph, inputs, params);
   }
 
-  if (!options.saveOutputs.empty())
-    std::filesystem::create_directories(options.saveOutputs);
+  if (!options.saveOutputs.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(options.saveOutputs, error);
+    if (error)
+      throw Error(fmt::format("--save-outputs {}: cannot create the directory: {}",
+                              options.saveOutputs, error.message()));
+  }
   for (const GraphOutput &out : graph.outputs) {
     const Tensor &value = outputs.at(out.name);
     fmt::print("{}\n", summarize(out.name, value));
