@@ -1,7 +1,6 @@
 # The README's two commands: `make test` and `make demo`. Each installs what is
 # missing, configures, builds and runs. `make build` stops after the build.
-# CI (.ci/run) also runs `make sanitize` and `make fuzz`, which build with
-# clang into $(SAN_BUILD).
+# `make sanitize` and `make fuzz` build with clang into $(SAN_BUILD).
 BUILD ?= build
 SAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)
