@@ -149,9 +149,9 @@ struct CudaExecutable::State {
   }
   void launch(size_t kernel);
   void checkOutputs(size_t kernel);
-  int64_t *faultStaging() const {
-    return reinterpret_cast<int64_t *>(staging + inputBytes + outputBytes);
-  }
+  // Bytes, not int64s: the staging area after the outputs need not be
+  // 8-byte aligned, so the record is only ever memcpy'd from here.
+  std::byte *faultStaging() const { return staging + inputBytes + outputBytes; }
   void copyFaultRecord();
   void throwIfFaulted(bool paramsKept);
   void restoreParams();
