@@ -1,10 +1,10 @@
 #include "stepc/executable.h"
 
-#include "atomic_file.h"
 #include "slots.h"
 #include "thread_pool.h"
 
 #include "stepc/error.h"
+#include "stepc/file.h"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -392,7 +392,7 @@ void Executable::writeTrace(const std::string &path) const {
   nlohmann::json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
   std::string text =
       trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  writeFileAtomically(path, {text});
+  writeFileAtomically(path, text);
 }
 
 } // namespace stepc

@@ -6,10 +6,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 namespace stepc {
@@ -165,21 +162,7 @@ std::string serializeNpy(const Tensor &tensor) {
 }
 
 void writeNpy(const std::string &path, const Tensor &tensor) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-    std::string bytes = serializeNpy(tensor);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out)
-      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("cannot rename '{}' to '{}': {}", tmp, path,
-                            std::strerror(errno)));
-  }
+  writeFileAtomically(path, serializeNpy(tensor));
 }
 
 } // namespace stepc

@@ -4,7 +4,6 @@
 //    "__metadata__": {"key": "value"}}
 // padded with spaces, then the tensors' bytes (row-major, little-endian);
 // offsets are relative to the end of the header.
-#include "atomic_file.h"
 #include "stepc/file.h"
 
 #include "stepc/error.h"

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -22,6 +23,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace stepc {
@@ -87,6 +89,15 @@ private:
 std::string readBytes(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Temporaries an atomic write left behind in the folder of `path`.
+std::vector<std::string> temporariesBeside(const std::string &path) {
+  std::vector<std::string> found;
+  for (const auto &entry : fs::directory_iterator(fs::path(path).parent_path()))
+    if (entry.path().filename().string().find(".tmp") != std::string::npos)
+      found.push_back(entry.path().filename().string());
+  return found;
 }
 
 void writeBytes(const std::string &path, std::string_view bytes) {
@@ -445,7 +456,7 @@ TEST(Executable, ProfileWritesOneTraceEventPerKernelPerStep) {
   for (const char *kernel : {"k0_sgd", "k1_log", "k2_count"})
     for (int64_t step = 0; step < 3; ++step)
       EXPECT_EQ((seen[{kernel, step}]), 1) << kernel << " step " << step;
-  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_TRUE(temporariesBeside(path).empty());
 }
 
 // The hook `stepc bench --per-kernel` reads kernel outputs through: once per
@@ -529,7 +540,7 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
   }
   std::string path = dir / "ckpt.safetensors";
   exe.saveParams(path);
-  EXPECT_FALSE(fs::exists(path + ".tmp"));
+  EXPECT_TRUE(temporariesBeside(path).empty());
 
   Executable other(paramsSpec(kEveryDType));
   other.loadParams(path);
@@ -577,12 +588,21 @@ TEST(Checkpoint, FailedSaveLeavesTheOldFileIntact) {
   std::string good = readBytes(path);
 
   exe.setParam("b.f64", Tensor(DType::F64, {7}));
-  // The temporary file cannot be created (a directory is in its way; this
-  // works even as root, where a read-only directory would not stop us).
-  fs::create_directory(path + ".tmp");
-  EXPECT_CONTAINS(errorOf([&] { exe.saveParams(path); }), "cannot write '" + path + ".tmp'");
+  // The disk fills up mid-write: a file-size limit stands in for a full disk
+  // (it binds root too).
+  rlimit unlimited{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &unlimited), 0);
+  rlimit small = unlimited;
+  small.rlim_cur = 100;
+  auto oldHandler = std::signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string error = errorOf([&] { exe.saveParams(path); });
+  ::setrlimit(RLIMIT_FSIZE, &unlimited);
+  std::signal(SIGXFSZ, oldHandler);
+  EXPECT_CONTAINS(error, "cannot write '" + path + ".tmp.");
+  EXPECT_CONTAINS(error, "File too large");
   EXPECT_EQ(readBytes(path), good);
-  fs::remove(path + ".tmp");
+  EXPECT_TRUE(temporariesBeside(path).empty());
 
   // The directory does not exist.
   EXPECT_CONTAINS(errorOf([&] { exe.saveParams(dir / "missing/ckpt.safetensors"); }),

@@ -7,6 +7,7 @@
 #include "llvm_backend.h"
 
 #include "stepc/compile.h"
+#include "stepc/file.h"
 
 #include <fmt/format.h>
 
@@ -613,9 +614,9 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
       codegen::compileToObject(module, fmt::format("stepc_{}_initial_params", name), blob.bytes);
 
   AotArtifact artifact = codegen::artifactFiles(dir, name);
-  codegen::writeFileAtomically(artifact.object, object);
-  codegen::writeFileAtomically(artifact.header, codegen::aotHeader(lowered.spec, name));
-  codegen::writeFileAtomically(artifact.source, codegen::aotSpecSource(lowered.spec, name, blob));
+  writeFileAtomically(artifact.object, object);
+  writeFileAtomically(artifact.header, codegen::aotHeader(lowered.spec, name));
+  writeFileAtomically(artifact.source, codegen::aotSpecSource(lowered.spec, name, blob));
   writeSafetensors(artifact.params, lowered.spec.initialParams, {{"graph", lowered.spec.name}});
   return artifact;
 }

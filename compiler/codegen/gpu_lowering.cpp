@@ -8,6 +8,8 @@
 #include "llvm_backend.h"
 #include "lowering.h"
 
+#include "stepc/file.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>

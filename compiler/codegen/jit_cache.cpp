@@ -4,6 +4,7 @@
 
 #include "llvm_backend.h"
 
+#include "stepc/file.h"
 #include "stepc/text.h"
 
 // STEPC_CODEGEN_FINGERPRINT: a hash of compiler/codegen's sources, generated
@@ -15,9 +16,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <atomic>
 #include <cctype>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,8 +26,6 @@
 #include <optional>
 #include <unordered_map>
 
-#include <fcntl.h>
-#include <unistd.h>
 
 namespace stepc::codegen {
 namespace {
@@ -187,36 +184,6 @@ uint64_t fnv1a64(std::string_view bytes) {
     hash *= 0x100000001b3ull;
   }
   return hash;
-}
-
-void writeFileAtomically(const std::string &path, std::string_view bytes) {
-  static std::atomic<uint64_t> counter{0};
-  std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0)
-    throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-  const char *data = bytes.data();
-  size_t left = bytes.size();
-  int error = 0;
-  while (left > 0) {
-    ssize_t n = ::write(fd, data, left);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      error = n < 0 ? errno : EIO;
-      break;
-    }
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::close(fd) != 0 && error == 0)
-    error = errno;
-  if (error == 0 && std::rename(tmp.c_str(), path.c_str()) != 0)
-    error = errno;
-  if (error != 0) {
-    ::unlink(tmp.c_str());
-    throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(error)));
-  }
 }
 
 ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheOutcome *outcome) {

@@ -20,9 +20,5 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options,
 // who can write the cache directory; a hit also compares the whole key).
 uint64_t fnv1a64(std::string_view bytes);
 
-// Writes PATH.tmp.<pid>.<n>, then renames it over PATH: readers see the old
-// file or the complete new one, and concurrent writers never share a
-// temporary. Throws stepc::Error naming the file.
-void writeFileAtomically(const std::string &path, std::string_view bytes);
 
 } // namespace stepc::codegen

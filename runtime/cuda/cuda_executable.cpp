@@ -6,12 +6,12 @@
 #include "nccl.h"
 
 #include "stepc/error.h"
+#include "stepc/file.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "../atomic_file.h"
 #include "../slots.h"
 
 #include <algorithm>
@@ -564,7 +564,7 @@ void CudaExecutable::writeTrace(const std::string &path) const {
   }
   nlohmann::json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
   writeFileAtomically(
-      path, {trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"});
+      path, trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 } // namespace stepc

@@ -1,15 +1,13 @@
 #include "commands.h"
 
 #include "stepc/autodiff.h"
+#include "stepc/file.h"
 #include "stepc/gradcheck.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
 
 #include <fmt/format.h>
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 
 namespace stepc::cli {
 namespace {
@@ -21,15 +19,7 @@ void emitGraph(const Graph &graph, const std::string &path) {
     fmt::print("{}", text);
     return;
   }
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out)
-      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+  writeFileAtomically(path, text);
   fmt::print("wrote {} ({} nodes)\n", path, graph.nodes.size());
 }
 

@@ -9,21 +9,17 @@
 #include "stepc/builder.h"
 #include "stepc/compile.h"
 #include "stepc/error.h"
+#include "stepc/file.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <chrono>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -53,35 +49,9 @@ std::array<double, 3> loadAverage() {
   return load;
 }
 
-// tmp file, fsync, rename: a reader sees the old JSON or the complete new one.
+// A reader sees the old JSON or the complete new one.
 void writeJsonAtomically(const std::string &path, const Json &json) {
-  std::string text = json.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
-  std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    throw Error(fmt::format("bench: cannot write '{}': {}", tmp, std::strerror(errno)));
-  size_t done = 0;
-  int error = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      error = n < 0 ? errno : EIO;
-      break;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (error == 0 && ::fsync(fd) != 0)
-    error = errno;
-  if (::close(fd) != 0 && error == 0)
-    error = errno;
-  if (error == 0 && std::rename(tmp.c_str(), path.c_str()) != 0)
-    error = errno;
-  if (error != 0) {
-    ::unlink(tmp.c_str());
-    throw Error(fmt::format("bench: cannot write '{}': {}", path, std::strerror(error)));
-  }
+  writeFileAtomically(path, json.dump(2, ' ', false, Json::error_handler_t::replace) + "\n");
 }
 
 // Points the JIT's disk cache at a fresh directory for the bench's lifetime,

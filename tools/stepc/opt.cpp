@@ -2,37 +2,18 @@
 // result, optionally with the graph after each pass and per-pass statistics.
 #include "commands.h"
 
+#include "stepc/file.h"
 #include "stepc/fusion.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"
 
 #include <fmt/format.h>
 
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 
 namespace stepc::cli {
 namespace {
-
-// Writes through a temporary file and a rename, so a failed write never
-// leaves a truncated graph where the old one was.
-void writeAtomically(const std::string &path, const std::string &text) {
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out)
-      throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    int saved = errno;
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(saved)));
-  }
-}
 
 std::string statsTable(const std::vector<PassStats> &stats, size_t nodesBefore,
                        size_t nodesAfter) {
@@ -65,7 +46,7 @@ void renderSvg(const std::string &dot, const std::string &svg, const std::string
                             svg));
   std::string input = dotFile.empty() ? svg + ".dot.tmp" : dotFile;
   if (dotFile.empty())
-    writeAtomically(input, dot);
+    writeFileAtomically(input, dot);
   std::string command =
       fmt::format("dot -Tsvg {} -o {}", shellQuoted(input), shellQuoted(svg));
   int status = std::system(command.c_str());
@@ -85,7 +66,7 @@ void showFusion(const Graph &graph, const OptOptions &options) {
   if (!options.dot.empty() || !options.svg.empty()) {
     std::string dot = fusionDot(graph, plan);
     if (!options.dot.empty()) {
-      writeAtomically(options.dot, dot);
+      writeFileAtomically(options.dot, dot);
       fmt::print(stderr, "wrote {} ({} kernels)\n", options.dot, plan.groups.size());
     }
     if (!options.svg.empty()) {
@@ -134,7 +115,7 @@ int opt(const OptOptions &options) {
     if (!fusionOnStdout)
       fmt::print("{}", text);
   } else {
-    writeAtomically(options.output, text);
+    writeFileAtomically(options.output, text);
     fmt::print(stderr, "wrote {} ({} nodes)\n", options.output, graph.size());
   }
   if (options.stats)

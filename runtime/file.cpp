@@ -1,10 +1,10 @@
-#include "atomic_file.h"
+#include "stepc/file.h"
 
 #include "stepc/error.h"
-#include "stepc/file.h"
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -31,8 +31,9 @@ std::string directoryOf(const std::string &path) {
 
 void writeFileAtomically(const std::string &path,
                          const std::vector<std::string_view> &pieces) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  static std::atomic<uint64_t> counter{0};
+  std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0)
     failWith("write", tmp, errno);
 
