@@ -1,6 +1,7 @@
 # The README's two commands: `make test` and `make demo`. Each installs what is
 # missing, configures, builds and runs. `make build` stops after the build.
-# `make sanitize` and `make fuzz` build with clang into $(SAN_BUILD).
+# `make sanitize` and `make fuzz` build with clang into $(SAN_BUILD); CI
+# (.ci/run) runs all three.
 BUILD ?= build
 SAN_BUILD ?= build-asan
 JOBS ?= $(shell nproc)

@@ -17,10 +17,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <random>
 #include <span>
+#include <sstream>
 #include <string>
 
 using namespace stepc;
@@ -682,6 +684,37 @@ TEST(CodegenBufferReuse, ParamUpdateOverParamReadLaterInTheKernel) {
     })");
   ASSERT_TRUE(fusedTogether(graph, OpKind::Mul, OpKind::ReduceSum));
   expectMatchesOnRandomData(graph, freshSeed());
+}
+
+TEST(CodegenBufferReuse, OutputOverInputReadByALaterOutputOfTheLoopNest) {
+  // %p and %q come from kernels of their own (concat runs alone) and die in
+  // the one loop nest computing %y and %z (fused: both read %c). %y may take over %p's buffer,
+  // which %z reads at the same index: %z must read %p before %y is stored.
+  Graph graph = parseGraph(R"(
+    graph reuse_nest {
+      input %a : f32[6,8]
+      input %b : f32[6,8]
+      input %c : f32[12,8]
+      %p = concat(%a, %b) {axis=0}
+      %q = concat(%b, %a) {axis=0}
+      %y = add(%q, %c)
+      %z = mul(%p, %c)
+      output y = %y
+      output z = %z
+    })");
+  ASSERT_TRUE(fusedTogether(graph, OpKind::Add, OpKind::Mul));
+  expectMatchesOnRandomData(graph, freshSeed());
+}
+
+// fuzz_graph's input tests/fuzz/corpus/graph/mismatch-fused-scatter-add, as
+// .sg: the gradient's last kernel wrote grad_x0 over the scatter_add result
+// that grad_x2 still read (the case above, found by the fuzzer).
+TEST(CodegenBufferReuse, FuzzFindingFusedScatterAdd) {
+  std::ifstream in(stepc::testing::sourcePath("tests/fuzz/mismatch-fused-scatter-add.sg"));
+  std::stringstream text;
+  text << in.rdbuf();
+  Graph graph = parseGraph(text.str());
+  expectMatchesOnRandomData(graph, 1);
 }
 
 // --- Shapes with a zero dimension ------------------------------------------------

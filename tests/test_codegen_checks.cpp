@@ -189,8 +189,8 @@ TEST(IndexChecks, TrainingStepWithABadIndexLeavesParamsUnchanged) {
                 HasSubstr("emb.sg:7:3: error: gather: index 27 (element 7 of the indices "
                           "i32[16,3])"));
     EXPECT_THAT(errorOf([&] { exe->step(badLabel); }),
-                HasSubstr("emb.sg:10:3: error: one_hot: index -2 (element 9 of the indices "
-                          "i32[16]) is out of range for depth 27; valid indices are 0 to 26"));
+                HasSubstr("emb.sg:10:3: error: one_hot (cross_entropy labels): index -2 "
+                          "(element 9 of the indices i32[16]) is out of range for depth 27; valid indices are 0 to 26"));
     exe->step(good);
     EXPECT_EQ(exe->stepsTaken(), 2);
   }
@@ -210,12 +210,14 @@ graph ce {
   TensorMap in = {{"x", stepc::testing::randomTensor(DType::F32, {4, 3}, 3)},
                   {"y", indices(DType::I32, {4}, {0, 1, 7, -2})}};
   std::string interpreted = errorOf([&] { interpret(g, in, {}); });
-  EXPECT_EQ(interpreted, "ce.sg:5:3: error: one_hot: index 7 (element 2 of the indices i32[4]) "
-                         "is out of range for depth 3; valid indices are 0 to 2");
+  // The one_hot inside the composite says what it is for.
+  EXPECT_EQ(interpreted, "ce.sg:5:3: error: one_hot (cross_entropy labels): index 7 (element 2 "
+                         "of the indices i32[4]) is out of range for depth 3; valid indices "
+                         "are 0 to 2");
   for (bool fusion : {true, false})
     expectReportedLikeInterpreter(interpreted, errorOf([&] { compile(g, fusion)->step(in); }));
 
-  // Built in C++, the one_hot says what it is for.
+  // Built in C++, the same.
   GraphBuilder b("ce");
   Value x = b.input("x", DType::F32, {4, 3});
   b.output("loss", crossEntropy(x, b.input("y", DType::I32, {4})));

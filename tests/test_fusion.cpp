@@ -708,6 +708,47 @@ TEST(Fusion, OptCommandFlags) {
   }
 }
 
+// --why-not-fused names values as `stepc print FILE` does, although the
+// passes drop (%5) and fold (%2-%4) values and so renumber the rest; and a
+// reduction before a matmul is not said to reduce the matmul's result.
+TEST(Fusion, WhyNotFusedNamesValuesAsPrintDoes) {
+  const char *bin = std::getenv("STEPC_BIN");
+  if (!bin || !std::filesystem::exists(bin))
+    GTEST_SKIP() << "the stepc tool is not built";
+  std::string file = (std::filesystem::temp_directory_path() /
+                      fmt::format("stepc_why_{}.sg", ::getpid()))
+                         .string();
+  {
+    std::FILE *out = std::fopen(file.c_str(), "w");
+    ASSERT_NE(out, nullptr);
+    std::fputs(R"(graph why {
+  input %x : f32[8,16]
+  input %w : f32[16,4]
+  %2 = constant() {dtype=f32, shape=[], value=2.0}
+  %3 = constant() {dtype=f32, shape=[], value=3.0}
+  %4 = mul(%2, %3)
+  %5 = exp(%x)
+  %6 = reduce_max(%x) {axes=[1], keepdims=1}
+  %7 = sub(%x, %6)
+  %8 = matmul(%7, %w)
+  %9 = mul(%8, %4)
+  output y = %9
+}
+)",
+               out);
+    std::fclose(out);
+  }
+  CommandResult why = stepcCommand("opt " + file + " --why-not-fused");
+  std::filesystem::remove(file);
+  EXPECT_EQ(why.status, 0) << why.output;
+  EXPECT_NE(why.output.find("%7 (sub, " + file + ":9:3) -> %8 (matmul, " + file + ":10:3): "
+                            "%8 (matmul) comes after %6 (reduce_max): a kernel is built "
+                            "around one matmul/conv or one reduction"),
+            std::string::npos)
+      << why.output;
+  EXPECT_EQ(why.output.find("reduces the result of"), std::string::npos) << why.output;
+}
+
 struct Figures {
   size_t kernels, kernelsUnfused;
   int64_t bytes, bytesUnfused, arena, bound;

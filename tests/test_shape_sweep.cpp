@@ -125,7 +125,8 @@ struct Sweep {
 
   void run(const Graph &graph, const TensorMap &in, const TensorMap &p,
            CompareOptions options) {
-    std::string text = fmt::format("{}:\n  {}", family, fmt::join(configs, "\n  "));
+    std::string text = fmt::format("{} ({} configurations):\n  {}", family, configs.size(),
+                                   fmt::join(configs, "\n  "));
     std::printf("%s\n", text.c_str());
     std::fflush(stdout);
     SCOPED_TRACE(text);

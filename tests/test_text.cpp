@@ -132,7 +132,7 @@ TEST(TextRoundTrip, BuilderGraphs) {
   b.output("norm", norm);
   b.output("att", att);
   b.output("arg", argmax(softmax(logSoftmax(gelu(h))), 1, true));
-  b.output("stats", max(min(sum(mean(h, {1}, true), {}, false), {}), {}));
+  b.output("stats", max(min(sum(mean(h, {1}, true), Axes::all(), false), {}), {}));
   b.output("bcast", broadcastTo(iota(b, DType::I32, {5}, 0), {3, 5}));
   expectRoundTrip(b.finish());
 }
@@ -203,6 +203,37 @@ TEST(TextRoundTrip, CompositeExpansionMatchesBuilder) {
   EXPECT_EQ(named.nodes.back().op, OpKind::Div);
   EXPECT_EQ(named.nodes.back().loc.str(), "n.sg:3:2");
   EXPECT_EQ(named.nodes[1].loc.str(), "n.sg:3:2");
+}
+
+// {axes=[]} reduces no axis and leaving axes out reduces every axis, in .sg
+// and in the C++ API alike (issue 12: they meant opposite things).
+TEST(TextRoundTrip, ReductionAxesMeanTheSameAsInTheBuilder) {
+  Graph parsed = parseGraph(R"(graph r {
+    input %x : f32[2,3]
+    %1 = reduce_sum(%x) {keepdims=0}
+    %2 = reduce_max(%x) {keepdims=1}
+    %3 = reduce_mean(%x) {axes=[], keepdims=0}
+    %4 = reduce_min(%x) {axes=[-1], keepdims=0}
+    output all = %1
+    output all_kept = %2
+    output none = %3
+    output last = %4
+  })");
+  auto typeOf = [&](size_t output) { return parsed.type(parsed.outputs[output].value); };
+  EXPECT_EQ(typeOf(0).shape, Shape{});
+  EXPECT_EQ(typeOf(1).shape, (Shape{1, 1}));
+  EXPECT_EQ(typeOf(2).shape, (Shape{2, 3}));
+  EXPECT_EQ(parsed.node(1).attrs.getInts("axes"), (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(parsed.node(3).attrs.getInts("axes"), std::vector<int64_t>{});
+
+  GraphBuilder b("r");
+  Value x = b.input("x", DType::F32, {2, 3});
+  b.output("all", sum(x));
+  b.output("all_kept", max(x, Axes::all(), true));
+  b.output("none", mean(x, {}));
+  b.output("last", min(x, {-1}));
+  Graph built = b.finish();
+  EXPECT_TRUE(parsed == built) << printGraph(parsed) << "---\n" << printGraph(built);
 }
 
 TEST(TextRoundTrip, ParamsMatchBuilder) {

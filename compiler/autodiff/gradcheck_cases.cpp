@@ -287,19 +287,19 @@ void addBinary(CaseList &cases) {
 void addReductions(CaseList &cases) {
   struct Reduction {
     const char *op;
-    Value (*fn)(Value, std::vector<int64_t>, bool, Loc);
+    Value (*fn)(Value, Axes, bool, Loc);
     Draw draw;
   };
   const Reduction reductions[] = {{"reduce_sum", sum, Draw::Smooth},
                                   {"reduce_mean", mean, Draw::Smooth},
                                   {"reduce_max", max, Draw::Distinct},
                                   {"reduce_min", min, Draw::Distinct}};
-  const std::pair<std::vector<int64_t>, bool> axesCases[] = {
-      {{1}, false}, {{0, 2}, true}, {{-1}, true}, {{}, false}};
+  const std::pair<Axes, bool> axesCases[] = {
+      {{1}, false}, {{0, 2}, true}, {{-1}, true}, {Axes::all(), false}};
   for (const Reduction &r : reductions)
     for (const auto &[axes, keep] : axesCases) {
-      std::string tag = axes.empty() ? "all" : "";
-      for (int64_t a : axes)
+      std::string tag = axes.isAll() ? "all" : "";
+      for (int64_t a : axes.list())
         tag +=
             (tag.empty() ? "axes" : "_") + (a < 0 ? "m" + std::to_string(-a) : std::to_string(a));
       cases.add(fmt::format("{}_{}{}", r.op, tag, keep ? "_keepdims" : ""), r.op,

@@ -50,14 +50,19 @@ void KernelEmitter::closeLoops(size_t count) {
     w_.endFor();
 }
 
+// Every root's value is computed before any is stored: the memory plan may
+// give a root the buffer of a kernel input that a later root of the nest
+// still reads at the same index (canOverwrite, one loop nest).
 void KernelEmitter::emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel) {
   const Shape &shape = shapeOf(roots.front());
   Index idx = openLoops(shape, parallel);
+  std::vector<std::string> values;
   for (ValueId r : roots) {
-    std::string v = lowerElement(node(r), r, idx);
-    w_.cache(fmt::format("{}@{}", r, fmt::join(idx, ",")), v);
-    store(r, viewOf(r), idx, v);
+    values.push_back(lowerElement(node(r), r, idx));
+    w_.cache(fmt::format("{}@{}", r, fmt::join(idx, ",")), values.back());
   }
+  for (size_t i = 0; i < roots.size(); ++i)
+    store(roots[i], viewOf(roots[i]), idx, values[i]);
   closeLoops(idx.size());
 }
 

@@ -33,10 +33,10 @@ std::vector<int64_t> allAxes(Value x) {
   return axes;
 }
 
-Value reduce(OpKind op, Value x, std::vector<int64_t> axes, bool keepdims, const Loc &at) {
-  if (axes.empty())
-    axes = allAxes(x);
-  return unary(op, x, at, {{"axes", axes}, {"keepdims", int64_t(keepdims)}});
+Value reduce(OpKind op, Value x, const Axes &axes, bool keepdims, const Loc &at) {
+  return unary(op, x, at,
+               {{"axes", axes.isAll() ? allAxes(x) : axes.list()},
+                {"keepdims", int64_t(keepdims)}});
 }
 
 // Turns an operator's operands into two values; a plain number becomes a
@@ -199,17 +199,17 @@ Value operator-(Operand a) {
   return neg(a.value, a.at);
 }
 
-Value sum(Value x, std::vector<int64_t> axes, bool keepdims, Loc at) {
-  return reduce(OpKind::ReduceSum, x, std::move(axes), keepdims, at);
+Value sum(Value x, Axes axes, bool keepdims, Loc at) {
+  return reduce(OpKind::ReduceSum, x, axes, keepdims, at);
 }
-Value mean(Value x, std::vector<int64_t> axes, bool keepdims, Loc at) {
-  return reduce(OpKind::ReduceMean, x, std::move(axes), keepdims, at);
+Value mean(Value x, Axes axes, bool keepdims, Loc at) {
+  return reduce(OpKind::ReduceMean, x, axes, keepdims, at);
 }
-Value max(Value x, std::vector<int64_t> axes, bool keepdims, Loc at) {
-  return reduce(OpKind::ReduceMax, x, std::move(axes), keepdims, at);
+Value max(Value x, Axes axes, bool keepdims, Loc at) {
+  return reduce(OpKind::ReduceMax, x, axes, keepdims, at);
 }
-Value min(Value x, std::vector<int64_t> axes, bool keepdims, Loc at) {
-  return reduce(OpKind::ReduceMin, x, std::move(axes), keepdims, at);
+Value min(Value x, Axes axes, bool keepdims, Loc at) {
+  return reduce(OpKind::ReduceMin, x, axes, keepdims, at);
 }
 Value argmax(Value x, int64_t axis, bool keepdims, Loc at) {
   return unary(OpKind::ArgMax, x, at, {{"axis", axis}, {"keepdims", int64_t(keepdims)}});

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
@@ -303,6 +304,15 @@ void Parser::parseNode() {
   }
 
   std::string name = isNumericName(var.text) ? std::string() : std::string(var.text);
+  // A reduction without `axes` reduces every axis ({axes=[]} reduces none),
+  // as sum(x) in the C++ API; the graph holds the list.
+  bool reduction = op == OpKind::ReduceSum || op == OpKind::ReduceMean ||
+                   op == OpKind::ReduceMax || op == OpKind::ReduceMin;
+  if (reduction && !attrs.has("axes") && operands.size() == 1) {
+    std::vector<int64_t> all(graph_.type(operands[0]).shape.size());
+    std::iota(all.begin(), all.end(), int64_t(0));
+    attrs.set("axes", all);
+  }
   ValueId id;
   if (op) {
     Node node;
@@ -399,7 +409,11 @@ ValueId Parser::addComposite(const Token &opToken, const std::vector<ValueId> &o
       operand = ids[operand];
     if (i == result.id())
       node.name = name;
+    // The statement's place; what the node is for in the composite stays
+    // ("cross_entropy labels"), so errors say "one_hot (cross_entropy labels)".
+    std::string origin = std::move(node.loc.origin);
     node.loc = loc;
+    node.loc.origin = std::move(origin);
     ids[i] = graph_.add(std::move(node));
     checkSize(graph_.nodes[ids[i]]);
   }

@@ -330,10 +330,19 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
   // Rule "no reduction after a contraction": reducing a matmul's result (a
   // bias gradient's column sum, a softmax over scores) needs every tile of it,
   // so the reduction would have to run across the matmul's tiles.
-  if (hasContraction && hasReduction)
+  // Named the right way round: a reduction after the matmul reduces its
+  // result; one before it would have to finish before the matmul starts.
+  if (hasContraction && hasReduction) {
+    for (ValueId v : nodes)
+      if (v > contraction && opClass(g_.node(v).op) == OpClass::Reduction)
+        return FusionDecision::no(fmt::format(
+            "{} reduces the result of {}: a reduction needs the matmul's whole result",
+            describe(v), describe(contraction)));
     return FusionDecision::no(fmt::format(
-        "{} reduces the result of {}: a reduction needs the matmul's whole result",
-        describe(firstReduction), describe(contraction)));
+        "{} comes after {}: a kernel is built around one matmul/conv or one reduction, "
+        "not both",
+        describe(contraction), describe(firstReduction)));
+  }
 
   Shape reducedKeep; // Reduction: the reduced shape with keepdims
   if (hasContraction) {

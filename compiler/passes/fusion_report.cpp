@@ -192,10 +192,14 @@ std::string whyNotFused(const Graph &graph, const FusionPlan &plan) {
       where += ", " + node.loc.origin;
     return fmt::format("{} ({}{})", valueName(graph, v), opInfo(node.op).name, where);
   };
+  // A producer -> its consumer; siblings (two readers of one value) have no
+  // direction: "and".
   std::string out;
-  for (const FusionRefusal &r : plan.refusals)
-    out += fmt::format("{} -> {}: {} -> {}: {}\n", kernel(r.producer), kernel(r.consumer),
-                       value(r.producer), value(r.consumer), r.rule);
+  for (const FusionRefusal &r : plan.refusals) {
+    const char *link = r.rule.starts_with("siblings") ? "and" : "->";
+    out += fmt::format("{} {} {}: {} {} {}: {}\n", kernel(r.producer), link, kernel(r.consumer),
+                       value(r.producer), link, value(r.consumer), r.rule);
+  }
   return out;
 }
 

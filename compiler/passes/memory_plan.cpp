@@ -42,8 +42,10 @@ bool isElementwise(OpKind op) {
 // so it writes element i right after reading element i. What else may read
 // `operand` in the kernel depends on how the kernel runs:
 // - One loop nest (no hero, every output of one shape): every element is
-//   read and written in the same iteration, so any reader at the element's
-//   own index (elementwise, same shape) is fine.
+//   read and written in the same iteration, and codegen computes all the
+//   nest's outputs at an index before it stores any, so any reader at the
+//   element's own index (elementwise, same shape) is fine, even one that
+//   feeds another output of the nest.
 // - Otherwise codegen runs the kernel's roots (outputs, reductions, the
 //   matmul) one loop nest after another, recomputing inlined nodes from
 //   memory, and a later nest could read `operand` after `output`'s nest

@@ -14,6 +14,7 @@
 
 #include "stepc/graph.h"
 
+#include <initializer_list>
 #include <source_location>
 #include <string>
 #include <vector>
@@ -154,15 +155,33 @@ Value operator*(Operand a, Operand b);
 Value operator/(Operand a, Operand b);
 Value operator-(Operand a);
 
-// --- Reductions (axes may be negative; empty axes means all) ---------------
-Value sum(Value x, std::vector<int64_t> axes = {}, bool keepdims = false,
-          Loc at = Loc::current());
-Value mean(Value x, std::vector<int64_t> axes = {}, bool keepdims = false,
-           Loc at = Loc::current());
-Value max(Value x, std::vector<int64_t> axes = {}, bool keepdims = false,
-          Loc at = Loc::current());
-Value min(Value x, std::vector<int64_t> axes = {}, bool keepdims = false,
-          Loc at = Loc::current());
+// --- Reductions -------------------------------------------------------------
+// The axes a reduction reduces, as in .sg: a list ({1}, {0, -1}; negative
+// axes count from the end), where an empty list ({}) reduces none (the
+// identity, as {axes=[]} in .sg), or every axis: Axes::all(), which leaving
+// the argument out means (as leaving `axes` out in .sg).
+class Axes {
+public:
+  Axes() = default; // no axes
+  Axes(std::initializer_list<int64_t> list) : list_(list) {}
+  Axes(std::vector<int64_t> list) : list_(std::move(list)) {}
+  static Axes all() {
+    Axes axes;
+    axes.all_ = true;
+    return axes;
+  }
+  bool isAll() const { return all_; }
+  const std::vector<int64_t> &list() const { return list_; } // when not all
+
+private:
+  std::vector<int64_t> list_;
+  bool all_ = false;
+};
+
+Value sum(Value x, Axes axes = Axes::all(), bool keepdims = false, Loc at = Loc::current());
+Value mean(Value x, Axes axes = Axes::all(), bool keepdims = false, Loc at = Loc::current());
+Value max(Value x, Axes axes = Axes::all(), bool keepdims = false, Loc at = Loc::current());
+Value min(Value x, Axes axes = Axes::all(), bool keepdims = false, Loc at = Loc::current());
 Value argmax(Value x, int64_t axis, bool keepdims = false, Loc at = Loc::current());
 
 // --- Shape and data movement ----------------------------------------------

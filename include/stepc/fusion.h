@@ -109,8 +109,8 @@ struct BufferPlan {
 // Liveness over the kernel schedule; one arena with offsets; in-place reuse
 // where legal (elementwise outputs over dead inputs, param updates over the
 // param). Params and inputs live for the whole step. Codegen's side of the
-// in-place contract: a kernel reads element i of an overwritten input before
-// it writes element i of the output, and when the kernel is more than one
+// in-place contract: a loop nest reads element i of an overwritten input
+// before it writes element i of any of its outputs, and when the kernel is more than one
 // loop nest, it reads that input only while computing that output
 // (memory_plan.cpp, canOverwrite).
 BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan);

@@ -26,7 +26,7 @@ endfunction()
 # The other input is drawn at random, and valid.
 expect_rejected("index 99" "bad_index_model.sg:6:3: error: gather: index 99 (element 2 of the indices i32[4]) is out of range for axis 0 of data f32[27,3]; valid indices are 0 to 26"
                 --input i=${WORK}/i.npy)
-expect_rejected("label 7" "bad_index_model.sg:7:3: error: one_hot: index 7 (element 2 of the indices i32[4]) is out of range for depth 3; valid indices are 0 to 2"
+expect_rejected("label 7" "bad_index_model.sg:7:3: error: one_hot (cross_entropy labels): index 7 (element 2 of the indices i32[4]) is out of range for depth 3; valid indices are 0 to 2"
                 --input y=${WORK}/y.npy)
 
 # Random inputs are valid indices and labels: the run succeeds.

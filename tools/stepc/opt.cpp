@@ -56,6 +56,41 @@ void renderSvg(const std::string &dot, const std::string &svg, const std::string
     throw Error(fmt::format("--svg {}: '{}' failed (status {})", svg, command, status));
 }
 
+PassManager passManager(const std::vector<std::string> &pipeline) {
+  PassManager manager;
+  for (const std::string &name : pipeline)
+    manager.add(name); // an unknown name throws, listing the passes
+  return manager;
+}
+
+// `parsed` after the passes, with every value named as `stepc print` names it
+// in `parsed`: the passes renumber the values they keep, and an unnamed
+// value prints as its number. So each unnamed value carries a stand-in name
+// of its own through the passes (a name no value has), which afterwards
+// becomes its number in `parsed`. Only for showing fusion: such names are no
+// identifiers.
+Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pipeline) {
+  std::string prefix = "stepc_printed_";
+  auto prefixTaken = [&] {
+    for (const Node &node : graph.nodes)
+      if (node.name.starts_with(prefix))
+        return true;
+    return false;
+  };
+  while (prefixTaken())
+    prefix += "_";
+  for (ValueId id = 0; id < graph.size(); ++id)
+    if (graph.nodes[id].name.empty())
+      graph.nodes[id].name = prefix + std::to_string(id);
+  graph.reindexNames();
+  passManager(pipeline).run(graph);
+  for (Node &node : graph.nodes)
+    if (node.name.starts_with(prefix))
+      node.name = node.name.substr(prefix.size());
+  graph.reindexNames();
+  return graph;
+}
+
 void showFusion(const Graph &graph, const OptOptions &options) {
   FusionPlan plan = planFusion(graph, {.enabled = !options.noFusion});
   if (options.fusionReport)
@@ -80,6 +115,7 @@ void showFusion(const Graph &graph, const OptOptions &options) {
 
 int opt(const OptOptions &options) {
   Graph graph = parseGraphFile(options.file);
+  const Graph parsed = graph;
 
   std::vector<std::string> pipeline;
   if (options.passesGiven) {
@@ -91,9 +127,7 @@ int opt(const OptOptions &options) {
     pipeline = defaultPipeline(!graph.updates.empty());
   }
 
-  PassManager manager;
-  for (const std::string &name : pipeline)
-    manager.add(name); // an unknown name throws, listing the passes
+  PassManager manager = passManager(pipeline);
   // Dumps and statistics go to stderr (as LLVM's -print-after-all and
   // -stats do), so stdout carries only the final graph and can be piped.
   if (options.printAfterAll)
@@ -104,11 +138,12 @@ int opt(const OptOptions &options) {
   size_t nodesBefore = graph.size();
   std::vector<PassStats> stats = manager.run(graph);
 
-  // Fusion and memory planning run on the optimized graph. The report and the
-  // refusals take stdout's place of the graph.
+  // Fusion and memory planning run on the optimized graph, its values named
+  // as `stepc print FILE` names them. The report and the refusals take
+  // stdout's place of the graph.
   bool fusionOnStdout = options.fusionReport || options.whyNotFused;
   if (fusionOnStdout || !options.dot.empty() || !options.svg.empty())
-    showFusion(graph, options);
+    showFusion(optimizedWithPrintedNames(parsed, pipeline), options);
 
   std::string text = printGraph(graph);
   if (options.output.empty()) {
