@@ -448,6 +448,7 @@ namespace {{
 
 using stepc::DType;
 using stepc::KernelSpec;
+using stepc::ReduceOp;
 
 stepc::ExecutableSpec makeSpec() {{
   stepc::ExecutableSpec spec;
@@ -677,6 +678,8 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
   // that two artifacts link into one program.
   std::string module = lowered.mlirModule;
   for (const KernelSpec &kernel : lowered.spec.kernels) {
+    if (kernel.collective)
+      continue; // a runtime call (the communicator's), no code in the module
     std::string from = fmt::format("func.func @{}(", kernel.name);
     size_t at = module.find(from);
     if (at == std::string::npos)
