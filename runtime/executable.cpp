@@ -231,6 +231,8 @@ void Executable::runCollective(size_t index, const KernelSpec &kernel) {
 void Executable::waitFor(size_t index) {
   if (inFlight_[index] < 0)
     return;
+  if (comm_->finished(inFlight_[index]))
+    collectiveStats_.hiddenBytes += spec_.kernels[index].outputs[0].bytes();
   auto start = std::chrono::steady_clock::now();
   comm_->wait(std::exchange(inFlight_[index], -1));
   collectiveStats_.waitMicros += micros(std::chrono::steady_clock::now() - start);

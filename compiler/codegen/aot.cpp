@@ -270,12 +270,53 @@ extern "C" {{
 {sizes}
 typedef struct {p} {p};
 
+#ifndef STEPC_COMMUNICATOR_DEFINED
+#define STEPC_COMMUNICATOR_DEFINED
+/* The processes of a data-parallel job (a graph built with `stepc
+ * train-step --data-parallel`), as callbacks over the program's own MPI,
+ * NCCL or other engine: {p}_create_distributed takes one. Every callback
+ * gets `context` first, blocks until its collective is done, and returns 0
+ * on success (anything else fails the call that needed it).
+ *   all_reduce: out[i] = sum (op STEPC_SUM) or mean (STEPC_MEAN) over the
+ *     ranks of in[i], `count` elements of type `dtype` (STEPC_F32, ...);
+ *     in == out reduces in place. The step calls it once per gradient
+ *     bucket and once for the loss.
+ *   broadcast: copies `bytes` at `data` on rank `root` to every rank.
+ *   all_gather: out (size * bytes) = every rank's `bytes` at `in`, by rank.
+ * Shared by every stepc artifact's header. */
+typedef struct stepc_communicator {{
+  void *context;
+  int rank;
+  int size;
+  int (*all_reduce)(void *context, const void *in, void *out, int64_t count, int dtype, int op);
+  int (*broadcast)(void *context, void *data, int64_t bytes, int root);
+  int (*all_gather)(void *context, const void *in, void *out, int64_t bytes);
+}} stepc_communicator;
+#define STEPC_F32 0
+#define STEPC_F64 1
+#define STEPC_I32 2
+#define STEPC_I64 3
+#define STEPC_SUM 0
+#define STEPC_MEAN 1
+#endif
+
 /* Creates the state: {state} and the
  * params. params_path: a safetensors file holding every param (as written by
  * {p}_save_params; {n}.params.safetensors next to this header holds
  * the initial values); NULL: the initial values embedded in {n}.o.
  * Returns NULL on error: {p}_last_error(NULL) says why. */
 {p} *{p}_create(const char *params_path);
+
+/* The same, as rank communicator->rank of a data-parallel job of
+ * communicator->size processes (the struct is copied; `context` must stay
+ * valid until {p}_destroy). Collective: every rank calls it. It checks
+ * that every rank compiled the same graph (a mismatch fails on every rank,
+ * naming the ranks that differ) and then copies rank 0's params to all;
+ * params_path, if given, is loaded by every rank afterwards. Each step then
+ * averages the gradients through all_reduce, and the loss it returns is the
+ * mean over the ranks; {p}_save_params writes on rank 0 only. */
+{p} *{p}_create_distributed(const char *params_path,
+    const stepc_communicator *communicator);
 
 /* Runs one step.
 {paramDocs}{updates} * On error nothing is written and no param changes. */
@@ -408,6 +449,7 @@ namespace {{
 
 using stepc::DType;
 using stepc::KernelSpec;
+using stepc::ReduceOp;
 
 stepc::ExecutableSpec makeSpec() {{
   stepc::ExecutableSpec spec;
@@ -440,7 +482,8 @@ thread_local std::string createError;
 }} // namespace
 
 struct {p} {{
-  explicit {p}({specType} spec) : executable(std::move(spec)) {{
+  {p}({specType} spec, stepc::RunOptions options)
+      : executable(std::move(spec), std::move(options)) {{
     for (const stepc::TensorSlot &slot : executable.spec().inputs)
       inputs.emplace(slot.name, stepc::Tensor(slot.type));
   }}
@@ -493,17 +536,50 @@ void checkBytes(const char *name, const stepc::Tensor &value, size_t bytes) {{
 
 extern "C" {{
 
-{p} *{p}_create(const char *params_path) {{
+}} // extern "C"
+
+namespace {{
+
+{p} *create(const char *function, const char *params_path,
+                   const stepc_communicator *communicator) {{
   try {{
-    auto model = std::make_unique<{p}>({makeSpec}());
+    stepc::RunOptions options;
+    if (communicator) {{
+      stepc::CommunicatorCallbacks callbacks;
+      callbacks.context = communicator->context;
+      callbacks.rank = communicator->rank;
+      callbacks.size = communicator->size;
+      callbacks.allReduce = communicator->all_reduce;
+      callbacks.broadcast = communicator->broadcast;
+      callbacks.allGather = communicator->all_gather;
+      options.communicator = stepc::callbackCommunicator(callbacks);
+    }}
+    auto model = std::make_unique<{p}>({makeSpec}(), std::move(options));
     if (params_path)
       model->executable.loadParams(params_path);
     createError.clear();
     return model.release();
   }} catch (const std::exception &e) {{
-    createError = std::string("{p}_create: ") + e.what();
+    createError = std::string(function) + ": " + e.what();
     return nullptr;
   }}
+}}
+
+}} // namespace
+
+extern "C" {{
+
+{p} *{p}_create(const char *params_path) {{
+  return create("{p}_create", params_path, nullptr);
+}}
+
+{p} *{p}_create_distributed(const char *params_path,
+    const stepc_communicator *communicator) {{
+  if (!communicator) {{
+    createError = "{p}_create_distributed: the communicator is NULL";
+    return nullptr;
+  }}
+  return create("{p}_create_distributed", params_path, communicator);
 }}
 
 int {p}_step({p} *model{params}) {{
@@ -603,6 +679,8 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
   // that two artifacts link into one program.
   std::string module = lowered.mlirModule;
   for (const KernelSpec &kernel : lowered.spec.kernels) {
+    if (kernel.collective)
+      continue; // a runtime call (the communicator's), no code in the module
     std::string from = fmt::format("func.func @{}(", kernel.name);
     size_t at = module.find(from);
     if (at == std::string::npos)

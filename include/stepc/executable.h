@@ -143,6 +143,11 @@ struct RunOptions {
 struct CollectiveStats {
   int64_t calls = 0;
   int64_t bytes = 0;       // payload of every all_reduce
+  // Of those, the bytes whose all_reduce had completed when the step came
+  // to wait for it (Communicator::finished): the communication hidden
+  // behind the kernels that ran meanwhile (all of it for a communicator
+  // whose collectives are synchronous: one process, C callbacks).
+  int64_t hiddenBytes = 0;
   double waitMicros = 0;   // blocked waiting for results: the exposed part
 };
 

@@ -45,6 +45,8 @@ struct Optimizer; // stepc/train.h
 
 struct JitOptions {
   CompileOptions compile;
+  // run.communicator: the processes of a data-parallel job; the traced
+  // function's all_reduce ops (and jitTrainStep's gradients) go through it.
   RunOptions run;
   std::string name = "jit"; // the traced graph's name
   // Input names in argument order; missing ones are "x<i>".
@@ -146,7 +148,9 @@ using TracedResult =
                                               std::declval<const std::vector<Value> &>(),
                                               std::make_index_sequence<N>{}))>;
 
-GraphTransform trainStepTransform(const Optimizer &optimizer);
+// With `dataParallel` (a communicator of several ranks) the gradients are
+// averaged over the ranks, as trainStep(..., DataParallel{true}) does.
+GraphTransform trainStepTransform(const Optimizer &optimizer, bool dataParallel);
 
 } // namespace detail
 
@@ -200,9 +204,17 @@ template <class F> Jit<F> jit(F fn, JitOptions options = {}) {
 // floating-point param, and the optimizer's update of the params and its
 // state, all in one compiled step. The optimizer's lr must be set (else
 // stepc::Error). Include stepc/train.h for Optimizer.
+//
+// Data-parallel: with options.run.communicator spanning several ranks (e.g.
+// mpiCommunicator() under mpirun), each rank calls the step with its slice
+// of the batch; the gradients are averaged over the ranks before the update
+// (trainStep's DataParallel), the returned loss is the mean over the ranks,
+// and every rank starts from rank 0's params and keeps the same ones.
 template <class F>
 Jit<F> jitTrainStep(F model, const Optimizer &optimizer, JitOptions options = {}) {
-  return Jit<F>(std::move(model), std::move(options), detail::trainStepTransform(optimizer));
+  bool dataParallel = options.run.communicator && options.run.communicator->size() > 1;
+  return Jit<F>(std::move(model), std::move(options),
+                detail::trainStepTransform(optimizer, dataParallel));
 }
 
 } // namespace stepc

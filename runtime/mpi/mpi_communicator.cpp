@@ -9,8 +9,13 @@
 #include <fmt/format.h>
 #include <mpi.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string_view>
+#include <thread>
 
 namespace stepc {
 namespace {
@@ -32,22 +37,39 @@ template <class T> void scale(void *data, int64_t count, int size) {
     values[i] /= static_cast<T>(size);
 }
 
+// Whether the progress thread runs: on unless STEPC_MPI_PROGRESS=0.
+bool progressThreadWanted() {
+  const char *value = std::getenv("STEPC_MPI_PROGRESS");
+  return !value || std::string_view(value) != "0";
+}
+
 class MpiCommunicator final : public Communicator {
 public:
   MpiCommunicator() {
-    int initialized = 0;
+    int initialized = 0, provided = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      int provided = 0;
-      // Only the thread that calls step() talks to MPI; the kernels' worker
-      // threads never do.
-      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+      // SERIALIZED: the progress thread and the thread that calls step()
+      // both call MPI, never at once (mutex_); the kernels' workers never do.
+      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
       owns_ = true;
+    } else {
+      MPI_Query_thread(&provided);
     }
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    if (size_ > 1 && provided >= MPI_THREAD_SERIALIZED && progressThreadWanted())
+      progressThread_ = std::thread([this] { progressLoop(); });
   }
   ~MpiCommunicator() override {
+    if (progressThread_.joinable()) {
+      {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+      }
+      wake_.notify_one();
+      progressThread_.join();
+    }
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (owns_ && !finalized)
@@ -56,34 +78,55 @@ public:
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  std::string engine() const override { return "MPI"; }
+  std::string engine() const override {
+    return progressThread_.joinable() ? "MPI, progress thread" : "MPI";
+  }
 
   int64_t startAllReduce(const void *in, void *out, int64_t count, DType dtype,
                          ReduceOp op) override {
     if (count > INT32_MAX)
       throw Error(fmt::format("all_reduce of {} elements: MPI counts stop at 2^31-1", count));
-    Pending p{MPI_REQUEST_NULL, out, count, dtype, op};
-    MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, static_cast<int>(count), mpiType(dtype),
-                   MPI_SUM, MPI_COMM_WORLD, &p.request);
-    int64_t handle = next_++;
-    pending_.emplace(handle, p);
+    Pending p{MPI_REQUEST_NULL, out, count, dtype, op, false};
+    MPI_Datatype type = mpiType(dtype);
+    int64_t handle;
+    {
+      std::lock_guard lock(mutex_);
+      MPI_Iallreduce(in == out ? MPI_IN_PLACE : in, out, static_cast<int>(count), type, MPI_SUM,
+                     MPI_COMM_WORLD, &p.request);
+      handle = next_++;
+      pending_.emplace(handle, p);
+    }
+    wake_.notify_one();
     return handle;
   }
 
   void progress() override {
-    for (auto &[handle, p] : pending_) {
-      int done = 0;
-      MPI_Test(&p.request, &done, MPI_STATUS_IGNORE);
-    }
+    if (progressThread_.joinable())
+      return; // the thread does it, without taking the mutex from it here
+    std::lock_guard lock(mutex_);
+    testPending();
+  }
+
+  bool finished(int64_t handle) const override {
+    std::lock_guard lock(mutex_);
+    auto it = pending_.find(handle);
+    return it != pending_.end() && it->second.done;
   }
 
   void wait(int64_t handle) override {
-    auto it = pending_.find(handle);
-    if (it == pending_.end())
-      throw Error(fmt::format("MPI: no collective with handle {} is in flight", handle));
-    Pending p = it->second;
-    pending_.erase(it);
-    MPI_Wait(&p.request, MPI_STATUS_IGNORE);
+    Pending p;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = pending_.find(handle);
+      if (it == pending_.end())
+        throw Error(fmt::format("MPI: no collective with handle {} is in flight", handle));
+      p = it->second;
+      pending_.erase(it);
+      // Holding the mutex: MPI_Wait advances the collective itself, and the
+      // progress thread has nothing else to do for it meanwhile.
+      if (!p.done)
+        MPI_Wait(&p.request, MPI_STATUS_IGNORE);
+    }
     if (p.op == ReduceOp::Mean) {
       if (p.dtype == DType::F64)
         scale<double>(p.out, p.count, size_);
@@ -94,6 +137,7 @@ public:
 
   void broadcast(void *data, int64_t bytes, int root) override {
     auto *at = static_cast<char *>(data);
+    std::lock_guard lock(mutex_);
     // MPI counts are ints: send in pieces below 2^31 bytes.
     for (int64_t done = 0; done < bytes;) {
       int piece = static_cast<int>(std::min<int64_t>(bytes - done, int64_t(1) << 30));
@@ -104,27 +148,66 @@ public:
 
   std::vector<uint64_t> allGather(uint64_t value) override {
     std::vector<uint64_t> all(static_cast<size_t>(size_));
+    std::lock_guard lock(mutex_);
     MPI_Allgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
     return all;
   }
 
   [[noreturn]] void abort(int code) override {
+    // The progress thread holds mutex_ only for MPI_Test, which never
+    // blocks; the calls that do (MPI_Wait, ...) come from this thread.
+    std::lock_guard lock(mutex_);
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);
   }
 
 private:
   struct Pending {
-    MPI_Request request;
-    void *out;
-    int64_t count;
-    DType dtype;
-    ReduceOp op;
+    MPI_Request request = MPI_REQUEST_NULL;
+    void *out = nullptr;
+    int64_t count = 0;
+    DType dtype = DType::F32;
+    ReduceOp op = ReduceOp::Sum;
+    bool done = false; // MPI_Test saw it complete; request is then null
   };
   int rank_ = 0, size_ = 1;
   bool owns_ = false;
   int64_t next_ = 1;
+  mutable std::mutex mutex_; // every MPI call, pending_, stopping_
+  std::condition_variable wake_;
   std::map<int64_t, Pending> pending_;
+  bool stopping_ = false;
+  std::thread progressThread_;
+
+  // Called with mutex_ held.
+  bool testPending() {
+    bool open = false;
+    for (auto &[handle, p] : pending_) {
+      if (p.done)
+        continue;
+      int done = 0;
+      MPI_Test(&p.request, &done, MPI_STATUS_IGNORE);
+      p.done = done != 0;
+      open = open || !p.done;
+    }
+    return open;
+  }
+
+  // While some all-reduce is unfinished: MPI_Test them all, then let go of
+  // the mutex for ~50 us (the step's own MPI calls get in between). Sleeps
+  // on wake_ otherwise, so an idle rank costs no CPU.
+  void progressLoop() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      if (!testPending()) {
+        wake_.wait(lock);
+        continue;
+      }
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      lock.lock();
+    }
+  }
 };
 
 } // namespace

@@ -7,6 +7,7 @@
 #include "stepc/communicator.h"
 #include "stepc/compile.h"
 #include "stepc/interpreter.h"
+#include "stepc/jit.h"
 #include "stepc/train.h"
 
 #include "../testing.h"
@@ -16,7 +17,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <chrono>
 #include <csignal>
+#include <cstdlib>
+#include <thread>
 
 namespace stepc {
 namespace {
@@ -136,8 +140,71 @@ TEST(Mpi, TwoRanksOfHalfTheBatchMatchOneProcess) {
     }
     EXPECT_LE(worst, 1e-5 * scale) << "param " << name << " (largest magnitude " << scale << ")";
   }
-  EXPECT_EQ(parallel->collectiveStats().bytes / 5,
-            4 * (196 * 96 + 96 + 96 * 10 + 10) + 4 /* the loss */);
+  const CollectiveStats &stats = parallel->collectiveStats();
+  EXPECT_EQ(stats.bytes / 5, 4 * (196 * 96 + 96 + 96 * 10 + 10) + 4 /* the loss */);
+  EXPECT_GE(stats.hiddenBytes, 0);
+  EXPECT_LE(stats.hiddenBytes, stats.bytes);
+}
+
+// stepc::jit takes the communicator in JitOptions::run: a traced all_reduce
+// goes through it, and jitTrainStep averages the gradients, so two ranks of
+// half the batch train like one process of the whole batch.
+TEST(Mpi, JitTakesTheCommunicator) {
+  auto comm = world();
+  JitOptions options;
+  options.compile.cache = false;
+  options.run.threads = 1;
+  options.run.communicator = comm;
+  auto sum = jit([](Value x) { return allReduce(x, "sum"); }, options);
+  Tensor x0 = testing::randomTensor(DType::F32, {7}, 31);
+  Tensor x1 = testing::randomTensor(DType::F32, {7}, 32);
+  Tensor got = sum(comm->rank() == 0 ? x0 : x1);
+  for (int64_t i = 0; i < 7; ++i)
+    EXPECT_NEAR(got.real(i), x0.real(i) + x1.real(i), 1e-6);
+
+  auto model = [](GraphBuilder &b, Value x, Value y) {
+    Value w = b.param("w", DType::F32, {196, 10}, Init::xavierUniform(3));
+    Value bias = b.param("b", DType::F32, {10}, Init::zeros());
+    return crossEntropy(linear(x, w, bias), y);
+  };
+  Optimizer adam = Optimizer::adam();
+  adam.lr = 1e-3;
+  auto parallel = jitTrainStep(model, adam, options);
+  JitOptions alone = options;
+  alone.run.communicator = nullptr;
+  auto single = jitTrainStep(model, adam, alone);
+  for (int step = 0; step < 3; ++step) {
+    TensorMap batch = globalBatch(step), mine = rowsOf(batch, 64 * comm->rank(), 64);
+    double parallelLoss = parallel(mine.at("x"), mine.at("y")).real(0);
+    double singleLoss = single(batch.at("x"), batch.at("y")).real(0);
+    EXPECT_NEAR(parallelLoss, singleLoss, 1e-5 * std::abs(singleLoss)) << "step " << step;
+  }
+  for (const std::string &name : {"w", "b"}) {
+    Tensor want = single.param(name), have = parallel.param(name);
+    for (int64_t i = 0; i < want.numel(); ++i)
+      ASSERT_NEAR(have.real(i), want.real(i), 1e-5 * std::max(1.0, std::abs(want.real(i))))
+          << name << "[" << i << "]";
+  }
+  EXPECT_GT(parallel.executable().collectiveStats().calls, 0);
+}
+
+// The progress thread completes a started all-reduce while this thread
+// makes no MPI call (finished() only reads what the thread recorded).
+TEST(Mpi, ProgressThreadCompletesAllReducesBetweenKernels) {
+  auto comm = world();
+  if (const char *value = std::getenv("STEPC_MPI_PROGRESS"); value && std::string(value) == "0")
+    GTEST_SKIP() << "STEPC_MPI_PROGRESS=0: no progress thread";
+  EXPECT_EQ(comm->engine(), "MPI, progress thread");
+  std::vector<float> data(1 << 18, 1.0f); // 1 MB: past OpenMPI's eager sizes
+  int64_t handle = comm->startAllReduce(data.data(), data.data(), int64_t(data.size()),
+                                        DType::F32, ReduceOp::Sum);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!comm->finished(handle) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(comm->finished(handle));
+  comm->wait(handle);
+  EXPECT_EQ(data[0], 2.0f);
+  EXPECT_EQ(data.back(), 2.0f);
 }
 
 TEST(Mpi, InitialParamsComeFromRankZero) {

@@ -210,27 +210,28 @@ int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm
   if (comm) {
     checkSameOnEveryRank(*comm, paramsHash(*trainer), "the trained params");
     const CollectiveStats &stats = trainer->collectiveStats();
-    int64_t steps = trainer->stepsTaken();
+    int64_t stepCount = std::max<int64_t>(trainer->stepsTaken(), 1);
     // The same bytes all-reduced alone, blocking: what the step would wait
     // for if nothing overlapped the communication.
     std::vector<double> blockingMs;
-    std::vector<std::byte> buffer(static_cast<size_t>(stats.bytes / std::max<int64_t>(steps, 1)));
+    std::vector<std::byte> buffer(static_cast<size_t>(stats.bytes / stepCount));
     for (int i = 0; i < 20; ++i) {
       auto a = Clock::now();
       comm->allReduce(buffer.data(), buffer.data(), static_cast<int64_t>(buffer.size() / 4),
                       DType::F32, ReduceOp::Sum);
       blockingMs.push_back(millisSince(a));
     }
-    double exposedMs = stats.waitMicros / 1e3 / double(std::max<int64_t>(steps, 1));
-    double aloneMs = perf::median(blockingMs);
+    double exposedMs = stats.waitMicros / 1e3 / double(stepCount);
+    int64_t bytesPerStep = stats.bytes / stepCount, gradients = gradientBytes(local);
     if (lead)
       fmt::print("per step: {:.2f} ms median; all-reduced {} bytes in {} calls (the gradients: "
-                 "{} bytes); waited {:.3f} ms for them, against {:.3f} ms for the same all-reduce "
-                 "alone: {:.0f}% hidden behind the backward pass\n",
-                 perf::median(stepMillis), stats.bytes / std::max<int64_t>(steps, 1),
-                 stats.calls / std::max<int64_t>(steps, 1), gradientBytes(local),
-                 exposedMs, aloneMs,
-                 100.0 * std::clamp(1.0 - exposedMs / std::max(aloneMs, 1e-9), 0.0, 1.0));
+                 "{} bytes, and {} for the loss); {:.0f}% of those bytes had arrived when the "
+                 "step came to need them (hidden behind the backward pass); waited {:.3f} ms for "
+                 "the rest, against {:.3f} ms for the same all-reduce alone, blocking\n",
+                 perf::median(stepMillis), bytesPerStep, stats.calls / stepCount, gradients,
+                 bytesPerStep - gradients,
+                 100.0 * double(stats.hiddenBytes) / double(std::max<int64_t>(stats.bytes, 1)),
+                 exposedMs, perf::median(blockingMs));
     if (lead)
       fmt::print("params identical on all {} ranks\n", ranks);
     if (!lead) {
