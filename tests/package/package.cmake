@@ -1,0 +1,50 @@
+# The CMake package as another project sees it (label `package`). MODE:
+#   find_package     `cmake --install` into WORK/prefix, then consumer/ is
+#                    configured against that prefix, built and run: the
+#                    README's C++ example (stepc::compiler) and the AOT C
+#                    example (stepc::runtime only: ldd must show no LLVM/MLIR)
+#   add_subdirectory subdirectory/ vendors the source tree runtime-only, with
+#                    the compiler's dependencies made unfindable, and builds
+#                    and runs the AOT C example against stepc::runtime
+# Takes MODE, SOURCE, BUILD, WORK, STEPC (the CLI), GENERATOR, CXX and
+# SANITIZE (a `make sanitize` build's flags, which the program needs too).
+# WORK is kept between runs, so that a second run only rebuilds what changed.
+include(${SOURCE}/tests/cli/checked.cmake)
+
+string(REPLACE ";" " " SANITIZE "${SANITIZE}")
+set(flags "-DCMAKE_CXX_FLAGS=${SANITIZE}" "-DCMAKE_C_FLAGS=${SANITIZE}"
+          "-DCMAKE_EXE_LINKER_FLAGS=${SANITIZE}")
+set(configure ${CMAKE_COMMAND} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
+              -DCMAKE_CXX_COMPILER=${CXX} ${flags})
+
+function(run_aot_program program)
+  checked("ldd ${program}" ldd ${program})
+  string(TOLOWER "${out}" libraries)
+  if(libraries MATCHES "llvm|mlir")
+    message(FATAL_ERROR "a program linked with stepc::runtime must not need LLVM or MLIR:\n${out}")
+  endif()
+  checked("${program}" ${program})
+  if(NOT out MATCHES "loss = [0-9.]+")
+    message(FATAL_ERROR "${program} printed no loss:\n${out}")
+  endif()
+  message(STATUS "${program}: ${out}")
+endfunction()
+
+if(MODE STREQUAL "find_package")
+  checked("cmake --install" ${CMAKE_COMMAND} --install ${BUILD} --prefix ${WORK}/prefix)
+  checked("configuring the consumer" ${configure} -S ${SOURCE}/tests/package/consumer
+          -B ${WORK}/consumer -DCMAKE_PREFIX_PATH=${WORK}/prefix)
+  checked("building the consumer" ${CMAKE_COMMAND} --build ${WORK}/consumer)
+  checked("readme_example" ${WORK}/consumer/readme_example)
+  message(STATUS "readme_example: ${out}")
+  run_aot_program(${WORK}/consumer/mlp_aot)
+elseif(MODE STREQUAL "add_subdirectory")
+  checked("stepc compile" ${STEPC} compile ${SOURCE}/examples/mlp.sg --target cpu
+          -o ${WORK}/artifact)
+  checked("configuring the consumer" ${configure} -S ${SOURCE}/tests/package/subdirectory
+          -B ${WORK}/consumer -DSTEPC_SOURCE_DIR=${SOURCE} -DSTEPC_ARTIFACT=${WORK}/artifact)
+  checked("building the consumer" ${CMAKE_COMMAND} --build ${WORK}/consumer)
+  run_aot_program(${WORK}/consumer/mlp_aot)
+else()
+  message(FATAL_ERROR "MODE must be find_package or add_subdirectory, got '${MODE}'")
+endif()
