@@ -2,7 +2,8 @@
 #   find_package     `cmake --install` into WORK/prefix, then consumer/ is
 #                    configured against that prefix, built and run: the
 #                    README's C++ example (stepc::compiler) and the AOT C
-#                    example (stepc::runtime only: ldd must show no LLVM/MLIR)
+#                    example (stepc::runtime only: ldd must show no LLVM/MLIR);
+#                    the installed CLI's `demo small` takes the installed examples
 #   add_subdirectory subdirectory/ vendors the source tree runtime-only, with
 #                    the compiler's dependencies made unfindable, and builds
 #                    and runs the AOT C example against stepc::runtime
@@ -38,6 +39,14 @@ if(MODE STREQUAL "find_package")
   checked("readme_example" ${WORK}/consumer/readme_example)
   message(STATUS "readme_example: ${out}")
   run_aot_program(${WORK}/consumer/mlp_aot)
+  # The installed CLI finds the installed examples, from any directory.
+  execute_process(COMMAND ${WORK}/prefix/bin/stepc demo small WORKING_DIRECTORY ${WORK}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  string(FIND "${out}" "${WORK}/prefix/share/stepc/examples/xor.sg" at)
+  if(NOT rc EQUAL 0 OR at EQUAL -1)
+    message(FATAL_ERROR "the installed `stepc demo small` (${rc}) did not train "
+                        "${WORK}/prefix/share/stepc/examples/xor.sg:\n${out}\n${err}")
+  endif()
 elseif(MODE STREQUAL "add_subdirectory")
   checked("stepc compile" ${STEPC} compile ${SOURCE}/examples/mlp.sg --target cpu
           -o ${WORK}/artifact)
