@@ -3,8 +3,8 @@
 #   P/include/stepc/*.h                 P/lib/libstepc_*.a
 #   P/bin/stepc                         P/share/stepc/examples/
 #   P/lib/cmake/stepc/stepcConfig.cmake (+ Version, + the targets files)
-# Two install components: `runtime` (headers, libstepc_runtime, the config
-# files) and `compiler` (the other libraries, the CLI, the examples):
+# Two install components: `runtime` (headers, libstepc_runtime, the examples,
+# the config files) and `compiler` (the other libraries, the CLI):
 # `cmake --install BUILD --component runtime` installs what an AOT artifact
 # needs and nothing that links LLVM or MLIR.
 include(CMakePackageConfigHelpers)
@@ -34,10 +34,11 @@ if(NOT STEPC_RUNTIME_ONLY)
           RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT compiler)
   install(EXPORT stepc-compiler-targets NAMESPACE stepc:: DESTINATION ${STEPC_CONFIG_DIR}
           COMPONENT compiler)
-  # `stepc demo` looks for them here, relative to its own binary.
-  install(DIRECTORY ${PROJECT_SOURCE_DIR}/examples/
-          DESTINATION ${CMAKE_INSTALL_DATADIR}/stepc/examples COMPONENT compiler)
 endif()
+# `stepc demo` looks for them here, relative to its own binary; aot/main.c is
+# the runtime's example.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/examples/
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/stepc/examples COMPONENT runtime)
 
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/stepcConfig.cmake.in
   ${PROJECT_BINARY_DIR}/stepcConfig.cmake INSTALL_DESTINATION ${STEPC_CONFIG_DIR}

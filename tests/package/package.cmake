@@ -3,7 +3,9 @@
 #                    configured against that prefix, built and run: the
 #                    README's C++ example (stepc::compiler) and the AOT C
 #                    example (stepc::runtime only: ldd must show no LLVM/MLIR);
-#                    the installed CLI's `demo small` takes the installed examples
+#                    the installed CLI's `demo small` takes the installed examples;
+#                    then the same AOT program against an install of the
+#                    `runtime` component alone
 #   add_subdirectory subdirectory/ vendors the source tree runtime-only, with
 #                    the compiler's dependencies made unfindable, and builds
 #                    and runs the AOT C example against stepc::runtime
@@ -47,6 +49,18 @@ if(MODE STREQUAL "find_package")
     message(FATAL_ERROR "the installed `stepc demo small` (${rc}) did not train "
                         "${WORK}/prefix/share/stepc/examples/xor.sg:\n${out}\n${err}")
   endif()
+  # The runtime component alone: a package that never looks for LLVM or MLIR.
+  checked("cmake --install --component runtime" ${CMAKE_COMMAND} --install ${BUILD}
+          --component runtime --prefix ${WORK}/runtime_prefix)
+  checked("configuring the runtime-only consumer" ${configure} -S ${SOURCE}/tests/package/consumer
+          -B ${WORK}/runtime_consumer -DCMAKE_PREFIX_PATH=${WORK}/runtime_prefix
+          -DSTEPC_COMPONENTS=runtime -DSTEPC_CLI=${STEPC})
+  file(STRINGS ${WORK}/runtime_consumer/CMakeCache.txt found REGEX "^(MLIR|LLVM)_DIR:")
+  if(found)
+    message(FATAL_ERROR "find_package(stepc COMPONENTS runtime) looked for LLVM/MLIR: ${found}")
+  endif()
+  checked("building the runtime-only consumer" ${CMAKE_COMMAND} --build ${WORK}/runtime_consumer)
+  run_aot_program(${WORK}/runtime_consumer/mlp_aot)
 elseif(MODE STREQUAL "add_subdirectory")
   checked("stepc compile" ${STEPC} compile ${SOURCE}/examples/mlp.sg --target cpu
           -o ${WORK}/artifact)
