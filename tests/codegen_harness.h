@@ -1,4 +1,4 @@
-// The CPU backend against the reference interpreter (DESIGN.md rule 5): a
+// The CPU backend against the reference interpreter (docs/design.md rule 5): a
 // graph is compiled fused and unfused, both get the same params and inputs,
 // and every output and every updated param must match interpret() within a
 // tolerance chosen by the value's dtype and by whether it accumulates.

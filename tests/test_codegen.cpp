@@ -612,7 +612,7 @@ TEST_P(CodegenOps, MatchesInterpreterFusedAndUnfused) {
 INSTANTIATE_TEST_SUITE_P(, CodegenOps, ::testing::ValuesIn(allCases()),
                          [](const auto &info) { return info.param.name; });
 
-// Completeness (DESIGN.md rule 1): every op of ops.def has a case. Inputs
+// Completeness (docs/design.md rule 1): every op of ops.def has a case. Inputs
 // and params are in every case.
 TEST(CodegenOpsCoverage, EveryOpHasACase) {
   std::set<OpKind> covered = {OpKind::Input, OpKind::Parameter};

@@ -1,4 +1,4 @@
-// One VJP rule per op (DESIGN.md rule 1), each a few lines of ordinary graph
+// One VJP rule per op (docs/design.md rule 1), each a few lines of ordinary graph
 // ops. Conventions at kinks follow PyTorch: relu'(0) = 0, abs'(0) = 0,
 // maximum/minimum split ties evenly between the operands, reduce_max/min
 // share the gradient evenly among tied maxima (like torch.amax), max_pool2d

@@ -1,6 +1,6 @@
 // MLIR text of a gpu.module of kernels -> NVVM (LLVM dialect) -> PTX, through
 // MLIR's NVVM target (gpu-module-to-binary, format=isa). Like llvm_backend.h,
-// one of the few files that include MLIR or LLVM headers (DESIGN.md rule 2).
+// one of the few files that include MLIR or LLVM headers (docs/design.md rule 2).
 #pragma once
 
 #include <string>

@@ -1,8 +1,8 @@
 // The CUDA target's driver (compile.h's compileCudaSpec, compileCuda, and
 // the Target::Cuda paths of compileAot and dumpKernelIR): the graph is
-// lowered as for the CPU, but every kernel becomes gpu.funcs (lowering.h,
-// GpuTarget) in one gpu.module, taken to PTX by gpu_backend.h. Internal to
-// compiler/codegen.
+// lowered as for the CPU, but every kernel becomes gpu.funcs (lowerGroup
+// with gpu = true, lowering.h) in one gpu.module, taken to PTX by
+// gpu_backend.h. Internal to compiler/codegen.
 #pragma once
 
 #include "stepc/compile.h"

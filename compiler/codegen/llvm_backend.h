@@ -1,5 +1,5 @@
 // MLIR text -> LLVM dialect -> LLVM IR -> host machine code. The only place
-// besides mlir_jit.cpp that includes MLIR or LLVM headers (DESIGN.md rule 2).
+// besides mlir_jit.cpp that includes MLIR or LLVM headers (docs/design.md rule 2).
 #pragma once
 
 #include <memory>

@@ -623,7 +623,7 @@ std::string KernelEmitter::dropoutElement(const Node &n, ValueId id, const Index
   return w_.assign(fmt::format("arith.select {}, {}, {} : {}", keep, scaled, w_.constant(0, dt), t));
 }
 
-// The lowering rule of every op at one element (DESIGN.md rule 1). Ops that
+// The lowering rule of every op at one element (docs/design.md rule 1). Ops that
 // are not inlinable are materialized by emitRoot and only loaded here.
 std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &idx) {
   auto operand = [&](size_t k) { return valueAt(n.operands[k], broadcastIndex(n.operands[k], n.type.shape, idx)); };

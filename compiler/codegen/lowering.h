@@ -1,5 +1,5 @@
 // Lowering of one FusionGroup to one MLIR function (text), the codegen
-// stage's rule per op (DESIGN.md rule 1).
+// stage's rule per op (docs/design.md rule 1).
 #pragma once
 
 #include "stepc/executable.h"

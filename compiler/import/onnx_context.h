@@ -30,7 +30,6 @@ struct Unsupported {
 // the ones stepc lacks. onnxTypeName gives "float16", "uint8", ...
 std::optional<DType> dtypeFromOnnx(int32_t elemType);
 std::string onnxTypeName(int32_t elemType);
-int32_t onnxTypeOf(DType dtype);
 
 // An ONNX TensorProto as a host tensor; throws Unsupported (DType) for
 // element types stepc lacks and stepc::Error for malformed data.

@@ -71,17 +71,6 @@ std::optional<DType> dtypeFromOnnx(int32_t elemType) {
   }
 }
 
-int32_t onnxTypeOf(DType dtype) {
-  switch (dtype) {
-  case DType::F32: return onnx::TensorProto::FLOAT;
-  case DType::F64: return onnx::TensorProto::DOUBLE;
-  case DType::I32: return onnx::TensorProto::INT32;
-  case DType::I64: return onnx::TensorProto::INT64;
-  case DType::Bool: return onnx::TensorProto::BOOL;
-  }
-  return onnx::TensorProto::UNDEFINED;
-}
-
 std::string onnxTypeName(int32_t elemType) {
   if (!onnx::TensorProto_DataType_IsValid(elemType))
     return fmt::format("{} (unknown to ONNX)", elemType);

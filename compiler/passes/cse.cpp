@@ -5,9 +5,8 @@
 //
 // Every stepc op is a pure function of its operands and attributes, so any two
 // such nodes are equal. That holds for dropout too: it is counter-based, so
-// the same input, seed operand and rate give the same mask (DESIGN.md: a step
-// is a pure function of its seed input). Inputs and params never merge: each
-// is a distinct part of the graph's interface.
+// the same input, seed operand and rate give the same mask. Inputs and params
+// never merge: each is a distinct part of the graph's interface.
 #include "graph_passes.h"
 #include "rewrite.h"
 

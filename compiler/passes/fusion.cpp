@@ -48,7 +48,7 @@ std::string_view fusionKindName(FusionKind kind) {
 
 namespace {
 
-// How fusion sees each op (one case per op, DESIGN.md rule 1).
+// How fusion sees each op (one case per op, docs/design.md rule 1).
 enum class OpClass {
   Source,      // input, param: buffers the caller owns
   Inlined,     // constant, iota: computed by every kernel that reads them

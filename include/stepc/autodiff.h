@@ -1,4 +1,4 @@
-// Reverse-mode differentiation as a graph transform (DESIGN.md rule 4):
+// Reverse-mode differentiation as a graph transform (docs/design.md rule 4):
 // gradients are ordinary nodes, so they print, optimize, lower and can be
 // differentiated again.
 #pragma once

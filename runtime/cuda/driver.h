@@ -1,4 +1,4 @@
-// The CUDA driver API, opened with dlopen at run time (DESIGN.md rule 3): the
+// The CUDA driver API, opened with dlopen at run time (docs/design.md rule 3): the
 // handful of types and functions stepc uses, declared here so that nothing
 // in the build needs cuda.h, libcuda or a GPU. Internal to runtime/.
 #pragma once

@@ -1,4 +1,4 @@
-// NCCL, opened with dlopen at run time like the CUDA driver (DESIGN.md rule
+// NCCL, opened with dlopen at run time like the CUDA driver (docs/design.md rule
 // 3): the collectives between the GPUs of a data-parallel job. Internal to
 // runtime/; the CudaExecutable creates one when RunOptions::communicator
 // spans several ranks, bootstrapped through that host communicator.
