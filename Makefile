@@ -35,8 +35,9 @@ test: build
 test-random: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L random
 
+# The checkpoint goes into the build folder rather than the current directory.
 demo: build
-	@$(BUILD)/bin/stepc demo
+	@$(BUILD)/bin/stepc demo --checkpoint $(BUILD)/fashion_mnist_mlp.safetensors
 
 san-deps:
 	@scripts/install-deps.sh $(CLANG_PACKAGES)

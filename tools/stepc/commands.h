@@ -68,18 +68,25 @@ struct GradcheckCliOptions {
 // `stepc gradcheck --all-ops` or `stepc gradcheck FILE.sg --loss NAME`
 int gradcheck(const GradcheckCliOptions &options);
 
-// `stepc demo small`: trains XOR and poly_sin on the reference interpreter.
-int demo();
+// `stepc demo small`: trains XOR and poly_sin on the reference interpreter
+// (EXAMPLES: the folder of the .sg files).
+int demo(const std::string &examples);
+// The demos' examples folder: GIVEN (--examples) when not empty, else the
+// first that exists of BINARY/../share/stepc/examples (an installed stepc)
+// and the source tree's examples/ (a build tree), so that `stepc demo` works
+// from any directory. Throws stepc::Error naming the places it looked.
+std::string findExamples(const std::string &given);
 
 struct DemoOptions {
   // examples/<model>.sg; empty: mlp (Fashion-MNIST), makemore (demo makemore).
   std::string model;
-  std::string examples = "examples"; // where the .sg files are
+  std::string examples; // where the .sg files are; empty: findExamples()
   int epochs = 1;
   int64_t steps = 0; // > 0: stop training after this many steps (quick runs)
   std::optional<double> lr; // default: the model's (1e-3 on Fashion-MNIST)
   uint64_t seed = 1;
-  // Default: build/<data set>_<model>.safetensors; empty: save nothing.
+  // Default: <data set>_<model>.safetensors in the current directory;
+  // empty: save nothing.
   std::optional<std::string> checkpoint;
   double targetAccuracy = 83.5; // Fashion-MNIST: exit 1 below it
   // Under mpirun: each rank trains on its slice of every global batch,

@@ -9,7 +9,9 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <filesystem>
 #include <numbers>
+#include <system_error>
 
 namespace stepc::cli {
 namespace {
@@ -38,9 +40,9 @@ TrainResult train(const Graph &model, const Optimizer &opt, const TensorMap &bat
   return result;
 }
 
-int xorDemo() {
-  fmt::print("XOR: 2-2-1 tanh/sigmoid network, examples/xor.sg, Adam lr 0.1\n");
-  Graph model = parseGraphFile("examples/xor.sg");
+int xorDemo(const std::string &examples) {
+  fmt::print("XOR: 2-2-1 tanh/sigmoid network, {}/xor.sg, Adam lr 0.1\n", examples);
+  Graph model = parseGraphFile(examples + "/xor.sg");
   TensorMap batch;
   batch.emplace("x", Tensor::of<float>({4, 2}, {0, 0, 0, 1, 1, 0, 1, 1}));
   batch.emplace("y", Tensor::of<float>({4, 1}, {0, 1, 1, 0}));
@@ -65,10 +67,11 @@ int xorDemo() {
   return correct == 4 ? 0 : 1;
 }
 
-int polySinDemo() {
+int polySinDemo(const std::string &examples) {
   fmt::print("poly_sin: fit sin(x) on [-pi, pi] with a + bx + cx^2 + dx^3, "
-             "examples/poly_sin.sg, Adam lr 0.05\n");
-  Graph model = parseGraphFile("examples/poly_sin.sg");
+             "{}/poly_sin.sg, Adam lr 0.05\n",
+             examples);
+  Graph model = parseGraphFile(examples + "/poly_sin.sg");
   std::vector<float> xs(256), ys(256);
   for (int i = 0; i < 256; ++i) {
     xs[i] = static_cast<float>(-std::numbers::pi + 2 * std::numbers::pi * i / 255.0);
@@ -89,8 +92,31 @@ int polySinDemo() {
 
 } // namespace
 
-int demo() {
-  int failures = xorDemo() + polySinDemo();
+std::string findExamples(const std::string &given) {
+  if (!given.empty())
+    return given;
+  namespace fs = std::filesystem;
+  std::vector<fs::path> candidates;
+  // Installed: PREFIX/bin/stepc next to PREFIX/share/stepc/examples.
+  std::error_code error;
+  fs::path binary = fs::read_symlink("/proc/self/exe", error);
+  if (!error)
+    candidates.push_back(binary.parent_path().parent_path() / "share" / "stepc" / "examples");
+  // A build tree: the source tree it was built from.
+  candidates.push_back(STEPC_SOURCE_EXAMPLES_DIR);
+  for (const fs::path &dir : candidates)
+    if (fs::is_regular_file(dir / "mlp.sg", error))
+      return dir.lexically_normal().string();
+  std::string looked;
+  for (const fs::path &dir : candidates)
+    looked += fmt::format("{}{}", looked.empty() ? "" : ", ", dir.lexically_normal().string());
+  throw Error(fmt::format("demo: cannot find the examples folder (looked in {}); "
+                          "give it with --examples DIR",
+                          looked));
+}
+
+int demo(const std::string &examples) {
+  int failures = xorDemo(examples) + polySinDemo(examples);
   fmt::print("{}\n", failures == 0 ? "demo: both models learned their task"
                                    : "demo: a model did not reach its target");
   return failures == 0 ? 0 : 1;

@@ -268,7 +268,7 @@ int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm
              correct, test.count, options.targetAccuracy, reached ? "reached" : "MISSED");
 
   std::string checkpoint =
-      options.checkpoint.value_or(fmt::format("build/fashion_mnist_{}.safetensors", modelName));
+      options.checkpoint.value_or(fmt::format("fashion_mnist_{}.safetensors", modelName));
   if (!checkpoint.empty()) {
     trainer->saveParams(checkpoint);
     fmt::print("saved the trained parameters and optimizer state to {} (evaluate with: stepc run "

@@ -182,10 +182,11 @@ int main(int argc, char **argv) {
       ->capture_default_str();
   demo->add_option("--lr", demoOptions.lr, "Adam's learning rate (default: the model's)");
   demo->add_option("--seed", demoOptions.seed)->capture_default_str();
-  demo->add_option("--examples", demoOptions.examples, "folder with the .sg files")
-      ->capture_default_str();
+  demo->add_option("--examples", demoOptions.examples,
+                   "folder with the .sg files (default: the installed share/stepc/examples, "
+                   "or the source tree's examples/)");
   demo->add_option("--checkpoint", demoOptions.checkpoint,
-                   "where to save the trained model (default: build/DATA_MODEL.safetensors; "
+                   "where to save the trained model (default: DATA_MODEL.safetensors here; "
                    "'': nowhere)");
   demo->add_option("--target-accuracy", demoOptions.targetAccuracy,
                    "Fashion-MNIST: exit 1 below this test accuracy (%)")
@@ -311,14 +312,15 @@ int main(int argc, char **argv) {
     if (*gradcheck)
       return stepc::cli::gradcheck(checkOptions);
     if (*demo) {
-      if (demoWhich == "small")
-        return stepc::cli::demo();
-      if (demoWhich == "makemore")
-        return stepc::cli::makemoreDemo(demoOptions);
-      if (!demoWhich.empty())
+      if (!demoWhich.empty() && demoWhich != "small" && demoWhich != "makemore")
         throw stepc::Error(fmt::format(
             "unknown demo '{}'; try `stepc demo`, `stepc demo makemore` or `stepc demo small`",
             demoWhich));
+      demoOptions.examples = stepc::cli::findExamples(demoOptions.examples);
+      if (demoWhich == "small")
+        return stepc::cli::demo(demoOptions.examples);
+      if (demoWhich == "makemore")
+        return stepc::cli::makemoreDemo(demoOptions);
       return stepc::cli::fashionDemo(demoOptions);
     }
     if (*bench) {

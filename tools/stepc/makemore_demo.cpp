@@ -246,7 +246,7 @@ int makemoreDemo(const DemoOptions &options) {
     fmt::print("  {}{}\n", word, known.contains(word) ? "" : " *");
 
   std::string checkpoint =
-      options.checkpoint.value_or(fmt::format("build/wamerican_{}.safetensors", modelName));
+      options.checkpoint.value_or(fmt::format("wamerican_{}.safetensors", modelName));
   if (!checkpoint.empty()) {
     trainer->saveParams(checkpoint);
     fmt::print("saved the trained parameters and optimizer state to {}\n", checkpoint);
