@@ -82,7 +82,7 @@ std::vector<std::string> outputNames(const Graph &graph) {
 }
 
 // --loss NAME names a scalar output; --loss cross_entropy:OUT:LABELS and
-// mse:OUT:TARGET add one named "loss" on a value of the graph, and a new
+// mse:OUT:TARGET add one named "loss" (or "loss_" when taken) on a value of the graph, and a new
 // input for the labels when the graph has none (its dtype and row shape from
 // the --data file). Returns the loss output's name.
 std::string addLoss(Graph &graph, const std::string &spec, const DataSet &data) {
@@ -101,9 +101,9 @@ std::string addLoss(Graph &graph, const std::string &spec, const DataSet &data) 
     throw Error(fmt::format("--loss {}: expected NAME, cross_entropy:OUT:LABELS or "
                             "mse:OUT:TARGET",
                             spec));
-  if (graph.findOutput("loss"))
-    throw Error(fmt::format("--loss {}: graph '{}' already has an output 'loss' (use --loss loss)",
-                            spec, graph.name));
+  std::string lossName = "loss";
+  while (graph.findOutput(lossName))
+    lossName += "_";
   std::optional<ValueId> outId = graph.findOutput(out);
   if (!outId)
     outId = graph.findNamed(out);
@@ -127,11 +127,12 @@ std::string addLoss(Graph &graph, const std::string &spec, const DataSet &data) 
     shape[0] = batch;
     targetValue = b.input(target, it->second.dtype(), shape);
   }
-  Value lossValue = kind == "cross_entropy" ? crossEntropy(b.value(*outId), targetValue)
-                                            : mse(b.value(*outId), targetValue);
-  b.output("loss", lossValue);
+  // Errors name the option: "--loss mse:out:y: error: sub: operand dtypes differ ...".
+  Value lossValue = buildComposite(kind, b, {b.value(*outId), targetValue}, {},
+                                   SourceLoc("--loss " + spec, 0, 0));
+  b.output(lossName, lossValue);
   graph = b.finish();
-  return "loss";
+  return lossName;
 }
 
 // A cross_entropy of logits [N,C] and integer labels [N] that are an input:
