@@ -241,7 +241,8 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
               const Graph &model, const std::string &loss,
               const std::optional<std::string> &logits, const std::optional<Classifier> &classifier,
               const DataSet &train, const DataSet &eval, int64_t batch, const TensorMap &params,
-              const std::function<std::unique_ptr<Compiled>(const Graph &)> &compile);
+              const std::function<std::unique_ptr<Compiled>(const Graph &, const RunOptions &)>
+                  &compile);
 
 } // namespace
 
@@ -299,19 +300,15 @@ int train(const TrainCliOptions &options) {
     logits = exposeOutput(model, classifier->logits, "logits");
 
   return onEveryRank(options.step.dataParallel, [&](std::shared_ptr<Communicator> comm) {
-    RunOptions run;
-    run.communicator = comm;
-    if (comm)
-      run.threads = threadsPerRank(comm->size());
     if (options.backend == "cuda")
       return trainWith<CudaExecutable>(
           options, comm, model, loss, logits, classifier, train, eval, batch, params,
-          [&](const Graph &g) {
+          [&](const Graph &g, const RunOptions &run) {
             return compileCuda(g, CompileOptions{.gpuArch = options.gpuArch}, run);
           });
-    return trainWith<Executable>(options, comm, model, loss, logits, classifier, train, eval,
-                                 batch, params,
-                                 [&](const Graph &g) { return compileJit(g, {}, run); });
+    return trainWith<Executable>(
+        options, comm, model, loss, logits, classifier, train, eval, batch, params,
+        [&](const Graph &g, const RunOptions &run) { return compileJit(g, {}, run); });
   });
 }
 
@@ -322,7 +319,8 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
               const Graph &model, const std::string &loss,
               const std::optional<std::string> &logits, const std::optional<Classifier> &classifier,
               const DataSet &train, const DataSet &eval, int64_t batch, const TensorMap &params,
-              const std::function<std::unique_ptr<Compiled>(const Graph &)> &compile) {
+              const std::function<std::unique_ptr<Compiled>(const Graph &, const RunOptions &)>
+                  &compile) {
   int rank = comm ? comm->rank() : 0, ranks = comm ? comm->size() : 1;
   bool lead = rank == 0;
   if (batch % ranks != 0)
@@ -336,8 +334,14 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
   Optimizer optimizer = optimizerFrom(stepOptions);
   DataParallel dp{.enabled = comm != nullptr,
                   .bucketBytes = static_cast<int64_t>(options.step.bucketMb * (1 << 20))};
+  // The step runs on every rank; evaluation on rank 0 alone, so its
+  // executable takes no communicator (creating one with it is collective).
+  RunOptions run, evalRun;
+  run.communicator = comm;
+  if (comm)
+    run.threads = evalRun.threads = threadsPerRank(ranks);
   auto compileStart = Clock::now();
-  std::unique_ptr<Compiled> trainer = compile(trainStep(local, loss, optimizer, dp));
+  std::unique_ptr<Compiled> trainer = compile(trainStep(local, loss, optimizer, dp), run);
   for (const auto &[name, value] : params)
     trainer->setParam(name, value);
   int64_t stepsPerEpoch = train.rows / batch;
@@ -379,7 +383,7 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
   std::unique_ptr<Compiled> evaluator;
   int64_t evalBatches = eval.rows / batch;
   if (lead && !eval.arrays.empty()) {
-    evaluator = compile(model);
+    evaluator = compile(model, evalRun);
     if (int64_t dropped = eval.rows % batch)
       fmt::print("evaluation uses {} of {} rows (whole batches of {})\n", evalBatches * batch,
                  eval.rows, batch);
