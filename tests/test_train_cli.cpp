@@ -167,6 +167,18 @@ TEST_F(TrainCli, ImportedOnnxModel) {
   ASSERT_EQ(fromFolder.status, 0) << fromFolder.output;
   EXPECT_EQ(lastLine(fromFolder.output), lastLine(fromOnnx.output));
 
+  // compile's NAME.params.safetensors (what NAME_create loads) holds them too.
+  r = stepc(fmt::format("compile {} -o {} --name linear", sg, (work / "aot").string()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(beside), std::string::npos) << r.output;
+  std::map<std::string, Tensor> weights = readSafetensors((work / "linear.safetensors").string());
+  std::map<std::string, Tensor> compiled =
+      readSafetensors((work / "aot" / "linear.params.safetensors").string());
+  for (const auto &[name, value] : weights) {
+    ASSERT_TRUE(compiled.count(name)) << name;
+    EXPECT_TRUE(compiled.at(name) == value) << name;
+  }
+
   // 10 features, 8 outputs: trained as a classifier with a loss added on
   // the command line, labels from a file.
   Tensor x = testing::randomTensor(DType::F32, {64, 10}, 11);
