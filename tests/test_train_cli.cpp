@@ -9,11 +9,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <regex>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace stepc {
@@ -21,24 +19,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct CommandResult {
-  int status = -1;
-  std::string output; // stdout and stderr
-};
+using testing::CommandResult;
 
-CommandResult stepc(const std::string &arguments) {
-  std::string command = fmt::format("{} {} 2>&1", std::getenv("STEPC_BIN"), arguments);
-  CommandResult result;
-  FILE *pipe = popen(command.c_str(), "r");
-  if (!pipe)
-    return result;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
-    result.output.append(buffer, n);
-  int status = pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+CommandResult stepc(const std::string &arguments) { return testing::stepcCommand(arguments); }
 
 class TrainCli : public ::testing::Test {
 protected:
@@ -114,12 +97,12 @@ TEST_F(TrainCli, ResumeGivesTheParamsOfAnUninterruptedRun) {
   ASSERT_EQ(r.status, 0) << r.output;
   r = stepc(fmt::format("train {} --epochs 1 --checkpoint {}", common, first));
   ASSERT_EQ(r.status, 0) << r.output;
-  r = stepc(fmt::format("train {} --epochs 3 --resume {} --checkpoint {}", common, first,
-                        resumed));
+  r = stepc(fmt::format("train {} --epochs 3 --resume {} --checkpoint {}", common, first, resumed));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("1 epoch (16 steps) done"), std::string::npos) << r.output;
   // Params, Adam's moments and the step counter, bit for bit.
-  std::map<std::string, Tensor> expected = readSafetensors(whole), actual = readSafetensors(resumed);
+  std::map<std::string, Tensor> expected = readSafetensors(whole),
+                                actual = readSafetensors(resumed);
   EXPECT_EQ(actual.size(), expected.size());
   EXPECT_TRUE(expected.count("w1.m") && expected.count("step"));
   for (const auto &[name, value] : expected) {
@@ -145,8 +128,8 @@ TEST_F(TrainCli, ImportedOnnxModel) {
   CommandResult r = stepc(fmt::format("import-onnx {} -o {}", onnx, sg));
   ASSERT_EQ(r.status, 0) << r.output;
   ASSERT_TRUE(fs::exists(work / "linear.safetensors")) << r.output;
-  std::string beside = fmt::format("params from {} (found beside {})",
-                                   (work / "linear.safetensors").string(), sg);
+  std::string beside =
+      fmt::format("params from {} (found beside {})", (work / "linear.safetensors").string(), sg);
   CommandResult imported = stepc(fmt::format("run {} --seed 1", sg));
   ASSERT_EQ(imported.status, 0) << imported.output;
   EXPECT_NE(imported.output.find(beside), std::string::npos) << imported.output;
@@ -162,8 +145,8 @@ TEST_F(TrainCli, ImportedOnnxModel) {
   fs::create_directories(work / "npy");
   for (const auto &[name, value] : readSafetensors((work / "linear.safetensors").string()))
     writeNpy((work / "npy" / (name + ".npy")).string(), value);
-  CommandResult fromFolder = stepc(fmt::format("run {} --seed 1 --params {}", sg,
-                                               (work / "npy").string()));
+  CommandResult fromFolder =
+      stepc(fmt::format("run {} --seed 1 --params {}", sg, (work / "npy").string()));
   ASSERT_EQ(fromFolder.status, 0) << fromFolder.output;
   EXPECT_EQ(lastLine(fromFolder.output), lastLine(fromOnnx.output));
 

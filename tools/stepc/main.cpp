@@ -92,27 +92,27 @@ int parseCommandLine(CLI::App &app, int argc, char **argv) {
 
 // The optimizer, schedule and data-parallel flags `train-step` and `train` share.
 void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &options) {
-  command->add_option("--optimizer", options.optimizer,
-                        "sgd, momentum, nesterov, rmsprop, adam, adamw")
+  command
+      ->add_option("--optimizer", options.optimizer,
+                   "sgd, momentum, nesterov, rmsprop, adam, adamw")
       ->capture_default_str();
   command->add_option("--lr", options.lr,
-                        "base learning rate (train: default 1e-3; train-step: default an input 'lr' of the step graph)");
+                      "base learning rate (train: default 1e-3; train-step: default an input 'lr' "
+                      "of the step graph)");
   command->add_option("--weight-decay", options.weightDecay)->capture_default_str();
   command->add_flag("--data-parallel", options.dataParallel,
-                      "average the gradients over the job's ranks (all_reduce mean, in buckets)");
-  command->add_option("--bucket-mb", options.bucketMb,
-                        "with --data-parallel: gradient bucket size in MB")
+                    "average the gradients over the job's ranks (all_reduce mean, in buckets)");
+  command
+      ->add_option("--bucket-mb", options.bucketMb,
+                   "with --data-parallel: gradient bucket size in MB")
       ->capture_default_str();
   command->add_option("--momentum", options.momentum)->capture_default_str();
-  command->add_option("--clip-norm", options.clipNorm, "0: no clipping")
-      ->capture_default_str();
-  command->add_option("--schedule", options.schedule,
-                        "constant, step, exponential, cosine")
+  command->add_option("--clip-norm", options.clipNorm, "0: no clipping")->capture_default_str();
+  command->add_option("--schedule", options.schedule, "constant, step, exponential, cosine")
       ->capture_default_str();
   command->add_option("--step-size", options.stepSize)->capture_default_str();
   command->add_option("--gamma", options.gamma)->capture_default_str();
-  command->add_option("--total-steps", options.totalSteps, "cosine T_max")
-      ->capture_default_str();
+  command->add_option("--total-steps", options.totalSteps, "cosine T_max")->capture_default_str();
   command->add_option("--min-lr", options.minLr, "cosine eta_min")->capture_default_str();
 }
 

@@ -186,24 +186,23 @@ int64_t checkData(const Graph &graph, const DataSet &data, const std::string &fl
     if (!data.arrays.count(graph.node(id).name))
       missing.push_back(fmt::format("{} ({})", graph.node(id).name, typeString(graph.type(id))));
   if (!missing.empty())
-    throw Error(fmt::format("{}: no data for input{} {} of graph '{}'; give {} NAME=FILE.npy",
-                            flag, missing.size() == 1 ? "" : "s", names(missing), graph.name,
-                            flag));
+    throw Error(fmt::format("{}: no data for input{} {} of graph '{}'; give {} NAME=FILE.npy", flag,
+                            missing.size() == 1 ? "" : "s", names(missing), graph.name, flag));
   int64_t batch = -1;
   for (const auto &[name, array] : data.arrays) {
     std::optional<ValueId> id = graph.findNamed(name);
     if (!id || graph.node(*id).op != OpKind::Input)
       throw Error(fmt::format("{} {}: graph '{}' has no input '{}' (inputs: {})", flag,
-                              data.binding.at(name), graph.name, name,
-                              names(inputNames(graph))));
+                              data.binding.at(name), graph.name, name, names(inputNames(graph))));
     const TensorType &type = graph.type(*id);
     Shape rowShape(array.shape().begin() + 1, array.shape().end());
     if (type.shape.empty() || type.dtype != array.dtype() ||
         Shape(type.shape.begin() + 1, type.shape.end()) != rowShape) {
-      std::string rows = type.shape.size() <= 1
-                             ? fmt::format("{} scalars, one per row", dtypeName(type.dtype))
-                             : fmt::format("{} rows of [{}]", dtypeName(type.dtype),
-                                           fmt::join(type.shape.begin() + 1, type.shape.end(), ","));
+      std::string rows =
+          type.shape.size() <= 1
+              ? fmt::format("{} scalars, one per row", dtypeName(type.dtype))
+              : fmt::format("{} rows of [{}]", dtypeName(type.dtype),
+                            fmt::join(type.shape.begin() + 1, type.shape.end(), ","));
       throw Error(fmt::format("{} {}: input '{}' is {}, so the file should hold {}; it holds {}",
                               flag, data.binding.at(name), name, typeString(type), rows,
                               typeString(array.type())));
@@ -234,93 +233,29 @@ std::string duration(double seconds) {
   return s >= 60 ? fmt::format("{}m{:02}s", s / 60, s % 60) : fmt::format("{}s", s);
 }
 
-// The training step and the evaluation graph on either backend: Executable
-// and CudaExecutable share their methods, not a base class.
+// What train() prepares from the options before any rank compiles: the
+// model with its loss (and logits as an output where there is accuracy to
+// measure), rebatched to --batch, its data and its starting params.
+struct TrainingRun {
+  Graph model;
+  std::string loss;
+  std::optional<std::string> logits; // the output accuracy is measured on
+  std::optional<Classifier> classifier;
+  DataSet train, eval;
+  int64_t batch = 0;
+  TensorMap params;
+};
+
+// The training loop on one rank, on either backend: Executable and
+// CudaExecutable share their methods, not a base class.
 template <class Compiled>
-int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm,
-              const Graph &model, const std::string &loss,
-              const std::optional<std::string> &logits, const std::optional<Classifier> &classifier,
-              const DataSet &train, const DataSet &eval, int64_t batch, const TensorMap &params,
-              const std::function<std::unique_ptr<Compiled>(const Graph &, const RunOptions &)>
-                  &compile);
-
-} // namespace
-
-int train(const TrainCliOptions &options) {
-  if (options.backend != "cpu" && options.backend != "cuda")
-    throw Error(fmt::format("unknown backend '{}'; stepc train runs on: cpu, cuda",
-                            options.backend));
-  if (options.backend == "cuda") {
-    if (options.step.dataParallel)
-      throw Error("--data-parallel trains on --backend cpu");
-    if (std::string why = cudaUnavailableReason(); !why.empty())
-      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
-  }
-  if (options.epochs < 1)
-    throw Error(fmt::format("--epochs must be at least 1, got {}", options.epochs));
-  if (options.batch < 0)
-    throw Error(fmt::format("--batch must be positive, got {}", options.batch));
-  if (options.step.loss.empty())
-    throw Error("missing option --loss: the scalar output to minimize (or "
-                "cross_entropy:OUT:LABELS, mse:OUT:TARGET to add one)");
-  DataSet train = readDataSet(options.data, "--data");
-  if (train.arrays.empty())
-    throw Error("missing option --data: give NAME=FILE.npy for each input of the graph");
-  DataSet eval = readDataSet(options.evalData, "--eval-data");
-
-  LoadedModel loaded = loadModel(options.step.file);
-  Graph model = std::move(loaded.graph);
-  TensorMap params = std::move(loaded.params);
-  loadModelParams(options.step.file, options.params, model, params);
-  std::string loss = addLoss(model, options.step.loss, train);
-
-  int64_t graphBatch = checkData(model, train, "--data");
-  int64_t batch = options.batch > 0 ? options.batch : graphBatch;
-  if (batch != graphBatch) {
-    try {
-      model = withBatch(model, graphBatch, batch);
-    } catch (const Error &e) {
-      throw Error(fmt::format("--batch {}: graph '{}' does not take a batch of {} (its own is "
-                              "{}): {}",
-                              batch, model.name, batch, graphBatch, e.what()));
-    }
-  }
-  if (batch > train.rows)
-    throw Error(fmt::format("--batch {} is larger than the data: {} rows", batch, train.rows));
-  if (!eval.arrays.empty()) {
-    checkData(model, eval, "--eval-data");
-    if (batch > eval.rows)
-      throw Error(fmt::format("--batch {} is larger than the evaluation data: {} rows", batch,
-                              eval.rows));
-  }
-  // Accuracy needs the logits as an output of the step.
-  std::optional<Classifier> classifier = findClassifier(model);
-  std::optional<std::string> logits;
-  if (classifier)
-    logits = exposeOutput(model, classifier->logits, "logits");
-
-  return onEveryRank(options.step.dataParallel, [&](std::shared_ptr<Communicator> comm) {
-    if (options.backend == "cuda")
-      return trainWith<CudaExecutable>(
-          options, comm, model, loss, logits, classifier, train, eval, batch, params,
-          [&](const Graph &g, const RunOptions &run) {
-            return compileCuda(g, CompileOptions{.gpuArch = options.gpuArch}, run);
-          });
-    return trainWith<Executable>(
-        options, comm, model, loss, logits, classifier, train, eval, batch, params,
-        [&](const Graph &g, const RunOptions &run) { return compileJit(g, {}, run); });
-  });
-}
-
-namespace {
-
-template <class Compiled>
-int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm,
-              const Graph &model, const std::string &loss,
-              const std::optional<std::string> &logits, const std::optional<Classifier> &classifier,
-              const DataSet &train, const DataSet &eval, int64_t batch, const TensorMap &params,
-              const std::function<std::unique_ptr<Compiled>(const Graph &, const RunOptions &)>
-                  &compile) {
+int trainWith(
+    const TrainCliOptions &options, std::shared_ptr<Communicator> comm, const TrainingRun &job,
+    const std::function<std::unique_ptr<Compiled>(const Graph &, const RunOptions &)> &compile) {
+  const Graph &model = job.model;
+  const std::string &loss = job.loss;
+  const DataSet &train = job.train, &eval = job.eval;
+  int64_t batch = job.batch;
   int rank = comm ? comm->rank() : 0, ranks = comm ? comm->size() : 1;
   bool lead = rank == 0;
   if (batch % ranks != 0)
@@ -342,7 +277,7 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
     run.threads = evalRun.threads = threadsPerRank(ranks);
   auto compileStart = Clock::now();
   std::unique_ptr<Compiled> trainer = compile(trainStep(local, loss, optimizer, dp), run);
-  for (const auto &[name, value] : params)
+  for (const auto &[name, value] : job.params)
     trainer->setParam(name, value);
   int64_t stepsPerEpoch = train.rows / batch;
   if (lead) {
@@ -416,18 +351,18 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
         inputs.emplace(name, gatherRows(array, order, s * batch + rank * shard, shard));
       std::map<std::string, Tensor> outputs = trainer->step(inputs);
       lossSum += outputs.at(loss).real(0);
-      if (classifier)
-        correct += countCorrect(outputs.at(*logits), inputs.at(classifier->labels));
+      if (job.classifier)
+        correct += countCorrect(outputs.at(*job.logits), inputs.at(job.classifier->labels));
       ++stepsRun;
       secondsPerStep = millisSince(runStart) / 1e3 / double(stepsRun);
       if (progress)
-        progress->update(
-            s + 1, fmt::format("loss {:.4f}  {:.0f} rows/s  ETA {}", lossSum / double(s + 1),
-                               double((s + 1) * batch) / (millisSince(epochStart) / 1e3),
-                               duration(secondsPerStep * double(stepsLeftAt(epoch, s + 1)))));
+        progress->update(s + 1,
+                         fmt::format("loss {:.4f}  {:.0f} rows/s  ETA {}", lossSum / double(s + 1),
+                                     double((s + 1) * batch) / (millisSince(epochStart) / 1e3),
+                                     duration(secondsPerStep * double(stepsLeftAt(epoch, s + 1)))));
     }
     std::string summary = fmt::format("loss {:.4f}", lossSum / double(stepsPerEpoch));
-    if (classifier)
+    if (job.classifier)
       summary += fmt::format("  accuracy {:.2f}%",
                              100.0 * double(correct) / double(stepsPerEpoch * shard));
     if (progress)
@@ -446,14 +381,14 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
           inputs.emplace(name, gatherRows(array, inOrder, s * batch, batch));
         std::map<std::string, Tensor> outputs = evaluator->step(inputs);
         evalLoss += outputs.at(loss).real(0);
-        if (classifier)
-          evalCorrect += countCorrect(outputs.at(*logits), inputs.at(classifier->labels));
+        if (job.classifier)
+          evalCorrect += countCorrect(outputs.at(*job.logits), inputs.at(job.classifier->labels));
       }
       std::string line = fmt::format("eval loss {:.4f}", evalLoss / double(evalBatches));
-      if (classifier)
+      if (job.classifier)
         line += fmt::format("  accuracy {:.2f}% ({} of {})",
-                            100.0 * double(evalCorrect) / double(evalBatches * batch),
-                            evalCorrect, evalBatches * batch);
+                            100.0 * double(evalCorrect) / double(evalBatches * batch), evalCorrect,
+                            evalBatches * batch);
       fmt::print("epoch {}/{}: {}\n", epoch + 1, options.epochs, line);
     }
     if (!options.checkpoint.empty()) {
@@ -474,4 +409,72 @@ int trainWith(const TrainCliOptions &options, std::shared_ptr<Communicator> comm
 }
 
 } // namespace
+
+int train(const TrainCliOptions &options) {
+  if (options.backend != "cpu" && options.backend != "cuda")
+    throw Error(
+        fmt::format("unknown backend '{}'; stepc train runs on: cpu, cuda", options.backend));
+  if (options.backend == "cuda") {
+    if (options.step.dataParallel)
+      throw Error("--data-parallel trains on --backend cpu");
+    if (std::string why = cudaUnavailableReason(); !why.empty())
+      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
+  }
+  if (options.epochs < 1)
+    throw Error(fmt::format("--epochs must be at least 1, got {}", options.epochs));
+  if (options.batch < 0)
+    throw Error(fmt::format("--batch must be positive, got {}", options.batch));
+  if (options.step.loss.empty())
+    throw Error("missing option --loss: the scalar output to minimize (or "
+                "cross_entropy:OUT:LABELS, mse:OUT:TARGET to add one)");
+  TrainingRun job;
+  DataSet &train = job.train, &eval = job.eval;
+  train = readDataSet(options.data, "--data");
+  if (train.arrays.empty())
+    throw Error("missing option --data: give NAME=FILE.npy for each input of the graph");
+  eval = readDataSet(options.evalData, "--eval-data");
+
+  LoadedModel loaded = loadModel(options.step.file);
+  Graph &model = job.model;
+  model = std::move(loaded.graph);
+  job.params = std::move(loaded.params);
+  loadModelParams(options.step.file, options.params, model, job.params);
+  job.loss = addLoss(model, options.step.loss, train);
+
+  int64_t graphBatch = checkData(model, train, "--data");
+  int64_t batch = job.batch = options.batch > 0 ? options.batch : graphBatch;
+  if (batch != graphBatch) {
+    try {
+      model = withBatch(model, graphBatch, batch);
+    } catch (const Error &e) {
+      throw Error(fmt::format("--batch {}: graph '{}' does not take a batch of {} (its own is "
+                              "{}): {}",
+                              batch, model.name, batch, graphBatch, e.what()));
+    }
+  }
+  if (batch > train.rows)
+    throw Error(fmt::format("--batch {} is larger than the data: {} rows", batch, train.rows));
+  if (!eval.arrays.empty()) {
+    checkData(model, eval, "--eval-data");
+    if (batch > eval.rows)
+      throw Error(
+          fmt::format("--batch {} is larger than the evaluation data: {} rows", batch, eval.rows));
+  }
+  // Accuracy needs the logits as an output of the step.
+  job.classifier = findClassifier(model);
+  if (job.classifier)
+    job.logits = exposeOutput(model, job.classifier->logits, "logits");
+
+  return onEveryRank(options.step.dataParallel, [&](std::shared_ptr<Communicator> comm) {
+    if (options.backend == "cuda")
+      return trainWith<CudaExecutable>(
+          options, comm, job, [&](const Graph &g, const RunOptions &run) {
+            return compileCuda(g, CompileOptions{.gpuArch = options.gpuArch}, run);
+          });
+    return trainWith<Executable>(options, comm, job, [&](const Graph &g, const RunOptions &run) {
+      return compileJit(g, {}, run);
+    });
+  });
+}
+
 } // namespace stepc::cli

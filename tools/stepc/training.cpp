@@ -49,8 +49,7 @@ int threadsPerRank(int ranks) {
   return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
 }
 
-int onEveryRank(bool dataParallel,
-                const std::function<int(std::shared_ptr<Communicator>)> &train) {
+int onEveryRank(bool dataParallel, const std::function<int(std::shared_ptr<Communicator>)> &train) {
   if (!dataParallel)
     return train(nullptr);
   std::shared_ptr<Communicator> comm = mpiCommunicator();

@@ -53,7 +53,6 @@ int threadsPerRank(int ranks);
 // Runs `train` on one process (a null communicator), or with `dataParallel`
 // as one rank of the MPI job; an error on a rank ends the whole job, since the
 // other ranks may be waiting inside a collective.
-int onEveryRank(bool dataParallel,
-                const std::function<int(std::shared_ptr<Communicator>)> &train);
+int onEveryRank(bool dataParallel, const std::function<int(std::shared_ptr<Communicator>)> &train);
 
 } // namespace stepc::cli
