@@ -640,26 +640,8 @@ TEST(Fusion, ReportDotAndProvenance) {
   EXPECT_EQ(std::count(dot.begin(), dot.end(), '{'), std::count(dot.begin(), dot.end(), '}'));
 }
 
-// `stepc opt` with the fusion flags, as a user runs it (STEPC_BIN is set by
-// tests/CMakeLists.txt; skipped when the tool was not built).
-struct CommandResult {
-  int status;
-  std::string output; // stdout and stderr
-};
-CommandResult stepcCommand(const std::string &arguments) {
-  const char *bin = std::getenv("STEPC_BIN");
-  std::string command = fmt::format("{} {} 2>&1", bin ? bin : "", arguments);
-  CommandResult result{-1, ""};
-  FILE *pipe = popen(command.c_str(), "r");
-  if (!pipe)
-    return result;
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
-    result.output.append(buffer, n);
-  result.status = pclose(pipe);
-  return result;
-}
-
+// `stepc opt` with the fusion flags, as a user runs it (skipped when the
+// tool was not built).
 TEST(Fusion, OptCommandFlags) {
   const char *bin = std::getenv("STEPC_BIN");
   if (!bin || !std::filesystem::exists(bin))
@@ -676,8 +658,8 @@ TEST(Fusion, OptCommandFlags) {
   for (bool enabled : {true, false}) {
     FusionPlan plan = planFusion(graph, {.enabled = enabled});
     std::string expected = lastLine(fusionReport(graph, plan, planBuffers(graph, plan)));
-    CommandResult r =
-        stepcCommand("opt " + mlp + " --fusion-report" + (enabled ? "" : " --no-fusion"));
+    testing::CommandResult r = testing::stepcCommand("opt " + mlp + " --fusion-report" +
+                                                     (enabled ? "" : " --no-fusion"));
     EXPECT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(lastLine(r.output), expected) << r.output;
     EXPECT_EQ(r.output.find("graph mlp"), std::string::npos) << "the report replaces the graph";
@@ -686,20 +668,20 @@ TEST(Fusion, OptCommandFlags) {
     }
   }
 
-  CommandResult why = stepcCommand("opt " + mlp + " --why-not-fused");
+  testing::CommandResult why = testing::stepcCommand("opt " + mlp + " --why-not-fused");
   EXPECT_EQ(why.status, 0) << why.output;
   EXPECT_NE(why.output.find("one matmul/conv per kernel"), std::string::npos) << why.output;
 
   std::string dot = (std::filesystem::temp_directory_path() /
                      fmt::format("stepc_fusion_{}.dot", ::getpid()))
                         .string();
-  CommandResult written = stepcCommand("opt " + mlp + " --dot " + dot);
+  testing::CommandResult written = testing::stepcCommand("opt " + mlp + " --dot " + dot);
   EXPECT_EQ(written.status, 0) << written.output;
   EXPECT_TRUE(std::filesystem::exists(dot));
   std::filesystem::remove(dot);
 
   // Without Graphviz on PATH, --svg says what is missing and fails.
-  CommandResult svg = stepcCommand("opt " + mlp + " --svg out.svg");
+  testing::CommandResult svg = testing::stepcCommand("opt " + mlp + " --svg out.svg");
   if (std::system("command -v dot >/dev/null 2>&1") != 0) {
     EXPECT_NE(svg.status, 0);
     EXPECT_NE(svg.output.find("--svg out.svg: Graphviz's 'dot' is not on PATH"),

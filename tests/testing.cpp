@@ -6,8 +6,10 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <random>
 #include <string_view>
+#include <sys/wait.h>
 
 namespace stepc::testing {
 
@@ -57,6 +59,21 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low,
 
 std::string sourcePath(const std::string &relative) {
   return std::string(STEPC_TESTING_SOURCE_DIR) + "/" + relative;
+}
+
+CommandResult stepcCommand(const std::string &arguments) {
+  const char *bin = std::getenv("STEPC_BIN");
+  std::string command = fmt::format("{} {} 2>&1", bin ? bin : "", arguments);
+  CommandResult result;
+  FILE *pipe = popen(command.c_str(), "r");
+  if (!pipe)
+    return result;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe))
+    result.output.append(buffer, n);
+  int status = pclose(pipe);
+  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
 }
 
 } // namespace stepc::testing

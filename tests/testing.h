@@ -28,4 +28,13 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
 
 std::string sourcePath(const std::string &relative); // under the repo root
 
+// `stepc ARGUMENTS` as a user runs it, the tool being $STEPC_BIN (set by
+// tests/CMakeLists.txt): its exit status (-1 when it did not exit) and its
+// stdout and stderr together.
+struct CommandResult {
+  int status = -1;
+  std::string output;
+};
+CommandResult stepcCommand(const std::string &arguments);
+
 } // namespace stepc::testing

@@ -1,5 +1,6 @@
-# stepc import-onnx writes a .sg graph and its weights as .npy files; the
-# graph checks, and `stepc run` runs the .onnx model directly.
+# stepc import-onnx writes a .sg graph and its weights beside it as
+# MODEL.safetensors; the graph checks, and `stepc run` runs the .onnx model
+# directly.
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 execute_process(COMMAND ${STEPC} import-onnx ${MODEL} -o ${WORK}/conv.sg
@@ -7,10 +8,8 @@ execute_process(COMMAND ${STEPC} import-onnx ${MODEL} -o ${WORK}/conv.sg
 if(NOT rc EQUAL 0 OR NOT EXISTS ${WORK}/conv.sg)
   message(FATAL_ERROR "import-onnx failed (${rc}):\n${err}")
 endif()
-file(GLOB weights ${WORK}/conv.params/*.npy)
-list(LENGTH weights count)
-if(count EQUAL 0)
-  message(FATAL_ERROR "import-onnx wrote no weights to ${WORK}/conv.params:\n${err}")
+if(NOT EXISTS ${WORK}/conv.safetensors OR NOT err MATCHES "wrote [0-9]+ params? to .*conv.safetensors")
+  message(FATAL_ERROR "import-onnx wrote no weights to ${WORK}/conv.safetensors:\n${err}")
 endif()
 execute_process(COMMAND ${STEPC} check ${WORK}/conv.sg
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)

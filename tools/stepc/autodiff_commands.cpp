@@ -48,8 +48,7 @@ int grad(const GradOptions &options) {
   return 0;
 }
 
-int trainStep(const TrainStepOptions &options) {
-  Graph graph = parseGraphFile(options.file);
+Optimizer optimizerFrom(const TrainStepOptions &options) {
   Optimizer opt;
   opt.kind = parseOptimizerKind(options.optimizer);
   opt.lr = options.lr;
@@ -61,6 +60,12 @@ int trainStep(const TrainStepOptions &options) {
   opt.schedule.gamma = options.gamma;
   opt.schedule.totalSteps = options.totalSteps;
   opt.schedule.minLr = options.minLr;
+  return opt;
+}
+
+int trainStep(const TrainStepOptions &options) {
+  Graph graph = parseGraphFile(options.file);
+  Optimizer opt = optimizerFrom(options);
   DataParallel dp{.enabled = options.dataParallel,
                   .bucketBytes = static_cast<int64_t>(options.bucketMb * (1 << 20))};
   emitGraph(stepc::trainStep(graph, options.loss, opt, dp), options.output);

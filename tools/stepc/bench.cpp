@@ -199,6 +199,8 @@ Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGf
 // and unfused, peak arena, and with --per-kernel the kernel tables.
 Json benchGraph(const BenchOptions &options, double peakGflops) {
   Graph graph = parseGraphFile(options.file);
+  TensorMap params;
+  loadModelParams(options.file, options.params, graph, params);
   if (!options.optimizer.empty()) {
     Optimizer opt;
     opt.kind = parseOptimizerKind(options.optimizer);
@@ -237,6 +239,11 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
   if (options.compareUnfused || options.perKernel)
     unfusedCompileMs = millisecondsOf([&] { unfused = compileJit(graph, unfusedOptions, run); });
 
+  for (auto &[name, value] : params) {
+    fused->setParam(name, value);
+    if (unfused)
+      unfused->setParam(name, value);
+  }
   for (int i = 0; i < options.warmup; ++i) {
     fused->step(inputs);
     if (unfused)

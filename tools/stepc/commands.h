@@ -3,6 +3,7 @@
 
 #include "stepc/interpreter.h"
 #include "stepc/onnx.h"
+#include "stepc/train.h"
 
 #include <optional>
 #include <set>
@@ -21,7 +22,7 @@ struct RunCommandOptions {
   uint64_t seed = 0;
   std::vector<std::string> inputs; // NAME=FILE.npy
   std::string saveOutputs;         // directory, optional
-  std::string params;              // safetensors checkpoint, optional
+  std::string params;              // safetensors file or folder of NAME.npy, optional
   bool checkNumerics = false;      // stop at the first kernel producing NaN/Inf
   std::string trace;               // Chrome trace JSON of the kernels, optional
 };
@@ -58,6 +59,24 @@ struct TrainStepOptions {
 };
 // `stepc train-step FILE.sg --loss NAME --optimizer adam --lr 1e-3 -o step.sg`
 int trainStep(const TrainStepOptions &options);
+// The optimizer, schedule and learning rate the options describe.
+Optimizer optimizerFrom(const TrainStepOptions &options);
+
+struct TrainCliOptions {
+  // file, the loss, the optimizer and its schedule; `loss` may also be
+  // "cross_entropy:OUT:LABELS" or "mse:OUT:TARGET" to add a loss output.
+  TrainStepOptions step;
+  std::vector<std::string> data, evalData; // NAME=FILE.npy
+  int64_t batch = 0; // 0: the graph's batch
+  int epochs = 1;
+  std::string checkpoint, resume, params;
+  std::string backend = "cpu"; // cpu or cuda
+  std::string gpuArch = "sm_90";
+  uint64_t seed = 0;
+};
+// `stepc train FILE.sg --loss NAME --data NAME=FILE.npy ... --batch N --epochs E`
+// (tools/stepc/train.cpp)
+int train(const TrainCliOptions &options);
 
 struct GradcheckCliOptions {
   bool allOps = false;
@@ -133,11 +152,22 @@ struct LoadedModel {
 };
 LoadedModel loadModel(const std::string &file, const TensorMap &inputValues = {});
 
+// Replaces the graph's params with those in `path`: a safetensors file (a
+// model's, or a training checkpoint whose optimizer state is ignored) or a
+// folder of NAME.npy files. A missing or mistyped param is an error naming it.
+void loadParamsInto(const std::string &path, const Graph &graph, TensorMap &params);
+// The params `stepc run|train|bench|compile MODEL.sg` use: from --params
+// when given, else from MODEL.safetensors beside MODEL.sg when there is one
+// (said on stderr: what import-onnx writes), else the graph's initializers.
+void loadModelParams(const std::string &modelFile, const std::string &paramsOption,
+                     const Graph &graph, TensorMap &params);
+
 struct ImportOnnxOptions {
   std::string file, output;
   std::vector<std::string> inputs; // NAME=FILE.npy for inputs needed at import
 };
-// `stepc import-onnx MODEL.onnx -o MODEL.sg`: also writes MODEL.params/NAME.npy.
+// `stepc import-onnx MODEL.onnx -o MODEL.sg`: also writes the weights to
+// MODEL.safetensors, where the commands that take MODEL.sg find them.
 int importOnnx(const ImportOnnxOptions &options);
 
 struct ConformanceCliOptions {
@@ -156,6 +186,7 @@ struct BenchOptions {
   std::string optimizer; // non-empty: bench the training step with it
   std::string backend = "cpu"; // the only one; others are a clear error
   std::string json;            // non-empty: write the figures here too
+  std::string params;          // see loadModelParams
   uint64_t seed = 0;
   int steps = 50, warmup = 5, threads = 0; // medians over `steps` after `warmup`
   // perKernel: the fused-vs-unfused A/B per fusion group (implies
@@ -177,6 +208,7 @@ namespace stepc::cli {
 struct CompileCliOptions {
   std::string file, output, target = "cpu", dump, kernel, name;
   std::string gpuArch = "sm_90"; // --target cuda
+  std::string params;            // see loadModelParams
   bool noFusion = false;
 };
 // `stepc compile FILE.sg --target cpu|cuda -o DIR [--no-fusion] [--name NAME]

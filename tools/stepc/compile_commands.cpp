@@ -3,11 +3,13 @@
 #include "commands.h"
 
 #include "stepc/compile.h"
+#include "stepc/executable.h"
 #include "stepc/text.h"
 
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <map>
 
 namespace stepc::cli {
 
@@ -34,6 +36,16 @@ int compile(const CompileCliOptions &options) {
     return 0;
 
   AotArtifact artifact = compileAot(graph, compileOptions, options.output, options.name);
+  // The object holds the initializers' values; NAME.params.safetensors, which
+  // NAME_create loads, gets the model's weights when it has some elsewhere.
+  TensorMap params;
+  loadModelParams(options.file, options.params, graph, params);
+  if (!params.empty()) {
+    std::map<std::string, Tensor> all = readSafetensors(artifact.params);
+    for (auto &[name, value] : params)
+      all[name] = std::move(value);
+    writeSafetensors(artifact.params, all, {{"graph", graph.name}});
+  }
   std::vector<std::string> files = {artifact.header, artifact.object, artifact.source,
                                     artifact.params};
   if (cuda)

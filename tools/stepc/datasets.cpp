@@ -86,7 +86,8 @@ void Progress::update(int64_t done, const std::string &status) {
     fmt::print("\r{} [{}{}] {}/{} {}", label_, std::string(filled, '#'),
                std::string(width - filled, '.'), done, total_, status);
     std::fflush(stdout);
-  } else if (done - lastPrinted_ >= std::max<int64_t>(total_ / 5, 1)) {
+  } else if (done < total_ && done - lastPrinted_ >= std::max<int64_t>(total_ / 5, 1)) {
+    // The last line is finish()'s.
     fmt::print("{} {}/{} {}\n", label_, done, total_, status);
     lastPrinted_ = done;
   }

@@ -4,6 +4,7 @@
 #include "bench.h"
 #include "commands.h"
 #include "datasets.h"
+#include "training.h"
 
 #include "stepc/communicator.h"
 #include "stepc/compile.h"
@@ -25,8 +26,6 @@ int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 // The floating-point params' bytes: what one step's gradients weigh.
 int64_t gradientBytes(const Graph &model) {
   int64_t bytes = 0;
@@ -34,33 +33,6 @@ int64_t gradientBytes(const Graph &model) {
     if (isFloat(model.type(id).dtype))
       bytes += model.type(id).numel() * static_cast<int64_t>(dtypeSize(model.type(id).dtype));
   return bytes;
-}
-
-double millisSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-// The model with its batch (the leading axis of its inputs, and of shape
-// attributes that carry it, such as a flattening reshape) changed from
-// `from` to `to`: a data-parallel rank's slice of the global batch.
-Graph withBatch(const Graph &model, int64_t from, int64_t to) {
-  Graph out;
-  out.name = model.name;
-  for (Node node : model.nodes) {
-    const auto *shape = node.attrs.find("shape");
-    if (shape && std::holds_alternative<std::vector<int64_t>>(*shape)) {
-      std::vector<int64_t> dims = std::get<std::vector<int64_t>>(*shape);
-      if (!dims.empty() && dims[0] == from && !node.type.shape.empty() &&
-          node.type.shape[0] == from && node.op != OpKind::Parameter) {
-        dims[0] = to;
-        node.attrs.set("shape", dims);
-      }
-    }
-    out.add(std::move(node));
-  }
-  for (const GraphOutput &o : model.outputs)
-    out.addOutput(o.name, o.value);
-  return out;
 }
 
 // Copies examples `order[first .. first + batch)` into the model's x and y.
@@ -81,43 +53,12 @@ TensorMap makeBatch(const ImageSet &data, const std::vector<int64_t> &order, int
   return m;
 }
 
-// Every rank's params, hashed, must agree after training.
-uint64_t paramsHash(const Executable &e) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (const std::string &name : e.paramNames()) {
-    Tensor t = e.param(name);
-    for (size_t i = 0; i < t.nbytes(); ++i) {
-      h ^= static_cast<uint64_t>(t.bytes()[i]);
-      h *= 0x100000001b3ull;
-    }
-  }
-  return h;
-}
-
-// Threads per rank: the machine's cores shared among the ranks on it, so two
-// spinning pools do not stall each other.
-int threadsPerRank(int ranks) {
-  int local = ranks;
-  if (const char *s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))
-    local = std::max(1, std::atoi(s));
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
-}
-
 } // namespace
 
 int fashionDemo(const DemoOptions &options) {
-  if (!options.dataParallel)
-    return fashionDemoOn(options, nullptr);
-  std::shared_ptr<Communicator> comm = mpiCommunicator();
-  try {
-    return fashionDemoOn(options, comm);
-  } catch (const std::exception &e) {
-    // The other ranks may be inside a collective: end the whole job.
-    fmt::print(stderr, "stepc: rank {} of {}: error: {}\n", comm->rank(), comm->size(), e.what());
-    std::fflush(stderr);
-    comm->abort(1);
-  }
-  return 1; // not reached: abort() ends the process
+  return onEveryRank(options.dataParallel, [&](std::shared_ptr<Communicator> comm) {
+    return fashionDemoOn(options, std::move(comm));
+  });
 }
 
 int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm) {

@@ -90,6 +90,32 @@ int parseCommandLine(CLI::App &app, int argc, char **argv) {
   }
 }
 
+// The optimizer, schedule and data-parallel flags `train-step` and `train` share.
+void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &options) {
+  command
+      ->add_option("--optimizer", options.optimizer,
+                   "sgd, momentum, nesterov, rmsprop, adam, adamw")
+      ->capture_default_str();
+  command->add_option("--lr", options.lr,
+                      "base learning rate (train: default 1e-3; train-step: default an input 'lr' "
+                      "of the step graph)");
+  command->add_option("--weight-decay", options.weightDecay)->capture_default_str();
+  command->add_flag("--data-parallel", options.dataParallel,
+                    "average the gradients over the job's ranks (all_reduce mean, in buckets)");
+  command
+      ->add_option("--bucket-mb", options.bucketMb,
+                   "with --data-parallel: gradient bucket size in MB")
+      ->capture_default_str();
+  command->add_option("--momentum", options.momentum)->capture_default_str();
+  command->add_option("--clip-norm", options.clipNorm, "0: no clipping")->capture_default_str();
+  command->add_option("--schedule", options.schedule, "constant, step, exponential, cosine")
+      ->capture_default_str();
+  command->add_option("--step-size", options.stepSize)->capture_default_str();
+  command->add_option("--gamma", options.gamma)->capture_default_str();
+  command->add_option("--total-steps", options.totalSteps, "cosine T_max")->capture_default_str();
+  command->add_option("--min-lr", options.minLr, "cosine eta_min")->capture_default_str();
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -115,7 +141,8 @@ int main(int argc, char **argv) {
                "after each kernel, stop at the first NaN/Inf and name its ops");
   run->add_option("--trace", runOptions.trace, "write a Chrome trace (JSON) of the kernels");
   run->add_option("--params", runOptions.params,
-                  "take params from a safetensors checkpoint (e.g. the demo's)");
+                  "params from a safetensors file (e.g. a checkpoint) or a folder of NAME.npy "
+                  "(default: MODEL.safetensors beside MODEL.sg when present)");
   run->add_option("--save-outputs", runOptions.saveOutputs,
                   "write each output to DIR/NAME.npy");
 
@@ -132,29 +159,37 @@ int main(int argc, char **argv) {
   trainStep->add_option("file", stepOptions.file, "graph file (.sg)")->required();
   trainStep->add_option("--loss", stepOptions.loss, "name of the scalar loss output")
       ->required();
-  trainStep->add_option("--optimizer", stepOptions.optimizer,
-                        "sgd, momentum, nesterov, rmsprop, adam, adamw")
-      ->capture_default_str();
-  trainStep->add_option("--lr", stepOptions.lr,
-                        "base learning rate (default: an input 'lr' of the step graph)");
-  trainStep->add_option("--weight-decay", stepOptions.weightDecay)->capture_default_str();
-  trainStep->add_flag("--data-parallel", stepOptions.dataParallel,
-                      "average the gradients over the job's ranks (all_reduce mean, in buckets)");
-  trainStep->add_option("--bucket-mb", stepOptions.bucketMb,
-                        "with --data-parallel: gradient bucket size in MB")
-      ->capture_default_str();
-  trainStep->add_option("--momentum", stepOptions.momentum)->capture_default_str();
-  trainStep->add_option("--clip-norm", stepOptions.clipNorm, "0: no clipping")
-      ->capture_default_str();
-  trainStep->add_option("--schedule", stepOptions.schedule,
-                        "constant, step, exponential, cosine")
-      ->capture_default_str();
-  trainStep->add_option("--step-size", stepOptions.stepSize)->capture_default_str();
-  trainStep->add_option("--gamma", stepOptions.gamma)->capture_default_str();
-  trainStep->add_option("--total-steps", stepOptions.totalSteps, "cosine T_max")
-      ->capture_default_str();
-  trainStep->add_option("--min-lr", stepOptions.minLr, "cosine eta_min")->capture_default_str();
+  addOptimizerOptions(trainStep, stepOptions);
   trainStep->add_option("-o,--output", stepOptions.output, "write the graph here");
+
+  stepc::cli::TrainCliOptions trainOptions;
+  trainOptions.step.optimizer = "adam";
+  trainOptions.step.loss.clear();
+  auto *train = app.add_subcommand(
+      "train", "Train a .sg model (or an imported ONNX model) on .npy arrays, compiled");
+  train->add_option("file", trainOptions.step.file, "graph file (.sg) or ONNX model (.onnx)")
+      ->required();
+  train->add_option("--loss", trainOptions.step.loss,
+                    "the scalar output to minimize, or cross_entropy:OUT:LABELS / "
+                    "mse:OUT:TARGET to add one")
+      ->required();
+  train->add_option("--data", trainOptions.data, "NAME=FILE.npy for each input (repeatable)");
+  train->add_option("--eval-data", trainOptions.evalData,
+                    "NAME=FILE.npy: evaluated after each epoch (repeatable)");
+  train->add_option("--batch", trainOptions.batch, "rows per step (default: the graph's batch)");
+  train->add_option("--epochs", trainOptions.epochs)->capture_default_str();
+  train->add_option("--checkpoint", trainOptions.checkpoint,
+                    "save params, optimizer state and step here after each epoch (atomically)");
+  train->add_option("--resume", trainOptions.resume, "continue from a --checkpoint file");
+  train->add_option("--params", trainOptions.params,
+                    "initial params: a safetensors file or a folder of NAME.npy (default: "
+                    "MODEL.safetensors beside MODEL.sg when present)");
+  train->add_option("--backend", trainOptions.backend, "cpu or cuda")->capture_default_str();
+  train->add_option("--gpu-arch", trainOptions.gpuArch, "with --backend cuda: the GPU's chip")
+      ->capture_default_str();
+  train->add_option("--seed", trainOptions.seed, "shuffles each epoch by (seed, epoch)")
+      ->capture_default_str();
+  addOptimizerOptions(train, trainOptions.step);
 
   stepc::cli::GradcheckCliOptions checkOptions;
   auto *gradcheck = app.add_subcommand(
@@ -223,7 +258,7 @@ int main(int argc, char **argv) {
 
   stepc::cli::ImportOnnxOptions importOptions;
   auto *importOnnx = app.add_subcommand(
-      "import-onnx", "Convert an ONNX model to a .sg graph; weights go to OUT.params/NAME.npy");
+      "import-onnx", "Convert an ONNX model to a .sg graph; weights go to OUT.safetensors");
   importOnnx->add_option("model", importOptions.file, "ONNX model (.onnx)")->required();
   importOnnx->add_option("-o,--output", importOptions.output, "write the graph here");
   importOnnx->add_option("--input", importOptions.inputs,
@@ -263,6 +298,9 @@ int main(int argc, char **argv) {
                   "also run one op per kernel, alternating steps");
   bench->add_flag("--verbose", benchOptions.verbose,
                   "with --per-kernel: list each fused kernel's unfused kernels");
+  bench->add_option("--params", benchOptions.params,
+                    "a safetensors file or a folder of NAME.npy (default: MODEL.safetensors "
+                    "beside MODEL.sg when present)");
   bench->add_option("--json", benchOptions.json, "also write the figures to this JSON file");
   bench->add_option("--gelu", benchOptions.gelu,
                     "also time the fused tanh GELU over N floats (default 4194304) against "
@@ -286,6 +324,9 @@ int main(int argc, char **argv) {
   compile->add_option("--name", compileOptions.name,
                       "the C name of the artifact (default: the graph's name)");
   compile->add_flag("--no-fusion", compileOptions.noFusion, "one kernel per op");
+  compile->add_option("--params", compileOptions.params,
+                      "NAME.params.safetensors from a safetensors file or a folder of NAME.npy "
+                      "(default: MODEL.safetensors beside MODEL.sg when present)");
   compile->add_option("--dump", compileOptions.dump,
                       "print the IR at a stage: mlir, llvm-dialect, llvm, llvm-opt; with "
                       "--target cuda: mlir, nvvm, ptx");
@@ -309,6 +350,8 @@ int main(int argc, char **argv) {
       return stepc::cli::grad(gradOptions);
     if (*trainStep)
       return stepc::cli::trainStep(stepOptions);
+    if (*train)
+      return stepc::cli::train(trainOptions);
     if (*gradcheck)
       return stepc::cli::gradcheck(checkOptions);
     if (*demo) {

@@ -3,6 +3,7 @@
 #include "commands.h"
 
 #include "stepc/compile.h"
+#include "stepc/executable.h"
 #include "stepc/npy.h"
 #include "stepc/onnx.h"
 #include "stepc/text.h"
@@ -11,6 +12,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 namespace stepc::cli {
 namespace {
@@ -83,16 +85,61 @@ LoadedModel loadModel(const std::string &file, const TensorMap &inputValues) {
   return loaded;
 }
 
+void loadParamsInto(const std::string &path, const Graph &graph, TensorMap &params) {
+  std::map<std::string, Tensor> saved;
+  std::error_code error;
+  if (fs::is_directory(path, error)) {
+    for (ValueId id : graph.params()) {
+      fs::path file = fs::path(path) / (graph.node(id).name + ".npy");
+      if (fs::exists(file, error))
+        saved.emplace(graph.node(id).name, readNpy(file.string()));
+    }
+  } else {
+    saved = readSafetensors(path);
+  }
+  std::string problems;
+  for (ValueId id : graph.params()) {
+    const Node &p = graph.node(id);
+    auto it = saved.find(p.name);
+    if (it == saved.end())
+      problems += fmt::format("\n  missing param '{}' ({})", p.name, typeString(p.type));
+    else if (it->second.type() != p.type)
+      problems += fmt::format("\n  param '{}': expected {}, '{}' has {}", p.name,
+                              typeString(p.type), path, typeString(it->second.type()));
+    else
+      params[p.name] = it->second;
+  }
+  if (!problems.empty())
+    throw Error(fmt::format("params '{}' do not fit graph '{}':{}", path, graph.name, problems));
+}
+
+void loadModelParams(const std::string &modelFile, const std::string &paramsOption,
+                     const Graph &graph, TensorMap &params) {
+  if (!paramsOption.empty()) {
+    loadParamsInto(paramsOption, graph, params);
+    return;
+  }
+  if (isOnnxFile(modelFile))
+    return; // the weights came with the model
+  fs::path beside = fs::path(modelFile).replace_extension(".safetensors");
+  std::error_code error;
+  if (graph.params().empty() || !fs::is_regular_file(beside, error))
+    return;
+  loadParamsInto(beside.string(), graph, params);
+  fmt::print(stderr, "params from {} (found beside {})\n", beside.string(), modelFile);
+}
+
 int importOnnx(const ImportOnnxOptions &options) {
   OnnxModel model = stepc::importOnnx(options.file, {readBindings(options.inputs)});
   std::string text =
       fmt::format("# Imported from {} (ONNX opset {}).\n", options.file, model.opset);
-  fs::path paramsDir;
+  fs::path weights;
   if (!model.params.empty()) {
-    paramsDir = options.output.empty() ? fs::path(options.file) : fs::path(options.output);
-    paramsDir.replace_extension(".params");
-    text += fmt::format("# Param values (the init below is a placeholder): {}/NAME.npy\n",
-                        paramsDir.string());
+    weights = options.output.empty() ? fs::path(options.file) : fs::path(options.output);
+    weights.replace_extension(".safetensors");
+    text += fmt::format("# Param values (the init below is a placeholder): {}, which stepc "
+                        "run|train|bench|compile load from beside this file\n",
+                        weights.filename().string());
   }
   text += printGraph(model.graph);
   if (options.output.empty()) {
@@ -102,12 +149,12 @@ int importOnnx(const ImportOnnxOptions &options) {
     if (!(out << text))
       throw Error(fmt::format("{}: cannot write the file", options.output));
   }
-  if (!paramsDir.empty()) {
-    fs::create_directories(paramsDir);
-    for (const auto &[name, value] : model.params)
-      writeNpy((paramsDir / (name + ".npy")).string(), value);
-    fmt::print(stderr, "wrote {} param{} to {}/\n", model.params.size(),
-               model.params.size() == 1 ? "" : "s", paramsDir.string());
+  if (!weights.empty()) {
+    writeSafetensors(weights.string(),
+                     std::map<std::string, Tensor>(model.params.begin(), model.params.end()),
+                     {{"producer", "stepc import-onnx"}, {"source", options.file}});
+    fmt::print(stderr, "wrote {} param{} to {}\n", model.params.size(),
+               model.params.size() == 1 ? "" : "s", weights.string());
   }
   return 0;
 }

@@ -46,28 +46,6 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
   return line;
 }
 
-// Takes the graph's params from a safetensors checkpoint. A training
-// checkpoint also holds optimizer state, which a model ignores; a missing or
-// mistyped param is an error naming it.
-void loadCheckpointInto(const std::string &path, const Graph &graph, TensorMap &params) {
-  std::map<std::string, Tensor> saved = readSafetensors(path);
-  std::string problems;
-  for (ValueId id : graph.params()) {
-    const Node &p = graph.node(id);
-    auto it = saved.find(p.name);
-    if (it == saved.end())
-      problems += fmt::format("\n  missing param '{}' ({})", p.name, typeString(p.type));
-    else if (it->second.type() != p.type)
-      problems += fmt::format("\n  param '{}': expected {}, the checkpoint has {}", p.name,
-                              typeString(p.type), typeString(it->second.type()));
-    else
-      params[p.name] = it->second;
-  }
-  if (!problems.empty())
-    throw Error(fmt::format("checkpoint '{}' does not fit graph '{}':{}", path, graph.name,
-                            problems));
-}
-
 int run(const RunCommandOptions &options) {
   if (options.backend != "interp" && options.backend != "cpu" && options.backend != "cuda")
     throw Error(fmt::format("unknown backend '{}'; available: interp, cpu, cuda", options.backend));
@@ -108,8 +86,7 @@ int run(const RunCommandOptions &options) {
     it->second = std::move(given.at(name));
   }
   TensorMap params = std::move(model.params);
-  if (!options.params.empty())
-    loadCheckpointInto(options.params, graph, params);
+  loadModelParams(options.file, options.params, graph, params);
   TensorMap outputs;
   RunOptions runOptions;
   runOptions.checkNumerics = options.checkNumerics;

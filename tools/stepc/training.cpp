@@ -1,0 +1,66 @@
+#include "training.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+namespace stepc::cli {
+
+Graph withBatch(const Graph &model, int64_t from, int64_t to) {
+  Graph out;
+  out.name = model.name;
+  for (Node node : model.nodes) {
+    const auto *shape = node.attrs.find("shape");
+    if (shape && std::holds_alternative<std::vector<int64_t>>(*shape)) {
+      std::vector<int64_t> dims = std::get<std::vector<int64_t>>(*shape);
+      if (!dims.empty() && dims[0] == from && !node.type.shape.empty() &&
+          node.type.shape[0] == from && node.op != OpKind::Parameter) {
+        dims[0] = to;
+        node.attrs.set("shape", dims);
+      }
+    }
+    out.add(std::move(node));
+  }
+  for (const GraphOutput &o : model.outputs)
+    out.addOutput(o.name, o.value);
+  return out;
+}
+
+Tensor gatherRows(const Tensor &rows, const std::vector<int64_t> &order, int64_t first,
+                  int64_t count) {
+  Shape shape = rows.shape();
+  shape[0] = count;
+  Tensor batch(rows.dtype(), shape);
+  size_t rowBytes = rows.nbytes() / static_cast<size_t>(rows.shape()[0]);
+  for (int64_t b = 0; b < count; ++b) {
+    int64_t i = order[static_cast<size_t>((first + b) % static_cast<int64_t>(order.size()))];
+    std::memcpy(batch.bytes() + b * rowBytes, rows.bytes() + i * rowBytes, rowBytes);
+  }
+  return batch;
+}
+
+int threadsPerRank(int ranks) {
+  int local = ranks;
+  if (const char *s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))
+    local = std::max(1, std::atoi(s));
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
+}
+
+int onEveryRank(bool dataParallel, const std::function<int(std::shared_ptr<Communicator>)> &train) {
+  if (!dataParallel)
+    return train(nullptr);
+  std::shared_ptr<Communicator> comm = mpiCommunicator();
+  try {
+    return train(comm);
+  } catch (const std::exception &e) {
+    fmt::print(stderr, "stepc: rank {} of {}: error: {}\n", comm->rank(), comm->size(), e.what());
+    std::fflush(stderr);
+    comm->abort(1);
+  }
+  return 1; // not reached: abort() ends the process
+}
+
+} // namespace stepc::cli

@@ -1,0 +1,58 @@
+// What `stepc demo` and `stepc train` share: a model rebatched for a
+// data-parallel rank's slice, rows gathered into a batch, and the checks
+// every rank of a job makes.
+#pragma once
+
+#include "stepc/executable.h"
+#include "stepc/graph.h"
+#include "stepc/tensor.h"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace stepc::cli {
+
+using Clock = std::chrono::steady_clock;
+
+inline double millisSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+// The model with its batch (the leading axis of its inputs, and of shape
+// attributes that carry it, such as a flattening reshape) changed from
+// `from` to `to`: a data-parallel rank's slice of the global batch, or the
+// batch a user asked for.
+Graph withBatch(const Graph &model, int64_t from, int64_t to);
+
+// Rows order[first .. first + count) of `rows` (axis 0), wrapping around the
+// end of `order`, as one tensor of `count` rows.
+Tensor gatherRows(const Tensor &rows, const std::vector<int64_t> &order, int64_t first,
+                  int64_t count);
+
+// A hash of every param's bytes (an Executable or a CudaExecutable): every
+// rank's params must agree after training.
+template <class Compiled> uint64_t paramsHash(const Compiled &executable) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const std::string &name : executable.paramNames()) {
+    Tensor t = executable.param(name);
+    for (size_t i = 0; i < t.nbytes(); ++i) {
+      h ^= static_cast<uint64_t>(t.bytes()[i]);
+      h *= 0x100000001b3ull;
+    }
+  }
+  return h;
+}
+
+// Threads per rank: the machine's cores shared among the ranks on it, so two
+// spinning pools do not stall each other.
+int threadsPerRank(int ranks);
+
+// Runs `train` on one process (a null communicator), or with `dataParallel`
+// as one rank of the MPI job; an error on a rank ends the whole job, since the
+// other ranks may be waiting inside a collective.
+int onEveryRank(bool dataParallel, const std::function<int(std::shared_ptr<Communicator>)> &train);
+
+} // namespace stepc::cli
