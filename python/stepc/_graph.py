@@ -38,6 +38,7 @@ class Error(Exception):
         return f"{self.file}:{self.line}:{self.col}" if self.file is not None else None
 
 
+Error.__module__ = "stepc"
 _stepc._set_error_class(Error)
 
 

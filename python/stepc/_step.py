@@ -25,7 +25,8 @@ def _as_array(name: str, value: Any, dtype: Optional[str]) -> Any:
         return value if value.flags.c_contiguous else np.ascontiguousarray(value)
     if hasattr(value, "__dlpack__"):
         return value
-    return np.ascontiguousarray(np.asarray(value, dtype=NUMPY_DTYPES.get(dtype) if dtype else None))
+    # (not ascontiguousarray: it turns a 0-d array into a 1-d one)
+    return np.asarray(value, dtype=NUMPY_DTYPES.get(dtype) if dtype else None, order="C")
 
 
 class Step:

@@ -143,13 +143,13 @@ def test_grad_of_a_graph_and_of_values():
     got = stepc.compile(b.finish(), backend="interp")(x=v)["dx"]
     np.testing.assert_allclose(got, np.cos(v) * v + np.sin(v), rtol=1e-12)
 
-    # Finite differences on the graph gradient, in f64 through NumPy.
+    # Central differences of the loss against the graph gradient.
     w0 = g.initial_params()["w"]
     step = stepc.compile(g, backend="interp")
     eps = 1e-2
-    step.set_params(w=w0 + eps * (np.arange(12).reshape(4, 3) == 5))
+    step.set_params(w=(w0 + eps * (np.arange(12).reshape(4, 3) == 5)).astype(np.float32))
     up = step(**inputs)["loss"]
-    step.set_params(w=w0 - eps * (np.arange(12).reshape(4, 3) == 5))
+    step.set_params(w=(w0 - eps * (np.arange(12).reshape(4, 3) == 5)).astype(np.float32))
     down = step(**inputs)["loss"]
     assert dw.reshape(-1)[5] == pytest.approx((up - down) / (2 * eps), rel=2e-2, abs=1e-4)
 
