@@ -185,16 +185,20 @@ void bindBuilder(nb::module_ &m) {
               const Where &w) {
              LocationScope scope(b, sourceLoc(w));
              return b.input(std::move(name), dtypeNamed(dtype), std::move(shape));
-           })
+           },
+           "name"_a, "dtype"_a, "shape"_a, "where"_a)
       .def("param",
            [](GraphBuilder &b, std::string name, const std::string &dtype, Shape shape,
               const std::string &init, double a, double bb, int64_t seed, const Where &w) {
              LocationScope scope(b, sourceLoc(w));
              return b.param(std::move(name), dtypeNamed(dtype), std::move(shape),
                             initFrom(init, a, bb, seed));
-           })
-      .def("output", [](GraphBuilder &b, std::string name, Value v) { b.output(name, v); })
-      .def("update", [](GraphBuilder &b, Value p, Value v) { b.update(p, v); })
+           },
+           "name"_a, "dtype"_a, "shape"_a, "init"_a, "a"_a, "b"_a, "seed"_a, "where"_a)
+      .def("output", [](GraphBuilder &b, std::string name, Value v) { b.output(name, v); },
+           "name"_a, "value"_a)
+      .def("update", [](GraphBuilder &b, Value p, Value v) { b.update(p, v); }, "param"_a,
+           "value"_a)
       .def("constant",
            [](GraphBuilder &b, double value, const std::string &dtype, Shape shape,
               const Where &w) {
@@ -219,7 +223,8 @@ void bindBuilder(nb::module_ &m) {
   // One binding per builder function: the C++ builder is the single place
   // that knows each op's attributes.
 #define STEPC_UNARY(py, fn)                                                                        \
-  m.def(py, [](Value x, const Where &w) { return at(x, w, [&] { return fn(x); }); });
+  m.def(py, [](Value x, const Where &w) { return at(x, w, [&] { return fn(x); }); }, "x"_a,       \
+        "where"_a);
   STEPC_UNARY("neg", neg)
   STEPC_UNARY("abs", abs)
   STEPC_UNARY("exp", exp)
@@ -238,7 +243,9 @@ void bindBuilder(nb::module_ &m) {
   STEPC_UNARY("transpose_last2", transposeLast2)
 #undef STEPC_UNARY
 #define STEPC_BINARY(py, fn)                                                                       \
-  m.def(py, [](Value a, Value b, const Where &w) { return at(a, w, [&] { return fn(a, b); }); });
+  m.def(                                                                                          \
+      py, [](Value a, Value b, const Where &w) { return at(a, w, [&] { return fn(a, b); }); },     \
+      "a"_a, "b"_a, "where"_a);
   STEPC_BINARY("add", add)
   STEPC_BINARY("sub", sub)
   STEPC_BINARY("mul", mul)
@@ -259,7 +266,7 @@ void bindBuilder(nb::module_ &m) {
 #define STEPC_REDUCE(py, fn)                                                                       \
   m.def(py, [](Value x, std::vector<int64_t> axes, bool keepdims, const Where &w) {                \
     return at(x, w, [&] { return fn(x, axes, keepdims); });                                        \
-  });
+  }, "x"_a, "axes"_a, "keepdims"_a, "where"_a);
   STEPC_REDUCE("sum", sum)
   STEPC_REDUCE("mean", mean)
   STEPC_REDUCE("max", max)
@@ -594,12 +601,12 @@ void bindStep(nb::module_ &m) {
   nb::class_<Step>(m, "Step")
       .def(nb::init<const Graph &, const std::string &, bool, int, bool, bool>(), "graph"_a,
            "backend"_a, "fusion"_a, "threads"_a, "check_numerics"_a, "profile"_a)
-      .def("__call__", &Step::call)
+      .def("__call__", &Step::call, "inputs"_a)
       .def("param_names", &Step::paramNames)
-      .def("param", &Step::param)
-      .def("set_param", &Step::setParam)
-      .def("save", &Step::save)
-      .def("load", &Step::load)
+      .def("param", &Step::param, "name"_a)
+      .def("set_param", &Step::setParam, "name"_a, "value"_a)
+      .def("save", &Step::save, "path"_a)
+      .def("load", &Step::load, "path"_a)
       .def_prop_ro("steps_taken", &Step::stepsTaken)
       .def_prop_ro("kernels", &Step::kernels)
       .def_prop_ro("backend", &Step::backend)

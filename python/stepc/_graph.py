@@ -221,7 +221,7 @@ class GraphBuilder:
 
     def constant(self, value: Any, dtype: Any = None, shape: Optional[Sequence[int]] = None) -> Value:
         """A filled constant (a number and a shape) or one holding an array's values."""
-        if np.ndim(value) == 0 and shape is not None or np.ndim(value) == 0 and not isinstance(value, np.ndarray):
+        if np.ndim(value) == 0:
             name = _dtype_name(dtype if dtype is not None else np.float32)
             return self._wrap(self._b.constant(float(value), name, list(shape or ()), _caller()))
         array = np.asarray(value)

@@ -40,7 +40,7 @@ class Step:
         self._step = step
         self._input_dtypes = {name: dtype for name, (dtype, _) in graph.inputs.items()}
 
-    def __call__(self, inputs: Optional[Mapping[str, Any]] = None, **named: Any) -> Dict[str, np.ndarray]:
+    def __call__(self, inputs: Optional[Mapping[str, Any]] = None, /, **named: Any) -> Dict[str, np.ndarray]:
         given = {**(inputs or {}), **named}
         arrays = {name: _as_array(name, value, self._input_dtypes.get(name))
                   for name, value in given.items()}
@@ -53,7 +53,7 @@ class Step:
     def param(self, name: str) -> np.ndarray:
         return self._step.param(name)
 
-    def set_params(self, params: Optional[Mapping[str, Any]] = None, **named: Any) -> None:
+    def set_params(self, params: Optional[Mapping[str, Any]] = None, /, **named: Any) -> None:
         """Sets the params given (by name; each must have the param's dtype and shape)."""
         for name, value in {**(params or {}), **named}.items():
             self._step.set_param(name, _as_array(name, value, None))

@@ -299,3 +299,20 @@ def test_bench_returns_the_figures():
     assert figures["fused_ms_per_step"] > 0 and figures["unfused_ms_per_step"] > 0
     assert figures["kernels_fused"] <= figures["kernels_unfused"]
     assert isinstance(figures["per_kernel"], list)
+
+
+@pytest.mark.parametrize("backend", ["interp", "cpu"])
+def test_builder_constants_iota_and_updates(backend):
+    b = stepc.GraphBuilder("counter")
+    c = b.param("c", "f32", (2,), "zeros")
+    b.update(c, c + b.constant([1.0, 2.0], dtype="f32"))
+    b.output("seen", c + b.constant(10.0))
+    b.output("i", b.iota("i32", (3,), 0))
+    step = stepc.compile(b.finish(), backend=backend)
+    first = step()
+    second = step()
+    np.testing.assert_array_equal(first["seen"], [10, 10])
+    np.testing.assert_array_equal(second["seen"], [11, 12])
+    np.testing.assert_array_equal(second["i"], [0, 1, 2])
+    np.testing.assert_array_equal(step.param("c"), [2, 4])
+    assert step.steps_taken == 2
