@@ -31,9 +31,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 namespace nb = nanobind;
 using namespace nb::literals;
