@@ -120,10 +120,6 @@ nb::dict toDict(std::map<std::string, Tensor, std::less<>> tensors) {
     out[nb::str(name.c_str())] = toNumpy(std::move(tensor));
   return out;
 }
-nb::dict toDict(std::map<std::string, Tensor> tensors) {
-  return toDict(std::map<std::string, Tensor, std::less<>>(std::make_move_iterator(tensors.begin()),
-                                                            std::make_move_iterator(tensors.end())));
-}
 
 // --- Types ------------------------------------------------------------------
 DType dtypeNamed(const std::string &name) {
