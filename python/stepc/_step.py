@@ -112,6 +112,11 @@ def _jit_argument(a: Any) -> np.ndarray:
     return array.astype(np.float32) if array.dtype == np.float64 else array
 
 
+def _signature_text(arrays: List[np.ndarray]) -> str:
+    """Like "f32[4,3], f32[3,2]"."""
+    return ", ".join(f"{_dtype_name(a.dtype)}[{','.join(map(str, a.shape))}]" for a in arrays)
+
+
 class Jit:
     """A Python function of Values, compiled per shape signature (the dtypes
     and shapes of its arguments): the first call with a signature traces it
@@ -128,6 +133,7 @@ class Jit:
         except (TypeError, ValueError):
             parameters = []
         self._names = parameters
+        self._last: Optional[str] = None  # the last call's signature, for the recompile line
         functools.update_wrapper(self, fn)
 
     @property
@@ -159,7 +165,11 @@ class Jit:
         arrays = [_jit_argument(a) for a in args]
         signature = tuple((a.dtype.str, a.shape) for a in arrays)
         if signature not in self._steps:
+            if self._last is not None:
+                print(f"stepc.jit: recompiling {getattr(self.fn, '__name__', 'the function')} for "
+                      f"{_signature_text(arrays)} (was {self._last})", file=sys.stderr)
             self._steps[signature] = self._trace(arrays)
+        self._last = _signature_text(arrays)
         step, kind, names = self._steps[signature]
         out = step({name: a for name, a in zip(step.graph.inputs, arrays)})
         if kind == "value":

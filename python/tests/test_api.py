@@ -196,7 +196,7 @@ def test_learning_rate_as_an_input():
     step(lr=1e-3, **builder_mlp().random_inputs(seed=2))
 
 
-def test_jit_traces_once_per_shape_signature():
+def test_jit_traces_once_per_shape_signature(capsys):
     calls = []
 
     @stepc.jit
@@ -209,6 +209,8 @@ def test_jit_traces_once_per_shape_signature():
         out = f(np.ones((batch, 3), np.float32), w)
         assert out["y"].shape == (batch, 2)
     assert calls == [(4, 3), (5, 3)] and f.traces == 2
+    assert "stepc.jit: recompiling f for f32[5,3], f32[3,2] (was f32[4,3], f32[3,2])" in \
+        capsys.readouterr().err
 
     @stepc.jit(backend="interp")
     def pair(a):
