@@ -22,8 +22,15 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:strict_string_
 deps:
 	@scripts/install-deps.sh
 
+# The Python module is built and tested with the rest (python/tests runs as
+# the CTest test python_tests), in the venv scripts/python-venv.sh makes.
+PY_VENV = $(BUILD)/py-venv
+
 configure: deps
-	@[ -f $(BUILD)/build.ninja ] || cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@scripts/python-venv.sh $(PY_VENV)
+	@grep -qs '^STEPC_BUILD_PYTHON:BOOL=ON' $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) \
+	  -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEPC_BUILD_PYTHON=ON \
+	  -DPython_EXECUTABLE=$(abspath $(PY_VENV))/bin/python >/dev/null
 
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)

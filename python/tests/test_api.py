@@ -1,0 +1,320 @@
+"""The Python API: the README's example, graphs, steps, params, errors."""
+import os
+
+import numpy as np
+import pytest
+
+import stepc
+
+
+def test_readme_example_runs_verbatim(tmp_path):
+    g = stepc.load("examples/mlp.sg")                    # also stepc.parse(text), stepc.import_onnx(path)
+    step = stepc.compile(g.train_step(loss="loss", optimizer="adam", lr=1e-3), backend="cpu")
+    out = step(x=np.zeros((128, 784), np.float32), y=np.zeros(128, np.int32))   # {"loss": array(...)}
+    params = step.params()                                # {"w1": array, ...}; step.set_params(...), save/load
+
+    @stepc.jit                                            # traces on first call per shape signature
+    def f(x, w):
+        return stepc.relu(x @ w).sum()
+
+    assert set(out) == {"loss"}
+    assert out["loss"].dtype == np.float32 and out["loss"].shape == ()
+    # Zero inputs: logits are the biases (zero), so the loss is log(10).
+    assert out["loss"] == pytest.approx(np.log(10), rel=1e-5)
+    assert params["w1"].shape == (784, 512) and params["step"] == 1
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    w = np.ones((3, 4), np.float32)
+    assert f(x, w) == pytest.approx(np.maximum(x @ w, 0).sum())
+
+
+def test_params_set_save_load(tmp_path):
+    g = stepc.load("examples/xor.sg")
+    step = stepc.compile(g.train_step(loss="loss", optimizer="sgd", lr=0.1), backend="cpu")
+    before = step.params()
+    path = tmp_path / "ckpt.safetensors"
+    step.save(path)
+    inputs = g.random_inputs(seed=1)
+    step(**inputs)
+    assert step.steps_taken == 1
+    assert not all(np.array_equal(before[k], v) for k, v in step.params().items())
+    step.load(path)
+    for name, value in step.params().items():
+        np.testing.assert_array_equal(value, before[name])
+    name = next(n for n, (dtype, _) in g.params.items() if dtype == "f32")
+    new = np.full(g.params[name][1], 0.5, np.float32)
+    step.set_params({name: new})
+    np.testing.assert_array_equal(step.param(name), new)
+    with pytest.raises(stepc.Error, match=name):
+        step.set_params({name: np.zeros((7, 7), np.float32)})
+
+
+@pytest.mark.parametrize("backend", ["interp", "cpu"])
+def test_backends_agree_with_the_interpreter(backend):
+    g = stepc.load("examples/mlp.sg").train_step(loss="loss", optimizer="adamw", lr=1e-3)
+    inputs = g.random_inputs(seed=3)
+    reference = stepc.compile(g, backend="interp")
+    step = stepc.compile(g, backend=backend)
+    for _ in range(2):
+        want, got = reference(**inputs), step(**inputs)
+        np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-4)
+    np.testing.assert_allclose(step.param("w3"), reference.param("w3"), rtol=1e-4, atol=1e-6)
+
+
+def test_cuda_backend_runs_or_says_why():
+    g = stepc.load("examples/xor.sg")
+    if stepc._stepc.cuda_unavailable_reason():
+        with pytest.raises(stepc.Error, match="CUDA"):
+            stepc.compile(g, backend="cuda")
+        return
+    step = stepc.compile(g, backend="cuda")
+    inputs = g.random_inputs(seed=0)
+    np.testing.assert_allclose(step(**inputs)["loss"],
+                               stepc.compile(g, backend="interp")(**inputs)["loss"], rtol=1e-4)
+
+
+def test_unknown_backend_is_an_error():
+    with pytest.raises(stepc.Error, match="unknown backend 'tpu'"):
+        stepc.compile(stepc.load("examples/xor.sg"), backend="tpu")
+
+
+def builder_mlp():
+    b = stepc.GraphBuilder("tiny")
+    x = b.input("x", np.float32, (8, 4))
+    y = b.input("y", "i32", (8,))
+    w = b.param("w", "f32", (4, 3), stepc.Init.he_uniform(seed=1))
+    bias = b.param("b", "f32", (3,), "zeros")
+    h = stepc.gelu(x @ w + bias)
+    logits = 2 * h - 0.5 / (1 + stepc.square(h))
+    b.output("loss", stepc.cross_entropy(logits, y))
+    b.output("probs", stepc.softmax(logits))
+    return b.finish()
+
+
+def test_builder_operators_and_composites_match_numpy():
+    g = builder_mlp()
+    assert g.inputs == {"x": ("f32", (8, 4)), "y": ("i32", (8,))}
+    assert set(g.outputs) == {"loss", "probs"}
+    inputs = g.random_inputs(seed=2)
+    out = stepc.compile(g, backend="cpu")(**inputs)
+    w = g.initial_params()["w"]
+    z = inputs["x"] @ w
+    h = 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+    logits = 2 * h - 0.5 / (1 + h * h)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = e / e.sum(axis=1, keepdims=True)
+    loss = -np.log(probs[np.arange(8), inputs["y"]]).mean()
+    np.testing.assert_allclose(out["probs"], probs, rtol=1e-4, atol=1e-6)
+    assert out["loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_more_builder_ops():
+    b = stepc.GraphBuilder("ops")
+    x = b.input("x", "f32", (2, 3, 4, 4))
+    k = b.param("k", "f32", (5, 3, 3, 3), stepc.Init.normal(0, 0.1, seed=4))
+    c = stepc.conv2d(x, k, padding=(1, 1))
+    p = stepc.max_pool2d(stepc.relu(c))
+    flat = p.reshape(2, 20)
+    gamma = b.param("gamma", "f32", (20,), "ones")
+    beta = b.param("beta", "f32", (20,), "zeros")
+    n = stepc.layer_norm(flat, gamma, beta)
+    t = stepc.concat([n, stepc.slice(n, [0, 0], [2, 4])], axis=1)
+    b.output("y", stepc.mean(t, axis=1))
+    b.output("t", t.T)
+    g = b.finish()
+    out = stepc.compile(g, backend="cpu")(**g.random_inputs(seed=5))
+    ref = stepc.compile(g, backend="interp")(**g.random_inputs(seed=5))
+    assert out["y"].shape == (2,) and out["t"].shape == (24, 2)
+    np.testing.assert_allclose(out["y"], ref["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_grad_of_a_graph_and_of_values():
+    g = builder_mlp()
+    gg = stepc.grad(g, "loss", wrt=["w"])
+    assert "grad_w" in gg.outputs
+    inputs = g.random_inputs(seed=2)
+    dw = stepc.compile(gg, backend="interp")(**inputs)["grad_w"]
+
+    b = stepc.GraphBuilder("g")
+    x = b.input("x", "f64", (3,))
+    y = stepc.sum(stepc.sin(x) * x)
+    (dx,) = stepc.grad(y, [x])
+    b.output("dx", dx)
+    v = np.array([0.1, 0.5, 2.0])
+    got = stepc.compile(b.finish(), backend="interp")(x=v)["dx"]
+    np.testing.assert_allclose(got, np.cos(v) * v + np.sin(v), rtol=1e-12)
+
+    # Central differences of the loss against the graph gradient.
+    w0 = g.initial_params()["w"]
+    step = stepc.compile(g, backend="interp")
+    eps = 1e-2
+    step.set_params(w=(w0 + eps * (np.arange(12).reshape(4, 3) == 5)).astype(np.float32))
+    up = step(**inputs)["loss"]
+    step.set_params(w=(w0 - eps * (np.arange(12).reshape(4, 3) == 5)).astype(np.float32))
+    down = step(**inputs)["loss"]
+    assert dw.reshape(-1)[5] == pytest.approx((up - down) / (2 * eps), rel=2e-2, abs=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", stepc.OPTIMIZERS)
+def test_every_optimizer_lowers_the_loss(optimizer):
+    g = builder_mlp()
+    lr = {"sgd": 0.5, "momentum": 0.1, "nesterov": 0.1}.get(optimizer, 0.02)
+    step = stepc.compile(g.train_step("loss", optimizer, lr=lr, clip_norm=10.0), backend="cpu")
+    inputs = g.random_inputs(seed=2)
+    first = step(**inputs)["loss"]
+    for _ in range(20):
+        last = step(**inputs)["loss"]
+    assert last < first
+
+
+@pytest.mark.parametrize("schedule", [stepc.Schedule("constant"),
+                                      stepc.Schedule("step", step_size=2, gamma=0.5),
+                                      stepc.Schedule("exponential", gamma=0.9),
+                                      stepc.Schedule("cosine", total_steps=4, min_lr=0.001)])
+def test_every_schedule(schedule):
+    # SGD on loss = sum(w): each step moves w by exactly -lr_t.
+    b = stepc.GraphBuilder("s")
+    w = b.param("w", "f32", (1,), "zeros")
+    b.output("loss", stepc.sum(w))
+    opt = stepc.Optimizer("sgd", lr=0.1, schedule=schedule)
+    step = stepc.compile(b.finish().train_step("loss", opt), backend="interp")
+    moves, previous = [], 0.0
+    for _ in range(4):
+        step()
+        moves.append(previous - float(step.param("w")[0]))
+        previous = float(step.param("w")[0])
+    t = np.arange(4)
+    want = {"constant": 0.1 * np.ones(4), "step": 0.1 * 0.5 ** (t // 2),
+            "exponential": 0.1 * 0.9 ** t,
+            "cosine": 0.001 + (0.1 - 0.001) * (1 + np.cos(np.pi * t / 4)) / 2}[schedule.kind]
+    np.testing.assert_allclose(moves, want, rtol=1e-4)
+
+
+def test_learning_rate_as_an_input():
+    g = builder_mlp().train_step("loss", "adam")
+    assert g.inputs["lr"] == ("f32", ())
+    step = stepc.compile(g, backend="cpu")
+    step(lr=1e-3, **builder_mlp().random_inputs(seed=2))
+
+
+def test_jit_traces_once_per_shape_signature(capsys):
+    calls = []
+
+    @stepc.jit
+    def f(x, w):
+        calls.append(x.shape)
+        return {"y": stepc.tanh(x @ w), "n": stepc.sum(x * x)}
+
+    w = np.ones((3, 2), np.float32)
+    for batch in (4, 4, 5, 4):
+        out = f(np.ones((batch, 3), np.float32), w)
+        assert out["y"].shape == (batch, 2)
+    assert calls == [(4, 3), (5, 3)] and f.traces == 2
+    assert "stepc.jit: recompiling f for f32[5,3], f32[3,2] (was f32[4,3], f32[3,2])" in \
+        capsys.readouterr().err
+
+    @stepc.jit(backend="interp")
+    def pair(a):
+        return a * 2.0, stepc.max(a)
+
+    doubled, largest = pair(np.array([1.0, 3.0], np.float32))
+    np.testing.assert_array_equal(doubled, [2, 6])
+    assert largest == 3
+
+
+class DLPackOnly:
+    """An array that only speaks DLPack (as a PyTorch or JAX array does)."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_dlpack_in_and_zero_copy_out():
+    g = builder_mlp()
+    inputs = g.random_inputs(seed=2)
+    step = stepc.compile(g, backend="cpu")
+    want = step(**inputs)["probs"]
+    got = step(x=DLPackOnly(inputs["x"]), y=DLPackOnly(inputs["y"]))["probs"]
+    np.testing.assert_array_equal(got, want)
+    # Outputs own their memory through a capsule (no copy) and export DLPack.
+    assert got.base is not None
+    assert np.shares_memory(np.from_dlpack(got), got)
+
+
+def test_torch_tensors_pass_through_dlpack():
+    torch = pytest.importorskip("torch")
+    g = builder_mlp()
+    inputs = g.random_inputs(seed=2)
+    step = stepc.compile(g, backend="cpu")
+    want = step(**inputs)["probs"]
+    got = step(x=torch.from_numpy(inputs["x"]), y=torch.from_numpy(inputs["y"]))["probs"]
+    np.testing.assert_array_equal(got, want)
+    t = torch.from_dlpack(got)
+    assert t.data_ptr() == got.ctypes.data
+
+
+def test_errors_carry_message_and_location(tmp_path):
+    b = stepc.GraphBuilder("bad")
+    x = b.input("x", "f32", (128, 784))
+    w = b.param("w", "f32", (512, 10))
+    with pytest.raises(stepc.Error) as caught:
+        x @ w  # this line is in the message
+    e = caught.value
+    assert e.file == __file__ and e.line is not None
+    assert "inner dimensions differ: [128,784] x [512,10]" in e.message
+    with open(__file__) as f:
+        assert "x @ w  # this line" in f.read().splitlines()[e.line - 1]
+
+    with pytest.raises(stepc.Error) as caught:
+        stepc.parse("graph g {\n  input %x : f32[2]\n  %y = relu(%z)\n  output y = %y\n}\n", "g.sg")
+    assert caught.value.location is not None and caught.value.location.startswith("g.sg:3:")
+
+    with pytest.raises(stepc.Error, match="nope.sg"):
+        stepc.load(tmp_path / "nope.sg")
+    step = stepc.compile(stepc.load("examples/xor.sg"), backend="cpu")
+    with pytest.raises(stepc.Error, match="x"):
+        step(x=np.zeros((3, 3), np.float32))
+    with pytest.raises(stepc.Error, match="unknown optimizer|adamx"):
+        stepc.load("examples/xor.sg").train_step("loss", "adamx", lr=1)
+
+
+def test_import_onnx(tmp_path):
+    model = "/usr/share/libonnx-testdata/data/pytorch-converted/test_Linear/model.onnx"
+    if not os.path.exists(model):
+        pytest.skip("libonnx-testdata is not installed")
+    g = stepc.import_onnx(model)
+    assert g.param_values, "the weights come along"
+    step = stepc.compile(g, backend="cpu")
+    for name, value in g.param_values.items():
+        np.testing.assert_array_equal(step.param(name), value)
+    assert stepc.load(model).inputs == g.inputs
+
+
+def test_bench_returns_the_figures():
+    g = stepc.load("examples/xor.sg")
+    figures = stepc.bench(g, compare_unfused=True, per_kernel=True, steps=3, warmup=1)
+    assert figures["fused_ms_per_step"] > 0 and figures["unfused_ms_per_step"] > 0
+    assert figures["kernels_fused"] <= figures["kernels_unfused"]
+    assert isinstance(figures["per_kernel"], list)
+
+
+@pytest.mark.parametrize("backend", ["interp", "cpu"])
+def test_builder_constants_iota_and_updates(backend):
+    b = stepc.GraphBuilder("counter")
+    c = b.param("c", "f32", (2,), "zeros")
+    b.update(c, c + b.constant([1.0, 2.0], dtype="f32"))
+    b.output("seen", c + b.constant(10.0))
+    b.output("i", b.iota("i32", (3,), 0))
+    step = stepc.compile(b.finish(), backend=backend)
+    first = step()
+    second = step()
+    np.testing.assert_array_equal(first["seen"], [10, 10])
+    np.testing.assert_array_equal(second["seen"], [11, 12])
+    np.testing.assert_array_equal(second["i"], [0, 1, 2])
+    np.testing.assert_array_equal(step.param("c"), [2, 4])
+    assert step.steps_taken == 2
