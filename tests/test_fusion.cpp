@@ -720,7 +720,7 @@ TEST(Fusion, WhyNotFusedNamesValuesAsPrintDoes) {
                out);
     std::fclose(out);
   }
-  CommandResult why = stepcCommand("opt " + file + " --why-not-fused");
+  testing::CommandResult why = testing::stepcCommand("opt " + file + " --why-not-fused");
   std::filesystem::remove(file);
   EXPECT_EQ(why.status, 0) << why.output;
   EXPECT_NE(why.output.find("%7 (sub, " + file + ":9:3) -> %8 (matmul, " + file + ":10:3): "
