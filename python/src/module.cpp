@@ -258,9 +258,10 @@ void bindBuilder(nb::module_ &m) {
   STEPC_BINARY("mse", mse)
 #undef STEPC_BINARY
 #define STEPC_REDUCE(py, fn)                                                                       \
-  m.def(py, [](Value x, std::vector<int64_t> axes, bool keepdims, const Where &w) {                \
-    return at(x, w, [&] { return fn(x, axes, keepdims); });                                        \
-  }, "x"_a, "axes"_a, "keepdims"_a, "where"_a);
+  m.def(py, [](Value x, std::optional<std::vector<int64_t>> axes, bool keepdims,                 \
+                const Where &w) {                                                                  \
+    return at(x, w, [&] { return fn(x, axes ? Axes(*axes) : Axes::all(), keepdims); });          \
+  }, "x"_a, "axes"_a.none(), "keepdims"_a, "where"_a);
   STEPC_REDUCE("sum", sum)
   STEPC_REDUCE("mean", mean)
   STEPC_REDUCE("max", max)

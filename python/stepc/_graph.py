@@ -269,9 +269,10 @@ def _unary(fn: Any, x: Value, *args: Any) -> Value:
     return Value(fn(_value(x), *args, _caller()), x._builder)
 
 
-def _axes(axis: Union[int, Sequence[int], None]) -> List[int]:
+def _axes(axis: Union[int, Sequence[int], None]) -> Optional[List[int]]:
+    """None means every axis; an empty sequence means none (as in .sg)."""
     if axis is None:
-        return []
+        return None
     return [axis] if isinstance(axis, int) else list(axis)
 
 

@@ -127,6 +127,20 @@ def test_more_builder_ops():
     np.testing.assert_allclose(out["y"], ref["y"], rtol=1e-4, atol=1e-5)
 
 
+def test_reduction_axes_mean_what_they_mean_in_sg():
+    b = stepc.GraphBuilder("axes")
+    x = b.input("x", "f32", (3, 4))
+    b.output("every", x.sum())             # no axis given: all axes
+    b.output("none", stepc.sum(x, axis=[]))  # an empty list: no axes, as {axes=[]} in .sg
+    b.output("last", stepc.max(x, axis=-1))
+    g = b.finish()
+    inputs = g.random_inputs(seed=7)
+    out = stepc.compile(g, backend="cpu")(**inputs)
+    assert out["every"].shape == () and out["every"] == pytest.approx(inputs["x"].sum(), rel=1e-5)
+    np.testing.assert_array_equal(out["none"], inputs["x"])
+    np.testing.assert_array_equal(out["last"], inputs["x"].max(axis=-1))
+
+
 def test_grad_of_a_graph_and_of_values():
     g = builder_mlp()
     gg = stepc.grad(g, "loss", wrt=["w"])
