@@ -17,8 +17,13 @@ include(${SOURCE}/tests/cli/checked.cmake)
 string(REPLACE ";" " " SANITIZE "${SANITIZE}")
 set(flags "-DCMAKE_CXX_FLAGS=${SANITIZE}" "-DCMAKE_C_FLAGS=${SANITIZE}"
           "-DCMAKE_EXE_LINKER_FLAGS=${SANITIZE}")
+# The consumers' C compiler is CXX's own C driver (clang++-19 -> clang-19), so
+# the sanitizer flags, which are clang's under `make sanitize`, fit it too.
+string(REGEX REPLACE "clang\\+\\+" "clang" CC "${CXX}")
+string(REGEX REPLACE "g\\+\\+$" "gcc" CC "${CC}")
+string(REGEX REPLACE "c\\+\\+$" "cc" CC "${CC}")
 set(configure ${CMAKE_COMMAND} -G ${GENERATOR} -DCMAKE_BUILD_TYPE=Release
-              -DCMAKE_CXX_COMPILER=${CXX} ${flags})
+              -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_C_COMPILER=${CC} ${flags})
 
 function(run_aot_program program)
   checked("ldd ${program}" ldd ${program})
