@@ -717,6 +717,17 @@ TEST(CodegenBufferReuse, FuzzFindingFusedScatterAdd) {
   expectMatchesOnRandomData(graph, 1);
 }
 
+// A fuzz finding: a kernel whose nodes all come after the consumer's can still
+// reach it through a kernel merged earlier; fusion missed that path and built
+// a cyclic kernel graph.
+TEST(CodegenFusion, FuzzFindingCyclicKernelGraph) {
+  std::ifstream in(stepc::testing::sourcePath("tests/fuzz/cyclic-kernel-graph.sg"));
+  std::stringstream text;
+  text << in.rdbuf();
+  Graph graph = parseGraph(text.str());
+  expectMatchesOnRandomData(graph, 1);
+}
+
 // --- Shapes with a zero dimension ------------------------------------------------
 
 TEST(CodegenShapes, ZeroSizedDimensions) {

@@ -243,7 +243,6 @@ public:
       groupOf_[v] = static_cast<int>(members_.size());
       members_.push_back({v});
       minId_.push_back(v);
-      maxId_.push_back(v);
     }
   }
 
@@ -277,7 +276,7 @@ private:
   std::vector<bool> escapes_;               // graph output or param update
   std::vector<int> groupOf_;
   std::vector<std::vector<ValueId>> members_; // sorted; empty once merged away
-  std::vector<ValueId> minId_, maxId_;
+  std::vector<ValueId> minId_;
   std::map<std::pair<ValueId, ValueId>, std::string> refusals_;
   // Scratch for analyze(): mark_[v] == stamp_ means v is in the candidate.
   std::vector<uint32_t> mark_;
@@ -570,13 +569,14 @@ std::vector<ValueId> Fuser::united(int a, int b) const {
 }
 
 // Whether a path of kernels leads from `from` to `to` through some other
-// kernel. Node ids are topological, so a kernel whose first node comes after
-// `to`'s last cannot lead to `to`, which keeps the search short.
+// kernel. The search cannot stop at kernels whose nodes all come after `to`'s
+// (node ids are topological): once kernels are merged, such a kernel may feed
+// one that also holds an early node feeding `to` (tests/fuzz/findings/).
 bool Fuser::reaches(int from, int to) const {
   std::vector<int> stack;
   std::set<int> seen;
   auto push = [&](int g) {
-    if (g != to && minId_[g] <= maxId_[to] && seen.insert(g).second)
+    if (g != to && seen.insert(g).second)
       stack.push_back(g);
   };
   auto pushSuccessors = [&](int g, bool &hit) {
@@ -634,7 +634,6 @@ void Fuser::merge(int into, int from) {
   members_[into] = united(into, from);
   members_[from].clear();
   minId_[into] = std::min(minId_[into], minId_[from]);
-  maxId_[into] = std::max(maxId_[into], maxId_[from]);
 }
 
 bool Fuser::producerConsumerSweep() {
