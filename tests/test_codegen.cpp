@@ -17,12 +17,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <limits>
 #include <random>
 #include <span>
-#include <sstream>
 #include <string>
 
 using namespace stepc;
@@ -710,10 +708,7 @@ TEST(CodegenBufferReuse, OutputOverInputReadByALaterOutputOfTheLoopNest) {
 // .sg: the gradient's last kernel wrote grad_x0 over the scatter_add result
 // that grad_x2 still read (the case above, found by the fuzzer).
 TEST(CodegenBufferReuse, FuzzFindingFusedScatterAdd) {
-  std::ifstream in(stepc::testing::sourcePath("tests/fuzz/mismatch-fused-scatter-add.sg"));
-  std::stringstream text;
-  text << in.rdbuf();
-  Graph graph = parseGraph(text.str());
+  Graph graph = parseGraphFile(stepc::testing::sourcePath("tests/fuzz/mismatch-fused-scatter-add.sg"));
   expectMatchesOnRandomData(graph, 1);
 }
 
@@ -721,10 +716,7 @@ TEST(CodegenBufferReuse, FuzzFindingFusedScatterAdd) {
 // reach it through a kernel merged earlier; fusion missed that path and built
 // a cyclic kernel graph.
 TEST(CodegenFusion, FuzzFindingCyclicKernelGraph) {
-  std::ifstream in(stepc::testing::sourcePath("tests/fuzz/cyclic-kernel-graph.sg"));
-  std::stringstream text;
-  text << in.rdbuf();
-  Graph graph = parseGraph(text.str());
+  Graph graph = parseGraphFile(stepc::testing::sourcePath("tests/fuzz/cyclic-kernel-graph.sg"));
   expectMatchesOnRandomData(graph, 1);
 }
 

@@ -7,14 +7,7 @@ set(CXX ${CXX} ${SANITIZE})
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 
-function(checked what)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    string(REPLACE ";" " " command "${ARGN}")
-    message(FATAL_ERROR "${what} failed (${rc}): ${command}\n${out}\n${err}")
-  endif()
-  set(out "${out}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/checked.cmake)
 
 checked("stepc train-step --data-parallel" ${STEPC} train-step ${EXAMPLES}/mlp.sg --loss loss
         --optimizer adam --lr 1e-3 --data-parallel -o ${WORK}/mlp_dp.sg)
