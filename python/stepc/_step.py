@@ -7,12 +7,13 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _stepc
-from ._graph import NUMPY_DTYPES, Error, Graph, GraphBuilder, Value, _dtype_name
+from ._graph import NUMPY_DTYPES, Error, Graph, GraphBuilder, Optimizer, Value, _dtype_name
 
 BACKENDS = ("interp", "cpu", "cuda")
 
@@ -112,28 +113,56 @@ def _jit_argument(a: Any) -> np.ndarray:
     return array.astype(np.float32) if array.dtype == np.float64 else array
 
 
+def _signature_key(arrays: List[np.ndarray]) -> Tuple[Any, ...]:
+    return tuple((a.dtype.str, a.shape) for a in arrays)
+
+
 def _signature_text(arrays: List[np.ndarray]) -> str:
     """Like "f32[4,3], f32[3,2]"."""
     return ", ".join(f"{_dtype_name(a.dtype)}[{','.join(map(str, a.shape))}]" for a in arrays)
+
+
+@dataclass
+class _Traced:
+    """One shape signature's compiled step and how to call it."""
+    step: Step
+    kind: str                # "value", "tuple" or "dict": what the function returned
+    input_names: List[str]   # in argument order
+    output_names: List[str]  # in the order returned
 
 
 class Jit:
     """A Python function of Values, compiled per shape signature (the dtypes
     and shapes of its arguments): the first call with a signature traces it
     (calls it once with fresh graph inputs named after its parameters) and
-    compiles the graph; later calls run the compiled step."""
+    compiles the graph; later calls run the compiled step.
 
-    def __init__(self, fn: Callable[..., Returned], backend: str = "cpu", fusion: bool = True):
+    State, as in stepc::jit: a function that takes a GraphBuilder before its
+    Values (``def f(b, x)``) may declare params (``b.param(...)``) and give
+    them new values (``b.update(param, next)``). With ``optimizer`` (a name
+    from OPTIMIZERS, with ``lr=``, or an Optimizer) the function returns its
+    loss (a Value, or a dict with a "loss" entry) and each signature
+    compiles the training step of every floating-point param. Params belong
+    to the Jit, not to one signature: their values (the optimizer's state
+    and step counter too) carry over by name, dtype and shape when the
+    signature changes, so a smaller last batch trains the same weights.
+    """
+
+    def __init__(self, fn: Callable[..., Returned], backend: str = "cpu", fusion: bool = True,
+                 optimizer: Union[str, Optimizer, None] = None, lr: Optional[float] = None):
         self.fn = fn
         self.backend = backend
         self.fusion = fusion
-        self._steps: Dict[Tuple[Any, ...], Tuple[Step, str, List[str]]] = {}
+        self.optimizer = optimizer
+        self.lr = lr
+        self._steps: Dict[Tuple[Any, ...], _Traced] = {}
         try:
-            parameters = list(inspect.signature(fn).parameters)
+            self._parameters = list(inspect.signature(fn).parameters.values())
         except (TypeError, ValueError):
-            parameters = []
-        self._names = parameters
-        self._last: Optional[str] = None  # the last call's signature, for the recompile line
+            self._parameters = []
+        self._current: Optional[Step] = None  # the last call's; its params are the live ones
+        self._pending: Dict[str, Any] = {}    # set_params before the first call
+        self._last: Optional[str] = None      # the last call's signature, for the recompile line
         functools.update_wrapper(self, fn)
 
     @property
@@ -141,11 +170,22 @@ class Jit:
         """Signatures traced so far."""
         return len(self._steps)
 
-    def _trace(self, arrays: List[np.ndarray]) -> Tuple[Step, str, List[str]]:
-        b = GraphBuilder(getattr(self.fn, "__name__", "jit"))
-        names = [self._names[i] if i < len(self._names) else f"x{i}" for i in range(len(arrays))]
+    def _takes_builder(self, arguments: int) -> bool:
+        """Whether fn takes a GraphBuilder before its ``arguments`` Values."""
+        positional = [p for p in self._parameters
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        variadic = any(p.kind == p.VAR_POSITIONAL for p in self._parameters)
+        return not variadic and len(positional) == arguments + 1
+
+    def _trace(self, arrays: List[np.ndarray]) -> _Traced:
+        fn_name = getattr(self.fn, "__name__", "jit")
+        b = GraphBuilder(fn_name)
+        takes_builder = self._takes_builder(len(arrays))
+        parameter_names = [p.name for p in self._parameters][1 if takes_builder else 0:]
+        names = [parameter_names[i] if i < len(parameter_names) else f"x{i}"
+                 for i in range(len(arrays))]
         values = [b.input(name, _dtype_name(a.dtype), a.shape) for name, a in zip(names, arrays)]
-        result = self.fn(*values)
+        result = self.fn(b, *values) if takes_builder else self.fn(*values)
         if isinstance(result, Value):
             kind, outputs = "value", {"out0": result}
         elif isinstance(result, (tuple, list)):
@@ -153,46 +193,105 @@ class Jit:
         elif isinstance(result, dict):
             kind, outputs = "dict", dict(result)
         else:
-            raise Error(f"stepc.jit: {getattr(self.fn, '__name__', 'the function')} must return a "
-                        f"stepc.Value, a tuple or list of them, or a dict of them; got "
-                        f"{type(result).__name__}")
+            raise Error(f"stepc.jit: {fn_name} must return a stepc.Value, a tuple or list of them, "
+                        f"or a dict of them; got {type(result).__name__}")
         for name, value in outputs.items():
             b.output(name, value)
         graph = b.finish()
-        return compile(graph, self.backend, fusion=self.fusion), kind, list(outputs)
+        if self.optimizer is not None:
+            loss = {"value": "out0", "dict": "loss"}.get(kind)
+            if loss not in outputs:
+                raise Error(f"stepc.jit: with an optimizer, {fn_name} must return its loss: a "
+                            f"stepc.Value or a dict with a \"loss\" entry")
+            graph = graph.train_step(loss, self.optimizer, lr=self.lr)
+            if "lr" in graph.inputs and "lr" not in names:
+                raise Error("stepc.jit: the optimizer needs a learning rate: "
+                            "stepc.jit(..., optimizer=\"sgd\", lr=0.1)")
+        step = compile(graph, self.backend, fusion=self.fusion)
+        return _Traced(step, kind, names, list(outputs))
+
+    def _make_current(self, step: Step) -> None:
+        """Runs ``step`` next: the live param values move into it."""
+        if self._current is None:
+            step.set_params(self._pending)
+            self._pending = {}
+        elif self._current is not step:
+            have = self._current.graph.params
+            for name, kind in step.graph.params.items():
+                if have.get(name) == kind:
+                    step.set_params({name: self._current.param(name)})
+        self._current = step
+
+    def _traced(self, arrays: List[np.ndarray]) -> _Traced:
+        signature = _signature_key(arrays)
+        if signature not in self._steps:
+            self._steps[signature] = self._trace(arrays)
+        return self._steps[signature]
 
     def __call__(self, *args: Any) -> Any:
         arrays = [_jit_argument(a) for a in args]
-        signature = tuple((a.dtype.str, a.shape) for a in arrays)
-        if signature not in self._steps:
-            if self._last is not None:
-                print(f"stepc.jit: recompiling {getattr(self.fn, '__name__', 'the function')} for "
-                      f"{_signature_text(arrays)} (was {self._last})", file=sys.stderr)
-            self._steps[signature] = self._trace(arrays)
-        self._last = _signature_text(arrays)
-        step, kind, names = self._steps[signature]
-        out = step({name: a for name, a in zip(step.graph.inputs, arrays)})
-        if kind == "value":
+        text = _signature_text(arrays)
+        if self._last is not None and _signature_key(arrays) not in self._steps:
+            print(f"stepc.jit: recompiling {getattr(self.fn, '__name__', 'the function')} for "
+                  f"{text} (was {self._last})", file=sys.stderr)
+        traced = self._traced(arrays)
+        self._last = text
+        self._make_current(traced.step)
+        out = traced.step(dict(zip(traced.input_names, arrays)))
+        if traced.kind == "value":
             return out["out0"]
-        if kind == "tuple":
-            return tuple(out[n] for n in names)
-        return {n: out[n] for n in names}
+        if traced.kind == "tuple":
+            return tuple(out[n] for n in traced.output_names)
+        return {n: out[n] for n in traced.output_names}
 
     def graph(self, *args: Any) -> Graph:
         """The graph traced for these arguments' signature."""
-        arrays = [_jit_argument(a) for a in args]
-        signature = tuple((a.dtype.str, a.shape) for a in arrays)
-        if signature not in self._steps:
-            self._steps[signature] = self._trace(arrays)
-        return self._steps[signature][0].graph
+        return self._traced([_jit_argument(a) for a in args]).step.graph
+
+    # Params: those of the last call's signature (set_params before the first
+    # call keeps the values for it).
+
+    def _live(self, what: str) -> Step:
+        if self._current is None:
+            raise Error(f"stepc.jit: {getattr(self.fn, '__name__', 'the function')} has no "
+                        f"params to {what} before its first call has traced it")
+        return self._current
+
+    def params(self) -> Dict[str, np.ndarray]:
+        """Copies of every param's current value, by name."""
+        if self._current is None:
+            return dict(self._pending)
+        return self._current.params()
+
+    def param(self, name: str) -> np.ndarray:
+        if self._current is None and name in self._pending:
+            return self._pending[name]
+        return self._live("read").param(name)
+
+    def set_params(self, params: Optional[Mapping[str, Any]] = None, /, **named: Any) -> None:
+        given = {**(params or {}), **named}
+        if self._current is None:
+            self._pending.update({name: np.array(value) for name, value in given.items()})
+        else:
+            self._current.set_params(given)
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Writes every param to a safetensors file (atomically)."""
+        self._live("save").save(path)
+
+    def load(self, path: Union[str, os.PathLike]) -> None:
+        """Reads params saved by save(); checks every name, dtype and shape first."""
+        self._live("load").load(path)
 
 
 def jit(fn: Optional[Callable[..., Returned]] = None, *, backend: str = "cpu",
-        fusion: bool = True) -> Any:
-    """``@stepc.jit`` or ``@stepc.jit(backend="interp")``: see Jit."""
+        fusion: bool = True, optimizer: Union[str, Optimizer, None] = None,
+        lr: Optional[float] = None) -> Any:
+    """``@stepc.jit``, ``@stepc.jit(backend="interp")`` or
+    ``@stepc.jit(optimizer="sgd", lr=0.1)``: see Jit."""
     if fn is None:
-        return lambda f: Jit(f, backend, fusion)
-    return Jit(fn, backend, fusion)
+        return lambda f: Jit(f, backend, fusion, optimizer, lr)
+    return Jit(fn, backend, fusion, optimizer, lr)
 
 
 # --- The benchmark -----------------------------------------------------------------

@@ -235,6 +235,62 @@ def test_jit_traces_once_per_shape_signature(capsys):
     assert largest == 3
 
 
+def test_jit_params_carry_across_shape_signatures(capsys):
+    @stepc.jit
+    def running_total(b, x):
+        total = b.param("total", "f32", ())
+        b.update(total, total + stepc.sum(x))
+        return total
+
+    running_total.set_params(total=np.float32(1))  # before the first call: kept for it
+    for size, after in ((2, 3), (3, 6), (2, 8), (5, 13)):
+        assert running_total(np.ones(size, np.float32)) == after
+    assert running_total.traces == 3 and running_total.params()["total"] == 13
+    capsys.readouterr()
+
+
+def test_jit_train_step_keeps_weights_and_optimizer_state_across_batch_sizes(tmp_path):
+    rng = np.random.default_rng(7)
+    true_w = np.array([[1.0], [-2.0], [0.5]], np.float32)
+
+    @stepc.jit(optimizer=stepc.Optimizer("adam", lr=0.05))
+    def fit(b, x, y):
+        w = b.param("w", "f32", (3, 1))
+        return stepc.mse(x @ w, y)
+
+    losses = []
+    for batch in (32, 32, 17) * 60:  # a smaller last batch each "epoch"
+        x = rng.normal(size=(batch, 3)).astype(np.float32)
+        losses.append(float(fit(x, x @ true_w)))
+    assert fit.traces == 2
+    # One set of weights and Adam moments trained by both signatures: a
+    # reset on each switch would never get near true_w.
+    np.testing.assert_allclose(fit.param("w"), true_w, atol=0.05)
+    assert losses[-1] < 1e-2 * losses[0]
+    fit.save(tmp_path / "fit.safetensors")
+    fit.set_params(w=np.zeros((3, 1), np.float32))
+    fit.load(tmp_path / "fit.safetensors")
+    np.testing.assert_allclose(fit.param("w"), true_w, atol=0.05)
+
+
+def test_jit_errors():
+    @stepc.jit(optimizer="sgd")
+    def no_lr(b, x):
+        return stepc.sum(x * b.param("w", "f32", (2,)))
+
+    with pytest.raises(stepc.Error, match="needs a learning rate"):
+        no_lr(np.ones(2, np.float32))
+    with pytest.raises(stepc.Error, match="before its first call"):
+        no_lr.save("never.safetensors")
+
+    @stepc.jit(optimizer="sgd", lr=0.1)
+    def two(x):
+        return x * 2.0, stepc.sum(x)
+
+    with pytest.raises(stepc.Error, match="must return its loss"):
+        two(np.ones(2, np.float32))
+
+
 class DLPackOnly:
     """An array that only speaks DLPack (as a PyTorch or JAX array does)."""
 
