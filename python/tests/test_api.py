@@ -322,10 +322,28 @@ def test_torch_tensors_pass_through_dlpack():
     inputs = g.random_inputs(seed=2)
     step = stepc.compile(g, backend="cpu")
     want = step(**inputs)["probs"]
-    got = step(x=torch.from_numpy(inputs["x"]), y=torch.from_numpy(inputs["y"]))["probs"]
+    x, y = torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["y"])
+    got = step(x=x, y=y)["probs"]
     np.testing.assert_array_equal(got, want)
-    t = torch.from_dlpack(got)
-    assert t.data_ptr() == got.ctypes.data
+    # Out without a copy: outputs and params.
+    assert torch.from_dlpack(got).data_ptr() == got.ctypes.data
+    w = step.param("w")
+    assert torch.from_dlpack(w).data_ptr() == w.ctypes.data
+    # In: the DLPack view the module (and stepc.jit) reads is the tensor's memory.
+    assert np.from_dlpack(x).ctypes.data == x.data_ptr()
+    step.set_params(w=torch.zeros(w.shape))
+    assert not step.param("w").any()
+    # A non-contiguous tensor (a transpose) and the jit take torch tensors too.
+    np.testing.assert_array_equal(
+        step(x=torch.from_numpy(np.ascontiguousarray(inputs["x"].T)).T, y=y)["probs"],
+        step(x=x, y=y)["probs"])
+
+    @stepc.jit
+    def f(a, b):
+        return stepc.relu(a @ b)
+
+    a, b = torch.randn(4, 3), torch.randn(3, 2)
+    np.testing.assert_allclose(f(a, b), torch.relu(a @ b).numpy(), rtol=1e-6)
 
 
 def test_errors_carry_message_and_location(tmp_path):
