@@ -5,6 +5,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -39,12 +40,12 @@ class Error(Exception):
 
 
 Error.__module__ = "stepc"
-_stepc._set_error_class(Error)
+_stepc._set_error_class(Error)  # type: ignore[attr-defined]  # private: not in _stepc.pyi
 
 
 def _caller() -> Tuple[str, int, int]:
     """The user's line that is building a node: the first frame outside stepc."""
-    frame = sys._getframe(1)
+    frame: Optional[FrameType] = sys._getframe(1)
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
         frame = frame.f_back
     if frame is None:
@@ -258,9 +259,9 @@ def _binary(fn: Any, a: Operand, b: Operand) -> Value:
     where = _caller()
     if isinstance(a, Value) and isinstance(b, Value):
         return Value(fn(a._v, b._v, where), a._builder)
-    if isinstance(a, Value):
+    if isinstance(a, Value) and not isinstance(b, Value):
         return Value(fn(a._v, _stepc.scalar_like(a._v, float(b), where), where), a._builder)
-    if isinstance(b, Value):
+    if isinstance(b, Value) and not isinstance(a, Value):
         return Value(fn(_stepc.scalar_like(b._v, float(a), where), b._v, where), b._builder)
     raise Error(f"expected a stepc.Value operand, got {type(a).__name__} and {type(b).__name__}")
 

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -49,10 +49,11 @@ class Step:
 
     def params(self) -> Dict[str, np.ndarray]:
         """Copies of every param's current value, by name."""
-        return {name: self._step.param(name) for name in self._step.param_names()}
+        return {name: self.param(name) for name in self._step.param_names()}
 
     def param(self, name: str) -> np.ndarray:
-        return self._step.param(name)
+        # (the module's stub says object: nanobind cannot name NumPy's type)
+        return cast(np.ndarray, self._step.param(name))
 
     def set_params(self, params: Optional[Mapping[str, Any]] = None, /, **named: Any) -> None:
         """Sets the params given (by name; each must have the param's dtype and shape)."""
