@@ -36,7 +36,7 @@ void giveSourcesKernels(const Graph &graph, FusionPlan &plan) {
     needed.push_back(u.value);
   for (ValueId v : needed) {
     OpKind op = graph.node(v).op;
-    if ((op != OpKind::Constant && op != OpKind::Iota) || plan.groupOf[v] >= 0)
+    if (opInfo(op).opClass != OpClass::Constant || plan.groupOf[v] >= 0)
       continue;
     FusionGroup group;
     group.name = fmt::format("k{}_{}", plan.groups.size(), opInfo(op).name);

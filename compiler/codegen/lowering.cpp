@@ -260,7 +260,7 @@ std::string KernelEmitter::valueAt(ValueId id, const Index &idx) {
   std::string v;
   if (views_.count(id))
     v = load(id, idx);
-  else if (n.op == OpKind::Constant || n.op == OpKind::Iota || isInlinable(n.op))
+  else if (isInlinable(n.op))
     v = lowerElement(n, id, idx);
   else
     throw std::logic_error(
@@ -852,7 +852,7 @@ KernelSource KernelEmitter::emit() {
   std::vector<ValueId> roots;
   for (ValueId id : group_.nodes) {
     OpKind op = node(id).op;
-    bool source = op == OpKind::Constant || op == OpKind::Iota;
+    bool source = opInfo(op).opClass == OpClass::Constant;
     if (usedOutside_[id] || !isInlinable(op) || (matmulOperands.count(id) && !source))
       roots.push_back(id);
   }
@@ -861,8 +861,7 @@ KernelSource KernelEmitter::emit() {
   std::set<ValueId> arenaValues(group_.inputs.begin(), group_.inputs.end());
   for (ValueId id : group_.nodes)
     for (ValueId operand : node(id).operands)
-      if (!inGroup_.count(operand) && node(operand).op != OpKind::Constant &&
-          node(operand).op != OpKind::Iota)
+      if (!inGroup_.count(operand) && opInfo(node(operand).op).opClass != OpClass::Constant)
         arenaValues.insert(operand);
   for (ValueId id : roots)
     if (usedOutside_[id])
