@@ -80,7 +80,12 @@ void KernelEmitter::emitRoot(ValueId id, bool parallel) {
   case OpClass::View:
   case OpClass::Indexed: return emitElementwiseRoots({id}, parallel);
   case OpClass::Reduction:
-    return n.op == OpKind::ArgMax ? emitArgMax(id, parallel) : emitReduction(id, parallel);
+    if (n.op == OpKind::ArgMax)
+      return emitArgMax(id, parallel);
+    if (n.op == OpKind::ReduceSum || n.op == OpKind::ReduceMean || n.op == OpKind::ReduceMax ||
+        n.op == OpKind::ReduceMin)
+      return emitReduction(id, parallel);
+    break;
   case OpClass::Contraction:
     if (n.op == OpKind::MatMul)
       return emitMatMul(id, parallel);
@@ -124,8 +129,8 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
     init = isFloat(dt) ? w_.constant(INFINITY, dt)
                        : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
     break;
-  // Choosing among the reduce kinds (emitRoot sends only reduce_* here):
-  // sum and mean start at zero.
+  // Choosing among the reduce kinds, not a per-op rule (emitRoot sends
+  // only reduce_* here): sum and mean start at zero.
   default: init = w_.constant(0, dt); break;
   }
   // Map output indices to input positions; reduced axes get loop indices.
