@@ -36,7 +36,7 @@ void giveSourcesKernels(const Graph &graph, FusionPlan &plan) {
     needed.push_back(u.value);
   for (ValueId v : needed) {
     OpKind op = graph.node(v).op;
-    if ((op != OpKind::Constant && op != OpKind::Iota) || plan.groupOf[v] >= 0)
+    if (opInfo(op).opClass != OpClass::Constant || plan.groupOf[v] >= 0)
       continue;
     FusionGroup group;
     group.name = fmt::format("k{}_{}", plan.groups.size(), opInfo(op).name);
@@ -69,9 +69,62 @@ double matrixFlops(const Graph &g, ValueId v) {
     return 2 * numel(n.op == OpKind::Conv2dGradInput ? n.operands[0] : n.operands[1]) *
            static_cast<double>(w[1] * w[2] * w[3]);
   }
-  default:
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
     return 0;
   }
+  return 0;
 }
 
 std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {

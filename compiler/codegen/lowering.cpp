@@ -21,66 +21,18 @@
 namespace stepc::codegen {
 
 bool isInlinable(OpKind op) {
-  switch (op) {
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::AllReduce:
-    return false;
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::Dropout:
-    return true;
+  switch (opInfo(op).opClass) {
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Indexed: return true;
+  case OpClass::Source:
+  case OpClass::Reduction:
+  case OpClass::Contraction:
+  case OpClass::Window:
+  case OpClass::Scatter:
+  case OpClass::Collective: return false;
   }
   return false;
 }
@@ -308,7 +260,7 @@ std::string KernelEmitter::valueAt(ValueId id, const Index &idx) {
   std::string v;
   if (views_.count(id))
     v = load(id, idx);
-  else if (n.op == OpKind::Constant || n.op == OpKind::Iota || isInlinable(n.op))
+  else if (isInlinable(n.op))
     v = lowerElement(n, id, idx);
   else
     throw std::logic_error(
@@ -380,9 +332,52 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
     std::string nan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", x, x, t));
     return w_.assign(fmt::format("arith.select {}, {}, {} : {}", nan, x, s, t));
   }
-  default:
-    throw std::logic_error("unary: not a unary op");
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::MatMul:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::Conv2d:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    break;
   }
+  throw std::logic_error("unary: not a unary op");
 }
 
 // f32 sin and cos as vectorizable arithmetic. MLIR's polynomial
@@ -472,9 +467,53 @@ std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, con
   case OpKind::Le: return cmp("ole", "sle");
   case OpKind::Gt: return cmp("ogt", "sgt");
   case OpKind::Ge: return cmp("oge", "sge");
-  default:
-    throw std::logic_error("binary: not a binary op");
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::MatMul:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::Conv2d:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    break;
   }
+  throw std::logic_error("binary: not a binary op");
 }
 
 std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Index &idx) {
@@ -813,7 +852,7 @@ KernelSource KernelEmitter::emit() {
   std::vector<ValueId> roots;
   for (ValueId id : group_.nodes) {
     OpKind op = node(id).op;
-    bool source = op == OpKind::Constant || op == OpKind::Iota;
+    bool source = opInfo(op).opClass == OpClass::Constant;
     if (usedOutside_[id] || !isInlinable(op) || (matmulOperands.count(id) && !source))
       roots.push_back(id);
   }
@@ -822,8 +861,7 @@ KernelSource KernelEmitter::emit() {
   std::set<ValueId> arenaValues(group_.inputs.begin(), group_.inputs.end());
   for (ValueId id : group_.nodes)
     for (ValueId operand : node(id).operands)
-      if (!inGroup_.count(operand) && node(operand).op != OpKind::Constant &&
-          node(operand).op != OpKind::Iota)
+      if (!inGroup_.count(operand) && opInfo(node(operand).op).opClass != OpClass::Constant)
         arenaValues.insert(operand);
   for (ValueId id : roots)
     if (usedOutside_[id])
@@ -904,12 +942,6 @@ KernelSource KernelEmitter::emit() {
   return out;
 }
 
-bool isScatterForm(OpKind op) {
-  return op == OpKind::ScatterAdd || op == OpKind::Conv2dGradInput ||
-         op == OpKind::Conv2dGradWeight || op == OpKind::MaxPool2dGrad ||
-         op == OpKind::AvgPool2dGrad;
-}
-
 // See lowerGroup (lowering.h). Each nest is emitted into a function of its
 // own, with views of the arena and of the scratch made anew in each.
 KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
@@ -935,7 +967,7 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
       i = j;
     } else {
       ValueId root = roots[i];
-      if (isScatterForm(node(root).op))
+      if (opInfo(node(root).op).is(kScatterForm))
         nests.push_back([this, root] { zeroChunk(root, true); });
       nests.push_back([this, root] { emitRoot(root, true); });
       ++i;

@@ -66,24 +66,43 @@ void KernelEmitter::emitElementwiseRoots(const std::vector<ValueId> &roots, bool
   closeLoops(idx.size());
 }
 
+// A root's loop nest follows from its class and flags (ops.def). Each
+// nest emitter takes only the ops named here; anything else is an error,
+// never another op's loop (test_codegen's completeness test lowers every op).
 void KernelEmitter::emitRoot(ValueId id, bool parallel) {
-  switch (node(id).op) {
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin: return emitReduction(id, parallel);
-  case OpKind::ArgMax: return emitArgMax(id, parallel);
-  case OpKind::MatMul: return emitMatMul(id, parallel);
-  case OpKind::Conv2d: return emitConv2d(id, parallel);
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d: return emitPool(id, parallel);
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad: return emitScatterForm(id, parallel);
-  default: return emitElementwiseRoots({id}, parallel);
+  const Node &n = node(id);
+  if (opInfo(n.op).is(kScatterForm))
+    return emitScatterForm(id, parallel);
+  switch (opInfo(n.op).opClass) {
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Indexed: return emitElementwiseRoots({id}, parallel);
+  case OpClass::Reduction:
+    if (n.op == OpKind::ArgMax)
+      return emitArgMax(id, parallel);
+    if (n.op == OpKind::ReduceSum || n.op == OpKind::ReduceMean || n.op == OpKind::ReduceMax ||
+        n.op == OpKind::ReduceMin)
+      return emitReduction(id, parallel);
+    break;
+  case OpClass::Contraction:
+    if (n.op == OpKind::MatMul)
+      return emitMatMul(id, parallel);
+    if (n.op == OpKind::Conv2d)
+      return emitConv2d(id, parallel);
+    break;
+  case OpClass::Window:
+    if (n.op == OpKind::MaxPool2d || n.op == OpKind::AvgPool2d)
+      return emitPool(id, parallel);
+    break;
+  case OpClass::Scatter:    // always scatter-form (above)
+  case OpClass::Source:     // the caller's buffers
+  case OpClass::Collective: // a runtime call between kernels
+    break;
   }
+  throw std::logic_error(fmt::format("kernel {}: no loop nest for %{} ({})", group_.name, id,
+                                     opInfo(n.op).name));
 }
 
 void KernelEmitter::emitReduction(ValueId id, bool parallel) {
@@ -110,6 +129,8 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
     init = isFloat(dt) ? w_.constant(INFINITY, dt)
                        : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
     break;
+  // Choosing among the reduce kinds, not a per-op rule (emitRoot sends
+  // only reduce_* here): sum and mean start at zero.
   default: init = w_.constant(0, dt); break;
   }
   // Map output indices to input positions; reduced axes get loop indices.
@@ -405,9 +426,63 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     closeLoops(sample.size());
     return true;
   }
-  default:
-    return false;
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::MatMul:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    break;
   }
+  return false;
 }
 
 bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape) const {
@@ -456,7 +531,45 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
     break;
   case OpKind::Select:
     break;
-  default:
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Abs:
+  case OpKind::Log:
+  case OpKind::Rsqrt:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Pow:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::MatMul:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::Conv2d:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
     return false;
   }
   for (size_t k = 0; k < n.operands.size(); ++k) {
@@ -564,7 +677,45 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     case OpKind::Select:
       v = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", x(0), x(1), x(2), vec));
       break;
-    default:
+    case OpKind::Input:
+    case OpKind::Parameter:
+    case OpKind::Constant:
+    case OpKind::Iota:
+    case OpKind::Abs:
+    case OpKind::Log:
+    case OpKind::Rsqrt:
+    case OpKind::Sin:
+    case OpKind::Cos:
+    case OpKind::Sign:
+    case OpKind::Erf:
+    case OpKind::Cast:
+    case OpKind::Pow:
+    case OpKind::Eq:
+    case OpKind::Ne:
+    case OpKind::ReduceSum:
+    case OpKind::ReduceMean:
+    case OpKind::ReduceMax:
+    case OpKind::ReduceMin:
+    case OpKind::ArgMax:
+    case OpKind::MatMul:
+    case OpKind::Transpose:
+    case OpKind::Reshape:
+    case OpKind::BroadcastTo:
+    case OpKind::Slice:
+    case OpKind::Concat:
+    case OpKind::Pad:
+    case OpKind::Gather:
+    case OpKind::OneHot:
+    case OpKind::Conv2d:
+    case OpKind::MaxPool2d:
+    case OpKind::AvgPool2d:
+    case OpKind::ScatterAdd:
+    case OpKind::Conv2dGradInput:
+    case OpKind::Conv2dGradWeight:
+    case OpKind::MaxPool2dGrad:
+    case OpKind::AvgPool2dGrad:
+    case OpKind::Dropout:
+    case OpKind::AllReduce:
       throw std::logic_error(fmt::format("vectorAt: {} is not vectorizable", opInfo(n.op).name));
     }
   }
@@ -931,9 +1082,61 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     closeLoops(o.size());
     return;
   }
-  default:
-    throw std::logic_error("emitScatterForm: not a scatter-form op");
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::MatMul:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::Conv2d:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    break;
   }
+  throw std::logic_error("emitScatterForm: not a scatter-form op");
 }
 
 // Splitting a kernel's roots by their dimension 0 among threads is safe when
@@ -971,9 +1174,12 @@ bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
       const Shape &in = shapeOf(operand);
       bool sameRow = !in.empty() && in.size() == n.type.shape.size() && in[0] == n.type.shape[0];
       bool ok = false;
-      if (opInfo(n.op).is(kElementwise))
-        ok = sameRow;
-      else if (opInfo(n.op).is(kReduction)) {
+      switch (opInfo(n.op).opClass) {
+      // Dropout's mask hashes the element's index in the whole tensor, which
+      // a call over some rows computes as the whole loop would.
+      case OpClass::Elementwise:
+      case OpClass::Random: ok = sameRow; break;
+      case OpClass::Reduction: {
         bool keepsAxis0 = true;
         if (n.op == OpKind::ArgMax)
           keepsAxis0 = n.attrs.getInt("axis") != 0 && n.attrs.getInt("axis") != -static_cast<int64_t>(in.size());
@@ -981,8 +1187,17 @@ bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
           for (int64_t a : n.attrs.getInts("axes"))
             keepsAxis0 = keepsAxis0 && a != 0 && a != -static_cast<int64_t>(in.size());
         ok = keepsAxis0 && !in.empty() && !n.type.shape.empty() && in[0] == n.type.shape[0];
-      } else if (n.op == OpKind::MatMul)
-        ok = k == 0 && in.size() == 2 && sameRow;
+        break;
+      }
+      case OpClass::Contraction: ok = n.op == OpKind::MatMul && k == 0 && in.size() == 2 && sameRow; break;
+      case OpClass::Source:
+      case OpClass::Constant:
+      case OpClass::View:
+      case OpClass::Indexed:
+      case OpClass::Window:
+      case OpClass::Scatter:
+      case OpClass::Collective: break;
+      }
       if (!ok)
         return false;
     }

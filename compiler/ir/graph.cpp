@@ -10,7 +10,8 @@ namespace stepc {
 namespace {
 
 constexpr std::array<OpInfo, kNumOps> kOps = {{
-#define STEPC_OP(Enum, name, arity, flags) {OpKind::Enum, name, arity, flags},
+#define STEPC_OP(Enum, name, arity, opClass, flags)                                       \
+  {OpKind::Enum, name, arity, OpClass::opClass, flags},
 #include "stepc/ops.def"
 #undef STEPC_OP
 }};

@@ -54,6 +54,7 @@ std::vector<ValueId> keyOperands(const Node &node) {
     if (operands[1] < operands[0])
       std::swap(operands[0], operands[1]);
     break;
+  // A pattern match, not a per-op rule: other operands keep their order.
   default:
     break;
   }

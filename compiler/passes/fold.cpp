@@ -133,7 +133,8 @@ bool ConstantFolding::run(Graph &graph) {
   for (ValueId id = 0; id < graph.size(); ++id) {
     Node &node = graph.nodes[id];
     // A collective's value depends on the other processes.
-    if (opInfo(node.op).is(kSource) || node.op == OpKind::AllReduce)
+    OpClass c = opInfo(node.op).opClass;
+    if (c == OpClass::Source || c == OpClass::Constant || c == OpClass::Collective)
       continue;
     bool allConstant = true, allSplat = true;
     for (ValueId operand : node.operands) {

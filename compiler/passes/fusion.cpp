@@ -48,8 +48,8 @@ std::string_view fusionKindName(FusionKind kind) {
 
 namespace {
 
-// How fusion sees each op (one case per op, docs/design.md rule 1).
-enum class OpClass {
+// How fusion sees each class of op (ops.def).
+enum class FusionClass {
   Source,      // input, param: buffers the caller owns
   Inlined,     // constant, iota: computed by every kernel that reads them
   Elementwise, // out[i] from operands at i (after NumPy broadcasting)
@@ -59,12 +59,45 @@ enum class OpClass {
   Opaque,      // runs alone, see opaqueReason()
 };
 
-OpClass opClass(OpKind op) {
+FusionClass fusionClass(OpKind op) {
+  switch (opInfo(op).opClass) {
+  case OpClass::Source: return FusionClass::Source;
+  case OpClass::Constant: return FusionClass::Inlined;
+  case OpClass::Elementwise: return FusionClass::Elementwise;
+  // The mask is a function of (seed, the element's flat index), so dropout is
+  // elementwise for fusion: any kernel that visits the element can compute it.
+  case OpClass::Random: return FusionClass::Elementwise;
+  // Reading one costs index math, so a kernel folds views into its reads
+  // instead of materializing them; a transpose feeding a matmul becomes the
+  // matmul's operand indexing.
+  case OpClass::View: return FusionClass::View;
+  case OpClass::Reduction: return FusionClass::Reduction;
+  case OpClass::Contraction: return FusionClass::Contraction;
+  case OpClass::Indexed:
+  case OpClass::Window:
+  case OpClass::Scatter:
+  case OpClass::Collective: return FusionClass::Opaque;
+  }
+  return FusionClass::Opaque;
+}
+
+// Why an opaque op runs alone (rule "opaque").
+std::string_view opaqueReason(OpKind op) {
   switch (op) {
+  case OpKind::Gather: return "it reads rows chosen by run-time indices";
+  case OpKind::ScatterAdd:
+    return "it accumulates into rows chosen by run-time indices";
+  case OpKind::Concat: return "it reads a different operand per range of its output";
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d: return "each output reads a window of its input";
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad: return "each input element scatters into several windows";
+  case OpKind::AllReduce:
+    return "it is a collective: a runtime call between kernels, not a loop";
   case OpKind::Input:
-  case OpKind::Parameter: return OpClass::Source;
+  case OpKind::Parameter:
   case OpKind::Constant:
-  case OpKind::Iota: return OpClass::Inlined;
+  case OpKind::Iota:
   case OpKind::Neg:
   case OpKind::Abs:
   case OpKind::Exp:
@@ -93,56 +126,26 @@ OpClass opClass(OpKind op) {
   case OpKind::Le:
   case OpKind::Gt:
   case OpKind::Ge:
-  case OpKind::Select: return OpClass::Elementwise;
-  // The mask is a function of (seed, the element's flat index), so dropout is
-  // elementwise for fusion: any kernel that visits the element can compute it.
-  case OpKind::Dropout: return OpClass::Elementwise;
+  case OpKind::Select:
   case OpKind::ReduceSum:
   case OpKind::ReduceMean:
   case OpKind::ReduceMax:
   case OpKind::ReduceMin:
-  case OpKind::ArgMax: return OpClass::Reduction;
+  case OpKind::ArgMax:
   case OpKind::MatMul:
-  case OpKind::Conv2d:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight: return OpClass::Contraction;
-  // Pure index maps: out[i] = operand[f(i)] (or a fill value for pad, or a
-  // comparison with the index for one_hot). Reading one costs index math, so
-  // a kernel folds them into its reads instead of materializing them; a
-  // transpose feeding a matmul becomes the matmul's operand indexing.
   case OpKind::Transpose:
   case OpKind::Reshape:
   case OpKind::BroadcastTo:
   case OpKind::Slice:
   case OpKind::Pad:
-  case OpKind::OneHot: return OpClass::View;
-  case OpKind::Concat:
-  case OpKind::Gather:
-  case OpKind::ScatterAdd:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::AllReduce: return OpClass::Opaque;
+  case OpKind::OneHot:
+  case OpKind::Conv2d:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+  case OpKind::Dropout:
+    break; // not opaque (fusionClass)
   }
-  return OpClass::Opaque;
-}
-
-// Why an opaque op runs alone (rule "opaque").
-std::string_view opaqueReason(OpKind op) {
-  switch (op) {
-  case OpKind::Gather: return "it reads rows chosen by run-time indices";
-  case OpKind::ScatterAdd:
-    return "it accumulates into rows chosen by run-time indices";
-  case OpKind::Concat: return "it reads a different operand per range of its output";
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d: return "each output reads a window of its input";
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad: return "each input element scatters into several windows";
-  case OpKind::AllReduce:
-    return "it is a collective: a runtime call between kernels, not a loop";
-  default: return "it has no fusible form";
-  }
+  return "it has no fusible form";
 }
 
 // Where a node of a kernel lives in the kernel's iteration (fusion.h).
@@ -167,8 +170,62 @@ Layout viewLayout(OpKind op, Layout operand) {
   case OpKind::Transpose:
   case OpKind::BroadcastTo:
   case OpKind::Slice: return operand == Layout::Indexed ? operand : Layout::Strided;
-  default: return Layout::Indexed;
+  case OpKind::Pad:
+  case OpKind::OneHot: return Layout::Indexed;
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::MatMul:
+  case OpKind::Concat:
+  case OpKind::Gather:
+  case OpKind::Conv2d:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    break; // not a view (fusionClass)
   }
+  return Layout::Indexed;
 }
 
 struct FusionDecision {
@@ -237,8 +294,8 @@ public:
     for (const ParamUpdate &u : g_.updates)
       escapes_[u.value] = true;
     for (ValueId v = 0; v < n_; ++v) {
-      OpClass c = opClass(g_.node(v).op);
-      if (c == OpClass::Source || c == OpClass::Inlined)
+      FusionClass c = fusionClass(g_.node(v).op);
+      if (c == FusionClass::Source || c == FusionClass::Inlined)
         continue;
       groupOf_[v] = static_cast<int>(members_.size());
       members_.push_back({v});
@@ -298,8 +355,8 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
   bool hasContraction = false, hasReduction = false;
   for (ValueId v : nodes) {
     OpKind op = g_.node(v).op;
-    switch (opClass(op)) {
-    case OpClass::Opaque:
+    switch (fusionClass(op)) {
+    case FusionClass::Opaque:
       // Rule "opaque": gather, scatter_add, concat, pooling and pooling
       // gradients run alone; their loops are not an elementwise loop nest
       // (see opaqueReason), so nothing shares one with them.
@@ -308,7 +365,7 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
             fmt::format("{} runs alone: {}", describe(v), opaqueReason(op)));
       k.opaque = true;
       break;
-    case OpClass::Contraction:
+    case FusionClass::Contraction:
       // Rule "one contraction": a kernel is built around one matmul/conv's
       // tiling; a second one (a matmul reading another's result) would need
       // the first's whole result, so that result goes through memory.
@@ -318,12 +375,15 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
       hasContraction = true;
       contraction = v;
       break;
-    case OpClass::Reduction:
+    case FusionClass::Reduction:
       if (!hasReduction)
         firstReduction = v;
       hasReduction = true;
       break;
-    default: break;
+    case FusionClass::Source:
+    case FusionClass::Inlined:
+    case FusionClass::Elementwise:
+    case FusionClass::View: break;
     }
   }
   // Rule "no reduction after a contraction": reducing a matmul's result (a
@@ -333,7 +393,7 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
   // result; one before it would have to finish before the matmul starts.
   if (hasContraction && hasReduction) {
     for (ValueId v : nodes)
-      if (v > contraction && opClass(g_.node(v).op) == OpClass::Reduction)
+      if (v > contraction && fusionClass(g_.node(v).op) == FusionClass::Reduction)
         return FusionDecision::no(fmt::format(
             "{} reduces the result of {}: a reduction needs the matmul's whole result",
             describe(v), describe(contraction)));
@@ -363,7 +423,7 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
     // holds them all; softmax's max and sum, layer_norm's two means.
     for (ValueId v : nodes) {
       const Node &node = g_.node(v);
-      if (opClass(node.op) != OpClass::Reduction || v == firstReduction)
+      if (fusionClass(node.op) != FusionClass::Reduction || v == firstReduction)
         continue;
       const Shape &s = shape(node.operands[0]);
       if (s != k.space || reducedAxes(node, static_cast<int64_t>(s.size())) != k.axes)
@@ -426,8 +486,8 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
     const Node &node = g_.node(v);
     const Shape &s = node.type.shape;
     int64_t numel = node.type.numel();
-    switch (opClass(node.op)) {
-    case OpClass::View: {
+    switch (fusionClass(node.op)) {
+    case FusionClass::View: {
       ValueId operand = node.operands[0];
       Role r = roleOf(operand);
       if (r == Role::External || r == Role::View || r == Role::Uniform) {
@@ -450,7 +510,7 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
       }
       break;
     }
-    case OpClass::Elementwise: {
+    case FusionClass::Elementwise: {
       // Place the node by its shape, then check each in-kernel operand.
       Role mine;
       if (reduction ? s == k.space : numel == spaceNumel)
@@ -485,14 +545,14 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
       role_[v] = mine;
       break;
     }
-    case OpClass::Reduction: {
+    case FusionClass::Reduction: {
       Role r = roleOf(node.operands[0]);
       if (r == Role::Reduced || r == Role::Uniform)
         return misaligned(v, node.operands[0], "as a reduction operand");
       role_[v] = Role::Reduced;
       break;
     }
-    case OpClass::Contraction:
+    case FusionClass::Contraction:
       for (ValueId operand : node.operands) {
         Role r = roleOf(operand);
         // Rule "no prologue": a matmul/conv reads its operands tile by tile,
@@ -515,9 +575,9 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
       }
       role_[v] = Role::Full;
       break;
-    case OpClass::Opaque:
-    case OpClass::Source:
-    case OpClass::Inlined: role_[v] = Role::Full; break;
+    case FusionClass::Opaque:
+    case FusionClass::Source:
+    case FusionClass::Inlined: role_[v] = Role::Full; break;
     }
   }
 
@@ -551,7 +611,7 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
   std::set<ValueId> inputs;
   for (ValueId v : nodes)
     for (ValueId o : g_.node(v).operands)
-      if (!inside(o) && opClass(g_.node(o).op) != OpClass::Inlined)
+      if (!inside(o) && fusionClass(g_.node(o).op) != FusionClass::Inlined)
         inputs.insert(o);
   if (inputs.size() > options_.maxInputs)
     return FusionDecision::no(fmt::format("the kernel would read {} inputs (limit {})",
@@ -670,7 +730,7 @@ bool Fuser::siblingSweep() {
     return true;
   };
   for (ValueId v = 0; v < n_; ++v) {
-    if (opClass(g_.node(v).op) == OpClass::Inlined)
+    if (fusionClass(g_.node(v).op) == FusionClass::Inlined)
       continue;
     // One node per reading kernel; kernels are looked up again at each pair,
     // since earlier pairs may have merged them.
@@ -839,7 +899,7 @@ FusionPlan Fuser::finish() {
       for (ValueId o : g_.node(v).operands) {
         if (plan.groupOf[o] == static_cast<int>(pos))
           continue;
-        if (opClass(g_.node(o).op) == OpClass::Inlined)
+        if (fusionClass(g_.node(o).op) == FusionClass::Inlined)
           constants.insert(o);
         else
           inputs.insert(o);
@@ -885,7 +945,7 @@ FusionPlan Fuser::finish() {
     if (group.hero >= 0)
       addOp(static_cast<ValueId>(group.hero));
     for (ValueId v : group.nodes)
-      if (opClass(g_.node(v).op) != OpClass::View)
+      if (fusionClass(g_.node(v).op) != FusionClass::View)
         addOp(v);
     if (ops.empty())
       for (ValueId v : group.nodes)

@@ -33,8 +33,24 @@ int64_t bytesOf(const Graph &graph, ValueId v) {
   return t.numel() * static_cast<int64_t>(dtypeSize(t.dtype));
 }
 
-bool isElementwise(OpKind op) {
-  return opInfo(op).is(kElementwise) || op == OpKind::Dropout;
+// Whether the op writes element i right after reading its operands at i:
+// the only ops that may take over an operand's buffer. Dropout's mask is a
+// function of (seed, i), so it reads and writes like an elementwise op.
+bool readsAtItsOwnIndex(OpKind op) {
+  switch (opInfo(op).opClass) {
+  case OpClass::Elementwise:
+  case OpClass::Random: return true;
+  case OpClass::Source:
+  case OpClass::Constant:
+  case OpClass::View:
+  case OpClass::Indexed:
+  case OpClass::Reduction:
+  case OpClass::Contraction:
+  case OpClass::Window:
+  case OpClass::Scatter:
+  case OpClass::Collective: return false;
+  }
+  return false;
 }
 
 // Whether `group` may write `output` over `operand`'s buffer while it runs.
@@ -58,13 +74,13 @@ bool canOverwrite(const Graph &graph, const FusionPlan &plan, int group, ValueId
                   ValueId output, const std::vector<std::vector<ValueId>> &users) {
   const Node &out = graph.node(output);
   const TensorType &in = graph.type(operand);
-  if (plan.groupOf[output] != group || !isElementwise(out.op) || out.type.shape != in.shape ||
+  if (plan.groupOf[output] != group || !readsAtItsOwnIndex(out.op) || out.type.shape != in.shape ||
       dtypeSize(out.type.dtype) != dtypeSize(in.dtype))
     return false;
   const FusionGroup &kernel = plan.groups[group];
   auto inKernel = [&](ValueId v) { return plan.groupOf[v] == group; };
   auto identityRead = [&](ValueId v) {
-    return isElementwise(graph.node(v).op) && graph.type(v).shape == in.shape;
+    return readsAtItsOwnIndex(graph.node(v).op) && graph.type(v).shape == in.shape;
   };
 
   bool oneLoopNest = kernel.hero < 0;

@@ -181,6 +181,7 @@ private:
         return becomes(id, m.operands[0]);
       return true;
     }
+    // A pattern match, not a per-op rule: the ops without a peephole stay.
     default:
       return false;
     }

@@ -15,21 +15,35 @@
 
 namespace stepc {
 
+// What kind of computation an op is; one per op in ops.def, which says
+// what each means. Stages derive their treatment of an op from it.
+enum class OpClass : uint8_t {
+  Source,
+  Constant,
+  Elementwise,
+  Random,
+  View,
+  Indexed,
+  Reduction,
+  Contraction,
+  Window,
+  Scatter,
+  Collective,
+};
+
 enum OpFlags : uint32_t {
-  kSource = 1u << 0,
-  kElementwise = 1u << 1,
-  kReduction = 1u << 2,
-  kDifferentiable = 1u << 3,
+  kDifferentiable = 1u << 0,
+  kScatterForm = 1u << 1,
 };
 
 enum class OpKind : uint16_t {
-#define STEPC_OP(Enum, name, arity, flags) Enum,
+#define STEPC_OP(Enum, name, arity, opClass, flags) Enum,
 #include "stepc/ops.def"
 #undef STEPC_OP
 };
 
 inline constexpr int kNumOps = 0
-#define STEPC_OP(Enum, name, arity, flags) +1
+#define STEPC_OP(Enum, name, arity, opClass, flags) +1
 #include "stepc/ops.def"
 #undef STEPC_OP
     ;
@@ -38,6 +52,7 @@ struct OpInfo {
   OpKind kind;
   std::string_view name;
   int arity; // -1: variadic (one or more operands)
+  OpClass opClass;
   uint32_t flags;
 
   bool is(OpFlags flag) const { return (flags & flag) != 0; }

@@ -41,7 +41,7 @@ int check(const std::string &file) {
   std::map<std::string_view, int> counts;
   size_t ops = 0;
   for (const Node &n : graph.nodes)
-    if (!opInfo(n.op).is(kSource) || n.op == OpKind::Constant || n.op == OpKind::Iota) {
+    if (opInfo(n.op).opClass != OpClass::Source) {
       ++counts[opInfo(n.op).name];
       ++ops;
     }
