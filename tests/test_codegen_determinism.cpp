@@ -17,9 +17,7 @@
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cstring>
-#include <filesystem>
 #include <set>
 #include <string>
 #include <vector>
@@ -79,16 +77,6 @@ void expectSameBitsAtAnyThreadCount(const Graph &step, const TensorMap &inputs, 
   }
 }
 
-std::vector<std::string> exampleNames() {
-  std::vector<std::string> names;
-  for (const auto &entry :
-       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
-    if (entry.path().extension() == ".sg")
-      names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 class DeterminismExamples : public ::testing::TestWithParam<std::string> {};
 
 // Adam, as `stepc train` uses by default: its update divides by the
@@ -102,7 +90,7 @@ TEST_P(DeterminismExamples, TrainStepAtOneTwoThreeThreads) {
   expectSameBitsAtAnyThreadCount(step, inputs, 3);
 }
 
-INSTANTIATE_TEST_SUITE_P(, DeterminismExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, DeterminismExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 // Sizes chosen to be awkward for any split: odd row counts, rows that end
