@@ -52,7 +52,9 @@ public:
 
   // Splits [0, extent) into min(size(), extent) contiguous chunks whose
   // lengths differ by at most one, calls fn(begin, end) once per chunk, one
-  // chunk per thread, and returns when all are done. The first exception a
+  // chunk per thread, and returns when all are done. The chunks depend on
+  // the thread count, so a kernel's result must not depend on its chunk
+  // (docs/design.md, "Determinism"). The first exception a
   // chunk throws is rethrown here (after every chunk finished).
   template <class F> void parallelFor(int64_t extent, F &&fn) {
     run(extent, RangeFnRef(fn));

@@ -12,7 +12,6 @@
 
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <string>
 
 using namespace stepc;
@@ -20,16 +19,6 @@ using stepc::testing::expectMatchesInterpreter;
 using stepc::testing::freshSeed;
 
 namespace {
-
-std::vector<std::string> exampleNames() {
-  std::vector<std::string> names;
-  for (const auto &entry :
-       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
-    if (entry.path().extension() == ".sg")
-      names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 Graph loadExample(const std::string &name) {
   return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
@@ -76,7 +65,7 @@ TEST_P(CodegenExamples, TrainStepAdam) { checkTraining(GetParam(), Optimizer::ad
 
 TEST_P(CodegenExamples, TrainStepSgd) { checkTraining(GetParam(), Optimizer::sgd(), 1e-2); }
 
-INSTANTIATE_TEST_SUITE_P(, CodegenExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CodegenExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 } // namespace

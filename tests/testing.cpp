@@ -4,7 +4,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <cstdlib>
 #include <cstdio>
 #include <random>
@@ -59,6 +61,15 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low,
 
 std::string sourcePath(const std::string &relative) {
   return std::string(STEPC_TESTING_SOURCE_DIR) + "/" + relative;
+}
+
+std::vector<std::string> exampleNames() {
+  std::vector<std::string> names;
+  for (const auto &entry : std::filesystem::directory_iterator(sourcePath("examples")))
+    if (entry.path().extension() == ".sg")
+      names.push_back(entry.path().stem().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 CommandResult stepcCommand(const std::string &arguments) {

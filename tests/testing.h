@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace stepc::testing {
 
@@ -27,6 +28,9 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
                                     double rtol, double atol = 0);
 
 std::string sourcePath(const std::string &relative); // under the repo root
+
+// The models in examples/ by name ("cnn", "mlp", ...), sorted.
+std::vector<std::string> exampleNames();
 
 // `stepc ARGUMENTS` as a user runs it, the tool being $STEPC_BIN (set by
 // tests/CMakeLists.txt): its exit status (-1 when it did not exit) and its

@@ -1145,6 +1145,11 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
 // call's rows never need another call's. Elementwise ops over operands of
 // the same rank and dimension 0, reductions that keep axis 0, and a matmul's
 // left operand read row by row; anything else reads across rows.
+// It is also why results do not depend on the thread count (docs/design.md,
+// "Determinism"): a call computes whole output elements, each in the order
+// the kernel fixes, and no partial sums are combined across calls. A split
+// of a reduction (over dimension 0, a scatter along axis 0, a matmul's K)
+// would have to use fixed-size chunks combined in chunk order to keep that.
 bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
   const Shape &first = shapeOf(roots.front());
   // No dimension 0, or an empty one: nothing to split (and a parallel extent

@@ -198,15 +198,8 @@ Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGf
 // The compiled graph's figures: compile and cache-hit times, ms/step fused
 // and unfused, peak arena, and with --per-kernel the kernel tables.
 Json benchGraph(const BenchOptions &options, double peakGflops) {
-  Graph graph = parseGraphFile(options.file);
   TensorMap params;
-  loadModelParams(options.file, options.params, graph, params);
-  if (!options.optimizer.empty()) {
-    Optimizer opt;
-    opt.kind = parseOptimizerKind(options.optimizer);
-    opt.lr = 1e-3;
-    graph = stepc::trainStep(graph, options.loss, opt);
-  }
+  Graph graph = benchedGraph(options, params);
   TensorMap inputs = randomInputs(graph, options.seed);
   RunOptions run{.threads = options.threads};
   CompileOptions fusedOptions{.fusion = true}, unfusedOptions{.fusion = false};
@@ -361,6 +354,18 @@ Json benchGelu(int64_t n, const BenchOptions &options, const perf::MachinePeak &
 
 } // namespace
 
+Graph benchedGraph(const BenchOptions &options, TensorMap &params) {
+  Graph graph = parseGraphFile(options.file);
+  loadModelParams(options.file, options.params, graph, params);
+  if (!options.optimizer.empty()) {
+    Optimizer opt;
+    opt.kind = parseOptimizerKind(options.optimizer);
+    opt.lr = 1e-3;
+    graph = stepc::trainStep(graph, options.loss, opt);
+  }
+  return graph;
+}
+
 int bench(const BenchOptions &options) {
   if (options.backend != "cpu")
     throw Error(fmt::format("bench: backend '{}' is not available; the only backend bench "
@@ -372,6 +377,19 @@ int bench(const BenchOptions &options) {
     throw Error(fmt::format("bench: --steps must be at least 1 and --warmup at least 0 (got "
                             "{} and {})",
                             options.steps, options.warmup));
+  if (options.threads < 0)
+    throw Error(fmt::format("bench: --threads must be 0 (all cores) or more, got {}",
+                            options.threads));
+  if (options.checkDeterminism) {
+    // A check, not a measurement: it times nothing, so the timing options
+    // would silently do nothing.
+    if (options.file.empty())
+      throw Error("bench: --check-determinism needs a graph file (FILE.sg)");
+    if (options.perKernel || options.compareUnfused || options.gelu > 0 || !options.json.empty())
+      throw Error("bench: --check-determinism runs alone; drop --per-kernel, --compare-unfused, "
+                  "--gelu and --json");
+    return checkDeterminism(options);
+  }
 
   if (!options.json.empty()) {
     // Fail before the minutes of measuring, not after.

@@ -67,3 +67,19 @@ KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
 nlohmann::json toJson(const KernelComparison &row);
 
 } // namespace stepc::cli::perf
+
+namespace stepc::cli {
+
+struct BenchOptions;
+
+// The graph `stepc bench` runs: FILE.sg, or with --train-step its training
+// step, and the params loadModelParams finds for it.
+Graph benchedGraph(const BenchOptions &options, TensorMap &params);
+
+// `stepc bench --check-determinism` (bench_determinism.cpp): the step at 1,
+// 2 and all cores' threads (and --threads N), twice at the most; prints a
+// hash of the outputs and of the updated params per run and a verdict.
+// Returns 1 if any run's bits differ from the first's.
+int checkDeterminism(const BenchOptions &options);
+
+} // namespace stepc::cli

@@ -24,6 +24,7 @@ struct RunCommandOptions {
   std::string saveOutputs;         // directory, optional
   std::string params;              // safetensors file or folder of NAME.npy, optional
   bool checkNumerics = false;      // stop at the first kernel producing NaN/Inf
+  int threads = 0;                 // --backend cpu: threads per kernel, 0: all cores
   std::string trace;               // Chrome trace JSON of the kernels, optional
 };
 // `stepc run FILE.sg ...`
@@ -192,11 +193,15 @@ struct BenchOptions {
   // perKernel: the fused-vs-unfused A/B per fusion group (implies
   // compareUnfused); verbose also lists each group's unfused kernels.
   bool perKernel = false, compareUnfused = false, verbose = false;
+  // Instead of timing: the step at several thread counts, compared bit for
+  // bit (checkDeterminism in bench.h).
+  bool checkDeterminism = false;
   double peakGflops = 0; // fp32 FMA peak for percentages; 0: measured now
   int64_t gelu = 0;      // > 0: also the tanh GELU over this many floats
 };
 // `stepc bench FILE.sg [--train-step adam] [--compare-unfused] [--per-kernel]
-//   [--json OUT.json] [--gelu [N]]` (tools/stepc/bench*.cpp)
+//   [--json OUT.json] [--gelu [N]] [--threads N] [--check-determinism]`
+//   (tools/stepc/bench*.cpp)
 int bench(const BenchOptions &options);
 
 } // namespace stepc::cli

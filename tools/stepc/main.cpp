@@ -139,6 +139,10 @@ int main(int argc, char **argv) {
   run->add_option("--input", runOptions.inputs, "NAME=FILE.npy (repeatable)");
   run->add_flag("--check-numerics", runOptions.checkNumerics,
                "after each kernel, stop at the first NaN/Inf and name its ops");
+  run->add_option("--threads", runOptions.threads,
+                  "with --backend cpu: threads that split each kernel (0: all cores); the "
+                  "results are the same bits at any count")
+      ->capture_default_str();
   run->add_option("--trace", runOptions.trace, "write a Chrome trace (JSON) of the kernels");
   run->add_option("--params", runOptions.params,
                   "params from a safetensors file (e.g. a checkpoint) or a folder of NAME.npy "
@@ -296,6 +300,10 @@ int main(int argc, char **argv) {
                   "(time, bytes, largest output difference)");
   bench->add_flag("--compare-unfused,--compare-fusion", benchOptions.compareUnfused,
                   "also run one op per kernel, alternating steps");
+  bench->add_flag("--check-determinism", benchOptions.checkDeterminism,
+                  "instead of timing: run --steps steps at 1, 2 and all cores' threads (twice "
+                  "at the most), print a hash of the outputs and updated params per run; exit "
+                  "1 if any differ");
   bench->add_flag("--verbose", benchOptions.verbose,
                   "with --per-kernel: list each fused kernel's unfused kernels");
   bench->add_option("--params", benchOptions.params,

@@ -49,6 +49,12 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
 int run(const RunCommandOptions &options) {
   if (options.backend != "interp" && options.backend != "cpu" && options.backend != "cuda")
     throw Error(fmt::format("unknown backend '{}'; available: interp, cpu, cuda", options.backend));
+  if (options.threads < 0)
+    throw Error(fmt::format("--threads must be 0 (all cores) or more, got {}", options.threads));
+  if (options.threads != 0 && options.backend != "cpu")
+    throw Error(fmt::format("--threads splits the kernels of --backend cpu; backend '{}' does "
+                            "not take it",
+                            options.backend));
   // Before loading and compiling anything: is there a GPU to run on?
   if (options.backend == "cuda")
     if (std::string why = cudaUnavailableReason(); !why.empty())
@@ -91,6 +97,7 @@ int run(const RunCommandOptions &options) {
   RunOptions runOptions;
   runOptions.checkNumerics = options.checkNumerics;
   runOptions.profile = !options.trace.empty();
+  runOptions.threads = options.threads;
   // Both compiled backends share the Executable interface.
   auto runCompiled = [&](auto executable) {
     for (auto &[name, value] : params)

@@ -32,17 +32,23 @@ Graph withBatch(const Graph &model, int64_t from, int64_t to);
 Tensor gatherRows(const Tensor &rows, const std::vector<int64_t> &order, int64_t first,
                   int64_t count);
 
-// A hash of every param's bytes (an Executable or a CudaExecutable): every
-// rank's params must agree after training.
-template <class Compiled> uint64_t paramsHash(const Compiled &executable) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (const std::string &name : executable.paramNames()) {
-    Tensor t = executable.param(name);
-    for (size_t i = 0; i < t.nbytes(); ++i) {
-      h ^= static_cast<uint64_t>(t.bytes()[i]);
-      h *= 0x100000001b3ull;
-    }
+// FNV-1a, 64 bits, over tensors' bytes: start from kBytesHashStart and mix
+// in each tensor in turn. Equal hashes mean equal bits (in practice).
+constexpr uint64_t kBytesHashStart = 0xcbf29ce484222325ull;
+inline void mixBytes(uint64_t &h, const Tensor &t) {
+  for (size_t i = 0; i < t.nbytes(); ++i) {
+    h ^= static_cast<uint64_t>(t.bytes()[i]);
+    h *= 0x100000001b3ull;
   }
+}
+
+// A hash of every param's bytes (an Executable or a CudaExecutable): every
+// rank's params must agree after training; `stepc bench
+// --check-determinism` compares it across thread counts.
+template <class Compiled> uint64_t paramsHash(const Compiled &executable) {
+  uint64_t h = kBytesHashStart;
+  for (const std::string &name : executable.paramNames())
+    mixBytes(h, executable.param(name));
   return h;
 }
 
