@@ -620,6 +620,10 @@ TensorType inferType(OpKind op, const Attrs &attrs, std::span<const TensorType> 
   try {
     AttrReader reader(attrs);
     TensorType type = inferUnchecked(op, reader, operands);
+    // remat=1 marks a copy the rematerialization pass made (remat.cpp): the
+    // same value as its original, kept apart from it by CSE and fusion.
+    if (reader.has("remat") && !opInfo(op).is(kSource))
+      reader.flag("remat");
     reader.finish();
     // Every result has a representable element count, whatever its rule
     // (broadcasts, matmul, concat and the gradient ops' sizes can grow it).
