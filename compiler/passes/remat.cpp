@@ -21,8 +21,9 @@
 //    when the planned peak is within the budget, or when nothing helps: the
 //    budget cannot be met and the error names the smallest peak reached.
 //
-// Copies carry remat=1: CSE sees a different node (it would otherwise merge
-// the copy back into the original), and fusion keeps a copy out of kernels
+// Copies carry remat=N, N numbering the recomputations: CSE sees different
+// nodes (it would otherwise merge a copy back into its original, or into the
+// copy made for other users), and fusion keeps a copy out of kernels
 // holding earlier ordinary nodes (fusion.cpp, rule "recomputation runs late"),
 // so the copy runs next to its users, not in the forward pass.
 #include "graph_passes.h"
@@ -193,9 +194,11 @@ Liveness analyze(const Graph &graph, bool fusion) {
       l.last[v] = std::max(l.last[v], l.escapes[v] ? end : g);
     }
   }
+  // Outputs and params' new values are left out: they live to the end of
+  // the step whatever is recomputed (a new value mostly over its param).
   std::vector<int64_t> live(static_cast<size_t>(end) + 1, 0);
   for (ValueId v = 0; v < n; ++v)
-    if (l.buffer[v])
+    if (l.buffer[v] && !l.escapes[v])
       for (int k = l.def[v]; k <= std::min(l.last[v], end - 1); ++k)
         live[k] += bytesOf(graph, v);
   for (int k = 0; k < end; ++k) {
@@ -280,9 +283,9 @@ std::optional<Candidate> candidateFor(const Graph &graph, const Liveness &l, Val
   return c;
 }
 
-// Inserts the candidate's copies (remat=1) just before its first late user
-// and points the late users at the copy of the value.
-void apply(Graph &graph, const Candidate &c) {
+// Inserts the candidate's copies (remat=mark) just before its first late
+// user and points the late users at the copy of the value.
+void apply(Graph &graph, const Candidate &c, int64_t mark) {
   ValueId place = *std::min_element(c.lateUsers.begin(), c.lateUsers.end());
   ValueId shift = static_cast<ValueId>(c.copies.size());
   auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
@@ -294,7 +297,7 @@ void apply(Graph &graph, const Candidate &c) {
       for (ValueId x : c.copies) {
         Node copy = graph.node(x);
         copy.name.clear();
-        copy.attrs.set("remat", int64_t(1));
+        copy.attrs.set("remat", mark);
         for (ValueId &o : copy.operands)
           o = copyOf[o] != std::numeric_limits<ValueId>::max() ? copyOf[o] : o;
         copyOf[x] = static_cast<ValueId>(nodes.size());
@@ -391,6 +394,10 @@ bool Rematerialization::run(Graph &graph) {
   report_ = {};
   report_.unbudgetedPeak = report_.peak = current.arena;
   report_.budget = budget_.boundFor(current.arena);
+  int64_t nextMark = 1; // past the copies of an earlier run
+  for (const Node &node : graph.nodes)
+    if (node.attrs.has("remat"))
+      nextMark = std::max(nextMark, node.attrs.getInt("remat") + 1);
   for (int step = 0; step < kMaxSteps && current.arena > report_.budget; ++step) {
     std::vector<Candidate> candidates;
     for (ValueId v = 0; v < graph.size(); ++v)
@@ -404,12 +411,13 @@ bool Rematerialization::run(Graph &graph) {
     bool improved = false;
     for (size_t i = 0; i < candidates.size() && i < kTriesPerStep && !improved; ++i) {
       Graph trial = graph;
-      apply(trial, candidates[i]);
+      apply(trial, candidates[i], nextMark);
       Liveness next = analyze(trial, fusion_);
       if (next.key() < current.key()) {
         graph = std::move(trial);
         current = std::move(next);
         report_.values += 1;
+        ++nextMark;
         report_.nodes += static_cast<int>(candidates[i].copies.size());
         improved = true;
       }

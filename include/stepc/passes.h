@@ -83,8 +83,8 @@ struct RematReport {
 // Rematerialization: in a training step, a value the forward pass computes
 // and the backward pass reads again is recomputed next to its late users
 // instead of being kept, until the planned peak (fusion as in `fusion`, then
-// planBuffers) is within the budget. Copies carry remat=1, so CSE and fusion
-// keep them apart from their originals. Throws stepc::Error naming the
+// planBuffers) is within the budget. Copies carry remat=N (the Nth value
+// recomputed), so CSE and fusion keep them apart from their originals. Throws stepc::Error naming the
 // smallest peak it can reach when the budget cannot be met. Runs after the
 // default pipeline (CSE would merge the copies back otherwise; the marker
 // keeps a second pipeline from doing so).
