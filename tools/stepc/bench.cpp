@@ -389,6 +389,7 @@ int bench(const BenchOptions &options) {
                             "{} and {})",
                             options.steps, options.warmup));
 
+  memoryBudgetOption(options.memoryBudget); // a bad budget fails before measuring
   if (!options.json.empty()) {
     // Fail before the minutes of measuring, not after.
     std::filesystem::path dir = std::filesystem::path(options.json).parent_path();
