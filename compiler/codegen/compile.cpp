@@ -152,6 +152,12 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
       pm.add(name);
     pm.run(out.graph);
   }
+  // After the pipeline: CSE would merge the copies back into the originals.
+  if (options.memoryBudget.given()) {
+    Rematerialization remat(options.memoryBudget, options.fusion);
+    remat.run(out.graph);
+    out.remat = remat.report();
+  }
   const Graph &g = out.graph;
   FusionOptions fusion;
   fusion.enabled = options.fusion;

@@ -71,6 +71,9 @@ std::string keyText(const Graph &graph, const CompileOptions &options) {
   std::string text = fmt::format("{}\nfingerprint {}\nllvm {}\ntarget {}\nfusion {} passes {}\n",
                                  kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING,
                                  hostTarget(), options.fusion, options.passes);
+  if (options.memoryBudget.given())
+    text += fmt::format("memory budget {} bytes {}%\n", options.memoryBudget.bytes,
+                        options.memoryBudget.percent);
   text += printGraph(graph);
   // The printed graph has no locations, but the kernels' provenance (and so
   // every --check-numerics report) names them.

@@ -350,6 +350,23 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
     mark_[v] = stamp_;
   auto inside = [&](ValueId v) { return mark_[v] == stamp_; };
 
+  // Rule "recomputation runs late": a copy made by rematerialization (remat=N,
+  // compiler/passes/remat.cpp) may join its users' kernels, never one with an
+  // ordinary node placed before it (the original, its producers, a sibling in
+  // the forward pass): the kernel would run early and the value would be kept
+  // alive again. Kernels run in the order of their first node.
+  auto isCopy = [&](ValueId v) {
+    const Attrs &attrs = g_.node(v).attrs;
+    return attrs.has("remat");
+  };
+  if (!nodes.empty() && !isCopy(nodes.front()))
+    for (ValueId v : nodes)
+      if (isCopy(v))
+        return FusionDecision::no(fmt::format(
+            "{} is recomputed for later users (remat) and {} comes before it: the copy "
+            "would run early and keep its value alive",
+            describe(v), describe(nodes.front())));
+
   KernelShape k;
   ValueId contraction = 0, firstReduction = 0;
   bool hasContraction = false, hasReduction = false;

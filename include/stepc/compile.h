@@ -6,6 +6,7 @@
 #include "stepc/cuda.h"
 #include "stepc/executable.h"
 #include "stepc/fusion.h"
+#include "stepc/passes.h"
 
 #include <memory>
 #include <string>
@@ -30,6 +31,10 @@ struct CompileOptions {
   // compileJit is for the CPU only.
   Target target = Target::Cpu;
   std::string gpuArch = "sm_90";
+  // Bound on the planned peak: rematerialization (compiler/passes/remat.cpp)
+  // runs after the passes until the plan fits, or the compile fails with
+  // stepc::Error naming the smallest peak it reaches (--memory-budget).
+  MemoryBudget memoryBudget;
 };
 
 // One kernel of a compiled graph, before its code is loaded.
@@ -42,6 +47,7 @@ struct KernelInfo {
 // A graph taken down to an MLIR module of kernels.
 struct LoweredGraph {
   Graph graph; // after the passes
+  RematReport remat; // with a memory budget: what rematerialization did
   FusionPlan plan;
   BufferPlan buffers;
   std::string mlirModule; // Target::Cuda: one gpu.module of gpu.funcs

@@ -53,6 +53,57 @@ private:
 // The default pipelines: the pass names in order.
 std::vector<std::string> defaultPipeline(bool trainingStep);
 
+// --- Memory budget: rematerialization (compiler/passes/remat.cpp) ----------
+// A bound on the planned peak (BufferPlan::arenaBytes): bytes, or a
+// percentage of the peak the graph plans without rematerialization.
+struct MemoryBudget {
+  int64_t bytes = 0;  // > 0: at most this many bytes
+  double percent = 0; // > 0: at most this percentage (0 < p <= 100)
+  bool given() const { return bytes > 0 || percent > 0; }
+  // The bound in bytes for a graph whose unbudgeted planned peak is `peak`.
+  int64_t boundFor(int64_t peak) const;
+};
+// "1000000", "64MB", "1.5GiB", "512KiB", "75%" (B, KB, MB, GB are powers of
+// 1000; KiB, MiB, GiB of 1024; case does not matter). Throws stepc::Error
+// saying what is expected for anything else: a negative or zero size, a
+// percentage outside (0, 100], a word that is no size.
+MemoryBudget parseMemoryBudget(std::string_view text);
+// "1.20 MB (1200000 bytes)"
+std::string bytesString(int64_t bytes);
+
+// What rematerialization did: the planned peaks before and after, and what
+// it recomputes.
+struct RematReport {
+  int64_t unbudgetedPeak = 0, budget = 0, peak = 0;
+  int values = 0; // values recomputed for their late users
+  int nodes = 0;  // nodes added (a value's copy and the copies it needs)
+  std::string summary() const; // one line for stderr
+};
+
+// Rematerialization: in a training step, a value the forward pass computes
+// and the backward pass reads again is recomputed next to its late users
+// instead of being kept, until the planned peak (fusion as in `fusion`, then
+// planBuffers) is within the budget. Copies carry remat=N (the Nth value
+// recomputed), so CSE and fusion keep them apart from their originals. Throws stepc::Error naming the
+// smallest peak it can reach when the budget cannot be met. Runs after the
+// default pipeline (CSE would merge the copies back otherwise; the marker
+// keeps a second pipeline from doing so).
+class Rematerialization final : public Pass {
+public:
+  Rematerialization(MemoryBudget budget, bool fusion) : budget_(budget), fusion_(fusion) {}
+  std::string_view name() const override { return "remat"; }
+  bool run(Graph &graph) override;
+  const RematReport &report() const { return report_; }
+
+private:
+  MemoryBudget budget_;
+  bool fusion_;
+  RematReport report_;
+};
+
+// The planned peak of `graph` as compiled: planBuffers over planFusion.
+int64_t plannedPeak(const Graph &graph, bool fusion);
+
 // Graph surgery shared by the passes (compiler/passes/rewrite.cpp).
 // Points every use of `from` (operands, outputs, updates) at `to`; `to` must
 // precede every user of `from`.

@@ -448,10 +448,13 @@ void bindGraph(nb::module_ &m) {
 class Step {
 public:
   Step(const Graph &graph, const std::string &backend, bool fusion, int threads,
-       bool checkNumerics, bool profile)
+       bool checkNumerics, bool profile, const std::string &memoryBudget)
       : backend_(backend) {
     CompileOptions options;
     options.fusion = fusion;
+    options.memoryBudget = cli::memoryBudgetOption(memoryBudget);
+    if (backend == "interp" && options.memoryBudget.given())
+      throw Error("compile: memory_budget needs a compiled backend (cpu or cuda)");
     RunOptions run;
     run.threads = threads;
     run.checkNumerics = checkNumerics;
@@ -594,8 +597,10 @@ private:
 
 void bindStep(nb::module_ &m) {
   nb::class_<Step>(m, "Step")
-      .def(nb::init<const Graph &, const std::string &, bool, int, bool, bool>(), "graph"_a,
-           "backend"_a, "fusion"_a, "threads"_a, "check_numerics"_a, "profile"_a)
+      .def(nb::init<const Graph &, const std::string &, bool, int, bool, bool,
+                    const std::string &>(),
+           "graph"_a, "backend"_a, "fusion"_a, "threads"_a, "check_numerics"_a, "profile"_a,
+           "memory_budget"_a)
       .def("__call__", &Step::call, "inputs"_a)
       .def("param_names", &Step::paramNames)
       .def("param", &Step::param, "name"_a)

@@ -87,13 +87,19 @@ class Step:
 
 
 def compile(graph: Graph, backend: str = "cpu", *, fusion: bool = True, threads: int = 0,
-            check_numerics: bool = False, profile: bool = False) -> Step:
+            check_numerics: bool = False, profile: bool = False,
+            memory_budget: Union[str, int, None] = None) -> Step:
     """Compiles ``graph`` for ``backend``: "interp" (the reference
-    interpreter), "cpu" (native code, through the JIT cache) or "cuda"."""
+    interpreter), "cpu" (native code, through the JIT cache) or "cuda".
+    ``memory_budget`` bounds the planned peak, as ``--memory-budget``: bytes
+    (an int, or "64MB", "1.5GiB") or "75%" of the unbudgeted peak;
+    activations are recomputed to fit (docs/memory-budget.md)."""
     if not isinstance(graph, Graph):
         raise Error(f"compile: expected a stepc.Graph, got {type(graph).__name__}")
+    budget = "" if memory_budget is None else str(memory_budget)
     step = Step(graph, backend,
-                _stepc.Step(graph._g, backend, fusion, threads, check_numerics, profile))
+                _stepc.Step(graph._g, backend, fusion, threads, check_numerics, profile,
+                            budget))
     if graph.param_values:
         step.set_params(graph.param_values)
     return step

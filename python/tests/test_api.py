@@ -27,6 +27,18 @@ def test_readme_example_runs_verbatim(tmp_path):
     assert f(x, w) == pytest.approx(np.maximum(x @ w, 0).sum())
 
 
+def test_memory_budget_keeps_the_results():
+    g = stepc.load("examples/cnn.sg").train_step(loss="loss", optimizer="sgd", lr=0.1)
+    inputs = g.random_inputs(seed=3)
+    expected = stepc.compile(g)(**inputs)["loss"]
+    budgeted = stepc.compile(g, memory_budget="2.1MB")(**inputs)["loss"]
+    assert budgeted == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(stepc.Error, match="cannot be met: the smallest planned peak"):
+        stepc.compile(g, memory_budget=1000)
+    with pytest.raises(stepc.Error, match="--memory-budget '150%'"):
+        stepc.compile(g, memory_budget="150%")
+
+
 def test_params_set_save_load(tmp_path):
     g = stepc.load("examples/xor.sg")
     step = stepc.compile(g.train_step(loss="loss", optimizer="sgd", lr=0.1), backend="cpu")

@@ -202,7 +202,12 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
   Graph graph = benchedGraph(options, params);
   TensorMap inputs = randomInputs(graph, options.seed);
   RunOptions run{.threads = options.threads};
-  CompileOptions fusedOptions{.fusion = true}, unfusedOptions{.fusion = false};
+  MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
+  CompileOptions fusedOptions{.fusion = true, .memoryBudget = budget},
+      unfusedOptions{.fusion = false, .memoryBudget = budget};
+  // The planned peak (what a budget bounds), before the minutes of timing: a
+  // budget that cannot be met fails here.
+  LoweredGraph planned = lowerGraph(graph, fusedOptions);
 
   // A compile, a hit in this process' memory, and a hit on disk (what a
   // second process finds), each checked against the cache's own counters.
@@ -268,6 +273,13 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
              unfused ? fmt::format(", {} bytes unfused ({})", unfused->spec().arenaBytes,
                                    megabytes(unfused->spec().arenaBytes))
                      : "");
+  fmt::print("planned peak: {}{}\n", bytesString(planned.buffers.arenaBytes),
+             budget.given() ? fmt::format(" with memory budget {} (unbudgeted {}; {} values "
+                                          "recomputed)",
+                                          bytesString(planned.remat.budget),
+                                          bytesString(planned.remat.unbudgetedPeak),
+                                          planned.remat.values)
+                            : "");
   double fusedMedian = median(fusedMs);
   fmt::print("fused:   median step {:.3f} ms over {} steps\n", fusedMedian, options.steps);
   std::optional<double> unfusedMedian;
@@ -293,6 +305,10 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
       {"unfused_ms_per_step", optionalJson(unfusedMedian)},
       {"speedup", unfusedMedian ? Json(*unfusedMedian / fusedMedian) : Json()},
       {"peak_bytes", fused->spec().arenaBytes},
+      {"planned_peak_bytes", planned.buffers.arenaBytes},
+      {"memory_budget_bytes", budget.given() ? Json(planned.remat.budget) : Json()},
+      {"unbudgeted_peak_bytes",
+       budget.given() ? Json(planned.remat.unbudgetedPeak) : Json(planned.buffers.arenaBytes)},
       {"unfused_peak_bytes", unfused ? Json(unfused->spec().arenaBytes) : Json()},
       {"kernels_fused", fused->spec().kernels.size()},
       {"kernels_unfused", unfused ? Json(unfused->spec().kernels.size()) : Json()},
@@ -391,6 +407,7 @@ int bench(const BenchOptions &options) {
     return checkDeterminism(options);
   }
 
+  memoryBudgetOption(options.memoryBudget); // a bad budget fails before measuring
   if (!options.json.empty()) {
     // Fail before the minutes of measuring, not after.
     std::filesystem::path dir = std::filesystem::path(options.json).parent_path();

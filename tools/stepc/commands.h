@@ -2,6 +2,7 @@
 #pragma once
 
 #include "stepc/interpreter.h"
+#include "stepc/passes.h"
 #include "stepc/onnx.h"
 #include "stepc/train.h"
 
@@ -26,9 +27,15 @@ struct RunCommandOptions {
   bool checkNumerics = false;      // stop at the first kernel producing NaN/Inf
   int threads = 0;                 // --backend cpu: threads per kernel, 0: all cores
   std::string trace;               // Chrome trace JSON of the kernels, optional
+  std::string memoryBudget;        // --memory-budget BYTES|N%, compiled backends
 };
 // `stepc run FILE.sg ...`
 int run(const RunCommandOptions &options);
+
+// --memory-budget's text as a budget; empty: none. Throws stepc::Error.
+inline MemoryBudget memoryBudgetOption(const std::string &text) {
+  return text.empty() ? MemoryBudget{} : parseMemoryBudget(text);
+}
 
 // `stepc print FILE.sg`: the canonical text of a graph.
 int print(const std::string &file);
@@ -74,6 +81,7 @@ struct TrainCliOptions {
   std::string backend = "cpu"; // cpu or cuda
   std::string gpuArch = "sm_90";
   uint64_t seed = 0;
+  std::string memoryBudget; // --memory-budget BYTES|N% for the compiled step
 };
 // `stepc train FILE.sg --loss NAME --data NAME=FILE.npy ... --batch N --epochs E`
 // (tools/stepc/train.cpp)
@@ -131,6 +139,8 @@ struct OptOptions {
   // --svg write files; --no-fusion plans one kernel per op.
   bool fusionReport = false, noFusion = false, whyNotFused = false;
   std::string dot, svg;
+  // --memory-budget BYTES|N%: rematerialization after the passes.
+  std::string memoryBudget;
 };
 // `stepc opt FILE.sg [--passes a,b,c] [--print-after-all] [--stats] [-o OUT.sg]
 //   [--fusion-report] [--why-not-fused] [--no-fusion] [--dot OUT.dot] [--svg OUT.svg]`
@@ -198,6 +208,7 @@ struct BenchOptions {
   bool checkDeterminism = false;
   double peakGflops = 0; // fp32 FMA peak for percentages; 0: measured now
   int64_t gelu = 0;      // > 0: also the tanh GELU over this many floats
+  std::string memoryBudget; // --memory-budget BYTES|N% for the compiled graph
 };
 // `stepc bench FILE.sg [--train-step adam] [--compare-unfused] [--per-kernel]
 //   [--json OUT.json] [--gelu [N]] [--threads N] [--check-determinism]`
@@ -215,6 +226,7 @@ struct CompileCliOptions {
   std::string gpuArch = "sm_90"; // --target cuda
   std::string params;            // see loadModelParams
   bool noFusion = false;
+  std::string memoryBudget; // --memory-budget BYTES|N%
 };
 // `stepc compile FILE.sg --target cpu|cuda -o DIR [--no-fusion] [--name NAME]
 //   [--gpu-arch sm_90]`

@@ -30,6 +30,7 @@ int compile(const CompileCliOptions &options) {
   compileOptions.fusion = !options.noFusion;
   compileOptions.target = cuda ? Target::Cuda : Target::Cpu;
   compileOptions.gpuArch = options.gpuArch;
+  compileOptions.memoryBudget = memoryBudgetOption(options.memoryBudget);
   if (!options.dump.empty())
     fmt::print("{}", dumpKernelIR(graph, compileOptions, options.kernel, options.dump));
   if (options.output.empty())

@@ -116,6 +116,13 @@ void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &option
   command->add_option("--min-lr", options.minLr, "cosine eta_min")->capture_default_str();
 }
 
+// --memory-budget, for every command that compiles a graph.
+void addMemoryBudgetOption(CLI::App *command, std::string &budget) {
+  command->add_option("--memory-budget", budget,
+                      "bound the planned peak: BYTES (64MB, 1.5GiB) or N% of the unbudgeted "
+                      "peak; activations are recomputed (rematerialization) to fit");
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -149,6 +156,7 @@ int main(int argc, char **argv) {
                   "(default: MODEL.safetensors beside MODEL.sg when present)");
   run->add_option("--save-outputs", runOptions.saveOutputs,
                   "write each output to DIR/NAME.npy");
+  addMemoryBudgetOption(run, runOptions.memoryBudget);
 
   stepc::cli::GradOptions gradOptions;
   auto *grad = app.add_subcommand("grad", "Print the gradient graph of a loss");
@@ -194,6 +202,7 @@ int main(int argc, char **argv) {
   train->add_option("--seed", trainOptions.seed, "shuffles each epoch by (seed, epoch)")
       ->capture_default_str();
   addOptimizerOptions(train, trainOptions.step);
+  addMemoryBudgetOption(train, trainOptions.memoryBudget);
 
   stepc::cli::GradcheckCliOptions checkOptions;
   auto *gradcheck = app.add_subcommand(
@@ -259,6 +268,7 @@ int main(int argc, char **argv) {
                 "list each fusion the rules refused, with the rule");
   opt->add_option("--dot", optOptions.dot, "write the kernels as a Graphviz graph here");
   opt->add_option("--svg", optOptions.svg, "render the kernels to SVG here (needs Graphviz)");
+  addMemoryBudgetOption(opt, optOptions.memoryBudget);
 
   stepc::cli::ImportOnnxOptions importOptions;
   auto *importOnnx = app.add_subcommand(
@@ -317,6 +327,7 @@ int main(int argc, char **argv) {
       ->default_str("4194304");
   bench->add_option("--peak-gflops", benchOptions.peakGflops,
                     "fp32 peak for the % of peak (default: measured in the run)");
+  addMemoryBudgetOption(bench, benchOptions.memoryBudget);
 
   stepc::cli::CompileCliOptions compileOptions;
   auto *compile = app.add_subcommand(
@@ -339,6 +350,7 @@ int main(int argc, char **argv) {
                       "print the IR at a stage: mlir, llvm-dialect, llvm, llvm-opt; with "
                       "--target cuda: mlir, nvvm, ptx");
   compile->add_option("--kernel", compileOptions.kernel, "with --dump: only this kernel");
+  addMemoryBudgetOption(compile, compileOptions.memoryBudget);
 
   // CLI11's own exit codes (104-109) would break the rule that every user
   // error exits 1, so its parse errors are reported here.

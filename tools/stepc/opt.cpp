@@ -69,7 +69,8 @@ PassManager passManager(const std::vector<std::string> &pipeline) {
 // of its own through the passes (a name no value has), which afterwards
 // becomes its number in `parsed`. Only for showing fusion: such names are no
 // identifiers.
-Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pipeline) {
+Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pipeline,
+                                const MemoryBudget &budget, bool fusion) {
   std::string prefix = "stepc_printed_";
   auto prefixTaken = [&] {
     for (const Node &node : graph.nodes)
@@ -84,6 +85,8 @@ Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pip
       graph.nodes[id].name = prefix + std::to_string(id);
   graph.reindexNames();
   passManager(pipeline).run(graph);
+  if (budget.given())
+    Rematerialization(budget, fusion).run(graph);
   for (Node &node : graph.nodes)
     if (node.name.starts_with(prefix))
       node.name = node.name.substr(prefix.size());
@@ -114,6 +117,7 @@ void showFusion(const Graph &graph, const OptOptions &options) {
 } // namespace
 
 int opt(const OptOptions &options) {
+  MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
   Graph graph = parseGraphFile(options.file);
   const Graph parsed = graph;
 
@@ -137,13 +141,20 @@ int opt(const OptOptions &options) {
 
   size_t nodesBefore = graph.size();
   std::vector<PassStats> stats = manager.run(graph);
+  // After the pipeline: CSE would merge the copies back into the originals.
+  // Its error (a budget that cannot be met) needs no "pass failed" prefix.
+  if (budget.given()) {
+    Rematerialization remat(budget, !options.noFusion);
+    remat.run(graph);
+    fmt::print(stderr, "{}\n", remat.report().summary());
+  }
 
   // Fusion and memory planning run on the optimized graph, its values named
   // as `stepc print FILE` names them. The report and the refusals take
   // stdout's place of the graph.
   bool fusionOnStdout = options.fusionReport || options.whyNotFused;
   if (fusionOnStdout || !options.dot.empty() || !options.svg.empty())
-    showFusion(optimizedWithPrintedNames(parsed, pipeline), options);
+    showFusion(optimizedWithPrintedNames(parsed, pipeline, budget, !options.noFusion), options);
 
   std::string text = printGraph(graph);
   if (options.output.empty()) {

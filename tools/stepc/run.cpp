@@ -55,6 +55,7 @@ int run(const RunCommandOptions &options) {
     throw Error(fmt::format("--threads splits the kernels of --backend cpu; backend '{}' does "
                             "not take it",
                             options.backend));
+  MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
   // Before loading and compiling anything: is there a GPU to run on?
   if (options.backend == "cuda")
     if (std::string why = cudaUnavailableReason(); !why.empty())
@@ -111,12 +112,15 @@ int run(const RunCommandOptions &options) {
     }
   };
   if (options.backend == "cpu") {
-    runCompiled(compileJit(graph, {}, runOptions));
+    runCompiled(compileJit(graph, {.memoryBudget = budget}, runOptions));
   } else if (options.backend == "cuda") {
-    runCompiled(compileCuda(graph, CompileOptions{.gpuArch = options.gpuArch}, runOptions));
+    runCompiled(compileCuda(
+        graph, CompileOptions{.gpuArch = options.gpuArch, .memoryBudget = budget}, runOptions));
   } else {
     if (options.checkNumerics || !options.trace.empty())
       throw Error("--check-numerics and --trace need a compiled backend (--backend cpu)");
+    if (budget.given())
+      throw Error("--memory-budget needs a compiled backend (--backend cpu or cuda)");
     outputs = interpret(graph, inputs, params);
   }
 

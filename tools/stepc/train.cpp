@@ -414,6 +414,7 @@ int train(const TrainCliOptions &options) {
   if (options.backend != "cpu" && options.backend != "cuda")
     throw Error(
         fmt::format("unknown backend '{}'; stepc train runs on: cpu, cuda", options.backend));
+  MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
   if (options.backend == "cuda") {
     if (options.step.dataParallel)
       throw Error("--data-parallel trains on --backend cpu");
@@ -469,10 +470,11 @@ int train(const TrainCliOptions &options) {
     if (options.backend == "cuda")
       return trainWith<CudaExecutable>(
           options, comm, job, [&](const Graph &g, const RunOptions &run) {
-            return compileCuda(g, CompileOptions{.gpuArch = options.gpuArch}, run);
+            return compileCuda(
+                g, CompileOptions{.gpuArch = options.gpuArch, .memoryBudget = budget}, run);
           });
     return trainWith<Executable>(options, comm, job, [&](const Graph &g, const RunOptions &run) {
-      return compileJit(g, {}, run);
+      return compileJit(g, {.memoryBudget = budget}, run);
     });
   });
 }

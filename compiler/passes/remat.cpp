@@ -1,0 +1,437 @@
+// Rematerialization under a memory budget: trading recomputation for memory.
+//
+// In a training step the forward pass computes activations that the backward
+// pass reads again much later; all of them are alive at once where the
+// backward pass starts, which is usually the step's planned peak. Instead of
+// keeping such a value, the pass copies the nodes that compute it next to its
+// late users (the copy's own operands are params, inputs or values alive there
+// anyway), so the original dies after its last early user.
+//
+// Choosing what to recompute (greedy, as Chen et al.'s "Training deep nets
+// with sublinear memory cost" and XLA's HloRematerialization do it by hand):
+// 1. Plan the graph as it will be compiled (planFusion, planBuffers) and find
+//    the kernel where the most kernel-written bytes are alive: the peak.
+// 2. Candidates are values alive across the peak, not read by the peak kernel,
+//    with users after it. Each gets a copy set (the value, plus the producers
+//    that are not alive at its first late user) and a score: bytes freed at
+//    the peak (less the bytes of operands whose life the copy would extend
+//    across it) per operation recomputed.
+// 3. Apply the best-scoring candidate, re-plan, keep it when the plan got
+//    smaller (peak arena, then the peak's live bytes), else try the next. Stop
+//    when the planned peak is within the budget, or when nothing helps: the
+//    budget cannot be met and the error names the smallest peak reached.
+//
+// Copies carry remat=N, N numbering the recomputations: CSE sees different
+// nodes (it would otherwise merge a copy back into its original, or into the
+// copy made for other users), and fusion keeps a copy out of kernels
+// holding earlier ordinary nodes (fusion.cpp, rule "recomputation runs late"),
+// so the copy runs next to its users, not in the forward pass.
+#include "graph_passes.h"
+#include "rewrite.h"
+
+#include "stepc/fusion.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <set>
+#include <tuple>
+
+namespace stepc {
+namespace {
+
+int64_t bytesOf(const Graph &graph, ValueId v) {
+  const TensorType &t = graph.type(v);
+  return t.numel() * static_cast<int64_t>(dtypeSize(t.dtype));
+}
+
+// Values every kernel can use without a buffer of the step's own: the graph's
+// interface (alive the whole step) and what kernels compute inline.
+bool isFree(OpKind op) {
+  return op == OpKind::Input || op == OpKind::Parameter || op == OpKind::Constant ||
+         op == OpKind::Iota;
+}
+
+// Operations to recompute one node: the cost model's price. At least one per
+// result element (a view still writes its copy when it is materialized), the
+// multiply-adds of a contraction, a window per element for pooling. Never for
+// all_reduce: a collective talks to the other processes and runs once.
+// One case per op (docs/design.md rule 1).
+std::optional<double> recomputeCost(const Graph &graph, ValueId v) {
+  const Node &n = graph.node(v);
+  double elements = static_cast<double>(n.type.numel());
+  auto operandElements = [&](size_t i) {
+    return static_cast<double>(graph.type(n.operands[i]).numel());
+  };
+  auto window = [&] {
+    const std::vector<int64_t> &k = n.attrs.getInts("kernel");
+    return static_cast<double>(k[0] * k[1]);
+  };
+  switch (n.op) {
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota: return 0;
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot: return elements;
+  // Counter-based: the mask is a function of (seed, element index), so a copy
+  // draws exactly the original's mask and recomputing it is safe.
+  case OpKind::Dropout: return elements;
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax: return operandElements(0);
+  case OpKind::MatMul:
+    return 2 * elements * static_cast<double>(graph.type(n.operands[0]).shape.back());
+  case OpKind::Conv2d: {
+    const Shape &w = graph.type(n.operands[1]).shape;
+    return 2 * elements * static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  case OpKind::Conv2dGradInput: {
+    const Shape &w = graph.type(n.operands[1]).shape;
+    return 2 * operandElements(0) * static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  case OpKind::Conv2dGradWeight: {
+    const Shape &w = n.type.shape;
+    return 2 * operandElements(1) * static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  case OpKind::ScatterAdd: return operandElements(1);
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d: return elements * window();
+  case OpKind::MaxPool2dGrad: return operandElements(1) * window();
+  case OpKind::AvgPool2dGrad: return operandElements(0) * window();
+  case OpKind::AllReduce: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+// The compiled plan of a graph, seen as kernel-written buffers and when each
+// is alive (kernel indices), as planBuffers sees them before in-place reuse.
+struct Liveness {
+  FusionPlan fusion;
+  int64_t arena = 0;
+  std::vector<bool> buffer; // written by a kernel and read by another (or the caller)
+  std::vector<bool> escapes; // a graph output or a param's new value
+  std::vector<int> def, last;
+  std::vector<std::vector<ValueId>> users;
+  int peakKernel = 0;
+  int64_t peakLive = 0, kernelsAtPeak = 0, liveSum = 0;
+
+  // The plan's measure of size, smaller is better: the arena first; among
+  // plans with the same arena, the bytes alive at the peak, then how many
+  // kernels reach it, then the bytes alive summed over all kernels.
+  std::tuple<int64_t, int64_t, int64_t, int64_t> key() const {
+    return {arena, peakLive, kernelsAtPeak, liveSum};
+  }
+};
+
+Liveness analyze(const Graph &graph, bool fusion) {
+  Liveness l;
+  l.fusion = planFusion(graph, {.enabled = fusion});
+  l.arena = planBuffers(graph, l.fusion).arenaBytes;
+  size_t n = graph.size();
+  int end = static_cast<int>(l.fusion.groups.size());
+  l.buffer.assign(n, false);
+  l.escapes.assign(n, false);
+  l.def.assign(n, end);
+  l.last.assign(n, -1);
+  l.users.assign(n, {});
+  for (ValueId v = 0; v < n; ++v)
+    for (ValueId o : graph.node(v).operands)
+      if (l.users[o].empty() || l.users[o].back() != v)
+        l.users[o].push_back(v);
+  for (const GraphOutput &o : graph.outputs)
+    l.escapes[o.value] = true;
+  for (const ParamUpdate &u : graph.updates)
+    l.escapes[u.value] = true;
+  for (int g = 0; g < end; ++g) {
+    for (ValueId v : l.fusion.groups[g].inputs)
+      l.last[v] = std::max(l.last[v], g);
+    for (ValueId v : l.fusion.groups[g].outputs) {
+      l.buffer[v] = true;
+      l.def[v] = g;
+      l.last[v] = std::max(l.last[v], l.escapes[v] ? end : g);
+    }
+  }
+  // Outputs and params' new values are left out: they live to the end of
+  // the step whatever is recomputed (a new value mostly over its param).
+  std::vector<int64_t> live(static_cast<size_t>(end) + 1, 0);
+  for (ValueId v = 0; v < n; ++v)
+    if (l.buffer[v] && !l.escapes[v])
+      for (int k = l.def[v]; k <= std::min(l.last[v], end - 1); ++k)
+        live[k] += bytesOf(graph, v);
+  for (int k = 0; k < end; ++k) {
+    l.liveSum += live[k];
+    if (live[k] > l.peakLive) {
+      l.peakLive = live[k];
+      l.peakKernel = k;
+      l.kernelsAtPeak = 0;
+    }
+    if (live[k] == l.peakLive)
+      ++l.kernelsAtPeak;
+  }
+  return l;
+}
+
+// A value to recompute for its users after the peak, and what that takes.
+struct Candidate {
+  ValueId value;
+  std::vector<ValueId> copies; // ascending: the value and the producers it needs
+  std::vector<ValueId> lateUsers;
+  int64_t saved = 0; // bytes fewer alive at the peak
+  double cost = 0;   // operations recomputed
+};
+
+// Bound on one candidate's copy set: recomputing long chains costs more
+// than it saves and makes the step hard to read.
+constexpr size_t kMaxCopies = 8;
+
+std::optional<Candidate> candidateFor(const Graph &graph, const Liveness &l, ValueId v) {
+  const Node &node = graph.node(v);
+  int p = l.peakKernel;
+  if (!l.buffer[v] || l.escapes[v] || isFree(node.op) || l.def[v] >= p || l.last[v] <= p ||
+      !recomputeCost(graph, v))
+    return std::nullopt;
+  Candidate c{v, {}, {}};
+  int firstLate = std::numeric_limits<int>::max();
+  for (ValueId u : l.users[v]) {
+    int k = l.fusion.groupOf[u];
+    if (k == p)
+      return std::nullopt; // the peak kernel itself reads it
+    if (k > p) {
+      c.lateUsers.push_back(u);
+      firstLate = std::min(firstLate, k);
+    }
+  }
+  if (c.lateUsers.empty())
+    return std::nullopt;
+
+  // The copy set, from the value back to what is available at its first
+  // late user: a free value, or a buffer alive there anyway.
+  std::set<ValueId> copies{v}, extended;
+  std::vector<ValueId> stack{v};
+  while (!stack.empty()) {
+    ValueId x = stack.back();
+    stack.pop_back();
+    for (ValueId o : graph.node(x).operands) {
+      if (isFree(graph.node(o).op) || copies.count(o) || extended.count(o))
+        continue;
+      if (l.buffer[o] && l.last[o] >= firstLate)
+        continue; // alive at the late users anyway
+      // A buffer alive at the peak costs nothing more there when it lives on;
+      // one dead by then, or a value only inside a kernel, is recomputed.
+      bool aliveAtPeak = l.buffer[o] && l.last[o] >= p;
+      if (aliveAtPeak || (l.buffer[o] && !recomputeCost(graph, o))) {
+        extended.insert(o);
+        if (!aliveAtPeak)
+          c.saved -= bytesOf(graph, o);
+        continue;
+      }
+      if (!recomputeCost(graph, o) || copies.size() == kMaxCopies)
+        return std::nullopt;
+      copies.insert(o);
+      stack.push_back(o);
+    }
+  }
+  c.saved += bytesOf(graph, v);
+  if (c.saved <= 0)
+    return std::nullopt;
+  c.copies.assign(copies.begin(), copies.end());
+  for (ValueId x : c.copies)
+    c.cost += *recomputeCost(graph, x);
+  return c;
+}
+
+// Inserts the candidate's copies (remat=mark) just before its first late
+// user and points the late users at the copy of the value.
+void apply(Graph &graph, const Candidate &c, int64_t mark) {
+  ValueId place = *std::min_element(c.lateUsers.begin(), c.lateUsers.end());
+  ValueId shift = static_cast<ValueId>(c.copies.size());
+  auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
+  std::vector<ValueId> copyOf(graph.size(), std::numeric_limits<ValueId>::max());
+  std::vector<Node> nodes;
+  nodes.reserve(graph.size() + shift);
+  for (ValueId id = 0; id < graph.size(); ++id) {
+    if (id == place) {
+      for (ValueId x : c.copies) {
+        Node copy = graph.node(x);
+        copy.name.clear();
+        copy.attrs.set("remat", mark);
+        for (ValueId &o : copy.operands)
+          o = copyOf[o] != std::numeric_limits<ValueId>::max() ? copyOf[o] : o;
+        copyOf[x] = static_cast<ValueId>(nodes.size());
+        nodes.push_back(std::move(copy));
+      }
+    }
+    Node node = graph.node(id);
+    bool late = std::find(c.lateUsers.begin(), c.lateUsers.end(), id) != c.lateUsers.end();
+    for (ValueId &o : node.operands)
+      o = late && o == c.value ? copyOf[c.value] : moved(o);
+    nodes.push_back(std::move(node));
+  }
+  graph.nodes = std::move(nodes);
+  for (GraphOutput &o : graph.outputs)
+    o.value = moved(o.value);
+  for (ParamUpdate &u : graph.updates) {
+    u.param = moved(u.param);
+    u.value = moved(u.value);
+  }
+  graph.reindexNames();
+  // A value that only the backward pass read is now computed there alone.
+  passes::eraseIfUnused(graph, {c.value});
+}
+
+// Bound on the greedy loop: plans tried per step, and steps.
+constexpr size_t kTriesPerStep = 12;
+constexpr int kMaxSteps = 400;
+
+} // namespace
+
+int64_t MemoryBudget::boundFor(int64_t peak) const {
+  if (bytes > 0)
+    return bytes;
+  return static_cast<int64_t>(std::floor(static_cast<double>(peak) * percent / 100));
+}
+
+MemoryBudget parseMemoryBudget(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return Error(fmt::format("--memory-budget '{}': {}; expected a size in bytes (1000000, "
+                             "64MB, 1.5GiB) or a percentage of the unbudgeted peak (75%)",
+                             text, why));
+  };
+  std::string s(text);
+  s.erase(std::remove_if(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); }),
+          s.end());
+  double number = 0;
+  auto [rest, ec] = std::from_chars(s.data(), s.data() + s.size(), number);
+  if (ec == std::errc::result_out_of_range || (ec == std::errc() && !std::isfinite(number)))
+    throw bad("out of range");
+  if (ec != std::errc())
+    throw bad("not a number");
+  std::string unit(rest, static_cast<const char *>(s.data() + s.size()));
+  for (char &ch : unit)
+    ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (unit == "%") {
+    if (number <= 0 || number > 100)
+      throw bad("a percentage must be above 0 and at most 100");
+    return {.percent = number};
+  }
+  static const std::pair<std::string_view, double> kUnits[] = {
+      {"", 1},         {"b", 1},           {"kb", 1e3},         {"mb", 1e6},
+      {"gb", 1e9},     {"kib", 1024.0},    {"mib", 1048576.0},  {"gib", 1073741824.0},
+  };
+  for (const auto &[name, scale] : kUnits) {
+    if (unit != name)
+      continue;
+    double bytes = number * scale;
+    if (bytes < 1)
+      throw bad("a size must be at least 1 byte");
+    if (bytes > 9e18)
+      throw bad("out of range");
+    return {.bytes = static_cast<int64_t>(bytes)};
+  }
+  throw bad(fmt::format("unknown unit '{}' (B, KB, MB, GB, KiB, MiB, GiB or %)", unit));
+}
+
+std::string bytesString(int64_t bytes) {
+  return fmt::format("{:.2f} MB ({} bytes)", static_cast<double>(bytes) / 1e6, bytes);
+}
+
+std::string RematReport::summary() const {
+  return fmt::format("memory budget {}: planned peak {} -> {}, {} value{} recomputed ({} "
+                     "node{} added)",
+                     bytesString(budget), bytesString(unbudgetedPeak), bytesString(peak),
+                     values, values == 1 ? "" : "s", nodes, nodes == 1 ? "" : "s");
+}
+
+int64_t plannedPeak(const Graph &graph, bool fusion) {
+  return planBuffers(graph, planFusion(graph, {.enabled = fusion})).arenaBytes;
+}
+
+bool Rematerialization::run(Graph &graph) {
+  Liveness current = analyze(graph, fusion_);
+  report_ = {};
+  report_.unbudgetedPeak = report_.peak = current.arena;
+  report_.budget = budget_.boundFor(current.arena);
+  int64_t nextMark = 1; // past the copies of an earlier run
+  for (const Node &node : graph.nodes)
+    if (node.attrs.has("remat"))
+      nextMark = std::max(nextMark, node.attrs.getInt("remat") + 1);
+  for (int step = 0; step < kMaxSteps && current.arena > report_.budget; ++step) {
+    std::vector<Candidate> candidates;
+    for (ValueId v = 0; v < graph.size(); ++v)
+      if (std::optional<Candidate> c = candidateFor(graph, current, v))
+        candidates.push_back(std::move(*c));
+    // Most bytes saved per operation first; ties: more bytes, then program order.
+    std::stable_sort(candidates.begin(), candidates.end(), [](const auto &a, const auto &b) {
+      double sa = double(a.saved) / (a.cost + 1), sb = double(b.saved) / (b.cost + 1);
+      return sa != sb ? sa > sb : a.saved > b.saved;
+    });
+    bool improved = false;
+    for (size_t i = 0; i < candidates.size() && i < kTriesPerStep && !improved; ++i) {
+      Graph trial = graph;
+      apply(trial, candidates[i], nextMark);
+      Liveness next = analyze(trial, fusion_);
+      if (next.key() < current.key()) {
+        graph = std::move(trial);
+        current = std::move(next);
+        report_.values += 1;
+        ++nextMark;
+        report_.nodes += static_cast<int>(candidates[i].copies.size());
+        improved = true;
+      }
+    }
+    if (!improved)
+      break;
+  }
+  report_.peak = current.arena;
+  if (current.arena > report_.budget)
+    throw Error(fmt::format("memory budget {} cannot be met: the smallest planned peak with "
+                            "rematerialization is {} (unbudgeted {})",
+                            bytesString(report_.budget), bytesString(current.arena),
+                            bytesString(report_.unbudgetedPeak)));
+  return report_.values > 0;
+}
+
+} // namespace stepc

@@ -1,0 +1,262 @@
+// Rematerialization under a memory budget (compiler/passes/remat.cpp): the
+// budget's syntax, the pass against the interpreter (the rule for every pass),
+// the planned peak within the budget, copies that CSE and fusion keep apart,
+// compiled results equal to the unbudgeted ones, the error for a budget that
+// cannot be met, and the CLI's --memory-budget.
+#include "stepc/builder.h"
+#include "stepc/compile.h"
+#include "stepc/passes.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include "testing.h"
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+using namespace stepc;
+using stepc::testing::allClose;
+using ::testing::HasSubstr;
+
+namespace {
+
+// A training step whose peak is mostly activations: eight gated layers of
+// width 16 over a batch of 256 (small weights, big activations), one of them
+// with dropout, so that 75% and 50% of its peak can be met.
+Graph deepStep() {
+  GraphBuilder b("deep");
+  Value x = b.input("x", DType::F32, {256, 16});
+  Value seed = b.input("seed", DType::I64, {});
+  Value target = b.input("t", DType::F32, {256, 16});
+  Value h = x;
+  for (int i = 1; i <= 8; ++i) {
+    Value w = b.param("w" + std::to_string(i), DType::F32, {16, 16}, Init::xavierUniform(i));
+    Value z = matmul(h, w);
+    h = tanh(z) * sigmoid(z);
+    if (i == 2)
+      h = dropout(h, seed, 0.25);
+  }
+  b.output("loss", mean(square(h - target)));
+  Graph step = trainStep(b.finish(), "loss", Optimizer::sgd());
+  PassManager pipeline;
+  for (const std::string &name : defaultPipeline(true))
+    pipeline.add(name);
+  pipeline.run(step);
+  return step;
+}
+
+TensorMap inputsFor(const Graph &graph) {
+  TensorMap inputs = randomInputs(graph, 7);
+  inputs["lr"] = Tensor::scalar(DType::F32, 0.1);
+  return inputs;
+}
+
+// Outputs and updated params of one interpreted step.
+TensorMap interpreted(const Graph &graph) {
+  TensorMap params = initialParams(graph);
+  TensorMap results = interpretStep(graph, inputsFor(graph), params);
+  for (auto &[name, value] : params)
+    results["param " + name] = value;
+  return results;
+}
+
+int copiesIn(const Graph &graph) {
+  int copies = 0;
+  for (const Node &node : graph.nodes)
+    copies += node.attrs.has("remat");
+  return copies;
+}
+
+TEST(MemoryBudget, Parses) {
+  EXPECT_EQ(parseMemoryBudget("1000000").bytes, 1000000);
+  EXPECT_EQ(parseMemoryBudget("64MB").bytes, 64000000);
+  EXPECT_EQ(parseMemoryBudget("1.5GiB").bytes, 1610612736);
+  EXPECT_EQ(parseMemoryBudget("512kib").bytes, 524288);
+  EXPECT_EQ(parseMemoryBudget("2 KB").bytes, 2000);
+  EXPECT_EQ(parseMemoryBudget("75%").percent, 75);
+  EXPECT_EQ(parseMemoryBudget("75%").boundFor(1000), 750);
+  EXPECT_EQ(parseMemoryBudget("100%").boundFor(1000), 1000);
+}
+
+TEST(MemoryBudget, BadBudgetsSayWhatIsExpected) {
+  for (const char *text : {"-5", "abc", "0%", "150%", "0", "", "12parsecs", "%", "1e400"}) {
+    SCOPED_TRACE(text);
+    try {
+      parseMemoryBudget(text);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error &e) {
+      EXPECT_THAT(e.what(), HasSubstr(fmt::format("--memory-budget '{}'", text)));
+      EXPECT_THAT(e.what(), HasSubstr("expected a size in bytes"));
+    }
+  }
+}
+
+TEST(Remat, MeetsTheBudgetAndKeepsTheResults) {
+  Graph step = deepStep();
+  TensorMap expected = interpreted(step);
+  int64_t unbudgeted = plannedPeak(step, true);
+  for (double percent : {75.0, 50.0}) {
+    for (bool fusion : {true, false}) {
+      SCOPED_TRACE(fmt::format("{}% fusion {}", percent, fusion));
+      Graph after = step;
+      Rematerialization remat({.percent = percent}, fusion);
+      EXPECT_TRUE(remat.run(after));
+      const RematReport &r = remat.report();
+      EXPECT_EQ(r.unbudgetedPeak, plannedPeak(step, fusion));
+      EXPECT_EQ(r.peak, plannedPeak(after, fusion));
+      EXPECT_LE(r.peak, r.budget);
+      EXPECT_EQ(r.budget, static_cast<int64_t>(r.unbudgetedPeak * percent / 100));
+      EXPECT_GT(r.values, 0);
+      EXPECT_EQ(copiesIn(after), r.nodes);
+      verify(after);
+      // The interpreter runs the copies as it ran the originals (dropout's
+      // mask included): the same results, bit for bit.
+      TensorMap got = interpreted(after);
+      for (const auto &[name, value] : expected)
+        EXPECT_TRUE(allClose(got.at(name), value, 0, 0)) << name;
+      // Through the text format and the default pipeline again, CSE keeps the
+      // copies (remat=N) apart from the originals and from each other: the
+      // peak stays put.
+      Graph again = parseGraph(printGraph(after), "after.sg");
+      PassManager pipeline;
+      for (const std::string &name : defaultPipeline(true))
+        pipeline.add(name);
+      pipeline.run(again);
+      EXPECT_EQ(copiesIn(again), copiesIn(after));
+      EXPECT_LE(plannedPeak(again, fusion), r.budget);
+    }
+  }
+  EXPECT_GT(unbudgeted, 0);
+}
+
+TEST(Remat, TheMarkIsAPositiveNumber) {
+  std::string text = "graph g {\n  input %x : f32[4]\n  %y = relu(%x) {remat=MARK}\n"
+                     "  output y = %y\n}\n";
+  auto withMark = [&](const std::string &mark) {
+    std::string t = text;
+    return parseGraph(t.replace(t.find("MARK"), 4, mark), "mark.sg");
+  };
+  EXPECT_NO_THROW(withMark("3"));
+  EXPECT_THROW(
+      {
+        try {
+          withMark("0");
+        } catch (const Error &e) {
+          EXPECT_THAT(e.what(), HasSubstr("attribute 'remat' must be at least 1, got 0"));
+          throw;
+        }
+      },
+      Error);
+}
+
+TEST(Remat, ABudgetAlreadyMetChangesNothing) {
+  Graph step = deepStep();
+  Graph after = step;
+  Rematerialization remat({.percent = 100}, true);
+  EXPECT_FALSE(remat.run(after));
+  EXPECT_EQ(printGraph(after), printGraph(step));
+  EXPECT_EQ(remat.report().peak, remat.report().unbudgetedPeak);
+}
+
+TEST(Remat, FusionRunsCopiesNextToTheirUsers) {
+  // With fusion on, a copy never joins a kernel holding earlier ordinary
+  // nodes, so its value is not kept alive from the forward pass again.
+  Graph step = deepStep();
+  Rematerialization({.percent = 50}, true).run(step);
+  FusionPlan plan = planFusion(step);
+  for (const FusionGroup &group : plan.groups) {
+    bool copy = false;
+    for (ValueId v : group.nodes) {
+      copy = copy || step.node(v).attrs.has("remat");
+      if (copy)
+        continue;
+      for (ValueId w : group.nodes)
+        EXPECT_FALSE(step.node(w).attrs.has("remat") && w > v) << group.name;
+    }
+  }
+}
+
+TEST(Remat, ImpossibleBudgetNamesTheSmallestPeak) {
+  Graph step = deepStep();
+  Graph after = step;
+  try {
+    Rematerialization({.bytes = 1000}, true).run(after);
+    FAIL() << "a 1000-byte budget was met";
+  } catch (const Error &e) {
+    std::string unbudgeted = bytesString(plannedPeak(step, true));
+    EXPECT_THAT(e.what(), HasSubstr("memory budget 0.00 MB (1000 bytes) cannot be met: the "
+                                    "smallest planned peak with rematerialization is "));
+    EXPECT_THAT(e.what(), HasSubstr("(unbudgeted " + unbudgeted + ")"));
+  }
+}
+
+TEST(Remat, CompiledResultsEqualTheUnbudgetedOnes) {
+  Graph step = deepStep();
+  TensorMap inputs = inputsFor(step);
+  auto stepWith = [&](MemoryBudget budget) {
+    auto exe = compileJit(step, {.cache = false, .memoryBudget = budget});
+    std::map<std::string, Tensor> outputs = exe->step(inputs);
+    TensorMap results(outputs.begin(), outputs.end());
+    for (std::string name : {"w1", "w5", "w8"})
+      results["param " + name] = exe->param(name);
+    return std::make_pair(std::move(results), exe->spec().arenaBytes);
+  };
+  auto [expected, unbudgetedArena] = stepWith({});
+  for (double percent : {75.0, 50.0}) {
+    SCOPED_TRACE(percent);
+    auto [got, arena] = stepWith({.percent = percent});
+    EXPECT_LT(arena, unbudgetedArena);
+    LoweredGraph lowered = lowerGraph(step, {.memoryBudget = {.percent = percent}});
+    EXPECT_LE(lowered.buffers.arenaBytes, lowered.remat.budget);
+    for (const auto &[name, value] : expected)
+      EXPECT_TRUE(allClose(got.at(name), value, 1e-5, 1e-6)) << name;
+  }
+}
+
+// --- The command line -----------------------------------------------------------
+
+std::string writeDeepStep() {
+  std::string path = ::testing::TempDir() + "remat_deep_step.sg";
+  std::ofstream(path) << printGraph(deepStep());
+  return path;
+}
+
+TEST(RematCli, BadBudgetsExitOne) {
+  std::string file = writeDeepStep();
+  for (const char *command : {"opt", "compile", "bench"}) {
+    for (const char *budget : {"-5", "abc", "0%", "150%"}) {
+      SCOPED_TRACE(fmt::format("{} {}", command, budget));
+      std::string extra = std::string(command) == "compile" ? " --dump mlir" : " --steps 1";
+      if (std::string(command) == "opt")
+        extra = "";
+      stepc::testing::CommandResult r = stepc::testing::stepcCommand(
+          fmt::format("{} {} --memory-budget={}{}", command, file, budget, extra));
+      EXPECT_EQ(r.status, 1) << r.output;
+      EXPECT_THAT(r.output, HasSubstr(fmt::format("--memory-budget '{}'", budget)));
+    }
+  }
+}
+
+TEST(RematCli, OptMeetsTheBudgetOrSaysWhatItCanMeet) {
+  std::string file = writeDeepStep();
+  stepc::testing::CommandResult ok = stepc::testing::stepcCommand("opt " + file + " --memory-budget 50%");
+  EXPECT_EQ(ok.status, 0) << ok.output;
+  EXPECT_THAT(ok.output, HasSubstr("remat=1"));
+  EXPECT_THAT(ok.output, HasSubstr("values recomputed"));
+  stepc::testing::CommandResult report =
+      stepc::testing::stepcCommand("opt " + file + " --memory-budget 50% --fusion-report");
+  EXPECT_EQ(report.status, 0) << report.output;
+  stepc::testing::CommandResult bad = stepc::testing::stepcCommand("opt " + file + " --memory-budget 1KB");
+  EXPECT_EQ(bad.status, 1) << bad.output;
+  EXPECT_THAT(bad.output, HasSubstr("memory budget 0.00 MB (1000 bytes) cannot be met: the "
+                                    "smallest planned peak with rematerialization is"));
+  stepc::testing::CommandResult interp =
+      stepc::testing::stepcCommand("run " + file + " --memory-budget 50%");
+  EXPECT_EQ(interp.status, 1) << interp.output;
+  EXPECT_THAT(interp.output, HasSubstr("--memory-budget needs a compiled backend"));
+}
+
+} // namespace
