@@ -102,7 +102,19 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   const Graph &g = out.graph;
   FusionOptions fusion;
   fusion.enabled = options.fusion;
+  fusion.fusedGroups = options.fusedGroups;
   out.plan = planFusion(g, fusion);
+  // The kernel to perturb: the full plan's group, where it is still whole.
+  std::vector<ValueId> perturbed;
+  if (options.perturbKernel) {
+    if (options.target == Target::Cuda)
+      throw Error("fault injection (perturbKernel) is for the CPU target only");
+    FusionPlan full = planFusion(g, {.enabled = options.fusion});
+    if (options.perturbKernel->group >= full.groups.size())
+      throw Error(fmt::format("perturbKernel: graph '{}' has no kernel k{} ({} kernels)", g.name,
+                              options.perturbKernel->group, full.groups.size()));
+    perturbed = full.groups[options.perturbKernel->group].nodes;
+  }
   giveSourcesKernels(g, out.plan);
   out.buffers = planBuffers(g, out.plan);
 
@@ -151,8 +163,10 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
       continue;
     }
     codegen::FaultRecord fault{spec.faultOffset, static_cast<int64_t>(spec.indexChecks.size())};
-    codegen::KernelSource source =
-        codegen::lowerGroup(g, group, offsetOf, usedOutside, scratchOffset, cuda, fault);
+    double perturbation =
+        !perturbed.empty() && group.nodes == perturbed ? options.perturbKernel->amount : 0;
+    codegen::KernelSource source = codegen::lowerGroup(g, group, offsetOf, usedOutside,
+                                                       scratchOffset, cuda, fault, perturbation);
     spec.indexChecks.insert(spec.indexChecks.end(), source.indexChecks.begin(),
                             source.indexChecks.end());
     scratchBytes = std::max(scratchBytes, source.scratchBytes);

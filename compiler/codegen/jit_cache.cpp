@@ -14,6 +14,7 @@
 #include "llvm/Config/llvm-config.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <cctype>
@@ -71,6 +72,12 @@ std::string keyText(const Graph &graph, const CompileOptions &options) {
   std::string text = fmt::format("{}\nfingerprint {}\nllvm {}\ntarget {}\nfusion {} passes {}\n",
                                  kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING,
                                  hostTarget(), options.fusion, options.passes);
+  // Fusion bisection's probes and fault injection change the kernels.
+  if (options.fusedGroups)
+    text += fmt::format("fused groups {}\n", fmt::join(*options.fusedGroups, ","));
+  if (options.perturbKernel)
+    text += fmt::format("perturb k{} by {}\n", options.perturbKernel->group,
+                        options.perturbKernel->amount);
   text += printGraph(graph);
   // The printed graph has no locations, but the kernels' provenance (and so
   // every --check-numerics report) names them.

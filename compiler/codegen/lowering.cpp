@@ -889,6 +889,8 @@ KernelSource KernelEmitter::emit() {
     }
     w_.popScope();
   }
+  if (perturbation_ != 0)
+    emitPerturbation(parallel, extent);
   w_.line("return");
 
   KernelSource out;
@@ -902,6 +904,38 @@ KernelSource KernelEmitter::emit() {
       "{{llvm.emit_c_interface}} {{\n{}  }}\n",
       out.name, w_.text());
   return out;
+}
+
+// A thread of a parallel kernel owns rows [%begin, %end) of dimension 0 of
+// the kernel's extent: it perturbs its rows of outputs of that many rows;
+// other outputs are perturbed by the thread that owns row 0 only.
+void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
+  for (ValueId id : group_.outputs) {
+    if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
+      continue;
+    const Shape &shape = shapeOf(id);
+    bool split = parallel && !shape.empty() && shape[0] == extent;
+    w_.pushScope();
+    bool guard = parallel && !split;
+    if (guard) {
+      w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format(
+                                             "arith.cmpi eq, {}, {} : index", begin_,
+                                             w_.indexConstant(0)))));
+      w_.indent();
+      w_.pushScope();
+    }
+    Index idx = openLoops(shape, split);
+    std::string sum = binary(OpKind::Add, dtypeOf(id), load(id, idx),
+                             w_.constant(perturbation_, dtypeOf(id)));
+    store(id, viewOf(id), idx, sum);
+    closeLoops(idx.size());
+    if (guard) {
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
+    }
+    w_.popScope();
+  }
 }
 
 bool isScatterForm(OpKind op) {
@@ -1004,8 +1038,10 @@ bool checksIndices(const Node &node) {
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                        bool gpu, FaultRecord fault) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault).emit();
+                        bool gpu, FaultRecord fault, double perturbation) {
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault,
+                       perturbation)
+      .emit();
 }
 
 } // namespace stepc::codegen

@@ -8,7 +8,9 @@
 #include "stepc/fusion.h"
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace stepc {
 
@@ -30,6 +32,18 @@ struct CompileOptions {
   // compileJit is for the CPU only.
   Target target = Target::Cpu;
   std::string gpuArch = "sm_90";
+  // Fusion bisection: only these groups of the full fusion plan stay fused
+  // (FusionOptions::fusedGroups); needs `fusion`.
+  std::optional<std::vector<size_t>> fusedGroups = std::nullopt;
+  // Fault injection, to test fusion bisection with a known culprit: when
+  // group `group` of the full fusion plan is compiled fused (not split by
+  // fusedGroups), its kernel adds `amount` to every floating-point value it
+  // writes, after computing them. CPU only.
+  struct Perturbation {
+    size_t group = 0;
+    double amount = 0;
+  };
+  std::optional<Perturbation> perturbKernel = std::nullopt;
 };
 
 // One kernel of a compiled graph, before its code is loaded.

@@ -83,7 +83,7 @@ struct FusionOptions {
   // which is also their "kN" in the names) stay fused; every other group is
   // split back into one-op kernels. Splitting keeps the kernel graph acyclic:
   // a cycle through single ops would have been one through groups before.
-  std::optional<std::vector<size_t>> fusedGroups;
+  std::optional<std::vector<size_t>> fusedGroups = std::nullopt;
 };
 
 struct FusionPlan {
