@@ -198,15 +198,9 @@ Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGf
 // The compiled graph's figures: compile and cache-hit times, ms/step fused
 // and unfused, peak arena, and with --per-kernel the kernel tables.
 Json benchGraph(const BenchOptions &options, double peakGflops) {
-  Graph graph = parseGraphFile(options.file);
   TensorMap params;
-  loadModelParams(options.file, options.params, graph, params);
-  if (!options.optimizer.empty()) {
-    Optimizer opt;
-    opt.kind = parseOptimizerKind(options.optimizer);
-    opt.lr = 1e-3;
-    graph = stepc::trainStep(graph, options.loss, opt);
-  }
+  Graph graph =
+      perf::loadBenchedGraph(options.file, options.params, options.optimizer, options.loss, params);
   TensorMap inputs = randomInputs(graph, options.seed);
   RunOptions run{.threads = options.threads};
   CompileOptions fusedOptions{.fusion = true}, unfusedOptions{.fusion = false};
@@ -360,6 +354,23 @@ Json benchGelu(int64_t n, const BenchOptions &options, const perf::MachinePeak &
 }
 
 } // namespace
+
+namespace perf {
+
+Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
+                       const std::string &optimizer, const std::string &loss, TensorMap &params) {
+  Graph graph = parseGraphFile(file);
+  loadModelParams(file, paramsOption, graph, params);
+  if (!optimizer.empty()) {
+    Optimizer opt;
+    opt.kind = parseOptimizerKind(optimizer);
+    opt.lr = 1e-3;
+    graph = stepc::trainStep(graph, loss, opt);
+  }
+  return graph;
+}
+
+} // namespace perf
 
 int bench(const BenchOptions &options) {
   if (options.backend != "cpu")
