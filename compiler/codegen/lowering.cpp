@@ -906,7 +906,9 @@ KernelSource KernelEmitter::emit() {
   return out;
 }
 
-// A thread of a parallel kernel owns rows [%begin, %end) of dimension 0 of
+// The amount goes to the elements at even flat indices: a shift of every
+// element alike is what softmax and normalizations cancel, and the fault
+// must show. A thread of a parallel kernel owns rows [%begin, %end) of dimension 0 of
 // the kernel's extent: it perturbs its rows of outputs of that many rows;
 // other outputs are perturbed by the thread that owns row 0 only.
 void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
@@ -925,8 +927,16 @@ void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
       w_.pushScope();
     }
     Index idx = openLoops(shape, split);
-    std::string sum = binary(OpKind::Add, dtypeOf(id), load(id, idx),
-                             w_.constant(perturbation_, dtypeOf(id)));
+    DType dt = dtypeOf(id);
+    std::string even = w_.assign(fmt::format(
+        "arith.cmpi eq, {}, {} : index",
+        w_.assign(fmt::format("arith.remui {}, {} : index", linearize(idx, shape),
+                              w_.indexConstant(2))),
+        w_.indexConstant(0)));
+    std::string delta = w_.assign(fmt::format("arith.select {}, {}, {} : {}", even,
+                                              w_.constant(perturbation_, dt), w_.constant(0, dt),
+                                              scalarType(dt)));
+    std::string sum = binary(OpKind::Add, dt, load(id, idx), delta);
     store(id, viewOf(id), idx, sum);
     closeLoops(idx.size());
     if (guard) {

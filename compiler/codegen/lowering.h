@@ -62,8 +62,9 @@ std::string gpuFunctionHead(const std::string &name);
 
 // With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
 // A group that reads indices needs `fault` (its offset >= 0). A nonzero
-// `perturbation` (CPU only: CompileOptions::perturbKernel) is added to every
-// floating-point value the kernel writes, after it computed them all.
+// `perturbation` (CPU only: CompileOptions::perturbKernel) is added to the
+// floating-point values the kernel writes, at even flat indices, after it
+// computed them all.
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,

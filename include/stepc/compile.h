@@ -37,8 +37,9 @@ struct CompileOptions {
   std::optional<std::vector<size_t>> fusedGroups = std::nullopt;
   // Fault injection, to test fusion bisection with a known culprit: when
   // group `group` of the full fusion plan is compiled fused (not split by
-  // fusedGroups), its kernel adds `amount` to every floating-point value it
-  // writes, after computing them. CPU only.
+  // fusedGroups), its kernel adds `amount` to the elements at even flat
+  // indices of every floating-point value it writes, after computing them
+  // (not to all: softmax would cancel a uniform shift). CPU only.
   struct Perturbation {
     size_t group = 0;
     double amount = 0;

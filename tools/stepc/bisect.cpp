@@ -128,7 +128,8 @@ int bisectByDifference(const BisectOptions &options, const Graph &graph, const T
   CompileOptions probeOptions{.cache = false};
   if (!options.injectFault.empty()) {
     probeOptions.perturbKernel = parseFault(options.injectFault, graph, full.plan, candidates);
-    fmt::print("injected fault: {} adds {} to every float value it writes, when fused\n",
+    fmt::print("injected fault: {} adds {} to every other element of the float values it "
+               "writes, when fused\n",
                full.plan.groups[probeOptions.perturbKernel->group].name,
                probeOptions.perturbKernel->amount);
   }

@@ -327,8 +327,8 @@ int main(int argc, char **argv) {
   bisect->add_option("--steps", bisectOptions.steps,
                      "diff: steps run and compared (default 1); time: timed steps (default 20)");
   bisect->add_option("--inject-fault", bisectOptions.injectFault,
-                     "KERNEL=AMOUNT: the fused kernel (kN or its name) adds AMOUNT to its outputs "
-                     "(for testing)");
+                     "KERNEL=AMOUNT: the fused kernel (kN or its name) adds AMOUNT to every other "
+                     "element of its outputs (for testing)");
   bisect->add_option("--backend", bisectOptions.backend, "cpu (the only one)")
       ->capture_default_str();
   bisect->add_option("--seed", bisectOptions.seed, "seed for the inputs")->capture_default_str();
