@@ -50,30 +50,6 @@ void giveSourcesKernels(const Graph &graph, FusionPlan &plan) {
   }
 }
 
-// 2 flops per multiply-add of a matmul or convolution (and its gradients).
-double matrixFlops(const Graph &g, ValueId v) {
-  const Node &n = g.node(v);
-  auto numel = [&](ValueId id) { return static_cast<double>(g.type(id).numel()); };
-  switch (n.op) {
-  case OpKind::MatMul:
-    return 2 * numel(v) * static_cast<double>(g.type(n.operands[0]).shape.back());
-  case OpKind::Conv2d: {
-    const Shape &w = g.type(n.operands[1]).shape;
-    return 2 * numel(v) * static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight: {
-    // The same multiply-adds as the forward convolution: one per (output
-    // gradient element, weight tap in its group).
-    const Shape &w = g.type(n.op == OpKind::Conv2dGradInput ? n.operands[1] : v).shape;
-    return 2 * numel(n.op == OpKind::Conv2dGradInput ? n.operands[0] : n.operands[1]) *
-           static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  default:
-    return 0;
-  }
-}
-
 std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {
   std::vector<bool> used(graph.size(), false);
   for (size_t id = 0; id < graph.size(); ++id)
@@ -183,10 +159,9 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     KernelSpec kernel;
     kernel.name = source.name;
     kernel.parallelExtent = source.parallelExtent;
-    for (ValueId v : group.nodes) {
+    for (ValueId v : group.nodes)
       kernel.provenance.push_back(provenanceLine(g.node(v)));
-      kernel.flops += matrixFlops(g, v);
-    }
+    kernel.flops = kernelFlops(g, group).matrix;
     for (ValueId v : group.outputs)
       if (usedOutside[v])
         kernel.outputs.push_back({fmt::format("%{}", v), g.type(v), offsetOf(v)});

@@ -154,4 +154,16 @@ std::string whyNotFused(const Graph &graph, const FusionPlan &plan);
 // Graphviz DOT: one cluster per kernel, edges between values.
 std::string fusionDot(const Graph &graph, const FusionPlan &plan);
 
+// A kernel's arithmetic, for GFLOP/s and the roofline of `stepc bench
+// --per-kernel`. `matrix`: 2 per multiply-add of its matmuls and
+// convolutions (and their gradients). `other`: an estimate of one per
+// element for every other op that computes (elementwise ops per output
+// element, reductions per operand element, pooling and its gradient per
+// window tap); views, gathers and scatters move data and count nothing.
+struct KernelFlops {
+  double matrix = 0, other = 0;
+  double total() const { return matrix + other; }
+};
+KernelFlops kernelFlops(const Graph &graph, const FusionGroup &group);
+
 } // namespace stepc

@@ -65,6 +65,8 @@ struct KernelTime {
   std::string name;
   double micros = 0; // median
   double flops = 0;  // of its matmuls and convolutions
+  double allFlops = 0; // with the estimate for its other ops (kernelFlops)
+  int64_t bytes = 0;   // read + written (FusionGroup)
 };
 
 struct KernelReport {

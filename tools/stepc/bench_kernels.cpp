@@ -156,8 +156,13 @@ KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
   }
   std::map<std::string, double> fusedMicros = kernelMedians(*fusedExe, firstFused);
   std::map<std::string, double> unfusedMicros = kernelMedians(*unfusedExe, firstUnfused);
-  for (const KernelSpec &kernel : fused.spec.kernels)
-    report.fused.push_back({kernel.name, fusedMicros[kernel.name], kernel.flops});
+  for (size_t g = 0; g < fused.spec.kernels.size(); ++g) {
+    const KernelSpec &kernel = fused.spec.kernels[g];
+    const FusionGroup &group = fused.plan.groups[g];
+    report.fused.push_back({kernel.name, fusedMicros[kernel.name], kernel.flops,
+                            kernelFlops(fused.graph, group).total(),
+                            group.bytesRead + group.bytesWritten});
+  }
 
   for (size_t g = 0; g < fused.plan.groups.size(); ++g) {
     const FusionGroup &group = fused.plan.groups[g];

@@ -109,7 +109,7 @@ CompileOptions::Perturbation parseFault(const std::string &text, const Graph &gr
   }
   throw Error(fmt::format("bisect-fusion: --inject-fault: graph '{}' has no kernel '{}'; the "
                           "fused kernels are: {}",
-                          kernel, graph.name, fusedKernelNames(plan, candidates)));
+                          graph.name, kernel, fusedKernelNames(plan, candidates)));
 }
 
 // A kernel as the culprit lists show it: name, kind, then one line per op
