@@ -720,6 +720,68 @@ TEST(CodegenFusion, FuzzFindingCyclicKernelGraph) {
   expectMatchesOnRandomData(graph, 1);
 }
 
+// --- Fusion bisection: a subset of the groups fused, and fault injection ----------
+
+// Only the chosen groups of the full plan stay fused, and the result is the
+// interpreter's; perturbKernel adds its amount to every other element of the
+// float values of that kernel (a matmul epilogue split across threads, a
+// scalar a reduction writes) only while the kernel is compiled fused.
+TEST(CodegenFusion, SubsetFusionAndPerturbedKernel) {
+  Graph graph = parseGraph(R"(
+    graph perturbed {
+      input %x : f32[64,32]
+      param %w : f32[32,16] = xavier_uniform(seed=1)
+      param %b : f32[16] = zeros()
+      %m = matmul(%x, %w)
+      %a = add(%m, %b)
+      %h = relu(%a)
+      %e = exp(%h)
+      %s = reduce_sum(%e) {axes=[0,1], keepdims=0}
+      %t = sqrt(%s)
+      output h = %h
+      output t = %t
+    })");
+  TensorMap inputs = randomInputs(graph, 5);
+  TensorMap expected = interpret(graph, inputs, initialParams(graph));
+  LoweredGraph full = lowerGraph(graph);
+  std::vector<size_t> fused;
+  for (size_t g = 0; g < full.plan.groups.size(); ++g)
+    if (full.plan.groups[g].nodes.size() > 1)
+      fused.push_back(g);
+  ASSERT_EQ(fused.size(), 2u) << fusionReport(full.graph, full.plan, full.buffers);
+  auto run = [&](const CompileOptions &options) {
+    return compileJit(graph, options, {.threads = 2})->step(inputs);
+  };
+  for (size_t keep : fused) {
+    CompileOptions options{.fusedGroups = std::vector<size_t>{keep}};
+    EXPECT_EQ(lowerGraph(graph, options).plan.groups.size(),
+              full.plan.groups.size() + full.plan.groups[fused[0] + fused[1] - keep].nodes.size() -
+                  1);
+    auto plain = run(options);
+    for (auto &[name, tensor] : expected)
+      EXPECT_TRUE(stepc::testing::allClose(plain.at(name), tensor, 1e-5, 1e-5)) << name;
+    // Perturbing the fused group shifts its outputs by the amount; perturbing
+    // the split one changes nothing.
+    for (size_t target : fused) {
+      options.perturbKernel = CompileOptions::Perturbation{target, 0.25};
+      auto got = run(options);
+      bool hShifted = target == fused[0] && keep == target;
+      bool sShifted = target == fused[1] && keep == target;
+      for (int64_t i = 0; i < got.at("h").numel(); ++i)
+        ASSERT_NEAR(got.at("h").real(i),
+                    plain.at("h").real(i) + (hShifted && i % 2 == 0 ? 0.25 : 0), 1e-5)
+            << "h[" << i << "], kept k" << keep << ", perturbed k" << target;
+      // The first kernel also writes exp(h), perturbed alike.
+      double sum = 0;
+      for (int64_t i = 0; i < plain.at("h").numel(); ++i)
+        sum += std::exp(plain.at("h").real(i)) + (hShifted && i % 2 == 0 ? 0.25 : 0);
+      EXPECT_NEAR(got.at("t").real(0), std::sqrt(sum) + (sShifted ? 0.25 : 0), 1e-4)
+          << "kept k" << keep << ", perturbed k" << target;
+    }
+  }
+  EXPECT_THROW(lowerGraph(graph, {.perturbKernel = CompileOptions::Perturbation{99, 1}}), Error);
+}
+
 // --- Shapes with a zero dimension ------------------------------------------------
 
 TEST(CodegenShapes, ZeroSizedDimensions) {

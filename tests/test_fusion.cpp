@@ -5,6 +5,7 @@
 #include "testing.h"
 
 #include "stepc/autodiff.h"
+#include "stepc/error.h"
 #include "stepc/fusion.h"
 #include "stepc/gradcheck.h"
 #include "stepc/interpreter.h"
@@ -612,6 +613,86 @@ TEST(Fusion, UnfusedModeIsOneKernelPerOp) {
     ops += !isSource(g, v) && !isInlined(g, v);
   EXPECT_EQ(plan.groups.size(), ops);
   EXPECT_TRUE(plan.refusals.empty());
+}
+
+// Fusing a subset of the full plan's groups (fusion bisection): the kept
+// groups are the full plan's, everything else is one op per kernel, and the
+// plan still runs kernel by kernel as the interpreter on every example.
+TEST(Fusion, SubsetOfGroupsStaysFusedAndRuns) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(fmt::format("seed {}", seed));
+  for (const Case &c : exampleCases()) {
+    SCOPED_TRACE(c.name);
+    FusionPlan full = planFusion(c.graph);
+    std::vector<size_t> fused, kept;
+    for (size_t g = 0; g < full.groups.size(); ++g)
+      if (full.groups[g].nodes.size() > 1)
+        fused.push_back(g);
+    for (size_t i = 0; i < fused.size(); i += 2) // every other fused group
+      kept.push_back(fused[i]);
+    FusionOptions options{.fusedGroups = kept};
+    FusionPlan plan = planFusion(c.graph, options);
+    checkStructure(c.graph, plan, options);
+    expectSameResults(c.graph, plan, seed);
+    checkBuffers(c.graph, plan, planBuffers(c.graph, plan));
+    std::set<std::vector<ValueId>> keptNodes, multi;
+    for (size_t g : kept)
+      keptNodes.insert(full.groups[g].nodes);
+    for (const FusionGroup &group : plan.groups)
+      if (group.nodes.size() > 1)
+        multi.insert(group.nodes);
+    EXPECT_EQ(multi, keptNodes);
+    // Everything kept is the full plan; nothing kept is the unfused plan.
+    EXPECT_EQ(planFusion(c.graph, {.fusedGroups = fused}).groups.size(), full.groups.size());
+    EXPECT_EQ(planFusion(c.graph, {.fusedGroups = std::vector<size_t>{}}).groups.size(),
+              planFusion(c.graph, {.enabled = false}).groups.size());
+  }
+  Graph xor_ = parseGraphFile(testing::sourcePath("examples/xor.sg"));
+  EXPECT_THROW(planFusion(xor_, {.fusedGroups = std::vector<size_t>{999}}), Error);
+}
+
+// Bisection against known culprits: one culprit anywhere is found in at
+// most ceil(log2 n) + 1 probes; several (independent, or failing only
+// together) are all found, and the result is 1-minimal.
+TEST(Fusion, BisectionFindsCulpritsInLogarithmicProbes) {
+  for (size_t n = 1; n <= 40; ++n) {
+    std::vector<size_t> candidates;
+    for (size_t i = 0; i < n; ++i)
+      candidates.push_back(3 * i + 1); // group indices need not be contiguous
+    size_t log2n = 0;
+    while ((size_t(1) << log2n) < n)
+      ++log2n;
+    for (size_t culprit = 0; culprit < n; ++culprit) {
+      int probes = 0;
+      auto fails = [&](const std::vector<size_t> &set) {
+        ++probes;
+        return std::count(set.begin(), set.end(), candidates[culprit]) > 0;
+      };
+      EXPECT_EQ(bisectFusedGroups(candidates, fails), std::vector<size_t>{candidates[culprit]})
+          << n << " candidates, culprit " << culprit;
+      EXPECT_LE(probes, static_cast<int>(log2n) + 1) << n << " candidates, culprit " << culprit;
+    }
+    for (size_t a = 0; a < n; ++a)
+      for (size_t b = a + 1; b < n; ++b) {
+        std::vector<size_t> both{candidates[a], candidates[b]};
+        auto has = [](const std::vector<size_t> &set, size_t g) {
+          return std::count(set.begin(), set.end(), g) > 0;
+        };
+        // Independent faults: each one alone fails.
+        EXPECT_EQ(bisectFusedGroups(candidates,
+                                    [&](const std::vector<size_t> &set) {
+                                      return has(set, both[0]) || has(set, both[1]);
+                                    })
+                      .size(),
+                  1u);
+        // Two faults that pass the tolerance only together.
+        EXPECT_EQ(bisectFusedGroups(candidates,
+                                    [&](const std::vector<size_t> &set) {
+                                      return has(set, both[0]) && has(set, both[1]);
+                                    }),
+                  both);
+      }
+  }
 }
 
 TEST(Fusion, ReportDotAndProvenance) {

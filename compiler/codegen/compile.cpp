@@ -50,83 +50,6 @@ void giveSourcesKernels(const Graph &graph, FusionPlan &plan) {
   }
 }
 
-// 2 flops per multiply-add of a matmul or convolution (and its gradients).
-double matrixFlops(const Graph &g, ValueId v) {
-  const Node &n = g.node(v);
-  auto numel = [&](ValueId id) { return static_cast<double>(g.type(id).numel()); };
-  switch (n.op) {
-  case OpKind::MatMul:
-    return 2 * numel(v) * static_cast<double>(g.type(n.operands[0]).shape.back());
-  case OpKind::Conv2d: {
-    const Shape &w = g.type(n.operands[1]).shape;
-    return 2 * numel(v) * static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight: {
-    // The same multiply-adds as the forward convolution: one per (output
-    // gradient element, weight tap in its group).
-    const Shape &w = g.type(n.op == OpKind::Conv2dGradInput ? n.operands[1] : v).shape;
-    return 2 * numel(n.op == OpKind::Conv2dGradInput ? n.operands[0] : n.operands[1]) *
-           static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    return 0;
-  }
-  return 0;
-}
-
 std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {
   std::vector<bool> used(graph.size(), false);
   for (size_t id = 0; id < graph.size(); ++id)
@@ -161,7 +84,19 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   const Graph &g = out.graph;
   FusionOptions fusion;
   fusion.enabled = options.fusion;
+  fusion.fusedGroups = options.fusedGroups;
   out.plan = planFusion(g, fusion);
+  // The kernel to perturb: the full plan's group, where it is still whole.
+  std::vector<ValueId> perturbed;
+  if (options.perturbKernel) {
+    if (options.target == Target::Cuda)
+      throw Error("fault injection (perturbKernel) is for the CPU target only");
+    FusionPlan full = planFusion(g, {.enabled = options.fusion});
+    if (options.perturbKernel->group >= full.groups.size())
+      throw Error(fmt::format("perturbKernel: graph '{}' has no kernel k{} ({} kernels)", g.name,
+                              options.perturbKernel->group, full.groups.size()));
+    perturbed = full.groups[options.perturbKernel->group].nodes;
+  }
   giveSourcesKernels(g, out.plan);
   out.buffers = planBuffers(g, out.plan);
 
@@ -210,8 +145,10 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
       continue;
     }
     codegen::FaultRecord fault{spec.faultOffset, static_cast<int64_t>(spec.indexChecks.size())};
-    codegen::KernelSource source =
-        codegen::lowerGroup(g, group, offsetOf, usedOutside, scratchOffset, cuda, fault);
+    double perturbation =
+        !perturbed.empty() && group.nodes == perturbed ? options.perturbKernel->amount : 0;
+    codegen::KernelSource source = codegen::lowerGroup(g, group, offsetOf, usedOutside,
+                                                       scratchOffset, cuda, fault, perturbation);
     spec.indexChecks.insert(spec.indexChecks.end(), source.indexChecks.begin(),
                             source.indexChecks.end());
     scratchBytes = std::max(scratchBytes, source.scratchBytes);
@@ -228,10 +165,9 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     KernelSpec kernel;
     kernel.name = source.name;
     kernel.parallelExtent = source.parallelExtent;
-    for (ValueId v : group.nodes) {
+    for (ValueId v : group.nodes)
       kernel.provenance.push_back(provenanceLine(g.node(v)));
-      kernel.flops += matrixFlops(g, v);
-    }
+    kernel.flops = kernelFlops(g, group).matrix;
     for (ValueId v : group.outputs)
       if (usedOutside[v])
         kernel.outputs.push_back({fmt::format("%{}", v), g.type(v), offsetOf(v)});

@@ -14,6 +14,7 @@
 #include "llvm/Config/llvm-config.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <cctype>
@@ -74,6 +75,12 @@ std::string keyText(const Graph &graph, const CompileOptions &options) {
   if (options.memoryBudget.given())
     text += fmt::format("memory budget {} bytes {}%\n", options.memoryBudget.bytes,
                         options.memoryBudget.percent);
+  // Fusion bisection's probes and fault injection change the kernels.
+  if (options.fusedGroups)
+    text += fmt::format("fused groups {}\n", fmt::join(*options.fusedGroups, ","));
+  if (options.perturbKernel)
+    text += fmt::format("perturb k{} by {}\n", options.perturbKernel->group,
+                        options.perturbKernel->amount);
   text += printGraph(graph);
   // The printed graph has no locations, but the kernels' provenance (and so
   // every --check-numerics report) names them.

@@ -25,9 +25,9 @@ public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
                 const std::function<int64_t(ValueId)> &arenaOffset,
                 const std::vector<bool> &usedOutside, int64_t scratchOffset, bool gpu,
-                FaultRecord fault)
+                FaultRecord fault, double perturbation)
       : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
-        scratchOffset_(scratchOffset), gpu_(gpu), fault_(fault) {
+        scratchOffset_(scratchOffset), gpu_(gpu), fault_(fault), perturbation_(perturbation) {
     inGroup_.insert(group.nodes.begin(), group.nodes.end());
   }
 
@@ -35,6 +35,9 @@ public:
 
 private:
   KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
+  // Fault injection (lowerGroup's `perturbation`): adds it to every
+  // floating-point value the kernel writes, once per element.
+  void emitPerturbation(bool parallel, int64_t extent);
   // The stored matrix a matmul operand is the [1,0] transpose of, when the
   // tiled matmul reads it in place (see emit()).
   const std::string *transposedView(ValueId operand) const;
@@ -147,6 +150,7 @@ private:
   // and the nodes whose indices are checked in a nest of their own before
   // the roots (see precheckable).
   FaultRecord fault_;
+  double perturbation_ = 0;
   std::vector<IndexCheck> checks_;
   std::map<ValueId, int64_t> checkOf_;
   std::set<ValueId> prechecked_;

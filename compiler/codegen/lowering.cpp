@@ -927,6 +927,8 @@ KernelSource KernelEmitter::emit() {
     }
     w_.popScope();
   }
+  if (perturbation_ != 0)
+    emitPerturbation(parallel, extent);
   w_.line("return");
 
   KernelSource out;
@@ -940,6 +942,48 @@ KernelSource KernelEmitter::emit() {
       "{{llvm.emit_c_interface}} {{\n{}  }}\n",
       out.name, w_.text());
   return out;
+}
+
+// The amount goes to the elements at even flat indices: a shift of every
+// element alike is what softmax and normalizations cancel, and the fault
+// must show. A thread of a parallel kernel owns rows [%begin, %end) of dimension 0 of
+// the kernel's extent: it perturbs its rows of outputs of that many rows;
+// other outputs are perturbed by the thread that owns row 0 only.
+void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
+  for (ValueId id : group_.outputs) {
+    if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
+      continue;
+    const Shape &shape = shapeOf(id);
+    bool split = parallel && !shape.empty() && shape[0] == extent;
+    w_.pushScope();
+    bool guard = parallel && !split;
+    if (guard) {
+      w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format(
+                                             "arith.cmpi eq, {}, {} : index", begin_,
+                                             w_.indexConstant(0)))));
+      w_.indent();
+      w_.pushScope();
+    }
+    Index idx = openLoops(shape, split);
+    DType dt = dtypeOf(id);
+    std::string even = w_.assign(fmt::format(
+        "arith.cmpi eq, {}, {} : index",
+        w_.assign(fmt::format("arith.remui {}, {} : index", linearize(idx, shape),
+                              w_.indexConstant(2))),
+        w_.indexConstant(0)));
+    std::string delta = w_.assign(fmt::format("arith.select {}, {}, {} : {}", even,
+                                              w_.constant(perturbation_, dt), w_.constant(0, dt),
+                                              scalarType(dt)));
+    std::string sum = binary(OpKind::Add, dt, load(id, idx), delta);
+    store(id, viewOf(id), idx, sum);
+    closeLoops(idx.size());
+    if (guard) {
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
+    }
+    w_.popScope();
+  }
 }
 
 // See lowerGroup (lowering.h). Each nest is emitted into a function of its
@@ -1036,8 +1080,10 @@ bool checksIndices(const Node &node) {
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                        bool gpu, FaultRecord fault) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault).emit();
+                        bool gpu, FaultRecord fault, double perturbation) {
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault,
+                       perturbation)
+      .emit();
 }
 
 } // namespace stepc::codegen

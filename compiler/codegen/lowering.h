@@ -61,11 +61,14 @@ struct FaultRecord {
 std::string gpuFunctionHead(const std::string &name);
 
 // With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
-// A group that reads indices needs `fault` (its offset >= 0).
+// A group that reads indices needs `fault` (its offset >= 0). A nonzero
+// `perturbation` (CPU only: CompileOptions::perturbKernel) is added to the
+// floating-point values the kernel writes, at even flat indices, after it
+// computed them all.
 KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                        bool gpu = false, FaultRecord fault = {});
+                        bool gpu = false, FaultRecord fault = {}, double perturbation = 0);
 
 // Whether a node's kernel checks the indices it reads (see IndexCheck).
 bool checksIndices(const Node &node);

@@ -24,6 +24,8 @@
 // oracle test all rely on it.)
 #include "stepc/fusion.h"
 
+#include "stepc/error.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -324,6 +326,7 @@ private:
   std::vector<ValueId> united(int a, int b) const;
   bool producerConsumerSweep();
   bool siblingSweep();
+  void keepOnly(const std::vector<size_t> &fusedGroups);
   FusionPlan finish();
 
   const Graph &g_;
@@ -804,7 +807,37 @@ FusionPlan Fuser::run() {
     if (siblingSweep())
       producerConsumerSweep();
   }
+  if (options_.fusedGroups)
+    keepOnly(*options_.fusedGroups);
   return finish();
+}
+
+// Splits every group of the full plan but `fusedGroups` (indices in the
+// plan finish() makes) into one-op groups.
+void Fuser::keepOnly(const std::vector<size_t> &fusedGroups) {
+  FusionPlan full = finish();
+  std::vector<bool> keep(full.groups.size(), false);
+  for (size_t g : fusedGroups) {
+    if (g >= full.groups.size())
+      throw Error(fmt::format("fusion: group {} is not in the plan of graph '{}' ({} groups)", g,
+                              g_.name, full.groups.size()));
+    keep[g] = true;
+  }
+  members_.clear();
+  minId_.clear();
+  auto add = [&](std::vector<ValueId> nodes) {
+    for (ValueId v : nodes)
+      groupOf_[v] = static_cast<int>(members_.size());
+    minId_.push_back(nodes.front());
+    members_.push_back(std::move(nodes));
+  };
+  for (size_t g = 0; g < full.groups.size(); ++g) {
+    if (keep[g])
+      add(full.groups[g].nodes);
+    else
+      for (ValueId v : full.groups[g].nodes)
+        add({v});
+  }
 }
 
 // Orders the kernels, then fills in each one's inputs, outputs and bytes.

@@ -116,6 +116,83 @@ std::string dotEscape(const std::string &text) {
   return out;
 }
 
+// 2 flops per multiply-add of a matmul or convolution (and its gradients).
+double matrixFlops(const Graph &g, ValueId v) {
+  const Node &n = g.node(v);
+  auto numel = [&](ValueId id) { return static_cast<double>(g.type(id).numel()); };
+  switch (n.op) {
+  case OpKind::MatMul:
+    return 2 * numel(v) * static_cast<double>(g.type(n.operands[0]).shape.back());
+  case OpKind::Conv2d: {
+    const Shape &w = g.type(n.operands[1]).shape;
+    return 2 * numel(v) * static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight: {
+    // The same multiply-adds as the forward convolution: one per (output
+    // gradient element, weight tap in its group).
+    const Shape &w = g.type(n.op == OpKind::Conv2dGradInput ? n.operands[1] : v).shape;
+    return 2 * numel(n.op == OpKind::Conv2dGradInput ? n.operands[0] : n.operands[1]) *
+           static_cast<double>(w[1] * w[2] * w[3]);
+  }
+  case OpKind::Input:
+  case OpKind::Parameter:
+  case OpKind::Constant:
+  case OpKind::Iota:
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Pow:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    return 0;
+  }
+  return 0;
+}
+
 } // namespace
 
 std::string fusionReport(const Graph &graph, const FusionPlan &plan,
@@ -253,6 +330,32 @@ std::string fusionDot(const Graph &graph, const FusionPlan &plan) {
   }
   out += "}\n";
   return out;
+}
+
+KernelFlops kernelFlops(const Graph &graph, const FusionGroup &group) {
+  KernelFlops flops;
+  for (ValueId v : group.nodes) {
+    const Node &node = graph.node(v);
+    const OpInfo &info = opInfo(node.op);
+    auto numel = [&](ValueId id) { return static_cast<double>(graph.type(id).numel()); };
+    auto taps = [&] {
+      double n = 1;
+      for (int64_t d : node.attrs.getInts("kernel"))
+        n *= static_cast<double>(d);
+      return n;
+    };
+    if (double m = matrixFlops(graph, v); m > 0)
+      flops.matrix += m;
+    else if (info.is(kElementwise))
+      flops.other += numel(v);
+    else if (info.is(kReduction))
+      flops.other += numel(node.operands[0]);
+    else if (node.op == OpKind::MaxPool2d || node.op == OpKind::AvgPool2d)
+      flops.other += numel(v) * taps();
+    else if (node.op == OpKind::MaxPool2dGrad || node.op == OpKind::AvgPool2dGrad)
+      flops.other += numel(node.operands.back()) * taps(); // per gradient element
+  }
+  return flops;
 }
 
 } // namespace stepc

@@ -9,7 +9,9 @@
 #include "stepc/passes.h"
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace stepc {
 
@@ -35,6 +37,19 @@ struct CompileOptions {
   // runs after the passes until the plan fits, or the compile fails with
   // stepc::Error naming the smallest peak it reaches (--memory-budget).
   MemoryBudget memoryBudget;
+  // Fusion bisection: only these groups of the full fusion plan stay fused
+  // (FusionOptions::fusedGroups); needs `fusion`.
+  std::optional<std::vector<size_t>> fusedGroups = std::nullopt;
+  // Fault injection, to test fusion bisection with a known culprit: when
+  // group `group` of the full fusion plan is compiled fused (not split by
+  // fusedGroups), its kernel adds `amount` to the elements at even flat
+  // indices of every floating-point value it writes, after computing them
+  // (not to all: softmax would cancel a uniform shift). CPU only.
+  struct Perturbation {
+    size_t group = 0;
+    double amount = 0;
+  };
+  std::optional<Perturbation> perturbKernel = std::nullopt;
 };
 
 // One kernel of a compiled graph, before its code is loaded.

@@ -31,6 +31,8 @@
 
 #include "stepc/graph.h"
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +78,12 @@ struct FusionRefusal {
 struct FusionOptions {
   bool enabled = true;  // false: every op is its own kernel (--no-fusion)
   size_t maxInputs = 16; // bound on one kernel's distinct inputs
+  // Fusion bisection (`stepc bisect-fusion`): when set, only these groups of
+  // the full plan (their indices in planFusion's result without this field,
+  // which is also their "kN" in the names) stay fused; every other group is
+  // split back into one-op kernels. Splitting keeps the kernel graph acyclic:
+  // a cycle through single ops would have been one through groups before.
+  std::optional<std::vector<size_t>> fusedGroups = std::nullopt;
 };
 
 struct FusionPlan {
@@ -86,7 +94,26 @@ struct FusionPlan {
   std::vector<int> groupOf;
 };
 
+// Throws stepc::Error when options.fusedGroups names a group the full plan
+// does not have.
 FusionPlan planFusion(const Graph &graph, const FusionOptions &options = {});
+
+// The smallest set of fused groups whose fusion explains a failure, by
+// bisection (compiler/passes/fusion_bisect.cpp). `candidates` are group
+// indices in plan order; `fails(set)` builds and runs the graph with only
+// `set` fused (sorted, a subset of the candidates) and says whether the
+// result is wrong. The caller has seen fails(candidates) and knows that
+// fails({}) is false. Under the assumption that fusing more groups never
+// hides a failure: the first failing prefix of the candidates is found by
+// binary search, its last group is a culprit; then the same search runs
+// over the groups before it with the culprits found so far always fused,
+// until the culprits fail alone. One culprit takes at most
+// ceil(log2(candidates)) + 1 probes; each further one (several faults that
+// only together pass the tolerance, or independent ones) as many again. The
+// result is 1-minimal: leaving out any one of its groups passes.
+std::vector<size_t> bisectFusedGroups(
+    const std::vector<size_t> &candidates,
+    const std::function<bool(const std::vector<size_t> &)> &fails);
 
 // One value's place in the arena.
 struct Buffer {
@@ -126,5 +153,17 @@ std::string fusionReport(const Graph &graph, const FusionPlan &plan,
 std::string whyNotFused(const Graph &graph, const FusionPlan &plan);
 // Graphviz DOT: one cluster per kernel, edges between values.
 std::string fusionDot(const Graph &graph, const FusionPlan &plan);
+
+// A kernel's arithmetic, for GFLOP/s and the roofline of `stepc bench
+// --per-kernel`. `matrix`: 2 per multiply-add of its matmuls and
+// convolutions (and their gradients). `other`: an estimate of one per
+// element for every other op that computes (elementwise ops per output
+// element, reductions per operand element, pooling and its gradient per
+// window tap); views, gathers and scatters move data and count nothing.
+struct KernelFlops {
+  double matrix = 0, other = 0;
+  double total() const { return matrix + other; }
+};
+KernelFlops kernelFlops(const Graph &graph, const FusionGroup &group);
 
 } // namespace stepc

@@ -86,8 +86,30 @@ private:
 
 std::string megabytes(int64_t bytes) { return fmt::format("{:.2f} MB", double(bytes) / 1e6); }
 
-// The fused kernels' medians, longest first, with GFLOP/s for matmul/conv.
-Json printKernels(const std::vector<perf::KernelTime> &kernels, double peakGflops) {
+// A kernel's roofline: its arithmetic intensity, the bound min(peak,
+// intensity x bandwidth) and the fraction of it the kernel reached, taken as
+// the bound's time over the measured time (max(flops / peak, bytes /
+// bandwidth) / time), which also holds for kernels that compute nothing.
+struct Roofline {
+  double intensity = 0, boundGflops = 0, fraction = 0;
+  bool memoryBound = true;
+};
+
+Roofline roofline(const perf::KernelTime &k, double peakGflops, double bandwidthGBs) {
+  Roofline r;
+  r.intensity = k.bytes > 0 ? k.allFlops / double(k.bytes) : 0;
+  r.boundGflops = std::min(peakGflops, r.intensity * bandwidthGBs);
+  r.memoryBound = r.intensity * bandwidthGBs < peakGflops;
+  double computeMicros = k.allFlops / peakGflops / 1e3;
+  double memoryMicros = bandwidthGBs > 0 ? double(k.bytes) / bandwidthGBs / 1e3 : 0;
+  r.fraction = k.micros > 0 ? std::max(computeMicros, memoryMicros) / k.micros : 0;
+  return r;
+}
+
+// The fused kernels' medians, longest first, with GFLOP/s for matmul/conv
+// and each kernel's roofline.
+Json printKernels(const std::vector<perf::KernelTime> &kernels, double peakGflops,
+                  double bandwidthGBs) {
   std::vector<perf::KernelTime> rows = kernels;
   double total = 0, matrixMicros = 0, matrixFlops = 0;
   for (const perf::KernelTime &k : rows) {
@@ -101,19 +123,32 @@ Json printKernels(const std::vector<perf::KernelTime> &kernels, double peakGflop
                    [](const auto &a, const auto &b) { return a.micros > b.micros; });
   Json json = Json::array();
   fmt::print("per kernel, fused (median of profiled steps):\n");
-  fmt::print("  {:<44} {:>10} {:>7} {:>10} {:>7}\n", "kernel", "median us", "share", "GFLOP/s",
-             "% peak");
+  fmt::print("  {:<44} {:>10} {:>7} {:>10} {:>7} {:>8} {:>10} {:>8}\n", "kernel", "median us",
+             "share", "GFLOP/s", "% peak", "FLOP/B", "roof GF/s", "% roof");
   for (const perf::KernelTime &r : rows) {
     double gflops = r.flops > 0 && r.micros > 0 ? r.flops / r.micros / 1e3 : 0;
-    fmt::print("  {:<44} {:>10.1f} {:>6.1f}% {:>10} {:>7}\n", r.name.substr(0, 44), r.micros,
-               total > 0 ? 100 * r.micros / total : 0,
+    Roofline roof = roofline(r, peakGflops, bandwidthGBs);
+    fmt::print("  {:<44} {:>10.1f} {:>6.1f}% {:>10} {:>7} {:>8.2f} {:>10.1f} {:>7.0f}%{}\n",
+               r.name.substr(0, 44), r.micros, total > 0 ? 100 * r.micros / total : 0,
                gflops > 0 ? fmt::format("{:.1f}", gflops) : "",
-               gflops > 0 ? fmt::format("{:.0f}%", 100 * gflops / peakGflops) : "");
-    Json row = {{"kernel", r.name}, {"median_us", r.micros}};
+               gflops > 0 ? fmt::format("{:.0f}%", 100 * gflops / peakGflops) : "", roof.intensity,
+               roof.boundGflops, 100 * roof.fraction, roof.memoryBound ? " mem" : "");
+    Json row = {{"kernel", r.name},
+                {"median_us", r.micros},
+                {"flops", r.allFlops},
+                {"bytes", r.bytes},
+                {"intensity", roof.intensity},
+                {"roofline_gflops", roof.boundGflops},
+                {"roofline_bound", roof.memoryBound ? "memory" : "compute"},
+                {"roofline_fraction", roof.fraction}};
     if (gflops > 0)
       row["gflops"] = gflops;
     json.push_back(std::move(row));
   }
+  fmt::print("  FLOP/B: flops (matmul/conv exact, one per element for other ops) per byte read + "
+             "written; roof GF/s: min({:.0f} GFLOP/s peak, FLOP/B x {:.1f} GB/s copy bandwidth), "
+             "'mem' where bandwidth bounds it; % roof: the bound's time over the measured time\n",
+             peakGflops, bandwidthGBs);
   if (matrixMicros > 0) {
     double gflops = matrixFlops / matrixMicros / 1e3;
     fmt::print("  matmul/conv kernels (with their fused epilogues): {:.1f} GFLOP/s over "
@@ -197,9 +232,10 @@ Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGf
 
 // The compiled graph's figures: compile and cache-hit times, ms/step fused
 // and unfused, peak arena, and with --per-kernel the kernel tables.
-Json benchGraph(const BenchOptions &options, double peakGflops) {
+Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidthGBs) {
   TensorMap params;
-  Graph graph = benchedGraph(options, params);
+  Graph graph =
+      perf::loadBenchedGraph(options.file, options.params, options.optimizer, options.loss, params);
   TensorMap inputs = randomInputs(graph, options.seed);
   RunOptions run{.threads = options.threads};
   MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
@@ -320,7 +356,7 @@ Json benchGraph(const BenchOptions &options, double peakGflops) {
     perf::KernelReport report = perf::compareKernels(
         graph, inputs,
         {.steps = options.steps, .warmup = options.warmup, .threads = options.threads});
-    json["kernels"] = printKernels(report.fused, peakGflops);
+    json["kernels"] = printKernels(report.fused, peakGflops, bandwidthGBs);
     json["per_kernel"] = printComparison(report, options.verbose);
     json["per_kernel_note"] = report.note;
     json["matmuls"] = printMatmuls(graph, options, peakGflops);
@@ -370,17 +406,22 @@ Json benchGelu(int64_t n, const BenchOptions &options, const perf::MachinePeak &
 
 } // namespace
 
-Graph benchedGraph(const BenchOptions &options, TensorMap &params) {
-  Graph graph = parseGraphFile(options.file);
-  loadModelParams(options.file, options.params, graph, params);
-  if (!options.optimizer.empty()) {
+namespace perf {
+
+Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
+                       const std::string &optimizer, const std::string &loss, TensorMap &params) {
+  Graph graph = parseGraphFile(file);
+  loadModelParams(file, paramsOption, graph, params);
+  if (!optimizer.empty()) {
     Optimizer opt;
-    opt.kind = parseOptimizerKind(options.optimizer);
+    opt.kind = parseOptimizerKind(optimizer);
     opt.lr = 1e-3;
-    graph = stepc::trainStep(graph, options.loss, opt);
+    graph = stepc::trainStep(graph, loss, opt);
   }
   return graph;
 }
+
+} // namespace perf
 
 int bench(const BenchOptions &options) {
   if (options.backend != "cpu")
@@ -427,7 +468,8 @@ int bench(const BenchOptions &options) {
   if (peak <= 0)
     peak = 1; // no FMA measured and none given: percentages are meaningless but finite
 
-  Json json = options.file.empty() ? Json::object() : benchGraph(options, peak);
+  Json json =
+      options.file.empty() ? Json::object() : benchGraph(options, peak, machine.copyGBs);
   json["backend"] = options.backend;
   json["machine"] = {{"threads", machine.threads},
                      {"isa", machine.isa},

@@ -14,6 +14,21 @@ namespace stepc::cli::perf {
 
 double median(std::vector<double> values);
 
+// FILE.sg with its params (see loadModelParams), or with `optimizer` its
+// training step (learning rate 1e-3 baked in, minimizing output `loss`):
+// what `stepc bench` and `stepc bisect-fusion` measure.
+Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
+                       const std::string &optimizer, const std::string &loss, TensorMap &params);
+
+// How far apart two tensors of one type are, over their elements: the
+// largest |a - b|, |a - b| / max(|a|, |b|, 1e-6) and |a - b| / max(|a|, |b|, 1)
+// (absolute below 1, relative above). A NaN on one side only (or Inf against
+// a finite value) is an infinite difference, NaN against NaN none.
+struct Difference {
+  double rel = 0, abs = 0, scaled = 0;
+};
+void accumulateDifference(const Tensor &a, const Tensor &b, Difference &d);
+
 // What this machine does right now on `threads` threads at once: fp32 FMA
 // throughput on independent accumulators (AVX-512 where the CPU has it, else
 // AVX2) and memcpy bandwidth over 256 MB (bytes read + bytes written per
@@ -50,6 +65,8 @@ struct KernelTime {
   std::string name;
   double micros = 0; // median
   double flops = 0;  // of its matmuls and convolutions
+  double allFlops = 0; // with the estimate for its other ops (kernelFlops)
+  int64_t bytes = 0;   // read + written (FusionGroup)
 };
 
 struct KernelReport {
@@ -71,10 +88,6 @@ nlohmann::json toJson(const KernelComparison &row);
 namespace stepc::cli {
 
 struct BenchOptions;
-
-// The graph `stepc bench` runs: FILE.sg, or with --train-step its training
-// step, and the params loadModelParams finds for it.
-Graph benchedGraph(const BenchOptions &options, TensorMap &params);
 
 // `stepc bench --check-determinism` (bench_determinism.cpp): the step at 1,
 // 2 and all cores' threads (and --threads N), twice at the most; prints a

@@ -69,7 +69,8 @@ std::string firstDifference(const DeterminismRun &a, const DeterminismRun &b) {
 
 int checkDeterminism(const BenchOptions &options) {
   TensorMap params;
-  Graph graph = benchedGraph(options, params);
+  Graph graph =
+      perf::loadBenchedGraph(options.file, options.params, options.optimizer, options.loss, params);
   TensorMap inputs = randomInputs(graph, options.seed);
 
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

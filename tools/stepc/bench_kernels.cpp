@@ -24,13 +24,9 @@
 namespace stepc::cli::perf {
 namespace {
 
-// A value's bytes as a kernel left them, copied before a later kernel could
-// reuse its place in the arena.
-struct CapturedValue {
-  TensorType type;
-  std::vector<std::byte> bytes;
-};
-using Captured = std::map<ValueId, CapturedValue>;
+// A value as a kernel left it, copied before a later kernel could reuse its
+// place in the arena.
+using Captured = std::map<ValueId, Tensor>;
 
 // "%12" -> 12 (KernelSpec::outputs are named by value id).
 std::optional<ValueId> slotValue(const TensorSlot &slot) {
@@ -53,58 +49,36 @@ RunOptions capturing(int threads, Captured &into, const std::set<ValueId> *wante
       std::optional<ValueId> id = slotValue(slot);
       if (!id || (wanted && !wanted->count(*id)))
         continue;
-      const std::byte *data = arena + slot.offset;
-      into[*id] = {slot.type, std::vector<std::byte>(data, data + slot.bytes())};
+      Tensor value(slot.type);
+      std::memcpy(value.bytes(), arena + slot.offset, value.nbytes());
+      into[*id] = std::move(value);
     }
   };
   return run;
 }
 
-double element(const CapturedValue &value, int64_t i) {
-  const std::byte *at = value.bytes.data() + i * static_cast<int64_t>(dtypeSize(value.type.dtype));
-  auto load = [at]<class T>(T) {
-    T x;
-    std::memcpy(&x, at, sizeof x);
-    return static_cast<double>(x);
-  };
-  switch (value.type.dtype) {
-  case DType::F32:
-    return load(float{});
-  case DType::F64:
-    return load(double{});
-  case DType::I32:
-    return load(int32_t{});
-  case DType::I64:
-    return load(int64_t{});
-  case DType::Bool:
-    return load(uint8_t{}) != 0 ? 1 : 0;
-  }
-  return 0;
-}
+} // namespace
 
-struct Difference {
-  double rel = 0, abs = 0;
-};
-
-// Element by element; a NaN on one side only (or Inf against a finite value)
-// is an infinite difference, NaN against NaN none.
-void accumulateDifference(const CapturedValue &a, const CapturedValue &b, Difference &d) {
-  int64_t n = a.type.numel();
+void accumulateDifference(const Tensor &a, const Tensor &b, Difference &d) {
+  int64_t n = a.numel();
   for (int64_t i = 0; i < n; ++i) {
-    double x = element(a, i), y = element(b, i);
+    double x = a.real(i), y = b.real(i);
     if (std::isnan(x) && std::isnan(y))
       continue;
     if (x == y)
       continue;
     double diff = std::abs(x - y);
     if (!std::isfinite(diff)) {
-      d.rel = d.abs = std::numeric_limits<double>::infinity();
+      d.rel = d.abs = d.scaled = std::numeric_limits<double>::infinity();
       return;
     }
     d.abs = std::max(d.abs, diff);
     d.rel = std::max(d.rel, diff / std::max({std::abs(x), std::abs(y), 1e-6}));
+    d.scaled = std::max(d.scaled, diff / std::max({std::abs(x), std::abs(y), 1.0}));
   }
 }
+
+namespace {
 
 std::map<std::string, double> kernelMedians(const Executable &exe, int64_t firstStep) {
   std::map<std::string, std::vector<double>> times;
@@ -182,8 +156,13 @@ KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
   }
   std::map<std::string, double> fusedMicros = kernelMedians(*fusedExe, firstFused);
   std::map<std::string, double> unfusedMicros = kernelMedians(*unfusedExe, firstUnfused);
-  for (const KernelSpec &kernel : fused.spec.kernels)
-    report.fused.push_back({kernel.name, fusedMicros[kernel.name], kernel.flops});
+  for (size_t g = 0; g < fused.spec.kernels.size(); ++g) {
+    const KernelSpec &kernel = fused.spec.kernels[g];
+    const FusionGroup &group = fused.plan.groups[g];
+    report.fused.push_back({kernel.name, fusedMicros[kernel.name], kernel.flops,
+                            kernelFlops(fused.graph, group).total(),
+                            group.bytesRead + group.bytesWritten});
+  }
 
   for (size_t g = 0; g < fused.plan.groups.size(); ++g) {
     const FusionGroup &group = fused.plan.groups[g];
@@ -212,12 +191,13 @@ KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
       std::optional<ValueId> id = slotValue(slot);
       auto a = id ? fusedValues.find(*id) : fusedValues.end();
       auto b = id ? unfusedValues.find(*id) : unfusedValues.end();
-      if (a == fusedValues.end() || b == unfusedValues.end() || a->second.type != b->second.type) {
+      if (a == fusedValues.end() || b == unfusedValues.end() ||
+          a->second.type() != b->second.type()) {
         unmatched.push_back(slot.name);
         continue;
       }
       accumulateDifference(a->second, b->second, d);
-      row.comparedElements += a->second.type.numel();
+      row.comparedElements += a->second.numel();
       ++matched;
     }
     row.maxRelDiff = matched ? d.rel : std::numeric_limits<double>::quiet_NaN();

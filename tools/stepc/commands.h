@@ -215,6 +215,20 @@ struct BenchOptions {
 //   (tools/stepc/bench*.cpp)
 int bench(const BenchOptions &options);
 
+struct BisectOptions {
+  std::string file, loss = "loss", optimizer, params;
+  std::string metric;          // "diff" or "time"
+  std::string backend = "cpu"; // the only one
+  double tolerance = 1e-4;     // diff: see bisectFusion
+  std::optional<int> steps;    // diff: steps compared (1); time: timed steps (20)
+  uint64_t seed = 0;
+  int threads = 0;
+  std::string injectFault;     // KERNEL=AMOUNT: CompileOptions::perturbKernel
+};
+// `stepc bisect-fusion FILE.sg [--train-step OPT] --metric diff|time
+//   [--tolerance T] [--steps N] [--inject-fault KERNEL=AMOUNT]` (bisect.cpp)
+int bisectFusion(const BisectOptions &options);
+
 } // namespace stepc::cli
 
 namespace stepc::cli {

@@ -329,6 +329,33 @@ int main(int argc, char **argv) {
                     "fp32 peak for the % of peak (default: measured in the run)");
   addMemoryBudgetOption(bench, benchOptions.memoryBudget);
 
+  stepc::cli::BisectOptions bisectOptions;
+  auto *bisect = app.add_subcommand(
+      "bisect-fusion",
+      "Find the fused kernels that make a step differ from (or run slower than) its ops unfused");
+  bisect->add_option("file", bisectOptions.file, "graph file (.sg)")->required();
+  bisect->add_option("--train-step", bisectOptions.optimizer,
+                     "bisect the training step with this optimizer (e.g. adam)");
+  bisect->add_option("--loss", bisectOptions.loss)->capture_default_str();
+  bisect->add_option("--metric", bisectOptions.metric,
+                     "diff: results against the unfused step; time: kernel times")
+      ->required();
+  bisect->add_option("--tolerance", bisectOptions.tolerance,
+                     "diff: an element differs when |fused - unfused| > T * max(1, |value|)")
+      ->capture_default_str();
+  bisect->add_option("--steps", bisectOptions.steps,
+                     "diff: steps run and compared (default 1); time: timed steps (default 20)");
+  bisect->add_option("--inject-fault", bisectOptions.injectFault,
+                     "KERNEL=AMOUNT: the fused kernel (kN or its name) adds AMOUNT to every other "
+                     "element of its outputs (for testing)");
+  bisect->add_option("--backend", bisectOptions.backend, "cpu (the only one)")
+      ->capture_default_str();
+  bisect->add_option("--seed", bisectOptions.seed, "seed for the inputs")->capture_default_str();
+  bisect->add_option("--threads", bisectOptions.threads, "0: all cores")->capture_default_str();
+  bisect->add_option("--params", bisectOptions.params,
+                     "a safetensors file or a folder of NAME.npy (default: MODEL.safetensors "
+                     "beside MODEL.sg when present)");
+
   stepc::cli::CompileCliOptions compileOptions;
   auto *compile = app.add_subcommand(
       "compile", "Compile ahead of time (object + C header + runtime glue), or dump the IR");
@@ -398,6 +425,8 @@ int main(int argc, char **argv) {
         benchOptions.optimizer = "adam";
       return stepc::cli::bench(benchOptions);
     }
+    if (*bisect)
+      return stepc::cli::bisectFusion(bisectOptions);
     if (*importOnnx)
       return stepc::cli::importOnnx(importOptions);
     if (*conformance)
