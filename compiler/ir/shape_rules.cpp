@@ -623,7 +623,7 @@ TensorType inferType(OpKind op, const Attrs &attrs, std::span<const TensorType> 
     // remat=N (N >= 1) marks a copy the rematerialization pass made
     // (remat.cpp): the same value as its original, kept apart from it (and
     // from the copies made for other users) by CSE and fusion.
-    if (reader.has("remat") && !opInfo(op).is(kSource))
+    if (reader.has("remat") && opInfo(op).opClass != OpClass::Source)
       if (int64_t n = reader.integer("remat"); n < 1)
         throw Error(fmt::format("attribute 'remat' must be at least 1, got {}", n));
     reader.finish();

@@ -344,16 +344,28 @@ KernelFlops kernelFlops(const Graph &graph, const FusionGroup &group) {
         n *= static_cast<double>(d);
       return n;
     };
-    if (double m = matrixFlops(graph, v); m > 0)
-      flops.matrix += m;
-    else if (info.is(kElementwise))
+    flops.matrix += matrixFlops(graph, v);
+    switch (info.opClass) {
+    case OpClass::Source:
+    case OpClass::Constant:
+    case OpClass::View:
+    case OpClass::Indexed:
+    case OpClass::Collective:
+    case OpClass::Contraction: // counted exactly by matrixFlops
+      break;
+    case OpClass::Elementwise:
+    case OpClass::Random:
+    case OpClass::Scatter:
       flops.other += numel(v);
-    else if (info.is(kReduction))
+      break;
+    case OpClass::Reduction:
       flops.other += numel(node.operands[0]);
-    else if (node.op == OpKind::MaxPool2d || node.op == OpKind::AvgPool2d)
-      flops.other += numel(v) * taps();
-    else if (node.op == OpKind::MaxPool2dGrad || node.op == OpKind::AvgPool2dGrad)
-      flops.other += numel(node.operands.back()) * taps(); // per gradient element
+      break;
+    case OpClass::Window:
+      // Per output element of a pool, per gradient element of its gradient.
+      flops.other += numel(info.is(kScatterForm) ? node.operands.back() : v) * taps();
+      break;
+    }
   }
   return flops;
 }
