@@ -332,40 +332,49 @@ std::string fusionDot(const Graph &graph, const FusionPlan &plan) {
   return out;
 }
 
+KernelFlops nodeFlops(const Graph &graph, ValueId v) {
+  const Node &node = graph.node(v);
+  const OpInfo &info = opInfo(node.op);
+  auto numel = [&](ValueId id) { return static_cast<double>(graph.type(id).numel()); };
+  auto taps = [&] {
+    double n = 1;
+    for (int64_t d : node.attrs.getInts("kernel"))
+      n *= static_cast<double>(d);
+    return n;
+  };
+  KernelFlops flops{.matrix = matrixFlops(graph, v)};
+  switch (info.opClass) {
+  case OpClass::Source:
+  case OpClass::Constant:
+  case OpClass::View:
+  case OpClass::Indexed:
+  case OpClass::Collective:
+  case OpClass::Contraction: // counted exactly by matrixFlops
+    break;
+  case OpClass::Elementwise:
+  case OpClass::Random:
+    flops.other = numel(v);
+    break;
+  case OpClass::Scatter: // one add per update element
+    flops.other = numel(node.operands[1]);
+    break;
+  case OpClass::Reduction:
+    flops.other = numel(node.operands[0]);
+    break;
+  case OpClass::Window:
+    // Per output element of a pool, per gradient element of its gradient.
+    flops.other = numel(info.is(kScatterForm) ? node.operands.back() : v) * taps();
+    break;
+  }
+  return flops;
+}
+
 KernelFlops kernelFlops(const Graph &graph, const FusionGroup &group) {
   KernelFlops flops;
   for (ValueId v : group.nodes) {
-    const Node &node = graph.node(v);
-    const OpInfo &info = opInfo(node.op);
-    auto numel = [&](ValueId id) { return static_cast<double>(graph.type(id).numel()); };
-    auto taps = [&] {
-      double n = 1;
-      for (int64_t d : node.attrs.getInts("kernel"))
-        n *= static_cast<double>(d);
-      return n;
-    };
-    flops.matrix += matrixFlops(graph, v);
-    switch (info.opClass) {
-    case OpClass::Source:
-    case OpClass::Constant:
-    case OpClass::View:
-    case OpClass::Indexed:
-    case OpClass::Collective:
-    case OpClass::Contraction: // counted exactly by matrixFlops
-      break;
-    case OpClass::Elementwise:
-    case OpClass::Random:
-    case OpClass::Scatter:
-      flops.other += numel(v);
-      break;
-    case OpClass::Reduction:
-      flops.other += numel(node.operands[0]);
-      break;
-    case OpClass::Window:
-      // Per output element of a pool, per gradient element of its gradient.
-      flops.other += numel(info.is(kScatterForm) ? node.operands.back() : v) * taps();
-      break;
-    }
+    KernelFlops node = nodeFlops(graph, v);
+    flops.matrix += node.matrix;
+    flops.other += node.other;
   }
   return flops;
 }

@@ -57,93 +57,18 @@ bool isFree(OpKind op) {
          op == OpKind::Iota;
 }
 
-// Operations to recompute one node: the cost model's price. At least one per
-// result element (a view still writes its copy when it is materialized), the
-// multiply-adds of a contraction, a window per element for pooling. Never for
-// all_reduce: a collective talks to the other processes and runs once.
-// One case per op (docs/design.md rule 1).
+// Operations to recompute one node: the cost model's price. The node's flops
+// (nodeFlops), and at least one per result element (a view still writes its
+// copy when it is materialized). Never for a collective: it talks to the
+// other processes and runs once. Dropout's mask is a function of (seed,
+// element index), so a copy draws exactly the original's mask.
 std::optional<double> recomputeCost(const Graph &graph, ValueId v) {
   const Node &n = graph.node(v);
-  double elements = static_cast<double>(n.type.numel());
-  auto operandElements = [&](size_t i) {
-    return static_cast<double>(graph.type(n.operands[i]).numel());
-  };
-  auto window = [&] {
-    const std::vector<int64_t> &k = n.attrs.getInts("kernel");
-    return static_cast<double>(k[0] * k[1]);
-  };
-  switch (n.op) {
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota: return 0;
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot: return elements;
-  // Counter-based: the mask is a function of (seed, element index), so a copy
-  // draws exactly the original's mask and recomputing it is safe.
-  case OpKind::Dropout: return elements;
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax: return operandElements(0);
-  case OpKind::MatMul:
-    return 2 * elements * static_cast<double>(graph.type(n.operands[0]).shape.back());
-  case OpKind::Conv2d: {
-    const Shape &w = graph.type(n.operands[1]).shape;
-    return 2 * elements * static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Conv2dGradInput: {
-    const Shape &w = graph.type(n.operands[1]).shape;
-    return 2 * operandElements(0) * static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Conv2dGradWeight: {
-    const Shape &w = n.type.shape;
-    return 2 * operandElements(1) * static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::ScatterAdd: return operandElements(1);
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d: return elements * window();
-  case OpKind::MaxPool2dGrad: return operandElements(1) * window();
-  case OpKind::AvgPool2dGrad: return operandElements(0) * window();
-  case OpKind::AllReduce: return std::nullopt;
-  }
-  return std::nullopt;
+  if (isFree(n.op))
+    return 0;
+  if (opInfo(n.op).opClass == OpClass::Collective)
+    return std::nullopt;
+  return std::max(nodeFlops(graph, v).total(), static_cast<double>(n.type.numel()));
 }
 
 // The compiled plan of a graph, seen as kernel-written buffers and when each

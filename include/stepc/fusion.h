@@ -159,11 +159,14 @@ std::string fusionDot(const Graph &graph, const FusionPlan &plan);
 // convolutions (and their gradients). `other`: an estimate of one per
 // element for every other op that computes (elementwise ops per output
 // element, reductions per operand element, pooling and its gradient per
-// window tap); views, gathers and scatters move data and count nothing.
+// window tap, scatters per update element); views and gathers move data
+// and count nothing.
 struct KernelFlops {
   double matrix = 0, other = 0;
   double total() const { return matrix + other; }
 };
 KernelFlops kernelFlops(const Graph &graph, const FusionGroup &group);
+// The same for one node (rematerialization prices a recomputation with it).
+KernelFlops nodeFlops(const Graph &graph, ValueId v);
 
 } // namespace stepc
