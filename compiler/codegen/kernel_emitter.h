@@ -1,5 +1,6 @@
 // The kernel emitter shared by lowering.cpp (storage, element rules, the
-// kernel as a whole) and lowering_roots.cpp (the loop nests of roots).
+// kernel as a whole), lowering_roots.cpp (the loop nests of roots) and
+// lowering_matmul.cpp (matmul roots).
 #pragma once
 
 #include "lowering.h"
@@ -42,7 +43,7 @@ private:
   // tiled matmul reads it in place (see emit()).
   const std::string *transposedView(ValueId operand) const;
   std::map<ValueId, ValueId> directTransposes_;
-  // Epilogues on the matmul's register tile (lowering_roots.cpp): the roots
+  // Epilogues on the matmul's register tile (lowering_matmul.cpp): the roots
   // after a kernel's matmul, computed on each 16-lane piece of the product
   // before anything is stored.
   bool vectorizable(ValueId id, ValueId product, const Shape &shape) const;
