@@ -246,9 +246,22 @@ std::vector<Value> vjp(const Node &node, const std::vector<Value> &x, Value y, V
     return {expandReduced(g, node, shapeOf(0)) / reductionCount(node, shapeOf(0))};
   case OpKind::ReduceMax:
   case OpKind::ReduceMin: return {extremumGrad(node, a(), y, g)};
-  case OpKind::MatMul:
+  case OpKind::MatMul: {
+    // a [..., M, K] x b [K, N]: b's gradient sums a^T g over the batch, one
+    // product with the batch folded into K (the batch entries' rows follow
+    // each other), not a batched product and a [batch, K, N] sum after it.
+    const Shape &as = shapeOf(0), &bs = shapeOf(1);
+    if (needed[1] && bs.size() == 2 && as.size() > 2) {
+      int64_t rows = 1;
+      for (size_t d = 0; d + 1 < as.size(); ++d)
+        rows *= as[d];
+      Value gradB = matmul(transposeLast2(reshape(a(), {rows, as.back()})),
+                           reshape(g, {rows, bs.back()}));
+      return {needed[0] ? matmul(g, transposeLast2(b())) : Value(), gradB};
+    }
     return {needed[0] ? unbroadcast(matmul(g, transposeLast2(b())), shapeOf(0)) : Value(),
             needed[1] ? unbroadcast(matmul(transposeLast2(a()), g), shapeOf(1)) : Value()};
+  }
   case OpKind::Transpose:
     return {transpose(g, inversePermutation(node.attrs.getInts("perm")))};
   case OpKind::Reshape: return {reshape(g, shapeOf(0))};

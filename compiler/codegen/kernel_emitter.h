@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 namespace stepc::codegen {
 
 using Index = std::vector<std::string>;
+using Strides = std::vector<int64_t>;
 
 // Whether an op's value at an index is a cheap function of its operands'
 // values at computable indices, so it can be inlined into its consumer.
@@ -39,10 +41,33 @@ private:
   // Fault injection (lowerGroup's `perturbation`): adds it to every
   // floating-point value the kernel writes, once per element.
   void emitPerturbation(bool parallel, int64_t extent);
-  // The stored matrix a matmul operand is the [1,0] transpose of, when the
-  // tiled matmul reads it in place (see emit()).
-  const std::string *transposedView(ValueId operand) const;
-  std::map<ValueId, ValueId> directTransposes_;
+  // Matmuls on the register-tiled micro-kernel (lowering_matmul.cpp). An
+  // operand read in place: its element i is element offset + sum_d i[d] *
+  // strides[d] of the stored value `base` (a transpose, reshape, slice or
+  // broadcast of it). `planning`: before storage is assigned (emit() picks
+  // the roots), a base is any value from outside the kernel.
+  struct StridedOperand {
+    ValueId base = 0;
+    int64_t offset = 0;
+    Strides strides;
+  };
+  std::optional<StridedOperand> stridedOperand(ValueId v, bool planning) const;
+  // A and B in the product's batch space (strides per batch dimension, 0
+  // where broadcast, then the two matrix dimensions); `dot`: B is read as
+  // rows of B^T (dot products along K); `collapse`: the batch dimensions
+  // fold into A's rows (one product with B).
+  struct MatMulPlan {
+    StridedOperand a, b;
+    bool dot = false, collapse = false;
+  };
+  std::optional<MatMulPlan> matmulPlan(ValueId product, bool planning) const;
+  std::vector<bool> matmulCopies(ValueId product) const;
+  std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,
+                            int64_t cols, int64_t rowStride, int64_t colStride, std::string &type);
+  void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
+  // The product's full index of a tile element (row, col): batch indices
+  // first, or the batch delinearized from a collapsed row.
+  std::function<Index(const std::string &, const std::string &)> tileIndex_;
   // Epilogues on the matmul's register tile (lowering_matmul.cpp): the roots
   // after a kernel's matmul, computed on each 16-lane piece of the product
   // before anything is stored.

@@ -796,14 +796,6 @@ int64_t KernelEmitter::byteOffset(ValueId id) const {
   return it != scratchAt_.end() ? it->second : arenaOffset_(id);
 }
 
-const std::string *KernelEmitter::transposedView(ValueId operand) const {
-  auto it = directTransposes_.find(operand);
-  if (it == directTransposes_.end())
-    return nullptr;
-  auto view = views_.find(it->second);
-  return view == views_.end() ? nullptr : &view->second;
-}
-
 std::map<ValueId, int64_t> KernelEmitter::scratchOffsets(const std::vector<ValueId> &roots,
                                                          int64_t &bytes) const {
   std::map<ValueId, int64_t> offsets;
@@ -820,34 +812,18 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : group_.nodes)
     checkSupported(node(id));
   // Roots: nodes other kernels (or the caller) read, nodes that cannot be
-  // inlined into a consumer, and matmul operands (the tiled matmul reads
-  // them from memory, so a fused transpose is materialized once).
-  // A 2-D f32 matmul reads an operand that is the [1,0] transpose of a stored
-  // matrix in place (one of its two operands at most).
+  // inlined into a consumer, and the matmul operands the tiled matmul cannot
+  // read in place as strided views of memory (matmulCopies): those are
+  // stored row-major once.
   std::set<ValueId> matmulOperands;
   for (ValueId id : group_.nodes) {
     const Node &n = node(id);
     if (n.op != OpKind::MatMul)
       continue;
-    bool direct = false;
-    // Dot products along K pay a reduction per output element: worth it
-    // only when K is long; otherwise B^T is materialized once instead.
-    int64_t depth = shapeOf(n.operands[0]).back();
-    for (size_t k = 0; k < n.operands.size(); ++k) {
-      ValueId operand = n.operands[k];
-      const Node &t = node(operand);
-      bool transposeOfStored = !gpu_ && n.type.rank() == 2 && n.type.dtype == DType::F32 &&
-                               t.op == OpKind::Transpose && !inGroup_.count(t.operands[0]) &&
-                               t.attrs.getInts("perm") == std::vector<int64_t>{1, 0} &&
-                               inGroup_.count(operand) && !usedOutside_[operand] &&
-                               (k == 0 || depth >= 64);
-      if (transposeOfStored && !direct) {
-        directTransposes_[operand] = t.operands[0];
-        direct = true;
-      } else {
-        matmulOperands.insert(operand);
-      }
-    }
+    std::vector<bool> copies = matmulCopies(id);
+    for (size_t k = 0; k < n.operands.size(); ++k)
+      if (copies[k])
+        matmulOperands.insert(n.operands[k]);
   }
   std::vector<ValueId> roots;
   for (ValueId id : group_.nodes) {

@@ -11,23 +11,262 @@
 
 namespace stepc::codegen {
 
+// ---------------------------------------------------------------------------
+// Operands read in place
+
+namespace {
+
+Strides rowMajor(const Shape &shape) {
+  Strides strides(shape.size(), 1);
+  for (size_t d = shape.size(); d-- > 1;)
+    strides[d - 1] = strides[d] * shape[d];
+  return strides;
+}
+
+// The strides of a reshape of a strided view, where strides can express it
+// (numpy's rule): each run of old dimensions that merges into new ones must
+// be contiguous within itself. Dimensions of size 1 take any stride.
+std::optional<Strides> reshapeStrides(const Shape &from, const Strides &fromStrides,
+                                      const Shape &to) {
+  Shape oldDims;
+  Strides oldStrides;
+  for (size_t d = 0; d < from.size(); ++d)
+    if (from[d] != 1) {
+      oldDims.push_back(from[d]);
+      oldStrides.push_back(fromStrides[d]);
+    }
+  Strides strides(to.size(), 1);
+  size_t oi = 0, oj = 1, ni = 0, nj = 1;
+  while (ni < to.size() && oi < oldDims.size()) {
+    int64_t np = to[ni], op = oldDims[oi];
+    while (np != op) {
+      if (np < op) {
+        if (nj >= to.size())
+          return std::nullopt;
+        np *= to[nj++];
+      } else {
+        if (oj >= oldDims.size())
+          return std::nullopt;
+        op *= oldDims[oj++];
+      }
+    }
+    for (size_t ok = oi; ok + 1 < oj; ++ok)
+      if (oldStrides[ok] != oldDims[ok + 1] * oldStrides[ok + 1])
+        return std::nullopt;
+    strides[nj - 1] = oldStrides[oj - 1];
+    for (size_t nk = nj - 1; nk > ni; --nk)
+      strides[nk - 1] = strides[nk] * to[nk];
+    ni = nj++;
+    oi = oj++;
+  }
+  return strides;
+}
+
+} // namespace
+
+std::optional<KernelEmitter::StridedOperand> KernelEmitter::stridedOperand(ValueId v,
+                                                                          bool planning) const {
+  const Node &n = node(v);
+  const Shape &shape = n.type.shape;
+  bool stored = planning ? !inGroup_.count(v) && opInfo(n.op).opClass != OpClass::Constant
+                         : views_.count(v) > 0;
+  if (stored)
+    return StridedOperand{v, 0, rowMajor(shape)};
+  if (!inGroup_.count(v) || n.operands.empty())
+    return std::nullopt;
+  auto in = stridedOperand(n.operands[0], planning);
+  if (!in)
+    return std::nullopt;
+  const Shape &from = shapeOf(n.operands[0]);
+  StridedOperand out{in->base, in->offset, {}};
+  switch (n.op) {
+  case OpKind::Transpose:
+    for (int64_t p : n.attrs.getInts("perm"))
+      out.strides.push_back(in->strides[static_cast<size_t>(p)]);
+    return out;
+  case OpKind::Reshape:
+    if (auto strides = reshapeStrides(from, in->strides, shape)) {
+      out.strides = *strides;
+      return out;
+    }
+    return std::nullopt;
+  case OpKind::Slice: {
+    const auto &starts = n.attrs.getInts("starts");
+    const auto &steps = n.attrs.getInts("strides");
+    for (size_t d = 0; d < shape.size(); ++d) {
+      if (steps[d] <= 0)
+        return std::nullopt;
+      out.offset += starts[d] * in->strides[d];
+      out.strides.push_back(in->strides[d] * steps[d]);
+    }
+    return out;
+  }
+  case OpKind::BroadcastTo: {
+    size_t lead = shape.size() - from.size();
+    out.strides.assign(lead, 0);
+    for (size_t d = 0; d < from.size(); ++d)
+      out.strides.push_back(from[d] == 1 && shape[lead + d] != 1 ? 0 : in->strides[d]);
+    return out;
+  }
+  default: return std::nullopt;
+  }
+}
+
+// Operands of matmul `product` as strided views in the product's batch space:
+// strides for each of the product's batch dimensions (0 where the operand is
+// broadcast) and the operand's two matrix dimensions.
+std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId product,
+                                                                   bool planning) const {
+  const Node &n = node(product);
+  const Shape &out = n.type.shape;
+  if (gpu_ || n.type.dtype != DType::F32 || n.type.numel() == 0 || shapeOf(n.operands[0]).back() == 0)
+    return std::nullopt;
+  MatMulPlan plan;
+  size_t rank = out.size();
+  for (int k = 0; k < 2; ++k) {
+    ValueId v = n.operands[static_cast<size_t>(k)];
+    auto s = stridedOperand(v, planning);
+    if (!s)
+      return std::nullopt;
+    const Shape &shape = shapeOf(v);
+    size_t lead = rank - shape.size();
+    Strides strides(lead, 0);
+    for (size_t d = 0; d < shape.size(); ++d)
+      strides.push_back(shape[d] == 1 ? 0 : s->strides[d]);
+    s->strides = strides;
+    (k == 0 ? plan.a : plan.b) = *s;
+  }
+  int64_t m = out[rank - 2], depth = shapeOf(n.operands[0]).back(), cols = out[rank - 1];
+  auto unit = [](int64_t stride, int64_t size) { return stride == 1 || size == 1; };
+  int64_t aK = plan.a.strides[rank - 1], bK = plan.b.strides[rank - 2], bN = plan.b.strides[rank - 1];
+  if (unit(bN, cols))
+    plan.dot = false;
+  // Dot products along K pay a reduction per output element: worth it
+  // only when K is long; otherwise B^T is materialized once instead.
+  else if (unit(aK, depth) && unit(bK, depth) && depth >= 64)
+    plan.dot = true;
+  else
+    return std::nullopt;
+  // Batch dimensions fold into A's rows when B is the same for every batch
+  // entry and A's rows follow each other at one stride over the batch.
+  plan.collapse = rank > 2;
+  int64_t rowStride = plan.a.strides[rank - 2], span = m;
+  for (size_t d = rank - 2; d-- > 0;) {
+    plan.collapse = plan.collapse && plan.b.strides[d] == 0 &&
+                    (out[d] == 1 || plan.a.strides[d] == rowStride * span);
+    span *= out[d];
+  }
+  if (m == 1 && rank > 2)
+    plan.collapse = false; // A's row stride is arbitrary then
+  return plan;
+}
+
+// Which operands of matmul `product` the kernel stores row-major first (as
+// roots): those the register-tiled path cannot read in place, and all of
+// them where the product does not take that path.
+std::vector<bool> KernelEmitter::matmulCopies(ValueId product) const {
+  const Node &n = node(product);
+  if (matmulPlan(product, true))
+    return {false, false};
+  if (gpu_ || n.type.dtype != DType::F32)
+    return {true, true};
+  // A is read in place if it is any strided view, B if it is one with a
+  // unit stride along N; copied row-major, either makes a plan.
+  ValueId a = n.operands[0], b = n.operands[1];
+  auto bView = stridedOperand(b, true);
+  bool bUnit = bView && (bView->strides.back() == 1 || shapeOf(b).back() == 1);
+  return {!stridedOperand(a, true), !bUnit};
+}
+
+std::string KernelEmitter::stridedMatrix(const StridedOperand &s, const Index &batch,
+                                         int64_t rows, int64_t cols, int64_t rowStride,
+                                         int64_t colStride, std::string &type) {
+  std::string offset = w_.indexConstant(s.offset);
+  for (size_t d = 0; d < batch.size(); ++d)
+    if (s.strides[d] != 0)
+      offset = w_.assign(fmt::format(
+          "arith.addi {}, {} : index", offset,
+          w_.assign(fmt::format("arith.muli {}, {} : index", batch[d], w_.indexConstant(s.strides[d])))));
+  // A dimension of size 1 takes any stride; 1 keeps vector loads legal.
+  if (rows == 1)
+    rowStride = 1;
+  if (cols == 1)
+    colStride = 1;
+  type = fmt::format("memref<{}x{}xf32, strided<[{}, {}], offset: ?>>", rows, cols, rowStride,
+                     colStride);
+  return w_.assign(fmt::format(
+      "memref.reinterpret_cast {} to offset: [{}], sizes: [{}, {}], strides: [{}, {}] : {} to {}",
+      viewOf(s.base), offset, rows, cols, rowStride, colStride, memrefType(g_.type(s.base)), type));
+}
+
+// The register-tiled product, batch entry by batch entry (or all batch
+// entries as the rows of one product when they fold into A's rows). A
+// parallel call owns output rows [begin, end) of dimension 0: batch
+// entries, or rows of a 2-D product.
+void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel) {
+  const Shape &out = shapeOf(id);
+  size_t rank = out.size();
+  int64_t m = out[rank - 2], depth = shapeOf(node(id).operands[0]).back(), cols = out[rank - 1];
+  const Strides &as = plan.a.strides, &bs = plan.b.strides;
+  int64_t aM = as[rank - 2], aK = as[rank - 1], bK = bs[rank - 2], bN = bs[rank - 1];
+  auto product = [&](const Index &batch, int64_t rows, const std::string &lo,
+                     const std::string &hi) {
+    TiledMatMul mm;
+    mm.m = rows;
+    mm.k = depth;
+    mm.n = cols;
+    mm.rowBegin = lo;
+    mm.rowEnd = hi;
+    mm.a = stridedMatrix(plan.a, batch, rows, depth, aM, aK, mm.aType);
+    mm.bTransposed = plan.dot;
+    mm.b = plan.dot ? stridedMatrix(plan.b, batch, cols, depth, bN, bK, mm.bType)
+                    : stridedMatrix(plan.b, batch, depth, cols, bK, bN, mm.bType);
+    StridedOperand c{id, 0, rowMajor(out)};
+    mm.c = stridedMatrix(c, batch, rows, cols, cols, 1, mm.cType);
+    mm.epilogue = tileEpilogue_;
+    emitTiledMatMul(w_, mm);
+  };
+  if (rank == 2 || plan.collapse) {
+    int64_t rows = 1;
+    for (size_t d = 0; d + 1 < rank; ++d)
+      rows *= out[d];
+    Shape lead(out.begin(), out.end() - 1);
+    tileIndex_ = [this, lead](const std::string &row, const std::string &col) {
+      Index idx = lead.size() == 1 ? Index{row} : delinearize(row, lead);
+      idx.push_back(col);
+      return idx;
+    };
+    std::string lo, hi;
+    if (parallel) {
+      std::string perRow = w_.indexConstant(rows / out[0]);
+      lo = w_.assign(fmt::format("arith.muli {}, {} : index", begin_, perRow));
+      hi = w_.assign(fmt::format("arith.muli {}, {} : index", end_, perRow));
+    }
+    product(Index(rank - 2, w_.indexConstant(0)), rows, lo, hi);
+  } else {
+    Index batch = openLoops(Shape(out.begin(), out.end() - 2), parallel);
+    tileIndex_ = [batch](const std::string &row, const std::string &col) {
+      Index idx = batch;
+      idx.push_back(row);
+      idx.push_back(col);
+      return idx;
+    };
+    product(batch, m, "", "");
+    closeLoops(batch.size());
+  }
+  tileIndex_ = nullptr;
+}
+
 void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   const Node &n = node(id);
   ValueId a = n.operands[0], b = n.operands[1];
   const Shape &out = n.type.shape;
   size_t rank = out.size();
-  // Plain 2-D f32 products of stored operands take the register-tiled path.
-  // (Not on the GPU: one thread per output element there.)
-  auto stored = [&](ValueId v) { return views_.count(v) || transposedView(v); };
-  if (!gpu_ && rank == 2 && n.type.dtype == DType::F32 && stored(a) && stored(b)) {
-    TiledMatMul tiled{views_.count(a) ? views_.at(a) : *transposedView(a),
-                      views_.count(b) ? views_.at(b) : *transposedView(b),
-                      viewOf(id), out[0], shapeOf(a)[1], out[1],
-                      parallel ? begin_ : "", parallel ? end_ : ""};
-    tiled.aTransposed = !views_.count(a);
-    tiled.bTransposed = !views_.count(b);
-    tiled.epilogue = tileEpilogue_;
-    emitTiledMatMul(w_, tiled);
+  // f32 products whose operands are strided views of memory take the
+  // register-tiled path. (Not on the GPU: one thread per output element
+  // there.)
+  if (auto plan = matmulPlan(id, false)) {
+    emitTiledProduct(id, *plan, parallel);
     return;
   }
   DType dt = n.type.dtype;
@@ -194,7 +433,7 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     // A stored operand: 16 consecutive columns where its last axis spans the
     // product's columns, else one element broadcast.
     const Shape &out = shapeOf(tileProduct_);
-    Index at = broadcastIndex(id, out, {row, col});
+    Index at = broadcastIndex(id, out, tileIndex_(row, col));
     bool alongColumns = n.type.rank() >= 1 && n.type.shape.back() == out.back() && out.back() != 1;
     if (!alongColumns) {
       v = splat(n.type.rank() == 0 ? valueAt(id, {}) : load(id, at));
@@ -311,9 +550,8 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
     if (!convAsMatmul(m, m.operands[0], product, m.operands[1]))
       return false;
   } else {
-    ValueId b = m.operands[1];
-    if (gpu_ || shape.size() != 2 || m.type.dtype != DType::F32 || !views_.count(b) ||
-        !(views_.count(m.operands[0]) || transposedView(m.operands[0])))
+    auto plan = matmulPlan(product, false);
+    if (!plan || plan->dot)
       return false;
   }
   tileConv_ = conv;
@@ -359,16 +597,20 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       }
       // A convolution stores into the sample's [C, pixels] slice.
       std::string view = viewOf(id), memType = memrefType(g_.type(id));
+      Index at{row, col};
       if (!tileSample_.empty()) {
         int64_t pixels = shape[2] * shape[3];
         view = matrixView(id, tileSample_, shape[1], pixels);
         memType = fmt::format("memref<{}x{}x{}>", shape[1], pixels, memoryElementType(dtypeOf(id)));
+      } else {
+        at = tileIndex_(row, col);
       }
       if (mask.empty())
-        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", v, view, row, col, memType, type));
+        w_.line(fmt::format("vector.store {}, {}[{}] : {}, {}", v, view, fmt::join(at, ", "),
+                            memType, type));
       else
-        w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", view,
-                            row, col, mask, v, memType, type));
+        w_.line(fmt::format("vector.maskedstore {}[{}], {}, {} : {}, vector<16xi1>, {}", view,
+                            fmt::join(at, ", "), mask, v, memType, type));
     };
     if (usedOutside_[product])
       storeVector(product, value);

@@ -18,6 +18,17 @@ std::string memref(int64_t rows, int64_t cols) {
   return fmt::format("memref<{}x{}xf32>", rows, cols);
 }
 
+std::string typeOf(const std::string &given, int64_t rows, int64_t cols) {
+  return given.empty() ? memref(rows, cols) : given;
+}
+std::string aType(const TiledMatMul &mm) {
+  return mm.aTransposed ? typeOf(mm.aType, mm.k, mm.m) : typeOf(mm.aType, mm.m, mm.k);
+}
+std::string bType(const TiledMatMul &mm) {
+  return mm.bTransposed ? typeOf(mm.bType, mm.n, mm.k) : typeOf(mm.bType, mm.k, mm.n);
+}
+std::string cType(const TiledMatMul &mm) { return typeOf(mm.cType, mm.m, mm.n); }
+
 // Emits `scf.for` with vector accumulators; returns the result names.
 struct VectorLoop {
   std::string iv;
@@ -68,19 +79,19 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
     bv.push_back(mask.empty()
                      ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, loop.iv,
                                             v == 0 ? col : add(w, col, v * kLanes),
-                                            memref(mm.k, mm.n), kVec))
+                                            bType(mm), kVec))
                      : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, "
                                             "vector<16xi1>, {} into {}",
-                                            mm.b, loop.iv, col, mask, zero, memref(mm.k, mm.n),
+                                            mm.b, loop.iv, col, mask, zero, bType(mm),
                                             kVec, kVec)));
   std::vector<std::string> next;
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
     std::string a = w.assign(mm.aTransposed
                                  ? fmt::format("memref.load {}[{}, {}] : {}", mm.a, loop.iv, row,
-                                               memref(mm.k, mm.m))
+                                               aType(mm))
                                  : fmt::format("memref.load {}[{}, {}] : {}", mm.a, row, loop.iv,
-                                               memref(mm.m, mm.k)));
+                                               aType(mm)));
     std::string splat = w.assign(fmt::format("vector.broadcast {} : f32 to {}", a, kVec));
     for (int v = 0; v < vectors; ++v)
       next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", splat, bv[v],
@@ -99,12 +110,12 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
       }
       if (!mask.empty()) {
         w.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", mm.c,
-                           row, col, mask, loop.results[r * vectors + v], memref(mm.m, mm.n),
+                           row, col, mask, loop.results[r * vectors + v], cType(mm),
                            kVec));
         continue;
       }
       w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", loop.results[r * vectors + v],
-                         mm.c, row, v == 0 ? col : add(w, col, v * kLanes), memref(mm.m, mm.n),
+                         mm.c, row, v == 0 ? col : add(w, col, v * kLanes), cType(mm),
                          kVec));
     }
   }
@@ -123,19 +134,18 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
   for (int c = 0; c < cols; ++c)
     colIdx.push_back(c == 0 ? colLo : add(w, colLo, c));
   auto step = [&](const std::string &k, const std::string &mask, const std::vector<std::string> &in) {
-    auto load = [&](const std::string &mem, const std::string &i, int64_t rowsOf) {
+    auto load = [&](const std::string &mem, const std::string &i, const std::string &type) {
       return mask.empty()
-                 ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mem, i, k,
-                                        memref(rowsOf, mm.k), kVec))
+                 ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mem, i, k, type, kVec))
                  : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, "
                                         "{} into {}",
-                                        mem, i, k, mask, zero, memref(rowsOf, mm.k), kVec, kVec));
+                                        mem, i, k, mask, zero, type, kVec, kVec));
     };
     std::vector<std::string> av, bv, next;
     for (int r = 0; r < rows; ++r)
-      av.push_back(load(mm.a, rowIdx[r], mm.m));
+      av.push_back(load(mm.a, rowIdx[r], aType(mm)));
     for (int c = 0; c < cols; ++c)
-      bv.push_back(load(mm.b, colIdx[c], mm.n));
+      bv.push_back(load(mm.b, colIdx[c], bType(mm)));
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < cols; ++c)
         next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", av[r], bv[c],
@@ -169,11 +179,11 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
                                              acc[r * cols + c], kVec));
       if (mm.accumulate) {
         std::string old = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.c, rowIdx[r],
-                                               colIdx[c], memref(mm.m, mm.n)));
+                                               colIdx[c], cType(mm)));
         sum = w.assign(fmt::format("arith.addf {}, {} : f32", old, sum));
       }
       w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", sum, mm.c, rowIdx[r], colIdx[c],
-                         memref(mm.m, mm.n)));
+                         cType(mm)));
     }
 }
 

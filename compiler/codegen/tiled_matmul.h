@@ -1,5 +1,5 @@
 // The register-tiled f32 matmul micro-kernel (vector dialect): C = A x B for
-// row-major A [M,K], B [K,N], C [M,N], all stored in memory.
+// A [M,K], B [K,N], C [M,N], all stored in memory, row-major or strided.
 #pragma once
 
 #include "mlir_text.h"
@@ -18,6 +18,12 @@ struct TiledMatMul {
   // one at a time, so the stride costs little); `b` is B^T [N,K], which
   // turns the product into dot products of rows, vectorized along K.
   bool aTransposed = false, bTransposed = false;
+  // The memref types of a, b and c where they are not plain row-major
+  // (memref<MxKxf32> and so on): strided views, e.g.
+  // memref<64x256xf32, strided<[256, 1], offset: ?>>. Vector loads and
+  // stores need a unit stride along their 16 lanes: B's (or B^T's) and C's
+  // last dimension, and A's last with bTransposed.
+  std::string aType = "", bType = "", cType = "";
   // Add the product to C instead of storing it (dot-product path only).
   bool accumulate = false;
   // Instead of storing each 16-lane piece of C, hand it to the caller while
@@ -25,7 +31,7 @@ struct TiledMatMul {
   // unless lanes past the edge are off. Not with bTransposed.
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
-      epilogue;
+      epilogue = nullptr;
 };
 
 // Blocks of 8 rows x 32 columns accumulate in 16 vector<16xf32> registers
