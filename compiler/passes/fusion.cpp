@@ -248,7 +248,7 @@ struct KernelShape {
 
 std::vector<bool> reducedAxes(const Node &node, int64_t rank) {
   std::vector<bool> axes(static_cast<size_t>(rank), false);
-  auto mark = [&](int64_t axis) { axes[static_cast<size_t>(axis < 0 ? axis + rank : axis)] = true; };
+  auto mark = [&](int64_t axis) { axes[static_cast<size_t>(axis)] = true; };
   if (node.op == OpKind::ArgMax)
     mark(node.attrs.getInt("axis"));
   else
