@@ -31,6 +31,8 @@
 
 using namespace stepc;
 using ::testing::HasSubstr;
+using stepc::testing::exampleNames;
+using stepc::testing::loadExample;
 
 // The kernels the fake driver (tests/fake_cuda_driver.cpp) runs on a launch,
 // by function name: their CPU emulation. Exported (ENABLE_EXPORTS) for it.
@@ -168,20 +170,6 @@ struct GraphCase {
     return values;
   }
 };
-
-std::vector<std::string> exampleNames() {
-  std::vector<std::string> names;
-  for (const auto &entry :
-       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
-    if (entry.path().extension() == ".sg")
-      names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-Graph loadExample(const std::string &name) {
-  return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
-}
 
 std::vector<GraphCase> opCases() {
   return {
