@@ -1,23 +1,13 @@
 // The pass manager: verification between passes, stats, hooks, pass names.
-#include "stepc/autodiff.h"
-#include "stepc/builder.h"
 #include "stepc/passes.h"
-#include "stepc/text.h"
-#include "stepc/train.h"
 
 #include "testing.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
-#include <filesystem>
-#include <map>
-#include <random>
-
 using namespace stepc;
-using stepc::testing::parseSnippet;
+using namespace stepc::testing;
 using ::testing::HasSubstr;
 
 namespace {

@@ -1,6 +1,5 @@
 // Every pass and the default pipeline keep the results of snippets, random
 // graphs, every example and its training steps (testing.h).
-#include "stepc/autodiff.h"
 #include "stepc/builder.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"
@@ -8,27 +7,14 @@
 
 #include "testing.h"
 
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cmath>
-#include <filesystem>
 #include <map>
 #include <random>
 
 using namespace stepc;
-using stepc::testing::Results;
-using stepc::testing::exampleNames;
-using stepc::testing::expectRewrite;
-using stepc::testing::expectSameResults;
-using stepc::testing::expectSameSemantics;
-using stepc::testing::freshSeed;
-using stepc::testing::inputsFor;
-using stepc::testing::loadExample;
-using stepc::testing::optimized;
-using stepc::testing::parseSnippet;
-using stepc::testing::runGraph;
+using namespace stepc::testing;
 
 namespace {
 

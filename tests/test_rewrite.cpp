@@ -1,24 +1,14 @@
 // The graph surgery under the passes (compiler/passes/rewrite.h): compact
 // and replaceAllUses.
-#include "stepc/autodiff.h"
-#include "stepc/builder.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"
-#include "stepc/train.h"
 
 #include "testing.h"
 
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
-#include <filesystem>
-#include <map>
-#include <random>
-
 using namespace stepc;
-using stepc::testing::parseSnippet;
+using namespace stepc::testing;
 
 namespace {
 

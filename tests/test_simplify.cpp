@@ -1,26 +1,14 @@
 // The simplify pass: algebraic identities and chains of views, each a
 // snippet before and after, checked against the interpreter (testing.h).
-#include "stepc/autodiff.h"
-#include "stepc/builder.h"
-#include "stepc/passes.h"
-#include "stepc/text.h"
-#include "stepc/train.h"
 
 #include "testing.h"
 
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
-#include <filesystem>
-#include <map>
-#include <random>
 
 using namespace stepc;
-using stepc::testing::expectRewrite;
-using stepc::testing::optimized;
-using stepc::testing::parseSnippet;
+using namespace stepc::testing;
 
 namespace {
 

@@ -86,67 +86,24 @@ FusionClass fusionClass(OpKind op) {
 
 // Why an opaque op runs alone (rule "opaque").
 std::string_view opaqueReason(OpKind op) {
-  switch (op) {
-  case OpKind::Gather: return "it reads rows chosen by run-time indices";
-  case OpKind::ScatterAdd:
-    return "it accumulates into rows chosen by run-time indices";
-  case OpKind::Concat: return "it reads a different operand per range of its output";
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d: return "each output reads a window of its input";
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad: return "each input element scatters into several windows";
-  case OpKind::AllReduce:
+  switch (opInfo(op).opClass) {
+  case OpClass::Indexed:
+    return op == OpKind::Gather ? "it reads rows chosen by run-time indices"
+                                : "it reads a different operand per range of its output";
+  case OpClass::Scatter: return "it accumulates into rows chosen by run-time indices";
+  case OpClass::Window:
+    return op == OpKind::MaxPool2dGrad || op == OpKind::AvgPool2dGrad
+               ? "each input element scatters into several windows"
+               : "each output reads a window of its input";
+  case OpClass::Collective:
     return "it is a collective: a runtime call between kernels, not a loop";
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Pad:
-  case OpKind::OneHot:
-  case OpKind::Conv2d:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::Dropout:
-    break; // not opaque (fusionClass)
+  case OpClass::Source:
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Reduction:
+  case OpClass::Contraction: break; // not opaque (fusionClass)
   }
   return "it has no fusible form";
 }
@@ -168,67 +125,14 @@ enum class Layout : uint8_t {
 };
 
 Layout viewLayout(OpKind op, Layout operand) {
-  switch (op) {
-  case OpKind::Reshape: return operand == Layout::Contiguous ? operand : Layout::Indexed;
-  case OpKind::Transpose:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice: return operand == Layout::Indexed ? operand : Layout::Strided;
-  case OpKind::Pad:
-  case OpKind::OneHot: return Layout::Indexed;
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Concat:
-  case OpKind::Gather:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    break; // not a view (fusionClass)
-  }
-  return Layout::Indexed;
+  if (opInfo(op).opClass != OpClass::View)
+    return Layout::Indexed; // not a view (fusionClass)
+  if (op == OpKind::Reshape)
+    return operand == Layout::Contiguous ? operand : Layout::Indexed;
+  // A transpose, broadcast or slice of a strided buffer is strided; pad and
+  // one_hot compute an index per element.
+  bool strided = op == OpKind::Transpose || op == OpKind::BroadcastTo || op == OpKind::Slice;
+  return strided && operand != Layout::Indexed ? Layout::Strided : Layout::Indexed;
 }
 
 struct FusionDecision {
