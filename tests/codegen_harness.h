@@ -82,66 +82,19 @@ inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &ex
 // backend that takes them in another order than the interpreter may differ
 // in the last bits (one case per op, docs/design.md rule 1).
 inline bool combinesTerms(OpKind op) {
-  switch (op) {
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Conv2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::AvgPool2dGrad:
-    return true;
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::MaxPool2d:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    return false;
+  switch (opInfo(op).opClass) {
+  case OpClass::Reduction:
+  case OpClass::Contraction:
+  case OpClass::Scatter: return true;
+  // An average pool (or its gradient) sums a window; a max pool picks one.
+  case OpClass::Window: return op == OpKind::AvgPool2d || op == OpKind::AvgPool2dGrad;
+  case OpClass::Source:
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Indexed:
+  case OpClass::Collective: return false;
   }
   return false;
 }

@@ -162,4 +162,20 @@ inline constexpr std::string_view kCanonicalText = R"sg(graph mlp {
 }
 )sg";
 
+// An embedding model for the index checks: gather (and, in its training step,
+// its gradient scatter_add) and cross_entropy's checked labels.
+inline constexpr std::string_view kEmbeddingText = R"sg(
+graph emb {
+  input %ctx : i32[16,3]
+  input %y : i32[16]
+  param %table : f32[27,10] = normal(mean=0, std=1, seed=31)
+  param %w : f32[30,27] = normal(mean=0, std=0.3, seed=32)
+  %e = gather(%table, %ctx) {axis=0}
+  %flat = reshape(%e) {shape=[16,30]}
+  %logits = matmul(%flat, %w)
+  %loss = cross_entropy(%logits, %y)
+  output loss = %loss
+}
+)sg";
+
 } // namespace stepc::testing

@@ -803,6 +803,38 @@ TEST(CodegenShapes, ZeroSizedDimensions) {
   expectMatchesOnRandomData(graph, freshSeed());
 }
 
+// --- Negative axes ----------------------------------------------------------------
+// The graph holds only non-negative axes (Graph::add normalizes them), so a
+// graph written with negative ones is the graph written with their
+// non-negative equivalents: it prints them, reads back the same and runs the
+// same on the interpreter and the compiled backend.
+TEST(CodegenShapes, NegativeAxesAreNormalizedWhenTheGraphIsBuilt) {
+  auto graphWithAxes = [](int last, int first) {
+    return parseGraph(fmt::format(R"(
+    graph axes {{
+      input %x : f32[3,5]
+      %s = reduce_sum(%x) {{axes=[{0}], keepdims=0}}
+      %m = reduce_max(%x) {{axes=[{1},{0}], keepdims=1}}
+      %a = argmax(%x) {{axis={0}, keepdims=0}}
+      %c = concat(%x, %x) {{axis={0}}}
+      %i = iota() {{dtype=f32, shape=[3,5], axis={1}}}
+      %y = add(%x, %i)
+      output s = %s
+      output m = %m
+      output a = %a
+      output c = %c
+      output y = %y
+    }})",
+                                  last, first));
+  };
+  Graph negative = graphWithAxes(-1, -2);
+  EXPECT_EQ(negative.nodes, graphWithAxes(1, 0).nodes);
+  std::string text = printGraph(negative);
+  EXPECT_EQ(text.find("-1"), std::string::npos) << text;
+  EXPECT_EQ(parseGraph(text).nodes, negative.nodes);
+  expectMatchesOnRandomData(negative, freshSeed());
+}
+
 // --- What this backend does not compile -------------------------------------------
 // Every op and dtype the shape rules accept compiles (the cases above), but
 // one: scatter_add of bool updates, which the shape rule lets through and

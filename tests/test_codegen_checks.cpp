@@ -7,6 +7,7 @@
 // compiled code must give the same one. The CUDA path is checked in
 // test_codegen_gpu.cpp (emulation and fake driver).
 #include "codegen_harness.h"
+#include "sg_corpus.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/builder.h"
@@ -27,6 +28,7 @@
 using namespace stepc;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
+using stepc::testing::kEmbeddingText;
 
 namespace {
 
@@ -145,24 +147,11 @@ graph s {
     expectReportedLikeInterpreter(interpreted, errorOf([&] { compile(g, fusion)->step(in); }));
 }
 
-// An embedding model's training step: a bad index (or label) is found in the
-// forward pass, before any optimizer kernel, so params stay as they were.
-constexpr std::string_view kEmbedding = R"sg(
-graph emb {
-  input %ctx : i32[16,3]
-  input %y : i32[16]
-  param %table : f32[27,10] = normal(mean=0, std=1, seed=31)
-  param %w : f32[30,27] = normal(mean=0, std=0.3, seed=32)
-  %e = gather(%table, %ctx) {axis=0}
-  %flat = reshape(%e) {shape=[16,30]}
-  %logits = matmul(%flat, %w)
-  %loss = cross_entropy(%logits, %y)
-  output loss = %loss
-}
-)sg";
-
+// An embedding model's training step (kEmbeddingText): a bad index (or
+// label) is found in the forward pass, before any optimizer kernel, so params
+// stay as they were.
 TEST(IndexChecks, TrainingStepWithABadIndexLeavesParamsUnchanged) {
-  Graph step = trainStep(parseGraph(kEmbedding, "emb.sg"), "loss", Optimizer::adam());
+  Graph step = trainStep(parseGraph(kEmbeddingText, "emb.sg"), "loss", Optimizer::adam());
   TensorMap good = randomInputs(step, 5);
   good.at("lr") = Tensor::scalar(DType::F32, 1e-2);
   for (bool fusion : {true, false}) {

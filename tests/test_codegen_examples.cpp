@@ -17,12 +17,9 @@
 using namespace stepc;
 using stepc::testing::expectMatchesInterpreter;
 using stepc::testing::freshSeed;
+using stepc::testing::loadExample;
 
 namespace {
-
-Graph loadExample(const std::string &name) {
-  return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
-}
 
 // The output every example names its loss.
 constexpr const char *kLoss = "loss";

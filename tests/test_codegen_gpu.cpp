@@ -31,6 +31,9 @@
 
 using namespace stepc;
 using ::testing::HasSubstr;
+using stepc::testing::exampleNames;
+using stepc::testing::loadExample;
+using stepc::testing::kEmbeddingText;
 
 // The kernels the fake driver (tests/fake_cuda_driver.cpp) runs on a launch,
 // by function name: their CPU emulation. Exported (ENABLE_EXPORTS) for it.
@@ -168,20 +171,6 @@ struct GraphCase {
     return values;
   }
 };
-
-std::vector<std::string> exampleNames() {
-  std::vector<std::string> names;
-  for (const auto &entry :
-       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
-    if (entry.path().extension() == ".sg")
-      names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-Graph loadExample(const std::string &name) {
-  return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
-}
 
 std::vector<GraphCase> opCases() {
   return {
@@ -516,22 +505,6 @@ TEST_P(CudaEmulatedExamples, TrainStepAdam) {
 
 INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(exampleNames()),
                          [](const auto &info) { return info.param; });
-
-// An embedding model's training step for the index checks: gather (and its
-// gradient, scatter_add, with atomics) and cross_entropy's checked labels.
-constexpr std::string_view kEmbeddingText = R"sg(
-graph emb {
-  input %ctx : i32[16,3]
-  input %y : i32[16]
-  param %table : f32[27,10] = normal(mean=0, std=1, seed=31)
-  param %w : f32[30,27] = normal(mean=0, std=0.3, seed=32)
-  %e = gather(%table, %ctx) {axis=0}
-  %flat = reshape(%e) {shape=[16,30]}
-  %logits = matmul(%flat, %w)
-  %loss = cross_entropy(%logits, %y)
-  output loss = %loss
-}
-)sg";
 
 // The message of the stepc::Error `f` throws, or "".
 template <class F> std::string errorOf(F f) {

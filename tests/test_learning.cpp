@@ -12,10 +12,6 @@
 namespace stepc {
 namespace {
 
-Graph example(const std::string &name) {
-  return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
-}
-
 TensorMap xorBatch() {
   TensorMap batch;
   batch.emplace("x", Tensor::of<float>({4, 2}, {0, 0, 0, 1, 1, 0, 1, 1}));
@@ -40,7 +36,7 @@ std::vector<double> train(const Graph &model, Optimizer opt, const TensorMap &ba
 // The classic construction: hidden unit 1 is OR, hidden unit 2 is AND, and
 // the output fires for OR and not AND.
 TEST(Learning, XorWithHandSetWeightsIsExact) {
-  Graph model = example("xor");
+  Graph model = testing::loadExample("xor");
   TensorMap params;
   params.emplace("w1", Tensor::of<float>({2, 2}, {20, 20, 20, 20}));
   params.emplace("b1", Tensor::of<float>({2}, {-10, -30}));
@@ -59,8 +55,8 @@ TEST(Learning, XorLearnsAllFourCases) {
   Optimizer opt = Optimizer::adam();
   opt.lr = 0.1;
   TensorMap params;
-  std::vector<double> losses = train(example("xor"), opt, xorBatch(), 400, &params);
-  Tensor prob = interpret(example("xor"), xorBatch(), params).at("prob");
+  std::vector<double> losses = train(testing::loadExample("xor"), opt, xorBatch(), 400, &params);
+  Tensor prob = interpret(testing::loadExample("xor"), xorBatch(), params).at("prob");
   for (int i = 0; i < 4; ++i)
     EXPECT_EQ(prob.real(i) > 0.5, xorBatch().at("y").real(i) > 0.5) << "case " << i;
   EXPECT_LT(losses.back(), 0.01);
@@ -77,13 +73,13 @@ TEST(Learning, PolySinFitsWithinItsBudget) {
   batch.emplace("y", Tensor::of<float>({256}, ys));
   Optimizer opt = Optimizer::adam();
   opt.lr = 0.05;
-  std::vector<double> losses = train(example("poly_sin"), opt, batch, 1000);
+  std::vector<double> losses = train(testing::loadExample("poly_sin"), opt, batch, 1000);
   EXPECT_GT(losses.front(), 0.1);
   EXPECT_LT(losses.back(), 1e-2);
 }
 
 TEST(Learning, MlpLossFallsAtEveryStepOnAFixedBatch) {
-  Graph model = example("mlp");
+  Graph model = testing::loadExample("mlp");
   uint64_t seed = testing::freshSeed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
   TensorMap batch = randomInputs(model, seed);

@@ -1,6 +1,8 @@
 #include "testing.h"
 
+#include "stepc/passes.h"
 #include "stepc/random.h"
+#include "stepc/text.h"
 
 #include <fmt/format.h>
 
@@ -72,6 +74,10 @@ std::vector<std::string> exampleNames() {
   return names;
 }
 
+Graph loadExample(const std::string &name) {
+  return parseGraphFile(sourcePath("examples/" + name + ".sg"));
+}
+
 CommandResult stepcCommand(const std::string &arguments) {
   const char *bin = std::getenv("STEPC_BIN");
   std::string command = fmt::format("{} {} 2>&1", bin ? bin : "", arguments);
@@ -85,6 +91,58 @@ CommandResult stepcCommand(const std::string &arguments) {
   int status = pclose(pipe);
   result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
+}
+
+Graph parseSnippet(std::string_view text) { return parseGraph(text, "test.sg"); }
+
+Graph optimized(Graph graph, const std::vector<std::string> &passes) {
+  PassManager manager;
+  for (const std::string &name : passes)
+    manager.add(name);
+  manager.run(graph);
+  return graph;
+}
+
+TensorMap inputsFor(const Graph &graph, uint64_t seed) {
+  TensorMap inputs = randomInputs(graph, seed);
+  if (auto lr = inputs.find("lr"); lr != inputs.end() && lr->second.numel() == 1)
+    lr->second = Tensor::scalar(lr->second.dtype(), 1e-3);
+  return inputs;
+}
+
+Results runGraph(const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
+  Results r;
+  r.params = params;
+  r.outputs = graph.updates.empty() ? interpret(graph, inputs, r.params)
+                                    : interpretStep(graph, inputs, r.params);
+  return r;
+}
+
+void expectSameResults(const Results &actual, const Results &expected) {
+  for (const TensorMap *which : {&expected.outputs, &expected.params}) {
+    const TensorMap &got = which == &expected.outputs ? actual.outputs : actual.params;
+    for (const auto &[name, tensor] : *which) {
+      auto it = got.find(name);
+      ASSERT_NE(it, got.end()) << "missing " << name;
+      EXPECT_TRUE(allClose(it->second, tensor, 0, 0)) << name;
+    }
+  }
+}
+
+void expectSameSemantics(const Graph &before, const Graph &after) {
+  uint64_t seed = freshSeed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed << " (STEPC_TEST_SEED to replay)");
+  TensorMap inputs = inputsFor(before, seed);
+  TensorMap params = initialParams(before);
+  expectSameResults(runGraph(after, inputs, params), runGraph(before, inputs, params));
+}
+
+void expectRewrite(std::string_view input, const std::vector<std::string> &passes,
+                   std::string_view expected) {
+  Graph before = parseSnippet(input);
+  Graph after = optimized(before, passes);
+  EXPECT_EQ(printGraph(after), printGraph(parseSnippet(expected)));
+  expectSameSemantics(before, after);
 }
 
 } // namespace stepc::testing

@@ -1,6 +1,8 @@
-// Shared test helpers: seeds, random tensors, comparisons.
+// Shared test helpers: seeds, random tensors, comparisons, the examples, and
+// the checks every graph pass's test makes.
 #pragma once
 
+#include "stepc/graph.h"
 #include "stepc/interpreter.h"
 #include "stepc/tensor.h"
 
@@ -29,8 +31,11 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
 
 std::string sourcePath(const std::string &relative); // under the repo root
 
-// The models in examples/ by name ("cnn", "mlp", ...), sorted.
+// The models in examples/ by name ("cnn", "mlp", ...), sorted; every
+// examples/*.sg, so a new example is covered without a line in a test.
 std::vector<std::string> exampleNames();
+// examples/NAME.sg
+Graph loadExample(const std::string &name);
 
 // `stepc ARGUMENTS` as a user runs it, the tool being $STEPC_BIN (set by
 // tests/CMakeLists.txt): its exit status (-1 when it did not exit) and its
@@ -40,5 +45,41 @@ struct CommandResult {
   std::string output;
 };
 CommandResult stepcCommand(const std::string &arguments);
+
+// --- Graph passes (test_simplify, test_fold, test_cse, test_dce, ...) ---------
+// Each pass is tested two ways: its structural effect on a small .sg snippet,
+// with the input and the expected graph side by side; and semantic
+// preservation: the reference interpreter runs the graph before and after on
+// random inputs, and every output and param update must match. The passes
+// only remove or reuse computations and fold with the interpreter's own
+// kernels, so results must match bit for bit (allClose with zero tolerance,
+// which still counts -0 == +0, see x + 0 in simplify.cpp, and NaN == NaN).
+
+// A test's .sg snippet (messages name it test.sg).
+Graph parseSnippet(std::string_view text);
+
+// `graph` after the named passes, in order.
+Graph optimized(Graph graph, const std::vector<std::string> &passes);
+
+// One interpreted run: outputs, and params after the step's updates
+// (unchanged without updates).
+struct Results {
+  TensorMap outputs;
+  TensorMap params;
+};
+
+// Random inputs for `graph`; a training step's learning rate is a realistic
+// 1e-3 rather than a random number in [-1, 1).
+TensorMap inputsFor(const Graph &graph, uint64_t seed);
+Results runGraph(const Graph &graph, const TensorMap &inputs, const TensorMap &params);
+// Every output and param of `expected` is in `actual`, bit for bit.
+void expectSameResults(const Results &actual, const Results &expected);
+// Runs `before` and `after` on the same fresh random inputs and initial
+// params and requires equal outputs and updated params.
+void expectSameSemantics(const Graph &before, const Graph &after);
+// The pass (or pipeline) `passes` turns `input` into exactly `expected` and
+// keeps its meaning.
+void expectRewrite(std::string_view input, const std::vector<std::string> &passes,
+                   std::string_view expected);
 
 } // namespace stepc::testing

@@ -15,13 +15,6 @@ namespace {
 
 Value zero(Value like) { return scalarLike(like, 0); }
 
-std::vector<int64_t> normalizedAxes(const std::vector<int64_t> &axes, int64_t rank) {
-  std::vector<int64_t> out;
-  for (int64_t a : axes)
-    out.push_back(a < 0 ? a + rank : a);
-  return out;
-}
-
 // Brings a reduction's result (or its gradient) back to the input's shape.
 // `inputShape` is taken by value: callers pass x.shape(), a reference into
 // the graph's node list, which the reshape below may reallocate.
@@ -31,7 +24,6 @@ Value expandReduced(Value v, const Node &node, Shape inputShape) {
     axes = {node.attrs.getInt("axis")};
   else
     axes = node.attrs.getInts("axes");
-  axes = normalizedAxes(axes, static_cast<int64_t>(inputShape.size()));
   Shape kept = inputShape;
   for (int64_t a : axes)
     kept[a] = 1;
@@ -42,8 +34,7 @@ Value expandReduced(Value v, const Node &node, Shape inputShape) {
 
 double reductionCount(const Node &node, const Shape &inputShape) {
   double count = 1;
-  for (int64_t a : normalizedAxes(node.attrs.getInts("axes"),
-                                  static_cast<int64_t>(inputShape.size())))
+  for (int64_t a : node.attrs.getInts("axes"))
     count *= static_cast<double>(inputShape[a]);
   return count;
 }
@@ -127,8 +118,6 @@ std::vector<Value> concatGrad(const Node &node, const std::vector<Value> &xs, Va
                               const std::vector<bool> &needed) {
   int64_t rank = g.rank();
   int64_t axis = node.attrs.getInt("axis");
-  if (axis < 0)
-    axis += rank;
   std::vector<Value> grads;
   int64_t offset = 0;
   for (const Value &x : xs) {
@@ -271,8 +260,6 @@ std::vector<Value> vjp(const Node &node, const std::vector<Value> &x, Value y, V
   case OpKind::Pad: return {padGrad(node, g, shapeOf(0))};
   case OpKind::Gather: {
     int64_t axis = node.attrs.getInt("axis");
-    if (axis < 0)
-      axis += a().rank();
     return {scatterAdd(b(), g, axis, shapeOf(0)[axis]), Value()};
   }
   case OpKind::ScatterAdd:

@@ -602,10 +602,7 @@ std::string KernelEmitter::padElement(const Node &n, const Index &idx) {
 
 // Operand `first` and after: the operand whose range along the axis holds the index.
 std::string KernelEmitter::concatElement(const Node &n, const Index &idx, size_t first) {
-  int64_t rank = n.type.rank();
   int64_t axis = n.attrs.getInt("axis");
-  if (axis < 0)
-    axis += rank;
   int64_t start = 0;
   for (size_t k = 0; k < first; ++k)
     start += shapeOf(n.operands[k])[axis];
@@ -687,7 +684,7 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
     return load(id, idx);
   case OpKind::Constant: return constantElement(n, id, idx);
   case OpKind::Iota: {
-    std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", idx[n.attrs.getInt("axis") < 0 ? n.attrs.getInt("axis") + n.type.rank() : n.attrs.getInt("axis")]));
+    std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", idx[n.attrs.getInt("axis")]));
     return convert(i, DType::I64, n.type.dtype);
   }
   case OpKind::Neg:
@@ -749,8 +746,6 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Gather: {
     ValueId data = n.operands[0], indices = n.operands[1];
     int64_t axis = n.attrs.getInt("axis");
-    if (axis < 0)
-      axis += g_.type(data).rank();
     int64_t ir = g_.type(indices).rank();
     Index at(idx.begin() + axis, idx.begin() + axis + ir);
     Index src(idx.begin(), idx.begin() + axis);

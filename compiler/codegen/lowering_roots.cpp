@@ -111,7 +111,7 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   const Shape &in = shapeOf(x);
   std::vector<bool> reduced(in.size(), false);
   for (int64_t a : n.attrs.getInts("axes"))
-    reduced[a < 0 ? a + static_cast<int64_t>(in.size()) : a] = true;
+    reduced[a] = true;
   bool keep = n.attrs.getInt("keepdims") != 0;
   DType dt = n.type.dtype;
   std::string t = scalarType(dt);
@@ -185,8 +185,6 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
   ValueId x = n.operands[0];
   const Shape &in = shapeOf(x);
   int64_t axis = n.attrs.getInt("axis");
-  if (axis < 0)
-    axis += static_cast<int64_t>(in.size());
   bool keep = n.attrs.getInt("keepdims") != 0;
   DType dt = dtypeOf(x);
   std::string t = scalarType(dt);
@@ -813,10 +811,10 @@ bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
       case OpClass::Reduction: {
         bool keepsAxis0 = true;
         if (n.op == OpKind::ArgMax)
-          keepsAxis0 = n.attrs.getInt("axis") != 0 && n.attrs.getInt("axis") != -static_cast<int64_t>(in.size());
+          keepsAxis0 = n.attrs.getInt("axis") != 0;
         else
           for (int64_t a : n.attrs.getInts("axes"))
-            keepsAxis0 = keepsAxis0 && a != 0 && a != -static_cast<int64_t>(in.size());
+            keepsAxis0 = keepsAxis0 && a != 0;
         ok = keepsAxis0 && !in.empty() && !n.type.shape.empty() && in[0] == n.type.shape[0];
         break;
       }

@@ -76,10 +76,11 @@ inline int64_t dimProduct(const Shape &shape, size_t begin, size_t end) {
   return n;
 }
 
-// An axis attribute counted from the end when negative.
-inline size_t normalizeAxis(int64_t axis, int64_t rank) {
-  assert(axis >= -rank && axis < (rank == 0 ? 1 : rank));
-  return static_cast<size_t>(axis < 0 ? axis + rank : axis);
+// An axis attribute as an index (the graph holds only non-negative axes:
+// Graph::add normalizes them).
+inline size_t axisIndex(int64_t axis, int64_t rank) {
+  assert(axis >= 0 && axis < (rank == 0 ? 1 : rank));
+  return static_cast<size_t>(axis);
 }
 
 } // namespace stepc::interp

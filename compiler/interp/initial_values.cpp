@@ -65,10 +65,8 @@ std::optional<int64_t> indexBound(const Graph &graph, ValueId input) {
       if (passesValues(n))
         carries[id] = true;
       else if (n.op == OpKind::Gather && k == 1) {
-        int64_t axis = n.attrs.getInt("axis");
         const Shape &data = graph.type(n.operands[0]).shape;
-        tighten(data[static_cast<size_t>(axis < 0 ? axis + static_cast<int64_t>(data.size())
-                                                  : axis)]);
+        tighten(data[static_cast<size_t>(n.attrs.getInt("axis"))]);
       } else if (n.op == OpKind::OneHot)
         tighten(n.attrs.getInt("depth"));
       else if (n.op == OpKind::ScatterAdd && k == 0)

@@ -177,8 +177,6 @@ std::optional<IndexCheck> indexCheckFor(const Node &node, std::span<const Tensor
   if (node.op == OpKind::Gather) {
     const TensorType &data = operands[0];
     int64_t axis = node.attrs.getInt("axis");
-    if (axis < 0)
-      axis += data.rank();
     check.indices = typeString(operands[1]);
     check.range = fmt::format("axis {} of data {}", axis, typeString(data));
     check.bound = data.shape[static_cast<size_t>(axis)];

@@ -29,7 +29,7 @@ namespace {
 
 using interp::broadcastStrides;
 using interp::dimProduct;
-using interp::normalizeAxis;
+using interp::axisIndex;
 using interp::walk;
 
 // Bool tensors hold one byte 0/1 per element.
@@ -282,7 +282,7 @@ Tensor iota(const Node &node) {
   return withNumeric(node, node.type.dtype, [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);
-    size_t axis = normalizeAxis(node.attrs.getInt("axis"), node.type.rank());
+    size_t axis = axisIndex(node.attrs.getInt("axis"), node.type.rank());
     int64_t n = node.type.shape[axis];
     int64_t inner = dimProduct(node.type.shape, axis + 1, node.type.shape.size());
     T *o = out.data<T>();
@@ -308,7 +308,7 @@ ReductionPlan planReduction(const Node &node, const Shape &in) {
   int64_t rank = static_cast<int64_t>(in.size());
   std::vector<bool> reduced(in.size(), false);
   for (int64_t axis : node.attrs.getInts("axes"))
-    reduced[normalizeAxis(axis, rank)] = true;
+    reduced[axisIndex(axis, rank)] = true;
   Shape kept = in;
   ReductionPlan plan;
   for (size_t i = 0; i < in.size(); ++i)
@@ -353,7 +353,7 @@ template <class T> T highestOf() {
 Tensor argmax(const Node &node, const Tensor &x) {
   return withNumeric(node, x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    size_t axis = normalizeAxis(node.attrs.getInt("axis"), x.rank());
+    size_t axis = axisIndex(node.attrs.getInt("axis"), x.rank());
     int64_t outer = dimProduct(x.shape(), 0, axis), n = x.shape()[axis];
     int64_t inner = dimProduct(x.shape(), axis + 1, x.shape().size());
     // The shape rule rejects an empty axis unless the result is empty too.
@@ -454,7 +454,7 @@ Tensor reshape(const Node &node, const Tensor &x) {
 
 Tensor concat(const Node &node, std::span<const Tensor *const> xs) {
   Tensor out(node.type);
-  size_t axis = normalizeAxis(node.attrs.getInt("axis"), out.rank());
+  size_t axis = axisIndex(node.attrs.getInt("axis"), out.rank());
   size_t elem = dtypeSize(out.dtype());
   int64_t outer = dimProduct(out.shape(), 0, axis);
   int64_t inner = dimProduct(out.shape(), axis + 1, out.shape().size());
@@ -517,7 +517,7 @@ void checkIndices(const Node &node, std::vector<TensorType> operands,
 }
 
 Tensor gather(const Node &node, const Tensor &data, const Tensor &indices) {
-  size_t axis = normalizeAxis(node.attrs.getInt("axis"), data.rank());
+  size_t axis = axisIndex(node.attrs.getInt("axis"), data.rank());
   int64_t outer = dimProduct(data.shape(), 0, axis), n = data.shape()[axis];
   int64_t inner = dimProduct(data.shape(), axis + 1, data.shape().size());
   std::vector<int64_t> index = indexValues(node, indices);

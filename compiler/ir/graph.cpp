@@ -78,10 +78,49 @@ TensorType checkedType(const Node &node, std::span<const Node> defined, bool nam
   }
 }
 
+// Negative axes count from the end in the text format and the builder; the
+// graph holds only non-negative ones, so no later stage (interpreter, VJP
+// rules, passes, codegen) normalizes them again. Graph::add rewrites a node's
+// `axis` / `axes` once inferType has accepted them; verify() rejects a node
+// that still has a negative one (one built around Graph::add).
+//
+// Every axis attribute counts the dimensions of the op's first operand
+// (iota's, which has none, its result's); scatter_add's counts the updates'
+// and its shape rule refuses a negative one, so it is never rewritten here.
+int64_t axisRank(const Node &node, std::span<const Node> defined) {
+  return node.operands.empty() ? node.type.rank() : defined[node.operands[0]].type.rank();
+}
+
+void normalizeAxes(Attrs &attrs, int64_t rank) {
+  if (const AttrValue *value = attrs.find("axis"))
+    if (const auto *axis = std::get_if<int64_t>(value); axis && *axis < 0)
+      attrs.set("axis", *axis + rank);
+  if (const AttrValue *value = attrs.find("axes"))
+    if (const auto *axes = std::get_if<std::vector<int64_t>>(value)) {
+      std::vector<int64_t> normalized = *axes;
+      for (int64_t &axis : normalized)
+        axis = axis < 0 ? axis + rank : axis;
+      if (normalized != *axes)
+        attrs.set("axes", std::move(normalized));
+    }
+}
+
+bool hasNegativeAxis(const Attrs &attrs) {
+  auto negative = [](int64_t axis) { return axis < 0; };
+  if (const AttrValue *value = attrs.find("axis"))
+    if (const auto *axis = std::get_if<int64_t>(value); axis && negative(*axis))
+      return true;
+  if (const AttrValue *value = attrs.find("axes"))
+    if (const auto *axes = std::get_if<std::vector<int64_t>>(value))
+      return std::any_of(axes->begin(), axes->end(), negative);
+  return false;
+}
+
 } // namespace
 
 ValueId Graph::add(Node node) {
   node.type = checkedType(node, nodes, !node.name.empty() && findNamed(node.name), name);
+  normalizeAxes(node.attrs, axisRank(node, nodes));
   auto id = static_cast<ValueId>(nodes.size());
   if (!node.name.empty())
     nameIndex_.emplace(node.name, id);
@@ -198,6 +237,11 @@ void verify(const Graph &graph) {
           node.loc, fmt::format("{}: recorded type {} differs from inferred type {}",
                                 opInfo(node.op).name, typeString(node.type),
                                 typeString(inferred))));
+    if (hasNegativeAxis(node.attrs))
+      throw Error(locatedMessage(
+          node.loc, fmt::format("{}: a negative axis was not normalized when the node "
+                                "was added (Graph::add does it)",
+                                opInfo(node.op).name)));
   }
   std::unordered_set<std::string_view> outputNames;
   for (const GraphOutput &out : graph.outputs)

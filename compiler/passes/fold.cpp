@@ -34,9 +34,7 @@ bool isConstantSource(const Node &node) {
 // evaluating it.
 bool isSplatSource(const Node &node) {
   if (node.op == OpKind::Iota) {
-    int64_t rank = node.type.rank();
-    int64_t axis = node.attrs.getInt("axis");
-    return node.type.numel() <= 1 || node.type.shape[axis < 0 ? axis + rank : axis] == 1;
+    return node.type.numel() <= 1 || node.type.shape[node.attrs.getInt("axis")] == 1;
   }
   if (node.attrs.has("value"))
     return true;

@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cassert>
 #include <map>
+#include <optional>
 #include <queue>
 #include <set>
 #include <tuple>
@@ -85,67 +86,24 @@ FusionClass fusionClass(OpKind op) {
 
 // Why an opaque op runs alone (rule "opaque").
 std::string_view opaqueReason(OpKind op) {
-  switch (op) {
-  case OpKind::Gather: return "it reads rows chosen by run-time indices";
-  case OpKind::ScatterAdd:
-    return "it accumulates into rows chosen by run-time indices";
-  case OpKind::Concat: return "it reads a different operand per range of its output";
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d: return "each output reads a window of its input";
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad: return "each input element scatters into several windows";
-  case OpKind::AllReduce:
+  switch (opInfo(op).opClass) {
+  case OpClass::Indexed:
+    return op == OpKind::Gather ? "it reads rows chosen by run-time indices"
+                                : "it reads a different operand per range of its output";
+  case OpClass::Scatter: return "it accumulates into rows chosen by run-time indices";
+  case OpClass::Window:
+    return op == OpKind::MaxPool2dGrad || op == OpKind::AvgPool2dGrad
+               ? "each input element scatters into several windows"
+               : "each output reads a window of its input";
+  case OpClass::Collective:
     return "it is a collective: a runtime call between kernels, not a loop";
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Pad:
-  case OpKind::OneHot:
-  case OpKind::Conv2d:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::Dropout:
-    break; // not opaque (fusionClass)
+  case OpClass::Source:
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Reduction:
+  case OpClass::Contraction: break; // not opaque (fusionClass)
   }
   return "it has no fusible form";
 }
@@ -167,67 +125,14 @@ enum class Layout : uint8_t {
 };
 
 Layout viewLayout(OpKind op, Layout operand) {
-  switch (op) {
-  case OpKind::Reshape: return operand == Layout::Contiguous ? operand : Layout::Indexed;
-  case OpKind::Transpose:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice: return operand == Layout::Indexed ? operand : Layout::Strided;
-  case OpKind::Pad:
-  case OpKind::OneHot: return Layout::Indexed;
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Concat:
-  case OpKind::Gather:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    break; // not a view (fusionClass)
-  }
-  return Layout::Indexed;
+  if (opInfo(op).opClass != OpClass::View)
+    return Layout::Indexed; // not a view (fusionClass)
+  if (op == OpKind::Reshape)
+    return operand == Layout::Contiguous ? operand : Layout::Indexed;
+  // A transpose, broadcast or slice of a strided buffer is strided; pad and
+  // one_hot compute an index per element.
+  bool strided = op == OpKind::Transpose || op == OpKind::BroadcastTo || op == OpKind::Slice;
+  return strided && operand != Layout::Indexed ? Layout::Strided : Layout::Indexed;
 }
 
 struct FusionDecision {
@@ -248,7 +153,7 @@ struct KernelShape {
 
 std::vector<bool> reducedAxes(const Node &node, int64_t rank) {
   std::vector<bool> axes(static_cast<size_t>(rank), false);
-  auto mark = [&](int64_t axis) { axes[static_cast<size_t>(axis < 0 ? axis + rank : axis)] = true; };
+  auto mark = [&](int64_t axis) { axes[static_cast<size_t>(axis)] = true; };
   if (node.op == OpKind::ArgMax)
     mark(node.attrs.getInt("axis"));
   else
@@ -280,6 +185,21 @@ int64_t numelOf(const Shape &shape) {
     n *= d;
   return n;
 }
+
+// Why a candidate cannot be one kernel (what --why-not-fused prints), or
+// none when the rule asked allows it.
+using Refusal = std::optional<std::string>;
+
+// A candidate kernel while analyze() checks it: its nodes (sorted) and the
+// loop it would form.
+struct Candidate {
+  const std::vector<ValueId> &nodes;
+  KernelShape k;
+  int64_t spaceNumel = 0;
+  Shape reducedKeep;     // Reduction: the reduced shape with keepdims
+  Shape reducedSqueezed; // ... without its 1s
+  bool broadcastsBack(const Shape &s) const;
+};
 
 class Fuser {
 public:
@@ -318,7 +238,26 @@ private:
     return fmt::format("{} ({})", show(v), opInfo(g_.node(v).op).name);
   }
 
+  bool inside(ValueId v) const { return mark_[v] == stamp_; }
+  Role roleOf(ValueId v) const { return inside(v) ? role_[v] : Role::External; }
+  bool isKernelOutput(ValueId v) const;
+
+  // analyze() and its rules, in the order it asks them (fusion.cpp says
+  // what each rule is for where it is defined).
   FusionDecision analyze(const std::vector<ValueId> &nodes, KernelShape *out);
+  Refusal copyRunsEarly(const std::vector<ValueId> &nodes) const;
+  Refusal opaqueNotAlone(const std::vector<ValueId> &nodes) const;
+  Refusal secondContraction(const std::vector<ValueId> &nodes) const;
+  Refusal reductionWithContraction(const std::vector<ValueId> &nodes) const;
+  KernelShape kernelShape(const std::vector<ValueId> &nodes) const;
+  Refusal reductionSpacesDiffer(const Candidate &c) const;
+  Refusal place(ValueId v, const Candidate &c);
+  Refusal placeView(ValueId v, const Candidate &c);
+  Refusal placeElementwise(ValueId v, const Candidate &c);
+  Refusal misaligned(ValueId v, ValueId operand, std::string_view why) const;
+  Refusal operandNotInMemory(ValueId v) const;
+  Refusal outputOffTheSpace(const Candidate &c) const;
+  Refusal tooManyInputs(const Candidate &c) const;
   FusionDecision shouldFuse(int producer, int consumer);
   FusionDecision shouldFuseSiblings(int a, int b);
   bool reaches(int from, int to) const;
@@ -345,300 +284,342 @@ private:
   std::vector<Layout> layout_; // for Role::View nodes
 };
 
-// Whether `nodes` (sorted) form one kernel, and of which shape. Each early
-// return is one fusion rule; its message is what --why-not-fused prints.
+// Whether `nodes` (sorted) form one kernel, and of which shape. Each rule is
+// one function below returning its refusal (what --why-not-fused prints), or
+// none; they run in this order, so a candidate breaking several gets the
+// first one's reason.
 FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *out) {
   ++stamp_;
   for (ValueId v : nodes)
     mark_[v] = stamp_;
-  auto inside = [&](ValueId v) { return mark_[v] == stamp_; };
-
-  // Rule "recomputation runs late": a copy made by rematerialization (remat=N,
-  // compiler/passes/remat.cpp) may join its users' kernels, never one with an
-  // ordinary node placed before it (the original, its producers, a sibling in
-  // the forward pass): the kernel would run early and the value would be kept
-  // alive again. Kernels run in the order of their first node.
-  auto isCopy = [&](ValueId v) {
-    const Attrs &attrs = g_.node(v).attrs;
-    return attrs.has("remat");
-  };
-  if (!nodes.empty() && !isCopy(nodes.front()))
+  for (auto rule : {&Fuser::copyRunsEarly, &Fuser::opaqueNotAlone, &Fuser::secondContraction,
+                    &Fuser::reductionWithContraction})
+    if (Refusal why = (this->*rule)(nodes))
+      return FusionDecision::no(std::move(*why));
+  Candidate c{nodes, kernelShape(nodes)};
+  if (nodes.size() > 1) {
+    if (Refusal why = reductionSpacesDiffer(c))
+      return FusionDecision::no(std::move(*why));
+    c.spaceNumel = numelOf(c.k.space);
+    if (c.k.mode == KernelShape::Mode::Reduction) {
+      c.reducedKeep = c.k.space;
+      for (size_t i = 0; i < c.k.axes.size(); ++i)
+        if (c.k.axes[i])
+          c.reducedKeep[i] = 1;
+      c.reducedSqueezed = squeezed(c.reducedKeep);
+    }
     for (ValueId v : nodes)
-      if (isCopy(v))
-        return FusionDecision::no(fmt::format(
-            "{} is recomputed for later users (remat) and {} comes before it: the copy "
-            "would run early and keep its value alive",
-            describe(v), describe(nodes.front())));
+      if (Refusal why = place(v, c))
+        return FusionDecision::no(std::move(*why));
+    for (auto rule : {&Fuser::outputOffTheSpace, &Fuser::tooManyInputs})
+      if (Refusal why = (this->*rule)(c))
+        return FusionDecision::no(std::move(*why));
+  }
+  if (out)
+    *out = c.k;
+  return FusionDecision::yes();
+}
 
+bool Fuser::isKernelOutput(ValueId v) const {
+  if (escapes_[v])
+    return true;
+  return std::any_of(users_[v].begin(), users_[v].end(),
+                     [&](ValueId u) { return !inside(u); });
+}
+
+// Rule "recomputation runs late": a copy made by rematerialization (remat=N,
+// compiler/passes/remat.cpp) may join its users' kernels, never one with an
+// ordinary node placed before it (the original, its producers, a sibling in
+// the forward pass): the kernel would run early and the value would be kept
+// alive again. Kernels run in the order of their first node.
+Refusal Fuser::copyRunsEarly(const std::vector<ValueId> &nodes) const {
+  auto isCopy = [&](ValueId v) { return g_.node(v).attrs.has("remat"); };
+  if (nodes.empty() || isCopy(nodes.front()))
+    return std::nullopt;
+  for (ValueId v : nodes)
+    if (isCopy(v))
+      return fmt::format("{} is recomputed for later users (remat) and {} comes before it: "
+                         "the copy would run early and keep its value alive",
+                         describe(v), describe(nodes.front()));
+  return std::nullopt;
+}
+
+// Rule "opaque": gather, scatter_add, concat, pooling and pooling gradients
+// run alone; their loops are not an elementwise loop nest (see opaqueReason),
+// so nothing shares one with them.
+Refusal Fuser::opaqueNotAlone(const std::vector<ValueId> &nodes) const {
+  if (nodes.size() > 1)
+    for (ValueId v : nodes)
+      if (OpKind op = g_.node(v).op; fusionClass(op) == FusionClass::Opaque)
+        return fmt::format("{} runs alone: {}", describe(v), opaqueReason(op));
+  return std::nullopt;
+}
+
+// Rule "one contraction": a kernel is built around one matmul/conv's tiling;
+// a second one (a matmul reading another's result) would need the first's
+// whole result, so that result goes through memory.
+Refusal Fuser::secondContraction(const std::vector<ValueId> &nodes) const {
+  std::optional<ValueId> first;
+  for (ValueId v : nodes) {
+    if (fusionClass(g_.node(v).op) != FusionClass::Contraction)
+      continue;
+    if (first)
+      return fmt::format("one matmul/conv per kernel: {} and {}", describe(*first),
+                         describe(v));
+    first = v;
+  }
+  return std::nullopt;
+}
+
+// Rule "no reduction after a contraction": reducing a matmul's result (a bias
+// gradient's column sum, a softmax over scores) needs every tile of it, so the
+// reduction would have to run across the matmul's tiles. Named the right way
+// round: a reduction after the matmul reduces its result; one before it would
+// have to finish before the matmul starts.
+Refusal Fuser::reductionWithContraction(const std::vector<ValueId> &nodes) const {
+  auto firstOf = [&](FusionClass wanted) -> std::optional<ValueId> {
+    for (ValueId v : nodes)
+      if (fusionClass(g_.node(v).op) == wanted)
+        return v;
+    return std::nullopt;
+  };
+  std::optional<ValueId> contraction = firstOf(FusionClass::Contraction);
+  std::optional<ValueId> reduction = firstOf(FusionClass::Reduction);
+  if (!contraction || !reduction)
+    return std::nullopt;
+  for (ValueId v : nodes)
+    if (v > *contraction && fusionClass(g_.node(v).op) == FusionClass::Reduction)
+      return fmt::format(
+          "{} reduces the result of {}: a reduction needs the matmul's whole result",
+          describe(v), describe(*contraction));
+  return fmt::format("{} comes after {}: a kernel is built around one matmul/conv or one "
+                     "reduction, not both",
+                     describe(*contraction), describe(*reduction));
+}
+
+// The loop a candidate forms around its hero (the contraction, else the first
+// reduction); with neither, a loop over its biggest output (every output must
+// have that many elements: outputOffTheSpace).
+KernelShape Fuser::kernelShape(const std::vector<ValueId> &nodes) const {
   KernelShape k;
-  ValueId contraction = 0, firstReduction = 0;
-  bool hasContraction = false, hasReduction = false;
   for (ValueId v : nodes) {
-    OpKind op = g_.node(v).op;
-    switch (fusionClass(op)) {
-    case FusionClass::Opaque:
-      // Rule "opaque": gather, scatter_add, concat, pooling and pooling
-      // gradients run alone; their loops are not an elementwise loop nest
-      // (see opaqueReason), so nothing shares one with them.
-      if (nodes.size() > 1)
-        return FusionDecision::no(
-            fmt::format("{} runs alone: {}", describe(v), opaqueReason(op)));
-      k.opaque = true;
-      break;
-    case FusionClass::Contraction:
-      // Rule "one contraction": a kernel is built around one matmul/conv's
-      // tiling; a second one (a matmul reading another's result) would need
-      // the first's whole result, so that result goes through memory.
-      if (hasContraction)
-        return FusionDecision::no(fmt::format(
-            "one matmul/conv per kernel: {} and {}", describe(contraction), describe(v)));
-      hasContraction = true;
-      contraction = v;
-      break;
-    case FusionClass::Reduction:
-      if (!hasReduction)
-        firstReduction = v;
-      hasReduction = true;
-      break;
-    case FusionClass::Source:
-    case FusionClass::Inlined:
-    case FusionClass::Elementwise:
-    case FusionClass::View: break;
+    FusionClass c = fusionClass(g_.node(v).op);
+    k.opaque = k.opaque || c == FusionClass::Opaque;
+    if (c == FusionClass::Contraction) {
+      k.mode = KernelShape::Mode::Epilogue;
+      k.space = shape(v);
+      k.hero = v;
+    } else if (c == FusionClass::Reduction && k.hero < 0) {
+      k.mode = KernelShape::Mode::Reduction;
+      const Node &r0 = g_.node(v);
+      k.space = shape(r0.operands[0]);
+      k.axes = reducedAxes(r0, static_cast<int64_t>(k.space.size()));
+      k.hero = v;
     }
   }
-  // Rule "no reduction after a contraction": reducing a matmul's result (a
-  // bias gradient's column sum, a softmax over scores) needs every tile of it,
-  // so the reduction would have to run across the matmul's tiles.
-  // Named the right way round: a reduction after the matmul reduces its
-  // result; one before it would have to finish before the matmul starts.
-  if (hasContraction && hasReduction) {
-    for (ValueId v : nodes)
-      if (v > contraction && fusionClass(g_.node(v).op) == FusionClass::Reduction)
-        return FusionDecision::no(fmt::format(
-            "{} reduces the result of {}: a reduction needs the matmul's whole result",
-            describe(v), describe(contraction)));
-    return FusionDecision::no(fmt::format(
-        "{} comes after {}: a kernel is built around one matmul/conv or one reduction, "
-        "not both",
-        describe(contraction), describe(firstReduction)));
-  }
-
-  Shape reducedKeep; // Reduction: the reduced shape with keepdims
-  if (hasContraction) {
-    k.mode = KernelShape::Mode::Epilogue;
-    k.space = shape(contraction);
-    k.hero = contraction;
-  } else if (hasReduction) {
-    k.mode = KernelShape::Mode::Reduction;
-    const Node &r0 = g_.node(firstReduction);
-    k.space = shape(r0.operands[0]);
-    k.axes = reducedAxes(r0, static_cast<int64_t>(k.space.size()));
-    k.hero = firstReduction;
-    reducedKeep = k.space;
-    for (size_t i = 0; i < k.axes.size(); ++i)
-      if (k.axes[i])
-        reducedKeep[i] = 1;
-    // Rule "one reduction space": all reductions of a kernel walk the same
-    // rows (same operand shape, same axes), so one loop over the kept axes
-    // holds them all; softmax's max and sum, layer_norm's two means.
-    for (ValueId v : nodes) {
-      const Node &node = g_.node(v);
-      if (fusionClass(node.op) != FusionClass::Reduction || v == firstReduction)
-        continue;
-      const Shape &s = shape(node.operands[0]);
-      if (s != k.space || reducedAxes(node, static_cast<int64_t>(s.size())) != k.axes)
-        return FusionDecision::no(fmt::format(
-            "reductions over different spaces: {} reduces {} over axes {} and {} reduces {} "
-            "over axes {}",
-            describe(firstReduction), shapeString(k.space), axesString(k.axes), describe(v),
-            shapeString(s), axesString(reducedAxes(node, static_cast<int64_t>(s.size())))));
+  if (k.hero >= 0)
+    return k;
+  k.mode = KernelShape::Mode::Loop;
+  int64_t best = -1;
+  for (ValueId v : nodes)
+    if (isKernelOutput(v) && g_.type(v).numel() > best) {
+      best = g_.type(v).numel();
+      k.space = shape(v);
     }
-  } else {
-    // A loop kernel iterates over its biggest output (every output must
-    // have that many elements; checked below).
-    k.mode = KernelShape::Mode::Loop;
-    int64_t best = -1;
-    for (ValueId v : nodes) {
-      bool isOut = escapes_[v];
-      for (ValueId u : users_[v])
-        isOut = isOut || !inside(u);
-      if (isOut && g_.type(v).numel() > best) {
-        best = g_.type(v).numel();
-        k.space = shape(v);
-      }
-    }
-    if (best < 0)
-      k.space = shape(nodes.back());
-  }
-  if (k.hero < 0 && nodes.size() == 1)
-    k.space = shape(nodes[0]);
-  if (nodes.size() == 1) {
-    if (out)
-      *out = k;
-    return FusionDecision::yes();
-  }
+  if (best < 0 || nodes.size() == 1)
+    k.space = shape(nodes.back());
+  return k;
+}
 
-  const int64_t spaceNumel = numelOf(k.space);
-  const bool reduction = k.mode == KernelShape::Mode::Reduction;
-  const Shape reducedSqueezed = squeezed(reducedKeep);
-  auto roleOf = [&](ValueId v) { return inside(v) ? role_[v] : Role::External; };
-  // A reduced value read by a full-shape node must broadcast back along the
-  // reduced axes only: its shape, padded with leading 1s, is the keepdims
-  // shape of the reduction.
-  auto broadcastsBack = [&](const Shape &s) {
-    if (s.size() > reducedKeep.size())
-      return false;
-    Shape padded(reducedKeep.size() - s.size(), 1);
-    padded.insert(padded.end(), s.begin(), s.end());
-    return padded == reducedKeep;
-  };
-  auto misaligned = [&](ValueId v, ValueId operand, std::string_view why) {
-    // Rule "aligned reads": inside a kernel a computed value exists only at
-    // the iteration point that computed it, so another node may read it only
-    // at that point (or a row's reduced value broadcast back over the row).
-    return FusionDecision::no(fmt::format("{} would read {} {}: {}", describe(v),
-                                          describe(operand), why,
-                                          "values computed in a kernel are read at their own "
-                                          "iteration point only"));
-  };
-
-  for (ValueId v : nodes) {
+// Rule "one reduction space": all reductions of a kernel walk the same rows
+// (same operand shape, same axes), so one loop over the kept axes holds them
+// all; softmax's max and sum, layer_norm's two means.
+Refusal Fuser::reductionSpacesDiffer(const Candidate &c) const {
+  if (c.k.mode != KernelShape::Mode::Reduction)
+    return std::nullopt;
+  for (ValueId v : c.nodes) {
     const Node &node = g_.node(v);
-    const Shape &s = node.type.shape;
-    int64_t numel = node.type.numel();
-    switch (fusionClass(node.op)) {
-    case FusionClass::View: {
-      ValueId operand = node.operands[0];
-      Role r = roleOf(operand);
-      if (r == Role::External || r == Role::View || r == Role::Uniform) {
-        role_[v] = numel == 1 && r == Role::Uniform ? Role::Uniform : Role::View;
-        Layout base = r == Role::External ? Layout::Contiguous
-                      : r == Role::View   ? layout_[operand]
-                                          : Layout::Indexed;
-        layout_[v] = viewLayout(node.op, base);
-      } else if (r == Role::Full && node.op == OpKind::Reshape && !reduction) {
-        // A reshape keeps the row-major order: in a flat loop it is a no-op.
-        role_[v] = Role::Full;
-      } else if (r == Role::Reduced && node.op == OpKind::Reshape &&
-                 squeezed(s) == reducedSqueezed) {
-        role_[v] = Role::Reduced; // [128,1] <-> [128]: same row order
-      } else if (r == Role::Reduced && node.op == OpKind::BroadcastTo && s == k.space &&
-                 broadcastsBack(shape(operand))) {
-        role_[v] = Role::Full;
-      } else {
-        return misaligned(v, operand, "through an index map");
-      }
-      break;
-    }
-    case FusionClass::Elementwise: {
-      // Place the node by its shape, then check each in-kernel operand.
-      Role mine;
-      if (reduction ? s == k.space : numel == spaceNumel)
-        mine = Role::Full;
-      else if (reduction && squeezed(s) == reducedSqueezed)
-        mine = Role::Reduced;
-      else if (numel == 1)
-        mine = Role::Uniform;
-      else
-        // Rule "one iteration space": an elementwise node of another size
-        // would need a loop of its own.
-        return FusionDecision::no(fmt::format(
-            "{} of shape {} is outside the kernel's iteration space {}", describe(v),
-            shapeString(s), shapeString(k.space)));
-      for (ValueId operand : node.operands) {
-        Role r = roleOf(operand);
-        const Shape &os = shape(operand);
-        bool ok = true;
-        switch (r) {
-        case Role::External:
-        case Role::View: break; // read by index from memory
-        case Role::Uniform: break;
-        case Role::Full: ok = mine == Role::Full && os == s; break;
-        case Role::Reduced:
-          ok = (mine == Role::Reduced && (os == s || g_.type(operand).numel() == 1)) ||
-               (mine == Role::Full && s == k.space && broadcastsBack(os));
-          break;
-        }
-        if (!ok)
-          return misaligned(v, operand, "broadcast to another shape");
-      }
-      role_[v] = mine;
-      break;
-    }
-    case FusionClass::Reduction: {
-      Role r = roleOf(node.operands[0]);
-      if (r == Role::Reduced || r == Role::Uniform)
-        return misaligned(v, node.operands[0], "as a reduction operand");
-      role_[v] = Role::Reduced;
-      break;
-    }
-    case FusionClass::Contraction:
-      for (ValueId operand : node.operands) {
-        Role r = roleOf(operand);
-        // Rule "no prologue": a matmul/conv reads its operands tile by tile,
-        // many times each; a computed producer fused in would be recomputed
-        // per read, so operands come from memory. Views of memory (a
-        // transpose of a weight) are folded into the operand's indexing.
-        if (r != Role::External && r != Role::View)
-          return FusionDecision::no(fmt::format(
-              "{} would be computed inside {}'s operand reads: a matmul/conv reads "
-              "operands from memory (only views such as transposes fold in)",
-              describe(operand), describe(v)));
-        // Only a view that is a strided layout of a buffer (a transpose, a
-        // broadcast, a slice, after any reshapes of the contiguous buffer)
-        // can be handed to a matmul/conv as its operand; a pad or one_hot,
-        // or a reshape of a transposed view, would need a gather per read.
-        if (r == Role::View && layout_[operand] == Layout::Indexed)
-          return FusionDecision::no(fmt::format(
-              "{} is no strided view of a buffer, so {} cannot read it as an operand",
-              describe(operand), describe(v)));
-      }
-      role_[v] = Role::Full;
-      break;
-    case FusionClass::Opaque:
-    case FusionClass::Source:
-    case FusionClass::Inlined: role_[v] = Role::Full; break;
-    }
+    if (fusionClass(node.op) != FusionClass::Reduction || v == ValueId(c.k.hero))
+      continue;
+    const Shape &s = shape(node.operands[0]);
+    std::vector<bool> axes = reducedAxes(node, static_cast<int64_t>(s.size()));
+    if (s != c.k.space || axes != c.k.axes)
+      return fmt::format("reductions over different spaces: {} reduces {} over axes {} and "
+                         "{} reduces {} over axes {}",
+                         describe(ValueId(c.k.hero)), shapeString(c.k.space),
+                         axesString(c.k.axes), describe(v), shapeString(s), axesString(axes));
   }
+  return std::nullopt;
+}
 
-  // Outputs are written at the kernel's iteration points.
-  for (ValueId v : nodes) {
-    bool isOut = escapes_[v];
-    for (ValueId u : users_[v])
-      isOut = isOut || !inside(u);
-    if (!isOut)
+// A reduced value read by a full-shape node must broadcast back along the
+// reduced axes only: its shape, padded with leading 1s, is the keepdims shape
+// of the reduction.
+bool Candidate::broadcastsBack(const Shape &s) const {
+  if (s.size() > reducedKeep.size())
+    return false;
+  Shape padded(reducedKeep.size() - s.size(), 1);
+  padded.insert(padded.end(), s.begin(), s.end());
+  return padded == reducedKeep;
+}
+
+// Rule "aligned reads": inside a kernel a computed value exists only at the
+// iteration point that computed it, so another node may read it only at that
+// point (or a row's reduced value broadcast back over the row).
+Refusal Fuser::misaligned(ValueId v, ValueId operand, std::string_view why) const {
+  return fmt::format("{} would read {} {}: values computed in a kernel are read at their "
+                     "own iteration point only",
+                     describe(v), describe(operand), why);
+}
+
+// Gives `v` its role in the candidate (where in the loop its value exists),
+// or the rule its reads break.
+Refusal Fuser::place(ValueId v, const Candidate &c) {
+  switch (fusionClass(g_.node(v).op)) {
+  case FusionClass::View: return placeView(v, c);
+  case FusionClass::Elementwise: return placeElementwise(v, c);
+  case FusionClass::Reduction: {
+    ValueId operand = g_.node(v).operands[0];
+    Role r = roleOf(operand);
+    if (r == Role::Reduced || r == Role::Uniform)
+      return misaligned(v, operand, "as a reduction operand");
+    role_[v] = Role::Reduced;
+    return std::nullopt;
+  }
+  case FusionClass::Contraction:
+    if (Refusal why = operandNotInMemory(v))
+      return why;
+    role_[v] = Role::Full;
+    return std::nullopt;
+  case FusionClass::Opaque:
+  case FusionClass::Source:
+  case FusionClass::Inlined: role_[v] = Role::Full; return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+Refusal Fuser::placeView(ValueId v, const Candidate &c) {
+  const Node &node = g_.node(v);
+  const Shape &s = node.type.shape;
+  ValueId operand = node.operands[0];
+  Role r = roleOf(operand);
+  bool reduction = c.k.mode == KernelShape::Mode::Reduction;
+  if (r == Role::External || r == Role::View || r == Role::Uniform) {
+    role_[v] = node.type.numel() == 1 && r == Role::Uniform ? Role::Uniform : Role::View;
+    Layout base = r == Role::External ? Layout::Contiguous
+                  : r == Role::View   ? layout_[operand]
+                                      : Layout::Indexed;
+    layout_[v] = viewLayout(node.op, base);
+  } else if (r == Role::Full && node.op == OpKind::Reshape && !reduction) {
+    // A reshape keeps the row-major order: in a flat loop it is a no-op.
+    role_[v] = Role::Full;
+  } else if (r == Role::Reduced && node.op == OpKind::Reshape &&
+             squeezed(s) == c.reducedSqueezed) {
+    role_[v] = Role::Reduced; // [128,1] <-> [128]: same row order
+  } else if (r == Role::Reduced && node.op == OpKind::BroadcastTo && s == c.k.space &&
+             c.broadcastsBack(shape(operand))) {
+    role_[v] = Role::Full;
+  } else {
+    return misaligned(v, operand, "through an index map");
+  }
+  return std::nullopt;
+}
+
+// Places the node by its shape, then checks each in-kernel operand.
+Refusal Fuser::placeElementwise(ValueId v, const Candidate &c) {
+  const Node &node = g_.node(v);
+  const Shape &s = node.type.shape;
+  bool reduction = c.k.mode == KernelShape::Mode::Reduction;
+  Role mine;
+  if (reduction ? s == c.k.space : node.type.numel() == c.spaceNumel)
+    mine = Role::Full;
+  else if (reduction && squeezed(s) == c.reducedSqueezed)
+    mine = Role::Reduced;
+  else if (node.type.numel() == 1)
+    mine = Role::Uniform;
+  else
+    // Rule "one iteration space": an elementwise node of another size would
+    // need a loop of its own.
+    return fmt::format("{} of shape {} is outside the kernel's iteration space {}",
+                       describe(v), shapeString(s), shapeString(c.k.space));
+  for (ValueId operand : node.operands) {
+    const Shape &os = shape(operand);
+    bool ok = true;
+    switch (roleOf(operand)) {
+    case Role::External:
+    case Role::View: break; // read by index from memory
+    case Role::Uniform: break;
+    case Role::Full: ok = mine == Role::Full && os == s; break;
+    case Role::Reduced:
+      ok = (mine == Role::Reduced && (os == s || g_.type(operand).numel() == 1)) ||
+           (mine == Role::Full && s == c.k.space && c.broadcastsBack(os));
+      break;
+    }
+    if (!ok)
+      return misaligned(v, operand, "broadcast to another shape");
+  }
+  role_[v] = mine;
+  return std::nullopt;
+}
+
+// Rule "no prologue": a matmul/conv reads its operands tile by tile, many
+// times each; a computed producer fused in would be recomputed per read, so
+// operands come from memory. Views of memory (a transpose of a weight) are
+// folded into the operand's indexing, but only a view that is a strided
+// layout of a buffer (a transpose, a broadcast, a slice, after any reshapes
+// of the contiguous buffer); a pad or one_hot, or a reshape of a transposed
+// view, would need a gather per read.
+Refusal Fuser::operandNotInMemory(ValueId v) const {
+  for (ValueId operand : g_.node(v).operands) {
+    Role r = roleOf(operand);
+    if (r != Role::External && r != Role::View)
+      return fmt::format("{} would be computed inside {}'s operand reads: a matmul/conv "
+                         "reads operands from memory (only views such as transposes fold in)",
+                         describe(operand), describe(v));
+    if (r == Role::View && layout_[operand] == Layout::Indexed)
+      return fmt::format("{} is no strided view of a buffer, so {} cannot read it as an "
+                         "operand",
+                         describe(operand), describe(v));
+  }
+  return std::nullopt;
+}
+
+// Rule "outputs cover the space": outputs are written at the kernel's
+// iteration points, so a scalar or a view used by another kernel would be
+// written by a loop that does not iterate over it.
+Refusal Fuser::outputOffTheSpace(const Candidate &c) const {
+  for (ValueId v : c.nodes) {
+    if (!isKernelOutput(v))
       continue;
     Role r = role_[v];
     if (r == Role::Full || r == Role::Reduced)
       continue;
-    if (r == Role::View && k.mode == KernelShape::Mode::Loop &&
-        g_.type(v).numel() == spaceNumel)
+    if (r == Role::View && c.k.mode == KernelShape::Mode::Loop &&
+        g_.type(v).numel() == c.spaceNumel)
       continue; // a copy kernel materializing the view
-    if (spaceNumel == 1)
+    if (c.spaceNumel == 1)
       continue;
-    // Rule "outputs cover the space": a scalar or a view used by another
-    // kernel would be written by a loop that does not iterate over it.
-    return FusionDecision::no(
-        fmt::format("{} is used by another kernel but would be computed as a {} inside "
-                    "a kernel over {}",
-                    describe(v), r == Role::View ? "view" : "uniform scalar",
-                    shapeString(k.space)));
+    return fmt::format("{} is used by another kernel but would be computed as a {} inside "
+                       "a kernel over {}",
+                       describe(v), r == Role::View ? "view" : "uniform scalar",
+                       shapeString(c.k.space));
   }
+  return std::nullopt;
+}
 
-  // Rule "bounded inputs": each input is a pointer argument and a stream of
-  // reads; past options.maxInputs a kernel spills registers and thrashes the
-  // cache, so it is better split.
+// Rule "bounded inputs": each input is a pointer argument and a stream of
+// reads; past options.maxInputs a kernel spills registers and thrashes the
+// cache, so it is better split.
+Refusal Fuser::tooManyInputs(const Candidate &c) const {
   std::set<ValueId> inputs;
-  for (ValueId v : nodes)
+  for (ValueId v : c.nodes)
     for (ValueId o : g_.node(v).operands)
       if (!inside(o) && fusionClass(g_.node(o).op) != FusionClass::Inlined)
         inputs.insert(o);
   if (inputs.size() > options_.maxInputs)
-    return FusionDecision::no(fmt::format("the kernel would read {} inputs (limit {})",
-                                          inputs.size(), options_.maxInputs));
-  if (out)
-    *out = k;
-  return FusionDecision::yes();
+    return fmt::format("the kernel would read {} inputs (limit {})", inputs.size(),
+                       options_.maxInputs);
+  return std::nullopt;
 }
 
 std::vector<ValueId> Fuser::united(int a, int b) const {

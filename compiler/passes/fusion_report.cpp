@@ -119,78 +119,17 @@ std::string dotEscape(const std::string &text) {
 // 2 flops per multiply-add of a matmul or convolution (and its gradients).
 double matrixFlops(const Graph &g, ValueId v) {
   const Node &n = g.node(v);
-  auto numel = [&](ValueId id) { return static_cast<double>(g.type(id).numel()); };
-  switch (n.op) {
-  case OpKind::MatMul:
-    return 2 * numel(v) * static_cast<double>(g.type(n.operands[0]).shape.back());
-  case OpKind::Conv2d: {
-    const Shape &w = g.type(n.operands[1]).shape;
-    return 2 * numel(v) * static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight: {
-    // The same multiply-adds as the forward convolution: one per (output
-    // gradient element, weight tap in its group).
-    const Shape &w = g.type(n.op == OpKind::Conv2dGradInput ? n.operands[1] : v).shape;
-    return 2 * numel(n.op == OpKind::Conv2dGradInput ? n.operands[0] : n.operands[1]) *
-           static_cast<double>(w[1] * w[2] * w[3]);
-  }
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
+  if (opInfo(n.op).opClass != OpClass::Contraction)
     return 0;
-  }
-  return 0;
+  auto numel = [&](ValueId id) { return static_cast<double>(g.type(id).numel()); };
+  if (n.op == OpKind::MatMul)
+    return 2 * numel(v) * static_cast<double>(g.type(n.operands[0]).shape.back());
+  // A convolution and its gradients: the same multiply-adds, one per (output
+  // (gradient) element, weight tap in its group).
+  bool gradInput = n.op == OpKind::Conv2dGradInput;
+  const Shape &w = g.type(n.op == OpKind::Conv2dGradWeight ? v : n.operands[1]).shape;
+  ValueId output = n.op == OpKind::Conv2d ? v : n.operands[gradInput ? 0 : 1];
+  return 2 * numel(output) * static_cast<double>(w[1] * w[2] * w[3]);
 }
 
 } // namespace

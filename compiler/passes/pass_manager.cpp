@@ -97,7 +97,7 @@ std::vector<std::string> defaultPipeline(bool /*trainingStep*/) {
   //   erase what their own rewrites orphan, so one run at the end suffices.
   // Training steps get the same list: a second simplify + cse round after the
   // first cse changed nothing on any example's training step, and the
-  // pipeline is a fixed point on all of them (tests/test_passes.cpp). The flag
+  // pipeline is a fixed point on all of them (tests/test_pass_pipeline.cpp). The flag
   // is where training-only passes (rematerialization, say) would go.
   return {"simplify", "fold", "simplify", "cse", "dce"};
 }

@@ -212,7 +212,7 @@ struct BenchOptions {
 };
 // `stepc bench FILE.sg [--train-step adam] [--compare-unfused] [--per-kernel]
 //   [--json OUT.json] [--gelu [N]] [--threads N] [--check-determinism]`
-//   (tools/stepc/bench*.cpp)
+//   (tools/stepc/bench/bench*.cpp)
 int bench(const BenchOptions &options);
 
 struct BisectOptions {
@@ -226,7 +226,7 @@ struct BisectOptions {
   std::string injectFault;     // KERNEL=AMOUNT: CompileOptions::perturbKernel
 };
 // `stepc bisect-fusion FILE.sg [--train-step OPT] --metric diff|time
-//   [--tolerance T] [--steps N] [--inject-fault KERNEL=AMOUNT]` (bisect.cpp)
+//   [--tolerance T] [--steps N] [--inject-fault KERNEL=AMOUNT]` (bench/bisect.cpp)
 int bisectFusion(const BisectOptions &options);
 
 } // namespace stepc::cli
