@@ -19,11 +19,11 @@ install(EXPORT stepc-runtime-targets NAMESPACE stepc:: DESTINATION ${STEPC_CONFI
         COMPONENT runtime)
 
 if(NOT STEPC_RUNTIME_ONLY)
-  foreach(library ir interp autodiff passes codegen onnx mpi)
+  foreach(library ir interp autodiff gradcheck passes codegen backend onnx mpi)
     set_target_properties(stepc_${library} PROPERTIES EXPORT_NAME ${library})
   endforeach()
-  install(TARGETS stepc_ir stepc_interp stepc_autodiff stepc_passes stepc_codegen stepc_onnx
-                  stepc_mpi stepc_compiler
+  install(TARGETS stepc_ir stepc_interp stepc_autodiff stepc_gradcheck stepc_passes
+                  stepc_codegen stepc_backend stepc_onnx stepc_mpi stepc_compiler
           EXPORT stepc-compiler-targets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT compiler)
   # The CLI is exported too (stepc::stepc), so that a consumer's build can

@@ -434,7 +434,7 @@ void expectEmulationMatchesInterpreter(const Graph &graph, const TensorMap &inpu
   SCOPED_TRACE(fusion ? "emulated fused" : "emulated unfused");
   std::unique_ptr<Executable> exe;
   try {
-    exe = std::make_unique<Executable>(
+    exe = std::make_unique<CpuExecutable>(
         codegen::emulateCudaOnCpu(graph, CompileOptions{.fusion = fusion}),
         RunOptions{.threads = 1});
   } catch (const std::exception &e) {
@@ -526,7 +526,7 @@ TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
   badLabel.at("y").data<int32_t>()[9] = -2;
   for (bool fusion : {true, false}) {
     SCOPED_TRACE(fusion ? "fused" : "unfused");
-    Executable exe(codegen::emulateCudaOnCpu(step, CompileOptions{.fusion = fusion}));
+    CpuExecutable exe(codegen::emulateCudaOnCpu(step, CompileOptions{.fusion = fusion}));
     TensorMap params = initialParams(step);
     for (const TensorMap &bad : {badIndex, badLabel}) {
       std::string interpreted = errorOf([&] { interpretStep(step, bad, params); });
@@ -542,7 +542,7 @@ TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
                                "s.sg");
     TensorMap in = {{"i", Tensor::of<int32_t>({3}, {1, 5, 0})},
                     {"u", stepc::testing::randomTensor(DType::F32, {3, 4}, 3)}};
-    Executable s(codegen::emulateCudaOnCpu(scatter, CompileOptions{.fusion = fusion}));
+    CpuExecutable s(codegen::emulateCudaOnCpu(scatter, CompileOptions{.fusion = fusion}));
     EXPECT_THAT(errorOf([&] { s.step(in); }),
                 ::testing::StartsWith("s.sg:4:3: error: scatter_add: index 5 (element 1 of the "
                                       "indices i32[3]) is out of range for axis 0 of the result "

@@ -4,10 +4,11 @@
 // two live values in one place, and the figures of issue 4 hold.
 #include "testing.h"
 
+#include "../compiler/autodiff/gradcheck.h"
+
 #include "stepc/autodiff.h"
 #include "stepc/error.h"
 #include "stepc/fusion.h"
-#include "stepc/gradcheck.h"
 #include "stepc/interpreter.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"

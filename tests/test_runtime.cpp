@@ -151,7 +151,7 @@ std::map<std::string, Tensor, std::less<>> addInputs() {
 
 TEST(Executable, StepComputesOutputs) {
   for (int threads : {1, 2, 4}) {
-    Executable exe(addSpec(), {.threads = threads});
+    CpuExecutable exe(addSpec(), {.threads = threads});
     auto out = exe.step(addInputs());
     ASSERT_EQ(out.size(), 1u);
     const Tensor &z = out.at("z");
@@ -169,7 +169,7 @@ TEST(Executable, StepComputesOutputs) {
 }
 
 TEST(Executable, InputErrorsNameTheInputAndChangeNothing) {
-  Executable exe(addSpec(), {.checkNumerics = true, .threads = 2});
+  CpuExecutable exe(addSpec(), {.checkNumerics = true, .threads = 2});
   exe.step(addInputs());
   Tensor before = exe.param("b");
 
@@ -205,7 +205,7 @@ TEST(Executable, InputErrorsNameTheInputAndChangeNothing) {
 }
 
 TEST(Executable, ParamAccessChecksNamesAndTypes) {
-  Executable exe(addSpec());
+  CpuExecutable exe(addSpec());
   EXPECT_EQ(errorOf([&] { exe.param("w"); }),
             "unknown param 'w'; the executable's params are: b");
   EXPECT_EQ(errorOf([&] { exe.setParam("b", Tensor(DType::F32, {4})); }),
@@ -218,32 +218,32 @@ TEST(Executable, ParamAccessChecksNamesAndTypes) {
 TEST(Executable, BadSpecsAreRejected) {
   auto noInit = addSpec();
   noInit.initialParams.clear();
-  EXPECT_EQ(errorOf([&] { Executable exe(noInit); }),
+  EXPECT_EQ(errorOf([&] { CpuExecutable exe(noInit); }),
             "executable 'add': param 'b' (f32[3]) has no initial value");
 
   auto wrongInit = addSpec();
   wrongInit.initialParams["b"] = Tensor(DType::F64, {kCols});
-  EXPECT_EQ(errorOf([&] { Executable exe(wrongInit); }),
+  EXPECT_EQ(errorOf([&] { CpuExecutable exe(wrongInit); }),
             "executable 'add': initial value of param 'b': expected f32[3], got f64[3]");
 
   auto extraInit = addSpec();
   extraInit.initialParams["c"] = Tensor(DType::F32, {1});
-  EXPECT_CONTAINS(errorOf([&] { Executable exe(extraInit); }),
+  EXPECT_CONTAINS(errorOf([&] { CpuExecutable exe(extraInit); }),
                   "initial value given for 'c', which is not a param");
 
   auto outside = addSpec();
   outside.arenaBytes = 200;
-  EXPECT_CONTAINS(errorOf([&] { Executable exe(outside); }),
+  EXPECT_CONTAINS(errorOf([&] { CpuExecutable exe(outside); }),
                   "output 'z' (f32[5,3], 60 bytes at offset 192) does not fit in the arena "
                   "of 200 bytes");
 
   auto badCopy = addSpec();
   badCopy.updateCopies = {{250, 0, 8}};
-  EXPECT_CONTAINS(errorOf([&] { Executable exe(badCopy); }), "update copy of 8 bytes");
+  EXPECT_CONTAINS(errorOf([&] { CpuExecutable exe(badCopy); }), "update copy of 8 bytes");
 
   auto noFn = addSpec();
   noFn.kernels[0].fn = nullptr;
-  EXPECT_CONTAINS(errorOf([&] { Executable exe(noFn); }), "kernel 'k0_add_add' has no function");
+  EXPECT_CONTAINS(errorOf([&] { CpuExecutable exe(noFn); }), "kernel 'k0_add_add' has no function");
 }
 
 // ------------------------------ spec 2: parallel coverage of a kernel's rows
@@ -277,7 +277,7 @@ TEST(Executable, ParallelChunksCoverEveryRowOnce) {
       kernel.fn = countRowsKernel;
       kernel.parallelExtent = extent;
       spec.kernels = {kernel};
-      Executable exe(spec, {.threads = threads});
+      CpuExecutable exe(spec, {.threads = threads});
       for (int step = 0; step < 3; ++step) {
         ranges.clear();
         exe.step({});
@@ -353,7 +353,7 @@ std::map<std::string, Tensor, std::less<>> gradient(std::vector<float> g) {
 }
 
 TEST(Executable, ParamsPersistAndUpdateInPlaceAndByCopy) {
-  Executable exe(trainSpec(), {.threads = 2});
+  CpuExecutable exe(trainSpec(), {.threads = 2});
   for (int step = 1; step <= 3; ++step) {
     auto out = exe.step(gradient({0.25f, 0.25f, 0.25f, 0.25f}));
     EXPECT_EQ(out.at("t").real(0), step);
@@ -365,7 +365,7 @@ TEST(Executable, ParamsPersistAndUpdateInPlaceAndByCopy) {
 }
 
 TEST(Executable, CheckNumericsNamesKernelOpsAndStepAndRollsBack) {
-  Executable exe(trainSpec(), {.checkNumerics = true, .threads = 2});
+  CpuExecutable exe(trainSpec(), {.checkNumerics = true, .threads = 2});
   exe.step(gradient({0.5f, 0.5f, 0.5f, 0.5f}));
   Tensor w = exe.param("w"), t = exe.param("t");
 
@@ -393,7 +393,7 @@ TEST(Executable, CheckNumericsNamesKernelOpsAndStepAndRollsBack) {
 }
 
 TEST(Executable, WithoutCheckNumericsNaNsPassThrough) {
-  Executable exe(trainSpec(), {.threads = 1});
+  CpuExecutable exe(trainSpec(), {.threads = 1});
   auto out = exe.step(gradient({2, 0, 0, 0}));
   EXPECT_TRUE(std::isnan(out.at("%7").data<float>()[0]));
   EXPECT_EQ(exe.stepsTaken(), 1);
@@ -402,7 +402,7 @@ TEST(Executable, WithoutCheckNumericsNaNsPassThrough) {
 TEST(Executable, ThrowingKernelIsReportedAndRolledBackWithCheckNumerics) {
   for (int threads : {1, 2, 3}) {
     SCOPED_TRACE(::testing::Message() << "threads " << threads);
-    Executable exe(trainSpec(), {.checkNumerics = true, .threads = threads});
+    CpuExecutable exe(trainSpec(), {.checkNumerics = true, .threads = threads});
     exe.step(gradient({0.5f, 0.5f, 0.5f, 0.5f}));
     Tensor w = exe.param("w");
     boom = true;
@@ -413,7 +413,7 @@ TEST(Executable, ThrowingKernelIsReportedAndRolledBackWithCheckNumerics) {
     EXPECT_EQ(exe.param("w"), w);
     EXPECT_EQ(exe.stepsTaken(), 1);
   }
-  Executable unchecked(trainSpec(), {.threads = 2});
+  CpuExecutable unchecked(trainSpec(), {.threads = 2});
   boom = true;
   std::string message = errorOf([&] { unchecked.step(gradient({0.1f, 0.1f, 0.1f, 0.1f})); });
   boom = false;
@@ -426,7 +426,7 @@ TEST(Executable, ProfileWritesOneTraceEventPerKernelPerStep) {
   TempDir dir;
   auto spec = trainSpec();
   spec.kernels[0].flops = 4; // shown as a rate in the trace
-  Executable exe(spec, {.checkNumerics = true, .profile = true, .threads = 2});
+  CpuExecutable exe(spec, {.checkNumerics = true, .profile = true, .threads = 2});
   for (int step = 0; step < 3; ++step)
     exe.step(gradient({0.1f, 0.1f, 0.1f, 0.1f}));
   // A failed step records nothing.
@@ -474,7 +474,7 @@ TEST(Executable, AfterKernelSeesEachKernelsOutputsInOrder) {
     calls.push_back({index, kernel.name,
                      std::vector<std::byte>(arena + out.offset, arena + out.offset + out.bytes())});
   };
-  Executable exe(trainSpec(), run);
+  CpuExecutable exe(trainSpec(), run);
   for (int step = 0; step < 2; ++step)
     exe.step(gradient({0.25f, 0.25f, 0.25f, 0.25f}));
   ASSERT_EQ(calls.size(), 6u);
@@ -532,7 +532,7 @@ Tensor randomBits(const TensorType &type, std::mt19937 &rng) {
 TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
   TempDir dir;
   std::mt19937 rng(1234);
-  Executable exe(paramsSpec(kEveryDType));
+  CpuExecutable exe(paramsSpec(kEveryDType));
   std::map<std::string, Tensor> values;
   for (const auto &[name, type] : kEveryDType) {
     values[name] = randomBits(type, rng); // includes NaN payloads and denormals
@@ -542,7 +542,7 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
   exe.saveParams(path);
   EXPECT_TRUE(temporariesBeside(path).empty());
 
-  Executable other(paramsSpec(kEveryDType));
+  CpuExecutable other(paramsSpec(kEveryDType));
   other.loadParams(path);
   for (const auto &[name, value] : values)
     EXPECT_EQ(other.param(name), value) << name;
@@ -557,7 +557,7 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
 TEST(Checkpoint, LoadListsEveryDifferenceAndChangesNothing) {
   TempDir dir;
   std::string path = dir / "ckpt.safetensors";
-  Executable saved(paramsSpec({{"w1", {DType::F32, {4, 3}}},
+  CpuExecutable saved(paramsSpec({{"w1", {DType::F32, {4, 3}}},
                                {"w2", {DType::F32, {3}}},
                                {"extra", {DType::I64, {2}}},
                                {"m", {DType::F64, {3}}}}));
@@ -568,7 +568,7 @@ TEST(Checkpoint, LoadListsEveryDifferenceAndChangesNothing) {
                           {"m", {DType::F32, {3}}},
                           {"v", {DType::F32, {3}}}});
   spec.initialParams["w2"] = f32({3}, {7, 8, 9});
-  Executable exe(spec);
+  CpuExecutable exe(spec);
   std::string message = errorOf([&] { exe.loadParams(path); });
   EXPECT_EQ(message, path + ": checkpoint does not match executable 'params' (4 differences):\n"
                             "  'm': expected f32[3], found f64[3]\n"
@@ -582,7 +582,7 @@ TEST(Checkpoint, LoadListsEveryDifferenceAndChangesNothing) {
 TEST(Checkpoint, FailedSaveLeavesTheOldFileIntact) {
   TempDir dir;
   std::string path = dir / "ckpt.safetensors";
-  Executable exe(paramsSpec(kEveryDType));
+  CpuExecutable exe(paramsSpec(kEveryDType));
   exe.setParam("b.f64", Tensor::fromReals(DType::F64, {7}, {1, 2, 3, 4, 5, 6, 7}));
   exe.saveParams(path);
   std::string good = readBytes(path);
@@ -616,7 +616,7 @@ TEST(Checkpoint, FailedSaveLeavesTheOldFileIntact) {
     EXPECT_EQ(readBytes(path), good);
   }
 
-  Executable fresh(paramsSpec(kEveryDType));
+  CpuExecutable fresh(paramsSpec(kEveryDType));
   fresh.loadParams(path);
   EXPECT_EQ(fresh.param("b.f64").real(6), 7);
 }

@@ -1,4 +1,4 @@
-#include "stepc/gradcheck.h"
+#include "gradcheck.h"
 
 #include "stepc/autodiff.h"
 

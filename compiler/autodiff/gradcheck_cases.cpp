@@ -3,7 +3,7 @@
 // small f64 graph whose output "loss" is sum(result * fixed pseudo-random
 // weights), so no two output elements get the same weight and a transposed
 // or mirrored gradient cannot pass by symmetry.
-#include "stepc/gradcheck.h"
+#include "gradcheck.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/builder.h"

@@ -645,7 +645,7 @@ void {p}_destroy({p} *model) {{ delete model; }}
       fmt::arg("cudaInclude", cuda ? "#include \"stepc/cuda.h\"\n" : ""),
       fmt::arg("cudaSpec", cuda ? cudaSpecSource(*cuda, p) : ""),
       fmt::arg("specType", cuda ? "stepc::CudaExecutableSpec" : "stepc::ExecutableSpec"),
-      fmt::arg("executableType", cuda ? "stepc::CudaExecutable" : "stepc::Executable"),
+      fmt::arg("executableType", cuda ? "stepc::CudaExecutable" : "stepc::CpuExecutable"),
       fmt::arg("makeSpec", cuda ? "makeCudaSpec" : "makeSpec"));
 }
 

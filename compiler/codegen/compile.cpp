@@ -7,7 +7,7 @@
 #include "llvm_backend.h"
 #include "lowering.h"
 
-#include "stepc/interpreter.h"
+#include "stepc/graph_values.h"
 #include "stepc/passes.h"
 
 #include <fmt/format.h>
@@ -211,11 +211,11 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   return out;
 }
 
-std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions &options,
+std::unique_ptr<CpuExecutable> compileJit(const Graph &graph, const CompileOptions &options,
                                        const RunOptions &run) {
   if (options.target != Target::Cpu)
     throw Error("compileJit builds CPU executables; for Target::Cuda use compileCuda");
-  return std::make_unique<Executable>(codegen::jitSpec(graph, options), run);
+  return std::make_unique<CpuExecutable>(codegen::jitSpec(graph, options), run);
 }
 
 std::string dumpKernelIR(const Graph &graph, const CompileOptions &options,

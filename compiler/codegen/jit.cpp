@@ -3,7 +3,7 @@
 #include "stepc/jit.h"
 
 #include "stepc/error.h"
-#include "stepc/interpreter.h"
+#include "stepc/graph_values.h"
 #include "stepc/train.h"
 
 #include <fmt/format.h>
@@ -19,7 +19,7 @@ namespace {
 struct Compiled {
   Graph graph;
   std::vector<std::string> inputNames, outputNames;
-  std::unique_ptr<Executable> executable;
+  std::unique_ptr<CpuExecutable> executable;
 };
 
 // "f32[64,784], i32[64]"
@@ -171,7 +171,7 @@ const Graph &JitCore::graph() const {
   return state_->current->graph;
 }
 
-Executable &JitCore::executable() {
+CpuExecutable &JitCore::executable() {
   graph(); // throws before the first call
   return *state_->current->executable;
 }

@@ -8,7 +8,7 @@
 #include "kernel_emitter.h"
 #include "tiled_matmul.h"
 
-#include "stepc/interpreter.h"
+#include "stepc/graph_values.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

@@ -164,41 +164,6 @@ std::vector<Tensor> run(const Graph &graph, const TensorMap &inputs,
 
 } // namespace
 
-std::string opLabel(const Node &node) {
-  std::string_view name = opInfo(node.op).name;
-  return node.loc.origin.empty() ? std::string(name)
-                                 : fmt::format("{} ({})", name, node.loc.origin);
-}
-
-std::optional<IndexCheck> indexCheckFor(const Node &node, std::span<const TensorType> operands) {
-  IndexCheck check;
-  check.op = opLabel(node);
-  check.location = node.loc.known() ? node.loc.str() : "";
-  if (node.op == OpKind::Gather) {
-    const TensorType &data = operands[0];
-    int64_t axis = node.attrs.getInt("axis");
-    check.indices = typeString(operands[1]);
-    check.range = fmt::format("axis {} of data {}", axis, typeString(data));
-    check.bound = data.shape[static_cast<size_t>(axis)];
-    return check;
-  }
-  if (node.op == OpKind::ScatterAdd) {
-    check.indices = typeString(operands[0]);
-    check.range = fmt::format("axis {} of the result {}", node.attrs.getInt("axis"),
-                              typeString(node.type));
-    check.bound = node.attrs.getInt("size");
-    return check;
-  }
-  if (node.op == OpKind::OneHot && node.attrs.has("checked") &&
-      node.attrs.getInt("checked") != 0) {
-    check.indices = typeString(operands[0]);
-    check.bound = node.attrs.getInt("depth");
-    check.range = fmt::format("depth {}", check.bound);
-    return check;
-  }
-  return std::nullopt;
-}
-
 TensorMap interpret(const Graph &graph, const TensorMap &inputs, const TensorMap &params,
                     const InterpretOptions &options) {
   std::vector<Tensor> values = run(graph, inputs, params, options, /*keepAll=*/false);

@@ -75,8 +75,8 @@ LoweredGraph lowerGraph(const Graph &graph, const CompileOptions &options = {});
 
 // Compiles in memory and returns a ready Executable. Unsupported ops or
 // dtypes fail with stepc::Error naming the op and its location.
-std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions &options = {},
-                                       const RunOptions &run = {});
+std::unique_ptr<CpuExecutable> compileJit(const Graph &graph, const CompileOptions &options = {},
+                                          const RunOptions &run = {});
 
 // --- The JIT cache (compiler/codegen/jit_cache.cpp) -------------------------
 // The key is a hash of the graph's text with every node's source location

@@ -38,46 +38,40 @@ struct CudaExecutableSpec {
 // The driver is libcuda.so.1, or the file named by $STEPC_CUDA_DRIVER.
 std::string cudaUnavailableReason();
 
-// The GPU counterpart of Executable, with the same interface: the PTX module
-// is loaded once, the arena lives on the device (laid out by the same buffer
-// plan), params and optimizer state stay resident there between steps, and
-// a step copies its inputs in asynchronously, launches every kernel on one
-// stream and copies the outputs out. Every driver call is checked; an error
-// names the call, the kernel, and the driver's message.
+// The GPU's Executable: the PTX module is loaded once, the arena lives on
+// the device (laid out by the same buffer plan), params and optimizer state
+// stay resident there between steps, and a step copies its inputs in
+// asynchronously, launches every kernel on one stream and copies the
+// outputs out. Every driver call is checked; an error names the call, the
+// kernel, and the driver's message.
 //
 // RunOptions: checkNumerics synchronizes after each kernel and scans its
 // outputs (a debug mode; on a hit the params are restored from a device
 // copy taken before the step); profile times each kernel with CUDA events;
 // threads and afterKernel do not apply.
-class CudaExecutable {
+class CudaExecutable final : public Executable {
 public:
   explicit CudaExecutable(CudaExecutableSpec spec, RunOptions options = {});
-  ~CudaExecutable();
-  CudaExecutable(const CudaExecutable &) = delete;
-  CudaExecutable &operator=(const CudaExecutable &) = delete;
+  ~CudaExecutable() override;
 
-  // As Executable::step: inputs are checked before anything is touched.
-  std::map<std::string, Tensor> step(const std::map<std::string, Tensor, std::less<>> &inputs);
-
-  std::vector<std::string> paramNames() const;
-  Tensor param(const std::string &name) const;
-  void setParam(const std::string &name, const Tensor &value);
-  int64_t stepsTaken() const;
-  const ExecutableSpec &spec() const;
-  const CudaExecutableSpec &cudaSpec() const;
   // "NVIDIA H100 80GB HBM3 (sm_90)"
-  std::string deviceName() const;
-
-  void saveParams(const std::string &path) const;
-  void loadParams(const std::string &path);
-
-  // Kernel times from CUDA events; startMicros counts from creation.
-  const std::vector<KernelTiming> &profile() const;
-  void writeTrace(const std::string &path) const;
+  std::string deviceName() const override;
 
 private:
   struct State;
   std::unique_ptr<State> state_;
+
+  void runStep(const std::map<std::string, Tensor, std::less<>> &inputs,
+               std::map<std::string, Tensor> &outputs) override;
+  void readSlot(const TensorSlot &slot, std::byte *to) const override;
+  void writeSlot(const TensorSlot &slot, const std::byte *from) override;
+  void launch(size_t kernel);
+  void checkOutputs(size_t kernel);
+  // Queues the fault record's copy to the host; read it after a synchronize.
+  void copyFaultRecord();
+  // After copyFaultRecord and a synchronize: throws the fault, if any.
+  void throwIfFaulted(bool paramsKept);
+  void restoreParams();
 };
 
 } // namespace stepc

@@ -1,6 +1,7 @@
 // The runtime's view of a compiled step function (runtime/, no LLVM or MLIR):
 // kernels, one arena laid out by the buffer plan, and the schedule. JIT and
-// AOT builds both produce an ExecutableSpec; the Executable runs it.
+// AOT builds both produce an ExecutableSpec; an Executable runs it (the CPU's
+// here, the GPU's in stepc/cuda.h).
 #pragma once
 
 #include "stepc/communicator.h"
@@ -164,14 +165,16 @@ struct KernelTiming {
 
 class ThreadPool;
 
-// Not thread-safe: one thread at a time calls step() and the param methods.
+// A compiled step function ready to run: the one interface of every compiled
+// backend (stepc/backend.h names them). CpuExecutable runs it on the host,
+// CudaExecutable (stepc/cuda.h) on an NVIDIA GPU; both lay the arena out by
+// the same buffer plan. What they share is written here once: the checks of
+// the spec and of step inputs, param names and types, checkpoints, profiles
+// and traces. Not thread-safe: one thread at a time calls step() and the
+// param methods.
 class Executable {
 public:
-  // Allocates the arena (64-byte aligned, zero-filled) and copies in
-  // spec.initialParams; throws stepc::Error if a slot or copy falls outside
-  // the arena or a param has no initial value of its exact type.
-  explicit Executable(ExecutableSpec spec, RunOptions options = {});
-  ~Executable();
+  virtual ~Executable();
   Executable(const Executable &) = delete;
   Executable &operator=(const Executable &) = delete;
 
@@ -197,6 +200,9 @@ public:
   void setParam(const std::string &name, const Tensor &value); // checks type
   int64_t stepsTaken() const { return steps_; }
   const ExecutableSpec &spec() const { return spec_; }
+  // Where it runs: empty for the host CPU, else the device,
+  // "NVIDIA H100 80GB HBM3 (sm_90)".
+  virtual std::string deviceName() const { return {}; }
 
   // Checkpoints in the safetensors format: written atomically (temporary
   // file, fsync, rename); a load checks every name, dtype and shape and says
@@ -205,37 +211,71 @@ public:
   void saveParams(const std::string &path) const;
   void loadParams(const std::string &path);
 
-  // One entry per kernel per successful step, when RunOptions::profile.
+  // One entry per kernel per successful step, when RunOptions::profile
+  // (on a GPU timed with its events; startMicros counts from creation).
   const std::vector<KernelTiming> &profile() const { return timings_; }
-  const CollectiveStats &collectiveStats() const { return collectiveStats_; }
   Communicator &communicator() const { return *comm_; }
   // Chrome trace JSON (chrome://tracing, Perfetto) of the recorded timings:
   // one complete ("X") event per entry, written atomically.
   void writeTrace(const std::string &path) const;
 
-private:
+protected:
+  // Checks every place of the spec that either backend will touch (slots,
+  // update copies, the fault record, initial params); throws stepc::Error.
+  Executable(ExecutableSpec spec, RunOptions options);
+
+  // One step after its inputs were checked: copy them in, run the kernels,
+  // fill `outputs` (allocated, of the output slots' types); stepsTaken() is
+  // still the step's number. Times go to timings_ when options_.profile.
+  virtual void runStep(const std::map<std::string, Tensor, std::less<>> &inputs,
+                       std::map<std::string, Tensor> &outputs) = 0;
+  // Copies a slot's bytes out of the arena to host memory, or in from it.
+  virtual void readSlot(const TensorSlot &slot, std::byte *to) const = 0;
+  virtual void writeSlot(const TensorSlot &slot, const std::byte *from) = 0;
+  // For the constructors of the backends, once the arena exists: writes the
+  // initial params; in a job of several ranks first checks that every rank
+  // built the same executable, then gives every rank rank 0's values.
+  void writeInitialParams();
+
   ExecutableSpec spec_;
   RunOptions options_;
-  std::byte *arena_ = nullptr;
-  ArenaDescriptor descriptor_{};
-  std::unique_ptr<ThreadPool> pool_;
+  std::shared_ptr<Communicator> comm_; // the options', or one process
   int64_t steps_ = 0;
   std::vector<KernelTiming> timings_;
   std::chrono::steady_clock::time_point created_;
+};
+
+// The host CPU: the kernels are machine code (JIT or AOT) that threads of a
+// pool call on slices of their parallel extent.
+class CpuExecutable final : public Executable {
+public:
+  // Allocates the arena (64-byte aligned, zero-filled) and copies in
+  // spec.initialParams; throws stepc::Error if a slot or copy falls outside
+  // the arena or a param has no initial value of its exact type.
+  explicit CpuExecutable(ExecutableSpec spec, RunOptions options = {});
+  ~CpuExecutable() override;
+
+  const CollectiveStats &collectiveStats() const { return collectiveStats_; }
+
+private:
+  std::byte *arena_ = nullptr;
+  ArenaDescriptor descriptor_{};
+  std::unique_ptr<ThreadPool> pool_;
   std::vector<std::byte> paramSnapshot_; // checkNumerics only: see step()
-  std::shared_ptr<Communicator> comm_;
   std::vector<int64_t> inFlight_; // per kernel: the collective's handle, or -1
   CollectiveStats collectiveStats_;
+  // Kernels [0, firstParamWriter_) write no param bytes.
+  size_t firstParamWriter_ = 0;
 
-  void checkInputs(const std::map<std::string, Tensor, std::less<>> &inputs) const;
+  void runStep(const std::map<std::string, Tensor, std::less<>> &inputs,
+               std::map<std::string, Tensor> &outputs) override;
+  void readSlot(const TensorSlot &slot, std::byte *to) const override;
+  void writeSlot(const TensorSlot &slot, const std::byte *from) override;
   void runKernels();
   void runCollective(size_t index, const KernelSpec &kernel);
   void waitFor(size_t index);
   void checkOutputs(const KernelSpec &kernel) const;
   void checkFault(size_t kernelIndex);
-  // Kernels [0, firstParamWriter_) write no param bytes.
-  size_t firstParamWriter_ = 0;
-  const TensorSlot &paramSlot(const std::string &name) const;
 };
 
 // safetensors files, shared by checkpoints and tools (the format other

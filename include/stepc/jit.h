@@ -81,7 +81,7 @@ public:
   void loadParams(const std::string &path);
   // The graph compiled for the last call's signature, and its Executable.
   const Graph &graph() const;
-  Executable &executable();
+  CpuExecutable &executable();
   // Signatures traced so far (each one traced and compiled once).
   int64_t traces() const;
 
@@ -187,7 +187,7 @@ public:
   void saveParams(const std::string &path) const { core_.saveParams(path); }
   void loadParams(const std::string &path) { core_.loadParams(path); }
   const Graph &graph() const { return core_.graph(); }
-  Executable &executable() { return core_.executable(); }
+  CpuExecutable &executable() { return core_.executable(); }
   int64_t traces() const { return core_.traces(); }
 
 private:

@@ -5,8 +5,11 @@
 
 #include <cstddef>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace stepc {
@@ -86,5 +89,8 @@ Tensor Tensor::of(Shape shape, const std::vector<T> &values) {
   }
   return t;
 }
+
+// Tensors by name: a step's inputs, outputs and params.
+using TensorMap = std::map<std::string, Tensor, std::less<>>;
 
 } // namespace stepc

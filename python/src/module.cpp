@@ -8,6 +8,7 @@
 // result Tensor moves into a capsule that owns the array's memory.
 #include "stepc/autodiff.h"
 #include "stepc/builder.h"
+#include "stepc/backend.h"
 #include "stepc/compile.h"
 #include "stepc/cuda.h"
 #include "stepc/interpreter.h"
@@ -443,33 +444,30 @@ void bindGraph(nb::module_ &m) {
 }
 
 // --- Compiled steps -----------------------------------------------------------
-// One interface over the three backends: the interpreter keeps the params in
-// a TensorMap, the CPU and CUDA executables keep them in their arenas.
+// One interface over the three backends (stepc/backend.h): the interpreter
+// keeps the params in a TensorMap, a compiled backend's Executable keeps them
+// in its arena.
 class Step {
 public:
   Step(const Graph &graph, const std::string &backend, bool fusion, int threads,
        bool checkNumerics, bool profile, const std::string &memoryBudget)
       : backend_(backend) {
+    const Backend &chosen = findBackend(backend, "compile");
     CompileOptions options;
     options.fusion = fusion;
     options.memoryBudget = cli::memoryBudgetOption(memoryBudget);
-    if (backend == "interp" && options.memoryBudget.given())
+    if (!chosen.compiled() && options.memoryBudget.given())
       throw Error("compile: memory_budget needs a compiled backend (cpu or cuda)");
     RunOptions run;
     run.threads = threads;
     run.checkNumerics = checkNumerics;
     run.profile = profile;
-    if (backend == "interp") {
+    if (chosen.compiled()) {
+      exe_ = makeExecutable(chosen, graph, options, run);
+    } else {
       graph_ = graph;
       verify(*graph_);
       params_ = initialParams(*graph_);
-    } else if (backend == "cpu") {
-      cpu_ = compileJit(graph, options, run);
-    } else if (backend == "cuda") {
-      options.target = Target::Cuda;
-      cuda_ = compileCuda(graph, options, run);
-    } else {
-      throw Error(fmt::format("unknown backend '{}'; expected interp, cpu or cuda", backend));
     }
   }
 
@@ -482,10 +480,8 @@ public:
         outputs = interpretStep(*graph_, inputs, params_);
         ++steps_;
       }
-      else if (cpu_)
-        outputs = toLess(cpu_->step(inputs));
       else
-        outputs = toLess(cuda_->step(inputs));
+        outputs = toLess(exe_->step(inputs));
     }
     return toDict(std::move(outputs));
   }
@@ -497,7 +493,7 @@ public:
         names.push_back(name);
       return names;
     }
-    return cpu_ ? cpu_->paramNames() : cuda_->paramNames();
+    return exe_->paramNames();
   }
 
   nb::object param(const std::string &name) const {
@@ -507,7 +503,7 @@ public:
         throw Error(fmt::format("no param '{}'", name));
       return toNumpy(it->second);
     }
-    return toNumpy(cpu_ ? cpu_->param(name) : cuda_->param(name));
+    return toNumpy(exe_->param(name));
   }
 
   void setParam(const std::string &name, const InArray &array) {
@@ -520,27 +516,21 @@ public:
         throw Error(fmt::format("param '{}' is {}, the value given is {}", name,
                                 typeString(it->second.type()), typeString(value.type())));
       it->second = std::move(value);
-    } else if (cpu_) {
-      cpu_->setParam(name, value);
     } else {
-      cuda_->setParam(name, value);
+      exe_->setParam(name, value);
     }
   }
 
   void save(const std::string &path) const {
     if (graph_)
       writeSafetensors(path, std::map<std::string, Tensor>(params_.begin(), params_.end()));
-    else if (cpu_)
-      cpu_->saveParams(path);
     else
-      cuda_->saveParams(path);
+      exe_->saveParams(path);
   }
 
   void load(const std::string &path) {
-    if (cpu_)
-      return cpu_->loadParams(path);
-    if (cuda_)
-      return cuda_->loadParams(path);
+    if (exe_)
+      return exe_->loadParams(path);
     std::map<std::string, Tensor> loaded = readSafetensors(path);
     for (const auto &[name, value] : params_) {
       auto it = loaded.find(name);
@@ -557,15 +547,14 @@ public:
   int64_t stepsTaken() const {
     if (graph_)
       return steps_;
-    return cpu_ ? cpu_->stepsTaken() : cuda_->stepsTaken();
+    return exe_->stepsTaken();
   }
 
   std::vector<std::string> kernels() const {
     std::vector<std::string> names;
     if (graph_)
       return names;
-    const ExecutableSpec &spec = cpu_ ? cpu_->spec() : cuda_->spec();
-    for (const KernelSpec &k : spec.kernels)
+    for (const KernelSpec &k : exe_->spec().kernels)
       names.push_back(k.name);
     return names;
   }
@@ -575,7 +564,7 @@ public:
     std::vector<std::tuple<std::string, int64_t, double>> rows;
     if (graph_)
       return rows;
-    for (const KernelTiming &t : cpu_ ? cpu_->profile() : cuda_->profile())
+    for (const KernelTiming &t : exe_->profile())
       rows.emplace_back(t.kernel, t.step, t.durationMicros);
     return rows;
   }
@@ -587,8 +576,7 @@ private:
   std::optional<Graph> graph_; // interp
   TensorMap params_;           // interp
   int64_t steps_ = 0;          // interp
-  std::unique_ptr<Executable> cpu_;
-  std::unique_ptr<CudaExecutable> cuda_;
+  std::unique_ptr<Executable> exe_; // cpu, cuda
 
   static std::map<std::string, Tensor, std::less<>> toLess(std::map<std::string, Tensor> m) {
     return {std::make_move_iterator(m.begin()), std::make_move_iterator(m.end())};
@@ -613,6 +601,12 @@ void bindStep(nb::module_ &m) {
       .def("profile", &Step::profile);
 
   m.def("cuda_unavailable_reason", &cudaUnavailableReason);
+  m.def("backends", [] {
+    std::vector<std::string> names;
+    for (const Backend &backend : allBackends())
+      names.emplace_back(backend.name);
+    return names;
+  });
 
   // `stepc bench` itself, pointed at a file of the graph's text; its JSON
   // report comes back as a string for the Python layer to parse.

@@ -15,7 +15,8 @@ import numpy as np
 from . import _stepc
 from ._graph import NUMPY_DTYPES, Error, Graph, GraphBuilder, Optimizer, Value, _dtype_name
 
-BACKENDS = ("interp", "cpu", "cuda")
+# The backend names, from the one registry (include/stepc/backend.h).
+BACKENDS: Tuple[str, ...] = tuple(_stepc.backends())
 
 
 def _as_array(name: str, value: Any, dtype: Optional[str]) -> Any:

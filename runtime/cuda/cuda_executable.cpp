@@ -6,11 +6,9 @@
 #include "nccl.h"
 
 #include "stepc/error.h"
-#include "stepc/file.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 
 #include "../slots.h"
 
@@ -18,7 +16,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <set>
 
 namespace stepc {
 namespace {
@@ -32,67 +29,29 @@ constexpr int64_t kBlock = 256;
 // scheduling work.
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 
-// Every place the runtime will touch, checked before it touches anything
-// (an AOT artifact may be paired with the wrong runtime or hand-edited).
-void checkSpec(const CudaExecutableSpec &cuda) {
-  const ExecutableSpec &spec = cuda.layout;
+// What only the GPU runs (the rest Executable checked): launches of PTX
+// functions, and update copies that may not overlap.
+void checkCudaSpec(const CudaExecutableSpec &cuda, const ExecutableSpec &spec) {
   std::string name = spec.name.empty() ? "<unnamed>" : spec.name;
-  if (spec.arenaBytes < 0)
-    throw Error(fmt::format("executable '{}': negative arena size {}", name, spec.arenaBytes));
-  auto checkSlot = [&](const TensorSlot &slot, std::string_view role) {
-    int64_t bytes = slot.bytes();
-    if (slot.offset < 0 || slot.offset > spec.arenaBytes || bytes > spec.arenaBytes - slot.offset)
-      throw Error(fmt::format("executable '{}': {} '{}' ({}, {} bytes at offset {}) does not "
-                              "fit in the arena of {} bytes",
-                              name, role, slot.name, typeString(slot.type), bytes, slot.offset,
-                              spec.arenaBytes));
-  };
-  for (auto [slots, role] : {std::pair{&spec.inputs, "input"}, std::pair{&spec.params, "param"},
-                             std::pair{&spec.outputs, "output"}}) {
-    std::set<std::string_view> seen;
-    for (const TensorSlot &slot : *slots) {
-      checkSlot(slot, role);
-      if (!seen.insert(slot.name).second)
-        throw Error(fmt::format("executable '{}': two {}s are named '{}'", name, role, slot.name));
-    }
-  }
   for (const auto &copy : spec.updateCopies) {
-    auto inArena = [&](int64_t at) {
-      return at >= 0 && copy.bytes >= 0 && at <= spec.arenaBytes &&
-             copy.bytes <= spec.arenaBytes - at;
-    };
     // Device-to-device copies must not overlap (the CPU's memmove may).
     bool overlap = copy.from < copy.to + copy.bytes && copy.to < copy.from + copy.bytes;
-    if (!inArena(copy.from) || !inArena(copy.to) || (overlap && copy.bytes > 0))
-      throw Error(fmt::format("executable '{}': update copy of {} bytes from {} to {} falls "
-                              "outside the arena of {} bytes or overlaps itself",
-                              name, copy.bytes, copy.from, copy.to, spec.arenaBytes));
+    if (overlap && copy.bytes > 0)
+      throw Error(fmt::format("executable '{}': update copy of {} bytes from {} to {} overlaps "
+                              "itself",
+                              name, copy.bytes, copy.from, copy.to));
   }
   if (cuda.launches.size() != spec.kernels.size())
     throw Error(fmt::format("executable '{}': {} kernels but launches for {}", name,
                             spec.kernels.size(), cuda.launches.size()));
-  for (size_t k = 0; k < spec.kernels.size(); ++k) {
+  for (size_t k = 0; k < spec.kernels.size(); ++k)
     for (const CudaLaunch &launch : cuda.launches[k])
       if (launch.function.empty() || launch.extent < 0)
         throw Error(fmt::format("executable '{}': kernel '{}' has a launch without a function "
                                 "or with a negative extent",
                                 name, spec.kernels[k].name));
-    for (const TensorSlot &slot : spec.kernels[k].outputs)
-      checkSlot(slot, fmt::format("output of kernel {}", spec.kernels[k].name));
-  }
-  checkFaultRecordSpec(spec);
   if (cuda.ptx.empty() && !spec.kernels.empty())
     throw Error(fmt::format("executable '{}': no PTX", name));
-  for (const TensorSlot &slot : spec.params) {
-    auto value = spec.initialParams.find(slot.name);
-    if (value == spec.initialParams.end())
-      throw Error(fmt::format("executable '{}': param '{}' ({}) has no initial value", name,
-                              slot.name, typeString(slot.type)));
-    if (value->second.type() != slot.type)
-      throw Error(fmt::format("executable '{}': initial value of param '{}': expected {}, got {}",
-                              name, slot.name, typeString(slot.type),
-                              typeString(value->second.type())));
-  }
 }
 
 // "sm_90" from the device's compute capability.
@@ -116,9 +75,10 @@ std::string cudaUnavailableReason() {
   }
 }
 
+// The driver's handles and the host buffers of one CudaExecutable.
 struct CudaExecutable::State {
-  CudaExecutableSpec spec;
-  RunOptions options;
+  std::vector<std::vector<CudaLaunch>> launches; // per kernel
+  std::string ptx, arch;
   const Driver *d = nullptr;
   CUdevice device = 0;
   CUcontext context = nullptr;
@@ -137,9 +97,6 @@ struct CudaExecutable::State {
   std::vector<CUevent> events; // profile: before and after each kernel
   std::vector<std::byte> scan; // checkNumerics: a kernel's outputs on the host
   std::string deviceName;
-  int64_t steps = 0;
-  std::vector<KernelTiming> timings;
-  std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now();
   std::unique_ptr<NcclComm> nccl; // a job of several ranks: the collective steps
 
   ~State();
@@ -147,15 +104,9 @@ struct CudaExecutable::State {
   void synchronize(const std::string &what) const {
     d->check(d->streamSynchronize(stream), "cuStreamSynchronize", what);
   }
-  void launch(size_t kernel);
-  void checkOutputs(size_t kernel);
   // Bytes, not int64s: the staging area after the outputs need not be
   // 8-byte aligned, so the record is only ever memcpy'd from here.
   std::byte *faultStaging() const { return staging + inputBytes + outputBytes; }
-  void copyFaultRecord();
-  void throwIfFaulted(bool paramsKept);
-  void restoreParams();
-  const TensorSlot &paramSlot(const std::string &name) const;
 };
 
 CudaExecutable::State::~State() {
@@ -185,18 +136,19 @@ CudaExecutable::State::~State() {
 }
 
 CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
-    : state_(std::make_unique<State>()) {
-  checkSpec(spec);
+    : Executable(std::move(spec.layout), std::move(options)), state_(std::make_unique<State>()) {
+  checkCudaSpec(spec, spec_);
   State &s = *state_;
-  s.spec = std::move(spec);
-  s.options = options;
-  const ExecutableSpec &layout = s.spec.layout;
+  s.launches = std::move(spec.launches);
+  s.ptx = std::move(spec.ptx);
+  s.arch = std::move(spec.arch);
+  const ExecutableSpec &layout = spec_;
   const Driver &d = driver(); // "no CUDA device: ..." when there is none
   s.d = &d;
 
   // One GPU per rank: the rank's index among the ranks on its node.
   int ordinal = 0;
-  if (options.communicator && options.communicator->size() > 1)
+  if (comm_->size() > 1)
     if (const char *local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK")) {
       int count = 1;
       d.check(d.deviceGetCount(&count), "cuDeviceGetCount");
@@ -211,7 +163,7 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
   s.makeCurrent();
 
   // The driver JIT-compiles the PTX for this device; it wants a NUL at the end.
-  std::string image = s.spec.ptx + '\0';
+  std::string image = s.ptx + '\0';
   std::string log(8192, '\0');
   int jitOptions[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
   void *jitValues[] = {log.data(), reinterpret_cast<void *>(log.size())};
@@ -220,16 +172,16 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
     log.resize(std::strlen(log.c_str()));
     // PTX for a newer chip than the device's cannot be loaded: say which to use.
     auto number = [](const std::string &a) { return std::atoi(a.c_str() + 3); };
-    std::string hint = number(s.spec.arch) > number(arch)
+    std::string hint = number(s.arch) > number(arch)
                            ? fmt::format("; recompile with --gpu-arch {}", arch)
                            : "";
     throw Error(fmt::format(
         "CUDA error in cuModuleLoadDataEx (the PTX of '{}', compiled for {}, on {}): {}{}{}{}",
-        layout.name, s.spec.arch, s.deviceName, d.describe(r), hint, log.empty() ? "" : "\n", log));
+        layout.name, s.arch, s.deviceName, d.describe(r), hint, log.empty() ? "" : "\n", log));
   }
   for (size_t k = 0; k < layout.kernels.size(); ++k) {
     std::vector<CUfunction> functions;
-    for (const CudaLaunch &launch : s.spec.launches[k]) {
+    for (const CudaLaunch &launch : s.launches[k]) {
       CUfunction f = nullptr;
       d.check(d.moduleGetFunction(&f, s.module, launch.function.c_str()), "cuModuleGetFunction",
               fmt::format("kernel {}, function {}", layout.kernels[k].name, launch.function));
@@ -258,10 +210,10 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
   d.check(d.memAllocHost(&staging, bytes(s.inputBytes + s.outputBytes + faultBytes)),
           "cuMemAllocHost", "staging for inputs and outputs");
   s.staging = static_cast<std::byte *>(staging);
-  if (options.checkNumerics)
+  if (options_.checkNumerics)
     d.check(d.memAlloc(&s.snapshot, bytes(s.paramBytes)), "cuMemAlloc",
             "the checkNumerics copy of the params");
-  if (options.profile) {
+  if (options_.profile) {
     s.events.resize(2 * layout.kernels.size());
     for (CUevent &event : s.events)
       d.check(d.eventCreate(&event, CU_EVENT_DEFAULT), "cuEventCreate");
@@ -271,43 +223,32 @@ CudaExecutable::CudaExecutable(CudaExecutableSpec spec, RunOptions options)
                                     [&](const IndexCheck &c) { return c.kernel == kernel.name; }));
     s.writesParams.push_back(writesParams(kernel, layout.params));
   }
-  if (Communicator *comm = options.communicator.get(); comm && comm->size() > 1) {
-    // As the CPU Executable: the same executable on every rank, rank 0's
-    // initial params everywhere.
-    checkSameOnEveryRank(*comm, executableHash(layout),
-                         fmt::format("the compiled executable '{}'", layout.name));
-    s.nccl = std::make_unique<NcclComm>(*comm);
-    for (const TensorSlot &slot : layout.params) {
-      Tensor value = layout.initialParams.at(slot.name);
-      comm->broadcast(value.bytes(), static_cast<int64_t>(value.nbytes()), 0);
-      setParam(slot.name, value);
-    }
-    return;
-  }
-  for (const TensorSlot &slot : layout.params)
-    setParam(slot.name, layout.initialParams.at(slot.name));
+  writeInitialParams();
+  if (comm_->size() > 1)
+    s.nccl = std::make_unique<NcclComm>(*comm_);
 }
 
 CudaExecutable::~CudaExecutable() = default;
 
-void CudaExecutable::State::launch(size_t k) {
-  const KernelSpec &kernel = spec.layout.kernels[k];
+void CudaExecutable::launch(size_t k) {
+  State &s = *state_;
+  const KernelSpec &kernel = spec_.kernels[k];
   if (kernel.collective) {
     // On the kernels' stream, so ordered with them; one process: a copy.
     const KernelSpec::Collective &c = *kernel.collective;
     const TensorSlot &to = kernel.outputs[0];
-    if (nccl)
-      nccl->allReduce(arena + c.from.offset, arena + to.offset, to.type.numel(), to.type.dtype,
-                      c.op, stream);
+    if (s.nccl)
+      s.nccl->allReduce(s.arena + c.from.offset, s.arena + to.offset, to.type.numel(), to.type.dtype,
+                      c.op, s.stream);
     else if (to.bytes() > 0 && to.offset != c.from.offset)
-      d->check(d->memcpyDtoDAsync(arena + to.offset, arena + c.from.offset, to.bytes(), stream),
+      s.d->check(s.d->memcpyDtoDAsync(s.arena + to.offset, s.arena + c.from.offset, to.bytes(), s.stream),
                "cuMemcpyDtoDAsync", fmt::format("collective step {}", kernel.name));
     return;
   }
-  CUdeviceptr allocated = arena, aligned = arena;
-  int64_t offset = 0, size = spec.layout.arenaBytes, stride = 1;
-  for (size_t i = 0; i < functions[k].size(); ++i) {
-    int64_t extent = spec.launches[k][i].extent;
+  CUdeviceptr allocated = s.arena, aligned = s.arena;
+  int64_t offset = 0, size = spec_.arenaBytes, stride = 1;
+  for (size_t i = 0; i < s.functions[k].size(); ++i) {
+    int64_t extent = s.launches[k][i].extent;
     if (extent == 0)
       continue;
     // The kernel's arguments: the arena's memref descriptor, then the extent.
@@ -315,73 +256,72 @@ void CudaExecutable::State::launch(size_t k) {
     int64_t blocks = std::min((extent + kBlock - 1) / kBlock, kMaxBlocks);
     int64_t threads = std::min(extent, kBlock);
     threads = (threads + 31) / 32 * 32;
-    d->check(d->launchKernel(functions[k][i], static_cast<unsigned>(blocks), 1, 1,
-                             static_cast<unsigned>(threads), 1, 1, 0, stream, params, nullptr),
+    s.d->check(s.d->launchKernel(s.functions[k][i], static_cast<unsigned>(blocks), 1, 1,
+                             static_cast<unsigned>(threads), 1, 1, 0, s.stream, params, nullptr),
              "cuLaunchKernel",
              fmt::format("kernel {}, function {}, step {}", kernel.name,
-                         spec.launches[k][i].function, steps));
+                         s.launches[k][i].function, steps_));
   }
 }
 
-void CudaExecutable::State::checkOutputs(size_t k) {
-  const KernelSpec &kernel = spec.layout.kernels[k];
-  synchronize(fmt::format("after kernel {}, step {}", kernel.name, steps));
+void CudaExecutable::checkOutputs(size_t k) {
+  State &s = *state_;
+  const KernelSpec &kernel = spec_.kernels[k];
+  s.synchronize(fmt::format("after kernel {}, step {}", kernel.name, steps_));
   for (const TensorSlot &slot : kernel.outputs) {
     if (!isFloat(slot.type.dtype) || slot.bytes() == 0)
       continue;
-    scan.resize(static_cast<size_t>(slot.bytes()));
-    d->check(d->memcpyDtoHAsync(scan.data(), arena + slot.offset, scan.size(), stream),
+    s.scan.resize(static_cast<size_t>(slot.bytes()));
+    s.d->check(s.d->memcpyDtoHAsync(s.scan.data(), s.arena + slot.offset, s.scan.size(), s.stream),
              "cuMemcpyDtoHAsync",
              fmt::format("checking output {} of kernel {}", slot.name, kernel.name));
-    synchronize(fmt::format("checking kernel {}", kernel.name));
-    checkFinite(kernel, slot, scan.data(), steps);
+    s.synchronize(fmt::format("checking kernel {}", kernel.name));
+    checkFinite(kernel, slot, s.scan.data(), steps_);
   }
 }
 
 // Queues the fault record's copy to the host; read it after a synchronize.
-void CudaExecutable::State::copyFaultRecord() {
-  d->check(d->memcpyDtoHAsync(faultStaging(), arena + spec.layout.faultOffset,
-                              kFaultRecordWords * sizeof(int64_t), stream),
+void CudaExecutable::copyFaultRecord() {
+  State &s = *state_;
+  s.d->check(s.d->memcpyDtoHAsync(s.faultStaging(), s.arena + spec_.faultOffset,
+                              kFaultRecordWords * sizeof(int64_t), s.stream),
            "cuMemcpyDtoHAsync", "reading the fault record");
 }
 
 // After copyFaultRecord and a synchronize: throws the fault, if any, with
 // the device's record zeroed for the next step.
-void CudaExecutable::State::throwIfFaulted(bool paramsKept) {
+void CudaExecutable::throwIfFaulted(bool paramsKept) {
+  State &s = *state_;
   int64_t record[kFaultRecordWords];
-  std::memcpy(record, faultStaging(), sizeof record);
+  std::memcpy(record, s.faultStaging(), sizeof record);
   if (record[0] == 0)
     return;
-  d->check(d->memsetD8Async(arena + spec.layout.faultOffset, 0, sizeof record, stream),
+  s.d->check(s.d->memsetD8Async(s.arena + spec_.faultOffset, 0, sizeof record, s.stream),
            "cuMemsetD8Async", "clearing the fault record");
-  synchronize("clearing the fault record");
-  throwIndexFault(spec.layout, record, steps, paramsKept);
+  s.synchronize("clearing the fault record");
+  throwIndexFault(spec_, record, steps_, paramsKept);
 }
 
-void CudaExecutable::State::restoreParams() {
-  CUdeviceptr from = snapshot;
-  for (const TensorSlot &slot : spec.layout.params) {
+void CudaExecutable::restoreParams() {
+  State &s = *state_;
+  CUdeviceptr from = s.snapshot;
+  for (const TensorSlot &slot : spec_.params) {
     if (slot.bytes() > 0)
-      d->check(d->memcpyDtoDAsync(arena + slot.offset, from, slot.bytes(), stream),
+      s.d->check(s.d->memcpyDtoDAsync(s.arena + slot.offset, from, slot.bytes(), s.stream),
                "cuMemcpyDtoDAsync", "restoring param " + slot.name);
     from += slot.bytes();
   }
-  synchronize("restoring the params");
+  s.synchronize("restoring the params");
 }
 
-std::map<std::string, Tensor>
-CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
+void CudaExecutable::runStep(const std::map<std::string, Tensor, std::less<>> &inputs,
+                             std::map<std::string, Tensor> &outputs) {
   State &s = *state_;
-  const ExecutableSpec &spec = s.spec.layout;
-  // The same checks, in the same order, as Executable::step.
-  checkStepInputs(spec.inputs, inputs);
-  std::map<std::string, Tensor> outputs;
-  for (const TensorSlot &slot : spec.outputs)
-    outputs.emplace(slot.name, Tensor(slot.type));
+  const ExecutableSpec &spec = spec_;
   s.makeCurrent();
   const Driver &d = *s.d;
 
-  if (s.options.checkNumerics) {
+  if (options_.checkNumerics) {
     CUdeviceptr to = s.snapshot;
     for (const TensorSlot &slot : spec.params) {
       if (slot.bytes() > 0)
@@ -407,35 +347,35 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   // has written params in this step.
   bool pending = false, paramsWritten = false;
   auto resolve = [&](const std::string &where) {
-    s.copyFaultRecord();
+    copyFaultRecord();
     s.synchronize(where);
     pending = false;
-    s.throwIfFaulted(s.options.checkNumerics || !paramsWritten);
+    throwIfFaulted(options_.checkNumerics || !paramsWritten);
   };
   try {
     for (size_t k = 0; k < spec.kernels.size(); ++k) {
       if (pending && s.writesParams[k])
         resolve(fmt::format("checking indices before kernel {}, step {}", spec.kernels[k].name,
-                            s.steps));
+                            steps_));
       if (!s.events.empty())
         d.check(d.eventRecord(s.events[2 * k], s.stream), "cuEventRecord");
-      s.launch(k);
+      launch(k);
       pending = pending || s.checked[k];
       paramsWritten = paramsWritten || s.writesParams[k];
       if (!s.events.empty())
         d.check(d.eventRecord(s.events[2 * k + 1], s.stream), "cuEventRecord");
-      if (s.options.checkNumerics) {
+      if (options_.checkNumerics) {
         if (pending)
           resolve(fmt::format("checking the indices of kernel {}, step {}", spec.kernels[k].name,
-                              s.steps));
-        s.checkOutputs(k);
+                              steps_));
+        checkOutputs(k);
       }
     }
     if (pending && !spec.updateCopies.empty())
-      resolve(fmt::format("checking indices before the param updates of step {}", s.steps));
+      resolve(fmt::format("checking indices before the param updates of step {}", steps_));
   } catch (...) {
-    if (s.options.checkNumerics)
-      s.restoreParams();
+    if (options_.checkNumerics)
+      restoreParams();
     throw;
   }
   for (const auto &copy : spec.updateCopies)
@@ -450,7 +390,7 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
     out += slot.bytes();
   }
   if (pending)
-    s.copyFaultRecord();
+    copyFaultRecord();
   // A kernel that faults is reported here, asynchronously: name them all.
   std::vector<std::string_view> names;
   for (const KernelSpec &kernel : spec.kernels)
@@ -458,9 +398,9 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   s.synchronize(fmt::format("the end of step {} (kernels {}; with checkNumerics each kernel "
                             "is synchronized and named on its own); params may be partly "
                             "updated",
-                            s.steps, fmt::join(names, ", ")));
+                            steps_, fmt::join(names, ", ")));
   if (pending)
-    s.throwIfFaulted(!paramsWritten);
+    throwIfFaulted(!paramsWritten);
   out = s.staging + s.inputBytes;
   for (const TensorSlot &slot : spec.outputs) {
     if (slot.bytes() > 0)
@@ -468,103 +408,36 @@ CudaExecutable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
     out += slot.bytes();
   }
   if (!s.events.empty()) {
-    double base = micros(start - s.created);
+    double base = micros(start - created_);
     for (size_t k = 0; k < spec.kernels.size(); ++k) {
       float offset = 0, duration = 0;
       d.check(d.eventElapsedTime(&offset, s.events[0], s.events[2 * k]), "cuEventElapsedTime");
       d.check(d.eventElapsedTime(&duration, s.events[2 * k], s.events[2 * k + 1]),
               "cuEventElapsedTime");
-      s.timings.push_back({spec.kernels[k].name, s.steps, base + 1e3 * offset, 1e3 * duration});
+      timings_.push_back({spec.kernels[k].name, steps_, base + 1e3 * offset, 1e3 * duration});
     }
   }
-  ++s.steps;
-  return outputs;
 }
 
-const TensorSlot &CudaExecutable::State::paramSlot(const std::string &name) const {
-  return findParamSlot(spec.layout.params, name);
-}
-
-std::vector<std::string> CudaExecutable::paramNames() const {
-  std::vector<std::string> names;
-  for (const TensorSlot &slot : state_->spec.layout.params)
-    names.push_back(slot.name);
-  return names;
-}
-
-Tensor CudaExecutable::param(const std::string &name) const {
+void CudaExecutable::readSlot(const TensorSlot &slot, std::byte *to) const {
   const State &s = *state_;
-  const TensorSlot &slot = s.paramSlot(name);
-  Tensor value(slot.type);
   s.makeCurrent();
   if (slot.bytes() > 0)
-    s.d->check(s.d->memcpyDtoHAsync(value.bytes(), s.arena + slot.offset, slot.bytes(), s.stream),
-               "cuMemcpyDtoHAsync", "param " + name);
-  s.synchronize("reading param " + name);
-  return value;
+    s.d->check(s.d->memcpyDtoHAsync(to, s.arena + slot.offset, slot.bytes(), s.stream),
+               "cuMemcpyDtoHAsync", "param " + slot.name);
+  s.synchronize("reading param " + slot.name);
 }
 
-void CudaExecutable::setParam(const std::string &name, const Tensor &value) {
+void CudaExecutable::writeSlot(const TensorSlot &slot, const std::byte *from) {
   State &s = *state_;
-  const TensorSlot &slot = s.paramSlot(name);
-  if (value.type() != slot.type)
-    throw Error(fmt::format("param '{}': expected {}, got {}", name, typeString(slot.type),
-                            typeString(value.type())));
   s.makeCurrent();
   if (slot.bytes() > 0)
-    s.d->check(s.d->memcpyHtoDAsync(s.arena + slot.offset, value.bytes(), slot.bytes(), s.stream),
-               "cuMemcpyHtoDAsync", "param " + name);
-  // `value` is the caller's: the copy must finish before it may change.
-  s.synchronize("writing param " + name);
+    s.d->check(s.d->memcpyHtoDAsync(s.arena + slot.offset, from, slot.bytes(), s.stream),
+               "cuMemcpyHtoDAsync", "param " + slot.name);
+  // `from` is the caller's: the copy must finish before it may change.
+  s.synchronize("writing param " + slot.name);
 }
 
-int64_t CudaExecutable::stepsTaken() const { return state_->steps; }
-const ExecutableSpec &CudaExecutable::spec() const { return state_->spec.layout; }
-const CudaExecutableSpec &CudaExecutable::cudaSpec() const { return state_->spec; }
 std::string CudaExecutable::deviceName() const { return state_->deviceName; }
-const std::vector<KernelTiming> &CudaExecutable::profile() const { return state_->timings; }
-
-void CudaExecutable::saveParams(const std::string &path) const {
-  if (state_->options.communicator && state_->options.communicator->rank() != 0)
-    return; // rank 0 writes for the job: every rank holds the same params
-  std::map<std::string, Tensor> tensors;
-  for (const TensorSlot &slot : state_->spec.layout.params)
-    tensors.emplace(slot.name, param(slot.name));
-  std::map<std::string, std::string> metadata{{"producer", "stepc"}};
-  if (!state_->spec.layout.name.empty())
-    metadata["executable"] = state_->spec.layout.name;
-  writeSafetensors(path, tensors, metadata);
-}
-
-void CudaExecutable::loadParams(const std::string &path) {
-  const ExecutableSpec &spec = state_->spec.layout;
-  std::map<std::string, Tensor> tensors = readSafetensors(path);
-  checkCheckpoint(path, spec, tensors);
-  for (const TensorSlot &slot : spec.params)
-    setParam(slot.name, tensors.at(slot.name));
-}
-
-void CudaExecutable::writeTrace(const std::string &path) const {
-  std::map<std::string_view, double> flops;
-  for (const KernelSpec &kernel : state_->spec.layout.kernels)
-    flops[kernel.name] = kernel.flops;
-  nlohmann::json events = nlohmann::json::array();
-  for (const KernelTiming &t : state_->timings) {
-    nlohmann::json args = {{"step", t.step}, {"device", state_->deviceName}};
-    if (double f = flops[t.kernel]; f > 0 && t.durationMicros > 0)
-      args["gflops_per_s"] = f / t.durationMicros * 1e-3;
-    events.push_back({{"name", t.kernel},
-                      {"cat", "kernel"},
-                      {"ph", "X"},
-                      {"ts", t.startMicros},
-                      {"dur", t.durationMicros},
-                      {"pid", 1},
-                      {"tid", 1},
-                      {"args", std::move(args)}});
-  }
-  nlohmann::json trace = {{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}};
-  writeFileAtomically(
-      path, trace.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-}
 
 } // namespace stepc

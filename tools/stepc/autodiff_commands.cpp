@@ -1,8 +1,9 @@
 #include "commands.h"
 
+#include "../../compiler/autodiff/gradcheck.h"
+
 #include "stepc/autodiff.h"
 #include "stepc/file.h"
-#include "stepc/gradcheck.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
 

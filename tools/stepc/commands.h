@@ -148,11 +148,6 @@ int opt(const OptOptions &options);
 
 // --- ONNX (onnx_commands.cpp) ---
 
-// The backend behind --backend: "interp" runs the reference interpreter,
-// "cpu" the JIT-compiled graph, "cuda" the graph compiled to PTX on the first
-// GPU (where there is none: stepc::Error "no CUDA device: ...").
-BackendRun selectBackend(const std::string &name);
-
 // A .sg file (params from their initializers) or an .onnx file (imported
 // weights); `inputValues` are offered to an ONNX model that needs input
 // values at import, and the inputs it took become constants (`bound`).

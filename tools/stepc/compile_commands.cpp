@@ -2,7 +2,7 @@
 // and the IR of each lowering stage.
 #include "commands.h"
 
-#include "stepc/compile.h"
+#include "stepc/backend.h"
 #include "stepc/executable.h"
 #include "stepc/text.h"
 
@@ -14,9 +14,9 @@
 namespace stepc::cli {
 
 int compile(const CompileCliOptions &options) {
-  bool cuda = options.target == "cuda";
-  if (!cuda && options.target != "cpu")
-    throw Error(fmt::format("unknown target '{}'; expected cpu or cuda", options.target));
+  const Backend &target = findBackend(options.target, "stepc compile --target",
+                                     {BackendKind::Cpu, BackendKind::Cuda});
+  bool cuda = target.kind == BackendKind::Cuda;
   std::string stages = cuda ? "mlir|nvvm|ptx" : "mlir|llvm-dialect|llvm|llvm-opt";
   if (!options.kernel.empty() && options.dump.empty())
     throw Error(fmt::format("--kernel chooses the kernel to dump: give --dump {} as well", stages));
@@ -28,7 +28,7 @@ int compile(const CompileCliOptions &options) {
   Graph graph = parseGraphFile(options.file);
   CompileOptions compileOptions;
   compileOptions.fusion = !options.noFusion;
-  compileOptions.target = cuda ? Target::Cuda : Target::Cpu;
+  compileOptions.target = *target.target;
   compileOptions.gpuArch = options.gpuArch;
   compileOptions.memoryBudget = memoryBudgetOption(options.memoryBudget);
   if (!options.dump.empty())

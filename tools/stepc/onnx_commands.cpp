@@ -1,8 +1,8 @@
-// `stepc import-onnx`, `stepc onnx-conformance`, and the model loading and
-// backend selection that `stepc run` shares with them.
+// `stepc import-onnx`, `stepc onnx-conformance`, and the model loading that
+// `stepc run` shares with them.
 #include "commands.h"
 
-#include "stepc/compile.h"
+#include "stepc/backend.h"
 #include "stepc/executable.h"
 #include "stepc/npy.h"
 #include "stepc/onnx.h"
@@ -34,40 +34,6 @@ TensorMap readBindings(const std::vector<std::string> &bindings) {
 }
 
 } // namespace
-
-// The one place that maps a backend name to a way of running a graph; the
-// CPU and CUDA backends plug in here.
-BackendRun selectBackend(const std::string &name) {
-  if (name == "interp")
-    return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
-      return interpret(graph, inputs, params);
-    };
-  if (name == "cpu")
-    return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
-      auto executable = compileJit(graph);
-      for (const auto &[param, value] : params)
-        executable->setParam(param, value);
-      TensorMap outputs;
-      for (auto &[output, value] : executable->step(inputs))
-        outputs.emplace(output, std::move(value));
-      return outputs;
-    };
-  if (name == "cuda") {
-    // Fail now, not once per test, where there is no GPU.
-    if (std::string why = cudaUnavailableReason(); !why.empty())
-      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
-    return [](const Graph &graph, const TensorMap &inputs, const TensorMap &params) {
-      auto executable = compileCuda(graph);
-      for (const auto &[param, value] : params)
-        executable->setParam(param, value);
-      TensorMap outputs;
-      for (auto &[output, value] : executable->step(inputs))
-        outputs.emplace(output, std::move(value));
-      return outputs;
-    };
-  }
-  throw Error(fmt::format("unknown backend '{}'; available: interp, cpu, cuda", name));
-}
 
 LoadedModel loadModel(const std::string &file, const TensorMap &inputValues) {
   LoadedModel loaded;
@@ -117,7 +83,12 @@ int importOnnx(const ImportOnnxOptions &options) {
 
 int onnxConformance(const ConformanceCliOptions &options) {
   ConformanceOptions conformance;
-  conformance.run = selectBackend(options.backend);
+  const Backend &backend = findBackend(options.backend, "onnx-conformance");
+  requireRunnable(backend); // now, not once per test, where there is no GPU
+  conformance.run = [&backend](const Graph &graph, const TensorMap &inputs,
+                               const TensorMap &params) {
+    return runOnBackend(backend, graph, inputs, params);
+  };
   conformance.verbose = options.verbose;
   if (!options.expectedFailures.empty())
     conformance.expectedFailures = readExpectedFailures(options.expectedFailures);

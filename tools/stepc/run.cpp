@@ -1,6 +1,6 @@
 #include "commands.h"
 
-#include "stepc/compile.h"
+#include "stepc/backend.h"
 #include "stepc/executable.h"
 #include "stepc/npy.h"
 #include "stepc/text.h"
@@ -47,19 +47,16 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
 }
 
 int run(const RunCommandOptions &options) {
-  if (options.backend != "interp" && options.backend != "cpu" && options.backend != "cuda")
-    throw Error(fmt::format("unknown backend '{}'; available: interp, cpu, cuda", options.backend));
+  const Backend &backend = findBackend(options.backend, "stepc run");
   if (options.threads < 0)
     throw Error(fmt::format("--threads must be 0 (all cores) or more, got {}", options.threads));
-  if (options.threads != 0 && options.backend != "cpu")
+  if (options.threads != 0 && backend.kind != BackendKind::Cpu)
     throw Error(fmt::format("--threads splits the kernels of --backend cpu; backend '{}' does "
                             "not take it",
                             options.backend));
   MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
   // Before loading and compiling anything: is there a GPU to run on?
-  if (options.backend == "cuda")
-    if (std::string why = cudaUnavailableReason(); !why.empty())
-      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
+  requireRunnable(backend);
   // An .onnx model may need some inputs' values at import (stepc shapes are
   // static): offer it the --input files; those it takes become constants.
   std::map<std::string, std::string> givenAs; // name -> its --input
@@ -99,8 +96,9 @@ int run(const RunCommandOptions &options) {
   runOptions.checkNumerics = options.checkNumerics;
   runOptions.profile = !options.trace.empty();
   runOptions.threads = options.threads;
-  // Both compiled backends share the Executable interface.
-  auto runCompiled = [&](auto executable) {
+  if (backend.compiled()) {
+    std::unique_ptr<Executable> executable = makeExecutable(
+        backend, graph, {.gpuArch = options.gpuArch, .memoryBudget = budget}, runOptions);
     for (auto &[name, value] : params)
       executable->setParam(name, value);
     for (auto &[name, value] : executable->step(inputs))
@@ -110,12 +108,6 @@ int run(const RunCommandOptions &options) {
       fmt::print(stderr, "wrote a Chrome trace of {} kernels to {}\n",
                  executable->profile().size(), options.trace);
     }
-  };
-  if (options.backend == "cpu") {
-    runCompiled(compileJit(graph, {.memoryBudget = budget}, runOptions));
-  } else if (options.backend == "cuda") {
-    runCompiled(compileCuda(
-        graph, CompileOptions{.gpuArch = options.gpuArch, .memoryBudget = budget}, runOptions));
   } else {
     if (options.checkNumerics || !options.trace.empty())
       throw Error("--check-numerics and --trace need a compiled backend (--backend cpu)");

@@ -7,8 +7,7 @@
 
 #include "stepc/builder.h"
 #include "stepc/communicator.h"
-#include "stepc/compile.h"
-#include "stepc/cuda.h"
+#include "stepc/backend.h"
 #include "stepc/npy.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
@@ -246,12 +245,10 @@ struct TrainingRun {
   TensorMap params;
 };
 
-// The training loop on one rank, on either backend: Executable and
-// CudaExecutable share their methods, not a base class.
-template <class Compiled>
+// The training loop on one rank, on either compiled backend.
 int trainWith(
     const TrainCliOptions &options, std::shared_ptr<Communicator> comm, const TrainingRun &job,
-    const std::function<std::unique_ptr<Compiled>(const Graph &, const RunOptions &)> &compile) {
+    const std::function<std::unique_ptr<Executable>(const Graph &, const RunOptions &)> &compile) {
   const Graph &model = job.model;
   const std::string &loss = job.loss;
   const DataSet &train = job.train, &eval = job.eval;
@@ -276,7 +273,7 @@ int trainWith(
   if (comm)
     run.threads = evalRun.threads = threadsPerRank(ranks);
   auto compileStart = Clock::now();
-  std::unique_ptr<Compiled> trainer = compile(trainStep(local, loss, optimizer, dp), run);
+  std::unique_ptr<Executable> trainer = compile(trainStep(local, loss, optimizer, dp), run);
   for (const auto &[name, value] : job.params)
     trainer->setParam(name, value);
   int64_t stepsPerEpoch = train.rows / batch;
@@ -315,7 +312,7 @@ int trainWith(
   }
 
   // Evaluation on rank 0: the model with the trained params, full batches.
-  std::unique_ptr<Compiled> evaluator;
+  std::unique_ptr<Executable> evaluator;
   int64_t evalBatches = eval.rows / batch;
   if (lead && !eval.arrays.empty()) {
     evaluator = compile(model, evalRun);
@@ -411,16 +408,12 @@ int trainWith(
 } // namespace
 
 int train(const TrainCliOptions &options) {
-  if (options.backend != "cpu" && options.backend != "cuda")
-    throw Error(
-        fmt::format("unknown backend '{}'; stepc train runs on: cpu, cuda", options.backend));
+  const Backend &backend =
+      findBackend(options.backend, "stepc train", {BackendKind::Cpu, BackendKind::Cuda});
   MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
-  if (options.backend == "cuda") {
-    if (options.step.dataParallel)
-      throw Error("--data-parallel trains on --backend cpu");
-    if (std::string why = cudaUnavailableReason(); !why.empty())
-      throw Error(fmt::format("--backend cuda: {}; --backend cpu runs here", why));
-  }
+  if (backend.kind == BackendKind::Cuda && options.step.dataParallel)
+    throw Error("--data-parallel trains on --backend cpu");
+  requireRunnable(backend);
   if (options.epochs < 1)
     throw Error(fmt::format("--epochs must be at least 1, got {}", options.epochs));
   if (options.batch < 0)
@@ -467,14 +460,9 @@ int train(const TrainCliOptions &options) {
     job.logits = exposeOutput(model, job.classifier->logits, "logits");
 
   return onEveryRank(options.step.dataParallel, [&](std::shared_ptr<Communicator> comm) {
-    if (options.backend == "cuda")
-      return trainWith<CudaExecutable>(
-          options, comm, job, [&](const Graph &g, const RunOptions &run) {
-            return compileCuda(
-                g, CompileOptions{.gpuArch = options.gpuArch, .memoryBudget = budget}, run);
-          });
-    return trainWith<Executable>(options, comm, job, [&](const Graph &g, const RunOptions &run) {
-      return compileJit(g, {.memoryBudget = budget}, run);
+    return trainWith(options, comm, job, [&](const Graph &g, const RunOptions &run) {
+      return makeExecutable(backend, g,
+                            {.gpuArch = options.gpuArch, .memoryBudget = budget}, run);
     });
   });
 }

@@ -6,6 +6,7 @@
 #include "bench.h"
 #include "commands.h"
 
+#include "stepc/backend.h"
 #include "stepc/builder.h"
 #include "stepc/compile.h"
 #include "stepc/error.h"
@@ -424,10 +425,7 @@ Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
 } // namespace perf
 
 int bench(const BenchOptions &options) {
-  if (options.backend != "cpu")
-    throw Error(fmt::format("bench: backend '{}' is not available; the only backend bench "
-                            "runs is 'cpu'",
-                            options.backend));
+  findBackend(options.backend, "bench", {BackendKind::Cpu});
   if (options.file.empty() && options.gelu <= 0)
     throw Error("bench: give a graph file (FILE.sg), --gelu N, or both");
   if (options.steps < 1 || options.warmup < 0)

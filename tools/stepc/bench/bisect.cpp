@@ -11,6 +11,7 @@
 #include "bench.h"
 #include "commands.h"
 
+#include "stepc/backend.h"
 #include "stepc/compile.h"
 #include "stepc/error.h"
 
@@ -210,10 +211,7 @@ int bisectByTime(const BisectOptions &options, const Graph &graph, const TensorM
 } // namespace
 
 int bisectFusion(const BisectOptions &options) {
-  if (options.backend != "cpu")
-    throw Error(fmt::format("bisect-fusion: backend '{}' is not available; the only backend is "
-                            "'cpu'",
-                            options.backend));
+  findBackend(options.backend, "bisect-fusion", {BackendKind::Cpu});
   if (options.metric != "diff" && options.metric != "time")
     throw Error(fmt::format("bisect-fusion: --metric must be diff or time, got '{}'",
                             options.metric));

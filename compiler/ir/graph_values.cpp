@@ -1,7 +1,8 @@
 // Initial parameter values from their initializers, and random graph inputs.
 // Both are counter-based (element i draws with counter i), so every backend
-// and thread count sees the same numbers for the same seed.
-#include "stepc/interpreter.h"
+// and thread count sees the same numbers for the same seed. Also the range
+// checks of the ops that read indices.
+#include "stepc/graph_values.h"
 #include "stepc/random.h"
 
 #include <fmt/format.h>
@@ -173,6 +174,41 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
     inputs.emplace(node.name, std::move(t));
   }
   return inputs;
+}
+
+std::string opLabel(const Node &node) {
+  std::string_view name = opInfo(node.op).name;
+  return node.loc.origin.empty() ? std::string(name)
+                                 : fmt::format("{} ({})", name, node.loc.origin);
+}
+
+std::optional<IndexCheck> indexCheckFor(const Node &node, std::span<const TensorType> operands) {
+  IndexCheck check;
+  check.op = opLabel(node);
+  check.location = node.loc.known() ? node.loc.str() : "";
+  if (node.op == OpKind::Gather) {
+    const TensorType &data = operands[0];
+    int64_t axis = node.attrs.getInt("axis");
+    check.indices = typeString(operands[1]);
+    check.range = fmt::format("axis {} of data {}", axis, typeString(data));
+    check.bound = data.shape[static_cast<size_t>(axis)];
+    return check;
+  }
+  if (node.op == OpKind::ScatterAdd) {
+    check.indices = typeString(operands[0]);
+    check.range = fmt::format("axis {} of the result {}", node.attrs.getInt("axis"),
+                              typeString(node.type));
+    check.bound = node.attrs.getInt("size");
+    return check;
+  }
+  if (node.op == OpKind::OneHot && node.attrs.has("checked") &&
+      node.attrs.getInt("checked") != 0) {
+    check.indices = typeString(operands[0]);
+    check.bound = node.attrs.getInt("depth");
+    check.range = fmt::format("depth {}", check.bound);
+    return check;
+  }
+  return std::nullopt;
 }
 
 } // namespace stepc

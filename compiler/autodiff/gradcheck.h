@@ -1,5 +1,7 @@
 // Gradient checking: grad() against central finite differences in f64 on
-// the reference interpreter.
+// the reference interpreter, and the registry of cases that covers every
+// differentiable op. Internal (library stepc_gradcheck): `stepc gradcheck`
+// and the tests use it; it is not part of the installed API.
 #pragma once
 
 #include "stepc/interpreter.h"

@@ -1,0 +1,97 @@
+// The backend registry (include/stepc/backend.h): the names, the one wording
+// of its errors, and that every backend runs a graph through it the same way.
+#include "stepc/backend.h"
+
+#include "stepc/cuda.h"
+#include "stepc/error.h"
+#include "stepc/interpreter.h"
+#include "stepc/text.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace stepc {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+template <class F> std::string errorOf(F &&f) {
+  try {
+    f();
+  } catch (const Error &e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+Graph affine() {
+  return parseGraph("graph affine {\n"
+                    "  input %x : f32[2,3]\n"
+                    "  param %w : f32[3,2] = normal(mean=0.0, std=1.0, seed=1)\n"
+                    "  %y = matmul(%x, %w)\n"
+                    "  %z = relu(%y)\n"
+                    "  output z = %z\n"
+                    "}\n");
+}
+
+TEST(Backend, NamesComeFromOneTable) {
+  std::vector<std::string_view> names;
+  for (const Backend &backend : allBackends())
+    names.push_back(backend.name);
+  EXPECT_EQ(names, (std::vector<std::string_view>{"interp", "cpu", "cuda"}));
+  EXPECT_EQ(findBackend("interp", "t").kind, BackendKind::Interp);
+  EXPECT_FALSE(findBackend("interp", "t").compiled());
+  EXPECT_EQ(findBackend("cpu", "t").target, Target::Cpu);
+  EXPECT_EQ(findBackend("cuda", "t").target, Target::Cuda);
+}
+
+TEST(Backend, UnknownAndUnofferedNamesHaveOneWording) {
+  EXPECT_EQ(errorOf([] { findBackend("tpu", "stepc run"); }),
+            "stepc run: unknown backend 'tpu'; available: interp, cpu, cuda");
+  EXPECT_EQ(errorOf([] { findBackend("cuda", "bench", {BackendKind::Cpu}); }),
+            "bench: backend 'cuda' is not available; available: cpu");
+  EXPECT_EQ(errorOf([] { findBackend("", "stepc train", {BackendKind::Cpu, BackendKind::Cuda}); }),
+            "stepc train: unknown backend ''; available: cpu, cuda");
+}
+
+TEST(Backend, CudaThatCannotRunSaysWhyAndWhatRuns) {
+  EXPECT_NO_THROW(requireRunnable(findBackend("interp", "t")));
+  EXPECT_NO_THROW(requireRunnable(findBackend("cpu", "t")));
+  std::string why = cudaUnavailableReason();
+  if (why.empty())
+    GTEST_SKIP() << "a CUDA device is present";
+  EXPECT_EQ(errorOf([] { requireRunnable(findBackend("cuda", "t")); }),
+            "--backend cuda: " + why + "; --backend cpu runs here");
+  // Compiling for it says the driver's reason before compiling anything.
+  EXPECT_EQ(errorOf([] { makeExecutable(findBackend("cuda", "t"), affine()); }), why);
+}
+
+TEST(Backend, InterpreterAndCpuRunTheGraphAlike) {
+  Graph g = affine();
+  TensorMap inputs = randomInputs(g, 7), params = initialParams(g);
+  params.at("w") = Tensor::of<float>({3, 2}, {1, -2, 3, -4, 5, -6});
+  TensorMap want = runOnBackend(findBackend("interp", "t"), g, inputs, params);
+  TensorMap got = runOnBackend(findBackend("cpu", "t"), g, inputs, params,
+                               CompileOptions{.cache = false});
+  ASSERT_EQ(got.size(), 1u);
+  for (int64_t i = 0; i < 4; ++i)
+    EXPECT_NEAR(got.at("z").real(i), want.at("z").real(i), 1e-5) << "element " << i;
+  EXPECT_THAT(errorOf([&] { makeExecutable(findBackend("interp", "t"), g); }),
+              HasSubstr("the interpreter compiles nothing"));
+}
+
+TEST(Backend, CompiledBackendsShareTheExecutableInterface) {
+  std::unique_ptr<Executable> exe =
+      makeExecutable(findBackend("cpu", "t"), affine(), CompileOptions{.cache = false});
+  EXPECT_EQ(exe->deviceName(), "");
+  EXPECT_EQ(exe->paramNames(), std::vector<std::string>{"w"});
+  EXPECT_THAT(errorOf([&] { exe->setParam("w", Tensor(DType::F64, {3, 2})); }),
+              StartsWith("param 'w': expected f32[3,2], got f64[3,2]"));
+  EXPECT_THAT(errorOf([&] { exe->param("v"); }), StartsWith("unknown param 'v'"));
+}
+
+} // namespace
+} // namespace stepc
