@@ -169,16 +169,6 @@ struct GraphCase {
   }
 };
 
-std::vector<std::string> exampleNames() {
-  std::vector<std::string> names;
-  for (const auto &entry :
-       std::filesystem::directory_iterator(std::string(STEPC_SOURCE_DIR) + "/examples"))
-    if (entry.path().extension() == ".sg")
-      names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 Graph loadExample(const std::string &name) {
   return parseGraphFile(std::string(STEPC_SOURCE_DIR) + "/examples/" + name + ".sg");
 }
@@ -321,7 +311,7 @@ TEST_P(CudaPtxExamples, TrainStepAdam) {
     expectPtx(step, fusion, GetParam() + "_adam");
 }
 
-INSTANTIATE_TEST_SUITE_P(, CudaPtxExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CudaPtxExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 // --- What the GPU code looks like ---------------------------------------------------
@@ -514,7 +504,7 @@ TEST_P(CudaEmulatedExamples, TrainStepAdam) {
   expectEmulationMatchesInterpreter(step, inputs, initialParams(step), 2, true, 0.01);
 }
 
-INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 // An embedding model's training step for the index checks: gather (and its
@@ -880,7 +870,7 @@ TEST_P(CudaExecutionExamples, TrainStepAdam) {
   expectGpuMatchesCpu(step, inputs, initialParams(step), 2, 10);
 }
 
-INSTANTIATE_TEST_SUITE_P(, CudaExecutionExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CudaExecutionExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 TEST(CudaExecution, ProfileCheckpointAndNumerics) {

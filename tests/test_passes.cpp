@@ -987,16 +987,6 @@ TEST(RandomGraphs, EveryPassKeepsTheResults) {
 
 // --- every example and its training step -----------------------------------------
 
-// Every examples/*.sg, so a new example is covered without a line here.
-std::vector<std::string> exampleNames() {
-  std::vector<std::string> names;
-  for (const auto &entry :
-       std::filesystem::directory_iterator(stepc::testing::sourcePath("examples")))
-    if (entry.path().extension() == ".sg")
-      names.push_back(entry.path().stem().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 Graph example(const std::string &name) {
   return parseGraphFile(stepc::testing::sourcePath("examples/" + name + ".sg"));
@@ -1060,7 +1050,8 @@ TEST_P(ExampleGraph, PipelineReachesAFixedPoint) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Examples, ExampleGraph, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(Examples, ExampleGraph,
+                         ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 TEST(Examples, OtherOptimizersToo) {

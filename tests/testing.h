@@ -29,7 +29,11 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
 
 std::string sourcePath(const std::string &relative); // under the repo root
 
-// The models in examples/ by name ("cnn", "mlp", ...), sorted.
+// The models in examples/ by name ("cnn", "mlp", ...), sorted, that the
+// suites sweeping every example (interpreter after every pass, fused and
+// unfused builds, three thread counts) run; not gpt.sg, whose training step
+// takes minutes through those sweeps: test_codegen_examples.cpp has a test
+// of its own for it.
 std::vector<std::string> exampleNames();
 
 // `stepc ARGUMENTS` as a user runs it, the tool being $STEPC_BIN (set by
