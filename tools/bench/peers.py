@@ -430,7 +430,8 @@ def main():
               "gelu": "tanh GELU, 4M floats", "gpt64": "GPT 4x256, 64 tok, b16, Adam",
               "gpt128": "GPT 4x256, 128 tok, b8, Adam"}
     print(f"median ms per step, {THREADS} threads, {args.steps} steps after {args.warmup} "
-          f"warm-up, lowest of {args.rounds} rounds; load average "
+          f"warm-up ({args.gpt_steps} after {args.gpt_warmup} for the transformers), lowest of "
+          f"{args.rounds} rounds; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     header = f"| {'workload':<30} |" + "".join(f" {c:>13} |" for c in columns)
     print(header)
