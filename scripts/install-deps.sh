@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(cmake ninja-build g++ ccache pkg-config libfmt-dev libcli11-dev
           nlohmann-json3-dev libgtest-dev libgmock-dev libonnx-dev libonnx-testdata
           libprotobuf-dev protobuf-compiler llvm-19-dev libmlir-19-dev mlir-19-tools
-          zlib1g-dev dataset-fashion-mnist wamerican libopenmpi-dev openmpi-bin
+          zlib1g-dev dataset-fashion-mnist wamerican fortunes libopenmpi-dev openmpi-bin
           python3-dev python3-venv "$@")
 
 missing=()

@@ -310,7 +310,7 @@ TEST_P(CudaPtxExamples, TrainStepAdam) {
     expectPtx(step, fusion, GetParam() + "_adam");
 }
 
-INSTANTIATE_TEST_SUITE_P(, CudaPtxExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CudaPtxExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 // --- What the GPU code looks like ---------------------------------------------------
@@ -503,7 +503,7 @@ TEST_P(CudaEmulatedExamples, TrainStepAdam) {
   expectEmulationMatchesInterpreter(step, inputs, initialParams(step), 2, true, 0.01);
 }
 
-INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 // The message of the stepc::Error `f` throws, or "".
@@ -853,7 +853,7 @@ TEST_P(CudaExecutionExamples, TrainStepAdam) {
   expectGpuMatchesCpu(step, inputs, initialParams(step), 2, 10);
 }
 
-INSTANTIATE_TEST_SUITE_P(, CudaExecutionExamples, ::testing::ValuesIn(exampleNames()),
+INSTANTIATE_TEST_SUITE_P(, CudaExecutionExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
 
 TEST(CudaExecution, ProfileCheckpointAndNumerics) {

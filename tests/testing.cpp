@@ -68,7 +68,7 @@ std::string sourcePath(const std::string &relative) {
 std::vector<std::string> exampleNames() {
   std::vector<std::string> names;
   for (const auto &entry : std::filesystem::directory_iterator(sourcePath("examples")))
-    if (entry.path().extension() == ".sg")
+    if (entry.path().extension() == ".sg" && entry.path().stem() != "gpt")
       names.push_back(entry.path().stem().string());
   std::sort(names.begin(), names.end());
   return names;

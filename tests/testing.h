@@ -31,8 +31,11 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
 
 std::string sourcePath(const std::string &relative); // under the repo root
 
-// The models in examples/ by name ("cnn", "mlp", ...), sorted; every
-// examples/*.sg, so a new example is covered without a line in a test.
+// The models in examples/ by name ("cnn", "mlp", ...), sorted, that the
+// suites sweeping every example (interpreter after every pass, fused and
+// unfused builds, three thread counts) run; not gpt.sg, whose training step
+// takes minutes through those sweeps: test_codegen_examples.cpp has a test
+// of its own for it.
 std::vector<std::string> exampleNames();
 // examples/NAME.sg
 Graph loadExample(const std::string &name);

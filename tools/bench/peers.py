@@ -10,6 +10,15 @@ which does not change the timing):
         conv3x3(8->16)+bias, relu, maxpool2, linear 784->10, cross-entropy,
         batch 32, Adam lr 1e-3
   gelu  the tanh GELU over 4M floats (y = gelu(x), x read once, y written once)
+  gpt64, gpt128
+        the Adam training step of a 4-layer GPT-style language model, as
+        tools/bench/make_gpt.py writes it (stepc times that very graph):
+        pre-norm blocks (layer norm, causal multi-head attention without
+        biases, residual; layer norm, GELU MLP of 4x the width with biases,
+        residual), learned positions, a final layer norm, an untied output
+        layer, cross-entropy over next tokens; width 256, 4 heads, vocabulary
+        64; gpt64: 64 tokens, batch 16; gpt128: 128 tokens, batch 8 (the same
+        1024 tokens per step, attention over twice the length)
 
 Each framework runs in its own subprocess (so one's thread pool never spins
 while another is timed), with 2 threads:
@@ -19,7 +28,9 @@ while another is timed), with 2 threads:
            (os.sched_setaffinity), since XLA:CPU sizes its thread pool by the
            CPUs it may run on.
 Figures are the median ms per step over --steps steps after --warmup steps
-(torch.compile and jax.jit compile during the warm-up). The whole set runs
+(--gpt-steps and --gpt-warmup for the transformers; torch.compile and
+jax.jit compile during the warm-up, and the first call's time, compile
+included, is reported beside: `stepc bench`'s compile_ms for stepc). The whole set runs
 --rounds times, the columns taking turns, and each cell is the lowest of its
 rounds' medians: on a shared machine, the round that no one else's work
 slowed down. With --stepc, the same workloads are timed with `stepc bench` in
@@ -40,21 +51,76 @@ import time
 THREADS = 2
 GELU_N = 4 * 1024 * 1024
 FRAMEWORKS = ["torch-eager", "torch-compile", "jax-jit"]
-WORKLOADS = ["mlp", "cnn", "gelu"]
+WORKLOADS = ["mlp", "cnn", "gelu", "gpt64", "gpt128"]
+# make_gpt.py's arguments per transformer workload.
+GPT = {
+    "gpt64": dict(layers=4, width=256, heads=4, tokens=64, batch=16, vocab=64),
+    "gpt128": dict(layers=4, width=256, heads=4, tokens=128, batch=8, vocab=64),
+}
 
 
 def timed(step, sync, warmup, steps):
-    for _ in range(warmup):
+    """The median ms per step, and the first call's ms (compile included)."""
+    start = time.perf_counter()
+    sync(step())
+    first = (time.perf_counter() - start) * 1e3
+    for _ in range(warmup - 1):
         sync(step())
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         sync(step())
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return {"ms": statistics.median(times), "first_ms": first}
+
+
+def steps_for(name, args):
+    """(warmup, steps): the transformers take fewer, longer steps."""
+    if name in GPT:
+        return max(args.gpt_warmup, 1), args.gpt_steps
+    return max(args.warmup, 1), args.steps
 
 
 # --- PyTorch -----------------------------------------------------------------
+
+
+def TorchGpt(layers, width, heads, tokens, batch, vocab):
+    """make_gpt.py's model as a torch.nn.Module (built lazily: importing torch
+    is the worker's business)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+            self.wq, self.wk, self.wv, self.wo = (nn.Linear(width, width, bias=False)
+                                                  for _ in range(4))
+            self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            n = self.ln1(x)
+            q, k, v = (w(n).view(b, t, heads, d // heads).transpose(1, 2)
+                       for w in (self.wq, self.wk, self.wv))
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.wo(a.transpose(1, 2).reshape(b, t, d))
+            return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+
+    class Gpt(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, width)
+            self.pos = nn.Parameter(torch.randn(tokens, width) * 0.02)
+            self.blocks = nn.Sequential(*(Block() for _ in range(layers)))
+            self.lnf = nn.LayerNorm(width)
+            self.out = nn.Linear(width, vocab, bias=False)
+
+        def forward(self, tokens_in):
+            return self.out(self.lnf(self.blocks(self.embed(tokens_in) + self.pos)))
+
+    return Gpt()
 
 
 def torch_workload(name, compiled, warmup, steps):
@@ -72,7 +138,12 @@ def torch_workload(name, compiled, warmup, steps):
             fn = torch.compile(fn)
         return timed(lambda: fn(x), lambda _: None, warmup, steps)
 
-    if name == "mlp":
+    if name in GPT:
+        c = GPT[name]
+        model = TorchGpt(**c)
+        x = torch.randint(0, c["vocab"], (c["batch"], c["tokens"]))
+        y = torch.randint(0, c["vocab"], (c["batch"] * c["tokens"],))
+    elif name == "mlp":
         model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                               nn.Linear(512, 10))
         x = torch.randn(128, 784)
@@ -87,7 +158,7 @@ def torch_workload(name, compiled, warmup, steps):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x).reshape(y.shape[0], -1), y)
         loss.backward()
         opt.step()
         return loss
@@ -120,7 +191,12 @@ def jax_workload(name, warmup, steps):
                 jnp.zeros((fan_out,), jnp.float32))
 
     keys = jax.random.split(key, 8)
-    if name == "mlp":
+    if name in GPT:
+        c = GPT[name]
+        params, forward = jax_gpt(keys[0], **c)
+        x = jax.random.randint(keys[3], (c["batch"], c["tokens"]), 0, c["vocab"])
+        y = jax.random.randint(keys[4], (c["batch"] * c["tokens"],), 0, c["vocab"])
+    elif name == "mlp":
         params = [dense(keys[0], 784, 512), dense(keys[1], 512, 512), dense(keys[2], 512, 10)]
         x = jax.random.normal(keys[3], (128, 784), jnp.float32)
         y = jax.random.randint(keys[4], (128,), 0, 10)
@@ -152,7 +228,7 @@ def jax_workload(name, warmup, steps):
             return h.reshape(h.shape[0], -1) @ p[2][0] + p[2][1]
 
     def loss_fn(p, x, y):
-        logits = forward(p, x)
+        logits = forward(p, x).reshape(y.shape[0], -1)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
     # Adam as torch.optim.Adam / stepc's train_step: lr 1e-3, betas 0.9/0.999,
@@ -181,12 +257,64 @@ def jax_workload(name, warmup, steps):
     return timed(run, sync, warmup, steps)
 
 
+def jax_gpt(key, layers, width, heads, tokens, batch, vocab):
+    """make_gpt.py's model: (params, forward(params, tokens))."""
+    import jax
+    import jax.numpy as jnp
+
+    d, hd = width, width // heads
+    keys = iter(jax.random.split(key, 8 * layers + 4))
+
+    def weight(fan_in, fan_out):
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        return jax.random.uniform(next(keys), (fan_in, fan_out), jnp.float32, -bound, bound)
+
+    def norm():
+        return (jnp.ones((d,), jnp.float32), jnp.zeros((d,), jnp.float32))
+
+    params = {
+        "embed": 0.02 * jax.random.normal(next(keys), (vocab, d), jnp.float32),
+        "pos": 0.02 * jax.random.normal(next(keys), (tokens, d), jnp.float32),
+        "blocks": [dict(ln1=norm(), wq=weight(d, d), wk=weight(d, d), wv=weight(d, d),
+                        wo=weight(d, d), ln2=norm(), w_up=weight(d, 4 * d),
+                        b_up=jnp.zeros((4 * d,), jnp.float32), w_down=weight(4 * d, d),
+                        b_down=jnp.zeros((d,), jnp.float32)) for _ in range(layers)],
+        "lnf": norm(),
+        "w_out": weight(d, vocab),
+    }
+
+    def layer_norm(x, gb):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + 1e-5) * gb[0] + gb[1]
+
+    causal = jnp.tril(jnp.ones((tokens, tokens), bool))
+
+    def forward(p, tok):
+        b = tok.shape[0]
+        x = p["embed"][tok] + p["pos"]
+        for blk in p["blocks"]:
+            n = layer_norm(x, blk["ln1"])
+            q, k, v = ((n @ blk[w]).reshape(b, tokens, heads, hd).transpose(0, 2, 1, 3)
+                       for w in ("wq", "wk", "wv"))
+            s = jnp.where(causal, q @ k.transpose(0, 1, 3, 2) / hd**0.5, -jnp.inf)
+            a = (jax.nn.softmax(s, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(b, tokens, d)
+            x = x + a @ blk["wo"]
+            h = jax.nn.gelu(layer_norm(x, blk["ln2"]) @ blk["w_up"] + blk["b_up"],
+                            approximate=True)
+            x = x + h @ blk["w_down"] + blk["b_down"]
+        return layer_norm(x, p["lnf"]) @ p["w_out"]
+
+    return params, forward
+
+
 # --- driver --------------------------------------------------------------------
 
 
-def worker(framework, workloads, warmup, steps):
+def worker(framework, workloads, args):
     results = {}
     for name in workloads:
+        warmup, steps = steps_for(name, args)
         try:
             if framework == "jax-jit":
                 results[name] = jax_workload(name, warmup, steps)
@@ -208,6 +336,7 @@ def run_worker(framework, args):
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--out", out.name,
                "--warmup", str(args.warmup), "--steps", str(args.steps),
+               "--gpt-warmup", str(args.gpt_warmup), "--gpt-steps", str(args.gpt_steps),
                "--only", ",".join(args.only)]
         proc = subprocess.run(cmd, env=env)
         if proc.returncode != 0:
@@ -221,21 +350,31 @@ def run_stepc(stepc, args):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     results = {}
     for name in args.only:
-        with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        warmup, steps = steps_for(name, args)
+        with tempfile.NamedTemporaryFile("r", suffix=".json") as out, \
+                tempfile.NamedTemporaryFile("w", suffix=".sg") as graph:
             cmd = [stepc, "bench"]
             if name == "gelu":
                 cmd += ["--gelu", str(GELU_N)]
+            elif name in GPT:
+                flags = [f"--{k}={v}" for k, v in GPT[name].items()]
+                subprocess.run([sys.executable, os.path.join(root, "tools", "bench", "make_gpt.py"),
+                                *flags, "-o", graph.name], check=True)
+                cmd += [graph.name, "--train-step", "adam"]
             else:
                 cmd += [os.path.join(root, "examples", f"{name}.sg"), "--train-step", "adam"]
-            cmd += ["--threads", str(THREADS), "--steps", str(args.steps), "--warmup",
-                    str(args.warmup), "--json", out.name]
+            cmd += ["--threads", str(THREADS), "--steps", str(steps), "--warmup", str(warmup),
+                    "--json", out.name]
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
             if proc.returncode != 0:
                 results[name] = None
                 continue
             figures = json.load(open(out.name))
-            results[name] = (figures["gelu"]["kernel_ms"] if name == "gelu"
-                             else figures["fused_ms_per_step"])
+            if name == "gelu":
+                results[name] = {"ms": figures["gelu"]["kernel_ms"], "first_ms": None}
+            else:
+                results[name] = {"ms": figures["fused_ms_per_step"],
+                                 "first_ms": figures["compile_ms"]}
     return results
 
 
@@ -243,6 +382,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--gpt-warmup", type=int, default=2)
+    parser.add_argument("--gpt-steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3,
                         help="repeat the whole set; each cell is its lowest median")
     parser.add_argument("--only", default=",".join(WORKLOADS),
@@ -262,7 +403,7 @@ def main():
     if args.worker:
         if args.worker == "jax-jit":
             os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
-        json.dump(worker(args.worker, args.only, args.warmup, args.steps), open(args.out, "w"))
+        json.dump(worker(args.worker, args.only, args), open(args.out, "w"))
         return
 
     frameworks = [f for f in args.frameworks.split(",") if f]
@@ -277,13 +418,20 @@ def main():
             for w in args.only:
                 if got.get(w) is not None:
                     rounds[c][w].append(got[w])
-    columns = {c: {w: min(v) if v else None for w, v in rounds[c].items()} for c in names}
+    columns = {c: {w: min(r["ms"] for r in v) if v else None for w, v in rounds[c].items()}
+               for c in names}
+    # The first call's time (compile included) of the first round: later
+    # rounds may hit a compile cache (torch.compile's, stepc's on disk).
+    first_calls = {c: {w: v[0]["first_ms"] if v else None for w, v in rounds[c].items()}
+                   for c in names}
 
     load = os.getloadavg()
     labels = {"mlp": "mlp.sg Adam step, batch 128", "cnn": "cnn.sg Adam step, batch 32",
-              "gelu": "tanh GELU, 4M floats"}
+              "gelu": "tanh GELU, 4M floats", "gpt64": "GPT 4x256, 64 tok, b16, Adam",
+              "gpt128": "GPT 4x256, 128 tok, b8, Adam"}
     print(f"median ms per step, {THREADS} threads, {args.steps} steps after {args.warmup} "
-          f"warm-up, lowest of {args.rounds} rounds; load average "
+          f"warm-up ({args.gpt_steps} after {args.gpt_warmup} for the transformers), lowest of "
+          f"{args.rounds} rounds; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     header = f"| {'workload':<30} |" + "".join(f" {c:>13} |" for c in columns)
     print(header)
@@ -293,10 +441,19 @@ def main():
             f" {columns[c][w]:>13.3f} |" if columns[c].get(w) is not None else f" {'failed':>13} |"
             for c in columns)
         print(f"| {labels[w]:<30} |{cells}")
+    print(f"\nfirst call, compile included (stepc: compile_ms), ms, first round")
+    print(header)
+    print("|" + "-" * 32 + "|" + "".join("-" * 15 + "|" for _ in columns))
+    for w in args.only:
+        cells = "".join(
+            f" {first_calls[c][w]:>13.0f} |" if first_calls[c].get(w) is not None
+            else f" {'-':>13} |" for c in columns)
+        print(f"| {labels[w]:<30} |{cells}")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
             json.dump({"threads": THREADS, "steps": args.steps, "warmup": args.warmup,
                        "rounds": args.rounds, "load_average": load, "ms_per_step": columns,
+                       "first_call_ms": first_calls,
                        "ms_per_step_each_round": rounds}, f, indent=2)
         os.replace(args.json + ".tmp", args.json)
 

@@ -106,7 +106,8 @@ int demo(const std::string &examples);
 std::string findExamples(const std::string &given);
 
 struct DemoOptions {
-  // examples/<model>.sg; empty: mlp (Fashion-MNIST), makemore (demo makemore).
+  // examples/<model>.sg; empty: mlp (Fashion-MNIST), makemore (demo makemore),
+  // gpt (demo gpt).
   std::string model;
   std::string examples; // where the .sg files are; empty: findExamples()
   int epochs = 1;
@@ -127,6 +128,12 @@ int fashionDemo(const DemoOptions &options);
 // `stepc demo makemore [--model bigram|makemore]`: character-level language
 // models on Debian's wamerican words, compiled; prints samples.
 int makemoreDemo(const DemoOptions &options);
+// `stepc demo gpt`: a character-level GPT on Debian's fortunes, compiled,
+// trained with AdamW; held-out loss beside the unigram baseline, samples.
+// Its epochs are shares of the run (gpt_demo.cpp): kGptDemoEpochs unless
+// --epochs is given.
+int gptDemo(const DemoOptions &options);
+constexpr int kGptDemoEpochs = 5;
 
 struct OptOptions {
   std::string file, output;

@@ -5,10 +5,12 @@
 #include <fmt/format.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <unistd.h>
 
@@ -72,6 +74,36 @@ std::vector<std::string> readWords(const std::string &path) {
       words.push_back(line);
   }
   return words;
+}
+
+std::vector<std::string> readFortunes(const std::string &dir) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  std::vector<fs::path> files;
+  if (fs::is_directory(dir, error))
+    for (const fs::directory_entry &entry : fs::directory_iterator(dir, error))
+      if (entry.is_regular_file() && !entry.is_symlink() && !entry.path().has_extension())
+        files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  std::vector<std::string> fortunes;
+  for (const fs::path &file : files) {
+    std::ifstream in(file);
+    std::string line, fortune;
+    while (std::getline(in, line)) {
+      if (line == "%") {
+        if (!fortune.empty())
+          fortunes.push_back(fortune);
+        fortune.clear();
+      } else {
+        fortune += line + "\n";
+      }
+    }
+    if (!fortune.empty())
+      fortunes.push_back(fortune);
+  }
+  if (fortunes.empty())
+    throw Error(fmt::format("no fortunes in '{}' (install Debian's fortunes)", dir));
+  return fortunes;
 }
 
 Progress::Progress(std::string label, int64_t total) : label_(std::move(label)), total_(total) {

@@ -23,6 +23,14 @@ inline const char *kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 // One line per word, lower-case a-z only (wamerican's list, filtered).
 std::vector<std::string> readWords(const std::string &path);
 
+// Where Debian's fortunes package installs its fortune files.
+inline const char *kFortunesDir = "/usr/share/games/fortunes";
+
+// Every fortune of the fortune files in `dir` (the text files, not the .dat
+// indexes or .u8 links), in file-name order; the files separate fortunes
+// with lines holding only "%". Each fortune keeps its final line break.
+std::vector<std::string> readFortunes(const std::string &dir);
+
 // A progress line on a terminal ("\r" redrawn), plain lines otherwise (pipes,
 // CI=true).
 class Progress {

@@ -218,14 +218,20 @@ int main(int argc, char **argv) {
   stepc::cli::DemoOptions demoOptions;
   auto *demo = app.add_subcommand(
       "demo",
-      "Train examples/<model>.sg on Fashion-MNIST, compiled (or `demo makemore`, `demo small`)");
+      "Train examples/<model>.sg on Fashion-MNIST, compiled (or `demo makemore`, `demo gpt`, "
+      "`demo small`)");
   std::string demoWhich;
   demo->add_option("which", demoWhich,
                    "'makemore': character-level language models on English words; "
+                   "'gpt': a character-level transformer on fortunes; "
                    "'small': XOR and poly_sin on the interpreter");
   demo->add_option("--model", demoOptions.model,
-                   "mlp (default) or cnn; with makemore: makemore (default) or bigram");
-  demo->add_option("--epochs", demoOptions.epochs, "Fashion-MNIST epochs")->capture_default_str();
+                   "mlp (default) or cnn; with makemore: makemore (default) or bigram; "
+                   "with gpt: gpt (default)");
+  auto *demoEpochs =
+      demo->add_option("--epochs", demoOptions.epochs,
+                       "Fashion-MNIST epochs (gpt: held-out evaluations, default 5)")
+          ->capture_default_str();
   demo->add_option("--steps", demoOptions.steps, "stop training after N steps (0: all)")
       ->capture_default_str();
   demo->add_option("--lr", demoOptions.lr, "Adam's learning rate (default: the model's)");
@@ -402,15 +408,22 @@ int main(int argc, char **argv) {
     if (*gradcheck)
       return stepc::cli::gradcheck(checkOptions);
     if (*demo) {
-      if (!demoWhich.empty() && demoWhich != "small" && demoWhich != "makemore")
+      if (!demoWhich.empty() && demoWhich != "small" && demoWhich != "makemore" &&
+          demoWhich != "gpt")
         throw stepc::Error(fmt::format(
-            "unknown demo '{}'; try `stepc demo`, `stepc demo makemore` or `stepc demo small`",
+            "unknown demo '{}'; try `stepc demo`, `stepc demo makemore`, `stepc demo gpt` or "
+            "`stepc demo small`",
             demoWhich));
       demoOptions.examples = stepc::cli::findExamples(demoOptions.examples);
       if (demoWhich == "small")
         return stepc::cli::demo(demoOptions.examples);
       if (demoWhich == "makemore")
         return stepc::cli::makemoreDemo(demoOptions);
+      if (demoWhich == "gpt") {
+        if (demoEpochs->count() == 0)
+          demoOptions.epochs = stepc::cli::kGptDemoEpochs;
+        return stepc::cli::gptDemo(demoOptions);
+      }
       return stepc::cli::fashionDemo(demoOptions);
     }
     if (*bench) {
