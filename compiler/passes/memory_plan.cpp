@@ -284,6 +284,56 @@ int64_t placeSlots(std::vector<Slot> &slots) {
   return arena;
 }
 
+// What the slots alive at `kernel` hold (PeakBreakdown). A slot shared in
+// place counts as the value it holds there: the one written last by then.
+PeakBreakdown breakdownAt(const Graph &graph, const Lifetimes &l, const Slots &shared,
+                          int kernel) {
+  const size_t n = graph.size();
+  std::vector<bool> forward(n, false); // the graph's outputs are computed from it
+  for (const GraphOutput &o : graph.outputs)
+    forward[o.value] = true;
+  for (ValueId v = static_cast<ValueId>(n); v-- > 0;)
+    if (forward[v])
+      for (ValueId o : graph.node(v).operands)
+        forward[o] = true;
+  std::vector<bool> newValue(n, false);
+  for (const ParamUpdate &u : graph.updates)
+    newValue[u.value] = true;
+
+  PeakBreakdown peak;
+  peak.kernel = kernel;
+  std::vector<ValueId> holder(shared.slots.size(), static_cast<ValueId>(n));
+  for (ValueId v = 0; v < n; ++v) {
+    int s = shared.slotOf[v];
+    if (s < 0 || l.def[v] > kernel || (!l.wholeStep[v] && l.last[v] < kernel))
+      continue;
+    ValueId &h = holder[s];
+    if (h == n || l.def[v] >= l.def[h])
+      h = v;
+  }
+  for (size_t s = 0; s < shared.slots.size(); ++s) {
+    const Slot &slot = shared.slots[s];
+    ValueId v = holder[s];
+    if (v == n || slot.first > kernel || slot.last < kernel)
+      continue;
+    OpKind op = graph.node(slot.root).op;
+    int64_t &kind = op == OpKind::Input        ? peak.inputs
+                    : op == OpKind::Parameter  ? (forward[slot.root] ? peak.params
+                                                                     : peak.optimizerState)
+                    : l.def[v] == kernel       ? peak.written
+                    : forward[v]               ? peak.activations
+                    : newValue[v]              ? peak.newValues
+                                               : peak.gradients;
+    kind += slot.bytes;
+    if (!slot.wholeStep)
+      peak.held.push_back(v);
+  }
+  std::stable_sort(peak.held.begin(), peak.held.end(), [&](ValueId a, ValueId b) {
+    return bytesOf(graph, a) > bytesOf(graph, b);
+  });
+  return peak;
+}
+
 } // namespace
 
 BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
@@ -303,14 +353,19 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
   for (const Slot &s : slots)
     if (s.wholeStep)
       resident += s.bytes;
+  int peakKernel = -1;
   for (int g = 0; g < lifetimes.end; ++g) {
     int64_t alive = 0;
     for (const Slot &s : slots)
       if (!s.wholeStep && s.first <= g && g <= s.last)
         alive += s.bytes;
-    peak = std::max(peak, alive);
+    if (peakKernel < 0 || alive > peak) {
+      peak = alive;
+      peakKernel = g;
+    }
   }
   result.liveLowerBound = resident + peak;
+  result.peak = breakdownAt(graph, lifetimes, shared, peakKernel);
   return result;
 }
 
