@@ -216,6 +216,27 @@ TEST(Remat, CompiledResultsEqualTheUnbudgetedOnes) {
   }
 }
 
+TEST(PeakBreakdown, AddsUpToTheLiveBytesAtThePeak) {
+  // deepStep: SGD, so no optimizer state; the batch is x, seed, t and lr.
+  Graph step = deepStep();
+  FusionPlan plan = planFusion(step);
+  BufferPlan buffers = planBuffers(step, plan);
+  const PeakBreakdown &p = buffers.peak;
+  ASSERT_GE(p.kernel, 0);
+  EXPECT_EQ(p.live(), buffers.liveLowerBound);
+  EXPECT_LE(p.live(), buffers.arenaBytes);
+  EXPECT_EQ(p.params, 8 * 16 * 16 * 4);
+  EXPECT_EQ(p.inputs, 2 * 256 * 16 * 4 + 8 + 4);
+  EXPECT_GT(p.activations, 0);
+  ASSERT_FALSE(p.held.empty());
+  std::string report = fusionReport(step, plan, buffers);
+  EXPECT_THAT(report, HasSubstr("peak at " + plan.groups[p.kernel].name));
+  Rematerialization({.percent = 50}, true).run(step);
+  FusionPlan after = planFusion(step);
+  EXPECT_THAT(fusionReport(step, after, planBuffers(step, after)),
+              HasSubstr("recomputed remat=1: "));
+}
+
 // --- The command line -----------------------------------------------------------
 
 std::string writeDeepStep() {

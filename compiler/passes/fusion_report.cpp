@@ -4,6 +4,7 @@
 #include "stepc/fusion.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <map>
@@ -132,6 +133,61 @@ double matrixFlops(const Graph &g, ValueId v) {
   return 2 * numel(output) * static_cast<double>(w[1] * w[2] * w[3]);
 }
 
+// One line per value rematerialization recomputes (its copies carry
+// remat=N): the copied ops, the kernels running them, where they come from.
+std::string recomputedLines(const Graph &graph, const FusionPlan &plan) {
+  std::map<int64_t, std::vector<ValueId>> copies;
+  for (ValueId v = 0; v < graph.size(); ++v)
+    if (graph.node(v).attrs.has("remat"))
+      copies[graph.node(v).attrs.getInt("remat")].push_back(v);
+  std::string out;
+  for (const auto &[mark, nodes] : copies) {
+    std::vector<std::string> kernels;
+    for (ValueId v : nodes) {
+      int g = plan.groupOf[v];
+      std::string name = g < 0 ? "inline" : plan.groups[g].name;
+      if (std::find(kernels.begin(), kernels.end(), name) == kernels.end())
+        kernels.push_back(name);
+    }
+    ValueId value = nodes.back(); // the copy of the value; the rest feed it
+    out += fmt::format("recomputed remat={}: {} ({}) from {} node{} ({}) in {}; {}\n", mark,
+                       valueName(graph, value), opInfo(graph.node(value).op).name, nodes.size(),
+                       nodes.size() == 1 ? "" : "s", opList(graph, nodes),
+                       fmt::join(kernels, ", "), provenance(graph, nodes));
+  }
+  return out;
+}
+
+std::string megabytesOf(int64_t bytes) {
+  return fmt::format("{:.2f} MB", static_cast<double>(bytes) / 1e6);
+}
+
+// What fills the planned peak (BufferPlan::peak), and its largest
+// kernel-written values.
+std::string peakLines(const Graph &graph, const FusionPlan &plan, const BufferPlan &buffers) {
+  const PeakBreakdown &p = buffers.peak;
+  if (p.kernel < 0)
+    return "";
+  constexpr size_t kLargest = 8;
+  std::vector<std::string> largest;
+  for (size_t i = 0; i < p.held.size() && i < kLargest; ++i) {
+    const Node &node = graph.node(p.held[i]);
+    largest.push_back(fmt::format("{} ({} {}{})", valueName(graph, p.held[i]),
+                                  opInfo(node.op).name, megabytesOf(node.type.numel() *
+                                  static_cast<int64_t>(dtypeSize(node.type.dtype))),
+                                  node.loc.known() ? ", " + node.loc.str() : ""));
+  }
+  return fmt::format(
+      "peak at {}: {} alive of the {} arena: params {}, optimizer state {}, inputs {}, "
+      "activations {}, gradients {}, new param values {}, written by {} {}; placement gaps "
+      "{}\nlargest values alive at the peak: {}\n",
+      plan.groups[p.kernel].name, megabytesOf(p.live()), megabytesOf(buffers.arenaBytes),
+      megabytesOf(p.params), megabytesOf(p.optimizerState), megabytesOf(p.inputs),
+      megabytesOf(p.activations), megabytesOf(p.gradients), megabytesOf(p.newValues),
+      plan.groups[p.kernel].name, megabytesOf(p.written),
+      megabytesOf(buffers.arenaBytes - p.live()), fmt::join(largest, ", "));
+}
+
 } // namespace
 
 std::string fusionReport(const Graph &graph, const FusionPlan &plan,
@@ -189,6 +245,8 @@ std::string fusionReport(const Graph &graph, const FusionPlan &plan,
                        waiter < plan.groups.size() ? plan.groups[waiter].name : "the step's end",
                        waiter - k - 1);
   }
+  out += recomputedLines(graph, plan);
+  out += peakLines(graph, plan, buffers);
   out += fmt::format("total: {} kernels, {} bytes read+written, peak arena {} bytes\n",
                      plan.groups.size(), moved, buffers.arenaBytes);
   return out;

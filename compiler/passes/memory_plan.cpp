@@ -117,54 +117,85 @@ bool canOverwrite(const Graph &graph, const FusionPlan &plan, int group, ValueId
   return true;
 }
 
-} // namespace
+// Phase 1's result: which values have buffers and when each is alive, as
+// kernel indices (`end` = after the last kernel).
+struct Lifetimes {
+  int end = 0;
+  std::vector<std::vector<ValueId>> users;
+  std::vector<bool> needed, wholeStep, escapes;
+  std::vector<int> def, last;
+};
 
-BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
+// Phase 2's result: values sharing a buffer form one slot.
+struct Slot {
+  ValueId root;
+  int first, last;
+  int64_t bytes;
+  bool wholeStep;
+  int64_t offset = -1;
+};
+struct Slots {
+  std::vector<Slot> slots;
+  std::vector<int> slotOf;      // per value, -1 without a buffer
+  std::vector<int64_t> reuses;  // per value: the value whose buffer it takes, or -1
+};
+
+// 1. Liveness over the kernel schedule.
+Lifetimes computeLifetimes(const Graph &graph, const FusionPlan &plan) {
   const size_t n = graph.size();
-  const int end = static_cast<int>(plan.groups.size()); // "after the last kernel"
-  std::vector<std::vector<ValueId>> users(n);
+  Lifetimes l;
+  l.end = static_cast<int>(plan.groups.size());
+  l.users.assign(n, {});
   for (ValueId v = 0; v < n; ++v)
     for (ValueId o : graph.node(v).operands)
-      if (users[o].empty() || users[o].back() != v)
-        users[o].push_back(v);
-
-  // 1. Which values have buffers, and when they are alive.
-  std::vector<bool> needed(n, false), wholeStep(n, false), escapes(n, false);
-  std::vector<int> def(n, end), last(n, -1);
+      if (l.users[o].empty() || l.users[o].back() != v)
+        l.users[o].push_back(v);
+  l.needed.assign(n, false);
+  l.wholeStep.assign(n, false);
+  l.escapes.assign(n, false);
+  l.def.assign(n, l.end);
+  l.last.assign(n, -1);
   for (ValueId v = 0; v < n; ++v) {
     OpKind op = graph.node(v).op;
     if (op == OpKind::Parameter || op == OpKind::Input) {
-      needed[v] = wholeStep[v] = true;
-      def[v] = 0;
-      last[v] = end;
+      l.needed[v] = l.wholeStep[v] = true;
+      l.def[v] = 0;
+      l.last[v] = l.end;
     }
   }
   for (const GraphOutput &o : graph.outputs)
-    escapes[o.value] = true;
+    l.escapes[o.value] = true;
   for (const ParamUpdate &u : graph.updates)
-    escapes[u.value] = true;
-  for (int g = 0; g < end; ++g) {
+    l.escapes[u.value] = true;
+  for (int g = 0; g < l.end; ++g) {
     const FusionGroup &group = plan.groups[g];
     for (ValueId v : group.inputs) {
-      needed[v] = true;
-      last[v] = std::max(last[v], g);
+      l.needed[v] = true;
+      l.last[v] = std::max(l.last[v], g);
     }
     for (ValueId v : group.outputs) {
-      needed[v] = true;
-      def[v] = g;
-      last[v] = std::max(last[v], escapes[v] ? end : g);
+      l.needed[v] = true;
+      l.def[v] = g;
+      l.last[v] = std::max(l.last[v], l.escapes[v] ? l.end : g);
     }
   }
   // A collective runs asynchronously from its step until the first kernel
   // that reads its result waits for it: the buffer it sends from stays
   // alive until then (at most as long as the result's own buffer).
   for (ValueId v = 0; v < n; ++v)
-    if (graph.node(v).op == OpKind::AllReduce && needed[v])
+    if (graph.node(v).op == OpKind::AllReduce && l.needed[v])
       for (ValueId o : graph.node(v).operands)
-        last[o] = std::max(last[o], last[v]);
+        l.last[o] = std::max(l.last[o], l.last[v]);
+  return l;
+}
 
-  // 2. In-place reuse.
-  std::vector<int64_t> reuses(n, -1);
+// 2. In-place reuse, then the slots: a value and every value written over it
+// share one buffer, alive over the union of their lifetimes.
+Slots shareBuffersInPlace(const Graph &graph, const FusionPlan &plan, const Lifetimes &l) {
+  const size_t n = graph.size();
+  Slots result;
+  std::vector<int64_t> &reuses = result.reuses;
+  reuses.assign(n, -1);
   std::vector<bool> taken(n, false); // buffer already handed to a new value
   for (const ParamUpdate &update : graph.updates) {
     ValueId p = update.param, u = update.value;
@@ -172,21 +203,21 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
     if (writer < 0 || reuses[u] >= 0 || taken[p])
       continue;
     bool laterReader = false;
-    for (ValueId r : users[p])
+    for (ValueId r : l.users[p])
       laterReader = laterReader || plan.groupOf[r] > writer;
-    if (laterReader || !canOverwrite(graph, plan, writer, p, u, users))
+    if (laterReader || !canOverwrite(graph, plan, writer, p, u, l.users))
       continue;
     reuses[u] = p;
     taken[p] = true;
   }
-  for (int g = 0; g < end; ++g) {
+  for (int g = 0; g < l.end; ++g) {
     const FusionGroup &group = plan.groups[g];
     for (ValueId out : group.outputs) {
       if (reuses[out] >= 0)
         continue;
       for (ValueId in : group.inputs) {
-        if (wholeStep[in] || taken[in] || escapes[in] || last[in] != g ||
-            !canOverwrite(graph, plan, g, in, out, users))
+        if (l.wholeStep[in] || taken[in] || l.escapes[in] || l.last[in] != g ||
+            !canOverwrite(graph, plan, g, in, out, l.users))
           continue;
         reuses[out] = in;
         taken[in] = true;
@@ -195,37 +226,31 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
     }
   }
 
-  // Slots: a value and every value written over it share one buffer.
   std::vector<ValueId> root(n);
   std::iota(root.begin(), root.end(), ValueId(0));
   for (ValueId v = 0; v < n; ++v)
     while (reuses[root[v]] >= 0)
       root[v] = static_cast<ValueId>(reuses[root[v]]);
-  struct Slot {
-    ValueId root;
-    int first, last;
-    int64_t bytes;
-    bool wholeStep;
-    int64_t offset = -1;
-  };
-  std::vector<Slot> slots;
-  std::vector<int> slotOf(n, -1);
+  result.slotOf.assign(n, -1);
   for (ValueId v = 0; v < n; ++v) {
-    if (!needed[v])
+    if (!l.needed[v])
       continue;
     ValueId r = root[v];
-    if (slotOf[r] < 0) {
-      slotOf[r] = static_cast<int>(slots.size());
-      slots.push_back({r, def[r], last[r], bytesOf(graph, r), wholeStep[r]});
+    if (result.slotOf[r] < 0) {
+      result.slotOf[r] = static_cast<int>(result.slots.size());
+      result.slots.push_back({r, l.def[r], l.last[r], bytesOf(graph, r), l.wholeStep[r]});
     }
-    Slot &s = slots[slotOf[r]];
-    slotOf[v] = slotOf[r];
-    s.first = std::min(s.first, def[v]);
-    s.last = std::max(s.last, last[v]);
+    Slot &s = result.slots[result.slotOf[r]];
+    result.slotOf[v] = result.slotOf[r];
+    s.first = std::min(s.first, l.def[v]);
+    s.last = std::max(s.last, l.last[v]);
     s.bytes = std::max(s.bytes, bytesOf(graph, v));
   }
+  return result;
+}
 
-  // 3. Placement.
+// 3. Placement: sets each slot's offset; returns the arena's size.
+int64_t placeSlots(std::vector<Slot> &slots) {
   std::vector<size_t> order(slots.size());
   std::iota(order.begin(), order.end(), size_t(0));
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
@@ -238,7 +263,7 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
     return slots[a].first < slots[b].first;
   });
   std::vector<size_t> placed;
-  BufferPlan result;
+  int64_t arena = 0;
   for (size_t i : order) {
     Slot &s = slots[i];
     std::vector<std::pair<int64_t, int64_t>> busy; // [begin, end) of overlapping slots
@@ -254,13 +279,73 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
     }
     s.offset = offset;
     placed.push_back(i);
-    result.arenaBytes = std::max(result.arenaBytes, offset + s.bytes);
+    arena = std::max(arena, offset + s.bytes);
   }
+  return arena;
+}
 
-  for (ValueId v = 0; v < n; ++v)
-    if (needed[v])
+// What the slots alive at `kernel` hold (PeakBreakdown). A slot shared in
+// place counts as the value it holds there: the one written last by then.
+PeakBreakdown breakdownAt(const Graph &graph, const Lifetimes &l, const Slots &shared,
+                          int kernel) {
+  const size_t n = graph.size();
+  std::vector<bool> forward(n, false); // the graph's outputs are computed from it
+  for (const GraphOutput &o : graph.outputs)
+    forward[o.value] = true;
+  for (ValueId v = static_cast<ValueId>(n); v-- > 0;)
+    if (forward[v])
+      for (ValueId o : graph.node(v).operands)
+        forward[o] = true;
+  std::vector<bool> newValue(n, false);
+  for (const ParamUpdate &u : graph.updates)
+    newValue[u.value] = true;
+
+  PeakBreakdown peak;
+  peak.kernel = kernel;
+  std::vector<ValueId> holder(shared.slots.size(), static_cast<ValueId>(n));
+  for (ValueId v = 0; v < n; ++v) {
+    int s = shared.slotOf[v];
+    if (s < 0 || l.def[v] > kernel || (!l.wholeStep[v] && l.last[v] < kernel))
+      continue;
+    ValueId &h = holder[s];
+    if (h == n || l.def[v] >= l.def[h])
+      h = v;
+  }
+  for (size_t s = 0; s < shared.slots.size(); ++s) {
+    const Slot &slot = shared.slots[s];
+    ValueId v = holder[s];
+    if (v == n || slot.first > kernel || slot.last < kernel)
+      continue;
+    OpKind op = graph.node(slot.root).op;
+    int64_t &kind = op == OpKind::Input        ? peak.inputs
+                    : op == OpKind::Parameter  ? (forward[slot.root] ? peak.params
+                                                                     : peak.optimizerState)
+                    : l.def[v] == kernel       ? peak.written
+                    : forward[v]               ? peak.activations
+                    : newValue[v]              ? peak.newValues
+                                               : peak.gradients;
+    kind += slot.bytes;
+    if (!slot.wholeStep)
+      peak.held.push_back(v);
+  }
+  std::stable_sort(peak.held.begin(), peak.held.end(), [&](ValueId a, ValueId b) {
+    return bytesOf(graph, a) > bytesOf(graph, b);
+  });
+  return peak;
+}
+
+} // namespace
+
+BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
+  Lifetimes lifetimes = computeLifetimes(graph, plan);
+  Slots shared = shareBuffersInPlace(graph, plan, lifetimes);
+  std::vector<Slot> &slots = shared.slots;
+  BufferPlan result;
+  result.arenaBytes = placeSlots(slots);
+  for (ValueId v = 0; v < graph.size(); ++v)
+    if (lifetimes.needed[v])
       result.buffers.push_back(
-          {v, slots[slotOf[v]].offset, bytesOf(graph, v), reuses[v]});
+          {v, slots[shared.slotOf[v]].offset, bytesOf(graph, v), shared.reuses[v]});
 
   // The bound: every whole-step slot, plus the most bytes of other slots
   // alive at any one kernel.
@@ -268,14 +353,19 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan) {
   for (const Slot &s : slots)
     if (s.wholeStep)
       resident += s.bytes;
-  for (int g = 0; g < end; ++g) {
+  int peakKernel = -1;
+  for (int g = 0; g < lifetimes.end; ++g) {
     int64_t alive = 0;
     for (const Slot &s : slots)
       if (!s.wholeStep && s.first <= g && g <= s.last)
         alive += s.bytes;
-    peak = std::max(peak, alive);
+    if (peakKernel < 0 || alive > peak) {
+      peak = alive;
+      peakKernel = g;
+    }
   }
   result.liveLowerBound = resident + peak;
+  result.peak = breakdownAt(graph, lifetimes, shared, peakKernel);
   return result;
 }
 

@@ -124,6 +124,22 @@ struct Buffer {
   int64_t reuses = -1;
 };
 
+// What the buffers alive at one kernel hold, by kind. Params the graph's
+// outputs are computed from are `params`; the other params (Adam's moments,
+// step counters) `optimizerState`. Kernel-written values: the kernel's own
+// outputs are `written`; of the rest, those the outputs are computed from
+// are `activations`, params' new values not written over their param are
+// `newValues`, and everything else (the backward pass) `gradients`.
+struct PeakBreakdown {
+  int kernel = -1; // the kernel where the most bytes are alive; -1: no kernel
+  int64_t params = 0, optimizerState = 0, inputs = 0;
+  int64_t activations = 0, gradients = 0, newValues = 0, written = 0;
+  std::vector<ValueId> held; // kernel-written values alive there, largest first
+  int64_t live() const {
+    return params + optimizerState + inputs + activations + gradients + newValues + written;
+  }
+};
+
 struct BufferPlan {
   std::vector<Buffer> buffers; // every value a kernel reads or writes
   int64_t arenaBytes = 0;      // peak: the arena's size
@@ -131,6 +147,9 @@ struct BufferPlan {
   // largest set of activations alive at once (buffers shared in place count
   // once).
   int64_t liveLowerBound = 0;
+  // The kernel where the most bytes are alive (liveLowerBound of them) and
+  // what they are; the arena is that plus the gaps placement leaves.
+  PeakBreakdown peak;
 };
 
 // Liveness over the kernel schedule; one arena with offsets; in-place reuse

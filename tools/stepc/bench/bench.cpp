@@ -356,7 +356,10 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
     unfused.reset();
     perf::KernelReport report = perf::compareKernels(
         graph, inputs,
-        {.steps = options.steps, .warmup = options.warmup, .threads = options.threads});
+        {.steps = options.steps,
+         .warmup = options.warmup,
+         .threads = options.threads,
+         .memoryBudget = budget});
     json["kernels"] = printKernels(report.fused, peakGflops, bandwidthGBs);
     json["per_kernel"] = printComparison(report, options.verbose);
     json["per_kernel_note"] = report.note;

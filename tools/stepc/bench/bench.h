@@ -59,6 +59,8 @@ struct KernelComparison {
 
 struct KernelComparisonOptions {
   int steps = 20, warmup = 3, threads = 0;
+  // With a budget, both builds run the fused build's rematerialized graph.
+  MemoryBudget memoryBudget = {};
 };
 
 struct KernelTime {

@@ -109,10 +109,18 @@ KernelReport compareKernels(const Graph &graph, const TensorMap &inputs,
                             const KernelComparisonOptions &options) {
   KernelReport report;
   CompileOptions fusedOptions{.fusion = true}, unfusedOptions{.fusion = false};
-  LoweredGraph fused = lowerGraph(graph, fusedOptions);
-  LoweredGraph unfused = lowerGraph(graph, unfusedOptions);
   Graph base = graph;
-  if (fused.graph == unfused.graph) {
+  if (options.memoryBudget.given()) {
+    // Rematerialization plans with the fused kernels: the unfused build
+    // runs the same recomputations, one op per kernel.
+    base = lowerGraph(graph, {.fusion = true, .memoryBudget = options.memoryBudget}).graph;
+    fusedOptions.passes = unfusedOptions.passes = false;
+  }
+  LoweredGraph fused = lowerGraph(base, fusedOptions);
+  LoweredGraph unfused = lowerGraph(base, unfusedOptions);
+  if (options.memoryBudget.given()) {
+    report.note = "both builds ran the fused build's graph under the memory budget";
+  } else if (fused.graph == unfused.graph) {
     report.note = "fused and unfused builds ran the same passes to the same graph";
   } else {
     // The passes run before fusion, so this should not happen; if a pass ever
