@@ -5,8 +5,11 @@
 // batched products with broadcast batch dimensions, transposed operands,
 // attention heads read through transpose(reshape(...)) views, slices, and
 // the epilogues computed on the register tile. Each graph also runs at 1 and
-// 2 threads, which must give the same bits.
+// 2 threads, which must give the same bits, and with both register tiles
+// (AVX-512's 8x32 and AVX2's 6x16, whichever the host has).
 #include "codegen_harness.h"
+
+#include "../compiler/codegen/tiled_matmul.h"
 
 #include "stepc/interpreter.h"
 #include "stepc/text.h"
@@ -176,15 +179,15 @@ TEST_P(CodegenMatMul, GradientsMatchInterpreter) {
 
 // A parallel call owns whole output rows or batch entries: the thread count
 // never changes a bit.
-TEST_P(CodegenMatMul, SameBitsAtOneAndTwoThreads) {
-  Graph step = trainStep(parseGraph(GetParam().text), "loss", Optimizer::adam());
+void expectSameBitsAtOneAndTwoThreads(const std::string &text) {
+  Graph step = trainStep(parseGraph(text), "loss", Optimizer::adam());
   TensorMap inputs = randomInputs(step, 13);
   inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
   std::vector<std::vector<Tensor>> runs;
   for (int threads : {1, 2}) {
     RunOptions run;
     run.threads = threads;
-    auto exe = compileJit(step, {}, run);
+    auto exe = compileJit(step, CompileOptions{.cache = false}, run);
     std::vector<Tensor> results;
     for (int s = 0; s < 2; ++s)
       for (auto &[name, value] : exe->step(inputs))
@@ -198,6 +201,32 @@ TEST_P(CodegenMatMul, SameBitsAtOneAndTwoThreads) {
     ASSERT_EQ(runs[0][i].nbytes(), runs[1][i].nbytes());
     EXPECT_EQ(std::memcmp(runs[0][i].bytes(), runs[1][i].bytes(), runs[0][i].nbytes()), 0)
         << "result " << i << " differs between 1 and 2 threads";
+  }
+}
+
+TEST_P(CodegenMatMul, SameBitsAtOneAndTwoThreads) { expectSameBitsAtOneAndTwoThreads(GetParam().text); }
+
+// Forces a register tile while it lives (the host's again after).
+struct ForcedTile {
+  explicit ForcedTile(const codegen::RegisterTile &tile) { codegen::forceRegisterTile(&tile); }
+  ~ForcedTile() { codegen::forceRegisterTile(nullptr); }
+};
+
+// Both register tiles, whatever the host's: the same products, the edges
+// (rows past the last whole tile, masked columns) at different places.
+TEST_P(CodegenMatMul, BothRegisterTilesMatchInterpreter) {
+  Graph graph = parseGraph(GetParam().text);
+  TensorMap inputs = randomInputs(graph, 11);
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    ForcedTile forced(*tile);
+    for (int threads : {1, 2}) {
+      stepc::testing::CompareOptions options;
+      options.threads = threads;
+      options.unfused = false;
+      stepc::testing::expectMatchesInterpreter(graph, inputs, initialParams(graph), options);
+    }
+    expectSameBitsAtOneAndTwoThreads(GetParam().text);
   }
 }
 

@@ -3,6 +3,7 @@
 #include "jit_cache.h"
 
 #include "llvm_backend.h"
+#include "tiled_matmul.h"
 
 #include "stepc/file.h"
 #include "stepc/text.h"
@@ -69,9 +70,10 @@ const std::string &hostTarget() {
 std::string hex64(uint64_t value) { return fmt::format("{:016x}", value); }
 
 std::string keyText(const Graph &graph, const CompileOptions &options) {
-  std::string text = fmt::format("{}\nfingerprint {}\nllvm {}\ntarget {}\nfusion {} passes {}\n",
-                                 kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING,
-                                 hostTarget(), options.fusion, options.passes);
+  std::string text = fmt::format(
+      "{}\nfingerprint {}\nllvm {}\ntarget {}\nmatmul tile {}\nfusion {} passes {}\n",
+      kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING, hostTarget(),
+      registerTile().name, options.fusion, options.passes);
   if (options.memoryBudget.given())
     text += fmt::format("memory budget {} bytes {}%\n", options.memoryBudget.bytes,
                         options.memoryBudget.percent);

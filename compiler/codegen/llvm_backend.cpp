@@ -270,6 +270,14 @@ std::string hostTargetDescription() {
                      machine->getTargetCPU().str(), machine->getTargetFeatureString().str());
 }
 
+int hostVectorRegisterBits() {
+  static const int bits = [] {
+    auto machine = hostMachine();
+    return llvm::StringRef(machine->getTargetFeatureString()).contains("+avx512f") ? 512 : 256;
+  }();
+  return bits;
+}
+
 std::shared_ptr<LoadedObject> LoadedObject::load(const std::string &objectBytes) {
   return std::make_shared<OrcObject>(objectBytes);
 }

@@ -26,6 +26,10 @@ std::string compileToObject(const std::string &mlirModule, const std::string &da
 // every cache key, since objects are built for it.
 std::string hostTargetDescription();
 
+// The width of the host's vector registers the kernels may use: 512 with
+// AVX-512, else 256 (AVX2). The matmul register tile is sized from it.
+int hostVectorRegisterBits();
+
 // Machine code loaded in memory (LLVM ORC). Symbols stay valid while it lives.
 class LoadedObject {
 public:

@@ -1,17 +1,22 @@
 #include "tiled_matmul.h"
 
+#include "llvm_backend.h"
+
+#include "stepc/error.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
 #include <stdexcept>
 #include <vector>
 
 namespace stepc::codegen {
 namespace {
 
-constexpr int kRows = 8;    // rows of a register tile
-constexpr int kVectors = 2; // vector<16xf32> per row of a tile
-constexpr int kLanes = 16;  // AVX-512: 16 f32 lanes
+constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
 constexpr const char *kVec = "vector<16xf32>";
 
 std::string memref(int64_t rows, int64_t cols) {
@@ -189,18 +194,17 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
 
 // Rows [lo, hi) of A x B^T: 4x4 tiles, then the leftover rows and columns
 // one at a time.
-void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const std::string &lo,
-                     const std::string &hi, const std::string &tileEnd) {
-  constexpr int kTile = 4;
-  int64_t colTiles = mm.n / kTile * kTile;
+void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                     const std::string &lo, const std::string &hi, const std::string &tileEnd) {
+  int64_t colTiles = mm.n / tile.dotCols * tile.dotCols;
   auto columns = [&](const std::string &row, int rows) {
     if (colTiles > 0) {
       std::string col = w.fresh("j");
       w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                         w.indexConstant(colTiles), w.indexConstant(kTile)));
+                         w.indexConstant(colTiles), w.indexConstant(tile.dotCols)));
       w.indent();
       w.pushScope();
-      emitDotTile(w, mm, row, rows, col, kTile);
+      emitDotTile(w, mm, row, rows, col, tile.dotCols);
       w.popScope();
       w.dedent();
       w.line("}");
@@ -212,10 +216,11 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const std::string &lo
     }
   };
   std::string row = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(kTile)));
+  w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd,
+                     w.indexConstant(tile.dotRows)));
   w.indent();
   w.pushScope();
-  columns(row, kTile);
+  columns(row, tile.dotRows);
   w.popScope();
   w.dedent();
   w.line("}");
@@ -224,49 +229,77 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const std::string &lo
   w.endFor();
 }
 
+constexpr RegisterTile kAvx512Tile{"8x32", 8, 2, 4, 4};
+constexpr RegisterTile kAvx2Tile{"6x16", 6, 1, 2, 2};
+std::atomic<const RegisterTile *> forcedTile{nullptr};
+
 } // namespace
+
+const RegisterTile &avx512Tile() { return kAvx512Tile; }
+const RegisterTile &avx2Tile() { return kAvx2Tile; }
+
+const RegisterTile &registerTile() {
+  if (const RegisterTile *forced = forcedTile.load())
+    return *forced;
+  static const RegisterTile &chosen = [] () -> const RegisterTile & {
+    if (const char *env = std::getenv("STEPC_MATMUL_TILE")) {
+      for (const RegisterTile *tile : {&kAvx512Tile, &kAvx2Tile})
+        if (std::string_view(env) == tile->name)
+          return *tile;
+      throw Error(fmt::format("STEPC_MATMUL_TILE={}: expected {} or {}", env, kAvx512Tile.name,
+                              kAvx2Tile.name));
+    }
+    // The same target machine compiles the kernels (llvm_backend.cpp).
+    return hostVectorRegisterBits() >= 512 ? kAvx512Tile : kAvx2Tile;
+  }();
+  return chosen;
+}
+
+void forceRegisterTile(const RegisterTile *tile) { forcedTile.store(tile); }
 
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   if (mm.accumulate && !mm.bTransposed)
     throw std::logic_error("tiled matmul: accumulate needs the dot-product path");
   if (mm.epilogue && mm.bTransposed)
     throw std::logic_error("tiled matmul: an epilogue needs the vector path");
+  const RegisterTile &tile = registerTile();
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
-  if (mm.bTransposed) {
+  // Whole row tiles end at lo + floor((hi - lo) / tileRows) * tileRows.
+  auto wholeTilesEnd = [&](int tileRows) {
     std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
-    std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(4)));
-    std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(4)));
-    emitDotProducts(w, mm, lo, hi, w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled)));
+    std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(tileRows)));
+    std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(tileRows)));
+    return w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled));
+  };
+  if (mm.bTransposed) {
+    emitDotProducts(w, mm, tile, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
   }
-  // Whole row tiles end at lo + floor((hi - lo) / 8) * 8.
-  std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
-  std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(kRows)));
-  std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(kRows)));
-  std::string tileEnd = w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled));
+  const int rows = tile.rows, vectors = tile.vectors;
+  std::string tileEnd = wholeTilesEnd(rows);
 
-  int64_t wideCols = (mm.n / (kVectors * kLanes)) * kVectors * kLanes;
+  int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
   int64_t narrowCols = (mm.n / kLanes) * kLanes;
 
   // Column panels outside, row tiles inside.
   if (wideCols > 0) {
     std::string col = w.fresh("j");
     w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                       w.indexConstant(wideCols), w.indexConstant(kVectors * kLanes)));
+                       w.indexConstant(wideCols), w.indexConstant(vectors * kLanes)));
     w.indent();
     w.pushScope();
     std::string row = w.fresh("i");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(kRows)));
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
     w.indent();
     w.pushScope();
-    emitVectorTile(w, mm, row, kRows, col, kVectors);
+    emitVectorTile(w, mm, row, rows, col, vectors);
     w.popScope();
     w.dedent();
     w.line("}");
     // Leftover rows of this panel, one at a time.
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, mm, r, 1, col, kVectors);
+    emitVectorTile(w, mm, r, 1, col, vectors);
     w.endFor();
     w.popScope();
     w.dedent();
@@ -278,15 +311,15 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     w.endFor();
   }
   if (mm.n > narrowCols) {
-    // The last columns: one masked vector per row, 8 rows at a time.
+    // The last columns: one masked vector per row, a tile's rows at a time.
     std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
                                             mm.n - narrowCols));
     std::string col = w.indexConstant(narrowCols);
     std::string row = w.fresh("i");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(kRows)));
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
     w.indent();
     w.pushScope();
-    emitVectorTile(w, mm, row, kRows, col, 1, mask);
+    emitVectorTile(w, mm, row, rows, col, 1, mask);
     w.popScope();
     w.dedent();
     w.line("}");

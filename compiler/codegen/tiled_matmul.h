@@ -34,11 +34,36 @@ struct TiledMatMul {
       epilogue = nullptr;
 };
 
-// Blocks of 8 rows x 32 columns accumulate in 16 vector<16xf32> registers
-// over the whole K loop (one broadcast of A and two loads of B feed 16
-// FMAs); column blocks are the outer loop so a 32-column panel of B stays in
+// The register tile, sized so its accumulators, one broadcast of A and the
+// loads of B fit the target's vector registers (a spill in the K loop costs
+// a load and a store per FMA). Every vector is vector<16xf32>: one zmm
+// register on AVX-512, two ymm on AVX2.
+struct RegisterTile {
+  const char *name;  // "8x32": rows x columns, part of the JIT cache key
+  int rows;          // rows of a tile
+  int vectors;       // vector<16xf32> per row
+  int dotRows, dotCols; // the B^T path's tile of dot products
+};
+// AVX-512 (32 zmm): 8 rows x 32 columns, 16 accumulators; B^T 4x4.
+const RegisterTile &avx512Tile();
+// AVX2 (16 ymm): 6 rows x 16 columns, 12 ymm accumulators (BLIS's Haswell
+// kernel shape); B^T 2x2, 8 ymm.
+const RegisterTile &avx2Tile();
+// The tile for the target the kernels are compiled for: the host
+// (hostVectorRegisterBits, llvm_backend.h; JIT and AOT both compile for it),
+// unless the environment variable STEPC_MATMUL_TILE names one ("8x32" or
+// "6x16": to compare them in one benchmark run).
+const RegisterTile &registerTile();
+// Tests only: every later emitTiledMatMul uses `tile` (nullptr: the host's
+// again). The JIT cache key names registerTile(), so cached kernels stay
+// right.
+void forceRegisterTile(const RegisterTile *tile);
+
+// Blocks of registerTile() rows x columns accumulate in registers over the
+// whole K loop (one broadcast of A and the loads of B feed a row's FMAs);
+// column blocks are the outer loop so a 32-column panel of B stays in
 // L2 while the row blocks pass over it. Edges use one-row tiles and masked
-// vectors. With B^T, 4x4 tiles of dot products accumulate 16-lane partial
+// vectors. With B^T, small tiles of dot products accumulate 16-lane partial
 // sums along K and reduce them at the end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
