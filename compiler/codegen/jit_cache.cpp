@@ -154,7 +154,7 @@ uint64_t fnv1a64(std::string_view bytes) {
 
 namespace {
 struct ObjectJob;
-void storeObject(const ObjectJob &job, const std::optional<std::string> &graphKey,
+bool storeObject(const ObjectJob &job, const std::optional<std::string> &graphKey,
                  const std::vector<std::string> &kernels);
 
 // One object to have: the entry module or a kernel body, from the disk
@@ -231,7 +231,8 @@ DiskLookup lookUpObject(ObjectJob &job) {
 // The object first, then the metadata that vouches for it: a reader that
 // sees new metadata with an old object fails the checksum and recompiles.
 // The entry module's metadata also names the graph's key and kernels.
-void storeObject(const ObjectJob &job, const std::optional<std::string> &graphKey,
+// False if it could not be written (counted once per compile by the caller).
+bool storeObject(const ObjectJob &job, const std::optional<std::string> &graphKey,
                  const std::vector<std::string> &kernels) {
   try {
     std::filesystem::create_directories(std::filesystem::path(job.stem).parent_path());
@@ -247,9 +248,10 @@ void storeObject(const ObjectJob &job, const std::optional<std::string> &graphKe
       meta["kernels"] = kernels;
     }
     writeFileAtomically(job.stem + ".json", meta.dump(1));
+    return true;
   } catch (const std::exception &) {
     // A read-only or full cache directory must not fail the compile.
-    count(&JitCacheStats::writeFailures);
+    return false;
   }
 }
 
@@ -333,10 +335,17 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
     objects.push_back(job.object);
   bindKernels(lowered.spec, LoadedObject::load(objects));
   times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - loadStart).count();
+  // The bodies first, then the entry points that need them; the first
+  // failure (a read-only or full directory) ends the writing.
+  std::stable_partition(toCompile.begin(), toCompile.end(),
+                        [&](const ObjectJob *job) { return job != &jobs[0]; });
   for (const ObjectJob *job : toCompile)
-    if (!job->stem.empty())
-      storeObject(*job, job == &jobs[0] ? std::optional<std::string>(key) : std::nullopt,
-                  kernelNames(lowered.spec));
+    if (!job->stem.empty() &&
+        !storeObject(*job, job == &jobs[0] ? std::optional<std::string>(key) : std::nullopt,
+                     kernelNames(lowered.spec))) {
+      count(&JitCacheStats::writeFailures);
+      break;
+    }
   if (!options.cache) {
     report(CacheOutcome::Off);
   } else if (toCompile.empty()) {
