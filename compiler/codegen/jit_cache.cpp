@@ -282,6 +282,8 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
     if (it != state().entries.end()) {
       ++state().stats.memoryHits;
       report(CacheOutcome::MemoryHit);
+      lastTimes = {};
+      lastTimes.total = elapsed();
       return *it->second;
     }
   }

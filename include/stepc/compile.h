@@ -119,16 +119,20 @@ std::unique_ptr<Executable> compileJit(const Graph &graph, const CompileOptions 
 // change code (fusion, passes), the LLVM version and a fingerprint of the
 // codegen sources. Input shapes and dtypes are part of the graph's text.
 //
-// In memory, a hit copies a finished ExecutableSpec: no MLIR, no LLVM, no
-// disk (microseconds plus copying the initial params). On disk, under
-// jitCacheDirectory(), an entry is NAME-KEY.o (the object) and NAME-KEY.json
-// (the full key, the object's size and checksum, and a checksum of the
-// kernels' MLIR text); a hit re-runs the graph passes and the kernel text
-// emission to rebuild the spec (milliseconds, no MLIR or LLVM), checks it
-// against the entry and loads the object. Entries are written atomically
-// (temporary file, rename); one that is truncated, corrupt or stale is
-// ignored, counted, recompiled and overwritten. Memory keeps the 64 latest
-// entries; nothing is ever evicted from disk.
+// In memory, a hit copies a finished ExecutableSpec: no passes, no MLIR, no
+// LLVM, no disk (the key's text plus copying the initial params). On disk,
+// under jitCacheDirectory(), objects are cached one by one: each distinct
+// kernel body as kernels/body_HASH.o (HASH: of its MLIR text, which holds no
+// arena offsets, so graphs that share a layer share its objects), and the
+// graph's entry points as NAME-KEY.o; each with a .json that names the
+// codegen, the target, the MLIR text's checksum and size, and the object's
+// size and checksum. A miss re-runs the graph passes and the kernel text
+// emission (milliseconds), loads what is on disk and compiles the rest in
+// parallel (CompileOptions::compileThreads), so changing one layer
+// recompiles only its kernels. Entries are written atomically (temporary
+// file, rename); one that is truncated, corrupt or stale is ignored,
+// counted, recompiled and overwritten. Memory keeps the 64 latest graphs;
+// nothing is ever evicted from disk.
 struct JitCacheStats {
   int64_t memoryHits = 0;     // served from this process' memory
   int64_t diskHits = 0;       // loaded from the cache directory
