@@ -531,16 +531,20 @@ TEST_F(JitTest, MlpTrainingStepHitsAreCheap) {
 Graph layersGraph(int width3 = 16) {
   return parseGraph(fmt::format(R"(graph layers {{
   input %x : f32[8,16]
+  input %y : f32[8,{0}]
   param %w1 : f32[16,16] = xavier_uniform(seed=1)
   param %b1 : f32[16] = zeros()
   param %w2 : f32[16,16] = xavier_uniform(seed=2)
   param %b2 : f32[16] = zeros()
   param %w3 : f32[16,{0}] = xavier_uniform(seed=3)
   param %b3 : f32[{0}] = zeros()
-  %h1 = tanh(linear(%x, %w1, %b1))
-  %h2 = tanh(linear(%h1, %w2, %b2))
-  %h3 = tanh(linear(%h2, %w3, %b3))
-  %loss = mean(%h3)
+  %z1 = linear(%x, %w1, %b1)
+  %h1 = tanh(%z1)
+  %z2 = linear(%h1, %w2, %b2)
+  %h2 = tanh(%z2)
+  %z3 = linear(%h2, %w3, %b3)
+  %h3 = tanh(%z3)
+  %loss = mse(%h3, %y)
   output loss = %loss
 }}
 )",
