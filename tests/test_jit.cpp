@@ -22,6 +22,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
 #include <optional>
 
 #include <unistd.h>
@@ -520,6 +522,133 @@ TEST_F(JitTest, MlpTrainingStepHitsAreCheap) {
   EXPECT_EQ(jitCacheStats().misses, 1);
   EXPECT_EQ(jitCacheStats().memoryHits, 1);
   EXPECT_EQ(jitCacheStats().diskHits, 1);
+}
+
+// --- Kernels shared by structure, compiled in parallel, cached per kernel --
+
+// Three layers of the same shapes: their kernels are the same code. `width3`
+// changes the third layer alone.
+Graph layersGraph(int width3 = 16) {
+  return parseGraph(fmt::format(R"(graph layers {{
+  input %x : f32[8,16]
+  input %y : f32[8,{0}]
+  param %w1 : f32[16,16] = xavier_uniform(seed=1)
+  param %b1 : f32[16] = zeros()
+  param %w2 : f32[16,16] = xavier_uniform(seed=2)
+  param %b2 : f32[16] = zeros()
+  param %w3 : f32[16,{0}] = xavier_uniform(seed=3)
+  param %b3 : f32[{0}] = zeros()
+  %z1 = linear(%x, %w1, %b1)
+  %h1 = tanh(%z1)
+  %z2 = linear(%h1, %w2, %b2)
+  %h2 = tanh(%z2)
+  %z3 = linear(%h2, %w3, %b3)
+  %h3 = tanh(%z3)
+  %loss = mse(%h3, %y)
+  output loss = %loss
+}}
+)",
+                                width3),
+                    "layers.sg");
+}
+
+Graph layersStep(int width3 = 16) {
+  Optimizer adam = Optimizer::adam();
+  adam.lr = 1e-2;
+  return trainStep(layersGraph(width3), "loss", adam);
+}
+
+TEST_F(JitTest, RepeatedLayersShareKernelsAndMatchTheInterpreter) {
+  Graph step = layersStep();
+  LoweredGraph lowered = lowerGraph(step);
+  size_t shared = 0;
+  for (size_t k = 0; k < lowered.sameCodeAs.size(); ++k)
+    shared += lowered.sameCodeAs[k] != k;
+  EXPECT_GE(shared, 4u) << "the layers' forward, backward and update kernels are the same code";
+  EXPECT_EQ(lowered.bodies.size() + shared, lowered.spec.kernels.size());
+  // The fusion report marks them (stepc opt --fusion-report).
+  std::map<std::string, std::string> sameCode;
+  std::string firstPair;
+  for (size_t k = 0; k < lowered.sameCodeAs.size(); ++k)
+    if (size_t first = lowered.sameCodeAs[k]; first != k) {
+      sameCode[lowered.spec.kernels[k].name] = lowered.spec.kernels[first].name;
+      if (firstPair.empty())
+        firstPair = fmt::format("{} = {}", lowered.spec.kernels[k].name,
+                                lowered.spec.kernels[first].name);
+    }
+  EXPECT_THAT(fusionReport(lowered.graph, lowered.plan, lowered.buffers, sameCode),
+              HasSubstr(firstPair));
+  compileAndCheck(step);
+  // Shared code runs each kernel on its own values: several steps agree
+  // with the interpreter's.
+  auto exe = compileJit(step);
+  TensorMap params = initialParams(step);
+  TensorMap inputs = randomInputs(step, 5);
+  for (int i = 0; i < 3; ++i) {
+    auto outputs = exe->step(inputs);
+    TensorMap expected = interpretStep(step, inputs, params);
+    EXPECT_TRUE(allClose(outputs.at("loss"), expected.at("loss"), 1e-4, 1e-6)) << i;
+    for (const ParamUpdate &u : step.updates) {
+      const std::string &name = step.node(u.param).name;
+      EXPECT_TRUE(allClose(exe->param(name), params.at(name), 1e-4, 1e-6)) << name << " step " << i;
+    }
+  }
+}
+
+TEST_F(JitTest, ChangingOneLayerRecompilesOnlyItsKernels) {
+  compileAndCheck(layersStep());
+  int64_t first = jitCacheStats().kernelsCompiled;
+  clearJitMemoryCache();
+  resetJitCacheStats();
+  compileAndCheck(layersStep(24));
+  JitCacheStats stats = jitCacheStats();
+  EXPECT_EQ(stats.misses, 1);
+  // The third layer's forward, backward and update, the loss after it and
+  // the entry points change; the first two layers' code comes from disk.
+  EXPECT_GE(stats.kernelsFromDisk, 4) << "the first layers' kernels are on disk";
+  EXPECT_LT(stats.kernelsCompiled, first) << "of " << first;
+}
+
+// The objects on disk (kernel bodies and entry points) by file name.
+std::map<std::string, std::string> objectFiles(const fs::path &dir) {
+  std::map<std::string, std::string> files;
+  for (const auto &e : fs::recursive_directory_iterator(dir))
+    if (e.path().extension() == ".o") {
+      std::ifstream in(e.path(), std::ios::binary);
+      files[fs::relative(e.path(), dir).string()] =
+          std::string(std::istreambuf_iterator<char>(in), {});
+    }
+  return files;
+}
+
+TEST_F(JitTest, CompileThreadsDoNotChangeTheCode) {
+  Graph step = layersStep();
+  TensorMap inputs = randomInputs(step, 3);
+  std::map<std::string, std::string> objects[2];
+  std::map<std::string, Tensor> outputs[2];
+  for (int threads : {1, 2}) {
+    fs::path dir = dir_ / fmt::format("threads{}", threads);
+    ::setenv("STEPC_CACHE_DIR", dir.c_str(), 1);
+    clearJitMemoryCache();
+    auto exe = compileJit(step, {.compileThreads = threads});
+    EXPECT_EQ(lastCompileTimes().threads, threads);
+    outputs[threads - 1] = exe->step(inputs);
+    objects[threads - 1] = objectFiles(dir);
+  }
+  EXPECT_GT(objects[0].size(), 2u);
+  EXPECT_TRUE(objects[0] == objects[1]) << "the same object files, byte for byte";
+  for (const auto &[name, value] : outputs[0])
+    EXPECT_TRUE(allClose(value, outputs[1].at(name), 0, 0)) << name;
+}
+
+TEST_F(JitTest, MemoryHitRunsNoPasses) {
+  Graph step = layersStep();
+  compileJit(step);
+  CompileTimes compiled = lastCompileTimes();
+  EXPECT_GT(compiled.kernels, 0);
+  compileJit(step);
+  EXPECT_EQ(jitCacheStats().memoryHits, 1);
+  EXPECT_EQ(lastCompileTimes().kernels, 0) << "a hit lowers nothing";
 }
 
 } // namespace

@@ -13,6 +13,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <map>
 #include <set>
 #include <unordered_map>
 
@@ -50,6 +53,67 @@ void giveSourcesKernels(const Graph &graph, FusionPlan &plan) {
   }
 }
 
+// The kernel's text with its own name taken out: the function is
+// @__body and its constants @__body_cst0, 1, ... in order of appearance
+// (their names carry value ids). Kernels with the same canonical text are
+// the same code.
+std::string canonicalBody(const codegen::KernelSource &source) {
+  std::string text = source.globals + source.function;
+  std::string name = "@" + source.name;
+  std::string out;
+  std::map<std::string, size_t> constants;
+  size_t pos = 0;
+  for (size_t at = text.find(name); at != std::string::npos; at = text.find(name, pos)) {
+    out.append(text, pos, at - pos);
+    pos = at + name.size();
+    if (text.compare(pos, 4, "_cst") == 0) {
+      size_t end = pos + 4;
+      while (end < text.size() && std::isdigit(static_cast<unsigned char>(text[end])))
+        ++end;
+      auto it = constants.emplace(text.substr(pos + 4, end - pos - 4), constants.size()).first;
+      out += fmt::format("@__body_cst{}", it->second);
+      pos = end;
+    } else {
+      out += "@__body";
+    }
+  }
+  out.append(text, pos);
+  return out;
+}
+
+std::string replaceAll(std::string text, const std::string &from, const std::string &to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+  return text;
+}
+
+std::string bodyArguments(size_t offsets) {
+  std::string types = "memref<?xi8>, index, index";
+  for (size_t k = 0; k < offsets; ++k)
+    types += ", index";
+  return types;
+}
+
+// The kernel's C interface: calls its body with its arena offsets.
+std::string entryPoint(const std::string &name, const std::string &body,
+                       const std::vector<int64_t> &offsets) {
+  std::string text = fmt::format("  func.func @{}(%arena: memref<?xi8>, %begin: index, %end: "
+                                 "index) attributes {{llvm.emit_c_interface}} {{\n",
+                                 name);
+  std::string args = "%arena, %begin, %end";
+  for (size_t k = 0; k < offsets.size(); ++k) {
+    text += fmt::format("    %off{} = arith.constant {} : index\n", k, offsets[k]);
+    args += fmt::format(", %off{}", k);
+  }
+  text += fmt::format("    func.call @{}({}) : ({}) -> ()\n    return\n  }}\n", body, args,
+                      bodyArguments(offsets.size()));
+  return text;
+}
+
+double secondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {
   std::vector<bool> used(graph.size(), false);
   for (size_t id = 0; id < graph.size(); ++id)
@@ -67,6 +131,7 @@ std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {
 
 LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   LoweredGraph out;
+  auto start = std::chrono::steady_clock::now();
   out.graph = input;
   verify(out.graph);
   if (options.passes) {
@@ -81,6 +146,8 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     remat.run(out.graph);
     out.remat = remat.report();
   }
+  out.times.passes = secondsSince(start);
+  start = std::chrono::steady_clock::now();
   const Graph &g = out.graph;
   FusionOptions fusion;
   fusion.enabled = options.fusion;
@@ -98,7 +165,11 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     perturbed = full.groups[options.perturbKernel->group].nodes;
   }
   giveSourcesKernels(g, out.plan);
+  out.times.fusion = secondsSince(start);
+  start = std::chrono::steady_clock::now();
   out.buffers = planBuffers(g, out.plan);
+  out.times.bufferPlan = secondsSince(start);
+  start = std::chrono::steady_clock::now();
 
   std::unordered_map<ValueId, int64_t> offsets;
   for (const Buffer &b : out.buffers.buffers)
@@ -127,6 +198,9 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     spec.arenaBytes = scratchOffset;
   }
   int64_t scratchBytes = 0;
+  std::unordered_map<std::string, size_t> bodyOf; // canonical text -> index in out.bodies
+  std::set<std::string> bodySymbols;
+  std::string declarations;
   for (const FusionGroup &group : out.plan.groups) {
     // The lowering rule of all_reduce: no code, a collective step that the
     // runtime runs through its communicator (MPI, NCCL).
@@ -139,6 +213,8 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
       step.collective = KernelSpec::Collective{
           *parseReduceOp(g.node(v).attrs.getString("reduction")),
           {fmt::format("%{}", from), g.type(from), offsetOf(from)}};
+      out.sameCodeAs.push_back(spec.kernels.size());
+      out.entryPoints.emplace_back();
       spec.kernels.push_back(std::move(step));
       if (cuda)
         out.launches.emplace_back();
@@ -152,8 +228,31 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     spec.indexChecks.insert(spec.indexChecks.end(), source.indexChecks.begin(),
                             source.indexChecks.end());
     scratchBytes = std::max(scratchBytes, source.scratchBytes);
-    globals += source.globals;
-    functions += source.function;
+    size_t kernelIndex = spec.kernels.size();
+    if (!cuda) {
+      std::string canonical = canonicalBody(source);
+      auto [it, fresh] = bodyOf.emplace(canonical, out.bodies.size());
+      if (fresh) {
+        KernelBody body;
+        body.symbol = fmt::format("body_{:016x}", codegen::fnv1a64(canonical));
+        // A hash collision between different texts: keep the symbols apart.
+        while (!bodySymbols.insert(body.symbol).second)
+          body.symbol += "_";
+        body.text = replaceAll(canonical, "@__body", "@" + body.symbol);
+        declarations += fmt::format("  func.func private @{}({})\n", body.symbol,
+                                    bodyArguments(source.offsets.size()));
+        out.bodies.push_back(std::move(body));
+      }
+      KernelBody &body = out.bodies[it->second];
+      out.sameCodeAs.push_back(body.kernels.empty() ? kernelIndex : body.kernels[0]);
+      body.kernels.push_back(kernelIndex);
+      out.entryPoints.push_back(entryPoint(source.name, body.symbol, source.offsets));
+    } else {
+      out.sameCodeAs.push_back(kernelIndex);
+      out.entryPoints.emplace_back();
+      globals += source.globals;
+      functions += source.function;
+    }
     if (cuda) {
       std::vector<CudaLaunch> launches;
       for (const codegen::GpuFunction &f : source.gpuFunctions) {
@@ -188,7 +287,13 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   if (cuda) {
     out.mlirModule = codegen::gpuModuleText(globals, functions);
   } else {
-    out.mlirModule = fmt::format("module {{\n{}{}}}\n", globals, functions);
+    std::string entries;
+    for (const std::string &entry : out.entryPoints)
+      entries += entry;
+    for (const KernelBody &body : out.bodies)
+      functions += body.text;
+    out.mlirModule = fmt::format("module {{\n{}{}}}\n", functions, entries);
+    out.entryModule = fmt::format("module {{\n{}{}}}\n", declarations, entries);
   }
 
   for (ValueId id = 0; id < g.size(); ++id) {
@@ -208,6 +313,9 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   }
   for (auto &[name, tensor] : initialParams(g))
     spec.initialParams.emplace(name, std::move(tensor));
+  out.times.emit = secondsSince(start);
+  out.times.kernels = static_cast<int>(spec.kernels.size());
+  out.times.bodies = static_cast<int>(out.bodies.size());
   return out;
 }
 
@@ -237,20 +345,17 @@ std::string dumpKernelIR(const Graph &graph, const CompileOptions &options,
                             stage));
   std::string module = lowered.mlirModule;
   if (!kernel.empty()) {
-    // Keep only the chosen kernel (and the module's globals).
-    size_t at = module.find(fmt::format("func.func @{}(", kernel));
-    if (at == std::string::npos) {
-      std::string names;
-      for (const KernelSpec &k : lowered.spec.kernels)
-        names += fmt::format("{}{}", names.empty() ? "" : ", ", k.name);
-      throw Error(fmt::format("no kernel named '{}'; the kernels are: {}", kernel, names));
-    }
-    size_t start = module.rfind("\n  func.func", at);
-    size_t end = module.find("\n  func.func", at);
-    size_t firstFunc = module.find("  func.func");
-    std::string header = module.substr(0, firstFunc);
-    std::string body = module.substr(start + 1, (end == std::string::npos ? module.rfind('}') : end + 1) - start - 1);
-    module = header + body + "}\n";
+    // The chosen kernel alone: its entry point and its body.
+    std::string names;
+    for (const KernelBody &body : lowered.bodies)
+      for (size_t k : body.kernels) {
+        if (lowered.spec.kernels[k].name == kernel)
+          return codegen::lowerToStage(
+              fmt::format("module {{\n{}{}}}\n", body.text, lowered.entryPoints[k]), s);
+      }
+    for (const KernelSpec &k : lowered.spec.kernels)
+      names += fmt::format("{}{}", names.empty() ? "" : ", ", k.name);
+    throw Error(fmt::format("no kernel named '{}'; the kernels are: {}", kernel, names));
   }
   return codegen::lowerToStage(module, s);
 }

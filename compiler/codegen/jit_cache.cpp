@@ -18,7 +18,12 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <cctype>
+#include <chrono>
+#include <exception>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -138,55 +143,6 @@ std::vector<std::string> kernelNames(const ExecutableSpec &spec) {
 
 enum class DiskLookup { Absent, Bad, Hit };
 
-// On a hit, binds `lowered.spec` to the entry's object. Anything unexpected
-// (a missing field, a wrong size, a checksum, a symbol LLVM cannot find)
-// makes the entry Bad; the checksums run before LLVM sees the bytes, so a
-// truncated or damaged object is never loaded.
-DiskLookup lookUpDisk(const std::string &stem, const std::string &key, LoweredGraph &lowered) {
-  std::optional<std::string> metaText = readWholeFile(stem + ".json");
-  if (!metaText)
-    return DiskLookup::Absent;
-  try {
-    nlohmann::json meta = nlohmann::json::parse(*metaText);
-    if (meta.at("format").get<std::string>() != kEntryFormat ||
-        meta.at("key").get<std::string>() != key ||
-        meta.at("mlir_fnv1a64").get<std::string>() != hex64(fnv1a64(lowered.mlirModule)) ||
-        meta.at("kernels").get<std::vector<std::string>>() != kernelNames(lowered.spec))
-      return DiskLookup::Bad;
-    std::optional<std::string> object = readWholeFile(stem + ".o");
-    if (!object || object->size() != meta.at("object_bytes").get<size_t>() ||
-        hex64(fnv1a64(*object)) != meta.at("object_fnv1a64").get<std::string>())
-      return DiskLookup::Bad;
-    bindKernels(lowered.spec, LoadedObject::load(*object));
-    return DiskLookup::Hit;
-  } catch (const std::exception &) {
-    return DiskLookup::Bad;
-  }
-}
-
-// The object first, then the metadata that vouches for it: a reader that
-// sees new metadata with an old object fails the checksum and recompiles.
-void storeOnDisk(const std::string &dir, const std::string &stem, const std::string &key,
-                 const LoweredGraph &lowered, const std::string &object) {
-  try {
-    std::filesystem::create_directories(dir);
-    writeFileAtomically(stem + ".o", object);
-    nlohmann::json meta = {
-        {"format", kEntryFormat},
-        {"key_fnv1a64", hex64(fnv1a64(key))},
-        {"mlir_fnv1a64", hex64(fnv1a64(lowered.mlirModule))},
-        {"object_bytes", object.size()},
-        {"object_fnv1a64", hex64(fnv1a64(object))},
-        {"kernels", kernelNames(lowered.spec)},
-        {"key", key},
-    };
-    writeFileAtomically(stem + ".json", meta.dump(1));
-  } catch (const std::exception &) {
-    // A read-only or full cache directory must not fail the compile.
-    count(&JitCacheStats::writeFailures);
-  }
-}
-
 } // namespace
 
 uint64_t fnv1a64(std::string_view bytes) {
@@ -198,46 +154,215 @@ uint64_t fnv1a64(std::string_view bytes) {
   return hash;
 }
 
+namespace {
+struct ObjectJob;
+bool storeObject(const ObjectJob &job, const std::optional<std::string> &graphKey,
+                 const std::vector<std::string> &kernels);
+
+// One object to have: the entry module or a kernel body, from the disk
+// cache or compiled.
+struct ObjectJob {
+  const std::string *module = nullptr;
+  std::string stem; // on disk: STEM.o and STEM.json; empty: no disk cache
+  std::string object;
+  bool fromDisk = false;
+  ObjectTimes times;
+};
+
+// Compiles the jobs' modules, largest first, on `threads` threads. Each
+// object depends on its module's text alone, so the results are the same
+// bytes whatever the thread count and order.
+void compileObjects(std::vector<ObjectJob *> jobs, int threads) {
+  std::stable_sort(jobs.begin(), jobs.end(), [](const ObjectJob *a, const ObjectJob *b) {
+    return a->module->size() > b->module->size();
+  });
+  std::atomic<size_t> next = 0;
+  std::mutex failure;
+  std::exception_ptr error;
+  auto work = [&] {
+    for (size_t k = next++; k < jobs.size(); k = next++) {
+      try {
+        jobs[k]->object = compileToObject(*jobs[k]->module, &jobs[k]->times);
+      } catch (...) {
+        std::lock_guard lock(failure);
+        if (!error)
+          error = std::current_exception();
+        next = jobs.size();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads && static_cast<size_t>(t) < jobs.size(); ++t)
+    pool.emplace_back(work);
+  work();
+  for (std::thread &thread : pool)
+    thread.join();
+  if (error)
+    std::rethrow_exception(error);
+}
+
+// What an object entry's metadata vouches for: the codegen, the target and
+// the module's text (by checksum and size).
+std::string objectKey(const std::string &module) {
+  return fmt::format("{}\nfingerprint {}\nllvm {}\ntarget {}\nmlir {} bytes fnv1a64 {}\n",
+                     kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING,
+                     hostTarget(), module.size(), hex64(fnv1a64(module)));
+}
+
+DiskLookup lookUpObject(ObjectJob &job) {
+  std::optional<std::string> metaText = readWholeFile(job.stem + ".json");
+  if (!metaText)
+    return DiskLookup::Absent;
+  try {
+    nlohmann::json meta = nlohmann::json::parse(*metaText);
+    if (meta.at("format").get<std::string>() != kEntryFormat ||
+        meta.at("key").get<std::string>() != objectKey(*job.module))
+      return DiskLookup::Bad;
+    std::optional<std::string> object = readWholeFile(job.stem + ".o");
+    if (!object || object->size() != meta.at("object_bytes").get<size_t>() ||
+        hex64(fnv1a64(*object)) != meta.at("object_fnv1a64").get<std::string>())
+      return DiskLookup::Bad;
+    job.object = std::move(*object);
+    job.fromDisk = true;
+    return DiskLookup::Hit;
+  } catch (const std::exception &) {
+    return DiskLookup::Bad;
+  }
+}
+
+// The object first, then the metadata that vouches for it: a reader that
+// sees new metadata with an old object fails the checksum and recompiles.
+// The entry module's metadata also names the graph's key and kernels.
+// False if it could not be written (counted once per compile by the caller).
+bool storeObject(const ObjectJob &job, const std::optional<std::string> &graphKey,
+                 const std::vector<std::string> &kernels) {
+  try {
+    std::filesystem::create_directories(std::filesystem::path(job.stem).parent_path());
+    writeFileAtomically(job.stem + ".o", job.object);
+    nlohmann::json meta = {
+        {"format", kEntryFormat},
+        {"key", objectKey(*job.module)},
+        {"object_bytes", job.object.size()},
+        {"object_fnv1a64", hex64(fnv1a64(job.object))},
+    };
+    if (graphKey) {
+      meta["graph_key"] = *graphKey;
+      meta["kernels"] = kernels;
+    }
+    writeFileAtomically(job.stem + ".json", meta.dump(1));
+    return true;
+  } catch (const std::exception &) {
+    // A read-only or full cache directory must not fail the compile.
+    return false;
+  }
+}
+
+int compileThreads(const CompileOptions &options) {
+  if (options.compileThreads > 0)
+    return options.compileThreads;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+thread_local CompileTimes lastTimes;
+
+} // namespace
+
 ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheOutcome *outcome) {
   auto report = [&](CacheOutcome how) {
     if (outcome)
       *outcome = how;
   };
-  if (!options.cache) {
-    LoweredGraph lowered = lowerGraph(graph, options);
-    bindKernels(lowered.spec, LoadedObject::load(compileToObject(lowered.mlirModule)));
-    report(CacheOutcome::Off);
-    return std::move(lowered.spec);
-  }
-
-  std::string key = keyText(graph, options);
-  {
+  auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  std::string key;
+  if (options.cache) {
+    key = keyText(graph, options);
     std::lock_guard lock(state().mutex);
     auto it = state().entries.find(key);
     if (it != state().entries.end()) {
       ++state().stats.memoryHits;
       report(CacheOutcome::MemoryHit);
+      lastTimes = {};
+      lastTimes.total = elapsed();
       return *it->second;
     }
   }
 
   LoweredGraph lowered = lowerGraph(graph, options);
-  std::string dir = jitCacheDirectory();
-  std::string stem = dir.empty() ? "" : entryStem(dir, graph, key);
-  DiskLookup disk = stem.empty() ? DiskLookup::Absent : lookUpDisk(stem, key, lowered);
-  if (disk == DiskLookup::Hit) {
+  CompileTimes times = lowered.times;
+  std::string dir = options.cache ? jitCacheDirectory() : "";
+  // The entry points under the graph's own entry, the bodies under
+  // kernels/ by their text's hash, shared by every graph that has them.
+  std::vector<ObjectJob> jobs(lowered.bodies.size() + 1);
+  jobs[0].module = &lowered.entryModule;
+  std::vector<std::string> bodyModules;
+  bodyModules.reserve(lowered.bodies.size());
+  for (size_t b = 0; b < lowered.bodies.size(); ++b) {
+    bodyModules.push_back(fmt::format("module {{\n{}}}\n", lowered.bodies[b].text));
+    jobs[b + 1].module = &bodyModules.back();
+    if (!dir.empty())
+      jobs[b + 1].stem = fmt::format("{}/kernels/{}", dir, lowered.bodies[b].symbol);
+  }
+  if (!dir.empty())
+    jobs[0].stem = entryStem(dir, graph, key);
+  auto objectsStart = std::chrono::steady_clock::now();
+  std::vector<ObjectJob *> toCompile;
+  for (ObjectJob &job : jobs) {
+    DiskLookup disk = job.stem.empty() ? DiskLookup::Absent : lookUpObject(job);
+    if (disk == DiskLookup::Bad)
+      count(&JitCacheStats::badEntries);
+    if (disk != DiskLookup::Hit)
+      toCompile.push_back(&job);
+  }
+  times.threads = compileThreads(options);
+  compileObjects(toCompile, times.threads);
+  times.objects = std::chrono::duration<double>(std::chrono::steady_clock::now() - objectsStart).count();
+  for (const ObjectJob &job : jobs) {
+    times.mlirParse += job.times.parse;
+    times.mlirLowering += job.times.lowering;
+    times.llvmOptimize += job.times.optimize;
+    times.llvmCodegen += job.times.codegen;
+    times.diskObjects += job.fromDisk;
+  }
+  times.compiledObjects = static_cast<int>(toCompile.size());
+  {
+    std::lock_guard lock(state().mutex);
+    state().stats.kernelsCompiled += static_cast<int64_t>(toCompile.size());
+    state().stats.kernelsFromDisk += times.diskObjects;
+  }
+
+  auto loadStart = std::chrono::steady_clock::now();
+  std::vector<std::string> objects;
+  for (const ObjectJob &job : jobs)
+    objects.push_back(job.object);
+  bindKernels(lowered.spec, LoadedObject::load(objects));
+  times.load = std::chrono::duration<double>(std::chrono::steady_clock::now() - loadStart).count();
+  // The bodies first, then the entry points that need them; the first
+  // failure (a read-only or full directory) ends the writing.
+  std::stable_partition(toCompile.begin(), toCompile.end(),
+                        [&](const ObjectJob *job) { return job != &jobs[0]; });
+  for (const ObjectJob *job : toCompile)
+    if (!job->stem.empty() &&
+        !storeObject(*job, job == &jobs[0] ? std::optional<std::string>(key) : std::nullopt,
+                     kernelNames(lowered.spec))) {
+      count(&JitCacheStats::writeFailures);
+      break;
+    }
+  if (!options.cache) {
+    report(CacheOutcome::Off);
+  } else if (toCompile.empty()) {
     count(&JitCacheStats::diskHits);
     report(CacheOutcome::DiskHit);
   } else {
-    if (disk == DiskLookup::Bad)
-      count(&JitCacheStats::badEntries);
-    std::string object = compileToObject(lowered.mlirModule);
     count(&JitCacheStats::misses);
-    bindKernels(lowered.spec, LoadedObject::load(object));
-    if (!stem.empty())
-      storeOnDisk(dir, stem, key, lowered, object);
     report(CacheOutcome::Compiled);
   }
+  times.total = elapsed();
+  lastTimes = times;
+  if (!options.cache)
+    return std::move(lowered.spec);
 
   auto entry = std::make_shared<const ExecutableSpec>(lowered.spec);
   std::lock_guard lock(state().mutex);
@@ -286,6 +411,8 @@ std::string jitCacheDirectory() {
     return home + "/.cache/stepc";
   return "";
 }
+
+CompileTimes lastCompileTimes() { return codegen::lastTimes; }
 
 std::string jitCacheKeyText(const Graph &graph, const CompileOptions &options) {
   return codegen::keyText(graph, options);

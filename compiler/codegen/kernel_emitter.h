@@ -148,6 +148,12 @@ private:
   std::string avgPoolDivisor(const Node &n, const Index &out, const Shape &xs, DType dt);
   void zeroChunk(ValueId id, bool parallel);
   void accumulate(ValueId id, const Index &idx, const std::string &v);
+  // An arena byte offset as an SSA value. On the CPU it is an argument of
+  // the kernel's function (KernelSource::offsets), so that kernels that
+  // differ only in where their values live are the same code (compiled
+  // once, see compile.cpp); on the GPU a constant.
+  std::string arenaOffsetValue(int64_t bytes);
+  std::vector<int64_t> offsets_;
   std::string inBounds(const std::string &v, int64_t size);
   std::string clampIndex(const std::string &v, int64_t size);
   std::string windowCoordinate(const std::string &out, const std::string &tap,

@@ -42,6 +42,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <mutex>
 
 namespace stepc::codegen {
@@ -64,7 +65,8 @@ std::unique_ptr<mlir::MLIRContext> makeContext() {
                   mlir::vector::VectorDialect>();
   mlir::registerBuiltinDialectTranslation(registry);
   mlir::registerLLVMDialectTranslation(registry);
-  auto context = std::make_unique<mlir::MLIRContext>(registry);
+  auto context =
+      std::make_unique<mlir::MLIRContext>(registry, mlir::MLIRContext::Threading::DISABLED);
   context->loadAllAvailableDialects();
   return context;
 }
@@ -177,7 +179,7 @@ std::string printLlvm(const llvm::Module &module) {
 
 class OrcObject : public LoadedObject {
 public:
-  explicit OrcObject(const std::string &bytes) {
+  explicit OrcObject(const std::vector<std::string> &objects) {
     initializeLlvm();
     auto jit = llvm::orc::LLJITBuilder().create();
     if (!jit)
@@ -189,9 +191,11 @@ public:
     if (!generator)
       throw Error("JIT: " + llvm::toString(generator.takeError()));
     jit_->getMainJITDylib().addGenerator(std::move(*generator));
-    auto buffer = llvm::MemoryBuffer::getMemBufferCopy(bytes, "stepc-kernels");
-    if (auto err = jit_->addObjectFile(std::move(buffer)))
-      throw Error("JIT: cannot load kernels: " + llvm::toString(std::move(err)));
+    for (const std::string &bytes : objects) {
+      auto buffer = llvm::MemoryBuffer::getMemBufferCopy(bytes, "stepc-kernels");
+      if (auto err = jit_->addObjectFile(std::move(buffer)))
+        throw Error("JIT: cannot load kernels: " + llvm::toString(std::move(err)));
+    }
   }
 
   void *symbol(const std::string &name) override {
@@ -232,19 +236,28 @@ std::string lowerToStage(const std::string &mlirModule, Stage stage) {
   return printLlvm(*llvmModule);
 }
 
-std::string compileToObject(const std::string &mlirModule) {
-  return compileToObject(mlirModule, "", "");
-}
+namespace {
 
 std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
-                            std::string_view data) {
+                            std::string_view data, ObjectTimes *times) {
+  ObjectTimes ignored;
+  ObjectTimes &t = times ? *times : ignored;
+  auto start = std::chrono::steady_clock::now();
+  auto lap = [&](double &into) {
+    auto now = std::chrono::steady_clock::now();
+    into += std::chrono::duration<double>(now - start).count();
+    start = now;
+  };
   auto context = makeContext();
   auto module = parse(*context, mlirModule);
+  lap(t.parse);
   lowerToLlvmDialect(*module);
+  lap(t.lowering);
   auto machine = hostMachine();
   llvm::LLVMContext llvmContext;
   auto llvmModule = translate(*module, llvmContext, *machine);
   optimize(*llvmModule, *machine);
+  lap(t.optimize);
   if (!dataSymbol.empty()) {
     // At least one byte: a zero-length array would have no address to take.
     std::string bytes(data.empty() ? std::string_view("\0", 1) : data);
@@ -261,7 +274,19 @@ std::string compileToObject(const std::string &mlirModule, const std::string &da
   if (machine->addPassesToEmitFile(pm, os, nullptr, llvm::CodeGenFileType::ObjectFile))
     throw std::logic_error("the host target cannot emit object files");
   pm.run(*llvmModule);
+  lap(t.codegen);
   return std::string(buffer.begin(), buffer.end());
+}
+
+} // namespace
+
+std::string compileToObject(const std::string &mlirModule, ObjectTimes *times) {
+  return compileToObject(mlirModule, "", "", times);
+}
+
+std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
+                            std::string_view data) {
+  return compileToObject(mlirModule, dataSymbol, data, nullptr);
 }
 
 std::string hostTargetDescription() {
@@ -279,7 +304,11 @@ int hostVectorRegisterBits() {
 }
 
 std::shared_ptr<LoadedObject> LoadedObject::load(const std::string &objectBytes) {
-  return std::make_shared<OrcObject>(objectBytes);
+  return std::make_shared<OrcObject>(std::vector<std::string>{objectBytes});
+}
+
+std::shared_ptr<LoadedObject> LoadedObject::load(const std::vector<std::string> &objects) {
+  return std::make_shared<OrcObject>(objects);
 }
 
 } // namespace stepc::codegen

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace stepc::codegen {
 
@@ -14,9 +15,17 @@ enum class Stage { Mlir, LlvmDialect, LlvmIr, OptimizedLlvmIr };
 // Lowers a module of kernels to the given stage and prints it.
 std::string lowerToStage(const std::string &mlirModule, Stage stage);
 
+// Seconds per stage of one compileToObject.
+struct ObjectTimes {
+  double parse = 0, lowering = 0, optimize = 0, codegen = 0;
+};
+
 // Compiles a module of kernels to a relocatable object for the host CPU
-// (its native vector width: AVX-512 here), optimized at O3.
-std::string compileToObject(const std::string &mlirModule);
+// (its native vector width: AVX-512 here), optimized at O3. Thread-safe:
+// each call has its own MLIR and LLVM contexts (MLIR's own threading is
+// off; callers compile modules in parallel), and the object depends on the
+// text alone.
+std::string compileToObject(const std::string &mlirModule, ObjectTimes *times = nullptr);
 // As above, plus a read-only, 64-byte aligned byte array named `dataSymbol`
 // holding `data`: how AOT artifacts carry their initial params.
 std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
@@ -34,6 +43,8 @@ int hostVectorRegisterBits();
 class LoadedObject {
 public:
   static std::shared_ptr<LoadedObject> load(const std::string &objectBytes);
+  // Several objects linked together (an entry module and the bodies it calls).
+  static std::shared_ptr<LoadedObject> load(const std::vector<std::string> &objects);
   virtual ~LoadedObject() = default;
   // The address of a symbol; throws stepc::Error if it is missing.
   virtual void *symbol(const std::string &name) = 0;

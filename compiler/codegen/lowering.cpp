@@ -51,8 +51,15 @@ std::string sanitize(const std::string &name) {
 // ---------------------------------------------------------------------------
 // Storage
 
+std::string KernelEmitter::arenaOffsetValue(int64_t bytes) {
+  if (gpu_)
+    return w_.indexConstant(bytes);
+  offsets_.push_back(bytes);
+  return fmt::format("%off{}", offsets_.size() - 1);
+}
+
 std::string KernelEmitter::arenaView(ValueId id) {
-  std::string offset = w_.indexConstant(arenaOffset_(id));
+  std::string offset = arenaOffsetValue(arenaOffset_(id));
   return w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to {}", offset,
                                memrefType(g_.type(id))));
 }
@@ -185,7 +192,7 @@ std::string KernelEmitter::outOfRange(ValueId user, const Index &at, const std::
   w_.indent();
   w_.pushScope();
   std::string record = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}xi64>",
-                                             w_.indexConstant(fault_.offset), kFaultRecordWords));
+                                             arenaOffsetValue(fault_.offset), kFaultRecordWords));
   std::string old = w_.assign(fmt::format("memref.atomic_rmw ori {}, {}[{}] : (i64, memref<{}xi64>) -> i64",
                                           w_.integerConstant(1, DType::I64), record,
                                           w_.indexConstant(0), kFaultRecordWords));
@@ -847,7 +854,7 @@ KernelSource KernelEmitter::emit() {
   scratchAt_ = scratchOffsets(roots, scratchBytes);
   for (const auto &[id, offset] : scratchAt_)
     views_[id] = w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to {}",
-                                       w_.indexConstant(offset), memrefType(g_.type(id))));
+                                       arenaOffsetValue(offset), memrefType(g_.type(id))));
 
   // Scalars the kernel only reads are loaded once, up front: a load inside
   // the loops from the arena the loops also store to is a dependence LLVM
@@ -908,10 +915,13 @@ KernelSource KernelEmitter::emit() {
   out.indexChecks = kernelChecks(out.name);
   out.globals = globals_;
   out.parallelExtent = extent;
+  out.offsets = offsets_;
+  std::string offsetArgs;
+  for (size_t k = 0; k < offsets_.size(); ++k)
+    offsetArgs += fmt::format(", %off{}: index", k);
   out.function = fmt::format(
-      "  func.func @{}(%arena: memref<?xi8>, %begin: index, %end: index) attributes "
-      "{{llvm.emit_c_interface}} {{\n{}  }}\n",
-      out.name, w_.text());
+      "  func.func @{}(%arena: memref<?xi8>, %begin: index, %end: index{}) {{\n{}  }}\n",
+      out.name, offsetArgs, w_.text());
   return out;
 }
 

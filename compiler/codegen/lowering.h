@@ -23,7 +23,13 @@ struct GpuFunction {
 struct KernelSource {
   std::string name;
   std::string globals;  // module-level ops (constant data), may be empty
-  std::string function; // func.func @name(%arena: memref<?xi8>, %begin, %end)
+  // CPU: func.func @name(%arena: memref<?xi8>, %begin, %end, %off0, ...),
+  // the byte offsets in the arena of what it reads and writes passed as
+  // index arguments (`offsets`, in order), so that its text says nothing of
+  // where values live. Not a C interface: compile.cpp calls it from an
+  // entry point with the offsets as constants.
+  std::string function;
+  std::vector<int64_t> offsets;
   int64_t parallelExtent = 1;
   // GPU only (function is then empty): the kernel's loop nests, launched in
   // order.

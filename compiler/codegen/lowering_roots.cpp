@@ -253,7 +253,7 @@ bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w)
 std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int64_t rows,
                                       int64_t cols) {
   DType dt = dtypeOf(id);
-  std::string offset = w_.indexConstant(byteOffset(id));
+  std::string offset = arenaOffsetValue(byteOffset(id));
   if (!sample.empty()) {
     std::string shift = w_.assign(fmt::format(
         "arith.muli {}, {} : index", sample,

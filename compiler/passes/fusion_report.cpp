@@ -191,14 +191,18 @@ std::string peakLines(const Graph &graph, const FusionPlan &plan, const BufferPl
 } // namespace
 
 std::string fusionReport(const Graph &graph, const FusionPlan &plan,
-                         const BufferPlan &buffers) {
+                         const BufferPlan &buffers,
+                         const std::map<std::string, std::string> &sameCodeAs) {
   struct Row {
     std::string name, kind, ops, read, written, source;
   };
   std::vector<Row> rows;
   int64_t moved = 0;
   for (const FusionGroup &group : plan.groups) {
-    rows.push_back({group.name, std::string(fusionKindName(group.kind)),
+    auto shared = sameCodeAs.find(group.name);
+    rows.push_back({shared == sameCodeAs.end() ? group.name
+                                               : fmt::format("{} = {}", group.name, shared->second),
+                    std::string(fusionKindName(group.kind)),
                     opList(graph, group.nodes), fmt::format("{}", group.bytesRead),
                     fmt::format("{}", group.bytesWritten), provenance(graph, group.nodes)});
     moved += group.bytesRead + group.bytesWritten;

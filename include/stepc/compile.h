@@ -28,6 +28,9 @@ struct CompileOptions {
   // then jitCacheDirectory()) before compiling, and stores what it compiles.
   // Not part of the cache key.
   bool cache = true;
+  // Threads that compile the kernels through MLIR and LLVM (the JIT); 0: one
+  // per core. The code is the same whatever the count.
+  int compileThreads = 0;
   // Target::Cuda lowers every kernel to gpu.funcs (compiler/codegen/
   // gpu_lowering.cpp) and PTX for `gpuArch` ("sm_90", "sm_80", ...).
   // compileJit is for the CPU only.
@@ -59,6 +62,28 @@ struct KernelInfo {
   std::vector<std::string> provenance;
 };
 
+// CPU: the code of one or more kernels. Kernels whose MLIR is the same but
+// for where their values live in the arena (the same ops, shapes and
+// attributes, as in repeated layers) share one body, compiled once; each
+// kernel is an entry point that calls its body with its arena offsets.
+struct KernelBody {
+  std::string symbol; // "body_<hash of the text>"
+  std::string text; // its globals and its function (module-level ops)
+  std::vector<size_t> kernels; // the kernels of spec that run it, first first
+};
+
+// Where compile time went (jitSpec, the last compile of this thread;
+// `stepc bench` prints it). Seconds; the MLIR and LLVM stages are summed
+// over the objects compiled (CPU time: they run in parallel), `objects` is
+// their wall time.
+struct CompileTimes {
+  double passes = 0, fusion = 0, bufferPlan = 0, emit = 0; // graph -> MLIR text
+  double mlirParse = 0, mlirLowering = 0, llvmOptimize = 0, llvmCodegen = 0;
+  double objects = 0, load = 0, total = 0;
+  int kernels = 0, bodies = 0, compiledObjects = 0, diskObjects = 0, threads = 0;
+};
+CompileTimes lastCompileTimes();
+
 // A graph taken down to an MLIR module of kernels.
 struct LoweredGraph {
   Graph graph; // after the passes
@@ -66,6 +91,16 @@ struct LoweredGraph {
   FusionPlan plan;
   BufferPlan buffers;
   std::string mlirModule; // Target::Cuda: one gpu.module of gpu.funcs
+  // CPU: mlirModule's parts, compiled one by one (and in parallel) by the
+  // JIT: the distinct kernel bodies, and the kernels' entry points (which
+  // declare the bodies they call).
+  std::vector<KernelBody> bodies;
+  std::vector<std::string> entryPoints; // per kernel of spec ("" for collectives)
+  std::string entryModule; // the entry points and declarations of the bodies
+  // Per kernel of spec: the index of the first kernel with the same body
+  // (`stepc opt --fusion-report` shows "k57 = k9"), or its own index.
+  std::vector<size_t> sameCodeAs;
+  CompileTimes times; // passes, fusion, buffer plan, emission
   ExecutableSpec spec; // complete but for the kernels' function pointers
   // Target::Cuda: per kernel of spec, the gpu.funcs it launches in order.
   std::vector<std::vector<CudaLaunch>> launches;
@@ -84,22 +119,30 @@ std::unique_ptr<CpuExecutable> compileJit(const Graph &graph, const CompileOptio
 // change code (fusion, passes), the LLVM version and a fingerprint of the
 // codegen sources. Input shapes and dtypes are part of the graph's text.
 //
-// In memory, a hit copies a finished ExecutableSpec: no MLIR, no LLVM, no
-// disk (microseconds plus copying the initial params). On disk, under
-// jitCacheDirectory(), an entry is NAME-KEY.o (the object) and NAME-KEY.json
-// (the full key, the object's size and checksum, and a checksum of the
-// kernels' MLIR text); a hit re-runs the graph passes and the kernel text
-// emission to rebuild the spec (milliseconds, no MLIR or LLVM), checks it
-// against the entry and loads the object. Entries are written atomically
-// (temporary file, rename); one that is truncated, corrupt or stale is
-// ignored, counted, recompiled and overwritten. Memory keeps the 64 latest
-// entries; nothing is ever evicted from disk.
+// In memory, a hit copies a finished ExecutableSpec: no passes, no MLIR, no
+// LLVM, no disk (the key's text plus copying the initial params). On disk,
+// under jitCacheDirectory(), objects are cached one by one: each distinct
+// kernel body as kernels/body_HASH.o (HASH: of its MLIR text, which holds no
+// arena offsets, so graphs that share a layer share its objects), and the
+// graph's entry points as NAME-KEY.o; each with a .json that names the
+// codegen, the target, the MLIR text's checksum and size, and the object's
+// size and checksum. A miss re-runs the graph passes and the kernel text
+// emission (milliseconds), loads what is on disk and compiles the rest in
+// parallel (CompileOptions::compileThreads), so changing one layer
+// recompiles only its kernels. Entries are written atomically (temporary
+// file, rename); one that is truncated, corrupt or stale is ignored,
+// counted, recompiled and overwritten. Memory keeps the 64 latest graphs;
+// nothing is ever evicted from disk.
 struct JitCacheStats {
   int64_t memoryHits = 0;     // served from this process' memory
   int64_t diskHits = 0;       // loaded from the cache directory
   int64_t misses = 0;         // compiled through MLIR and LLVM
   int64_t badEntries = 0;     // disk entries found corrupt or stale, then rewritten
   int64_t writeFailures = 0;  // entries that could not be written (the compile succeeds)
+  // Objects (kernel bodies, and each graph's entry points) compiled and
+  // loaded from disk, over all misses and disk hits.
+  int64_t kernelsCompiled = 0;
+  int64_t kernelsFromDisk = 0;
 };
 JitCacheStats jitCacheStats();
 void resetJitCacheStats();

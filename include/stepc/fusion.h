@@ -33,6 +33,7 @@
 
 #include <functional>
 #include <optional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -166,8 +167,11 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan);
 // locations of its ops (and, for gradient nodes, the forward op they
 // differentiate). The last line is exactly
 //   total: K kernels, B bytes read+written, peak arena P bytes
+// `sameCodeAs` (from codegen: LoweredGraph::sameCodeAs by kernel name) marks
+// kernels that share the code of an earlier one: "k57 = k9".
 std::string fusionReport(const Graph &graph, const FusionPlan &plan,
-                         const BufferPlan &buffers);
+                         const BufferPlan &buffers,
+                         const std::map<std::string, std::string> &sameCodeAs = {});
 // Every refused fusion, one per line, with the rule that refused it.
 std::string whyNotFused(const Graph &graph, const FusionPlan &plan);
 // Graphviz DOT: one cluster per kernel, edges between values.

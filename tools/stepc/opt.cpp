@@ -2,6 +2,7 @@
 // result, optionally with the graph after each pass and per-pass statistics.
 #include "commands.h"
 
+#include "stepc/compile.h"
 #include "stepc/file.h"
 #include "stepc/fusion.h"
 #include "stepc/passes.h"
@@ -10,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <map>
 #include <cstdlib>
 
 namespace stepc::cli {
@@ -94,10 +96,25 @@ Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pip
   return graph;
 }
 
+// Kernels the CPU code generator compiles once for several (the same ops,
+// shapes and attributes, as in repeated layers): "k57" -> "k9". Empty where
+// the graph does not lower for the CPU.
+std::map<std::string, std::string> sharedKernels(const Graph &graph, const OptOptions &options) {
+  std::map<std::string, std::string> shared;
+  try {
+    LoweredGraph lowered = lowerGraph(graph, {.fusion = !options.noFusion, .passes = false});
+    for (size_t k = 0; k < lowered.sameCodeAs.size(); ++k)
+      if (lowered.sameCodeAs[k] != k)
+        shared[lowered.spec.kernels[k].name] = lowered.spec.kernels[lowered.sameCodeAs[k]].name;
+  } catch (const Error &) {
+  }
+  return shared;
+}
+
 void showFusion(const Graph &graph, const OptOptions &options) {
   FusionPlan plan = planFusion(graph, {.enabled = !options.noFusion});
   if (options.fusionReport)
-    fmt::print("{}", fusionReport(graph, plan, planBuffers(graph, plan)));
+    fmt::print("{}", fusionReport(graph, plan, planBuffers(graph, plan), sharedKernels(graph, options)));
   if (options.whyNotFused)
     fmt::print("{}", options.noFusion ? "fusion is off (--no-fusion): nothing was refused\n"
                                       : whyNotFused(graph, plan));

@@ -252,6 +252,7 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
   resetJitCacheStats();
   std::unique_ptr<Executable> fused;
   double compileMs = millisecondsOf([&] { fused = compileJit(graph, fusedOptions, run); });
+  CompileTimes compileTimes = lastCompileTimes();
   std::optional<double> memoryHitMs, diskHitMs;
   std::string cacheNote;
   if (jitCacheStats().misses == 1) {
@@ -302,6 +303,14 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
              load[0], load[1], load[2]);
   fmt::print("compile: {:.1f} ms (passes, MLIR, LLVM, load){}\n", compileMs,
              unfusedCompileMs ? fmt::format("; unfused {:.1f} ms", *unfusedCompileMs) : "");
+  const CompileTimes &t = compileTimes;
+  fmt::print("compile time: passes {:.0f} ms, fusion {:.0f}, buffer plan {:.0f}, MLIR text {:.0f}; "
+             "{} kernels, {} distinct bodies, {} objects compiled on {} threads in {:.0f} ms "
+             "(CPU: MLIR parse {:.0f}, MLIR lowering {:.0f}, LLVM optimize {:.0f}, LLVM codegen "
+             "{:.0f}); load {:.0f} ms\n",
+             t.passes * 1e3, t.fusion * 1e3, t.bufferPlan * 1e3, t.emit * 1e3, t.kernels,
+             t.bodies, t.compiledObjects, t.threads, t.objects * 1e3, t.mlirParse * 1e3,
+             t.mlirLowering * 1e3, t.llvmOptimize * 1e3, t.llvmCodegen * 1e3, t.load * 1e3);
   fmt::print("cache hit: {} in memory, {} from disk{}\n",
              memoryHitMs ? fmt::format("{:.2f} ms", *memoryHitMs) : "n/a",
              diskHitMs ? fmt::format("{:.2f} ms", *diskHitMs) : "n/a", cacheNote);
@@ -335,6 +344,13 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
       {"warmup", options.warmup},
       {"load_average", load},
       {"compile_ms", compileMs},
+      {"compile_breakdown_ms",
+       {{"passes", t.passes * 1e3}, {"fusion", t.fusion * 1e3}, {"buffer_plan", t.bufferPlan * 1e3},
+        {"mlir_text", t.emit * 1e3}, {"objects_wall", t.objects * 1e3},
+        {"mlir_parse_cpu", t.mlirParse * 1e3}, {"mlir_lowering_cpu", t.mlirLowering * 1e3},
+        {"llvm_optimize_cpu", t.llvmOptimize * 1e3}, {"llvm_codegen_cpu", t.llvmCodegen * 1e3},
+        {"load", t.load * 1e3}, {"kernels", t.kernels}, {"bodies", t.bodies},
+        {"objects_compiled", t.compiledObjects}, {"threads", t.threads}}},
       {"unfused_compile_ms", optionalJson(unfusedCompileMs)},
       {"cache_hit_ms", optionalJson(memoryHitMs)},
       {"cache_hit_disk_ms", optionalJson(diskHitMs)},
