@@ -296,7 +296,7 @@ FusionDecision Fuser::analyze(const std::vector<ValueId> &nodes, KernelShape *ou
                     &Fuser::reductionWithContraction})
     if (Refusal why = (this->*rule)(nodes))
       return FusionDecision::no(std::move(*why));
-  Candidate c{nodes, kernelShape(nodes)};
+  Candidate c{nodes, kernelShape(nodes), 0, {}, {}};
   if (nodes.size() > 1) {
     if (Refusal why = reductionSpacesDiffer(c))
       return FusionDecision::no(std::move(*why));

@@ -316,7 +316,7 @@ int trainWith(
   int64_t evalBatches = eval.rows / batch;
   if (lead && !eval.arrays.empty()) {
     evaluator = compile(model, evalRun);
-    if (int64_t dropped = eval.rows % batch)
+    if (eval.rows % batch != 0)
       fmt::print("evaluation uses {} of {} rows (whole batches of {})\n", evalBatches * batch,
                  eval.rows, batch);
   }
