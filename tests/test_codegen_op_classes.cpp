@@ -68,14 +68,23 @@ std::vector<OneOpKernel> oneOpKernels(const Graph &graph) {
   return out;
 }
 
-// Whether `function` loads from the arena view at byte offset `offset`.
-bool loadsFromOffset(const std::string &function, int64_t offset) {
+// Whether the kernel loads from the arena view at byte offset `offset`. A
+// CPU kernel takes its offsets as arguments (%off0, ... in
+// KernelSource::offsets' order); a GPU kernel has them as constants.
+bool loadsFromOffset(const codegen::KernelSource &kernel, int64_t offset) {
+  const std::string &function = kernel.function;
+  std::vector<std::string> offsetValues;
+  for (size_t k = 0; k < kernel.offsets.size(); ++k)
+    if (kernel.offsets[k] == offset)
+      offsetValues.push_back("%off" + std::to_string(k));
   std::smatch m;
   std::regex constant("(%[A-Za-z0-9_]+) = arith.constant " + std::to_string(offset) + " : index");
-  std::set<std::string> views;
   for (auto it = function.cbegin(); std::regex_search(it, function.cend(), m, constant);
-       it = m.suffix().first) {
-    std::regex view("(%[A-Za-z0-9_]+) = memref.view %arena\\[" + m[1].str() + "\\]");
+       it = m.suffix().first)
+    offsetValues.push_back(m[1].str());
+  std::set<std::string> views;
+  for (const std::string &value : offsetValues) {
+    std::regex view("(%[A-Za-z0-9_]+) = memref.view %arena\\[" + value + "\\]");
     std::smatch v;
     for (auto jt = function.cbegin(); std::regex_search(jt, function.cend(), v, view);
          jt = v.suffix().first)
@@ -97,7 +106,7 @@ TEST(OpClasses, OnlyScatterFormKernelsReadTheirOwnOutput) {
     OpKind op = graph.node(k.value).op;
     SCOPED_TRACE(std::string(opInfo(op).name));
     seen.insert(op);
-    EXPECT_EQ(loadsFromOffset(k.cpu.function, 4096 * int64_t(k.value + 1)),
+    EXPECT_EQ(loadsFromOffset(k.cpu, 4096 * int64_t(k.value + 1)),
               opInfo(op).is(kScatterForm));
   }
   // Every op that runs in a kernel was looked at.

@@ -5,6 +5,7 @@
 #include "gpu_lowering.h"
 #include "jit_cache.h"
 #include "llvm_backend.h"
+#include "mlir_text.h"
 
 #include "stepc/compile.h"
 #include "stepc/file.h"
@@ -687,6 +688,9 @@ AotArtifact compileAot(const Graph &graph, const CompileOptions &options, const 
       throw std::logic_error(fmt::format("AOT: kernel {} is not in the module", kernel.name));
     module.replace(at, from.size(), fmt::format("func.func @stepc_{}_{}(", name, kernel.name));
   }
+  // So are the shared kernel bodies (body_HASH, its constants body_HASH_cst0,
+  // ...): the same layer in two graphs hashes alike.
+  module = codegen::replaceAll(module, "@body_", fmt::format("@stepc_{}_body_", name));
   codegen::ParamBlob blob = codegen::packInitialParams(lowered.spec);
   std::string object =
       codegen::compileToObject(module, fmt::format("stepc_{}_initial_params", name), blob.bytes);

@@ -6,6 +6,7 @@
 #include "jit_cache.h"
 #include "llvm_backend.h"
 #include "lowering.h"
+#include "mlir_text.h"
 
 #include "stepc/graph_values.h"
 #include "stepc/passes.h"
@@ -79,12 +80,6 @@ std::string canonicalBody(const codegen::KernelSource &source) {
   }
   out.append(text, pos);
   return out;
-}
-
-std::string replaceAll(std::string text, const std::string &from, const std::string &to) {
-  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
-    text.replace(at, from.size(), to);
-  return text;
 }
 
 std::string bodyArguments(size_t offsets) {
@@ -238,7 +233,7 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
         // A hash collision between different texts: keep the symbols apart.
         while (!bodySymbols.insert(body.symbol).second)
           body.symbol += "_";
-        body.text = replaceAll(canonical, "@__body", "@" + body.symbol);
+        body.text = codegen::replaceAll(canonical, "@__body", "@" + body.symbol);
         declarations += fmt::format("  func.func private @{}({})\n", body.symbol,
                                     bodyArguments(source.offsets.size()));
         out.bodies.push_back(std::move(body));

@@ -115,4 +115,10 @@ void MlirWriter::cache(const std::string &key, const std::string &value) {
   scopes_.back()[key] = value;
 }
 
+std::string replaceAll(std::string text, const std::string &from, const std::string &to) {
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+  return text;
+}
+
 } // namespace stepc::codegen

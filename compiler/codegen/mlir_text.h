@@ -19,6 +19,10 @@ std::string memoryElementType(DType dtype);
 // "memref<128x784xf32>", "memref<f32>" for scalars.
 std::string memrefType(const TensorType &type);
 
+// `text` with every occurrence of `from` replaced by `to` (symbol renames in
+// module text).
+std::string replaceAll(std::string text, const std::string &from, const std::string &to);
+
 class MlirWriter {
 public:
   // Appends one line at the current indentation.
