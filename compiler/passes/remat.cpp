@@ -161,10 +161,12 @@ std::optional<Candidate> candidateFor(const Graph &graph, const Liveness &l, Val
   Candidate c{v, {}, {}};
   int firstLate = std::numeric_limits<int>::max();
   for (ValueId u : l.users[v]) {
+    // A user in the peak kernel itself counts as late: a copy fused into
+    // that kernel computes the value there from its (fewer, smaller)
+    // operands instead of reading it. Whether it fuses, and so whether the
+    // peak falls, only re-planning tells; run() keeps the choice only then.
     int k = l.fusion.groupOf[u];
-    if (k == p)
-      return std::nullopt; // the peak kernel itself reads it
-    if (k > p) {
+    if (k >= p) {
       c.lateUsers.push_back(u);
       firstLate = std::min(firstLate, k);
     }
@@ -208,10 +210,27 @@ std::optional<Candidate> candidateFor(const Graph &graph, const Liveness &l, Val
   return c;
 }
 
-// Inserts the candidate's copies (remat=mark) just before its first late
-// user and points the late users at the copy of the value.
-void apply(Graph &graph, const Candidate &c, int64_t mark) {
-  ValueId place = *std::min_element(c.lateUsers.begin(), c.lateUsers.end());
+// Where the copies go: before the first node of the kernel holding the first
+// late user, so that fusion may put them into that kernel (rule
+// "recomputation runs late" keeps them out of a kernel with an ordinary node
+// before them), but after every operand they read and never after the first
+// late user.
+ValueId placeFor(const Graph &graph, const Liveness &l, const Candidate &c) {
+  ValueId firstUser = *std::min_element(c.lateUsers.begin(), c.lateUsers.end());
+  ValueId place = firstUser;
+  for (ValueId v : l.fusion.groups[l.fusion.groupOf[firstUser]].nodes)
+    place = std::min(place, v);
+  for (ValueId x : c.copies)
+    for (ValueId o : graph.node(x).operands)
+      if (!std::binary_search(c.copies.begin(), c.copies.end(), o))
+        place = std::max(place, o + 1);
+  return std::min(place, firstUser);
+}
+
+// Inserts the candidate's copies (remat=mark) at placeFor and points the late
+// users at the copy of the value.
+void apply(Graph &graph, const Liveness &l, const Candidate &c, int64_t mark) {
+  ValueId place = placeFor(graph, l, c);
   ValueId shift = static_cast<ValueId>(c.copies.size());
   auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
   std::vector<ValueId> copyOf(graph.size(), std::numeric_limits<ValueId>::max());
@@ -336,7 +355,7 @@ bool Rematerialization::run(Graph &graph) {
     bool improved = false;
     for (size_t i = 0; i < candidates.size() && i < kTriesPerStep && !improved; ++i) {
       Graph trial = graph;
-      apply(trial, candidates[i], nextMark);
+      apply(trial, current, candidates[i], nextMark);
       Liveness next = analyze(trial, fusion_);
       if (next.key() < current.key()) {
         graph = std::move(trial);
