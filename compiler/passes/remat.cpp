@@ -266,6 +266,78 @@ void apply(Graph &graph, const Liveness &l, const Candidate &c, int64_t mark) {
   passes::eraseIfUnused(graph, {c.value});
 }
 
+// Moves each scalar computed from params, inputs and constants alone (an
+// optimizer's step count and bias corrections) to just after its operands.
+// Training steps build those after the backward pass, and a gradient's
+// reduction fused with its param's update has to wait for them: the
+// gradient, and what the reduction reads, stay alive across the rest of the
+// backward pass. The order of every other node is kept.
+void hoistStepScalars(Graph &graph) {
+  size_t n = graph.size();
+  std::vector<bool> scalar(n, false);
+  for (ValueId v = 0; v < n; ++v) {
+    const Node &node = graph.node(v);
+    bool interface = node.op == OpKind::Input || node.op == OpKind::Parameter;
+    scalar[v] = !interface && node.type.numel() == 1 &&
+                opInfo(node.op).opClass != OpClass::Collective &&
+                std::all_of(node.operands.begin(), node.operands.end(), [&](ValueId o) {
+                  OpKind op = graph.node(o).op;
+                  return op == OpKind::Input || op == OpKind::Parameter || scalar[o];
+                });
+  }
+  constexpr ValueId kPlaced = std::numeric_limits<ValueId>::max();
+  std::vector<ValueId> order, waiting;
+  std::vector<bool> placed(n, false);
+  auto place = [&](ValueId v) {
+    order.push_back(v);
+    placed[v] = true;
+  };
+  auto placeReadyScalars = [&] {
+    for (bool again = true; again;) {
+      again = false;
+      for (ValueId &w : waiting) {
+        if (w == kPlaced)
+          continue;
+        const std::vector<ValueId> &ops = graph.node(w).operands;
+        if (std::all_of(ops.begin(), ops.end(), [&](ValueId o) { return placed[o]; })) {
+          place(w);
+          w = kPlaced;
+          again = true;
+        }
+      }
+    }
+  };
+  for (ValueId v = 0; v < n; ++v)
+    if (scalar[v])
+      waiting.push_back(v);
+  placeReadyScalars();
+  for (ValueId v = 0; v < n; ++v) {
+    if (scalar[v])
+      continue;
+    place(v);
+    placeReadyScalars();
+  }
+  std::vector<ValueId> newId(n);
+  for (size_t i = 0; i < n; ++i)
+    newId[order[i]] = static_cast<ValueId>(i);
+  std::vector<Node> nodes;
+  nodes.reserve(n);
+  for (ValueId v : order) {
+    Node node = graph.node(v);
+    for (ValueId &o : node.operands)
+      o = newId[o];
+    nodes.push_back(std::move(node));
+  }
+  graph.nodes = std::move(nodes);
+  for (GraphOutput &o : graph.outputs)
+    o.value = newId[o.value];
+  for (ParamUpdate &u : graph.updates) {
+    u.param = newId[u.param];
+    u.value = newId[u.value];
+  }
+  graph.reindexNames();
+}
+
 // Bound on the greedy loop: plans tried per step, and steps.
 constexpr size_t kTriesPerStep = 12;
 constexpr int kMaxSteps = 400;
@@ -342,6 +414,14 @@ bool Rematerialization::run(Graph &graph) {
   for (const Node &node : graph.nodes)
     if (node.attrs.has("remat"))
       nextMark = std::max(nextMark, node.attrs.getInt("remat") + 1);
+  if (current.arena > report_.budget) {
+    Graph hoisted = graph;
+    hoistStepScalars(hoisted);
+    if (Liveness next = analyze(hoisted, fusion_); next.key() < current.key()) {
+      graph = std::move(hoisted);
+      current = std::move(next);
+    }
+  }
   for (int step = 0; step < kMaxSteps && current.arena > report_.budget; ++step) {
     std::vector<Candidate> candidates;
     for (ValueId v = 0; v < graph.size(); ++v)
