@@ -7,12 +7,16 @@
 // late users (the copy's own operands are params, inputs or values alive there
 // anyway), so the original dies after its last early user.
 //
+// First, once: scalars computed from params and inputs alone (an optimizer's
+// bias corrections) move next to their operands (hoistStepScalars).
+//
 // Choosing what to recompute (greedy, as Chen et al.'s "Training deep nets
 // with sublinear memory cost" and XLA's HloRematerialization do it by hand):
 // 1. Plan the graph as it will be compiled (planFusion, planBuffers) and find
 //    the kernel where the most kernel-written bytes are alive: the peak.
-// 2. Candidates are values alive across the peak, not read by the peak kernel,
-//    with users after it. Each gets a copy set (the value, plus the producers
+// 2. Candidates are values alive across the peak with users in the peak
+//    kernel or after it (a copy fused into the peak kernel recomputes a value
+//    there from fewer, smaller operands). Each gets a copy set (the value, plus the producers
 //    that are not alive at its first late user) and a score: bytes freed at
 //    the peak (less the bytes of operands whose life the copy would extend
 //    across it) per operation recomputed.
