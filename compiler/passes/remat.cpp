@@ -7,12 +7,16 @@
 // late users (the copy's own operands are params, inputs or values alive there
 // anyway), so the original dies after its last early user.
 //
+// First, once: scalars computed from params and inputs alone (an optimizer's
+// bias corrections) move next to their operands (hoistStepScalars).
+//
 // Choosing what to recompute (greedy, as Chen et al.'s "Training deep nets
 // with sublinear memory cost" and XLA's HloRematerialization do it by hand):
 // 1. Plan the graph as it will be compiled (planFusion, planBuffers) and find
 //    the kernel where the most kernel-written bytes are alive: the peak.
-// 2. Candidates are values alive across the peak, not read by the peak kernel,
-//    with users after it. Each gets a copy set (the value, plus the producers
+// 2. Candidates are values alive across the peak with users in the peak
+//    kernel or after it (a copy fused into the peak kernel recomputes a value
+//    there from fewer, smaller operands). Each gets a copy set (the value, plus the producers
 //    that are not alive at its first late user) and a score: bytes freed at
 //    the peak (less the bytes of operands whose life the copy would extend
 //    across it) per operation recomputed.
@@ -161,10 +165,12 @@ std::optional<Candidate> candidateFor(const Graph &graph, const Liveness &l, Val
   Candidate c{v, {}, {}};
   int firstLate = std::numeric_limits<int>::max();
   for (ValueId u : l.users[v]) {
+    // A user in the peak kernel itself counts as late: a copy fused into
+    // that kernel computes the value there from its (fewer, smaller)
+    // operands instead of reading it. Whether it fuses, and so whether the
+    // peak falls, only re-planning tells; run() keeps the choice only then.
     int k = l.fusion.groupOf[u];
-    if (k == p)
-      return std::nullopt; // the peak kernel itself reads it
-    if (k > p) {
+    if (k >= p) {
       c.lateUsers.push_back(u);
       firstLate = std::min(firstLate, k);
     }
@@ -208,10 +214,27 @@ std::optional<Candidate> candidateFor(const Graph &graph, const Liveness &l, Val
   return c;
 }
 
-// Inserts the candidate's copies (remat=mark) just before its first late
-// user and points the late users at the copy of the value.
-void apply(Graph &graph, const Candidate &c, int64_t mark) {
-  ValueId place = *std::min_element(c.lateUsers.begin(), c.lateUsers.end());
+// Where the copies go: before the first node of the kernel holding the first
+// late user, so that fusion may put them into that kernel (rule
+// "recomputation runs late" keeps them out of a kernel with an ordinary node
+// before them), but after every operand they read and never after the first
+// late user.
+ValueId placeFor(const Graph &graph, const Liveness &l, const Candidate &c) {
+  ValueId firstUser = *std::min_element(c.lateUsers.begin(), c.lateUsers.end());
+  ValueId place = firstUser;
+  for (ValueId v : l.fusion.groups[l.fusion.groupOf[firstUser]].nodes)
+    place = std::min(place, v);
+  for (ValueId x : c.copies)
+    for (ValueId o : graph.node(x).operands)
+      if (!std::binary_search(c.copies.begin(), c.copies.end(), o))
+        place = std::max(place, o + 1);
+  return std::min(place, firstUser);
+}
+
+// Inserts the candidate's copies (remat=mark) at placeFor and points the late
+// users at the copy of the value.
+void apply(Graph &graph, const Liveness &l, const Candidate &c, int64_t mark) {
+  ValueId place = placeFor(graph, l, c);
   ValueId shift = static_cast<ValueId>(c.copies.size());
   auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
   std::vector<ValueId> copyOf(graph.size(), std::numeric_limits<ValueId>::max());
@@ -245,6 +268,78 @@ void apply(Graph &graph, const Candidate &c, int64_t mark) {
   graph.reindexNames();
   // A value that only the backward pass read is now computed there alone.
   passes::eraseIfUnused(graph, {c.value});
+}
+
+// Moves each scalar computed from params, inputs and constants alone (an
+// optimizer's step count and bias corrections) to just after its operands.
+// Training steps build those after the backward pass, and a gradient's
+// reduction fused with its param's update has to wait for them: the
+// gradient, and what the reduction reads, stay alive across the rest of the
+// backward pass. The order of every other node is kept.
+void hoistStepScalars(Graph &graph) {
+  size_t n = graph.size();
+  std::vector<bool> scalar(n, false);
+  for (ValueId v = 0; v < n; ++v) {
+    const Node &node = graph.node(v);
+    bool interface = node.op == OpKind::Input || node.op == OpKind::Parameter;
+    scalar[v] = !interface && node.type.numel() == 1 &&
+                opInfo(node.op).opClass != OpClass::Collective &&
+                std::all_of(node.operands.begin(), node.operands.end(), [&](ValueId o) {
+                  OpKind op = graph.node(o).op;
+                  return op == OpKind::Input || op == OpKind::Parameter || scalar[o];
+                });
+  }
+  constexpr ValueId kPlaced = std::numeric_limits<ValueId>::max();
+  std::vector<ValueId> order, waiting;
+  std::vector<bool> placed(n, false);
+  auto place = [&](ValueId v) {
+    order.push_back(v);
+    placed[v] = true;
+  };
+  auto placeReadyScalars = [&] {
+    for (bool again = true; again;) {
+      again = false;
+      for (ValueId &w : waiting) {
+        if (w == kPlaced)
+          continue;
+        const std::vector<ValueId> &ops = graph.node(w).operands;
+        if (std::all_of(ops.begin(), ops.end(), [&](ValueId o) { return placed[o]; })) {
+          place(w);
+          w = kPlaced;
+          again = true;
+        }
+      }
+    }
+  };
+  for (ValueId v = 0; v < n; ++v)
+    if (scalar[v])
+      waiting.push_back(v);
+  placeReadyScalars();
+  for (ValueId v = 0; v < n; ++v) {
+    if (scalar[v])
+      continue;
+    place(v);
+    placeReadyScalars();
+  }
+  std::vector<ValueId> newId(n);
+  for (size_t i = 0; i < n; ++i)
+    newId[order[i]] = static_cast<ValueId>(i);
+  std::vector<Node> nodes;
+  nodes.reserve(n);
+  for (ValueId v : order) {
+    Node node = graph.node(v);
+    for (ValueId &o : node.operands)
+      o = newId[o];
+    nodes.push_back(std::move(node));
+  }
+  graph.nodes = std::move(nodes);
+  for (GraphOutput &o : graph.outputs)
+    o.value = newId[o.value];
+  for (ParamUpdate &u : graph.updates) {
+    u.param = newId[u.param];
+    u.value = newId[u.value];
+  }
+  graph.reindexNames();
 }
 
 // Bound on the greedy loop: plans tried per step, and steps.
@@ -323,6 +418,14 @@ bool Rematerialization::run(Graph &graph) {
   for (const Node &node : graph.nodes)
     if (node.attrs.has("remat"))
       nextMark = std::max(nextMark, node.attrs.getInt("remat") + 1);
+  if (current.arena > report_.budget) {
+    Graph hoisted = graph;
+    hoistStepScalars(hoisted);
+    if (Liveness next = analyze(hoisted, fusion_); next.key() < current.key()) {
+      graph = std::move(hoisted);
+      current = std::move(next);
+    }
+  }
   for (int step = 0; step < kMaxSteps && current.arena > report_.budget; ++step) {
     std::vector<Candidate> candidates;
     for (ValueId v = 0; v < graph.size(); ++v)
@@ -336,7 +439,7 @@ bool Rematerialization::run(Graph &graph) {
     bool improved = false;
     for (size_t i = 0; i < candidates.size() && i < kTriesPerStep && !improved; ++i) {
       Graph trial = graph;
-      apply(trial, candidates[i], nextMark);
+      apply(trial, current, candidates[i], nextMark);
       Liveness next = analyze(trial, fusion_);
       if (next.key() < current.key()) {
         graph = std::move(trial);
