@@ -669,6 +669,23 @@ TEST(CodegenBufferReuse, OutputOverInputReadLaterInTheKernel) {
   expectMatchesOnRandomData(graph, freshSeed());
 }
 
+// A multi-output kernel of a value and its transpose of the same shape
+// shares one loop nest; the transpose reads the value at the transposed
+// index, which the nest has not stored yet, so it must compute it (gpt.sg's
+// wo gradient, tokens == width: merged heads and their transpose).
+TEST(CodegenMultiOutput, RootReadTransposedByAnotherRootOfItsNest) {
+  Graph graph = parseGraph(R"(
+    graph flat {
+      input %x : f32[2,16,32]
+      %f = reshape(%x) {shape=[32,32]}
+      %t = transpose(%f) {perm=[1,0]}
+      output f = %f
+      output t = %t
+    })");
+  ASSERT_TRUE(fusedTogether(graph, OpKind::Reshape, OpKind::Transpose));
+  expectMatchesOnRandomData(graph, 20261205);
+}
+
 TEST(CodegenBufferReuse, ParamUpdateOverParamReadLaterInTheKernel) {
   Graph graph = parseGraph(R"(
     graph reuse_param {

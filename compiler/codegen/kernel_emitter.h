@@ -166,6 +166,9 @@ private:
   const std::vector<bool> &usedOutside_;
   std::set<ValueId> inGroup_;
   std::map<ValueId, std::string> views_;  // materialized values
+  // The roots of the elementwise nest being emitted: in memory only once the
+  // nest has ended, so a read of one at another index computes it (valueAt).
+  std::set<ValueId> nestRoots_;
   MlirWriter w_;
   std::string globals_;
   std::set<std::string> globalNames_;

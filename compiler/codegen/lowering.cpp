@@ -265,7 +265,10 @@ std::string KernelEmitter::valueAt(ValueId id, const Index &idx) {
     return *hit;
   const Node &n = node(id);
   std::string v;
-  if (views_.count(id))
+  // A root of the current nest is read from memory only where the nest has
+  // stored it; elsewhere (a transpose of it) it is not there yet, and
+  // computing it again is what its own store would have held.
+  if (views_.count(id) && !nestRoots_.count(id))
     v = load(id, idx);
   else if (isInlinable(n.op))
     v = lowerElement(n, id, idx);

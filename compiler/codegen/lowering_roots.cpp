@@ -56,11 +56,13 @@ void KernelEmitter::closeLoops(size_t count) {
 void KernelEmitter::emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel) {
   const Shape &shape = shapeOf(roots.front());
   Index idx = openLoops(shape, parallel);
+  nestRoots_.insert(roots.begin(), roots.end());
   std::vector<std::string> values;
   for (ValueId r : roots) {
     values.push_back(lowerElement(node(r), r, idx));
     w_.cache(fmt::format("{}@{}", r, fmt::join(idx, ",")), values.back());
   }
+  nestRoots_.clear();
   for (size_t i = 0; i < roots.size(); ++i)
     store(roots[i], viewOf(roots[i]), idx, values[i]);
   closeLoops(idx.size());
