@@ -16,6 +16,7 @@
 #include "stepc/interpreter.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
+#include "testing.h"
 
 #include <fmt/ranges.h>
 #include <gmock/gmock.h>
@@ -30,6 +31,7 @@
 #include <string>
 
 using namespace stepc;
+using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 using stepc::testing::exampleNames;
 using stepc::testing::loadExample;
@@ -505,16 +507,6 @@ TEST_P(CudaEmulatedExamples, TrainStepAdam) {
 
 INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
-
-// The message of the stepc::Error `f` throws, or "".
-template <class F> std::string errorOf(F f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
   Graph model = parseGraph(kEmbeddingText, "emb.sg");
