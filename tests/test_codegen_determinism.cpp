@@ -6,7 +6,8 @@
 // split would show (reductions over thousands of terms, a matmul with a
 // large K, scatter_add with many colliding indices, a convolution's weight
 // gradient), runs a few steps at 1, 2 and 3 threads (3 oversubscribes two
-// cores on purpose) and twice at 3; outputs and params must compare equal
+// cores on purpose), at all cores' threads where there are more, and twice
+// at 3; gpt.sg's AdamW step too; outputs and params must compare equal
 // with memcmp. Compiles whole training steps: ctest label e2e.
 #include "codegen_harness.h"
 
