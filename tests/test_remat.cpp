@@ -319,7 +319,7 @@ TEST(Remat, AdamsStepScalarsMoveNextToTheirOperands) {
 // fail this test. (The other new rule, values the peak kernel reads as
 // candidates, leaves this step's smallest peak as it is: 1.43 MB with it or
 // without it.)
-TEST(Remat, ThePeakKernelRecomputesWhatItReads) {
+TEST(Remat, CopiesAreComputedInsideTheKernelThatReadsThem) {
   Graph step = attentionStep(8, 32);
   Graph after = step;
   Rematerialization remat({.percent = kAttentionPercent}, true);
