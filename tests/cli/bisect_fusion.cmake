@@ -2,7 +2,7 @@
 # reports no difference (two more compiles of the step); a fault injected into the middle fused kernel is found, alone,
 # in at most ceil(log2 fused kernels) + 2 probes. The fused kernels' names
 # come from the error for an unknown kernel, which is tested on the way.
-set(base ${STEPC} bisect-fusion ${GRAPH} --train-step adam --metric diff)
+set(base ${STEPC} bisect-fusion ${GRAPH} --train-step adam --metric diff --tolerance ${TOLERANCE})
 
 execute_process(COMMAND ${base} --inject-fault no_such_kernel=1
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
@@ -20,7 +20,7 @@ list(GET kernels ${middle} culprit)
 if(CLEAN)
   execute_process(COMMAND ${base} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
                   TIMEOUT 300)
-  if(NOT rc EQUAL 0 OR NOT out MATCHES "no difference beyond 0.0001")
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "no difference beyond ${TOLERANCE}")
     message(FATAL_ERROR "the clean step (exit ${rc}) should show no difference:\n${out}\n${err}")
   endif()
 endif()
