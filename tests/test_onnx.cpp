@@ -158,7 +158,7 @@ struct ModelMaker {
 TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
   ModelMaker m;
   m.input("x", onnx::TensorProto::FLOAT, {1, 2, 4, 4});
-  m.input("h", onnx::TensorProto::FLOAT16, {4});
+  m.input("h", onnx::TensorProto::COMPLEX128, {4});
   m.node("Relu", "fine", {"x"}, {"r"});
   m.node("FancyOp", "fancy", {"r"}, {"f"});
   auto *pad = m.node("Pad", "wrapped", {"x", "pads"}, {"p"});
