@@ -6,6 +6,7 @@
 #include "half_cases.h"
 
 #include "stepc/autodiff.h"
+#include "stepc/error.h"
 #include "stepc/graph_values.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
@@ -81,6 +82,24 @@ TEST(CodegenHalf, ConversionsAreBitForBitTheInterpreters) {
                 << name << "[" << i << "] = " << a << ", interpreter " << e;
         }
     }
+  }
+}
+
+// f16 overflows to inf early (exp(12) > 65504): --check-numerics reads half
+// outputs as halves and names the value.
+TEST(CodegenHalf, CheckNumericsFindsHalfOverflow) {
+  Graph graph = parseGraph(R"(graph o {
+    input %x : f16[3]
+    %1 = exp(%x)
+    output y = %1
+  })");
+  auto exe = compileJit(graph, {.cache = false}, RunOptions{.checkNumerics = true});
+  try {
+    exe->step({{"x", Tensor::fromReals(DType::F16, {3}, {1.0, 12.0, -3.0})}});
+    FAIL() << "no check-numerics error";
+  } catch (const Error &e) {
+    EXPECT_NE(std::string(e.what()).find("produced Inf in output"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("f16[3] at element 1"), std::string::npos) << e.what();
   }
 }
 
