@@ -10,11 +10,13 @@
 #include "stepc/cuda.h"
 #include "stepc/error.h"
 #include "stepc/text.h"
+#include "testing.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 namespace stepc {
+using stepc::testing::errorOf;
 namespace {
 
 using ::testing::HasSubstr;
@@ -28,15 +30,6 @@ Graph tiny() {
                     "  %y = relu(%x)\n"
                     "  output y = %y\n"
                     "}\n");
-}
-
-template <class F> std::string errorOf(F &&f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(BuiltWithoutCuda, EveryCudaEntryPointSaysSo) {

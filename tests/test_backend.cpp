@@ -6,6 +6,7 @@
 #include "stepc/error.h"
 #include "stepc/interpreter.h"
 #include "stepc/text.h"
+#include "testing.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -13,19 +14,11 @@
 #include <vector>
 
 namespace stepc {
+using stepc::testing::errorOf;
 namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-
-template <class F> std::string errorOf(F &&f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 Graph affine() {
   return parseGraph("graph affine {\n"

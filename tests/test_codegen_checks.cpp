@@ -15,6 +15,7 @@
 #include "stepc/interpreter.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
+#include "testing.h"
 
 #include <fmt/format.h>
 #include <gmock/gmock.h>
@@ -26,21 +27,12 @@
 #include <fstream>
 
 using namespace stepc;
+using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 using stepc::testing::kEmbeddingText;
 
 namespace {
-
-template <class F> std::string errorOf(F f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no stepc::Error was thrown";
-  return "";
-}
 
 std::unique_ptr<Executable> compile(const Graph &graph, bool fusion, int threads = 0) {
   return compileJit(graph, CompileOptions{.fusion = fusion, .cache = false},

@@ -17,6 +17,7 @@
 #include "stepc/interpreter.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
+#include "testing.h"
 
 #include <fmt/ranges.h>
 #include <gmock/gmock.h>
@@ -31,6 +32,7 @@
 #include <string>
 
 using namespace stepc;
+using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 using stepc::testing::exampleNames;
 using stepc::testing::loadExample;
@@ -513,16 +515,6 @@ TEST_P(CudaEmulatedExamples, TrainStepAdam) {
 
 INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(stepc::testing::exampleNames()),
                          [](const auto &info) { return info.param; });
-
-// The message of the stepc::Error `f` throws, or "".
-template <class F> std::string errorOf(F f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
   Graph model = parseGraph(kEmbeddingText, "emb.sg");

@@ -22,6 +22,7 @@
 #include <string>
 
 using namespace stepc;
+using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 
 namespace {
@@ -143,16 +144,6 @@ Tensor run1(const Tensor &x, const std::function<Value(Value)> &f) {
 }
 Tensor run2(const Tensor &x, const Tensor &y, const std::function<Value(Value, Value)> &f) {
   return runOp({x, y}, [&](GraphBuilder &, std::vector<Value> &v) { return f(v[0], v[1]); });
-}
-
-template <class F> std::string errorOf(F f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a stepc::Error";
-  return "";
 }
 
 const DType kFloatTypes[] = {DType::F32, DType::F64};

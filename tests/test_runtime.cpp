@@ -6,6 +6,7 @@
 
 #include "stepc/error.h"
 #include "stepc/executable.h"
+#include "testing.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -27,6 +28,7 @@
 #include <unistd.h>
 
 namespace stepc {
+using stepc::testing::errorOf;
 namespace {
 
 namespace fs = std::filesystem;
@@ -42,18 +44,6 @@ TensorSlot slot(std::string name, DType dtype, Shape shape, int64_t offset) {
 }
 
 Tensor f32(Shape shape, std::vector<float> values) { return Tensor::of<float>(shape, values); }
-
-// Runs fn, which must throw stepc::Error, and returns the message.
-template <class F> std::string errorOf(F &&fn) {
-  try {
-    fn();
-  } catch (const Error &e) {
-    return e.what();
-  } catch (const std::exception &e) {
-    return std::string("(not a stepc::Error) ") + e.what();
-  }
-  return "(no error)";
-}
 
 #define EXPECT_CONTAINS(text, part)                                                        \
   EXPECT_NE(std::string(text).find(part), std::string::npos)                              \

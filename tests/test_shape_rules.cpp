@@ -7,6 +7,7 @@
 // from: the C++ call site of a builder call or operator, or a node's SourceLoc.
 #include "stepc/builder.h"
 #include "stepc/graph.h"
+#include "testing.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -20,6 +21,7 @@
 #include <vector>
 
 using namespace stepc;
+using stepc::testing::errorOf;
 using ::testing::AllOf;
 using ::testing::ContainsRegex;
 using ::testing::EndsWith;
@@ -1116,15 +1118,6 @@ TEST(ShapeRules, ConvOutputSizeFormula) {
 // --- Where errors come from ------------------------------------------------
 
 std::string callSite(int line) { return fmt::format("test_shape_rules.cpp:{}:", line); }
-
-template <class F> std::string errorOf(F &&f) {
-  try {
-    f();
-  } catch (const Error &e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 TEST(BuilderLocations, OpFunctionReportsItsCallSite) {
   GraphBuilder b("m");

@@ -2,6 +2,7 @@
 // the checks every graph pass's test makes.
 #pragma once
 
+#include "stepc/error.h"
 #include "stepc/graph.h"
 #include "stepc/interpreter.h"
 #include "stepc/tensor.h"
@@ -9,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,21 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
                                     double rtol, double atol = 0);
 
 std::string sourcePath(const std::string &relative); // under the repo root
+
+// The message of the stepc::Error that `f` throws. Throwing nothing, or
+// another exception, fails the test (user errors must be stepc::Errors).
+template <class F> std::string errorOf(F &&f) {
+  try {
+    f();
+  } catch (const Error &e) {
+    return e.what();
+  } catch (const std::exception &e) {
+    ADD_FAILURE() << "not a stepc::Error: " << e.what();
+    return std::string("(not a stepc::Error) ") + e.what();
+  }
+  ADD_FAILURE() << "no stepc::Error was thrown";
+  return "(no error)";
+}
 
 // The models in examples/ by name ("cnn", "mlp", ...), sorted, that the
 // suites sweeping every example (interpreter after every pass, fused and

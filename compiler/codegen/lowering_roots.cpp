@@ -122,19 +122,14 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   // The identities of max and min: infinities, or the integer limits
   // (integerConstant: INT64_MAX is no double).
   std::string init;
-  switch (n.op) {
-  case OpKind::ReduceMax:
+  if (n.op == OpKind::ReduceMax)
     init = isFloat(dt) ? w_.constant(-INFINITY, dt)
                        : w_.integerConstant(dt == DType::I32 ? INT32_MIN : INT64_MIN, dt);
-    break;
-  case OpKind::ReduceMin:
+  else if (n.op == OpKind::ReduceMin)
     init = isFloat(dt) ? w_.constant(INFINITY, dt)
                        : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
-    break;
-  // Choosing among the reduce kinds, not a per-op rule (emitRoot sends
-  // only reduce_* here): sum and mean start at zero.
-  default: init = w_.constant(0, dt); break;
-  }
+  else // sum and mean (emitRoot sends only reduce_* here)
+    init = w_.constant(0, dt);
   // Map output indices to input positions; reduced axes get loop indices.
   Index full(in.size());
   size_t o = 0;
