@@ -21,12 +21,18 @@ std::string_view descrOf(DType dtype) {
   case DType::I32: return "<i4";
   case DType::I64: return "<i8";
   case DType::Bool: return "|b1";
+  case DType::F16: return "<f2";
+  // NumPy has no bfloat16: a bf16 tensor is stored as its bit patterns in
+  // uint16 (what torch's x.view(torch.uint16) or ml_dtypes' .view(np.uint16)
+  // give), and a <u2 file reads back as bf16 (stepc has no uint16 type).
+  case DType::BF16: return "<u2";
   }
   return "";
 }
 
 std::optional<DType> dtypeOfDescr(std::string_view descr) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool})
+  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::F16,
+                  DType::BF16})
     if (descrOf(d) == descr)
       return d;
   return std::nullopt;
@@ -113,7 +119,7 @@ Tensor parseNpy(std::string_view bytes, const std::string &what) {
   auto dtype = dtypeOfDescr(descr);
   if (!dtype)
     throw Error(fmt::format("{}: unsupported npy dtype '{}'; expected one of "
-                            "<f4, <f8, <i4, <i8, |b1",
+                            "<f4, <f8, <f2, <i4, <i8, |b1, or <u2 (bf16 bit patterns)",
                             what, descr));
   if (dictValue(header, "fortran_order", what) != "False")
     throw Error(fmt::format("{}: Fortran-order arrays are not supported; save "

@@ -36,12 +36,15 @@ std::string_view fileDTypeName(DType dtype) {
   case DType::I32: return "I32";
   case DType::I64: return "I64";
   case DType::Bool: return "BOOL";
+  case DType::F16: return "F16";
+  case DType::BF16: return "BF16";
   }
   return "";
 }
 
 std::optional<DType> parseFileDType(std::string_view name) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool})
+  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::F16,
+                  DType::BF16})
     if (fileDTypeName(d) == name)
       return d;
   return std::nullopt;
@@ -49,7 +52,7 @@ std::optional<DType> parseFileDType(std::string_view name) {
 
 // dtypes other frameworks write that stepc has no type for.
 bool isForeignDType(std::string_view name) {
-  for (std::string_view d : {"F16", "BF16", "F8_E4M3", "F8_E5M2", "U8", "I8", "U16",
+  for (std::string_view d : {"F8_E4M3", "F8_E5M2", "U8", "I8", "U16",
                              "I16", "U32", "U64", "C64"})
     if (d == name)
       return true;
@@ -89,8 +92,8 @@ Entry parseEntry(const std::string &name, const json &info, const std::string &w
   std::string dtypeName = dtype.get<std::string>();
   auto parsed = parseFileDType(dtypeName);
   if (!parsed)
-    throw Error(fmt::format("{}: tensor '{}' has {} dtype {}; stepc reads F32, F64, I32, "
-                            "I64 and BOOL",
+    throw Error(fmt::format("{}: tensor '{}' has {} dtype {}; stepc reads F32, F64, F16, "
+                            "BF16, I32, I64 and BOOL",
                             what, name, isForeignDType(dtypeName) ? "unsupported" : "unknown",
                             dtypeName));
   entry.type.dtype = *parsed;

@@ -1,6 +1,7 @@
 #include "slots.h"
 
 #include "stepc/error.h"
+#include "stepc/half.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -12,14 +13,29 @@
 namespace stepc {
 namespace {
 
-// Index of the first NaN/Inf among n values of type T at `data`, or -1.
-template <class T> int64_t firstNonFinite(const std::byte *data, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    T value;
-    std::memcpy(&value, data + i * sizeof(T), sizeof(T)); // slots may be unaligned
-    if (!std::isfinite(value))
-      return i;
+// Element i of a float slot (f32, f64, f16, bf16) at `data`, as a double.
+double floatAt(DType dtype, const std::byte *data, int64_t i) {
+  auto read = [&](auto value) { // slots may be unaligned
+    std::memcpy(&value, data + i * sizeof(value), sizeof(value));
+    return value;
+  };
+  switch (dtype) {
+  case DType::F32: return read(float{});
+  case DType::F64: return read(double{});
+  case DType::F16:
+  case DType::BF16: return halfBitsToFloat(read(uint16_t{}), dtype);
+  case DType::I32:
+  case DType::I64:
+  case DType::Bool: break;
   }
+  return 0;
+}
+
+// Index of the first NaN/Inf among n values of a float dtype at `data`, or -1.
+int64_t firstNonFinite(DType dtype, const std::byte *data, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(floatAt(dtype, data, i)))
+      return i;
   return -1;
 }
 
@@ -112,18 +128,10 @@ void checkFinite(const KernelSpec &kernel, const TensorSlot &slot, const std::by
   if (!isFloat(slot.type.dtype))
     return;
   int64_t n = slot.type.numel();
-  int64_t bad = slot.type.dtype == DType::F32 ? firstNonFinite<float>(data, n)
-                                              : firstNonFinite<double>(data, n);
+  int64_t bad = firstNonFinite(slot.type.dtype, data, n);
   if (bad < 0)
     return;
-  double value;
-  if (slot.type.dtype == DType::F32) {
-    float f;
-    std::memcpy(&f, data + bad * sizeof(float), sizeof f);
-    value = f;
-  } else {
-    std::memcpy(&value, data + bad * sizeof(double), sizeof value);
-  }
+  double value = floatAt(slot.type.dtype, data, bad);
   std::string ops;
   for (const std::string &line : kernel.provenance)
     ops += fmt::format("\n  {}", line);

@@ -1,6 +1,7 @@
 #include "stepc/tensor.h"
 
 #include "stepc/error.h"
+#include "stepc/half.h"
 
 #include <fmt/format.h>
 
@@ -61,6 +62,8 @@ double Tensor::real(int64_t i) const {
   case DType::I32: return data<int32_t>()[i];
   case DType::I64: return static_cast<double>(data<int64_t>()[i]);
   case DType::Bool: return data<uint8_t>()[i] ? 1.0 : 0.0;
+  case DType::F16:
+  case DType::BF16: return halfBitsToFloat(data<uint16_t>()[i], dtype());
   }
   return 0;
 }
@@ -72,6 +75,8 @@ void Tensor::setReal(int64_t i, double v) {
   case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(v); return;
   case DType::I64: data<int64_t>()[i] = static_cast<int64_t>(v); return;
   case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
+  case DType::F16:
+  case DType::BF16: data<uint16_t>()[i] = doubleToHalfBits(v, dtype()); return;
   }
 }
 

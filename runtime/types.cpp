@@ -14,12 +14,15 @@ std::string_view dtypeName(DType dtype) {
   case DType::I32: return "i32";
   case DType::I64: return "i64";
   case DType::Bool: return "bool";
+  case DType::F16: return "f16";
+  case DType::BF16: return "bf16";
   }
   return "?";
 }
 
 std::optional<DType> parseDType(std::string_view name) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool})
+  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::F16,
+                  DType::BF16})
     if (dtypeName(d) == name)
       return d;
   return std::nullopt;
@@ -32,11 +35,16 @@ size_t dtypeSize(DType dtype) {
   case DType::I32: return 4;
   case DType::I64: return 8;
   case DType::Bool: return 1;
+  case DType::F16: return 2;
+  case DType::BF16: return 2;
   }
   return 0;
 }
 
-bool isFloat(DType dtype) { return dtype == DType::F32 || dtype == DType::F64; }
+bool isFloat(DType dtype) {
+  return dtype == DType::F32 || dtype == DType::F64 || isHalf(dtype);
+}
+bool isHalf(DType dtype) { return dtype == DType::F16 || dtype == DType::BF16; }
 bool isInteger(DType dtype) { return dtype == DType::I32 || dtype == DType::I64; }
 
 std::string shapeString(const Shape &shape) {

@@ -6,6 +6,7 @@
 // why. The runtime's errors without a driver are checked in child processes
 // (the driver is loaded once per process).
 #include "codegen_harness.h"
+#include "half_cases.h"
 #include "sg_corpus.h"
 
 #include "../compiler/codegen/gpu_backend.h"
@@ -175,7 +176,7 @@ struct GraphCase {
 };
 
 std::vector<GraphCase> opCases() {
-  return {
+  std::vector<GraphCase> cases = {
       {"every_op",
        everyNodeAnOutput(parseGraph(stepc::testing::kEveryOpText, "every_op.sg")),
        {{"i", Tensor::of<int32_t>({2}, {1, 0})}}},
@@ -184,6 +185,13 @@ std::vector<GraphCase> opCases() {
        {{"idx", Tensor::of<int64_t>({4}, {2, 0, 1, 2})}}},
       {"composites", parseGraph(stepc::testing::kCompositesText, "composites.sg"), {}},
   };
+  // f16/bf16: loads extend to f32, stores round (cvt.rn.f16.f32, cvt.rn.bf16.f32).
+  for (const auto &c : stepc::testing::halfCases())
+    for (DType half : {DType::F16, DType::BF16})
+      cases.push_back({fmt::format("{}_{}", c.name, dtypeName(half)),
+                       convertFloatType(parseGraph(c.f32Graph), DType::F32, half),
+                       {}});
+  return cases;
 }
 
 // --- ptxas ----------------------------------------------------------------------

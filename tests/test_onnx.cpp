@@ -158,7 +158,7 @@ struct ModelMaker {
 TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
   ModelMaker m;
   m.input("x", onnx::TensorProto::FLOAT, {1, 2, 4, 4});
-  m.input("h", onnx::TensorProto::FLOAT16, {4});
+  m.input("h", onnx::TensorProto::COMPLEX128, {4});
   m.node("Relu", "fine", {"x"}, {"r"});
   m.node("FancyOp", "fancy", {"r"}, {"f"});
   auto *pad = m.node("Pad", "wrapped", {"x", "pads"}, {"p"});
@@ -171,10 +171,10 @@ TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
   pads->add_dims(8);
   for (int i = 0; i < 8; ++i)
     pads->add_int64_data(i % 4 == 3 ? 1 : 0);
-  auto *cast = m.node("Cast", "to_half", {"x"}, {"c"});
+  auto *cast = m.node("Cast", "to_complex", {"x"}, {"c"});
   auto *to = cast->add_attribute();
   to->set_name("to");
-  to->set_i(onnx::TensorProto::FLOAT16);
+  to->set_i(onnx::TensorProto::COMPLEX64);
   auto *dropout = m.node("Dropout", "train_drop", {"x", "", "training"}, {"d"});
   (void)dropout;
   auto *training = m.graph->add_initializer();
@@ -192,7 +192,7 @@ TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
     EXPECT_EQ(message.find('\n'), message.find("problems:") + 9);
     for (const char *expected :
          {"handmade.onnx", "FancyOp node 'fancy'", "no mapping for ONNX operator FancyOp",
-          "Pad node 'wrapped'", "mode 'wrap'", "Cast node 'to_half'", "float16",
+          "Pad node 'wrapped'", "mode 'wrap'", "Cast node 'to_complex'", "complex64",
           "Dropout node 'train_drop'", "training mode", "graph input 'h'"})
       EXPECT_NE(message.find(expected), std::string::npos) << expected;
     EXPECT_EQ(message.find("'fine'"), std::string::npos);

@@ -32,6 +32,9 @@ std::string_view cType(DType dtype) {
     return "int64_t";
   case DType::Bool:
     return "uint8_t";
+  case DType::F16:
+  case DType::BF16:
+    return "uint16_t"; // the bit patterns (stepc/half.h converts them)
   }
   return "void";
 }
@@ -48,6 +51,10 @@ std::string_view dtypeEnum(DType dtype) {
     return "I64";
   case DType::Bool:
     return "Bool";
+  case DType::F16:
+    return "F16";
+  case DType::BF16:
+    return "BF16";
   }
   return "F32";
 }

@@ -109,6 +109,8 @@ private:
   // --- storage ------------------------------------------------------------
   std::string arenaView(ValueId id);
   std::string load(ValueId id, const Index &idx);
+  // A loaded element in registers: bools become i1, halves extend to f32.
+  std::string fromMemory(const std::string &loaded, DType dt);
   void store(ValueId id, const std::string &view, const Index &idx, const std::string &v);
   std::string viewOf(ValueId id);
 

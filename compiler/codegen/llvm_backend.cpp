@@ -4,6 +4,7 @@
 
 #include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
@@ -94,10 +95,13 @@ void runPasses(mlir::ModuleOp module, mlir::PassManager &pm, const char *what) {
 }
 
 // f32 exp/log/tanh/erf/sin/cos become polynomials: plain arithmetic that LLVM
-// vectorizes, unlike calls into libm.
+// vectorizes, unlike calls into libm. bf16 <-> f32 conversions become integer
+// shifts and adds (round to nearest-even): LLVM 19 lowers fptrunc to bfloat
+// on x86 to a call of __truncsfbf2, which Debian's libgcc 12 lacks.
 void approximateMath(mlir::ModuleOp module) {
   mlir::RewritePatternSet patterns(module.getContext());
   mlir::populateMathPolynomialApproximationPatterns(patterns);
+  mlir::arith::populateExpandBFloat16Patterns(patterns);
   if (mlir::failed(mlir::applyPatternsAndFoldGreedily(module, std::move(patterns))))
     throw std::logic_error("MLIR math approximation did not converge");
 }

@@ -9,6 +9,7 @@
 #include "tiled_matmul.h"
 
 #include "stepc/graph_values.h"
+#include "stepc/half.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -77,10 +78,16 @@ std::string KernelEmitter::load(ValueId id, const Index &idx) {
   std::string view = viewOf(id);
   std::string v = w_.assign(fmt::format("memref.load {}[{}] : {}", view, fmt::join(idx, ", "),
                                         memrefType(g_.type(id))));
-  if (dtypeOf(id) == DType::Bool)
-    v = w_.assign(fmt::format("arith.cmpi ne, {}, {} : i8", v,
-                              w_.assign("arith.constant 0 : i8")));
-  return v;
+  return fromMemory(v, dtypeOf(id));
+}
+
+std::string KernelEmitter::fromMemory(const std::string &loaded, DType dt) {
+  if (dt == DType::Bool)
+    return w_.assign(fmt::format("arith.cmpi ne, {}, {} : i8", loaded,
+                                 w_.assign("arith.constant 0 : i8")));
+  if (isHalf(dt))
+    return w_.assign(fmt::format("arith.extf {} : {} to f32", loaded, memoryElementType(dt)));
+  return loaded;
 }
 
 void KernelEmitter::store(ValueId id, const std::string &view, const Index &idx,
@@ -88,6 +95,9 @@ void KernelEmitter::store(ValueId id, const std::string &view, const Index &idx,
   std::string stored = v;
   if (dtypeOf(id) == DType::Bool)
     stored = w_.assign(fmt::format("arith.extui {} : i1 to i8", v));
+  if (isHalf(dtypeOf(id)))
+    stored = w_.assign(fmt::format("arith.truncf {} : f32 to {}", v,
+                                   memoryElementType(dtypeOf(id))));
   w_.line(fmt::format("memref.store {}, {}[{}] : {}", stored, view, fmt::join(idx, ", "),
                       memrefType(g_.type(id))));
 }
@@ -283,6 +293,19 @@ std::string KernelEmitter::valueAt(ValueId id, const Index &idx) {
 std::string KernelEmitter::convert(const std::string &v, DType from, DType to) {
   if (from == to)
     return v;
+  // Halves are f32 in registers: a conversion to one rounds to the half type
+  // and widens back, so later ops in the kernel see the rounded value.
+  if (isHalf(to)) {
+    // f64 -> bf16 goes through f32 (which can round twice, unlike the
+    // interpreter): the bf16 expansion in llvm_backend.cpp handles f32 only.
+    bool direct = from == DType::F64 && to == DType::F16;
+    std::string wide = direct ? v : convert(v, isHalf(from) ? DType::F32 : from, DType::F32);
+    std::string narrow = w_.assign(fmt::format("arith.truncf {} : {} to {}", wide,
+                                               direct ? "f64" : "f32", memoryElementType(to)));
+    return w_.assign(fmt::format("arith.extf {} : {} to f32", narrow, memoryElementType(to)));
+  }
+  if (isHalf(from))
+    return convert(v, DType::F32, to);
   std::string f = scalarType(from), t = scalarType(to);
   if (to == DType::Bool) {
     if (isFloat(from))
@@ -329,8 +352,8 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
   }
   // On the GPU, libdevice's sinf/cosf are accurate (the CPU's reason for
   // sinOrCosF32 is MLIR's polynomial, which the GPU path does not use).
-  case OpKind::Sin: return dt == DType::F32 && !gpu_ ? sinOrCosF32(x, true) : op1("math.sin");
-  case OpKind::Cos: return dt == DType::F32 && !gpu_ ? sinOrCosF32(x, false) : op1("math.cos");
+  case OpKind::Sin: return t == "f32" && !gpu_ ? sinOrCosF32(x, true) : op1("math.sin");
+  case OpKind::Cos: return t == "f32" && !gpu_ ? sinOrCosF32(x, false) : op1("math.cos");
   case OpKind::Erf: return op1("math.erf");
   case OpKind::Sign: {
     std::string gt = binary(OpKind::Gt, dt, x, w_.constant(0, dt));
@@ -552,6 +575,12 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
       case DType::I32: std::memcpy(bytes, &i32, 4); break;
       case DType::I64: std::memcpy(bytes, &i64, 8); break;
       case DType::Bool: bytes[0] = b; break;
+      case DType::F16:
+      case DType::BF16: {
+        uint16_t half = doubleToHalfBits(d, dt);
+        std::memcpy(bytes, &half, 2);
+        break;
+      }
       }
       for (size_t j = 0; j < size; ++j)
         hex += fmt::format("{:02X}", bytes[j]);
@@ -564,9 +593,7 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
   std::string view = w_.assign(fmt::format("memref.get_global {} : {}", name, memrefType(n.type)));
   std::string v = w_.assign(fmt::format("memref.load {}[{}] : {}", view, fmt::join(idx, ", "),
                                         memrefType(n.type)));
-  if (dt == DType::Bool)
-    v = w_.assign(fmt::format("arith.cmpi ne, {}, {} : i8", v, w_.assign("arith.constant 0 : i8")));
-  return v;
+  return fromMemory(v, dt);
 }
 
 std::string KernelEmitter::padElement(const Node &n, const Index &idx) {

@@ -1,5 +1,7 @@
 #include "mlir_text.h"
 
+#include "stepc/half.h"
+
 #include <fmt/format.h>
 
 #include <bit>
@@ -14,12 +16,24 @@ std::string scalarType(DType dtype) {
   case DType::I32: return "i32";
   case DType::I64: return "i64";
   case DType::Bool: return "i1";
+  // Halves compute in f32: loads extend, stores round (KernelEmitter).
+  case DType::F16:
+  case DType::BF16: return "f32";
   }
   return "?";
 }
 
 std::string memoryElementType(DType dtype) {
-  return dtype == DType::Bool ? "i8" : scalarType(dtype);
+  switch (dtype) {
+  case DType::Bool: return "i8";
+  case DType::F16: return "f16";
+  case DType::BF16: return "bf16";
+  case DType::F32:
+  case DType::F64:
+  case DType::I32:
+  case DType::I64: break;
+  }
+  return scalarType(dtype);
 }
 
 std::string memrefType(const TensorType &type) {
@@ -69,6 +83,10 @@ std::string MlirWriter::constant(double value, DType dtype) {
     return integerConstant(static_cast<int64_t>(value), dtype);
   case DType::Bool:
     return integerConstant(value != 0, dtype);
+  case DType::F16:
+  case DType::BF16:
+    // The half value nearest `value`, held in f32 like every half value.
+    return constant(halfBitsToFloat(doubleToHalfBits(value, dtype), dtype), DType::F32);
   }
   return literalConstant(literal, dtype);
 }

@@ -12,9 +12,10 @@
 
 namespace stepc::codegen {
 
-// "f32", "f64", "i32", "i64", and "i1" for bool in registers.
+// "f32", "f64", "i32", "i64", and "i1" for bool in registers; f16 and bf16
+// values are f32 in registers.
 std::string scalarType(DType dtype);
-// Bool tensors are bytes in memory.
+// Bool tensors are bytes in memory; f16/bf16 are "f16"/"bf16".
 std::string memoryElementType(DType dtype);
 // "memref<128x784xf32>", "memref<f32>" for scalars.
 std::string memrefType(const TensorType &type);

@@ -67,6 +67,8 @@ std::optional<DType> dtypeFromOnnx(int32_t elemType) {
   case onnx::TensorProto::INT32: return DType::I32;
   case onnx::TensorProto::INT64: return DType::I64;
   case onnx::TensorProto::BOOL: return DType::Bool;
+  case onnx::TensorProto::FLOAT16: return DType::F16;
+  case onnx::TensorProto::BFLOAT16: return DType::BF16;
   default: return std::nullopt;
   }
 }
@@ -142,7 +144,10 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   case DType::F32: available = proto.float_data_size(); break;
   case DType::F64: available = proto.double_data_size(); break;
   case DType::I32:
-  case DType::Bool: available = proto.int32_data_size(); break;
+  case DType::Bool:
+  // ONNX keeps f16/bf16 bit patterns in int32_data, one per entry.
+  case DType::F16:
+  case DType::BF16: available = proto.int32_data_size(); break;
   case DType::I64: available = proto.int64_data_size(); break;
   }
   if (available != numel)
@@ -155,6 +160,8 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   case DType::I32: copyTyped<int32_t>(t, proto.int32_data(), what, "int32_data"); break;
   case DType::Bool: copyTyped<bool>(t, proto.int32_data(), what, "int32_data"); break;
   case DType::I64: copyTyped<int64_t>(t, proto.int64_data(), what, "int64_data"); break;
+  case DType::F16:
+  case DType::BF16: copyTyped<uint16_t>(t, proto.int32_data(), what, "int32_data"); break;
   }
   return t;
 }

@@ -18,7 +18,9 @@ template <class F> Tensor withFloatType(DType dtype, F &&f) {
   case DType::F64: return f(double{});
   case DType::I32:
   case DType::I64:
-  case DType::Bool: break;
+  case DType::Bool:
+  case DType::F16: // evaluateNode widens halves to f32 before any kernel
+  case DType::BF16: break;
   }
   throw std::logic_error("gradient kernel: expected f32 or f64");
 }
@@ -125,6 +127,8 @@ Tensor scatterAdd(const Node &node, const Tensor &indices, const Tensor &updates
   case DType::I32: scatterRows<int32_t>(node, index, updates, out); break;
   case DType::I64: scatterRows<int64_t>(node, index, updates, out); break;
   case DType::Bool: throw std::logic_error("scatter_add: bool updates");
+  case DType::F16:
+  case DType::BF16: throw std::logic_error("scatter_add: half updates reach no kernel");
   }
   return out;
 }

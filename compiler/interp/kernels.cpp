@@ -46,6 +46,8 @@ template <class F> Tensor withElementType(DType dtype, F &&f) {
   case DType::I32: return f(int32_t{});
   case DType::I64: return f(int64_t{});
   case DType::Bool: return f(BoolByte{});
+  case DType::F16:
+  case DType::BF16: break; // evaluateNode widens halves to f32 first
   }
   throw std::logic_error("interpreter: unknown dtype");
 }
@@ -680,7 +682,8 @@ Tensor dropout(const Node &node, const Tensor &x, const Tensor &seedTensor) {
 
 } // namespace
 
-Tensor evaluateNode(const Node &node, std::span<const Tensor *const> operands) {
+// The kernels proper, for every dtype but the halves.
+static Tensor evaluateInOwnDType(const Node &node, std::span<const Tensor *const> operands) {
   assert(opInfo(node.op).arity < 0 ||
          operands.size() == static_cast<size_t>(opInfo(node.op).arity));
   auto x = [&](size_t i) -> const Tensor & { return *operands[i]; };
@@ -805,6 +808,38 @@ Tensor evaluateNode(const Node &node, std::span<const Tensor *const> operands) {
   case OpKind::AllReduce: return x(0);
   }
   throw std::logic_error("evaluateNode: unknown op");
+}
+
+// Half precision (f16, bf16) computes in f32 and rounds on store, as the
+// hardware and the compiled kernels do: the node runs as its f32 twin, half
+// operands widened exactly, and its result is rounded to nearest-even once.
+// Reductions and matmuls therefore accumulate in f32.
+Tensor evaluateNode(const Node &node, std::span<const Tensor *const> operands) {
+  bool anyHalf = isHalf(node.type.dtype);
+  for (const Tensor *operand : operands)
+    anyHalf = anyHalf || isHalf(operand->dtype());
+  if (!anyHalf)
+    return evaluateInOwnDType(node, operands);
+  // A cast to a half type rounds its operand once, even from f64 (going
+  // through f32 could round twice).
+  if (node.op == OpKind::Cast && isHalf(node.type.dtype))
+    return castTensor(*operands[0], node.type.dtype);
+  Node wide = node;
+  if (isHalf(wide.type.dtype))
+    wide.type.dtype = DType::F32;
+  if (const AttrValue *dtype = node.attrs.find("dtype");
+      dtype && std::holds_alternative<std::string>(*dtype) &&
+      isHalf(parseDType(std::get<std::string>(*dtype)).value_or(DType::F32)))
+    wide.attrs.set("dtype", std::string(dtypeName(DType::F32)));
+  std::vector<Tensor> widened(operands.size());
+  std::vector<const Tensor *> wideOperands(operands.begin(), operands.end());
+  for (size_t i = 0; i < operands.size(); ++i)
+    if (isHalf(operands[i]->dtype())) {
+      widened[i] = castTensor(*operands[i], DType::F32);
+      wideOperands[i] = &widened[i];
+    }
+  Tensor result = evaluateInOwnDType(wide, wideOperands);
+  return isHalf(node.type.dtype) ? castTensor(result, node.type.dtype) : result;
 }
 
 } // namespace stepc

@@ -156,6 +156,11 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
       case DType::F64:
         t.data<double>()[i] = -1.0 + 2.0 * randomUniform(stream, counter);
         break;
+      case DType::F16:
+      case DType::BF16:
+        // Rounding can carry a value just below 1 up to 1; keep it below.
+        t.setReal(i, std::min(-1.0 + 2.0 * randomUniform(stream, counter), 0.99));
+        break;
       case DType::I32:
         t.data<int32_t>()[i] = static_cast<int32_t>(randomBits(stream, counter) % range);
         break;

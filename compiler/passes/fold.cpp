@@ -76,6 +76,8 @@ int64_t integerAt(const Tensor &t, int64_t i) {
     return std::to_integer<int64_t>(t.bytes()[i]);
   case DType::F32:
   case DType::F64:
+  case DType::F16:
+  case DType::BF16:
     break;
   }
   throw std::logic_error("integerAt: not an integer tensor");

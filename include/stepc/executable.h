@@ -279,7 +279,7 @@ private:
 };
 
 // safetensors files, shared by checkpoints and tools (the format other
-// frameworks read: F32, F64, I32, I64 and BOOL tensors). Writes are atomic
+// frameworks read: F32, F64, F16, BF16, I32, I64 and BOOL tensors). Writes are atomic
 // like saveParams; `metadata` becomes the header's "__metadata__". Reads check
 // the whole file (header length, JSON, dtypes, shapes against byte counts,
 // offsets in range and back to back) and throw stepc::Error naming the file

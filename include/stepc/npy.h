@@ -1,5 +1,6 @@
-// NumPy .npy files (format 1.0/2.0/3.0, C order, little-endian): f4, f8, i4,
-// i8 and b1.
+// NumPy .npy files (format 1.0/2.0/3.0, C order, little-endian): f4, f8, f2,
+// i4, i8 and b1; bf16 tensors as their bit patterns in <u2 (NumPy has no
+// bfloat16), and a <u2 file reads as bf16.
 #pragma once
 
 #include "stepc/tensor.h"

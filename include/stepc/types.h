@@ -9,7 +9,10 @@
 
 namespace stepc {
 
-enum class DType : uint8_t { F32, F64, I32, I64, Bool };
+// F16 (IEEE binary16) and BF16 (bfloat16) are storage types: every stage
+// computes on them in f32 and rounds to nearest-even when it stores
+// (stepc/half.h), as hardware does.
+enum class DType : uint8_t { F32, F64, I32, I64, Bool, F16, BF16 };
 
 using Shape = std::vector<int64_t>;
 
@@ -27,7 +30,8 @@ struct TensorType {
 std::string_view dtypeName(DType dtype);
 std::optional<DType> parseDType(std::string_view name);
 size_t dtypeSize(DType dtype);
-bool isFloat(DType dtype);
+bool isFloat(DType dtype);   // f32, f64, f16, bf16
+bool isHalf(DType dtype);    // f16, bf16
 bool isInteger(DType dtype); // i32, i64 (not bool)
 
 // "[128,784]"

@@ -70,6 +70,8 @@ nb::dlpack::dtype dlpackDType(DType dtype) {
   case DType::I32: return nb::dtype<int32_t>();
   case DType::I64: return nb::dtype<int64_t>();
   case DType::Bool: return nb::dtype<bool>();
+  case DType::F16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+  case DType::BF16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
   }
   return nb::dtype<float>();
 }
@@ -82,9 +84,11 @@ DType dtypeOfArray(const InArray &a, const std::string &name) {
     if (t == nb::dtype<int32_t>()) return DType::I32;
     if (t == nb::dtype<int64_t>()) return DType::I64;
     if (t == nb::dtype<bool>()) return DType::Bool;
+    if (t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && t.bits == 16)
+      return DType::F16;
   }
   throw Error(fmt::format("'{}': arrays of this element type (DLPack code {}, {} bits) are not "
-                          "supported; use float32, float64, int32, int64 or bool",
+                          "supported; use float32, float64, float16, int32, int64 or bool",
                           name, int(t.code), int(t.bits)));
 }
 

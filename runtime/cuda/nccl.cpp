@@ -18,6 +18,7 @@ struct NcclUniqueId {
 constexpr int kNcclSuccess = 0;
 constexpr int kNcclSum = 0, kNcclAvg = 4;
 constexpr int kNcclInt32 = 2, kNcclInt64 = 4, kNcclFloat32 = 7, kNcclFloat64 = 8;
+constexpr int kNcclFloat16 = 6, kNcclBfloat16 = 9;
 
 struct NcclLibrary {
   int (*getUniqueId)(NcclUniqueId *id);
@@ -70,6 +71,8 @@ int ncclType(DType dtype) {
   case DType::F64: return kNcclFloat64;
   case DType::I32: return kNcclInt32;
   case DType::I64: return kNcclInt64;
+  case DType::F16: return kNcclFloat16;
+  case DType::BF16: return kNcclBfloat16;
   case DType::Bool: break;
   }
   throw Error(fmt::format("all_reduce: NCCL cannot reduce {} values", dtypeName(dtype)));

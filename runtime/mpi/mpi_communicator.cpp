@@ -33,7 +33,9 @@ MPI_Datatype mpiType(DType dtype) {
   case DType::F64: return MPI_DOUBLE;
   case DType::I32: return MPI_INT32_T;
   case DType::I64: return MPI_INT64_T;
-  case DType::Bool: break;
+  case DType::Bool:
+  case DType::F16:  // MPI has no half types; reduce an f32 copy instead
+  case DType::BF16: break;
   }
   throw Error(fmt::format("all_reduce: MPI cannot reduce {} values", dtypeName(dtype)));
 }

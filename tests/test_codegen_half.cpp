@@ -1,0 +1,131 @@
+// The CPU backend on f16 and bf16 graphs against the interpreter: kernels
+// load halves, compute in f32 and round on store, so elementwise chains
+// fused into one kernel are a few half ulps from the interpreter (which
+// rounds after every op) and plain conversions are bit for bit equal.
+#include "codegen_harness.h"
+#include "half_cases.h"
+
+#include "stepc/autodiff.h"
+#include "stepc/error.h"
+#include "stepc/graph_values.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <limits>
+
+namespace stepc {
+namespace {
+
+using testing::expectMatchesInterpreter;
+using testing::halfCases;
+
+TEST(CodegenHalf, OpsMatchTheInterpreter) {
+  for (const auto &c : halfCases())
+    for (DType half : {DType::F16, DType::BF16}) {
+      SCOPED_TRACE(c.name + " in " + std::string(dtypeName(half)));
+      Graph graph = convertFloatType(parseGraph(c.f32Graph), DType::F32, half);
+      expectMatchesInterpreter(graph, randomInputs(graph, 31), {}, {});
+    }
+}
+
+// Rounding at the edges (ties, subnormals, overflow, NaN, -0) is the same bits
+// in a compiled kernel (LLVM's fptrunc for f16, MLIR's bf16 expansion) as in
+// stepc/half.h.
+TEST(CodegenHalf, ConversionsAreBitForBitTheInterpreters) {
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> values = {1.0,
+                                1.0 + std::ldexp(1.0, -11),
+                                1.0 + 3 * std::ldexp(1.0, -11),
+                                1.0 + std::ldexp(1.0, -8),
+                                1.0 + 3 * std::ldexp(1.0, -8),
+                                std::ldexp(1.0, -25),
+                                std::ldexp(3.0, -25),
+                                std::ldexp(1023.5, -24),
+                                std::ldexp(1.0, -130),
+                                std::ldexp(3.0, -134),
+                                65519.0,
+                                65520.0,
+                                -1e30,
+                                3.4e38,
+                                -inf,
+                                std::nan(""),
+                                -0.0,
+                                0.1,
+                                -2.7182818};
+  Shape shape{static_cast<int64_t>(values.size())};
+  for (const char *half : {"f16", "bf16"}) {
+    SCOPED_TRACE(half);
+    Graph graph = parseGraph(fmt::format(R"(graph c {{
+      input %x : f32[{0}]
+      %1 = cast(%x) {{dtype={1}}}
+      %2 = cast(%1) {{dtype=f32}}
+      output h = %1
+      output w = %2
+    }})",
+                                         values.size(), half));
+    TensorMap inputs{{"x", Tensor::fromReals(DType::F32, shape, values)}};
+    TensorMap want = interpret(graph, inputs, {});
+    for (bool fusion : {true, false}) {
+      auto exe = compileJit(graph, {.fusion = fusion, .cache = false});
+      auto got = exe->step(inputs);
+      for (const char *name : {"h", "w"})
+        for (int64_t i = 0; i < want.at(name).numel(); ++i) {
+          double a = got.at(name).real(i), e = want.at(name).real(i);
+          if (std::isnan(e))
+            EXPECT_TRUE(std::isnan(a)) << name << "[" << i << "]";
+          else
+            EXPECT_EQ(std::bit_cast<uint64_t>(a), std::bit_cast<uint64_t>(e))
+                << name << "[" << i << "] = " << a << ", interpreter " << e;
+        }
+    }
+  }
+}
+
+// f16 overflows to inf early (exp(12) > 65504): --check-numerics reads half
+// outputs as halves and names the value.
+TEST(CodegenHalf, CheckNumericsFindsHalfOverflow) {
+  Graph graph = parseGraph(R"(graph o {
+    input %x : f16[3]
+    %1 = exp(%x)
+    output y = %1
+  })");
+  auto exe = compileJit(graph, {.cache = false}, RunOptions{.checkNumerics = true});
+  try {
+    exe->step({{"x", Tensor::fromReals(DType::F16, {3}, {1.0, 12.0, -3.0})}});
+    FAIL() << "no check-numerics error";
+  } catch (const Error &e) {
+    EXPECT_NE(std::string(e.what()).find("produced Inf in output"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("f16[3] at element 1"), std::string::npos) << e.what();
+  }
+}
+
+// A half training step (SGD), gradients and updates in half, two steps.
+TEST(CodegenHalf, TrainingStepMatchesTheInterpreter) {
+  Graph wide = parseGraph(R"(graph t {
+    input %x : f32[6,11]
+    input %y : i32[6]
+    param %w : f32[11,5] = normal(mean=0, std=0.3, seed=7)
+    param %b : f32[5] = zeros()
+    %1 = matmul(%x, %w)
+    %2 = add(%1, %b)
+    %3 = tanh(%2)
+    %4 = cross_entropy(%3, %y)
+    output loss = %4
+  })");
+  for (DType half : {DType::F16, DType::BF16}) {
+    SCOPED_TRACE(dtypeName(half));
+    Graph step = trainStep(convertFloatType(wide, DType::F32, half), "loss", Optimizer::sgd());
+    TensorMap inputs = randomInputs(step, 41);
+    for (auto &[name, t] : inputs)
+      if (name == "lr")
+        t = Tensor::scalar(t.dtype(), 0.1);
+    expectMatchesInterpreter(step, inputs, initialParams(step), {.steps = 2});
+  }
+}
+
+} // namespace
+} // namespace stepc
