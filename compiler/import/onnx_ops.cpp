@@ -661,6 +661,23 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"ConvTranspose", mapConvTranspose},
       {"CumSum", mapCumSum},
       {"ReduceProd", mapReduceProd},
+      // Compositions of stepc ops (onnx_math_ops.cpp).
+      {"Floor", mapFloor},
+      {"Ceil", mapCeil},
+      {"Round", mapRound},
+      {"Mod", mapMod},
+      {"Atan", mapAtan},
+      {"Asin", mapAsin},
+      {"Acos", mapAcos},
+      {"Asinh", mapAsinh},
+      {"Acosh", mapAcosh},
+      {"Atanh", mapAtanh},
+      {"EyeLike", mapEyeLike},
+      {"HannWindow", mapHannWindow},
+      {"HammingWindow", mapHammingWindow},
+      {"BlackmanWindow", mapBlackmanWindow},
+      {"Einsum", mapEinsum},
+      {"TopK", mapTopK},
   };
   return table;
 }

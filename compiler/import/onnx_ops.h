@@ -79,4 +79,24 @@ void mapNegativeLogLikelihoodLoss(NodeContext &c);
 void mapSoftmaxCrossEntropyLoss(NodeContext &c);
 void mapConvTranspose(NodeContext &c);
 
+// onnx_math_ops.cpp
+// floor(x) of a floating-point value (stepc has no rounding op).
+Value floorOf(NodeContext &c, Value x);
+void mapFloor(NodeContext &c);
+void mapCeil(NodeContext &c);
+void mapRound(NodeContext &c);
+void mapMod(NodeContext &c);
+void mapAtan(NodeContext &c);
+void mapAsin(NodeContext &c);
+void mapAcos(NodeContext &c);
+void mapAsinh(NodeContext &c);
+void mapAcosh(NodeContext &c);
+void mapAtanh(NodeContext &c);
+void mapEyeLike(NodeContext &c);
+void mapHannWindow(NodeContext &c);
+void mapHammingWindow(NodeContext &c);
+void mapBlackmanWindow(NodeContext &c);
+void mapEinsum(NodeContext &c);
+void mapTopK(NodeContext &c);
+
 } // namespace stepc::onnx_import
