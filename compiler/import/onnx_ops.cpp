@@ -678,6 +678,18 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"BlackmanWindow", mapBlackmanWindow},
       {"Einsum", mapEinsum},
       {"TopK", mapTopK},
+      // Indexing; value-dependent shapes (onnx_index_ops.cpp).
+      {"ScatterElements", mapScatterElements},
+      {"Scatter", mapScatterElements},
+      {"GatherND", mapGatherND},
+      {"ScatterND", mapScatterND},
+      {"Compress", mapCompress},
+      {"NonZero", mapNonZero},
+      {"Unique", mapUnique},
+      {"NonMaxSuppression", mapNonMaxSuppression},
+      // Resampling (onnx_resize_ops.cpp).
+      {"Resize", mapResize},
+      {"Upsample", mapUpsample},
   };
   return table;
 }

@@ -99,4 +99,17 @@ void mapBlackmanWindow(NodeContext &c);
 void mapEinsum(NodeContext &c);
 void mapTopK(NodeContext &c);
 
+// onnx_index_ops.cpp
+void mapScatterElements(NodeContext &c);
+void mapGatherND(NodeContext &c);
+void mapScatterND(NodeContext &c);
+void mapCompress(NodeContext &c);
+void mapNonZero(NodeContext &c);
+void mapUnique(NodeContext &c);
+void mapNonMaxSuppression(NodeContext &c);
+
+// onnx_resize_ops.cpp
+void mapResize(NodeContext &c);
+void mapUpsample(NodeContext &c);
+
 } // namespace stepc::onnx_import
