@@ -43,11 +43,6 @@ Value floorOf(NodeContext &c, Value x) {
   return select(small, floored, x);
 }
 
-namespace {
-
-Value ceilOf(NodeContext &c, Value x) { return neg(floorOf(c, neg(x))); }
-
-// Rounds half to even, as ONNX's Round (and NumPy's).
 Value roundHalfEven(NodeContext &c, Value x) {
   Value half = scalarOf(c, x, 0.5);
   Value r = floorOf(c, add(x, half));
@@ -55,6 +50,10 @@ Value roundHalfEven(NodeContext &c, Value x) {
   Value odd = ne(sub(r, mul(floorOf(c, mul(r, half)), scalarOf(c, x, 2))), scalarOf(c, x, 0));
   return select(logicalAnd(c, tie, odd), sub(r, scalarOf(c, x, 1)), r);
 }
+
+namespace {
+
+Value ceilOf(NodeContext &c, Value x) { return neg(floorOf(c, neg(x))); }
 
 } // namespace
 

@@ -690,6 +690,7 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       // Resampling (onnx_resize_ops.cpp).
       {"Resize", mapResize},
       {"Upsample", mapUpsample},
+      {"GridSample", mapGridSample},
   };
   return table;
 }

@@ -82,6 +82,8 @@ void mapConvTranspose(NodeContext &c);
 // onnx_math_ops.cpp
 // floor(x) of a floating-point value (stepc has no rounding op).
 Value floorOf(NodeContext &c, Value x);
+// Rounds half to even, as ONNX's Round (and NumPy's).
+Value roundHalfEven(NodeContext &c, Value x);
 void mapFloor(NodeContext &c);
 void mapCeil(NodeContext &c);
 void mapRound(NodeContext &c);
@@ -111,5 +113,6 @@ void mapNonMaxSuppression(NodeContext &c);
 // onnx_resize_ops.cpp
 void mapResize(NodeContext &c);
 void mapUpsample(NodeContext &c);
+void mapGridSample(NodeContext &c);
 
 } // namespace stepc::onnx_import

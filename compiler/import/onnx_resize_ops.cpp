@@ -1,3 +1,5 @@
+// Resize, Upsample and GridSample.
+//
 // Resize and Upsample: one axis at a time, as ONNX's reference does (its
 // n-linear and n-cubic interpolations are separable). Each resized axis gets
 // a tap list computed here from the sizes, scales and modes, which must be
@@ -10,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 namespace stepc::onnx_import {
 
@@ -288,6 +291,133 @@ void mapUpsample(NodeContext &c) {
   std::vector<double> scales =
       c.opset < 9 ? c.attrFloats("scales") : realsOf(c.require(1, "the scales"));
   resizeByScales(c, c.in(0), spec, scales);
+}
+
+// ---------------------------------------------------------------------------
+// GridSample (as onnxruntime): each output pixel reads X at a position the
+// grid gives at run time, so every tap is a gather of X's pixels (rows of
+// X as [N*H*W, C]) by a computed index, weighted and summed. Taps outside X
+// read 0 (zeros), the nearest edge pixel (border) or the pixel mirrored at
+// the edges (reflection).
+
+namespace {
+
+struct GridAxis {
+  Value position; // the sampling coordinate in pixels, [N, Ho, Wo]
+  int64_t size;
+};
+
+// x mirrored into [low, high] (fractional bounds when align_corners = 0).
+Value reflect(NodeContext &c, Value x, double low, double high) {
+  auto k = [&](double v) { return scalarOf(c, x, v); };
+  Value range = k(high - low);
+  auto fold = [&](Value dx, Value nearEdge, Value farEdge, Value sign) {
+    Value n = floorOf(c, div(dx, range));
+    Value r = sub(dx, mul(n, range));
+    Value even = eq(sub(n, mul(floorOf(c, mul(n, k(0.5))), k(2))), k(0));
+    return select(even, add(nearEdge, mul(sign, r)), sub(farEdge, mul(sign, r)));
+  };
+  Value below = fold(sub(k(low), x), k(low), k(high), k(1));
+  Value above = fold(sub(x, k(high)), k(high), k(low), k(-1));
+  return select(lt(x, k(low)), below, select(gt(x, k(high)), above, x));
+}
+
+// One tap's integer position along an axis after padding, and whether it
+// reads X at all (zeros padding).
+std::pair<Value, Value> padTap(NodeContext &c, Value tap, int64_t size, const std::string &padding,
+                               bool alignCorners) {
+  auto k = [&](double v) { return scalarOf(c, tap, v); };
+  Value inside = select(ge(tap, k(0)), le(tap, k(double(size - 1))), c.scalar(0, DType::Bool));
+  if (padding == "border")
+    tap = minimum(maximum(tap, k(0)), k(double(size - 1)));
+  else if (padding == "reflection")
+    tap = alignCorners ? reflect(c, tap, 0, double(size - 1))
+                       : reflect(c, tap, -0.5, double(size) - 0.5);
+  if (padding != "zeros")
+    inside = c.scalar(1, DType::Bool);
+  // Clamped so the gather stays in range where the tap reads nothing.
+  Value index = cast(minimum(maximum(tap, k(0)), k(double(size - 1))), DType::I64);
+  return {index, inside};
+}
+
+std::vector<Value> cubicWeights(NodeContext &c, Value t) {
+  auto k = [&](double v) { return scalarOf(c, t, v); };
+  const double a = -0.75;
+  Value s = add(t, k(1)), q = sub(k(1), t), u = sub(k(2), t);
+  auto outer = [&](Value x) { // ((a x - 5a) x + 8a) x - 4a
+    return sub(mul(add(mul(sub(mul(k(a), x), k(5 * a)), x), k(8 * a)), x), k(4 * a));
+  };
+  auto inner = [&](Value x) { // ((a + 2) x - (a + 3)) x x + 1
+    return add(mul(mul(sub(mul(k(a + 2), x), k(a + 3)), x), x), k(1));
+  };
+  return {outer(s), inner(t), inner(q), outer(u)};
+}
+
+} // namespace
+
+void mapGridSample(NodeContext &c) {
+  Value x = c.in(0), grid = c.in(1);
+  if (x.rank() != 4 || grid.rank() != 4 || grid.dim(3) != 2 || grid.dim(0) != x.dim(0))
+    c.unsupported(fmt::format("GridSample of X {} with grid {} (2-D sampling of X [N,C,H,W] "
+                              "with grid [N,Ho,Wo,2] is supported)",
+                              typeString(x.type()), typeString(grid.type())));
+  if (!isFloat(x.dtype()) || grid.dtype() != x.dtype())
+    c.unsupportedDType("input", x.dtype());
+  std::string mode = c.attrString("mode", "bilinear");
+  std::string padding = c.attrString("padding_mode", "zeros");
+  bool alignCorners = c.attrInt("align_corners", 0) != 0;
+  if (mode != "bilinear" && mode != "nearest" && mode != "bicubic")
+    c.invalid(fmt::format("mode '{}' is not one of bilinear, nearest, bicubic", mode));
+  if (padding != "zeros" && padding != "border" && padding != "reflection")
+    c.invalid(fmt::format("padding_mode '{}' is not one of zeros, border, reflection", padding));
+  int64_t n = x.dim(0), ch = x.dim(1), h = x.dim(2), w = x.dim(3);
+  int64_t ho = grid.dim(1), wo = grid.dim(2);
+  auto k = [&](double v) { return scalarOf(c, x, v); };
+  // Normalized [-1, 1] to pixels.
+  auto denormalize = [&](Value v, int64_t size) {
+    return alignCorners ? mul(add(v, k(1)), k(double(size - 1) / 2))
+                        : mul(sub(mul(add(v, k(1)), k(double(size))), k(1)), k(0.5));
+  };
+  Value gx = reshape(sliceAxis(grid, 3, 0, 1), {n, ho, wo});
+  Value gy = reshape(sliceAxis(grid, 3, 1, 2), {n, ho, wo});
+  GridAxis axes[2] = {{denormalize(gy, h), h}, {denormalize(gx, w), w}};
+  // Per axis: the taps (integer positions as floats) and their weights.
+  std::vector<std::pair<Value, Value>> taps[2];
+  for (int a = 0; a < 2; ++a) {
+    Value p = axes[a].position;
+    if (mode == "nearest") {
+      taps[a].push_back({roundHalfEven(c, p), k(1)});
+      continue;
+    }
+    Value base = floorOf(c, p), t = sub(p, base);
+    if (mode == "bilinear") {
+      taps[a].push_back({base, sub(k(1), t)});
+      taps[a].push_back({add(base, k(1)), t});
+      continue;
+    }
+    std::vector<Value> weights = cubicWeights(c, t);
+    for (int i = 0; i < 4; ++i)
+      taps[a].push_back({add(base, k(double(i - 1))), weights[i]});
+  }
+  // X's pixels as rows [N*H*W, C]; a row index per output pixel.
+  Value pixels = reshape(transpose(x, {0, 2, 3, 1}), {n * h * w, ch});
+  Tensor batchBase(DType::I64, {n, ho, wo});
+  for (int64_t i = 0; i < batchBase.numel(); ++i)
+    batchBase.setReal(i, double((i / (ho * wo)) * h * w));
+  Value rowBase = c.constantOf(batchBase);
+  Value total;
+  for (auto &[ty, wy] : taps[0]) {
+    auto [iy, insideY] = padTap(c, ty, h, padding, alignCorners);
+    for (auto &[tx, wx] : taps[1]) {
+      auto [ix, insideX] = padTap(c, tx, w, padding, alignCorners);
+      Value inside = select(insideY, insideX, c.scalar(0, DType::Bool));
+      Value weight = select(inside, mul(wy, wx), k(0));
+      Value row = add(rowBase, add(mul(iy, c.scalar(double(w), DType::I64)), ix));
+      Value sample = mul(gather(pixels, row, 0), reshape(weight, {n, ho, wo, 1}));
+      total = total.valid() ? add(total, sample) : sample;
+    }
+  }
+  c.setOutput(0, transpose(total, {0, 3, 1, 2}));
 }
 
 } // namespace stepc::onnx_import
