@@ -691,6 +691,10 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"Resize", mapResize},
       {"Upsample", mapUpsample},
       {"GridSample", mapGridSample},
+      // Recurrent cells, unrolled (onnx_rnn_ops.cpp).
+      {"RNN", mapRnn},
+      {"GRU", mapGru},
+      {"LSTM", mapLstm},
   };
   return table;
 }

@@ -115,4 +115,9 @@ void mapResize(NodeContext &c);
 void mapUpsample(NodeContext &c);
 void mapGridSample(NodeContext &c);
 
+// onnx_rnn_ops.cpp
+void mapRnn(NodeContext &c);
+void mapGru(NodeContext &c);
+void mapLstm(NodeContext &c);
+
 } // namespace stepc::onnx_import
