@@ -683,6 +683,31 @@ TEST(OnnxComposite, GatherNDAndTopK) {
   EXPECT_EQ(out.at("indices"), Tensor::of<int64_t>({2, 3}, {4, 2, 0, 0, 2, 3}));
 }
 
+// Recurrent cells are unrolled into graph ops: their weights get gradients.
+TEST(OnnxComposite, LstmUnrolledTrains) {
+  Tensor x = testing::randomTensor(DType::F32, {3, 2, 5}, 7);
+  Tensor w = testing::randomTensor(DType::F32, {2, 16, 5}, 8);
+  Tensor r = testing::randomTensor(DType::F32, {2, 16, 4}, 9);
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {3, 2, 5});
+  m.input("w", onnx::TensorProto::FLOAT, {2, 16, 5});
+  m.input("r", onnx::TensorProto::FLOAT, {2, 16, 4});
+  auto *n = m.node("LSTM", "lstm", {"x", "w", "r"}, {"y", "h", "c"});
+  setInt(n, "hidden_size", 4);
+  setString(n, "direction", "bidirectional");
+  m.output("y");
+  m.output("h");
+  m.output("c");
+  TensorMap in{{"x", x}, {"w", w}, {"r", r}};
+  TensorMap out = runBoth(m, in);
+  EXPECT_EQ(out.at("y").shape(), (Shape{3, 2, 2, 4}));
+  EXPECT_EQ(out.at("h").shape(), (Shape{2, 2, 4}));
+  // The forward direction's last output is Y_h's first row.
+  for (int64_t i = 0; i < 8; ++i)
+    EXPECT_EQ(out.at("h").real(i), out.at("y").real(2 * 16 + i));
+  expectGradients(m, in, {"x", "w", "r"});
+}
+
 // Ops whose result shape depends on values need those values at import.
 TEST(OnnxComposite, ValueDependentShapesAreComputedAtImport) {
   ModelMaker m;
