@@ -1,7 +1,10 @@
 // ONNX import: models from Debian's libonnx-testdata against their reference
 // outputs, the one-message report of unsupported models, and malformed files.
 #include "stepc/autodiff.h"
+#include "stepc/backend.h"
 #include "stepc/onnx.h"
+
+#include "../compiler/autodiff/gradcheck.h"
 
 #include "testing.h"
 
@@ -416,6 +419,335 @@ TEST(OnnxImport, TensorProtosOfUnsupportedTypesAreReported) {
   big.add_dims(int64_t(1) << 40);
   big.set_raw_data("abcd");
   EXPECT_THROW(parseOnnxTensor(big.SerializeAsString(), "big.pb"), Error);
+}
+
+// ---------------------------------------------------------------------------
+// Ops written as compositions of stepc ops at import (onnx_math_ops.cpp,
+// onnx_index_ops.cpp, onnx_resize_ops.cpp).
+
+void setString(onnx::NodeProto *node, const std::string &name, const std::string &value) {
+  auto *a = node->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::STRING);
+  a->set_s(value);
+}
+
+void addInitializer(ModelMaker &m, const std::string &name, const Tensor &t) {
+  auto *init = m.graph->add_initializer();
+  init->set_name(name);
+  for (int64_t d : t.shape())
+    init->add_dims(d);
+  if (t.dtype() == DType::I64) {
+    init->set_data_type(onnx::TensorProto::INT64);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      init->add_int64_data(t.data<int64_t>()[i]);
+  } else {
+    init->set_data_type(onnx::TensorProto::FLOAT);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      init->add_float_data(static_cast<float>(t.real(i)));
+  }
+}
+
+// The model on the interpreter and on the CPU backend, which must agree.
+TensorMap runBoth(const ModelMaker &m, const TensorMap &inputs) {
+  OnnxModel model = importOnnxBytes(m.bytes(), m.graph->name() + ".onnx");
+  TensorMap want = interpret(model.graph, inputs, model.params);
+  TensorMap got = runOnBackend(findBackend("cpu", "test"), model.graph, inputs, model.params);
+  for (const auto &[name, value] : want) {
+    const Tensor &g = got.at(name);
+    EXPECT_EQ(g.type(), value.type()) << name;
+    for (int64_t i = 0; i < value.numel() && g.type() == value.type(); ++i)
+      EXPECT_NEAR(g.real(i), value.real(i), 1e-4 * (1 + std::abs(value.real(i))))
+          << name << "[" << i << "]";
+  }
+  return want;
+}
+
+// d sum(y * r) / d inputs by finite differences in f64, r fixed.
+void expectGradients(const ModelMaker &m, const TensorMap &inputs,
+                     std::vector<std::string> wrt) {
+  OnnxModel model = importOnnxBytes(m.bytes(), m.graph->name() + ".onnx");
+  GraphBuilder b(model.graph);
+  Value y = b.value(model.graph.outputs[0].value);
+  Tensor r = testing::randomTensor(y.dtype(), y.shape(), 99);
+  b.output("loss", sum(mul(y, constantData(b, r.reals(), y.dtype(), y.shape()))));
+  GradcheckReport report = gradcheck(b.finish(), "loss", inputs, model.params, std::move(wrt));
+  EXPECT_TRUE(report.passed) << report.worstWhere;
+  EXPECT_GT(report.elementsChecked, 0);
+}
+
+std::string importError(const ModelMaker &m) {
+  try {
+    importOnnxBytes(m.bytes(), "bad.onnx");
+  } catch (const OnnxImportError &e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(OnnxComposite, ModFollowsTheDivisorOrTheDividendSign) {
+  Tensor a = Tensor::of<int64_t>({6}, {-7, 7, -7, 7, 5, 0});
+  Tensor b = Tensor::of<int64_t>({6}, {3, -3, -3, 3, 0, 4});
+  for (int64_t fmod : {0, 1}) {
+    ModelMaker m;
+    m.input("a", onnx::TensorProto::INT64, {6});
+    m.input("b", onnx::TensorProto::INT64, {6});
+    setInt(m.node("Mod", "mod", {"a", "b"}, {"y"}), "fmod", fmod);
+    m.output("y");
+    Tensor y = runBoth(m, {{"a", a}, {"b", b}}).at("y");
+    // x mod 0 is x (stepc's x / 0 is 0).
+    std::vector<int64_t> want = fmod ? std::vector<int64_t>{-1, 1, -1, 1, 5, 0}
+                                     : std::vector<int64_t>{2, -2, -1, 1, 5, 0};
+    EXPECT_EQ(y, Tensor::of<int64_t>({6}, want)) << "fmod " << fmod;
+  }
+  Tensor x = Tensor::of<float>({4}, {-4.25f, 7.5f, 5.0f, -0.5f});
+  Tensor d = Tensor::of<float>({4}, {2.0f, -3.0f, 8.0f, 0.25f});
+  for (int64_t fmod : {0, 1}) {
+    ModelMaker m;
+    m.input("x", onnx::TensorProto::FLOAT, {4});
+    m.input("d", onnx::TensorProto::FLOAT, {4});
+    setInt(m.node("Mod", "mod", {"x", "d"}, {"y"}), "fmod", fmod);
+    m.output("y");
+    Tensor y = runBoth(m, {{"x", x}, {"d", d}}).at("y");
+    for (int64_t i = 0; i < 4; ++i) {
+      double r = std::fmod(x.real(i), d.real(i));
+      if (!fmod && r != 0 && (r < 0) != (d.real(i) < 0))
+        r += d.real(i);
+      EXPECT_NEAR(y.real(i), r, 1e-6) << "fmod " << fmod << " at " << i;
+    }
+  }
+  ModelMaker bad;
+  bad.input("a", onnx::TensorProto::INT64, {6});
+  setInt(bad.node("Mod", "mod", {"a", "a"}, {"y"}), "fmod", 2);
+  bad.output("y");
+  EXPECT_NE(importError(bad).find("attribute 'fmod' must be 0 or 1"), std::string::npos);
+}
+
+TEST(OnnxComposite, RoundingAndInverseTrigonometry) {
+  Tensor x = Tensor::of<float>({8}, {-2.5f, -1.5f, -0.7f, -0.5f, 0.5f, 0.7f, 1.5f, 2.5f});
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {8});
+  for (const char *op : {"Floor", "Ceil", "Round", "Atan", "Asinh"})
+    m.node(op, op, {"x"}, {op}), m.output(op);
+  m.node("Mul", "scale", {"x", "third"}, {"small"});
+  addInitializer(m, "third", Tensor::of<float>({}, {0.3f}));
+  for (const char *op : {"Asin", "Acos", "Atanh"})
+    m.node(op, op, {"small"}, {op}), m.output(op);
+  TensorMap out = runBoth(m, {{"x", x}});
+  for (int64_t i = 0; i < 8; ++i) {
+    double v = x.real(i), s = 0.3f * float(v);
+    EXPECT_EQ(out.at("Floor").real(i), std::floor(v));
+    EXPECT_EQ(out.at("Ceil").real(i), std::ceil(v));
+    EXPECT_EQ(out.at("Round").real(i), std::nearbyint(v)) << v; // half to even
+    EXPECT_NEAR(out.at("Atan").real(i), std::atan(v), 1e-6);
+    EXPECT_NEAR(out.at("Asinh").real(i), std::asinh(v), 1e-6);
+    EXPECT_NEAR(out.at("Asin").real(i), std::asin(s), 1e-6);
+    EXPECT_NEAR(out.at("Acos").real(i), std::acos(s), 1e-6);
+    EXPECT_NEAR(out.at("Atanh").real(i), std::atanh(s), 1e-6);
+  }
+}
+
+// Einsum becomes transposes, reshapes and one batched matmul per pair.
+TEST(OnnxComposite, EinsumContractsLikeNumpy) {
+  Tensor a = testing::randomTensor(DType::F32, {3, 5, 7}, 1);
+  Tensor b = testing::randomTensor(DType::F32, {7, 3, 2}, 2);
+  ModelMaker m;
+  m.input("a", onnx::TensorProto::FLOAT, {3, 5, 7});
+  m.input("b", onnx::TensorProto::FLOAT, {7, 3, 2});
+  setString(m.node("Einsum", "e", {"a", "b"}, {"y"}), "equation", "bij, jbk -> kbi");
+  m.output("y");
+  Tensor y = runBoth(m, {{"a", a}, {"b", b}}).at("y");
+  ASSERT_EQ(y.shape(), (Shape{2, 3, 5}));
+  for (int64_t k = 0; k < 2; ++k)
+    for (int64_t bb = 0; bb < 3; ++bb)
+      for (int64_t i = 0; i < 5; ++i) {
+        double want = 0;
+        for (int64_t j = 0; j < 7; ++j)
+          want += a.real((bb * 5 + i) * 7 + j) * b.real((j * 3 + bb) * 2 + k);
+        EXPECT_NEAR(y.real((k * 3 + bb) * 5 + i), want, 1e-5);
+      }
+  expectGradients(m, {{"a", a}, {"b", b}}, {"a", "b"});
+  ModelMaker bad;
+  bad.input("a", onnx::TensorProto::FLOAT, {3, 5, 7});
+  setString(bad.node("Einsum", "e", {"a"}, {"y"}), "equation", "ij->i");
+  bad.output("y");
+  EXPECT_NE(importError(bad).find("term 'ij' has 2 labels but operand 0 is f32[3,5,7]"),
+            std::string::npos);
+}
+
+// Resize: linear is a matmul per axis (gradients reach the input), nearest
+// a gather; both agree between the interpreter and the CPU backend.
+TEST(OnnxComposite, ResizeLinearAndNearest) {
+  Tensor x = testing::randomTensor(DType::F32, {1, 2, 3, 5}, 3);
+  for (const char *mode : {"linear", "nearest", "cubic"}) {
+    ModelMaker m;
+    m.input("x", onnx::TensorProto::FLOAT, {1, 2, 3, 5});
+    auto *n = m.node("Resize", "r", {"x", "", "", "sizes"}, {"y"});
+    setString(n, "mode", mode);
+    setString(n, "coordinate_transformation_mode", "align_corners");
+    addInitializer(m, "sizes", Tensor::of<int64_t>({4}, {1, 2, 5, 4}));
+    m.output("y");
+    Tensor y = runBoth(m, {{"x", x}}).at("y");
+    ASSERT_EQ(y.shape(), (Shape{1, 2, 5, 4})) << mode;
+    // align_corners keeps the corners.
+    for (int64_t ch = 0; ch < 2; ++ch) {
+      EXPECT_NEAR(y.real(ch * 20), x.real(ch * 15), 1e-6) << mode;
+      EXPECT_NEAR(y.real(ch * 20 + 19), x.real(ch * 15 + 14), 1e-6) << mode;
+    }
+    if (std::string(mode) == "linear") {
+      // Row 2 of 5 lies at input row 1; column 1 of 4 at input column 4/3.
+      double want = x.real(5 + 1) * (2.0 / 3) + x.real(5 + 2) * (1.0 / 3);
+      EXPECT_NEAR(y.real(2 * 4 + 1), want, 1e-6);
+      expectGradients(m, {{"x", x}}, {"x"});
+    }
+  }
+  ModelMaker bad;
+  bad.input("x", onnx::TensorProto::FLOAT, {1, 2, 3, 5});
+  setString(bad.node("Resize", "r", {"x", "", "", "sizes"}, {"y"}), "mode", "area");
+  addInitializer(bad, "sizes", Tensor::of<int64_t>({4}, {1, 2, 5, 4}));
+  bad.output("y");
+  EXPECT_NE(importError(bad).find("mode 'area' is not one of nearest, linear, cubic"),
+            std::string::npos);
+}
+
+TEST(OnnxComposite, ScatterElementsReductionsAndBadIndices) {
+  Tensor data = testing::randomTensor(DType::F32, {3, 5}, 4);
+  Tensor updates = testing::randomTensor(DType::F32, {2, 4}, 5);
+  Tensor indices = Tensor::of<int64_t>({2, 4}, {1, -1, 3, 1, 1, 0, 3, 2});
+  for (const char *reduction : {"none", "add", "mul"}) {
+    ModelMaker m;
+    m.input("data", onnx::TensorProto::FLOAT, {3, 5});
+    m.input("indices", onnx::TensorProto::INT64, {2, 4});
+    m.input("updates", onnx::TensorProto::FLOAT, {2, 4});
+    auto *n = m.node("ScatterElements", "s", {"data", "indices", "updates"}, {"y"});
+    setInt(n, "axis", 1);
+    setString(n, "reduction", reduction);
+    m.output("y");
+    TensorMap in{{"data", data}, {"indices", indices}, {"updates", updates}};
+    Tensor y = runBoth(m, in).at("y");
+    Tensor want = data;
+    for (int64_t i = 0; i < 2; ++i)
+      for (int64_t j = 0; j < 4; ++j) {
+        int64_t k = indices.data<int64_t>()[i * 4 + j];
+        k = k < 0 ? k + 5 : k;
+        double u = updates.real(i * 4 + j);
+        double old = want.real(i * 5 + k);
+        std::string r = reduction;
+        want.setReal(i * 5 + k, r == "none" ? u : r == "add" ? old + u : old * u);
+      }
+    for (int64_t i = 0; i < 15; ++i)
+      EXPECT_NEAR(y.real(i), want.real(i), 1e-6) << reduction << " at " << i;
+    expectGradients(m, in, {"data", "updates"});
+    // An index out of range is an error when the step runs.
+    Tensor outOfRange = indices;
+    outOfRange.data<int64_t>()[2] = 5;
+    OnnxModel model = importOnnxBytes(m.bytes(), "scatter.onnx");
+    in["indices"] = outOfRange;
+    EXPECT_THROW(interpret(model.graph, in, model.params), Error);
+  }
+  ModelMaker bad;
+  bad.input("data", onnx::TensorProto::FLOAT, {3, 5});
+  bad.input("indices", onnx::TensorProto::INT64, {2, 4});
+  setString(bad.node("ScatterElements", "s", {"data", "indices", "data"}, {"y"}), "reduction",
+            "sum");
+  bad.output("y");
+  EXPECT_NE(importError(bad).find("reduction 'sum' is not one of"), std::string::npos);
+}
+
+TEST(OnnxComposite, GatherNDAndTopK) {
+  Tensor data = testing::randomTensor(DType::F32, {3, 4, 2}, 6);
+  Tensor indices = Tensor::of<int64_t>({2, 2}, {2, -1, 0, 1});
+  ModelMaker m;
+  m.input("data", onnx::TensorProto::FLOAT, {3, 4, 2});
+  m.input("indices", onnx::TensorProto::INT64, {2, 2});
+  m.node("GatherND", "g", {"data", "indices"}, {"y"});
+  m.output("y");
+  TensorMap in{{"data", data}, {"indices", indices}};
+  Tensor y = runBoth(m, in).at("y");
+  ASSERT_EQ(y.shape(), (Shape{2, 2}));
+  for (int64_t k = 0; k < 2; ++k) {
+    EXPECT_EQ(y.real(k), data.real((2 * 4 + 3) * 2 + k));
+    EXPECT_EQ(y.real(2 + k), data.real((0 * 4 + 1) * 2 + k));
+  }
+  expectGradients(m, in, {"data"});
+
+  Tensor x = Tensor::of<float>({2, 5}, {3, 1, 4, 1, 5, 9, 2, 6, 5, 3});
+  ModelMaker t;
+  t.input("x", onnx::TensorProto::FLOAT, {2, 5});
+  t.node("TopK", "top", {"x", "k"}, {"values", "indices"});
+  addInitializer(t, "k", Tensor::of<int64_t>({1}, {3}));
+  t.output("values");
+  t.output("indices");
+  TensorMap out = runBoth(t, {{"x", x}});
+  EXPECT_EQ(out.at("values"), Tensor::of<float>({2, 3}, {5, 4, 3, 9, 6, 5}));
+  EXPECT_EQ(out.at("indices"), Tensor::of<int64_t>({2, 3}, {4, 2, 0, 0, 2, 3}));
+}
+
+// Recurrent cells are unrolled into graph ops: their weights get gradients.
+TEST(OnnxComposite, LstmUnrolledTrains) {
+  Tensor x = testing::randomTensor(DType::F32, {3, 2, 5}, 7);
+  Tensor w = testing::randomTensor(DType::F32, {2, 16, 5}, 8);
+  Tensor r = testing::randomTensor(DType::F32, {2, 16, 4}, 9);
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {3, 2, 5});
+  m.input("w", onnx::TensorProto::FLOAT, {2, 16, 5});
+  m.input("r", onnx::TensorProto::FLOAT, {2, 16, 4});
+  auto *n = m.node("LSTM", "lstm", {"x", "w", "r"}, {"y", "h", "c"});
+  setInt(n, "hidden_size", 4);
+  setString(n, "direction", "bidirectional");
+  m.output("y");
+  m.output("h");
+  m.output("c");
+  TensorMap in{{"x", x}, {"w", w}, {"r", r}};
+  TensorMap out = runBoth(m, in);
+  EXPECT_EQ(out.at("y").shape(), (Shape{3, 2, 2, 4}));
+  EXPECT_EQ(out.at("h").shape(), (Shape{2, 2, 4}));
+  // The forward direction's last output is Y_h's first row.
+  for (int64_t i = 0; i < 8; ++i)
+    EXPECT_EQ(out.at("h").real(i), out.at("y").real(2 * 16 + i));
+  expectGradients(m, in, {"x", "w", "r"});
+}
+
+// Ops whose result shape depends on values need those values at import.
+TEST(OnnxComposite, ValueDependentShapesAreComputedAtImport) {
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {6});
+  m.node("Unique", "u", {"x"}, {"y", "first", "inverse", "counts"});
+  for (const char *out : {"y", "first", "inverse", "counts"})
+    m.output(out);
+  try {
+    importOnnxBytes(m.bytes(), "unique.onnx");
+    FAIL() << "expected the input to be needed at import";
+  } catch (const OnnxImportError &e) {
+    ASSERT_EQ(e.problems().size(), 1u) << e.what();
+    EXPECT_EQ(e.problems()[0].kind, OnnxProblem::Kind::StaticInput);
+  }
+  OnnxImportOptions options;
+  options.inputValues["x"] = Tensor::of<float>({6}, {2, 1, 1, 3, 4, 3});
+  OnnxModel model = importOnnxBytes(m.bytes(), "unique.onnx", options);
+  TensorMap out = interpret(model.graph, {}, model.params);
+  EXPECT_EQ(out.at("y"), Tensor::of<float>({4}, {1, 2, 3, 4}));
+  EXPECT_EQ(out.at("first"), Tensor::of<int64_t>({4}, {1, 0, 3, 4}));
+  EXPECT_EQ(out.at("inverse"), Tensor::of<int64_t>({6}, {1, 0, 0, 2, 3, 2}));
+  EXPECT_EQ(out.at("counts"), Tensor::of<int64_t>({4}, {2, 1, 2, 1}));
+}
+
+TEST(OnnxComposite, NonMaxSuppressionKeepsTheBestBoxes) {
+  // Box 1 overlaps box 0 (IoU 0.81), box 2 is apart.
+  Tensor boxes = Tensor::of<float>({1, 3, 4}, {0, 0, 1, 1, 0, 0.1f, 1, 1.1f, 0, 2, 1, 3});
+  Tensor scores = Tensor::of<float>({1, 1, 3}, {0.9f, 0.95f, 0.3f});
+  ModelMaker m;
+  m.input("boxes", onnx::TensorProto::FLOAT, {1, 3, 4});
+  m.input("scores", onnx::TensorProto::FLOAT, {1, 1, 3});
+  m.node("NonMaxSuppression", "nms", {"boxes", "scores", "max", "iou"}, {"selected"});
+  addInitializer(m, "max", Tensor::of<int64_t>({1}, {3}));
+  addInitializer(m, "iou", Tensor::of<float>({1}, {0.5f}));
+  m.output("selected");
+  OnnxImportOptions options;
+  options.inputValues = {{"boxes", boxes}, {"scores", scores}};
+  OnnxModel model = importOnnxBytes(m.bytes(), "nms.onnx", options);
+  TensorMap out = interpret(model.graph, {}, model.params);
+  EXPECT_EQ(out.at("selected"), Tensor::of<int64_t>({2, 3}, {0, 0, 1, 0, 0, 2}));
 }
 
 } // namespace

@@ -661,6 +661,40 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"ConvTranspose", mapConvTranspose},
       {"CumSum", mapCumSum},
       {"ReduceProd", mapReduceProd},
+      // Compositions of stepc ops (onnx_math_ops.cpp).
+      {"Floor", mapFloor},
+      {"Ceil", mapCeil},
+      {"Round", mapRound},
+      {"Mod", mapMod},
+      {"Atan", mapAtan},
+      {"Asin", mapAsin},
+      {"Acos", mapAcos},
+      {"Asinh", mapAsinh},
+      {"Acosh", mapAcosh},
+      {"Atanh", mapAtanh},
+      {"EyeLike", mapEyeLike},
+      {"HannWindow", mapHannWindow},
+      {"HammingWindow", mapHammingWindow},
+      {"BlackmanWindow", mapBlackmanWindow},
+      {"Einsum", mapEinsum},
+      {"TopK", mapTopK},
+      // Indexing; value-dependent shapes (onnx_index_ops.cpp).
+      {"ScatterElements", mapScatterElements},
+      {"Scatter", mapScatterElements},
+      {"GatherND", mapGatherND},
+      {"ScatterND", mapScatterND},
+      {"Compress", mapCompress},
+      {"NonZero", mapNonZero},
+      {"Unique", mapUnique},
+      {"NonMaxSuppression", mapNonMaxSuppression},
+      // Resampling (onnx_resize_ops.cpp).
+      {"Resize", mapResize},
+      {"Upsample", mapUpsample},
+      {"GridSample", mapGridSample},
+      // Recurrent cells, unrolled (onnx_rnn_ops.cpp).
+      {"RNN", mapRnn},
+      {"GRU", mapGru},
+      {"LSTM", mapLstm},
   };
   return table;
 }

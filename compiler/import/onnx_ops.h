@@ -79,4 +79,45 @@ void mapNegativeLogLikelihoodLoss(NodeContext &c);
 void mapSoftmaxCrossEntropyLoss(NodeContext &c);
 void mapConvTranspose(NodeContext &c);
 
+// onnx_math_ops.cpp
+// floor(x) of a floating-point value (stepc has no rounding op).
+Value floorOf(NodeContext &c, Value x);
+// Rounds half to even, as ONNX's Round (and NumPy's).
+Value roundHalfEven(NodeContext &c, Value x);
+void mapFloor(NodeContext &c);
+void mapCeil(NodeContext &c);
+void mapRound(NodeContext &c);
+void mapMod(NodeContext &c);
+void mapAtan(NodeContext &c);
+void mapAsin(NodeContext &c);
+void mapAcos(NodeContext &c);
+void mapAsinh(NodeContext &c);
+void mapAcosh(NodeContext &c);
+void mapAtanh(NodeContext &c);
+void mapEyeLike(NodeContext &c);
+void mapHannWindow(NodeContext &c);
+void mapHammingWindow(NodeContext &c);
+void mapBlackmanWindow(NodeContext &c);
+void mapEinsum(NodeContext &c);
+void mapTopK(NodeContext &c);
+
+// onnx_index_ops.cpp
+void mapScatterElements(NodeContext &c);
+void mapGatherND(NodeContext &c);
+void mapScatterND(NodeContext &c);
+void mapCompress(NodeContext &c);
+void mapNonZero(NodeContext &c);
+void mapUnique(NodeContext &c);
+void mapNonMaxSuppression(NodeContext &c);
+
+// onnx_resize_ops.cpp
+void mapResize(NodeContext &c);
+void mapUpsample(NodeContext &c);
+void mapGridSample(NodeContext &c);
+
+// onnx_rnn_ops.cpp
+void mapRnn(NodeContext &c);
+void mapGru(NodeContext &c);
+void mapLstm(NodeContext &c);
+
 } // namespace stepc::onnx_import
