@@ -58,7 +58,9 @@ private:
   // fold into A's rows (one product with B).
   struct MatMulPlan {
     StridedOperand a, b;
-    bool dot = false, collapse = false;
+    // dot: B is read as B^T (no unit stride along N); pack: its column
+    // panels are copied row-major for the vector tile (else dot products).
+    bool dot = false, pack = false, collapse = false;
   };
   std::optional<MatMulPlan> matmulPlan(ValueId product, bool planning) const;
   std::vector<bool> matmulCopies(ValueId product) const;

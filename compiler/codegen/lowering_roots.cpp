@@ -821,9 +821,14 @@ bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
         break;
       }
       case OpClass::Contraction: ok = n.op == OpKind::MatMul && k == 0 && in.size() == 2 && sameRow; break;
+      // A row-major reshape that keeps dimension 0 keeps each row's
+      // elements in that row (a matmul's [16,64,256] result as [16,64,4,64]).
+      case OpClass::View:
+        ok = n.op == OpKind::Reshape && !in.empty() && !n.type.shape.empty() &&
+             in[0] == n.type.shape[0];
+        break;
       case OpClass::Source:
       case OpClass::Constant:
-      case OpClass::View:
       case OpClass::Indexed:
       case OpClass::Window:
       case OpClass::Scatter:
