@@ -95,6 +95,7 @@ private:
       const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
       const std::function<void(const std::string &, const std::string &, const std::string &,
                                const std::string &, const std::string &, const std::string &)> &f);
+  bool emitLeadingAxesReduction(ValueId id, bool parallel, const std::string &init);
   std::string colBuffer(const Shape &ws, const Shape &gs);
   void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
               const Shape &gs, const std::string &col);
