@@ -201,7 +201,8 @@ bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const st
   bool prefix = leading >= 1 && leading < in.size();
   for (size_t k = 0; prefix && k < leading; ++k)
     prefix = axes[k] == static_cast<int64_t>(k);
-  if (!prefix || n.type.dtype != DType::F32 || (parallel && n.type.shape[0] != 1))
+  // (The GPU runs one thread per output element; no stack buffers there.)
+  if (gpu_ || !prefix || n.type.dtype != DType::F32 || (parallel && n.type.shape[0] != 1))
     return false;
   Shape rows(in.begin(), in.begin() + static_cast<ptrdiff_t>(leading));
   Shape row(in.begin() + static_cast<ptrdiff_t>(leading), in.end());
