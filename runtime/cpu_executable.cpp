@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -65,13 +66,18 @@ CpuExecutable::CpuExecutable(ExecutableSpec spec, RunOptions options)
   checkCpuSpec(spec_, options_);
   firstParamWriter_ = firstParamWriter(spec_);
 
+  // calloc, not aligned_alloc + memset: a large arena comes from fresh
+  // (mmap'ed) pages that the kernel zeroes on first touch, so creating an
+  // executable (a JIT cache hit) does not write hundreds of megabytes up
+  // front. Aligned by hand inside the allocation.
   size_t bytes = static_cast<size_t>(std::max<int64_t>(spec_.arenaBytes, 1));
-  bytes = (bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
-  arena_ = static_cast<std::byte *>(std::aligned_alloc(kArenaAlignment, bytes));
-  if (!arena_)
+  arenaAllocation_ = std::calloc(bytes + kArenaAlignment, 1);
+  if (!arenaAllocation_)
     throw Error(fmt::format("executable '{}': cannot allocate its arena of {} bytes",
                             spec_.name, spec_.arenaBytes));
-  std::memset(arena_, 0, bytes);
+  auto address = reinterpret_cast<uintptr_t>(arenaAllocation_);
+  arena_ = static_cast<std::byte *>(arenaAllocation_) +
+           (kArenaAlignment - address % kArenaAlignment) % kArenaAlignment;
   descriptor_ = {arena_, arena_, 0, spec_.arenaBytes, 1};
 
   try {
@@ -92,14 +98,14 @@ CpuExecutable::CpuExecutable(ExecutableSpec spec, RunOptions options)
     writeInitialParams();
   } catch (...) {
     pool_.reset();
-    std::free(arena_);
+    std::free(arenaAllocation_);
     throw;
   }
 }
 
 CpuExecutable::~CpuExecutable() {
   pool_.reset(); // join the workers before the arena they might touch goes
-  std::free(arena_);
+  std::free(arenaAllocation_);
 }
 
 void CpuExecutable::readSlot(const TensorSlot &slot, std::byte *to) const {

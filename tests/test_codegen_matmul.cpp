@@ -118,6 +118,57 @@ std::vector<Case> cases() {
   output y = %y
   output loss = %loss
 })"},
+      // B^T packed into column panels, with an epilogue on the register tile
+      // and a reshape that keeps dimension 0 (row-local: split by threads).
+      {"transposed_b_packed_epilogue", R"(graph g {
+  input %x : f32[3,37,70]
+  param %w : f32[53,70] = xavier_uniform(seed=1)
+  param %b : f32[53] = normal(mean=0.0, std=1.0, seed=2)
+  %wt = transpose(%w) {perm=[1,0]}
+  %y = matmul(%x, %wt)
+  %yb = add(%y, %b)
+  %t = tanh(%yb)
+  %r = reshape(%t) {shape=[3,1961]}
+  %loss = reduce_sum(%r) {axes=[0,1], keepdims=0}
+  output r = %r
+  output loss = %loss
+})"},
+      // Both operands transposed (A's K stride is not 1): packed B.
+      {"transposed_a_and_b", R"(graph g {
+  input %x : f32[29,37]
+  param %w : f32[45,29] = xavier_uniform(seed=1)
+  %xt = transpose(%x) {perm=[1,0]}
+  %wt = transpose(%w) {perm=[1,0]}
+  %y = matmul(%xt, %wt)
+  %loss = reduce_sum(%y) {axes=[0,1], keepdims=0}
+  output y = %y
+  output loss = %loss
+})"},
+      // N under one vector with a long unit-stride K: dot products.
+      {"transposed_b_narrow_n", R"(graph g {
+  input %x : f32[37,70]
+  param %w : f32[5,70] = xavier_uniform(seed=1)
+  %wt = transpose(%w) {perm=[1,0]}
+  %y = matmul(%x, %wt)
+  %loss = reduce_sum(%y) {axes=[0,1], keepdims=0}
+  output y = %y
+  output loss = %loss
+})"},
+      // A reshape across dimension 0 of the epilogue's result stays out of
+      // the matmul's kernel (users read it as a view).
+      {"reshape_across_rows", R"(graph g {
+  input %x : f32[3,37,29]
+  param %w : f32[29,45] = xavier_uniform(seed=1)
+  input %res : f32[3,37,45]
+  %y = matmul(%x, %w)
+  %s = add(%y, %res)
+  %r = reshape(%s) {shape=[111,45]}
+  param %v : f32[45,19] = xavier_uniform(seed=2)
+  %z = matmul(%r, %v)
+  %loss = reduce_mean(%z) {axes=[0,1], keepdims=0}
+  output z = %z
+  output loss = %loss
+})"},
       {"attention_heads", R"(graph g {
   input %x : f32[2,9,24]
   param %wq : f32[24,24] = xavier_uniform(seed=1)

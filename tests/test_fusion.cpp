@@ -596,6 +596,37 @@ TEST(Fusion, TransposeOfAWeightFoldsIntoTheMatmul) {
       << whyNotFused(padded, separate);
 }
 
+// A reshape of a matmul kernel's result that changes dimension 0 would keep
+// the kernel from splitting its rows among threads: it stays out, and the
+// next matmul reads it in place; one that keeps dimension 0 joins.
+TEST(Fusion, ReshapeAcrossRowsStaysOutOfTheMatmulKernel) {
+  Graph g = parseGraph(R"(graph r {
+    input %x : f32[4,8,16]
+    param %w : f32[16,32] = he_uniform(seed=1)
+    param %v : f32[32,8] = he_uniform(seed=2)
+    %y = matmul(%x, %w)
+    %h = relu(%y)
+    %rows = reshape(%h) {shape=[32,32]}
+    %heads = reshape(%h) {shape=[4,8,2,16]}
+    %z = matmul(%rows, %v)
+    output z = %z
+    output heads = %heads
+  })", "r.sg");
+  FusionPlan plan = planFusion(g);
+  std::string why = whyNotFused(g, plan);
+  ValueId heads = *g.findOutput("heads"), rows = *g.findNamed("rows"), y = *g.findNamed("y");
+  auto groupOf = [&](ValueId v) {
+    for (size_t k = 0; k < plan.groups.size(); ++k)
+      for (ValueId n : plan.groups[k].nodes)
+        if (n == v)
+          return k;
+    return plan.groups.size();
+  };
+  EXPECT_EQ(groupOf(heads), groupOf(y)) << why;
+  EXPECT_NE(groupOf(rows), groupOf(y)) << why;
+  expectSameResults(g, plan, freshSeed());
+}
+
 TEST(Fusion, UnfusedModeIsOneKernelPerOp) {
   Graph g = optimized(trainStep(parseGraphFile(testing::sourcePath("examples/xor.sg")), "loss",
                                 Optimizer::adam()));

@@ -221,6 +221,32 @@ TEST_F(JitTest, KeyCoversOptionsShapesAndLocations) {
   EXPECT_EQ(jitCacheStats().memoryHits, 0);
 }
 
+// The in-memory lookup hashes and compares the graph without printing it:
+// it must still tell apart everything the printed key does (an attribute, a
+// node's name, a location's origin) and find an equal graph.
+TEST_F(JitTest, MemoryKeySeesWhatThePrintedKeySees) {
+  compileAndCheck(xorGraph());
+  std::string seed = kXor;
+  seed.replace(seed.find("seed=8"), 6, "seed=9");
+  compileAndCheck(parseGraph(seed, "xor.sg"));
+  EXPECT_EQ(jitCacheStats().misses, 2) << "an attribute changes the key";
+  Graph renamed = xorGraph();
+  renamed.nodes.back().name = "loss2";
+  renamed.reindexNames();
+  compileAndCheck(renamed);
+  EXPECT_EQ(jitCacheStats().misses, 3) << "a name changes the key";
+  Graph origin = xorGraph();
+  origin.nodes.back().loc.origin = "gradient of something";
+  EXPECT_NE(jitCacheKeyText(origin, {}), jitCacheKeyText(xorGraph(), {}));
+  compileAndCheck(origin);
+  EXPECT_EQ(jitCacheStats().misses, 4) << "a location changes the key";
+  EXPECT_EQ(jitCacheStats().memoryHits, 0);
+  compileAndCheck(parseGraph(seed, "xor.sg"));
+  compileAndCheck(origin);
+  EXPECT_EQ(jitCacheStats().misses, 4);
+  EXPECT_EQ(jitCacheStats().memoryHits, 2);
+}
+
 TEST_F(JitTest, UnwritableCacheDirectoryDoesNotFailTheCompile) {
   fs::path file = dir_ / "a-file";
   std::ofstream(file) << "not a directory";

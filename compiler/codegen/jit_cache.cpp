@@ -31,7 +31,9 @@
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <unordered_map>
+#include <variant>
 
 
 namespace stepc::codegen {
@@ -47,11 +49,21 @@ constexpr std::string_view kEntryFormat = "stepc-jit-cache 1";
 // entry's code stays loaded while an Executable still uses it.
 constexpr size_t kMemoryEntries = 64;
 
+// An in-memory entry: what its key text would say, kept as the options'
+// header and a copy of the graph, so that a lookup hashes and compares the
+// graph without printing it (a hit must cost milliseconds whatever the
+// graph's size; the printed key is only made on a miss, for the disk).
+struct MemoryEntry {
+  std::string header;
+  Graph graph;
+  std::shared_ptr<const ExecutableSpec> spec; // its owner keeps the code loaded
+};
+
 struct CacheState {
   std::mutex mutex;
-  // Full key text -> a finished spec (its owner keeps the code loaded).
-  std::unordered_map<std::string, std::shared_ptr<const ExecutableSpec>> entries;
-  std::deque<std::string> insertionOrder;
+  // Structural hash (memoryKeyHash) -> the entries with that hash.
+  std::unordered_map<uint64_t, std::vector<std::shared_ptr<const MemoryEntry>>> entries;
+  std::deque<std::pair<uint64_t, const MemoryEntry *>> insertionOrder;
   JitCacheStats stats;
 };
 
@@ -74,7 +86,8 @@ const std::string &hostTarget() {
 
 std::string hex64(uint64_t value) { return fmt::format("{:016x}", value); }
 
-std::string keyText(const Graph &graph, const CompileOptions &options) {
+// Everything in the key text but the graph: the codegen, target and options.
+std::string keyHeader(const CompileOptions &options) {
   std::string text = fmt::format(
       "{}\nfingerprint {}\nllvm {}\ntarget {}\nmatmul tile {}\nfusion {} passes {}\n",
       kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING, hostTarget(),
@@ -88,6 +101,11 @@ std::string keyText(const Graph &graph, const CompileOptions &options) {
   if (options.perturbKernel)
     text += fmt::format("perturb k{} by {}\n", options.perturbKernel->group,
                         options.perturbKernel->amount);
+  return text;
+}
+
+std::string keyText(const Graph &graph, const CompileOptions &options) {
+  std::string text = keyHeader(options);
   text += printGraph(graph);
   // The printed graph has no locations, but the kernels' provenance (and so
   // every --check-numerics report) names them.
@@ -142,6 +160,91 @@ std::vector<std::string> kernelNames(const ExecutableSpec &spec) {
 }
 
 enum class DiskLookup { Absent, Bad, Hit };
+
+// A 64-bit hash of what the key text prints, mixed a word at a time.
+class StructuralHash {
+public:
+  void word(uint64_t w) {
+    hash_ ^= w + 0x9e3779b97f4a7c15ull + (hash_ << 6) + (hash_ >> 2);
+    hash_ *= 0x100000001b3ull;
+  }
+  void bytes(std::string_view text) {
+    word(text.size());
+    uint64_t w;
+    size_t i = 0;
+    for (; i + 8 <= text.size(); i += 8) {
+      std::memcpy(&w, text.data() + i, 8);
+      word(w);
+    }
+    w = 0;
+    std::memcpy(&w, text.data() + i, text.size() - i);
+    word(w);
+  }
+  template <typename T> void words(const std::vector<T> &values) {
+    word(values.size());
+    for (const T &v : values) {
+      uint64_t w = 0;
+      std::memcpy(&w, &v, sizeof v);
+      word(w);
+    }
+  }
+  uint64_t value() const { return hash_; }
+
+private:
+  uint64_t hash_ = 0xcbf29ce484222325ull;
+};
+
+uint64_t memoryKeyHash(const std::string &header, const Graph &graph) {
+  StructuralHash h;
+  h.bytes(header);
+  h.bytes(graph.name);
+  h.word(graph.nodes.size());
+  for (const Node &node : graph.nodes) {
+    h.word(static_cast<uint64_t>(node.op));
+    h.words(node.operands);
+    h.word(node.attrs.entries().size());
+    for (const auto &[name, value] : node.attrs.entries()) {
+      h.bytes(name);
+      h.word(value.index());
+      std::visit(
+          [&](const auto &v) {
+            using V = std::decay_t<decltype(v)>;
+            if constexpr (std::is_same_v<V, std::string>)
+              h.bytes(v);
+            else if constexpr (std::is_same_v<V, int64_t> || std::is_same_v<V, double>)
+              h.words(std::vector<V>{v});
+            else
+              h.words(v);
+          },
+          value);
+    }
+    h.word(static_cast<uint64_t>(node.type.dtype));
+    h.words(node.type.shape);
+    h.bytes(node.name);
+    h.bytes(node.loc.file);
+    h.word(static_cast<uint64_t>(node.loc.line) << 32 | static_cast<uint32_t>(node.loc.col));
+    h.bytes(node.loc.origin);
+  }
+  for (const GraphOutput &o : graph.outputs) {
+    h.bytes(o.name);
+    h.word(o.value);
+  }
+  for (const ParamUpdate &u : graph.updates)
+    h.word(static_cast<uint64_t>(u.param) << 32 | u.value);
+  return h.value();
+}
+
+// Graph equality plus the locations the key text also covers.
+bool sameKeyGraph(const Graph &a, const Graph &b) {
+  if (!(a == b))
+    return false;
+  for (size_t i = 0; i < a.nodes.size(); ++i) {
+    const SourceLoc &x = a.nodes[i].loc, &y = b.nodes[i].loc;
+    if (x.file != y.file || x.line != y.line || x.col != y.col || x.origin != y.origin)
+      return false;
+  }
+  return true;
+}
 
 } // namespace
 
@@ -276,18 +379,23 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
-  std::string key;
+  std::string key, header;
+  uint64_t memoryHash = 0;
   if (options.cache) {
-    key = keyText(graph, options);
+    header = keyHeader(options);
+    memoryHash = memoryKeyHash(header, graph);
     std::lock_guard lock(state().mutex);
-    auto it = state().entries.find(key);
-    if (it != state().entries.end()) {
-      ++state().stats.memoryHits;
-      report(CacheOutcome::MemoryHit);
-      lastTimes = {};
-      lastTimes.total = elapsed();
-      return *it->second;
-    }
+    auto it = state().entries.find(memoryHash);
+    if (it != state().entries.end())
+      for (const auto &entry : it->second)
+        if (entry->header == header && sameKeyGraph(entry->graph, graph)) {
+          ++state().stats.memoryHits;
+          report(CacheOutcome::MemoryHit);
+          lastTimes = {};
+          lastTimes.total = elapsed();
+          return *entry->spec;
+        }
+    key = keyText(graph, options);
   }
 
   LoweredGraph lowered = lowerGraph(graph, options);
@@ -364,14 +472,24 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
   if (!options.cache)
     return std::move(lowered.spec);
 
-  auto entry = std::make_shared<const ExecutableSpec>(lowered.spec);
+  auto entry = std::make_shared<const MemoryEntry>(
+      MemoryEntry{std::move(header), graph, std::make_shared<const ExecutableSpec>(lowered.spec)});
   std::lock_guard lock(state().mutex);
   CacheState &cache = state();
-  if (cache.entries.emplace(key, std::move(entry)).second) {
-    cache.insertionOrder.push_back(std::move(key));
+  auto &bucket = cache.entries[memoryHash];
+  bool present = std::any_of(bucket.begin(), bucket.end(), [&](const auto &e) {
+    return e->header == entry->header && sameKeyGraph(e->graph, graph);
+  });
+  if (!present) {
+    cache.insertionOrder.emplace_back(memoryHash, entry.get());
+    bucket.push_back(std::move(entry));
     while (cache.insertionOrder.size() > kMemoryEntries) {
-      cache.entries.erase(cache.insertionOrder.front());
+      auto [oldHash, oldEntry] = cache.insertionOrder.front();
       cache.insertionOrder.pop_front();
+      auto &oldBucket = cache.entries[oldHash];
+      std::erase_if(oldBucket, [&](const auto &e) { return e.get() == oldEntry; });
+      if (oldBucket.empty())
+        cache.entries.erase(oldHash);
     }
   }
   return std::move(lowered.spec);

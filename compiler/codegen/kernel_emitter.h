@@ -58,7 +58,9 @@ private:
   // fold into A's rows (one product with B).
   struct MatMulPlan {
     StridedOperand a, b;
-    bool dot = false, collapse = false;
+    // dot: B is read as B^T (no unit stride along N); pack: its column
+    // panels are copied row-major for the vector tile (else dot products).
+    bool dot = false, pack = false, collapse = false;
   };
   std::optional<MatMulPlan> matmulPlan(ValueId product, bool planning) const;
   std::vector<bool> matmulCopies(ValueId product) const;
@@ -93,6 +95,7 @@ private:
       const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
       const std::function<void(const std::string &, const std::string &, const std::string &,
                                const std::string &, const std::string &, const std::string &)> &f);
+  bool emitLeadingAxesReduction(ValueId id, bool parallel, const std::string &init);
   std::string colBuffer(const Shape &ws, const Shape &gs);
   void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
               const Shape &gs, const std::string &col);

@@ -139,14 +139,11 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
   int64_t m = out[rank - 2], depth = shapeOf(n.operands[0]).back(), cols = out[rank - 1];
   auto unit = [](int64_t stride, int64_t size) { return stride == 1 || size == 1; };
   int64_t aK = plan.a.strides[rank - 1], bK = plan.b.strides[rank - 2], bN = plan.b.strides[rank - 1];
-  if (unit(bN, cols))
-    plan.dot = false;
-  // Dot products along K pay a reduction per output element: worth it
-  // only when K is long; otherwise B^T is materialized once instead.
-  else if (unit(aK, depth) && unit(bK, depth) && depth >= 64)
-    plan.dot = true;
-  else
-    return std::nullopt;
+  // Without a unit stride along N, B is read as B^T: its column panels are
+  // packed for the vector tile, unless N is under one vector and dot
+  // products along a long, unit-stride K fill the lanes better.
+  plan.dot = !unit(bN, cols);
+  plan.pack = plan.dot && !(unit(aK, depth) && unit(bK, depth) && depth >= 64 && cols < 16);
   // Batch dimensions fold into A's rows when B is the same for every batch
   // entry and A's rows follow each other at one stride over the batch.
   plan.collapse = rank > 2;
@@ -209,6 +206,11 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
   int64_t m = out[rank - 2], depth = shapeOf(node(id).operands[0]).back(), cols = out[rank - 1];
   const Strides &as = plan.a.strides, &bs = plan.b.strides;
   int64_t aM = as[rank - 2], aK = as[rank - 1], bK = bs[rank - 2], bN = bs[rank - 1];
+  // Before any loop: one panel buffer on the stack per call of the kernel.
+  std::string panel;
+  if (plan.pack)
+    panel = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
+                                  panelBufferType(depth)));
   auto product = [&](const Index &batch, int64_t rows, const std::string &lo,
                      const std::string &hi) {
     TiledMatMul mm;
@@ -219,6 +221,8 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     mm.rowEnd = hi;
     mm.a = stridedMatrix(plan.a, batch, rows, depth, aM, aK, mm.aType);
     mm.bTransposed = plan.dot;
+    mm.packB = plan.pack;
+    mm.bPanel = panel;
     mm.b = plan.dot ? stridedMatrix(plan.b, batch, cols, depth, bN, bK, mm.bType)
                     : stridedMatrix(plan.b, batch, depth, cols, bK, bN, mm.bType);
     StridedOperand c{id, 0, rowMajor(out)};
@@ -551,7 +555,7 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       return false;
   } else {
     auto plan = matmulPlan(product, false);
-    if (!plan || plan->dot)
+    if (!plan || (plan->dot && !plan->pack))
       return false;
   }
   tileConv_ = conv;

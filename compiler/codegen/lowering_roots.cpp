@@ -118,7 +118,6 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   DType dt = n.type.dtype;
   std::string t = scalarType(dt);
 
-  Index out = openLoops(n.type.shape, parallel);
   // The identities of max and min: infinities, or the integer limits
   // (integerConstant: INT64_MAX is no double).
   std::string init;
@@ -130,6 +129,9 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
                        : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
   else // sum and mean (emitRoot sends only reduce_* here)
     init = w_.constant(0, dt);
+  if (emitLeadingAxesReduction(id, parallel, init))
+    return;
+  Index out = openLoops(n.type.shape, parallel);
   // Map output indices to input positions; reduced axes get loop indices.
   Index full(in.size());
   size_t o = 0;
@@ -175,6 +177,72 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   }
   store(id, viewOf(id), out, next);
   closeLoops(out.size());
+}
+
+// A reduction over leading axes that keeps long trailing ones (a bias
+// gradient: [16,64,1024] summed over axes 0 and 1): one output element at a
+// time would read a column, one element per page, so instead the reduced
+// rows stream by in order into a row of accumulators on the stack. Each
+// output element still combines its inputs in the same order (the reduced
+// indices ascending), so the bits are those of the element-wise loops. The
+// output is written after every read, as there.
+bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const std::string &init) {
+  const Node &n = node(id);
+  ValueId x = n.operands[0];
+  const Shape &in = shapeOf(x);
+  std::vector<int64_t> axes = n.attrs.getInts("axes");
+  std::sort(axes.begin(), axes.end());
+  size_t leading = axes.size();
+  bool prefix = leading >= 1 && leading < in.size();
+  for (size_t k = 0; prefix && k < leading; ++k)
+    prefix = axes[k] == static_cast<int64_t>(k);
+  // (The GPU runs one thread per output element; no stack buffers there.)
+  if (gpu_ || !prefix || n.type.dtype != DType::F32 || (parallel && n.type.shape[0] != 1))
+    return false;
+  Shape rows(in.begin(), in.begin() + static_cast<ptrdiff_t>(leading));
+  Shape row(in.begin() + static_cast<ptrdiff_t>(leading), in.end());
+  int64_t width = 1;
+  for (int64_t d : row)
+    width *= d;
+  if (width < 16 || width > 65536)
+    return false;
+  bool keep = n.attrs.getInt("keepdims") != 0;
+  std::string type = fmt::format("memref<{}xf32>", width);
+  std::string acc =
+      w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
+  auto rowLoops = [&](const std::function<void(const Index &, const std::string &)> &body) {
+    Index at = openLoops(row, false);
+    body(at, linearize(at, row));
+    closeLoops(at.size());
+  };
+  rowLoops([&](const Index &, const std::string &j) {
+    w_.line(fmt::format("memref.store {}, {}[{}] : {}", init, acc, j, type));
+  });
+  OpKind combine = n.op == OpKind::ReduceMax ? OpKind::Maximum
+                   : n.op == OpKind::ReduceMin ? OpKind::Minimum
+                                               : OpKind::Add;
+  Index r = openLoops(rows, false);
+  rowLoops([&](const Index &at, const std::string &j) {
+    Index full = r;
+    full.insert(full.end(), at.begin(), at.end());
+    std::string old = w_.assign(fmt::format("memref.load {}[{}] : {}", acc, j, type));
+    w_.line(fmt::format("memref.store {}, {}[{}] : {}",
+                        binary(combine, DType::F32, old, valueAt(x, full)), acc, j, type));
+  });
+  closeLoops(r.size());
+  rowLoops([&](const Index &at, const std::string &j) {
+    std::string v = w_.assign(fmt::format("memref.load {}[{}] : {}", acc, j, type));
+    if (n.op == OpKind::ReduceMean) {
+      double count = 1;
+      for (int64_t d : rows)
+        count *= static_cast<double>(d);
+      v = binary(OpKind::Div, DType::F32, v, w_.constant(count, DType::F32));
+    }
+    Index out = keep ? Index(leading, w_.indexConstant(0)) : Index{};
+    out.insert(out.end(), at.begin(), at.end());
+    store(id, viewOf(id), out, v);
+  });
+  return true;
 }
 
 void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
@@ -816,9 +884,14 @@ bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
         break;
       }
       case OpClass::Contraction: ok = n.op == OpKind::MatMul && k == 0 && in.size() == 2 && sameRow; break;
+      // A row-major reshape that keeps dimension 0 keeps each row's
+      // elements in that row (a matmul's [16,64,256] result as [16,64,4,64]).
+      case OpClass::View:
+        ok = n.op == OpKind::Reshape && !in.empty() && !n.type.shape.empty() &&
+             in[0] == n.type.shape[0];
+        break;
       case OpClass::Source:
       case OpClass::Constant:
-      case OpClass::View:
       case OpClass::Indexed:
       case OpClass::Window:
       case OpClass::Scatter:

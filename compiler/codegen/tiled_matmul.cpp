@@ -74,8 +74,12 @@ std::string add(MlirWriter &w, const std::string &a, int64_t b) {
 
 // Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16). With a
 // mask, the tile is one vector whose lanes past the matrix edge are off.
+// `bCol`, when given, is the column of B to read for C's column `col` (a
+// packed panel of B starts at its own column 0).
 void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
-                    const std::string &col, int vectors, const std::string &mask = "") {
+                    const std::string &col, int vectors, const std::string &mask = "",
+                    const std::string &bCol = "") {
+  const std::string &bc = bCol.empty() ? col : bCol;
   std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
   std::vector<std::string> inits(static_cast<size_t>(rows * vectors), zero);
   VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(mm.k), inits);
@@ -83,11 +87,11 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   for (int v = 0; v < vectors; ++v)
     bv.push_back(mask.empty()
                      ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, loop.iv,
-                                            v == 0 ? col : add(w, col, v * kLanes),
+                                            v == 0 ? bc : add(w, bc, v * kLanes),
                                             bType(mm), kVec))
                      : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, "
                                             "vector<16xi1>, {} into {}",
-                                            mm.b, loop.iv, col, mask, zero, bType(mm),
+                                            mm.b, loop.iv, bc, mask, zero, bType(mm),
                                             kVec, kVec)));
   std::vector<std::string> next;
   for (int r = 0; r < rows; ++r) {
@@ -257,11 +261,30 @@ const RegisterTile &registerTile() {
 
 void forceRegisterTile(const RegisterTile *tile) { forcedTile.store(tile); }
 
+namespace {
+
+// panel[k, c] = B^T[colLo + c, k] for c in [0, cols): a column panel of B
+// copied row-major from B^T, so the vector tile reads it like any B.
+void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
+                   const std::string &panelType, const std::string &colLo, int64_t cols) {
+  std::string c = w.beginFor(w.indexConstant(0), w.indexConstant(cols));
+  std::string col = w.assign(fmt::format("arith.addi {}, {} : index", colLo, c));
+  std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
+  std::string value = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.b, col, k, bType(mm)));
+  w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", value, panel, k, c, panelType));
+  w.endFor();
+  w.endFor();
+}
+
+} // namespace
+
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   if (mm.accumulate && !mm.bTransposed)
     throw std::logic_error("tiled matmul: accumulate needs the dot-product path");
-  if (mm.epilogue && mm.bTransposed)
+  if (mm.epilogue && mm.bTransposed && !mm.packB)
     throw std::logic_error("tiled matmul: an epilogue needs the vector path");
+  if (mm.packB && (!mm.bTransposed || mm.accumulate))
+    throw std::logic_error("tiled matmul: packB reads B^T and stores C");
   const RegisterTile &tile = registerTile();
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
@@ -272,7 +295,7 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(tileRows)));
     return w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled));
   };
-  if (mm.bTransposed) {
+  if (mm.bTransposed && !mm.packB) {
     emitDotProducts(w, mm, tile, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
   }
@@ -282,6 +305,21 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
   int64_t narrowCols = (mm.n / kLanes) * kLanes;
 
+  // With packB, each column panel of B is first copied from B^T into
+  // bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512), which the vector tiles then read row-major; every call packs
+  // the panels it uses into its own buffer, so parallel calls share nothing.
+  std::string panel, panelType;
+  TiledMatMul fromPanel = mm;
+  if (mm.packB) {
+    panelType = panelBufferType(mm.k);
+    panel = mm.bPanel;
+    fromPanel.b = panel;
+    fromPanel.bType = panelType;
+    fromPanel.bTransposed = false;
+  }
+  const TiledMatMul &tm = mm.packB ? fromPanel : mm;
+  auto panelColumn = [&](int64_t c) { return mm.packB ? w.indexConstant(c) : std::string(); };
+
   // Column panels outside, row tiles inside.
   if (wideCols > 0) {
     std::string col = w.fresh("j");
@@ -289,25 +327,30 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
                        w.indexConstant(wideCols), w.indexConstant(vectors * kLanes)));
     w.indent();
     w.pushScope();
+    if (mm.packB)
+      emitPackPanel(w, mm, panel, panelType, col, vectors * kLanes);
     std::string row = w.fresh("i");
     w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
     w.indent();
     w.pushScope();
-    emitVectorTile(w, mm, row, rows, col, vectors);
+    emitVectorTile(w, tm, row, rows, col, vectors, "", panelColumn(0));
     w.popScope();
     w.dedent();
     w.line("}");
     // Leftover rows of this panel, one at a time.
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, mm, r, 1, col, vectors);
+    emitVectorTile(w, tm, r, 1, col, vectors, "", panelColumn(0));
     w.endFor();
     w.popScope();
     w.dedent();
     w.line("}");
   }
+  // The columns past the wide panels share one more panel.
+  if (mm.packB && mm.n > wideCols)
+    emitPackPanel(w, mm, panel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
   if (narrowCols > wideCols) {
     std::string r = w.beginFor(lo, hi);
-    emitVectorTile(w, mm, r, 1, w.indexConstant(wideCols), 1);
+    emitVectorTile(w, tm, r, 1, w.indexConstant(wideCols), 1, "", panelColumn(0));
     w.endFor();
   }
   if (mm.n > narrowCols) {
@@ -315,18 +358,23 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
                                             mm.n - narrowCols));
     std::string col = w.indexConstant(narrowCols);
+    std::string bCol = panelColumn(narrowCols - wideCols);
     std::string row = w.fresh("i");
     w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
     w.indent();
     w.pushScope();
-    emitVectorTile(w, mm, row, rows, col, 1, mask);
+    emitVectorTile(w, tm, row, rows, col, 1, mask, bCol);
     w.popScope();
     w.dedent();
     w.line("}");
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, mm, r, 1, col, 1, mask);
+    emitVectorTile(w, tm, r, 1, col, 1, mask, bCol);
     w.endFor();
   }
+}
+
+std::string panelBufferType(int64_t depth) {
+  return memref(depth, registerTile().vectors * kLanes);
 }
 
 } // namespace stepc::codegen

@@ -26,9 +26,17 @@ struct TiledMatMul {
   std::string aType = "", bType = "", cType = "";
   // Add the product to C instead of storing it (dot-product path only).
   bool accumulate = false;
+  // With bTransposed: copy B^T's column panels into a row-major buffer on
+  // the stack first and run the vector tile (the register-tiled path, with
+  // epilogues) instead of dot products, whose partial sums are reduced per
+  // output element at a fraction of the FMA rate.
+  bool packB = false;
+  // With packB: a memref of panelBufferType(k) that the caller allocated on
+  // the stack outside any loop (an alloca in a loop would grow the stack).
+  std::string bPanel;
   // Instead of storing each 16-lane piece of C, hand it to the caller while
   // it is still in a register: epilogue(row, col, value, mask), mask empty
-  // unless lanes past the edge are off. Not with bTransposed.
+  // unless lanes past the edge are off. Not with bTransposed unless packB.
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
       epilogue = nullptr;
@@ -66,5 +74,9 @@ void forceRegisterTile(const RegisterTile *tile);
 // vectors. With B^T, small tiles of dot products accumulate 16-lane partial
 // sums along K and reduce them at the end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
+
+// The type of TiledMatMul::bPanel for a product of depth K: K rows of one
+// column panel of the register tile.
+std::string panelBufferType(int64_t depth);
 
 } // namespace stepc::codegen

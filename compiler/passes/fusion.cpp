@@ -512,6 +512,16 @@ Refusal Fuser::placeView(ValueId v, const Candidate &c) {
     layout_[v] = viewLayout(node.op, base);
   } else if (r == Role::Full && node.op == OpKind::Reshape && !reduction) {
     // A reshape keeps the row-major order: in a flat loop it is a no-op.
+    // Rule "rows stay rows": in a matmul's kernel, one that changes
+    // dimension 0 ([16,64,1024] as [1024,1024]) would be a copy that keeps
+    // the kernel from splitting its rows among threads; read as a view by
+    // its users instead, it costs nothing.
+    const Shape &from = shape(operand);
+    if (c.k.mode == KernelShape::Mode::Epilogue &&
+        (s.empty() || from.empty() || s[0] != from[0]))
+      return fmt::format("{} reshapes {} across dimension 0: the matmul kernel could not "
+                         "split its rows among threads",
+                         describe(v), describe(operand));
     role_[v] = Role::Full;
   } else if (r == Role::Reduced && node.op == OpKind::Reshape &&
              squeezed(s) == c.reducedSqueezed) {

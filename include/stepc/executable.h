@@ -258,7 +258,8 @@ public:
   const CollectiveStats &collectiveStats() const { return collectiveStats_; }
 
 private:
-  std::byte *arena_ = nullptr;
+  std::byte *arena_ = nullptr;      // 64-byte aligned, inside arenaAllocation_
+  void *arenaAllocation_ = nullptr; // what calloc returned: what free takes
   ArenaDescriptor descriptor_{};
   std::unique_ptr<ThreadPool> pool_;
   std::vector<std::byte> paramSnapshot_; // checkNumerics only: see step()
