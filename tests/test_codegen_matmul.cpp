@@ -154,6 +154,24 @@ std::vector<Case> cases() {
   output y = %y
   output loss = %loss
 })"},
+      // B^T whose packed panel would not fit a kernel's stack buffer
+      // (K x 16 or K x 32 floats over 64Ki): dot products, with a transposed
+      // A plain loops (at K = 300000 the panel, 19 MB, overflowed the stack).
+      {"transposed_b_panel_over_stack_bound", R"(graph g {
+  input %x : f32[3,4500]
+  input %u : f32[4500,2]
+  param %w : f32[21,4500] = xavier_uniform(seed=1)
+  %wt = transpose(%w) {perm=[1,0]}
+  %y = matmul(%x, %wt)
+  %ut = transpose(%u) {perm=[1,0]}
+  %z = matmul(%ut, %wt)
+  %loss = reduce_sum(%y) {axes=[0,1], keepdims=0}
+  %lz = reduce_sum(%z) {axes=[0,1], keepdims=0}
+  %l = add(%loss, %lz)
+  output y = %y
+  output z = %z
+  output loss = %l
+})"},
       // A reshape across dimension 0 of the epilogue's result stays out of
       // the matmul's kernel (users read it as a view).
       {"reshape_across_rows", R"(graph g {

@@ -384,17 +384,20 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
   if (options.cache) {
     header = keyHeader(options);
     memoryHash = memoryKeyHash(header, graph);
-    std::lock_guard lock(state().mutex);
-    auto it = state().entries.find(memoryHash);
-    if (it != state().entries.end())
-      for (const auto &entry : it->second)
-        if (entry->header == header && sameKeyGraph(entry->graph, graph)) {
-          ++state().stats.memoryHits;
-          report(CacheOutcome::MemoryHit);
-          lastTimes = {};
-          lastTimes.total = elapsed();
-          return *entry->spec;
-        }
+    {
+      std::lock_guard lock(state().mutex);
+      auto it = state().entries.find(memoryHash);
+      if (it != state().entries.end())
+        for (const auto &entry : it->second)
+          if (entry->header == header && sameKeyGraph(entry->graph, graph)) {
+            ++state().stats.memoryHits;
+            report(CacheOutcome::MemoryHit);
+            lastTimes = {};
+            lastTimes.total = elapsed();
+            return *entry->spec;
+          }
+    }
+    // Printed outside the lock: other threads' hits need not wait for it.
     key = keyText(graph, options);
   }
 

@@ -141,9 +141,15 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
   int64_t aK = plan.a.strides[rank - 1], bK = plan.b.strides[rank - 2], bN = plan.b.strides[rank - 1];
   // Without a unit stride along N, B is read as B^T: its column panels are
   // packed for the vector tile, unless N is under one vector and dot
-  // products along a long, unit-stride K fill the lanes better.
+  // products along a long, unit-stride K fill the lanes better, or the
+  // panel would not fit on the stack. Dot products need unit strides along
+  // K; without them (and without a panel) the product takes plain loops.
   plan.dot = !unit(bN, cols);
-  plan.pack = plan.dot && !(unit(aK, depth) && unit(bK, depth) && depth >= 64 && cols < 16);
+  bool unitK = unit(aK, depth) && unit(bK, depth);
+  plan.pack = plan.dot && !(unitK && depth >= 64 && cols < 16) &&
+              panelBufferFloats(depth) <= kMaxStackBufferFloats;
+  if (plan.dot && !plan.pack && !unitK)
+    return std::nullopt;
   // Batch dimensions fold into A's rows when B is the same for every batch
   // entry and A's rows follow each other at one stride over the batch.
   plan.collapse = rank > 2;

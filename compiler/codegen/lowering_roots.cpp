@@ -204,7 +204,7 @@ bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const st
   int64_t width = 1;
   for (int64_t d : row)
     width *= d;
-  if (width < 16 || width > 65536)
+  if (width < 16 || width > kMaxStackBufferFloats)
     return false;
   bool keep = n.attrs.getInt("keepdims") != 0;
   std::string type = fmt::format("memref<{}xf32>", width);

@@ -377,4 +377,6 @@ std::string panelBufferType(int64_t depth) {
   return memref(depth, registerTile().vectors * kLanes);
 }
 
+int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
+
 } // namespace stepc::codegen

@@ -76,7 +76,8 @@ void forceRegisterTile(const RegisterTile *tile);
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
 // The type of TiledMatMul::bPanel for a product of depth K: K rows of one
-// column panel of the register tile.
+// column panel of the register tile, panelBufferFloats(K) floats.
 std::string panelBufferType(int64_t depth);
+int64_t panelBufferFloats(int64_t depth);
 
 } // namespace stepc::codegen
