@@ -23,6 +23,8 @@ Value logicalAnd(NodeContext &c, Value a, Value b) {
   return select(a, b, c.scalar(0, DType::Bool));
 }
 
+Value logicalOr(NodeContext &c, Value a, Value b) { return select(a, c.scalar(1, DType::Bool), b); }
+
 void requireFloat(NodeContext &c, Value x) {
   if (!isFloat(x.dtype()))
     c.unsupportedDType("input", x.dtype());
@@ -43,12 +45,15 @@ Value floorOf(NodeContext &c, Value x) {
   return select(small, floored, x);
 }
 
+// From floor(x) and the exact fraction x - floor(x): rounding x + 0.5 first
+// would round 0.49999997 up, and odd integers beyond 2^23 (2^10 in f16).
 Value roundHalfEven(NodeContext &c, Value x) {
   Value half = scalarOf(c, x, 0.5);
-  Value r = floorOf(c, add(x, half));
-  Value tie = eq(sub(r, x), half);
-  Value odd = ne(sub(r, mul(floorOf(c, mul(r, half)), scalarOf(c, x, 2))), scalarOf(c, x, 0));
-  return select(logicalAnd(c, tie, odd), sub(r, scalarOf(c, x, 1)), r);
+  Value f = floorOf(c, x);
+  Value fraction = sub(x, f);
+  Value odd = ne(sub(f, mul(floorOf(c, mul(f, half)), scalarOf(c, x, 2))), scalarOf(c, x, 0));
+  Value up = logicalOr(c, gt(fraction, half), logicalAnd(c, eq(fraction, half), odd));
+  return select(up, add(f, scalarOf(c, x, 1)), f);
 }
 
 namespace {
