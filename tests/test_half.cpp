@@ -154,7 +154,7 @@ TEST(HalfIO, NpyRoundTripsBitForBit) {
 }
 
 TEST(HalfIO, SafetensorsRoundTripBitForBit) {
-  std::string path = (std::filesystem::path(::testing::TempDir()) / "half17.safetensors").string();
+  std::string path = stepc::testing::scratchPath("half17.safetensors");
   std::map<std::string, Tensor> tensors{{"a", halfTensor(DType::F16)},
                                         {"b", halfTensor(DType::BF16)}};
   writeSafetensors(path, tensors);

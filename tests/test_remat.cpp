@@ -387,7 +387,7 @@ TEST(PeakBreakdown, AddsUpToTheLiveBytesAtThePeak) {
 // --- The command line -----------------------------------------------------------
 
 std::string writeDeepStep() {
-  std::string path = ::testing::TempDir() + "remat_deep_step.sg";
+  std::string path = stepc::testing::scratchPath("remat_deep_step.sg");
   std::ofstream(path) << printGraph(deepStep());
   return path;
 }

@@ -1,6 +1,7 @@
 // The .sg text format: round trips, canonical printing, composites, and every
 // user-facing parse error with its exact location and message.
 #include "sg_corpus.h"
+#include "testing.h"
 
 #include "../compiler/ir/lexer.h"
 #include "stepc/builder.h"
@@ -342,7 +343,7 @@ TEST(TextPrinting, RealsAndStringsLexBackExactly) {
 }
 
 TEST(TextFile, ReadsFilesAndNamesThemInErrors) {
-  std::string path = ::testing::TempDir() + "stepc_text_test.sg";
+  std::string path = stepc::testing::scratchPath("text_test.sg");
   {
     std::ofstream out(path);
     out << "graph f {\n  input %x : f32[2]\n  %y = relu(%q)\n  output y = %y\n}\n";
@@ -388,7 +389,7 @@ TEST(TextFile, RefusesDevicesAndFilesOverTheLimit) {
   };
   EXPECT_EQ(messageOf("/dev/zero"), "cannot read '/dev/zero': it is a character device, and "
                                     "a .sg graph is read only from a regular file");
-  std::string path = ::testing::TempDir() + "/stepc_too_big.sg";
+  std::string path = stepc::testing::scratchPath("too_big.sg");
   std::filesystem::resize_file(
       (std::ofstream(path), std::filesystem::path(path)), kMaxGraphFileBytes + 1);
   EXPECT_EQ(messageOf(path),

@@ -14,6 +14,7 @@
 #include <random>
 #include <string_view>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace stepc::testing {
 
@@ -91,6 +92,15 @@ CommandResult stepcCommand(const std::string &arguments) {
   int status = pclose(pipe);
   result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
+}
+
+std::string scratchPath(std::string_view file) {
+  const ::testing::TestInfo *test = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string owner = test ? fmt::format("{}.{}", test->test_suite_name(), test->name()) : "none";
+  std::replace(owner.begin(), owner.end(), '/', '_');
+  return (std::filesystem::path(::testing::TempDir()) /
+          fmt::format("stepc_{}_{}_{}", owner, ::getpid(), file))
+      .string();
 }
 
 Graph parseSnippet(std::string_view text) { return parseGraph(text, "test.sg"); }

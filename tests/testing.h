@@ -66,6 +66,10 @@ struct CommandResult {
 };
 CommandResult stepcCommand(const std::string &arguments);
 
+// A path in the test temp folder named after `file` and the running test and
+// process, so tests that CTest runs in parallel never share a file.
+std::string scratchPath(std::string_view file);
+
 // --- Graph passes (test_simplify, test_fold, test_cse, test_dce, ...) ---------
 // Each pass is tested two ways: its structural effect on a small .sg snippet,
 // with the input and the expected graph side by side; and semantic
