@@ -283,9 +283,11 @@ std::vector<ValueId> waitingStepScalars(const Graph &graph) {
   return waiting;
 }
 
-// Below the unbudgeted peak of attentionStep(8, 32) (1.89 MB) and above the
-// smallest the pass reaches (1.43 MB, 76%).
-constexpr double kAttentionPercent = 80;
+// Below the unbudgeted peak of attentionStep(8, 32) (1.76 MB) and above the
+// smallest the pass reaches (0.90 MB, 51%); met only by recomputing GELU's
+// factors inside the matmul epilogue that reads them last (the smallest was
+// 76% before values the peak kernel reads last were candidates).
+constexpr double kAttentionPercent = 55;
 
 // trainStep builds Adam's step count and bias corrections after the backward
 // pass, so each gradient reduction fused with its param's update waits for
@@ -316,9 +318,7 @@ TEST(Remat, AdamsStepScalarsMoveNextToTheirOperands) {
 // user (placeFor), where fusion takes it in, so that kernel computes the
 // value from its operands instead of reading a buffer kept alive since the
 // forward pass; copies placed just before the user itself (the rule before)
-// fail this test. (The other new rule, values the peak kernel reads as
-// candidates, leaves this step's smallest peak as it is: 1.43 MB with it or
-// without it.)
+// fail this test.
 TEST(Remat, CopiesAreComputedInsideTheKernelThatReadsThem) {
   Graph step = attentionStep(8, 32);
   Graph after = step;
@@ -353,8 +353,9 @@ TEST(Remat, CopiesAreComputedInsideTheKernelThatReadsThem) {
     auto exe = compileJit(step, {.cache = false, .memoryBudget = budget});
     std::map<std::string, Tensor> outputs = exe->step(inputs);
     TensorMap results(outputs.begin(), outputs.end());
-    for (std::string name : {"wq", "w_up", "ln1_g"})
-      results["param " + name] = exe->param(name);
+    // Every param's new value: weights and Adam's moments and step count.
+    for (ValueId p : step.params())
+      results["param " + step.node(p).name] = exe->param(step.node(p).name);
     return results;
   };
   TensorMap expected = run({});
