@@ -3,7 +3,8 @@
 // the planned peak within the budget, copies that CSE and fusion keep apart,
 // compiled results equal to the unbudgeted ones, the error for a budget that
 // cannot be met, the step-scalar hoist and copy placement on an attention
-// step, and the CLI's --memory-budget.
+// step, values the peak kernel reads last recomputed inside it, and the
+// CLI's --memory-budget.
 #include "stepc/builder.h"
 #include "stepc/compile.h"
 #include "stepc/passes.h"
