@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <string_view>
 #include <stdexcept>
@@ -264,9 +265,32 @@ void forceRegisterTile(const RegisterTile *tile) { forcedTile.store(tile); }
 namespace {
 
 // panel[k, c] = B^T[colLo + c, k] for c in [0, cols): a column panel of B
-// copied row-major from B^T, so the vector tile reads it like any B.
+// copied row-major from B^T, so the vector tile reads it like any B. A
+// whole panel whose B^T rows lie a known stride apart is copied a panel row
+// at a time, 16 B^T rows per gather: element by element the copy cost as
+// much as the product itself at K = 64 (batched attention scores).
 void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
                    const std::string &panelType, const std::string &colLo, int64_t cols) {
+  if (mm.bRowStride > 0 && cols % kLanes == 0 && (kLanes - 1) * mm.bRowStride <= INT32_MAX) {
+    std::vector<int64_t> offsets;
+    for (int lane = 0; lane < kLanes; ++lane)
+      offsets.push_back(lane * mm.bRowStride);
+    std::string lanes = w.assign(
+        fmt::format("arith.constant dense<[{}]> : vector<16xi32>", fmt::join(offsets, ", ")));
+    std::string all = w.assign("vector.constant_mask [16] : vector<16xi1>");
+    std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
+    std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
+    for (int64_t v = 0; v < cols / kLanes; ++v) {
+      std::string row = v == 0 ? colLo : add(w, colLo, v * kLanes);
+      std::string value = w.assign(fmt::format(
+          "vector.gather {}[{}, {}] [{}], {}, {} : {}, vector<16xi32>, vector<16xi1>, {} into {}",
+          mm.b, row, k, lanes, all, zero, bType(mm), kVec, kVec));
+      w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, panel, k,
+                         w.indexConstant(v * kLanes), panelType, kVec));
+    }
+    w.endFor();
+    return;
+  }
   std::string c = w.beginFor(w.indexConstant(0), w.indexConstant(cols));
   std::string col = w.assign(fmt::format("arith.addi {}, {} : index", colLo, c));
   std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
