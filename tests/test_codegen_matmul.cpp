@@ -210,11 +210,12 @@ std::vector<Case> cases() {
   output merged = %merged
   output loss = %loss
 })"},
-      // Batched B^T panels copied by gathers (unit K stride, B^T rows 192
-      // floats apart through a head transpose; N = 70: two wide panels and
-      // an edge panel copied element by element), one B^T broadcast over
-      // the batch, with a scale and tanh on the register tile.
-      {"attention_scores_gathered", R"(graph g {
+      // Batched B^T panels packed by 16x16 transposes in registers (unit K
+      // stride, B^T rows 192 floats apart through a head transpose; N = 70:
+      // two wide panels and an edge panel copied element by element), one
+      // B^T broadcast over the batch, with a scale and tanh on the register
+      // tile. K = 29 and 70 above cover a depth that is no multiple of 16.
+      {"attention_scores_packed_b", R"(graph g {
   input %q : f32[2,3,37,64]
   input %kv : f32[2,70,3,64]
   param %kb : f32[3,70,64] = xavier_uniform(seed=1)
