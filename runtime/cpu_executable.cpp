@@ -62,6 +62,9 @@ void checkCpuSpec(const ExecutableSpec &spec, const RunOptions &options) {
 } // namespace
 
 CpuExecutable::CpuExecutable(ExecutableSpec spec, RunOptions options)
+    : CpuExecutable(std::make_shared<const ExecutableSpec>(std::move(spec)), std::move(options)) {}
+
+CpuExecutable::CpuExecutable(std::shared_ptr<const ExecutableSpec> spec, RunOptions options)
     : Executable(std::move(spec), std::move(options)) {
   checkCpuSpec(spec_, options_);
   firstParamWriter_ = firstParamWriter(spec_);

@@ -115,7 +115,10 @@ uint64_t executableHash(const ExecutableSpec &spec) {
 }
 
 Executable::Executable(ExecutableSpec spec, RunOptions options)
-    : spec_(std::move(spec)), options_(std::move(options)),
+    : Executable(std::make_shared<const ExecutableSpec>(std::move(spec)), std::move(options)) {}
+
+Executable::Executable(std::shared_ptr<const ExecutableSpec> spec, RunOptions options)
+    : specOwner_(std::move(spec)), spec_(*specOwner_), options_(std::move(options)),
       created_(std::chrono::steady_clock::now()) {
   checkSpec(spec_);
   comm_ = options_.communicator ? options_.communicator : std::make_shared<SingleProcess>();
@@ -125,8 +128,7 @@ Executable::~Executable() = default;
 
 void Executable::writeInitialParams() {
   if (comm_->size() == 1) {
-    for (const TensorSlot &slot : spec_.params)
-      writeSlot(slot, spec_.initialParams.at(slot.name).bytes());
+    initialParamsPending_ = true;
     return;
   }
   // Every rank must run the same schedule, or their collectives would pair
@@ -141,9 +143,18 @@ void Executable::writeInitialParams() {
   }
 }
 
+void Executable::materializeParams() {
+  if (!initialParamsPending_)
+    return;
+  for (const TensorSlot &slot : spec_.params)
+    writeSlot(slot, spec_.initialParams.at(slot.name).bytes());
+  initialParamsPending_ = false;
+}
+
 std::map<std::string, Tensor>
 Executable::step(const std::map<std::string, Tensor, std::less<>> &inputs) {
   checkStepInputs(spec_.inputs, inputs);
+  materializeParams();
   // Everything that allocates happens before the first write to the arena.
   std::map<std::string, Tensor> outputs;
   for (const TensorSlot &slot : spec_.outputs)
@@ -162,6 +173,8 @@ std::vector<std::string> Executable::paramNames() const {
 
 Tensor Executable::param(const std::string &name) const {
   const TensorSlot &slot = findParamSlot(spec_.params, name);
+  if (initialParamsPending_)
+    return spec_.initialParams.at(name);
   Tensor value(slot.type);
   readSlot(slot, value.bytes());
   return value;
@@ -172,6 +185,7 @@ void Executable::setParam(const std::string &name, const Tensor &value) {
   if (value.type() != slot.type)
     throw Error(fmt::format("param '{}': expected {}, got {}", name, typeString(slot.type),
                             typeString(value.type())));
+  materializeParams();
   writeSlot(slot, value.bytes());
 }
 
@@ -190,6 +204,7 @@ void Executable::saveParams(const std::string &path) const {
 void Executable::loadParams(const std::string &path) {
   std::map<std::string, Tensor> tensors = readSafetensors(path);
   checkCheckpoint(path, spec_, tensors);
+  materializeParams();
   for (const TensorSlot &slot : spec_.params)
     writeSlot(slot, tensors.at(slot.name).bytes());
 }

@@ -210,6 +210,29 @@ std::vector<Case> cases() {
   output merged = %merged
   output loss = %loss
 })"},
+      // Batched B^T panels packed by 16x16 transposes in registers (unit K
+      // stride, B^T rows 192 floats apart through a head transpose; N = 70:
+      // two wide panels and an edge panel copied element by element), one
+      // B^T broadcast over the batch, with a scale and tanh on the register
+      // tile. K = 29 and 70 above cover a depth that is no multiple of 16.
+      {"attention_scores_packed_b", R"(graph g {
+  input %q : f32[2,3,37,64]
+  input %kv : f32[2,70,3,64]
+  param %kb : f32[3,70,64] = xavier_uniform(seed=1)
+  %kh = transpose(%kv) {perm=[0,2,3,1]}
+  %s = matmul(%q, %kh)
+  %c = constant() {dtype=f32, shape=[], value=0.125}
+  %m = mul(%s, %c)
+  %t = tanh(%m)
+  %kbt = transpose(%kb) {perm=[0,2,1]}
+  %u = matmul(%q, %kbt)
+  %ls = reduce_sum(%t) {axes=[0,1,2,3], keepdims=0}
+  %lu = reduce_sum(%u) {axes=[0,1,2,3], keepdims=0}
+  %loss = add(%ls, %lu)
+  output t = %t
+  output u = %u
+  output loss = %loss
+})"},
       {"sliced", R"(graph g {
   input %x : f32[41,35]
   param %w : f32[70,47] = xavier_uniform(seed=1)

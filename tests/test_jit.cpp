@@ -677,4 +677,38 @@ TEST_F(JitTest, MemoryHitRunsNoPasses) {
   EXPECT_EQ(lastCompileTimes().kernels, 0) << "a hit lowers nothing";
 }
 
+// A hit shares the cache entry's spec and initial params instead of copying
+// them; each executable still has params of its own: a step or setParam on
+// one is invisible to the other, and both start from the initial values.
+TEST_F(JitTest, ExecutablesFromOneEntryShareTheSpecButNotTheParams) {
+  Graph step = layersStep();
+  auto first = compileJit(step);
+  auto second = compileJit(step);
+  ASSERT_EQ(jitCacheStats().memoryHits, 1);
+  EXPECT_EQ(&first->spec(), &second->spec()) << "a hit copies no spec";
+  TensorMap initial = initialParams(step);
+  TensorMap inputs = randomInputs(step, 5);
+
+  first->step(inputs);
+  first->step(inputs);
+  for (const auto &[name, value] : initial) {
+    EXPECT_TRUE(allClose(second->param(name), value, 0, 0)) << name << " before any step";
+    EXPECT_TRUE(allClose(first->spec().initialParams.at(name), value, 0, 0)) << name;
+  }
+  TensorMap stepped = interpret(step, inputs, initial);
+  auto secondOut = second->step(inputs);
+  EXPECT_TRUE(allClose(secondOut.at("loss"), stepped.at("loss"), 1e-4, 1e-6))
+      << "the second executable's first step starts from the initial params";
+
+  Tensor w1 = randomTensor(DType::F32, {16, 16}, 9);
+  second->setParam("w1", w1);
+  EXPECT_FALSE(allClose(first->param("w1"), w1, 0, 0));
+  auto third = compileJit(step);
+  EXPECT_TRUE(allClose(third->param("w1"), initial.at("w1"), 0, 0));
+  third->setParam("b1", randomTensor(DType::F32, {16}, 10)); // writes before any step
+  EXPECT_TRUE(allClose(third->param("w1"), initial.at("w1"), 0, 0))
+      << "setParam of one param leaves the others at their initial values";
+  EXPECT_TRUE(allClose(second->param("w1"), w1, 0, 0));
+}
+
 } // namespace

@@ -370,7 +370,8 @@ thread_local CompileTimes lastTimes;
 
 } // namespace
 
-ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheOutcome *outcome) {
+std::shared_ptr<const ExecutableSpec> jitSpec(const Graph &graph, const CompileOptions &options,
+                                              CacheOutcome *outcome) {
   auto report = [&](CacheOutcome how) {
     if (outcome)
       *outcome = how;
@@ -394,7 +395,7 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
             report(CacheOutcome::MemoryHit);
             lastTimes = {};
             lastTimes.total = elapsed();
-            return *entry->spec;
+            return entry->spec;
           }
     }
     // Printed outside the lock: other threads' hits need not wait for it.
@@ -472,11 +473,11 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
   }
   times.total = elapsed();
   lastTimes = times;
+  auto spec = std::make_shared<const ExecutableSpec>(std::move(lowered.spec));
   if (!options.cache)
-    return std::move(lowered.spec);
+    return spec;
 
-  auto entry = std::make_shared<const MemoryEntry>(
-      MemoryEntry{std::move(header), graph, std::make_shared<const ExecutableSpec>(lowered.spec)});
+  auto entry = std::make_shared<const MemoryEntry>(MemoryEntry{std::move(header), graph, spec});
   std::lock_guard lock(state().mutex);
   CacheState &cache = state();
   auto &bucket = cache.entries[memoryHash];
@@ -495,7 +496,7 @@ ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options, CacheO
         cache.entries.erase(oldHash);
     }
   }
-  return std::move(lowered.spec);
+  return spec;
 }
 
 } // namespace stepc::codegen

@@ -4,6 +4,7 @@
 
 #include "stepc/compile.h"
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -12,9 +13,11 @@ namespace stepc::codegen {
 enum class CacheOutcome { Off, MemoryHit, DiskHit, Compiled };
 
 // A complete spec for `graph`: kernels' function pointers set, `owner`
-// keeping their code loaded. Throws what lowering and compiling throw.
-ExecutableSpec jitSpec(const Graph &graph, const CompileOptions &options,
-                       CacheOutcome *outcome = nullptr);
+// keeping their code loaded. Shared, not copied, with the in-memory cache
+// entry and every executable made from it (a hit copies no initial params).
+// Throws what lowering and compiling throw.
+std::shared_ptr<const ExecutableSpec> jitSpec(const Graph &graph, const CompileOptions &options,
+                                              CacheOutcome *outcome = nullptr);
 
 // FNV-1a, 64 bits: cache keys and checksums (not a defence against anyone
 // who can write the cache directory; a hit also compares the whole key).

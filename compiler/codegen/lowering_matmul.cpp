@@ -229,6 +229,8 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     mm.bTransposed = plan.dot;
     mm.packB = plan.pack;
     mm.bPanel = panel;
+    // A dimension of size 1 takes stride 1 in its view (stridedMatrix).
+    mm.bUnitK = plan.pack && (bK == 1 || depth == 1);
     mm.b = plan.dot ? stridedMatrix(plan.b, batch, cols, depth, bN, bK, mm.bType)
                     : stridedMatrix(plan.b, batch, depth, cols, bK, bN, mm.bType);
     StridedOperand c{id, 0, rowMajor(out)};

@@ -263,10 +263,77 @@ void forceRegisterTile(const RegisterTile *tile) { forcedTile.store(tile); }
 
 namespace {
 
+// Rows [k0, k0 + depth) of the panel's 16 columns from `group` on, from a
+// 16x16 block of B^T (unit K stride) transposed in registers: four rounds
+// of two-vector shuffles, each swapping the off-diagonal blocks of size s
+// (8, 4, 2, 1) of every 2s x 2s block. Rows of B^T past `depth` load as 0.
+void emitTransposedBlock(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
+                         const std::string &panelType, const std::string &colLo, int64_t group,
+                         const std::string &k0, int64_t depth) {
+  std::string mask, zero;
+  if (depth < kLanes) {
+    mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", depth));
+    zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
+  }
+  std::vector<std::string> rows;
+  for (int i = 0; i < kLanes; ++i) {
+    std::string row = add(w, colLo, group + i);
+    rows.push_back(mask.empty()
+                       ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, row, k0,
+                                              bType(mm), kVec))
+                       : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, "
+                                              "vector<16xi1>, {} into {}",
+                                              mm.b, row, k0, mask, zero, bType(mm), kVec, kVec)));
+  }
+  for (int size : {8, 4, 2, 1}) {
+    // Row i keeps its lanes l with (l & size) == 0 and takes row i + size's
+    // lanes l - size into the others; row i + size the converse.
+    std::vector<int> upper, lower;
+    for (int l = 0; l < kLanes; ++l) {
+      upper.push_back((l & size) == 0 ? l : kLanes + l - size);
+      lower.push_back((l & size) == 0 ? l + size : kLanes + l);
+    }
+    std::vector<std::string> next = rows;
+    for (int i = 0; i < kLanes; ++i) {
+      if (i & size)
+        continue;
+      for (auto [at, lanes] : {std::pair{i, &upper}, std::pair{i + size, &lower}})
+        next[at] = w.assign(fmt::format("vector.shuffle {}, {} [{}] : {}, {}", rows[i],
+                                        rows[i + size], fmt::join(*lanes, ", "), kVec, kVec));
+    }
+    rows = std::move(next);
+  }
+  for (int64_t j = 0; j < depth; ++j)
+    w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", rows[j], panel, add(w, k0, j),
+                       w.indexConstant(group), panelType, kVec));
+}
+
 // panel[k, c] = B^T[colLo + c, k] for c in [0, cols): a column panel of B
-// copied row-major from B^T, so the vector tile reads it like any B.
+// copied row-major from B^T, so the vector tile reads it like any B. With a
+// unit K stride, 16x16 blocks are transposed in registers: element by
+// element the copy cost as much as the product itself at K = 64 (batched
+// attention scores, 44% of the FMA peak).
 void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
                    const std::string &panelType, const std::string &colLo, int64_t cols) {
+  if (mm.bUnitK && cols % kLanes == 0) {
+    int64_t full = mm.k / kLanes * kLanes;
+    if (full > 0) {
+      std::string k0 = w.fresh("k");
+      w.line(fmt::format("scf.for {} = {} to {} step {} {{", k0, w.indexConstant(0),
+                         w.indexConstant(full), w.indexConstant(kLanes)));
+      w.indent();
+      w.pushScope();
+      for (int64_t group = 0; group < cols; group += kLanes)
+        emitTransposedBlock(w, mm, panel, panelType, colLo, group, k0, kLanes);
+      w.popScope();
+      w.dedent();
+      w.line("}");
+    }
+    for (int64_t group = 0; mm.k > full && group < cols; group += kLanes)
+      emitTransposedBlock(w, mm, panel, panelType, colLo, group, w.indexConstant(full),
+                          mm.k - full);
+    return;
+  }
   std::string c = w.beginFor(w.indexConstant(0), w.indexConstant(cols));
   std::string col = w.assign(fmt::format("arith.addi {}, {} : index", colLo, c));
   std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));

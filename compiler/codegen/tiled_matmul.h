@@ -34,6 +34,9 @@ struct TiledMatMul {
   // With packB: a memref of panelBufferType(k) that the caller allocated on
   // the stack outside any loop (an alloca in a loop would grow the stack).
   std::string bPanel;
+  // With packB: B^T's K stride is 1 (its panels are then copied by
+  // transposing 16x16 blocks in registers).
+  bool bUnitK = false;
   // Instead of storing each 16-lane piece of C, hand it to the caller while
   // it is still in a register: epilogue(row, col, value, mask), mask empty
   // unless lanes past the edge are off. Not with bTransposed unless packB.

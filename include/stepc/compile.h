@@ -119,8 +119,10 @@ std::unique_ptr<CpuExecutable> compileJit(const Graph &graph, const CompileOptio
 // change code (fusion, passes), the LLVM version and a fingerprint of the
 // codegen sources. Input shapes and dtypes are part of the graph's text.
 //
-// In memory, a hit copies a finished ExecutableSpec: no passes, no MLIR, no
-// LLVM, no disk (the key's text plus copying the initial params). On disk,
+// In memory, a hit shares a finished ExecutableSpec, initial params
+// included: no passes, no MLIR, no LLVM, no disk, no copy (a structural hash
+// of the graph compared with a stored copy; each executable writes the
+// initial params into its own arena on first use). On disk,
 // under jitCacheDirectory(), objects are cached one by one: each distinct
 // kernel body as kernels/body_HASH.o (HASH: of its MLIR text, which holds no
 // arena offsets, so graphs that share a layer share its objects), and the

@@ -222,7 +222,10 @@ public:
 protected:
   // Checks every place of the spec that either backend will touch (slots,
   // update copies, the fault record, initial params); throws stepc::Error.
+  // The spec is immutable once checked: executables made from one JIT cache
+  // entry share it (and its initial params) instead of copying it.
   Executable(ExecutableSpec spec, RunOptions options);
+  Executable(std::shared_ptr<const ExecutableSpec> spec, RunOptions options);
 
   // One step after its inputs were checked: copy them in, run the kernels,
   // fill `outputs` (allocated, of the output slots' types); stepsTaken() is
@@ -232,17 +235,26 @@ protected:
   // Copies a slot's bytes out of the arena to host memory, or in from it.
   virtual void readSlot(const TensorSlot &slot, std::byte *to) const = 0;
   virtual void writeSlot(const TensorSlot &slot, const std::byte *from) = 0;
-  // For the constructors of the backends, once the arena exists: writes the
-  // initial params; in a job of several ranks first checks that every rank
-  // built the same executable, then gives every rank rank 0's values.
+  // For the constructors of the backends, once the arena exists: the
+  // initial params. In one process they are written on first use (a step or
+  // a param method), so that creating an executable, a JIT cache hit, does
+  // not copy megabytes of weights it may never run with; in a job of several
+  // ranks at once: it first checks that every rank built the same
+  // executable, then gives every rank rank 0's values (collectives cannot
+  // wait for a first use that ranks might reach in different orders).
   void writeInitialParams();
+  // Writes the initial params if they are still pending; every method that
+  // reads or writes param slots calls it first.
+  void materializeParams();
 
-  ExecutableSpec spec_;
+  std::shared_ptr<const ExecutableSpec> specOwner_;
+  const ExecutableSpec &spec_;
   RunOptions options_;
   std::shared_ptr<Communicator> comm_; // the options', or one process
   int64_t steps_ = 0;
   std::vector<KernelTiming> timings_;
   std::chrono::steady_clock::time_point created_;
+  bool initialParamsPending_ = false;
 };
 
 // The host CPU: the kernels are machine code (JIT or AOT) that threads of a
@@ -253,6 +265,7 @@ public:
   // spec.initialParams; throws stepc::Error if a slot or copy falls outside
   // the arena or a param has no initial value of its exact type.
   explicit CpuExecutable(ExecutableSpec spec, RunOptions options = {});
+  explicit CpuExecutable(std::shared_ptr<const ExecutableSpec> spec, RunOptions options = {});
   ~CpuExecutable() override;
 
   const CollectiveStats &collectiveStats() const { return collectiveStats_; }
