@@ -127,5 +127,60 @@ TEST(CodegenHalf, TrainingStepMatchesTheInterpreter) {
   }
 }
 
+// Mixed-precision Adam steps (f32 master weights, half compute, f16 with
+// loss scaling) compiled, against the interpreter. The backends round the
+// half activations at different points (a fused kernel stores once, the
+// interpreter rounds every op), so the logits differ by a half ulp or so and
+// the loss by about that much of itself: 2^-8 relative for bf16, 2^-11 for
+// f16, taken 4 times. Adam's early updates are lr * m / sqrt(v), about +-lr
+// whatever the gradient's size, so a gradient off by a half ulp moves a
+// weight by a small part of lr = 1e-3: 2e-5 covers it, where a wrong update
+// is off by lr. The loss scale and its counter must match exactly.
+TEST(CodegenHalf, MixedPrecisionStepMatchesTheInterpreter) {
+  Graph model = parseGraph(R"(graph t {
+    input %x : f32[7,11]
+    input %y : i32[7]
+    param %w1 : f32[11,9] = normal(mean=0, std=0.4, seed=7)
+    param %b1 : f32[9] = normal(mean=0, std=0.1, seed=8)
+    param %w2 : f32[9,5] = normal(mean=0, std=0.4, seed=9)
+    param %b2 : f32[5] = zeros()
+    %1 = linear(%x, %w1, %b1)
+    %2 = tanh(%1)
+    %3 = linear(%2, %w2, %b2)
+    %4 = cross_entropy(%3, %y)
+    output loss = %4
+  })");
+  Optimizer adam = Optimizer::adam();
+  adam.lr = 1e-3;
+  for (auto [half, lossRtol] : {std::pair{DType::BF16, 1.6e-2}, std::pair{DType::F16, 2e-3}}) {
+    for (double scale : {1024.0, 1e30}) { // 1e30: every step overflows f16
+      if (half == DType::BF16 && scale != 1024.0)
+        continue;
+      SCOPED_TRACE(fmt::format("{} scale {}", dtypeName(half), scale));
+      MixedPrecision mixed{.compute = half, .initialScale = scale};
+      Graph step = trainStep(model, "loss", adam, {}, mixed);
+      TensorMap inputs = randomInputs(step, 43);
+      TensorMap want = initialParams(step);
+      auto exe = compileJit(step, {.cache = false});
+      for (const auto &[name, value] : want)
+        exe->setParam(name, value);
+      for (int i = 0; i < 3; ++i) {
+        SCOPED_TRACE(fmt::format("step {}", i));
+        TensorMap expected = interpretStep(step, inputs, want);
+        auto got = exe->step(inputs);
+        EXPECT_TRUE(testing::allClose(got.at("loss"), expected.at("loss"), lossRtol));
+        for (const auto &[name, value] : want) {
+          if (name.starts_with("loss_scale") || name == "step")
+            EXPECT_TRUE(exe->param(name) == value) << name;
+          else
+            EXPECT_TRUE(testing::allClose(exe->param(name), value, 0, 2e-5)) << name;
+        }
+      }
+      if (scale == 1e30)
+        EXPECT_TRUE(exe->param("w1") == initialParams(step).at("w1")) << "overflow: skipped";
+    }
+  }
+}
+
 } // namespace
 } // namespace stepc
