@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace stepc {
@@ -111,27 +112,33 @@ TEST(MixedPrecision, HalfComputeF32MasterWeightsAndLoss) {
   }
 }
 
-// 40 Adam steps on one batch. bf16 keeps 8 significant bits (f16 11), so each
-// activation and gradient is off by up to 2^-9 (2^-12) of itself; the f32
-// master weights keep those errors from piling up, and they move the loss
-// by a few times that: measured over four seeds, at most 1.2% (bf16) and
-// 0.1% (f16) of it along the curve (the loss falls from about 2 to 0.03-0.1,
-// where the same absolute error is a larger part). The bounds leave a
-// factor of 2.5 to 5.
+// 40 Adam steps on one batch, the loss falling from about 2 to 0.03-0.1.
+// bf16 keeps 8 significant bits (f16 11), so each activation and gradient is
+// off by up to 2^-9 (2^-12) of itself; the f32 master weights keep those
+// errors from piling up, and the two curves stay within a few such parts of
+// the starting loss. The median gap over the curve is the measure: at this
+// learning rate a run sometimes spikes for a step or two, and where the
+// spike falls is chaos, not rounding (one f16 run in 250 seeds was 13% apart
+// at one step). Measured over 250 seeds: a median gap of at most 0.18%
+// (bf16) and 0.04% (f16) of the starting loss; the bounds leave a factor of
+// 3 to 4.
 TEST(MixedPrecision, TracksTheF32StepOnAnMlp) {
   Graph model = parseGraph(kMlp);
   TensorMap inputs = teacherBatch(testing::freshSeed());
   std::vector<double> f32 = lossCurve(trainStep(model, "loss", adam(1e-2)), inputs, 40);
   ASSERT_LT(f32.back(), 0.5 * f32.front()) << "the f32 step should learn the teacher";
-  for (auto [half, bound] : {std::pair{DType::BF16, 0.03}, std::pair{DType::F16, 0.005}}) {
+  for (auto [half, bound] : {std::pair{DType::BF16, 0.006}, std::pair{DType::F16, 0.0015}}) {
     SCOPED_TRACE(dtypeName(half));
     std::vector<double> mixed =
         lossCurve(trainStep(model, "loss", adam(1e-2), {}, mixedIn(half)), inputs, 40);
-    double worst = 0;
+    std::vector<double> gaps;
     for (size_t i = 0; i < f32.size(); ++i)
-      worst = std::max(worst, std::abs(mixed[i] - f32[i]) / f32[i]);
-    EXPECT_LT(worst, bound) << "first loss " << mixed.front() << " vs " << f32.front()
-                            << ", last " << mixed.back() << " vs " << f32.back();
+      gaps.push_back(std::abs(mixed[i] - f32[i]) / f32.front());
+    std::nth_element(gaps.begin(), gaps.begin() + gaps.size() / 2, gaps.end());
+    EXPECT_LT(gaps[gaps.size() / 2], bound)
+        << "first loss " << mixed.front() << " vs " << f32.front() << ", last " << mixed.back()
+        << " vs " << f32.back();
+    EXPECT_LT(mixed.back(), 0.5 * mixed.front());
   }
 }
 
@@ -183,9 +190,10 @@ TEST(MixedPrecision, F16ScaleDoublesAfterGrowthIntervalGoodSteps) {
   EXPECT_EQ(params.at("step").real(0), 7);
 }
 
-// Scaling by a power of two and unscaling is exact (but for gradients that
-// scale 1 leaves in f16's subnormals), so a scale that never overflows gives
-// the unscaled step's numbers; a missing unscale would be a factor 8 in m.
+// Scaling by a power of two and unscaling is exact, so a scale that never
+// overflows gives the unscaled step's numbers, but for the gradients that
+// scale 1 leaves in f16's subnormals (below 6e-5, fewer bits: measured 0.14%
+// off in m); a missing unscale would be a factor 8 in m.
 TEST(MixedPrecision, F16ScalingByAPowerOfTwoChangesNoGradient) {
   Graph model = parseGraph(kMlp);
   TensorMap inputs = teacherBatch(testing::freshSeed());
@@ -197,7 +205,31 @@ TEST(MixedPrecision, F16ScalingByAPowerOfTwoChangesNoGradient) {
   interpretStep(scaled, inputs, a);
   interpretStep(unscaled, inputs, b);
   for (const char *name : {"w1", "b1", "w2", "b2", "w1.m", "w2.v"})
-    EXPECT_TRUE(testing::allClose(a.at(name), b.at(name), 1e-3, 1e-7)) << name;
+    EXPECT_TRUE(testing::allClose(a.at(name), b.at(name), 1e-2, 1e-7)) << name;
+}
+
+// Every example (convolutions, pools, gathers, attention, layer norm) gets a
+// step whose state is f32 and that interprets to a finite loss close to the
+// f32 step's: the first step's loss is the model's at its initial params.
+TEST(MixedPrecision, EveryExampleTrainsInHalf) {
+  for (const std::string &name : testing::exampleNames()) {
+    Graph model = testing::loadExample(name);
+    Graph f32 = trainStep(model, "loss", adam(1e-3));
+    TensorMap inputs = testing::inputsFor(f32, testing::freshSeed());
+    TensorMap params = initialParams(f32);
+    double want = interpretStep(f32, inputs, params).at("loss").real(0);
+    for (DType half : {DType::BF16, DType::F16}) {
+      SCOPED_TRACE(name + " in " + std::string(dtypeName(half)));
+      Graph step = trainStep(model, "loss", adam(1e-3), {}, mixedIn(half));
+      for (ValueId id : step.params())
+        EXPECT_FALSE(isHalf(step.type(id).dtype)) << step.node(id).name;
+      TensorMap halfParams = initialParams(step);
+      double got = interpretStep(step, inputs, halfParams).at("loss").real(0);
+      // A few half ulps of each activation (2^-8 for bf16) move the loss by
+      // about as much of itself.
+      EXPECT_NEAR(got, want, (half == DType::BF16 ? 3e-2 : 4e-3) * std::abs(want) + 1e-4);
+    }
+  }
 }
 
 TEST(MixedPrecision, RejectsWhatItCannotDo) {
