@@ -104,7 +104,9 @@ Graph mixedPrecisionGraph(const Graph &model, DType compute);
 // optimizer state ("<param>.m", "<param>.v", "<param>.buf", "<param>.sq")
 // and the step counter "step" (i64[]); outputs are the model's outputs; the
 // graph's updates assign every parameter, state tensor and the counter
-// their new values. Every floating-point parameter is trained.
+// their new values. Every floating-point parameter is trained. With
+// mixedPrecision.compute set, the model computes in that half type and f16
+// adds the loss-scale params (see MixedPrecision).
 Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &optimizer,
                 const DataParallel &dataParallel = {},
                 const MixedPrecision &mixedPrecision = {});
