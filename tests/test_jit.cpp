@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -483,6 +484,15 @@ TEST_F(JitTest, JitTrainStepMatchesTheTrainStepGraphOnTheInterpreter) {
   }
 
   EXPECT_THROW(stepc::jitTrainStep(model, Optimizer::sgd()), Error) << "no lr";
+
+  // In bf16 mixed precision: the graph computes in bf16, the weights stay
+  // f32, and the loss is the f32 one within a few bf16 ulps (2^-8) of itself.
+  auto mixed = stepc::jitTrainStep(model, adam, {}, MixedPrecision{.compute = DType::BF16});
+  Tensor f32Loss = interpret(stepGraph, inputs, initialParams(stepGraph)).at("out0");
+  EXPECT_TRUE(allClose(mixed(x, y), f32Loss, 2e-2));
+  EXPECT_EQ(mixed.param("w").dtype(), DType::F32);
+  EXPECT_TRUE(std::any_of(mixed.graph().nodes.begin(), mixed.graph().nodes.end(),
+                          [](const Node &n) { return n.type.dtype == DType::BF16; }));
 }
 
 // --- Ahead of time ---------------------------------------------------------

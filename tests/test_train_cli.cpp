@@ -79,6 +79,41 @@ TEST_F(TrainCli, UserGraphOnNpyData) {
   EXPECT_GT(std::stod(accuracy[1]), 80.0) << r.output;
 }
 
+// The same run in bf16 and f16 mixed precision learns the blobs too; a step
+// graph of each prints with f16's loss-scale state alone.
+TEST_F(TrainCli, MixedPrecision) {
+  for (const char *half : {"bf16", "f16"}) {
+    SCOPED_TRACE(half);
+    CommandResult r = stepc(fmt::format("train {} --eval-data x={} --eval-data y={} --epochs 3 "
+                                        "--lr 0.01 --seed 7 --mixed-precision {}",
+                                        blobsArguments(), data("eval_x.npy"),
+                                        data("eval_y.npy"), half));
+    ASSERT_EQ(r.status, 0) << r.output;
+    std::smatch accuracy;
+    ASSERT_TRUE(std::regex_search(r.output, accuracy,
+                                  std::regex(R"(epoch 3/3: eval loss [0-9.]+  accuracy ([0-9.]+)%)")))
+        << r.output;
+    EXPECT_GT(std::stod(accuracy[1]), 80.0) << r.output;
+    CommandResult step = stepc(fmt::format("train-step {} --loss loss --optimizer adam "
+                                           "--mixed-precision {}",
+                                           data("blobs.sg"), half));
+    ASSERT_EQ(step.status, 0) << step.output;
+    EXPECT_EQ(step.output.find("loss_scale") != std::string::npos, std::string(half) == "f16")
+        << step.output;
+  }
+  std::string sg = data("blobs.sg");
+  for (const std::string &command :
+       {"train-step " + sg + " --loss loss", "train " + sg + " --loss loss",
+        "bench " + sg + " --train", std::string("demo")}) {
+    SCOPED_TRACE(command);
+    CommandResult r = stepc(command + " --mixed-precision fp16");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("--mixed-precision: unknown precision 'fp16'; expected bf16 or f16"),
+              std::string::npos)
+        << r.output;
+  }
+}
+
 TEST_F(TrainCli, PartialBatchIsDroppedAndSaid) {
   CommandResult r = stepc(fmt::format("train {} --batch 48 --epochs 1", blobsArguments()));
   ASSERT_EQ(r.status, 0) << r.output;

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 
 #include <numbers>
 #include <algorithm>
@@ -121,6 +122,18 @@ void averageOverProcesses(GraphBuilder &b, std::vector<Value> &grads,
   }
 }
 
+// A bool scalar: every element of every gradient is finite. NaN and inf
+// both fail `|g| <= the largest f32`.
+Value allFinite(const std::vector<Value> &grads) {
+  Value smallest;
+  for (const Value &g : grads) {
+    Value finite = le(abs(g), scalarLike(g, std::numeric_limits<float>::max()));
+    Value part = min(cast(finite, DType::F32));
+    smallest = smallest.valid() ? minimum(smallest, part) : part;
+  }
+  return gt(smallest, scalarLike(smallest, 0.5));
+}
+
 } // namespace
 
 std::string_view optimizerName(Optimizer::Kind kind) {
@@ -173,21 +186,34 @@ void checkHyperParameters(const Optimizer &opt) {
 } // namespace
 
 Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &opt,
-                const DataParallel &dataParallel) {
+                const DataParallel &dataParallel, const MixedPrecision &mixed) {
   checkHyperParameters(opt);
   auto lossId = model.findOutput(loss);
   if (!lossId)
     throw Error(fmt::format("train_step: graph '{}' has no output '{}'", model.name, loss));
-  for (const char *reserved : {"lr", "step"})
-    if (model.findNamed(reserved))
+  bool lossScaling = mixed.compute == DType::F16;
+  if (lossScaling && !(mixed.initialScale > 0 && std::isfinite(mixed.initialScale)))
+    throw Error(fmt::format("train_step: the initial loss scale must be a finite number > 0, "
+                            "got {}",
+                            mixed.initialScale));
+  if (lossScaling && mixed.growthInterval < 1)
+    throw Error(fmt::format("train_step: the loss scale's growth interval must be >= 1 step, "
+                            "got {}",
+                            mixed.growthInterval));
+  std::vector<const char *> reserved = {"lr", "step"};
+  if (lossScaling)
+    reserved.insert(reserved.end(), {"loss_scale", "loss_scale.good_steps"});
+  for (const char *name : reserved)
+    if (model.findNamed(name))
       throw Error(fmt::format("train_step: the model already has a value named '{}', which "
                               "the training step needs for its own input or state",
-                              reserved));
+                              name));
 
-  GraphBuilder b(model);
+  GraphBuilder b(mixed.compute ? mixedPrecisionGraph(model, *mixed.compute) : model);
+  lossId = b.graph().findOutput(loss);
   std::vector<Value> params;
-  for (ValueId id : model.params())
-    if (isFloat(model.type(id).dtype))
+  for (ValueId id : b.graph().params())
+    if (isFloat(b.graph().type(id).dtype))
       params.push_back(b.value(id));
   if (params.empty())
     throw Error(fmt::format("train_step: graph '{}' has no floating-point parameters to train",
@@ -199,10 +225,29 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
 
   Value lr = opt.lr ? constant(b, *opt.lr, DType::F32) : b.input("lr", DType::F32, {});
   Value step = b.param("step", DType::I64, {}, Init::zeros());
-  std::vector<Value> grads = gradients(b.value(*lossId), params);
+  Value lossValue = b.value(*lossId);
+  Value scale, goodSteps, finite;
+  if (lossScaling) {
+    scale = b.param("loss_scale", DType::F32, {}, Init::constant(mixed.initialScale));
+    goodSteps = b.param("loss_scale.good_steps", DType::I64, {}, Init::zeros());
+  }
+  std::vector<Value> grads =
+      gradients(lossScaling ? lossValue * asDType(scale, lossValue.dtype()) : lossValue, params);
+  if (lossScaling)
+    for (Value &g : grads)
+      g = g * asDType(1.0 / scale, g.dtype());
   if (dataParallel.enabled)
     averageOverProcesses(b, grads, params, dataParallel.bucketBytes);
+  // After the average, so that every rank sees an overflow on any rank and
+  // all skip the same steps.
+  if (lossScaling)
+    finite = allFinite(grads);
   clipByGlobalNorm(grads, opt.clipNorm);
+  // With loss scaling a step whose gradients overflowed keeps every
+  // parameter and state tensor as it was, bit for bit.
+  auto update = [&](Value param, Value next) {
+    b.update(param, finite.valid() ? select(finite, next, param) : next);
+  };
 
   Value t = cast(step, DType::F32);
   Value rate = scheduledRate(lr, t, opt.schedule);
@@ -224,22 +269,22 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
 
     switch (opt.kind) {
     case Optimizer::Kind::Sgd:
-      b.update(p, p - lrP * g);
+      update(p, p - lrP * g);
       break;
     case Optimizer::Kind::Momentum:
     case Optimizer::Kind::Nesterov: {
       Value buf = state("buf");
       Value next = buf * opt.momentum + g;
       Value direction = opt.kind == Optimizer::Kind::Nesterov ? g + next * opt.momentum : next;
-      b.update(buf, next);
-      b.update(p, p - lrP * direction);
+      update(buf, next);
+      update(p, p - lrP * direction);
       break;
     }
     case Optimizer::Kind::RmsProp: {
       Value sq = state("sq");
       Value next = sq * opt.alpha + square(g) * (1.0 - opt.alpha);
-      b.update(sq, next);
-      b.update(p, p - lrP * g / (sqrt(next) + opt.eps));
+      update(sq, next);
+      update(p, p - lrP * g / (sqrt(next) + opt.eps));
       break;
     }
     case Optimizer::Kind::Adam:
@@ -253,14 +298,23 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
       Value correction1 = asDType(1.0 - pow(scalarLike(t1, opt.beta1), t1), dtype);
       Value correction2 = asDType(1.0 - pow(scalarLike(t1, opt.beta2), t1), dtype);
       Value denom = sqrt(vNext) / sqrt(correction2) + opt.eps;
-      b.update(m, mNext);
-      b.update(v, vNext);
-      b.update(p, base - (lrP / correction1) * mNext / denom);
+      update(m, mNext);
+      update(v, vNext);
+      update(p, base - (lrP / correction1) * mNext / denom);
       break;
     }
     }
   }
-  b.update(step, step + constant(b, 1.0, DType::I64));
+  update(step, step + constant(b, 1.0, DType::I64));
+  if (lossScaling) {
+    // torch.amp.GradScaler's rule: halve on overflow; double after
+    // growthInterval good steps in a row.
+    Value good = goodSteps + constant(b, 1.0, DType::I64);
+    Value grow = ge(good, constant(b, double(mixed.growthInterval), DType::I64));
+    Value zero = constant(b, 0.0, DType::I64);
+    b.update(scale, select(finite, select(grow, scale * 2.0, scale), scale * 0.5));
+    b.update(goodSteps, select(finite, select(grow, zero, good), zero));
+  }
   // Report the loss of the global batch, so rank 0 can print it.
   Value globalLoss = dataParallel.enabled ? allReduce(b.value(*lossId), "mean") : Value();
   Graph out = b.finish();

@@ -178,18 +178,19 @@ CpuExecutable &JitCore::executable() {
 
 int64_t JitCore::traces() const { return static_cast<int64_t>(state_->bySignature.size()); }
 
-GraphTransform trainStepTransform(const Optimizer &optimizer, bool dataParallel) {
+GraphTransform trainStepTransform(const Optimizer &optimizer, bool dataParallel,
+                                  const MixedPrecision &mixedPrecision) {
   if (!optimizer.lr)
     throw Error("stepc::jitTrainStep: set the optimizer's learning rate (Optimizer::lr); a "
                 "traced training step has no 'lr' input");
-  return [optimizer, dataParallel](const Graph &model) {
+  return [optimizer, dataParallel, mixedPrecision](const Graph &model) {
     if (model.outputs.size() != 1)
       throw Error(fmt::format("stepc::jitTrainStep: the model function must return its scalar "
                               "loss alone; it returned {} values",
                               model.outputs.size()));
     DataParallel parallel;
     parallel.enabled = dataParallel;
-    return trainStep(model, model.outputs[0].name, optimizer, parallel);
+    return trainStep(model, model.outputs[0].name, optimizer, parallel, mixedPrecision);
   };
 }
 

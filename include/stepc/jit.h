@@ -28,6 +28,7 @@
 
 #include "stepc/builder.h"
 #include "stepc/compile.h"
+#include "stepc/train.h"
 
 #include <cstddef>
 #include <functional>
@@ -40,8 +41,6 @@
 #include <vector>
 
 namespace stepc {
-
-struct Optimizer; // stepc/train.h
 
 struct JitOptions {
   CompileOptions compile;
@@ -150,7 +149,8 @@ using TracedResult =
 
 // With `dataParallel` (a communicator of several ranks) the gradients are
 // averaged over the ranks, as trainStep(..., DataParallel{true}) does.
-GraphTransform trainStepTransform(const Optimizer &optimizer, bool dataParallel);
+GraphTransform trainStepTransform(const Optimizer &optimizer, bool dataParallel,
+                                  const MixedPrecision &mixedPrecision);
 
 } // namespace detail
 
@@ -203,7 +203,7 @@ template <class F> Jit<F> jit(F fn, JitOptions options = {}) {
 // each call computes the loss (returned), the gradients of every
 // floating-point param, and the optimizer's update of the params and its
 // state, all in one compiled step. The optimizer's lr must be set (else
-// stepc::Error). Include stepc/train.h for Optimizer.
+// stepc::Error). `mixedPrecision` trains in bf16 or f16 as trainStep does.
 //
 // Data-parallel: with options.run.communicator spanning several ranks (e.g.
 // mpiCommunicator() under mpirun), each rank calls the step with its slice
@@ -211,10 +211,11 @@ template <class F> Jit<F> jit(F fn, JitOptions options = {}) {
 // (trainStep's DataParallel), the returned loss is the mean over the ranks,
 // and every rank starts from rank 0's params and keeps the same ones.
 template <class F>
-Jit<F> jitTrainStep(F model, const Optimizer &optimizer, JitOptions options = {}) {
+Jit<F> jitTrainStep(F model, const Optimizer &optimizer, JitOptions options = {},
+                    const MixedPrecision &mixedPrecision = {}) {
   bool dataParallel = options.run.communicator && options.run.communicator->size() > 1;
   return Jit<F>(std::move(model), std::move(options),
-                detail::trainStepTransform(optimizer, dataParallel));
+                detail::trainStepTransform(optimizer, dataParallel, mixedPrecision));
 }
 
 } // namespace stepc

@@ -69,13 +69,46 @@ struct DataParallel {
   int64_t bucketBytes = int64_t(2) << 20;
 };
 
+// Mixed-precision training, as PyTorch's autocast plus GradScaler: the
+// forward and backward passes compute in `compute` (f16 or bf16) while the
+// parameters and the optimizer state stay f32 (master weights), so small
+// updates are not lost to half rounding. Each f32 parameter and input is cast
+// to half where it is used; matmuls and convolutions read half operands and
+// accumulate in f32; exp, log, pow, sums and means (softmax, the loss,
+// normalizations) run in f32, and ops that mix f32 and half compute in f32.
+// The gradients reach the optimizer in f32.
+//
+// f16 (5 exponent bits) underflows small gradients, so it adds dynamic loss
+// scaling: the step keeps the params "loss_scale" (f32[]) and
+// "loss_scale.good_steps" (i64[]); the gradients are taken of loss *
+// loss_scale and divided by it; when any gradient is inf or NaN the step
+// leaves every parameter, optimizer state and the step counter bit for bit
+// as they were and halves the scale; after growthInterval steps in a row
+// without overflow the scale doubles. bf16 has f32's exponent range and
+// needs no scaling.
+struct MixedPrecision {
+  std::optional<DType> compute; // f16 or bf16; unset: the model's own dtypes
+  double initialScale = 65536;  // f16: torch.amp.GradScaler's 2^16
+  int64_t growthInterval = 2000;
+};
+
+// "bf16" or "f16"; throws naming `what` (e.g. the flag) and those two.
+DType parseMixedPrecision(std::string_view name, std::string_view what);
+
+// The model with every f32 computation moved to `compute` (f16 or bf16) by
+// MixedPrecision's rules: params, inputs and outputs keep their f32 types.
+Graph mixedPrecisionGraph(const Graph &model, DType compute);
+
 // Builds the training step of `model`: inputs are the model's inputs plus
 // `lr` (f32[], the base learning rate) unless Optimizer::lr is set; parameters are the model's plus the
 // optimizer state ("<param>.m", "<param>.v", "<param>.buf", "<param>.sq")
 // and the step counter "step" (i64[]); outputs are the model's outputs; the
 // graph's updates assign every parameter, state tensor and the counter
-// their new values. Every floating-point parameter is trained.
+// their new values. Every floating-point parameter is trained. With
+// mixedPrecision.compute set, the model computes in that half type and f16
+// adds the loss-scale params (see MixedPrecision).
 Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &optimizer,
-                const DataParallel &dataParallel = {});
+                const DataParallel &dataParallel = {},
+                const MixedPrecision &mixedPrecision = {});
 
 } // namespace stepc

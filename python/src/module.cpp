@@ -420,7 +420,8 @@ void bindGraph(nb::module_ &m) {
   m.def("train_step",
         [](const Graph &g, const std::string &loss, const std::string &kind,
            std::optional<double> lr, nb::dict hyper, const std::string &schedule,
-           int64_t stepSize, double gamma, int64_t totalSteps, double minLr) {
+           int64_t stepSize, double gamma, int64_t totalSteps, double minLr,
+           const std::string &mixedPrecision) {
           Optimizer o;
           o.kind = parseOptimizerKind(kind);
           if (o.kind == Optimizer::Kind::AdamW)
@@ -443,7 +444,10 @@ void bindGraph(nb::module_ &m) {
                                       k));
           }
           o.schedule = scheduleFrom(schedule, stepSize, gamma, totalSteps, minLr);
-          return trainStep(g, loss, o);
+          MixedPrecision mixed;
+          if (!mixedPrecision.empty())
+            mixed.compute = parseMixedPrecision(mixedPrecision, "train_step: mixed_precision");
+          return trainStep(g, loss, o, {}, mixed);
         });
 }
 

@@ -483,12 +483,14 @@ class Graph:
 
     def train_step(self, loss: str = "loss", optimizer: Union[str, Optimizer] = "adam",
                    lr: Optional[float] = None, schedule: Union[Schedule, str, None] = None,
-                   **hyper: float) -> "Graph":
+                   mixed_precision: Optional[str] = None, **hyper: float) -> "Graph":
         """The training step: loss, gradients and the optimizer's update of
         every floating-point param in one graph. ``optimizer``: one of
         OPTIMIZERS or an Optimizer; ``hyper``: momentum, alpha, beta1, beta2,
         eps, weight_decay, clip_norm. Without ``lr`` the step takes an f32
-        input ``lr``."""
+        input ``lr``. ``mixed_precision``: "bf16" or "f16" computes in half
+        with f32 master weights and optimizer state (f16 with dynamic loss
+        scaling: params ``loss_scale`` and ``loss_scale.good_steps``)."""
         if isinstance(optimizer, Optimizer):
             lr = optimizer.lr if lr is None else lr
             schedule = optimizer.schedule if schedule is None else schedule
@@ -500,7 +502,7 @@ class Graph:
             schedule = Schedule(schedule)
         graph = _stepc.train_step(self._g, loss, optimizer, lr, dict(hyper), schedule.kind,
                                   schedule.step_size, schedule.gamma, schedule.total_steps,
-                                  schedule.min_lr)
+                                  schedule.min_lr, mixed_precision or "")
         return Graph(graph, self.param_values)
 
 

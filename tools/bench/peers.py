@@ -51,6 +51,9 @@ import time
 THREADS = 2
 GELU_N = 4 * 1024 * 1024
 FRAMEWORKS = ["torch-eager", "torch-compile", "jax-jit"]
+# Asked for by name (--frameworks): PyTorch eager under CPU autocast to
+# bfloat16, the peer of `stepc bench --mixed-precision bf16` (--stepc-bf16).
+OPTIONAL_FRAMEWORKS = ["torch-eager-bf16"]
 WORKLOADS = ["mlp", "cnn", "gelu", "gpt64", "gpt128"]
 # make_gpt.py's arguments per transformer workload.
 GPT = {
@@ -123,7 +126,8 @@ def TorchGpt(layers, width, heads, tokens, batch, vocab):
     return Gpt()
 
 
-def torch_workload(name, compiled, warmup, steps):
+def torch_workload(name, compiled, warmup, steps, autocast_bf16=False):
+    import contextlib
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -156,9 +160,18 @@ def torch_workload(name, compiled, warmup, steps):
         y = torch.randint(0, 10, (32,))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
+    # Mixed precision as torch.amp does it: f32 params and Adam state, the
+    # forward pass's matmuls in bf16 (cross-entropy in f32), backward through
+    # the casts; bf16 needs no GradScaler.
+    def precision():
+        if autocast_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x).reshape(y.shape[0], -1), y)
+        with precision():
+            loss = F.cross_entropy(model(x).reshape(y.shape[0], -1), y)
         loss.backward()
         opt.step()
         return loss
@@ -319,7 +332,8 @@ def worker(framework, workloads, args):
             if framework == "jax-jit":
                 results[name] = jax_workload(name, warmup, steps)
             else:
-                results[name] = torch_workload(name, framework == "torch-compile", warmup, steps)
+                results[name] = torch_workload(name, framework == "torch-compile", warmup, steps,
+                                               autocast_bf16=framework == "torch-eager-bf16")
         except Exception as e:  # one failing workload must not hide the rest
             results[name] = None
             print(f"{framework} {name}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -345,8 +359,9 @@ def run_worker(framework, args):
         return json.load(open(out.name))
 
 
-def run_stepc(stepc, args):
-    """The same workloads with `stepc bench` (fused build, same thread count)."""
+def run_stepc(stepc, args, mixed_precision=None):
+    """The same workloads with `stepc bench` (fused build, same thread count),
+    the training steps in `mixed_precision` (bf16) when given."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     results = {}
     for name in args.only:
@@ -363,6 +378,8 @@ def run_stepc(stepc, args):
                 cmd += [graph.name, "--train-step", "adam"]
             else:
                 cmd += [os.path.join(root, "examples", f"{name}.sg"), "--train-step", "adam"]
+            if mixed_precision and name != "gelu":
+                cmd += ["--mixed-precision", mixed_precision]
             cmd += ["--threads", str(THREADS), "--steps", str(steps), "--warmup", str(warmup),
                     "--json", out.name]
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL)
@@ -389,8 +406,12 @@ def main():
     parser.add_argument("--only", default=",".join(WORKLOADS),
                         help="comma-separated subset of " + ",".join(WORKLOADS))
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                        help="comma-separated subset of " + ",".join(FRAMEWORKS))
+                        help="comma-separated subset of " +
+                        ",".join(FRAMEWORKS + OPTIONAL_FRAMEWORKS))
     parser.add_argument("--stepc", help="also time the workloads with this stepc binary")
+    parser.add_argument("--stepc-bf16", action="store_true",
+                        help="with --stepc: a stepc-bf16 column too, the training steps in "
+                             "mixed precision (stepc bench --mixed-precision bf16)")
     parser.add_argument("--json", help="write the table here too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -408,13 +429,20 @@ def main():
 
     frameworks = [f for f in args.frameworks.split(",") if f]
     for f in frameworks:
-        if f not in FRAMEWORKS:
-            parser.error(f"unknown framework '{f}'; the frameworks are: {', '.join(FRAMEWORKS)}")
-    names = frameworks + (["stepc"] if args.stepc else [])
+        if f not in FRAMEWORKS + OPTIONAL_FRAMEWORKS:
+            parser.error(f"unknown framework '{f}'; the frameworks are: "
+                         f"{', '.join(FRAMEWORKS + OPTIONAL_FRAMEWORKS)}")
+    if args.stepc_bf16 and not args.stepc:
+        parser.error("--stepc-bf16 needs --stepc STEPC")
+    names = (frameworks + (["stepc"] if args.stepc else []) +
+             (["stepc-bf16"] if args.stepc_bf16 else []))
     rounds = {c: {w: [] for w in args.only} for c in names}
     for _ in range(args.rounds):
         for c in names:
-            got = run_stepc(args.stepc, args) if c == "stepc" else run_worker(c, args)
+            if c.startswith("stepc"):
+                got = run_stepc(args.stepc, args, "bf16" if c == "stepc-bf16" else None)
+            else:
+                got = run_worker(c, args)
             for w in args.only:
                 if got.get(w) is not None:
                     rounds[c][w].append(got[w])

@@ -64,12 +64,22 @@ Optimizer optimizerFrom(const TrainStepOptions &options) {
   return opt;
 }
 
+MixedPrecision mixedPrecisionFrom(const TrainStepOptions &options) {
+  MixedPrecision mixed;
+  if (!options.mixedPrecision.empty())
+    mixed.compute = parseMixedPrecision(options.mixedPrecision, "--mixed-precision");
+  mixed.initialScale = options.lossScale;
+  mixed.growthInterval = options.growthInterval;
+  return mixed;
+}
+
 int trainStep(const TrainStepOptions &options) {
   Graph graph = parseGraphFile(options.file);
   Optimizer opt = optimizerFrom(options);
   DataParallel dp{.enabled = options.dataParallel,
                   .bucketBytes = static_cast<int64_t>(options.bucketMb * (1 << 20))};
-  emitGraph(stepc::trainStep(graph, options.loss, opt, dp), options.output);
+  emitGraph(stepc::trainStep(graph, options.loss, opt, dp, mixedPrecisionFrom(options)),
+            options.output);
   return 0;
 }
 

@@ -64,11 +64,17 @@ struct TrainStepOptions {
   double gamma = 0.1, minLr = 0;
   bool dataParallel = false; // average gradients over the job's ranks
   double bucketMb = 2;
+  // "bf16" or "f16": mixed-precision training (MixedPrecision); empty: off.
+  std::string mixedPrecision;
+  double lossScale = 65536;     // f16: the initial loss scale
+  int64_t growthInterval = 2000; // f16: good steps before the scale doubles
 };
 // `stepc train-step FILE.sg --loss NAME --optimizer adam --lr 1e-3 -o step.sg`
 int trainStep(const TrainStepOptions &options);
 // The optimizer, schedule and learning rate the options describe.
 Optimizer optimizerFrom(const TrainStepOptions &options);
+// --mixed-precision and its loss-scale flags; throws naming the flag.
+MixedPrecision mixedPrecisionFrom(const TrainStepOptions &options);
 
 struct TrainCliOptions {
   // file, the loss, the optimizer and its schedule; `loss` may also be
@@ -122,6 +128,8 @@ struct DemoOptions {
   // gradients averaged over MPI (docs/distributed.md).
   bool dataParallel = false;
   double bucketMb = 2;
+  // Fashion-MNIST: "bf16" or "f16" trains in mixed precision (MixedPrecision).
+  std::string mixedPrecision;
 };
 // `stepc demo [--model mlp|cnn]`: trains on Fashion-MNIST, compiled.
 int fashionDemo(const DemoOptions &options);
@@ -211,6 +219,7 @@ struct BenchOptions {
   double peakGflops = 0; // fp32 FMA peak for percentages; 0: measured now
   int64_t gelu = 0;      // > 0: also the tanh GELU over this many floats
   std::string memoryBudget; // --memory-budget BYTES|N% for the compiled graph
+  std::string mixedPrecision; // with a training step: "bf16" or "f16"
 };
 // `stepc bench FILE.sg [--train-step adam] [--compare-unfused] [--per-kernel]
 //   [--json OUT.json] [--gelu [N]] [--threads N] [--check-determinism]`

@@ -108,6 +108,16 @@ void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &option
       ->capture_default_str();
   command->add_option("--momentum", options.momentum)->capture_default_str();
   command->add_option("--clip-norm", options.clipNorm, "0: no clipping")->capture_default_str();
+  command->add_option("--mixed-precision", options.mixedPrecision,
+                      "bf16 or f16: compute in half with f32 master weights and optimizer "
+                      "state (f16 adds dynamic loss scaling)");
+  command->add_option("--loss-scale", options.lossScale,
+                      "with --mixed-precision f16: the initial loss scale")
+      ->capture_default_str();
+  command->add_option("--growth-interval", options.growthInterval,
+                      "with --mixed-precision f16: steps without overflow before the loss "
+                      "scale doubles")
+      ->capture_default_str();
   command->add_option("--schedule", options.schedule, "constant, step, exponential, cosine")
       ->capture_default_str();
   command->add_option("--step-size", options.stepSize)->capture_default_str();
@@ -248,6 +258,8 @@ int main(int argc, char **argv) {
   demo->add_flag("--data-parallel", demoOptions.dataParallel,
                  "Fashion-MNIST under `mpirun -np N`: split each batch across the ranks and "
                  "average the gradients over MPI");
+  demo->add_option("--mixed-precision", demoOptions.mixedPrecision,
+                   "Fashion-MNIST: bf16 or f16, half compute with f32 master weights");
   demo->add_option("--bucket-mb", demoOptions.bucketMb,
                    "with --data-parallel: gradient bucket size in MB")
       ->capture_default_str();
@@ -326,6 +338,8 @@ int main(int argc, char **argv) {
                     "a safetensors file or a folder of NAME.npy (default: MODEL.safetensors "
                     "beside MODEL.sg when present)");
   bench->add_option("--json", benchOptions.json, "also write the figures to this JSON file");
+  bench->add_option("--mixed-precision", benchOptions.mixedPrecision,
+                    "with --train: bf16 or f16 training step (f32 master weights)");
   bench->add_option("--gelu", benchOptions.gelu,
                     "also time the fused tanh GELU over N floats (default 4194304) against "
                     "the copy bandwidth")
@@ -391,6 +405,12 @@ int main(int argc, char **argv) {
     return status;
 
   try {
+    // An unknown --mixed-precision fails before any data is read or compiled.
+    for (const std::string *precision :
+         {&stepOptions.mixedPrecision, &trainOptions.step.mixedPrecision,
+          &demoOptions.mixedPrecision, &benchOptions.mixedPrecision})
+      if (!precision->empty())
+        stepc::parseMixedPrecision(*precision, "--mixed-precision");
     if (*compile)
       return stepc::cli::compile(compileOptions);
     if (*check)
@@ -413,6 +433,11 @@ int main(int argc, char **argv) {
         throw stepc::Error(fmt::format(
             "unknown demo '{}'; try `stepc demo`, `stepc demo makemore`, `stepc demo gpt` or "
             "`stepc demo small`",
+            demoWhich));
+      if (!demoWhich.empty() && !demoOptions.mixedPrecision.empty())
+        throw stepc::Error(fmt::format(
+            "--mixed-precision: the Fashion-MNIST demo (`stepc demo`) trains in mixed "
+            "precision, not `stepc demo {}`",
             demoWhich));
       demoOptions.examples = stepc::cli::findExamples(demoOptions.examples);
       if (demoWhich == "small")

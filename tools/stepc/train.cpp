@@ -273,7 +273,7 @@ int trainWith(
   if (comm)
     run.threads = evalRun.threads = threadsPerRank(ranks);
   auto compileStart = Clock::now();
-  std::unique_ptr<Executable> trainer = compile(trainStep(local, loss, optimizer, dp), run);
+  std::unique_ptr<Executable> trainer = compile(trainStep(local, loss, optimizer, dp, mixedPrecisionFrom(stepOptions)), run);
   for (const auto &[name, value] : job.params)
     trainer->setParam(name, value);
   int64_t stepsPerEpoch = train.rows / batch;

@@ -235,8 +235,14 @@ Json printMatmuls(const Graph &graph, const BenchOptions &options, double peakGf
 // and unfused, peak arena, and with --per-kernel the kernel tables.
 Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidthGBs) {
   TensorMap params;
-  Graph graph =
-      perf::loadBenchedGraph(options.file, options.params, options.optimizer, options.loss, params);
+  MixedPrecision mixed;
+  if (!options.mixedPrecision.empty()) {
+    if (options.optimizer.empty())
+      throw Error("bench: --mixed-precision applies to a training step (--train or --train-step)");
+    mixed.compute = parseMixedPrecision(options.mixedPrecision, "--mixed-precision");
+  }
+  Graph graph = perf::loadBenchedGraph(options.file, options.params, options.optimizer,
+                                       options.loss, params, mixed);
   TensorMap inputs = randomInputs(graph, options.seed);
   RunOptions run{.threads = options.threads};
   MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
@@ -297,7 +303,10 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
   auto load = loadAverage();
   fmt::print("{}{}: {} kernels fused{}, {} threads, load average {:.2f} {:.2f} {:.2f}\n",
              graph.name,
-             options.optimizer.empty() ? "" : " (training step, " + options.optimizer + ")",
+             options.optimizer.empty()
+                 ? ""
+                 : fmt::format(" (training step, {}{})", options.optimizer,
+                               mixed.compute ? ", mixed precision " + options.mixedPrecision : ""),
              fused->spec().kernels.size(),
              unfused ? fmt::format(", {} unfused", unfused->spec().kernels.size()) : "", threads,
              load[0], load[1], load[2]);
@@ -339,6 +348,7 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
       {"graph", graph.name},
       {"file", options.file},
       {"training_step", options.optimizer.empty() ? Json() : Json(options.optimizer)},
+      {"mixed_precision", mixed.compute ? Json(options.mixedPrecision) : Json()},
       {"threads", threads},
       {"steps", options.steps},
       {"warmup", options.warmup},
@@ -429,14 +439,15 @@ Json benchGelu(int64_t n, const BenchOptions &options, const perf::MachinePeak &
 namespace perf {
 
 Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
-                       const std::string &optimizer, const std::string &loss, TensorMap &params) {
+                       const std::string &optimizer, const std::string &loss, TensorMap &params,
+                       const MixedPrecision &mixed) {
   Graph graph = parseGraphFile(file);
   loadModelParams(file, paramsOption, graph, params);
   if (!optimizer.empty()) {
     Optimizer opt;
     opt.kind = parseOptimizerKind(optimizer);
     opt.lr = 1e-3;
-    graph = stepc::trainStep(graph, loss, opt);
+    graph = stepc::trainStep(graph, loss, opt, {}, mixed);
   }
   return graph;
 }

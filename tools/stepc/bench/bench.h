@@ -4,6 +4,7 @@
 
 #include "stepc/compile.h"
 #include "stepc/interpreter.h"
+#include "stepc/train.h"
 
 #include <nlohmann/json.hpp>
 
@@ -15,10 +16,12 @@ namespace stepc::cli::perf {
 double median(std::vector<double> values);
 
 // FILE.sg with its params (see loadModelParams), or with `optimizer` its
-// training step (learning rate 1e-3 baked in, minimizing output `loss`):
-// what `stepc bench` and `stepc bisect-fusion` measure.
+// training step (learning rate 1e-3 baked in, minimizing output `loss`, in
+// mixed precision when `mixed` says so): what `stepc bench` and `stepc
+// bisect-fusion` measure.
 Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
-                       const std::string &optimizer, const std::string &loss, TensorMap &params);
+                       const std::string &optimizer, const std::string &loss, TensorMap &params,
+                       const MixedPrecision &mixed = {});
 
 // How far apart two tensors of one type are, over their elements: the
 // largest |a - b|, |a - b| / max(|a|, |b|, 1e-6) and |a - b| / max(|a|, |b|, 1)

@@ -89,16 +89,20 @@ int fashionDemoOn(const DemoOptions &options, std::shared_ptr<Communicator> comm
   if (xType.numel() / batch != train.pixels)
     throw Error(fmt::format("{}: input x has {} values per example, images have {}", modelPath,
                             xType.numel() / batch, train.pixels));
+  MixedPrecision mixed;
+  if (!options.mixedPrecision.empty())
+    mixed.compute = parseMixedPrecision(options.mixedPrecision, "--mixed-precision");
   if (lead)
-    fmt::print("Fashion-MNIST: {} training and {} test images; model {} (batch {}), Adam lr {}\n",
-               train.count, test.count, modelPath, batch, lr);
+    fmt::print("Fashion-MNIST: {} training and {} test images; model {} (batch {}), Adam lr {}{}\n",
+               train.count, test.count, modelPath, batch, lr,
+               mixed.compute ? ", mixed precision " + options.mixedPrecision : "");
 
   Optimizer opt = Optimizer::adam();
   opt.lr = lr;
   DataParallel dp;
   dp.enabled = comm != nullptr;
   dp.bucketBytes = static_cast<int64_t>(options.bucketMb * (1 << 20));
-  Graph step = trainStep(local, "loss", opt, dp);
+  Graph step = trainStep(local, "loss", opt, dp, mixed);
   auto compileStart = Clock::now();
   RunOptions run;
   run.communicator = comm;

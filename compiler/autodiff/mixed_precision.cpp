@@ -1,0 +1,236 @@
+// The mixed-precision rewrite (train.h, MixedPrecision): a copy of the model
+// whose f32 computations run in f16 or bf16, with casts where the dtypes meet.
+#include "stepc/train.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+namespace stepc {
+namespace {
+
+// Where an op computes in the rewritten graph, as autocast's op lists.
+enum class Precision {
+  Source,   // input or param: stays f32, cast to half where used
+  Weak,     // constant or iota: stays f32, takes the dtype of what it meets
+  Contract, // half operands, f32 accumulation, half result
+  Wide,     // f32: ranges and sums where half loses too much (exp, log, sums)
+  Follow,   // half, or f32 when an operand is f32
+};
+
+Precision precisionOf(OpKind op) {
+  switch (op) {
+  case OpKind::Input:
+  case OpKind::Parameter:
+    return Precision::Source;
+  case OpKind::Constant:
+  case OpKind::Iota:
+    return Precision::Weak;
+  case OpKind::MatMul:
+  case OpKind::Conv2d:
+  case OpKind::Conv2dGradInput:
+  case OpKind::Conv2dGradWeight:
+    return Precision::Contract;
+  case OpKind::Exp:
+  case OpKind::Log:
+  case OpKind::Pow:
+  case OpKind::ReduceSum:
+  case OpKind::ReduceMean:
+    return Precision::Wide;
+  case OpKind::Neg:
+  case OpKind::Abs:
+  case OpKind::Sqrt:
+  case OpKind::Rsqrt:
+  case OpKind::Square:
+  case OpKind::Tanh:
+  case OpKind::Sigmoid:
+  case OpKind::Relu:
+  case OpKind::Sin:
+  case OpKind::Cos:
+  case OpKind::Sign:
+  case OpKind::Erf:
+  case OpKind::Cast:
+  case OpKind::Add:
+  case OpKind::Sub:
+  case OpKind::Mul:
+  case OpKind::Div:
+  case OpKind::Maximum:
+  case OpKind::Minimum:
+  case OpKind::Eq:
+  case OpKind::Ne:
+  case OpKind::Lt:
+  case OpKind::Le:
+  case OpKind::Gt:
+  case OpKind::Ge:
+  case OpKind::Select:
+  case OpKind::ReduceMax:
+  case OpKind::ReduceMin:
+  case OpKind::ArgMax:
+  case OpKind::Transpose:
+  case OpKind::Reshape:
+  case OpKind::BroadcastTo:
+  case OpKind::Slice:
+  case OpKind::Concat:
+  case OpKind::Pad:
+  case OpKind::Gather:
+  case OpKind::OneHot:
+  case OpKind::MaxPool2d:
+  case OpKind::AvgPool2d:
+  case OpKind::ScatterAdd:
+  case OpKind::MaxPool2dGrad:
+  case OpKind::AvgPool2dGrad:
+  case OpKind::Dropout:
+  case OpKind::AllReduce:
+    return Precision::Follow;
+  }
+  throw std::logic_error("unknown op");
+}
+
+class Rewriter {
+public:
+  Rewriter(const Graph &model, DType half) : model_(model), half_(half) {
+    out_.name = model.name;
+  }
+
+  Graph run() {
+    for (ValueId id = 0; id < model_.size(); ++id)
+      rewrite(id);
+    for (const GraphOutput &o : model_.outputs)
+      out_.addOutput(o.name, as(o.value, model_.type(o.value).dtype, model_.node(o.value).loc));
+    for (const ParamUpdate &u : model_.updates)
+      out_.addUpdate(mapped_.at(u.param),
+                     as(u.value, model_.type(u.param).dtype, model_.node(u.value).loc));
+    verify(out_);
+    return std::move(out_);
+  }
+
+private:
+  // The model's value `id` in dtype `dtype`, cast once per (value, dtype).
+  ValueId as(ValueId id, DType dtype, const SourceLoc &loc) {
+    ValueId now = mapped_.at(id);
+    if (out_.type(now).dtype == dtype)
+      return now;
+    auto [it, fresh] = casts_.try_emplace({id, dtype}, 0);
+    if (fresh) {
+      Node cast;
+      cast.op = OpKind::Cast;
+      cast.operands = {now};
+      cast.attrs.set("dtype", std::string(dtypeName(dtype)));
+      cast.loc = loc;
+      it->second = out_.add(std::move(cast));
+    }
+    return it->second;
+  }
+
+  // f32 values of the model that are not computed from data: constants,
+  // iotas, one-hots of integer inputs. They meet half values as half.
+  bool weak(ValueId id) const { return weak_.at(id); }
+
+  void rewrite(ValueId id) {
+    const Node &node = model_.node(id);
+    Precision precision = precisionOf(node.op);
+    std::vector<ValueId> f32Operands;
+    for (ValueId operand : node.operands)
+      if (model_.type(operand).dtype == DType::F32)
+        f32Operands.push_back(operand);
+    bool producesF32 = node.type.dtype == DType::F32;
+    bool allWeak = std::all_of(f32Operands.begin(), f32Operands.end(),
+                               [&](ValueId v) { return weak(v); });
+    weak_.push_back(producesF32 && precision != Precision::Source && allWeak);
+    if (f32Operands.empty() || (allWeak && precision != Precision::Contract)) {
+      // Sources and values computed from integers and constants alone stay
+      // as they are (in f32).
+      Node copy = node;
+      for (ValueId &operand : copy.operands)
+        operand = mapped_.at(operand);
+      mapped_.push_back(out_.add(std::move(copy)));
+      return;
+    }
+    DType compute = half_;
+    if (precision == Precision::Wide)
+      compute = DType::F32;
+    if (precision == Precision::Follow)
+      for (ValueId operand : f32Operands)
+        if (!weak(operand) && out_.type(mapped_.at(operand)).dtype == DType::F32 &&
+            precisionOf(model_.node(operand).op) != Precision::Source)
+          compute = DType::F32;
+
+    Node copy = node;
+    for (ValueId &operand : copy.operands)
+      if (model_.type(operand).dtype == DType::F32)
+        operand = as(operand, compute, node.loc);
+      else
+        operand = mapped_.at(operand);
+    // A dtype attribute of f32 (cast, one_hot) names the compute dtype now.
+    if (const AttrValue *d = copy.attrs.find("dtype"))
+      if (auto *name = std::get_if<std::string>(d); name && parseDType(*name) == DType::F32)
+        copy.attrs.set("dtype", std::string(dtypeName(compute)));
+
+    if (precision == Precision::Contract) {
+      // The product of half operands, accumulated in f32 and rounded to half
+      // once, is what a half matmul means (the interpreter and the kernels
+      // accumulate half products in f32). Written as an f32 product of the
+      // widened operands so that the CPU backend runs it on its f32
+      // register-tiled micro-kernel (half products take a scalar loop there);
+      // the numbers are the same either way.
+      for (ValueId &operand : copy.operands)
+        if (out_.type(operand).dtype == half_)
+          operand = widen(operand, node.loc);
+      ValueId product = out_.add(std::move(copy));
+      mapped_.push_back(product);
+      if (producesF32) {
+        mapped_.back() = castNode(product, half_, node.loc);
+        // Keep a name on the value the model's users read.
+        std::swap(out_.nodes[product].name, out_.nodes[mapped_.back()].name);
+        out_.reindexNames();
+      }
+      return;
+    }
+    mapped_.push_back(out_.add(std::move(copy)));
+  }
+
+  ValueId castNode(ValueId value, DType dtype, const SourceLoc &loc) {
+    Node cast;
+    cast.op = OpKind::Cast;
+    cast.operands = {value};
+    cast.attrs.set("dtype", std::string(dtypeName(dtype)));
+    cast.loc = loc;
+    return out_.add(std::move(cast));
+  }
+
+  // A half value of the new graph in f32, cast once.
+  ValueId widen(ValueId value, const SourceLoc &loc) {
+    auto [it, fresh] = widened_.try_emplace(value, 0);
+    if (fresh)
+      it->second = castNode(value, DType::F32, loc);
+    return it->second;
+  }
+
+  const Graph &model_;
+  DType half_;
+  Graph out_;
+  std::vector<ValueId> mapped_; // model value -> its value in out_
+  std::vector<bool> weak_;
+  std::map<std::pair<ValueId, DType>, ValueId> casts_;
+  std::map<ValueId, ValueId> widened_;
+};
+
+} // namespace
+
+DType parseMixedPrecision(std::string_view name, std::string_view what) {
+  if (name == "bf16")
+    return DType::BF16;
+  if (name == "f16")
+    return DType::F16;
+  throw Error(fmt::format("{}: unknown precision '{}'; expected bf16 or f16", what, name));
+}
+
+Graph mixedPrecisionGraph(const Graph &model, DType compute) {
+  if (!isHalf(compute))
+    throw Error(fmt::format("mixed precision computes in f16 or bf16, not {}",
+                            dtypeName(compute)));
+  return Rewriter(model, compute).run();
+}
+
+} // namespace stepc
