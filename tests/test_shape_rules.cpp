@@ -134,8 +134,8 @@ const std::vector<OpKind> kUnaryNumeric = {OpKind::Neg, OpKind::Abs, OpKind::Squ
 const std::vector<OpKind> kUnaryFloat = {OpKind::Exp,   OpKind::Log,  OpKind::Sqrt,
                                          OpKind::Rsqrt, OpKind::Tanh, OpKind::Sigmoid,
                                          OpKind::Sin,   OpKind::Cos,  OpKind::Erf};
-const std::vector<OpKind> kArithmetic = {OpKind::Add, OpKind::Sub,     OpKind::Mul,
-                                         OpKind::Div, OpKind::Maximum, OpKind::Minimum};
+const std::vector<OpKind> kArithmetic = {OpKind::Add,     OpKind::Sub,     OpKind::Mul, OpKind::Div,
+                                         OpKind::Maximum, OpKind::Minimum, OpKind::Rem};
 const std::vector<OpKind> kEquality = {OpKind::Eq, OpKind::Ne};
 const std::vector<OpKind> kOrdered = {OpKind::Lt, OpKind::Le, OpKind::Gt, OpKind::Ge};
 const std::vector<OpKind> kReduce = {OpKind::ReduceSum, OpKind::ReduceMean, OpKind::ReduceMax,

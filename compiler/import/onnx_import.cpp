@@ -29,6 +29,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 
 namespace stepc {
 
@@ -69,6 +70,12 @@ std::optional<DType> dtypeFromOnnx(int32_t elemType) {
   case onnx::TensorProto::BOOL: return DType::Bool;
   case onnx::TensorProto::FLOAT16: return DType::F16;
   case onnx::TensorProto::BFLOAT16: return DType::BF16;
+  case onnx::TensorProto::INT8: return DType::I8;
+  case onnx::TensorProto::UINT8: return DType::U8;
+  case onnx::TensorProto::INT16: return DType::I16;
+  case onnx::TensorProto::UINT16: return DType::U16;
+  case onnx::TensorProto::UINT32: return DType::U32;
+  case onnx::TensorProto::UINT64: return DType::U64;
   default: return std::nullopt;
   }
 }
@@ -85,8 +92,8 @@ std::string onnxTypeName(int32_t elemType) {
 namespace {
 
 std::string dtypeProblem(const std::string &what, int32_t elemType) {
-  return fmt::format("{} has element type {}; stepc supports float, double, int32, "
-                     "int64 and bool",
+  return fmt::format("{} has element type {}; stepc supports float, double, "
+                     "float16, bfloat16, int8..int64, uint8..uint64 and bool",
                      what, onnxTypeName(elemType));
 }
 
@@ -103,6 +110,18 @@ void copyTyped(Tensor &t, const Field &field, const std::string &what, const cha
     for (int64_t i = 0; i < t.numel(); ++i)
       out[i] = static_cast<T>(field.Get(static_cast<int>(i)));
   }
+}
+
+// As copyTyped, for types kept in a wider field (int8..uint16 and the halves'
+// bit patterns in int32_data, uint32 in uint64_data): a value outside T's
+// range is a corrupt file, not something to wrap silently.
+template <class T, class Field>
+void copyNarrowed(Tensor &t, const Field &field, const std::string &what, const char *name) {
+  for (int64_t i = 0; i < static_cast<int64_t>(field.size()); ++i)
+    if (!std::in_range<T>(field.Get(static_cast<int>(i))))
+      throw Error(fmt::format("{}: {}[{}] = {} is out of range for {}", what, name, i,
+                              field.Get(static_cast<int>(i)), dtypeName(t.dtype())));
+  copyTyped<T>(t, field, what, name);
 }
 
 } // namespace
@@ -145,10 +164,17 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   case DType::F64: available = proto.double_data_size(); break;
   case DType::I32:
   case DType::Bool:
-  // ONNX keeps f16/bf16 bit patterns in int32_data, one per entry.
+  // ONNX keeps f16/bf16 bit patterns and 8/16-bit integers in int32_data,
+  // one per entry, and uint32/uint64 in uint64_data.
   case DType::F16:
-  case DType::BF16: available = proto.int32_data_size(); break;
+  case DType::BF16:
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16: available = proto.int32_data_size(); break;
   case DType::I64: available = proto.int64_data_size(); break;
+  case DType::U32:
+  case DType::U64: available = proto.uint64_data_size(); break;
   }
   if (available != numel)
     throw Error(fmt::format("{}: holds {} values but {} {} needs {}", what, available,
@@ -161,7 +187,13 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   case DType::Bool: copyTyped<bool>(t, proto.int32_data(), what, "int32_data"); break;
   case DType::I64: copyTyped<int64_t>(t, proto.int64_data(), what, "int64_data"); break;
   case DType::F16:
-  case DType::BF16: copyTyped<uint16_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::BF16:
+  case DType::U16: copyNarrowed<uint16_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::I8: copyNarrowed<int8_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::U8: copyNarrowed<uint8_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::I16: copyNarrowed<int16_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::U32: copyNarrowed<uint32_t>(t, proto.uint64_data(), what, "uint64_data"); break;
+  case DType::U64: copyTyped<uint64_t>(t, proto.uint64_data(), what, "uint64_data"); break;
   }
   return t;
 }

@@ -84,6 +84,8 @@ void mapConvTranspose(NodeContext &c);
 Value floorOf(NodeContext &c, Value x);
 // Rounds half to even, as ONNX's Round (and NumPy's).
 Value roundHalfEven(NodeContext &c, Value x);
+// Whether the integer-valued float x is even: x - 2 floor(x / 2) == 0.
+Value isEvenInteger(NodeContext &c, Value x);
 void mapFloor(NodeContext &c);
 void mapCeil(NodeContext &c);
 void mapRound(NodeContext &c);
