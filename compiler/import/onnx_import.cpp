@@ -476,7 +476,9 @@ void Importer::importNode(const onnx::NodeProto &node, int index) {
         define(out, Symbol{});
   };
   bool defaultDomain = node.domain().empty() || node.domain() == "ai.onnx";
-  MapFn map = defaultDomain ? findMapping(node.op_type()) : nullptr;
+  MapFn map = defaultDomain ? findMapping(node.op_type())
+               : node.domain() == "ai.onnx.preview.training" ? findTrainingMapping(node.op_type())
+                                                             : nullptr;
   if (!map) {
     problem(OnnxProblem::Kind::Operator,
             defaultDomain ? fmt::format("no mapping for ONNX operator {}", node.op_type())

@@ -207,11 +207,19 @@ void pool(NodeContext &c, bool isMax) {
     c.setOutput(0, generalPool(c, x, w, out, isMax, includePad));
     return;
   }
+  // max_pool2d is a float kernel; 8- and 16-bit integers (ONNX allows int8
+  // and uint8) are exact in f32, so they pool there and come back.
+  DType original = x.dtype();
+  bool viaFloat = isMax && isInteger(original) && dtypeSize(original) <= 2;
   Value x4 = n == 1 ? lift1dTo2d(x) : x;
+  if (viaFloat)
+    x4 = cast(x4, DType::F32);
   if (n == 1)
     liftWindowTo2d(w);
   Pool2dOptions options{w.kernel, w.stride, w.low, includePad};
   Value y = isMax ? maxPool2d(x4, options) : avgPool2d(x4, options);
+  if (viaFloat)
+    y = cast(y, original);
   c.setOutput(0, n == 1 ? reshape(y, {y.dim(0), y.dim(1), y.dim(3)}) : y);
 }
 
@@ -738,6 +746,32 @@ void mapConvTranspose(NodeContext &c) {
   if (c.has(2))
     y = add(y, perChannel(c.in(2), y.rank()));
   c.setOutput(0, y);
+}
+
+// Local response normalization across channels: y = x / (bias + alpha /
+// size * sum of x^2 over the `size` channels around c)^beta, the window
+// floor((size - 1) / 2) channels before c and ceil((size - 1) / 2) after,
+// zero-padded at the edges.
+void mapLRN(NodeContext &c) {
+  Value x = c.in(0);
+  if (!isFloat(x.dtype()) || x.rank() < 3)
+    c.invalid(fmt::format("expected a floating-point input [N, C, spatial...], found {}",
+                          typeString(x.type())));
+  int64_t size = c.attrInt("size");
+  if (size < 1)
+    c.invalid(fmt::format("attribute 'size' must be >= 1, found {}", size));
+  double alpha = c.attrFloat("alpha", 1e-4), beta = c.attrFloat("beta", 0.75);
+  double bias = c.attrFloat("bias", 1.0);
+  int64_t before = (size - 1) / 2, after = size - 1 - before, channels = x.dim(1);
+  std::vector<int64_t> low(static_cast<size_t>(x.rank()), 0), high = low;
+  low[1] = before;
+  high[1] = after;
+  Value padded = pad(square(x), low, high);
+  Value total = sliceAxis(padded, 1, 0, channels);
+  for (int64_t k = 1; k < size; ++k)
+    total = add(total, sliceAxis(padded, 1, k, k + channels));
+  Value base = add(scalarOf(c, x, bias), mul(scalarOf(c, x, alpha / double(size)), total));
+  c.setOutput(0, div(x, pow(base, scalarOf(c, x, beta))));
 }
 
 } // namespace stepc::onnx_import

@@ -51,6 +51,7 @@ void mapSpaceToDepth(NodeContext &c);
 // onnx_nn_ops.cpp
 void mapConv(NodeContext &c);
 void mapMaxPool(NodeContext &c);
+void mapLRN(NodeContext &c);
 void mapAveragePool(NodeContext &c);
 void mapGlobalAveragePool(NodeContext &c);
 void mapGlobalMaxPool(NodeContext &c);
@@ -121,5 +122,21 @@ void mapGridSample(NodeContext &c);
 void mapRnn(NodeContext &c);
 void mapGru(NodeContext &c);
 void mapLstm(NodeContext &c);
+
+// onnx_index_ops.cpp (more)
+void mapReverseSequence(NodeContext &c);
+
+// onnx_quant_ops.cpp
+void mapBitShift(NodeContext &c);
+void mapQuantizeLinear(NodeContext &c);
+void mapDequantizeLinear(NodeContext &c);
+void mapDynamicQuantizeLinear(NodeContext &c);
+void mapMatMulInteger(NodeContext &c);
+void mapQLinearMatMul(NodeContext &c);
+
+// onnx_training_ops.cpp (domain ai.onnx.preview.training)
+void mapAdagrad(NodeContext &c);
+void mapMomentum(NodeContext &c);
+void mapAdam(NodeContext &c);
 
 } // namespace stepc::onnx_import
