@@ -442,6 +442,10 @@ void addInitializer(ModelMaker &m, const std::string &name, const Tensor &t) {
     init->set_data_type(onnx::TensorProto::INT64);
     for (int64_t i = 0; i < t.numel(); ++i)
       init->add_int64_data(t.data<int64_t>()[i]);
+  } else if (t.dtype() == DType::U8) { // typed data of 8-bit ints: int32_data
+    init->set_data_type(onnx::TensorProto::UINT8);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      init->add_int32_data(static_cast<int32_t>(t.integer(i)));
   } else {
     init->set_data_type(onnx::TensorProto::FLOAT);
     for (int64_t i = 0; i < t.numel(); ++i)
@@ -831,6 +835,61 @@ TEST(OnnxComposite, NonMaxSuppressionKeepsTheBestBoxes) {
   OnnxModel model = importOnnxBytes(m.bytes(), "nms.onnx", options);
   TensorMap out = interpret(model.graph, {}, model.params);
   EXPECT_EQ(out.at("selected"), Tensor::of<int64_t>({2, 3}, {0, 0, 1, 0, 0, 2}));
+}
+
+// BitShift: a shift by the width or more gives 0; signed inputs are refused.
+TEST(OnnxComposite, BitShiftOnUnsignedIntegers) {
+  for (const char *direction : {"LEFT", "RIGHT"}) {
+    ModelMaker m;
+    m.input("x", onnx::TensorProto::UINT8, {4});
+    m.input("y", onnx::TensorProto::UINT8, {4});
+    setString(m.node("BitShift", "s", {"x", "y"}, {"z"}), "direction", direction);
+    m.output("z");
+    Tensor x = Tensor::fromReals(DType::U8, {4}, {200, 3, 255, 1});
+    Tensor y = Tensor::fromReals(DType::U8, {4}, {1, 2, 8, 7});
+    Tensor z = runBoth(m, {{"x", x}, {"y", y}}).at("z");
+    std::vector<double> want = std::string(direction) == "LEFT"
+                                   ? std::vector<double>{144, 12, 0, 128} // 400 wraps to 144
+                                   : std::vector<double>{100, 0, 0, 0};
+    EXPECT_EQ(z.reals(), want) << direction;
+  }
+  ModelMaker bad;
+  bad.input("x", onnx::TensorProto::INT32, {4});
+  setString(bad.node("BitShift", "s", {"x", "x"}, {"z"}), "direction", "LEFT");
+  bad.output("z");
+  EXPECT_NE(importError(bad).find("expected unsigned integers of one type, found i32[4]"),
+            std::string::npos)
+      << importError(bad);
+}
+
+// QuantizeLinear rounds half to even and saturates; DequantizeLinear undoes
+// the zero point and scale.
+TEST(OnnxComposite, QuantizeAndDequantizeLinear) {
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {6});
+  m.node("QuantizeLinear", "q", {"x", "scale", "zero"}, {"q"});
+  m.node("DequantizeLinear", "d", {"q", "scale", "zero"}, {"d"});
+  addInitializer(m, "scale", Tensor::of<float>({}, {2.0f}));
+  addInitializer(m, "zero", Tensor::fromReals(DType::U8, {}, {128}));
+  m.output("q");
+  m.output("d");
+  Tensor x = Tensor::of<float>({6}, {1.0f, 3.0f, -5.0f, 1000.0f, -1000.0f, 7.2f});
+  TensorMap out = runBoth(m, {{"x", x}});
+  EXPECT_EQ(out.at("q").reals(), (std::vector<double>{128, 130, 126, 255, 0, 132}));
+  EXPECT_EQ(out.at("d").reals(), (std::vector<double>{0, 4, -4, 254, -256, 8}));
+}
+
+TEST(OnnxComposite, MomentumNeedsItsAttributes) {
+  ModelMaker m;
+  m.input("r", onnx::TensorProto::FLOAT, {});
+  m.input("t", onnx::TensorProto::INT64, {});
+  m.input("x", onnx::TensorProto::FLOAT, {2});
+  auto *n = m.node("Momentum", "opt", {"r", "t", "x", "x", "x"}, {"x_new", "v_new"});
+  n->set_domain("ai.onnx.preview.training");
+  setString(n, "mode", "standard");
+  m.output("x_new");
+  EXPECT_NE(importError(m).find("Momentum needs the attribute 'alpha'"), std::string::npos)
+      << importError(m);
 }
 
 } // namespace

@@ -14,7 +14,7 @@ namespace stepc {
 // (stepc/half.h), as hardware does.
 // I8..U64 are the narrow and unsigned integers ONNX models carry: they
 // compute in their own width with two's-complement wraparound, as numpy does;
-// division, remainder, comparisons, shifts and conversions follow the
+// division, remainder, comparisons and conversions follow the
 // signedness (isUnsigned).
 enum class DType : uint8_t { F32, F64, I32, I64, Bool, F16, BF16, I8, U8, I16, U16, U32, U64 };
 
