@@ -881,8 +881,8 @@ TEST(OnnxComposite, QuantizeAndDequantizeLinear) {
 
 TEST(OnnxComposite, MomentumNeedsItsAttributes) {
   ModelMaker m;
-  m.input("r", onnx::TensorProto::FLOAT, {});
-  m.input("t", onnx::TensorProto::INT64, {});
+  m.input("r", onnx::TensorProto::FLOAT, {1});
+  m.input("t", onnx::TensorProto::INT64, {1});
   m.input("x", onnx::TensorProto::FLOAT, {2});
   auto *n = m.node("Momentum", "opt", {"r", "t", "x", "x", "x"}, {"x_new", "v_new"});
   n->set_domain("ai.onnx.preview.training");
