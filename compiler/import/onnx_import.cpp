@@ -320,15 +320,19 @@ Value Importer::constantOf(const Tensor &value, const SourceLoc &loc) {
   for (int64_t i = 1; uniform && i < value.numel(); ++i)
     uniform =
         value.real(i) == value.real(0) || (std::isnan(value.real(i)) && std::isnan(value.real(0)));
-  if (uniform) {
+  // A fill is read back through a double: integers past 2^53 (u64 ones
+  // above INT64_MAX included) go into `data` as their exact bits instead.
+  bool exactFill = isFloat(value.dtype()) || value.numel() == 0 ||
+                   (value.integer(0) >= 0 && value.integer(0) < (int64_t(1) << 53)) ||
+                   (!isUnsigned(value.dtype()) && value.integer(0) > -(int64_t(1) << 53));
+  if (uniform && exactFill) {
     attrs.set("value", value.real(0));
   } else if (isFloat(value.dtype())) {
     attrs.set("data", value.reals());
   } else {
     std::vector<int64_t> data(static_cast<size_t>(value.numel()));
     for (int64_t i = 0; i < value.numel(); ++i)
-      data[i] = value.dtype() == DType::I64 ? value.data<int64_t>()[i]
-                                            : static_cast<int64_t>(value.real(i));
+      data[i] = value.integer(i);
     attrs.set("data", std::move(data));
   }
   Value v = b_.op(OpKind::Constant, {}, std::move(attrs), loc);
@@ -713,7 +717,7 @@ std::vector<int64_t> NodeContext::requireInts(size_t i, std::string_view what) c
     invalid(fmt::format("{} must be integers, found {}", what, typeString(t.type())));
   std::vector<int64_t> out(static_cast<size_t>(t.numel()));
   for (int64_t k = 0; k < t.numel(); ++k)
-    out[k] = t.dtype() == DType::I64 ? t.data<int64_t>()[k] : t.data<int32_t>()[k];
+    out[k] = t.integer(k);
   return out;
 }
 
