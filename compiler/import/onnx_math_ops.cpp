@@ -521,4 +521,50 @@ void mapHannWindow(NodeContext &c) { windowOp<0>(c); }
 void mapHammingWindow(NodeContext &c) { windowOp<1>(c); }
 void mapBlackmanWindow(NodeContext &c) { windowOp<2>(c); }
 
+namespace {
+
+// The determinant of the trailing n x n matrices of `m` by cofactor
+// expansion along the first row (n! terms, so n is bounded by mapDet).
+Value determinant(Value m, int64_t n) {
+  int64_t rank = m.rank();
+  auto entry = [&](int64_t i, int64_t j) {
+    Value e = sliceAxis(sliceAxis(m, rank - 2, i, i + 1), rank - 1, j, j + 1);
+    Shape batch = m.shape();
+    batch.resize(batch.size() - 2);
+    return reshape(e, batch);
+  };
+  if (n == 1)
+    return entry(0, 0);
+  Value total;
+  for (int64_t j = 0; j < n; ++j) {
+    // The minor: rows 1.., every column but j.
+    Value rows = sliceAxis(m, rank - 2, 1, n);
+    std::vector<Value> columns;
+    if (j > 0)
+      columns.push_back(sliceAxis(rows, rank - 1, 0, j));
+    if (j + 1 < n)
+      columns.push_back(sliceAxis(rows, rank - 1, j + 1, n));
+    Value minor = columns.size() == 1 ? columns[0] : concat(columns, rank - 1);
+    Value term = mul(entry(0, j), determinant(minor, n - 1));
+    total = !total.valid() ? term : j % 2 ? sub(total, term) : add(total, term);
+  }
+  return total;
+}
+
+} // namespace
+
+// Det of [..., n, n] by cofactor expansion, for n up to 5 (120 terms).
+void mapDet(NodeContext &c) {
+  Value x = c.in(0);
+  requireFloat(c, x);
+  if (x.rank() < 2 || x.dim(x.rank() - 1) != x.dim(x.rank() - 2))
+    c.invalid(fmt::format("expected square matrices [..., n, n], found {}", typeString(x.type())));
+  int64_t n = x.dim(x.rank() - 1);
+  if (n > 5 || n < 1)
+    c.unsupported(fmt::format("the determinant of {}x{} matrices (cofactor expansion, n in "
+                              "[1, 5])",
+                              n, n));
+  c.setOutput(0, determinant(x, n));
+}
+
 } // namespace stepc::onnx_import

@@ -603,6 +603,8 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"DynamicQuantizeLinear", mapDynamicQuantizeLinear},
       {"BitShift", mapBitShift},
       {"LRN", mapLRN},
+      {"MaxUnpool", mapMaxUnpool},
+      {"Det", mapDet},
       {"ReverseSequence", mapReverseSequence},
       {"Gemm", mapGemm},
       {"ReduceSum", reduceOp<OpKind::ReduceSum>},
