@@ -892,5 +892,30 @@ TEST(OnnxComposite, MomentumNeedsItsAttributes) {
       << importError(m);
 }
 
+// Det by cofactor expansion: a 3x3 batch against its closed form, and a
+// refusal past 5x5 that names the size.
+TEST(OnnxComposite, DetOfSmallMatrices) {
+  Tensor x = testing::randomTensor(DType::F64, {2, 3, 3}, 11);
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::DOUBLE, {2, 3, 3});
+  m.node("Det", "det", {"x"}, {"d"});
+  m.output("d");
+  Tensor d = runBoth(m, {{"x", x}}).at("d");
+  ASSERT_EQ(d.shape(), (Shape{2}));
+  for (int64_t b = 0; b < 2; ++b) {
+    auto a = [&](int i, int j) { return x.real(b * 9 + i * 3 + j); };
+    double want = a(0, 0) * (a(1, 1) * a(2, 2) - a(1, 2) * a(2, 1)) -
+                  a(0, 1) * (a(1, 0) * a(2, 2) - a(1, 2) * a(2, 0)) +
+                  a(0, 2) * (a(1, 0) * a(2, 1) - a(1, 1) * a(2, 0));
+    EXPECT_NEAR(d.real(b), want, 1e-12);
+  }
+  ModelMaker big;
+  big.input("x", onnx::TensorProto::FLOAT, {6, 6});
+  big.node("Det", "det", {"x"}, {"d"});
+  big.output("d");
+  EXPECT_NE(importError(big).find("the determinant of 6x6 matrices"), std::string::npos)
+      << importError(big);
+}
+
 } // namespace
 } // namespace stepc
