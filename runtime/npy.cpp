@@ -22,18 +22,24 @@ std::string_view descrOf(DType dtype) {
   case DType::I64: return "<i8";
   case DType::Bool: return "|b1";
   case DType::F16: return "<f2";
+  case DType::I8: return "|i1";
+  case DType::U8: return "|u1";
+  case DType::I16: return "<i2";
+  case DType::U16: return "<u2";
+  case DType::U32: return "<u4";
+  case DType::U64: return "<u8";
   // NumPy has no bfloat16: a bf16 tensor is stored as its bit patterns in
   // uint16 (what torch's x.view(torch.uint16) or ml_dtypes' .view(np.uint16)
-  // give), and a <u2 file reads back as bf16 (stepc has no uint16 type).
+  // give), and a <u2 file reads back as u16; the CLI binds such a file to a
+  // bf16 input by its bits (bindNpy).
   case DType::BF16: return "<u2";
   }
   return "";
 }
 
 std::optional<DType> dtypeOfDescr(std::string_view descr) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::F16,
-                  DType::BF16})
-    if (descrOf(d) == descr)
+  for (DType d : kAllDTypes)
+    if (d != DType::BF16 && descrOf(d) == descr)
       return d;
   return std::nullopt;
 }
@@ -169,6 +175,14 @@ std::string serializeNpy(const Tensor &tensor) {
 
 void writeNpy(const std::string &path, const Tensor &tensor) {
   writeFileAtomically(path, serializeNpy(tensor));
+}
+
+Tensor bitsAs(Tensor array, DType expected) {
+  if (array.dtype() != DType::U16 || expected != DType::BF16)
+    return array;
+  Tensor out(DType::BF16, array.shape());
+  std::memcpy(out.bytes(), array.bytes(), array.nbytes());
+  return out;
 }
 
 } // namespace stepc

@@ -38,13 +38,18 @@ std::string_view fileDTypeName(DType dtype) {
   case DType::Bool: return "BOOL";
   case DType::F16: return "F16";
   case DType::BF16: return "BF16";
+  case DType::I8: return "I8";
+  case DType::U8: return "U8";
+  case DType::I16: return "I16";
+  case DType::U16: return "U16";
+  case DType::U32: return "U32";
+  case DType::U64: return "U64";
   }
   return "";
 }
 
 std::optional<DType> parseFileDType(std::string_view name) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::F16,
-                  DType::BF16})
+  for (DType d : kAllDTypes)
     if (fileDTypeName(d) == name)
       return d;
   return std::nullopt;
@@ -52,8 +57,7 @@ std::optional<DType> parseFileDType(std::string_view name) {
 
 // dtypes other frameworks write that stepc has no type for.
 bool isForeignDType(std::string_view name) {
-  for (std::string_view d : {"F8_E4M3", "F8_E5M2", "U8", "I8", "U16",
-                             "I16", "U32", "U64", "C64"})
+  for (std::string_view d : {"F8_E4M3", "F8_E5M2", "C64"})
     if (d == name)
       return true;
   return false;
@@ -93,7 +97,7 @@ Entry parseEntry(const std::string &name, const json &info, const std::string &w
   auto parsed = parseFileDType(dtypeName);
   if (!parsed)
     throw Error(fmt::format("{}: tensor '{}' has {} dtype {}; stepc reads F32, F64, F16, "
-                            "BF16, I32, I64 and BOOL",
+                            "BF16, I8, U8, I16, U16, I32, U32, I64, U64 and BOOL",
                             what, name, isForeignDType(dtypeName) ? "unsupported" : "unknown",
                             dtypeName));
   entry.type.dtype = *parsed;

@@ -26,6 +26,12 @@ double floatAt(DType dtype, const std::byte *data, int64_t i) {
   case DType::BF16: return halfBitsToFloat(read(uint16_t{}), dtype);
   case DType::I32:
   case DType::I64:
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16:
+  case DType::U32:
+  case DType::U64:
   case DType::Bool: break;
   }
   return 0;

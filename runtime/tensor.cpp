@@ -61,6 +61,12 @@ double Tensor::real(int64_t i) const {
   case DType::F64: return data<double>()[i];
   case DType::I32: return data<int32_t>()[i];
   case DType::I64: return static_cast<double>(data<int64_t>()[i]);
+  case DType::I8: return data<int8_t>()[i];
+  case DType::U8: return data<uint8_t>()[i];
+  case DType::I16: return data<int16_t>()[i];
+  case DType::U16: return data<uint16_t>()[i];
+  case DType::U32: return data<uint32_t>()[i];
+  case DType::U64: return static_cast<double>(data<uint64_t>()[i]);
   case DType::Bool: return data<uint8_t>()[i] ? 1.0 : 0.0;
   case DType::F16:
   case DType::BF16: return halfBitsToFloat(data<uint16_t>()[i], dtype());
@@ -74,6 +80,12 @@ void Tensor::setReal(int64_t i, double v) {
   case DType::F64: data<double>()[i] = v; return;
   case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(v); return;
   case DType::I64: data<int64_t>()[i] = static_cast<int64_t>(v); return;
+  case DType::I8: data<int8_t>()[i] = static_cast<int8_t>(v); return;
+  case DType::U8: data<uint8_t>()[i] = static_cast<uint8_t>(v); return;
+  case DType::I16: data<int16_t>()[i] = static_cast<int16_t>(v); return;
+  case DType::U16: data<uint16_t>()[i] = static_cast<uint16_t>(v); return;
+  case DType::U32: data<uint32_t>()[i] = static_cast<uint32_t>(v); return;
+  case DType::U64: data<uint64_t>()[i] = static_cast<uint64_t>(v); return;
   case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
   case DType::F16:
   case DType::BF16: data<uint16_t>()[i] = doubleToHalfBits(v, dtype()); return;
@@ -87,6 +99,46 @@ std::vector<double> Tensor::reals() const {
   return out;
 }
 
+int64_t Tensor::integer(int64_t i) const {
+  switch (dtype()) {
+  case DType::I32: return data<int32_t>()[i];
+  case DType::I64: return data<int64_t>()[i];
+  case DType::I8: return data<int8_t>()[i];
+  case DType::U8: return data<uint8_t>()[i];
+  case DType::I16: return data<int16_t>()[i];
+  case DType::U16: return data<uint16_t>()[i];
+  case DType::U32: return data<uint32_t>()[i];
+  case DType::U64: return static_cast<int64_t>(data<uint64_t>()[i]);
+  case DType::Bool: return data<uint8_t>()[i] ? 1 : 0;
+  case DType::F32:
+  case DType::F64:
+  case DType::F16:
+  case DType::BF16: break;
+  }
+  throw std::logic_error(fmt::format("Tensor::integer: {} is not an integer dtype",
+                                     dtypeName(dtype())));
+}
+
+void Tensor::setInteger(int64_t i, int64_t v) {
+  switch (dtype()) {
+  case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(v); return;
+  case DType::I64: data<int64_t>()[i] = v; return;
+  case DType::I8: data<int8_t>()[i] = static_cast<int8_t>(v); return;
+  case DType::U8: data<uint8_t>()[i] = static_cast<uint8_t>(v); return;
+  case DType::I16: data<int16_t>()[i] = static_cast<int16_t>(v); return;
+  case DType::U16: data<uint16_t>()[i] = static_cast<uint16_t>(v); return;
+  case DType::U32: data<uint32_t>()[i] = static_cast<uint32_t>(v); return;
+  case DType::U64: data<uint64_t>()[i] = static_cast<uint64_t>(v); return;
+  case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
+  case DType::F32:
+  case DType::F64:
+  case DType::F16:
+  case DType::BF16: break;
+  }
+  throw std::logic_error(fmt::format("Tensor::setInteger: {} is not an integer dtype",
+                                     dtypeName(dtype())));
+}
+
 Tensor castTensor(const Tensor &tensor, DType dtype) {
   Tensor out(dtype, tensor.shape());
   // i64 -> i64 must not round-trip through double.
@@ -94,9 +146,12 @@ Tensor castTensor(const Tensor &tensor, DType dtype) {
     out = tensor;
     return out;
   }
-  if (tensor.dtype() == DType::I64 && dtype == DType::I32) {
+  // Between integers (and from bool) the bits are kept exactly, not rounded
+  // through a double; u64 -> float goes through the unsigned value.
+  if ((isInteger(tensor.dtype()) || tensor.dtype() == DType::Bool) &&
+      (isInteger(dtype) || dtype == DType::Bool)) {
     for (int64_t i = 0; i < tensor.numel(); ++i)
-      out.data<int32_t>()[i] = static_cast<int32_t>(tensor.data<int64_t>()[i]);
+      out.setInteger(i, tensor.integer(i));
     return out;
   }
   for (int64_t i = 0; i < tensor.numel(); ++i)

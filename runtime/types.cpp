@@ -16,13 +16,18 @@ std::string_view dtypeName(DType dtype) {
   case DType::Bool: return "bool";
   case DType::F16: return "f16";
   case DType::BF16: return "bf16";
+  case DType::I8: return "i8";
+  case DType::U8: return "u8";
+  case DType::I16: return "i16";
+  case DType::U16: return "u16";
+  case DType::U32: return "u32";
+  case DType::U64: return "u64";
   }
   return "?";
 }
 
 std::optional<DType> parseDType(std::string_view name) {
-  for (DType d : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::F16,
-                  DType::BF16})
+  for (DType d : kAllDTypes)
     if (dtypeName(d) == name)
       return d;
   return std::nullopt;
@@ -37,6 +42,12 @@ size_t dtypeSize(DType dtype) {
   case DType::Bool: return 1;
   case DType::F16: return 2;
   case DType::BF16: return 2;
+  case DType::I8: return 1;
+  case DType::U8: return 1;
+  case DType::I16: return 2;
+  case DType::U16: return 2;
+  case DType::U32: return 4;
+  case DType::U64: return 8;
   }
   return 0;
 }
@@ -45,7 +56,28 @@ bool isFloat(DType dtype) {
   return dtype == DType::F32 || dtype == DType::F64 || isHalf(dtype);
 }
 bool isHalf(DType dtype) { return dtype == DType::F16 || dtype == DType::BF16; }
-bool isInteger(DType dtype) { return dtype == DType::I32 || dtype == DType::I64; }
+bool isInteger(DType dtype) {
+  switch (dtype) {
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16:
+  case DType::I32:
+  case DType::U32:
+  case DType::I64:
+  case DType::U64: return true;
+  case DType::F32:
+  case DType::F64:
+  case DType::F16:
+  case DType::BF16:
+  case DType::Bool: return false;
+  }
+  return false;
+}
+bool isUnsigned(DType dtype) {
+  return dtype == DType::U8 || dtype == DType::U16 || dtype == DType::U32 ||
+         dtype == DType::U64;
+}
 
 std::string shapeString(const Shape &shape) {
   return fmt::format("[{}]", fmt::join(shape, ","));

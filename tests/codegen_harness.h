@@ -127,6 +127,12 @@ inline Tolerance toleranceFor(const Graph &graph, ValueId value) {
   case DType::BF16: return acc ? Tolerance{6e-2, 4e-2} : Tolerance{3e-2, 8e-3};
   case DType::I32:
   case DType::I64:
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16:
+  case DType::U32:
+  case DType::U64:
   case DType::Bool: return {};
   }
   return {};

@@ -57,6 +57,7 @@ graph every_op {
   %pow = pow(%x, %y)
   %max = maximum(%x, %y)
   %min = minimum(%x, %y)
+  %rem = rem(%x, %y)
   %eq = eq(%x, %y) : bool[2,3]
   %ne = ne(%x, %y)
   %lt = lt(%x, %y)

@@ -76,6 +76,7 @@ std::vector<OpKind> ops(std::initializer_list<OpKind> list) { return list; }
 
 const DType kFloats[] = {DType::F32, DType::F64};
 const DType kInts[] = {DType::I32, DType::I64};
+const DType kNarrowInts[] = {DType::I8, DType::U8, DType::I16, DType::U16, DType::U32, DType::U64};
 
 Attrs convAttrs(std::vector<int64_t> stride, std::vector<int64_t> padding,
                 std::vector<int64_t> dilation, int64_t groups) {
@@ -160,7 +161,10 @@ void binaryFloat(CaseContext &c, DType dt) {
     c.out(div(a, b));
     c.out(maximum(a, b));
     c.out(minimum(a, b));
+    c.out(rem(a, b));
   }
+  // rem with quotients far beyond 2^24 (exact, as C's fmod) and of both signs.
+  c.out(rem(c.feedRandom(dt, {m, n}, -1e30, 1e30), c.feedRandom(dt, {n}, 0.5, 3)));
   // pow: positive bases with real exponents, negative bases with integer ones.
   Value base = c.feedRandom(dt, {m, n}, 0.1, 3);
   c.out(pow(base, c.feedRandom(dt, {1, n}, -2, 2)));
@@ -198,6 +202,7 @@ void binaryInt(CaseContext &c, DType dt) {
     c.out(div(p, q));
     c.out(maximum(p, q));
     c.out(minimum(p, q));
+    c.out(rem(p, q));
     c.out(eq(p, q));
     c.out(ne(p, q));
     c.out(lt(p, q));
@@ -206,6 +211,61 @@ void binaryInt(CaseContext &c, DType dt) {
     c.out(ge(p, q));
   }
   c.out(select(lt(x, y), x, row));
+}
+
+// Values of an i8..u64 tensor that exercise its edges: the extremes (as their
+// bits: the top bit set is negative when signed, above INT_MAX when
+// unsigned), 0, 1, -1 and small ones, so that signed/unsigned division,
+// comparison, extension and wraparound all show.
+Tensor narrowIntTensor(CaseContext &c, DType dt, const Shape &shape) {
+  Tensor t = c.random(dt, shape, 0, 100);
+  uint64_t signBit = uint64_t(1) << (dtypeSize(dt) * 8 - 1);
+  const int64_t edges[] = {static_cast<int64_t>(signBit), static_cast<int64_t>(signBit - 1),
+                           -1, 0, 1, 7, -7, static_cast<int64_t>(signBit + 5)};
+  for (size_t i = 0; i < std::size(edges) && int64_t(i) < t.numel(); ++i)
+    t.setInteger(int64_t(i) * 3 % t.numel(), edges[i]);
+  return t;
+}
+
+void binaryNarrowInt(CaseContext &c, DType dt) {
+  int64_t m = c.dim(3, 6), n = c.dim(3, 9);
+  Value x = c.feed(narrowIntTensor(c, dt, {m, n})), y = c.feed(narrowIntTensor(c, dt, {m, n}));
+  Value row = c.feed(narrowIntTensor(c, dt, {n}));
+  for (auto [p, q] : {std::pair{x, y}, std::pair{x, row}, std::pair{row, y}}) {
+    for (Value v : {add(p, q), sub(p, q), mul(p, q), div(p, q), maximum(p, q), minimum(p, q),
+                    rem(p, q), eq(p, q), ne(p, q), lt(p, q), le(p, q), gt(p, q), ge(p, q)})
+      c.out(v);
+  }
+  c.out(select(lt(x, y), x, row));
+}
+
+void unaryNarrowInt(CaseContext &c, DType dt) {
+  Value x = c.feed(narrowIntTensor(c, dt, {c.dim(3, 6), c.dim(3, 9)}));
+  for (Value v : {neg(x), abs(x), square(x), relu(x), sign(x)})
+    c.out(v);
+}
+
+// Every cast into and out of the narrow and unsigned integers (float
+// sources in range of every target, as out of range is undefined).
+void narrowCasts(CaseContext &c) {
+  Shape s{c.dim(2, 5), c.dim(3, 8)};
+  std::vector<Value> sources;
+  for (DType dt : kNarrowInts)
+    sources.push_back(c.feed(narrowIntTensor(c, dt, s)));
+  Tensor small = c.random(DType::F32, s, 0, 120);
+  small.setReal(0, 0.5);
+  small.setReal(1, 119.9f);
+  sources.push_back(c.feed(small));
+  sources.push_back(c.feed(castTensor(small, DType::F64)));
+  sources.push_back(c.feed(narrowIntTensor(c, DType::I32, s)));
+  sources.push_back(c.feed(narrowIntTensor(c, DType::I64, s)));
+  sources.push_back(c.feedRandom(DType::Bool, s, 0, 1));
+  for (Value from : sources)
+    for (DType to : {DType::F32, DType::F64, DType::I32, DType::I64, DType::Bool, DType::I8,
+                     DType::U8, DType::I16, DType::U16, DType::U32, DType::U64})
+      if (to != from.dtype() && (isInteger(from.dtype()) || from.dtype() == DType::Bool ||
+                                 isInteger(to) || to == DType::Bool))
+        c.out(cast(from, to));
 }
 
 void boolOps(CaseContext &c) {
@@ -551,10 +611,17 @@ std::vector<OpCase> allCases() {
            unaryFloat, kFloats);
   perDType("unary", ops({Neg, Abs, Square, Relu, Sign}), unaryInt, kInts);
   cases.push_back({"cast", ops({Cast}), casts});
-  perDType("binary", ops({Add, Sub, Mul, Div, Pow, Maximum, Minimum, Eq, Ne, Lt, Le, Gt, Ge, Select}),
+  perDType("binary", ops({Add, Sub, Mul, Div, Pow, Maximum, Minimum, Rem, Eq, Ne, Lt, Le, Gt, Ge,
+                          Select}),
            binaryFloat, kFloats);
-  perDType("binary", ops({Add, Sub, Mul, Div, Maximum, Minimum, Eq, Ne, Lt, Le, Gt, Ge, Select}),
+  perDType("binary", ops({Add, Sub, Mul, Div, Maximum, Minimum, Rem, Eq, Ne, Lt, Le, Gt, Ge,
+                          Select}),
            binaryInt, kInts);
+  perDType("binary", ops({Add, Sub, Mul, Div, Maximum, Minimum, Rem, Eq, Ne, Lt, Le, Gt, Ge,
+                          Select}),
+           binaryNarrowInt, kNarrowInts);
+  perDType("unary", ops({Neg, Abs, Square, Relu, Sign}), unaryNarrowInt, kNarrowInts);
+  cases.push_back({"cast_narrow", ops({Cast}), narrowCasts});
   cases.push_back({"bool", ops({Eq, Ne, Select, Transpose, Concat, Pad, Reshape, BroadcastTo,
                                 Slice, Gather}),
                    boolOps});

@@ -65,7 +65,8 @@ Graph everyNodeAnOutput(Graph graph) {
 }
 
 // The dtypes and variants kEveryOpText leaves out: f64 and integer
-// elementwise ops, casts, integer and f64 reductions and matmuls, batched
+// elementwise ops (i8..u64 with their signed and unsigned division, rem,
+// comparisons and extensions), casts, integer and f64 reductions and matmuls, batched
 // matmul, scatter_add along axis 1, grouped and dilated convolution, pooling
 // without padding in the count, and their gradients in f64.
 constexpr std::string_view kDtypesText = R"sg(
@@ -78,6 +79,12 @@ graph dtypes {
   input %m : i64[3,5]
   input %b : bool[3,5]
   input %idx : i64[4]
+  input %u : u8[3,5]
+  input %v : u8[3,5]
+  input %s8 : i8[3,5]
+  input %h : u16[3,5]
+  input %q : u64[3,5]
+  input %p : u64[3,5]
   input %img : f64[2,4,6,6]
   input %bm : f32[2,3,5]
   param %k : f64[4,2,3,3] = normal(mean=0, std=0.1, seed=3)
@@ -122,6 +129,25 @@ graph dtypes {
   %l4 = ge(%l, %m)
   %l5 = sign(%l)
   %l6 = mul(%l, %m)
+
+  %f19 = rem(%f, %g)
+  %u1 = div(%u, %v)
+  %u2 = rem(%u, %v)
+  %u3 = lt(%u, %v)
+  %u4 = maximum(%q, %p)
+  %u5 = div(%q, %p)
+  %u6 = rem(%h, %h)
+  %u7 = minimum(%s8, %s8)
+  %u8 = rem(%s8, %s8)
+  %u9 = relu(%s8)
+  %u10 = reduce_max(%u) {axes=[1], keepdims=0}
+  %u11 = cast(%u) {dtype=f64}
+  %u12 = cast(%s8) {dtype=u64}
+  %u13 = cast(%q) {dtype=u8}
+  %u14 = cast(%h) {dtype=f32}
+  %u15 = cast(%q) {dtype=f32}
+  %u16 = cast(%s8) {dtype=i32}
+  %u17 = ge(%q, %p)
 
   %c1 = cast(%f) {dtype=i32}
   %c2 = cast(%i) {dtype=f64}

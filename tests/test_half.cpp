@@ -149,7 +149,7 @@ TEST(HalfIO, NpyRoundTripsBitForBit) {
     Tensor t = halfTensor(half);
     std::string bytes = serializeNpy(t);
     EXPECT_NE(bytes.find(half == DType::F16 ? "'<f2'" : "'<u2'"), std::string::npos);
-    EXPECT_EQ(parseNpy(bytes), t) << dtypeName(half);
+    EXPECT_EQ(bitsAs(parseNpy(bytes), half), t) << dtypeName(half);
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include "testing.h"
 
+#include <fmt/format.h>
 #include <onnx/onnx_pb.h>
 
 #include <cmath>
@@ -402,7 +403,7 @@ TEST(OnnxImport, MalformedFilesFailCleanly) {
 
 TEST(OnnxImport, TensorProtosOfUnsupportedTypesAreReported) {
   onnx::TensorProto t;
-  t.set_data_type(onnx::TensorProto::UINT8);
+  t.set_data_type(onnx::TensorProto::COMPLEX64);
   t.add_dims(2);
   t.set_raw_data(std::string("\x01\x02", 2));
   try {
@@ -411,7 +412,7 @@ TEST(OnnxImport, TensorProtosOfUnsupportedTypesAreReported) {
   } catch (const OnnxImportError &e) {
     ASSERT_EQ(e.problems().size(), 1u);
     EXPECT_EQ(e.problems()[0].kind, OnnxProblem::Kind::DType);
-    EXPECT_EQ(e.problems()[0].typeName, "uint8");
+    EXPECT_EQ(e.problems()[0].typeName, "complex64");
   }
   // A shape that claims more data than the proto holds.
   onnx::TensorProto big;
@@ -441,6 +442,10 @@ void addInitializer(ModelMaker &m, const std::string &name, const Tensor &t) {
     init->set_data_type(onnx::TensorProto::INT64);
     for (int64_t i = 0; i < t.numel(); ++i)
       init->add_int64_data(t.data<int64_t>()[i]);
+  } else if (t.dtype() == DType::U8) { // typed data of 8-bit ints: int32_data
+    init->set_data_type(onnx::TensorProto::UINT8);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      init->add_int32_data(static_cast<int32_t>(t.integer(i)));
   } else {
     init->set_data_type(onnx::TensorProto::FLOAT);
     for (int64_t i = 0; i < t.numel(); ++i)
@@ -501,21 +506,35 @@ TEST(OnnxComposite, ModFollowsTheDivisorOrTheDividendSign) {
                                      : std::vector<int64_t>{2, -2, -1, 1, 5, 0};
     EXPECT_EQ(y, Tensor::of<int64_t>({6}, want)) << "fmod " << fmod;
   }
-  Tensor x = Tensor::of<float>({4}, {-4.25f, 7.5f, 5.0f, -0.5f});
-  Tensor d = Tensor::of<float>({4}, {2.0f, -3.0f, 8.0f, 0.25f});
+  // Floats: fmod = 1 is C's fmod, exact where a - trunc(a/b) b is not (a
+  // quotient of 1e30 / 3 is far beyond 2^24).
+  Tensor x = Tensor::of<float>({5}, {-4.25f, 7.5f, 5.0f, -0.5f, 1e30f});
+  Tensor d = Tensor::of<float>({5}, {2.0f, -3.0f, 8.0f, 0.25f, 3.0f});
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {5});
+  m.input("d", onnx::TensorProto::FLOAT, {5});
+  setInt(m.node("Mod", "mod", {"x", "d"}, {"y"}), "fmod", 1);
+  m.output("y");
+  Tensor y = runBoth(m, {{"x", x}, {"d", d}}).at("y");
+  for (int64_t i = 0; i < 5; ++i)
+    EXPECT_EQ(y.data<float>()[i], std::fmod(x.data<float>()[i], d.data<float>()[i])) << i;
+  // fmod = 0 is defined for integers only.
+  ModelMaker floatPython;
+  floatPython.input("x", onnx::TensorProto::FLOAT, {5});
+  setInt(floatPython.node("Mod", "mod", {"x", "x"}, {"y"}), "fmod", 0);
+  floatPython.output("y");
+  EXPECT_NE(importError(floatPython).find("a f32 input needs fmod = 1"), std::string::npos);
+  // Unsigned: the remainder of the unsigned values.
   for (int64_t fmod : {0, 1}) {
-    ModelMaker m;
-    m.input("x", onnx::TensorProto::FLOAT, {4});
-    m.input("d", onnx::TensorProto::FLOAT, {4});
-    setInt(m.node("Mod", "mod", {"x", "d"}, {"y"}), "fmod", fmod);
-    m.output("y");
-    Tensor y = runBoth(m, {{"x", x}, {"d", d}}).at("y");
-    for (int64_t i = 0; i < 4; ++i) {
-      double r = std::fmod(x.real(i), d.real(i));
-      if (!fmod && r != 0 && (r < 0) != (d.real(i) < 0))
-        r += d.real(i);
-      EXPECT_NEAR(y.real(i), r, 1e-6) << "fmod " << fmod << " at " << i;
-    }
+    ModelMaker u;
+    u.input("a", onnx::TensorProto::UINT32, {2});
+    u.input("b", onnx::TensorProto::UINT32, {2});
+    setInt(u.node("Mod", "mod", {"a", "b"}, {"y"}), "fmod", fmod);
+    u.output("y");
+    Tensor ua = Tensor::of<uint32_t>({2}, {4000000000u, 10});
+    Tensor ub = Tensor::of<uint32_t>({2}, {7, 4000000000u});
+    EXPECT_EQ(runBoth(u, {{"a", ua}, {"b", ub}}).at("y"),
+              Tensor::of<uint32_t>({2}, {4000000000u % 7, 10}));
   }
   ModelMaker bad;
   bad.input("a", onnx::TensorProto::INT64, {6});
@@ -582,6 +601,65 @@ TEST(OnnxComposite, EinsumContractsLikeNumpy) {
   bad.output("y");
   EXPECT_NE(importError(bad).find("term 'ij' has 2 labels but operand 0 is f32[3,5,7]"),
             std::string::npos);
+}
+
+// "..." axes align to the right across operands of different ellipsis ranks
+// (the labels of a short ellipsis are the last of the longest), never clash
+// with upper-case user labels, and broadcast from 1; labelled axes do not.
+TEST(OnnxComposite, EinsumEllipsisBroadcastsAndKeepsUserLabels) {
+  Tensor a = testing::randomTensor(DType::F32, {3, 2, 4}, 4); // ... = [3, 2]
+  Tensor b = testing::randomTensor(DType::F32, {1, 4, 5}, 5); // ... = [1] -> [2]
+  ModelMaker m;
+  m.input("a", onnx::TensorProto::FLOAT, {3, 2, 4});
+  m.input("b", onnx::TensorProto::FLOAT, {1, 4, 5});
+  setString(m.node("Einsum", "e", {"a", "b"}, {"y"}), "equation", "...A,...AB->...B");
+  m.output("y");
+  Tensor y = runBoth(m, {{"a", a}, {"b", b}}).at("y");
+  ASSERT_EQ(y.shape(), (Shape{3, 2, 5}));
+  for (int64_t i = 0; i < 3; ++i)
+    for (int64_t j = 0; j < 2; ++j)
+      for (int64_t k = 0; k < 5; ++k) {
+        double want = 0;
+        for (int64_t l = 0; l < 4; ++l)
+          want += a.real((i * 2 + j) * 4 + l) * b.real(l * 5 + k);
+        EXPECT_NEAR(y.real((i * 2 + j) * 5 + k), want, 1e-5);
+      }
+  // A labelled axis of size 1 against one of size 4 is an error naming it.
+  ModelMaker bad;
+  bad.input("a", onnx::TensorProto::FLOAT, {3, 4});
+  bad.input("b", onnx::TensorProto::FLOAT, {1, 5});
+  setString(bad.node("Einsum", "e", {"a", "b"}, {"y"}), "equation", "ij,jk->ik");
+  bad.output("y");
+  EXPECT_NE(importError(bad).find("label 'j' names axes of sizes 4 and 1"), std::string::npos)
+      << importError(bad);
+}
+
+// 8/16-bit integers and f16 bit patterns live in int32_data: a value outside
+// the element type's range is a corrupt file, reported, not wrapped.
+TEST(OnnxImport, NarrowTypedDataIsRangeChecked) {
+  for (auto [type, bad] : {std::pair{onnx::TensorProto::FLOAT16, 70000},
+                           std::pair{onnx::TensorProto::INT8, 200},
+                           std::pair{onnx::TensorProto::UINT8, -1}}) {
+    ModelMaker m;
+    m.input("x", type, {2});
+    m.node("Add", "add", {"x", "c"}, {"y"});
+    auto *c = m.graph->add_initializer();
+    c->set_name("c");
+    c->set_data_type(type);
+    c->add_dims(2);
+    c->add_int32_data(1);
+    c->add_int32_data(bad);
+    m.output("y");
+    std::string message;
+    try {
+      importOnnxBytes(m.bytes(), "narrow.onnx");
+    } catch (const Error &e) {
+      message = e.what();
+    }
+    EXPECT_NE(message.find(fmt::format("int32_data[1] = {} is out of range", bad)),
+              std::string::npos)
+        << message;
+  }
 }
 
 // Resize: linear is a matmul per axis (gradients reach the input), nearest
@@ -757,6 +835,86 @@ TEST(OnnxComposite, NonMaxSuppressionKeepsTheBestBoxes) {
   OnnxModel model = importOnnxBytes(m.bytes(), "nms.onnx", options);
   TensorMap out = interpret(model.graph, {}, model.params);
   EXPECT_EQ(out.at("selected"), Tensor::of<int64_t>({2, 3}, {0, 0, 1, 0, 0, 2}));
+}
+
+// BitShift: a shift by the width or more gives 0; signed inputs are refused.
+TEST(OnnxComposite, BitShiftOnUnsignedIntegers) {
+  for (const char *direction : {"LEFT", "RIGHT"}) {
+    ModelMaker m;
+    m.input("x", onnx::TensorProto::UINT8, {4});
+    m.input("y", onnx::TensorProto::UINT8, {4});
+    setString(m.node("BitShift", "s", {"x", "y"}, {"z"}), "direction", direction);
+    m.output("z");
+    Tensor x = Tensor::fromReals(DType::U8, {4}, {200, 3, 255, 1});
+    Tensor y = Tensor::fromReals(DType::U8, {4}, {1, 2, 8, 7});
+    Tensor z = runBoth(m, {{"x", x}, {"y", y}}).at("z");
+    std::vector<double> want = std::string(direction) == "LEFT"
+                                   ? std::vector<double>{144, 12, 0, 128} // 400 wraps to 144
+                                   : std::vector<double>{100, 0, 0, 0};
+    EXPECT_EQ(z.reals(), want) << direction;
+  }
+  ModelMaker bad;
+  bad.input("x", onnx::TensorProto::INT32, {4});
+  setString(bad.node("BitShift", "s", {"x", "x"}, {"z"}), "direction", "LEFT");
+  bad.output("z");
+  EXPECT_NE(importError(bad).find("expected unsigned integers of one type, found i32[4]"),
+            std::string::npos)
+      << importError(bad);
+}
+
+// QuantizeLinear rounds half to even and saturates; DequantizeLinear undoes
+// the zero point and scale.
+TEST(OnnxComposite, QuantizeAndDequantizeLinear) {
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {6});
+  m.node("QuantizeLinear", "q", {"x", "scale", "zero"}, {"q"});
+  m.node("DequantizeLinear", "d", {"q", "scale", "zero"}, {"d"});
+  addInitializer(m, "scale", Tensor::of<float>({}, {2.0f}));
+  addInitializer(m, "zero", Tensor::fromReals(DType::U8, {}, {128}));
+  m.output("q");
+  m.output("d");
+  Tensor x = Tensor::of<float>({6}, {1.0f, 3.0f, -5.0f, 1000.0f, -1000.0f, 7.2f});
+  TensorMap out = runBoth(m, {{"x", x}});
+  EXPECT_EQ(out.at("q").reals(), (std::vector<double>{128, 130, 126, 255, 0, 132}));
+  EXPECT_EQ(out.at("d").reals(), (std::vector<double>{0, 4, -4, 254, -256, 8}));
+}
+
+TEST(OnnxComposite, MomentumNeedsItsAttributes) {
+  ModelMaker m;
+  m.input("r", onnx::TensorProto::FLOAT, {1});
+  m.input("t", onnx::TensorProto::INT64, {1});
+  m.input("x", onnx::TensorProto::FLOAT, {2});
+  auto *n = m.node("Momentum", "opt", {"r", "t", "x", "x", "x"}, {"x_new", "v_new"});
+  n->set_domain("ai.onnx.preview.training");
+  setString(n, "mode", "standard");
+  m.output("x_new");
+  EXPECT_NE(importError(m).find("Momentum needs the attribute 'alpha'"), std::string::npos)
+      << importError(m);
+}
+
+// Det by cofactor expansion: a 3x3 batch against its closed form, and a
+// refusal past 5x5 that names the size.
+TEST(OnnxComposite, DetOfSmallMatrices) {
+  Tensor x = testing::randomTensor(DType::F64, {2, 3, 3}, 11);
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::DOUBLE, {2, 3, 3});
+  m.node("Det", "det", {"x"}, {"d"});
+  m.output("d");
+  Tensor d = runBoth(m, {{"x", x}}).at("d");
+  ASSERT_EQ(d.shape(), (Shape{2}));
+  for (int64_t b = 0; b < 2; ++b) {
+    auto a = [&](int i, int j) { return x.real(b * 9 + i * 3 + j); };
+    double want = a(0, 0) * (a(1, 1) * a(2, 2) - a(1, 2) * a(2, 1)) -
+                  a(0, 1) * (a(1, 0) * a(2, 2) - a(1, 2) * a(2, 0)) +
+                  a(0, 2) * (a(1, 0) * a(2, 1) - a(1, 1) * a(2, 0));
+    EXPECT_NEAR(d.real(b), want, 1e-12);
+  }
+  ModelMaker big;
+  big.input("x", onnx::TensorProto::FLOAT, {6, 6});
+  big.node("Det", "det", {"x"}, {"d"});
+  big.output("d");
+  EXPECT_NE(importError(big).find("the determinant of 6x6 matrices"), std::string::npos)
+      << importError(big);
 }
 
 } // namespace

@@ -742,8 +742,8 @@ TEST(Safetensors, MalformedHeadersAreNamed) {
   std::string eight(8, '\0');
   EXPECT_CONTAINS(error("{\"a\": ", eight), "not valid JSON");
   EXPECT_CONTAINS(error("[1, 2]", ""), "must be a JSON object");
-  EXPECT_CONTAINS(error(R"({"a":{"dtype":"I8","shape":[8],"data_offsets":[0,8]}})", eight),
-                  "tensor 'a' has unsupported dtype I8");
+  EXPECT_CONTAINS(error(R"({"a":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", eight),
+                  "tensor 'a' has unsupported dtype F8_E4M3");
   EXPECT_CONTAINS(error(R"({"a":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}})", eight),
                   "tensor 'a' has unknown dtype Q4");
   EXPECT_CONTAINS(error(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight),

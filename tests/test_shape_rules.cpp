@@ -134,8 +134,8 @@ const std::vector<OpKind> kUnaryNumeric = {OpKind::Neg, OpKind::Abs, OpKind::Squ
 const std::vector<OpKind> kUnaryFloat = {OpKind::Exp,   OpKind::Log,  OpKind::Sqrt,
                                          OpKind::Rsqrt, OpKind::Tanh, OpKind::Sigmoid,
                                          OpKind::Sin,   OpKind::Cos,  OpKind::Erf};
-const std::vector<OpKind> kArithmetic = {OpKind::Add, OpKind::Sub,     OpKind::Mul,
-                                         OpKind::Div, OpKind::Maximum, OpKind::Minimum};
+const std::vector<OpKind> kArithmetic = {OpKind::Add,     OpKind::Sub,     OpKind::Mul, OpKind::Div,
+                                         OpKind::Maximum, OpKind::Minimum, OpKind::Rem};
 const std::vector<OpKind> kEquality = {OpKind::Eq, OpKind::Ne};
 const std::vector<OpKind> kOrdered = {OpKind::Lt, OpKind::Le, OpKind::Gt, OpKind::Ge};
 const std::vector<OpKind> kReduce = {OpKind::ReduceSum, OpKind::ReduceMean, OpKind::ReduceMax,
@@ -372,7 +372,7 @@ std::vector<ErrorCase> errorCases() {
   add("input negative dim", K::Input, {}, typeAttrs("f32", {2, -1}),
       {"shape [2,-1] has a negative dimension"});
   add("input unknown dtype", K::Input, {}, typeAttrs("f8", {2}),
-      {"attribute 'dtype' must be a dtype (f32, f64, f16, bf16, i32, i64, bool), found a name (f8)"});
+      {"attribute 'dtype' must be a dtype (f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, bool), found a name (f8)"});
   add("input unknown attribute", K::Input, {}, with(typeAttrs("f32", {2}), "layout", Str("nchw")),
       {"unknown attribute 'layout'; expected: dtype, shape"});
   add("input too many elements", K::Input, {}, typeAttrs("f32", {k2to32, k2to32}),
@@ -421,7 +421,7 @@ std::vector<ErrorCase> errorCases() {
   }
   add("cast missing dtype", K::Cast, {f32({2})}, {}, {"missing attribute 'dtype'"});
   add("cast dtype of wrong kind", K::Cast, {f32({2})}, {{"dtype", Int(3)}},
-      {"attribute 'dtype' must be a dtype (f32, f64, f16, bf16, i32, i64, bool), found an integer (3)"});
+      {"attribute 'dtype' must be a dtype (f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, bool), found an integer (3)"});
   add("cast unknown dtype", K::Cast, {f32({2})}, {{"dtype", Str("f8")}},
       {"must be a dtype", "found a name (f8)"});
 

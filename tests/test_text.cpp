@@ -455,7 +455,7 @@ TEST(TextErrors, LocationsAndMessages) {
        "op(...)), "
        "found 'relu'"},
       {"bad dtype", inGraph("  input %x : f33[2]"),
-       "t.sg:2:14: error: expected a dtype (f32, f64, f16, bf16, i32, i64, bool), found 'f33'"},
+       "t.sg:2:14: error: expected a dtype (f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, bool), found 'f33'"},
       {"shape separator", inGraph("  input %x : f32[2;3]"),
        "t.sg:2:19: error: expected ']' after shape, found ';'"},
       {"missing '['", inGraph("  input %x : f32 2"),
@@ -566,7 +566,7 @@ TEST(TextErrors, LocationsAndMessages) {
        "\\xHH)"},
       {"long token is shortened",
        inGraph("  input %x : " + std::string(100, 'f') + "[1]"),
-       "t.sg:2:14: error: expected a dtype (f32, f64, f16, bf16, i32, i64, bool), found "
+       "t.sg:2:14: error: expected a dtype (f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, bool), found "
        "'ffffffffffffffffffffffffffffffffffffffff...'"},
       {"constant too large",
        inGraph(x + "  %c = constant() {dtype=f32, shape=[1099511627776,2], value=0}"),

@@ -168,6 +168,7 @@ std::vector<Value> vjp(const Node &node, const std::vector<Value> &x, Value y, V
   case OpKind::Constant:
   case OpKind::Iota:
   case OpKind::Sign:
+  case OpKind::Rem:
   case OpKind::Eq:
   case OpKind::Ne:
   case OpKind::Lt:

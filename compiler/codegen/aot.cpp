@@ -30,6 +30,18 @@ std::string_view cType(DType dtype) {
     return "int32_t";
   case DType::I64:
     return "int64_t";
+  case DType::I8:
+    return "int8_t";
+  case DType::U8:
+    return "uint8_t";
+  case DType::I16:
+    return "int16_t";
+  case DType::U16:
+    return "uint16_t";
+  case DType::U32:
+    return "uint32_t";
+  case DType::U64:
+    return "uint64_t";
   case DType::Bool:
     return "uint8_t";
   case DType::F16:
@@ -55,6 +67,18 @@ std::string_view dtypeEnum(DType dtype) {
     return "F16";
   case DType::BF16:
     return "BF16";
+  case DType::I8:
+    return "I8";
+  case DType::U8:
+    return "U8";
+  case DType::I16:
+    return "I16";
+  case DType::U16:
+    return "U16";
+  case DType::U32:
+    return "U32";
+  case DType::U64:
+    return "U64";
   }
   return "F32";
 }

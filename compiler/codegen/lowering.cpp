@@ -316,11 +316,17 @@ std::string KernelEmitter::convert(const std::string &v, DType from, DType to) {
     return w_.assign(fmt::format("arith.{} {} : i1 to {}", isFloat(to) ? "uitofp" : "extui", v, t));
   if (isFloat(from) && isFloat(to))
     return w_.assign(fmt::format("arith.{} {} : {} to {}", to == DType::F64 ? "extf" : "truncf", v, f, t));
+  // The source's signedness picks sign or zero extension and the int -> float
+  // op; the target's picks fptosi or fptoui (as the interpreter's C++ casts).
   if (isFloat(from))
-    return w_.assign(fmt::format("arith.fptosi {} : {} to {}", v, f, t));
+    return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(to) ? "fptoui" : "fptosi", v, f, t));
   if (isFloat(to))
-    return w_.assign(fmt::format("arith.sitofp {} : {} to {}", v, f, t));
-  return w_.assign(fmt::format("arith.{} {} : {} to {}", to == DType::I64 ? "extsi" : "trunci", v, f, t));
+    return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(from) ? "uitofp" : "sitofp", v, f, t));
+  if (f == t)
+    return v; // i32 <-> u32 and the like: the same bits
+  if (dtypeSize(to) < dtypeSize(from))
+    return w_.assign(fmt::format("arith.trunci {} : {} to {}", v, f, t));
+  return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(from) ? "extui" : "extsi", v, f, t));
 }
 
 std::string KernelEmitter::unary(const Node &n, const std::string &x) {
@@ -332,7 +338,10 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
   case OpKind::Neg:
     return fp ? op1("arith.negf")
               : w_.assign(fmt::format("arith.subi {}, {} : {}", w_.constant(0, dt), x, t));
-  case OpKind::Abs: return op1(fp ? "math.absf" : "math.absi");
+  case OpKind::Abs:
+    if (isUnsigned(dt))
+      return x;
+    return op1(fp ? "math.absf" : "math.absi");
   case OpKind::Exp: return op1("math.exp");
   case OpKind::Log: return op1("math.log");
   case OpKind::Sqrt: return op1("math.sqrt");
@@ -346,8 +355,7 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
   }
   case OpKind::Relu: {
     // x < 0 ? 0 : x lets NaN through, as the interpreter does.
-    std::string negative = fp ? w_.assign(fmt::format("arith.cmpf olt, {}, {} : {}", x, w_.constant(0, dt), t))
-                              : w_.assign(fmt::format("arith.cmpi slt, {}, {} : {}", x, w_.constant(0, dt), t));
+    std::string negative = binary(OpKind::Lt, dt, x, w_.constant(0, dt));
     return w_.assign(fmt::format("arith.select {}, {}, {} : {}", negative, w_.constant(0, dt), x, t));
   }
   // On the GPU, libdevice's sinf/cosf are accurate (the CPU's reason for
@@ -377,6 +385,7 @@ std::string KernelEmitter::unary(const Node &n, const std::string &x) {
   case OpKind::Pow:
   case OpKind::Maximum:
   case OpKind::Minimum:
+  case OpKind::Rem:
   case OpKind::Eq:
   case OpKind::Ne:
   case OpKind::Lt:
@@ -468,8 +477,14 @@ std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, con
   auto op2 = [&](const std::string &name) {
     return w_.assign(fmt::format("{} {}, {} : {}", name, a, b, t));
   };
+  // Ordering predicates and division come in signed and unsigned forms;
+  // the dtype picks (MLIR integers are signless).
+  bool u = isUnsigned(dt);
   auto cmp = [&](const char *fpred, const char *ipred) {
-    return w_.assign(fmt::format("arith.cmp{} {}, {}, {} : {}", fp ? "f" : "i", fp ? fpred : ipred, a, b, t));
+    std::string pred = fp ? fpred : ipred;
+    if (u && pred[0] == 's')
+      pred[0] = 'u';
+    return w_.assign(fmt::format("arith.cmp{} {}, {}, {} : {}", fp ? "f" : "i", pred, a, b, t));
   };
   switch (op) {
   case OpKind::Add: return op2(fp ? "arith.addf" : "arith.addi");
@@ -479,9 +494,17 @@ std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, con
     if (fp)
       return op2("arith.divf");
     // x / 0 = 0 and MIN / -1 = MIN, as the interpreter; never a trap.
-    std::string zero = w_.constant(0, dt), one = w_.constant(1, dt), minusOne = w_.constant(-1, dt);
-    std::string minimum = w_.integerConstant(dt == DType::I32 ? INT32_MIN : INT64_MIN, dt);
+    std::string zero = w_.constant(0, dt), one = w_.constant(1, dt);
     std::string byZero = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, zero, t));
+    if (u) {
+      std::string safe = w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, one, b, t));
+      std::string q = w_.assign(fmt::format("arith.divui {}, {} : {}", a, safe, t));
+      return w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, zero, q, t));
+    }
+    std::string minusOne = w_.constant(-1, dt);
+    // The signed minimum of the width: 1 << (bits - 1), printed in range.
+    std::string minimum =
+        w_.integerConstant(static_cast<int64_t>(uint64_t(1) << (dtypeSize(dt) * 8 - 1)), dt);
     std::string isMin = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", a, minimum, t));
     std::string isMinusOne = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, minusOne, t));
     std::string overflow = w_.assign(fmt::format("arith.andi {}, {} : i1", isMin, isMinusOne));
@@ -491,9 +514,25 @@ std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, con
     std::string q2 = w_.assign(fmt::format("arith.select {}, {}, {} : {}", overflow, minimum, q, t));
     return w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, zero, q2, t));
   }
+  case OpKind::Rem: {
+    if (fp)
+      return op2("arith.remf");
+    // x rem 0 = x and MIN rem -1 = 0, as the interpreter: a divisor of 0 or
+    // (signed) -1 becomes 1, whose remainder is 0, and 0 then takes x.
+    std::string zero = w_.constant(0, dt), one = w_.constant(1, dt);
+    std::string byZero = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, zero, t));
+    std::string unsafe = byZero;
+    if (!u) {
+      std::string minusOne = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, w_.constant(-1, dt), t));
+      unsafe = w_.assign(fmt::format("arith.ori {}, {} : i1", byZero, minusOne));
+    }
+    std::string safe = w_.assign(fmt::format("arith.select {}, {}, {} : {}", unsafe, one, b, t));
+    std::string r = w_.assign(fmt::format("arith.{} {}, {} : {}", u ? "remui" : "remsi", a, safe, t));
+    return w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, a, r, t));
+  }
   case OpKind::Pow: return op2("math.powf");
-  case OpKind::Maximum: return op2(fp ? "arith.maximumf" : "arith.maxsi");
-  case OpKind::Minimum: return op2(fp ? "arith.minimumf" : "arith.minsi");
+  case OpKind::Maximum: return op2(fp ? "arith.maximumf" : u ? "arith.maxui" : "arith.maxsi");
+  case OpKind::Minimum: return op2(fp ? "arith.minimumf" : u ? "arith.minui" : "arith.minsi");
   case OpKind::Eq: return cmp("oeq", "eq");
   case OpKind::Ne: return cmp("une", "ne");
   case OpKind::Lt: return cmp("olt", "slt");
@@ -566,14 +605,20 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
       unsigned char bytes[8];
       size_t size = dtypeSize(dt);
       float f = static_cast<float>(d);
-      int32_t i32 = ints ? static_cast<int32_t>((*ints)[k]) : static_cast<int32_t>(d);
       int64_t i64 = ints ? (*ints)[k] : static_cast<int64_t>(d);
       uint8_t b = d != 0;
       switch (dt) {
       case DType::F32: std::memcpy(bytes, &f, 4); break;
       case DType::F64: std::memcpy(bytes, &d, 8); break;
-      case DType::I32: std::memcpy(bytes, &i32, 4); break;
-      case DType::I64: std::memcpy(bytes, &i64, 8); break;
+      // Integers: the low `size` bytes of the (little-endian) int64.
+      case DType::I32:
+      case DType::I64:
+      case DType::I8:
+      case DType::U8:
+      case DType::I16:
+      case DType::U16:
+      case DType::U32:
+      case DType::U64: std::memcpy(bytes, &i64, size); break;
       case DType::Bool: bytes[0] = b; break;
       case DType::F16:
       case DType::BF16: {
@@ -747,6 +792,7 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Pow:
   case OpKind::Maximum:
   case OpKind::Minimum:
+  case OpKind::Rem:
     return binary(n.op, n.type.dtype, operand(0), operand(1));
   case OpKind::Eq:
   case OpKind::Ne:

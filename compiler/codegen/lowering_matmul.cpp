@@ -371,6 +371,7 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   case OpKind::Erf:
   case OpKind::Cast:
   case OpKind::Pow:
+  case OpKind::Rem:
   case OpKind::Eq:
   case OpKind::Ne:
   case OpKind::ReduceSum:
@@ -517,6 +518,7 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     case OpKind::Erf:
     case OpKind::Cast:
     case OpKind::Pow:
+    case OpKind::Rem:
     case OpKind::Eq:
     case OpKind::Ne:
     case OpKind::ReduceSum:

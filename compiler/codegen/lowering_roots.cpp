@@ -118,15 +118,17 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   DType dt = n.type.dtype;
   std::string t = scalarType(dt);
 
-  // The identities of max and min: infinities, or the integer limits
-  // (integerConstant: INT64_MAX is no double).
+  // The identities of max and min: infinities, or the integer limits of the
+  // width and signedness (integerConstant keeps the low bits: INT64_MAX is no
+  // double, and -1 is the largest unsigned value).
   std::string init;
+  uint64_t signBit = uint64_t(1) << (dtypeSize(dt) * 8 - 1);
+  int64_t lowest = isUnsigned(dt) ? 0 : static_cast<int64_t>(signBit);
+  int64_t highest = isUnsigned(dt) ? -1 : static_cast<int64_t>(signBit - 1);
   if (n.op == OpKind::ReduceMax)
-    init = isFloat(dt) ? w_.constant(-INFINITY, dt)
-                       : w_.integerConstant(dt == DType::I32 ? INT32_MIN : INT64_MIN, dt);
+    init = isFloat(dt) ? w_.constant(-INFINITY, dt) : w_.integerConstant(lowest, dt);
   else if (n.op == OpKind::ReduceMin)
-    init = isFloat(dt) ? w_.constant(INFINITY, dt)
-                       : w_.integerConstant(dt == DType::I32 ? INT32_MAX : INT64_MAX, dt);
+    init = isFloat(dt) ? w_.constant(INFINITY, dt) : w_.integerConstant(highest, dt);
   else // sum and mean (emitRoot sends only reduce_* here)
     init = w_.constant(0, dt);
   if (emitLeadingAxesReduction(id, parallel, init))
@@ -465,6 +467,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
   case OpKind::Pow:
   case OpKind::Maximum:
   case OpKind::Minimum:
+  case OpKind::Rem:
   case OpKind::Eq:
   case OpKind::Ne:
   case OpKind::Lt:
@@ -797,6 +800,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   case OpKind::Pow:
   case OpKind::Maximum:
   case OpKind::Minimum:
+  case OpKind::Rem:
   case OpKind::Eq:
   case OpKind::Ne:
   case OpKind::Lt:

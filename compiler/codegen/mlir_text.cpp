@@ -15,6 +15,14 @@ std::string scalarType(DType dtype) {
   case DType::F64: return "f64";
   case DType::I32: return "i32";
   case DType::I64: return "i64";
+  // MLIR integers are signless: unsigned dtypes share the signed types, and
+  // the lowering picks the unsigned op (divui, cmpi ult, extui, uitofp, ...).
+  case DType::I8:
+  case DType::U8: return "i8";
+  case DType::I16:
+  case DType::U16: return "i16";
+  case DType::U32: return "i32";
+  case DType::U64: return "i64";
   case DType::Bool: return "i1";
   // Halves compute in f32: loads extend, stores round (KernelEmitter).
   case DType::F16:
@@ -31,7 +39,13 @@ std::string memoryElementType(DType dtype) {
   case DType::F32:
   case DType::F64:
   case DType::I32:
-  case DType::I64: break;
+  case DType::I64:
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16:
+  case DType::U32:
+  case DType::U64: break;
   }
   return scalarType(dtype);
 }
@@ -80,7 +94,15 @@ std::string MlirWriter::constant(double value, DType dtype) {
     break;
   case DType::I32:
   case DType::I64:
+  case DType::I8:
+  case DType::I16:
     return integerConstant(static_cast<int64_t>(value), dtype);
+  // Through uint64, so that u64 values past INT64_MAX keep their bits.
+  case DType::U8:
+  case DType::U16:
+  case DType::U32:
+  case DType::U64:
+    return integerConstant(static_cast<int64_t>(static_cast<uint64_t>(value)), dtype);
   case DType::Bool:
     return integerConstant(value != 0, dtype);
   case DType::F16:
@@ -93,9 +115,13 @@ std::string MlirWriter::constant(double value, DType dtype) {
 
 std::string MlirWriter::integerConstant(int64_t value, DType dtype) {
   // MLIR spells i1 constants `true` with no type, or as integers; `true : i1`
-  // does not parse.
-  return literalConstant(fmt::format("{}", dtype == DType::Bool ? int64_t(value != 0) : value),
-                         dtype);
+  // does not parse. Narrow integers print as their low bits read signed, the
+  // range every signless width accepts.
+  if (dtype == DType::Bool)
+    value = value != 0;
+  else if (size_t bits = dtypeSize(dtype) * 8; bits < 64)
+    value = static_cast<int64_t>(static_cast<uint64_t>(value) << (64 - bits)) >> (64 - bits);
+  return literalConstant(fmt::format("{}", value), dtype);
 }
 
 std::string MlirWriter::literalConstant(const std::string &literal, DType dtype) {

@@ -9,6 +9,7 @@
 // stepc specializes shapes at compile time, so that is how such a model runs.
 #include "stepc/file.h"
 #include "stepc/onnx.h"
+#include "stepc/npy.h"
 
 #include <fmt/format.h>
 
@@ -130,16 +131,25 @@ Outcome runTest(const fs::path &dir, const ConformanceOptions &options) {
   for (const auto &init : model.graph().initializer())
     initializers.insert(init.name());
   std::vector<std::string> inputNames;
+  // Which inputs and outputs are declared bfloat16 (for bitsAs below).
+  std::vector<DType> inputTypes, outputTypes;
+  auto declared = [](const onnx::ValueInfoProto &v) {
+    return v.type().tensor_type().elem_type() == onnx::TensorProto::BFLOAT16 ? DType::BF16
+                                                                            : DType::F32;
+  };
   for (const auto &input : model.graph().input()) {
     if (initializers.count(input.name()))
       continue;
     if (!isTensorType(input.type()))
       return skipped("inputs|sequence, map or optional values");
     inputNames.push_back(input.name());
+    inputTypes.push_back(declared(input));
   }
-  for (const auto &output : model.graph().output())
+  for (const auto &output : model.graph().output()) {
     if (!isTensorType(output.type()))
       return skipped("inputs|sequence, map or optional values");
+    outputTypes.push_back(declared(output));
+  }
 
   std::vector<fs::path> sets;
   for (const auto &entry : fs::directory_iterator(dir))
@@ -160,10 +170,13 @@ Outcome runTest(const fs::path &dir, const ConformanceOptions &options) {
     OnnxImportOptions importOptions;
     std::vector<Tensor> expected;
     try {
+      // The test data of bfloat16 values holds their bits as uint16.
       for (size_t i = 0; i < inputFiles.size(); ++i)
-        importOptions.inputValues[inputNames[i]] = readOnnxTensor(inputFiles[i].string());
-      for (const fs::path &f : outputFiles)
-        expected.push_back(readOnnxTensor(f.string()));
+        importOptions.inputValues[inputNames[i]] =
+            bitsAs(readOnnxTensor(inputFiles[i].string()), inputTypes[i]);
+      for (size_t i = 0; i < outputFiles.size(); ++i)
+        expected.push_back(bitsAs(readOnnxTensor(outputFiles[i].string()),
+                                  i < outputTypes.size() ? outputTypes[i] : DType::F32));
     } catch (const OnnxImportError &e) {
       return unsupportedOutcome(e);
     }

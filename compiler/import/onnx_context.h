@@ -98,5 +98,7 @@ private:
 using MapFn = void (*)(NodeContext &);
 // The mapping function of an ONNX op type of the default domain, or null.
 MapFn findMapping(std::string_view opType);
+// The same for domain ai.onnx.preview.training (the optimizers).
+MapFn findTrainingMapping(std::string_view opType);
 
 } // namespace stepc::onnx_import

@@ -29,6 +29,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 
 namespace stepc {
 
@@ -69,6 +70,12 @@ std::optional<DType> dtypeFromOnnx(int32_t elemType) {
   case onnx::TensorProto::BOOL: return DType::Bool;
   case onnx::TensorProto::FLOAT16: return DType::F16;
   case onnx::TensorProto::BFLOAT16: return DType::BF16;
+  case onnx::TensorProto::INT8: return DType::I8;
+  case onnx::TensorProto::UINT8: return DType::U8;
+  case onnx::TensorProto::INT16: return DType::I16;
+  case onnx::TensorProto::UINT16: return DType::U16;
+  case onnx::TensorProto::UINT32: return DType::U32;
+  case onnx::TensorProto::UINT64: return DType::U64;
   default: return std::nullopt;
   }
 }
@@ -85,8 +92,8 @@ std::string onnxTypeName(int32_t elemType) {
 namespace {
 
 std::string dtypeProblem(const std::string &what, int32_t elemType) {
-  return fmt::format("{} has element type {}; stepc supports float, double, int32, "
-                     "int64 and bool",
+  return fmt::format("{} has element type {}; stepc supports float, double, "
+                     "float16, bfloat16, int8..int64, uint8..uint64 and bool",
                      what, onnxTypeName(elemType));
 }
 
@@ -103,6 +110,18 @@ void copyTyped(Tensor &t, const Field &field, const std::string &what, const cha
     for (int64_t i = 0; i < t.numel(); ++i)
       out[i] = static_cast<T>(field.Get(static_cast<int>(i)));
   }
+}
+
+// As copyTyped, for types kept in a wider field (int8..uint16 and the halves'
+// bit patterns in int32_data, uint32 in uint64_data): a value outside T's
+// range is a corrupt file, not something to wrap silently.
+template <class T, class Field>
+void copyNarrowed(Tensor &t, const Field &field, const std::string &what, const char *name) {
+  for (int64_t i = 0; i < static_cast<int64_t>(field.size()); ++i)
+    if (!std::in_range<T>(field.Get(static_cast<int>(i))))
+      throw Error(fmt::format("{}: {}[{}] = {} is out of range for {}", what, name, i,
+                              field.Get(static_cast<int>(i)), dtypeName(t.dtype())));
+  copyTyped<T>(t, field, what, name);
 }
 
 } // namespace
@@ -145,10 +164,17 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   case DType::F64: available = proto.double_data_size(); break;
   case DType::I32:
   case DType::Bool:
-  // ONNX keeps f16/bf16 bit patterns in int32_data, one per entry.
+  // ONNX keeps f16/bf16 bit patterns and 8/16-bit integers in int32_data,
+  // one per entry, and uint32/uint64 in uint64_data.
   case DType::F16:
-  case DType::BF16: available = proto.int32_data_size(); break;
+  case DType::BF16:
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16: available = proto.int32_data_size(); break;
   case DType::I64: available = proto.int64_data_size(); break;
+  case DType::U32:
+  case DType::U64: available = proto.uint64_data_size(); break;
   }
   if (available != numel)
     throw Error(fmt::format("{}: holds {} values but {} {} needs {}", what, available,
@@ -161,7 +187,13 @@ Tensor tensorFromProto(const onnx::TensorProto &proto, const std::string &what) 
   case DType::Bool: copyTyped<bool>(t, proto.int32_data(), what, "int32_data"); break;
   case DType::I64: copyTyped<int64_t>(t, proto.int64_data(), what, "int64_data"); break;
   case DType::F16:
-  case DType::BF16: copyTyped<uint16_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::BF16:
+  case DType::U16: copyNarrowed<uint16_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::I8: copyNarrowed<int8_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::U8: copyNarrowed<uint8_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::I16: copyNarrowed<int16_t>(t, proto.int32_data(), what, "int32_data"); break;
+  case DType::U32: copyNarrowed<uint32_t>(t, proto.uint64_data(), what, "uint64_data"); break;
+  case DType::U64: copyTyped<uint64_t>(t, proto.uint64_data(), what, "uint64_data"); break;
   }
   return t;
 }
@@ -288,15 +320,19 @@ Value Importer::constantOf(const Tensor &value, const SourceLoc &loc) {
   for (int64_t i = 1; uniform && i < value.numel(); ++i)
     uniform =
         value.real(i) == value.real(0) || (std::isnan(value.real(i)) && std::isnan(value.real(0)));
-  if (uniform) {
+  // A fill is read back through a double: integers past 2^53 (u64 ones
+  // above INT64_MAX included) go into `data` as their exact bits instead.
+  bool exactFill = isFloat(value.dtype()) || value.numel() == 0 ||
+                   (value.integer(0) >= 0 && value.integer(0) < (int64_t(1) << 53)) ||
+                   (!isUnsigned(value.dtype()) && value.integer(0) > -(int64_t(1) << 53));
+  if (uniform && exactFill) {
     attrs.set("value", value.real(0));
   } else if (isFloat(value.dtype())) {
     attrs.set("data", value.reals());
   } else {
     std::vector<int64_t> data(static_cast<size_t>(value.numel()));
     for (int64_t i = 0; i < value.numel(); ++i)
-      data[i] = value.dtype() == DType::I64 ? value.data<int64_t>()[i]
-                                            : static_cast<int64_t>(value.real(i));
+      data[i] = value.integer(i);
     attrs.set("data", std::move(data));
   }
   Value v = b_.op(OpKind::Constant, {}, std::move(attrs), loc);
@@ -444,7 +480,9 @@ void Importer::importNode(const onnx::NodeProto &node, int index) {
         define(out, Symbol{});
   };
   bool defaultDomain = node.domain().empty() || node.domain() == "ai.onnx";
-  MapFn map = defaultDomain ? findMapping(node.op_type()) : nullptr;
+  MapFn map = defaultDomain ? findMapping(node.op_type())
+               : node.domain() == "ai.onnx.preview.training" ? findTrainingMapping(node.op_type())
+                                                             : nullptr;
   if (!map) {
     problem(OnnxProblem::Kind::Operator,
             defaultDomain ? fmt::format("no mapping for ONNX operator {}", node.op_type())
@@ -679,7 +717,7 @@ std::vector<int64_t> NodeContext::requireInts(size_t i, std::string_view what) c
     invalid(fmt::format("{} must be integers, found {}", what, typeString(t.type())));
   std::vector<int64_t> out(static_cast<size_t>(t.numel()));
   for (int64_t k = 0; k < t.numel(); ++k)
-    out[k] = t.dtype() == DType::I64 ? t.data<int64_t>()[k] : t.data<int32_t>()[k];
+    out[k] = t.integer(k);
   return out;
 }
 

@@ -391,4 +391,32 @@ void mapNonMaxSuppression(NodeContext &c) {
 }
 
 
+// Reverses the first sequence_lens[b] elements along the time axis of each
+// batch entry b: one gather of rows of x flattened to [T * B, rest...], at
+// row (len - 1 - t) or t, combined with b.
+void mapReverseSequence(NodeContext &c) {
+  Value x = c.in(0), lens = c.in(1);
+  int64_t timeAxis = c.attrInt("time_axis", 0), batchAxis = c.attrInt("batch_axis", 1);
+  if (x.rank() < 2 || !((timeAxis == 0 && batchAxis == 1) || (timeAxis == 1 && batchAxis == 0)))
+    c.invalid(fmt::format("expected time_axis and batch_axis to be 0 and 1 (in either order) "
+                          "of an input of rank >= 2, found {} and {} of {}",
+                          timeAxis, batchAxis, typeString(x.type())));
+  int64_t steps = x.dim(timeAxis), batch = x.dim(batchAxis);
+  if (!isInteger(lens.dtype()) || lens.rank() != 1 || lens.dim(0) != batch)
+    c.invalid(fmt::format("sequence_lens must be integers [{}], found {}", batch,
+                          typeString(lens.type())));
+  Shape grid = timeAxis == 0 ? Shape{steps, batch} : Shape{batch, steps};
+  Value t = iota(c.b, DType::I64, grid, timeAxis), b = iota(c.b, DType::I64, grid, batchAxis);
+  Value len = reshape(cast(lens, DType::I64), timeAxis == 0 ? Shape{1, batch} : Shape{batch, 1});
+  Value one = c.scalar(1, DType::I64);
+  Value source = select(lt(t, len), sub(sub(len, one), t), t);
+  // Row-major rows of the [grid..., rest...] layout.
+  Value row = timeAxis == 0 ? add(mul(source, c.scalar(double(batch), DType::I64)), b)
+                            : add(mul(b, c.scalar(double(steps), DType::I64)), source);
+  Shape rows = x.shape();
+  rows.erase(rows.begin());
+  rows[0] = steps * batch;
+  c.setOutput(0, gather(reshape(x, rows), row, 0));
+}
+
 } // namespace stepc::onnx_import

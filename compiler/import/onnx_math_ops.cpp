@@ -51,9 +51,14 @@ Value roundHalfEven(NodeContext &c, Value x) {
   Value half = scalarOf(c, x, 0.5);
   Value f = floorOf(c, x);
   Value fraction = sub(x, f);
-  Value odd = ne(sub(f, mul(floorOf(c, mul(f, half)), scalarOf(c, x, 2))), scalarOf(c, x, 0));
+  Value odd = eq(isEvenInteger(c, f), c.scalar(0, DType::Bool));
   Value up = logicalOr(c, gt(fraction, half), logicalAnd(c, eq(fraction, half), odd));
   return select(up, add(f, scalarOf(c, x, 1)), f);
+}
+
+Value isEvenInteger(NodeContext &c, Value x) {
+  Value halves = floorOf(c, mul(x, scalarOf(c, x, 0.5)));
+  return eq(sub(x, mul(halves, scalarOf(c, x, 2))), scalarOf(c, x, 0));
 }
 
 namespace {
@@ -82,9 +87,9 @@ void mapRound(NodeContext &c) {
   c.setOutput(0, roundHalfEven(c, x));
 }
 
-// fmod = 1: the remainder takes the dividend's sign (C's fmod and %);
-// fmod = 0: the divisor's (Python's %). Integer division truncates and x / 0
-// is 0 in stepc, so x mod 0 is x.
+// fmod = 1: the remainder takes the dividend's sign (C's fmod and %: rem);
+// fmod = 0: the divisor's (Python's %), for integers only (the ONNX spec
+// requires fmod = 1 for floats). x mod 0 is x (rem's rule).
 void mapMod(NodeContext &c) {
   Value a = c.in(0), b = c.in(1);
   int64_t fmod = c.attrInt("fmod", 0);
@@ -95,19 +100,11 @@ void mapMod(NodeContext &c) {
                           typeString(b.type())));
   if (a.dtype() == DType::Bool)
     c.unsupportedDType("input", a.dtype());
+  if (isFloat(a.dtype()) && fmod == 0)
+    c.invalid(fmt::format("a {} input needs fmod = 1 (ONNX defines fmod = 0 for integers only)",
+                          dtypeName(a.dtype())));
   Value zero = scalarOf(c, a, 0);
-  if (isFloat(a.dtype())) {
-    Value q = div(a, b);
-    if (fmod == 1) {
-      // trunc(q) = sign(q) * floor(|q|)
-      Value truncated = mul(sign(q), floorOf(c, abs(q)));
-      c.setOutput(0, sub(a, mul(truncated, b)));
-    } else {
-      c.setOutput(0, sub(a, mul(floorOf(c, q), b)));
-    }
-    return;
-  }
-  Value r = sub(a, mul(div(a, b), b));
+  Value r = rem(a, b);
   if (fmod == 1) {
     c.setOutput(0, r);
     return;
@@ -359,28 +356,40 @@ void mapEinsum(NodeContext &c) {
   if (terms.size() != c.numInputs())
     c.invalid(fmt::format("the equation '{}' names {} operands, the node has {}", equation,
                           terms.size(), c.numInputs()));
-  // "..." becomes upper-case labels 'A', 'B', ... (einsum labels are
-  // letters; ONNX's upper-case ones are rare, and a clash is reported).
+  // "..." becomes the labels '0', '1', ... of the ellipsis axes: user labels
+  // are letters, so these never clash with them. Each operand's ellipsis
+  // takes the last of them (its axes align to the right, as in broadcasting),
+  // so the ellipsis rank is the largest over all operands, found first.
+  auto ellipsisOf = [&](size_t i) -> int64_t {
+    size_t dots = terms[i].find("...");
+    if (dots == std::string::npos)
+      return -1;
+    int64_t r = c.in(i).rank() - static_cast<int64_t>(terms[i].size() - 3);
+    if (r < 0)
+      c.invalid(fmt::format("term '{}' has more labels than operand {} has axes", terms[i], i));
+    return r;
+  };
   int64_t ellipsisRank = 0;
+  for (size_t i = 0; i < terms.size(); ++i)
+    ellipsisRank = std::max(ellipsisRank, ellipsisOf(i));
+  if (ellipsisRank > 10)
+    c.unsupported(fmt::format("an ellipsis of {} axes (at most 10)", ellipsisRank));
+  std::string ellipsis;
+  for (int64_t k = 0; k < ellipsisRank; ++k)
+    ellipsis += static_cast<char>('0' + k);
+  auto isEllipsisLabel = [](char l) { return l >= '0' && l <= '9'; };
   std::vector<Labeled> operands;
   for (size_t i = 0; i < terms.size(); ++i) {
     Value v = c.in(i);
     std::string t = terms[i];
     size_t dots = t.find("...");
-    int64_t explicitCount = static_cast<int64_t>(t.size() - (dots == std::string::npos ? 0 : 3));
-    if (dots != std::string::npos) {
-      int64_t r = v.rank() - explicitCount;
-      if (r < 0)
-        c.invalid(fmt::format("term '{}' has more labels than operand {} has axes", t, i));
-      ellipsisRank = std::max(ellipsisRank, r);
-      std::string fill;
-      for (int64_t k = 0; k < r; ++k)
-        fill += static_cast<char>('A' + (ellipsisRank - r) + k);
-      t = t.substr(0, dots) + fill + t.substr(dots + 3);
-    }
-    for (char l : t)
+    std::string user = dots == std::string::npos ? t : t.substr(0, dots) + t.substr(dots + 3);
+    for (char l : user)
       if (!std::isalpha(static_cast<unsigned char>(l)))
         c.invalid(fmt::format("bad label '{}' in the equation '{}'", l, equation));
+    if (int64_t r = ellipsisOf(i); r >= 0)
+      t = t.substr(0, dots) + ellipsis.substr(static_cast<size_t>(ellipsisRank - r)) +
+          t.substr(dots + 3);
     if (static_cast<int64_t>(t.size()) != v.rank())
       c.invalid(fmt::format("term '{}' has {} labels but operand {} is {}", terms[i], t.size(), i,
                             typeString(v.type())));
@@ -388,9 +397,6 @@ void mapEinsum(NodeContext &c) {
       c.unsupportedDType("operand", v.dtype());
     operands.push_back({v, t});
   }
-  std::string ellipsis;
-  for (int64_t k = 0; k < ellipsisRank; ++k)
-    ellipsis += static_cast<char>('A' + k);
   std::string output;
   if (arrow != std::string::npos) {
     output = equation.substr(arrow + 2);
@@ -405,18 +411,24 @@ void mapEinsum(NodeContext &c) {
         ++uses[l];
     output = ellipsis;
     for (auto [l, n] : uses)
-      if (n == 1 && !std::isupper(static_cast<unsigned char>(l)))
+      if (n == 1 && !isEllipsisLabel(l))
         output += l;
   }
-  // Sizes of one label must agree (ellipsis axes may broadcast from 1).
+  // Sizes of one label must agree; only ellipsis axes broadcast from 1.
   std::map<char, int64_t> sizes;
   for (Labeled &o : operands)
     for (size_t i = 0; i < o.labels.size(); ++i) {
+      char l = o.labels[i];
       int64_t d = o.value.dim(static_cast<int64_t>(i));
-      auto [it, fresh] = sizes.emplace(o.labels[i], d);
-      if (!fresh && it->second != d && it->second != 1 && d != 1)
-        c.invalid(fmt::format("label '{}' names axes of sizes {} and {}", o.labels[i], it->second,
-                              d));
+      auto [it, fresh] = sizes.emplace(l, d);
+      if (fresh || it->second == d)
+        continue;
+      if (!isEllipsisLabel(l))
+        c.invalid(fmt::format("label '{}' names axes of sizes {} and {}", l, it->second, d));
+      if (it->second != 1 && d != 1)
+        c.invalid(fmt::format("axis {} of the '...' axes has sizes {} and {}, which do not "
+                              "broadcast",
+                              l - '0', it->second, d));
       it->second = std::max(it->second, d);
     }
   for (Labeled &o : operands) {
@@ -508,5 +520,51 @@ void mapAtanh(NodeContext &c) { inverseTrig<5>(c); }
 void mapHannWindow(NodeContext &c) { windowOp<0>(c); }
 void mapHammingWindow(NodeContext &c) { windowOp<1>(c); }
 void mapBlackmanWindow(NodeContext &c) { windowOp<2>(c); }
+
+namespace {
+
+// The determinant of the trailing n x n matrices of `m` by cofactor
+// expansion along the first row (n! terms, so n is bounded by mapDet).
+Value determinant(Value m, int64_t n) {
+  int64_t rank = m.rank();
+  auto entry = [&](int64_t i, int64_t j) {
+    Value e = sliceAxis(sliceAxis(m, rank - 2, i, i + 1), rank - 1, j, j + 1);
+    Shape batch = m.shape();
+    batch.resize(batch.size() - 2);
+    return reshape(e, batch);
+  };
+  if (n == 1)
+    return entry(0, 0);
+  Value total;
+  for (int64_t j = 0; j < n; ++j) {
+    // The minor: rows 1.., every column but j.
+    Value rows = sliceAxis(m, rank - 2, 1, n);
+    std::vector<Value> columns;
+    if (j > 0)
+      columns.push_back(sliceAxis(rows, rank - 1, 0, j));
+    if (j + 1 < n)
+      columns.push_back(sliceAxis(rows, rank - 1, j + 1, n));
+    Value minor = columns.size() == 1 ? columns[0] : concat(columns, rank - 1);
+    Value term = mul(entry(0, j), determinant(minor, n - 1));
+    total = !total.valid() ? term : j % 2 ? sub(total, term) : add(total, term);
+  }
+  return total;
+}
+
+} // namespace
+
+// Det of [..., n, n] by cofactor expansion, for n up to 5 (120 terms).
+void mapDet(NodeContext &c) {
+  Value x = c.in(0);
+  requireFloat(c, x);
+  if (x.rank() < 2 || x.dim(x.rank() - 1) != x.dim(x.rank() - 2))
+    c.invalid(fmt::format("expected square matrices [..., n, n], found {}", typeString(x.type())));
+  int64_t n = x.dim(x.rank() - 1);
+  if (n > 5 || n < 1)
+    c.unsupported(fmt::format("the determinant of {}x{} matrices (cofactor expansion, n in "
+                              "[1, 5])",
+                              n, n));
+  c.setOutput(0, determinant(x, n));
+}
 
 } // namespace stepc::onnx_import

@@ -207,11 +207,19 @@ void pool(NodeContext &c, bool isMax) {
     c.setOutput(0, generalPool(c, x, w, out, isMax, includePad));
     return;
   }
+  // max_pool2d is a float kernel; 8- and 16-bit integers (ONNX allows int8
+  // and uint8) are exact in f32, so they pool there and come back.
+  DType original = x.dtype();
+  bool viaFloat = isMax && isInteger(original) && dtypeSize(original) <= 2;
   Value x4 = n == 1 ? lift1dTo2d(x) : x;
+  if (viaFloat)
+    x4 = cast(x4, DType::F32);
   if (n == 1)
     liftWindowTo2d(w);
   Pool2dOptions options{w.kernel, w.stride, w.low, includePad};
   Value y = isMax ? maxPool2d(x4, options) : avgPool2d(x4, options);
+  if (viaFloat)
+    y = cast(y, original);
   c.setOutput(0, n == 1 ? reshape(y, {y.dim(0), y.dim(1), y.dim(3)}) : y);
 }
 
@@ -738,6 +746,78 @@ void mapConvTranspose(NodeContext &c) {
   if (c.has(2))
     y = add(y, perChannel(c.in(2), y.rank()));
   c.setOutput(0, y);
+}
+
+// Local response normalization across channels: y = x / (bias + alpha /
+// size * sum of x^2 over the `size` channels around c)^beta, the window
+// floor((size - 1) / 2) channels before c and ceil((size - 1) / 2) after,
+// zero-padded at the edges.
+void mapLRN(NodeContext &c) {
+  Value x = c.in(0);
+  if (!isFloat(x.dtype()) || x.rank() < 3)
+    c.invalid(fmt::format("expected a floating-point input [N, C, spatial...], found {}",
+                          typeString(x.type())));
+  int64_t size = c.attrInt("size");
+  if (size < 1)
+    c.invalid(fmt::format("attribute 'size' must be >= 1, found {}", size));
+  double alpha = c.attrFloat("alpha", 1e-4), beta = c.attrFloat("beta", 0.75);
+  double bias = c.attrFloat("bias", 1.0);
+  int64_t before = (size - 1) / 2, after = size - 1 - before, channels = x.dim(1);
+  std::vector<int64_t> low(static_cast<size_t>(x.rank()), 0), high = low;
+  low[1] = before;
+  high[1] = after;
+  Value padded = pad(square(x), low, high);
+  Value total = sliceAxis(padded, 1, 0, channels);
+  for (int64_t k = 1; k < size; ++k)
+    total = add(total, sliceAxis(padded, 1, k, k + channels));
+  Value base = add(scalarOf(c, x, bias), mul(scalarOf(c, x, alpha / double(size)), total));
+  c.setOutput(0, div(x, pow(base, scalarOf(c, x, beta))));
+}
+
+// The inverse of MaxPool with Indices: zeros of the output shape with each
+// x at its index into the whole flattened output (MaxPool's Indices count
+// over N and C too), as one scatter_add of the flattened values. The indices
+// address the default output (kernel_shape, strides, pads); a larger
+// output_shape pads it at the end of each spatial axis.
+void mapMaxUnpool(NodeContext &c) {
+  Value x = c.in(0), indices = c.in(1);
+  if (x.rank() < 3 || indices.shape() != x.shape() || !isInteger(indices.dtype()))
+    c.invalid(fmt::format("expected an input [N, C, spatial...] and integer indices of its "
+                          "shape, found {} and {}",
+                          typeString(x.type()), typeString(indices.type())));
+  size_t n = static_cast<size_t>(x.rank() - 2);
+  std::vector<int64_t> kernel = c.attrInts("kernel_shape");
+  std::vector<int64_t> strides = c.attrInts("strides", std::vector<int64_t>(n, 1));
+  std::vector<int64_t> pads = c.attrInts("pads", std::vector<int64_t>(2 * n, 0));
+  if (kernel.size() != n || strides.size() != n || pads.size() != 2 * n)
+    c.invalid(fmt::format("kernel_shape, strides and pads need {}, {} and {} entries", n, n,
+                          2 * n));
+  Shape out = x.shape();
+  for (size_t i = 0; i < n; ++i)
+    out[2 + i] = (x.shape()[2 + i] - 1) * strides[i] - pads[i] - pads[n + i] + kernel[i];
+  Shape requested = out;
+  if (c.has(2)) {
+    requested = c.requireInts(2, "the output shape");
+    if (requested.size() != out.size() || requested[0] != out[0] || requested[1] != out[1])
+      c.invalid(fmt::format("output_shape [{}] must keep N and C of {}",
+                            fmt::join(requested, ","), typeString(x.type())));
+    for (size_t i = 2; i < out.size(); ++i)
+      if (requested[i] < out[i])
+        c.unsupported(fmt::format("an output_shape [{}] smaller than the default [{}]",
+                                  fmt::join(requested, ","), fmt::join(out, ",")));
+  }
+  int64_t total = checkedNumel(out);
+  if (total > kMaxImportElements)
+    c.unsupported(fmt::format("an output of {} elements (at most {})", total, kMaxImportElements));
+  int64_t count = checkedNumel(x.shape());
+  Value flatIndices = reshape(cast(indices, DType::I64), {count});
+  Value scattered = c.op(OpKind::ScatterAdd, {flatIndices, reshape(x, {count})},
+                         Attrs{{"axis", int64_t(0)}, {"size", total}});
+  std::vector<int64_t> low(out.size(), 0), high(out.size(), 0);
+  for (size_t i = 2; i < out.size(); ++i)
+    high[i] = requested[i] - out[i];
+  Value y = reshape(scattered, out);
+  c.setOutput(0, requested == out ? y : pad(y, low, high));
 }
 
 } // namespace stepc::onnx_import

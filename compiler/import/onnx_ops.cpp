@@ -596,6 +596,16 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
       {"Size", mapSize},
       // Linear algebra, reductions.
       {"MatMul", mapMatMul},
+      {"MatMulInteger", mapMatMulInteger},
+      {"QLinearMatMul", mapQLinearMatMul},
+      {"QuantizeLinear", mapQuantizeLinear},
+      {"DequantizeLinear", mapDequantizeLinear},
+      {"DynamicQuantizeLinear", mapDynamicQuantizeLinear},
+      {"BitShift", mapBitShift},
+      {"LRN", mapLRN},
+      {"MaxUnpool", mapMaxUnpool},
+      {"Det", mapDet},
+      {"ReverseSequence", mapReverseSequence},
       {"Gemm", mapGemm},
       {"ReduceSum", reduceOp<OpKind::ReduceSum>},
       {"ReduceMean", reduceOp<OpKind::ReduceMean>},
@@ -704,6 +714,16 @@ const std::unordered_map<std::string_view, MapFn> &mappings() {
 MapFn findMapping(std::string_view opType) {
   auto it = mappings().find(opType);
   return it == mappings().end() ? nullptr : it->second;
+}
+
+MapFn findTrainingMapping(std::string_view opType) {
+  if (opType == "Adagrad")
+    return mapAdagrad;
+  if (opType == "Momentum")
+    return mapMomentum;
+  if (opType == "Adam")
+    return mapAdam;
+  return nullptr;
 }
 
 } // namespace stepc::onnx_import

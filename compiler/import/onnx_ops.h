@@ -51,6 +51,8 @@ void mapSpaceToDepth(NodeContext &c);
 // onnx_nn_ops.cpp
 void mapConv(NodeContext &c);
 void mapMaxPool(NodeContext &c);
+void mapLRN(NodeContext &c);
+void mapMaxUnpool(NodeContext &c);
 void mapAveragePool(NodeContext &c);
 void mapGlobalAveragePool(NodeContext &c);
 void mapGlobalMaxPool(NodeContext &c);
@@ -84,10 +86,13 @@ void mapConvTranspose(NodeContext &c);
 Value floorOf(NodeContext &c, Value x);
 // Rounds half to even, as ONNX's Round (and NumPy's).
 Value roundHalfEven(NodeContext &c, Value x);
+// Whether the integer-valued float x is even: x - 2 floor(x / 2) == 0.
+Value isEvenInteger(NodeContext &c, Value x);
 void mapFloor(NodeContext &c);
 void mapCeil(NodeContext &c);
 void mapRound(NodeContext &c);
 void mapMod(NodeContext &c);
+void mapDet(NodeContext &c);
 void mapAtan(NodeContext &c);
 void mapAsin(NodeContext &c);
 void mapAcos(NodeContext &c);
@@ -119,5 +124,21 @@ void mapGridSample(NodeContext &c);
 void mapRnn(NodeContext &c);
 void mapGru(NodeContext &c);
 void mapLstm(NodeContext &c);
+
+// onnx_index_ops.cpp (more)
+void mapReverseSequence(NodeContext &c);
+
+// onnx_quant_ops.cpp
+void mapBitShift(NodeContext &c);
+void mapQuantizeLinear(NodeContext &c);
+void mapDequantizeLinear(NodeContext &c);
+void mapDynamicQuantizeLinear(NodeContext &c);
+void mapMatMulInteger(NodeContext &c);
+void mapQLinearMatMul(NodeContext &c);
+
+// onnx_training_ops.cpp (domain ai.onnx.preview.training)
+void mapAdagrad(NodeContext &c);
+void mapMomentum(NodeContext &c);
+void mapAdam(NodeContext &c);
 
 } // namespace stepc::onnx_import

@@ -314,8 +314,7 @@ Value reflect(NodeContext &c, Value x, double low, double high) {
   auto fold = [&](Value dx, Value nearEdge, Value farEdge, Value sign) {
     Value n = floorOf(c, div(dx, range));
     Value r = sub(dx, mul(n, range));
-    Value even = eq(sub(n, mul(floorOf(c, mul(n, k(0.5))), k(2))), k(0));
-    return select(even, add(nearEdge, mul(sign, r)), sub(farEdge, mul(sign, r)));
+    return select(isEvenInteger(c, n), add(nearEdge, mul(sign, r)), sub(farEdge, mul(sign, r)));
   };
   Value below = fold(sub(k(low), x), k(low), k(high), k(1));
   Value above = fold(sub(x, k(high)), k(high), k(low), k(-1));

@@ -18,6 +18,12 @@ template <class F> Tensor withFloatType(DType dtype, F &&f) {
   case DType::F64: return f(double{});
   case DType::I32:
   case DType::I64:
+  case DType::I8:
+  case DType::U8:
+  case DType::I16:
+  case DType::U16:
+  case DType::U32:
+  case DType::U64:
   case DType::Bool:
   case DType::F16: // evaluateNode widens halves to f32 before any kernel
   case DType::BF16: break;
@@ -126,6 +132,12 @@ Tensor scatterAdd(const Node &node, const Tensor &indices, const Tensor &updates
   case DType::F64: scatterRows<double>(node, index, updates, out); break;
   case DType::I32: scatterRows<int32_t>(node, index, updates, out); break;
   case DType::I64: scatterRows<int64_t>(node, index, updates, out); break;
+  case DType::I8: scatterRows<int8_t>(node, index, updates, out); break;
+  case DType::U8: scatterRows<uint8_t>(node, index, updates, out); break;
+  case DType::I16: scatterRows<int16_t>(node, index, updates, out); break;
+  case DType::U16: scatterRows<uint16_t>(node, index, updates, out); break;
+  case DType::U32: scatterRows<uint32_t>(node, index, updates, out); break;
+  case DType::U64: scatterRows<uint64_t>(node, index, updates, out); break;
   case DType::Bool: throw std::logic_error("scatter_add: bool updates");
   case DType::F16:
   case DType::BF16: throw std::logic_error("scatter_add: half updates reach no kernel");

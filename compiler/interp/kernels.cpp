@@ -32,8 +32,11 @@ using interp::dimProduct;
 using interp::axisIndex;
 using interp::walk;
 
-// Bool tensors hold one byte 0/1 per element.
+// Bool tensors hold one byte 0/1 per element. u8 elements are char8_t here:
+// the same byte, but a type of their own, so the dispatch below can tell u8
+// from bool.
 using BoolByte = uint8_t;
+using U8Byte = char8_t;
 template <class T> constexpr bool kIsBool = std::is_same_v<T, BoolByte>;
 
 // ---------------------------------------------------------------------------
@@ -45,6 +48,12 @@ template <class F> Tensor withElementType(DType dtype, F &&f) {
   case DType::F64: return f(double{});
   case DType::I32: return f(int32_t{});
   case DType::I64: return f(int64_t{});
+  case DType::I8: return f(int8_t{});
+  case DType::U8: return f(U8Byte{});
+  case DType::I16: return f(int16_t{});
+  case DType::U16: return f(uint16_t{});
+  case DType::U32: return f(uint32_t{});
+  case DType::U64: return f(uint64_t{});
   case DType::Bool: return f(BoolByte{});
   case DType::F16:
   case DType::BF16: break; // evaluateNode widens halves to f32 first
@@ -115,17 +124,33 @@ template <class T> T wrapNeg(T a) {
     return -a;
 }
 
-// Integer division truncates toward zero. x/0 gives 0 and INT_MIN/-1 gives
-// INT_MIN (the wrapped quotient): both trap on x86, and the interpreter must
-// not crash on data.
+// Integer division truncates toward zero (unsigned types divide as
+// unsigned). x/0 gives 0 and INT_MIN/-1 gives INT_MIN (the wrapped quotient):
+// both trap on x86, and the interpreter must not crash on data.
 template <class T> T divide(T a, T b) {
   if constexpr (std::is_integral_v<T>) {
     if (b == 0)
       return 0;
-    if (b == -1)
-      return wrapNeg(a);
+    if constexpr (std::is_signed_v<T>)
+      if (b == -1)
+        return wrapNeg(a);
   }
-  return a / b;
+  return static_cast<T>(a / b);
+}
+
+// The remainder with the dividend's sign: std::fmod for floats (exact), % for
+// integers; x rem 0 = x and MIN rem -1 = 0 (both trap on x86).
+template <class T> T remainder(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) {
+    return std::fmod(a, b);
+  } else {
+    if (b == 0)
+      return a;
+    if constexpr (std::is_signed_v<T>)
+      if (b == -1)
+        return 0;
+    return static_cast<T>(a % b);
+  }
 }
 
 template <class T> bool isNaN(T x) {
@@ -151,9 +176,11 @@ template <class T> T minOf(T a, T b) {
   return b < a ? b : a;
 }
 
-// C++ conversion, except that anything becomes bool as x != 0. Float to
-// integer out of range is undefined in C++ as in LLVM (fptosi gives poison),
-// so tests must not depend on it.
+// C++ conversion, except that anything becomes bool as x != 0. Integer to
+// integer keeps the low bits (two's complement, as numpy's astype and LLVM's
+// trunci/extsi/extui). Float to integer truncates toward zero; out of range it
+// is undefined in C++ as in LLVM (fptosi/fptoui give poison) and in ONNX's
+// Cast, so tests must not depend on it.
 template <class To, class From> To convertTo(From x) {
   if constexpr (kIsBool<To>)
     return x != From(0) ? 1 : 0;
@@ -701,8 +728,10 @@ static Tensor evaluateInOwnDType(const Node &node, std::span<const Tensor *const
     return unaryNumeric(node, x(0), [](auto v) {
       if constexpr (std::is_floating_point_v<decltype(v)>)
         return std::abs(v);
-      else
+      else if constexpr (std::is_signed_v<decltype(v)>)
         return v < 0 ? wrapNeg(v) : v; // abs(INT_MIN) wraps to INT_MIN
+      else
+        return v;
     });
   case OpKind::Exp: return unaryFloat(node, x(0), [](auto v) { return std::exp(v); });
   case OpKind::Log: return unaryFloat(node, x(0), [](auto v) { return std::log(v); });
@@ -718,7 +747,12 @@ static Tensor evaluateInOwnDType(const Node &node, std::span<const Tensor *const
     });
   case OpKind::Relu:
     // `v < 0 ? 0 : v` lets NaN through, as max(x, 0) with NaN propagation.
-    return unaryNumeric(node, x(0), [](auto v) { return v < 0 ? decltype(v)(0) : v; });
+    return unaryNumeric(node, x(0), [](auto v) {
+      if constexpr (std::is_unsigned_v<decltype(v)>)
+        return v;
+      else
+        return v < 0 ? decltype(v)(0) : v;
+    });
   case OpKind::Sin: return unaryFloat(node, x(0), [](auto v) { return std::sin(v); });
   case OpKind::Cos: return unaryFloat(node, x(0), [](auto v) { return std::cos(v); });
   case OpKind::Sign:
@@ -737,6 +771,8 @@ static Tensor evaluateInOwnDType(const Node &node, std::span<const Tensor *const
     return binaryNumeric(node, x(0), x(1), [](auto a, auto b) { return wrapMul(a, b); });
   case OpKind::Div:
     return binaryNumeric(node, x(0), x(1), [](auto a, auto b) { return divide(a, b); });
+  case OpKind::Rem:
+    return binaryNumeric(node, x(0), x(1), [](auto a, auto b) { return remainder(a, b); });
   case OpKind::Pow:
     return withFloat(node, x(0).dtype(), [&](auto tag) {
       using T = decltype(tag);

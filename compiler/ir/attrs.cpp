@@ -144,7 +144,7 @@ DType Attrs::getDType(std::string_view name) const {
   if (auto *s = std::get_if<std::string>(&v))
     if (auto d = parseDType(*s))
       return *d;
-  wrongKind(name, "a dtype (f32, f64, f16, bf16, i32, i64, bool)", v);
+  wrongKind(name, "a dtype (f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, bool)", v);
 }
 
 std::string attrValueString(const AttrValue &value) {

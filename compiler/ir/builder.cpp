@@ -166,6 +166,7 @@ Value div(Value a, Value b, Loc at) { return binary(OpKind::Div, a, b, at); }
 Value pow(Value a, Value b, Loc at) { return binary(OpKind::Pow, a, b, at); }
 Value maximum(Value a, Value b, Loc at) { return binary(OpKind::Maximum, a, b, at); }
 Value minimum(Value a, Value b, Loc at) { return binary(OpKind::Minimum, a, b, at); }
+Value rem(Value a, Value b, Loc at) { return binary(OpKind::Rem, a, b, at); }
 Value eq(Value a, Value b, Loc at) { return binary(OpKind::Eq, a, b, at); }
 Value ne(Value a, Value b, Loc at) { return binary(OpKind::Ne, a, b, at); }
 Value lt(Value a, Value b, Loc at) { return binary(OpKind::Lt, a, b, at); }

@@ -164,6 +164,14 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
       case DType::I32:
         t.data<int32_t>()[i] = static_cast<int32_t>(randomBits(stream, counter) % range);
         break;
+      case DType::I8:
+      case DType::U8:
+      case DType::I16:
+      case DType::U16:
+      case DType::U32:
+      case DType::U64:
+        t.setInteger(i, static_cast<int64_t>(randomBits(stream, counter) % range));
+        break;
       case DType::I64:
         // An i64 scalar is a seed (dropout): any value will do, and a full
         // 64-bit one exercises the seed's whole range.

@@ -427,7 +427,7 @@ TensorType Parser::parseType() {
   if (dtypeToken.kind == TokenKind::Ident)
     dtype = parseDType(dtypeToken.text);
   if (!dtype)
-    lex_.fail(dtypeToken, fmt::format("expected a dtype (f32, f64, f16, bf16, i32, i64, bool), "
+    lex_.fail(dtypeToken, fmt::format("expected a dtype (f32, f64, f16, bf16, i8, u8, i16, u16, i32, u32, i64, u64, bool), "
                                       "found {}",
                                       describe(dtypeToken)));
   expectPunct('[', fmt::format("after dtype '{}'", clip(dtypeToken.text)));

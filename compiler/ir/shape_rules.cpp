@@ -115,8 +115,10 @@ void requireNumeric(const TensorType &t, std::string_view what = "operand") {
     fail(fmt::format("expected a numeric {}, found {}", what, typeString(t)));
 }
 
-void requireInteger(const TensorType &t, std::string_view what) {
-  if (!isInteger(t.dtype))
+// Index operands are i32 or i64: the kernels of every backend read indices in
+// those two widths only (ONNX import casts narrower index types to i64).
+void requireIndexType(const TensorType &t, std::string_view what) {
+  if (t.dtype != DType::I32 && t.dtype != DType::I64)
     fail(fmt::format("expected integer {} (i32 or i64), found {}", what, typeString(t)));
 }
 
@@ -295,7 +297,7 @@ TensorType pad(const TensorType &x, AttrReader &attrs) {
 
 TensorType gather(std::span<const TensorType> in, AttrReader &attrs) {
   const TensorType &data = in[0], &indices = in[1];
-  requireInteger(indices, "indices");
+  requireIndexType(indices, "indices");
   int64_t axis = normalizeAxis(attrs.integer("axis"), data.rank(), "gather axis");
   Shape out(data.shape.begin(), data.shape.begin() + axis);
   out.insert(out.end(), indices.shape.begin(), indices.shape.end());
@@ -370,7 +372,7 @@ TensorType pool2d(const TensorType &x, AttrReader &attrs, bool average) {
 
 TensorType scatterAdd(std::span<const TensorType> in, AttrReader &attrs) {
   const TensorType &indices = in[0], &updates = in[1];
-  requireInteger(indices, "indices");
+  requireIndexType(indices, "indices");
   int64_t axis = attrs.integer("axis");
   int64_t size = attrs.integer("size");
   int64_t ir = indices.rank();
@@ -493,6 +495,7 @@ TensorType inferUnchecked(OpKind op, AttrReader &attrs, std::span<const TensorTy
   case OpKind::Div:
   case OpKind::Maximum:
   case OpKind::Minimum:
+  case OpKind::Rem:
     return binaryArithmetic(in);
   case OpKind::Pow:
     requireFloat(in[0]);
@@ -563,7 +566,7 @@ TensorType inferUnchecked(OpKind op, AttrReader &attrs, std::span<const TensorTy
   case OpKind::Gather:
     return gather(in, attrs);
   case OpKind::OneHot: {
-    requireInteger(in[0], "indices");
+    requireIndexType(in[0], "indices");
     int64_t depth = attrs.integer("depth");
     if (depth < 1)
       fail(fmt::format("depth must be >= 1, got {}", depth));

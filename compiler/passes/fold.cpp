@@ -66,23 +66,6 @@ bool allElementsEqual(const Tensor &t) {
   return true;
 }
 
-int64_t integerAt(const Tensor &t, int64_t i) {
-  switch (t.dtype()) {
-  case DType::I32:
-    return t.data<int32_t>()[i];
-  case DType::I64:
-    return t.data<int64_t>()[i];
-  case DType::Bool:
-    return std::to_integer<int64_t>(t.bytes()[i]);
-  case DType::F32:
-  case DType::F64:
-  case DType::F16:
-  case DType::BF16:
-    break;
-  }
-  throw std::logic_error("integerAt: not an integer tensor");
-}
-
 // The attributes of a constant node holding `t`, or nothing when it is too
 // big to store. Floats are stored as reals (f32 converts to double exactly),
 // integers and bools as integers, so i64 values stay exact.
@@ -94,9 +77,10 @@ std::optional<Attrs> constantAttrs(const Tensor &t) {
       attrs.set("value", t.real(0));
       return attrs;
     }
-    int64_t v = integerAt(t, 0);
-    // The fill is read back through a double (Attrs::getReal).
-    if (v >= -kMaxExactInteger && v <= kMaxExactInteger) {
+    int64_t v = t.integer(0);
+    // The fill is read back through a double (Attrs::getReal); a u64 above
+    // INT64_MAX reads as a negative v and goes to `data` below.
+    if (v >= (isUnsigned(t.dtype()) ? 0 : -kMaxExactInteger) && v <= kMaxExactInteger) {
       attrs.set("value", v);
       return attrs;
     }
@@ -108,7 +92,7 @@ std::optional<Attrs> constantAttrs(const Tensor &t) {
   } else {
     std::vector<int64_t> data(t.numel());
     for (int64_t i = 0; i < t.numel(); ++i)
-      data[i] = integerAt(t, i);
+      data[i] = t.integer(i);
     attrs.set("data", std::move(data));
   }
   return attrs;

@@ -131,6 +131,7 @@ Value div(Value a, Value b, Loc at = Loc::current());
 Value pow(Value a, Value b, Loc at = Loc::current());
 Value maximum(Value a, Value b, Loc at = Loc::current());
 Value minimum(Value a, Value b, Loc at = Loc::current());
+Value rem(Value a, Value b, Loc at = Loc::current());
 Value eq(Value a, Value b, Loc at = Loc::current());
 Value ne(Value a, Value b, Loc at = Loc::current());
 Value lt(Value a, Value b, Loc at = Loc::current());

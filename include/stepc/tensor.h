@@ -20,6 +20,13 @@ template <> constexpr DType dtypeOf<double>() { return DType::F64; }
 template <> constexpr DType dtypeOf<int32_t>() { return DType::I32; }
 template <> constexpr DType dtypeOf<int64_t>() { return DType::I64; }
 template <> constexpr DType dtypeOf<bool>() { return DType::Bool; }
+template <> constexpr DType dtypeOf<int8_t>() { return DType::I8; }
+template <> constexpr DType dtypeOf<int16_t>() { return DType::I16; }
+template <> constexpr DType dtypeOf<uint16_t>() { return DType::U16; }
+template <> constexpr DType dtypeOf<uint32_t>() { return DType::U32; }
+template <> constexpr DType dtypeOf<uint64_t>() { return DType::U64; }
+// No dtypeOf<uint8_t>: that type holds bools; u8 tensors are written through
+// bytes() or fromReals.
 
 class Tensor {
 public:
@@ -52,6 +59,11 @@ public:
   double real(int64_t flat) const;
   void setReal(int64_t flat, double value);
   std::vector<double> reals() const;
+  // Element of an integer or bool tensor as int64 (a u64 above INT64_MAX as
+  // its two's-complement bits), exact where real() would round; and back,
+  // keeping the low bits as a C++ conversion does.
+  int64_t integer(int64_t flat) const;
+  void setInteger(int64_t flat, int64_t value);
 
   // Same dtype, shape and bytes.
   bool operator==(const Tensor &other) const {
@@ -64,7 +76,8 @@ private:
   std::vector<std::byte> bytes_;
 };
 
-// Converts between dtypes element by element (C++ casts; bool is x != 0).
+// Converts between dtypes element by element (C++ casts; bool is x != 0;
+// integer to integer keeps the low bits, as numpy's astype does).
 Tensor castTensor(const Tensor &tensor, DType dtype);
 
 template <class T> T *Tensor::data() {

@@ -12,7 +12,17 @@ namespace stepc {
 // F16 (IEEE binary16) and BF16 (bfloat16) are storage types: every stage
 // computes on them in f32 and rounds to nearest-even when it stores
 // (stepc/half.h), as hardware does.
-enum class DType : uint8_t { F32, F64, I32, I64, Bool, F16, BF16 };
+// I8..U64 are the narrow and unsigned integers ONNX models carry: they
+// compute in their own width with two's-complement wraparound, as numpy does;
+// division, remainder, comparisons and conversions follow the
+// signedness (isUnsigned).
+enum class DType : uint8_t { F32, F64, I32, I64, Bool, F16, BF16, I8, U8, I16, U16, U32, U64 };
+
+// Every dtype, in enum order (for parsing and tests).
+inline constexpr DType kAllDTypes[] = {DType::F32, DType::F64, DType::I32, DType::I64,
+                                       DType::Bool, DType::F16, DType::BF16, DType::I8,
+                                       DType::U8,  DType::I16, DType::U16, DType::U32,
+                                       DType::U64};
 
 using Shape = std::vector<int64_t>;
 
@@ -32,7 +42,8 @@ std::optional<DType> parseDType(std::string_view name);
 size_t dtypeSize(DType dtype);
 bool isFloat(DType dtype);   // f32, f64, f16, bf16
 bool isHalf(DType dtype);    // f16, bf16
-bool isInteger(DType dtype); // i32, i64 (not bool)
+bool isInteger(DType dtype); // i8..i64, u8..u64 (not bool)
+bool isUnsigned(DType dtype); // u8, u16, u32, u64
 
 // "[128,784]"
 std::string shapeString(const Shape &shape);

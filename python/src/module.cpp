@@ -72,6 +72,12 @@ nb::dlpack::dtype dlpackDType(DType dtype) {
   case DType::Bool: return nb::dtype<bool>();
   case DType::F16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
   case DType::BF16: return {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+  case DType::I8: return nb::dtype<int8_t>();
+  case DType::U8: return nb::dtype<uint8_t>();
+  case DType::I16: return nb::dtype<int16_t>();
+  case DType::U16: return nb::dtype<uint16_t>();
+  case DType::U32: return nb::dtype<uint32_t>();
+  case DType::U64: return nb::dtype<uint64_t>();
   }
   return nb::dtype<float>();
 }
@@ -84,11 +90,17 @@ DType dtypeOfArray(const InArray &a, const std::string &name) {
     if (t == nb::dtype<int32_t>()) return DType::I32;
     if (t == nb::dtype<int64_t>()) return DType::I64;
     if (t == nb::dtype<bool>()) return DType::Bool;
+    if (t == nb::dtype<int8_t>()) return DType::I8;
+    if (t == nb::dtype<uint8_t>()) return DType::U8;
+    if (t == nb::dtype<int16_t>()) return DType::I16;
+    if (t == nb::dtype<uint16_t>()) return DType::U16;
+    if (t == nb::dtype<uint32_t>()) return DType::U32;
+    if (t == nb::dtype<uint64_t>()) return DType::U64;
     if (t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && t.bits == 16)
       return DType::F16;
   }
   throw Error(fmt::format("'{}': arrays of this element type (DLPack code {}, {} bits) are not "
-                          "supported; use float32, float64, float16, int32, int64 or bool",
+                          "supported; use float32, float64, float16, int8..int64, uint8..uint64 or bool",
                           name, int(t.code), int(t.bits)));
 }
 

@@ -19,6 +19,7 @@ constexpr int kNcclSuccess = 0;
 constexpr int kNcclSum = 0, kNcclAvg = 4;
 constexpr int kNcclInt32 = 2, kNcclInt64 = 4, kNcclFloat32 = 7, kNcclFloat64 = 8;
 constexpr int kNcclFloat16 = 6, kNcclBfloat16 = 9;
+constexpr int kNcclInt8 = 0, kNcclUint8 = 1, kNcclUint32 = 3, kNcclUint64 = 5;
 
 struct NcclLibrary {
   int (*getUniqueId)(NcclUniqueId *id);
@@ -73,6 +74,12 @@ int ncclType(DType dtype) {
   case DType::I64: return kNcclInt64;
   case DType::F16: return kNcclFloat16;
   case DType::BF16: return kNcclBfloat16;
+  case DType::U32: return kNcclUint32;
+  case DType::U64: return kNcclUint64;
+  case DType::I8: return kNcclInt8;
+  case DType::U8: return kNcclUint8;
+  case DType::I16: // NCCL has no 16-bit integers
+  case DType::U16:
   case DType::Bool: break;
   }
   throw Error(fmt::format("all_reduce: NCCL cannot reduce {} values", dtypeName(dtype)));

@@ -33,6 +33,12 @@ MPI_Datatype mpiType(DType dtype) {
   case DType::F64: return MPI_DOUBLE;
   case DType::I32: return MPI_INT32_T;
   case DType::I64: return MPI_INT64_T;
+  case DType::I8: return MPI_INT8_T;
+  case DType::U8: return MPI_UINT8_T;
+  case DType::I16: return MPI_INT16_T;
+  case DType::U16: return MPI_UINT16_T;
+  case DType::U32: return MPI_UINT32_T;
+  case DType::U64: return MPI_UINT64_T;
   case DType::Bool:
   case DType::F16:  // MPI has no half types; reduce an f32 copy instead
   case DType::BF16: break;

@@ -87,7 +87,7 @@ int run(const RunCommandOptions &options) {
       throw Error(fmt::format("--input {}: the graph has no input '{}' (inputs: {})", binding,
                               name, known));
     }
-    it->second = std::move(given.at(name));
+    it->second = bitsAs(std::move(given.at(name)), it->second.dtype());
   }
   TensorMap params = std::move(model.params);
   loadModelParams(options.file, options.params, graph, params);
