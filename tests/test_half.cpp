@@ -13,11 +13,13 @@
 #include "stepc/npy.h"
 #include "stepc/text.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <bit>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 
 namespace stepc {
@@ -151,6 +153,38 @@ TEST(HalfIO, NpyRoundTripsBitForBit) {
     EXPECT_NE(bytes.find(half == DType::F16 ? "'<f2'" : "'<u2'"), std::string::npos);
     EXPECT_EQ(bitsAs(parseNpy(bytes), half), t) << dtypeName(half);
   }
+}
+
+// NumPy has no bfloat16, so a bf16 .npy is <u2 bits: `stepc run` takes such a
+// file as the bf16 param or input it is bound to, never as a u16 array.
+TEST(HalfIO, RunReadsBf16NpyParamsAndInputsAsTheirBits) {
+  namespace fs = std::filesystem;
+  fs::path dir = stepc::testing::scratchPath("bf16_npy");
+  fs::create_directories(dir / "params");
+  std::ofstream(dir / "g.sg") << R"(graph g {
+  param %w : bf16[3,5] = zeros()
+  input %x : bf16[3,5]
+  %y = mul(%w, %x)
+  output y = %y
+})";
+  Tensor w = halfTensor(DType::BF16);
+  Tensor x = Tensor::fromReals(DType::BF16, {3, 5}, std::vector<double>(15, 2.0));
+  writeNpy((dir / "params" / "w.npy").string(), w);
+  writeNpy((dir / "x.npy").string(), x);
+  stepc::testing::CommandResult r = stepc::testing::stepcCommand(fmt::format(
+      "run {} --params {} --input x={} --save-outputs {}", (dir / "g.sg").string(),
+      (dir / "params").string(), (dir / "x.npy").string(), (dir / "out").string()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  Tensor y = bitsAs(readNpy((dir / "out" / "y.npy").string()), DType::BF16);
+  ASSERT_EQ(y.dtype(), DType::BF16);
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    double expected = 2.0 * w.real(i);
+    if (std::isnan(expected))
+      EXPECT_TRUE(std::isnan(y.real(i))) << i;
+    else
+      EXPECT_EQ(y.real(i), expected) << i;
+  }
+  fs::remove_all(dir);
 }
 
 TEST(HalfIO, SafetensorsRoundTripBitForBit) {

@@ -55,6 +55,7 @@ Precision precisionOf(OpKind op) {
   case OpKind::Sub:
   case OpKind::Mul:
   case OpKind::Div:
+  case OpKind::Rem: // exact in any precision
   case OpKind::Maximum:
   case OpKind::Minimum:
   case OpKind::Eq:

@@ -23,7 +23,8 @@ void loadParamsInto(const std::string &path, const Graph &graph, TensorMap &para
     for (ValueId id : graph.params()) {
       fs::path file = fs::path(path) / (graph.node(id).name + ".npy");
       if (fs::exists(file, error))
-        saved.emplace(graph.node(id).name, readNpy(file.string()));
+        saved.emplace(graph.node(id).name,
+                      bitsAs(readNpy(file.string()), graph.node(id).type.dtype));
     }
   } else {
     saved = readSafetensors(path);

@@ -178,8 +178,9 @@ std::string exposeOutput(Graph &graph, ValueId value, std::string name) {
 }
 
 // Every input of the graph has its array, of its dtype and row shape; every
-// array feeds an input. Returns the graph's batch (the inputs' leading axis).
-int64_t checkData(const Graph &graph, const DataSet &data, const std::string &flag) {
+// array feeds an input (a bf16 input's <u2 array is taken as its bits).
+// Returns the graph's batch (the inputs' leading axis).
+int64_t checkData(const Graph &graph, DataSet &data, const std::string &flag) {
   std::vector<std::string> missing;
   for (ValueId id : graph.inputs())
     if (!data.arrays.count(graph.node(id).name))
@@ -188,12 +189,13 @@ int64_t checkData(const Graph &graph, const DataSet &data, const std::string &fl
     throw Error(fmt::format("{}: no data for input{} {} of graph '{}'; give {} NAME=FILE.npy", flag,
                             missing.size() == 1 ? "" : "s", names(missing), graph.name, flag));
   int64_t batch = -1;
-  for (const auto &[name, array] : data.arrays) {
+  for (auto &[name, array] : data.arrays) {
     std::optional<ValueId> id = graph.findNamed(name);
     if (!id || graph.node(*id).op != OpKind::Input)
       throw Error(fmt::format("{} {}: graph '{}' has no input '{}' (inputs: {})", flag,
                               data.binding.at(name), graph.name, name, names(inputNames(graph))));
     const TensorType &type = graph.type(*id);
+    array = bitsAs(std::move(array), type.dtype);
     Shape rowShape(array.shape().begin() + 1, array.shape().end());
     if (type.shape.empty() || type.dtype != array.dtype() ||
         Shape(type.shape.begin() + 1, type.shape.end()) != rowShape) {
