@@ -267,6 +267,7 @@ bool storeObject(const ObjectJob &job, const std::optional<std::string> &graphKe
 struct ObjectJob {
   const std::string *module = nullptr;
   std::string stem; // on disk: STEM.o and STEM.json; empty: no disk cache
+  Optimization optimization = Optimization::Full;
   std::string object;
   bool fromDisk = false;
   ObjectTimes times;
@@ -285,7 +286,8 @@ void compileObjects(std::vector<ObjectJob *> jobs, int threads) {
   auto work = [&] {
     for (size_t k = next++; k < jobs.size(); k = next++) {
       try {
-        jobs[k]->object = compileToObject(*jobs[k]->module, &jobs[k]->times);
+        jobs[k]->object =
+            compileToObject(*jobs[k]->module, &jobs[k]->times, jobs[k]->optimization);
       } catch (...) {
         std::lock_guard lock(failure);
         if (!error)
@@ -409,6 +411,7 @@ std::shared_ptr<const ExecutableSpec> jitSpec(const Graph &graph, const CompileO
   // kernels/ by their text's hash, shared by every graph that has them.
   std::vector<ObjectJob> jobs(lowered.bodies.size() + 1);
   jobs[0].module = &lowered.entryModule;
+  jobs[0].optimization = Optimization::None;
   std::vector<std::string> bodyModules;
   bodyModules.reserve(lowered.bodies.size());
   for (size_t b = 0; b < lowered.bodies.size(); ++b) {

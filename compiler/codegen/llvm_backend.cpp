@@ -125,12 +125,13 @@ void lowerToLlvmDialect(mlir::ModuleOp module) {
   runPasses(module, pm, "lowering to the LLVM dialect");
 }
 
-std::unique_ptr<llvm::TargetMachine> hostMachine() {
+std::unique_ptr<llvm::TargetMachine>
+hostMachine(llvm::CodeGenOptLevel level = llvm::CodeGenOptLevel::Aggressive) {
   initializeLlvm();
   auto builder = llvm::orc::JITTargetMachineBuilder::detectHost();
   if (!builder)
     throw Error("cannot detect the host CPU: " + llvm::toString(builder.takeError()));
-  builder->setCodeGenOptLevel(llvm::CodeGenOptLevel::Aggressive);
+  builder->setCodeGenOptLevel(level);
   builder->setRelocationModel(llvm::Reloc::PIC_);
   auto machine = builder->createTargetMachine();
   if (!machine)
@@ -243,7 +244,8 @@ std::string lowerToStage(const std::string &mlirModule, Stage stage) {
 namespace {
 
 std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
-                            std::string_view data, ObjectTimes *times) {
+                            std::string_view data, ObjectTimes *times,
+                            Optimization optimization) {
   ObjectTimes ignored;
   ObjectTimes &t = times ? *times : ignored;
   auto start = std::chrono::steady_clock::now();
@@ -257,10 +259,12 @@ std::string compileToObject(const std::string &mlirModule, const std::string &da
   lap(t.parse);
   lowerToLlvmDialect(*module);
   lap(t.lowering);
-  auto machine = hostMachine();
+  bool full = optimization == Optimization::Full;
+  auto machine = hostMachine(full ? llvm::CodeGenOptLevel::Aggressive : llvm::CodeGenOptLevel::None);
   llvm::LLVMContext llvmContext;
   auto llvmModule = translate(*module, llvmContext, *machine);
-  optimize(*llvmModule, *machine);
+  if (full)
+    optimize(*llvmModule, *machine);
   lap(t.optimize);
   if (!dataSymbol.empty()) {
     // At least one byte: a zero-length array would have no address to take.
@@ -284,13 +288,14 @@ std::string compileToObject(const std::string &mlirModule, const std::string &da
 
 } // namespace
 
-std::string compileToObject(const std::string &mlirModule, ObjectTimes *times) {
-  return compileToObject(mlirModule, "", "", times);
+std::string compileToObject(const std::string &mlirModule, ObjectTimes *times,
+                            Optimization optimization) {
+  return compileToObject(mlirModule, "", "", times, optimization);
 }
 
 std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
                             std::string_view data) {
-  return compileToObject(mlirModule, dataSymbol, data, nullptr);
+  return compileToObject(mlirModule, dataSymbol, data, nullptr, Optimization::Full);
 }
 
 std::string hostTargetDescription() {

@@ -20,12 +20,22 @@ struct ObjectTimes {
   double parse = 0, lowering = 0, optimize = 0, codegen = 0;
 };
 
+// How hard compileToObject works on a module's code.
+enum class Optimization {
+  // Kernel bodies: LLVM's O3 pipeline, aggressive instruction selection.
+  Full,
+  // Entry points that only call a body with constant offsets, once per
+  // kernel per step: no IR passes and fast instruction selection. Most of a
+  // cold compile's codegen time was spent on these wrappers.
+  None,
+};
+
 // Compiles a module of kernels to a relocatable object for the host CPU
-// (its native vector width: AVX-512 here), optimized at O3. Thread-safe:
-// each call has its own MLIR and LLVM contexts (MLIR's own threading is
-// off; callers compile modules in parallel), and the object depends on the
-// text alone.
-std::string compileToObject(const std::string &mlirModule, ObjectTimes *times = nullptr);
+// (its native vector width: AVX-512 here). Thread-safe: each call has its
+// own MLIR and LLVM contexts (MLIR's own threading is off; callers compile
+// modules in parallel), and the object depends on the text alone.
+std::string compileToObject(const std::string &mlirModule, ObjectTimes *times = nullptr,
+                            Optimization optimization = Optimization::Full);
 // As above, plus a read-only, 64-byte aligned byte array named `dataSymbol`
 // holding `data`: how AOT artifacts carry their initial params.
 std::string compileToObject(const std::string &mlirModule, const std::string &dataSymbol,
