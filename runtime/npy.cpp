@@ -123,10 +123,15 @@ Tensor parseNpy(std::string_view bytes, const std::string &what) {
   std::string_view descr = dictValue(header, "descr", what);
   descr = descr.substr(1, descr.size() - 2);
   auto dtype = dtypeOfDescr(descr);
-  if (!dtype)
-    throw Error(fmt::format("{}: unsupported npy dtype '{}'; expected one of "
-                            "<f4, <f8, <f2, <i4, <i8, |b1, or <u2 (bf16 bit patterns)",
-                            what, descr));
+  if (!dtype) {
+    std::string known;
+    for (DType d : kAllDTypes)
+      if (d != DType::BF16)
+        known += fmt::format("{}{}", known.empty() ? "" : ", ", descrOf(d));
+    throw Error(fmt::format("{}: unsupported npy dtype '{}'; expected one of {} (bf16 is "
+                            "held as its <u2 bits)",
+                            what, descr, known));
+  }
   if (dictValue(header, "fortran_order", what) != "False")
     throw Error(fmt::format("{}: Fortran-order arrays are not supported; save "
                             "with np.ascontiguousarray",

@@ -78,14 +78,14 @@ void Tensor::setReal(int64_t i, double v) {
   switch (dtype()) {
   case DType::F32: data<float>()[i] = static_cast<float>(v); return;
   case DType::F64: data<double>()[i] = v; return;
-  case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(v); return;
-  case DType::I64: data<int64_t>()[i] = static_cast<int64_t>(v); return;
-  case DType::I8: data<int8_t>()[i] = static_cast<int8_t>(v); return;
-  case DType::U8: data<uint8_t>()[i] = static_cast<uint8_t>(v); return;
-  case DType::I16: data<int16_t>()[i] = static_cast<int16_t>(v); return;
-  case DType::U16: data<uint16_t>()[i] = static_cast<uint16_t>(v); return;
-  case DType::U32: data<uint32_t>()[i] = static_cast<uint32_t>(v); return;
-  case DType::U64: data<uint64_t>()[i] = static_cast<uint64_t>(v); return;
+  case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(integerBitsOf(v)); return;
+  case DType::I64: data<int64_t>()[i] = static_cast<int64_t>(integerBitsOf(v)); return;
+  case DType::I8: data<int8_t>()[i] = static_cast<int8_t>(integerBitsOf(v)); return;
+  case DType::U8: data<uint8_t>()[i] = static_cast<uint8_t>(integerBitsOf(v)); return;
+  case DType::I16: data<int16_t>()[i] = static_cast<int16_t>(integerBitsOf(v)); return;
+  case DType::U16: data<uint16_t>()[i] = static_cast<uint16_t>(integerBitsOf(v)); return;
+  case DType::U32: data<uint32_t>()[i] = static_cast<uint32_t>(integerBitsOf(v)); return;
+  case DType::U64: data<uint64_t>()[i] = static_cast<uint64_t>(integerBitsOf(v)); return;
   case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
   case DType::F16:
   case DType::BF16: data<uint16_t>()[i] = doubleToHalfBits(v, dtype()); return;

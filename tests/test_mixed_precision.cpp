@@ -9,10 +9,12 @@
 #include "stepc/text.h"
 #include "stepc/train.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace stepc {
 namespace {
@@ -112,6 +114,43 @@ TEST(MixedPrecision, HalfComputeF32MasterWeightsAndLoss) {
   }
 }
 
+// Casts to integers and comparisons read f32 values in f32, as autocast
+// leaves them: 257 is 256 in bf16 and 2049 is 2048 in f16, so an index
+// computed from an input would gather the wrong row and a comparison would
+// flip.
+TEST(MixedPrecision, IntegerResultsReadF32Values) {
+  Graph model = parseGraph(R"(graph index {
+  input %p : f32[4]
+  param %table : f32[3000,3] = he_uniform(seed=2)
+  %i = cast(%p) {dtype=i32}
+  %rows = gather(%table, %i) {axis=0}
+  %t1 = constant() {dtype=f32, shape=[], value=256.5}
+  %t2 = constant() {dtype=f32, shape=[], value=2048.5}
+  %over1 = gt(%p, %t1)
+  %over2 = gt(%p, %t2)
+  output rows = %rows
+  output over1 = %over1
+  output over2 = %over2
+})");
+  Tensor p = Tensor::fromReals(DType::F32, {4}, {257, 299, 3, 2049});
+  TensorMap params = initialParams(model);
+  TensorMap want = interpret(model, {{"p", p}}, params);
+  for (DType half : {DType::BF16, DType::F16}) {
+    SCOPED_TRACE(dtypeName(half));
+    Graph mixed = mixedPrecisionGraph(model, half);
+    for (const Node &node : mixed.nodes)
+      if (node.op == OpKind::Gt || (node.op == OpKind::Cast && !isFloat(node.type.dtype)))
+        for (ValueId operand : node.operands)
+          EXPECT_EQ(mixed.type(operand).dtype, DType::F32) << opInfo(node.op).name;
+    TensorMap got = interpret(mixed, {{"p", p}}, params);
+    Tensor rows = got.at("rows"), wantRows = want.at("rows");
+    for (int64_t i = 0; i < rows.numel(); ++i)
+      EXPECT_NEAR(rows.real(i), wantRows.real(i), 1e-2 * std::abs(wantRows.real(i))) << i;
+    EXPECT_TRUE(got.at("over1") == want.at("over1"));
+    EXPECT_TRUE(got.at("over2") == want.at("over2"));
+  }
+}
+
 // 40 Adam steps on one batch, the loss falling from about 2 to 0.03-0.1.
 // bf16 keeps 8 significant bits (f16 11), so each activation and gradient is
 // off by up to 2^-9 (2^-12) of itself; the f32 master weights keep those
@@ -190,6 +229,46 @@ TEST(MixedPrecision, F16ScaleDoublesAfterGrowthIntervalGoodSteps) {
   EXPECT_EQ(params.at("step").real(0), 7);
 }
 
+// The scale stays a normal f32: a model whose gradients never overflow
+// (here they are exactly 0) doubles it up to the largest f32 and no further,
+// and one whose gradients are never finite halves it down to the smallest
+// normal f32 and no further; an inf or 0 scale would skip every later step.
+TEST(MixedPrecision, F16ScaleStaysANormalF32) {
+  Graph dead = parseGraph(R"(graph dead {
+  input %x : f32[5]
+  param %w : f32[3] = zeros()
+  %sx = reduce_sum(%x) {axes=[0], keepdims=0}
+  %sw = reduce_sum(%w) {axes=[0], keepdims=0}
+  %zero = constant() {dtype=f32, shape=[], value=0.0}
+  %unused = mul(%sw, %zero)
+  %loss = add(%sx, %unused)
+  output loss = %loss
+})");
+  constexpr float kLargest = std::numeric_limits<float>::max();
+  Graph growing = trainStep(dead, "loss", adam(1e-3), {},
+                            MixedPrecision{.compute = DType::F16, .initialScale = kLargest,
+                                           .growthInterval = 1});
+  TensorMap params = initialParams(growing);
+  TensorMap x = {{"x", testing::randomTensor(DType::F32, {5}, 7)}};
+  for (int i = 0; i < 2; ++i)
+    interpretStep(growing, x, params);
+  EXPECT_EQ(params.at("step").real(0), 2);
+  EXPECT_EQ(params.at("loss_scale").real(0), kLargest);
+
+  constexpr float kSmallest = std::numeric_limits<float>::min();
+  Graph step = trainStep(parseGraph(kMlp), "loss", adam(1e-3), {},
+                         MixedPrecision{.compute = DType::F16, .initialScale = 2 * kSmallest});
+  TensorMap inputs = teacherBatch(5);
+  inputs.at("x").setReal(0, std::numeric_limits<double>::infinity());
+  params = initialParams(step);
+  const TensorMap before = params;
+  for (int i = 0; i < 3; ++i)
+    interpretStep(step, inputs, params);
+  EXPECT_EQ(params.at("loss_scale").real(0), kSmallest);
+  EXPECT_EQ(params.at("step").real(0), 0);
+  EXPECT_TRUE(params.at("w1") == before.at("w1"));
+}
+
 // Scaling by a power of two and unscaling is exact, so a scale that never
 // overflows gives the unscaled step's numbers, but for the gradients that
 // scale 1 leaves in f16's subnormals (below 6e-5, fewer bits: measured 0.14%
@@ -243,13 +322,26 @@ TEST(MixedPrecision, RejectsWhatItCannotDo) {
   EXPECT_NE(testing::errorOf([&] {
               trainStep(model, "loss", adam(1e-3), {},
                         MixedPrecision{.compute = DType::F16, .initialScale = 0});
-            }).find("initial loss scale must be a finite number > 0, got 0"),
+            }).find("initial loss scale must be a number from 1.17549e-38 to 3.40282e+38 (a "
+                    "normal f32 > 0), got 0"),
             std::string::npos);
-  EXPECT_NE(testing::errorOf([&] {
-              trainStep(model, "loss", adam(1e-3), {},
-                        MixedPrecision{.compute = DType::F16, .growthInterval = 0});
-            }).find("growth interval must be >= 1 step, got 0"),
-            std::string::npos);
+  // Finite as doubles, but 0 and inf as the f32 scale: every step skipped.
+  for (double scale : {1e-50, 1e39})
+    EXPECT_NE(testing::errorOf([&] {
+                trainStep(model, "loss", adam(1e-3), {},
+                          MixedPrecision{.compute = DType::F16, .initialScale = scale});
+              }).find("initial loss scale must be a number from"),
+              std::string::npos)
+        << scale;
+  for (int64_t interval : {int64_t(0), (int64_t(1) << 53) + 1})
+    EXPECT_NE(testing::errorOf([&] {
+                trainStep(model, "loss", adam(1e-3), {},
+                          MixedPrecision{.compute = DType::F16, .growthInterval = interval});
+              }).find(fmt::format("growth interval must be from 1 to 9007199254740992 steps, "
+                                  "got {}",
+                                  interval)),
+              std::string::npos)
+        << interval;
 }
 
 } // namespace

@@ -879,6 +879,68 @@ TEST(OnnxComposite, QuantizeAndDequantizeLinear) {
   EXPECT_EQ(out.at("d").reals(), (std::vector<double>{0, 4, -4, 254, -256, 8}));
 }
 
+// ReverseSequence reverses each entry's first sequence_lens elements; a
+// length outside 0..T is an error (at import when known, else when the model
+// runs), never a read of another entry's data.
+TEST(OnnxComposite, ReverseSequenceChecksItsLengths) {
+  auto model = [](bool lensKnown, std::vector<int64_t> lens) {
+    ModelMaker m;
+    m.input("x", onnx::TensorProto::FLOAT, {2, 3});
+    if (lensKnown)
+      addInitializer(m, "lens", Tensor::of<int64_t>({2}, lens));
+    else
+      m.input("lens", onnx::TensorProto::INT64, {2});
+    auto *n = m.node("ReverseSequence", "r", {"x", "lens"}, {"y"});
+    setInt(n, "time_axis", 1);
+    setInt(n, "batch_axis", 0);
+    m.output("y");
+    return m;
+  };
+  Tensor x = Tensor::of<float>({2, 3}, {1, 2, 3, 4, 5, 6});
+  EXPECT_EQ(runBoth(model(true, {3, 2}), {{"x", x}}).at("y").reals(),
+            (std::vector<double>{3, 2, 1, 5, 4, 6}));
+  EXPECT_NE(importError(model(true, {4, 1})).find("sequence_lens[0] is 4, expected 0 to 3"),
+            std::string::npos)
+      << importError(model(true, {4, 1}));
+  OnnxModel runtime = importOnnxBytes(model(false, {}).bytes(), "reverse.onnx");
+  TensorMap inputs = {{"x", x}, {"lens", Tensor::of<int64_t>({2}, {4, 1})}};
+  EXPECT_NE(testing::errorOf([&] { interpret(runtime.graph, inputs, runtime.params); })
+                .find("out of range"),
+            std::string::npos);
+  EXPECT_NE(testing::errorOf([&] {
+              runOnBackend(findBackend("cpu", "test"), runtime.graph, inputs, runtime.params);
+            }).find("out of range"),
+            std::string::npos);
+}
+
+// QLinearMatMul's a_scale per row of A scales rows (b's per column
+// columns); DynamicQuantizeLinear of all zeros gives zeros, not 0/0.
+TEST(OnnxComposite, QuantizedProductScalesPerRowAndZerosQuantize) {
+  ModelMaker m;
+  m.input("a", onnx::TensorProto::UINT8, {2, 2});
+  m.input("b", onnx::TensorProto::UINT8, {2, 3});
+  addInitializer(m, "a_scale", Tensor::of<float>({2}, {1.0f, 2.0f}));
+  addInitializer(m, "one", Tensor::of<float>({}, {1.0f}));
+  addInitializer(m, "zero", Tensor::fromReals(DType::U8, {}, {0}));
+  m.node("QLinearMatMul", "q", {"a", "a_scale", "zero", "b", "one", "zero", "one", "zero"},
+         {"y"});
+  m.output("y");
+  Tensor a = Tensor::fromReals(DType::U8, {2, 2}, {1, 2, 3, 4});
+  Tensor b = Tensor::fromReals(DType::U8, {2, 3}, {1, 0, 2, 0, 1, 1});
+  EXPECT_EQ(runBoth(m, {{"a", a}, {"b", b}}).at("y").reals(),
+            (std::vector<double>{1, 2, 4, 6, 8, 20}));
+
+  ModelMaker zeros;
+  zeros.input("x", onnx::TensorProto::FLOAT, {4});
+  zeros.node("DynamicQuantizeLinear", "d", {"x"}, {"y", "scale", "zero_point"});
+  for (const char *name : {"y", "scale", "zero_point"})
+    zeros.output(name);
+  TensorMap out = runBoth(zeros, {{"x", Tensor::of<float>({4}, {0, 0, 0, 0})}});
+  EXPECT_EQ(out.at("y").reals(), (std::vector<double>{0, 0, 0, 0}));
+  EXPECT_EQ(out.at("scale").real(0), 0);
+  EXPECT_EQ(out.at("zero_point").real(0), 0);
+}
+
 TEST(OnnxComposite, MomentumNeedsItsAttributes) {
   ModelMaker m;
   m.input("r", onnx::TensorProto::FLOAT, {1});

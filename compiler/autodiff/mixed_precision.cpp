@@ -156,6 +156,11 @@ private:
         if (!weak(operand) && out_.type(mapped_.at(operand)).dtype == DType::F32 &&
             precisionOf(model_.node(operand).op) != Precision::Source)
           compute = DType::F32;
+    // An op whose result is not a float (a cast to an integer, a comparison,
+    // argmax) reads f32 values as they are: in half, 257 would gather row
+    // 256 and 70000 would compare as inf.
+    if (!isFloat(node.type.dtype))
+      compute = DType::F32;
 
     Node copy = node;
     for (ValueId &operand : copy.operands)

@@ -183,6 +183,12 @@ void checkHyperParameters(const Optimizer &opt) {
         "a finite number >= 0");
 }
 
+// The f16 loss scale's range: normal f32 values; and growth intervals that
+// an f64 constant holds exactly.
+constexpr double kSmallestScale = std::numeric_limits<float>::min();
+constexpr double kLargestScale = std::numeric_limits<float>::max();
+constexpr int64_t kLongestGrowthInterval = int64_t(1) << 53;
+
 } // namespace
 
 Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &opt,
@@ -192,14 +198,16 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
   if (!lossId)
     throw Error(fmt::format("train_step: graph '{}' has no output '{}'", model.name, loss));
   bool lossScaling = mixed.compute == DType::F16;
-  if (lossScaling && !(mixed.initialScale > 0 && std::isfinite(mixed.initialScale)))
-    throw Error(fmt::format("train_step: the initial loss scale must be a finite number > 0, "
-                            "got {}",
-                            mixed.initialScale));
-  if (lossScaling && mixed.growthInterval < 1)
-    throw Error(fmt::format("train_step: the loss scale's growth interval must be >= 1 step, "
-                            "got {}",
-                            mixed.growthInterval));
+  // The scale is an f32 param: a value that rounds to 0 or inf there would
+  // skip every step.
+  if (lossScaling && !(mixed.initialScale >= kSmallestScale && mixed.initialScale <= kLargestScale))
+    throw Error(fmt::format("train_step: the initial loss scale must be a number from {:g} to "
+                            "{:g} (a normal f32 > 0), got {}",
+                            kSmallestScale, kLargestScale, mixed.initialScale));
+  if (lossScaling && (mixed.growthInterval < 1 || mixed.growthInterval > kLongestGrowthInterval))
+    throw Error(fmt::format("train_step: the loss scale's growth interval must be from 1 to {} "
+                            "steps, got {}",
+                            kLongestGrowthInterval, mixed.growthInterval));
   std::vector<const char *> reserved = {"lr", "step"};
   if (lossScaling)
     reserved.insert(reserved.end(), {"loss_scale", "loss_scale.good_steps"});
@@ -312,7 +320,12 @@ Graph trainStep(const Graph &model, const std::string &loss, const Optimizer &op
     Value good = goodSteps + constant(b, 1.0, DType::I64);
     Value grow = ge(good, constant(b, double(mixed.growthInterval), DType::I64));
     Value zero = constant(b, 0.0, DType::I64);
-    b.update(scale, select(finite, select(grow, scale * 2.0, scale), scale * 0.5));
+    // The scale stays a normal f32: doubling past the largest keeps it (as
+    // GradScaler does), halving stops at the smallest (1 / scale stays finite).
+    Value doubled = scale * 2.0;
+    Value grown = select(le(doubled, scalarLike(scale, kLargestScale)), doubled, scale);
+    Value halved = maximum(scale * 0.5, scalarLike(scale, kSmallestScale));
+    b.update(scale, select(finite, select(grow, grown, scale), halved));
     b.update(goodSteps, select(finite, select(grow, zero, good), zero));
   }
   // Report the loss of the global batch, so rank 0 can print it.

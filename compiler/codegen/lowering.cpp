@@ -605,7 +605,7 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
       unsigned char bytes[8];
       size_t size = dtypeSize(dt);
       float f = static_cast<float>(d);
-      int64_t i64 = ints ? (*ints)[k] : static_cast<int64_t>(d);
+      int64_t i64 = ints ? (*ints)[k] : integerBitsOf(d);
       uint8_t b = d != 0;
       switch (dt) {
       case DType::F32: std::memcpy(bytes, &f, 4); break;

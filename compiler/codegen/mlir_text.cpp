@@ -96,13 +96,11 @@ std::string MlirWriter::constant(double value, DType dtype) {
   case DType::I64:
   case DType::I8:
   case DType::I16:
-    return integerConstant(static_cast<int64_t>(value), dtype);
-  // Through uint64, so that u64 values past INT64_MAX keep their bits.
   case DType::U8:
   case DType::U16:
   case DType::U32:
   case DType::U64:
-    return integerConstant(static_cast<int64_t>(static_cast<uint64_t>(value)), dtype);
+    return integerConstant(integerBitsOf(value), dtype);
   case DType::Bool:
     return integerConstant(value != 0, dtype);
   case DType::F16:

@@ -20,6 +20,7 @@
 
 #include "stepc/file.h"
 #include "stepc/interpreter.h"
+#include "stepc/npy.h"
 
 #include <fmt/format.h>
 
@@ -394,7 +395,11 @@ void Importer::importInputs(std::vector<std::string> &stepcNames,
       continue; // an initializer listed as an input (IR < 4): a param
     onnxNames.push_back(name);
     if (bound_.count(name)) {
-      Symbol s{Symbol::Kind::Constant, std::nullopt, inputValues_.at(name), "", name};
+      Tensor value = inputValues_.at(name);
+      // NumPy has no bfloat16: a bf16 input's .npy holds its bits as u16.
+      if (input.type().tensor_type().elem_type() == onnx::TensorProto::BFLOAT16)
+        value = bitsAs(std::move(value), DType::BF16);
+      Symbol s{Symbol::Kind::Constant, std::nullopt, std::move(value), "", name};
       define(name, std::move(s));
       stepcNames.push_back("");
       continue;

@@ -405,6 +405,11 @@ void mapReverseSequence(NodeContext &c) {
   if (!isInteger(lens.dtype()) || lens.rank() != 1 || lens.dim(0) != batch)
     c.invalid(fmt::format("sequence_lens must be integers [{}], found {}", batch,
                           typeString(lens.type())));
+  if (std::optional<Tensor> given = c.known(1))
+    for (int64_t i = 0; i < given->numel(); ++i)
+      if (given->real(i) < 0 || given->real(i) > double(steps))
+        c.invalid(fmt::format("sequence_lens[{}] is {}, expected 0 to {} (the time axis)", i,
+                              given->real(i), steps));
   Shape grid = timeAxis == 0 ? Shape{steps, batch} : Shape{batch, steps};
   Value t = iota(c.b, DType::I64, grid, timeAxis), b = iota(c.b, DType::I64, grid, batchAxis);
   Value len = reshape(cast(lens, DType::I64), timeAxis == 0 ? Shape{1, batch} : Shape{batch, 1});
@@ -413,6 +418,11 @@ void mapReverseSequence(NodeContext &c) {
   // Row-major rows of the [grid..., rest...] layout.
   Value row = timeAxis == 0 ? add(mul(source, c.scalar(double(batch), DType::I64)), b)
                             : add(mul(b, c.scalar(double(steps), DType::I64)), source);
+  // Lengths known only when the model runs: one outside 0..T makes the
+  // gather's index out of range (an error) rather than read another entry.
+  Value outOfRange = c.scalar(double(steps * batch), DType::I64);
+  row = select(ge(len, c.scalar(0, DType::I64)), row, outOfRange);
+  row = select(le(len, c.scalar(double(steps), DType::I64)), row, outOfRange);
   Shape rows = x.shape();
   rows.erase(rows.begin());
   rows[0] = steps * batch;

@@ -98,8 +98,11 @@ void mapDynamicQuantizeLinear(NodeContext &c) {
   Value zero = c.scalar(0, DType::F32);
   Value low = minimum(min(x), zero), high = maximum(max(x), zero);
   Value scale = div(sub(high, low), c.scalar(255, DType::F32));
-  Value zeroPoint = quantize(c, neg(low), scale, c.scalar(0, DType::U8), DType::U8);
-  c.setOutput(0, quantize(c, x, scale, zeroPoint, DType::U8));
+  // An all-zero x has scale 0: quantize by 1 instead (y and the zero point
+  // 0) rather than divide 0 by 0.
+  Value divisor = select(eq(scale, zero), c.scalar(1, DType::F32), scale);
+  Value zeroPoint = quantize(c, neg(low), divisor, c.scalar(0, DType::U8), DType::U8);
+  c.setOutput(0, quantize(c, x, divisor, zeroPoint, DType::U8));
   c.setOutput(1, scale);
   c.setOutput(2, zeroPoint);
 }
@@ -132,8 +135,14 @@ void mapMatMulInteger(NodeContext &c) { c.setOutput(0, integerProduct(c, c.in(0)
 // y_zero_point: the i32 product scaled by a_scale b_scale / y_scale, then
 // quantized to y's type.
 void mapQLinearMatMul(NodeContext &c) {
-  Value product = integerProduct(c, c.in(0), c.in(3), 2, 5);
-  Value scale = div(mul(f32(c.in(1)), f32(c.in(4))), f32(c.in(6)));
+  Value a = c.in(0);
+  Value product = integerProduct(c, a, c.in(3), 2, 5);
+  // a's scale may be per row of A, as its zero point; b's per column of B.
+  Value aScale = f32(c.in(1));
+  if (aScale.rank() == 1 && a.rank() >= 2 && aScale.dim(0) == a.dim(a.rank() - 2) &&
+      aScale.dim(0) != 1)
+    aScale = reshape(aScale, {aScale.dim(0), 1});
+  Value scale = div(mul(aScale, f32(c.in(4))), f32(c.in(6)));
   if (scale.rank() == 1 && scale.dim(0) == 1)
     scale = reshape(scale, {});
   Value zeroPoint = c.in(7);

@@ -92,9 +92,14 @@ template <class F> Tensor withNumeric(const Node &node, DType dtype, F &&f) {
 // never be undefined, so integers wrap like two's-complement hardware (and
 // like LLVM's add/mul without nsw flags).
 
+// The unsigned type integer T wraps in: at least unsigned int, since narrower
+// ones promote to (signed) int, where 65535 * 65535 overflows.
+template <class T>
+using WrapType = std::conditional_t<(sizeof(T) < sizeof(unsigned)), unsigned, std::make_unsigned_t<T>>;
+
 template <class T> T wrapAdd(T a, T b) {
   if constexpr (std::is_integral_v<T>) {
-    using U = std::make_unsigned_t<T>;
+    using U = WrapType<T>;
     return static_cast<T>(static_cast<U>(a) + static_cast<U>(b));
   } else {
     return a + b;
@@ -102,7 +107,7 @@ template <class T> T wrapAdd(T a, T b) {
 }
 template <class T> T wrapSub(T a, T b) {
   if constexpr (std::is_integral_v<T>) {
-    using U = std::make_unsigned_t<T>;
+    using U = WrapType<T>;
     return static_cast<T>(static_cast<U>(a) - static_cast<U>(b));
   } else {
     return a - b;
@@ -110,7 +115,7 @@ template <class T> T wrapSub(T a, T b) {
 }
 template <class T> T wrapMul(T a, T b) {
   if constexpr (std::is_integral_v<T>) {
-    using U = std::make_unsigned_t<T>;
+    using U = WrapType<T>;
     return static_cast<T>(static_cast<U>(a) * static_cast<U>(b));
   } else {
     return a * b;
@@ -184,6 +189,8 @@ template <class T> T minOf(T a, T b) {
 template <class To, class From> To convertTo(From x) {
   if constexpr (kIsBool<To>)
     return x != From(0) ? 1 : 0;
+  else if constexpr (std::is_integral_v<To> && std::is_floating_point_v<From>)
+    return static_cast<To>(integerBitsOf(x));
   else
     return static_cast<To>(x);
 }

@@ -261,9 +261,11 @@ protected:
 // pool call on slices of their parallel extent.
 class CpuExecutable final : public Executable {
 public:
-  // Allocates the arena (64-byte aligned, zero-filled) and copies in
-  // spec.initialParams; throws stepc::Error if a slot or copy falls outside
-  // the arena or a param has no initial value of its exact type.
+  // Allocates the arena (64-byte aligned, zero-filled); spec.initialParams
+  // are written into it on first use (a step, setParam, loadParams), so
+  // executables from one JIT cache entry share them until then. Throws
+  // stepc::Error if a slot or copy falls outside the arena or a param has no
+  // initial value of its exact type.
   explicit CpuExecutable(ExecutableSpec spec, RunOptions options = {});
   explicit CpuExecutable(std::shared_ptr<const ExecutableSpec> spec, RunOptions options = {});
   ~CpuExecutable() override;
@@ -293,7 +295,7 @@ private:
 };
 
 // safetensors files, shared by checkpoints and tools (the format other
-// frameworks read: F32, F64, F16, BF16, I32, I64 and BOOL tensors). Writes are atomic
+// frameworks read: F32, F64, F16, BF16, I8-I64, U8-U64 and BOOL tensors). Writes are atomic
 // like saveParams; `metadata` becomes the header's "__metadata__". Reads check
 // the whole file (header length, JSON, dtypes, shapes against byte counts,
 // offsets in range and back to back) and throw stepc::Error naming the file

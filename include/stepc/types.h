@@ -45,6 +45,21 @@ bool isHalf(DType dtype);    // f16, bf16
 bool isInteger(DType dtype); // i8..i64, u8..u64 (not bool)
 bool isUnsigned(DType dtype); // u8, u16, u32, u64
 
+// A real value as the two's-complement bits of an integer element, truncated
+// toward zero: -1 gives all ones (255 as u8, as numpy), values up to 2^64 keep
+// their u64 bits. NaN, infinities and values outside (-2^63, 2^64) give 0 (C++
+// and LLVM leave them undefined; every stage takes them from here, so the
+// interpreter and the compiled kernels agree).
+// Exact for wider reals (long double) too.
+template <class Real> int64_t integerBitsOf(Real value) {
+  constexpr Real kTwo63 = Real(9223372036854775808.0);
+  if (value >= -kTwo63 && value < kTwo63)
+    return static_cast<int64_t>(value);
+  if (value >= kTwo63 && value < 2 * kTwo63)
+    return static_cast<int64_t>(static_cast<uint64_t>(value));
+  return 0;
+}
+
 // "[128,784]"
 std::string shapeString(const Shape &shape);
 // "f32[128,784]"

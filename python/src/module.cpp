@@ -142,7 +142,10 @@ nb::dict toDict(std::map<std::string, Tensor, std::less<>> tensors) {
 DType dtypeNamed(const std::string &name) {
   if (auto d = parseDType(name))
     return *d;
-  throw Error(fmt::format("unknown dtype '{}'; expected f32, f64, i32, i64 or bool", name));
+  std::string known;
+  for (DType d : kAllDTypes)
+    known += fmt::format("{}{}", known.empty() ? "" : ", ", dtypeName(d));
+  throw Error(fmt::format("unknown dtype '{}'; expected one of {}", name, known));
 }
 
 nb::tuple typeTuple(const TensorType &type) {

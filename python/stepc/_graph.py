@@ -63,21 +63,22 @@ def _caller() -> Tuple[str, int, int]:
 
 def _dtype_name(dtype: Any) -> str:
     """"f32" from "f32", "float32", np.float32, np.dtype(...)."""
-    if isinstance(dtype, str) and dtype in ("f32", "f64", "i32", "i64", "bool"):
+    if isinstance(dtype, str) and dtype in NUMPY_DTYPES:
         return dtype
+    expected = ", ".join(NUMPY_DTYPES)
     try:
         kind = np.dtype(dtype)
     except TypeError:
-        raise Error(f"unknown dtype {dtype!r}; expected f32, f64, i32, i64 or bool") from None
-    names = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64", np.dtype(np.int32): "i32",
-             np.dtype(np.int64): "i64", np.dtype(np.bool_): "bool"}
+        raise Error(f"unknown dtype {dtype!r}; expected one of {expected}") from None
+    names = {np.dtype(numpy_type): name for name, numpy_type in NUMPY_DTYPES.items()}
     if kind not in names:
-        raise Error(f"dtype {kind} is not supported; expected f32, f64, i32, i64 or bool")
+        raise Error(f"dtype {kind} is not supported; expected one of {expected}")
     return names[kind]
 
 
-NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64,
-                "bool": np.bool_}
+NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "i32": np.int32,
+                "i64": np.int64, "i8": np.int8, "u8": np.uint8, "i16": np.int16,
+                "u16": np.uint16, "u32": np.uint32, "u64": np.uint64, "bool": np.bool_}
 
 
 # --- Values and the builder ----------------------------------------------------
