@@ -3,7 +3,7 @@
 # (run from the repo root; needs torch + numpy; it rewrites tests/golden/mixed_precision/;
 # `make test` never needs Python).
 """Golden values for stepc's bf16 mixed-precision training step
-(tests/test_train_step_golden.cpp, TrainStepGolden.AdamMixedPrecisionBf16).
+(tests/test_train_step_golden.cpp, TrainStepGolden.AdamMixedPrecisionBf16*).
 
 PyTorch's own mixed precision on the CPU: the 784-512-512-10 ReLU MLP of
 examples/mlp.sg as nn.Linear layers in f32 (the master weights), from the
