@@ -147,8 +147,9 @@ TEST(CodegenHalf, TrainingStepMatchesTheInterpreter) {
 // which follow the gradients, within 4 such ulps of their scale. Adam's
 // update is about lr * m / sqrt(v), +-lr at first whatever the gradient's
 // size, so a weight may move by a part of lr differently where a gradient
-// element is near zero (measured: up to 0.08 lr); 0.25 lr covers that, where
-// a missing or wrong update is off by lr or more. The loss scale, its counter
+// element is near zero (measured: up to 0.27 lr, an f16 w1 element whose
+// gradient cancels to 2e-5 and differs by a third between the backends);
+// 0.5 lr covers that, where a missing or wrong update is off by lr or more. The loss scale, its counter
 // and the step counter match exactly.
 TEST(CodegenHalf, MixedPrecisionStepMatchesTheInterpreter) {
   Graph model = parseGraph(R"(graph t {
@@ -189,7 +190,7 @@ TEST(CodegenHalf, MixedPrecisionStepMatchesTheInterpreter) {
           else if (name.ends_with(".m") || name.ends_with(".v"))
             EXPECT_TRUE(closeAtItsScale(exe->param(name), value, ulps)) << name;
           else
-            EXPECT_TRUE(testing::allClose(exe->param(name), value, 0, 0.25 * *adam.lr)) << name;
+            EXPECT_TRUE(testing::allClose(exe->param(name), value, 0, 0.5 * *adam.lr)) << name;
         }
       }
       if (scale == 1e30)

@@ -81,6 +81,7 @@ TEST(MixedPrecision, HalfComputeF32MasterWeightsAndLoss) {
       EXPECT_EQ(mixed.type(id).dtype, DType::F32) << mixed.node(id).name;
     EXPECT_EQ(mixed.type(*mixed.findOutput("loss")).dtype, DType::F32);
     std::map<std::string, int> halfOps, wideOps;
+    int biasAdds = 0;
     for (const Node &node : mixed.nodes) {
       std::string name(opInfo(node.op).name);
       if (node.type.dtype == half)
@@ -94,11 +95,21 @@ TEST(MixedPrecision, HalfComputeF32MasterWeightsAndLoss) {
           ASSERT_EQ(cast.op, OpKind::Cast);
           EXPECT_EQ(mixed.type(cast.operands[0]).dtype, half);
         }
+      // A bias joins its product's f32 sum, rounded to half and widened
+      // first, and the sum rounds to half once (as autocast's linear).
+      if (node.op == OpKind::Add && mixed.node(node.operands[0]).op == OpKind::MatMul) {
+        ++biasAdds;
+        EXPECT_EQ(node.type.dtype, DType::F32);
+        const Node &bias = mixed.node(node.operands[1]);
+        ASSERT_EQ(bias.op, OpKind::Cast);
+        EXPECT_EQ(mixed.type(bias.operands[0]).dtype, half);
+      }
     }
-    // The layers in half (the products rounded once), the softmax's exp,
-    // log and sums in f32.
+    // The layers in half (a product and its bias rounded once), the
+    // softmax's exp, log and sums in f32.
     EXPECT_EQ(halfOps["relu"], 1);
-    EXPECT_EQ(halfOps["add"], 2); // the biases
+    EXPECT_EQ(halfOps["add"], 0);
+    EXPECT_EQ(biasAdds, 2);
     EXPECT_EQ(wideOps["matmul"], 2);
     EXPECT_EQ(halfOps["matmul"], 0);
     EXPECT_GE(wideOps["exp"], 1);

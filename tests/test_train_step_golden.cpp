@@ -6,6 +6,8 @@
 // trainStep() in the reference interpreter (f32) from the same saved starting
 // point and compares the loss of every step and a fixed sample of 512
 // elements of every parameter and optimizer state tensor after the last step.
+// AdamMixedPrecisionBf16* check the bf16 mixed-precision step against
+// PyTorch's autocast (tests/golden/make_mixed_precision_golden.py).
 #include "testing.h"
 
 #include "stepc/interpreter.h"
@@ -17,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <string>
 
 namespace stepc {
@@ -265,6 +268,109 @@ TEST(TrainStepGolden, SgdCosineLr) {
   Optimizer opt = make(Optimizer::Kind::Sgd);
   opt.schedule = {.kind = Schedule::Kind::Cosine, .totalSteps = 4, .minLr = 1e-4};
   checkAgainstGolden("sgd_cosine_lr", opt, 0.1, 3);
+}
+
+// How far a mixed-precision run lands from PyTorch's: the loss of the first
+// step and the worst of the later steps', and per param the largest and the
+// root-mean-square difference of the sampled elements, in units of lr.
+struct MixedPrecisionGap {
+  double firstLoss = 0, laterLoss = 0;
+  std::map<std::string, std::pair<double, double>> params; // name -> (max, rms) / lr
+};
+
+constexpr int kMixedSteps = 5;
+constexpr double kMixedLr = 1e-3;
+
+MixedPrecisionGap mixedPrecisionGap(const MixedPrecision &mixed) {
+  auto golden = [](const std::string &name) {
+    return readNpy(sourcePath("tests/golden/mixed_precision/" + name + ".npy"));
+  };
+  Graph step = trainStep(model(), "loss", make(Optimizer::Kind::Adam), {}, mixed);
+  TensorMap params = initialParams(step);
+  for (const auto &[name, value] : start().params)
+    params.at(name) = value;
+  TensorMap inputs{{"x", start().x}, {"y", start().y},
+                   {"lr", Tensor::scalar(DType::F32, kMixedLr)}};
+  MixedPrecisionGap gap;
+  Tensor losses = golden("loss");
+  if (losses.numel() != kMixedSteps)
+    throw std::runtime_error("tests/golden/mixed_precision/loss.npy: expected one loss a step");
+  for (int i = 0; i < kMixedSteps; ++i) {
+    double loss = interpretStep(step, inputs, params).at("loss").real(0);
+    double &worst = i == 0 ? gap.firstLoss : gap.laterLoss;
+    worst = std::max(worst, std::abs(loss - losses.real(i)));
+  }
+  for (const auto &[name, value] : start().params) {
+    Tensor indices = readNpy(goldenPath("indices/" + name + ".npy"));
+    Tensor want = golden(name);
+    double worst = 0, squares = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      double diff = std::abs(params.at(name).real(static_cast<int64_t>(indices.real(i))) -
+                             want.real(i));
+      worst = std::max(worst, diff);
+      squares += diff * diff;
+    }
+    gap.params[name] = {worst / kMixedLr, std::sqrt(squares / want.numel()) / kMixedLr};
+  }
+  return gap;
+}
+
+// stepc's bf16 mixed precision against PyTorch's (autocast bf16 on the CPU,
+// f32 master weights, torch.optim.Adam; tests/golden/make_mixed_precision_
+// golden.py): 5 Adam steps at lr 1e-3 from the f32 golden starting point.
+// Both round the same values to bf16 at the same places (inputs, weights,
+// each layer's f32 product-plus-bias, the gradients), and keep the loss and
+// the optimizer in f32; what differs is the order of the f32 sums, which
+// moves a sum by ~2^-24 of its terms and so flips its bf16 rounding (one
+// bf16 step, 2^-8 relative) only where it lands that close to a rounding
+// boundary.
+// First loss: the forward pass alone, from the same params. Rounding every
+// activation to bf16 or not (computing in f32) moves it by 4.0e-4: ~2^-9 of
+// each logit, averaged over 128 samples. The rules the bound must catch are
+// single roundings of part of that: a bias rounded apart from its product
+// (one more 2^-9 rounding of a third of the pre-activations) moves it by
+// 1.65e-5, the softmax's shift rounded to bf16 by 7.5e-5 (both measured by
+// turning those rules off). 5e-6 is 1/3 of the smallest and 10x what the
+// reordered sums give (measured 4.8e-7).
+// Later steps: Adam moves each element by ~lr a step, +-lr at the first
+// whatever the gradient's size, so an element whose gradient is nearly zero
+// (smaller than the 2^-9 rounding of the terms it sums) may move by up to 2 lr
+// differently in the two runs, and the next steps see that; differences grow
+// with the steps. Params are compared in units of lr: the root-mean-square
+// over the sample is the measure (few elements flip), the largest difference
+// a loose guard.
+// Measured (interpreter): first loss 4.8e-7, later losses 1.2e-4; params
+// max 0.53 lr (w1), rms 0.067 lr (w1; w2 0.010, b1 0.024). The same steps in
+// f32 land 4.0e-4 and 1.2e-3 off in the loss and max 2.4 lr, rms 0.34 lr off
+// in the params; the bounds sit between (the separately rounded bias: 0.16
+// lr rms in w1, the bf16 shift 6.8e-4 in the later losses).
+constexpr double kFirstLossBound = 5e-6;
+constexpr double kLaterLossBound = 4e-4;
+constexpr double kParamMaxBound = 1.0;  // lr
+constexpr double kParamRmsBound = 0.15; // lr
+
+::testing::AssertionResult withinMixedPrecisionBounds(const MixedPrecisionGap &gap) {
+  std::string report =
+      fmt::format("first loss off by {:.3g}, later ones by {:.3g}", gap.firstLoss, gap.laterLoss);
+  bool ok = gap.firstLoss <= kFirstLossBound && gap.laterLoss <= kLaterLossBound;
+  for (const auto &[name, maxRms] : gap.params) {
+    report += fmt::format("; {} max {:.3g} lr rms {:.3g} lr", name, maxRms.first, maxRms.second);
+    ok = ok && maxRms.first <= kParamMaxBound && maxRms.second <= kParamRmsBound;
+  }
+  if (ok)
+    return ::testing::AssertionSuccess() << report;
+  return ::testing::AssertionFailure() << report;
+}
+
+TEST(TrainStepGolden, AdamMixedPrecisionBf16MatchesPyTorchAutocast) {
+  EXPECT_TRUE(withinMixedPrecisionBounds(mixedPrecisionGap({.compute = DType::BF16})));
+}
+
+// The check sees the precision: the same steps computed in f32 fail it.
+TEST(TrainStepGolden, AdamMixedPrecisionBf16GoldenRejectsF32Compute) {
+  MixedPrecisionGap gap = mixedPrecisionGap({});
+  EXPECT_FALSE(withinMixedPrecisionBounds(gap));
+  EXPECT_GT(gap.firstLoss, 10 * kFirstLossBound);
 }
 
 // Out-of-range hyper-parameters are refused by the builder itself, so the

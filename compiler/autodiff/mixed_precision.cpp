@@ -148,8 +148,25 @@ private:
       mapped_.push_back(out_.add(std::move(copy)));
       return;
     }
+    if (addsABias(node)) {
+      // A bias added to a product joins the product's f32 sum and the two
+      // round to half once, as autocast's linear (addmm) does: the bias is
+      // rounded to half first, then widened.
+      Node copy = node;
+      for (ValueId &operand : copy.operands)
+        operand = products_.count(operand) ? products_.at(operand)
+                                           : widen(as(operand, half_, node.loc), node.loc);
+      ValueId sum = out_.add(std::move(copy));
+      mapped_.push_back(castNode(sum, half_, node.loc));
+      std::swap(out_.nodes[sum].name, out_.nodes[mapped_.back()].name);
+      out_.reindexNames();
+      return;
+    }
+
     DType compute = half_;
     if (precision == Precision::Wide)
+      compute = DType::F32;
+    if (shiftsByMax(node))
       compute = DType::F32;
     if (precision == Precision::Follow)
       for (ValueId operand : f32Operands)
@@ -185,7 +202,10 @@ private:
           operand = widen(operand, node.loc);
       ValueId product = out_.add(std::move(copy));
       mapped_.push_back(product);
-      if (producesF32) {
+      if (producesF32)
+        products_[id] = product;
+      // A product that only biases read needs no half copy.
+      if (producesF32 && readOtherThanByBiasAdds(id)) {
         mapped_.back() = castNode(product, half_, node.loc);
         // Keep a name on the value the model's users read.
         std::swap(out_.nodes[product].name, out_.nodes[mapped_.back()].name);
@@ -194,6 +214,49 @@ private:
       return;
     }
     mapped_.push_back(out_.add(std::move(copy)));
+  }
+
+  // An add of an f32 product (matmul, convolution) of the model and one of
+  // its f32 params or inputs: a layer's bias.
+  bool addsABias(const Node &add) const {
+    if (add.op != OpKind::Add || add.operands[0] == add.operands[1])
+      return false;
+    for (int i = 0; i < 2; ++i) {
+      ValueId product = add.operands[i], bias = add.operands[1 - i];
+      if (model_.type(product).dtype == DType::F32 &&
+          precisionOf(model_.node(product).op) == Precision::Contract &&
+          model_.type(bias).dtype == DType::F32 &&
+          precisionOf(model_.node(bias).op) == Precision::Source)
+        return true;
+    }
+    return false;
+  }
+
+  // x - reduce_max(x): the shift that starts a softmax, log_softmax or
+  // cross_entropy, which autocast computes in f32 from the f32-cast input
+  // (rounding the shift to half would round the log-probabilities).
+  bool shiftsByMax(const Node &node) const {
+    if (node.op != OpKind::Sub)
+      return false;
+    const Node &max = model_.node(node.operands[1]);
+    return max.op == OpKind::ReduceMax && max.operands[0] == node.operands[0];
+  }
+
+  // Whether anything but bias adds (an output, an update, another op) reads
+  // the model's value `id`.
+  bool readOtherThanByBiasAdds(ValueId id) const {
+    for (const GraphOutput &o : model_.outputs)
+      if (o.value == id)
+        return true;
+    for (const ParamUpdate &u : model_.updates)
+      if (u.value == id)
+        return true;
+    for (ValueId user = id + 1; user < model_.size(); ++user) {
+      const Node &node = model_.node(user);
+      if (std::count(node.operands.begin(), node.operands.end(), id) && !addsABias(node))
+        return true;
+    }
+    return false;
   }
 
   ValueId castNode(ValueId value, DType dtype, const SourceLoc &loc) {
@@ -220,6 +283,7 @@ private:
   std::vector<bool> weak_;
   std::map<std::pair<ValueId, DType>, ValueId> casts_;
   std::map<ValueId, ValueId> widened_;
+  std::map<ValueId, ValueId> products_; // model product -> its f32 sum in out_
 };
 
 } // namespace
