@@ -112,6 +112,16 @@ TEST_F(TrainCli, MixedPrecision) {
               std::string::npos)
         << r.output;
   }
+  for (const char *flags : {"--loss-scale 1024", "--mixed-precision bf16 --growth-interval 10"}) {
+    SCOPED_TRACE(flags);
+    CommandResult r = stepc(fmt::format("train-step {} --loss loss {}", sg, flags));
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("applies to --mixed-precision f16 only"), std::string::npos)
+        << r.output;
+  }
+  CommandResult scaled = stepc(fmt::format(
+      "train-step {} --loss loss --mixed-precision f16 --loss-scale 1024 --growth-interval 10", sg));
+  EXPECT_EQ(scaled.status, 0) << scaled.output;
 }
 
 TEST_F(TrainCli, PartialBatchIsDroppedAndSaid) {

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <utility>
 
 namespace stepc::cli {
 namespace {
@@ -68,8 +69,15 @@ MixedPrecision mixedPrecisionFrom(const TrainStepOptions &options) {
   MixedPrecision mixed;
   if (!options.mixedPrecision.empty())
     mixed.compute = parseMixedPrecision(options.mixedPrecision, "--mixed-precision");
-  mixed.initialScale = options.lossScale;
-  mixed.growthInterval = options.growthInterval;
+  // Said rather than ignored: only f16 steps scale their loss.
+  for (auto [flag, given] : {std::pair{"--loss-scale", options.lossScale.has_value()},
+                             std::pair{"--growth-interval", options.growthInterval.has_value()}})
+    if (given && mixed.compute != DType::F16)
+      throw Error(fmt::format("{} applies to --mixed-precision f16 only (bf16 and f32 steps "
+                              "scale no loss)",
+                              flag));
+  mixed.initialScale = options.lossScale.value_or(mixed.initialScale);
+  mixed.growthInterval = options.growthInterval.value_or(mixed.growthInterval);
   return mixed;
 }
 

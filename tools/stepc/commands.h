@@ -66,8 +66,8 @@ struct TrainStepOptions {
   double bucketMb = 2;
   // "bf16" or "f16": mixed-precision training (MixedPrecision); empty: off.
   std::string mixedPrecision;
-  double lossScale = 65536;     // f16: the initial loss scale
-  int64_t growthInterval = 2000; // f16: good steps before the scale doubles
+  std::optional<double> lossScale;      // f16: the initial loss scale
+  std::optional<int64_t> growthInterval; // f16: good steps before the scale doubles
 };
 // `stepc train-step FILE.sg --loss NAME --optimizer adam --lr 1e-3 -o step.sg`
 int trainStep(const TrainStepOptions &options);

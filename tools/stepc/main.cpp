@@ -112,12 +112,10 @@ void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &option
                       "bf16 or f16: compute in half with f32 master weights and optimizer "
                       "state (f16 adds dynamic loss scaling)");
   command->add_option("--loss-scale", options.lossScale,
-                      "with --mixed-precision f16: the initial loss scale")
-      ->capture_default_str();
+                      "with --mixed-precision f16: the initial loss scale (default 65536)");
   command->add_option("--growth-interval", options.growthInterval,
                       "with --mixed-precision f16: steps without overflow before the loss "
-                      "scale doubles")
-      ->capture_default_str();
+                      "scale doubles (default 2000)");
   command->add_option("--schedule", options.schedule, "constant, step, exponential, cosine")
       ->capture_default_str();
   command->add_option("--step-size", options.stepSize)->capture_default_str();
