@@ -245,8 +245,26 @@ void unaryNarrowInt(CaseContext &c, DType dt) {
     c.out(v);
 }
 
-// Every cast into and out of the narrow and unsigned integers (float
-// sources in range of every target, as out of range is undefined).
+// Floats to every integer type where the target's range ends: negative
+// fractions into unsigned types, values from 2^63 to 2^64, NaN, infinities
+// and values past 2^64 (integerBitsOf's rule: truncate, keep the low bits,
+// 0 outside (-2^63, 2^64)).
+void floatsToIntegersOutOfRange(CaseContext &c) {
+  Shape s{c.dim(3, 5), c.dim(4, 7)};
+  for (DType from : {DType::F32, DType::F64}) {
+    Tensor x = c.random(from, s, -300, 300);
+    const double edges[] = {-1.0, -3.7, 300.5, 1e19, 9223372036854775808.0, -9.3e18,
+                            std::nan(""), INFINITY, -INFINITY, 2e19, -0.5, 65535.9};
+    for (size_t i = 0; i < std::size(edges); ++i)
+      x.setReal(int64_t(i), edges[i]);
+    Value v = c.feed(x);
+    for (DType to : {DType::I32, DType::I64, DType::I8, DType::U8, DType::I16, DType::U16,
+                     DType::U32, DType::U64})
+      c.out(cast(v, to));
+  }
+}
+
+// Every cast into and out of the narrow and unsigned integers.
 void narrowCasts(CaseContext &c) {
   Shape s{c.dim(2, 5), c.dim(3, 8)};
   std::vector<Value> sources;
@@ -622,6 +640,7 @@ std::vector<OpCase> allCases() {
            binaryNarrowInt, kNarrowInts);
   perDType("unary", ops({Neg, Abs, Square, Relu, Sign}), unaryNarrowInt, kNarrowInts);
   cases.push_back({"cast_narrow", ops({Cast}), narrowCasts});
+  cases.push_back({"cast_float_to_int_edges", ops({Cast}), floatsToIntegersOutOfRange});
   cases.push_back({"bool", ops({Eq, Ne, Select, Transpose, Concat, Pad, Reshape, BroadcastTo,
                                 Slice, Gather}),
                    boolOps});

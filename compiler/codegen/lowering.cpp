@@ -316,10 +316,28 @@ std::string KernelEmitter::convert(const std::string &v, DType from, DType to) {
     return w_.assign(fmt::format("arith.{} {} : i1 to {}", isFloat(to) ? "uitofp" : "extui", v, t));
   if (isFloat(from) && isFloat(to))
     return w_.assign(fmt::format("arith.{} {} : {} to {}", to == DType::F64 ? "extf" : "truncf", v, f, t));
+  if (isFloat(from)) {
+    // integerBitsOf's rule, as the interpreter: truncate to an int64's bits
+    // (a u64's from 2^63 up), keep the target's low bytes, and 0 for NaN and
+    // values outside (-2^63, 2^64). fptosi/fptoui alone give poison out of
+    // the target's range (-3.7 as u32 became all ones).
+    constexpr double kTwo63 = 9223372036854775808.0;
+    std::string low = w_.assign(fmt::format("arith.fptosi {} : {} to i64", v, f));
+    std::string high = w_.assign(fmt::format("arith.fptoui {} : {} to i64", v, f));
+    std::string big = w_.assign(
+        fmt::format("arith.cmpf oge, {}, {} : {}", v, w_.constant(kTwo63, from), f));
+    std::string bits = w_.assign(fmt::format("arith.select {}, {}, {} : i64", big, high, low));
+    std::string aboveMin = w_.assign(
+        fmt::format("arith.cmpf oge, {}, {} : {}", v, w_.constant(-kTwo63, from), f));
+    std::string belowMax = w_.assign(
+        fmt::format("arith.cmpf olt, {}, {} : {}", v, w_.constant(2 * kTwo63, from), f));
+    std::string inRange = w_.assign(fmt::format("arith.andi {}, {} : i1", aboveMin, belowMax));
+    std::string value = w_.assign(fmt::format("arith.select {}, {}, {} : i64", inRange, bits,
+                                              w_.constant(0, DType::I64)));
+    return convert(value, DType::I64, to);
+  }
   // The source's signedness picks sign or zero extension and the int -> float
-  // op; the target's picks fptosi or fptoui (as the interpreter's C++ casts).
-  if (isFloat(from))
-    return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(to) ? "fptoui" : "fptosi", v, f, t));
+  // op.
   if (isFloat(to))
     return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(from) ? "uitofp" : "sitofp", v, f, t));
   if (f == t)
