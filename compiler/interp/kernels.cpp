@@ -183,9 +183,9 @@ template <class T> T minOf(T a, T b) {
 
 // C++ conversion, except that anything becomes bool as x != 0. Integer to
 // integer keeps the low bits (two's complement, as numpy's astype and LLVM's
-// trunci/extsi/extui). Float to integer truncates toward zero; out of range it
-// is undefined in C++ as in LLVM (fptosi/fptoui give poison) and in ONNX's
-// Cast, so tests must not depend on it.
+// trunci/extsi/extui). Float to integer follows integerBitsOf (types.h), as
+// the compiled kernels do: C++, LLVM and ONNX leave out-of-range values
+// undefined.
 template <class To, class From> To convertTo(From x) {
   if constexpr (kIsBool<To>)
     return x != From(0) ? 1 : 0;
