@@ -98,9 +98,11 @@ DType dtypeOfArray(const InArray &a, const std::string &name) {
     if (t == nb::dtype<uint64_t>()) return DType::U64;
     if (t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && t.bits == 16)
       return DType::F16;
+    if (t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat) && t.bits == 16)
+      return DType::BF16;
   }
   throw Error(fmt::format("'{}': arrays of this element type (DLPack code {}, {} bits) are not "
-                          "supported; use float32, float64, float16, int8..int64, uint8..uint64 or bool",
+                          "supported; use float32, float64, float16, bfloat16, int8..int64, uint8..uint64 or bool",
                           name, int(t.code), int(t.bits)));
 }
 
@@ -114,14 +116,41 @@ Tensor toTensor(const std::string &name, const InArray &a) {
   return t;
 }
 
+// NumPy has no bfloat16 of its own; ml_dtypes' (what JAX uses) stores the
+// same 16-bit patterns, so a bf16 array is a uint16 array viewed as it.
+nb::object bfloat16Dtype() {
+  try {
+    return nb::module_::import_("ml_dtypes").attr("bfloat16");
+  } catch (const nb::python_error &) {
+    throw Error("bf16 arrays need the ml_dtypes package (pip install ml_dtypes): NumPy has no "
+                "bfloat16 of its own");
+  }
+}
+
 nb::object toNumpy(Tensor tensor) {
   auto *owned = new Tensor(std::move(tensor));
   nb::capsule owner(owned, [](void *p) noexcept { delete static_cast<Tensor *>(p); });
   std::vector<size_t> shape(owned->shape().begin(), owned->shape().end());
   static std::byte empty[64];
   void *data = owned->nbytes() > 0 ? static_cast<void *>(owned->bytes()) : empty;
-  OutArray array(data, shape.size(), shape.data(), owner, nullptr, dlpackDType(owned->dtype()));
-  return nb::cast(array, nb::rv_policy::reference);
+  bool bf16 = owned->dtype() == DType::BF16;
+  OutArray array(data, shape.size(), shape.data(), owner, nullptr,
+                 bf16 ? nb::dtype<uint16_t>() : dlpackDType(owned->dtype()));
+  nb::object result = nb::cast(array, nb::rv_policy::reference);
+  return bf16 ? result.attr("view")(bfloat16Dtype()) : result;
+}
+
+// An ml_dtypes bfloat16 array, given as its uint16 view, as an array whose
+// DLPack type says bfloat16 (NumPy cannot export its bfloat16 by DLPack).
+nb::object bfloat16Array(nb::object bits) {
+  using Bits = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu, uint16_t>;
+  Bits a = nb::cast<Bits>(bits);
+  std::vector<size_t> shape;
+  for (size_t i = 0; i < a.ndim(); ++i)
+    shape.push_back(a.shape(i));
+  nb::ndarray<nb::ro> view(a.data(), shape.size(), shape.data(), bits, nullptr,
+                           dlpackDType(DType::BF16));
+  return nb::cast(view, nb::rv_policy::reference);
 }
 
 TensorMap toTensorMap(const std::map<std::string, InArray> &arrays) {
@@ -623,6 +652,7 @@ void bindStep(nb::module_ &m) {
       .def_prop_ro("backend", &Step::backend)
       .def("profile", &Step::profile);
 
+  m.def("bfloat16_array", &bfloat16Array, "bits"_a);
   m.def("cuda_unavailable_reason", &cudaUnavailableReason);
   m.def("backends", [] {
     std::vector<std::string> names;

@@ -62,18 +62,36 @@ def _caller() -> Tuple[str, int, int]:
 
 
 def _dtype_name(dtype: Any) -> str:
-    """"f32" from "f32", "float32", np.float32, np.dtype(...)."""
-    if isinstance(dtype, str) and dtype in NUMPY_DTYPES:
+    """"f32" from "f32", "float32", np.float32, np.dtype(...); "bf16" from
+    "bf16", "bfloat16" and ml_dtypes.bfloat16."""
+    if isinstance(dtype, str) and (dtype in NUMPY_DTYPES or dtype == "bf16"):
         return dtype
-    expected = ", ".join(NUMPY_DTYPES)
+    expected = ", ".join([*NUMPY_DTYPES, "bf16"])
     try:
         kind = np.dtype(dtype)
     except TypeError:
+        if dtype == "bfloat16":
+            return "bf16"
         raise Error(f"unknown dtype {dtype!r}; expected one of {expected}") from None
+    if kind.name == "bfloat16":
+        return "bf16"
     names = {np.dtype(numpy_type): name for name, numpy_type in NUMPY_DTYPES.items()}
     if kind not in names:
         raise Error(f"dtype {kind} is not supported; expected one of {expected}")
     return names[kind]
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a stepc dtype. NumPy has no bfloat16 of its own:
+    bf16 arrays are ml_dtypes' bfloat16 (what JAX uses), the same bits."""
+    if name != "bf16":
+        return np.dtype(NUMPY_DTYPES[name])
+    try:
+        import ml_dtypes  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        raise Error("bf16 arrays need the ml_dtypes package (pip install ml_dtypes): "
+                    "NumPy has no bfloat16 of its own") from None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "i32": np.int32,
