@@ -140,6 +140,20 @@ nb::object toNumpy(Tensor tensor) {
   return bf16 ? result.attr("view")(bfloat16Dtype()) : result;
 }
 
+// The bits of a DLPack bfloat16 array (PyTorch's, JAX's) as a NumPy uint16
+// array sharing its memory, for the Python side to view as ml_dtypes'.
+nb::object bfloat16Bits(nb::object source) {
+  InArray a = nb::cast<InArray>(source);
+  if (dtypeOfArray(a, "array") != DType::BF16)
+    throw Error("bfloat16_bits: expected a bfloat16 array");
+  std::vector<size_t> shape;
+  for (size_t i = 0; i < a.ndim(); ++i)
+    shape.push_back(a.shape(i));
+  nb::ndarray<nb::numpy, nb::ro> bits(a.data(), shape.size(), shape.data(), source, nullptr,
+                                      nb::dtype<uint16_t>());
+  return nb::cast(bits, nb::rv_policy::reference);
+}
+
 // An ml_dtypes bfloat16 array, given as its uint16 view, as an array whose
 // DLPack type says bfloat16 (NumPy cannot export its bfloat16 by DLPack).
 nb::object bfloat16Array(nb::object bits) {
@@ -653,6 +667,7 @@ void bindStep(nb::module_ &m) {
       .def("profile", &Step::profile);
 
   m.def("bfloat16_array", &bfloat16Array, "bits"_a);
+  m.def("bfloat16_bits", &bfloat16Bits, "array"_a);
   m.def("cuda_unavailable_reason", &cudaUnavailableReason);
   m.def("backends", [] {
     std::vector<std::string> names;

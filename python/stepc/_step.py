@@ -121,6 +121,8 @@ def _jit_argument(a: Any) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "__dlpack__"):
+        if str(getattr(a, "dtype", "")).endswith("bfloat16"):  # NumPy has no bfloat16 of its own
+            return cast(np.ndarray, _stepc.bfloat16_bits(a)).view(numpy_dtype("bf16"))
         return np.from_dlpack(a)
     array = np.asarray(a)
     return array.astype(np.float32) if array.dtype == np.float64 else array

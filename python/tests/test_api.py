@@ -485,6 +485,12 @@ def test_bf16_torch_tensors_pass_through_dlpack():
     got = step(x=t)["y"].astype(np.float32)
     np.testing.assert_array_equal(got, (t * 2).float().numpy())
 
+    @stepc.jit
+    def doubled(x):
+        return x * 2
+
+    np.testing.assert_array_equal(doubled(t).astype(np.float32), (t * 2).float().numpy())
+
 
 def test_bf16_without_ml_dtypes_says_what_to_install(monkeypatch):
     b = stepc.GraphBuilder("bf16_out")
