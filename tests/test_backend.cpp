@@ -50,6 +50,15 @@ TEST(Backend, UnknownAndUnofferedNamesHaveOneWording) {
             "stepc train: unknown backend ''; available: cpu, cuda");
 }
 
+TEST(Backend, ChoicesForHelpListTheOfferedNamesInTableOrder) {
+  constexpr BackendKind every[] = {BackendKind::Cuda, BackendKind::Interp, BackendKind::Cpu};
+  constexpr BackendKind compiled[] = {BackendKind::Cuda, BackendKind::Cpu};
+  constexpr BackendKind cpu[] = {BackendKind::Cpu};
+  EXPECT_EQ(backendChoices(every), "interp, cpu or cuda");
+  EXPECT_EQ(backendChoices(compiled), "cpu or cuda");
+  EXPECT_EQ(backendChoices(cpu), "cpu");
+}
+
 TEST(Backend, CudaThatCannotRunSaysWhyAndWhatRuns) {
   EXPECT_NO_THROW(requireRunnable(findBackend("interp", "t")));
   EXPECT_NO_THROW(requireRunnable(findBackend("cpu", "t")));

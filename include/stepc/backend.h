@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace stepc {
@@ -41,8 +42,16 @@ std::span<const Backend> allBackends();
 // name that is no backend, "bench: backend 'cuda' is not available;
 // available: cpu" for one the command does not run.
 const Backend &findBackend(std::string_view name, std::string_view command,
-                           std::initializer_list<BackendKind> offered = {
-                               BackendKind::Interp, BackendKind::Cpu, BackendKind::Cuda});
+                           std::span<const BackendKind> offered);
+inline const Backend &findBackend(std::string_view name, std::string_view command,
+                                  std::initializer_list<BackendKind> offered) {
+  return findBackend(name, command, std::span(offered.begin(), offered.size()));
+}
+// Among every backend.
+const Backend &findBackend(std::string_view name, std::string_view command);
+
+// The names of `offered` for a command's help: "interp, cpu or cuda".
+std::string backendChoices(std::span<const BackendKind> offered);
 
 // Throws stepc::Error "--backend cuda: no CUDA device: ...; --backend cpu
 // runs here" (or "... stepc was built without CUDA ...") where `backend`

@@ -11,6 +11,7 @@
 #include "stepc/backend.h"
 #include "stepc/compile.h"
 #include "stepc/cuda.h"
+#include "stepc/file.h"
 #include "stepc/interpreter.h"
 #include "stepc/onnx.h"
 #include "stepc/text.h"
@@ -170,13 +171,8 @@ template <class F> Value at(Value anchor, const Where &w, F &&build) {
 }
 
 Init initFrom(const std::string &kind, double a, double b, int64_t seed) {
-  std::optional<Init::Kind> k = parseInitKind(kind);
-  if (!k)
-    throw Error(fmt::format("unknown initializer '{}'; expected zeros, ones, constant, normal, "
-                            "uniform, he_normal, he_uniform, xavier_normal or xavier_uniform",
-                            kind));
   Init init;
-  init.kind = *k;
+  init.kind = parseInitKind(kind);
   init.a = a;
   init.b = b;
   init.seed = seed;
@@ -380,18 +376,7 @@ nb::list slotList(const Graph &g, const std::vector<ValueId> &ids) {
 Schedule scheduleFrom(const std::string &kind, int64_t stepSize, double gamma, int64_t totalSteps,
                       double minLr) {
   Schedule s;
-  if (kind == "constant")
-    s.kind = Schedule::Kind::Constant;
-  else if (kind == "step")
-    s.kind = Schedule::Kind::Step;
-  else if (kind == "exponential")
-    s.kind = Schedule::Kind::Exponential;
-  else if (kind == "cosine")
-    s.kind = Schedule::Kind::Cosine;
-  else
-    throw Error(fmt::format("unknown schedule '{}'; expected constant, step, exponential or "
-                            "cosine",
-                            kind));
+  s.kind = parseScheduleKind(kind);
   s.stepSize = stepSize;
   s.gamma = gamma;
   s.totalSteps = totalSteps;
@@ -414,6 +399,10 @@ void bindGraph(nb::module_ &m) {
       .def_prop_ro("num_updates", [](const Graph &g) { return g.updates.size(); })
       .def_prop_ro("num_nodes", [](const Graph &g) { return g.size(); })
       .def("text", [](const Graph &g) { return printGraph(g); })
+      .def("save",
+           [](const Graph &g, const std::string &path) {
+             writeFileAtomically(path, printGraph(g));
+           })
       .def("initial_params", [](const Graph &g) { return toDict(initialParams(g)); })
       .def("random_inputs",
            [](const Graph &g, uint64_t seed) { return toDict(randomInputs(g, seed)); });
@@ -629,6 +618,14 @@ void bindStep(nb::module_ &m) {
     for (const Backend &backend : allBackends())
       names.emplace_back(backend.name);
     return names;
+  });
+  m.def("optimizers", [] {
+    std::vector<std::string_view> names = optimizerNames();
+    return std::vector<std::string>(names.begin(), names.end());
+  });
+  m.def("schedules", [] {
+    std::vector<std::string_view> names = scheduleNames();
+    return std::vector<std::string>(names.begin(), names.end());
   });
 
   // `stepc bench` itself, pointed at a file of the graph's text; its JSON

@@ -81,7 +81,7 @@ int importOnnx(const ImportOnnxOptions &options) {
 
 int onnxConformance(const ConformanceCliOptions &options) {
   ConformanceOptions conformance;
-  const Backend &backend = findBackend(options.backend, "onnx-conformance");
+  const Backend &backend = findBackend(options.backend, "onnx-conformance", options.kBackends);
   requireRunnable(backend); // now, not once per test, where there is no GPU
   conformance.run = [&backend](const Graph &graph, const TensorMap &inputs,
                                const TensorMap &params) {

@@ -47,7 +47,7 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
 }
 
 int run(const RunCommandOptions &options) {
-  const Backend &backend = findBackend(options.backend, "stepc run");
+  const Backend &backend = findBackend(options.backend, "stepc run", options.kBackends);
   if (options.threads < 0)
     throw Error(fmt::format("--threads must be 0 (all cores) or more, got {}", options.threads));
   if (options.threads != 0 && backend.kind != BackendKind::Cpu)
