@@ -71,7 +71,7 @@ std::unique_ptr<Executable> makeExecutable(const Backend &backend, const Graph &
                                            CompileOptions options, const RunOptions &run) {
   switch (backend.kind) {
   case BackendKind::Interp:
-    throw Error("the interpreter compiles nothing: run the graph with runOnBackend");
+    return makeInterpExecutable(graph, run);
   case BackendKind::Cpu:
     options.target = Target::Cpu;
     return compileJit(graph, options, run);

@@ -59,9 +59,10 @@ std::string backendChoices(std::span<const BackendKind> offered);
 // anything. Every other backend runs everywhere.
 void requireRunnable(const Backend &backend);
 
-// Compiles `graph` for a compiled backend (options.target is set from it)
-// and creates its executable: compileJit for cpu, compileCuda for cuda
-// (which throws "no CUDA device: ..." before compiling where there is none).
+// The executable of `graph` on `backend`: makeInterpExecutable for interp
+// (`options` do not apply), or compiled (options.target set from the
+// backend): compileJit for cpu, compileCuda for cuda (which throws "no CUDA
+// device: ..." before compiling where there is none).
 std::unique_ptr<Executable> makeExecutable(const Backend &backend, const Graph &graph,
                                            CompileOptions options = {},
                                            const RunOptions &run = {});
