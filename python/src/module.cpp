@@ -11,6 +11,7 @@
 #include "stepc/backend.h"
 #include "stepc/compile.h"
 #include "stepc/cuda.h"
+#include "stepc/file.h"
 #include "stepc/interpreter.h"
 #include "stepc/onnx.h"
 #include "stepc/text.h"
@@ -213,13 +214,8 @@ template <class F> Value at(Value anchor, const Where &w, F &&build) {
 }
 
 Init initFrom(const std::string &kind, double a, double b, int64_t seed) {
-  std::optional<Init::Kind> k = parseInitKind(kind);
-  if (!k)
-    throw Error(fmt::format("unknown initializer '{}'; expected zeros, ones, constant, normal, "
-                            "uniform, he_normal, he_uniform, xavier_normal or xavier_uniform",
-                            kind));
   Init init;
-  init.kind = *k;
+  init.kind = parseInitKind(kind);
   init.a = a;
   init.b = b;
   init.seed = seed;
@@ -423,18 +419,7 @@ nb::list slotList(const Graph &g, const std::vector<ValueId> &ids) {
 Schedule scheduleFrom(const std::string &kind, int64_t stepSize, double gamma, int64_t totalSteps,
                       double minLr) {
   Schedule s;
-  if (kind == "constant")
-    s.kind = Schedule::Kind::Constant;
-  else if (kind == "step")
-    s.kind = Schedule::Kind::Step;
-  else if (kind == "exponential")
-    s.kind = Schedule::Kind::Exponential;
-  else if (kind == "cosine")
-    s.kind = Schedule::Kind::Cosine;
-  else
-    throw Error(fmt::format("unknown schedule '{}'; expected constant, step, exponential or "
-                            "cosine",
-                            kind));
+  s.kind = parseScheduleKind(kind);
   s.stepSize = stepSize;
   s.gamma = gamma;
   s.totalSteps = totalSteps;
@@ -457,6 +442,10 @@ void bindGraph(nb::module_ &m) {
       .def_prop_ro("num_updates", [](const Graph &g) { return g.updates.size(); })
       .def_prop_ro("num_nodes", [](const Graph &g) { return g.size(); })
       .def("text", [](const Graph &g) { return printGraph(g); })
+      .def("save",
+           [](const Graph &g, const std::string &path) {
+             writeFileAtomically(path, printGraph(g));
+           })
       .def("initial_params", [](const Graph &g) { return toDict(initialParams(g)); })
       .def("random_inputs",
            [](const Graph &g, uint64_t seed) { return toDict(randomInputs(g, seed)); });
@@ -510,9 +499,9 @@ void bindGraph(nb::module_ &m) {
 }
 
 // --- Compiled steps -----------------------------------------------------------
-// One interface over the three backends (stepc/backend.h): the interpreter
-// keeps the params in a TensorMap, a compiled backend's Executable keeps them
-// in its arena.
+// One interface over the three backends (stepc/backend.h): each is an
+// Executable, the interpreter's included, so params, checkpoints and their
+// checks are the runtime's.
 class Step {
 public:
   Step(const Graph &graph, const std::string &backend, bool fusion, int threads,
@@ -528,98 +517,31 @@ public:
     run.threads = threads;
     run.checkNumerics = checkNumerics;
     run.profile = profile;
-    if (chosen.compiled()) {
-      exe_ = makeExecutable(chosen, graph, options, run);
-    } else {
-      graph_ = graph;
-      verify(*graph_);
-      params_ = initialParams(*graph_);
-    }
+    exe_ = makeExecutable(chosen, graph, options, run);
   }
 
   nb::dict call(const std::map<std::string, InArray> &arrays) {
     TensorMap inputs = toTensorMap(arrays);
-    std::map<std::string, Tensor, std::less<>> outputs;
+    TensorMap outputs;
     {
       nb::gil_scoped_release release;
-      if (graph_) {
-        outputs = interpretStep(*graph_, inputs, params_);
-        ++steps_;
-      }
-      else
-        outputs = toLess(exe_->step(inputs));
+      for (auto &[name, value] : exe_->step(inputs))
+        outputs.emplace(name, std::move(value));
     }
     return toDict(std::move(outputs));
   }
 
-  std::vector<std::string> paramNames() const {
-    if (graph_) {
-      std::vector<std::string> names;
-      for (const auto &[name, value] : params_)
-        names.push_back(name);
-      return names;
-    }
-    return exe_->paramNames();
-  }
-
-  nb::object param(const std::string &name) const {
-    if (graph_) {
-      auto it = params_.find(name);
-      if (it == params_.end())
-        throw Error(fmt::format("no param '{}'", name));
-      return toNumpy(it->second);
-    }
-    return toNumpy(exe_->param(name));
-  }
-
+  std::vector<std::string> paramNames() const { return exe_->paramNames(); }
+  nb::object param(const std::string &name) const { return toNumpy(exe_->param(name)); }
   void setParam(const std::string &name, const InArray &array) {
-    Tensor value = toTensor(name, array);
-    if (graph_) {
-      auto it = params_.find(name);
-      if (it == params_.end())
-        throw Error(fmt::format("no param '{}'", name));
-      if (it->second.type() != value.type())
-        throw Error(fmt::format("param '{}' is {}, the value given is {}", name,
-                                typeString(it->second.type()), typeString(value.type())));
-      it->second = std::move(value);
-    } else {
-      exe_->setParam(name, value);
-    }
+    exe_->setParam(name, toTensor(name, array));
   }
-
-  void save(const std::string &path) const {
-    if (graph_)
-      writeSafetensors(path, std::map<std::string, Tensor>(params_.begin(), params_.end()));
-    else
-      exe_->saveParams(path);
-  }
-
-  void load(const std::string &path) {
-    if (exe_)
-      return exe_->loadParams(path);
-    std::map<std::string, Tensor> loaded = readSafetensors(path);
-    for (const auto &[name, value] : params_) {
-      auto it = loaded.find(name);
-      if (it == loaded.end())
-        throw Error(fmt::format("'{}' has no param '{}'", path, name));
-      if (it->second.type() != value.type())
-        throw Error(fmt::format("'{}': param '{}' is {} in the file, {} in the graph", path,
-                                name, typeString(it->second.type()), typeString(value.type())));
-    }
-    for (auto &[name, value] : params_)
-      value = loaded.at(name);
-  }
-
-  int64_t stepsTaken() const {
-    if (graph_)
-      return steps_;
-    return exe_->stepsTaken();
-  }
+  void save(const std::string &path) const { exe_->saveParams(path); }
+  void load(const std::string &path) { exe_->loadParams(path); }
+  int64_t stepsTaken() const { return exe_->stepsTaken(); }
 
   std::vector<std::string> kernels() const {
     std::vector<std::string> names;
-    if (graph_)
-      return names;
     for (const KernelSpec &k : exe_->spec().kernels)
       names.push_back(k.name);
     return names;
@@ -628,8 +550,6 @@ public:
   // Median-free raw timings: (kernel, step, micros) per kernel per step.
   std::vector<std::tuple<std::string, int64_t, double>> profile() const {
     std::vector<std::tuple<std::string, int64_t, double>> rows;
-    if (graph_)
-      return rows;
     for (const KernelTiming &t : exe_->profile())
       rows.emplace_back(t.kernel, t.step, t.durationMicros);
     return rows;
@@ -639,14 +559,7 @@ public:
 
 private:
   std::string backend_;
-  std::optional<Graph> graph_; // interp
-  TensorMap params_;           // interp
-  int64_t steps_ = 0;          // interp
-  std::unique_ptr<Executable> exe_; // cpu, cuda
-
-  static std::map<std::string, Tensor, std::less<>> toLess(std::map<std::string, Tensor> m) {
-    return {std::make_move_iterator(m.begin()), std::make_move_iterator(m.end())};
-  }
+  std::unique_ptr<Executable> exe_;
 };
 
 void bindStep(nb::module_ &m) {
@@ -674,6 +587,14 @@ void bindStep(nb::module_ &m) {
     for (const Backend &backend : allBackends())
       names.emplace_back(backend.name);
     return names;
+  });
+  m.def("optimizers", [] {
+    std::vector<std::string_view> names = optimizerNames();
+    return std::vector<std::string>(names.begin(), names.end());
+  });
+  m.def("schedules", [] {
+    std::vector<std::string_view> names = scheduleNames();
+    return std::vector<std::string>(names.begin(), names.end());
   });
 
   // `stepc bench` itself, pointed at a file of the graph's text; its JSON

@@ -407,8 +407,9 @@ def attention(q: Value, k: Value, v: Value, causal: bool = False) -> Value:
 
 # --- Optimizers and schedules --------------------------------------------------
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+# The names, from the C++ tables (include/stepc/train.h).
+OPTIMIZERS: Tuple[str, ...] = tuple(_stepc.optimizers())
+SCHEDULES: Tuple[str, ...] = tuple(_stepc.schedules())
 
 
 @dataclass(frozen=True)
@@ -479,8 +480,8 @@ class Graph:
                 f"params={len(self.params)}, outputs={list(self.outputs)})")
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        with open(path, "w") as f:
-            f.write(self.text)
+        """Writes the .sg text atomically (as stepc's C++ writers do)."""
+        self._g.save(os.fspath(path))
 
     def initial_params(self) -> Dict[str, np.ndarray]:
         """Every param's value from its initializer (or param_values)."""

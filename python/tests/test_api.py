@@ -192,6 +192,20 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     assert last < first
 
 
+def test_unknown_optimizer_schedule_and_initializer_name_the_choices():
+    assert stepc.SCHEDULES == ("constant", "step", "exponential", "cosine")
+    g = stepc.load("examples/xor.sg")
+    with pytest.raises(stepc.Error, match="unknown schedule 'linear'; expected one of: "
+                                          "constant, step, exponential, cosine"):
+        g.train_step("loss", stepc.Optimizer("sgd", lr=0.1, schedule="linear"))
+    with pytest.raises(stepc.Error, match="unknown optimizer 'adamx'; expected one of: "
+                                          + ", ".join(stepc.OPTIMIZERS)):
+        g.train_step("loss", "adamx", lr=1)
+    with pytest.raises(stepc.Error, match="unknown initializer 'glorot'; expected one of: "
+                                          "zeros, ones, constant"):
+        stepc.GraphBuilder("g").param("w", "f32", (2,), "glorot")
+
+
 @pytest.mark.parametrize("schedule", [stepc.Schedule("constant"),
                                       stepc.Schedule("step", step_size=2, gamma=0.5),
                                       stepc.Schedule("exponential", gamma=0.9),
@@ -503,3 +517,13 @@ def test_bf16_without_ml_dtypes_says_what_to_install(monkeypatch):
     b.output("y", b.input("x", "bf16", (2,)) * 2)
     with pytest.raises(stepc.Error, match="bf16 arrays need the ml_dtypes package"):
         stepc.compile(b.finish(), backend="interp")(x=[1.0, 2.0])
+
+
+def test_graph_save_writes_the_text_atomically(tmp_path):
+    g = stepc.load("examples/mlp.sg")
+    g.save(tmp_path / "mlp.sg")
+    assert stepc.load(tmp_path / "mlp.sg").text == g.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.sg"]  # no temporary left
+    with pytest.raises(stepc.Error, match="missing"):
+        g.save(tmp_path / "missing" / "mlp.sg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.sg"]
