@@ -4,7 +4,8 @@
 // batched with broadcast, with transposed operands (the B^T dot products and
 // packed panels). Each runs twice: with vdpbf16ps where the host has
 // AVX512_BF16, and widened to f32 on load, which every x86 host runs; on a
-// host without it the first is skipped.
+// host without it the first is skipped. Both register tiles (8x32 and
+// 6x16) put the edges at different places.
 #include "codegen_harness.h"
 
 #include "../compiler/codegen/tiled_matmul.h"
@@ -15,6 +16,8 @@
 #include "stepc/train.h"
 
 #include <gtest/gtest.h>
+
+#include <fmt/format.h>
 
 #include <cmath>
 #include <string>
@@ -121,9 +124,13 @@ void expectProductsMatch(const Case &c, bool bf16Dot) {
   // what is positive).
   TensorMap magnitudes = interpret(graph, absolute(inputs), {});
   const double u = std::ldexp(1.0, -24);
-  for (bool fusion : {true, false}) {
-    SCOPED_TRACE(fusion ? "fused" : "unfused");
+  for (auto [tile, fusion] : {std::pair{&codegen::avx512Tile(), true},
+                              std::pair{&codegen::avx512Tile(), false},
+                              std::pair{&codegen::avx2Tile(), true}}) {
+    SCOPED_TRACE(fmt::format("{} {}", tile->name, fusion ? "fused" : "unfused"));
+    codegen::forceRegisterTile(tile);
     auto exe = compileJit(graph, CompileOptions{.fusion = fusion, .cache = false});
+    codegen::forceRegisterTile(nullptr);
     Tensor got = exe->step(inputs).at("y");
     const Tensor &expected = want.at("y");
     ASSERT_EQ(got.type(), expected.type());
