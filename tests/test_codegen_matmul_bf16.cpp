@@ -167,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(, CodegenMatMulBf16, ::testing::ValuesIn(cases()),
 // once, the interpreter rounds every op), so a gradient is compared at the
 // scale of its largest element: a few bf16 ulps of it pass, a wrong
 // formula does not.
-void expectMixedPrecisionGradientsMatch(bool bf16Dot) {
+void expectMixedPrecisionGradientsMatch(DType half, bool bf16Dot) {
   ForcedBf16Dot forced(bf16Dot);
   Graph model = parseGraph(R"(graph t {
     input %x : f32[37,61]
@@ -181,7 +181,9 @@ void expectMixedPrecisionGradientsMatch(bool bf16Dot) {
     %4 = cross_entropy(%3, %y)
     output loss = %4
   })");
-  Graph graph = grad(mixedPrecisionGraph(model, DType::BF16), "loss").graph;
+  Graph graph = grad(mixedPrecisionGraph(model, half), "loss").graph;
+  // A few half ulps of the largest element: 2^-8 for bf16, 2^-11 for f16.
+  int ulpExponent = half == DType::BF16 ? -6 : -9;
   TensorMap inputs = randomInputs(graph, 23);
   TensorMap params = initialParams(graph);
   TensorMap want = interpret(graph, inputs, params);
@@ -195,18 +197,23 @@ void expectMixedPrecisionGradientsMatch(bool bf16Dot) {
     for (int64_t i = 0; i < expected.numel(); ++i)
       largest = std::max(largest, std::abs(expected.real(i)));
     EXPECT_GT(largest, 0);
-    EXPECT_TRUE(testing::allClose(got.at(name), expected, 0, std::ldexp(largest, -6)));
+    EXPECT_TRUE(testing::allClose(got.at(name), expected, 0, std::ldexp(largest, ulpExponent)));
   }
 }
 
 TEST(CodegenMatMulBf16Step, MixedPrecisionGradientsWithVdpbf16ps) {
   if (!hostHasBf16Dot())
     GTEST_SKIP() << "the host has no AVX512_BF16";
-  expectMixedPrecisionGradientsMatch(true);
+  expectMixedPrecisionGradientsMatch(DType::BF16, true);
 }
 
 TEST(CodegenMatMulBf16Step, MixedPrecisionGradientsWidened) {
-  expectMixedPrecisionGradientsMatch(false);
+  expectMixedPrecisionGradientsMatch(DType::BF16, false);
+}
+
+// f16 products are always widened on load (vdpbf16ps reads bf16 only).
+TEST(CodegenMatMulBf16Step, MixedPrecisionF16GradientsWidened) {
+  expectMixedPrecisionGradientsMatch(DType::F16, true);
 }
 
 } // namespace
