@@ -91,6 +91,19 @@ std::vector<Case> cases() {
   %y = matmul(%af, %b)
   output y = %y
 })", 97},
+      // The left operand is computed in bf16 (a kernel holds it as an
+      // unrounded f32 in a register): widening it must round it to bf16
+      // first, as the interpreter does, or the f32 product and vdpbf16ps's
+      // pairs (the high halves: rounding toward zero) drift by a bf16 ulp.
+      {"widened_from_computed_bf16", R"(graph g {
+  input %a : bf16[8,64]
+  input %b : bf16[64,16]
+  %s = mul(%a, %a)
+  %sf = cast(%s) {dtype=f32}
+  %bf = cast(%b) {dtype=f32}
+  %y = matmul(%sf, %bf)
+  output y = %y
+})", 64},
   };
 }
 

@@ -304,8 +304,12 @@ std::string KernelEmitter::convert(const std::string &v, DType from, DType to) {
                                                direct ? "f64" : "f32", memoryElementType(to)));
     return w_.assign(fmt::format("arith.extf {} : {} to f32", narrow, memoryElementType(to)));
   }
+  // A half in a register may be an unrounded f32 (a kernel computes half
+  // ops in f32 and rounds on store), so leaving the half type rounds it
+  // first: the cast sees the interpreter's half value, and an f32 widened
+  // from bf16 holds bf16 numbers, as the vdpbf16ps products assume.
   if (isHalf(from))
-    return convert(v, DType::F32, to);
+    return convert(convert(v, DType::F32, from), DType::F32, to);
   std::string f = scalarType(from), t = scalarType(to);
   if (to == DType::Bool) {
     if (isFloat(from))

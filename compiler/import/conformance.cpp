@@ -106,9 +106,14 @@ std::string compare(const Tensor &got, const Tensor &want, double rtol, double a
   }
   if (bad == 0)
     return "";
+  auto element = [&](const Tensor &t) {
+    return real ? fmt::format("{}", t.real(first))
+                : t.dtype() == DType::U64 ? fmt::format("{}", uint64_t(t.integer(first)))
+                                          : fmt::format("{}", t.integer(first));
+  };
   return fmt::format("{} of {} elements differ; first at flat index {}: got {}, expected {} "
                      "(max abs diff {:.3g})",
-                     bad, got.numel(), first, got.real(first), want.real(first), worst);
+                     bad, got.numel(), first, element(got), element(want), worst);
 }
 
 std::vector<fs::path> numbered(const fs::path &dir, const std::string &prefix) {

@@ -141,31 +141,34 @@ nb::object toNumpy(Tensor tensor) {
   return bf16 ? result.attr("view")(bfloat16Dtype()) : result;
 }
 
-// The bits of a DLPack bfloat16 array (PyTorch's, JAX's) as a NumPy uint16
-// array sharing its memory, for the Python side to view as ml_dtypes'.
-nb::object bfloat16Bits(nb::object source) {
-  InArray a = nb::cast<InArray>(source);
-  if (dtypeOfArray(a, "array") != DType::BF16)
-    throw Error("bfloat16_bits: expected a bfloat16 array");
+// `array`'s memory viewed as `dtype`. The view owns a copy of `array`:
+// when the conversion to a C-contiguous array had to copy (a transposed or
+// strided tensor), that copy lives in `array` alone, not in the Python
+// object it came from.
+template <class... Framework, class Array>
+nb::object retyped(const Array &array, nb::dlpack::dtype dtype) {
+  auto *held = new Array(array);
+  nb::capsule owner(held, [](void *p) noexcept { delete static_cast<Array *>(p); });
   std::vector<size_t> shape;
-  for (size_t i = 0; i < a.ndim(); ++i)
-    shape.push_back(a.shape(i));
-  nb::ndarray<nb::numpy, nb::ro> bits(a.data(), shape.size(), shape.data(), source, nullptr,
-                                      nb::dtype<uint16_t>());
-  return nb::cast(bits, nb::rv_policy::reference);
+  for (size_t i = 0; i < array.ndim(); ++i)
+    shape.push_back(array.shape(i));
+  nb::ndarray<Framework..., nb::ro> view(held->data(), shape.size(), shape.data(), owner, nullptr,
+                                      dtype);
+  return nb::cast(view, nb::rv_policy::reference);
+}
+
+// The bits of a DLPack bfloat16 array (PyTorch's, JAX's) as a NumPy uint16
+// array, for the Python side to view as ml_dtypes'.
+nb::object bfloat16Bits(const InArray &array) {
+  if (dtypeOfArray(array, "array") != DType::BF16)
+    throw Error("bfloat16_bits: expected a bfloat16 array");
+  return retyped<nb::numpy>(array, nb::dtype<uint16_t>());
 }
 
 // An ml_dtypes bfloat16 array, given as its uint16 view, as an array whose
 // DLPack type says bfloat16 (NumPy cannot export its bfloat16 by DLPack).
-nb::object bfloat16Array(nb::object bits) {
-  using Bits = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu, uint16_t>;
-  Bits a = nb::cast<Bits>(bits);
-  std::vector<size_t> shape;
-  for (size_t i = 0; i < a.ndim(); ++i)
-    shape.push_back(a.shape(i));
-  nb::ndarray<nb::ro> view(a.data(), shape.size(), shape.data(), bits, nullptr,
-                           dlpackDType(DType::BF16));
-  return nb::cast(view, nb::rv_policy::reference);
+nb::object bfloat16Array(const nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu, uint16_t> &bits) {
+  return retyped<>(bits, dlpackDType(DType::BF16));
 }
 
 TensorMap toTensorMap(const std::map<std::string, InArray> &arrays) {

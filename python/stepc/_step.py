@@ -46,6 +46,7 @@ class Step:
         self.backend = backend
         self._step = step
         self._input_dtypes = {name: dtype for name, (dtype, _) in graph.inputs.items()}
+        self._param_dtypes = {name: dtype for name, (dtype, _) in graph.params.items()}
 
     def __call__(self, inputs: Optional[Mapping[str, Any]] = None, /, **named: Any) -> Dict[str, np.ndarray]:
         given = {**(inputs or {}), **named}
@@ -64,7 +65,7 @@ class Step:
     def set_params(self, params: Optional[Mapping[str, Any]] = None, /, **named: Any) -> None:
         """Sets the params given (by name; each must have the param's dtype and shape)."""
         for name, value in {**(params or {}), **named}.items():
-            self._step.set_param(name, _as_array(name, value, None))
+            self._step.set_param(name, _as_array(name, value, self._param_dtypes.get(name)))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes every param to a safetensors file (atomically)."""

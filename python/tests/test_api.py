@@ -477,9 +477,11 @@ def test_bf16_arrays_in_and_out(backend):
     assert out["y"].dtype == bf16 and out["y"].shape == (5, 3)
     want = np.maximum(xs.astype(np.float32) @ ws.astype(np.float32), 0) + 0.5
     np.testing.assert_allclose(out["y"].astype(np.float32), want, rtol=2**-7, atol=2**-7)
-    # A fused kernel rounds a half chain once, at its store (docs/design.md).
-    np.testing.assert_allclose(out["wide"], xs.astype(np.float32) * 3, rtol=2**-8)
+    # A cast out of bf16 rounds first, as the interpreter (docs/design.md).
+    np.testing.assert_array_equal(out["wide"], (xs * bf16.type(3)).astype(np.float32))
     # A list and a non-contiguous view reach the same bits as the array.
+    step.set_params(w=ws.astype(np.float32).tolist())  # a list takes the param's dtype
+    np.testing.assert_array_equal(step.param("w").view(np.uint16), ws.view(np.uint16))
     listed = step(x=xs.astype(np.float32).tolist())
     np.testing.assert_array_equal(listed["y"].view(np.uint16), out["y"].view(np.uint16))
     strided = np.asfortranarray(xs)
@@ -504,6 +506,13 @@ def test_bf16_torch_tensors_pass_through_dlpack():
         return x * 2
 
     np.testing.assert_array_equal(doubled(t).astype(np.float32), (t * 2).float().numpy())
+    # A transposed tensor is copied to be contiguous: the view must own that copy.
+    wide = torch.arange(24, dtype=torch.bfloat16).reshape(4, 6)
+    got = [doubled(wide.T) for _ in range(3)]
+    import gc
+    gc.collect()
+    for g in got:
+        np.testing.assert_array_equal(g.astype(np.float32), (wide.T * 2).float().numpy())
 
 
 def test_bf16_without_ml_dtypes_says_what_to_install(monkeypatch):

@@ -135,7 +135,7 @@ void measureFma(MachinePeak &peak) {
 // from turning the loop back into memcpy.
 std::atomic<uint64_t> copyKey{0};
 
-__attribute__((no_sanitize("address", "undefined"))) void
+__attribute__((no_sanitize("address", "undefined", "thread", "memory"))) void
 copyWords(uint64_t *__restrict to, const uint64_t *__restrict from, size_t words) {
   const uint64_t key = copyKey.load(std::memory_order_relaxed);
   for (size_t i = 0; i < words; ++i)
