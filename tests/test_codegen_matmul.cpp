@@ -233,6 +233,27 @@ std::vector<Case> cases() {
   output u = %u
   output loss = %loss
 })"},
+      // The exact GELU as PyTorch's ONNX exporter writes it (Erf, opset
+      // 17): x * (erf(x / sqrt 2) + 1) * 0.5 after a bias, on the register
+      // tile.
+      {"erf_gelu_epilogue", R"(graph g {
+  input %x : f32[2,19,29]
+  param %w : f32[29,53] = xavier_uniform(seed=1)
+  param %b : f32[53] = normal(mean=0.0, std=1.0, seed=2)
+  %y = matmul(%x, %w)
+  %yb = add(%b, %y)
+  %root2 = constant() {dtype=f32, shape=[], value=1.4142135381698608}
+  %d = div(%yb, %root2)
+  %e = erf(%d)
+  %one = constant() {dtype=f32, shape=[], value=1.0}
+  %e1 = add(%e, %one)
+  %g = mul(%yb, %e1)
+  %half = constant() {dtype=f32, shape=[], value=0.5}
+  %gelu = mul(%g, %half)
+  %loss = reduce_mean(%gelu) {axes=[0,1,2], keepdims=0}
+  output gelu = %gelu
+  output loss = %loss
+})"},
       {"sliced", R"(graph g {
   input %x : f32[41,35]
   param %w : f32[70,47] = xavier_uniform(seed=1)

@@ -344,6 +344,7 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   case OpKind::Relu:
   case OpKind::Exp:
   case OpKind::Tanh:
+  case OpKind::Erf:
   case OpKind::Sigmoid:
     if (n.type.dtype != DType::F32)
       return false;
@@ -368,7 +369,6 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   case OpKind::Sin:
   case OpKind::Cos:
   case OpKind::Sign:
-  case OpKind::Erf:
   case OpKind::Cast:
   case OpKind::Pow:
   case OpKind::Rem:
@@ -483,6 +483,7 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     case OpKind::Sqrt: v = op1("math.sqrt"); break;
     case OpKind::Exp: v = op1("math.exp"); break;
     case OpKind::Tanh: v = op1("math.tanh"); break;
+    case OpKind::Erf: v = op1("math.erf"); break;
     case OpKind::Square:
       v = w_.assign(fmt::format("arith.mulf {}, {} : {}", x(0), x(0), vec));
       break;
@@ -515,7 +516,6 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     case OpKind::Sin:
     case OpKind::Cos:
     case OpKind::Sign:
-    case OpKind::Erf:
     case OpKind::Cast:
     case OpKind::Pow:
     case OpKind::Rem:
