@@ -153,6 +153,7 @@ private:
   void emitMatMul(ValueId id, bool parallel);
   void emitConv2d(ValueId id, bool parallel);
   void emitPool(ValueId id, bool parallel);
+  bool emitVectorPool(ValueId id, bool parallel);
   void emitScatterForm(ValueId id, bool parallel);
   // Average pooling's divisor at output position `out` over input spatial
   // shape `xs`: shared by the forward pool and its scatter-form gradient.
