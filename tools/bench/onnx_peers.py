@@ -169,8 +169,9 @@ def run_stepc(stepc, folder, names, args):
         with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
             cmd = [stepc, "bench", os.path.join(folder, f"{name}.sg"), "--threads", str(THREADS),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--json", out.name]
-            if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
-                print(f"stepc {name}: bench failed: {' '.join(cmd)}", file=sys.stderr)
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                print(f"stepc {name}: {' '.join(cmd)} failed:\n{proc.stderr}", file=sys.stderr)
                 continue
             results[name] = json.load(open(out.name))["fused_ms_per_step"]
     return results
@@ -185,7 +186,7 @@ def check(stepc, folder, name):
     outputs = os.path.join(folder, f"{name}_out")
     subprocess.run([stepc, "run", os.path.join(folder, f"{name}.sg"), "--backend", "cpu",
                     "--threads", str(THREADS), "--input", f"x={x}", "--save-outputs", outputs],
-                   check=True, stdout=subprocess.DEVNULL)
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     got = np.load(os.path.join(outputs, "y.npy"))
     if got.shape != expected.shape:
         raise RuntimeError(f"{name}: stepc's output is {got.shape}, ORT's {expected.shape}")
@@ -195,6 +196,8 @@ def check(stepc, folder, name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stepc", default="build/bin/stepc", help="the stepc binary")
+    parser.add_argument("--stepc-base", help="another stepc binary (say, before a change), "
+                        "timed in the same rounds as a column of its own")
     parser.add_argument("--only", default=",".join(MODELS),
                         help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--warmup", type=int, default=10)
@@ -223,11 +226,15 @@ def main():
             subprocess.run([args.stepc, "import-onnx", path, "-o",
                             os.path.join(folder, f"{name}.sg")], check=True)
         errors = {name: check(args.stepc, folder, name) for name in names}
-        rounds = {"onnxruntime": {n: [] for n in names}, "stepc": {n: [] for n in names}}
+        stepcs = {"stepc": args.stepc}
+        if args.stepc_base:
+            stepcs["stepc-base"] = args.stepc_base
+        rounds = {c: {n: [] for n in names} for c in ["onnxruntime", *stepcs]}
         for _ in range(args.rounds):
-            for column, got in (("onnxruntime", run_ort(folder, names, args)),
-                                ("stepc", run_stepc(args.stepc, folder, names, args))):
-                for n, ms in got.items():
+            for n, ms in run_ort(folder, names, args).items():
+                rounds["onnxruntime"][n].append(ms)
+            for column, binary in stepcs.items():
+                for n, ms in run_stepc(binary, folder, names, args).items():
                     rounds[column][n].append(ms)
 
     best = {c: {n: min(v) if v else None for n, v in r.items()} for c, r in rounds.items()}
@@ -235,15 +242,18 @@ def main():
     print(f"median ms per forward, {THREADS} threads, {args.steps} calls after {args.warmup} "
           f"warm-up, lowest of {args.rounds} rounds; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"| {'model':<28} | {'onnxruntime':>11} | {'stepc':>9} | {'stepc/ort':>9} | "
-          f"{'max rel err':>11} |")
-    print("|" + "-" * 30 + "|" + "-" * 13 + "|" + "-" * 11 + "|" + "-" * 11 + "|" + "-" * 13 + "|")
+    columns = [c for c in best if c != "onnxruntime"]
+    print(f"| {'model':<28} | {'onnxruntime':>11} |" +
+          "".join(f" {c:>10} | {c + '/ort':>14} |" for c in columns) + f" {'max rel err':>11} |")
+    print("|" + "-" * 30 + "|" + "-" * 13 + "|" + "-" * 12 + "|" + "-" * 16 + "|" +
+          ("-" * 12 + "|" + "-" * 16 + "|") * (len(columns) - 1) + "-" * 13 + "|")
     for n in names:
-        o, s = best["onnxruntime"][n], best["stepc"][n]
-        cell = lambda v: f"{v:>.3f}" if v is not None else "failed"
-        ratio = f"{s / o:.2f}x" if o and s else "-"
-        print(f"| {LABELS[n]:<28} | {cell(o):>11} | {cell(s):>9} | {ratio:>9} | "
-              f"{errors[n]:>11.1e} |")
+        o = best["onnxruntime"][n]
+        cell = lambda v: f"{v:.3f}" if v is not None else "failed"
+        ratio = lambda v: f"{v / o:.2f}x" if o and v else "-"
+        print(f"| {LABELS[n]:<28} | {cell(o):>11} |" +
+              "".join(f" {cell(best[c][n]):>10} | {ratio(best[c][n]):>14} |" for c in columns) +
+              f" {errors[n]:>11.1e} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": THREADS, "steps": args.steps, "warmup": args.warmup,
