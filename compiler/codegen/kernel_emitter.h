@@ -142,6 +142,7 @@ private:
   std::string padElement(const Node &n, const Index &idx);
   std::string concatElement(const Node &n, const Index &idx, size_t first);
   std::string constantElement(const Node &n, ValueId id, const Index &idx);
+  std::string constantGlobal(const Node &n, ValueId id);
 
   // --- roots --------------------------------------------------------------
   Index openLoops(const Shape &shape, bool parallel, size_t from = 0);
