@@ -4,8 +4,8 @@
 # Idempotent and quiet when it is complete. Usage: scripts/python-venv.sh DIR
 set -euo pipefail
 venv=${1:-build/py-venv}
-packages=(numpy pytest mypy nanobind scikit-build-core)
-if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import numpy, pytest, mypy, nanobind, scikit_build_core" 2>/dev/null; then
+packages=(numpy ml_dtypes pytest mypy nanobind scikit-build-core)
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import numpy, ml_dtypes, pytest, mypy, nanobind, scikit_build_core" 2>/dev/null; then
   exit 0
 fi
 echo "stepc: creating $venv (${packages[*]})"

@@ -11,6 +11,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <vector>
 
 namespace stepc {
@@ -50,6 +51,15 @@ TEST(Backend, UnknownAndUnofferedNamesHaveOneWording) {
             "stepc train: unknown backend ''; available: cpu, cuda");
 }
 
+TEST(Backend, ChoicesForHelpListTheOfferedNamesInTableOrder) {
+  constexpr BackendKind every[] = {BackendKind::Cuda, BackendKind::Interp, BackendKind::Cpu};
+  constexpr BackendKind compiled[] = {BackendKind::Cuda, BackendKind::Cpu};
+  constexpr BackendKind cpu[] = {BackendKind::Cpu};
+  EXPECT_EQ(backendChoices(every), "interp, cpu or cuda");
+  EXPECT_EQ(backendChoices(compiled), "cpu or cuda");
+  EXPECT_EQ(backendChoices(cpu), "cpu");
+}
+
 TEST(Backend, CudaThatCannotRunSaysWhyAndWhatRuns) {
   EXPECT_NO_THROW(requireRunnable(findBackend("interp", "t")));
   EXPECT_NO_THROW(requireRunnable(findBackend("cpu", "t")));
@@ -72,18 +82,56 @@ TEST(Backend, InterpreterAndCpuRunTheGraphAlike) {
   ASSERT_EQ(got.size(), 1u);
   for (int64_t i = 0; i < 4; ++i)
     EXPECT_NEAR(got.at("z").real(i), want.at("z").real(i), 1e-5) << "element " << i;
-  EXPECT_THAT(errorOf([&] { makeExecutable(findBackend("interp", "t"), g); }),
-              HasSubstr("the interpreter compiles nothing"));
+  // The interpreter behind the Executable interface computes the same.
+  std::unique_ptr<Executable> interp = makeExecutable(findBackend("interp", "t"), g);
+  interp->setParam("w", params.at("w"));
+  std::map<std::string, Tensor> stepped = interp->step(inputs);
+  for (int64_t i = 0; i < 4; ++i)
+    EXPECT_EQ(stepped.at("z").real(i), want.at("z").real(i)) << "element " << i;
 }
 
-TEST(Backend, CompiledBackendsShareTheExecutableInterface) {
-  std::unique_ptr<Executable> exe =
-      makeExecutable(findBackend("cpu", "t"), affine(), CompileOptions{.cache = false});
-  EXPECT_EQ(exe->deviceName(), "");
-  EXPECT_EQ(exe->paramNames(), std::vector<std::string>{"w"});
-  EXPECT_THAT(errorOf([&] { exe->setParam("w", Tensor(DType::F64, {3, 2})); }),
-              StartsWith("param 'w': expected f32[3,2], got f64[3,2]"));
-  EXPECT_THAT(errorOf([&] { exe->param("v"); }), StartsWith("unknown param 'v'"));
+TEST(Backend, InterpreterAndCpuShareTheExecutableInterface) {
+  for (std::string_view name : {"interp", "cpu"}) {
+    SCOPED_TRACE(name);
+    std::unique_ptr<Executable> exe =
+        makeExecutable(findBackend(name, "t"), affine(), CompileOptions{.cache = false});
+    EXPECT_EQ(exe->deviceName(), "");
+    EXPECT_EQ(exe->paramNames(), std::vector<std::string>{"w"});
+    EXPECT_THAT(errorOf([&] { exe->setParam("w", Tensor(DType::F64, {3, 2})); }),
+                StartsWith("param 'w': expected f32[3,2], got f64[3,2]"));
+    EXPECT_THAT(errorOf([&] { exe->param("v"); }), StartsWith("unknown param 'v'"));
+    EXPECT_THAT(errorOf([&] { exe->step({}); }), HasSubstr("'x'"));
+  }
+}
+
+TEST(Backend, InterpreterTrainsAndCheckpointsAsTheCpuDoes) {
+  Graph step = parseGraph("graph counter {\n"
+                          "  input %x : f32[3]\n"
+                          "  param %c : f32[3] = normal(mean=0.0, std=1.0, seed=4)\n"
+                          "  %s = add(%c, %x)\n"
+                          "  output seen = %c\n"
+                          "  update %c = %s\n"
+                          "}\n");
+  TensorMap inputs = randomInputs(step, 9);
+  std::unique_ptr<Executable> interp = makeExecutable(findBackend("interp", "t"), step);
+  std::unique_ptr<Executable> cpu =
+      makeExecutable(findBackend("cpu", "t"), step, CompileOptions{.cache = false});
+  for (int i = 0; i < 2; ++i) {
+    interp->step(inputs);
+    cpu->step(inputs);
+  }
+  EXPECT_EQ(interp->stepsTaken(), 2);
+  Tensor want = cpu->param("c");
+  for (int64_t i = 0; i < 3; ++i)
+    EXPECT_NEAR(interp->param("c").real(i), want.real(i), 1e-6) << "element " << i;
+  // One checkpoint format: the interpreter's loads into the CPU's executable.
+  std::string path = testing::scratchPath("interp_checkpoint.safetensors");
+  interp->step(inputs);
+  interp->saveParams(path);
+  cpu->loadParams(path);
+  for (int64_t i = 0; i < 3; ++i)
+    EXPECT_EQ(cpu->param("c").real(i), interp->param("c").real(i)) << "element " << i;
+  std::remove(path.c_str());
 }
 
 } // namespace

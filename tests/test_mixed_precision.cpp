@@ -125,6 +125,44 @@ TEST(MixedPrecision, HalfComputeF32MasterWeightsAndLoss) {
   }
 }
 
+// A product no bias joins is a half matmul (f32 accumulation and one
+// rounding are what a half matmul means), so the CPU kernel reads the
+// halves themselves, and so do its gradients' products; one a bias joins
+// keeps its f32 sum.
+TEST(MixedPrecision, ProductsWithoutABiasAreHalfMatmuls) {
+  Graph model = parseGraph(R"(graph m {
+    input %x : f32[7,11]
+    param %w1 : f32[11,9] = xavier_uniform(seed=1)
+    param %w2 : f32[9,5] = xavier_uniform(seed=2)
+    param %b2 : f32[5] = zeros()
+    %h = matmul(%x, %w1)
+    %t = tanh(%h)
+    %y = linear(%t, %w2, %b2)
+    %loss = reduce_mean(%y) {axes=[0,1], keepdims=0}
+    output loss = %loss
+  })");
+  for (DType half : {DType::BF16, DType::F16}) {
+    SCOPED_TRACE(dtypeName(half));
+    Graph step = trainStep(model, "loss", adam(1e-3), {}, mixedIn(half));
+    int halfProducts = 0, wideProducts = 0;
+    for (const Node &node : step.nodes) {
+      if (node.op != OpKind::MatMul)
+        continue;
+      if (node.type.dtype == half) {
+        ++halfProducts;
+        for (ValueId operand : node.operands)
+          EXPECT_EQ(step.type(operand).dtype, half);
+      } else {
+        ++wideProducts;
+      }
+    }
+    // %h and d w1 (no d x: x is an input) in half; %y and its gradient
+    // products d t and d w2 in f32 of widened halves.
+    EXPECT_EQ(halfProducts, 2);
+    EXPECT_EQ(wideProducts, 3);
+  }
+}
+
 // Casts to integers and comparisons read f32 values in f32, as autocast
 // leaves them: 257 is 256 in bf16 and 2049 is 2048 in f16, so an index
 // computed from an input would gather the wrong row and a comparison would

@@ -190,13 +190,25 @@ private:
       if (auto *name = std::get_if<std::string>(d); name && parseDType(*name) == DType::F32)
         copy.attrs.set("dtype", std::string(dtypeName(compute)));
 
-    if (precision == Precision::Contract) {
+    if (precision == Precision::Contract && node.op == OpKind::MatMul && producesF32 &&
+        !readByBiasAdds(id)) {
       // The product of half operands, accumulated in f32 and rounded to half
       // once, is what a half matmul means (the interpreter and the kernels
-      // accumulate half products in f32). Written as an f32 product of the
-      // widened operands so that the CPU backend runs it on its f32
-      // register-tiled micro-kernel (half products take a scalar loop there);
-      // the numbers are the same either way.
+      // accumulate half products in f32), so a product no bias joins is a
+      // half matmul: the CPU kernel reads the halves themselves (bf16 pairs
+      // on vdpbf16ps where the host has AVX512_BF16, else widened as they
+      // are loaded), and so do its gradients' products, with no f32 copy of
+      // any operand in memory.
+      ValueId product = out_.add(std::move(copy));
+      mapped_.push_back(product);
+      return;
+    }
+    if (precision == Precision::Contract) {
+      // A product a bias joins keeps its f32 sum for the bias (as autocast's
+      // addmm), so it is written as an f32 product of the widened operands;
+      // the CPU kernel still multiplies them as bf16 pairs where it can (the
+      // widened values narrow back exactly). Convolutions, whose kernel
+      // computes in f32, are written this way too.
       for (ValueId &operand : copy.operands)
         if (out_.type(operand).dtype == half_)
           operand = widen(operand, node.loc);
@@ -240,6 +252,16 @@ private:
       return false;
     const Node &max = model_.node(node.operands[1]);
     return max.op == OpKind::ReduceMax && max.operands[0] == node.operands[0];
+  }
+
+  // Whether a bias add reads the model's product `id`.
+  bool readByBiasAdds(ValueId id) const {
+    for (ValueId user = id + 1; user < model_.size(); ++user) {
+      const Node &node = model_.node(user);
+      if (std::count(node.operands.begin(), node.operands.end(), id) && addsABias(node))
+        return true;
+    }
+    return false;
   }
 
   // Whether anything but bias adds (an output, an update, another op) reads

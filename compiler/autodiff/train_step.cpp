@@ -23,6 +23,35 @@ constexpr std::pair<Optimizer::Kind, std::string_view> kOptimizerNames[] = {
     {Optimizer::Kind::Adam, "adam"},       {Optimizer::Kind::AdamW, "adamw"},
 };
 
+constexpr std::pair<Schedule::Kind, std::string_view> kScheduleNames[] = {
+    {Schedule::Kind::Constant, "constant"},
+    {Schedule::Kind::Step, "step"},
+    {Schedule::Kind::Exponential, "exponential"},
+    {Schedule::Kind::Cosine, "cosine"},
+};
+
+// The kind called `name` in a table of (kind, name) pairs, or stepc::Error
+// "unknown optimizer 'adamx'; expected one of: sgd, ...".
+template <class Kind, size_t N>
+Kind kindNamed(const std::pair<Kind, std::string_view> (&names)[N], std::string_view name,
+               std::string_view what) {
+  std::string known;
+  for (const auto &[k, n] : names) {
+    if (n == name)
+      return k;
+    known += fmt::format("{}{}", known.empty() ? "" : ", ", n);
+  }
+  throw Error(fmt::format("unknown {} '{}'; expected one of: {}", what, name, known));
+}
+
+template <class Kind, size_t N>
+std::vector<std::string_view> namesOf(const std::pair<Kind, std::string_view> (&names)[N]) {
+  std::vector<std::string_view> out;
+  for (const auto &[k, n] : names)
+    out.push_back(n);
+  return out;
+}
+
 Value asDType(Value v, DType dtype) { return v.dtype() == dtype ? v : cast(v, dtype); }
 
 // The learning rate of this step, from the base rate and t = steps taken.
@@ -144,14 +173,15 @@ std::string_view optimizerName(Optimizer::Kind kind) {
 }
 
 Optimizer::Kind parseOptimizerKind(std::string_view name) {
-  std::string known;
-  for (const auto &[k, n] : kOptimizerNames) {
-    if (n == name)
-      return k;
-    known += fmt::format("{}{}", known.empty() ? "" : ", ", n);
-  }
-  throw Error(fmt::format("unknown optimizer '{}'; expected one of: {}", name, known));
+  return kindNamed(kOptimizerNames, name, "optimizer");
 }
+
+Schedule::Kind parseScheduleKind(std::string_view name) {
+  return kindNamed(kScheduleNames, name, "schedule");
+}
+
+std::vector<std::string_view> optimizerNames() { return namesOf(kOptimizerNames); }
+std::vector<std::string_view> scheduleNames() { return namesOf(kScheduleNames); }
 
 namespace {
 

@@ -25,7 +25,7 @@ constexpr std::array<Backend, 3> kBackends = {{
 std::span<const Backend> allBackends() { return kBackends; }
 
 const Backend &findBackend(std::string_view name, std::string_view command,
-                           std::initializer_list<BackendKind> offered) {
+                           std::span<const BackendKind> offered) {
   std::vector<std::string_view> available;
   const Backend *found = nullptr;
   for (const Backend &backend : kBackends) {
@@ -43,6 +43,23 @@ const Backend &findBackend(std::string_view name, std::string_view command,
                           found ? " is not available" : "", fmt::join(available, ", ")));
 }
 
+const Backend &findBackend(std::string_view name, std::string_view command) {
+  std::vector<BackendKind> every;
+  for (const Backend &backend : kBackends)
+    every.push_back(backend.kind);
+  return findBackend(name, command, every);
+}
+
+std::string backendChoices(std::span<const BackendKind> offered) {
+  std::vector<std::string_view> names;
+  for (const Backend &backend : kBackends)
+    if (std::find(offered.begin(), offered.end(), backend.kind) != offered.end())
+      names.push_back(backend.name);
+  if (names.size() < 2)
+    return fmt::format("{}", fmt::join(names, ""));
+  return fmt::format("{} or {}", fmt::join(names.begin(), names.end() - 1, ", "), names.back());
+}
+
 void requireRunnable(const Backend &backend) {
   if (backend.kind != BackendKind::Cuda)
     return;
@@ -54,7 +71,7 @@ std::unique_ptr<Executable> makeExecutable(const Backend &backend, const Graph &
                                            CompileOptions options, const RunOptions &run) {
   switch (backend.kind) {
   case BackendKind::Interp:
-    throw Error("the interpreter compiles nothing: run the graph with runOnBackend");
+    return makeInterpExecutable(graph, run);
   case BackendKind::Cpu:
     options.target = Target::Cpu;
     return compileJit(graph, options, run);

@@ -89,9 +89,9 @@ std::string hex64(uint64_t value) { return fmt::format("{:016x}", value); }
 // Everything in the key text but the graph: the codegen, target and options.
 std::string keyHeader(const CompileOptions &options) {
   std::string text = fmt::format(
-      "{}\nfingerprint {}\nllvm {}\ntarget {}\nmatmul tile {}\nfusion {} passes {}\n",
+      "{}\nfingerprint {}\nllvm {}\ntarget {}\nmatmul tile {} bf16 dot {}\nfusion {} passes {}\n",
       kCodegenVersion, STEPC_CODEGEN_FINGERPRINT, LLVM_VERSION_STRING, hostTarget(),
-      registerTile().name, options.fusion, options.passes);
+      registerTile().name, bf16DotProducts(), options.fusion, options.passes);
   if (options.memoryBudget.given())
     text += fmt::format("memory budget {} bytes {}%\n", options.memoryBudget.bytes,
                         options.memoryBudget.percent);

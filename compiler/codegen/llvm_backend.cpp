@@ -312,6 +312,14 @@ int hostVectorRegisterBits() {
   return bits;
 }
 
+bool hostHasAvx512Bf16() {
+  static const bool has = [] {
+    auto machine = hostMachine();
+    return llvm::StringRef(machine->getTargetFeatureString()).contains("+avx512bf16");
+  }();
+  return has;
+}
+
 std::shared_ptr<LoadedObject> LoadedObject::load(const std::string &objectBytes) {
   return std::make_shared<OrcObject>(std::vector<std::string>{objectBytes});
 }

@@ -49,6 +49,12 @@ std::string hostTargetDescription();
 // AVX-512, else 256 (AVX2). The matmul register tile is sized from it.
 int hostVectorRegisterBits();
 
+// Whether the host has AVX512_BF16 (vdpbf16ps: bf16 pairs multiplied
+// exactly and summed into f32). Read from the same target machine that
+// compiles the kernels, JIT and AOT alike, so an object never holds an
+// instruction its target lacks.
+bool hostHasAvx512Bf16();
+
 // Machine code loaded in memory (LLVM ORC). Symbols stay valid while it lives.
 class LoadedObject {
 public:

@@ -1,5 +1,5 @@
 // The loop nest of a matmul root: the register-tiled micro-kernel
-// (tiled_matmul.h) for f32 products on the CPU, with the kernel's elementwise
+// (tiled_matmul.h) for f32, bf16 and f16 products on the CPU, with the kernel's elementwise
 // roots after the product computed on its register tile (the epilogue);
 // otherwise one loop per output element (and on the GPU, one thread per
 // output element).
@@ -15,6 +15,11 @@ namespace stepc::codegen {
 // Operands read in place
 
 namespace {
+
+// Products the register-tiled kernel computes: f32, and the halves, whose
+// operands it widens on load (or multiplies with vdpbf16ps) and whose f32
+// sums it rounds on store.
+bool tiledDType(DType dtype) { return dtype == DType::F32 || isHalf(dtype); }
 
 Strides rowMajor(const Shape &shape) {
   Strides strides(shape.size(), 1);
@@ -119,7 +124,8 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
                                                                    bool planning) const {
   const Node &n = node(product);
   const Shape &out = n.type.shape;
-  if (gpu_ || n.type.dtype != DType::F32 || n.type.numel() == 0 || shapeOf(n.operands[0]).back() == 0)
+  if (gpu_ || !tiledDType(n.type.dtype) || n.type.numel() == 0 ||
+      shapeOf(n.operands[0]).back() == 0)
     return std::nullopt;
   MatMulPlan plan;
   size_t rank = out.size();
@@ -171,7 +177,7 @@ std::vector<bool> KernelEmitter::matmulCopies(ValueId product) const {
   const Node &n = node(product);
   if (matmulPlan(product, true))
     return {false, false};
-  if (gpu_ || n.type.dtype != DType::F32)
+  if (gpu_ || !tiledDType(n.type.dtype))
     return {true, true};
   // A is read in place if it is any strided view, B if it is one with a
   // unit stride along N; copied row-major, either makes a plan.
@@ -195,8 +201,8 @@ std::string KernelEmitter::stridedMatrix(const StridedOperand &s, const Index &b
     rowStride = 1;
   if (cols == 1)
     colStride = 1;
-  type = fmt::format("memref<{}x{}xf32, strided<[{}, {}], offset: ?>>", rows, cols, rowStride,
-                     colStride);
+  type = fmt::format("memref<{}x{}x{}, strided<[{}, {}], offset: ?>>", rows, cols,
+                     memoryElementType(g_.type(s.base).dtype), rowStride, colStride);
   return w_.assign(fmt::format(
       "memref.reinterpret_cast {} to offset: [{}], sizes: [{}, {}], strides: [{}, {}] : {} to {}",
       viewOf(s.base), offset, rows, cols, rowStride, colStride, memrefType(g_.type(s.base)), type));
@@ -217,9 +223,23 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
   if (plan.pack)
     panel = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
                                   panelBufferType(depth)));
+  // Operands that hold bf16 numbers (bf16 buffers, or f32 ones a cast
+  // widened from bf16, as mixed precision's products read) run on
+  // vdpbf16ps where the target has it.
+  auto bf16Numbers = [&](ValueId base) {
+    const Node &stored = node(base);
+    return stored.type.dtype == DType::BF16 ||
+           (stored.type.dtype == DType::F32 && stored.op == OpKind::Cast &&
+            dtypeOf(stored.operands[0]) == DType::BF16);
+  };
+  bool bf16Dot = bf16DotProducts() && bf16Numbers(plan.a.base) && bf16Numbers(plan.b.base);
   auto product = [&](const Index &batch, int64_t rows, const std::string &lo,
                      const std::string &hi) {
     TiledMatMul mm;
+    mm.aElem = memoryElementType(dtypeOf(plan.a.base));
+    mm.bElem = memoryElementType(dtypeOf(plan.b.base));
+    mm.cElem = memoryElementType(dtypeOf(id));
+    mm.bf16Dot = bf16Dot;
     mm.m = rows;
     mm.k = depth;
     mm.n = cols;
@@ -603,7 +623,8 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       return false;
   } else {
     auto plan = matmulPlan(product, false);
-    if (!plan || (plan->dot && !plan->pack))
+    // The epilogue computes on f32 sums; a half product is rounded first.
+    if (!plan || (plan->dot && !plan->pack) || m.type.dtype != DType::F32)
       return false;
   }
   tileConv_ = conv;

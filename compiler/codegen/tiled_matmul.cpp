@@ -19,20 +19,81 @@ namespace {
 constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
 constexpr const char *kVec = "vector<16xf32>";
 
-std::string memref(int64_t rows, int64_t cols) {
-  return fmt::format("memref<{}x{}xf32>", rows, cols);
+std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") {
+  return fmt::format("memref<{}x{}x{}>", rows, cols, elem);
 }
 
-std::string typeOf(const std::string &given, int64_t rows, int64_t cols) {
-  return given.empty() ? memref(rows, cols) : given;
+std::string typeOf(const std::string &given, int64_t rows, int64_t cols, const std::string &elem) {
+  return given.empty() ? memref(rows, cols, elem) : given;
 }
 std::string aType(const TiledMatMul &mm) {
-  return mm.aTransposed ? typeOf(mm.aType, mm.k, mm.m) : typeOf(mm.aType, mm.m, mm.k);
+  return mm.aTransposed ? typeOf(mm.aType, mm.k, mm.m, mm.aElem)
+                        : typeOf(mm.aType, mm.m, mm.k, mm.aElem);
 }
 std::string bType(const TiledMatMul &mm) {
-  return mm.bTransposed ? typeOf(mm.bType, mm.n, mm.k) : typeOf(mm.bType, mm.k, mm.n);
+  return mm.bTransposed ? typeOf(mm.bType, mm.n, mm.k, mm.bElem)
+                        : typeOf(mm.bType, mm.k, mm.n, mm.bElem);
 }
-std::string cType(const TiledMatMul &mm) { return typeOf(mm.cType, mm.m, mm.n); }
+std::string cType(const TiledMatMul &mm) { return typeOf(mm.cType, mm.m, mm.n, mm.cElem); }
+
+std::string vectorOf(const std::string &elem, int lanes = kLanes) {
+  return fmt::format("vector<{}x{}>", lanes, elem);
+}
+
+std::string zeroVector(MlirWriter &w, const std::string &type) {
+  return w.assign(fmt::format("arith.constant dense<0.0> : {}", type));
+}
+
+// A value loaded as `elem` (a scalar, or 16 lanes), in f32.
+std::string widened(MlirWriter &w, const std::string &value, const std::string &elem,
+                    bool vector) {
+  if (elem == "f32")
+    return value;
+  return vector ? w.assign(fmt::format("arith.extf {} : {} to {}", value, vectorOf(elem), kVec))
+                : w.assign(fmt::format("arith.extf {} : {} to f32", value, elem));
+}
+
+// 16 lanes of `mem` (elements `elem`) from [i, j] on, as stored; lanes off
+// in `mask` read 0.
+std::string loadLanes(MlirWriter &w, const std::string &mem, const std::string &type,
+                      const std::string &elem, const std::string &i, const std::string &j,
+                      const std::string &mask = "") {
+  std::string vec = vectorOf(elem);
+  if (mask.empty())
+    return w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mem, i, j, type, vec));
+  return w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}",
+                              mem, i, j, mask, zeroVector(w, vec), type, vec, vec));
+}
+
+// acc + the pairwise dot products of a and b (vector<32xbf16>): vdpbf16ps.
+std::string dotBf16Pairs(MlirWriter &w, const std::string &acc, const std::string &a,
+                         const std::string &b) {
+  return w.assign(fmt::format(
+      "llvm.call_intrinsic \"llvm.x86.avx512bf16.dpbf16ps.512\"({}, {}, {}) : ({}, "
+      "vector<32xbf16>, vector<32xbf16>) -> {}",
+      acc, a, b, kVec, kVec));
+}
+
+// 16 f32 words that hold bf16 numbers, as the bf16 in their high halves
+// (exact): the odd 16-bit lanes of x86's little-endian words.
+std::string highHalves(MlirWriter &w, const std::string &lo, const std::string &hi,
+                       bool interleave) {
+  std::vector<int> lanes;
+  for (int i = 0; i < kLanes; ++i)
+    if (interleave) {
+      lanes.push_back(2 * i + 1);
+      lanes.push_back(2 * kLanes + 2 * i + 1);
+    }
+  for (int i = 0; !interleave && i < 2 * kLanes; ++i)
+    lanes.push_back(2 * i + 1);
+  auto words = [&](const std::string &v) {
+    return w.assign(fmt::format("vector.bitcast {} : {} to vector<32xi16>", v, kVec));
+  };
+  std::string halves = w.assign(fmt::format("vector.shuffle {}, {} [{}] : vector<32xi16>, "
+                                            "vector<32xi16>",
+                                            words(lo), words(hi), fmt::join(lanes, ", ")));
+  return w.assign(fmt::format("vector.bitcast {} : vector<32xi16> to vector<32xbf16>", halves));
+}
 
 // Emits `scf.for` with vector accumulators; returns the result names.
 struct VectorLoop {
@@ -41,7 +102,7 @@ struct VectorLoop {
 };
 
 VectorLoop openVectorLoop(MlirWriter &w, const std::string &lb, const std::string &ub,
-                          const std::vector<std::string> &inits) {
+                          const std::vector<std::string> &inits, int64_t step = 1) {
   VectorLoop loop;
   loop.iv = w.fresh("k");
   std::string res = w.fresh("t");
@@ -53,7 +114,7 @@ VectorLoop openVectorLoop(MlirWriter &w, const std::string &lb, const std::strin
     loop.results.push_back(fmt::format("{}#{}", res, i));
   }
   w.line(fmt::format("{}:{} = scf.for {} = {} to {} step {} iter_args({}) -> ({}) {{", res,
-                     inits.size(), loop.iv, lb, ub, w.indexConstant(1), fmt::join(args, ", "),
+                     inits.size(), loop.iv, lb, ub, w.indexConstant(step), fmt::join(args, ", "),
                      fmt::join(types, ", ")));
   w.indent();
   w.pushScope();
@@ -72,6 +133,113 @@ std::string add(MlirWriter &w, const std::string &a, int64_t b) {
   return w.assign(fmt::format("arith.addi {}, {} : index", a, w.indexConstant(b)));
 }
 
+// The tile's f32 sums to C (rounded to a half C's type) or to the epilogue.
+void storeTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
+               const std::string &col, int vectors, const std::string &mask,
+               const std::vector<std::string> &sums) {
+  for (int r = 0; r < rows; ++r) {
+    std::string row = r == 0 ? rowLo : add(w, rowLo, r);
+    for (int v = 0; v < vectors; ++v) {
+      std::string at = v == 0 ? col : add(w, col, v * kLanes), value = sums[r * vectors + v];
+      if (mm.epilogue) {
+        w.pushScope();
+        mm.epilogue(row, at, value, mask);
+        w.popScope();
+        continue;
+      }
+      std::string vec = vectorOf(mm.cElem);
+      if (mm.cElem != "f32")
+        value = w.assign(fmt::format("arith.truncf {} : {} to {}", value, kVec, vec));
+      if (!mask.empty())
+        w.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", mm.c,
+                           row, at, mask, value, cType(mm), vec));
+      else
+        w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, mm.c, row, at,
+                           cType(mm), vec));
+    }
+  }
+}
+
+// B's rows k0 and k1 (empty: a row of zeros, for an odd K's last row) at
+// 16 columns, interleaved into the bf16 pairs vdpbf16ps reads:
+// (B[k0, c], B[k1, c]) in lanes 2c and 2c + 1.
+std::string bf16PairsOfB(MlirWriter &w, const TiledMatMul &mm, const std::string &k0,
+                         const std::string &k1, const std::string &col, const std::string &mask) {
+  auto row = [&](const std::string &k) {
+    return k.empty() ? zeroVector(w, vectorOf(mm.bElem))
+                     : loadLanes(w, mm.b, bType(mm), mm.bElem, k, col, mask);
+  };
+  std::string first = row(k0), second = row(k1);
+  if (mm.bElem == "f32")
+    return highHalves(w, first, second, true);
+  std::vector<int> lanes;
+  for (int i = 0; i < kLanes; ++i) {
+    lanes.push_back(i);
+    lanes.push_back(kLanes + i);
+  }
+  return w.assign(fmt::format("vector.shuffle {}, {} [{}] : vector<16xbf16>, vector<16xbf16>",
+                              first, second, fmt::join(lanes, ", ")));
+}
+
+// (A[row, k0], A[row, k1]) (k1 empty: 0) as one bf16 pair in all 16 lanes.
+std::string bf16PairOfA(MlirWriter &w, const TiledMatMul &mm, const std::string &row,
+                        const std::string &k0, const std::string &k1) {
+  bool f32 = mm.aElem == "f32";
+  // The bits of A[row, k] in an i32: a bf16's in the low half, an f32's
+  // (a bf16 number) in the high half.
+  auto bits = [&](const std::string &k) {
+    std::string value = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.a,
+                                             mm.aTransposed ? k : row, mm.aTransposed ? row : k,
+                                             aType(mm)));
+    if (f32)
+      return w.assign(fmt::format("arith.bitcast {} : f32 to i32", value));
+    std::string half = w.assign(fmt::format("arith.bitcast {} : bf16 to i16", value));
+    return w.assign(fmt::format("arith.extui {} : i16 to i32", half));
+  };
+  std::string sixteen = w.assign("arith.constant 16 : i32");
+  std::string pair = bits(k0);
+  if (f32)
+    pair = w.assign(fmt::format("arith.shrui {}, {} : i32", pair, sixteen));
+  if (!k1.empty()) {
+    std::string high = bits(k1);
+    high = f32 ? w.assign(fmt::format("arith.andi {}, {} : i32", high,
+                                      w.assign("arith.constant -65536 : i32")))
+               : w.assign(fmt::format("arith.shli {}, {} : i32", high, sixteen));
+    pair = w.assign(fmt::format("arith.ori {}, {} : i32", pair, high));
+  }
+  std::string splat = w.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", pair));
+  return w.assign(fmt::format("vector.bitcast {} : vector<16xi32> to vector<32xbf16>", splat));
+}
+
+// emitVectorTile with vdpbf16ps: the K loop takes rows of B two at a time
+// (an odd K's last row paired with zeros).
+void emitBf16VectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
+                        const std::string &col, int vectors, const std::string &mask,
+                        const std::string &bc) {
+  std::vector<std::string> sums(static_cast<size_t>(rows * vectors), zeroVector(w, kVec));
+  auto step = [&](const std::string &k0, const std::string &k1,
+                  const std::vector<std::string> &in) {
+    std::vector<std::string> bv, next;
+    for (int v = 0; v < vectors; ++v)
+      bv.push_back(bf16PairsOfB(w, mm, k0, k1, v == 0 ? bc : add(w, bc, v * kLanes), mask));
+    for (int r = 0; r < rows; ++r) {
+      std::string a = bf16PairOfA(w, mm, r == 0 ? rowLo : add(w, rowLo, r), k0, k1);
+      for (int v = 0; v < vectors; ++v)
+        next.push_back(dotBf16Pairs(w, in[r * vectors + v], a, bv[v]));
+    }
+    return next;
+  };
+  if (mm.k >= 2) {
+    VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(mm.k / 2), sums);
+    std::string k0 = w.assign(fmt::format("arith.muli {}, {} : index", loop.iv, w.indexConstant(2)));
+    closeVectorLoop(w, step(k0, add(w, k0, 1), loop.accs));
+    sums = loop.results;
+  }
+  if (mm.k % 2 == 1)
+    sums = step(w.indexConstant(mm.k - 1), "", sums);
+  storeTile(w, mm, rowLo, rows, col, vectors, mask, sums);
+}
+
 // Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16). With a
 // mask, the tile is one vector whose lanes past the matrix edge are off.
 // `bCol`, when given, is the column of B to read for C's column `col` (a
@@ -80,19 +248,18 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                     const std::string &col, int vectors, const std::string &mask = "",
                     const std::string &bCol = "") {
   const std::string &bc = bCol.empty() ? col : bCol;
-  std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
-  std::vector<std::string> inits(static_cast<size_t>(rows * vectors), zero);
+  if (mm.bf16Dot) {
+    emitBf16VectorTile(w, mm, rowLo, rows, col, vectors, mask, bc);
+    return;
+  }
+  std::vector<std::string> inits(static_cast<size_t>(rows * vectors), zeroVector(w, kVec));
   VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(mm.k), inits);
   std::vector<std::string> bv;
   for (int v = 0; v < vectors; ++v)
-    bv.push_back(mask.empty()
-                     ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, loop.iv,
-                                            v == 0 ? bc : add(w, bc, v * kLanes),
-                                            bType(mm), kVec))
-                     : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, "
-                                            "vector<16xi1>, {} into {}",
-                                            mm.b, loop.iv, bc, mask, zero, bType(mm),
-                                            kVec, kVec)));
+    bv.push_back(widened(w,
+                         loadLanes(w, mm.b, bType(mm), mm.bElem, loop.iv,
+                                   v == 0 ? bc : add(w, bc, v * kLanes), mask),
+                         mm.bElem, true));
   std::vector<std::string> next;
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
@@ -101,40 +268,75 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                                                aType(mm))
                                  : fmt::format("memref.load {}[{}, {}] : {}", mm.a, row, loop.iv,
                                                aType(mm)));
-    std::string splat = w.assign(fmt::format("vector.broadcast {} : f32 to {}", a, kVec));
+    std::string splat = w.assign(fmt::format("vector.broadcast {} : f32 to {}",
+                                             widened(w, a, mm.aElem, false), kVec));
     for (int v = 0; v < vectors; ++v)
       next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", splat, bv[v],
                                           loop.accs[r * vectors + v], kVec)));
   }
   closeVectorLoop(w, next);
-  for (int r = 0; r < rows; ++r) {
-    std::string row = r == 0 ? rowLo : add(w, rowLo, r);
-    for (int v = 0; v < vectors; ++v) {
-      if (mm.epilogue) {
-        w.pushScope();
-        mm.epilogue(row, v == 0 ? col : add(w, col, v * kLanes), loop.results[r * vectors + v],
-                    mask);
-        w.popScope();
-        continue;
-      }
-      if (!mask.empty()) {
-        w.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", mm.c,
-                           row, col, mask, loop.results[r * vectors + v], cType(mm),
-                           kVec));
-        continue;
-      }
-      w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", loop.results[r * vectors + v],
-                         mm.c, row, v == 0 ? col : add(w, col, v * kLanes), cType(mm),
-                         kVec));
-    }
-  }
+  storeTile(w, mm, rowLo, rows, col, vectors, mask, loop.results);
 }
 
 // C[rows x cols] at (rowLo, colLo) as dot products of A's rows with B^T's
 // rows: 16-lane partial sums along K (the tail masked), reduced at the end.
+// 32 elements of a row of `mem` from [i, k] on (`count` of them where
+// fewer are left, the rest 0) as the bf16 pairs vdpbf16ps reads: the
+// elements in order, consecutive K being the pairs.
+std::string bf16AlongK(MlirWriter &w, const std::string &mem, const std::string &type,
+                       const std::string &elem, const std::string &i, const std::string &k,
+                       int64_t count) {
+  const int64_t pairLanes = 2 * kLanes;
+  if (elem == "bf16") {
+    if (count >= pairLanes)
+      return w.assign(fmt::format("vector.load {}[{}, {}] : {}, vector<32xbf16>", mem, i, k, type));
+    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<32xi1>", count));
+    return w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<32xi1>, "
+                                "vector<32xbf16> into vector<32xbf16>",
+                                mem, i, k, mask, zeroVector(w, "vector<32xbf16>"), type));
+  }
+  auto part = [&](const std::string &at, int64_t n) {
+    if (n <= 0)
+      return zeroVector(w, kVec);
+    std::string mask = n >= kLanes ? std::string()
+                                   : w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", n));
+    return loadLanes(w, mem, type, "f32", i, at, mask);
+  };
+  return highHalves(w, part(k, count), part(add(w, k, kLanes), count - kLanes), false);
+}
+
+// emitDotTile with vdpbf16ps, 32 elements of K a step.
+std::vector<std::string> bf16DotSums(MlirWriter &w, const TiledMatMul &mm,
+                                     const std::vector<std::string> &rowIdx,
+                                     const std::vector<std::string> &colIdx) {
+  const int64_t pairLanes = 2 * kLanes;
+  int64_t full = mm.k / pairLanes * pairLanes;
+  size_t rows = rowIdx.size(), cols = colIdx.size();
+  std::vector<std::string> acc(rows * cols, zeroVector(w, kVec));
+  auto step = [&](const std::string &k, int64_t count, const std::vector<std::string> &in) {
+    std::vector<std::string> av, bv, next;
+    for (const std::string &row : rowIdx)
+      av.push_back(bf16AlongK(w, mm.a, aType(mm), mm.aElem, row, k, count));
+    for (const std::string &col : colIdx)
+      bv.push_back(bf16AlongK(w, mm.b, bType(mm), mm.bElem, col, k, count));
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c)
+        next.push_back(dotBf16Pairs(w, in[r * cols + c], av[r], bv[c]));
+    return next;
+  };
+  if (full > 0) {
+    VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(full), acc, pairLanes);
+    closeVectorLoop(w, step(loop.iv, pairLanes, loop.accs));
+    acc = loop.results;
+  }
+  if (mm.k > full)
+    acc = step(w.indexConstant(full), mm.k - full, acc);
+  return acc;
+}
+
 void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
                  const std::string &colLo, int cols) {
-  std::string zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
+  std::string zero = zeroVector(w, kVec);
   int64_t full = mm.k / kLanes * kLanes;
   std::vector<std::string> acc(static_cast<size_t>(rows * cols), zero);
   std::vector<std::string> rowIdx, colIdx;
@@ -143,44 +345,34 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
   for (int c = 0; c < cols; ++c)
     colIdx.push_back(c == 0 ? colLo : add(w, colLo, c));
   auto step = [&](const std::string &k, const std::string &mask, const std::vector<std::string> &in) {
-    auto load = [&](const std::string &mem, const std::string &i, const std::string &type) {
-      return mask.empty()
-                 ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mem, i, k, type, kVec))
-                 : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, "
-                                        "{} into {}",
-                                        mem, i, k, mask, zero, type, kVec, kVec));
+    auto load = [&](const std::string &mem, const std::string &i, const std::string &type,
+                    const std::string &elem) {
+      return widened(w, loadLanes(w, mem, type, elem, i, k, mask), elem, true);
     };
     std::vector<std::string> av, bv, next;
     for (int r = 0; r < rows; ++r)
-      av.push_back(load(mm.a, rowIdx[r], aType(mm)));
+      av.push_back(load(mm.a, rowIdx[r], aType(mm), mm.aElem));
     for (int c = 0; c < cols; ++c)
-      bv.push_back(load(mm.b, colIdx[c], bType(mm)));
+      bv.push_back(load(mm.b, colIdx[c], bType(mm), mm.bElem));
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < cols; ++c)
         next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", av[r], bv[c],
                                             in[r * cols + c], kVec)));
     return next;
   };
-  if (full > 0) {
-    std::string k = w.fresh("k"), res = w.fresh("t");
-    std::vector<std::string> args, types, inner, results;
-    for (size_t i = 0; i < acc.size(); ++i) {
-      inner.push_back(w.fresh("acc"));
-      args.push_back(fmt::format("{} = {}", inner.back(), acc[i]));
-      types.push_back(kVec);
-      results.push_back(fmt::format("{}#{}", res, i));
+  if (mm.bf16Dot) {
+    acc = bf16DotSums(w, mm, rowIdx, colIdx);
+  } else {
+    if (full > 0) {
+      VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(full), acc, kLanes);
+      closeVectorLoop(w, step(loop.iv, "", loop.accs));
+      acc = loop.results;
     }
-    w.line(fmt::format("{}:{} = scf.for {} = {} to {} step {} iter_args({}) -> ({}) {{", res,
-                       acc.size(), k, w.indexConstant(0), w.indexConstant(full),
-                       w.indexConstant(kLanes), fmt::join(args, ", "), fmt::join(types, ", ")));
-    w.indent();
-    w.pushScope();
-    closeVectorLoop(w, step(k, "", inner));
-    acc = results;
-  }
-  if (mm.k > full) {
-    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.k - full));
-    acc = step(w.indexConstant(full), mask, acc);
+    if (mm.k > full) {
+      std::string mask =
+          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.k - full));
+      acc = step(w.indexConstant(full), mask, acc);
+    }
   }
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) {
@@ -189,8 +381,10 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
       if (mm.accumulate) {
         std::string old = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.c, rowIdx[r],
                                                colIdx[c], cType(mm)));
-        sum = w.assign(fmt::format("arith.addf {}, {} : f32", old, sum));
+        sum = w.assign(fmt::format("arith.addf {}, {} : f32", widened(w, old, mm.cElem, false), sum));
       }
+      if (mm.cElem != "f32")
+        sum = w.assign(fmt::format("arith.truncf {} : f32 to {}", sum, mm.cElem));
       w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", sum, mm.c, rowIdx[r], colIdx[c],
                          cType(mm)));
     }
@@ -262,6 +456,17 @@ const RegisterTile &registerTile() {
 void forceRegisterTile(const RegisterTile *tile) { forcedTile.store(tile); }
 
 namespace {
+std::atomic<int> forcedBf16Dot{-1};
+}
+
+bool bf16DotProducts() {
+  int forced = forcedBf16Dot.load();
+  return forced >= 0 ? forced == 1 : hostHasAvx512Bf16();
+}
+
+void forceBf16DotProducts(int state) { forcedBf16Dot.store(state); }
+
+namespace {
 
 // Rows [k0, k0 + depth) of the panel's 16 columns from `group` on, from a
 // 16x16 block of B^T (unit K stride) transposed in registers: four rounds
@@ -270,21 +475,14 @@ namespace {
 void emitTransposedBlock(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
                          const std::string &panelType, const std::string &colLo, int64_t group,
                          const std::string &k0, int64_t depth) {
-  std::string mask, zero;
-  if (depth < kLanes) {
+  std::string mask;
+  if (depth < kLanes)
     mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", depth));
-    zero = w.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
-  }
   std::vector<std::string> rows;
-  for (int i = 0; i < kLanes; ++i) {
-    std::string row = add(w, colLo, group + i);
-    rows.push_back(mask.empty()
-                       ? w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mm.b, row, k0,
-                                              bType(mm), kVec))
-                       : w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, "
-                                              "vector<16xi1>, {} into {}",
-                                              mm.b, row, k0, mask, zero, bType(mm), kVec, kVec)));
-  }
+  for (int i = 0; i < kLanes; ++i)
+    rows.push_back(widened(
+        w, loadLanes(w, mm.b, bType(mm), mm.bElem, add(w, colLo, group + i), k0, mask),
+        mm.bElem, true));
   for (int size : {8, 4, 2, 1}) {
     // Row i keeps its lanes l with (l & size) == 0 and takes row i + size's
     // lanes l - size into the others; row i + size the converse.
@@ -338,7 +536,8 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
   std::string col = w.assign(fmt::format("arith.addi {}, {} : index", colLo, c));
   std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
   std::string value = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.b, col, k, bType(mm)));
-  w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", value, panel, k, c, panelType));
+  w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", widened(w, value, mm.bElem, false), panel,
+                     k, c, panelType));
   w.endFor();
   w.endFor();
 }
@@ -352,6 +551,10 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     throw std::logic_error("tiled matmul: an epilogue needs the vector path");
   if (mm.packB && (!mm.bTransposed || mm.accumulate))
     throw std::logic_error("tiled matmul: packB reads B^T and stores C");
+  if (mm.bf16Dot && (mm.aElem == "f16" || mm.bElem == "f16"))
+    throw std::logic_error("tiled matmul: bf16Dot reads bf16 numbers");
+  if (mm.epilogue && mm.cElem != "f32")
+    throw std::logic_error("tiled matmul: an epilogue takes f32 sums, not a half C");
   const RegisterTile &tile = registerTile();
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
@@ -383,6 +586,7 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     fromPanel.b = panel;
     fromPanel.bType = panelType;
     fromPanel.bTransposed = false;
+    fromPanel.bElem = "f32"; // the panel holds B widened
   }
   const TiledMatMul &tm = mm.packB ? fromPanel : mm;
   auto panelColumn = [&](int64_t c) { return mm.packB ? w.indexConstant(c) : std::string(); };

@@ -24,6 +24,17 @@ struct TiledMatMul {
   // stores need a unit stride along their 16 lanes: B's (or B^T's) and C's
   // last dimension, and A's last with bTransposed.
   std::string aType = "", bType = "", cType = "";
+  // The element types in memory ("f32", "bf16", "f16"). Half operands are
+  // extended to f32 as they are loaded and run on the f32 kernel; a half C
+  // is rounded (to nearest even) as it is stored. The accumulators are f32.
+  std::string aElem = "f32", bElem = "f32", cElem = "f32";
+  // A's and B's values are all bf16 numbers (bf16 in memory, or f32 widened
+  // from bf16, which narrows back exactly): the K loop multiplies pairs
+  // along K with vdpbf16ps (AVX512_BF16; see bf16DotProducts). Products are
+  // exact in f32 and each pair's sum is added to the f32 accumulator with
+  // one rounding, so only the order of the f32 sums differs from the FMA
+  // kernel (and bf16 subnormals read as 0).
+  bool bf16Dot = false;
   // Add the product to C instead of storing it (dot-product path only).
   bool accumulate = false;
   // With bTransposed: copy B^T's column panels into a row-major buffer on
@@ -69,6 +80,13 @@ const RegisterTile &registerTile();
 // again). The JIT cache key names registerTile(), so cached kernels stay
 // right.
 void forceRegisterTile(const RegisterTile *tile);
+
+// Whether kernels multiply bf16 operands with vdpbf16ps: the target has
+// AVX512_BF16 (hostHasAvx512Bf16, llvm_backend.h), unless a test forced it
+// off or on. Part of the JIT cache key.
+bool bf16DotProducts();
+// Tests only: 0 off, 1 on, -1 the host's again.
+void forceBf16DotProducts(int state);
 
 // Blocks of registerTile() rows x columns accumulate in registers over the
 // whole K loop (one broadcast of A and the loads of B feed a row's FMAs);

@@ -92,9 +92,11 @@ std::string compare(const Tensor &got, const Tensor &want, double rtol, double a
     return fmt::format("got {}, expected {}", typeString(got.type()), typeString(want.type()));
   int64_t bad = 0, first = -1;
   double worst = 0;
+  bool real = isFloat(got.dtype());
   for (int64_t i = 0; i < got.numel(); ++i) {
     double g = got.real(i), w = want.real(i);
-    bool ok = isFloat(got.dtype()) ? close(g, w, rtol, atol) : g == w;
+    // Integers compare exactly (a u64 above 2^53 is not exact as a double).
+    bool ok = real ? close(g, w, rtol, atol) : got.integer(i) == want.integer(i);
     if (!ok) {
       if (bad++ == 0)
         first = i;

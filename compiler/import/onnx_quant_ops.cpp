@@ -34,12 +34,17 @@ std::pair<double, double> quantRange(NodeContext &c, DType dtype) {
   c.unsupportedDType("zero point", dtype);
 }
 
-// saturate(round_half_even(x / scale) + zero point), as `dtype`.
-Value quantize(NodeContext &c, Value x, Value scale, Value zeroPoint, DType dtype) {
+// saturate(round_half_even(scaled) + zero point), as `dtype`.
+Value roundToQuantized(NodeContext &c, Value scaled, Value zeroPoint, DType dtype) {
   auto [low, high] = quantRange(c, dtype);
-  Value q = add(roundHalfEven(c, div(x, scale)), cast(zeroPoint, DType::F32));
+  Value q = add(roundHalfEven(c, scaled), cast(zeroPoint, DType::F32));
   q = minimum(maximum(q, c.scalar(low, DType::F32)), c.scalar(high, DType::F32));
   return cast(q, dtype);
+}
+
+// saturate(round_half_even(x / scale) + zero point), as `dtype`.
+Value quantize(NodeContext &c, Value x, Value scale, Value zeroPoint, DType dtype) {
+  return roundToQuantized(c, div(x, scale), zeroPoint, dtype);
 }
 
 Value f32(Value v) { return v.dtype() == DType::F32 ? v : cast(v, DType::F32); }
@@ -148,11 +153,8 @@ void mapQLinearMatMul(NodeContext &c) {
   Value zeroPoint = c.in(7);
   if (zeroPoint.rank() == 1 && zeroPoint.dim(0) == 1)
     zeroPoint = reshape(zeroPoint, {});
-  Value q = add(roundHalfEven(c, mul(cast(product, DType::F32), scale)),
-                cast(zeroPoint, DType::F32));
-  auto [low, high] = quantRange(c, zeroPoint.dtype());
-  q = minimum(maximum(q, c.scalar(low, DType::F32)), c.scalar(high, DType::F32));
-  c.setOutput(0, cast(q, zeroPoint.dtype()));
+  c.setOutput(0, roundToQuantized(c, mul(cast(product, DType::F32), scale), zeroPoint,
+                                  zeroPoint.dtype()));
 }
 
 } // namespace stepc::onnx_import

@@ -50,11 +50,14 @@ std::string_view initKindName(Init::Kind kind) {
   return "?";
 }
 
-std::optional<Init::Kind> parseInitKind(std::string_view name) {
-  for (const InitName &n : kInitNames)
+Init::Kind parseInitKind(std::string_view name) {
+  std::string known;
+  for (const InitName &n : kInitNames) {
     if (n.name == name)
       return n.kind;
-  return std::nullopt;
+    known += fmt::format("{}{}", known.empty() ? "" : ", ", n.name);
+  }
+  throw Error(fmt::format("unknown initializer '{}'; expected one of: {}", name, known));
 }
 
 Attrs Init::toAttrs() const {
@@ -73,16 +76,9 @@ Attrs Init::toAttrs() const {
 
 Init Init::fromAttrs(const Attrs &attrs) {
   const std::string &name = attrs.getString("init");
-  auto kind = parseInitKind(name);
-  if (!kind) {
-    std::string known;
-    for (const InitName &n : kInitNames)
-      known += fmt::format("{}{}", known.empty() ? "" : ", ", n.name);
-    throw Error(fmt::format("unknown initializer '{}'; expected one of: {}", name, known));
-  }
   Init init;
-  init.kind = *kind;
-  std::vector<std::string_view> args = argumentNames(*kind);
+  init.kind = parseInitKind(name);
+  std::vector<std::string_view> args = argumentNames(init.kind);
   for (const auto &[attr, value] : attrs.entries()) {
     // A param node keeps its type next to the initializer.
     if (attr == "init" || attr == "dtype" || attr == "shape")
@@ -101,9 +97,9 @@ Init Init::fromAttrs(const Attrs &attrs) {
     else
       init.b = attrs.getReal(arg);
   }
-  if (*kind == Kind::Normal && !(init.b >= 0))
+  if (init.kind == Kind::Normal && !(init.b >= 0))
     throw Error(fmt::format("initializer 'normal' needs std >= 0, got {}", init.b));
-  if (*kind == Kind::Uniform && !(init.a <= init.b))
+  if (init.kind == Kind::Uniform && !(init.a <= init.b))
     throw Error(fmt::format("initializer 'uniform' needs low <= high, got low={} high={}",
                             init.a, init.b));
   return init;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace stepc {
@@ -41,8 +42,16 @@ std::span<const Backend> allBackends();
 // name that is no backend, "bench: backend 'cuda' is not available;
 // available: cpu" for one the command does not run.
 const Backend &findBackend(std::string_view name, std::string_view command,
-                           std::initializer_list<BackendKind> offered = {
-                               BackendKind::Interp, BackendKind::Cpu, BackendKind::Cuda});
+                           std::span<const BackendKind> offered);
+inline const Backend &findBackend(std::string_view name, std::string_view command,
+                                  std::initializer_list<BackendKind> offered) {
+  return findBackend(name, command, std::span(offered.begin(), offered.size()));
+}
+// Among every backend.
+const Backend &findBackend(std::string_view name, std::string_view command);
+
+// The names of `offered` for a command's help: "interp, cpu or cuda".
+std::string backendChoices(std::span<const BackendKind> offered);
 
 // Throws stepc::Error "--backend cuda: no CUDA device: ...; --backend cpu
 // runs here" (or "... stepc was built without CUDA ...") where `backend`
@@ -50,9 +59,10 @@ const Backend &findBackend(std::string_view name, std::string_view command,
 // anything. Every other backend runs everywhere.
 void requireRunnable(const Backend &backend);
 
-// Compiles `graph` for a compiled backend (options.target is set from it)
-// and creates its executable: compileJit for cpu, compileCuda for cuda
-// (which throws "no CUDA device: ..." before compiling where there is none).
+// The executable of `graph` on `backend`: makeInterpExecutable for interp
+// (`options` do not apply), or compiled (options.target set from the
+// backend): compileJit for cpu, compileCuda for cuda (which throws "no CUDA
+// device: ..." before compiling where there is none).
 std::unique_ptr<Executable> makeExecutable(const Backend &backend, const Graph &graph,
                                            CompileOptions options = {},
                                            const RunOptions &run = {});

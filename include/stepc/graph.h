@@ -235,6 +235,8 @@ struct Init {
 };
 
 std::string_view initKindName(Init::Kind kind);
-std::optional<Init::Kind> parseInitKind(std::string_view name);
+// "zeros", "ones", ..., "xavier_uniform"; throws stepc::Error listing them on
+// others.
+Init::Kind parseInitKind(std::string_view name);
 
 } // namespace stepc

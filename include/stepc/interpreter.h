@@ -9,6 +9,7 @@
 #include "stepc/tensor.h"
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -33,6 +34,15 @@ TensorMap interpret(const Graph &graph, const TensorMap &inputs,
 // On an error `params` is left unchanged.
 TensorMap interpretStep(const Graph &graph, const TensorMap &inputs, TensorMap &params,
                         const InterpretOptions &options = {});
+
+// The interpreter behind the one Executable interface: params by name,
+// their type checks and checkpoints are the compiled backends' (the base
+// class's); a step runs interpretStep on the params it holds, so a failed
+// step changes none. Verifies the graph first. RunOptions::communicator
+// serves all_reduce; checkNumerics, profile, threads and afterKernel do not
+// apply (there are no kernels).
+std::unique_ptr<Executable> makeInterpExecutable(const Graph &graph,
+                                                 const RunOptions &options = {});
 
 // As interpret(), but returns the value of every node (index = ValueId).
 std::vector<Tensor> interpretAll(const Graph &graph, const TensorMap &inputs,

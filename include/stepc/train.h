@@ -6,6 +6,8 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace stepc {
 
@@ -54,6 +56,12 @@ private:
 std::string_view optimizerName(Optimizer::Kind kind);
 // "sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"; throws on others.
 Optimizer::Kind parseOptimizerKind(std::string_view name);
+// "constant", "step", "exponential", "cosine"; throws on others.
+Schedule::Kind parseScheduleKind(std::string_view name);
+// Every optimizer's and every schedule's name, in the order above (what the
+// CLI's and the Python module's choices list).
+std::vector<std::string_view> optimizerNames();
+std::vector<std::string_view> scheduleNames();
 
 // Data-parallel training (the way PyTorch's DDP and XLA do it): every
 // process runs the step on its own slice of the global batch, and the

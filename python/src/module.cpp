@@ -11,6 +11,7 @@
 #include "stepc/backend.h"
 #include "stepc/compile.h"
 #include "stepc/cuda.h"
+#include "stepc/file.h"
 #include "stepc/interpreter.h"
 #include "stepc/onnx.h"
 #include "stepc/text.h"
@@ -98,9 +99,11 @@ DType dtypeOfArray(const InArray &a, const std::string &name) {
     if (t == nb::dtype<uint64_t>()) return DType::U64;
     if (t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && t.bits == 16)
       return DType::F16;
+    if (t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat) && t.bits == 16)
+      return DType::BF16;
   }
   throw Error(fmt::format("'{}': arrays of this element type (DLPack code {}, {} bits) are not "
-                          "supported; use float32, float64, float16, int8..int64, uint8..uint64 or bool",
+                          "supported; use float32, float64, float16, bfloat16, int8..int64, uint8..uint64 or bool",
                           name, int(t.code), int(t.bits)));
 }
 
@@ -114,14 +117,55 @@ Tensor toTensor(const std::string &name, const InArray &a) {
   return t;
 }
 
+// NumPy has no bfloat16 of its own; ml_dtypes' (what JAX uses) stores the
+// same 16-bit patterns, so a bf16 array is a uint16 array viewed as it.
+nb::object bfloat16Dtype() {
+  try {
+    return nb::module_::import_("ml_dtypes").attr("bfloat16");
+  } catch (const nb::python_error &) {
+    throw Error("bf16 arrays need the ml_dtypes package (pip install ml_dtypes): NumPy has no "
+                "bfloat16 of its own");
+  }
+}
+
 nb::object toNumpy(Tensor tensor) {
   auto *owned = new Tensor(std::move(tensor));
   nb::capsule owner(owned, [](void *p) noexcept { delete static_cast<Tensor *>(p); });
   std::vector<size_t> shape(owned->shape().begin(), owned->shape().end());
   static std::byte empty[64];
   void *data = owned->nbytes() > 0 ? static_cast<void *>(owned->bytes()) : empty;
-  OutArray array(data, shape.size(), shape.data(), owner, nullptr, dlpackDType(owned->dtype()));
-  return nb::cast(array, nb::rv_policy::reference);
+  bool bf16 = owned->dtype() == DType::BF16;
+  OutArray array(data, shape.size(), shape.data(), owner, nullptr,
+                 bf16 ? nb::dtype<uint16_t>() : dlpackDType(owned->dtype()));
+  nb::object result = nb::cast(array, nb::rv_policy::reference);
+  return bf16 ? result.attr("view")(bfloat16Dtype()) : result;
+}
+
+// The bits of a DLPack bfloat16 array (PyTorch's, JAX's) as a NumPy uint16
+// array sharing its memory, for the Python side to view as ml_dtypes'.
+nb::object bfloat16Bits(nb::object source) {
+  InArray a = nb::cast<InArray>(source);
+  if (dtypeOfArray(a, "array") != DType::BF16)
+    throw Error("bfloat16_bits: expected a bfloat16 array");
+  std::vector<size_t> shape;
+  for (size_t i = 0; i < a.ndim(); ++i)
+    shape.push_back(a.shape(i));
+  nb::ndarray<nb::numpy, nb::ro> bits(a.data(), shape.size(), shape.data(), source, nullptr,
+                                      nb::dtype<uint16_t>());
+  return nb::cast(bits, nb::rv_policy::reference);
+}
+
+// An ml_dtypes bfloat16 array, given as its uint16 view, as an array whose
+// DLPack type says bfloat16 (NumPy cannot export its bfloat16 by DLPack).
+nb::object bfloat16Array(nb::object bits) {
+  using Bits = nb::ndarray<nb::ro, nb::c_contig, nb::device::cpu, uint16_t>;
+  Bits a = nb::cast<Bits>(bits);
+  std::vector<size_t> shape;
+  for (size_t i = 0; i < a.ndim(); ++i)
+    shape.push_back(a.shape(i));
+  nb::ndarray<nb::ro> view(a.data(), shape.size(), shape.data(), bits, nullptr,
+                           dlpackDType(DType::BF16));
+  return nb::cast(view, nb::rv_policy::reference);
 }
 
 TensorMap toTensorMap(const std::map<std::string, InArray> &arrays) {
@@ -170,13 +214,8 @@ template <class F> Value at(Value anchor, const Where &w, F &&build) {
 }
 
 Init initFrom(const std::string &kind, double a, double b, int64_t seed) {
-  std::optional<Init::Kind> k = parseInitKind(kind);
-  if (!k)
-    throw Error(fmt::format("unknown initializer '{}'; expected zeros, ones, constant, normal, "
-                            "uniform, he_normal, he_uniform, xavier_normal or xavier_uniform",
-                            kind));
   Init init;
-  init.kind = *k;
+  init.kind = parseInitKind(kind);
   init.a = a;
   init.b = b;
   init.seed = seed;
@@ -380,18 +419,7 @@ nb::list slotList(const Graph &g, const std::vector<ValueId> &ids) {
 Schedule scheduleFrom(const std::string &kind, int64_t stepSize, double gamma, int64_t totalSteps,
                       double minLr) {
   Schedule s;
-  if (kind == "constant")
-    s.kind = Schedule::Kind::Constant;
-  else if (kind == "step")
-    s.kind = Schedule::Kind::Step;
-  else if (kind == "exponential")
-    s.kind = Schedule::Kind::Exponential;
-  else if (kind == "cosine")
-    s.kind = Schedule::Kind::Cosine;
-  else
-    throw Error(fmt::format("unknown schedule '{}'; expected constant, step, exponential or "
-                            "cosine",
-                            kind));
+  s.kind = parseScheduleKind(kind);
   s.stepSize = stepSize;
   s.gamma = gamma;
   s.totalSteps = totalSteps;
@@ -414,6 +442,10 @@ void bindGraph(nb::module_ &m) {
       .def_prop_ro("num_updates", [](const Graph &g) { return g.updates.size(); })
       .def_prop_ro("num_nodes", [](const Graph &g) { return g.size(); })
       .def("text", [](const Graph &g) { return printGraph(g); })
+      .def("save",
+           [](const Graph &g, const std::string &path) {
+             writeFileAtomically(path, printGraph(g));
+           })
       .def("initial_params", [](const Graph &g) { return toDict(initialParams(g)); })
       .def("random_inputs",
            [](const Graph &g, uint64_t seed) { return toDict(randomInputs(g, seed)); });
@@ -467,9 +499,9 @@ void bindGraph(nb::module_ &m) {
 }
 
 // --- Compiled steps -----------------------------------------------------------
-// One interface over the three backends (stepc/backend.h): the interpreter
-// keeps the params in a TensorMap, a compiled backend's Executable keeps them
-// in its arena.
+// One interface over the three backends (stepc/backend.h): each is an
+// Executable, the interpreter's included, so params, checkpoints and their
+// checks are the runtime's.
 class Step {
 public:
   Step(const Graph &graph, const std::string &backend, bool fusion, int threads,
@@ -485,98 +517,31 @@ public:
     run.threads = threads;
     run.checkNumerics = checkNumerics;
     run.profile = profile;
-    if (chosen.compiled()) {
-      exe_ = makeExecutable(chosen, graph, options, run);
-    } else {
-      graph_ = graph;
-      verify(*graph_);
-      params_ = initialParams(*graph_);
-    }
+    exe_ = makeExecutable(chosen, graph, options, run);
   }
 
   nb::dict call(const std::map<std::string, InArray> &arrays) {
     TensorMap inputs = toTensorMap(arrays);
-    std::map<std::string, Tensor, std::less<>> outputs;
+    TensorMap outputs;
     {
       nb::gil_scoped_release release;
-      if (graph_) {
-        outputs = interpretStep(*graph_, inputs, params_);
-        ++steps_;
-      }
-      else
-        outputs = toLess(exe_->step(inputs));
+      for (auto &[name, value] : exe_->step(inputs))
+        outputs.emplace(name, std::move(value));
     }
     return toDict(std::move(outputs));
   }
 
-  std::vector<std::string> paramNames() const {
-    if (graph_) {
-      std::vector<std::string> names;
-      for (const auto &[name, value] : params_)
-        names.push_back(name);
-      return names;
-    }
-    return exe_->paramNames();
-  }
-
-  nb::object param(const std::string &name) const {
-    if (graph_) {
-      auto it = params_.find(name);
-      if (it == params_.end())
-        throw Error(fmt::format("no param '{}'", name));
-      return toNumpy(it->second);
-    }
-    return toNumpy(exe_->param(name));
-  }
-
+  std::vector<std::string> paramNames() const { return exe_->paramNames(); }
+  nb::object param(const std::string &name) const { return toNumpy(exe_->param(name)); }
   void setParam(const std::string &name, const InArray &array) {
-    Tensor value = toTensor(name, array);
-    if (graph_) {
-      auto it = params_.find(name);
-      if (it == params_.end())
-        throw Error(fmt::format("no param '{}'", name));
-      if (it->second.type() != value.type())
-        throw Error(fmt::format("param '{}' is {}, the value given is {}", name,
-                                typeString(it->second.type()), typeString(value.type())));
-      it->second = std::move(value);
-    } else {
-      exe_->setParam(name, value);
-    }
+    exe_->setParam(name, toTensor(name, array));
   }
-
-  void save(const std::string &path) const {
-    if (graph_)
-      writeSafetensors(path, std::map<std::string, Tensor>(params_.begin(), params_.end()));
-    else
-      exe_->saveParams(path);
-  }
-
-  void load(const std::string &path) {
-    if (exe_)
-      return exe_->loadParams(path);
-    std::map<std::string, Tensor> loaded = readSafetensors(path);
-    for (const auto &[name, value] : params_) {
-      auto it = loaded.find(name);
-      if (it == loaded.end())
-        throw Error(fmt::format("'{}' has no param '{}'", path, name));
-      if (it->second.type() != value.type())
-        throw Error(fmt::format("'{}': param '{}' is {} in the file, {} in the graph", path,
-                                name, typeString(it->second.type()), typeString(value.type())));
-    }
-    for (auto &[name, value] : params_)
-      value = loaded.at(name);
-  }
-
-  int64_t stepsTaken() const {
-    if (graph_)
-      return steps_;
-    return exe_->stepsTaken();
-  }
+  void save(const std::string &path) const { exe_->saveParams(path); }
+  void load(const std::string &path) { exe_->loadParams(path); }
+  int64_t stepsTaken() const { return exe_->stepsTaken(); }
 
   std::vector<std::string> kernels() const {
     std::vector<std::string> names;
-    if (graph_)
-      return names;
     for (const KernelSpec &k : exe_->spec().kernels)
       names.push_back(k.name);
     return names;
@@ -585,8 +550,6 @@ public:
   // Median-free raw timings: (kernel, step, micros) per kernel per step.
   std::vector<std::tuple<std::string, int64_t, double>> profile() const {
     std::vector<std::tuple<std::string, int64_t, double>> rows;
-    if (graph_)
-      return rows;
     for (const KernelTiming &t : exe_->profile())
       rows.emplace_back(t.kernel, t.step, t.durationMicros);
     return rows;
@@ -596,14 +559,7 @@ public:
 
 private:
   std::string backend_;
-  std::optional<Graph> graph_; // interp
-  TensorMap params_;           // interp
-  int64_t steps_ = 0;          // interp
-  std::unique_ptr<Executable> exe_; // cpu, cuda
-
-  static std::map<std::string, Tensor, std::less<>> toLess(std::map<std::string, Tensor> m) {
-    return {std::make_move_iterator(m.begin()), std::make_move_iterator(m.end())};
-  }
+  std::unique_ptr<Executable> exe_;
 };
 
 void bindStep(nb::module_ &m) {
@@ -623,12 +579,22 @@ void bindStep(nb::module_ &m) {
       .def_prop_ro("backend", &Step::backend)
       .def("profile", &Step::profile);
 
+  m.def("bfloat16_array", &bfloat16Array, "bits"_a);
+  m.def("bfloat16_bits", &bfloat16Bits, "array"_a);
   m.def("cuda_unavailable_reason", &cudaUnavailableReason);
   m.def("backends", [] {
     std::vector<std::string> names;
     for (const Backend &backend : allBackends())
       names.emplace_back(backend.name);
     return names;
+  });
+  m.def("optimizers", [] {
+    std::vector<std::string_view> names = optimizerNames();
+    return std::vector<std::string>(names.begin(), names.end());
+  });
+  m.def("schedules", [] {
+    std::vector<std::string_view> names = scheduleNames();
+    return std::vector<std::string>(names.begin(), names.end());
   });
 
   // `stepc bench` itself, pointed at a file of the graph's text; its JSON

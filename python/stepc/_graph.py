@@ -62,18 +62,36 @@ def _caller() -> Tuple[str, int, int]:
 
 
 def _dtype_name(dtype: Any) -> str:
-    """"f32" from "f32", "float32", np.float32, np.dtype(...)."""
-    if isinstance(dtype, str) and dtype in NUMPY_DTYPES:
+    """"f32" from "f32", "float32", np.float32, np.dtype(...); "bf16" from
+    "bf16", "bfloat16" and ml_dtypes.bfloat16."""
+    if isinstance(dtype, str) and (dtype in NUMPY_DTYPES or dtype == "bf16"):
         return dtype
-    expected = ", ".join(NUMPY_DTYPES)
+    expected = ", ".join([*NUMPY_DTYPES, "bf16"])
     try:
         kind = np.dtype(dtype)
     except TypeError:
+        if dtype == "bfloat16":
+            return "bf16"
         raise Error(f"unknown dtype {dtype!r}; expected one of {expected}") from None
+    if kind.name == "bfloat16":
+        return "bf16"
     names = {np.dtype(numpy_type): name for name, numpy_type in NUMPY_DTYPES.items()}
     if kind not in names:
         raise Error(f"dtype {kind} is not supported; expected one of {expected}")
     return names[kind]
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a stepc dtype. NumPy has no bfloat16 of its own:
+    bf16 arrays are ml_dtypes' bfloat16 (what JAX uses), the same bits."""
+    if name != "bf16":
+        return np.dtype(NUMPY_DTYPES[name])
+    try:
+        import ml_dtypes  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        raise Error("bf16 arrays need the ml_dtypes package (pip install ml_dtypes): "
+                    "NumPy has no bfloat16 of its own") from None
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 NUMPY_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "i32": np.int32,
@@ -389,8 +407,9 @@ def attention(q: Value, k: Value, v: Value, causal: bool = False) -> Value:
 
 # --- Optimizers and schedules --------------------------------------------------
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+# The names, from the C++ tables (include/stepc/train.h).
+OPTIMIZERS: Tuple[str, ...] = tuple(_stepc.optimizers())
+SCHEDULES: Tuple[str, ...] = tuple(_stepc.schedules())
 
 
 @dataclass(frozen=True)
@@ -461,8 +480,8 @@ class Graph:
                 f"params={len(self.params)}, outputs={list(self.outputs)})")
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        with open(path, "w") as f:
-            f.write(self.text)
+        """Writes the .sg text atomically (as stepc's C++ writers do)."""
+        self._g.save(os.fspath(path))
 
     def initial_params(self) -> Dict[str, np.ndarray]:
         """Every param's value from its initializer (or param_values)."""

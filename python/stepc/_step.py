@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union, c
 import numpy as np
 
 from . import _stepc
-from ._graph import NUMPY_DTYPES, Error, Graph, GraphBuilder, Optimizer, Value, _dtype_name
+from ._graph import Error, Graph, GraphBuilder, Optimizer, Value, _dtype_name, numpy_dtype
 
 # The backend names, from the one registry (include/stepc/backend.h).
 BACKENDS: Tuple[str, ...] = tuple(_stepc.backends())
@@ -24,11 +24,16 @@ def _as_array(name: str, value: Any, dtype: Optional[str]) -> Any:
     (PyTorch, JAX) and NumPy arrays pass as they are, without a copy when
     contiguous; numbers and lists become arrays of the input's dtype."""
     if isinstance(value, np.ndarray):
-        return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+        if not value.flags.c_contiguous:
+            value = np.ascontiguousarray(value)
+        if value.dtype.name == "bfloat16":  # ml_dtypes': NumPy cannot export it by DLPack
+            return _stepc.bfloat16_array(value.view(np.uint16))
+        return value
     if hasattr(value, "__dlpack__"):
         return value
     # (not ascontiguousarray: it turns a 0-d array into a 1-d one)
-    return np.asarray(value, dtype=NUMPY_DTYPES.get(dtype) if dtype else None, order="C")
+    array = np.asarray(value, dtype=numpy_dtype(dtype) if dtype else None, order="C")
+    return _as_array(name, array, dtype) if dtype == "bf16" else array
 
 
 class Step:
@@ -116,6 +121,8 @@ def _jit_argument(a: Any) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "__dlpack__"):
+        if str(getattr(a, "dtype", "")).endswith("bfloat16"):  # NumPy has no bfloat16 of its own
+            return cast(np.ndarray, _stepc.bfloat16_bits(a)).view(numpy_dtype("bf16"))
         return np.from_dlpack(a)
     array = np.asarray(a)
     return array.astype(np.float32) if array.dtype == np.float64 else array

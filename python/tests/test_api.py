@@ -192,6 +192,20 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     assert last < first
 
 
+def test_unknown_optimizer_schedule_and_initializer_name_the_choices():
+    assert stepc.SCHEDULES == ("constant", "step", "exponential", "cosine")
+    g = stepc.load("examples/xor.sg")
+    with pytest.raises(stepc.Error, match="unknown schedule 'linear'; expected one of: "
+                                          "constant, step, exponential, cosine"):
+        g.train_step("loss", stepc.Optimizer("sgd", lr=0.1, schedule="linear"))
+    with pytest.raises(stepc.Error, match="unknown optimizer 'adamx'; expected one of: "
+                                          + ", ".join(stepc.OPTIMIZERS)):
+        g.train_step("loss", "adamx", lr=1)
+    with pytest.raises(stepc.Error, match="unknown initializer 'glorot'; expected one of: "
+                                          "zeros, ones, constant"):
+        stepc.GraphBuilder("g").param("w", "f32", (2,), "glorot")
+
+
 @pytest.mark.parametrize("schedule", [stepc.Schedule("constant"),
                                       stepc.Schedule("step", step_size=2, gamma=0.5),
                                       stepc.Schedule("exponential", gamma=0.9),
@@ -437,3 +451,79 @@ def test_mixed_precision_train_step():
         assert losses[precision] == pytest.approx(losses[None], rel=1e-2)
     with pytest.raises(stepc.Error, match="mixed_precision: unknown precision 'f8'; expected bf16 or f16"):
         g.train_step("loss", "adam", lr=1e-3, mixed_precision="f8")
+
+
+@pytest.mark.parametrize("backend", ["interp", "cpu"])
+def test_bf16_arrays_in_and_out(backend):
+    """NumPy has no bfloat16: bf16 arrays are ml_dtypes' (inputs, outputs,
+    params), and PyTorch's bfloat16 tensors pass by DLPack."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    b = stepc.GraphBuilder("bf16")
+    x = b.input("x", "bf16", (5, 7))
+    w = b.param("w", ml_dtypes.bfloat16, (7, 3), stepc.Init.normal(seed=4))
+    b.output("y", stepc.relu(x @ w) + 0.5)
+    b.output("wide", (x * 3).astype("f32"))
+    g = b.finish()
+    assert g.inputs["x"] == ("bf16", (5, 7)) and g.params["w"][0] == "bf16"
+    step = stepc.compile(g, backend=backend)
+    rng = np.random.default_rng(17)
+    xs = rng.uniform(-2, 2, (5, 7)).astype(bf16)
+    ws = rng.uniform(-1, 1, (7, 3)).astype(bf16)
+    step.set_params(w=ws)
+    assert step.param("w").dtype == bf16
+    np.testing.assert_array_equal(step.param("w").view(np.uint16), ws.view(np.uint16))
+    out = step(x=xs)
+    assert out["y"].dtype == bf16 and out["y"].shape == (5, 3)
+    want = np.maximum(xs.astype(np.float32) @ ws.astype(np.float32), 0) + 0.5
+    np.testing.assert_allclose(out["y"].astype(np.float32), want, rtol=2**-7, atol=2**-7)
+    # A fused kernel rounds a half chain once, at its store (docs/design.md).
+    np.testing.assert_allclose(out["wide"], xs.astype(np.float32) * 3, rtol=2**-8)
+    # A list and a non-contiguous view reach the same bits as the array.
+    listed = step(x=xs.astype(np.float32).tolist())
+    np.testing.assert_array_equal(listed["y"].view(np.uint16), out["y"].view(np.uint16))
+    strided = np.asfortranarray(xs)
+    np.testing.assert_array_equal(step(x=strided)["y"].view(np.uint16), out["y"].view(np.uint16))
+    with pytest.raises(stepc.Error, match="'x'.*f32"):
+        step(x=xs.astype(np.float32))
+
+
+def test_bf16_torch_tensors_pass_through_dlpack():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    b = stepc.GraphBuilder("bf16_torch")
+    x = b.input("x", "bf16", (4,))
+    b.output("y", x * 2)
+    step = stepc.compile(b.finish(), backend="cpu")
+    t = torch.tensor([1.5, -2.25, 3.0, 0.1], dtype=torch.bfloat16)
+    got = step(x=t)["y"].astype(np.float32)
+    np.testing.assert_array_equal(got, (t * 2).float().numpy())
+
+    @stepc.jit
+    def doubled(x):
+        return x * 2
+
+    np.testing.assert_array_equal(doubled(t).astype(np.float32), (t * 2).float().numpy())
+
+
+def test_bf16_without_ml_dtypes_says_what_to_install(monkeypatch):
+    b = stepc.GraphBuilder("bf16_out")
+    b.output("y", b.constant(1.5, dtype="bf16", shape=(2,)))
+    step = stepc.compile(b.finish(), backend="interp")
+    monkeypatch.setitem(__import__("sys").modules, "ml_dtypes", None)  # import fails
+    with pytest.raises(stepc.Error, match="bf16 arrays need the ml_dtypes package"):
+        step()
+    b = stepc.GraphBuilder("bf16_in")
+    b.output("y", b.input("x", "bf16", (2,)) * 2)
+    with pytest.raises(stepc.Error, match="bf16 arrays need the ml_dtypes package"):
+        stepc.compile(b.finish(), backend="interp")(x=[1.0, 2.0])
+
+
+def test_graph_save_writes_the_text_atomically(tmp_path):
+    g = stepc.load("examples/mlp.sg")
+    g.save(tmp_path / "mlp.sg")
+    assert stepc.load(tmp_path / "mlp.sg").text == g.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.sg"]  # no temporary left
+    with pytest.raises(stepc.Error, match="missing"):
+        g.save(tmp_path / "missing" / "mlp.sg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.sg"]

@@ -25,20 +25,6 @@ void emitGraph(const Graph &graph, const std::string &path) {
   fmt::print("wrote {} ({} nodes)\n", path, graph.nodes.size());
 }
 
-Schedule::Kind parseScheduleKind(const std::string &name) {
-  if (name == "constant")
-    return Schedule::Kind::Constant;
-  if (name == "step")
-    return Schedule::Kind::Step;
-  if (name == "exponential")
-    return Schedule::Kind::Exponential;
-  if (name == "cosine")
-    return Schedule::Kind::Cosine;
-  throw Error(fmt::format("unknown schedule '{}'; expected one of: constant, step, "
-                          "exponential, cosine",
-                          name));
-}
-
 } // namespace
 
 int grad(const GradOptions &options) {

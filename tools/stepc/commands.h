@@ -1,6 +1,7 @@
 // The stepc subcommands; main.cpp parses flags and calls one of these.
 #pragma once
 
+#include "stepc/backend.h"
 #include "stepc/interpreter.h"
 #include "stepc/passes.h"
 #include "stepc/onnx.h"
@@ -16,9 +17,14 @@ namespace stepc::cli {
 // `stepc check FILE.sg`
 int check(const std::string &file);
 
+// Each command's options name the backends it runs on (kBackends): its
+// --backend help (main.cpp) and its findBackend check both read them.
+
 struct RunCommandOptions {
+  static constexpr BackendKind kBackends[] = {BackendKind::Interp, BackendKind::Cpu,
+                                              BackendKind::Cuda};
   std::string file;
-  std::string backend = "interp"; // interp, cpu or cuda
+  std::string backend = "interp";
   std::string gpuArch = "sm_90";   // --backend cuda
   uint64_t seed = 0;
   std::vector<std::string> inputs; // NAME=FILE.npy
@@ -84,7 +90,8 @@ struct TrainCliOptions {
   int64_t batch = 0; // 0: the graph's batch
   int epochs = 1;
   std::string checkpoint, resume, params;
-  std::string backend = "cpu"; // cpu or cuda
+  static constexpr BackendKind kBackends[] = {BackendKind::Cpu, BackendKind::Cuda};
+  std::string backend = "cpu";
   std::string gpuArch = "sm_90";
   uint64_t seed = 0;
   std::string memoryBudget; // --memory-budget BYTES|N% for the compiled step
@@ -192,6 +199,8 @@ struct ImportOnnxOptions {
 int importOnnx(const ImportOnnxOptions &options);
 
 struct ConformanceCliOptions {
+  static constexpr BackendKind kBackends[] = {BackendKind::Interp, BackendKind::Cpu,
+                                              BackendKind::Cuda};
   std::string dir, backend = "interp", expectedFailures;
   bool verbose = false;
 };
@@ -205,7 +214,8 @@ namespace stepc::cli {
 struct BenchOptions {
   std::string file, loss = "loss"; // file may be empty with gelu > 0
   std::string optimizer; // non-empty: bench the training step with it
-  std::string backend = "cpu"; // the only one; others are a clear error
+  static constexpr BackendKind kBackends[] = {BackendKind::Cpu};
+  std::string backend = "cpu";
   std::string json;            // non-empty: write the figures here too
   std::string params;          // see loadModelParams
   uint64_t seed = 0;
@@ -229,7 +239,8 @@ int bench(const BenchOptions &options);
 struct BisectOptions {
   std::string file, loss = "loss", optimizer, params;
   std::string metric;          // "diff" or "time"
-  std::string backend = "cpu"; // the only one
+  static constexpr BackendKind kBackends[] = {BackendKind::Cpu};
+  std::string backend = "cpu";
   double tolerance = 1e-4;     // diff: see bisectFusion
   std::optional<int> steps;    // diff: steps compared (1); time: timed steps (20)
   uint64_t seed = 0;
@@ -247,6 +258,7 @@ namespace stepc::cli {
 // --- Ahead of time (compile_commands.cpp) ---
 
 struct CompileCliOptions {
+  static constexpr BackendKind kTargets[] = {BackendKind::Cpu, BackendKind::Cuda};
   std::string file, output, target = "cpu", dump, kernel, name;
   std::string gpuArch = "sm_90"; // --target cuda
   std::string params;            // see loadModelParams

@@ -14,8 +14,7 @@
 namespace stepc::cli {
 
 int compile(const CompileCliOptions &options) {
-  const Backend &target = findBackend(options.target, "stepc compile --target",
-                                     {BackendKind::Cpu, BackendKind::Cuda});
+  const Backend &target = findBackend(options.target, "stepc compile --target", options.kTargets);
   bool cuda = target.kind == BackendKind::Cuda;
   std::string stages = cuda ? "mlir|nvvm|ptx" : "mlir|llvm-dialect|llvm|llvm-opt";
   if (!options.kernel.empty() && options.dump.empty())

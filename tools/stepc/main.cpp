@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <exception>
 #include <regex>
@@ -94,7 +95,7 @@ int parseCommandLine(CLI::App &app, int argc, char **argv) {
 void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &options) {
   command
       ->add_option("--optimizer", options.optimizer,
-                   "sgd, momentum, nesterov, rmsprop, adam, adamw")
+                   fmt::format("{}", fmt::join(stepc::optimizerNames(), ", ")))
       ->capture_default_str();
   command->add_option("--lr", options.lr,
                       "base learning rate (train: default 1e-3; train-step: default an input 'lr' "
@@ -116,7 +117,9 @@ void addOptimizerOptions(CLI::App *command, stepc::cli::TrainStepOptions &option
   command->add_option("--growth-interval", options.growthInterval,
                       "with --mixed-precision f16: steps without overflow before the loss "
                       "scale doubles (default 2000)");
-  command->add_option("--schedule", options.schedule, "constant, step, exponential, cosine")
+  command
+      ->add_option("--schedule", options.schedule,
+                   fmt::format("{}", fmt::join(stepc::scheduleNames(), ", ")))
       ->capture_default_str();
   command->add_option("--step-size", options.stepSize)->capture_default_str();
   command->add_option("--gamma", options.gamma)->capture_default_str();
@@ -147,7 +150,7 @@ int main(int argc, char **argv) {
   stepc::cli::RunCommandOptions runOptions;
   auto *run = app.add_subcommand("run", "Run a graph once and summarize its outputs");
   run->add_option("file", runOptions.file, "graph file (.sg) or ONNX model (.onnx)")->required();
-  run->add_option("--backend", runOptions.backend, "interp, cpu or cuda")->capture_default_str();
+  run->add_option("--backend", runOptions.backend, stepc::backendChoices(runOptions.kBackends))->capture_default_str();
   run->add_option("--gpu-arch", runOptions.gpuArch, "with --backend cuda: the GPU's chip")
       ->capture_default_str();
   run->add_option("--seed", runOptions.seed, "seed for random inputs")->capture_default_str();
@@ -204,7 +207,7 @@ int main(int argc, char **argv) {
   train->add_option("--params", trainOptions.params,
                     "initial params: a safetensors file or a folder of NAME.npy (default: "
                     "MODEL.safetensors beside MODEL.sg when present)");
-  train->add_option("--backend", trainOptions.backend, "cpu or cuda")->capture_default_str();
+  train->add_option("--backend", trainOptions.backend, stepc::backendChoices(trainOptions.kBackends))->capture_default_str();
   train->add_option("--gpu-arch", trainOptions.gpuArch, "with --backend cuda: the GPU's chip")
       ->capture_default_str();
   train->add_option("--seed", trainOptions.seed, "shuffles each epoch by (seed, epoch)")
@@ -298,7 +301,8 @@ int main(int argc, char **argv) {
   auto *conformance = app.add_subcommand(
       "onnx-conformance", "Run the ONNX backend test data (dirs holding model.onnx)");
   conformance->add_option("dir", conformanceOptions.dir, "test data directory")->required();
-  conformance->add_option("--backend", conformanceOptions.backend, "interp, cpu or cuda")
+  conformance->add_option("--backend", conformanceOptions.backend,
+                          stepc::backendChoices(conformanceOptions.kBackends))
       ->capture_default_str();
   conformance->add_option("--expected-failures", conformanceOptions.expectedFailures,
                           "file of 'TEST REASON' lines counted as xfail");
@@ -314,7 +318,7 @@ int main(int argc, char **argv) {
   bench->add_flag("--train", benchTrain, "bench the training step (--optimizer, default adam)");
   std::string benchOptimizer;
   bench->add_option("--optimizer", benchOptimizer, "with --train: sgd, momentum, adam, ...");
-  bench->add_option("--backend", benchOptions.backend, "cpu (the only one)")
+  bench->add_option("--backend", benchOptions.backend, stepc::backendChoices(benchOptions.kBackends))
       ->capture_default_str();
   bench->add_option("--loss", benchOptions.loss)->capture_default_str();
   bench->add_option("--steps", benchOptions.steps)->capture_default_str();
@@ -366,7 +370,8 @@ int main(int argc, char **argv) {
   bisect->add_option("--inject-fault", bisectOptions.injectFault,
                      "KERNEL=AMOUNT: the fused kernel (kN or its name) adds AMOUNT to every other "
                      "element of its outputs (for testing)");
-  bisect->add_option("--backend", bisectOptions.backend, "cpu (the only one)")
+  bisect->add_option("--backend", bisectOptions.backend,
+                     stepc::backendChoices(bisectOptions.kBackends))
       ->capture_default_str();
   bisect->add_option("--seed", bisectOptions.seed, "seed for the inputs")->capture_default_str();
   bisect->add_option("--threads", bisectOptions.threads, "0: all cores")->capture_default_str();
@@ -378,7 +383,8 @@ int main(int argc, char **argv) {
   auto *compile = app.add_subcommand(
       "compile", "Compile ahead of time (object + C header + runtime glue), or dump the IR");
   compile->add_option("file", compileOptions.file, "graph file (.sg)")->required();
-  compile->add_option("--target", compileOptions.target, "cpu or cuda (PTX)")
+  compile->add_option("--target", compileOptions.target,
+                      stepc::backendChoices(compileOptions.kTargets) + " (cuda: PTX)")
       ->capture_default_str();
   compile->add_option("--gpu-arch", compileOptions.gpuArch,
                       "with --target cuda: the chip (sm_90, sm_80, sm_86, sm_89, ...)")

@@ -4,6 +4,7 @@
 
 #include "stepc/backend.h"
 #include "stepc/executable.h"
+#include "stepc/file.h"
 #include "stepc/npy.h"
 #include "stepc/onnx.h"
 #include "stepc/text.h"
@@ -11,7 +12,6 @@
 #include <fmt/format.h>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 namespace stepc::cli {
@@ -67,9 +67,7 @@ int importOnnx(const ImportOnnxOptions &options) {
   if (options.output.empty()) {
     fmt::print("{}", text);
   } else {
-    std::ofstream out(options.output, std::ios::binary);
-    if (!(out << text))
-      throw Error(fmt::format("{}: cannot write the file", options.output));
+    writeFileAtomically(options.output, text);
   }
   if (!weights.empty()) {
     writeSafetensors(weights.string(),
@@ -83,7 +81,7 @@ int importOnnx(const ImportOnnxOptions &options) {
 
 int onnxConformance(const ConformanceCliOptions &options) {
   ConformanceOptions conformance;
-  const Backend &backend = findBackend(options.backend, "onnx-conformance");
+  const Backend &backend = findBackend(options.backend, "onnx-conformance", options.kBackends);
   requireRunnable(backend); // now, not once per test, where there is no GPU
   conformance.run = [&backend](const Graph &graph, const TensorMap &inputs,
                                const TensorMap &params) {

@@ -47,7 +47,7 @@ std::string summarize(const std::string &name, const Tensor &tensor) {
 }
 
 int run(const RunCommandOptions &options) {
-  const Backend &backend = findBackend(options.backend, "stepc run");
+  const Backend &backend = findBackend(options.backend, "stepc run", options.kBackends);
   if (options.threads < 0)
     throw Error(fmt::format("--threads must be 0 (all cores) or more, got {}", options.threads));
   if (options.threads != 0 && backend.kind != BackendKind::Cpu)
@@ -96,24 +96,22 @@ int run(const RunCommandOptions &options) {
   runOptions.checkNumerics = options.checkNumerics;
   runOptions.profile = !options.trace.empty();
   runOptions.threads = options.threads;
-  if (backend.compiled()) {
-    std::unique_ptr<Executable> executable = makeExecutable(
-        backend, graph, {.gpuArch = options.gpuArch, .memoryBudget = budget}, runOptions);
-    for (auto &[name, value] : params)
-      executable->setParam(name, value);
-    for (auto &[name, value] : executable->step(inputs))
-      outputs.emplace(name, std::move(value));
-    if (!options.trace.empty()) {
-      executable->writeTrace(options.trace);
-      fmt::print(stderr, "wrote a Chrome trace of {} kernels to {}\n",
-                 executable->profile().size(), options.trace);
-    }
-  } else {
+  if (!backend.compiled()) {
     if (options.checkNumerics || !options.trace.empty())
       throw Error("--check-numerics and --trace need a compiled backend (--backend cpu)");
     if (budget.given())
       throw Error("--memory-budget needs a compiled backend (--backend cpu or cuda)");
-    outputs = interpret(graph, inputs, params);
+  }
+  std::unique_ptr<Executable> executable = makeExecutable(
+      backend, graph, {.gpuArch = options.gpuArch, .memoryBudget = budget}, runOptions);
+  for (auto &[name, value] : params)
+    executable->setParam(name, value);
+  for (auto &[name, value] : executable->step(inputs))
+    outputs.emplace(name, std::move(value));
+  if (!options.trace.empty()) {
+    executable->writeTrace(options.trace);
+    fmt::print(stderr, "wrote a Chrome trace of {} kernels to {}\n",
+               executable->profile().size(), options.trace);
   }
 
   if (!options.saveOutputs.empty()) {

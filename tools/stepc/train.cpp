@@ -411,7 +411,7 @@ int trainWith(
 
 int train(const TrainCliOptions &options) {
   const Backend &backend =
-      findBackend(options.backend, "stepc train", {BackendKind::Cpu, BackendKind::Cuda});
+      findBackend(options.backend, "stepc train", options.kBackends);
   MemoryBudget budget = memoryBudgetOption(options.memoryBudget);
   if (backend.kind == BackendKind::Cuda && options.step.dataParallel)
     throw Error("--data-parallel trains on --backend cpu");

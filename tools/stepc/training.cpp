@@ -9,6 +9,13 @@
 
 namespace stepc::cli {
 
+uint64_t paramsHash(const Executable &executable) {
+  uint64_t h = kBytesHashStart;
+  for (const std::string &name : executable.paramNames())
+    mixBytes(h, executable.param(name));
+  return h;
+}
+
 Graph withBatch(const Graph &model, int64_t from, int64_t to) {
   Graph out;
   out.name = model.name;

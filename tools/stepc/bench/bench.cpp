@@ -455,7 +455,7 @@ Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
 } // namespace perf
 
 int bench(const BenchOptions &options) {
-  findBackend(options.backend, "bench", {BackendKind::Cpu});
+  findBackend(options.backend, "bench", options.kBackends);
   if (options.file.empty() && options.gelu <= 0)
     throw Error("bench: give a graph file (FILE.sg), --gelu N, or both");
   if (options.steps < 1 || options.warmup < 0)

@@ -211,7 +211,7 @@ int bisectByTime(const BisectOptions &options, const Graph &graph, const TensorM
 } // namespace
 
 int bisectFusion(const BisectOptions &options) {
-  findBackend(options.backend, "bisect-fusion", {BackendKind::Cpu});
+  findBackend(options.backend, "bisect-fusion", options.kBackends);
   if (options.metric != "diff" && options.metric != "time")
     throw Error(fmt::format("bisect-fusion: --metric must be diff or time, got '{}'",
                             options.metric));
