@@ -448,6 +448,14 @@ void pools(CaseContext &c, DType dt) {
   }
   // Pool of a fused producer's result.
   c.out(maxPool2d(relu(x), variants[1]));
+  // Windows inside rows wider than 16 outputs: the f32 vector path's whole
+  // 16-column chunks and its masked last chunk, strides 2 and 3.
+  Value wide = c.feedRandom(dt, {c.dim(1, 2), 2, c.dim(4, 7), c.dim(33, 70)}, -5, 5);
+  for (const Pool2dOptions &o : {Pool2dOptions{{2, 2}, {2, 2}, {0, 0}, true},
+                                 Pool2dOptions{{3, 2}, {1, 3}, {0, 0}, false}}) {
+    c.out(maxPool2d(wide, o));
+    c.out(avgPool2d(wide, o));
+  }
 }
 
 // The gradient ops, as grad() emits them; the training steps of

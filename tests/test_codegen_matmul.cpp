@@ -15,6 +15,7 @@
 #include "stepc/text.h"
 #include "stepc/train.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -28,6 +29,17 @@ namespace {
 struct Case {
   std::string name, text;
 };
+
+// A data constant's text: `data` row-major, as the ONNX importer writes one.
+std::string dataConstant(const std::string &name, const std::string &dtype, int64_t rows,
+                         int64_t cols, double (*value)(int64_t, int64_t)) {
+  std::string data;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j)
+      data += (data.empty() ? "" : ",") + fmt::format("{}", value(i, j));
+  return fmt::format("  %{} = constant() {{data=[{}], dtype={}, shape=[{},{}]}}\n", name, data,
+                     dtype, rows, cols);
+}
 
 // Each graph's `loss` is a sum of its products (and their epilogues), so the
 // training step differentiates through every product.
@@ -231,6 +243,48 @@ std::vector<Case> cases() {
   %loss = add(%ls, %lu)
   output t = %t
   output u = %u
+  output loss = %loss
+})"},
+      // The exact GELU as PyTorch's ONNX exporter writes it (Erf, opset
+      // 17): x * (erf(x / sqrt 2) + 1) * 0.5 after a bias, on the register
+      // tile.
+      {"erf_gelu_epilogue", R"(graph g {
+  input %x : f32[2,19,29]
+  param %w : f32[29,53] = xavier_uniform(seed=1)
+  param %b : f32[53] = normal(mean=0.0, std=1.0, seed=2)
+  %y = matmul(%x, %w)
+  %yb = add(%b, %y)
+  %root2 = constant() {dtype=f32, shape=[], value=1.4142135381698608}
+  %d = div(%yb, %root2)
+  %e = erf(%d)
+  %one = constant() {dtype=f32, shape=[], value=1.0}
+  %e1 = add(%e, %one)
+  %g = mul(%yb, %e1)
+  %half = constant() {dtype=f32, shape=[], value=0.5}
+  %gelu = mul(%g, %half)
+  %loss = reduce_mean(%gelu) {axes=[0,1,2], keepdims=0}
+  output gelu = %gelu
+  output loss = %loss
+})"},
+      // Attention scores masked as PyTorch's ONNX exporter writes it: a
+      // bool data constant [T,S] selects a scalar where a key is hidden
+      // (loaded 16 columns at a time, 21 = 16 + a masked 5), an f32 data
+      // constant added, and a bool [T,1] broadcast along the columns.
+      {"data_constant_masks", R"(graph g {
+  input %q : f32[2,3,19,29]
+  param %kt : f32[3,29,21] = xavier_uniform(seed=1)
+  %s = matmul(%q, %kt)
+  %c = constant() {dtype=f32, shape=[], value=0.125}
+  %scaled = mul(%s, %c)
+  %hidden = constant() {dtype=f32, shape=[], value=-10000.0}
+)" + dataConstant("future", "bool", 19, 21, [](int64_t i, int64_t j) { return double(j > i + 2); }) +
+                                   R"(  %masked = select(%future, %hidden, %scaled)
+)" + dataConstant("bias", "f32", 19, 21, [](int64_t i, int64_t j) { return 0.25 * double((i * 7 + j) % 5) - 0.5; }) +
+                                   R"(  %biased = add(%masked, %bias)
+)" + dataConstant("rows", "bool", 19, 1, [](int64_t i, int64_t) { return double(i % 3 == 0); }) +
+                                   R"(  %m = select(%rows, %hidden, %biased)
+  %loss = reduce_sum(%m) {axes=[0,1,2,3], keepdims=0}
+  output m = %m
   output loss = %loss
 })"},
       {"sliced", R"(graph g {

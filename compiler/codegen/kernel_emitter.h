@@ -142,6 +142,7 @@ private:
   std::string padElement(const Node &n, const Index &idx);
   std::string concatElement(const Node &n, const Index &idx, size_t first);
   std::string constantElement(const Node &n, ValueId id, const Index &idx);
+  std::string constantGlobal(const Node &n, ValueId id);
 
   // --- roots --------------------------------------------------------------
   Index openLoops(const Shape &shape, bool parallel, size_t from = 0);
@@ -153,6 +154,7 @@ private:
   void emitMatMul(ValueId id, bool parallel);
   void emitConv2d(ValueId id, bool parallel);
   void emitPool(ValueId id, bool parallel);
+  bool emitVectorPool(ValueId id, bool parallel);
   void emitScatterForm(ValueId id, bool parallel);
   // Average pooling's divisor at output position `out` over input spatial
   // shape `xs`: shared by the forward pool and its scatter-form gradient.

@@ -614,7 +614,15 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
   DType dt = n.type.dtype;
   if (n.attrs.has("value"))
     return w_.constant(n.attrs.getReal("value"), dt);
-  // Data constants become module globals in their memory layout.
+  std::string view = constantGlobal(n, id);
+  std::string v = w_.assign(fmt::format("memref.load {}[{}] : {}", view, fmt::join(idx, ", "),
+                                        memrefType(n.type)));
+  return fromMemory(v, dt);
+}
+
+// Data constants become module globals in their memory layout.
+std::string KernelEmitter::constantGlobal(const Node &n, ValueId id) {
+  DType dt = n.type.dtype;
   std::string name = fmt::format("@{}_cst{}", sanitize(group_.name), id);
   if (globalNames_.insert(name).second) {
     std::vector<double> data = n.attrs.getReals("data");
@@ -657,10 +665,7 @@ std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Inde
   }
   // get_global at function entry scope is not guaranteed here, so emit it
   // where needed; MLIR's CSE and LLVM hoist it.
-  std::string view = w_.assign(fmt::format("memref.get_global {} : {}", name, memrefType(n.type)));
-  std::string v = w_.assign(fmt::format("memref.load {}[{}] : {}", view, fmt::join(idx, ", "),
-                                        memrefType(n.type)));
-  return fromMemory(v, dt);
+  return w_.assign(fmt::format("memref.get_global {} : {}", name, memrefType(n.type)));
 }
 
 std::string KernelEmitter::padElement(const Node &n, const Index &idx) {

@@ -347,8 +347,14 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
     size_t r = s.size();
     return (r < 1 || s[r - 1] == 1) && (r < 2 || s[r - 2] == 1);
   }
-  if (n.op == OpKind::Constant)
-    return n.type.dtype == DType::F32 && n.attrs.has("value");
+  if (n.op == OpKind::Constant) {
+    // Data constants (a causal mask as PyTorch's ONNX exporter writes it:
+    // bool [T,T]) are read from their module global, not on a convolution's
+    // tile.
+    if (n.attrs.has("value"))
+      return n.type.dtype == DType::F32;
+    return (n.type.dtype == DType::F32 || n.type.dtype == DType::Bool) && !tileConv_;
+  }
   if (!inGroup_.count(id) || n.type.shape != shape)
     return false;
   switch (n.op) {
@@ -364,6 +370,7 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   case OpKind::Relu:
   case OpKind::Exp:
   case OpKind::Tanh:
+  case OpKind::Erf:
   case OpKind::Sigmoid:
     if (n.type.dtype != DType::F32)
       return false;
@@ -388,7 +395,6 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   case OpKind::Sin:
   case OpKind::Cos:
   case OpKind::Sign:
-  case OpKind::Erf:
   case OpKind::Cast:
   case OpKind::Pow:
   case OpKind::Rem:
@@ -423,7 +429,9 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   for (size_t k = 0; k < n.operands.size(); ++k) {
     ValueId operand = n.operands[k];
     bool condition = n.op == OpKind::Select && k == 0;
-    if (condition ? !(inGroup_.count(operand) && shapeOf(operand) == shape &&
+    bool dataConstant = node(operand).op == OpKind::Constant && !node(operand).attrs.has("value");
+    if (condition ? !(((inGroup_.count(operand) && shapeOf(operand) == shape) ||
+                       (dataConstant && dtypeOf(operand) == DType::Bool)) &&
                       vectorizable(operand, product, shape))
                   : (dtypeOf(operand) != DType::F32 || !vectorizable(operand, product, shape)))
       return false;
@@ -479,8 +487,38 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
                                 viewOf(id), fmt::join(at, ", "), mask, zero, memrefType(n.type),
                                 vec, vec));
     }
-  } else if (n.op == OpKind::Constant) {
+  } else if (n.op == OpKind::Constant && n.attrs.has("value")) {
     v = splat(w_.constant(n.attrs.getReal("value"), DType::F32));
+  } else if (n.op == OpKind::Constant) {
+    // A data constant, f32 or a bool condition: 16 consecutive columns of
+    // its module global where its last axis spans the product's columns,
+    // else one element broadcast.
+    const Shape &out = shapeOf(tileProduct_);
+    Index at = broadcastIndex(id, out, tileIndex_(row, col));
+    bool alongColumns = n.type.rank() >= 1 && n.type.shape.back() == out.back() && out.back() != 1;
+    bool isBool = n.type.dtype == DType::Bool;
+    if (!alongColumns) {
+      std::string scalar = constantElement(n, id, at);
+      v = isBool ? w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", scalar)) : splat(scalar);
+    } else {
+      std::string global = constantGlobal(n, id);
+      const char *lanes = isBool ? "vector<16xi8>" : vec;
+      std::string loaded;
+      if (mask.empty()) {
+        loaded = w_.assign(fmt::format("vector.load {}[{}] : {}, {}", global, fmt::join(at, ", "),
+                                       memrefType(n.type), lanes));
+      } else {
+        std::string zero = w_.assign(fmt::format("arith.constant dense<{}> : {}", isBool ? "0" : "0.0", lanes));
+        loaded = w_.assign(fmt::format("vector.maskedload {}[{}], {}, {} : {}, vector<16xi1>, {} into {}",
+                                       global, fmt::join(at, ", "), mask, zero, memrefType(n.type),
+                                       lanes, lanes));
+      }
+      v = loaded;
+      if (isBool) {
+        std::string zero = w_.assign("arith.constant dense<0> : vector<16xi8>");
+        v = w_.assign(fmt::format("arith.cmpi ne, {}, {} : vector<16xi8>", loaded, zero));
+      }
+    }
   } else {
     auto x = [&](size_t k) { return vectorAt(n.operands[k], row, col, mask); };
     auto op2 = [&](const char *name) {
@@ -503,6 +541,7 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     case OpKind::Sqrt: v = op1("math.sqrt"); break;
     case OpKind::Exp: v = op1("math.exp"); break;
     case OpKind::Tanh: v = op1("math.tanh"); break;
+    case OpKind::Erf: v = op1("math.erf"); break;
     case OpKind::Square:
       v = w_.assign(fmt::format("arith.mulf {}, {} : {}", x(0), x(0), vec));
       break;
@@ -535,7 +574,6 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
     case OpKind::Sin:
     case OpKind::Cos:
     case OpKind::Sign:
-    case OpKind::Erf:
     case OpKind::Cast:
     case OpKind::Pow:
     case OpKind::Rem:
