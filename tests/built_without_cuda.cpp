@@ -5,7 +5,7 @@
 // the real ones (see tests/CMakeLists.txt). Each entry point of the cuda
 // backend must fail with the one clear message; the CLI turns it into exit 1
 // ("--backend cuda: stepc was built without CUDA ...").
-#include "../compiler/codegen/gpu_lowering.h"
+#include "gpu_lowering.h"
 
 #include "stepc/cuda.h"
 #include "stepc/error.h"

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "testing.h"
+#include "lowered_graph.h"
 
 #include "stepc/compile.h"
 #include "stepc/interpreter.h"

@@ -9,8 +9,8 @@
 #include "half_cases.h"
 #include "sg_corpus.h"
 
-#include "../compiler/codegen/gpu_backend.h"
-#include "../compiler/codegen/gpu_lowering.h"
+#include "gpu_backend.h"
+#include "gpu_lowering.h"
 
 #include "stepc/compile.h"
 #include "stepc/cuda.h"

@@ -9,7 +9,7 @@
 // (AVX-512's 8x32 and AVX2's 6x16, whichever the host has).
 #include "codegen_harness.h"
 
-#include "../compiler/codegen/tiled_matmul.h"
+#include "tiled_matmul.h"
 
 #include "stepc/interpreter.h"
 #include "stepc/text.h"

@@ -8,7 +8,7 @@
 // 6x16) put the edges at different places.
 #include "codegen_harness.h"
 
-#include "../compiler/codegen/tiled_matmul.h"
+#include "tiled_matmul.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/interpreter.h"

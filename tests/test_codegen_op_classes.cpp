@@ -4,7 +4,7 @@
 #include "codegen_harness.h"
 #include "sg_corpus.h"
 
-#include "../compiler/codegen/lowering.h"
+#include "lowering.h"
 
 #include "stepc/text.h"
 

@@ -4,11 +4,11 @@
 // two live values in one place, and the figures of issue 4 hold.
 #include "testing.h"
 
-#include "../compiler/autodiff/gradcheck.h"
+#include "fusion_plan.h"
+#include "gradcheck.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/error.h"
-#include "stepc/fusion.h"
 #include "stepc/interpreter.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"

@@ -2,7 +2,7 @@
 // (the cases in compiler/autodiff/gradcheck_cases.cpp), second derivatives
 // (grad of grad), and whole example models. Seeds are fresh per run and
 // printed on failure; set STEPC_TEST_SEED to replay one.
-#include "../compiler/autodiff/gradcheck.h"
+#include "gradcheck.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/builder.h"

@@ -2,6 +2,8 @@
 // compileAot's files. Every test points STEPC_CACHE_DIR at a fresh directory
 // and starts with an empty in-memory cache and zeroed statistics.
 #include "testing.h"
+#include "jit_cache.h"
+#include "lowered_graph.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/builder.h"

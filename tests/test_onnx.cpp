@@ -4,7 +4,7 @@
 #include "stepc/backend.h"
 #include "stepc/onnx.h"
 
-#include "../compiler/autodiff/gradcheck.h"
+#include "gradcheck.h"
 
 #include "testing.h"
 

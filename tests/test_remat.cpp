@@ -12,6 +12,7 @@
 #include "stepc/train.h"
 
 #include "testing.h"
+#include "lowered_graph.h"
 
 #include <fmt/format.h>
 #include <gmock/gmock.h>

@@ -1,5 +1,7 @@
 // The graph surgery under the passes (compiler/passes/rewrite.h): compact
 // and replaceAllUses.
+#include "rewrite.h"
+
 #include "stepc/passes.h"
 #include "stepc/text.h"
 

@@ -3,7 +3,7 @@
 #include "sg_corpus.h"
 #include "testing.h"
 
-#include "../compiler/ir/lexer.h"
+#include "lexer.h"
 #include "stepc/builder.h"
 #include "stepc/file.h"
 #include "stepc/text.h"

@@ -5,6 +5,7 @@
 #include "gpu_lowering.h"
 #include "jit_cache.h"
 #include "llvm_backend.h"
+#include "lowered_graph.h"
 #include "lowering.h"
 #include "mlir_text.h"
 

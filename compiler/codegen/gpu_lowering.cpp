@@ -6,6 +6,7 @@
 #include "gpu_backend.h"
 #include "jit_cache.h"
 #include "llvm_backend.h"
+#include "lowered_graph.h"
 #include "lowering.h"
 
 #include "stepc/file.h"

@@ -3,6 +3,7 @@
 #include "jit_cache.h"
 
 #include "llvm_backend.h"
+#include "lowered_graph.h"
 #include "tiled_matmul.h"
 
 #include "stepc/file.h"

@@ -2,8 +2,9 @@
 // stage's rule per op (docs/design.md rule 1).
 #pragma once
 
+#include "fusion_plan.h"
+
 #include "stepc/executable.h"
-#include "stepc/fusion.h"
 
 #include <functional>
 #include <string>

@@ -3,6 +3,7 @@
 // gradient branches of a grad() or trainStep() graph whose results nobody
 // reads. Inputs and params always stay: they are the graph's interface.
 #include "graph_passes.h"
+#include "rewrite.h"
 
 namespace stepc::passes {
 

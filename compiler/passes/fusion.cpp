@@ -22,7 +22,7 @@
 // recomputed. (XLA duplicates cheap producers into several consumers instead;
 // we keep "one node, one kernel" because the report, the buffer plan and the
 // oracle test all rely on it.)
-#include "stepc/fusion.h"
+#include "fusion_plan.h"
 
 #include "stepc/error.h"
 

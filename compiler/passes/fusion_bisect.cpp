@@ -1,5 +1,5 @@
 // Bisection over fused groups: which fusions explain a wrong result
-// (include/stepc/fusion.h, bisectFusedGroups; `stepc bisect-fusion`).
+// (compiler/passes/fusion_plan.h, bisectFusedGroups; `stepc bisect-fusion`).
 //
 // Delta debugging in the form that finds one culprit in a logarithmic number
 // of probes: a binary search for the shortest failing prefix of the
@@ -7,7 +7,7 @@
 // search repeats below it with the culprits found so far always fused, and
 // stops once the culprits fail on their own. Every set it returns was seen
 // failing, and each group in it was needed: without it, a probe passed.
-#include "stepc/fusion.h"
+#include "fusion_plan.h"
 
 #include <algorithm>
 

@@ -1,7 +1,7 @@
 // Seeing fusion: the per-kernel report, the refused fusions, and a Graphviz
 // view with one cluster per kernel (stepc opt --fusion-report, --why-not-fused,
 // --dot).
-#include "stepc/fusion.h"
+#include "fusion_plan.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

@@ -16,7 +16,7 @@
 // 3. Placement: whole-step slots first, then the rest by decreasing size, each
 //    at the lowest 64-byte-aligned offset that overlaps no placed slot alive
 //    at the same time (greedy by size, as TFLite's arena planner).
-#include "stepc/fusion.h"
+#include "fusion_plan.h"
 
 #include <algorithm>
 #include <numeric>

@@ -34,8 +34,8 @@
 // so the copy runs next to its users, not in the forward pass.
 #include "graph_passes.h"
 #include "rewrite.h"
+#include "fusion_plan.h"
 
-#include "stepc/fusion.h"
 
 #include <fmt/format.h>
 

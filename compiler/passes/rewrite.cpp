@@ -2,8 +2,6 @@
 // nodes while renumbering the rest.
 #include "rewrite.h"
 
-#include "stepc/passes.h"
-
 #include <fmt/format.h>
 
 #include <limits>

@@ -1,9 +1,20 @@
-// Graph surgery used by the passes, beyond what passes.h exports.
+// Graph surgery used by the passes (rewrite.cpp). Internal to the compiler.
 #pragma once
 
 #include "stepc/graph.h"
 
 #include <vector>
+
+namespace stepc {
+
+// Points every use of `from` (operands, outputs, updates) at `to`; `to` must
+// precede every user of `from`.
+void replaceAllUses(Graph &graph, ValueId from, ValueId to);
+// Drops the nodes for which keep[id] is false and renumbers the rest; inputs
+// and params always stay, since they are the graph's interface.
+void compact(Graph &graph, const std::vector<bool> &keep);
+
+} // namespace stepc
 
 namespace stepc::passes {
 

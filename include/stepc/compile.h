@@ -5,7 +5,6 @@
 
 #include "stepc/cuda.h"
 #include "stepc/executable.h"
-#include "stepc/fusion.h"
 #include "stepc/passes.h"
 
 #include <memory>
@@ -62,16 +61,6 @@ struct KernelInfo {
   std::vector<std::string> provenance;
 };
 
-// CPU: the code of one or more kernels. Kernels whose MLIR is the same but
-// for where their values live in the arena (the same ops, shapes and
-// attributes, as in repeated layers) share one body, compiled once; each
-// kernel is an entry point that calls its body with its arena offsets.
-struct KernelBody {
-  std::string symbol; // "body_<hash of the text>"
-  std::string text; // its globals and its function (module-level ops)
-  std::vector<size_t> kernels; // the kernels of spec that run it, first first
-};
-
 // Where compile time went (jitSpec, the last compile of this thread;
 // `stepc bench` prints it). Seconds; the MLIR and LLVM stages are summed
 // over the objects compiled (CPU time: they run in parallel), `objects` is
@@ -83,30 +72,6 @@ struct CompileTimes {
   int kernels = 0, bodies = 0, compiledObjects = 0, diskObjects = 0, threads = 0;
 };
 CompileTimes lastCompileTimes();
-
-// A graph taken down to an MLIR module of kernels.
-struct LoweredGraph {
-  Graph graph; // after the passes
-  RematReport remat; // with a memory budget: what rematerialization did
-  FusionPlan plan;
-  BufferPlan buffers;
-  std::string mlirModule; // Target::Cuda: one gpu.module of gpu.funcs
-  // CPU: mlirModule's parts, compiled one by one (and in parallel) by the
-  // JIT: the distinct kernel bodies, and the kernels' entry points (which
-  // declare the bodies they call).
-  std::vector<KernelBody> bodies;
-  std::vector<std::string> entryPoints; // per kernel of spec ("" for collectives)
-  std::string entryModule; // the entry points and declarations of the bodies
-  // Per kernel of spec: the index of the first kernel with the same body
-  // (`stepc opt --fusion-report` shows "k57 = k9"), or its own index.
-  std::vector<size_t> sameCodeAs;
-  CompileTimes times; // passes, fusion, buffer plan, emission
-  ExecutableSpec spec; // complete but for the kernels' function pointers
-  // Target::Cuda: per kernel of spec, the gpu.funcs it launches in order.
-  std::vector<std::vector<CudaLaunch>> launches;
-};
-
-LoweredGraph lowerGraph(const Graph &graph, const CompileOptions &options = {});
 
 // Compiles in memory and returns a ready Executable. Unsupported ops or
 // dtypes fail with stepc::Error naming the op and its location.
@@ -135,27 +100,9 @@ std::unique_ptr<CpuExecutable> compileJit(const Graph &graph, const CompileOptio
 // file, rename); one that is truncated, corrupt or stale is ignored,
 // counted, recompiled and overwritten. Memory keeps the 64 latest graphs;
 // nothing is ever evicted from disk.
-struct JitCacheStats {
-  int64_t memoryHits = 0;     // served from this process' memory
-  int64_t diskHits = 0;       // loaded from the cache directory
-  int64_t misses = 0;         // compiled through MLIR and LLVM
-  int64_t badEntries = 0;     // disk entries found corrupt or stale, then rewritten
-  int64_t writeFailures = 0;  // entries that could not be written (the compile succeeds)
-  // Objects (kernel bodies, and each graph's entry points) compiled and
-  // loaded from disk, over all misses and disk hits.
-  int64_t kernelsCompiled = 0;
-  int64_t kernelsFromDisk = 0;
-};
-JitCacheStats jitCacheStats();
-void resetJitCacheStats();
-// Forgets every in-memory entry (the disk cache stays).
-void clearJitMemoryCache();
 // $STEPC_CACHE_DIR, else $XDG_CACHE_HOME/stepc, else $HOME/.cache/stepc;
 // empty (no disk cache) when none is set. Read on every compile.
 std::string jitCacheDirectory();
-// The text the cache key hashes (for tests and `stepc bench`).
-std::string jitCacheKeyText(const Graph &graph, const CompileOptions &options);
-
 // --- Ahead of time (compiler/codegen/aot.cpp) -------------------------------
 // What compileAot wrote, as paths.
 struct AotArtifact {

@@ -104,12 +104,4 @@ private:
 // The planned peak of `graph` as compiled: planBuffers over planFusion.
 int64_t plannedPeak(const Graph &graph, bool fusion);
 
-// Graph surgery shared by the passes (compiler/passes/rewrite.cpp).
-// Points every use of `from` (operands, outputs, updates) at `to`; `to` must
-// precede every user of `from`.
-void replaceAllUses(Graph &graph, ValueId from, ValueId to);
-// Drops the nodes for which keep[id] is false and renumbers the rest; inputs
-// and params always stay, since they are the graph's interface.
-void compact(Graph &graph, const std::vector<bool> &keep);
-
 } // namespace stepc

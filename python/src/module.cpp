@@ -17,7 +17,7 @@
 #include "stepc/text.h"
 #include "stepc/train.h"
 
-#include "../../tools/stepc/commands.h"
+#include "commands.h"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>

@@ -1,6 +1,6 @@
 #include "commands.h"
 
-#include "../../compiler/autodiff/gradcheck.h"
+#include "gradcheck.h"
 
 #include "stepc/autodiff.h"
 #include "stepc/file.h"

@@ -1,10 +1,11 @@
 // `stepc opt`: runs graph passes over a .sg file and prints (or writes) the
 // result, optionally with the graph after each pass and per-pass statistics.
 #include "commands.h"
+#include "fusion_plan.h"
+#include "lowered_graph.h"
 
 #include "stepc/compile.h"
 #include "stepc/file.h"
-#include "stepc/fusion.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"
 

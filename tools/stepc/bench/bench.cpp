@@ -5,6 +5,8 @@
 // of what this machine does now, not of a datasheet.
 #include "bench.h"
 #include "commands.h"
+#include "jit_cache.h"
+#include "lowered_graph.h"
 
 #include "stepc/backend.h"
 #include "stepc/builder.h"

@@ -6,6 +6,7 @@
 // graph before fusion partitions it; a value "%12" is then the same value in
 // both, and the unfused kernel that computes it is the one holding node 12.
 #include "bench.h"
+#include "lowered_graph.h"
 
 #include "stepc/error.h"
 

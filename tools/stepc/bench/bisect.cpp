@@ -10,6 +10,7 @@
 // kernel (CompileOptions::perturbKernel) so a test knows the culprit.
 #include "bench.h"
 #include "commands.h"
+#include "lowered_graph.h"
 
 #include "stepc/backend.h"
 #include "stepc/compile.h"
