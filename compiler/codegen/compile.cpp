@@ -147,6 +147,7 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   FusionOptions fusion;
   fusion.enabled = options.fusion;
   fusion.fusedGroups = options.fusedGroups;
+  fusion.attention = options.target != Target::Cuda;
   out.plan = planFusion(g, fusion);
   // The kernel to perturb: the full plan's group, where it is still whole.
   std::vector<ValueId> perturbed;

@@ -45,8 +45,9 @@ enum class FusionKind {
   Reduction, // elementwise producers folded into the reduction reading them
   Epilogue,  // matmul/conv with elementwise ops applied to its result
   MultiOutput, // siblings sharing inputs, e.g. an optimizer's param/moments update
+  Attention, // softmax(q k^T [* scale] [causal select]) v as one tiled kernel (matchAttention)
 };
-// "single", "loop", "reduction", "epilogue", "multi-output"
+// "single", "loop", "reduction", "epilogue", "multi-output", "attention"
 std::string_view fusionKindName(FusionKind kind);
 
 // One kernel: a set of nodes computed together.
@@ -78,6 +79,10 @@ struct FusionRefusal {
 
 struct FusionOptions {
   bool enabled = true;  // false: every op is its own kernel (--no-fusion)
+  // Attention patterns (matchAttention) become one Attention kernel where
+  // nothing outside reads the scores or probabilities. Only the CPU emitter
+  // has that kernel: the CUDA target turns this off.
+  bool attention = true;
   size_t maxInputs = 16; // bound on one kernel's distinct inputs
   // Fusion bisection (`stepc bisect-fusion`): when set, only these groups of
   // the full plan (their indices in planFusion's result without this field,
@@ -94,6 +99,26 @@ struct FusionPlan {
   // constants that no kernel computes).
   std::vector<int> groupOf;
 };
+
+// Attention written out as the `attention` composite expands it, or by hand:
+//   output = matmul(div(e, reduce_sum(e)), values), e = exp(sub(x, reduce_max(x)))
+//   x = [select(causal, ] scores [* scale | / scale] [, fill)]
+//   scores = matmul(queries, keysT)
+// with the reductions over the last axis (keepdims), f32 throughout, the
+// scale and fill scalar constants, and `causal` the mask of key j <= query i
+// (a bool constant, or le(iota axis 1, iota axis 0)). An Attention kernel
+// computes `output` tile by tile with an online softmax, so the scores and
+// probabilities are never stored.
+struct AttentionPattern {
+  ValueId queries = 0, keysT = 0, values = 0; // the operands, [..., T, D] [..., D, Tk] [..., Tk, Dv]
+  ValueId scores = 0, output = 0;             // the two matmuls
+  enum class Scale { None, Mul, Div } scaleOp = Scale::None;
+  double scale = 1;
+  bool causal = false;
+  double fill = 0;               // the masked scores' value, with causal
+  std::vector<ValueId> computed; // scores .. output, the nodes a kernel computes (sorted)
+};
+std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId output);
 
 // Throws stepc::Error when options.fusedGroups names a group the full plan
 // does not have.
