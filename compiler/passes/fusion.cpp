@@ -167,6 +167,11 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
   if (o.size() != space.size() || !std::equal(o.begin(), o.end() - 1, space.begin()) ||
       g.type(p.values).rank() > out.type.rank())
     return std::nullopt;
+  // The kernel keeps k^T and v of one batch entry on the stack.
+  auto padded = [](int64_t n) { return (n + 15) / 16 * 16; };
+  if ((padded(g.type(p.queries).shape.back()) + padded(o.back())) * padded(space.back()) >
+      kAttentionMaxPanelFloats)
+    return std::nullopt;
   std::sort(p.computed.begin(), p.computed.end());
   p.computed.erase(std::unique(p.computed.begin(), p.computed.end()), p.computed.end());
   return p;

@@ -118,6 +118,9 @@ struct AttentionPattern {
   double fill = 0;               // the masked scores' value, with causal
   std::vector<ValueId> computed; // scores .. output, the nodes a kernel computes (sorted)
 };
+// The kernel keeps one batch entry's k^T and v on the stack, padded to 16
+// floats: (D + Dv) * Tk floats at most this many (192 KiB), or no match.
+constexpr int64_t kAttentionMaxPanelFloats = 49152;
 std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId output);
 
 // Throws stepc::Error when options.fusedGroups names a group the full plan
