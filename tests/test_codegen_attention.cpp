@@ -163,7 +163,7 @@ TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
   TensorMap inputs = randomInputs(graph, 22);
   for (Tensor *t : {&inputs.at("q"), &inputs.at("k")})
     for (int64_t i = 0; i < t->numel(); ++i)
-      t->setReal(i, t->real(i) * 6.0 + 0.05 * double(i % 40));
+      t->setReal(i, t->real(i) * 20.0 + 0.2 * double(i % 40));
   stepc::testing::CompareOptions options;
   options.unfused = false;
   stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
