@@ -169,6 +169,29 @@ TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
   stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
 }
 
+// Two layers at 65 tokens: the unfolded causal mask le(iota, iota) is one
+// node after CSE, read by both; each layer is still one attention kernel.
+TEST(CodegenAttentionValues, LayersSharingAnUnfoldedMaskAreAttentionKernels) {
+  std::string text = R"(graph g {
+  input %q : f32[2,65,16]
+  input %k : f32[2,65,16]
+  input %v : f32[2,65,16]
+  %a = attention(%q, %k, %v) {causal=1}
+  %b = attention(%a, %k, %v) {causal=1}
+  output b = %b
+})";
+  Graph g = optimized(text);
+  FusionPlan plan = planFusion(g);
+  int attention = 0;
+  for (const FusionGroup &group : plan.groups)
+    attention += group.kind == FusionKind::Attention;
+  EXPECT_EQ(attention, 2) << fusionReport(g, plan, planBuffers(g, plan));
+  Graph graph = parseGraph(text);
+  stepc::testing::CompareOptions options;
+  options.unfused = false;
+  stepc::testing::expectMatchesInterpreter(graph, randomInputs(graph, 24), {}, options);
+}
+
 // Where something else reads the probabilities (a training step's backward
 // pass, or an output), the pattern is no attention kernel: the plan stays as
 // it was, and the step matches the interpreter.

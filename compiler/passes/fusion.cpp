@@ -136,10 +136,7 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
     p.fill = *fill;
     y = sel.operands[1];
     p.computed.push_back(y);
-    // le(iota, iota) is computed by whichever kernel reads it; folded, it is
-    // a constant no kernel computes.
-    if (g.node(sel.operands[0]).op == OpKind::Le)
-      p.computed.push_back(sel.operands[0]);
+    p.mask = sel.operands[0];
   }
   ValueId scores = y;
   if (const Node &scale = g.node(y); scale.op == OpKind::Mul || scale.op == OpKind::Div) {
@@ -953,6 +950,14 @@ void Fuser::claimAttention() {
     }
     if (!private_)
       continue;
+    // The kernel computes the causal mask from indices: a mask computed by
+    // le(iota, iota) joins it where nothing else reads it (else its own
+    // kernel computes it for the others, and this one ignores it).
+    if (p->causal && computed(p->mask) && !escapes_[p->mask] &&
+        members_[groupOf_[p->mask]].size() == 1 &&
+        std::all_of(users_[p->mask].begin(), users_[p->mask].end(),
+                    [&](ValueId u) { return nodes.count(u) > 0; }))
+      nodes.insert(p->mask);
     // Views whose every reader is in the kernel; a reshape only of a value
     // in memory, so each view stays a stride pattern over a buffer.
     bool inMemory = true;

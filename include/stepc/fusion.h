@@ -115,6 +115,7 @@ struct AttentionPattern {
   enum class Scale { None, Mul, Div } scaleOp = Scale::None;
   double scale = 1;
   bool causal = false;
+  ValueId mask = 0;              // with causal: the select's condition
   double fill = 0;               // the masked scores' value, with causal
   std::vector<ValueId> computed; // scores .. output, the nodes a kernel computes (sorted)
 };
