@@ -14,6 +14,10 @@
 //   row's reduced values broadcast back).
 // - Epilogue: one matmul/conv (the hero) whose operands come from memory; the
 //   elementwise nodes after it run on each result element it produces.
+// - Attention: the nodes of one attention pattern (matchAttention below) and
+//   strided views of its operands; the kernel computes only the output, tile
+//   by tile with an online softmax, so the scores and probabilities it
+//   computes along the way are never stored.
 // - Views (broadcast_to, reshape, transpose, slice, pad, one_hot) of values in
 //   memory are index maps: a node reads such a view by computing the index it
 //   needs in the underlying buffer; the view is never materialized unless it
