@@ -136,6 +136,8 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     pm.run(out.graph);
   }
   // After the pipeline: CSE would merge the copies back into the originals.
+  if (options.target != Target::Cuda && !out.graph.updates.empty())
+    recomputeAttentionProbabilities(out.graph);
   if (options.memoryBudget.given()) {
     Rematerialization remat(options.memoryBudget, options.fusion);
     remat.run(out.graph);

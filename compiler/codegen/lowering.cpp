@@ -927,7 +927,7 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : group_.nodes) {
     OpKind op = node(id).op;
     bool source = opInfo(op).opClass == OpClass::Constant;
-    if (attention ? static_cast<int64_t>(id) == group_.hero
+    if (attention ? static_cast<int64_t>(id) == group_.hero || usedOutside_[id]
                   : usedOutside_[id] || !isInlinable(op) || (matmulOperands.count(id) && !source))
       roots.push_back(id);
   }

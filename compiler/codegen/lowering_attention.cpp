@@ -312,6 +312,25 @@ void KernelEmitter::emitAttention(bool parallel) {
   yields.insert(yields.end(), nextSum.begin(), nextSum.end());
   closeCarryingFor(w_, yields, types);
 
+  // The row statistics where others read them (a training step's backward
+  // pass recomputes the probabilities from them): max and sum of exp(x - max).
+  for (auto [id, first] : {std::pair{p->rowMax, 0}, std::pair{p->rowSum, rows}}) {
+    if (!usedOutside_[id])
+      continue;
+    StridedOperand stats{id, 0, {}};
+    stats.strides.assign(rank, 1);
+    int64_t stride = tq;
+    for (size_t d = rank - 2; d-- > 0;) {
+      stats.strides[d] = stride;
+      stride *= out[d];
+    }
+    std::string type;
+    std::string view = stridedMatrix(stats, batch, tq, 1, 1, 1, type);
+    for (int r = 0; r < rows; ++r)
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", state[first + r], view, row[r],
+                          w_.indexConstant(0), type));
+  }
+
   // The rows' outputs: acc / l.
   {
     std::string one = w_.constant(1, DType::F32);

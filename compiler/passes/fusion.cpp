@@ -121,6 +121,8 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
   if (!reducesLastAxis(g, max, OpKind::ReduceMax, x))
     return std::nullopt;
   p.computed = {output, probs, sum, e, shifted, max, x};
+  p.rowMax = max;
+  p.rowSum = sum;
   // The shapes: x is [..., Tq, Tk] and every elementwise node keeps it.
   const Shape &space = g.type(x).shape;
   if (g.type(probs).shape != space || g.type(e).shape != space || g.type(shifted).shape != space ||
@@ -942,7 +944,7 @@ void Fuser::claimAttention() {
     bool private_ = true;
     for (ValueId u : p->computed) {
       private_ = private_ && computed(u) && members_[groupOf_[u]].size() == 1;
-      if (u == v)
+      if (u == v || u == p->rowMax || u == p->rowSum)
         continue;
       private_ = private_ && !escapes_[u];
       for (ValueId user : users_[u])

@@ -116,6 +116,9 @@ struct FusionPlan {
 struct AttentionPattern {
   ValueId queries = 0, keysT = 0, values = 0; // the operands, [..., T, D] [..., D, Tk] [..., Tk, Dv]
   ValueId scores = 0, output = 0;             // the two matmuls
+  // The softmax's reduce_max and reduce_sum ([..., Tq, 1]): the only nodes
+  // besides the output that others may read (the kernel then stores them).
+  ValueId rowMax = 0, rowSum = 0;
   enum class Scale { None, Mul, Div } scaleOp = Scale::None;
   double scale = 1;
   bool causal = false;
