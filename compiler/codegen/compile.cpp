@@ -137,6 +137,8 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     pm.run(out.graph);
   }
   // After the pipeline: CSE would merge the copies back into the originals.
+  if (options.target != Target::Cuda && !out.graph.updates.empty())
+    recomputeAttentionProbabilities(out.graph);
   if (options.memoryBudget.given()) {
     Rematerialization remat(options.memoryBudget, options.fusion);
     remat.run(out.graph);
@@ -148,6 +150,7 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   FusionOptions fusion;
   fusion.enabled = options.fusion;
   fusion.fusedGroups = options.fusedGroups;
+  fusion.attention = options.target != Target::Cuda;
   out.plan = planFusion(g, fusion);
   // The kernel to perturb: the full plan's group, where it is still whole.
   std::vector<ValueId> perturbed;

@@ -920,10 +920,12 @@ KernelSource KernelEmitter::emit() {
   // inlined into a consumer, and the matmul operands the tiled matmul cannot
   // read in place as strided views of memory (matmulCopies): those are
   // stored row-major once.
+  // An Attention kernel has one root, its output (lowering_attention.cpp).
+  bool attention = group_.kind == FusionKind::Attention;
   std::set<ValueId> matmulOperands;
   for (ValueId id : group_.nodes) {
     const Node &n = node(id);
-    if (n.op != OpKind::MatMul)
+    if (n.op != OpKind::MatMul || attention)
       continue;
     std::vector<bool> copies = matmulCopies(id);
     for (size_t k = 0; k < n.operands.size(); ++k)
@@ -934,7 +936,8 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : group_.nodes) {
     OpKind op = node(id).op;
     bool source = opInfo(op).opClass == OpClass::Constant;
-    if (usedOutside_[id] || !isInlinable(op) || (matmulOperands.count(id) && !source))
+    if (attention ? static_cast<int64_t>(id) == group_.hero || usedOutside_[id]
+                  : usedOutside_[id] || !isInlinable(op) || (matmulOperands.count(id) && !source))
       roots.push_back(id);
   }
 
@@ -978,9 +981,15 @@ KernelSource KernelEmitter::emit() {
   // The roots run one after another, split among threads by their dimension
   // 0 when that is safe (see rowLocal), else on one thread.
   int64_t extent = 1;
-  bool parallel = !roots.empty() && rowLocal(roots);
+  bool parallel = !roots.empty() && (attention || rowLocal(roots));
   if (parallel)
     extent = shapeOf(roots.front())[0];
+  if (attention) {
+    w_.pushScope();
+    emitAttention(parallel);
+    w_.popScope();
+    roots.clear();
+  }
 
   // Consecutive elementwise roots of one shape share a loop nest (an
   // optimizer's parameter and moment updates: one pass over memory).

@@ -45,9 +45,137 @@ std::string_view fusionKindName(FusionKind kind) {
   case FusionKind::Reduction: return "reduction";
   case FusionKind::Epilogue: return "epilogue";
   case FusionKind::MultiOutput: return "multi-output";
+  case FusionKind::Attention: return "attention";
   }
   return "?";
 }
+
+namespace {
+
+// A scalar f32 constant's value.
+std::optional<double> scalarConstant(const Graph &g, ValueId v) {
+  const Node &n = g.node(v);
+  if (n.op != OpKind::Constant || !n.attrs.has("value") || n.type.numel() != 1 ||
+      n.type.dtype != DType::F32)
+    return std::nullopt;
+  return n.attrs.getReal("value");
+}
+
+// Whether bool `mask` [Tq, Tk] is true exactly where key j <= query i.
+bool isCausalMask(const Graph &g, ValueId mask) {
+  const Node &n = g.node(mask);
+  if (n.type.dtype != DType::Bool || n.type.rank() != 2)
+    return false;
+  int64_t rows = n.type.shape[0], cols = n.type.shape[1];
+  if (n.op == OpKind::Constant) {
+    if (n.attrs.has("value")) // all visible or all hidden: only causal when 1x1 and true
+      return rows == 1 && cols == 1 && n.attrs.getReal("value") != 0;
+    const std::vector<int64_t> &data = n.attrs.getInts("data");
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        if ((data[static_cast<size_t>(i * cols + j)] != 0) != (j <= i))
+          return false;
+    return true;
+  }
+  auto iotaAxis = [&](ValueId v) -> int64_t {
+    const Node &iota = g.node(v);
+    if (iota.op != OpKind::Iota || iota.type.shape != n.type.shape)
+      return -1;
+    return iota.attrs.getInt("axis");
+  };
+  return n.op == OpKind::Le && iotaAxis(n.operands[0]) == 1 && iotaAxis(n.operands[1]) == 0;
+}
+
+// Whether `v` reduces the last axis of `of` with keepdims.
+bool reducesLastAxis(const Graph &g, ValueId v, OpKind op, ValueId of) {
+  const Node &n = g.node(v);
+  if (n.op != op || n.operands[0] != of)
+    return false;
+  const std::vector<int64_t> &axes = n.attrs.getInts("axes");
+  int64_t rank = g.type(of).rank();
+  return axes.size() == 1 && (axes[0] == rank - 1 || axes[0] == -1) &&
+         n.attrs.getInt("keepdims") == 1;
+}
+
+} // namespace
+
+std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
+  const Node &out = g.node(output);
+  if (out.op != OpKind::MatMul || out.type.dtype != DType::F32 || out.type.rank() < 2)
+    return std::nullopt;
+  AttentionPattern p;
+  p.output = output;
+  p.values = out.operands[1];
+  ValueId probs = out.operands[0];
+  const Node &div = g.node(probs);
+  if (div.op != OpKind::Div)
+    return std::nullopt;
+  ValueId e = div.operands[0], sum = div.operands[1];
+  if (!reducesLastAxis(g, sum, OpKind::ReduceSum, e) || g.node(e).op != OpKind::Exp)
+    return std::nullopt;
+  ValueId shifted = g.node(e).operands[0];
+  const Node &sub = g.node(shifted);
+  if (sub.op != OpKind::Sub)
+    return std::nullopt;
+  ValueId x = sub.operands[0], max = sub.operands[1];
+  if (!reducesLastAxis(g, max, OpKind::ReduceMax, x))
+    return std::nullopt;
+  p.computed = {output, probs, sum, e, shifted, max, x};
+  p.rowMax = max;
+  p.rowSum = sum;
+  // The shapes: x is [..., Tq, Tk] and every elementwise node keeps it.
+  const Shape &space = g.type(x).shape;
+  if (g.type(probs).shape != space || g.type(e).shape != space || g.type(shifted).shape != space ||
+      g.type(x).dtype != DType::F32)
+    return std::nullopt;
+  ValueId y = x;
+  if (const Node &sel = g.node(x); sel.op == OpKind::Select) {
+    auto fill = scalarConstant(g, sel.operands[2]);
+    if (!fill || !isCausalMask(g, sel.operands[0]) ||
+        g.type(sel.operands[0]).shape != Shape(space.end() - 2, space.end()))
+      return std::nullopt;
+    p.causal = true;
+    p.fill = *fill;
+    y = sel.operands[1];
+    p.computed.push_back(y);
+    p.mask = sel.operands[0];
+  }
+  ValueId scores = y;
+  if (const Node &scale = g.node(y); scale.op == OpKind::Mul || scale.op == OpKind::Div) {
+    size_t other = 0; // the scores' operand
+    std::optional<double> c = scalarConstant(g, scale.operands[1]);
+    if (!c && scale.op == OpKind::Mul) {
+      c = scalarConstant(g, scale.operands[0]);
+      other = 1;
+    }
+    if (!c)
+      return std::nullopt;
+    p.scaleOp = scale.op == OpKind::Mul ? AttentionPattern::Scale::Mul : AttentionPattern::Scale::Div;
+    p.scale = *c;
+    scores = scale.operands[other];
+  }
+  const Node &mm = g.node(scores);
+  if (mm.op != OpKind::MatMul || mm.type.shape != space || mm.type.dtype != DType::F32)
+    return std::nullopt;
+  p.scores = scores;
+  p.computed.push_back(scores);
+  p.queries = mm.operands[0];
+  p.keysT = mm.operands[1];
+  // The output's batch dimensions are the scores' (values broadcast into them).
+  const Shape &o = out.type.shape;
+  if (o.size() != space.size() || !std::equal(o.begin(), o.end() - 1, space.begin()) ||
+      g.type(p.values).rank() > out.type.rank())
+    return std::nullopt;
+  // The kernel keeps k^T and v of one batch entry on the stack.
+  auto padded = [](int64_t n) { return (n + 15) / 16 * 16; };
+  if ((padded(g.type(p.queries).shape.back()) + padded(o.back())) * padded(space.back()) >
+      kAttentionMaxPanelFloats)
+    return std::nullopt;
+  std::sort(p.computed.begin(), p.computed.end());
+  p.computed.erase(std::unique(p.computed.begin(), p.computed.end()), p.computed.end());
+  return p;
+}
+
 
 namespace {
 
@@ -266,6 +394,7 @@ private:
   bool producerConsumerSweep();
   bool siblingSweep();
   void keepOnly(const std::vector<size_t> &fusedGroups);
+  void claimAttention();
   FusionPlan finish();
 
   const Graph &g_;
@@ -282,6 +411,7 @@ private:
   uint32_t stamp_ = 0;
   std::vector<Role> role_;
   std::vector<Layout> layout_; // for Role::View nodes
+  std::set<int> attention_;    // groups that are Attention kernels (claimAttention)
 };
 
 // Whether `nodes` (sorted) form one kernel, and of which shape. Each rule is
@@ -675,6 +805,8 @@ bool Fuser::reaches(int from, int to) const {
 // consumer's? The merged set must be one kernel (analyze) and the kernel
 // graph must stay acyclic.
 FusionDecision Fuser::shouldFuse(int producer, int consumer) {
+  if (attention_.count(producer) || attention_.count(consumer))
+    return FusionDecision::no("a fused attention kernel computes only its own pattern");
   FusionDecision d = analyze(united(producer, consumer), nullptr);
   if (!d.fuse)
     return d;
@@ -690,6 +822,8 @@ FusionDecision Fuser::shouldFuse(int producer, int consumer) {
 // Sibling fusion: two kernels reading a common value, with no edge between
 // them, become one multi-output kernel that reads the value once.
 FusionDecision Fuser::shouldFuseSiblings(int a, int b) {
+  if (attention_.count(a) || attention_.count(b))
+    return FusionDecision::no("siblings: a fused attention kernel computes only its own pattern");
   FusionDecision d = analyze(united(a, b), nullptr);
   if (!d.fuse)
     return d;
@@ -735,6 +869,8 @@ bool Fuser::siblingSweep() {
   // A kernel's "space signature": what must match for two kernels to share
   // a loop. Kernels around a matmul/conv or an opaque op have no siblings.
   auto signature = [&](int grp, KernelShape &k) {
+    if (attention_.count(grp))
+      return false;
     if (!analyze(members_[grp], &k).fuse || k.opaque ||
         k.mode == KernelShape::Mode::Epilogue)
       return false;
@@ -792,7 +928,74 @@ bool Fuser::siblingSweep() {
   return any;
 }
 
+// Each attention pattern (matchAttention) whose scores and probabilities
+// nothing outside reads becomes one kernel, before the sweeps: they would
+// otherwise split it at the reductions. Strided views feeding its operands
+// (a head split's reshape and transpose) join it when it is their only
+// reader, so the kernel reads q, k and v in place.
+void Fuser::claimAttention() {
+  for (ValueId v = 0; v < n_; ++v) {
+    if (g_.node(v).op != OpKind::MatMul || !computed(v) || attention_.count(groupOf_[v]))
+      continue;
+    std::optional<AttentionPattern> p = matchAttention(g_, v);
+    if (!p)
+      continue;
+    std::set<ValueId> nodes(p->computed.begin(), p->computed.end());
+    bool private_ = true;
+    for (ValueId u : p->computed) {
+      private_ = private_ && computed(u) && members_[groupOf_[u]].size() == 1;
+      if (u == v || u == p->rowMax || u == p->rowSum)
+        continue;
+      private_ = private_ && !escapes_[u];
+      for (ValueId user : users_[u])
+        private_ = private_ && nodes.count(user);
+    }
+    if (!private_)
+      continue;
+    // The kernel computes the causal mask from indices: a mask computed by
+    // le(iota, iota) joins it where nothing else reads it (else its own
+    // kernel computes it for the others, and this one ignores it).
+    if (p->causal && computed(p->mask) && !escapes_[p->mask] &&
+        members_[groupOf_[p->mask]].size() == 1 &&
+        std::all_of(users_[p->mask].begin(), users_[p->mask].end(),
+                    [&](ValueId u) { return nodes.count(u) > 0; }))
+      nodes.insert(p->mask);
+    // Views whose every reader is in the kernel; a reshape only of a value
+    // in memory, so each view stays a stride pattern over a buffer.
+    bool inMemory = true;
+    std::vector<ValueId> views;
+    for (ValueId operand : {p->queries, p->keysT, p->values}) {
+      ValueId x = operand;
+      while (computed(x) && !escapes_[x] && members_[groupOf_[x]].size() == 1) {
+        OpKind op = g_.node(x).op;
+        ValueId from = g_.node(x).operands.empty() ? x : g_.node(x).operands[0];
+        bool strided = op == OpKind::Transpose || op == OpKind::BroadcastTo ||
+                       (op == OpKind::Reshape && fusionClass(g_.node(from).op) != FusionClass::View);
+        bool onlyInside = std::all_of(users_[x].begin(), users_[x].end(), [&](ValueId u) {
+          return nodes.count(u) > 0 || std::count(views.begin(), views.end(), u) > 0;
+        });
+        if (!strided || !onlyInside)
+          break;
+        views.push_back(x);
+        x = from;
+      }
+      // The kernel reads its operands from memory (a constant has none).
+      inMemory = inMemory && fusionClass(g_.node(x).op) != FusionClass::Inlined;
+    }
+    if (!inMemory)
+      continue;
+    nodes.insert(views.begin(), views.end());
+    int into = groupOf_[v];
+    for (ValueId u : nodes)
+      if (groupOf_[u] != into)
+        merge(into, groupOf_[u]);
+    attention_.insert(into);
+  }
+}
+
 FusionPlan Fuser::run() {
+  if (options_.enabled && options_.attention)
+    claimAttention();
   if (options_.enabled) {
     producerConsumerSweep();
     if (siblingSweep())
@@ -816,6 +1019,7 @@ void Fuser::keepOnly(const std::vector<size_t> &fusedGroups) {
   }
   members_.clear();
   minId_.clear();
+  attention_.clear();
   auto add = [&](std::vector<ValueId> nodes) {
     for (ValueId v : nodes)
       groupOf_[v] = static_cast<int>(members_.size());
@@ -823,9 +1027,11 @@ void Fuser::keepOnly(const std::vector<size_t> &fusedGroups) {
     members_.push_back(std::move(nodes));
   };
   for (size_t g = 0; g < full.groups.size(); ++g) {
-    if (keep[g])
+    if (keep[g]) {
+      if (full.groups[g].kind == FusionKind::Attention)
+        attention_.insert(static_cast<int>(members_.size()));
       add(full.groups[g].nodes);
-    else
+    } else
       for (ValueId v : full.groups[g].nodes)
         add({v});
   }
@@ -931,9 +1137,15 @@ FusionPlan Fuser::finish() {
   for (size_t pos = 0; pos < order.size(); ++pos) {
     FusionGroup group;
     group.nodes = members_[live[order[pos]]];
+    bool attention = attention_.count(live[order[pos]]) > 0;
     KernelShape k;
-    [[maybe_unused]] FusionDecision ok = analyze(group.nodes, &k);
-    assert(ok.fuse);
+    if (attention) {
+      // The output matmul: the last node (ids are topological).
+      k.hero = static_cast<int64_t>(group.nodes.back());
+    } else {
+      [[maybe_unused]] FusionDecision ok = analyze(group.nodes, &k);
+      assert(ok.fuse);
+    }
     group.hero = k.hero;
     std::set<ValueId> inputs, constants;
     for (ValueId v : group.nodes) {
@@ -966,7 +1178,9 @@ FusionPlan Fuser::finish() {
     for (ValueId v : group.outputs)
       group.bytesWritten += bytes(v);
 
-    if (group.nodes.size() == 1)
+    if (attention)
+      group.kind = FusionKind::Attention;
+    else if (group.nodes.size() == 1)
       group.kind = FusionKind::Single;
     else if (k.mode == KernelShape::Mode::Epilogue)
       group.kind = FusionKind::Epilogue;
@@ -992,6 +1206,8 @@ FusionPlan Fuser::finish() {
       for (ValueId v : group.nodes)
         addOp(v);
     group.name = fmt::format("k{}", pos);
+    if (attention)
+      ops = {"attention"};
     for (size_t i = 0; i < ops.size() && i < 4; ++i)
       group.name += fmt::format("_{}", ops[i]);
     if (ops.size() > 4)

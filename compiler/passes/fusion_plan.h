@@ -14,6 +14,10 @@
 //   row's reduced values broadcast back).
 // - Epilogue: one matmul/conv (the hero) whose operands come from memory; the
 //   elementwise nodes after it run on each result element it produces.
+// - Attention: the nodes of one attention pattern (matchAttention below) and
+//   strided views of its operands; the kernel computes only the output, tile
+//   by tile with an online softmax, so the scores and probabilities it
+//   computes along the way are never stored.
 // - Views (broadcast_to, reshape, transpose, slice, pad, one_hot) of values in
 //   memory are index maps: a node reads such a view by computing the index it
 //   needs in the underlying buffer; the view is never materialized unless it
@@ -45,8 +49,9 @@ enum class FusionKind {
   Reduction, // elementwise producers folded into the reduction reading them
   Epilogue,  // matmul/conv with elementwise ops applied to its result
   MultiOutput, // siblings sharing inputs, e.g. an optimizer's param/moments update
+  Attention, // softmax(q k^T [* scale] [causal select]) v as one tiled kernel (matchAttention)
 };
-// "single", "loop", "reduction", "epilogue", "multi-output"
+// "single", "loop", "reduction", "epilogue", "multi-output", "attention"
 std::string_view fusionKindName(FusionKind kind);
 
 // One kernel: a set of nodes computed together.
@@ -78,6 +83,10 @@ struct FusionRefusal {
 
 struct FusionOptions {
   bool enabled = true;  // false: every op is its own kernel (--no-fusion)
+  // Attention patterns (matchAttention) become one Attention kernel where
+  // nothing outside reads the scores or probabilities. Only the CPU emitter
+  // has that kernel: the CUDA target turns this off.
+  bool attention = true;
   size_t maxInputs = 16; // bound on one kernel's distinct inputs
   // Fusion bisection (`stepc bisect-fusion`): when set, only these groups of
   // the full plan (their indices in planFusion's result without this field,
@@ -94,6 +103,33 @@ struct FusionPlan {
   // constants that no kernel computes).
   std::vector<int> groupOf;
 };
+
+// Attention written out as the `attention` composite expands it, or by hand:
+//   output = matmul(div(e, reduce_sum(e)), values), e = exp(sub(x, reduce_max(x)))
+//   x = [select(causal, ] scores [* scale | / scale] [, fill)]
+//   scores = matmul(queries, keysT)
+// with the reductions over the last axis (keepdims), f32 throughout, the
+// scale and fill scalar constants, and `causal` the mask of key j <= query i
+// (a bool constant, or le(iota axis 1, iota axis 0)). An Attention kernel
+// computes `output` tile by tile with an online softmax, so the scores and
+// probabilities are never stored.
+struct AttentionPattern {
+  ValueId queries = 0, keysT = 0, values = 0; // the operands, [..., T, D] [..., D, Tk] [..., Tk, Dv]
+  ValueId scores = 0, output = 0;             // the two matmuls
+  // The softmax's reduce_max and reduce_sum ([..., Tq, 1]): the only nodes
+  // besides the output that others may read (the kernel then stores them).
+  ValueId rowMax = 0, rowSum = 0;
+  enum class Scale { None, Mul, Div } scaleOp = Scale::None;
+  double scale = 1;
+  bool causal = false;
+  ValueId mask = 0;              // with causal: the select's condition
+  double fill = 0;               // the masked scores' value, with causal
+  std::vector<ValueId> computed; // scores .. output, the nodes a kernel computes (sorted)
+};
+// The kernel keeps one batch entry's k^T and v on the stack, padded to 16
+// floats: (D + Dv) * Tk floats at most this many (192 KiB), or no match.
+constexpr int64_t kAttentionMaxPanelFloats = 49152;
+std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId output);
 
 // Throws stepc::Error when options.fusedGroups names a group the full plan
 // does not have.

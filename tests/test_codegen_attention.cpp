@@ -1,0 +1,246 @@
+// Fused attention (issue 11, FusionKind::Attention: compiler/passes/fusion.cpp
+// claims the pattern, compiler/codegen/lowering_attention.cpp emits it)
+// against the interpreter: causal and not, sequence lengths that are no
+// multiple of the 16-key block or the register tile's rows (1, 7, 33, 65),
+// cross attention (Tq != Tk), head dims 16 and 64, batch dimensions broadcast,
+// the `attention` composite and the same pattern written out by hand (the
+// causal mask folded to a constant, or le(iota, iota) where it is too big to
+// fold), at 1 and 2 threads and with both register tiles. Each forward graph
+// must become exactly one attention kernel whose plan stores no score matrix.
+#include "codegen_harness.h"
+
+#include "../compiler/codegen/tiled_matmul.h"
+
+#include "stepc/fusion.h"
+#include "stepc/graph_values.h"
+#include "stepc/passes.h"
+#include "stepc/text.h"
+#include "stepc/train.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+using namespace stepc;
+
+namespace {
+
+struct Case {
+  std::string name, text;
+};
+
+std::string composite(const std::string &q, const std::string &kv, bool causal,
+                      const std::string &kvBatch = "") {
+  return fmt::format(R"(graph g {{
+  input %q : f32[{}]
+  input %k : f32[{}{}]
+  input %v : f32[{}{}]
+  %o = attention(%q, %k, %v) {{causal={}}}
+  output o = %o
+}})",
+                     q, kvBatch, kv, kvBatch, kv, causal ? 1 : 0);
+}
+
+std::vector<Case> cases() {
+  return {
+      {"causal_1", composite("2,3,1,16", "2,3,1,16", true)},
+      {"causal_7", composite("2,3,7,16", "2,3,7,16", true)},
+      {"causal_33", composite("2,3,33,16", "2,3,33,16", true)},
+      // 65 x 65 is past constant folding's limit: the mask stays le(iota, iota).
+      {"causal_65_d64", composite("2,2,65,64", "2,2,65,64", true)},
+      {"plain_33_d64", composite("3,33,64", "3,33,64", false)},
+      {"plain_65", composite("2,2,65,16", "2,2,65,16", false)},
+      {"cross_7_by_33", composite("2,3,7,16", "2,3,33,16", false)},
+      {"cross_causal_33_by_7", composite("2,3,33,16", "2,3,7,16", true)},
+      {"rank2_causal_33", composite("33,16", "33,16", true)},
+      {"kv_broadcast_over_batch", composite("4,2,9,16", "2,9,16", false, "1,")},
+      {"head_split_views", R"(graph g {
+  input %x : f32[2,17,32]
+  input %y : f32[2,17,32]
+  %q4 = reshape(%x) {shape=[2,17,2,16]}
+  %k4 = reshape(%y) {shape=[2,17,2,16]}
+  %qh = transpose(%q4) {perm=[0,2,1,3]}
+  %kh = transpose(%k4) {perm=[0,2,1,3]}
+  %vh = transpose(%k4) {perm=[0,2,1,3]}
+  %o = attention(%qh, %kh, %vh) {causal=1}
+  output o = %o
+})"},
+      // Written out by hand: k given transposed, the scale a division, the
+      // mask built from iotas, softmax as its five ops.
+      {"by_hand_div_scale", R"(graph g {
+  input %q : f32[2,19,16]
+  input %kt : f32[2,16,19]
+  input %v : f32[2,19,24]
+  %s = matmul(%q, %kt)
+  %c = constant() {dtype=f32, shape=[], value=4.0}
+  %scaled = div(%s, %c)
+  %i = iota() {dtype=i64, shape=[19,19], axis=0}
+  %j = iota() {dtype=i64, shape=[19,19], axis=1}
+  %seen = le(%j, %i)
+  %fill = constant() {dtype=f32, shape=[], value=-1e9}
+  %x = select(%seen, %scaled, %fill)
+  %m = reduce_max(%x) {axes=[2], keepdims=1}
+  %d = sub(%x, %m)
+  %e = exp(%d)
+  %z = reduce_sum(%e) {axes=[2], keepdims=1}
+  %p = div(%e, %z)
+  %o = matmul(%p, %v)
+  output o = %o
+})"},
+      {"by_hand_no_scale", R"(graph g {
+  input %q : f32[5,16]
+  input %kt : f32[16,40]
+  input %v : f32[40,16]
+  %x = matmul(%q, %kt)
+  %m = reduce_max(%x) {axes=[1], keepdims=1}
+  %d = sub(%x, %m)
+  %e = exp(%d)
+  %z = reduce_sum(%e) {axes=[1], keepdims=1}
+  %p = div(%e, %z)
+  %o = matmul(%p, %v)
+  output o = %o
+})"},
+  };
+}
+
+Graph optimized(const std::string &text) {
+  Graph g = parseGraph(text);
+  PassManager pm;
+  for (const std::string &name : defaultPipeline(false))
+    pm.add(name);
+  pm.run(g);
+  return g;
+}
+
+class CodegenAttention : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CodegenAttention, IsOneAttentionKernelThatStoresNoScores) {
+  Graph g = optimized(GetParam().text);
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  EXPECT_EQ(plan.groups[0].kind, FusionKind::Attention);
+  ValueId out = g.outputs[0].value;
+  std::optional<AttentionPattern> p = matchAttention(g, out);
+  ASSERT_TRUE(p);
+  for (const Buffer &b : planBuffers(g, plan).buffers)
+    EXPECT_NE(g.type(b.value).shape, g.type(p->scores).shape)
+        << "%" << b.value << " (" << opInfo(g.node(b.value).op).name << ") has a buffer";
+  // The CUDA target has no attention kernel: the pattern stays split there.
+  EXPECT_GT(planFusion(g, {.attention = false}).groups.size(), 1u);
+}
+
+// Forces a register tile while it lives (the host's again after).
+struct ForcedTile {
+  explicit ForcedTile(const codegen::RegisterTile &tile) { codegen::forceRegisterTile(&tile); }
+  ~ForcedTile() { codegen::forceRegisterTile(nullptr); }
+};
+
+TEST_P(CodegenAttention, ForwardMatchesInterpreter) {
+  Graph graph = parseGraph(GetParam().text);
+  TensorMap inputs = randomInputs(graph, 21);
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    ForcedTile forced(*tile);
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("{} threads", threads));
+      stepc::testing::CompareOptions options;
+      options.threads = threads;
+      options.unfused = false;
+      stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(, CodegenAttention, ::testing::ValuesIn(cases()),
+                         [](const auto &info) { return info.param.name; });
+
+// Large scores: the online softmax's rescaling must keep exp from
+// overflowing where a row's max grows from block to block.
+TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
+  Graph graph = parseGraph(composite("2,40,16", "2,40,16", false));
+  TensorMap inputs = randomInputs(graph, 22);
+  for (Tensor *t : {&inputs.at("q"), &inputs.at("k")})
+    for (int64_t i = 0; i < t->numel(); ++i)
+      t->setReal(i, t->real(i) * 20.0 + 0.2 * double(i % 40));
+  stepc::testing::CompareOptions options;
+  options.unfused = false;
+  stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
+}
+
+// Two layers at 65 tokens: the unfolded causal mask le(iota, iota) is one
+// node after CSE, read by both; each layer is still one attention kernel.
+TEST(CodegenAttentionValues, LayersSharingAnUnfoldedMaskAreAttentionKernels) {
+  std::string text = R"(graph g {
+  input %q : f32[2,65,16]
+  input %k : f32[2,65,16]
+  input %v : f32[2,65,16]
+  %a = attention(%q, %k, %v) {causal=1}
+  %b = attention(%a, %k, %v) {causal=1}
+  output b = %b
+})";
+  Graph g = optimized(text);
+  FusionPlan plan = planFusion(g);
+  int attention = 0;
+  for (const FusionGroup &group : plan.groups)
+    attention += group.kind == FusionKind::Attention;
+  EXPECT_EQ(attention, 2) << fusionReport(g, plan, planBuffers(g, plan));
+  Graph graph = parseGraph(text);
+  stepc::testing::CompareOptions options;
+  options.unfused = false;
+  stepc::testing::expectMatchesInterpreter(graph, randomInputs(graph, 24), {}, options);
+}
+
+// Where an output reads the probabilities, the pattern is no attention
+// kernel.
+TEST(CodegenAttentionValues, ProbabilitiesReadElsewhereKeepTheSplitKernels) {
+  Graph g = optimized(R"(graph g {
+  input %q : f32[2,7,16]
+  input %kt : f32[2,16,9]
+  input %v : f32[2,9,16]
+  %x = matmul(%q, %kt)
+  %m = reduce_max(%x) {axes=[2], keepdims=1}
+  %d = sub(%x, %m)
+  %e = exp(%d)
+  %z = reduce_sum(%e) {axes=[2], keepdims=1}
+  %p = div(%e, %z)
+  %o = matmul(%p, %v)
+  output o = %o
+  output p = %p
+})");
+  for (const FusionGroup &group : planFusion(g).groups)
+    EXPECT_NE(group.kind, FusionKind::Attention) << group.name;
+}
+
+TEST(CodegenAttentionValues, TrainingStepGradientsMatchInterpreter) {
+  Graph model = parseGraph(R"(graph g {
+  input %x : f32[2,33,16]
+  param %wq : f32[16,16] = xavier_uniform(seed=1)
+  param %wk : f32[16,16] = xavier_uniform(seed=2)
+  param %wv : f32[16,16] = xavier_uniform(seed=3)
+  %q = matmul(%x, %wq)
+  %k = matmul(%x, %wk)
+  %v = matmul(%x, %wv)
+  %o = attention(%q, %k, %v) {causal=1}
+  %o2 = square(%o)
+  %loss = reduce_mean(%o2) {axes=[0,1,2], keepdims=0}
+  output loss = %loss
+})");
+  Graph step = trainStep(model, "loss", Optimizer::sgd());
+  // The backward pass recomputes the probabilities (recomputeAttentionProbabilities),
+  // so the forward is one attention kernel that stores the row max and sum.
+  auto exe = compileJit(step, CompileOptions{.cache = false});
+  int attention = 0;
+  for (const KernelSpec &kernel : exe->spec().kernels)
+    attention += kernel.name.find("_attention") != std::string::npos;
+  EXPECT_EQ(attention, 1);
+  TensorMap inputs = randomInputs(step, 23);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 0.5);
+  stepc::testing::CompareOptions options;
+  options.steps = 2;
+  options.unfused = false;
+  stepc::testing::expectMatchesInterpreter(step, inputs, initialParams(step), options);
+}
+
+} // namespace
