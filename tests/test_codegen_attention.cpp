@@ -9,9 +9,9 @@
 // must become exactly one attention kernel whose plan stores no score matrix.
 #include "codegen_harness.h"
 
-#include "../compiler/codegen/tiled_matmul.h"
+#include "tiled_matmul.h"
 
-#include "stepc/fusion.h"
+#include "fusion_plan.h"
 #include "stepc/graph_values.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"

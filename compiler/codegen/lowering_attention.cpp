@@ -1,4 +1,4 @@
-// The Attention kernel (FusionKind::Attention, matchAttention in fusion.h):
+// The Attention kernel (FusionKind::Attention, matchAttention in compiler/passes/fusion_plan.h):
 // softmax(q k^T [* scale] [causal]) v without storing the scores.
 //
 // Per batch entry, k^T and v are copied once into stack panels padded to

@@ -8,7 +8,7 @@
 // as one attention kernel that stores only its output and the row
 // statistics, and the backward recomputes the probabilities (as
 // FlashAttention does) with the usual matmul and elementwise kernels.
-#include "stepc/fusion.h"
+#include "fusion_plan.h"
 #include "stepc/passes.h"
 
 #include <algorithm>

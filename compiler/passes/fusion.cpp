@@ -13,7 +13,7 @@
 //   3. producer -> consumer once more, for what step 2 made possible.
 // A merge happens only when ShouldFuse() says yes. It checks that the merged
 // node set is still one kernel that codegen can emit (the contract is in
-// include/stepc/fusion.h) and that the kernel graph stays acyclic. Every "no"
+// compiler/passes/fusion_plan.h) and that the kernel graph stays acyclic. Every "no"
 // carries the rule that said it, which --why-not-fused prints.
 //
 // Nothing is ever duplicated: each node is in exactly one group. A producer
@@ -236,7 +236,7 @@ std::string_view opaqueReason(OpKind op) {
   return "it has no fusible form";
 }
 
-// Where a node of a kernel lives in the kernel's iteration (fusion.h).
+// Where a node of a kernel lives in the kernel's iteration (fusion_plan.h).
 enum class Role : uint8_t {
   External, // not in the kernel: read from memory (or an inlined constant)
   Full,     // one value per iteration point

@@ -101,7 +101,7 @@ private:
   RematReport report_;
 };
 
-// In a training step, each attention pattern (matchAttention, fusion.h) whose
+// In a training step, each attention pattern (matchAttention, compiler/passes/fusion_plan.h) whose
 // scores or probabilities the backward pass reads gets a copy of that chain
 // (remat=N) computed again from q, k^T and the softmax's row max and sum
 // next to the first such reader, which then reads the copies: the forward
