@@ -9,6 +9,7 @@
 // statistics, and the backward recomputes the probabilities (as
 // FlashAttention does) with the usual matmul and elementwise kernels.
 #include "fusion_plan.h"
+#include "rewrite.h"
 #include "stepc/passes.h"
 
 #include <algorithm>
@@ -17,47 +18,6 @@
 #include <vector>
 
 namespace stepc {
-
-namespace {
-
-// Copies `chain` (sorted) before node `place`; users at or after `place`
-// read the copies. Copies carry remat=mark, so CSE keeps them apart.
-void copyChainBefore(Graph &graph, const std::vector<ValueId> &chain, ValueId place,
-                     int64_t mark) {
-  constexpr ValueId kNone = std::numeric_limits<ValueId>::max();
-  ValueId shift = static_cast<ValueId>(chain.size());
-  auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
-  std::vector<ValueId> copyOf(graph.size(), kNone);
-  std::vector<Node> nodes;
-  nodes.reserve(graph.size() + shift);
-  for (ValueId id = 0; id < graph.size(); ++id) {
-    if (id == place) {
-      for (ValueId x : chain) {
-        Node copy = graph.node(x);
-        copy.name.clear();
-        copy.attrs.set("remat", mark);
-        for (ValueId &o : copy.operands)
-          o = copyOf[o] != kNone ? copyOf[o] : o;
-        copyOf[x] = static_cast<ValueId>(nodes.size());
-        nodes.push_back(std::move(copy));
-      }
-    }
-    Node node = graph.node(id);
-    for (ValueId &o : node.operands)
-      o = id >= place && copyOf[o] != kNone ? copyOf[o] : moved(o);
-    nodes.push_back(std::move(node));
-  }
-  graph.nodes = std::move(nodes);
-  for (GraphOutput &o : graph.outputs)
-    o.value = moved(o.value);
-  for (ParamUpdate &u : graph.updates) {
-    u.param = moved(u.param);
-    u.value = moved(u.value);
-  }
-  graph.reindexNames();
-}
-
-} // namespace
 
 bool recomputeAttentionProbabilities(Graph &graph) {
   int64_t mark = 1;
@@ -93,7 +53,8 @@ bool recomputeAttentionProbabilities(Graph &graph) {
       escapes = escapes || escaping.count(x);
     if (escapes || place == std::numeric_limits<ValueId>::max())
       continue;
-    copyChainBefore(graph, chain, place, mark++);
+    // Every reader from `place` on (the backward pass) reads the copies.
+    insertCopiesBefore(graph, chain, place, mark++, [](ValueId, ValueId) { return true; });
     changed = true;
   }
   return changed;

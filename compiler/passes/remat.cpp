@@ -240,37 +240,10 @@ ValueId placeFor(const Graph &graph, const Liveness &l, const Candidate &c) {
 // users at the copy of the value.
 void apply(Graph &graph, const Liveness &l, const Candidate &c, int64_t mark) {
   ValueId place = placeFor(graph, l, c);
-  ValueId shift = static_cast<ValueId>(c.copies.size());
-  auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
-  std::vector<ValueId> copyOf(graph.size(), std::numeric_limits<ValueId>::max());
-  std::vector<Node> nodes;
-  nodes.reserve(graph.size() + shift);
-  for (ValueId id = 0; id < graph.size(); ++id) {
-    if (id == place) {
-      for (ValueId x : c.copies) {
-        Node copy = graph.node(x);
-        copy.name.clear();
-        copy.attrs.set("remat", mark);
-        for (ValueId &o : copy.operands)
-          o = copyOf[o] != std::numeric_limits<ValueId>::max() ? copyOf[o] : o;
-        copyOf[x] = static_cast<ValueId>(nodes.size());
-        nodes.push_back(std::move(copy));
-      }
-    }
-    Node node = graph.node(id);
-    bool late = std::find(c.lateUsers.begin(), c.lateUsers.end(), id) != c.lateUsers.end();
-    for (ValueId &o : node.operands)
-      o = late && o == c.value ? copyOf[c.value] : moved(o);
-    nodes.push_back(std::move(node));
-  }
-  graph.nodes = std::move(nodes);
-  for (GraphOutput &o : graph.outputs)
-    o.value = moved(o.value);
-  for (ParamUpdate &u : graph.updates) {
-    u.param = moved(u.param);
-    u.value = moved(u.value);
-  }
-  graph.reindexNames();
+  insertCopiesBefore(graph, c.copies, place, mark, [&](ValueId user, ValueId operand) {
+    return operand == c.value &&
+           std::find(c.lateUsers.begin(), c.lateUsers.end(), user) != c.lateUsers.end();
+  });
   // A value that only the backward pass read is now computed there alone.
   passes::eraseIfUnused(graph, {c.value});
 }

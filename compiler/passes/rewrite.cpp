@@ -103,6 +103,42 @@ void compact(Graph &graph, const std::vector<bool> &keep) {
   }
 }
 
+void insertCopiesBefore(Graph &graph, const std::vector<ValueId> &copies, ValueId place,
+                        int64_t mark,
+                        const std::function<bool(ValueId user, ValueId operand)> &readsCopy) {
+  constexpr ValueId kNone = std::numeric_limits<ValueId>::max();
+  ValueId shift = static_cast<ValueId>(copies.size());
+  auto moved = [&](ValueId v) { return v < place ? v : v + shift; };
+  std::vector<ValueId> copyOf(graph.size(), kNone);
+  std::vector<Node> nodes;
+  nodes.reserve(graph.size() + shift);
+  for (ValueId id = 0; id < graph.size(); ++id) {
+    if (id == place) {
+      for (ValueId x : copies) {
+        Node copy = graph.node(x);
+        copy.name.clear();
+        copy.attrs.set("remat", mark);
+        for (ValueId &o : copy.operands)
+          o = copyOf[o] != kNone ? copyOf[o] : o;
+        copyOf[x] = static_cast<ValueId>(nodes.size());
+        nodes.push_back(std::move(copy));
+      }
+    }
+    Node node = graph.node(id);
+    for (ValueId &o : node.operands)
+      o = copyOf[o] != kNone && readsCopy(id, o) ? copyOf[o] : moved(o);
+    nodes.push_back(std::move(node));
+  }
+  graph.nodes = std::move(nodes);
+  for (GraphOutput &o : graph.outputs)
+    o.value = moved(o.value);
+  for (ParamUpdate &u : graph.updates) {
+    u.param = moved(u.param);
+    u.value = moved(u.value);
+  }
+  graph.reindexNames();
+}
+
 namespace passes {
 
 std::vector<uint32_t> useCounts(const Graph &graph) {

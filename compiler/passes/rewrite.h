@@ -3,6 +3,8 @@
 
 #include "stepc/graph.h"
 
+#include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace stepc {
@@ -13,6 +15,14 @@ void replaceAllUses(Graph &graph, ValueId from, ValueId to);
 // Drops the nodes for which keep[id] is false and renumbers the rest; inputs
 // and params always stay, since they are the graph's interface.
 void compact(Graph &graph, const std::vector<bool> &keep);
+// Inserts copies of the nodes `copies` (ascending ids, each reading earlier
+// copies where it reads one of `copies`) just before node `place`, marked
+// remat=mark so CSE keeps them apart from the originals, and renumbers the
+// graph. An operand slot of an original node at or after `place` reads the
+// copy where readsCopy(its old id, the operand's old id) says so.
+void insertCopiesBefore(Graph &graph, const std::vector<ValueId> &copies, ValueId place,
+                        int64_t mark,
+                        const std::function<bool(ValueId user, ValueId operand)> &readsCopy);
 
 } // namespace stepc
 
