@@ -5,8 +5,9 @@
 // cross attention (Tq != Tk), head dims 16 and 64, batch dimensions broadcast,
 // the `attention` composite and the same pattern written out by hand (the
 // causal mask folded to a constant, or le(iota, iota) where it is too big to
-// fold), at 1 and 2 threads and with both register tiles. Each forward graph
-// must become exactly one attention kernel whose plan stores no score matrix.
+// fold), the masked_fill form torch.onnx.export writes, at 1 and 2 threads
+// and with both register tiles. Each forward graph must become exactly one
+// attention kernel whose plan stores no score matrix.
 #include "codegen_harness.h"
 
 #include "tiled_matmul.h"
@@ -41,6 +42,34 @@ std::string composite(const std::string &q, const std::string &kv, bool causal,
   output o = %o
 }})",
                      q, kvBatch, kv, kvBatch, kv, causal ? 1 : 0);
+}
+
+std::string exportedMaskedFill(int tokens) {
+  return fmt::format(R"(graph g {{
+  input %x : f32[2,{0},32]
+  input %y : f32[2,{0},32]
+  %q4 = reshape(%x) {{shape=[2,{0},2,16]}}
+  %k4 = reshape(%y) {{shape=[2,{0},2,16]}}
+  %q = transpose(%q4) {{perm=[0,2,1,3]}}
+  %kt = transpose(%k4) {{perm=[0,2,3,1]}}
+  %v = transpose(%k4) {{perm=[0,2,1,3]}}
+  %s = matmul(%q, %kt)
+  %c = constant() {{dtype=f32, shape=[], value=4.0}}
+  %scaled = div(%s, %c)
+  %i = iota() {{dtype=i64, shape=[{0},{0}], axis=0}}
+  %j = iota() {{dtype=i64, shape=[{0},{0}], axis=1}}
+  %future = gt(%j, %i)
+  %fill = constant() {{dtype=f32, shape=[], value=-inf}}
+  %x2 = select(%future, %fill, %scaled)
+  %m = reduce_max(%x2) {{axes=[3], keepdims=1}}
+  %d = sub(%x2, %m)
+  %e = exp(%d)
+  %z = reduce_sum(%e) {{axes=[3], keepdims=1}}
+  %p = div(%e, %z)
+  %o = matmul(%p, %v)
+  output o = %o
+}})",
+                     tokens);
 }
 
 std::vector<Case> cases() {
@@ -89,6 +118,12 @@ std::vector<Case> cases() {
   %o = matmul(%p, %v)
   output o = %o
 })"},
+      // As torch.onnx.export writes masked_fill(~tril, -inf) after a head
+      // split: k transposed by the split's permutation, the scale a division
+      // by sqrt(D), then select(future, -inf, scores). At 19 tokens the mask
+      // folds to a constant; at 65 it stays gt(iota, iota).
+      {"exported_masked_fill_19", exportedMaskedFill(19)},
+      {"exported_masked_fill_65", exportedMaskedFill(65)},
       {"by_hand_no_scale", R"(graph g {
   input %q : f32[5,16]
   input %kt : f32[16,40]

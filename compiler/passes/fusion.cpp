@@ -61,19 +61,21 @@ std::optional<double> scalarConstant(const Graph &g, ValueId v) {
   return n.attrs.getReal("value");
 }
 
-// Whether bool `mask` [Tq, Tk] is true exactly where key j <= query i.
-bool isCausalMask(const Graph &g, ValueId mask) {
+// Whether bool `mask` [Tq, Tk] is true exactly where key j <= query i (the
+// keys each query sees) or, with `hidden`, exactly where j > i (the keys it
+// must not see: PyTorch's masked_fill(~tril, -inf) exports as that mask).
+bool isCausalMask(const Graph &g, ValueId mask, bool hidden) {
   const Node &n = g.node(mask);
   if (n.type.dtype != DType::Bool || n.type.rank() != 2)
     return false;
   int64_t rows = n.type.shape[0], cols = n.type.shape[1];
   if (n.op == OpKind::Constant) {
     if (n.attrs.has("value")) // all visible or all hidden: only causal when 1x1 and true
-      return rows == 1 && cols == 1 && n.attrs.getReal("value") != 0;
+      return rows == 1 && cols == 1 && (n.attrs.getReal("value") != 0) != hidden;
     const std::vector<int64_t> &data = n.attrs.getInts("data");
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j)
-        if ((data[static_cast<size_t>(i * cols + j)] != 0) != (j <= i))
+        if ((data[static_cast<size_t>(i * cols + j)] != 0) != ((j <= i) != hidden))
           return false;
     return true;
   }
@@ -83,7 +85,13 @@ bool isCausalMask(const Graph &g, ValueId mask) {
       return -1;
     return iota.attrs.getInt("axis");
   };
-  return n.op == OpKind::Le && iotaAxis(n.operands[0]) == 1 && iotaAxis(n.operands[1]) == 0;
+  if (n.operands.size() != 2)
+    return false;
+  int64_t a = iotaAxis(n.operands[0]), b = iotaAxis(n.operands[1]);
+  bool keyFirst = a == 1 && b == 0, queryFirst = a == 0 && b == 1;
+  if (hidden) // j > i
+    return (n.op == OpKind::Gt && keyFirst) || (n.op == OpKind::Lt && queryFirst);
+  return (n.op == OpKind::Le && keyFirst) || (n.op == OpKind::Ge && queryFirst); // j <= i
 }
 
 // Whether `v` reduces the last axis of `of` with keepdims.
@@ -130,15 +138,23 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
     return std::nullopt;
   ValueId y = x;
   if (const Node &sel = g.node(x); sel.op == OpKind::Select) {
+    // select(sees, scores, fill), or select(hides, fill, scores) as exported
+    // from masked_fill.
+    ValueId mask = sel.operands[0];
     auto fill = scalarConstant(g, sel.operands[2]);
-    if (!fill || !isCausalMask(g, sel.operands[0]) ||
-        g.type(sel.operands[0]).shape != Shape(space.end() - 2, space.end()))
+    y = sel.operands[1];
+    bool causal = fill && isCausalMask(g, mask, false);
+    if (!causal) {
+      fill = scalarConstant(g, sel.operands[1]);
+      y = sel.operands[2];
+      causal = fill && isCausalMask(g, mask, true);
+    }
+    if (!causal || g.type(mask).shape != Shape(space.end() - 2, space.end()))
       return std::nullopt;
     p.causal = true;
     p.fill = *fill;
-    y = sel.operands[1];
     p.computed.push_back(y);
-    p.mask = sel.operands[0];
+    p.mask = mask;
   }
   ValueId scores = y;
   if (const Node &scale = g.node(y); scale.op == OpKind::Mul || scale.op == OpKind::Div) {

@@ -107,10 +107,12 @@ struct FusionPlan {
 // Attention written out as the `attention` composite expands it, or by hand:
 //   output = matmul(div(e, reduce_sum(e)), values), e = exp(sub(x, reduce_max(x)))
 //   x = [select(causal, ] scores [* scale | / scale] [, fill)]
+//       or select(future, fill, scores [* scale | / scale]) (masked_fill in ONNX)
 //   scores = matmul(queries, keysT)
 // with the reductions over the last axis (keepdims), f32 throughout, the
-// scale and fill scalar constants, and `causal` the mask of key j <= query i
-// (a bool constant, or le(iota axis 1, iota axis 0)). An Attention kernel
+// scale and fill scalar constants, `causal` the mask of key j <= query i
+// (a bool constant, or le(iota axis 1, iota axis 0)) and `future` its
+// negation (j > i: a bool constant, or gt(iota axis 1, iota axis 0)). An Attention kernel
 // computes `output` tile by tile with an online softmax, so the scores and
 // probabilities are never stored.
 struct AttentionPattern {
