@@ -13,6 +13,7 @@
 #include "tiled_matmul.h"
 
 #include "fusion_plan.h"
+#include "stepc/autodiff.h"
 #include "stepc/graph_values.h"
 #include "stepc/passes.h"
 #include "stepc/text.h"
@@ -196,9 +197,14 @@ INSTANTIATE_TEST_SUITE_P(, CodegenAttention, ::testing::ValuesIn(cases()),
 TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
   Graph graph = parseGraph(composite("2,40,16", "2,40,16", false));
   TensorMap inputs = randomInputs(graph, 22);
-  for (Tensor *t : {&inputs.at("q"), &inputs.at("k")})
-    for (int64_t i = 0; i < t->numel(); ++i)
-      t->setReal(i, t->real(i) * 20.0 + 0.2 * double(i % 40));
+  // q near 1 and k rising with the key index t: a row's scores grow by about
+  // 8 per key, to ~300 at the last key, so every 16-key block raises the max
+  // and exp overflows f32 unless earlier blocks are rescaled.
+  Tensor &q = inputs.at("q"), &k = inputs.at("k");
+  for (int64_t i = 0; i < q.numel(); ++i)
+    q.setReal(i, 1.0 + 0.1 * q.real(i));
+  for (int64_t i = 0; i < k.numel(); ++i)
+    k.setReal(i, k.real(i) + 0.5 * double(i / 16 % 40));
   stepc::testing::CompareOptions options;
   options.unfused = false;
   stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
@@ -276,6 +282,86 @@ TEST(CodegenAttentionValues, TrainingStepGradientsMatchInterpreter) {
   options.steps = 2;
   options.unfused = false;
   stepc::testing::expectMatchesInterpreter(step, inputs, initialParams(step), options);
+}
+
+// A causal select whose fill does not vanish in the softmax (0 here) is a
+// different function: the kernel would skip the masked keys' exp(0 - max).
+// It stays split and matches the interpreter.
+TEST(CodegenAttentionValues, FillThatDoesNotVanishKeepsTheSplitKernels) {
+  std::string text = exportedMaskedFill(19);
+  text.replace(text.find("value=-inf"), 10, "value=0.0");
+  Graph graph = parseGraph(text);
+  for (const FusionGroup &group : planFusion(optimized(text)).groups)
+    EXPECT_NE(group.kind, FusionKind::Attention) << group.name;
+  stepc::testing::expectMatchesInterpreter(graph, randomInputs(graph, 25), {});
+}
+
+// A bool mask constant holding reals (as the builder's constantData writes
+// it) is read as one, not refused with an error.
+TEST(CodegenAttentionValues, MaskDataGivenAsRealsIsCausal) {
+  Graph g = optimized(exportedMaskedFill(19));
+  bool found = false;
+  for (Node &n : g.nodes)
+    if (n.op == OpKind::Constant && n.type.dtype == DType::Bool && n.attrs.has("data")) {
+      n.attrs.set("data", n.attrs.getReals("data"));
+      found = true;
+    }
+  ASSERT_TRUE(found) << "the mask folded to a constant";
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u);
+  EXPECT_EQ(plan.groups[0].kind, FusionKind::Attention);
+}
+
+// The forward pass also reads the scores (an auxiliary loss on them) before
+// the softmax: the recompute pass leaves that pattern alone (copies placed
+// among the pattern's nodes would read values defined after them).
+TEST(CodegenAttentionValues, ScoresReadInsideTheForwardAreNotRecomputed) {
+  Graph model = parseGraph(R"(graph g {
+  input %q : f32[2,19,16]
+  input %kt : f32[2,16,19]
+  input %v : f32[2,19,16]
+  %s = matmul(%q, %kt)
+  %aux = reduce_sum(%s) {axes=[0,1,2], keepdims=0}
+  %m = reduce_max(%s) {axes=[2], keepdims=1}
+  %d = sub(%s, %m)
+  %e = exp(%d)
+  %z = reduce_sum(%e) {axes=[2], keepdims=1}
+  %p = div(%e, %z)
+  %o = matmul(%p, %v)
+  %o2 = square(%o)
+  %l = reduce_sum(%o2) {axes=[0,1,2], keepdims=0}
+  %loss = add(%l, %aux)
+  output loss = %loss
+})");
+  Graph g = grad(model, "loss").graph;
+  Graph copy = g;
+  EXPECT_FALSE(recomputeAttentionProbabilities(copy));
+  stepc::testing::CompareOptions options;
+  options.unfused = false;
+  stepc::testing::expectMatchesInterpreter(g, randomInputs(g, 26), {}, options);
+}
+
+// A gradient graph (no optimizer, no updates) recomputes too, at a head dim
+// and value dim that are not multiples of 16 and batched heads.
+TEST(CodegenAttentionValues, GradientGraphIsOneAttentionKernelAndMatchesInterpreter) {
+  Graph model = parseGraph(R"(graph g {
+  input %q : f32[2,3,21,24]
+  input %k : f32[2,3,21,24]
+  input %v : f32[2,3,21,40]
+  %o = attention(%q, %k, %v) {causal=1}
+  %o2 = square(%o)
+  %loss = reduce_sum(%o2) {axes=[0,1,2,3], keepdims=0}
+  output loss = %loss
+})");
+  Graph g = grad(model, "loss").graph;
+  auto exe = compileJit(g, CompileOptions{.cache = false});
+  int attention = 0;
+  for (const KernelSpec &kernel : exe->spec().kernels)
+    attention += kernel.name.find("_attention") != std::string::npos;
+  EXPECT_EQ(attention, 1);
+  stepc::testing::CompareOptions options;
+  options.unfused = false;
+  stepc::testing::expectMatchesInterpreter(g, randomInputs(g, 24), {}, options);
 }
 
 } // namespace

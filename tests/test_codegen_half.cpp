@@ -86,6 +86,34 @@ TEST(CodegenHalf, ConversionsAreBitForBitTheInterpreters) {
   }
 }
 
+// A half computed inside a kernel (an unrounded f32 in a register) rounds to
+// its own type before a cast takes it elsewhere, to f32 or to the other half
+// type, as the interpreter rounds each op: the same bits fused and unfused.
+TEST(CodegenHalf, CastsOutOfAComputedHalfRoundItFirst) {
+  Graph graph = parseGraph(R"(graph c {
+    input %a : bf16[257]
+    input %b : f16[257]
+    %sa = mul(%a, %a)
+    %sb = mul(%b, %b)
+    %1 = cast(%sa) {dtype=f16}
+    %2 = cast(%sa) {dtype=f32}
+    %3 = cast(%sb) {dtype=bf16}
+    %4 = cast(%sb) {dtype=f64}
+    output to_f16 = %1
+    output to_f32 = %2
+    output to_bf16 = %3
+    output to_f64 = %4
+  })");
+  TensorMap inputs = randomInputs(graph, 37);
+  TensorMap want = interpret(graph, inputs, {});
+  for (bool fusion : {true, false}) {
+    SCOPED_TRACE(fusion ? "fused" : "unfused");
+    auto got = compileJit(graph, {.fusion = fusion, .cache = false})->step(inputs);
+    for (const auto &[name, expected] : want)
+      EXPECT_EQ(got.at(name), expected) << name;
+  }
+}
+
 // f16 overflows to inf early (exp(12) > 65504): --check-numerics reads half
 // outputs as halves and names the value.
 TEST(CodegenHalf, CheckNumericsFindsHalfOverflow) {

@@ -137,7 +137,10 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     pm.run(out.graph);
   }
   // After the pipeline: CSE would merge the copies back into the originals.
-  if (options.target != Target::Cuda && !out.graph.updates.empty())
+  // Any graph whose backward reads attention probabilities (a training step,
+  // a gradient graph) gains a fused forward; without fusion the copies would
+  // only add work.
+  if (options.target != Target::Cuda && options.fusion)
     recomputeAttentionProbabilities(out.graph);
   if (options.memoryBudget.given()) {
     Rematerialization remat(options.memoryBudget, options.fusion);

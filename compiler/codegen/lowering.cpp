@@ -293,23 +293,24 @@ std::string KernelEmitter::valueAt(ValueId id, const Index &idx) {
 std::string KernelEmitter::convert(const std::string &v, DType from, DType to) {
   if (from == to)
     return v;
+  // A half in a register may be an unrounded f32 (a kernel computes half
+  // ops in f32 and rounds on store), so leaving the half type rounds it
+  // first: the cast sees the interpreter's half value (also on to the other
+  // half type), and an f32 widened from bf16 holds bf16 numbers, as the
+  // vdpbf16ps products assume.
+  if (isHalf(from))
+    return convert(convert(v, DType::F32, from), DType::F32, to);
   // Halves are f32 in registers: a conversion to one rounds to the half type
   // and widens back, so later ops in the kernel see the rounded value.
   if (isHalf(to)) {
     // f64 -> bf16 goes through f32 (which can round twice, unlike the
     // interpreter): the bf16 expansion in llvm_backend.cpp handles f32 only.
     bool direct = from == DType::F64 && to == DType::F16;
-    std::string wide = direct ? v : convert(v, isHalf(from) ? DType::F32 : from, DType::F32);
+    std::string wide = direct ? v : convert(v, from, DType::F32);
     std::string narrow = w_.assign(fmt::format("arith.truncf {} : {} to {}", wide,
                                                direct ? "f64" : "f32", memoryElementType(to)));
     return w_.assign(fmt::format("arith.extf {} : {} to f32", narrow, memoryElementType(to)));
   }
-  // A half in a register may be an unrounded f32 (a kernel computes half
-  // ops in f32 and rounds on store), so leaving the half type rounds it
-  // first: the cast sees the interpreter's half value, and an f32 widened
-  // from bf16 holds bf16 numbers, as the vdpbf16ps products assume.
-  if (isHalf(from))
-    return convert(convert(v, DType::F32, from), DType::F32, to);
   std::string f = scalarType(from), t = scalarType(to);
   if (to == DType::Bool) {
     if (isFloat(from))

@@ -51,7 +51,10 @@ bool recomputeAttentionProbabilities(Graph &graph) {
     }
     for (ValueId x : chain)
       escapes = escapes || escaping.count(x);
-    if (escapes || place == std::numeric_limits<ValueId>::max())
+    // Only readers after the whole pattern (the backward pass) are served:
+    // a copy placed among the pattern's nodes would read values defined
+    // after it, and one placed in the forward pass saves nothing.
+    if (escapes || place == std::numeric_limits<ValueId>::max() || place <= p->output)
       continue;
     // Every reader from `place` on (the backward pass) reads the copies.
     insertCopiesBefore(graph, chain, place, mark++, [](ValueId, ValueId) { return true; });

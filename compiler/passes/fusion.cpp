@@ -72,7 +72,8 @@ bool isCausalMask(const Graph &g, ValueId mask, bool hidden) {
   if (n.op == OpKind::Constant) {
     if (n.attrs.has("value")) // all visible or all hidden: only causal when 1x1 and true
       return rows == 1 && cols == 1 && (n.attrs.getReal("value") != 0) != hidden;
-    const std::vector<int64_t> &data = n.attrs.getInts("data");
+    // (a list of integers from text, of reals from the builder's constantData)
+    std::vector<double> data = n.attrs.getReals("data");
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j)
         if ((data[static_cast<size_t>(i * cols + j)] != 0) != ((j <= i) != hidden))
@@ -81,7 +82,10 @@ bool isCausalMask(const Graph &g, ValueId mask, bool hidden) {
   }
   auto iotaAxis = [&](ValueId v) -> int64_t {
     const Node &iota = g.node(v);
-    if (iota.op != OpKind::Iota || iota.type.shape != n.type.shape)
+    // An integer iota: a narrower or float one wraps or rounds past its
+    // range, and the comparison is no longer j <= i.
+    if (iota.op != OpKind::Iota || iota.type.shape != n.type.shape ||
+        (iota.type.dtype != DType::I32 && iota.type.dtype != DType::I64))
       return -1;
     return iota.attrs.getInt("axis");
   };
@@ -149,7 +153,10 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
       y = sel.operands[2];
       causal = fill && isCausalMask(g, mask, true);
     }
-    if (!causal || g.type(mask).shape != Shape(space.end() - 2, space.end()))
+    // Masked scores must vanish in the softmax (fusion_plan.h): a fill such as
+    // 0 is a different function, which the split kernels compute.
+    if (!causal || *fill > kAttentionLargestFill ||
+        g.type(mask).shape != Shape(space.end() - 2, space.end()))
       return std::nullopt;
     p.causal = true;
     p.fill = *fill;

@@ -110,7 +110,9 @@ struct FusionPlan {
 //       or select(future, fill, scores [* scale | / scale]) (masked_fill in ONNX)
 //   scores = matmul(queries, keysT)
 // with the reductions over the last axis (keepdims), f32 throughout, the
-// scale and fill scalar constants, `causal` the mask of key j <= query i
+// scale and fill scalar constants (the fill -inf or at most -1e9: the kernel
+// skips key blocks past the diagonal, which is exact only where exp(fill -
+// row max) is 0), `causal` the mask of key j <= query i
 // (a bool constant, or le(iota axis 1, iota axis 0)) and `future` its
 // negation (j > i: a bool constant, or gt(iota axis 1, iota axis 0)). An Attention kernel
 // computes `output` tile by tile with an online softmax, so the scores and
@@ -131,6 +133,7 @@ struct AttentionPattern {
 // The kernel keeps one batch entry's k^T and v on the stack, padded to 16
 // floats: (D + Dv) * Tk floats at most this many (192 KiB), or no match.
 constexpr int64_t kAttentionMaxPanelFloats = 49152;
+constexpr double kAttentionLargestFill = -1e9;
 std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId output);
 
 // Throws stepc::Error when options.fusedGroups names a group the full plan

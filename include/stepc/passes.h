@@ -101,14 +101,15 @@ private:
   RematReport report_;
 };
 
-// In a training step, each attention pattern (matchAttention, compiler/passes/fusion_plan.h) whose
-// scores or probabilities the backward pass reads gets a copy of that chain
+// In a graph with a backward pass (a training step, a gradient graph), each
+// attention pattern (matchAttention, compiler/passes/fusion_plan.h) whose
+// scores or probabilities the backward reads gets a copy of that chain
 // (remat=N) computed again from q, k^T and the softmax's row max and sum
 // next to the first such reader, which then reads the copies: the forward
 // becomes one attention kernel and stores no score matrix for the backward
-// (compiler/passes/attention_recompute.cpp). Runs after the default pipeline,
-// for the CPU target (the only one with an attention kernel). Returns
-// whether it changed the graph.
+// (compiler/passes/attention_recompute.cpp). Runs after the default pipeline
+// in fused compiles for the CPU target (the only one with an attention
+// kernel). Returns whether it changed the graph.
 bool recomputeAttentionProbabilities(Graph &graph);
 
 // The planned peak of `graph` as compiled: planBuffers over planFusion.

@@ -121,6 +121,8 @@ Tensor toTensor(const std::string &name, const InArray &a) {
 // same 16-bit patterns, so a bf16 array is a uint16 array viewed as it.
 nb::object bfloat16Dtype() {
   try {
+    // (sys.modules answers a repeated import; kept per call so a test can
+    // take ml_dtypes away)
     return nb::module_::import_("ml_dtypes").attr("bfloat16");
   } catch (const nb::python_error &) {
     throw Error("bf16 arrays need the ml_dtypes package (pip install ml_dtypes): NumPy has no "
