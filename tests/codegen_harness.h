@@ -8,6 +8,7 @@
 
 #include "testing.h"
 #include "lowered_graph.h"
+#include "tiled_matmul.h"
 
 #include "stepc/compile.h"
 #include "stepc/interpreter.h"
@@ -44,6 +45,15 @@ inline bool accumulates(const Graph &graph, ValueId value);
 // from its summation order (tiled matmul, parallel chunks), ~1e-5 for the
 // hundreds of terms in these tests. f64: the same reasoning with eps 1e-16.
 inline Tolerance toleranceFor(const Graph &graph, ValueId value);
+
+// Forces a register tile while it lives (the host's again after), whatever
+// the host has: both tiles' edges get tested on one machine.
+struct ForcedTile {
+  explicit ForcedTile(const codegen::RegisterTile &tile) { codegen::forceRegisterTile(&tile); }
+  ~ForcedTile() { codegen::forceRegisterTile(nullptr); }
+  ForcedTile(const ForcedTile &) = delete;
+  ForcedTile &operator=(const ForcedTile &) = delete;
+};
 
 struct CompareOptions {
   int steps = 1;

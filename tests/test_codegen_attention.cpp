@@ -167,18 +167,12 @@ TEST_P(CodegenAttention, IsOneAttentionKernelThatStoresNoScores) {
   EXPECT_GT(planFusion(g, {.attention = false}).groups.size(), 1u);
 }
 
-// Forces a register tile while it lives (the host's again after).
-struct ForcedTile {
-  explicit ForcedTile(const codegen::RegisterTile &tile) { codegen::forceRegisterTile(&tile); }
-  ~ForcedTile() { codegen::forceRegisterTile(nullptr); }
-};
-
 TEST_P(CodegenAttention, ForwardMatchesInterpreter) {
   Graph graph = parseGraph(GetParam().text);
   TensorMap inputs = randomInputs(graph, 21);
   for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
     SCOPED_TRACE(tile->name);
-    ForcedTile forced(*tile);
+    stepc::testing::ForcedTile forced(*tile);
     for (int threads : {1, 2}) {
       SCOPED_TRACE(fmt::format("{} threads", threads));
       stepc::testing::CompareOptions options;

@@ -352,12 +352,6 @@ void expectSameBitsAtOneAndTwoThreads(const std::string &text) {
 
 TEST_P(CodegenMatMul, SameBitsAtOneAndTwoThreads) { expectSameBitsAtOneAndTwoThreads(GetParam().text); }
 
-// Forces a register tile while it lives (the host's again after).
-struct ForcedTile {
-  explicit ForcedTile(const codegen::RegisterTile &tile) { codegen::forceRegisterTile(&tile); }
-  ~ForcedTile() { codegen::forceRegisterTile(nullptr); }
-};
-
 // Both register tiles, whatever the host's: the same products, the edges
 // (rows past the last whole tile, masked columns) at different places.
 TEST_P(CodegenMatMul, BothRegisterTilesMatchInterpreter) {
@@ -365,7 +359,7 @@ TEST_P(CodegenMatMul, BothRegisterTilesMatchInterpreter) {
   TensorMap inputs = randomInputs(graph, 11);
   for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
     SCOPED_TRACE(tile->name);
-    ForcedTile forced(*tile);
+    stepc::testing::ForcedTile forced(*tile);
     for (int threads : {1, 2}) {
       stepc::testing::CompareOptions options;
       options.threads = threads;

@@ -141,9 +141,10 @@ void expectProductsMatch(const Case &c, bool bf16Dot) {
                               std::pair{&codegen::avx512Tile(), false},
                               std::pair{&codegen::avx2Tile(), true}}) {
     SCOPED_TRACE(fmt::format("{} {}", tile->name, fusion ? "fused" : "unfused"));
-    codegen::forceRegisterTile(tile);
-    auto exe = compileJit(graph, CompileOptions{.fusion = fusion, .cache = false});
-    codegen::forceRegisterTile(nullptr);
+    auto exe = [&] {
+      testing::ForcedTile forced(*tile);
+      return compileJit(graph, CompileOptions{.fusion = fusion, .cache = false});
+    }();
     Tensor got = exe->step(inputs).at("y");
     const Tensor &expected = want.at("y");
     ASSERT_EQ(got.type(), expected.type());

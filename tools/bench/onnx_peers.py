@@ -196,6 +196,9 @@ def check(stepc, folder, name):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stepc", default="build/bin/stepc", help="the stepc binary")
+    parser.add_argument("--max-rel-err", type=float, default=1e-4,
+                        help="exit 1 when stepc's output differs from ORT's by more (a fast wrong "
+                        "answer is no figure)")
     parser.add_argument("--stepc-base", help="another stepc binary (say, before a change), "
                         "timed in the same rounds as a column of its own")
     parser.add_argument("--only", default=",".join(MODELS),
@@ -259,6 +262,10 @@ def main():
             json.dump({"threads": THREADS, "steps": args.steps, "warmup": args.warmup,
                        "rounds": args.rounds, "load_average": load, "ms_per_forward": best,
                        "ms_per_forward_each_round": rounds, "max_rel_error": errors}, f, indent=2)
+    wrong = [n for n in names if errors[n] > args.max_rel_err]
+    if wrong:
+        sys.exit(f"stepc's output differs from ONNX Runtime's by more than {args.max_rel_err:g} "
+                 f"(relative) for: {', '.join(wrong)}")
 
 
 if __name__ == "__main__":
