@@ -1,10 +1,10 @@
-// The kernel emitter shared by lowering.cpp (storage, element rules, the
+// The kernel emitter shared by lowering.cpp (storage, each op at one element, the
 // kernel as a whole), lowering_roots.cpp (the loop nests of roots) and
 // lowering_matmul.cpp (matmul roots).
 #pragma once
 
+#include "element_rules.h"
 #include "lowering.h"
-
 #include "mlir_text.h"
 
 #include <functional>
@@ -130,10 +130,6 @@ private:
   // --- values -------------------------------------------------------------
   std::string valueAt(ValueId id, const Index &idx);
   std::string lowerElement(const Node &n, ValueId id, const Index &idx);
-  std::string unary(const Node &n, const std::string &x);
-  std::string sinOrCosF32(const std::string &x, bool sine);
-  std::string binary(OpKind op, DType dtype, const std::string &a, const std::string &b);
-  std::string convert(const std::string &v, DType from, DType to);
   Index broadcastIndex(ValueId operand, const Shape &outShape, const Index &idx);
   std::string linearize(const Index &idx, const Shape &shape);
   Index delinearize(const std::string &flat, const Shape &shape);
@@ -195,6 +191,8 @@ private:
   // GPU (see lowerGroup): a nest's parallel openLoops call is flattened: no
   // loops, %begin is the thread's flat index into `flatExtent_` elements.
   bool gpu_ = false;
+  // The arithmetic of elementwise ops, scalar and vector (element_rules.h).
+  ElementRules rules_{w_, !gpu_};
   bool flattened_ = false;
   int64_t flatExtent_ = 1;
   std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened

@@ -213,7 +213,7 @@ std::string KernelEmitter::outOfRange(ValueId user, const Index &at, const std::
   w_.pushScope();
   std::string element = w_.assign(fmt::format("arith.index_cast {} : index to i64",
                                               linearize(at, shapeOf(indices))));
-  std::string wide = convert(value, dtypeOf(indices), DType::I64);
+  std::string wide = rules_.convert(value, dtypeOf(indices), DType::I64);
   auto put = [&](int64_t word, const std::string &v) {
     w_.line(fmt::format("memref.store {}, {}[{}] : memref<{}xi64>", v, record,
                         w_.indexConstant(word), kFaultRecordWords));
@@ -288,327 +288,6 @@ std::string KernelEmitter::valueAt(ValueId id, const Index &idx) {
                     opInfo(n.op).name));
   w_.cache(key, v);
   return v;
-}
-
-std::string KernelEmitter::convert(const std::string &v, DType from, DType to) {
-  if (from == to)
-    return v;
-  // A half in a register may be an unrounded f32 (a kernel computes half
-  // ops in f32 and rounds on store), so leaving the half type rounds it
-  // first: the cast sees the interpreter's half value (also on to the other
-  // half type), and an f32 widened from bf16 holds bf16 numbers, as the
-  // vdpbf16ps products assume.
-  if (isHalf(from))
-    return convert(convert(v, DType::F32, from), DType::F32, to);
-  // Halves are f32 in registers: a conversion to one rounds to the half type
-  // and widens back, so later ops in the kernel see the rounded value.
-  if (isHalf(to)) {
-    // f64 -> bf16 goes through f32 (which can round twice, unlike the
-    // interpreter): the bf16 expansion in llvm_backend.cpp handles f32 only.
-    bool direct = from == DType::F64 && to == DType::F16;
-    std::string wide = direct ? v : convert(v, from, DType::F32);
-    std::string narrow = w_.assign(fmt::format("arith.truncf {} : {} to {}", wide,
-                                               direct ? "f64" : "f32", memoryElementType(to)));
-    return w_.assign(fmt::format("arith.extf {} : {} to f32", narrow, memoryElementType(to)));
-  }
-  std::string f = scalarType(from), t = scalarType(to);
-  if (to == DType::Bool) {
-    if (isFloat(from))
-      return w_.assign(fmt::format("arith.cmpf une, {}, {} : {}", v, w_.constant(0, from), f));
-    return w_.assign(fmt::format("arith.cmpi ne, {}, {} : {}", v, w_.constant(0, from), f));
-  }
-  if (from == DType::Bool)
-    return w_.assign(fmt::format("arith.{} {} : i1 to {}", isFloat(to) ? "uitofp" : "extui", v, t));
-  if (isFloat(from) && isFloat(to))
-    return w_.assign(fmt::format("arith.{} {} : {} to {}", to == DType::F64 ? "extf" : "truncf", v, f, t));
-  if (isFloat(from)) {
-    // integerBitsOf's rule, as the interpreter: truncate to an int64's bits
-    // (a u64's from 2^63 up), keep the target's low bytes, and 0 for NaN and
-    // values outside (-2^63, 2^64). fptosi/fptoui alone give poison out of
-    // the target's range (-3.7 as u32 became all ones).
-    constexpr double kTwo63 = 9223372036854775808.0;
-    std::string low = w_.assign(fmt::format("arith.fptosi {} : {} to i64", v, f));
-    std::string high = w_.assign(fmt::format("arith.fptoui {} : {} to i64", v, f));
-    std::string big = w_.assign(
-        fmt::format("arith.cmpf oge, {}, {} : {}", v, w_.constant(kTwo63, from), f));
-    std::string bits = w_.assign(fmt::format("arith.select {}, {}, {} : i64", big, high, low));
-    std::string aboveMin = w_.assign(
-        fmt::format("arith.cmpf oge, {}, {} : {}", v, w_.constant(-kTwo63, from), f));
-    std::string belowMax = w_.assign(
-        fmt::format("arith.cmpf olt, {}, {} : {}", v, w_.constant(2 * kTwo63, from), f));
-    std::string inRange = w_.assign(fmt::format("arith.andi {}, {} : i1", aboveMin, belowMax));
-    std::string value = w_.assign(fmt::format("arith.select {}, {}, {} : i64", inRange, bits,
-                                              w_.constant(0, DType::I64)));
-    return convert(value, DType::I64, to);
-  }
-  // The source's signedness picks sign or zero extension and the int -> float
-  // op.
-  if (isFloat(to))
-    return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(from) ? "uitofp" : "sitofp", v, f, t));
-  if (f == t)
-    return v; // i32 <-> u32 and the like: the same bits
-  if (dtypeSize(to) < dtypeSize(from))
-    return w_.assign(fmt::format("arith.trunci {} : {} to {}", v, f, t));
-  return w_.assign(fmt::format("arith.{} {} : {} to {}", isUnsigned(from) ? "extui" : "extsi", v, f, t));
-}
-
-std::string KernelEmitter::unary(const Node &n, const std::string &x) {
-  DType dt = n.type.dtype;
-  std::string t = scalarType(dt);
-  bool fp = isFloat(dt);
-  auto op1 = [&](const char *name) { return w_.assign(fmt::format("{} {} : {}", name, x, t)); };
-  switch (n.op) {
-  case OpKind::Neg:
-    return fp ? op1("arith.negf")
-              : w_.assign(fmt::format("arith.subi {}, {} : {}", w_.constant(0, dt), x, t));
-  case OpKind::Abs:
-    if (isUnsigned(dt))
-      return x;
-    return op1(fp ? "math.absf" : "math.absi");
-  case OpKind::Exp: return op1("math.exp");
-  case OpKind::Log: return op1("math.log");
-  case OpKind::Sqrt: return op1("math.sqrt");
-  case OpKind::Rsqrt: return op1("math.rsqrt");
-  case OpKind::Square: return binary(OpKind::Mul, dt, x, x);
-  case OpKind::Tanh: return op1("math.tanh");
-  case OpKind::Sigmoid: {
-    std::string e = w_.assign(fmt::format("math.exp {} : {}", op1("arith.negf"), t));
-    std::string d = w_.assign(fmt::format("arith.addf {}, {} : {}", w_.constant(1, dt), e, t));
-    return w_.assign(fmt::format("arith.divf {}, {} : {}", w_.constant(1, dt), d, t));
-  }
-  case OpKind::Relu: {
-    // x < 0 ? 0 : x lets NaN through, as the interpreter does.
-    std::string negative = binary(OpKind::Lt, dt, x, w_.constant(0, dt));
-    return w_.assign(fmt::format("arith.select {}, {}, {} : {}", negative, w_.constant(0, dt), x, t));
-  }
-  // On the GPU, libdevice's sinf/cosf are accurate (the CPU's reason for
-  // sinOrCosF32 is MLIR's polynomial, which the GPU path does not use).
-  case OpKind::Sin: return t == "f32" && !gpu_ ? sinOrCosF32(x, true) : op1("math.sin");
-  case OpKind::Cos: return t == "f32" && !gpu_ ? sinOrCosF32(x, false) : op1("math.cos");
-  case OpKind::Erf: return op1("math.erf");
-  case OpKind::Sign: {
-    std::string gt = binary(OpKind::Gt, dt, x, w_.constant(0, dt));
-    std::string lt = binary(OpKind::Lt, dt, x, w_.constant(0, dt));
-    std::string inner = w_.assign(fmt::format("arith.select {}, {}, {} : {}", lt, w_.constant(-1, dt), w_.constant(0, dt), t));
-    std::string s = w_.assign(fmt::format("arith.select {}, {}, {} : {}", gt, w_.constant(1, dt), inner, t));
-    if (!fp)
-      return s;
-    std::string nan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", x, x, t));
-    return w_.assign(fmt::format("arith.select {}, {}, {} : {}", nan, x, s, t));
-  }
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Rem:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    break;
-  }
-  throw std::logic_error("unary: not a unary op");
-}
-
-// f32 sin and cos as vectorizable arithmetic. MLIR's polynomial
-// approximation of math.sin/cos (which llvm_backend.cpp applies to f32)
-// reduces x - floor(x * 2/pi) * pi/2 with one f32 constant into [0, pi/2):
-// its absolute error grows as |x| * 4e-8, and near every zero of the result
-// (x slightly below k pi) it subtracts nearly equal numbers, so relative
-// errors reach 1e-4 at |x| < 4 and 1e-2 at |x| ~ 100. Here: round to the
-// nearest quadrant, reduce with pi/2 split in three parts (Cody-Waite, with
-// fma) into [-pi/4, pi/4], where sin is odd and cos even, and evaluate
-// Cephes' sinf/cosf polynomials, accurate to about an ulp there.
-std::string KernelEmitter::sinOrCosF32(const std::string &x, bool sine) {
-  const DType dt = DType::F32;
-  auto c = [&](double v) { return w_.constant(v, dt); };
-  auto op2 = [&](const char *name, const std::string &a, const std::string &b) {
-    return w_.assign(fmt::format("{} {}, {} : f32", name, a, b));
-  };
-  auto fma = [&](const std::string &a, const std::string &b, const std::string &acc) {
-    return w_.assign(fmt::format("math.fma {}, {}, {} : f32", a, b, acc));
-  };
-  auto eq = [&](const std::string &a, double b) {
-    return w_.assign(fmt::format("arith.cmpf oeq, {}, {} : f32", a, c(b)));
-  };
-  std::string k = w_.assign(
-      fmt::format("math.roundeven {} : f32", op2("arith.mulf", x, c(0.63661977236758134308))));
-  std::string minusK = w_.assign(fmt::format("arith.negf {} : f32", k));
-  std::string r = fma(minusK, c(1.5703125), x);
-  r = fma(minusK, c(4.837512969970703125e-4), r);
-  r = fma(minusK, c(7.54978995489188216e-8), r);
-  std::string z = op2("arith.mulf", r, r);
-  // sin r = r + r z (s1 + z (s2 + z s3)); cos r = 1 - z/2 + z^2 (c1 + z (c2 + z c3)).
-  std::string ps = fma(z, c(-1.9515295891e-4), c(8.3321608736e-3));
-  ps = fma(z, ps, c(-1.6666654611e-1));
-  std::string sinR = fma(op2("arith.mulf", r, z), ps, r);
-  std::string pc = fma(z, c(2.443315711809948e-5), c(-1.388731625493765e-3));
-  pc = fma(z, pc, c(4.166664568298827e-2));
-  std::string cosR = fma(op2("arith.mulf", z, z), pc, fma(z, c(-0.5), c(1)));
-  // The quadrant q = k mod 4 in [0, 4), exact while |k| < 2^24.
-  std::string quarter = w_.assign(fmt::format("math.floor {} : f32", op2("arith.mulf", k, c(0.25))));
-  std::string q = fma(quarter, c(-4), k);
-  // sin x: q = 0: sin r, 1: cos r, 2: -sin r, 3: -cos r. cos x is sin(x + pi/2): q + 1.
-  std::string odd = w_.assign(fmt::format("arith.ori {}, {} : i1", eq(q, 1), eq(q, 3)));
-  std::string useCos =
-      sine ? odd : w_.assign(fmt::format("arith.xori {}, {} : i1", odd, w_.constant(1, DType::Bool)));
-  std::string negate = sine ? w_.assign(fmt::format("arith.cmpf oge, {}, {} : f32", q, c(2)))
-                            : w_.assign(fmt::format("arith.ori {}, {} : i1", eq(q, 1), eq(q, 2)));
-  std::string v = w_.assign(fmt::format("arith.select {}, {}, {} : f32", useCos, cosR, sinR));
-  std::string negated = w_.assign(fmt::format("arith.negf {} : f32", v));
-  return w_.assign(fmt::format("arith.select {}, {}, {} : f32", negate, negated, v));
-}
-
-std::string KernelEmitter::binary(OpKind op, DType dt, const std::string &a, const std::string &b) {
-  std::string t = scalarType(dt);
-  bool fp = isFloat(dt);
-  auto op2 = [&](const std::string &name) {
-    return w_.assign(fmt::format("{} {}, {} : {}", name, a, b, t));
-  };
-  // Ordering predicates and division come in signed and unsigned forms;
-  // the dtype picks (MLIR integers are signless).
-  bool u = isUnsigned(dt);
-  auto cmp = [&](const char *fpred, const char *ipred) {
-    std::string pred = fp ? fpred : ipred;
-    if (u && pred[0] == 's')
-      pred[0] = 'u';
-    return w_.assign(fmt::format("arith.cmp{} {}, {}, {} : {}", fp ? "f" : "i", pred, a, b, t));
-  };
-  switch (op) {
-  case OpKind::Add: return op2(fp ? "arith.addf" : "arith.addi");
-  case OpKind::Sub: return op2(fp ? "arith.subf" : "arith.subi");
-  case OpKind::Mul: return op2(fp ? "arith.mulf" : "arith.muli");
-  case OpKind::Div: {
-    if (fp)
-      return op2("arith.divf");
-    // x / 0 = 0 and MIN / -1 = MIN, as the interpreter; never a trap.
-    std::string zero = w_.constant(0, dt), one = w_.constant(1, dt);
-    std::string byZero = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, zero, t));
-    if (u) {
-      std::string safe = w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, one, b, t));
-      std::string q = w_.assign(fmt::format("arith.divui {}, {} : {}", a, safe, t));
-      return w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, zero, q, t));
-    }
-    std::string minusOne = w_.constant(-1, dt);
-    // The signed minimum of the width: 1 << (bits - 1), printed in range.
-    std::string minimum =
-        w_.integerConstant(static_cast<int64_t>(uint64_t(1) << (dtypeSize(dt) * 8 - 1)), dt);
-    std::string isMin = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", a, minimum, t));
-    std::string isMinusOne = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, minusOne, t));
-    std::string overflow = w_.assign(fmt::format("arith.andi {}, {} : i1", isMin, isMinusOne));
-    std::string unsafe = w_.assign(fmt::format("arith.ori {}, {} : i1", byZero, overflow));
-    std::string safe = w_.assign(fmt::format("arith.select {}, {}, {} : {}", unsafe, one, b, t));
-    std::string q = w_.assign(fmt::format("arith.divsi {}, {} : {}", a, safe, t));
-    std::string q2 = w_.assign(fmt::format("arith.select {}, {}, {} : {}", overflow, minimum, q, t));
-    return w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, zero, q2, t));
-  }
-  case OpKind::Rem: {
-    if (fp)
-      return op2("arith.remf");
-    // x rem 0 = x and MIN rem -1 = 0, as the interpreter: a divisor of 0 or
-    // (signed) -1 becomes 1, whose remainder is 0, and 0 then takes x.
-    std::string zero = w_.constant(0, dt), one = w_.constant(1, dt);
-    std::string byZero = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, zero, t));
-    std::string unsafe = byZero;
-    if (!u) {
-      std::string minusOne = w_.assign(fmt::format("arith.cmpi eq, {}, {} : {}", b, w_.constant(-1, dt), t));
-      unsafe = w_.assign(fmt::format("arith.ori {}, {} : i1", byZero, minusOne));
-    }
-    std::string safe = w_.assign(fmt::format("arith.select {}, {}, {} : {}", unsafe, one, b, t));
-    std::string r = w_.assign(fmt::format("arith.{} {}, {} : {}", u ? "remui" : "remsi", a, safe, t));
-    return w_.assign(fmt::format("arith.select {}, {}, {} : {}", byZero, a, r, t));
-  }
-  case OpKind::Pow: return op2("math.powf");
-  case OpKind::Maximum: return op2(fp ? "arith.maximumf" : u ? "arith.maxui" : "arith.maxsi");
-  case OpKind::Minimum: return op2(fp ? "arith.minimumf" : u ? "arith.minui" : "arith.minsi");
-  case OpKind::Eq: return cmp("oeq", "eq");
-  case OpKind::Ne: return cmp("une", "ne");
-  case OpKind::Lt: return cmp("olt", "slt");
-  case OpKind::Le: return cmp("ole", "sle");
-  case OpKind::Gt: return cmp("ogt", "sgt");
-  case OpKind::Ge: return cmp("oge", "sge");
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    break;
-  }
-  throw std::logic_error("binary: not a binary op");
 }
 
 std::string KernelEmitter::constantElement(const Node &n, ValueId id, const Index &idx) {
@@ -765,7 +444,7 @@ std::string KernelEmitter::dropoutElement(const Node &n, ValueId id, const Index
   std::string real = w_.assign(fmt::format("arith.uitofp {} : i64 to f64", top));
   std::string u = w_.assign(fmt::format("arith.mulf {}, {} : f64", real, w_.constant(0x1.0p-53, DType::F64)));
   std::string keep = w_.assign(fmt::format("arith.cmpf oge, {}, {} : f64", u, w_.constant(rate, DType::F64)));
-  std::string scaled = binary(OpKind::Mul, dt, x, w_.constant(1.0 / (1.0 - rate), dt));
+  std::string scaled = rules_.binary(OpKind::Mul, dt, x, w_.constant(1.0 / (1.0 - rate), dt));
   return w_.assign(fmt::format("arith.select {}, {}, {} : {}", keep, scaled, w_.constant(0, dt), t));
 }
 
@@ -795,7 +474,7 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Constant: return constantElement(n, id, idx);
   case OpKind::Iota: {
     std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", idx[n.attrs.getInt("axis")]));
-    return convert(i, DType::I64, n.type.dtype);
+    return rules_.convert(i, DType::I64, n.type.dtype);
   }
   case OpKind::Neg:
   case OpKind::Abs:
@@ -811,8 +490,7 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Cos:
   case OpKind::Sign:
   case OpKind::Erf:
-    return unary(n, operand(0));
-  case OpKind::Cast: return convert(operand(0), dtypeOf(n.operands[0]), n.type.dtype);
+  case OpKind::Cast:
   case OpKind::Add:
   case OpKind::Sub:
   case OpKind::Mul:
@@ -821,17 +499,19 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Maximum:
   case OpKind::Minimum:
   case OpKind::Rem:
-    return binary(n.op, n.type.dtype, operand(0), operand(1));
   case OpKind::Eq:
   case OpKind::Ne:
   case OpKind::Lt:
   case OpKind::Le:
   case OpKind::Gt:
   case OpKind::Ge:
-    return binary(n.op, dtypeOf(n.operands[0]), operand(0), operand(1));
-  case OpKind::Select:
-    return w_.assign(fmt::format("arith.select {}, {}, {} : {}", operand(0), operand(1), operand(2),
-                                 scalarType(n.type.dtype)));
+  case OpKind::Select: {
+    std::vector<std::string> x;
+    for (size_t k = 0; k < n.operands.size(); ++k)
+      x.push_back(operand(k));
+    // The operands' type: a select's values (its condition is a bool).
+    return rules_.apply(n.op, ElementType{dtypeOf(n.operands.back())}, n.type.dtype, x);
+  }
   case OpKind::Transpose: {
     const auto &perm = n.attrs.getInts("perm");
     Index src(perm.size());
@@ -875,7 +555,7 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
     if (checksIndices(n) && !prechecked_.count(id))
       outOfRange(id, at, v, k);
     std::string hit = w_.assign(fmt::format("arith.cmpi eq, {}, {} : index", k, idx.back()));
-    return convert(hit, DType::Bool, n.type.dtype);
+    return rules_.convert(hit, DType::Bool, n.type.dtype);
   }
   case OpKind::Dropout: return dropoutElement(n, id, idx);
   }
@@ -1068,7 +748,7 @@ void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
     std::string delta = w_.assign(fmt::format("arith.select {}, {}, {} : {}", even,
                                               w_.constant(perturbation_, dt), w_.constant(0, dt),
                                               scalarType(dt)));
-    std::string sum = binary(OpKind::Add, dt, load(id, idx), delta);
+    std::string sum = rules_.binary(OpKind::Add, dt, load(id, idx), delta);
     store(id, viewOf(id), idx, sum);
     closeLoops(idx.size());
     if (guard) {

@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+
 namespace stepc::codegen {
 
 // ---------------------------------------------------------------------------
@@ -323,7 +325,7 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   };
   std::string av = valueAt(a, batchIndex(a, idx[rank - 2], iv));
   std::string bv = valueAt(b, batchIndex(b, iv, idx[rank - 1]));
-  std::string sum = binary(OpKind::Add, dt, acc, binary(OpKind::Mul, dt, av, bv));
+  std::string sum = rules_.binary(OpKind::Add, dt, acc, rules_.binary(OpKind::Mul, dt, av, bv));
   w_.line(fmt::format("scf.yield {} : {}", sum, t));
   w_.popScope();
   w_.dedent();
@@ -357,73 +359,22 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
   }
   if (!inGroup_.count(id) || n.type.shape != shape)
     return false;
-  switch (n.op) {
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Neg:
-  case OpKind::Sqrt:
-  case OpKind::Square:
-  case OpKind::Relu:
-  case OpKind::Exp:
-  case OpKind::Tanh:
-  case OpKind::Erf:
-  case OpKind::Sigmoid:
+  // The f32 arithmetic the epilogue computes on vectors (the rest stays a
+  // row sweep after the product), comparisons of a stored operand or one on
+  // the tile, and selects.
+  static constexpr OpKind kVectorArithmetic[] = {
+      OpKind::Add,  OpKind::Sub,  OpKind::Mul, OpKind::Div,    OpKind::Maximum,
+      OpKind::Minimum, OpKind::Neg, OpKind::Sqrt, OpKind::Square, OpKind::Relu,
+      OpKind::Exp,  OpKind::Tanh, OpKind::Erf, OpKind::Sigmoid};
+  static constexpr OpKind kVectorComparisons[] = {OpKind::Gt, OpKind::Ge, OpKind::Lt, OpKind::Le};
+  if (std::ranges::find(kVectorArithmetic, n.op) != std::end(kVectorArithmetic)) {
     if (n.type.dtype != DType::F32)
       return false;
-    break;
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Lt:
-  case OpKind::Le:
+  } else if (std::ranges::find(kVectorComparisons, n.op) != std::end(kVectorComparisons)) {
     if (shapeOf(n.operands[0]) != shape && !views_.count(n.operands[0]) &&
         node(n.operands[0]).op != OpKind::Constant)
       return false;
-    break;
-  case OpKind::Select:
-    break;
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Abs:
-  case OpKind::Log:
-  case OpKind::Rsqrt:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Cast:
-  case OpKind::Pow:
-  case OpKind::Rem:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
+  } else if (n.op != OpKind::Select) {
     return false;
   }
   for (size_t k = 0; k < n.operands.size(); ++k) {
@@ -520,91 +471,11 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
       }
     }
   } else {
-    auto x = [&](size_t k) { return vectorAt(n.operands[k], row, col, mask); };
-    auto op2 = [&](const char *name) {
-      return w_.assign(fmt::format("{} {}, {} : {}", name, x(0), x(1), vec));
-    };
-    auto op1 = [&](const char *name) { return w_.assign(fmt::format("{} {} : {}", name, x(0), vec)); };
-    auto cmp = [&](const char *pred) {
-      return w_.assign(fmt::format("arith.cmpf {}, {}, {} : {}", pred, x(0), x(1), vec));
-    };
-    std::string zero = splat(w_.constant(0, DType::F32));
-    std::string one = splat(w_.constant(1, DType::F32));
-    switch (n.op) {
-    case OpKind::Add: v = op2("arith.addf"); break;
-    case OpKind::Sub: v = op2("arith.subf"); break;
-    case OpKind::Mul: v = op2("arith.mulf"); break;
-    case OpKind::Div: v = op2("arith.divf"); break;
-    case OpKind::Maximum: v = op2("arith.maximumf"); break;
-    case OpKind::Minimum: v = op2("arith.minimumf"); break;
-    case OpKind::Neg: v = op1("arith.negf"); break;
-    case OpKind::Sqrt: v = op1("math.sqrt"); break;
-    case OpKind::Exp: v = op1("math.exp"); break;
-    case OpKind::Tanh: v = op1("math.tanh"); break;
-    case OpKind::Erf: v = op1("math.erf"); break;
-    case OpKind::Square:
-      v = w_.assign(fmt::format("arith.mulf {}, {} : {}", x(0), x(0), vec));
-      break;
-    case OpKind::Relu: {
-      // x < 0 ? 0 : x, as the scalar rule (NaN passes through).
-      std::string negative = w_.assign(fmt::format("arith.cmpf olt, {}, {} : {}", x(0), zero, vec));
-      v = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", negative, zero, x(0), vec));
-      break;
-    }
-    case OpKind::Sigmoid: {
-      std::string e = w_.assign(fmt::format("math.exp {} : {}", op1("arith.negf"), vec));
-      std::string d = w_.assign(fmt::format("arith.addf {}, {} : {}", one, e, vec));
-      v = w_.assign(fmt::format("arith.divf {}, {} : {}", one, d, vec));
-      break;
-    }
-    case OpKind::Gt: v = cmp("ogt"); break;
-    case OpKind::Ge: v = cmp("oge"); break;
-    case OpKind::Lt: v = cmp("olt"); break;
-    case OpKind::Le: v = cmp("ole"); break;
-    case OpKind::Select:
-      v = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", x(0), x(1), x(2), vec));
-      break;
-    case OpKind::Input:
-    case OpKind::Parameter:
-    case OpKind::Constant:
-    case OpKind::Iota:
-    case OpKind::Abs:
-    case OpKind::Log:
-    case OpKind::Rsqrt:
-    case OpKind::Sin:
-    case OpKind::Cos:
-    case OpKind::Sign:
-    case OpKind::Cast:
-    case OpKind::Pow:
-    case OpKind::Rem:
-    case OpKind::Eq:
-    case OpKind::Ne:
-    case OpKind::ReduceSum:
-    case OpKind::ReduceMean:
-    case OpKind::ReduceMax:
-    case OpKind::ReduceMin:
-    case OpKind::ArgMax:
-    case OpKind::MatMul:
-    case OpKind::Transpose:
-    case OpKind::Reshape:
-    case OpKind::BroadcastTo:
-    case OpKind::Slice:
-    case OpKind::Concat:
-    case OpKind::Pad:
-    case OpKind::Gather:
-    case OpKind::OneHot:
-    case OpKind::Conv2d:
-    case OpKind::MaxPool2d:
-    case OpKind::AvgPool2d:
-    case OpKind::ScatterAdd:
-    case OpKind::Conv2dGradInput:
-    case OpKind::Conv2dGradWeight:
-    case OpKind::MaxPool2dGrad:
-    case OpKind::AvgPool2dGrad:
-    case OpKind::Dropout:
-    case OpKind::AllReduce:
-      throw std::logic_error(fmt::format("vectorAt: {} is not vectorizable", opInfo(n.op).name));
-    }
+    std::vector<std::string> x;
+    for (ValueId operand : n.operands)
+      x.push_back(vectorAt(operand, row, col, mask));
+    // The operands' type: f32 lanes (a select's condition is their mask).
+    v = rules_.apply(n.op, ElementType{DType::F32, 16}, n.type.dtype, x);
   }
   w_.cache(key, v);
   return v;

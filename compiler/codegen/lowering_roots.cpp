@@ -163,7 +163,7 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   OpKind combine = n.op == OpKind::ReduceMax ? OpKind::Maximum
                    : n.op == OpKind::ReduceMin ? OpKind::Minimum
                                                : OpKind::Add;
-  std::string next = binary(combine, dt, acc, v);
+  std::string next = rules_.binary(combine, dt, acc, v);
   for (size_t k = loops.size(); k-- > 0;) {
     w_.line(fmt::format("scf.yield {} : {}", next, t));
     w_.popScope();
@@ -175,7 +175,7 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
     double count = 1;
     for (size_t d : loops)
       count *= static_cast<double>(in[d]);
-    next = binary(OpKind::Div, dt, next, w_.constant(count, dt));
+    next = rules_.binary(OpKind::Div, dt, next, w_.constant(count, dt));
   }
   store(id, viewOf(id), out, next);
   closeLoops(out.size());
@@ -229,7 +229,7 @@ bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const st
     full.insert(full.end(), at.begin(), at.end());
     std::string old = w_.assign(fmt::format("memref.load {}[{}] : {}", acc, j, type));
     w_.line(fmt::format("memref.store {}, {}[{}] : {}",
-                        binary(combine, DType::F32, old, valueAt(x, full)), acc, j, type));
+                        rules_.binary(combine, DType::F32, old, valueAt(x, full)), acc, j, type));
   });
   closeLoops(r.size());
   rowLoops([&](const Index &at, const std::string &j) {
@@ -238,7 +238,7 @@ bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const st
       double count = 1;
       for (int64_t d : rows)
         count *= static_cast<double>(d);
-      v = binary(OpKind::Div, DType::F32, v, w_.constant(count, DType::F32));
+      v = rules_.binary(OpKind::Div, DType::F32, v, w_.constant(count, DType::F32));
     }
     Index out = keep ? Index(leading, w_.indexConstant(0)) : Index{};
     out.insert(out.end(), at.begin(), at.end());
@@ -279,7 +279,7 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
   w_.pushScope();
   full[axis] = iv;
   std::string v = valueAt(x, full);
-  std::string better = binary(OpKind::Gt, dt, v, best);
+  std::string better = rules_.binary(OpKind::Gt, dt, v, best);
   if (isFloat(dt)) {
     std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
     std::string bestNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", best, best, t));
@@ -535,9 +535,9 @@ void KernelEmitter::emitConv2d(ValueId id, bool parallel) {
   std::string channel = w_.assign(fmt::format("arith.addi {}, {} : index", firstChannel, ivs[0]));
   std::string xv = valueAt(x, {o[0], channel, clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
   std::string wv = valueAt(wt, {o[1], ivs[0], ivs[1], ivs[2]});
-  std::string product = binary(OpKind::Mul, dt, xv, wv);
+  std::string product = rules_.binary(OpKind::Mul, dt, xv, wv);
   std::string masked = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, product, w_.constant(0, dt), t));
-  std::string next = binary(OpKind::Add, dt, acc, masked);
+  std::string next = rules_.binary(OpKind::Add, dt, acc, masked);
   for (size_t k = extents.size(); k-- > 0;) {
     w_.line(fmt::format("scf.yield {} : {}", next, t));
     w_.popScope();
@@ -656,13 +656,13 @@ void KernelEmitter::emitPool(ValueId id, bool parallel) {
   }
   std::string next;
   if (isMax) {
-    next = binary(OpKind::Maximum, dt, acc, v);
+    next = rules_.binary(OpKind::Maximum, dt, acc, v);
     if (!inside)
       next = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, next, acc, t));
   } else {
     if (!inside)
       v = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, v, w_.constant(0, dt), t));
-    next = binary(OpKind::Add, dt, acc, v);
+    next = rules_.binary(OpKind::Add, dt, acc, v);
   }
   for (size_t k = 2; k-- > 0;) {
     w_.line(fmt::format("scf.yield {} : {}", next, t));
@@ -672,7 +672,7 @@ void KernelEmitter::emitPool(ValueId id, bool parallel) {
     next = results[k];
   }
   if (!isMax)
-    next = binary(OpKind::Div, dt, next, avgPoolDivisor(n, o, xs, dt));
+    next = rules_.binary(OpKind::Div, dt, next, avgPoolDivisor(n, o, xs, dt));
   store(id, viewOf(id), o, next);
   closeLoops(o.size());
 }
@@ -696,7 +696,7 @@ std::string KernelEmitter::avgPoolDivisor(const Node &n, const Index &out, const
                                             span(out[2], kernel[0], stride[0], padding[0], xs[2]),
                                             span(out[3], kernel[1], stride[1], padding[1], xs[3])));
   std::string asInt = w_.assign(fmt::format("arith.index_cast {} : index to i64", count));
-  return convert(asInt, DType::I64, dt);
+  return rules_.convert(asInt, DType::I64, dt);
 }
 
 void KernelEmitter::zeroChunk(ValueId id, bool parallel) {
@@ -717,7 +717,7 @@ void KernelEmitter::accumulate(ValueId id, const Index &idx, const std::string &
     return;
   }
   std::string old = load(id, idx);
-  store(id, viewOf(id), idx, binary(OpKind::Add, dtypeOf(id), old, v));
+  store(id, viewOf(id), idx, rules_.binary(OpKind::Add, dtypeOf(id), old, v));
 }
 
 // Gradient ops in scatter form: zero this call's slice of the output (its
@@ -788,10 +788,10 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
       std::string gv = valueAt(g, {batch, filter, rest[0], rest[1]});
       if (input) {
         std::string wv = valueAt(other, {filter, rest[2], rest[3], rest[4]});
-        accumulate(id, {batch, channel, y, xw}, binary(OpKind::Mul, dt, gv, wv));
+        accumulate(id, {batch, channel, y, xw}, rules_.binary(OpKind::Mul, dt, gv, wv));
       } else {
         std::string xv = valueAt(other, {batch, channel, y, xw});
-        accumulate(id, {filter, rest[2], rest[3], rest[4]}, binary(OpKind::Mul, dt, gv, xv));
+        accumulate(id, {filter, rest[2], rest[3], rest[4]}, rules_.binary(OpKind::Mul, dt, gv, xv));
       }
     });
     closeLoops(rest.size());
@@ -826,7 +826,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
       std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
       std::string v = valueAt(x, {o[0], o[1], clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
       std::string none = w_.assign(fmt::format("arith.cmpi slt, {}, {} : index", av, w_.indexConstant(0)));
-      std::string greater = binary(OpKind::Gt, dt, v, bv);
+      std::string greater = rules_.binary(OpKind::Gt, dt, v, bv);
       std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
       std::string bNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", bv, bv, t));
       std::string bNotNan = w_.assign(fmt::format("arith.xori {}, {} : i1", bNan, w_.constant(1, DType::Bool)));
@@ -848,7 +848,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
       std::string y = windowCoordinate(o[2], taps[0], stride[0], padding[0], 1);
       std::string xw = windowCoordinate(o[3], taps[1], stride[1], padding[1], 1);
       std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
-      std::string share = binary(OpKind::Div, dt, gv, avgPoolDivisor(n, o, xs, dt));
+      std::string share = rules_.binary(OpKind::Div, dt, gv, avgPoolDivisor(n, o, xs, dt));
       ifValid(valid, [&] { accumulate(id, {o[0], o[1], y, xw}, share); });
       closeLoops(taps.size());
     }
