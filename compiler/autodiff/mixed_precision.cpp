@@ -19,73 +19,28 @@ enum class Precision {
   Follow,   // half, or f32 when an operand is f32
 };
 
+// By the op's class (ops.def): contractions take half operands and
+// accumulate in f32; among the rest only the ops that leave half's range
+// or sum many terms (exp, log, pow, sums and means) stay f32.
 Precision precisionOf(OpKind op) {
-  switch (op) {
-  case OpKind::Input:
-  case OpKind::Parameter:
-    return Precision::Source;
-  case OpKind::Constant:
-  case OpKind::Iota:
-    return Precision::Weak;
-  case OpKind::MatMul:
-  case OpKind::Conv2d:
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight:
-    return Precision::Contract;
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Pow:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-    return Precision::Wide;
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Rem: // exact in any precision
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    return Precision::Follow;
+  switch (opInfo(op).opClass) {
+  case OpClass::Source: return Precision::Source;
+  case OpClass::Constant: return Precision::Weak;
+  case OpClass::Contraction: return Precision::Contract;
+  case OpClass::Elementwise:
+    return op == OpKind::Exp || op == OpKind::Log || op == OpKind::Pow ? Precision::Wide
+                                                                        : Precision::Follow;
+  case OpClass::Reduction:
+    return op == OpKind::ReduceSum || op == OpKind::ReduceMean ? Precision::Wide
+                                                               : Precision::Follow;
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Indexed:
+  case OpClass::Window:
+  case OpClass::Scatter:
+  case OpClass::Collective: return Precision::Follow;
   }
-  throw std::logic_error("unknown op");
+  throw std::logic_error("precisionOf: unknown op class");
 }
 
 class Rewriter {

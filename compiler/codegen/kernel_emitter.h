@@ -147,6 +147,16 @@ private:
   // --- roots --------------------------------------------------------------
   Index openLoops(const Shape &shape, bool parallel, size_t from = 0);
   void closeLoops(size_t count);
+  // Nested loops from 0 to each extent carrying one accumulator of `type`
+  // from `init`: the body reads `ivs` and `acc` (the innermost loop's), and
+  // closeAccumulation yields its next value and returns the loops' result.
+  struct Accumulation {
+    std::vector<std::string> ivs, results;
+    std::string acc, type;
+  };
+  Accumulation openAccumulation(const std::vector<int64_t> &extents, const std::string &init,
+                                const std::string &type);
+  std::string closeAccumulation(const Accumulation &loops, std::string next);
   void emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel);
   void emitRoot(ValueId id, bool parallel);
   void emitReduction(ValueId id, bool parallel);

@@ -53,6 +53,35 @@ void KernelEmitter::closeLoops(size_t count) {
 // Every root's value is computed before any is stored: the memory plan may
 // give a root the buffer of a kernel input that a later root of the nest
 // still reads at the same index (canOverwrite, one loop nest).
+KernelEmitter::Accumulation KernelEmitter::openAccumulation(const std::vector<int64_t> &extents,
+                                                           const std::string &init,
+                                                           const std::string &type) {
+  Accumulation loops{{}, {}, init, type};
+  for (int64_t e : extents) {
+    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
+    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
+                        w_.indexConstant(0), w_.indexConstant(e), w_.indexConstant(1), a,
+                        loops.acc, type));
+    w_.indent();
+    w_.pushScope();
+    loops.ivs.push_back(iv);
+    loops.results.push_back(res);
+    loops.acc = a;
+  }
+  return loops;
+}
+
+std::string KernelEmitter::closeAccumulation(const Accumulation &loops, std::string next) {
+  for (size_t k = loops.results.size(); k-- > 0;) {
+    w_.line(fmt::format("scf.yield {} : {}", next, loops.type));
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+    next = loops.results[k];
+  }
+  return next;
+}
+
 void KernelEmitter::emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel) {
   const Shape &shape = shapeOf(roots.front());
   Index idx = openLoops(shape, parallel);
@@ -147,30 +176,17 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
         ++o;
     }
   }
-  std::string acc = init;
-  std::vector<std::string> results;
-  for (size_t d : loops) {
-    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
-    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
-                        w_.indexConstant(0), w_.indexConstant(in[d]), w_.indexConstant(1), a, acc, t));
-    w_.indent();
-    w_.pushScope();
-    full[d] = iv;
-    acc = a;
-    results.push_back(res);
-  }
+  std::vector<int64_t> extents;
+  for (size_t d : loops)
+    extents.push_back(in[d]);
+  Accumulation sum = openAccumulation(extents, init, t);
+  for (size_t k = 0; k < loops.size(); ++k)
+    full[loops[k]] = sum.ivs[k];
   std::string v = valueAt(x, full);
   OpKind combine = n.op == OpKind::ReduceMax ? OpKind::Maximum
                    : n.op == OpKind::ReduceMin ? OpKind::Minimum
                                                : OpKind::Add;
-  std::string next = rules_.binary(combine, dt, acc, v);
-  for (size_t k = loops.size(); k-- > 0;) {
-    w_.line(fmt::format("scf.yield {} : {}", next, t));
-    w_.popScope();
-    w_.dedent();
-    w_.line("}");
-    next = results[k];
-  }
+  std::string next = closeAccumulation(sum, rules_.binary(combine, dt, sum.acc, v));
   if (n.op == OpKind::ReduceMean) {
     double count = 1;
     for (size_t d : loops)
@@ -373,8 +389,7 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
 
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
   const Node &n = node(id);
-  switch (n.op) {
-  case OpKind::Conv2d: {
+  if (n.op == OpKind::Conv2d) {
     ValueId x = n.operands[0], w = n.operands[1];
     if (!convAsMatmul(n, x, id, w))
       return false;
@@ -393,7 +408,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     closeLoops(sample.size());
     return true;
   }
-  case OpKind::Conv2dGradWeight: { // operands (x, g); rows of dW split among calls
+  if (n.op == OpKind::Conv2dGradWeight) { // operands (x, g); rows of dW split among calls
     ValueId x = n.operands[0], g = n.operands[1];
     if (!convAsMatmul(n, x, g, id))
       return false;
@@ -411,7 +426,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     closeLoops(sample.size());
     return true;
   }
-  case OpKind::Conv2dGradInput: { // operands (g, w); samples split among calls
+  if (n.op == OpKind::Conv2dGradInput) { // operands (g, w); samples split among calls
     ValueId g = n.operands[0], w = n.operands[1];
     if (!convAsMatmul(n, kNoValue, g, w))
       return false;
@@ -441,63 +456,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     closeLoops(sample.size());
     return true;
   }
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Rem:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::ScatterAdd:
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    break;
-  }
+  // Other ops have no matmul form.
   return false;
 }
 
@@ -516,19 +475,8 @@ void KernelEmitter::emitConv2d(ValueId id, bool parallel) {
   Index o = openLoops(n.type.shape, parallel); // n, f, i, j
   std::string group = w_.assign(fmt::format("arith.divui {}, {} : index", o[1], w_.indexConstant(perGroup)));
   std::string firstChannel = w_.assign(fmt::format("arith.muli {}, {} : index", group, w_.indexConstant(cg)));
-  std::vector<int64_t> extents = {cg, ws[2], ws[3]};
-  std::vector<std::string> ivs, results;
-  std::string acc = w_.constant(0, dt);
-  for (int64_t e : extents) {
-    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
-    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
-                        w_.indexConstant(0), w_.indexConstant(e), w_.indexConstant(1), a, acc, t));
-    w_.indent();
-    w_.pushScope();
-    ivs.push_back(iv);
-    results.push_back(res);
-    acc = a;
-  }
+  Accumulation sum = openAccumulation({cg, ws[2], ws[3]}, w_.constant(0, dt), t);
+  const std::vector<std::string> &ivs = sum.ivs;
   std::string y = windowCoordinate(o[2], ivs[1], stride[0], padding[0], dilation[0]);
   std::string xw = windowCoordinate(o[3], ivs[2], stride[1], padding[1], dilation[1]);
   std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
@@ -537,14 +485,7 @@ void KernelEmitter::emitConv2d(ValueId id, bool parallel) {
   std::string wv = valueAt(wt, {o[1], ivs[0], ivs[1], ivs[2]});
   std::string product = rules_.binary(OpKind::Mul, dt, xv, wv);
   std::string masked = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, product, w_.constant(0, dt), t));
-  std::string next = rules_.binary(OpKind::Add, dt, acc, masked);
-  for (size_t k = extents.size(); k-- > 0;) {
-    w_.line(fmt::format("scf.yield {} : {}", next, t));
-    w_.popScope();
-    w_.dedent();
-    w_.line("}");
-    next = results[k];
-  }
+  std::string next = closeAccumulation(sum, rules_.binary(OpKind::Add, dt, sum.acc, masked));
   store(id, viewOf(id), o, next);
   closeLoops(o.size());
 }
@@ -632,18 +573,9 @@ void KernelEmitter::emitPool(ValueId id, bool parallel) {
   DType dt = n.type.dtype;
   std::string t = scalarType(dt);
   Index o = openLoops(n.type.shape, parallel);
-  std::string acc = w_.constant(isMax ? -INFINITY : 0, dt);
-  std::vector<std::string> ivs, results;
-  for (int64_t e : {kernel[0], kernel[1]}) {
-    std::string iv = w_.fresh("r"), a = w_.fresh("acc"), res = w_.fresh();
-    w_.line(fmt::format("{} = scf.for {} = {} to {} step {} iter_args({} = {}) -> ({}) {{", res, iv,
-                        w_.indexConstant(0), w_.indexConstant(e), w_.indexConstant(1), a, acc, t));
-    w_.indent();
-    w_.pushScope();
-    ivs.push_back(iv);
-    results.push_back(res);
-    acc = a;
-  }
+  Accumulation window = openAccumulation({kernel[0], kernel[1]}, w_.constant(isMax ? -INFINITY : 0, dt), t);
+  const std::vector<std::string> &ivs = window.ivs;
+  const std::string &acc = window.acc;
   std::string y = windowCoordinate(o[2], ivs[0], stride[0], padding[0], 1);
   std::string xw = windowCoordinate(o[3], ivs[1], stride[1], padding[1], 1);
   bool inside = windowsInside(n, xs);
@@ -664,13 +596,7 @@ void KernelEmitter::emitPool(ValueId id, bool parallel) {
       v = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid, v, w_.constant(0, dt), t));
     next = rules_.binary(OpKind::Add, dt, acc, v);
   }
-  for (size_t k = 2; k-- > 0;) {
-    w_.line(fmt::format("scf.yield {} : {}", next, t));
-    w_.popScope();
-    w_.dedent();
-    w_.line("}");
-    next = results[k];
-  }
+  next = closeAccumulation(window, next);
   if (!isMax)
     next = rules_.binary(OpKind::Div, dt, next, avgPoolDivisor(n, o, xs, dt));
   store(id, viewOf(id), o, next);
@@ -739,8 +665,9 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     w_.dedent();
     w_.line("}");
   };
-  switch (n.op) {
-  case OpKind::ScatterAdd: {
+  // The ops flagged kScatterForm in ops.def, each with its rule; anything
+  // else is an error (test_codegen's completeness test lowers every op).
+  if (n.op == OpKind::ScatterAdd) {
     ValueId indices = n.operands[0], updates = n.operands[1];
     int64_t axis = n.attrs.getInt("axis"), ir = g_.type(indices).rank();
     Index u = openLoops(shapeOf(updates), parallel && (axis > 0 || gpu_));
@@ -752,8 +679,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     closeLoops(u.size());
     return;
   }
-  case OpKind::Conv2dGradInput:
-  case OpKind::Conv2dGradWeight: {
+  if (n.op == OpKind::Conv2dGradInput || n.op == OpKind::Conv2dGradWeight) {
     if (emitConvAsMatmul(id, parallel))
       return;
     bool input = n.op == OpKind::Conv2dGradInput;
@@ -798,8 +724,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     closeLoops(nf.size());
     return;
   }
-  case OpKind::MaxPool2dGrad:
-  case OpKind::AvgPool2dGrad: {
+  if (n.op == OpKind::MaxPool2dGrad || n.op == OpKind::AvgPool2dGrad) {
     bool isMax = n.op == OpKind::MaxPool2dGrad;
     ValueId g = isMax ? n.operands[1] : n.operands[0];
     const Shape &gs = shapeOf(g), &xs = n.type.shape;
@@ -854,61 +779,6 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     }
     closeLoops(o.size());
     return;
-  }
-  case OpKind::Input:
-  case OpKind::Parameter:
-  case OpKind::Constant:
-  case OpKind::Iota:
-  case OpKind::Neg:
-  case OpKind::Abs:
-  case OpKind::Exp:
-  case OpKind::Log:
-  case OpKind::Sqrt:
-  case OpKind::Rsqrt:
-  case OpKind::Square:
-  case OpKind::Tanh:
-  case OpKind::Sigmoid:
-  case OpKind::Relu:
-  case OpKind::Sin:
-  case OpKind::Cos:
-  case OpKind::Sign:
-  case OpKind::Erf:
-  case OpKind::Cast:
-  case OpKind::Add:
-  case OpKind::Sub:
-  case OpKind::Mul:
-  case OpKind::Div:
-  case OpKind::Pow:
-  case OpKind::Maximum:
-  case OpKind::Minimum:
-  case OpKind::Rem:
-  case OpKind::Eq:
-  case OpKind::Ne:
-  case OpKind::Lt:
-  case OpKind::Le:
-  case OpKind::Gt:
-  case OpKind::Ge:
-  case OpKind::Select:
-  case OpKind::ReduceSum:
-  case OpKind::ReduceMean:
-  case OpKind::ReduceMax:
-  case OpKind::ReduceMin:
-  case OpKind::ArgMax:
-  case OpKind::MatMul:
-  case OpKind::Transpose:
-  case OpKind::Reshape:
-  case OpKind::BroadcastTo:
-  case OpKind::Slice:
-  case OpKind::Concat:
-  case OpKind::Pad:
-  case OpKind::Gather:
-  case OpKind::OneHot:
-  case OpKind::Conv2d:
-  case OpKind::MaxPool2d:
-  case OpKind::AvgPool2d:
-  case OpKind::Dropout:
-  case OpKind::AllReduce:
-    break;
   }
   throw std::logic_error("emitScatterForm: not a scatter-form op");
 }
