@@ -4,6 +4,7 @@
 #pragma once
 
 #include "element_rules.h"
+#include "kernel_target.h"
 #include "lowering.h"
 #include "mlir_text.h"
 
@@ -33,10 +34,10 @@ class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
                 const std::function<int64_t(ValueId)> &arenaOffset,
-                const std::vector<bool> &usedOutside, int64_t scratchOffset, bool gpu,
-                FaultRecord fault, double perturbation)
+                const std::vector<bool> &usedOutside, int64_t scratchOffset,
+                KernelTarget target, FaultRecord fault, double perturbation)
       : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
-        scratchOffset_(scratchOffset), gpu_(gpu), fault_(fault), perturbation_(perturbation) {
+        scratchOffset_(scratchOffset), target_(target), fault_(fault), perturbation_(perturbation) {
     inGroup_.insert(group.nodes.begin(), group.nodes.end());
   }
 
@@ -171,10 +172,8 @@ private:
   std::string avgPoolDivisor(const Node &n, const Index &out, const Shape &xs, DType dt);
   void zeroChunk(ValueId id, bool parallel);
   void accumulate(ValueId id, const Index &idx, const std::string &v);
-  // An arena byte offset as an SSA value. On the CPU it is an argument of
-  // the kernel's function (KernelSource::offsets), so that kernels that
-  // differ only in where their values live are the same code (compiled
-  // once, see compile.cpp); on the GPU a constant.
+  // An arena byte offset as an SSA value: an argument of the kernel's
+  // function, or a constant (KernelTarget::offsetArguments).
   std::string arenaOffsetValue(int64_t bytes);
   std::vector<int64_t> offsets_;
   std::string inBounds(const std::string &v, int64_t size);
@@ -198,14 +197,19 @@ private:
   std::string begin_ = "%begin", end_ = "%end";
   // Where roots only this kernel reads live (KernelSource::scratchBytes).
   int64_t scratchOffset_ = 0;
-  // GPU (see lowerGroup): a nest's parallel openLoops call is flattened: no
-  // loops, %begin is the thread's flat index into `flatExtent_` elements.
-  bool gpu_ = false;
+  KernelTarget target_;
   // The arithmetic of elementwise ops, scalar and vector (element_rules.h).
-  ElementRules rules_{w_, !gpu_};
+  ElementRules rules_{w_, target_.polynomialSinCos};
+  // One thread per element (KernelTarget::Parallel): a nest's parallel
+  // openLoops call is flattened: no loops, %begin is the thread's flat index
+  // into `flatExtent_` elements.
   bool flattened_ = false;
   int64_t flatExtent_ = 1;
-  std::vector<size_t> openedLoops_; // per openLoops call: the scf.for it opened
+  // Per openLoops call: the indices it gave and the scf.for loops it opened.
+  struct OpenedLoops {
+    size_t loops, indices;
+  };
+  std::vector<OpenedLoops> openedLoops_;
   // Index checks: the record, this kernel's checks by the node they guard,
   // and the nodes whose indices are checked in a nest of their own before
   // the roots (see precheckable).

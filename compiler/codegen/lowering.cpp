@@ -53,7 +53,7 @@ std::string sanitize(const std::string &name) {
 // Storage
 
 std::string KernelEmitter::arenaOffsetValue(int64_t bytes) {
-  if (gpu_)
+  if (!target_.offsetArguments)
     return w_.indexConstant(bytes);
   offsets_.push_back(bytes);
   return fmt::format("%off{}", offsets_.size() - 1);
@@ -237,7 +237,8 @@ std::string KernelEmitter::outOfRange(ValueId user, const Index &at, const std::
 // of branches and vectorizes as before.
 void KernelEmitter::emitIndexCheck(ValueId user) {
   ValueId indices = indicesOf(node(user));
-  Index at = openLoops(shapeOf(indices), gpu_);
+  Index at = openLoops(shapeOf(indices),
+                       target_.parallel == KernelTarget::Parallel::ThreadPerElement);
   std::string v = valueAt(indices, at);
   std::string asIndex =
       w_.assign(fmt::format("arith.index_cast {} : {} to index", v, scalarType(dtypeOf(indices))));
@@ -631,7 +632,7 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : roots)
     if (usedOutside_[id])
       arenaValues.insert(id);
-  if (gpu_)
+  if (target_.parallel == KernelTarget::Parallel::ThreadPerElement)
     return emitGpu(roots, arenaValues);
   for (ValueId id : arenaValues)
     views_[id] = arenaView(id);
@@ -855,8 +856,8 @@ KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
                         bool gpu, FaultRecord fault, double perturbation) {
-  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset, gpu, fault,
-                       perturbation)
+  return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset,
+                       gpu ? KernelTarget::gpu() : KernelTarget::cpu(), fault, perturbation)
       .emit();
 }
 

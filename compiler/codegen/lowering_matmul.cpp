@@ -126,7 +126,7 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
                                                                    bool planning) const {
   const Node &n = node(product);
   const Shape &out = n.type.shape;
-  if (gpu_ || !tiledDType(n.type.dtype) || n.type.numel() == 0 ||
+  if (!target_.vectorPaths || !tiledDType(n.type.dtype) || n.type.numel() == 0 ||
       shapeOf(n.operands[0]).back() == 0)
     return std::nullopt;
   MatMulPlan plan;
@@ -179,7 +179,7 @@ std::vector<bool> KernelEmitter::matmulCopies(ValueId product) const {
   const Node &n = node(product);
   if (matmulPlan(product, true))
     return {false, false};
-  if (gpu_ || !tiledDType(n.type.dtype))
+  if (!target_.vectorPaths || !tiledDType(n.type.dtype))
     return {true, true};
   // A is read in place if it is any strided view, B if it is one with a
   // unit stride along N; copied row-major, either makes a plan.

@@ -17,7 +17,7 @@ namespace stepc::codegen {
 // Roots
 
 Index KernelEmitter::openLoops(const Shape &shape, bool parallel, size_t from) {
-  if (gpu_ && parallel) {
+  if (parallel && target_.parallel == KernelTarget::Parallel::ThreadPerElement) {
     // One GPU thread per element of the nest's parallel loops.
     if (flattened_ || from != 0)
       throw std::logic_error(fmt::format("kernel {}: a GPU loop nest has two parallel loops",
@@ -26,7 +26,7 @@ Index KernelEmitter::openLoops(const Shape &shape, bool parallel, size_t from) {
     flatExtent_ = 1;
     for (int64_t d : shape)
       flatExtent_ *= d;
-    openedLoops_.push_back(0);
+    openedLoops_.push_back({0, shape.size()});
     return delinearize(begin_, shape);
   }
   Index idx;
@@ -35,18 +35,18 @@ Index KernelEmitter::openLoops(const Shape &shape, bool parallel, size_t from) {
     idx.push_back(w_.beginFor(outer ? begin_ : w_.indexConstant(0),
                               outer ? end_ : w_.indexConstant(shape[d])));
   }
-  openedLoops_.push_back(idx.size());
+  openedLoops_.push_back({idx.size(), idx.size()});
   return idx;
 }
 
 void KernelEmitter::closeLoops(size_t count) {
-  // What the matching openLoops opened: `count` loops on the CPU, fewer
-  // where a GPU nest was flattened.
-  size_t opened = openedLoops_.back();
+  // The matching openLoops gave `count` indices; it opened as many loops,
+  // or none where it flattened a nest into one thread per element.
+  OpenedLoops opened = openedLoops_.back();
   openedLoops_.pop_back();
-  if (!gpu_ && opened != count)
+  if (opened.indices != count)
     throw std::logic_error("closeLoops: does not match openLoops");
-  for (size_t i = 0; i < opened; ++i)
+  for (size_t i = 0; i < opened.loops; ++i)
     w_.endFor();
 }
 
@@ -214,8 +214,7 @@ bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const st
   bool prefix = leading >= 1 && leading < in.size();
   for (size_t k = 0; prefix && k < leading; ++k)
     prefix = axes[k] == static_cast<int64_t>(k);
-  // (The GPU runs one thread per output element; no stack buffers there.)
-  if (gpu_ || !prefix || n.type.dtype != DType::F32 || (parallel && n.type.shape[0] != 1))
+  if (!target_.vectorPaths || !prefix || n.type.dtype != DType::F32 || (parallel && n.type.shape[0] != 1))
     return false;
   Shape rows(in.begin(), in.begin() + static_cast<ptrdiff_t>(leading));
   Shape row(in.begin() + static_cast<ptrdiff_t>(leading), in.end());
@@ -328,7 +327,7 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
 bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const {
   const Shape &ws = shapeOf(w), &gs = shapeOf(g);
   int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
-  return !gpu_ && n.type.dtype == DType::F32 && n.attrs.getInt("groups") == 1 &&
+  return target_.vectorPaths && n.type.dtype == DType::F32 && n.attrs.getInt("groups") == 1 &&
          (x == kNoValue || views_.count(x)) && views_.count(g) && views_.count(w) &&
          depth * points * 4 <= (int64_t(1) << 20) && points > 0 && depth > 0;
 }
@@ -511,7 +510,7 @@ bool KernelEmitter::emitVectorPool(ValueId id, bool parallel) {
   const Node &n = node(id);
   ValueId x = n.operands[0];
   const Shape &xs = shapeOf(x), &os = n.type.shape;
-  if (gpu_ || !windowsInside(n, xs) || n.type.dtype != DType::F32 || inGroup_.count(x) ||
+  if (!target_.vectorPaths || !windowsInside(n, xs) || n.type.dtype != DType::F32 || inGroup_.count(x) ||
       !views_.count(x))
     return false;
   auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride");
@@ -632,8 +631,8 @@ void KernelEmitter::zeroChunk(ValueId id, bool parallel) {
 }
 
 void KernelEmitter::accumulate(ValueId id, const Index &idx, const std::string &v) {
-  if (gpu_) {
-    // GPU threads of a scatter-form nest add into shared elements.
+  if (target_.atomicAccumulate) {
+    // Threads of a scatter-form nest add into shared elements.
     DType dt = dtypeOf(id);
     if (dt == DType::Bool)
       throw std::logic_error("accumulate: no atomic add of bools");
@@ -652,8 +651,9 @@ void KernelEmitter::accumulate(ValueId id, const Index &idx, const std::string &
 // same element.
 void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   const Node &n = node(id);
-  // (The GPU zeroes the output in a nest of its own first: see emitGpu.)
-  if (!gpu_)
+  // (Atomic accumulation zeroes the output in a nest of its own first: see
+  // emitGpu.)
+  if (!target_.atomicAccumulate)
     zeroChunk(id, parallel);
   DType dt = n.type.dtype;
   auto ifValid = [&](const std::string &cond, const std::function<void()> &body) {
@@ -670,7 +670,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   if (n.op == OpKind::ScatterAdd) {
     ValueId indices = n.operands[0], updates = n.operands[1];
     int64_t axis = n.attrs.getInt("axis"), ir = g_.type(indices).rank();
-    Index u = openLoops(shapeOf(updates), parallel && (axis > 0 || gpu_));
+    Index u = openLoops(shapeOf(updates), parallel && (axis > 0 || target_.atomicAccumulate));
     Index at(u.begin() + axis, u.begin() + axis + ir);
     Index dst(u.begin(), u.begin() + axis);
     dst.push_back(indexValue(id, at));
@@ -692,17 +692,19 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
          dilation = n.attrs.getInts("dilation");
     int64_t perGroup = ws[0] / n.attrs.getInt("groups");
     // Loop order: the output's dimension 0 first (batch for dx, filter for dw).
-    // A GPU thread takes one element of g and adds its taps atomically.
+    // With atomic adds a thread takes one element of g and adds its taps.
     Shape outer = input ? Shape{gs[0], gs[1]} : Shape{gs[1], gs[0]};
     Shape inner = {gs[2], gs[3], ws[1], ws[2], ws[3]};
-    if (gpu_) {
+    if (target_.atomicAccumulate) {
       outer.insert(outer.end(), {gs[2], gs[3]});
       inner.erase(inner.begin(), inner.begin() + 2);
     }
     Index nf = openLoops(outer, parallel);
     std::string batch = input ? nf[0] : nf[1], filter = input ? nf[1] : nf[0];
-    Index rest = openLoops(inner, false);
-    if (gpu_)
+    Index taps = openLoops(inner, false);
+    // (g's row and column, then the filter's taps.)
+    Index rest = taps;
+    if (target_.atomicAccumulate)
       rest.insert(rest.begin(), {nf[2], nf[3]});
     std::string group = w_.assign(fmt::format("arith.divui {}, {} : index", filter, w_.indexConstant(perGroup)));
     std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", group, w_.indexConstant(ws[1])));
@@ -720,7 +722,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
         accumulate(id, {filter, rest[2], rest[3], rest[4]}, rules_.binary(OpKind::Mul, dt, gv, xv));
       }
     });
-    closeLoops(rest.size());
+    closeLoops(taps.size());
     closeLoops(nf.size());
     return;
   }
