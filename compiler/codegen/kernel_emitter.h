@@ -162,6 +162,7 @@ private:
   void emitRoot(ValueId id, bool parallel);
   void emitReduction(ValueId id, bool parallel);
   void emitArgMax(ValueId id, bool parallel);
+  std::string replacesMaximum(const std::string &v, const std::string &best, DType dt);
   void emitMatMul(ValueId id, bool parallel);
   void emitConv2d(ValueId id, bool parallel);
   void emitPool(ValueId id, bool parallel);

@@ -262,6 +262,23 @@ bool KernelEmitter::emitLeadingAxesReduction(ValueId id, bool parallel, const st
   return true;
 }
 
+// Whether `v` replaces the running maximum `best` of a first-maximum scan
+// (argmax, max_pool2d's gradient), as the interpreter's: strictly greater
+// keeps the first of equal values, and a NaN replaces a number and stays.
+std::string KernelEmitter::replacesMaximum(const std::string &v, const std::string &best, DType dt) {
+  std::string greater = rules_.binary(OpKind::Gt, dt, v, best);
+  if (!isFloat(dt))
+    return greater;
+  std::string t = scalarType(dt);
+  std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
+  std::string bestNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", best, best, t));
+  std::string bestNumber =
+      w_.assign(fmt::format("arith.xori {}, {} : i1", bestNan, w_.constant(1, DType::Bool)));
+  std::string nanWins = w_.assign(fmt::format("arith.andi {}, {} : i1", vNan, bestNumber));
+  // (An ordered greater-than is false where `best` is NaN.)
+  return w_.assign(fmt::format("arith.ori {}, {} : i1", greater, nanWins));
+}
+
 void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
   const Node &n = node(id);
   ValueId x = n.operands[0];
@@ -294,15 +311,7 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
   w_.pushScope();
   full[axis] = iv;
   std::string v = valueAt(x, full);
-  std::string better = rules_.binary(OpKind::Gt, dt, v, best);
-  if (isFloat(dt)) {
-    std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
-    std::string bestNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", best, best, t));
-    std::string notBestNan = w_.assign(fmt::format("arith.xori {}, {} : i1", bestNan, w_.constant(1, DType::Bool)));
-    std::string takeNan = w_.assign(fmt::format("arith.andi {}, {} : i1", vNan, notBestNan));
-    better = w_.assign(fmt::format("arith.ori {}, {} : i1", better, takeNan));
-    better = w_.assign(fmt::format("arith.andi {}, {} : i1", better, notBestNan));
-  }
+  std::string better = replacesMaximum(v, best, dt);
   std::string nb = w_.assign(fmt::format("arith.select {}, {}, {} : {}", better, v, best, t));
   std::string na = w_.assign(fmt::format("arith.select {}, {}, {} : index", better, iv, at));
   w_.line(fmt::format("scf.yield {}, {} : {}, index", nb, na, t));
@@ -753,13 +762,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
       std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]), inBounds(xw, xs[3])));
       std::string v = valueAt(x, {o[0], o[1], clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
       std::string none = w_.assign(fmt::format("arith.cmpi slt, {}, {} : index", av, w_.indexConstant(0)));
-      std::string greater = rules_.binary(OpKind::Gt, dt, v, bv);
-      std::string vNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", v, v, t));
-      std::string bNan = w_.assign(fmt::format("arith.cmpf uno, {}, {} : {}", bv, bv, t));
-      std::string bNotNan = w_.assign(fmt::format("arith.xori {}, {} : i1", bNan, w_.constant(1, DType::Bool)));
-      std::string nanWins = w_.assign(fmt::format("arith.andi {}, {} : i1", vNan, bNotNan));
-      std::string take = w_.assign(fmt::format("arith.ori {}, {} : i1", none, greater));
-      take = w_.assign(fmt::format("arith.ori {}, {} : i1", take, nanWins));
+      std::string take = w_.assign(fmt::format("arith.ori {}, {} : i1", none, replacesMaximum(v, bv, dt)));
       take = w_.assign(fmt::format("arith.andi {}, {} : i1", take, valid));
       std::string position = linearize({y, xw}, {xs[2], xs[3]});
       std::string nb = w_.assign(fmt::format("arith.select {}, {}, {} : {}", take, v, bv, t));
