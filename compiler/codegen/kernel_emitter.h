@@ -141,6 +141,11 @@ private:
   std::vector<ValueId> precheckable(const std::vector<ValueId> &roots) const;
   std::string dropoutElement(const Node &n, ValueId id, const Index &idx);
   std::string padElement(const Node &n, const Index &idx);
+  // `cond ? then() : otherwise()` as an scf.if yielding `type`: each branch
+  // is computed in its own region, only where it is taken.
+  std::string ifElse(const std::string &cond, const std::string &type,
+                     const std::function<std::string()> &then,
+                     const std::function<std::string()> &otherwise);
   std::string concatElement(const Node &n, const Index &idx, size_t first);
   std::string constantElement(const Node &n, ValueId id, const Index &idx);
   std::string constantGlobal(const Node &n, ValueId id);

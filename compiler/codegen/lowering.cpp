@@ -372,20 +372,25 @@ std::string KernelEmitter::padElement(const Node &n, const Index &idx) {
     src.push_back(clampIndex(pos, std::max<int64_t>(s[d], 1)));
   }
   DType dt = n.type.dtype;
-  std::string t = scalarType(dt);
+  return ifElse(valid, scalarType(dt), [&] { return valueAt(x, src); },
+                [&] { return w_.constant(n.attrs.getReal("value"), dt); });
+}
+
+std::string KernelEmitter::ifElse(const std::string &cond, const std::string &type,
+                                  const std::function<std::string()> &then,
+                                  const std::function<std::string()> &otherwise) {
+  auto region = [&](const std::function<std::string()> &value) {
+    w_.indent();
+    w_.pushScope();
+    w_.line(fmt::format("scf.yield {} : {}", value(), type));
+    w_.popScope();
+    w_.dedent();
+  };
   std::string result = w_.fresh();
-  w_.line(fmt::format("{} = scf.if {} -> ({}) {{", result, valid, t));
-  w_.indent();
-  w_.pushScope();
-  w_.line(fmt::format("scf.yield {} : {}", valueAt(x, src), t));
-  w_.popScope();
-  w_.dedent();
+  w_.line(fmt::format("{} = scf.if {} -> ({}) {{", result, cond, type));
+  region(then);
   w_.line("} else {");
-  w_.indent();
-  w_.pushScope();
-  w_.line(fmt::format("scf.yield {} : {}", w_.constant(n.attrs.getReal("value"), dt), t));
-  w_.popScope();
-  w_.dedent();
+  region(otherwise);
   w_.line("}");
   return result;
 }
@@ -403,22 +408,8 @@ std::string KernelEmitter::concatElement(const Node &n, const Index &idx, size_t
     return valueAt(x, local);
   int64_t end = start + shapeOf(x)[axis];
   std::string inside = w_.assign(fmt::format("arith.cmpi slt, {}, {} : index", idx[axis], w_.indexConstant(end)));
-  std::string t = scalarType(n.type.dtype);
-  std::string result = w_.fresh();
-  w_.line(fmt::format("{} = scf.if {} -> ({}) {{", result, inside, t));
-  w_.indent();
-  w_.pushScope();
-  w_.line(fmt::format("scf.yield {} : {}", valueAt(x, local), t));
-  w_.popScope();
-  w_.dedent();
-  w_.line("} else {");
-  w_.indent();
-  w_.pushScope();
-  w_.line(fmt::format("scf.yield {} : {}", concatElement(n, idx, first + 1), t));
-  w_.popScope();
-  w_.dedent();
-  w_.line("}");
-  return result;
+  return ifElse(inside, scalarType(n.type.dtype), [&] { return valueAt(x, local); },
+                [&] { return concatElement(n, idx, first + 1); });
 }
 
 // Same counter-based mask as the interpreter: keep iff uniform(seed, i) >= rate.
