@@ -498,9 +498,11 @@ std::string KernelEmitter::lowerElement(const Node &n, ValueId id, const Index &
   case OpKind::Gt:
   case OpKind::Ge:
   case OpKind::Select: {
-    std::vector<std::string> x;
-    for (size_t k = 0; k < n.operands.size(); ++k)
-      x.push_back(operand(k));
+    // Operands last first: the order kernels have always been emitted in
+    // (LLVM's instruction order, and so its vectorization, follow it).
+    std::vector<std::string> x(n.operands.size());
+    for (size_t k = n.operands.size(); k-- > 0;)
+      x[k] = operand(k);
     // The operands' type: a select's values (its condition is a bool).
     return rules_.apply(n.op, ElementType{dtypeOf(n.operands.back())}, n.type.dtype, x);
   }

@@ -471,9 +471,10 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
       }
     }
   } else {
-    std::vector<std::string> x;
-    for (ValueId operand : n.operands)
-      x.push_back(vectorAt(operand, row, col, mask));
+    // Operands last first, as lowerElement.
+    std::vector<std::string> x(n.operands.size());
+    for (size_t k = n.operands.size(); k-- > 0;)
+      x[k] = vectorAt(n.operands[k], row, col, mask);
     // The operands' type: f32 lanes (a select's condition is their mask).
     v = rules_.apply(n.op, ElementType{DType::F32, 16}, n.type.dtype, x);
   }
