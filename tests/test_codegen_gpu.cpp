@@ -444,7 +444,7 @@ TEST(CudaAot, WritesPtxHeaderAndSource) {
 
 // Whether `value` depends on an f32 sin or cos: the GPU lowering takes those
 // to libdevice, which the CPU emulation replaces with MLIR's polynomial (see
-// sinOrCosF32 in lowering.cpp), good to ~1e-4 only.
+// sinOrCosF32 in element_rules.cpp), good to ~1e-4 only.
 bool usesF32SinCos(const Graph &graph, ValueId value) {
   std::vector<ValueId> stack{value};
   std::set<ValueId> seen;
