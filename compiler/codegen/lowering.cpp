@@ -630,37 +630,18 @@ std::string KernelEmitter::constantGlobal(const Node &n, ValueId id) {
     // Integer lists are taken as they are, so i64 data above 2^53 stays
     // exact (as in the interpreter).
     const auto *ints = std::get_if<std::vector<int64_t>>(n.attrs.find("data"));
-    std::string hex;
+    // A runtime tensor lays elements out as the memref does (bools as
+    // bytes, halves as their bits).
+    Tensor memory(n.type);
     for (size_t k = 0; k < data.size(); ++k) {
-      double d = data[k];
-      unsigned char bytes[8];
-      size_t size = dtypeSize(dt);
-      float f = static_cast<float>(d);
-      int64_t i64 = ints ? (*ints)[k] : integerBitsOf(d);
-      uint8_t b = d != 0;
-      switch (dt) {
-      case DType::F32: std::memcpy(bytes, &f, 4); break;
-      case DType::F64: std::memcpy(bytes, &d, 8); break;
-      // Integers: the low `size` bytes of the (little-endian) int64.
-      case DType::I32:
-      case DType::I64:
-      case DType::I8:
-      case DType::U8:
-      case DType::I16:
-      case DType::U16:
-      case DType::U32:
-      case DType::U64: std::memcpy(bytes, &i64, size); break;
-      case DType::Bool: bytes[0] = b; break;
-      case DType::F16:
-      case DType::BF16: {
-        uint16_t half = doubleToHalfBits(d, dt);
-        std::memcpy(bytes, &half, 2);
-        break;
-      }
-      }
-      for (size_t j = 0; j < size; ++j)
-        hex += fmt::format("{:02X}", bytes[j]);
+      if (ints && !isFloat(dt))
+        memory.setInteger(static_cast<int64_t>(k), (*ints)[k]);
+      else
+        memory.setReal(static_cast<int64_t>(k), data[k]);
     }
+    std::string hex;
+    for (size_t j = 0; j < memory.nbytes(); ++j)
+      hex += fmt::format("{:02X}", std::to_integer<unsigned>(memory.bytes()[j]));
     globals_ += fmt::format("  memref.global \"private\" constant {} : {} = dense<\"0x{}\">\n",
                             name, memrefType(n.type), hex);
   }
