@@ -127,21 +127,13 @@ template <class T> bool isNaN(T x) {
     return false;
 }
 
-// maximum/minimum propagate NaN (NumPy, and MLIR's arith.maximumf).
-template <class T> T maxOf(T a, T b) {
-  if (isNaN(a))
-    return a;
-  if (isNaN(b))
-    return b;
-  return a < b ? b : a;
+// maximum/minimum propagate NaN (NumPy, and MLIR's arith.maximumf): the
+// first NaN of a and b, else `value`.
+template <class T> T firstNaNOr(T a, T b, T value) {
+  return isNaN(a) ? a : isNaN(b) ? b : value;
 }
-template <class T> T minOf(T a, T b) {
-  if (isNaN(a))
-    return a;
-  if (isNaN(b))
-    return b;
-  return b < a ? b : a;
-}
+template <class T> T maxOf(T a, T b) { return firstNaNOr(a, b, a < b ? b : a); }
+template <class T> T minOf(T a, T b) { return firstNaNOr(a, b, b < a ? b : a); }
 
 // C++ conversion, except that anything becomes bool as x != 0. Integer to
 // integer keeps the low bits (two's complement, as numpy's astype and LLVM's
