@@ -2,12 +2,9 @@
 # printed, and each kernel's figures in the JSON are sane: a positive
 # intensity and bound, a fraction of the bound in (0, 1.5] (the bound is
 # measured, so a kernel may beat it a little; timings are not asserted).
-execute_process(COMMAND ${STEPC} bench ${GRAPH} --per-kernel --steps 5 --warmup 1 --json ${JSON}
-                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 120)
+include(${CMAKE_CURRENT_LIST_DIR}/checked.cmake)
+checked("stepc bench" ${STEPC} bench ${GRAPH} --per-kernel --steps 5 --warmup 1 --json ${JSON})
 message(STATUS "${out}")
-if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "stepc bench exited with ${rc}:\n${err}")
-endif()
 if(NOT out MATCHES "FLOP/B +roof GF/s +% roof\n")
   message(FATAL_ERROR "no roofline columns in the per-kernel table")
 endif()
