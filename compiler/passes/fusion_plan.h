@@ -280,7 +280,8 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan);
 // --- Seeing fusion (compiler/passes/fusion_report.cpp) ---------------------
 // One row per kernel: name, kind, ops, bytes read and written, source
 // locations of its ops (and, for gradient nodes, the forward op they
-// differentiate). The last line is exactly
+// differentiate); then, where the kernels are planned (planKernels), one
+// "nests" line per kernel with its loop nests. The last line is exactly
 //   total: K kernels, B bytes read+written, peak arena P bytes
 // `sameCodeAs` (from codegen: LoweredGraph::sameCodeAs by kernel name) marks
 // kernels that share the code of an earlier one: "k57 = k9".
