@@ -71,10 +71,10 @@ private:
   std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,
                             int64_t cols, int64_t rowStride, int64_t colStride, std::string &type);
   void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
-  // An Attention group's kernel (lowering_attention.cpp): its output, tile
-  // by tile with an online softmax. A parallel call owns output rows
-  // [begin, end) of dimension 0.
-  void emitAttention(bool parallel);
+  // An Attention group's kernel (lowering_attention.cpp): its output (the
+  // plan's Attention nest), tile by tile with an online softmax. A parallel
+  // call owns output rows [begin, end) of dimension 0.
+  void emitAttention(ValueId output, bool parallel);
   // The product's full index of a tile element (row, col): batch indices
   // first, or the batch delinearized from a collapsed row.
   std::function<Index(const std::string &, const std::string &)> tileIndex_;

@@ -903,6 +903,9 @@ KernelSource KernelEmitter::emit() {
   // The roots and their nests come from the fusion plan (planKernel).
   const KernelPlan &plan = group_.kernel;
   const std::vector<ValueId> &roots = plan.roots;
+  for (ValueId id : group_.nodes)
+    if (usedOutside_[id] && roots.empty())
+      throw std::logic_error(fmt::format("kernel {} has no plan (planKernels)", group_.name));
 
   // Views of everything in the arena this kernel touches.
   std::set<ValueId> arenaValues(group_.inputs.begin(), group_.inputs.end());
@@ -918,7 +921,7 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : arenaValues)
     views_[id] = arenaView(id);
   // Parallel calls share the scratch safely: each writes and reads only the
-  // rows of dimension 0 it owns (rowLocal).
+  // rows of dimension 0 it owns (KernelPlan::rowParallel).
   int64_t scratchBytes = 0;
   scratchAt_ = scratchOffsets(roots, scratchBytes);
   for (const auto &[id, offset] : scratchAt_)
@@ -982,7 +985,7 @@ KernelSource KernelEmitter::emit() {
 void KernelEmitter::emitNest(const LoopNest &nest, bool parallel) {
   switch (nest.kind) {
   case NestKind::Elementwise: emitElementwiseRoots(nest.roots, parallel); return;
-  case NestKind::Attention: emitAttention(parallel); return;
+  case NestKind::Attention: emitAttention(nest.roots.front(), parallel); return;
   case NestKind::Reduction:
   case NestKind::Contraction:
   case NestKind::Window:

@@ -31,6 +31,8 @@
 //   correction); computed once per kernel, never an output of a bigger kernel.
 // - Constants and iotas belong to no group: every kernel that reads one
 //   computes it itself (FusionGroup::constants), so they need no buffer.
+// Which nodes a kernel stores and in which loop nests is its KernelPlan
+// (planKernel below), which codegen carries out.
 #pragma once
 
 #include "stepc/graph.h"
