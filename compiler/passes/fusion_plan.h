@@ -61,8 +61,10 @@ std::string_view fusionKindName(FusionKind kind);
 // other node of the group is inlined into the nests that read it: computed
 // from its operands at the index the reader needs, never stored.
 enum class NestKind {
-  Elementwise, // roots of one shape, in one loop over it (an optimizer's
-               // parameter and moment updates: one pass over memory)
+  Elementwise, // roots of one shape that could be inlined (isInlinable: an
+               // output, or a matmul operand stored row-major), in one loop
+               // over it (an optimizer's parameter and moment updates: one
+               // pass over memory)
   Reduction,   // one reduction or argmax
   Contraction, // one matmul or convolution (or a convolution's gradient)
   Window,      // one pooling or pooling gradient
@@ -79,7 +81,7 @@ struct LoopNest {
   NestKind kind = NestKind::Elementwise;
   std::vector<ValueId> roots; // Elementwise: one or more of one shape; else one
   // Contraction of a matmul or conv2d: the roots of all the later nests,
-  // when they are all elementwise, of the product's shape and few enough
+  // when these are all Elementwise, of the product's shape and few enough
   // (with the full-size tensors they read) to compute on each register tile
   // of the product before it is stored, its epilogue. A target that cannot
   // (no register tile for these dtypes, operand layouts or ops) runs the
@@ -93,7 +95,9 @@ struct LoopNest {
 };
 
 struct KernelPlan {
-  std::vector<ValueId> roots; // in the group's order
+  // In the group's order; the nests' roots in this order, but for an
+  // Attention kernel, whose nest stores the others it has among them.
+  std::vector<ValueId> roots;
   std::vector<LoopNest> nests;
   // Threads split every nest by dimension 0 of the roots, each computing
   // its own rows: every root has that dimension 0, and a value computed in
