@@ -9,6 +9,7 @@
 // (AVX-512's 8x32 and AVX2's 6x16, whichever the host has).
 #include "codegen_harness.h"
 
+#include "lowering.h"
 #include "tiled_matmul.h"
 
 #include "stepc/interpreter.h"
@@ -372,5 +373,33 @@ TEST_P(CodegenMatMul, BothRegisterTilesMatchInterpreter) {
 
 INSTANTIATE_TEST_SUITE_P(, CodegenMatMul, ::testing::ValuesIn(cases()),
                          [](const auto &info) { return info.param.name; });
+
+// Codegen carries out the kernel plan (planKernels): the epilogue the plan
+// puts on the product's register tile is computed there, on 16-lane vectors
+// (relu as a select of vector<16xi1>); a plan without it gets the product
+// stored and the relu in a loop of its own after it.
+TEST(CodegenMatMulPlan, EpilogueRunsOnTheTileOnlyWhereThePlanSaysSo) {
+  Graph graph = parseGraph(R"(graph dense {
+  input %x : f32[32,64]
+  input %w : f32[64,48]
+  %z = matmul(%x, %w)
+  %h = relu(%z)
+  output h = %h
+})");
+  FusionPlan plan = planFusion(graph);
+  ASSERT_EQ(plan.groups.size(), 1u);
+  planKernels(graph, plan, codegen::kernelTarget(false));
+  FusionGroup group = plan.groups[0];
+  ASSERT_EQ(group.kernel.nests.size(), 2u);
+  ASSERT_EQ(group.kernel.nests[0].epilogue, std::vector<ValueId>{*graph.findNamed("h")});
+  std::vector<bool> usedOutside = usedOutsideGroup(graph, plan);
+  std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
+  const std::string vectorRelu = ": vector<16xi1>, vector<16xf32>";
+  std::string onTile = codegen::lowerGroup(graph, group, offset, usedOutside, 1 << 20).function;
+  EXPECT_NE(onTile.find(vectorRelu), std::string::npos) << onTile;
+  group.kernel.nests[0].epilogue.clear();
+  std::string after = codegen::lowerGroup(graph, group, offset, usedOutside, 1 << 20).function;
+  EXPECT_EQ(after.find(vectorRelu), std::string::npos) << after;
+}
 
 } // namespace

@@ -25,10 +25,6 @@ constexpr int64_t kMaxStackBufferFloats = 65536;
 using Index = std::vector<std::string>;
 using Strides = std::vector<int64_t>;
 
-// Whether an op's value at an index is a cheap function of its operands'
-// values at computable indices, so it can be inlined into its consumer.
-bool isInlinable(OpKind op);
-
 class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
@@ -41,6 +37,9 @@ public:
   }
 
   KernelSource emit();
+  // For the plan (kernelTarget): which operands of matmul `product` the
+  // kernel stores row-major first (lowering_matmul.cpp).
+  std::vector<bool> matmulCopies(ValueId product) const;
 
 private:
   KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
@@ -69,14 +68,13 @@ private:
     bool dot = false, pack = false, collapse = false;
   };
   std::optional<MatMulPlan> matmulPlan(ValueId product, bool planning) const;
-  std::vector<bool> matmulCopies(ValueId product) const;
   std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,
                             int64_t cols, int64_t rowStride, int64_t colStride, std::string &type);
   void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
-  // An Attention group's kernel (lowering_attention.cpp): its output, tile
-  // by tile with an online softmax. A parallel call owns output rows
-  // [begin, end) of dimension 0.
-  void emitAttention(bool parallel);
+  // An Attention group's kernel (lowering_attention.cpp): its output (the
+  // plan's Attention nest), tile by tile with an online softmax. A parallel
+  // call owns output rows [begin, end) of dimension 0.
+  void emitAttention(ValueId output, bool parallel);
   // The product's full index of a tile element (row, col): batch indices
   // first, or the batch delinearized from a collapsed row.
   std::function<Index(const std::string &, const std::string &)> tileIndex_;
@@ -151,6 +149,8 @@ private:
   // --- roots --------------------------------------------------------------
   Index openLoops(const Shape &shape, bool parallel, size_t from = 0);
   void closeLoops(size_t count);
+  // One nest of the plan (KernelPlan::nests), as its kind says.
+  void emitNest(const LoopNest &nest, bool parallel);
   void emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel);
   void emitRoot(ValueId id, bool parallel);
   void emitReduction(ValueId id, bool parallel);
@@ -175,7 +175,6 @@ private:
   std::string clampIndex(const std::string &v, int64_t size);
   std::string windowCoordinate(const std::string &out, const std::string &tap,
                                int64_t stride, int64_t padding, int64_t dilation);
-  bool rowLocal(const std::vector<ValueId> &roots) const;
 
   const Graph &g_;
   const FusionGroup &group_;
