@@ -63,6 +63,20 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low,
          << bad << " of " << actual.numel() << " elements differ; first " << first;
 }
 
+Tensor runOp(const std::vector<Tensor> &args,
+             const std::function<Value(GraphBuilder &, std::vector<Value> &)> &build) {
+  GraphBuilder b("op");
+  std::vector<Value> xs;
+  TensorMap inputs;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string name = "x" + std::to_string(i);
+    xs.push_back(b.input(name, args[i].dtype(), args[i].shape()));
+    inputs.emplace(name, args[i]);
+  }
+  b.output("y", build(b, xs));
+  return interpret(b.finish(), inputs, {}).at("y");
+}
+
 std::string sourcePath(const std::string &relative) {
   return std::string(STEPC_TESTING_SOURCE_DIR) + "/" + relative;
 }

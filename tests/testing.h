@@ -2,6 +2,7 @@
 // the checks every graph pass's test makes.
 #pragma once
 
+#include "stepc/builder.h"
 #include "stepc/error.h"
 #include "stepc/graph.h"
 #include "stepc/interpreter.h"
@@ -11,6 +12,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -47,6 +49,11 @@ template <class F> std::string errorOf(F &&f) {
   ADD_FAILURE() << "no stepc::Error was thrown";
   return "(no error)";
 }
+
+// Interprets a one-output graph whose inputs x0, x1, ... take `args`' types
+// and values, the output being what `build` makes of them: its value.
+Tensor runOp(const std::vector<Tensor> &args,
+             const std::function<Value(GraphBuilder &, std::vector<Value> &)> &build);
 
 // The models in examples/ by name ("cnn", "mlp", ...), sorted, that the
 // suites sweeping every example (interpreter after every pass, fused and
