@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -256,6 +257,28 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
             << "param '" << name << "' after the step";
       }
     }
+  }
+}
+
+// Compiled fused with each register tile forced (AVX2's 6x16 and AVX-512's
+// 8x32, whatever the host has), at 1 and 2 threads, against the interpreter:
+// a product's edges (rows past the last whole tile, masked columns) fall at
+// different places. `alsoOnEachTile` runs while each tile is forced.
+inline void expectMatchesInterpreterOnBothTiles(const Graph &graph, const TensorMap &inputs,
+                                                const TensorMap &params,
+                                                const std::function<void()> &alsoOnEachTile = {}) {
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    ForcedTile forced(*tile);
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("{} threads", threads));
+      CompareOptions options;
+      options.threads = threads;
+      options.unfused = false;
+      expectMatchesInterpreter(graph, inputs, params, options);
+    }
+    if (alsoOnEachTile)
+      alsoOnEachTile();
   }
 }
 
