@@ -19,22 +19,9 @@ double floatAt(DType dtype, const std::byte *data, int64_t i) {
     std::memcpy(&value, data + i * sizeof(value), sizeof(value));
     return value;
   };
-  switch (dtype) {
-  case DType::F32: return read(float{});
-  case DType::F64: return read(double{});
-  case DType::F16:
-  case DType::BF16: return halfBitsToFloat(read(uint16_t{}), dtype);
-  case DType::I32:
-  case DType::I64:
-  case DType::I8:
-  case DType::U8:
-  case DType::I16:
-  case DType::U16:
-  case DType::U32:
-  case DType::U64:
-  case DType::Bool: break;
-  }
-  return 0;
+  if (isHalf(dtype))
+    return halfBitsToFloat(read(uint16_t{}), dtype);
+  return dtype == DType::F32 ? read(float{}) : read(double{});
 }
 
 // Index of the first NaN/Inf among n values of a float dtype at `data`, or -1.

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -111,42 +112,27 @@ inline bool combinesTerms(OpKind op) {
 }
 
 inline bool accumulates(const Graph &graph, ValueId value) {
-  std::vector<bool> seen(graph.size(), false);
-  std::vector<ValueId> stack{value};
-  while (!stack.empty()) {
-    ValueId v = stack.back();
-    stack.pop_back();
-    if (seen[v])
-      continue;
-    seen[v] = true;
-    if (combinesTerms(graph.node(v).op))
+  std::vector<bool> behind = valuesBehind(graph, value);
+  for (ValueId v = 0; v < graph.size(); ++v)
+    if (behind[v] && combinesTerms(graph.node(v).op))
       return true;
-    for (ValueId o : graph.node(v).operands)
-      stack.push_back(o);
-  }
   return false;
 }
 
 inline Tolerance toleranceFor(const Graph &graph, ValueId value) {
+  DType dtype = graph.type(value).dtype;
+  if (!isFloat(dtype))
+    return {}; // integers and bools compare exactly
   bool acc = accumulates(graph, value);
-  switch (graph.type(value).dtype) {
-  case DType::F32: return acc ? Tolerance{1e-4, 1e-5} : Tolerance{1e-5, 1e-6};
-  case DType::F64: return acc ? Tolerance{1e-11, 1e-13} : Tolerance{1e-13, 1e-15};
+  if (dtype == DType::F32)
+    return acc ? Tolerance{1e-4, 1e-5} : Tolerance{1e-5, 1e-6};
+  if (dtype == DType::F64)
+    return acc ? Tolerance{1e-11, 1e-13} : Tolerance{1e-13, 1e-15};
   // The interpreter rounds every op's result to half, a fused kernel only
   // what it stores: a few half ulps apart (2^-11 for f16, 2^-8 for bf16).
-  case DType::F16: return acc ? Tolerance{1e-2, 1e-2} : Tolerance{4e-3, 1e-3};
-  case DType::BF16: return acc ? Tolerance{6e-2, 4e-2} : Tolerance{3e-2, 8e-3};
-  case DType::I32:
-  case DType::I64:
-  case DType::I8:
-  case DType::U8:
-  case DType::I16:
-  case DType::U16:
-  case DType::U32:
-  case DType::U64:
-  case DType::Bool: return {};
-  }
-  return {};
+  if (dtype == DType::F16)
+    return acc ? Tolerance{1e-2, 1e-2} : Tolerance{4e-3, 1e-3};
+  return acc ? Tolerance{6e-2, 4e-2} : Tolerance{3e-2, 8e-3}; // bf16
 }
 
 inline ::testing::AssertionResult matches(const Tensor &actual, const Tensor &expected,
@@ -271,6 +257,28 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
             << "param '" << name << "' after the step";
       }
     }
+  }
+}
+
+// Compiled fused with each register tile forced (AVX2's 6x16 and AVX-512's
+// 8x32, whatever the host has), at 1 and 2 threads, against the interpreter:
+// a product's edges (rows past the last whole tile, masked columns) fall at
+// different places. `alsoOnEachTile` runs while each tile is forced.
+inline void expectMatchesInterpreterOnBothTiles(const Graph &graph, const TensorMap &inputs,
+                                                const TensorMap &params,
+                                                const std::function<void()> &alsoOnEachTile = {}) {
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    ForcedTile forced(*tile);
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(fmt::format("{} threads", threads));
+      CompareOptions options;
+      options.threads = threads;
+      options.unfused = false;
+      expectMatchesInterpreter(graph, inputs, params, options);
+    }
+    if (alsoOnEachTile)
+      alsoOnEachTile();
   }
 }
 

@@ -29,10 +29,6 @@ using namespace stepc;
 
 namespace {
 
-struct Case {
-  std::string name, text;
-};
-
 std::string composite(const std::string &q, const std::string &kv, bool causal,
                       const std::string &kvBatch = "") {
   return fmt::format(R"(graph g {{
@@ -73,8 +69,10 @@ std::string exportedMaskedFill(int tokens) {
                      tokens);
 }
 
-std::vector<Case> cases() {
-  return {
+// The composites and the exported mask written here, then the graphs in
+// tests/snippets/codegen_attention.sg.
+std::vector<stepc::testing::SnippetCase> cases() {
+  std::vector<stepc::testing::SnippetCase> cases = {
       {"causal_1", composite("2,3,1,16", "2,3,1,16", true)},
       {"causal_7", composite("2,3,7,16", "2,3,7,16", true)},
       {"causal_33", composite("2,3,33,16", "2,3,33,16", true)},
@@ -86,59 +84,17 @@ std::vector<Case> cases() {
       {"cross_causal_33_by_7", composite("2,3,33,16", "2,3,7,16", true)},
       {"rank2_causal_33", composite("33,16", "33,16", true)},
       {"kv_broadcast_over_batch", composite("4,2,9,16", "2,9,16", false, "1,")},
-      {"head_split_views", R"(graph g {
-  input %x : f32[2,17,32]
-  input %y : f32[2,17,32]
-  %q4 = reshape(%x) {shape=[2,17,2,16]}
-  %k4 = reshape(%y) {shape=[2,17,2,16]}
-  %qh = transpose(%q4) {perm=[0,2,1,3]}
-  %kh = transpose(%k4) {perm=[0,2,1,3]}
-  %vh = transpose(%k4) {perm=[0,2,1,3]}
-  %o = attention(%qh, %kh, %vh) {causal=1}
-  output o = %o
-})"},
-      // Written out by hand: k given transposed, the scale a division, the
-      // mask built from iotas, softmax as its five ops.
-      {"by_hand_div_scale", R"(graph g {
-  input %q : f32[2,19,16]
-  input %kt : f32[2,16,19]
-  input %v : f32[2,19,24]
-  %s = matmul(%q, %kt)
-  %c = constant() {dtype=f32, shape=[], value=4.0}
-  %scaled = div(%s, %c)
-  %i = iota() {dtype=i64, shape=[19,19], axis=0}
-  %j = iota() {dtype=i64, shape=[19,19], axis=1}
-  %seen = le(%j, %i)
-  %fill = constant() {dtype=f32, shape=[], value=-1e9}
-  %x = select(%seen, %scaled, %fill)
-  %m = reduce_max(%x) {axes=[2], keepdims=1}
-  %d = sub(%x, %m)
-  %e = exp(%d)
-  %z = reduce_sum(%e) {axes=[2], keepdims=1}
-  %p = div(%e, %z)
-  %o = matmul(%p, %v)
-  output o = %o
-})"},
       // As torch.onnx.export writes masked_fill(~tril, -inf) after a head
       // split: k transposed by the split's permutation, the scale a division
       // by sqrt(D), then select(future, -inf, scores). At 19 tokens the mask
       // folds to a constant; at 65 it stays gt(iota, iota).
       {"exported_masked_fill_19", exportedMaskedFill(19)},
       {"exported_masked_fill_65", exportedMaskedFill(65)},
-      {"by_hand_no_scale", R"(graph g {
-  input %q : f32[5,16]
-  input %kt : f32[16,40]
-  input %v : f32[40,16]
-  %x = matmul(%q, %kt)
-  %m = reduce_max(%x) {axes=[1], keepdims=1}
-  %d = sub(%x, %m)
-  %e = exp(%d)
-  %z = reduce_sum(%e) {axes=[1], keepdims=1}
-  %p = div(%e, %z)
-  %o = matmul(%p, %v)
-  output o = %o
-})"},
   };
+  for (stepc::testing::SnippetCase &c :
+       stepc::testing::readSnippetCases("tests/snippets/codegen_attention.sg"))
+    cases.push_back(std::move(c));
+  return cases;
 }
 
 Graph optimized(const std::string &text) {
@@ -150,7 +106,7 @@ Graph optimized(const std::string &text) {
   return g;
 }
 
-class CodegenAttention : public ::testing::TestWithParam<Case> {};
+class CodegenAttention : public ::testing::TestWithParam<stepc::testing::SnippetCase> {};
 
 TEST_P(CodegenAttention, IsOneAttentionKernelThatStoresNoScores) {
   Graph g = optimized(GetParam().text);
@@ -169,18 +125,7 @@ TEST_P(CodegenAttention, IsOneAttentionKernelThatStoresNoScores) {
 
 TEST_P(CodegenAttention, ForwardMatchesInterpreter) {
   Graph graph = parseGraph(GetParam().text);
-  TensorMap inputs = randomInputs(graph, 21);
-  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
-    SCOPED_TRACE(tile->name);
-    stepc::testing::ForcedTile forced(*tile);
-    for (int threads : {1, 2}) {
-      SCOPED_TRACE(fmt::format("{} threads", threads));
-      stepc::testing::CompareOptions options;
-      options.threads = threads;
-      options.unfused = false;
-      stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
-    }
-  }
+  stepc::testing::expectMatchesInterpreterOnBothTiles(graph, randomInputs(graph, 21), {});
 }
 
 INSTANTIATE_TEST_SUITE_P(, CodegenAttention, ::testing::ValuesIn(cases()),

@@ -69,6 +69,15 @@ void expectReportedLikeInterpreter(const std::string &interpreted, const std::st
                             step)));
 }
 
+// The interpreter's error for `in`, which the fused and the unfused
+// compiled step must report likewise.
+std::string errorReportedLikeInterpreter(const Graph &g, const TensorMap &in) {
+  std::string interpreted = errorOf([&] { interpret(g, in, {}); });
+  for (bool fusion : {true, false})
+    expectReportedLikeInterpreter(interpreted, errorOf([&] { compile(g, fusion)->step(in); }));
+  return interpreted;
+}
+
 constexpr std::string_view kGather = R"sg(
 graph g {{
   input %i : {dtype}[2,3]
@@ -131,12 +140,9 @@ graph s {
                        "s.sg");
   TensorMap in = {{"i", indices(DType::I64, {3}, {4, 5, 0})},
                   {"u", stepc::testing::randomTensor(DType::F32, {2, 3, 4}, 7)}};
-  std::string interpreted = errorOf([&] { interpret(g, in, {}); });
-  EXPECT_EQ(interpreted, "s.sg:5:3: error: scatter_add: index 5 (element 1 of the indices "
-                         "i64[3]) is out of range for axis 1 of the result f32[2,5,4]; valid "
-                         "indices are 0 to 4");
-  for (bool fusion : {true, false})
-    expectReportedLikeInterpreter(interpreted, errorOf([&] { compile(g, fusion)->step(in); }));
+  EXPECT_EQ(errorReportedLikeInterpreter(g, in),
+            "s.sg:5:3: error: scatter_add: index 5 (element 1 of the indices i64[3]) is out of "
+            "range for axis 1 of the result f32[2,5,4]; valid indices are 0 to 4");
 }
 
 // An embedding model's training step (kEmbeddingText): a bad index (or
@@ -190,13 +196,10 @@ graph ce {
                        "ce.sg");
   TensorMap in = {{"x", stepc::testing::randomTensor(DType::F32, {4, 3}, 3)},
                   {"y", indices(DType::I32, {4}, {0, 1, 7, -2})}};
-  std::string interpreted = errorOf([&] { interpret(g, in, {}); });
   // The one_hot inside the composite says what it is for.
-  EXPECT_EQ(interpreted, "ce.sg:5:3: error: one_hot (cross_entropy labels): index 7 (element 2 "
-                         "of the indices i32[4]) is out of range for depth 3; valid indices "
-                         "are 0 to 2");
-  for (bool fusion : {true, false})
-    expectReportedLikeInterpreter(interpreted, errorOf([&] { compile(g, fusion)->step(in); }));
+  EXPECT_EQ(errorReportedLikeInterpreter(g, in),
+            "ce.sg:5:3: error: one_hot (cross_entropy labels): index 7 (element 2 of the indices "
+            "i32[4]) is out of range for depth 3; valid indices are 0 to 2");
 
   // Built in C++, the same.
   GraphBuilder b("ce");

@@ -28,6 +28,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <string>
 
@@ -769,40 +770,30 @@ std::string indexChecksOnFakeDriver() {
   return failures;
 }
 
-TEST(CudaRuntimeOnFakeDriver, IndexChecks) {
+// In a child process (a fresh driver load) whose driver is the fake one:
+// `check` must report no failures.
+void expectNoFailuresOnFakeDriver(const std::function<std::string()> &check) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
         setenv("STEPC_CUDA_DRIVER", STEPC_FAKE_CUDA, 1);
-        std::string failures = indexChecksOnFakeDriver();
+        std::string failures = check();
         std::fprintf(stderr, "%s", failures.empty() ? "fake runtime OK\n" : failures.c_str());
         std::exit(failures.empty() ? 0 : 1);
       },
       ::testing::ExitedWithCode(0), "fake runtime OK");
+}
+
+TEST(CudaRuntimeOnFakeDriver, IndexChecks) {
+  expectNoFailuresOnFakeDriver(indexChecksOnFakeDriver);
 }
 
 TEST(CudaRuntimeOnFakeDriver, MatchesCpuFused) {
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_EXIT(
-      {
-        setenv("STEPC_CUDA_DRIVER", STEPC_FAKE_CUDA, 1);
-        std::string failures = runtimeOnFakeDriver(true);
-        std::fprintf(stderr, "%s", failures.empty() ? "fake runtime OK\n" : failures.c_str());
-        std::exit(failures.empty() ? 0 : 1);
-      },
-      ::testing::ExitedWithCode(0), "fake runtime OK");
+  expectNoFailuresOnFakeDriver([] { return runtimeOnFakeDriver(true); });
 }
 
 TEST(CudaRuntimeOnFakeDriver, MatchesCpuUnfused) {
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_EXIT(
-      {
-        setenv("STEPC_CUDA_DRIVER", STEPC_FAKE_CUDA, 1);
-        std::string failures = runtimeOnFakeDriver(false);
-        std::fprintf(stderr, "%s", failures.empty() ? "fake runtime OK\n" : failures.c_str());
-        std::exit(failures.empty() ? 0 : 1);
-      },
-      ::testing::ExitedWithCode(0), "fake runtime OK");
+  expectNoFailuresOnFakeDriver([] { return runtimeOnFakeDriver(false); });
 }
 
 // --- On a GPU: the same results as the CPU backend --------------------------------

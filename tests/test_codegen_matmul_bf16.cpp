@@ -31,80 +31,20 @@ namespace {
 // orders, so an element of an f32 result is within 2 K u sum_k |a_k b_k|
 // (u = 2^-24, the bound of each order's error) of the interpreter's; a bf16
 // result adds one bf16 rounding of the difference: 2^-7 of itself.
-struct Case {
-  std::string name, text;
-  int64_t depth; // K
-};
+// K is the depth of the graph's one product.
+int64_t depthOfTheProduct(const Graph &graph) {
+  std::vector<int64_t> depths;
+  for (const Node &node : graph.nodes)
+    if (node.op == OpKind::MatMul)
+      depths.push_back(graph.type(node.operands[0]).shape.back());
+  if (depths.size() != 1)
+    throw Error(fmt::format("expected one matmul, found {}", depths.size()));
+  return depths[0];
+}
 
-std::vector<Case> cases() {
-  return {
-      {"bf16_37x61x29", R"(graph g {
-  input %a : bf16[37,61]
-  input %b : bf16[61,29]
-  %y = matmul(%a, %b)
-  output y = %y
-})", 61},
-      {"widened_f32_product_relu", R"(graph g {
-  input %a : bf16[37,61]
-  input %b : bf16[61,45]
-  %af = cast(%a) {dtype=f32}
-  %bf = cast(%b) {dtype=f32}
-  %p = matmul(%af, %bf)
-  %y = relu(%p)
-  output y = %y
-})", 61},
-      {"bf16_k1", R"(graph g {
-  input %a : bf16[9,1]
-  input %b : bf16[1,33]
-  %y = matmul(%a, %b)
-  output y = %y
-})", 1},
-      {"bf16_batched_broadcast", R"(graph g {
-  input %a : bf16[2,1,37,29]
-  input %b : bf16[3,29,19]
-  %y = matmul(%a, %b)
-  output y = %y
-})", 29},
-      {"bf16_transposed_a_packed_b", R"(graph g {
-  input %at : bf16[45,37]
-  input %bt : bf16[70,45]
-  %a = transpose(%at) {perm=[1,0]}
-  %b = transpose(%bt) {perm=[1,0]}
-  %y = matmul(%a, %b)
-  output y = %y
-})", 45},
-      // N under 16 and K = 97 (three steps of 32 and a tail of 1): dot
-      // products along K, in bf16 and from f32 widened from bf16.
-      {"bf16_dot_products", R"(graph g {
-  input %a : bf16[37,97]
-  input %bt : bf16[9,97]
-  %b = transpose(%bt) {perm=[1,0]}
-  %y = matmul(%a, %b)
-  output y = %y
-})", 97},
-      {"widened_dot_products", R"(graph g {
-  input %a : bf16[37,97]
-  input %bt : bf16[9,97]
-  %af = cast(%a) {dtype=f32}
-  %btf = cast(%bt) {dtype=f32}
-  %b = transpose(%btf) {perm=[1,0]}
-  %y = matmul(%af, %b)
-  output y = %y
-})", 97},
-      // The left operand is computed in bf16 (a kernel holds it as an
-      // unrounded f32 in a register): widening it must round it to bf16
-      // first, as the interpreter does, or the f32 product and vdpbf16ps's
-      // pairs (the high halves: rounding toward zero) drift by a bf16 ulp.
-      {"widened_from_computed_bf16", R"(graph g {
-  input %a : bf16[8,64]
-  input %b : bf16[64,16]
-  %s = mul(%a, %a)
-  %sf = cast(%s) {dtype=f32}
-  %bf = cast(%b) {dtype=f32}
-  %y = matmul(%sf, %bf)
-  output y = %y
-})", 64},
-  };
+// The products, in tests/snippets/codegen_matmul_bf16.sg.
+std::vector<testing::SnippetCase> cases() {
+  return testing::readSnippetCases("tests/snippets/codegen_matmul_bf16.sg");
 }
 
 // Forces vdpbf16ps on or off while it lives (the host's choice after).
@@ -126,11 +66,12 @@ TensorMap absolute(const TensorMap &inputs) {
   return out;
 }
 
-class CodegenMatMulBf16 : public ::testing::TestWithParam<Case> {};
+class CodegenMatMulBf16 : public ::testing::TestWithParam<testing::SnippetCase> {};
 
-void expectProductsMatch(const Case &c, bool bf16Dot) {
+void expectProductsMatch(const testing::SnippetCase &c, bool bf16Dot) {
   ForcedBf16Dot forced(bf16Dot);
   Graph graph = parseGraph(c.text);
+  int64_t depth = depthOfTheProduct(graph);
   TensorMap inputs = randomInputs(graph, 17);
   TensorMap want = interpret(graph, inputs, {});
   // sum_k |a_k b_k| per element: the same graph on |a| and |b| (relu keeps
@@ -152,7 +93,7 @@ void expectProductsMatch(const Case &c, bool bf16Dot) {
     int64_t bad = 0;
     for (int64_t i = 0; i < got.numel(); ++i) {
       double e = expected.real(i);
-      double tolerance = 2 * double(c.depth) * u * 1.01 * magnitudes.at("y").real(i) +
+      double tolerance = 2 * double(depth) * u * 1.01 * magnitudes.at("y").real(i) +
                          (bf16 ? std::ldexp(std::abs(e), -7) : 0);
       if (!(std::abs(got.real(i) - e) <= tolerance) && bad++ < 3)
         ADD_FAILURE() << "element " << i << ": " << got.real(i) << " vs " << e

@@ -62,8 +62,11 @@ std::vector<OneOpKernel> oneOpKernels(const Graph &graph) {
     ValueId v = group.nodes.front();
     if (group.nodes.size() != 1 || opInfo(graph.node(v).op).opClass == OpClass::Collective)
       continue;
-    out.push_back({v, codegen::lowerGroup(graph, group, offset, usedOutside, scratch, false, {0, 0}),
-                   codegen::lowerGroup(graph, group, offset, usedOutside, scratch, true, {0, 0})});
+    FusionGroup cpu = group, gpu = group;
+    cpu.kernel = planKernel(graph, group, usedOutside, codegen::kernelTarget(false));
+    gpu.kernel = planKernel(graph, group, usedOutside, codegen::kernelTarget(true));
+    out.push_back({v, codegen::lowerGroup(graph, cpu, offset, usedOutside, scratch, false, {0, 0}),
+                   codegen::lowerGroup(graph, gpu, offset, usedOutside, scratch, true, {0, 0})});
   }
   return out;
 }
@@ -153,10 +156,11 @@ graph dropout_rows {
 )sg");
   FusionPlan plan = planFusion(graph);
   ValueId d = graph.outputs[1].value;
-  const FusionGroup &group = plan.groups[plan.groupOf[d]];
+  FusionGroup group = plan.groups[plan.groupOf[d]];
   ASSERT_EQ(group.nodes.size(), 2u);
   std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
   std::vector<bool> usedOutside(graph.size(), true);
+  group.kernel = planKernel(graph, group, usedOutside, codegen::kernelTarget(false));
   codegen::KernelSource kernel = codegen::lowerGroup(graph, group, offset, usedOutside, 1 << 20);
   EXPECT_EQ(kernel.parallelExtent, 64);
 

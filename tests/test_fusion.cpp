@@ -885,5 +885,194 @@ TEST(Fusion, CnnAndAttentionTrainingStepFigures) {
   }
 }
 
+// --- Kernel plans (planKernel): what each kernel stores and how ----------
+
+// A target whose matmul reads every operand in place as a strided view (the
+// CPU's register-tiled matmul), or none (only row-major buffers, as the
+// GPU's).
+KernelTarget readsInPlace(bool strided) {
+  return {[strided](const Graph &, const FusionGroup &, ValueId) {
+    return std::vector<bool>{strided, strided};
+  }};
+}
+
+std::vector<ValueId> values(const Graph &g, std::initializer_list<const char *> names) {
+  std::vector<ValueId> out;
+  for (const char *name : names)
+    out.push_back(*g.findNamed(name));
+  return out;
+}
+
+// Each root is in exactly one nest, in the roots' order; an epilogue is the
+// roots of all the nests after its product's.
+void checkKernelPlan(const Graph &g, const FusionGroup &group) {
+  const KernelPlan &kernel = group.kernel;
+  std::vector<ValueId> nestRoots;
+  for (size_t k = 0; k < kernel.nests.size(); ++k) {
+    const LoopNest &nest = kernel.nests[k];
+    ASSERT_FALSE(nest.roots.empty()) << group.name;
+    nestRoots.insert(nestRoots.end(), nest.roots.begin(), nest.roots.end());
+    if (nest.kind != NestKind::Elementwise)
+      EXPECT_EQ(nest.roots.size(), 1u) << group.name;
+    for (ValueId r : nest.roots)
+      EXPECT_EQ(isInlinable(g.node(r).op), nest.kind == NestKind::Elementwise)
+          << group.name << ": " << valueName(g, r) << " in a " << nestKindName(nest.kind)
+          << " nest";
+    if (!nest.epilogue.empty()) {
+      std::vector<ValueId> later;
+      for (size_t j = k + 1; j < kernel.nests.size(); ++j)
+        later.insert(later.end(), kernel.nests[j].roots.begin(), kernel.nests[j].roots.end());
+      EXPECT_EQ(nest.epilogue, later) << group.name;
+    }
+  }
+  if (group.kind != FusionKind::Attention) {
+    EXPECT_EQ(nestRoots, kernel.roots) << group.name;
+  }
+}
+
+TEST(FusionKernelPlan, MatmulBiasReluComputesTheActivationOnTheProductsTile) {
+  Graph g = parseGraph(R"(graph dense {
+    input %x : f32[32,64]
+    param %w : f32[16,64] = he_uniform(seed=1)
+    param %b : f32[16] = zeros()
+    %wt = transpose(%w) {perm=[1,0]}
+    %z = matmul(%x, %wt)
+    %zb = add(%z, %b)
+    %h = relu(%zb)
+    output h = %h
+  })", "dense.sg");
+  for (bool strided : {true, false}) {
+    SCOPED_TRACE(strided ? "strided operands" : "row-major operands");
+    FusionPlan plan = planFusion(g);
+    ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+    planKernels(g, plan, readsInPlace(strided));
+    const FusionGroup &group = plan.groups[0];
+    checkKernelPlan(g, group);
+    const KernelPlan &kernel = group.kernel;
+    // Read in place, the transposed weight is inlined into the product;
+    // else it is stored row-major first, in a nest of its own.
+    std::vector<ValueId> roots = strided ? values(g, {"z", "h"}) : values(g, {"wt", "z", "h"});
+    EXPECT_EQ(kernel.roots, roots);
+    ASSERT_EQ(kernel.nests.size(), roots.size());
+    const LoopNest &product = kernel.nests[roots.size() - 2];
+    EXPECT_EQ(product.kind, NestKind::Contraction);
+    EXPECT_EQ(product.roots, values(g, {"z"}));
+    EXPECT_EQ(product.epilogue, values(g, {"h"}));
+    EXPECT_EQ(product.stridedOperands, std::vector<bool>(2, strided));
+    EXPECT_EQ(kernel.nests.back().kind, NestKind::Elementwise);
+    // The stored weight's rows are no rows of the product: one thread.
+    EXPECT_EQ(kernel.rowParallel, strided);
+    EXPECT_NE(fusionReport(g, plan, planBuffers(g, plan)).find("with epilogue %h on its tile"),
+              std::string::npos);
+    expectSameResults(g, plan, 41);
+  }
+}
+
+// An optimizer-sized epilogue (several full-size tensors streamed) stays a
+// row sweep after the product.
+TEST(FusionKernelPlan, HeavyEpilogueFollowsTheProduct) {
+  Graph g = parseGraph(R"(graph heavy {
+    input %x : f32[32,64]
+    input %w : f32[64,16]
+    input %a : f32[32,16]
+    input %c : f32[32,16]
+    input %d : f32[32,16]
+    %z = matmul(%x, %w)
+    %s = add(%z, %a)
+    %t = mul(%s, %c)
+    %u = sub(%t, %d)
+    output u = %u
+  })", "heavy.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  planKernels(g, plan, readsInPlace(true));
+  checkKernelPlan(g, plan.groups[0]);
+  ASSERT_EQ(plan.groups[0].kernel.nests.size(), 2u);
+  EXPECT_TRUE(plan.groups[0].kernel.nests[0].epilogue.empty());
+  expectSameResults(g, plan, 42);
+}
+
+TEST(FusionKernelPlan, SoftmaxRunsItsReductionsThenItsRowsElementwise) {
+  Graph g = parseGraph(R"(graph softmax {
+    input %x : f32[9,33]
+    %m = reduce_max(%x) {axes=[1], keepdims=1}
+    %d = sub(%x, %m)
+    %e = exp(%d)
+    %s = reduce_sum(%e) {axes=[1], keepdims=1}
+    %p = div(%e, %s)
+    output p = %p
+  })", "softmax.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  EXPECT_EQ(plan.groups[0].kind, FusionKind::Reduction);
+  planKernels(g, plan, readsInPlace(true));
+  checkKernelPlan(g, plan.groups[0]);
+  const KernelPlan &kernel = plan.groups[0].kernel;
+  EXPECT_EQ(kernel.roots, values(g, {"m", "s", "p"}));
+  ASSERT_EQ(kernel.nests.size(), 3u);
+  EXPECT_EQ(kernel.nests[0].kind, NestKind::Reduction);
+  EXPECT_EQ(kernel.nests[1].kind, NestKind::Reduction);
+  EXPECT_EQ(kernel.nests[2].kind, NestKind::Elementwise);
+  // Each row reduces only its own elements: threads split the rows.
+  EXPECT_TRUE(kernel.rowParallel);
+  expectSameResults(g, plan, 43);
+
+  // Reduced over the rows, it reads across them: one thread.
+  Graph columns = parseGraph(R"(graph columns {
+    input %x : f32[9,33]
+    %s = reduce_sum(%x) {axes=[0], keepdims=1}
+    %p = div(%x, %s)
+    output p = %p
+  })", "columns.sg");
+  FusionPlan columnPlan = planFusion(columns);
+  ASSERT_EQ(columnPlan.groups.size(), 1u);
+  planKernels(columns, columnPlan, readsInPlace(true));
+  EXPECT_FALSE(columnPlan.groups[0].kernel.rowParallel);
+  expectSameResults(columns, columnPlan, 44);
+}
+
+TEST(FusionKernelPlan, AttentionIsOneNestStoringItsOutput) {
+  Graph g = parseGraph(R"(graph attention {
+    input %q : f32[2,19,16]
+    input %kt : f32[2,16,19]
+    input %v : f32[2,19,24]
+    %s = matmul(%q, %kt)
+    %m = reduce_max(%s) {axes=[2], keepdims=1}
+    %d = sub(%s, %m)
+    %e = exp(%d)
+    %z = reduce_sum(%e) {axes=[2], keepdims=1}
+    %p = div(%e, %z)
+    %o = matmul(%p, %v)
+    output o = %o
+  })", "attention.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  ASSERT_EQ(plan.groups[0].kind, FusionKind::Attention);
+  planKernels(g, plan, readsInPlace(true));
+  checkKernelPlan(g, plan.groups[0]);
+  const KernelPlan &kernel = plan.groups[0].kernel;
+  EXPECT_EQ(kernel.roots, values(g, {"o"}));
+  ASSERT_EQ(kernel.nests.size(), 1u);
+  EXPECT_EQ(kernel.nests[0].kind, NestKind::Attention);
+  EXPECT_EQ(kernel.nests[0].roots, values(g, {"o"}));
+  EXPECT_TRUE(kernel.rowParallel);
+  expectSameResults(g, plan, 45);
+}
+
+// Every example's kernels, for both kinds of target, have plans of that
+// structure.
+TEST(FusionKernelPlan, EveryExampleKernelIsPlanned) {
+  for (const Case &c : exampleCases())
+    for (bool strided : {true, false}) {
+      SCOPED_TRACE(fmt::format("{} ({})", c.name, strided ? "strided" : "row-major"));
+      FusionPlan plan = planFusion(c.graph);
+      planKernels(c.graph, plan, readsInPlace(strided));
+      for (const FusionGroup &group : plan.groups) {
+        EXPECT_FALSE(group.kernel.nests.empty()) << group.name;
+        checkKernelPlan(c.graph, group);
+      }
+    }
+}
+
 } // namespace
 } // namespace stepc

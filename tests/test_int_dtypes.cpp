@@ -77,16 +77,8 @@ Tensor tensorOf(DType dtype, const std::vector<Wide> &values) {
 
 Tensor run(const std::vector<Tensor> &xs,
            const std::function<Value(std::vector<Value> &)> &build) {
-  GraphBuilder b("t");
-  std::vector<Value> vs;
-  TensorMap inputs;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    std::string name = "x" + std::to_string(i);
-    vs.push_back(b.input(name, xs[i].dtype(), xs[i].shape()));
-    inputs[name] = xs[i];
-  }
-  b.output("y", build(vs));
-  return interpret(b.finish(), inputs, {}).at("y");
+  return stepc::testing::runOp(xs,
+                              [&](GraphBuilder &, std::vector<Value> &v) { return build(v); });
 }
 
 Tensor run2(const Tensor &a, const Tensor &c, Value (*op)(Value, Value, Loc)) {

@@ -103,6 +103,15 @@ protected:
       EXPECT_TRUE(allClose(outputs.at(out.name), expected.at(out.name), 1e-4, 1e-6)) << out.name;
   }
 
+  // compileAndCheck as a new process sees the cache (nothing in memory), the
+  // stats counted from zero: what it found.
+  JitCacheStats compileAsANewProcess(const Graph &graph) {
+    clearJitMemoryCache();
+    resetJitCacheStats();
+    compileAndCheck(graph);
+    return jitCacheStats();
+  }
+
   fs::path dir_;
   std::optional<std::string> savedDir_;
 };
@@ -182,19 +191,15 @@ TEST_F(JitTest, CorruptOrMissingMetadataIsIgnored) {
                               std::string("[1, 2, 3]"), std::string("\x00\xff\x13", 3)}) {
     SCOPED_TRACE(garbage);
     std::ofstream(meta, std::ios::binary | std::ios::trunc) << garbage;
-    clearJitMemoryCache();
-    resetJitCacheStats();
-    compileAndCheck(xorGraph());
-    EXPECT_EQ(jitCacheStats().badEntries, 1);
-    EXPECT_EQ(jitCacheStats().misses, 1);
+    JitCacheStats stats = compileAsANewProcess(xorGraph());
+    EXPECT_EQ(stats.badEntries, 1);
+    EXPECT_EQ(stats.misses, 1);
   }
   // Without its metadata, an object is not an entry: a plain miss.
   fs::remove(meta);
-  clearJitMemoryCache();
-  resetJitCacheStats();
-  compileAndCheck(xorGraph());
-  EXPECT_EQ(jitCacheStats().badEntries, 0);
-  EXPECT_EQ(jitCacheStats().misses, 1);
+  JitCacheStats stats = compileAsANewProcess(xorGraph());
+  EXPECT_EQ(stats.badEntries, 0);
+  EXPECT_EQ(stats.misses, 1);
 }
 
 TEST_F(JitTest, KeyCoversOptionsShapesAndLocations) {
@@ -636,10 +641,7 @@ TEST_F(JitTest, RepeatedLayersShareKernelsAndMatchTheInterpreter) {
 TEST_F(JitTest, ChangingOneLayerRecompilesOnlyItsKernels) {
   compileAndCheck(layersStep());
   int64_t first = jitCacheStats().kernelsCompiled;
-  clearJitMemoryCache();
-  resetJitCacheStats();
-  compileAndCheck(layersStep(24));
-  JitCacheStats stats = jitCacheStats();
+  JitCacheStats stats = compileAsANewProcess(layersStep(24));
   EXPECT_EQ(stats.misses, 1);
   // The third layer's forward, backward and update, the loss after it and
   // the entry points change; the first two layers' code comes from disk.

@@ -1,23 +1,17 @@
 // The examples learn on the reference interpreter (issues 2 and 3): XOR with
 // hand-set weights, XOR and poly_sin trained from their initializers, and
 // mlp.sg's loss falling at every step on a fixed batch.
+#include "example_batches.h"
 #include "testing.h"
 
 #include "stepc/text.h"
 #include "stepc/train.h"
 
-#include <cmath>
-#include <numbers>
 
 namespace stepc {
 namespace {
 
-TensorMap xorBatch() {
-  TensorMap batch;
-  batch.emplace("x", Tensor::of<float>({4, 2}, {0, 0, 0, 1, 1, 0, 1, 1}));
-  batch.emplace("y", Tensor::of<float>({4, 1}, {0, 1, 1, 0}));
-  return batch;
-}
+using examples::xorBatch;
 
 // Trains `model` on one fixed batch and returns the loss of every step.
 std::vector<double> train(const Graph &model, Optimizer opt, const TensorMap &batch, int steps,
@@ -63,14 +57,7 @@ TEST(Learning, XorLearnsAllFourCases) {
 }
 
 TEST(Learning, PolySinFitsWithinItsBudget) {
-  std::vector<float> xs(256), ys(256);
-  for (int i = 0; i < 256; ++i) {
-    xs[i] = static_cast<float>(-std::numbers::pi + 2 * std::numbers::pi * i / 255.0);
-    ys[i] = std::sin(xs[i]);
-  }
-  TensorMap batch;
-  batch.emplace("x", Tensor::of<float>({256}, xs));
-  batch.emplace("y", Tensor::of<float>({256}, ys));
+  TensorMap batch = examples::polySinBatch();
   Optimizer opt = Optimizer::adam();
   opt.lr = 0.05;
   std::vector<double> losses = train(testing::loadExample("poly_sin"), opt, batch, 1000);

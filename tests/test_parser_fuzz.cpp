@@ -5,6 +5,7 @@
 // fixed seed, the same inputs every run; the `random` label runs it for a
 // bounded time with a fresh seed (STEPC_FUZZ_MS, STEPC_FRESH_SEEDS). The
 // coverage-guided fuzzer for the parser is tests/fuzz/fuzz_sg.cpp.
+#include "nan_attrs.h"
 #include "sg_corpus.h"
 #include "testing.h"
 
@@ -194,19 +195,6 @@ private:
   std::vector<std::string> corpus_;
 };
 
-bool hasNaN(const Graph &graph) {
-  for (const Node &node : graph.nodes)
-    for (const auto &[name, value] : node.attrs.entries()) {
-      if (auto *d = std::get_if<double>(&value); d && std::isnan(*d))
-        return true;
-      if (auto *l = std::get_if<std::vector<double>>(&value))
-        for (double x : *l)
-          if (std::isnan(x))
-            return true;
-    }
-  return false;
-}
-
 std::string printable(const std::string &text) {
   std::string out;
   for (char c : text.substr(0, 2000)) {
@@ -239,7 +227,7 @@ bool checkOne(const std::string &text, int &parsed) {
   std::string printed = printGraph(graph);
   try {
     Graph again = parseGraph(printed, "printed.sg");
-    if (!hasNaN(graph) && !(again == graph)) {
+    if (!testing::hasNaNAttr(graph) && !(again == graph)) {
       ADD_FAILURE() << "round trip changed the graph\ninput:\n" << printable(text);
       return false;
     }

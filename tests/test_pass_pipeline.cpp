@@ -18,29 +18,9 @@ using namespace stepc::testing;
 
 namespace {
 
-TEST(Pipeline, PassesFeedEachOther) {
-  // fold makes 1 out of 0.5 * 2, simplify then drops the multiply, cse merges
-  // the two tanh that the multiply kept apart, dce drops the dead branch.
-  std::string_view input = R"(graph g {
-    input %x : f32[8]
-    %h = constant() {dtype=f32, shape=[], value=0.5}
-    %t = constant() {dtype=f32, shape=[], value=2.0}
-    %one = mul(%h, %t)
-    %xs = mul(%x, %one)
-    %a = tanh(%xs)
-    %b = tanh(%x)
-    %c = add(%a, %b)
-    %dead = exp(%c)
-    output c = %c
-  })";
-  std::string_view expected = R"(graph g {
-    input %x : f32[8]
-    %a = tanh(%x)
-    %c = add(%a, %a)
-    output c = %c
-  })";
-  expectRewrite(input, defaultPipeline(false), expected);
-}
+// Snippets that the passes of the default pipeline rewrite together.
+const bool registered =
+    registerRewriteTests("Pipeline", defaultPipeline(false), "tests/snippets/pass_pipeline.sg");
 
 // --- random graphs ------------------------------------------------------------
 

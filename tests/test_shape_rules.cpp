@@ -893,15 +893,11 @@ TEST(ShapeRules, ErrorCasesThroughGraphAddCarryTheNodeLocation) {
     SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
     std::vector<ValueId> ids;
     Graph g = graphWithInputs(c.operands, ids);
-    try {
-      g.add(nodeFor(c.op, ids, c.attrs, SourceLoc("model.sg", 14, 9)));
-      ADD_FAILURE() << "no error";
-    } catch (const Error &e) {
-      EXPECT_THAT(e.what(),
-                  StartsWith(fmt::format("model.sg:14:9: error: {}: ", opInfo(c.op).name)));
-      for (const std::string &part : c.expected)
-        EXPECT_THAT(e.what(), HasSubstr(part));
-    }
+    std::string message =
+        errorOf([&] { g.add(nodeFor(c.op, ids, c.attrs, SourceLoc("model.sg", 14, 9))); });
+    EXPECT_THAT(message, StartsWith(fmt::format("model.sg:14:9: error: {}: ", opInfo(c.op).name)));
+    for (const std::string &part : c.expected)
+      EXPECT_THAT(message, HasSubstr(part));
     EXPECT_EQ(g.size(), c.operands.size()) << "a rejected node must not be added";
   }
 }
@@ -984,25 +980,15 @@ TEST(ShapeRules, ArityErrorsFromGraphAdd) {
 TEST(ShapeRules, ArityMessageExamples) {
   std::vector<ValueId> ids;
   Graph g = graphWithInputs({f32({2})}, ids);
-  try {
-    g.add(nodeFor(OpKind::Add, ids, {}, SourceLoc("m.sg", 2, 7)));
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(), "m.sg:2:7: error: add: expected 2 operands, got 1");
-  }
-  try {
-    g.add(nodeFor(OpKind::Neg, {ids[0], ids[0]}, {}));
-    FAIL();
-  } catch (const Error &e) {
-    // No location: no "LOC: " prefix.
-    EXPECT_STREQ(e.what(), "error: neg: expected 1 operand, got 2");
-  }
-  try {
-    g.add(nodeFor(OpKind::Neg, {7}, {}, SourceLoc("m.sg", 4, 1)));
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(), "m.sg:4:1: error: neg: operand %7 is not defined before this node");
-  }
+  EXPECT_EQ(errorOf([&] { g.add(nodeFor(OpKind::Add, ids, {}, SourceLoc("m.sg", 2, 7))); }),
+            "m.sg:2:7: error: add: expected 2 operands, got 1");
+  // No location: no "LOC: " prefix.
+  EXPECT_EQ(errorOf([&] {
+              g.add(nodeFor(OpKind::Neg, {ids[0], ids[0]}, {}));
+            }),
+            "error: neg: expected 1 operand, got 2");
+  EXPECT_EQ(errorOf([&] { g.add(nodeFor(OpKind::Neg, {7}, {}, SourceLoc("m.sg", 4, 1))); }),
+            "m.sg:4:1: error: neg: operand %7 is not defined before this node");
 }
 
 // --- Gradient ops against their forward ops --------------------------------
@@ -1239,27 +1225,19 @@ TEST(BuilderLocations, LocationOverrideWins) {
 TEST(NodeLocations, GraphAddPrefixesTheNodeLocation) {
   std::vector<ValueId> ids;
   Graph g = graphWithInputs({f32({2, 3}), f32({4, 5})}, ids);
-  try {
-    g.add(nodeFor(OpKind::MatMul, ids, {}, SourceLoc("model.sg", 12, 9)));
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(), "model.sg:12:9: error: matmul: inner dimensions differ: [2,3] x [4,5]");
-  }
-  try {
-    g.add(nodeFor(OpKind::Neg, {ids[0]}, {{"strides", Ints({1})}}, SourceLoc("model.sg", 13, 1)));
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(),
-                 "model.sg:13:1: error: neg: unknown attribute 'strides' (this op takes none)");
-  }
-  try {
-    g.add(nodeFor(OpKind::Neg, {ids[0]}, {}));
-    g.add(nodeFor(OpKind::Add, ids, {}));
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(), "error: add: shapes [2,3] and [4,5] are not broadcastable "
-                           "(dim -2: 2 vs 4)");
-  }
+  EXPECT_EQ(errorOf([&] { g.add(nodeFor(OpKind::MatMul, ids, {}, SourceLoc("model.sg", 12, 9))); }),
+            "model.sg:12:9: error: matmul: inner dimensions differ: [2,3] x [4,5]");
+  EXPECT_EQ(errorOf([&] {
+              g.add(nodeFor(OpKind::Neg, {ids[0]}, {{"strides", Ints({1})}},
+                            SourceLoc("model.sg", 13, 1)));
+            }),
+            "model.sg:13:1: error: neg: unknown attribute 'strides' (this op takes none)");
+  EXPECT_EQ(errorOf([&] {
+              g.add(nodeFor(OpKind::Neg, {ids[0]}, {}));
+              g.add(nodeFor(OpKind::Add, ids, {}));
+            }),
+            "error: add: shapes [2,3] and [4,5] are not broadcastable "
+            "(dim -2: 2 vs 4)");
 }
 
 TEST(NodeLocations, VerifyReportsTheBadNodesLocation) {
@@ -1274,36 +1252,23 @@ TEST(NodeLocations, VerifyReportsTheBadNodesLocation) {
 
   Graph badAttrs = good;
   badAttrs.nodes[t].attrs.set("perm", Ints({0, 0}));
-  try {
-    verify(badAttrs);
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(), "net.sg:5:11: error: transpose: perm [0,0] is not a permutation of "
-                           "the 2 axes of f32[2,3]");
-  }
+  EXPECT_EQ(errorOf([&] { verify(badAttrs); }),
+            "net.sg:5:11: error: transpose: perm [0,0] is not a permutation of "
+            "the 2 axes of f32[2,3]");
 
   Graph badType = good;
   badType.nodes[r].type = f32({9});
-  try {
-    verify(badType);
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_STREQ(e.what(),
-                 "net.sg:6:3: error: reduce_sum: recorded type f32[9] differs from inferred "
-                 "type f32[2]");
-  }
+  EXPECT_EQ(errorOf([&] { verify(badType); }),
+            "net.sg:6:3: error: reduce_sum: recorded type f32[9] differs from inferred "
+            "type f32[2]");
 
   // A type change upstream shows at the first node whose rule now fails.
   Graph badInput = good;
   badInput.nodes[ids[0]].attrs.set("shape", Ints({2, 3, 4}));
   badInput.nodes[ids[0]].type = f32({2, 3, 4});
-  try {
-    verify(badInput);
-    FAIL();
-  } catch (const Error &e) {
-    EXPECT_THAT(e.what(), StartsWith("net.sg:5:11: error: transpose: perm [1,0] is not a "
-                                     "permutation of the 3 axes of f32[2,3,4]"));
-  }
+  EXPECT_THAT(errorOf([&] { verify(badInput); }),
+              StartsWith("net.sg:5:11: error: transpose: perm [1,0] is not a "
+                         "permutation of the 3 axes of f32[2,3,4]"));
 }
 
 TEST(NodeLocations, BuilderFinishVerifies) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <cstdlib>
 #include <cstdio>
 #include <random>
@@ -60,6 +61,20 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low,
     return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << bad << " of " << actual.numel() << " elements differ; first " << first;
+}
+
+Tensor runOp(const std::vector<Tensor> &args,
+             const std::function<Value(GraphBuilder &, std::vector<Value> &)> &build) {
+  GraphBuilder b("op");
+  std::vector<Value> xs;
+  TensorMap inputs;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string name = "x" + std::to_string(i);
+    xs.push_back(b.input(name, args[i].dtype(), args[i].shape()));
+    inputs.emplace(name, args[i]);
+  }
+  b.output("y", build(b, xs));
+  return interpret(b.finish(), inputs, {}).at("y");
 }
 
 std::string sourcePath(const std::string &relative) {
@@ -153,6 +168,74 @@ void expectRewrite(std::string_view input, const std::vector<std::string> &passe
   Graph after = optimized(before, passes);
   EXPECT_EQ(printGraph(after), printGraph(parseSnippet(expected)));
   expectSameSemantics(before, after);
+}
+
+std::vector<SnippetCase> readSnippetCases(const std::string &casesFile) {
+  std::string path = sourcePath(casesFile);
+  std::ifstream file(path);
+  if (!file)
+    throw Error(fmt::format("cannot read the snippet cases {}", path));
+  std::vector<SnippetCase> cases;
+  std::string *text = nullptr; // what the current line belongs to
+  std::string line;
+  for (int number = 1; std::getline(file, line); ++number) {
+    if (line.starts_with("# case ")) {
+      cases.push_back({line.substr(7), std::string(number, '\n'), "", number});
+      text = &cases.back().text;
+    } else if (line == "# expected" && text && text == &cases.back().text) {
+      text = &cases.back().expected;
+      *text = std::string(number, '\n');
+    } else if (text) {
+      *text += line + "\n";
+    } else if (!line.empty() && !line.starts_with("#")) {
+      throw Error(fmt::format("{}:{}: expected '# case NAME' before the first snippet, got '{}'",
+                              path, number, line));
+    }
+  }
+  if (cases.empty())
+    throw Error(fmt::format("{}: no '# case NAME' line", path));
+  return cases;
+}
+
+namespace {
+
+class RewriteTest : public ::testing::Test {
+public:
+  RewriteTest(std::vector<std::string> passes, SnippetCase c)
+      : passes_(std::move(passes)), case_(std::move(c)) {}
+  void TestBody() override {
+    expectRewrite(case_.text, passes_, case_.expected.empty() ? case_.text : case_.expected);
+  }
+
+private:
+  std::vector<std::string> passes_;
+  SnippetCase case_;
+};
+
+class FailingTest : public ::testing::Test {
+public:
+  explicit FailingTest(std::string message) : message_(std::move(message)) {}
+  void TestBody() override { FAIL() << message_; }
+
+private:
+  std::string message_;
+};
+
+} // namespace
+
+bool registerRewriteTests(const char *suite, const std::vector<std::string> &passes,
+                          const std::string &casesFile) {
+  std::string path = sourcePath(casesFile);
+  try {
+    for (const SnippetCase &c : readSnippetCases(casesFile))
+      ::testing::RegisterTest(suite, c.name.c_str(), nullptr, nullptr, path.c_str(), c.line,
+                              [=]() -> ::testing::Test * { return new RewriteTest(passes, c); });
+  } catch (const Error &e) {
+    std::string message = e.what();
+    ::testing::RegisterTest(suite, "CaseFile", nullptr, nullptr, path.c_str(), 1,
+                            [=]() -> ::testing::Test * { return new FailingTest(message); });
+  }
+  return true;
 }
 
 } // namespace stepc::testing

@@ -2,6 +2,7 @@
 // the checks every graph pass's test makes.
 #pragma once
 
+#include "stepc/builder.h"
 #include "stepc/error.h"
 #include "stepc/graph.h"
 #include "stepc/interpreter.h"
@@ -11,6 +12,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -47,6 +49,11 @@ template <class F> std::string errorOf(F &&f) {
   ADD_FAILURE() << "no stepc::Error was thrown";
   return "(no error)";
 }
+
+// Interprets a one-output graph whose inputs x0, x1, ... take `args`' types
+// and values, the output being what `build` makes of them: its value.
+Tensor runOp(const std::vector<Tensor> &args,
+             const std::function<Value(GraphBuilder &, std::vector<Value> &)> &build);
 
 // The models in examples/ by name ("cnn", "mlp", ...), sorted, that the
 // suites sweeping every example (interpreter after every pass, fused and
@@ -105,5 +112,28 @@ void expectSameSemantics(const Graph &before, const Graph &after);
 // keeps its meaning.
 void expectRewrite(std::string_view input, const std::vector<std::string> &passes,
                    std::string_view expected);
+
+// Cases kept as .sg text in a file of tests/snippets/ rather than in C++
+// strings: a case starts at a line "# case NAME", then comes its snippet,
+// then, where a test wants one, a line "# expected" and a second graph.
+struct SnippetCase {
+  std::string name;
+  // Each padded with newlines to its place, so that a parse error gives the
+  // line in the file.
+  std::string text;
+  std::string expected; // empty without "# expected"
+  int line = 0;         // of "# case NAME"
+};
+// `casesFile` relative to the repo root; throws a stepc::Error naming the file
+// when it cannot be read or has no cases.
+std::vector<SnippetCase> readSnippetCases(const std::string &casesFile);
+
+// A pass's rewrite cases: each becomes the test SUITE.NAME, expectRewrite
+// of its snippet by `passes` into its expected graph, or into the snippet
+// itself where it has none. Called to initialize a namespace-scope variable,
+// so that the tests exist before main runs them; a file that cannot be read
+// gives one failing test SUITE.CaseFile saying why.
+bool registerRewriteTests(const char *suite, const std::vector<std::string> &passes,
+                          const std::string &casesFile);
 
 } // namespace stepc::testing

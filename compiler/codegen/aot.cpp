@@ -52,38 +52,6 @@ std::string_view cType(DType dtype) {
   return "void";
 }
 
-std::string_view dtypeEnum(DType dtype) {
-  switch (dtype) {
-  case DType::F32:
-    return "F32";
-  case DType::F64:
-    return "F64";
-  case DType::I32:
-    return "I32";
-  case DType::I64:
-    return "I64";
-  case DType::Bool:
-    return "Bool";
-  case DType::F16:
-    return "F16";
-  case DType::BF16:
-    return "BF16";
-  case DType::I8:
-    return "I8";
-  case DType::U8:
-    return "U8";
-  case DType::I16:
-    return "I16";
-  case DType::U16:
-    return "U16";
-  case DType::U32:
-    return "U32";
-  case DType::U64:
-    return "U64";
-  }
-  return "F32";
-}
-
 bool isReservedWord(std::string_view word) {
   static const std::set<std::string_view> words = {
       "auto",     "break",   "case",     "char",      "const",    "continue", "default",
@@ -100,6 +68,12 @@ std::string upper(std::string text) {
   for (char &c : text)
     c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   return text;
+}
+
+// The name of the stepc::DType enumerator: the dtype's name in capitals
+// (F32, BF16, U8, ...), but Bool.
+std::string dtypeEnum(DType dtype) {
+  return dtype == DType::Bool ? "Bool" : upper(std::string(dtypeName(dtype)));
 }
 
 // A C++ string literal; octal escapes, since \x would swallow hex digits

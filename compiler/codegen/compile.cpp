@@ -110,19 +110,6 @@ double secondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {
-  std::vector<bool> used(graph.size(), false);
-  for (size_t id = 0; id < graph.size(); ++id)
-    for (ValueId operand : graph.nodes[id].operands)
-      if (plan.groupOf[operand] != plan.groupOf[id])
-        used[operand] = true;
-  for (const GraphOutput &out : graph.outputs)
-    used[out.value] = true;
-  for (const ParamUpdate &u : graph.updates)
-    used[u.value] = true;
-  return used;
-}
-
 } // namespace
 
 LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
@@ -167,6 +154,7 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
     perturbed = full.groups[options.perturbKernel->group].nodes;
   }
   giveSourcesKernels(g, out.plan);
+  planKernels(g, out.plan, codegen::kernelTarget(options.target == Target::Cuda));
   out.times.fusion = secondsSince(start);
   start = std::chrono::steady_clock::now();
   out.buffers = planBuffers(g, out.plan);

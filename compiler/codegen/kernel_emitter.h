@@ -4,7 +4,7 @@
 #pragma once
 
 #include "element_rules.h"
-#include "kernel_target.h"
+#include "lowering_target.h"
 #include "lowering.h"
 #include "mlir_text.h"
 
@@ -26,22 +26,21 @@ constexpr int64_t kMaxStackBufferFloats = 65536;
 using Index = std::vector<std::string>;
 using Strides = std::vector<int64_t>;
 
-// Whether an op's value at an index is a cheap function of its operands'
-// values at computable indices, so it can be inlined into its consumer.
-bool isInlinable(OpKind op);
-
 class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
                 const std::function<int64_t(ValueId)> &arenaOffset,
                 const std::vector<bool> &usedOutside, int64_t scratchOffset,
-                KernelTarget target, FaultRecord fault, double perturbation)
+                LoweringTarget target, FaultRecord fault, double perturbation)
       : g_(graph), group_(group), arenaOffset_(arenaOffset), usedOutside_(usedOutside),
         scratchOffset_(scratchOffset), target_(target), fault_(fault), perturbation_(perturbation) {
     inGroup_.insert(group.nodes.begin(), group.nodes.end());
   }
 
   KernelSource emit();
+  // For the plan (kernelTarget): which operands of matmul `product` the
+  // kernel stores row-major first (lowering_matmul.cpp).
+  std::vector<bool> matmulCopies(ValueId product) const;
 
 private:
   KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
@@ -70,14 +69,13 @@ private:
     bool dot = false, pack = false, collapse = false;
   };
   std::optional<MatMulPlan> matmulPlan(ValueId product, bool planning) const;
-  std::vector<bool> matmulCopies(ValueId product) const;
   std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,
                             int64_t cols, int64_t rowStride, int64_t colStride, std::string &type);
   void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
-  // An Attention group's kernel (lowering_attention.cpp): its output, tile
-  // by tile with an online softmax. A parallel call owns output rows
-  // [begin, end) of dimension 0.
-  void emitAttention(bool parallel);
+  // An Attention group's kernel (lowering_attention.cpp): its output (the
+  // plan's Attention nest), tile by tile with an online softmax. A parallel
+  // call owns output rows [begin, end) of dimension 0.
+  void emitAttention(ValueId output, bool parallel);
   // The product's full index of a tile element (row, col): batch indices
   // first, or the batch delinearized from a collapsed row.
   std::function<Index(const std::string &, const std::string &)> tileIndex_;
@@ -163,6 +161,8 @@ private:
   Accumulation openAccumulation(const std::vector<int64_t> &extents, const std::string &init,
                                 const std::string &type);
   std::string closeAccumulation(const Accumulation &loops, std::string next);
+  // One nest of the plan (KernelPlan::nests), as its kind says.
+  void emitNest(const LoopNest &nest, bool parallel);
   void emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel);
   void emitRoot(ValueId id, bool parallel);
   void emitReduction(ValueId id, bool parallel);
@@ -179,14 +179,13 @@ private:
   void zeroChunk(ValueId id, bool parallel);
   void accumulate(ValueId id, const Index &idx, const std::string &v);
   // An arena byte offset as an SSA value: an argument of the kernel's
-  // function, or a constant (KernelTarget::offsetArguments).
+  // function, or a constant (LoweringTarget::offsetArguments).
   std::string arenaOffsetValue(int64_t bytes);
   std::vector<int64_t> offsets_;
   std::string inBounds(const std::string &v, int64_t size);
   std::string clampIndex(const std::string &v, int64_t size);
   std::string windowCoordinate(const std::string &out, const std::string &tap,
                                int64_t stride, int64_t padding, int64_t dilation);
-  bool rowLocal(const std::vector<ValueId> &roots) const;
 
   const Graph &g_;
   const FusionGroup &group_;
@@ -203,10 +202,10 @@ private:
   std::string begin_ = "%begin", end_ = "%end";
   // Where roots only this kernel reads live (KernelSource::scratchBytes).
   int64_t scratchOffset_ = 0;
-  KernelTarget target_;
+  LoweringTarget target_;
   // The arithmetic of elementwise ops, scalar and vector (element_rules.h).
   ElementRules rules_{w_, target_.polynomialSinCos};
-  // One thread per element (KernelTarget::Parallel): a nest's parallel
+  // One thread per element (LoweringTarget::Parallel): a nest's parallel
   // openLoops call is flattened: no loops, %begin is the thread's flat index
   // into `flatExtent_` elements.
   bool flattened_ = false;

@@ -15,28 +15,10 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <cstring>
 #include <set>
 #include <stdexcept>
 
 namespace stepc::codegen {
-
-bool isInlinable(OpKind op) {
-  switch (opInfo(op).opClass) {
-  case OpClass::Constant:
-  case OpClass::Elementwise:
-  case OpClass::Random:
-  case OpClass::View:
-  case OpClass::Indexed: return true;
-  case OpClass::Source:
-  case OpClass::Reduction:
-  case OpClass::Contraction:
-  case OpClass::Window:
-  case OpClass::Scatter:
-  case OpClass::Collective: return false;
-  }
-  return false;
-}
 
 namespace {
 
@@ -238,7 +220,7 @@ std::string KernelEmitter::outOfRange(ValueId user, const Index &at, const std::
 void KernelEmitter::emitIndexCheck(ValueId user) {
   ValueId indices = indicesOf(node(user));
   Index at = openLoops(shapeOf(indices),
-                       target_.parallel == KernelTarget::Parallel::ThreadPerElement);
+                       target_.parallel == LoweringTarget::Parallel::ThreadPerElement);
   std::string v = valueAt(indices, at);
   std::string asIndex =
       w_.assign(fmt::format("arith.index_cast {} : {} to index", v, scalarType(dtypeOf(indices))));
@@ -310,37 +292,18 @@ std::string KernelEmitter::constantGlobal(const Node &n, ValueId id) {
     // Integer lists are taken as they are, so i64 data above 2^53 stays
     // exact (as in the interpreter).
     const auto *ints = std::get_if<std::vector<int64_t>>(n.attrs.find("data"));
-    std::string hex;
+    // A runtime tensor lays elements out as the memref does (bools as
+    // bytes, halves as their bits).
+    Tensor memory(n.type);
     for (size_t k = 0; k < data.size(); ++k) {
-      double d = data[k];
-      unsigned char bytes[8];
-      size_t size = dtypeSize(dt);
-      float f = static_cast<float>(d);
-      int64_t i64 = ints ? (*ints)[k] : integerBitsOf(d);
-      uint8_t b = d != 0;
-      switch (dt) {
-      case DType::F32: std::memcpy(bytes, &f, 4); break;
-      case DType::F64: std::memcpy(bytes, &d, 8); break;
-      // Integers: the low `size` bytes of the (little-endian) int64.
-      case DType::I32:
-      case DType::I64:
-      case DType::I8:
-      case DType::U8:
-      case DType::I16:
-      case DType::U16:
-      case DType::U32:
-      case DType::U64: std::memcpy(bytes, &i64, size); break;
-      case DType::Bool: bytes[0] = b; break;
-      case DType::F16:
-      case DType::BF16: {
-        uint16_t half = doubleToHalfBits(d, dt);
-        std::memcpy(bytes, &half, 2);
-        break;
-      }
-      }
-      for (size_t j = 0; j < size; ++j)
-        hex += fmt::format("{:02X}", bytes[j]);
+      if (ints && !isFloat(dt))
+        memory.setInteger(static_cast<int64_t>(k), (*ints)[k]);
+      else
+        memory.setReal(static_cast<int64_t>(k), data[k]);
     }
+    std::string hex;
+    for (size_t j = 0; j < memory.nbytes(); ++j)
+      hex += fmt::format("{:02X}", std::to_integer<unsigned>(memory.bytes()[j]));
     globals_ += fmt::format("  memref.global \"private\" constant {} : {} = dense<\"0x{}\">\n",
                             name, memrefType(n.type), hex);
   }
@@ -591,30 +554,12 @@ std::map<ValueId, int64_t> KernelEmitter::scratchOffsets(const std::vector<Value
 KernelSource KernelEmitter::emit() {
   for (ValueId id : group_.nodes)
     checkSupported(node(id));
-  // Roots: nodes other kernels (or the caller) read, nodes that cannot be
-  // inlined into a consumer, and the matmul operands the tiled matmul cannot
-  // read in place as strided views of memory (matmulCopies): those are
-  // stored row-major once.
-  // An Attention kernel has one root, its output (lowering_attention.cpp).
-  bool attention = group_.kind == FusionKind::Attention;
-  std::set<ValueId> matmulOperands;
-  for (ValueId id : group_.nodes) {
-    const Node &n = node(id);
-    if (n.op != OpKind::MatMul || attention)
-      continue;
-    std::vector<bool> copies = matmulCopies(id);
-    for (size_t k = 0; k < n.operands.size(); ++k)
-      if (copies[k])
-        matmulOperands.insert(n.operands[k]);
-  }
-  std::vector<ValueId> roots;
-  for (ValueId id : group_.nodes) {
-    OpKind op = node(id).op;
-    bool source = opInfo(op).opClass == OpClass::Constant;
-    if (attention ? static_cast<int64_t>(id) == group_.hero || usedOutside_[id]
-                  : usedOutside_[id] || !isInlinable(op) || (matmulOperands.count(id) && !source))
-      roots.push_back(id);
-  }
+  // The roots and their nests come from the fusion plan (planKernel).
+  const KernelPlan &plan = group_.kernel;
+  const std::vector<ValueId> &roots = plan.roots;
+  for (ValueId id : group_.nodes)
+    if (usedOutside_[id] && roots.empty())
+      throw std::logic_error(fmt::format("kernel {} has no plan (planKernels)", group_.name));
 
   // Views of everything in the arena this kernel touches.
   std::set<ValueId> arenaValues(group_.inputs.begin(), group_.inputs.end());
@@ -625,12 +570,12 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : roots)
     if (usedOutside_[id])
       arenaValues.insert(id);
-  if (target_.parallel == KernelTarget::Parallel::ThreadPerElement)
+  if (target_.parallel == LoweringTarget::Parallel::ThreadPerElement)
     return emitGpu(roots, arenaValues);
   for (ValueId id : arenaValues)
     views_[id] = arenaView(id);
   // Parallel calls share the scratch safely: each writes and reads only the
-  // rows of dimension 0 it owns (rowLocal).
+  // rows of dimension 0 it owns (KernelPlan::rowParallel).
   int64_t scratchBytes = 0;
   scratchAt_ = scratchOffsets(roots, scratchBytes);
   for (const auto &[id, offset] : scratchAt_)
@@ -653,44 +598,23 @@ KernelSource KernelEmitter::emit() {
     prechecked_.insert(id);
   }
 
-  // The roots run one after another, split among threads by their dimension
-  // 0 when that is safe (see rowLocal), else on one thread.
+  // The nests run one after another, split among threads by dimension 0
+  // of the roots where the plan says that is safe, else on one thread.
   int64_t extent = 1;
-  bool parallel = !roots.empty() && (attention || rowLocal(roots));
+  bool parallel = plan.rowParallel;
   if (parallel)
     extent = shapeOf(roots.front())[0];
-  if (attention) {
+  for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
-    emitAttention(parallel);
+    // A product whose epilogue runs on its register tile computes the roots
+    // of all later nests; where it cannot, they follow it.
+    bool onTile = !nest.epilogue.empty() &&
+                  emitMatMulWithEpilogue(nest.roots.front(), nest.epilogue, parallel);
+    if (!onTile)
+      emitNest(nest, parallel);
     w_.popScope();
-    roots.clear();
-  }
-
-  // Consecutive elementwise roots of one shape share a loop nest (an
-  // optimizer's parameter and moment updates: one pass over memory).
-  for (size_t i = 0; i < roots.size();) {
-    w_.pushScope();
-    // A matmul whose remaining roots are its elementwise epilogue computes
-    // them on its register tile.
-    if ((node(roots[i]).op == OpKind::MatMul || node(roots[i]).op == OpKind::Conv2d) &&
-        i + 1 < roots.size() &&
-        emitMatMulWithEpilogue(roots[i], std::vector<ValueId>(roots.begin() + i + 1, roots.end()),
-                               parallel)) {
-      w_.popScope();
+    if (onTile)
       break;
-    }
-    if (isInlinable(node(roots[i]).op)) {
-      size_t j = i + 1;
-      while (j < roots.size() && isInlinable(node(roots[j]).op) &&
-             shapeOf(roots[j]) == shapeOf(roots[i]))
-        ++j;
-      emitElementwiseRoots(std::vector<ValueId>(roots.begin() + i, roots.begin() + j), parallel);
-      i = j;
-    } else {
-      emitRoot(roots[i], parallel);
-      ++i;
-    }
-    w_.popScope();
   }
   if (perturbation_ != 0)
     emitPerturbation(parallel, extent);
@@ -710,6 +634,20 @@ KernelSource KernelEmitter::emit() {
       "  func.func @{}(%arena: memref<?xi8>, %begin: index, %end: index{}) {{\n{}  }}\n",
       out.name, offsetArgs, w_.text());
   return out;
+}
+
+void KernelEmitter::emitNest(const LoopNest &nest, bool parallel) {
+  switch (nest.kind) {
+  case NestKind::Elementwise: emitElementwiseRoots(nest.roots, parallel); return;
+  case NestKind::Attention: emitAttention(nest.roots.front(), parallel); return;
+  case NestKind::Reduction:
+  case NestKind::Contraction:
+  case NestKind::Window:
+  case NestKind::Scatter: emitRoot(nest.roots.front(), parallel); return;
+  case NestKind::Collective: break;
+  }
+  throw std::logic_error(fmt::format("kernel {}: a {} nest has no code", group_.name,
+                                     nestKindName(nest.kind)));
 }
 
 // The amount goes to the elements at even flat indices: a shift of every
@@ -761,29 +699,18 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   int64_t scratchBytes = 0;
   std::map<ValueId, int64_t> scratch = scratchOffsets(roots, scratchBytes);
 
-  // The nests: index checks first (one thread per index), then the CPU's
-  // order (consecutive same-shape elementwise roots share one).
+  // The nests: index checks first (one thread per index), then the plan's
+  // (no register tiles: a matmul's epilogue nests follow it).
   std::vector<std::function<void()>> nests;
   for (ValueId id : precheckable(roots)) {
     nests.push_back([this, id] { emitIndexCheck(id); });
     prechecked_.insert(id);
   }
-  for (size_t i = 0; i < roots.size();) {
-    if (isInlinable(node(roots[i]).op)) {
-      size_t j = i + 1;
-      while (j < roots.size() && isInlinable(node(roots[j]).op) &&
-             shapeOf(roots[j]) == shapeOf(roots[i]))
-        ++j;
-      std::vector<ValueId> run(roots.begin() + i, roots.begin() + j);
-      nests.push_back([this, run] { emitElementwiseRoots(run, true); });
-      i = j;
-    } else {
-      ValueId root = roots[i];
-      if (opInfo(node(root).op).is(kScatterForm))
-        nests.push_back([this, root] { zeroChunk(root, true); });
-      nests.push_back([this, root] { emitRoot(root, true); });
-      ++i;
-    }
+  for (const LoopNest &nest : group_.kernel.nests) {
+    ValueId root = nest.roots.front();
+    if (nest.kind != NestKind::Elementwise && opInfo(node(root).op).is(kScatterForm))
+      nests.push_back([this, root] { zeroChunk(root, true); });
+    nests.push_back([this, &nest] { emitNest(nest, true); });
   }
 
   KernelSource out;
@@ -850,7 +777,7 @@ KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
                         bool gpu, FaultRecord fault, double perturbation) {
   return KernelEmitter(graph, group, arenaOffset, usedOutside, scratchOffset,
-                       gpu ? KernelTarget::gpu() : KernelTarget::cpu(), fault, perturbation)
+                       gpu ? LoweringTarget::gpu() : LoweringTarget::cpu(), fault, perturbation)
       .emit();
 }
 

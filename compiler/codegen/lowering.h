@@ -67,7 +67,9 @@ struct FaultRecord {
 // %begin; the nest's body follows, then "      }\n      gpu.return\n    }\n".
 std::string gpuFunctionHead(const std::string &name);
 
-// With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
+// The kernel carries out the group's plan (FusionGroup::kernel, from
+// planKernels with kernelTarget(gpu)): its roots, nests, epilogue and row
+// split. With `gpu`, the kernel is lowered for the GPU (KernelSource::gpuFunctions).
 // A group that reads indices needs `fault` (its offset >= 0). A nonzero
 // `perturbation` (CPU only: CompileOptions::perturbKernel) is added to the
 // floating-point values the kernel writes, at even flat indices, after it
@@ -76,6 +78,11 @@ KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::function<int64_t(ValueId)> &arenaOffset,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
                         bool gpu = false, FaultRecord fault = {}, double perturbation = 0);
+
+// What lowerGroup's kernels read in place, for planKernels: the CPU's
+// register-tiled matmul reads strided views of its operands, the GPU's
+// matmul only row-major buffers.
+KernelTarget kernelTarget(bool gpu);
 
 // Whether a node's kernel checks the indices it reads (see IndexCheck).
 bool checksIndices(const Node &node);

@@ -79,8 +79,8 @@ std::string openSteppedFor(MlirWriter &w, const std::string &lb, const std::stri
 
 } // namespace
 
-void KernelEmitter::emitAttention(bool parallel) {
-  std::optional<AttentionPattern> p = matchAttention(g_, static_cast<ValueId>(group_.hero));
+void KernelEmitter::emitAttention(ValueId output, bool parallel) {
+  std::optional<AttentionPattern> p = matchAttention(g_, output);
   if (!p)
     throw std::logic_error(fmt::format("kernel {}: not an attention pattern", group_.name));
   const Shape &out = shapeOf(p->output);

@@ -189,6 +189,18 @@ std::vector<bool> KernelEmitter::matmulCopies(ValueId product) const {
   return {!stridedOperand(a, true), !bUnit};
 }
 
+KernelTarget kernelTarget(bool gpu) {
+  return {[gpu](const Graph &graph, const FusionGroup &group, ValueId product) {
+    std::function<int64_t(ValueId)> noOffsets;
+    std::vector<bool> noUses;
+    std::vector<bool> copies =
+        KernelEmitter(graph, group, noOffsets, noUses, 0,
+                      gpu ? LoweringTarget::gpu() : LoweringTarget::cpu(), {}, 0)
+            .matmulCopies(product);
+    return std::vector<bool>{!copies[0], !copies[1]};
+  }};
+}
+
 std::string KernelEmitter::stridedMatrix(const StridedOperand &s, const Index &batch,
                                          int64_t rows, int64_t cols, int64_t rowStride,
                                          int64_t colStride, std::string &type) {
@@ -482,9 +494,10 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
   return v;
 }
 
-// The matmul with its epilogue roots computed on each 16-lane piece of the
-// product while it is in a register: nothing is stored but the roots (and
-// the product itself where a later kernel reads it).
+// The matmul with its epilogue roots (LoopNest::epilogue) computed on each
+// 16-lane piece of the product while it is in a register: nothing is stored
+// but the roots (and the product itself where a later kernel reads it).
+// False, having emitted nothing, where the tile cannot compute them.
 bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
                                            bool parallel) {
   const Node &m = node(product);
@@ -500,31 +513,12 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       return false;
   }
   tileConv_ = conv;
-  // Heavy epilogues stay a row sweep after the product: a whole optimizer
-  // update streams several full-size tensors, which the tile order (column
-  // panels outside) would read in short strided pieces.
-  std::set<ValueId> fullSize, seen;
-  std::vector<ValueId> stack(epilogue.begin(), epilogue.end());
-  while (!stack.empty()) {
-    ValueId v = stack.back();
-    stack.pop_back();
-    if (v == product || !seen.insert(v).second)
-      continue;
-    if (!inGroup_.count(v)) {
-      if (shapeOf(v) == shape)
-        fullSize.insert(v);
-      continue;
-    }
-    for (ValueId operand : node(v).operands)
-      stack.push_back(operand);
-  }
-  if (fullSize.size() + epilogue.size() > 3) {
-    tileConv_ = false;
-    return false;
-  }
+  // The plan chose the epilogue (planKernel: elementwise roots of the
+  // product's shape, not too heavy); the tile has lanes for f32 and bool
+  // results of the ops vectorAt knows.
   tileRoots_ = std::set<ValueId>(epilogue.begin(), epilogue.end());
   for (ValueId r : epilogue)
-    if (shapeOf(r) != shape || !(dtypeOf(r) == DType::F32 || dtypeOf(r) == DType::Bool) ||
+    if (!(dtypeOf(r) == DType::F32 || dtypeOf(r) == DType::Bool) ||
         !vectorizable(r, product, shape)) {
       tileRoots_.clear();
       tileConv_ = false;

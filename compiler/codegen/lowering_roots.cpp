@@ -17,7 +17,7 @@ namespace stepc::codegen {
 // Roots
 
 Index KernelEmitter::openLoops(const Shape &shape, bool parallel, size_t from) {
-  if (parallel && target_.parallel == KernelTarget::Parallel::ThreadPerElement) {
+  if (parallel && target_.parallel == LoweringTarget::Parallel::ThreadPerElement) {
     // One GPU thread per element of the nest's parallel loops.
     if (flattened_ || from != 0)
       throw std::logic_error(fmt::format("kernel {}: a GPU loop nest has two parallel loops",
@@ -786,86 +786,6 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
     return;
   }
   throw std::logic_error("emitScatterForm: not a scatter-form op");
-}
-
-// Splitting a kernel's roots by their dimension 0 among threads is safe when
-// every root has the same dimension 0 and each value computed in the kernel
-// is read only at the same dimension-0 index it was written at: then one
-// call's rows never need another call's. Elementwise ops over operands of
-// the same rank and dimension 0, reductions that keep axis 0, and a matmul's
-// left operand read row by row; anything else reads across rows.
-// It is also why results do not depend on the thread count (docs/design.md,
-// "Determinism"): a call computes whole output elements, each in the order
-// the kernel fixes, and no partial sums are combined across calls. A split
-// of a reduction (over dimension 0, a scatter along axis 0, a matmul's K)
-// would have to use fixed-size chunks combined in chunk order to keep that.
-bool KernelEmitter::rowLocal(const std::vector<ValueId> &roots) const {
-  const Shape &first = shapeOf(roots.front());
-  // No dimension 0, or an empty one: nothing to split (and a parallel extent
-  // of 0 would be no valid kernel).
-  if (first.empty() || first[0] == 0)
-    return false;
-  for (ValueId r : roots)
-    if (shapeOf(r).empty() || shapeOf(r)[0] != first[0])
-      return false;
-  // Only reads of data a root of this kernel wrote (directly, or through
-  // inlined ops) can cross rows; reads of the arena were written earlier.
-  std::set<ValueId> rootSet(roots.begin(), roots.end());
-  std::set<ValueId> carries;
-  for (ValueId id : group_.nodes) {
-    bool c = false;
-    for (ValueId operand : node(id).operands)
-      c = c || carries.count(operand);
-    if (c || rootSet.count(id))
-      carries.insert(id);
-  }
-  for (ValueId id : group_.nodes) {
-    const Node &n = node(id);
-    for (size_t k = 0; k < n.operands.size(); ++k) {
-      ValueId operand = n.operands[k];
-      if (!carries.count(operand))
-        continue;
-      const Shape &in = shapeOf(operand);
-      bool sameRow = !in.empty() && in.size() == n.type.shape.size() && in[0] == n.type.shape[0];
-      bool ok = false;
-      switch (opInfo(n.op).opClass) {
-      // Dropout's mask hashes the element's index in the whole tensor, which
-      // a call over some rows computes as the whole loop would.
-      case OpClass::Elementwise:
-      case OpClass::Random: ok = sameRow; break;
-      case OpClass::Reduction: {
-        bool keepsAxis0 = true;
-        if (n.op == OpKind::ArgMax)
-          keepsAxis0 = n.attrs.getInt("axis") != 0;
-        else
-          for (int64_t a : n.attrs.getInts("axes"))
-            keepsAxis0 = keepsAxis0 && a != 0;
-        ok = keepsAxis0 && !in.empty() && !n.type.shape.empty() && in[0] == n.type.shape[0];
-        break;
-      }
-      case OpClass::Contraction: ok = n.op == OpKind::MatMul && k == 0 && in.size() == 2 && sameRow; break;
-      // A row-major reshape that keeps dimension 0 keeps each row's
-      // elements in that row (a matmul's [16,64,256] result as [16,64,4,64]).
-      case OpClass::View:
-        ok = n.op == OpKind::Reshape && !in.empty() && !n.type.shape.empty() &&
-             in[0] == n.type.shape[0];
-        break;
-      case OpClass::Source:
-      case OpClass::Constant:
-      case OpClass::Indexed:
-      case OpClass::Window:
-      case OpClass::Scatter:
-      case OpClass::Collective: break;
-      }
-      if (!ok)
-        return false;
-    }
-  }
-  // A scatter along axis 0 writes rows it does not own.
-  for (ValueId r : roots)
-    if (node(r).op == OpKind::ScatterAdd && node(r).attrs.getInt("axis") == 0)
-      return false;
-  return true;
 }
 
 } // namespace stepc::codegen

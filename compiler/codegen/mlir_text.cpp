@@ -32,21 +32,12 @@ std::string scalarType(DType dtype) {
 }
 
 std::string memoryElementType(DType dtype) {
-  switch (dtype) {
-  case DType::Bool: return "i8";
-  case DType::F16: return "f16";
-  case DType::BF16: return "bf16";
-  case DType::F32:
-  case DType::F64:
-  case DType::I32:
-  case DType::I64:
-  case DType::I8:
-  case DType::U8:
-  case DType::I16:
-  case DType::U16:
-  case DType::U32:
-  case DType::U64: break;
-  }
+  // Memory holds a bool as a byte and a half as itself; every other dtype is
+  // stored as it computes.
+  if (dtype == DType::Bool)
+    return "i8";
+  if (isHalf(dtype))
+    return dtype == DType::F16 ? "f16" : "bf16";
   return scalarType(dtype);
 }
 

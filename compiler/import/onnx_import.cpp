@@ -344,20 +344,11 @@ Value Importer::constantOf(const Tensor &value, const SourceLoc &loc) {
 
 std::vector<std::string> Importer::inputsBehind(ValueId id) const {
   const Graph &g = b_.graph();
-  std::vector<bool> seen(g.size(), false);
-  std::vector<ValueId> stack{id};
+  std::vector<bool> behind = valuesBehind(g, id);
   std::set<std::string> names;
-  while (!stack.empty()) {
-    ValueId v = stack.back();
-    stack.pop_back();
-    if (seen[v])
-      continue;
-    seen[v] = true;
-    if (g.node(v).op == OpKind::Input)
+  for (ValueId v : g.inputs())
+    if (behind[v])
       names.insert(g.node(v).name);
-    for (ValueId o : g.node(v).operands)
-      stack.push_back(o);
-  }
   std::vector<std::string> out;
   for (const auto &[onnxName, s] : symbols_)
     if (s.kind == Symbol::Kind::Input && names.count(s.name))

@@ -1,5 +1,6 @@
 #include "grad_kernels.h"
 
+#include "dtype_dispatch.h"
 #include "index_math.h"
 
 #include "stepc/interpreter.h"
@@ -11,25 +12,6 @@
 
 namespace stepc::interp {
 namespace {
-
-template <class F> Tensor withFloatType(DType dtype, F &&f) {
-  switch (dtype) {
-  case DType::F32: return f(float{});
-  case DType::F64: return f(double{});
-  case DType::I32:
-  case DType::I64:
-  case DType::I8:
-  case DType::U8:
-  case DType::I16:
-  case DType::U16:
-  case DType::U32:
-  case DType::U64:
-  case DType::Bool:
-  case DType::F16: // evaluateNode widens halves to f32 before any kernel
-  case DType::BF16: break;
-  }
-  throw std::logic_error("gradient kernel: expected f32 or f64");
-}
 
 struct Pair {
   int64_t h, w;
@@ -146,7 +128,7 @@ Tensor scatterAdd(const Node &node, const Tensor &indices, const Tensor &updates
 }
 
 Tensor conv2dGradInput(const Node &node, const Tensor &g, const Tensor &w) {
-  return withFloatType(g.dtype(), [&](auto tag) {
+  return withFloat(node, g.dtype(), [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);
     T *dx = out.data<T>();
@@ -158,7 +140,7 @@ Tensor conv2dGradInput(const Node &node, const Tensor &g, const Tensor &w) {
 }
 
 Tensor conv2dGradWeight(const Node &node, const Tensor &x, const Tensor &g) {
-  return withFloatType(g.dtype(), [&](auto tag) {
+  return withFloat(node, g.dtype(), [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);
     T *dw = out.data<T>();
@@ -170,7 +152,7 @@ Tensor conv2dGradWeight(const Node &node, const Tensor &x, const Tensor &g) {
 }
 
 Tensor maxPool2dGrad(const Node &node, const Tensor &x, const Tensor &g) {
-  return withFloatType(g.dtype(), [&](auto tag) {
+  return withFloat(node, g.dtype(), [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);
     T *dx = out.data<T>();
@@ -188,7 +170,7 @@ Tensor maxPool2dGrad(const Node &node, const Tensor &x, const Tensor &g) {
 }
 
 Tensor avgPool2dGrad(const Node &node, const Tensor &g) {
-  return withFloatType(g.dtype(), [&](auto tag) {
+  return withFloat(node, g.dtype(), [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);
     T *dx = out.data<T>();

@@ -11,6 +11,7 @@
 #include "stepc/interpreter.h"
 #include "stepc/random.h"
 
+#include "dtype_dispatch.h"
 #include "grad_kernels.h"
 #include "index_math.h"
 
@@ -30,52 +31,13 @@ namespace {
 using interp::broadcastStrides;
 using interp::dimProduct;
 using interp::axisIndex;
+using interp::BoolByte;
+using interp::kIsBool;
+using interp::U8Byte;
+using interp::unsupported;
+using interp::withElementType;
+using interp::withFloat;
 using interp::walk;
-
-// Bool tensors hold one byte 0/1 per element. u8 elements are char8_t here:
-// the same byte, but a type of their own, so the dispatch below can tell u8
-// from bool.
-using BoolByte = uint8_t;
-using U8Byte = char8_t;
-template <class T> constexpr bool kIsBool = std::is_same_v<T, BoolByte>;
-
-// ---------------------------------------------------------------------------
-// Dtype dispatch: calls f(T{}) with the element type of `dtype`.
-
-template <class F> Tensor withElementType(DType dtype, F &&f) {
-  switch (dtype) {
-  case DType::F32: return f(float{});
-  case DType::F64: return f(double{});
-  case DType::I32: return f(int32_t{});
-  case DType::I64: return f(int64_t{});
-  case DType::I8: return f(int8_t{});
-  case DType::U8: return f(U8Byte{});
-  case DType::I16: return f(int16_t{});
-  case DType::U16: return f(uint16_t{});
-  case DType::U32: return f(uint32_t{});
-  case DType::U64: return f(uint64_t{});
-  case DType::Bool: return f(BoolByte{});
-  case DType::F16:
-  case DType::BF16: break; // evaluateNode widens halves to f32 first
-  }
-  throw std::logic_error("interpreter: unknown dtype");
-}
-
-[[noreturn]] void unsupported(const Node &node, DType dtype) {
-  throw std::logic_error(fmt::format(
-      "interpreter: {} has no kernel for {} (its shape rule should reject it)",
-      opInfo(node.op).name, dtypeName(dtype)));
-}
-
-// As withElementType, for ops whose shape rule allows only f32/f64.
-template <class F> Tensor withFloat(const Node &node, DType dtype, F &&f) {
-  return withElementType(dtype, [&](auto tag) -> Tensor {
-    if constexpr (std::is_floating_point_v<decltype(tag)>)
-      return f(tag);
-    else
-      unsupported(node, dtype);
-  });
-}
 
 // As withElementType, for ops whose shape rule allows every dtype but bool.
 template <class F> Tensor withNumeric(const Node &node, DType dtype, F &&f) {
@@ -165,21 +127,13 @@ template <class T> bool isNaN(T x) {
     return false;
 }
 
-// maximum/minimum propagate NaN (NumPy, and MLIR's arith.maximumf).
-template <class T> T maxOf(T a, T b) {
-  if (isNaN(a))
-    return a;
-  if (isNaN(b))
-    return b;
-  return a < b ? b : a;
+// maximum/minimum propagate NaN (NumPy, and MLIR's arith.maximumf): the
+// first NaN of a and b, else `value`.
+template <class T> T firstNaNOr(T a, T b, T value) {
+  return isNaN(a) ? a : isNaN(b) ? b : value;
 }
-template <class T> T minOf(T a, T b) {
-  if (isNaN(a))
-    return a;
-  if (isNaN(b))
-    return b;
-  return b < a ? b : a;
-}
+template <class T> T maxOf(T a, T b) { return firstNaNOr(a, b, a < b ? b : a); }
+template <class T> T minOf(T a, T b) { return firstNaNOr(a, b, b < a ? b : a); }
 
 // C++ conversion, except that anything becomes bool as x != 0. Integer to
 // integer keeps the low bits (two's complement, as numpy's astype and LLVM's

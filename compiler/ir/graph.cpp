@@ -172,20 +172,26 @@ void Graph::addUpdate(ValueId param, ValueId value) {
   updates.push_back({param, value});
 }
 
-std::vector<ValueId> Graph::inputs() const {
+std::vector<ValueId> Graph::inputs() const { return nodesOf(OpKind::Input); }
+std::vector<ValueId> Graph::params() const { return nodesOf(OpKind::Parameter); }
+
+std::vector<ValueId> Graph::nodesOf(OpKind op) const {
   std::vector<ValueId> ids;
   for (ValueId i = 0; i < nodes.size(); ++i)
-    if (nodes[i].op == OpKind::Input)
+    if (nodes[i].op == op)
       ids.push_back(i);
   return ids;
 }
 
-std::vector<ValueId> Graph::params() const {
-  std::vector<ValueId> ids;
-  for (ValueId i = 0; i < nodes.size(); ++i)
-    if (nodes[i].op == OpKind::Parameter)
-      ids.push_back(i);
-  return ids;
+std::vector<bool> valuesBehind(const Graph &graph, ValueId value) {
+  std::vector<bool> behind(graph.size(), false);
+  behind.at(value) = true;
+  // Operands precede their users, so one sweep down from `value` finds them all.
+  for (ValueId id = value + 1; id-- > 0;)
+    if (behind[id])
+      for (ValueId operand : graph.node(id).operands)
+        behind[operand] = true;
+  return behind;
 }
 
 void Graph::reindexNames() {

@@ -140,48 +140,30 @@ TensorMap randomInputs(const Graph &graph, uint64_t seed) {
     }
     // Integers are drawn in [0, 10), or as valid indices of what reads them
     // (an empty axis has none: those stay 0).
+    DType dtype = node.type.dtype;
     std::optional<int64_t> bound;
-    if (isInteger(node.type.dtype))
+    if (isInteger(dtype))
       bound = indexBound(graph, ids[k]);
     uint64_t range = bound ? static_cast<uint64_t>(std::max<int64_t>(*bound, 1)) : 10;
     for (int64_t i = 0; i < t.numel(); ++i) {
       uint64_t counter = static_cast<uint64_t>(i);
-      switch (node.type.dtype) {
-      case DType::F32: {
+      if (dtype == DType::Bool) {
+        t.data<uint8_t>()[i] = static_cast<uint8_t>(randomBits(stream, counter) >> 63);
+      } else if (isInteger(dtype)) {
+        // An i64 scalar is a seed (dropout): any value will do, and a full
+        // 64-bit one exercises the seed's whole range.
+        bool seed = dtype == DType::I64 && node.type.rank() == 0 && !bound;
+        uint64_t bits = randomBits(stream, counter);
+        t.setInteger(i, static_cast<int64_t>(seed ? bits : bits % range));
+      } else if (dtype == DType::F32) {
         // Rounding to float can carry a value just below 1 up to 1.0f.
         float v = static_cast<float>(-1.0 + 2.0 * randomUniform(stream, counter));
         t.data<float>()[i] = std::min(v, std::nextafter(1.0f, 0.0f));
-        break;
-      }
-      case DType::F64:
+      } else if (dtype == DType::F64) {
         t.data<double>()[i] = -1.0 + 2.0 * randomUniform(stream, counter);
-        break;
-      case DType::F16:
-      case DType::BF16:
-        // Rounding can carry a value just below 1 up to 1; keep it below.
+      } else {
+        // A half: rounding can carry a value just below 1 up to 1; keep it below.
         t.setReal(i, std::min(-1.0 + 2.0 * randomUniform(stream, counter), 0.99));
-        break;
-      case DType::I32:
-        t.data<int32_t>()[i] = static_cast<int32_t>(randomBits(stream, counter) % range);
-        break;
-      case DType::I8:
-      case DType::U8:
-      case DType::I16:
-      case DType::U16:
-      case DType::U32:
-      case DType::U64:
-        t.setInteger(i, static_cast<int64_t>(randomBits(stream, counter) % range));
-        break;
-      case DType::I64:
-        // An i64 scalar is a seed (dropout): any value will do, and a full
-        // 64-bit one exercises the seed's whole range.
-        t.data<int64_t>()[i] =
-            node.type.rank() == 0 && !bound ? static_cast<int64_t>(randomBits(stream, counter))
-                                  : static_cast<int64_t>(randomBits(stream, counter) % range);
-        break;
-      case DType::Bool:
-        t.data<uint8_t>()[i] = static_cast<uint8_t>(randomBits(stream, counter) >> 63);
-        break;
       }
     }
     inputs.emplace(node.name, std::move(t));

@@ -191,20 +191,20 @@ void Lexer::lexNumber(Token &token) {
     fail(token, fmt::format("malformed number '{}'", clip(token.text)));
   const char *first = token.text.data();
   const char *last = first + token.text.size();
+  // `what` and `tooLarge` word the out-of-range error: "integer '12...' does not fit in 64 bits".
+  auto convert = [&](auto &value, std::string_view what, std::string_view tooLarge) {
+    auto [ptr, ec] = std::from_chars(first, last, value);
+    if (ec == std::errc::result_out_of_range)
+      fail(token, fmt::format("{} '{}' {}", what, clip(token.text), tooLarge));
+    if (ec != std::errc() || ptr != last)
+      fail(token, fmt::format("malformed number '{}'", clip(token.text)));
+  };
   if (real) {
     token.kind = TokenKind::Real;
-    auto [ptr, ec] = std::from_chars(first, last, token.realValue);
-    if (ec == std::errc::result_out_of_range)
-      fail(token, fmt::format("real number '{}' is out of range", clip(token.text)));
-    if (ec != std::errc() || ptr != last)
-      fail(token, fmt::format("malformed number '{}'", clip(token.text)));
+    convert(token.realValue, "real number", "is out of range");
   } else {
     token.kind = TokenKind::Int;
-    auto [ptr, ec] = std::from_chars(first, last, token.intValue);
-    if (ec == std::errc::result_out_of_range)
-      fail(token, fmt::format("integer '{}' does not fit in 64 bits", clip(token.text)));
-    if (ec != std::errc() || ptr != last)
-      fail(token, fmt::format("malformed number '{}'", clip(token.text)));
+    convert(token.intValue, "integer", "does not fit in 64 bits");
   }
 }
 

@@ -73,6 +73,13 @@ public:
 private:
   void parseInput();
   void parseParam();
+  // `input %x : TYPE` and `param %w : TYPE = ...` start alike.
+  struct Declaration {
+    Token keyword, var;
+    TensorType type;
+  };
+  Declaration parseDeclaration(std::string_view keyword);
+  void addDeclared(const Declaration &declared, OpKind op, Attrs attrs);
   void parseNode();
   void parseOutput();
   void parseUpdate();
@@ -192,32 +199,34 @@ Graph Parser::parse() {
   return std::move(graph_);
 }
 
-// input %x : f32[128,784]
-void Parser::parseInput() {
+Parser::Declaration Parser::parseDeclaration(std::string_view keyword) {
   Token kw = lex_.next();
-  Token var = expectVar("after 'input'");
+  Token var = expectVar(fmt::format("after '{}'", keyword));
   if (isNumericName(var.text))
-    lex_.fail(var, fmt::format("input '%{}' needs a name, not a number", clip(var.text)));
+    lex_.fail(var, fmt::format("{} '%{}' needs a name, not a number", keyword, clip(var.text)));
   checkUndefined(var);
-  expectPunct(':', fmt::format("after input '%{}'", clip(var.text)));
+  expectPunct(':', fmt::format("after {} '%{}'", keyword, clip(var.text)));
   TensorType type = parseType();
-  Node node;
-  node.op = OpKind::Input;
-  node.attrs = {{"dtype", std::string(dtypeName(type.dtype))}, {"shape", type.shape}};
-  node.name = std::string(var.text);
-  node.loc = lex_.locOf(kw);
-  define(var, graph_.add(std::move(node)));
+  return {kw, var, std::move(type)};
 }
+
+void Parser::addDeclared(const Declaration &declared, OpKind op, Attrs attrs) {
+  Node node;
+  node.op = op;
+  node.attrs = std::move(attrs);
+  node.attrs.set("dtype", std::string(dtypeName(declared.type.dtype)));
+  node.attrs.set("shape", declared.type.shape);
+  node.name = std::string(declared.var.text);
+  node.loc = lex_.locOf(declared.keyword);
+  define(declared.var, graph_.add(std::move(node)));
+}
+
+// input %x : f32[128,784]
+void Parser::parseInput() { addDeclared(parseDeclaration("input"), OpKind::Input, {}); }
 
 // param %w : f32[784,512] = he_uniform(seed=1)
 void Parser::parseParam() {
-  Token kw = lex_.next();
-  Token var = expectVar("after 'param'");
-  if (isNumericName(var.text))
-    lex_.fail(var, fmt::format("param '%{}' needs a name, not a number", clip(var.text)));
-  checkUndefined(var);
-  expectPunct(':', fmt::format("after param '%{}'", clip(var.text)));
-  TensorType type = parseType();
+  Declaration declared = parseDeclaration("param");
   expectPunct('=', "and an initializer such as zeros() after the param's type");
   Token initName = lex_.next();
   if (initName.kind != TokenKind::Ident)
@@ -244,15 +253,8 @@ void Parser::parseParam() {
     lex_.fail(initName,
               fmt::format("initializer '{}': {}", clip(initName.text), e.what()));
   }
-  Node node;
-  node.op = OpKind::Parameter;
   // Stored in canonical form (reals as reals) so text and builder graphs agree.
-  node.attrs = init.toAttrs();
-  node.attrs.set("dtype", std::string(dtypeName(type.dtype)));
-  node.attrs.set("shape", type.shape);
-  node.name = std::string(var.text);
-  node.loc = lex_.locOf(kw);
-  define(var, graph_.add(std::move(node)));
+  addDeclared(declared, OpKind::Parameter, init.toAttrs());
 }
 
 // %h = relu(%x) {attrs} : f32[2,3]

@@ -31,6 +31,8 @@
 //   correction); computed once per kernel, never an output of a bigger kernel.
 // - Constants and iotas belong to no group: every kernel that reads one
 //   computes it itself (FusionGroup::constants), so they need no buffer.
+// Which nodes a kernel stores and in which loop nests is its KernelPlan
+// (planKernel below), which codegen carries out.
 #pragma once
 
 #include "stepc/graph.h"
@@ -54,6 +56,56 @@ enum class FusionKind {
 // "single", "loop", "reduction", "epilogue", "multi-output", "attention"
 std::string_view fusionKindName(FusionKind kind);
 
+// How a kernel computes its group (planKernel below): the nodes it stores
+// (its roots) and the loop nests that compute them, one after another. Every
+// other node of the group is inlined into the nests that read it: computed
+// from its operands at the index the reader needs, never stored.
+enum class NestKind {
+  Elementwise, // roots of one shape that could be inlined (isInlinable: an
+               // output, or a matmul operand stored row-major), in one loop
+               // over it (an optimizer's parameter and moment updates: one
+               // pass over memory)
+  Reduction,   // one reduction or argmax
+  Contraction, // one matmul or convolution (or a convolution's gradient)
+  Window,      // one pooling or pooling gradient
+  Scatter,     // one scatter_add
+  Attention,   // an Attention group's output by the online softmax, which
+               // also stores the row max and sum where others read them
+  Collective,  // all_reduce: no code, a runtime call between kernels
+};
+// "elementwise", "reduction", "contraction", "window", "scatter",
+// "attention", "collective"
+std::string_view nestKindName(NestKind kind);
+
+struct LoopNest {
+  NestKind kind = NestKind::Elementwise;
+  std::vector<ValueId> roots; // Elementwise: one or more of one shape; else one
+  // Contraction of a matmul or conv2d: the roots of all the later nests,
+  // when these are all Elementwise, of the product's shape and few enough
+  // (with the full-size tensors they read) to compute on each register tile
+  // of the product before it is stored, its epilogue. A target that cannot
+  // (no register tile for these dtypes, operand layouts or ops) runs the
+  // later nests after the product instead.
+  std::vector<ValueId> epilogue;
+  // Contraction of a matmul: per operand, whether the kernel reads it in
+  // place, as a strided view of a stored value (a transpose, reshape, slice
+  // or broadcast of it: the layout it is read in); else it reads a row-major
+  // buffer: the operand's own, or a copy an earlier nest stores (a root).
+  std::vector<bool> stridedOperands;
+};
+
+struct KernelPlan {
+  // In the group's order; the nests' roots in this order, but for an
+  // Attention kernel, whose nest stores the others it has among them.
+  std::vector<ValueId> roots;
+  std::vector<LoopNest> nests;
+  // Threads split every nest by dimension 0 of the roots, each computing
+  // its own rows: every root has that dimension 0, and a value computed in
+  // the kernel is read only in the row it was written in (see rowLocal in
+  // kernel_plan.cpp). Else the kernel runs on one thread.
+  bool rowParallel = false;
+};
+
 // One kernel: a set of nodes computed together.
 struct FusionGroup {
   std::string name;             // "k3_matmul_add_relu": index + main ops
@@ -69,6 +121,8 @@ struct FusionGroup {
   int64_t hero = -1;
   int64_t bytesRead = 0;        // inputs' sizes, plus constants stored as data
   int64_t bytesWritten = 0;     // sum of the output values' sizes
+  // How the kernel computes the nodes: empty until planKernels.
+  KernelPlan kernel;
 };
 
 // A fusion the rules refused, for --why-not-fused.
@@ -140,6 +194,32 @@ std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId outpu
 // does not have.
 FusionPlan planFusion(const Graph &graph, const FusionOptions &options = {});
 
+// What the target's kernels can read in place (codegen::kernelTarget gives
+// the CPU's and the GPU's).
+struct KernelTarget {
+  // For matmul `product` of `group`: per operand, whether the target's
+  // matmul reads it in place as a strided view (LoopNest::stridedOperands).
+  std::function<std::vector<bool>(const Graph &, const FusionGroup &, ValueId product)>
+      stridedOperands;
+};
+// Whether a node of this op can be inlined into the nests that read it
+// (its value at an index is a cheap function of its operands' values at
+// indices computable there), from its class in ops.def; else it is a root.
+bool isInlinable(OpKind op);
+// For each value, whether a kernel other than its own (or the caller: graph
+// outputs, parameter updates) reads it: such values are stored.
+std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan);
+// How `group` is computed (compiler/passes/kernel_plan.cpp). Its roots are
+// the nodes others read (usedOutside), the nodes of classes that cannot be
+// inlined (ops.def: reductions, contractions, windows, scatters,
+// collectives), and the matmul operands the target cannot read in place
+// (stored row-major once); an Attention group's are its output and what
+// others read of it.
+KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
+                      const std::vector<bool> &usedOutside, const KernelTarget &target);
+// planKernel for every group of the plan.
+void planKernels(const Graph &graph, FusionPlan &plan, const KernelTarget &target);
+
 // The smallest set of fused groups whose fusion explains a failure, by
 // bisection (compiler/passes/fusion_bisect.cpp). `candidates` are group
 // indices in plan order; `fails(set)` builds and runs the graph with only
@@ -206,7 +286,8 @@ BufferPlan planBuffers(const Graph &graph, const FusionPlan &plan);
 // --- Seeing fusion (compiler/passes/fusion_report.cpp) ---------------------
 // One row per kernel: name, kind, ops, bytes read and written, source
 // locations of its ops (and, for gradient nodes, the forward op they
-// differentiate). The last line is exactly
+// differentiate); then, where the kernels are planned (planKernels), one
+// "nests" line per kernel with its loop nests. The last line is exactly
 //   total: K kernels, B bytes read+written, peak arena P bytes
 // `sameCodeAs` (from codegen: LoweredGraph::sameCodeAs by kernel name) marks
 // kernels that share the code of an earlier one: "k57 = k9".

@@ -188,6 +188,44 @@ std::string peakLines(const Graph &graph, const FusionPlan &plan, const BufferPl
       megabytesOf(buffers.arenaBytes - p.live()), fmt::join(largest, ", "));
 }
 
+// How each kernel runs, where the kernels are planned (planKernels): its
+// nests in order, each with the roots it stores, one line per kernel:
+//   k0_matmul_add_relu: rows split; contraction %z1 (strided: a b) with
+//   epilogue %h1 on its tile
+std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
+  std::string out;
+  for (const FusionGroup &group : plan.groups) {
+    const KernelPlan &kernel = group.kernel;
+    if (kernel.nests.empty())
+      continue;
+    std::vector<std::string> nests;
+    for (const LoopNest &nest : kernel.nests) {
+      std::vector<std::string> roots;
+      for (ValueId v : nest.roots)
+        roots.push_back(valueName(graph, v));
+      std::string text = fmt::format("{} {}", nestKindName(nest.kind), fmt::join(roots, " "));
+      std::vector<std::string> strided;
+      for (size_t k = 0; k < nest.stridedOperands.size(); ++k)
+        if (nest.stridedOperands[k])
+          strided.push_back(k == 0 ? "a" : "b");
+      if (!strided.empty())
+        text += fmt::format(" (strided: {})", fmt::join(strided, " "));
+      if (!nest.epilogue.empty()) {
+        std::vector<std::string> epilogue;
+        for (ValueId v : nest.epilogue)
+          epilogue.push_back(valueName(graph, v));
+        text += fmt::format(" with epilogue {} on its tile", fmt::join(epilogue, " "));
+        nests.push_back(text);
+        break; // the later nests are its epilogue
+      }
+      nests.push_back(text);
+    }
+    out += fmt::format("nests {}: {}{}\n", group.name, kernel.rowParallel ? "rows split; " : "",
+                       fmt::join(nests, "; "));
+  }
+  return out;
+}
+
 } // namespace
 
 std::string fusionReport(const Graph &graph, const FusionPlan &plan,
@@ -249,6 +287,7 @@ std::string fusionReport(const Graph &graph, const FusionPlan &plan,
                        waiter < plan.groups.size() ? plan.groups[waiter].name : "the step's end",
                        waiter - k - 1);
   }
+  out += kernelPlanLines(graph, plan);
   out += recomputedLines(graph, plan);
   out += peakLines(graph, plan, buffers);
   out += fmt::format("total: {} kernels, {} bytes read+written, peak arena {} bytes\n",

@@ -37,20 +37,8 @@ int64_t bytesOf(const Graph &graph, ValueId v) {
 // the only ops that may take over an operand's buffer. Dropout's mask is a
 // function of (seed, i), so it reads and writes like an elementwise op.
 bool readsAtItsOwnIndex(OpKind op) {
-  switch (opInfo(op).opClass) {
-  case OpClass::Elementwise:
-  case OpClass::Random: return true;
-  case OpClass::Source:
-  case OpClass::Constant:
-  case OpClass::View:
-  case OpClass::Indexed:
-  case OpClass::Reduction:
-  case OpClass::Contraction:
-  case OpClass::Window:
-  case OpClass::Scatter:
-  case OpClass::Collective: return false;
-  }
-  return false;
+  OpClass opClass = opInfo(op).opClass;
+  return opClass == OpClass::Elementwise || opClass == OpClass::Random;
 }
 
 // Whether `group` may write `output` over `operand`'s buffer while it runs.

@@ -95,24 +95,25 @@ private:
     return true;
   }
 
+  // x op e and e op x become x, for the identity e of a commutative op.
+  bool dropsIdentity(ValueId id, double identity) {
+    const Node &n = node(id);
+    if (isSplat(n.operands[1], identity))
+      return becomes(id, n.operands[0]);
+    if (isSplat(n.operands[0], identity))
+      return becomes(id, n.operands[1]);
+    return false;
+  }
+
   bool simplify(ValueId id) {
     const Node &n = node(id);
     switch (n.op) {
-    case OpKind::Mul: // x * 1, 1 * x
-      if (isSplat(n.operands[1], 1))
-        return becomes(id, n.operands[0]);
-      if (isSplat(n.operands[0], 1))
-        return becomes(id, n.operands[1]);
-      return false;
+    case OpKind::Mul: return dropsIdentity(id, 1); // x * 1, 1 * x
     case OpKind::Add:
       // x + 0, 0 + x. For floats the one difference is the sign of a zero
       // result: -0 + 0 is +0 where x is -0. The two compare equal, and XLA's
       // simplifier makes the same trade.
-      if (isSplat(n.operands[1], 0))
-        return becomes(id, n.operands[0]);
-      if (isSplat(n.operands[0], 0))
-        return becomes(id, n.operands[1]);
-      return false;
+      return dropsIdentity(id, 0);
     case OpKind::Sub:
       if (isSplat(n.operands[1], 0)) // x - 0 (as x + 0 above for x - -0)
         return becomes(id, n.operands[0]);

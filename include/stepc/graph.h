@@ -153,6 +153,8 @@ public:
 
   std::vector<ValueId> inputs() const;
   std::vector<ValueId> params() const;
+  // The nodes of one op, in graph order.
+  std::vector<ValueId> nodesOf(OpKind op) const;
   // Through a name index, so adding n named nodes costs O(n), not O(n^2).
   // add() keeps the index current; code that renames nodes or replaces
   // `nodes` wholesale calls reindexNames() afterwards. Nodes appended to
@@ -177,6 +179,9 @@ private:
   mutable size_t indexed_ = 0;
   void syncNameIndex() const;
 };
+
+// Which values `value` is computed from, itself included (indexed by ValueId).
+std::vector<bool> valuesBehind(const Graph &graph, ValueId value);
 
 // Shape and dtype rule of one op (one case per op; compiler/ir/shape_rules.cpp).
 // Throws stepc::Error with a message that starts with the op name but carries

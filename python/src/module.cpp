@@ -219,12 +219,7 @@ template <class F> Value at(Value anchor, const Where &w, F &&build) {
 }
 
 Init initFrom(const std::string &kind, double a, double b, int64_t seed) {
-  Init init;
-  init.kind = parseInitKind(kind);
-  init.a = a;
-  init.b = b;
-  init.seed = seed;
-  return init;
+  return {parseInitKind(kind), a, b, seed};
 }
 
 void bindBuilder(nb::module_ &m) {
@@ -423,13 +418,7 @@ nb::list slotList(const Graph &g, const std::vector<ValueId> &ids) {
 
 Schedule scheduleFrom(const std::string &kind, int64_t stepSize, double gamma, int64_t totalSteps,
                       double minLr) {
-  Schedule s;
-  s.kind = parseScheduleKind(kind);
-  s.stepSize = stepSize;
-  s.gamma = gamma;
-  s.totalSteps = totalSteps;
-  s.minLr = minLr;
-  return s;
+  return {parseScheduleKind(kind), stepSize, gamma, totalSteps, minLr};
 }
 
 void bindGraph(nb::module_ &m) {

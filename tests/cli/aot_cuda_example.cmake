@@ -10,7 +10,7 @@ set(CXX ${CXX} ${SANITIZE})
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 
-include(${CMAKE_CURRENT_LIST_DIR}/checked.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/aot_program.cmake)
 
 checked("stepc compile" ${STEPC} compile ${EXAMPLES}/mlp.sg --target cuda -o ${WORK}/artifact)
 foreach(file mlp.o mlp.h mlp_spec.cpp mlp.params.safetensors mlp.ptx)
@@ -22,14 +22,7 @@ if(PTXAS)
   checked("ptxas" ${PTXAS} -arch=sm_90 ${WORK}/artifact/mlp.ptx -o ${WORK}/mlp.cubin)
 endif()
 
-checked("compiling mlp_spec.cpp" ${CXX} -std=c++20 -O2 -Wall -Werror -I${INCLUDE}
-        -I${WORK}/artifact -c ${WORK}/artifact/mlp_spec.cpp -o ${WORK}/mlp_spec.o)
-checked("compiling main.c" ${CXX} -x c -std=c11 -O2 -Wall -Wextra -Werror -I${WORK}/artifact
-        -c ${EXAMPLES}/aot/main.c -o ${WORK}/main.o)
-checked("linking" ${CXX} ${WORK}/main.o ${WORK}/mlp_spec.o ${WORK}/artifact/mlp.o ${RUNTIME}
-        ${FMT} -pthread -lm -ldl -o ${WORK}/mlp_cuda)
-checked("ldd" ldd ${WORK}/mlp_cuda)
-string(TOLOWER "${out}" libraries)
+aot_program(mlp_cuda -ldl)
 if(libraries MATCHES "llvm|mlir|cuda")
   message(FATAL_ERROR "the CUDA AOT program must not link LLVM, MLIR or CUDA:\n${out}")
 endif()

@@ -9,7 +9,7 @@ set(CXX ${CXX} ${SANITIZE})
 file(REMOVE_RECURSE ${WORK})
 file(MAKE_DIRECTORY ${WORK})
 
-include(${CMAKE_CURRENT_LIST_DIR}/checked.cmake)
+include(${CMAKE_CURRENT_LIST_DIR}/aot_program.cmake)
 
 checked("stepc compile" ${STEPC} compile ${EXAMPLES}/mlp.sg --target cpu -o ${WORK}/artifact)
 foreach(file mlp.o mlp.h mlp_spec.cpp mlp.params.safetensors)
@@ -18,16 +18,7 @@ foreach(file mlp.o mlp.h mlp_spec.cpp mlp.params.safetensors)
   endif()
 endforeach()
 
-checked("compiling mlp_spec.cpp" ${CXX} -std=c++20 -O2 -Wall -Werror -I${INCLUDE}
-        -I${WORK}/artifact -c ${WORK}/artifact/mlp_spec.cpp -o ${WORK}/mlp_spec.o)
-# The header is C: the example is compiled as C11.
-checked("compiling main.c" ${CXX} -x c -std=c11 -O2 -Wall -Wextra -Werror -I${WORK}/artifact
-        -c ${EXAMPLES}/aot/main.c -o ${WORK}/main.o)
-checked("linking" ${CXX} ${WORK}/main.o ${WORK}/mlp_spec.o ${WORK}/artifact/mlp.o ${RUNTIME}
-        ${FMT} -pthread -lm -o ${WORK}/mlp_aot)
-
-checked("ldd" ldd ${WORK}/mlp_aot)
-string(TOLOWER "${out}" libraries)
+aot_program(mlp_aot)
 if(libraries MATCHES "llvm|mlir")
   message(FATAL_ERROR "the AOT program must not need LLVM or MLIR:\n${out}")
 endif()

@@ -2,6 +2,8 @@
 # reports no difference (two more compiles of the step); a fault injected into the middle fused kernel is found, alone,
 # in at most ceil(log2 fused kernels) + 2 probes. The fused kernels' names
 # come from the error for an unknown kernel, which is tested on the way.
+include(${CMAKE_CURRENT_LIST_DIR}/checked.cmake)
+
 set(base ${STEPC} bisect-fusion ${GRAPH} --train-step adam --metric diff --tolerance ${TOLERANCE})
 
 execute_process(COMMAND ${base} --inject-fault no_such_kernel=1
@@ -25,12 +27,8 @@ if(CLEAN)
   endif()
 endif()
 
-execute_process(COMMAND ${base} --inject-fault ${culprit}=0.01
-                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 300)
+checked("bisect-fusion with a fault" ${base} --inject-fault ${culprit}=0.01)
 message(STATUS "${out}")
-if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "bisect-fusion exited with ${rc}:\n${err}")
-endif()
 if(NOT out MATCHES "culprit: fusing this kernel explains the difference \\(([0-9]+) probes for ([0-9]+) fused kernels[^\n]*\n  ([^ ]+) ")
   message(FATAL_ERROR "no single culprit reported")
 endif()

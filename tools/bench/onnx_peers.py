@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+from peers import TorchGpt
+
 THREADS = 2
 MODELS = ["mlp", "cnn", "gpt"]
 LABELS = {"mlp": "MLP 784-1024-1024-10, b256", "cnn": "convnet 2 conv3x3, b32",
@@ -61,49 +63,7 @@ def build_model(name):
                               nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Flatten(), nn.Linear(784, 10))
         return model, torch.randn(32, 1, 28, 28)
-    return gpt_model(**GPT), torch.randint(0, GPT["vocab"], (GPT["batch"], GPT["tokens"]))
-
-
-def gpt_model(layers, width, heads, tokens, batch, vocab):
-    import math
-
-    import torch
-    import torch.nn as nn
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
-            self.wq, self.wk, self.wv, self.wo = (nn.Linear(width, width, bias=False)
-                                                  for _ in range(4))
-            self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
-            self.gelu = nn.GELU()
-            self.register_buffer("causal", torch.ones(tokens, tokens).tril().bool())
-
-        def forward(self, x):
-            b, t, d = x.shape
-            n = self.ln1(x)
-            q, k, v = (w(n).view(b, t, heads, d // heads).transpose(1, 2)
-                       for w in (self.wq, self.wk, self.wv))
-            s = (q @ k.transpose(-2, -1)) / math.sqrt(d // heads)
-            s = s.masked_fill(~self.causal, float("-inf"))
-            a = torch.softmax(s, dim=-1) @ v
-            x = x + self.wo(a.transpose(1, 2).reshape(b, t, d))
-            return x + self.down(self.gelu(self.up(self.ln2(x))))
-
-    class Gpt(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(vocab, width)
-            self.pos = nn.Parameter(torch.randn(tokens, width) * 0.02)
-            self.blocks = nn.Sequential(*(Block() for _ in range(layers)))
-            self.lnf = nn.LayerNorm(width)
-            self.out = nn.Linear(width, vocab, bias=False)
-
-        def forward(self, tokens_in):
-            return self.out(self.lnf(self.blocks(self.embed(tokens_in) + self.pos)))
-
-    return Gpt()
+    return TorchGpt(**GPT, written_out=True), torch.randint(0, GPT["vocab"], (GPT["batch"], GPT["tokens"]))
 
 
 def export(name, folder):

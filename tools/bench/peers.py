@@ -87,9 +87,14 @@ def steps_for(name, args):
 # --- PyTorch -----------------------------------------------------------------
 
 
-def TorchGpt(layers, width, heads, tokens, batch, vocab):
+def TorchGpt(layers, width, heads, tokens, batch, vocab, written_out=False):
     """make_gpt.py's model as a torch.nn.Module (built lazily: importing torch
-    is the worker's business)."""
+    is the worker's business). written_out: causal attention as matmul, scale,
+    masked fill, softmax and matmul, and nn.GELU's erf GELU, the model
+    tools/bench/onnx_peers.py exports; otherwise scaled_dot_product_attention
+    and make_gpt.py's tanh GELU."""
+    import math
+
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -101,15 +106,24 @@ def TorchGpt(layers, width, heads, tokens, batch, vocab):
             self.wq, self.wk, self.wv, self.wo = (nn.Linear(width, width, bias=False)
                                                   for _ in range(4))
             self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+            if written_out:
+                self.gelu = nn.GELU()
+                self.register_buffer("causal", torch.ones(tokens, tokens).tril().bool())
 
         def forward(self, x):
             b, t, d = x.shape
             n = self.ln1(x)
             q, k, v = (w(n).view(b, t, heads, d // heads).transpose(1, 2)
                        for w in (self.wq, self.wk, self.wv))
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if written_out:
+                s = (q @ k.transpose(-2, -1)) / math.sqrt(d // heads)
+                s = s.masked_fill(~self.causal, float("-inf"))
+                a = torch.softmax(s, dim=-1) @ v
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.wo(a.transpose(1, 2).reshape(b, t, d))
-            return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+            h = self.up(self.ln2(x))
+            return x + self.down(self.gelu(h) if written_out else F.gelu(h, approximate="tanh"))
 
     class Gpt(nn.Module):
         def __init__(self):

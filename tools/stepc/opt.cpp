@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "fusion_plan.h"
 #include "lowered_graph.h"
+#include "lowering.h"
 
 #include "stepc/compile.h"
 #include "stepc/file.h"
@@ -114,6 +115,7 @@ std::map<std::string, std::string> sharedKernels(const Graph &graph, const OptOp
 
 void showFusion(const Graph &graph, const OptOptions &options) {
   FusionPlan plan = planFusion(graph, {.enabled = !options.noFusion});
+  planKernels(graph, plan, codegen::kernelTarget(false));
   if (options.fusionReport)
     fmt::print("{}", fusionReport(graph, plan, planBuffers(graph, plan), sharedKernels(graph, options)));
   if (options.whyNotFused)

@@ -49,6 +49,15 @@ Tensor gatherRows(const Tensor &rows, const std::vector<int64_t> &order, int64_t
   return batch;
 }
 
+void saveDemoCheckpoint(Executable &trainer, const std::optional<std::string> &checkpoint,
+                        const std::string &fallback) {
+  std::string path = checkpoint.value_or(fallback);
+  if (path.empty())
+    return;
+  trainer.saveParams(path);
+  fmt::print("saved the trained parameters and optimizer state to {}\n", path);
+}
+
 int threadsPerRank(int ranks) {
   int local = ranks;
   if (const char *s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))

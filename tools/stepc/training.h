@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace stepc::cli {
@@ -45,6 +47,11 @@ inline void mixBytes(uint64_t &h, const Tensor &t) {
 // A hash of every param's bytes, on any backend: every rank's params must
 // agree after training.
 uint64_t paramsHash(const Executable &executable);
+
+// Saves the trained params and optimizer state of a demo to its --checkpoint,
+// or to `fallback` without one (an empty --checkpoint saves nothing).
+void saveDemoCheckpoint(Executable &trainer, const std::optional<std::string> &checkpoint,
+                        const std::string &fallback);
 
 // Threads per rank: the machine's cores shared among the ranks on it, so two
 // spinning pools do not stall each other.

@@ -2,15 +2,14 @@
 // so a fresh checkout shows the whole front half of the pipeline working:
 // parse -> grad -> optimizer step graph -> run.
 #include "commands.h"
+#include "example_batches.h"
 
 #include "stepc/text.h"
 #include "stepc/train.h"
 
 #include <fmt/format.h>
 
-#include <cmath>
 #include <filesystem>
-#include <numbers>
 #include <system_error>
 
 namespace stepc::cli {
@@ -43,9 +42,7 @@ TrainResult train(const Graph &model, const Optimizer &opt, const TensorMap &bat
 int xorDemo(const std::string &examples) {
   fmt::print("XOR: 2-2-1 tanh/sigmoid network, {}/xor.sg, Adam lr 0.1\n", examples);
   Graph model = parseGraphFile(examples + "/xor.sg");
-  TensorMap batch;
-  batch.emplace("x", Tensor::of<float>({4, 2}, {0, 0, 0, 1, 1, 0, 1, 1}));
-  batch.emplace("y", Tensor::of<float>({4, 1}, {0, 1, 1, 0}));
+  TensorMap batch = examples::xorBatch();
   Optimizer opt = Optimizer::adam();
   opt.lr = 0.1;
   TrainResult r = train(model, opt, batch, 400, 100);
@@ -72,14 +69,7 @@ int polySinDemo(const std::string &examples) {
              "{}/poly_sin.sg, Adam lr 0.05\n",
              examples);
   Graph model = parseGraphFile(examples + "/poly_sin.sg");
-  std::vector<float> xs(256), ys(256);
-  for (int i = 0; i < 256; ++i) {
-    xs[i] = static_cast<float>(-std::numbers::pi + 2 * std::numbers::pi * i / 255.0);
-    ys[i] = std::sin(xs[i]);
-  }
-  TensorMap batch;
-  batch.emplace("x", Tensor::of<float>({256}, xs));
-  batch.emplace("y", Tensor::of<float>({256}, ys));
+  TensorMap batch = examples::polySinBatch();
   Optimizer opt = Optimizer::adam();
   opt.lr = 0.05;
   TrainResult r = train(model, opt, batch, 1000, 200);

@@ -297,12 +297,8 @@ int gptDemo(const DemoOptions &options) {
     fmt::print("{}\n  --\n", indented);
   }
 
-  std::string checkpoint =
-      options.checkpoint.value_or(fmt::format("fortunes_{}.safetensors", modelName));
-  if (!checkpoint.empty()) {
-    trainer->saveParams(checkpoint);
-    fmt::print("saved the trained parameters and optimizer state to {}\n", checkpoint);
-  }
+  saveDemoCheckpoint(*trainer, options.checkpoint,
+                     fmt::format("fortunes_{}.safetensors", modelName));
   return learned ? 0 : 1;
 }
 

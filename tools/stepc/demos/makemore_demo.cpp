@@ -5,6 +5,7 @@
 // reports train and held-out loss, then samples new words.
 #include "commands.h"
 #include "datasets.h"
+#include "training.h"
 
 #include "stepc/compile.h"
 #include "stepc/text.h"
@@ -21,8 +22,6 @@
 
 namespace stepc::cli {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // '.' = 0 starts and ends a word; a..z = 1..26.
 constexpr int kVocab = 27;
@@ -200,8 +199,7 @@ int makemoreDemo(const DemoOptions &options) {
   auto compileStart = Clock::now();
   auto trainer = compileJit(trainStep(m.graph, "loss", opt));
   fmt::print("compiled the training step: {} kernels in {:.0f} ms\n",
-             trainer->spec().kernels.size(),
-             std::chrono::duration<double, std::milli>(Clock::now() - compileStart).count());
+             trainer->spec().kernels.size(), millisSince(compileStart));
 
   std::vector<int64_t> order(static_cast<size_t>(train.count()));
   std::iota(order.begin(), order.end(), 0);
@@ -245,12 +243,8 @@ int makemoreDemo(const DemoOptions &options) {
   for (const std::string &word : sampleWords(*evaluator, m, 10, 20, sampler))
     fmt::print("  {}{}\n", word, known.contains(word) ? "" : " *");
 
-  std::string checkpoint =
-      options.checkpoint.value_or(fmt::format("wamerican_{}.safetensors", modelName));
-  if (!checkpoint.empty()) {
-    trainer->saveParams(checkpoint);
-    fmt::print("saved the trained parameters and optimizer state to {}\n", checkpoint);
-  }
+  saveDemoCheckpoint(*trainer, options.checkpoint,
+                     fmt::format("wamerican_{}.safetensors", modelName));
   return learned ? 0 : 1;
 }
 

@@ -6,7 +6,7 @@
 
 namespace stepc::codegen {
 
-struct KernelTarget {
+struct LoweringTarget {
   // How the parallel loops of a nest run: dimension 0 split into [%begin,
   // %end) ranges among the calls of the kernel (the CPU's thread pool), or
   // one GPU thread per element of the whole nest (%begin is the thread's
@@ -33,8 +33,8 @@ struct KernelTarget {
   // rows it owns).
   bool atomicAccumulate;
 
-  static KernelTarget cpu() { return {Parallel::SplitDimension0, true, true, true, false}; }
-  static KernelTarget gpu() { return {Parallel::ThreadPerElement, false, false, false, true}; }
+  static LoweringTarget cpu() { return {Parallel::SplitDimension0, true, true, true, false}; }
+  static LoweringTarget gpu() { return {Parallel::ThreadPerElement, false, false, false, true}; }
 };
 
 } // namespace stepc::codegen

@@ -1,0 +1,264 @@
+// How each kernel computes its group (fusion_plan.h, KernelPlan): which
+// nodes it stores, the loop nests that compute them, which nests run on a
+// matmul's register tile, and whether threads split it by rows. Codegen
+// carries the plan out (compiler/codegen/lowering.cpp, KernelEmitter::emit).
+#include "fusion_plan.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <set>
+#include <stdexcept>
+
+namespace stepc {
+
+std::string_view nestKindName(NestKind kind) {
+  switch (kind) {
+  case NestKind::Elementwise: return "elementwise";
+  case NestKind::Reduction: return "reduction";
+  case NestKind::Contraction: return "contraction";
+  case NestKind::Window: return "window";
+  case NestKind::Scatter: return "scatter";
+  case NestKind::Attention: return "attention";
+  case NestKind::Collective: return "collective";
+  }
+  return "?";
+}
+
+bool isInlinable(OpKind op) {
+  switch (opInfo(op).opClass) {
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Indexed: return true;
+  case OpClass::Source:
+  case OpClass::Reduction:
+  case OpClass::Contraction:
+  case OpClass::Window:
+  case OpClass::Scatter:
+  case OpClass::Collective: return false;
+  }
+  return false;
+}
+
+std::vector<bool> usedOutsideGroup(const Graph &graph, const FusionPlan &plan) {
+  std::vector<bool> used(graph.size(), false);
+  for (size_t id = 0; id < graph.size(); ++id)
+    for (ValueId operand : graph.nodes[id].operands)
+      if (plan.groupOf[operand] != plan.groupOf[id])
+        used[operand] = true;
+  for (const GraphOutput &out : graph.outputs)
+    used[out.value] = true;
+  for (const ParamUpdate &u : graph.updates)
+    used[u.value] = true;
+  return used;
+}
+
+namespace {
+
+// The nest of a root that is not inlinable, by its class.
+NestKind rootNestKind(const Node &n) {
+  switch (opInfo(n.op).opClass) {
+  case OpClass::Constant:
+  case OpClass::Elementwise:
+  case OpClass::Random:
+  case OpClass::View:
+  case OpClass::Indexed: return NestKind::Elementwise;
+  case OpClass::Reduction: return NestKind::Reduction;
+  case OpClass::Contraction: return NestKind::Contraction;
+  case OpClass::Window: return NestKind::Window;
+  case OpClass::Scatter: return NestKind::Scatter;
+  case OpClass::Collective: return NestKind::Collective;
+  case OpClass::Source: break;
+  }
+  throw std::logic_error(
+      fmt::format("planKernel: {} belongs to no kernel", opInfo(n.op).name));
+}
+
+// Splitting a kernel's roots by their dimension 0 among threads is safe when
+// every root has the same dimension 0 and each value computed in the kernel
+// is read only at the same dimension-0 index it was written at: then one
+// call's rows never need another call's. Elementwise ops over operands of
+// the same rank and dimension 0, reductions that keep axis 0, and a matmul's
+// left operand read row by row; anything else reads across rows.
+// It is also why results do not depend on the thread count (docs/design.md,
+// "Determinism"): a call computes whole output elements, each in the order
+// the kernel fixes, and no partial sums are combined across calls. A split
+// of a reduction (over dimension 0, a scatter along axis 0, a matmul's K)
+// would have to use fixed-size chunks combined in chunk order to keep that.
+bool rowLocal(const Graph &g, const FusionGroup &group, const std::vector<ValueId> &roots) {
+  auto shapeOf = [&](ValueId v) -> const Shape & { return g.type(v).shape; };
+  const Shape &first = shapeOf(roots.front());
+  // No dimension 0, or an empty one: nothing to split (and a parallel extent
+  // of 0 would be no valid kernel).
+  if (first.empty() || first[0] == 0)
+    return false;
+  for (ValueId r : roots)
+    if (shapeOf(r).empty() || shapeOf(r)[0] != first[0])
+      return false;
+  // Only reads of data a root of this kernel wrote (directly, or through
+  // inlined ops) can cross rows; reads of the arena were written earlier.
+  std::set<ValueId> rootSet(roots.begin(), roots.end());
+  std::set<ValueId> carries;
+  for (ValueId id : group.nodes) {
+    bool c = false;
+    for (ValueId operand : g.node(id).operands)
+      c = c || carries.count(operand);
+    if (c || rootSet.count(id))
+      carries.insert(id);
+  }
+  for (ValueId id : group.nodes) {
+    const Node &n = g.node(id);
+    for (size_t k = 0; k < n.operands.size(); ++k) {
+      ValueId operand = n.operands[k];
+      if (!carries.count(operand))
+        continue;
+      const Shape &in = shapeOf(operand);
+      bool sameRow = !in.empty() && in.size() == n.type.shape.size() && in[0] == n.type.shape[0];
+      bool ok = false;
+      switch (opInfo(n.op).opClass) {
+      // Dropout's mask hashes the element's index in the whole tensor, which
+      // a call over some rows computes as the whole loop would.
+      case OpClass::Elementwise:
+      case OpClass::Random: ok = sameRow; break;
+      case OpClass::Reduction: {
+        bool keepsAxis0 = true;
+        if (n.op == OpKind::ArgMax)
+          keepsAxis0 = n.attrs.getInt("axis") != 0;
+        else
+          for (int64_t a : n.attrs.getInts("axes"))
+            keepsAxis0 = keepsAxis0 && a != 0;
+        ok = keepsAxis0 && !in.empty() && !n.type.shape.empty() && in[0] == n.type.shape[0];
+        break;
+      }
+      case OpClass::Contraction: ok = n.op == OpKind::MatMul && k == 0 && in.size() == 2 && sameRow; break;
+      // A row-major reshape that keeps dimension 0 keeps each row's
+      // elements in that row (a matmul's [16,64,256] result as [16,64,4,64]).
+      case OpClass::View:
+        ok = n.op == OpKind::Reshape && !in.empty() && !n.type.shape.empty() &&
+             in[0] == n.type.shape[0];
+        break;
+      case OpClass::Source:
+      case OpClass::Constant:
+      case OpClass::Indexed:
+      case OpClass::Window:
+      case OpClass::Scatter:
+      case OpClass::Collective: break;
+      }
+      if (!ok)
+        return false;
+    }
+  }
+  // A scatter along axis 0 writes rows it does not own.
+  for (ValueId r : roots)
+    if (g.node(r).op == OpKind::ScatterAdd && g.node(r).attrs.getInt("axis") == 0)
+      return false;
+  return true;
+}
+
+// The epilogue of the product `product` (a matmul or conv2d): `later`, the
+// roots of the nests after it, when they can all run on its register tile:
+// elementwise, of the product's shape, and few enough. Heavy epilogues stay a
+// row sweep after the product: a whole optimizer update streams several
+// full-size tensors, which the tile order (column panels outside) would read
+// in short strided pieces.
+std::vector<ValueId> tileEpilogue(const Graph &g, const FusionGroup &group, ValueId product,
+                                  const std::vector<ValueId> &later) {
+  const Shape &shape = g.type(product).shape;
+  for (ValueId r : later)
+    if (!isInlinable(g.node(r).op) || g.type(r).shape != shape)
+      return {};
+  std::set<ValueId> inGroup(group.nodes.begin(), group.nodes.end());
+  std::set<ValueId> fullSize, seen;
+  std::vector<ValueId> stack(later.begin(), later.end());
+  while (!stack.empty()) {
+    ValueId v = stack.back();
+    stack.pop_back();
+    if (v == product || !seen.insert(v).second)
+      continue;
+    if (!inGroup.count(v)) {
+      if (g.type(v).shape == shape)
+        fullSize.insert(v);
+      continue;
+    }
+    for (ValueId operand : g.node(v).operands)
+      stack.push_back(operand);
+  }
+  if (fullSize.size() + later.size() > 3)
+    return {};
+  return later;
+}
+
+} // namespace
+
+KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
+                      const std::vector<bool> &usedOutside, const KernelTarget &target) {
+  KernelPlan plan;
+  // An Attention kernel computes its output with the online softmax and
+  // stores the row max and sum where others read them
+  // (lowering_attention.cpp): one nest.
+  if (group.kind == FusionKind::Attention) {
+    for (ValueId id : group.nodes)
+      if (static_cast<int64_t>(id) == group.hero || usedOutside[id])
+        plan.roots.push_back(id);
+    plan.nests.push_back({NestKind::Attention, {static_cast<ValueId>(group.hero)}, {}, {}});
+    plan.rowParallel = true;
+    return plan;
+  }
+  // Matmul operands the target reads only row-major: a computed one is
+  // stored so once (a constant the target computes where it reads it).
+  std::set<ValueId> inGroup(group.nodes.begin(), group.nodes.end());
+  std::map<ValueId, std::vector<bool>> strided;
+  std::set<ValueId> copied;
+  for (ValueId id : group.nodes) {
+    const Node &n = graph.node(id);
+    if (n.op != OpKind::MatMul)
+      continue;
+    strided[id] = target.stridedOperands(graph, group, id);
+    for (size_t k = 0; k < n.operands.size(); ++k)
+      if (!strided[id][k] && inGroup.count(n.operands[k]) &&
+          opInfo(graph.node(n.operands[k]).op).opClass != OpClass::Constant)
+        copied.insert(n.operands[k]);
+  }
+  for (ValueId id : group.nodes)
+    if (usedOutside[id] || !isInlinable(graph.node(id).op) || copied.count(id))
+      plan.roots.push_back(id);
+
+  // Consecutive inlinable roots of one shape share a loop nest; every other
+  // root has one of its own.
+  const std::vector<ValueId> &roots = plan.roots;
+  for (size_t i = 0; i < roots.size();) {
+    const Node &n = graph.node(roots[i]);
+    if (isInlinable(n.op)) {
+      size_t j = i + 1;
+      while (j < roots.size() && isInlinable(graph.node(roots[j]).op) &&
+             graph.type(roots[j]).shape == n.type.shape)
+        ++j;
+      plan.nests.push_back(
+          {NestKind::Elementwise, std::vector<ValueId>(roots.begin() + i, roots.begin() + j), {}, {}});
+      i = j;
+      continue;
+    }
+    LoopNest nest{rootNestKind(n), {roots[i]}, {}, {}};
+    if (auto it = strided.find(roots[i]); it != strided.end())
+      nest.stridedOperands = it->second;
+    // A matmul or conv2d (not a scatter-form gradient) may compute the roots
+    // after it on its register tile.
+    if (nest.kind == NestKind::Contraction && !opInfo(n.op).is(kScatterForm) && i + 1 < roots.size())
+      nest.epilogue = tileEpilogue(graph, group, roots[i],
+                                   std::vector<ValueId>(roots.begin() + i + 1, roots.end()));
+    plan.nests.push_back(std::move(nest));
+    ++i;
+  }
+  plan.rowParallel = !roots.empty() && rowLocal(graph, group, roots);
+  return plan;
+}
+
+void planKernels(const Graph &graph, FusionPlan &plan, const KernelTarget &target) {
+  std::vector<bool> usedOutside = usedOutsideGroup(graph, plan);
+  for (FusionGroup &group : plan.groups)
+    group.kernel = planKernel(graph, group, usedOutside, target);
+}
+
+} // namespace stepc
