@@ -1,7 +1,8 @@
 // Fused attention (issue 11, FusionKind::Attention: compiler/passes/fusion.cpp
 // claims the pattern, compiler/codegen/lowering_attention.cpp emits it)
 // against the interpreter: causal and not, sequence lengths that are no
-// multiple of the 16-key block or the register tile's rows (1, 7, 33, 65),
+// multiple of the 16-key group, the 64-key block or the register tile's
+// rows (1, 7, 33, 65, 700, 1000), batch 1 with several heads, D 40 and Dv 24,
 // cross attention (Tq != Tk), head dims 16 and 64, batch dimensions broadcast,
 // the `attention` composite and the same pattern written out by hand (the
 // causal mask folded to a constant, or le(iota, iota) where it is too big to
@@ -90,6 +91,13 @@ std::vector<stepc::testing::SnippetCase> cases() {
       // folds to a constant; at 65 it stays gt(iota, iota).
       {"exported_masked_fill_19", exportedMaskedFill(19)},
       {"exported_masked_fill_65", exportedMaskedFill(65)},
+      // Past the old whole-Tk panels (Tk ~384 at D 64): key blocks of 64,
+      // Tk and Tq no multiple of the block or of 16, batch 1 with several
+      // heads (units are (batch x heads, query block) pairs).
+      {"causal_700_heads", composite("1,3,700,16", "1,3,700,16", true)},
+      {"plain_700", composite("2,700,16", "2,700,16", false)},
+      {"causal_1000_d64", composite("1,2,1000,64", "1,2,1000,64", true)},
+      {"cross_50_by_1000", composite("1,2,50,16", "1,2,1000,16", false)},
   };
   for (stepc::testing::SnippetCase &c :
        stepc::testing::readSnippetCases("tests/snippets/codegen_attention.sg"))
@@ -147,6 +155,21 @@ TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
   stepc::testing::CompareOptions options;
   options.unfused = false;
   stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
+}
+
+// Fault injection (bisect-fusion's perturbKernel) on an attention kernel
+// whose units split batch, heads and query blocks among threads: the
+// elements at even flat indices are shifted once, whatever thread wrote them.
+TEST(CodegenAttentionValues, PerturbedKernelShiftsEveryOtherElement) {
+  Graph graph = parseGraph(composite("1,3,70,24", "1,3,70,24", true));
+  TensorMap inputs = randomInputs(graph, 27);
+  auto run = [&](const CompileOptions &options) {
+    return compileJit(graph, options, {.threads = 2})->step(inputs).at("o");
+  };
+  Tensor plain = run({.cache = false});
+  Tensor shifted = run({.cache = false, .perturbKernel = CompileOptions::Perturbation{0, 0.25}});
+  for (int64_t i = 0; i < plain.numel(); ++i)
+    ASSERT_NEAR(shifted.real(i), plain.real(i) + (i % 2 == 0 ? 0.25 : 0), 1e-6) << "o[" << i << "]";
 }
 
 // Two layers at 65 tokens: the unfolded causal mask le(iota, iota) is one

@@ -74,8 +74,10 @@ private:
   void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
   // An Attention group's kernel (lowering_attention.cpp): its output (the
   // plan's Attention nest), tile by tile with an online softmax. A parallel
-  // call owns output rows [begin, end) of dimension 0.
+  // call owns units [begin, end) of attentionUnits(output) (a batch entry's
+  // block of query rows). It adds the perturbation to what it stores.
   void emitAttention(ValueId output, bool parallel);
+  int64_t attentionUnits(ValueId output) const;
   // The product's full index of a tile element (row, col): batch indices
   // first, or the batch delinearized from a collapsed row.
   std::function<Index(const std::string &, const std::string &)> tileIndex_;

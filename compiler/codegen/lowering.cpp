@@ -604,6 +604,10 @@ KernelSource KernelEmitter::emit() {
   bool parallel = plan.rowParallel;
   if (parallel)
     extent = shapeOf(roots.front())[0];
+  // An Attention kernel's threads split its units instead.
+  bool attention = group_.kind == FusionKind::Attention;
+  if (attention)
+    extent = attentionUnits(static_cast<ValueId>(group_.hero));
   for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
     // A product whose epilogue runs on its register tile computes the roots
@@ -616,7 +620,8 @@ KernelSource KernelEmitter::emit() {
     if (onTile)
       break;
   }
-  if (perturbation_ != 0)
+  // An Attention kernel perturbs what its units store.
+  if (perturbation_ != 0 && !attention)
     emitPerturbation(parallel, extent);
   w_.line("return");
 

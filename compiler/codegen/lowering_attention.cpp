@@ -1,16 +1,25 @@
 // The Attention kernel (FusionKind::Attention, matchAttention in compiler/passes/fusion_plan.h):
 // softmax(q k^T [* scale] [causal]) v without storing the scores.
 //
-// Per batch entry, k^T and v are copied once into stack panels padded to
-// whole vectors (keys along the lanes of k^T's panel, so a query row's
-// scores for 16 keys are one FMA chain over D). Per tile of query rows
-// (the register tile's row count), the keys are visited 16 at a time with
-// an online softmax: each row keeps its running max m and sum l, and its
-// output accumulator (acc, Dv floats) is rescaled by exp(m_old - m_new)
-// whenever the max grows; at the end acc / l is the row's output. A causal
-// tile stops at the key block past its last row. Rows past the end of the
-// range are computed as copies of the last row (same values, same thread),
-// which keeps the tile's loops free of row guards.
+// The work is split into units of one batch entry's block of query rows
+// (kAttentionQueryBlock, rounded up to the register tile's rows), which run
+// in parallel: batch and heads collapse into one dimension with the query
+// blocks, so a batch-1 multi-head attention uses every thread. A unit walks
+// the keys in blocks of kAttentionKeyBlock: it packs the block of k^T into
+// a stack panel (keys along the lanes, with tiled_matmul's packing, so a
+// query row's scores for 16 keys are one FMA chain over D), then each tile
+// of query rows (the register tile's row count) takes the block's keys 16
+// at a time with an online softmax: each row keeps its running max m and
+// sum l, and its output accumulator (acc, Dv floats) is rescaled by
+// exp(m_old - m_new) whenever the max grows; after the last block acc / l
+// is the row's output. m, l and acc stay on the stack between blocks, so
+// the stack holds one key block and one query block whatever Tk is. A
+// causal unit stops at the key block past its last row, a tile at the
+// 16 keys past its last row. Rows past the end of the range are computed
+// as copies of the last row (same values, same unit), which keeps the
+// tile's loops free of row guards. Each output element is written by one
+// unit, in the order a serial run writes it, so results do not depend on
+// the thread count.
 #include "kernel_emitter.h"
 
 #include "tiled_matmul.h"
@@ -77,7 +86,25 @@ std::string openSteppedFor(MlirWriter &w, const std::string &lb, const std::stri
   return iv;
 }
 
+// The kernel's units: a batch entry's block of query rows each (the
+// register tile's rows times a whole number), batch entries outside.
+struct Units {
+  int64_t queryBlock, queryBlocks, count;
+};
+Units unitsOf(const Shape &out) {
+  int64_t queryBlock = roundUp(kAttentionQueryBlock, registerTile().rows);
+  int64_t queryBlocks = (out[out.size() - 2] + queryBlock - 1) / queryBlock;
+  int64_t count = queryBlocks;
+  for (size_t d = 0; d + 2 < out.size(); ++d)
+    count *= out[d];
+  return {queryBlock, queryBlocks, count};
+}
+
 } // namespace
+
+int64_t KernelEmitter::attentionUnits(ValueId output) const {
+  return unitsOf(shapeOf(output)).count;
+}
 
 void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   std::optional<AttentionPattern> p = matchAttention(g_, output);
@@ -87,8 +114,12 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   size_t rank = out.size();
   int64_t tq = out[rank - 2], dv = out[rank - 1], depth = shapeOf(p->queries).back(),
           tk = shapeOf(p->scores).back();
-  int64_t tkPadded = roundUp(tk, kLanes), dvPadded = roundUp(dv, kLanes);
+  int64_t dvPadded = roundUp(dv, kLanes);
   int rows = registerTile().rows;
+  Units units = unitsOf(out);
+  int64_t keyBlock = kAttentionKeyBlock, queryBlock = units.queryBlock,
+          queryBlocks = units.queryBlocks;
+  Shape batchShape(out.begin(), out.end() - 2);
 
   // The operands as strided views in the output's batch space (stride 0
   // where an operand is broadcast), as matmulPlan does.
@@ -115,121 +146,94 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
       stride *= out[d];
     }
   }
+  // v's rows are read in place with vector loads where they are contiguous,
+  // else each key block of v is copied to a panel too.
+  bool packValues = dv > 1 && v.strides[rank - 1] != 1;
 
   // Stack buffers, before any loop.
-  auto stackBuffer = [&](int64_t a, int64_t b) {
-    return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : memref<{}x{}xf32>",
-                                 a, b));
+  auto stackBuffer = [&](const std::string &type) {
+    return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
   };
-  std::string kPanel = stackBuffer(depth, tkPadded), vPanel = stackBuffer(tkPadded, dvPadded),
-              acc = stackBuffer(rows, dvPadded), probs = stackBuffer(rows, kLanes);
-  std::string kPanelType = fmt::format("memref<{}x{}xf32>", depth, tkPadded),
-              vPanelType = fmt::format("memref<{}x{}xf32>", tkPadded, dvPadded),
-              accType = fmt::format("memref<{}x{}xf32>", rows, dvPadded),
+  std::string kPanelType = fmt::format("memref<{}x{}xf32>", depth, keyBlock),
+              vPanelType = fmt::format("memref<{}x{}xf32>", keyBlock, dvPadded),
+              accType = fmt::format("memref<{}x{}xf32>", queryBlock, dvPadded),
+              statsType = fmt::format("memref<{}xf32>", queryBlock),
               probsType = fmt::format("memref<{}x{}xf32>", rows, kLanes);
+  std::string kPanel = stackBuffer(kPanelType), acc = stackBuffer(accType),
+              maxes = stackBuffer(statsType), sums = stackBuffer(statsType),
+              probs = stackBuffer(probsType), vPanel;
   std::string zero = w_.constant(0, DType::F32);
   std::string zeros = w_.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
-
-  Index batch = openLoops(Shape(out.begin(), out.end() - 2), parallel);
-  // A 2-D product splits its query rows among threads.
-  std::string qlo = w_.indexConstant(0), qhi = w_.indexConstant(tq);
-  if (parallel && rank == 2) {
-    qlo = begin_;
-    qhi = end_;
+  std::string lowest = w_.constant(-FLT_MAX, DType::F32);
+  // The panels start zeroed: a tail block leaves lanes past Tk as they were
+  // (their scores are masked), and v's columns past Dv are read into acc
+  // lanes that are never stored, but a zero probability times garbage could
+  // still be a NaN in a lane that is.
+  auto zeroPanel = [&](const std::string &panel, const std::string &type, int64_t panelRows,
+                       int64_t panelCols) {
+    std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(panelRows));
+    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(panelCols), kLanes);
+    w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", zeros, panel, r, c, type, kVec));
+    w_.endFor();
+    w_.endFor();
+  };
+  zeroPanel(kPanel, kPanelType, depth, keyBlock);
+  if (packValues) {
+    vPanel = stackBuffer(vPanelType);
+    zeroPanel(vPanel, vPanelType, keyBlock, dvPadded);
   }
+
+  // Units [lo, hi): (batch entry, query block) pairs.
+  std::string unit = w_.beginFor(parallel ? begin_ : w_.indexConstant(0),
+                                 parallel ? end_ : w_.indexConstant(units.count));
+  std::string flatBatch = w_.assign(fmt::format("arith.divui {}, {} : index", unit,
+                                                w_.indexConstant(queryBlocks)));
+  Index batch = batchShape.empty() ? Index{} : delinearize(flatBatch, batchShape);
+  std::string q0 = w_.assign(fmt::format(
+      "arith.muli {}, {} : index",
+      w_.assign(fmt::format("arith.remui {}, {} : index", unit, w_.indexConstant(queryBlocks))),
+      w_.indexConstant(queryBlock)));
+  std::string qEnd = w_.assign(fmt::format("arith.minsi {}, {} : index",
+                                           addIndex(w_, q0, w_.indexConstant(queryBlock)),
+                                           w_.indexConstant(tq)));
+  std::string last = w_.assign(fmt::format("arith.subi {}, {} : index", qEnd, w_.indexConstant(1)));
+
   auto at = [&](const StridedOperand &s, size_t d) { return s.strides[d]; };
-  std::string qType, ktType, vType, oType;
+  std::string qType, keysType, vType, oType;
   std::string qm = stridedMatrix(q, batch, tq, depth, at(q, rank - 2), at(q, rank - 1), qType);
-  std::string ktm = stridedMatrix(kt, batch, depth, tk, at(kt, rank - 2), at(kt, rank - 1), ktType);
+  // k^T [D, Tk] read as k [Tk, D]: B^T of the scores' product, as packB reads it.
+  std::string keys =
+      stridedMatrix(kt, batch, tk, depth, at(kt, rank - 1), at(kt, rank - 2), keysType);
   std::string vm = stridedMatrix(v, batch, tk, dv, at(v, rank - 2), at(v, rank - 1), vType);
   std::string om = stridedMatrix(o, batch, tq, dv, dv, 1, oType);
 
-  // The panels: k^T [D, Tk] and v [Tk, Dv], zero past the edges (a zero
-  // probability times garbage could be NaN).
+  // The unit's rows start with m = lowest, l = 0, acc = 0.
   {
-    std::string j = w_.beginFor(w_.indexConstant(0), w_.indexConstant(tk));
-    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
-    std::string x = w_.assign(fmt::format("memref.load {}[{}, {}] : {}", ktm, d, j, ktType));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", x, kPanel, d, j, kPanelType));
-    w_.endFor();
-    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(dv));
-    std::string y = w_.assign(fmt::format("memref.load {}[{}, {}] : {}", vm, j, c, vType));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", y, vPanel, j, c, vPanelType));
-    w_.endFor();
-    if (dvPadded > dv) {
-      std::string c2 = w_.beginFor(w_.indexConstant(dv), w_.indexConstant(dvPadded));
-      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", zero, vPanel, j, c2, vPanelType));
-      w_.endFor();
-    }
-    w_.endFor();
-  }
-  if (tkPadded > tk) {
-    std::string j = w_.beginFor(w_.indexConstant(tk), w_.indexConstant(tkPadded));
-    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", zero, kPanel, d, j, kPanelType));
-    w_.endFor();
-    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(dvPadded));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", zero, vPanel, j, c, vPanelType));
-    w_.endFor();
-    w_.endFor();
-  }
-
-  // Query tiles.
-  std::string i0 = openSteppedFor(w_, qlo, qhi, rows);
-  std::string last = w_.assign(fmt::format("arith.subi {}, {} : index", qhi, w_.indexConstant(1)));
-  std::vector<std::string> row;
-  for (int r = 0; r < rows; ++r)
-    row.push_back(w_.assign(fmt::format("arith.minsi {}, {} : index",
-                                        r == 0 ? i0 : addIndex(w_, i0, w_.indexConstant(r)),
-                                        last)));
-  {
+    std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(queryBlock));
+    w_.line(fmt::format("memref.store {}, {}[{}] : {}", lowest, maxes, r, statsType));
+    w_.line(fmt::format("memref.store {}, {}[{}] : {}", zero, sums, r, statsType));
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
-    for (int r = 0; r < rows; ++r)
-      w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", zeros, acc,
-                          w_.indexConstant(r), c, accType, kVec));
+    w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", zeros, acc, r, c, accType, kVec));
+    w_.endFor();
     w_.endFor();
   }
-  // A causal tile needs the keys up to its last row only.
+  // A causal unit needs the keys up to its last row only.
   std::string keyEnd = w_.indexConstant(tk);
   if (p->causal)
-    keyEnd = w_.assign(fmt::format("arith.minsi {}, {} : index",
-                                   addIndex(w_, i0, w_.indexConstant(rows)), keyEnd));
-  std::string lowest = w_.constant(-FLT_MAX, DType::F32);
-  std::vector<std::string> inits, types;
-  for (int r = 0; r < rows; ++r) {
-    inits.push_back(lowest);
-    types.push_back("f32");
-  }
-  for (int r = 0; r < rows; ++r) {
-    inits.push_back(zero);
-    types.push_back("f32");
-  }
-  std::vector<std::string> state;
-  std::string j0 = w_.fresh("j");
-  std::vector<std::string> carried =
-      openCarryingFor(w_, j0, w_.indexConstant(0), keyEnd, kLanes, inits, types, state);
+    keyEnd = w_.assign(fmt::format("arith.minsi {}, {} : index", qEnd, keyEnd));
 
-  // Scores of the tile's rows for keys [j0, j0 + 16): one FMA chain over D.
-  std::vector<std::string> scores;
-  {
-    std::vector<std::string> vinits(static_cast<size_t>(rows), zeros), vtypes(rows, kVec), res;
-    std::string d = w_.fresh("d");
-    std::vector<std::string> sums =
-        openCarryingFor(w_, d, w_.indexConstant(0), w_.indexConstant(depth), 1, vinits, vtypes, res);
-    std::string keys = w_.assign(
-        fmt::format("vector.load {}[{}, {}] : {}, {}", kPanel, d, j0, kPanelType, kVec));
-    std::vector<std::string> next;
+  // Row r of the tile at i0: its row of the output (clamped to the unit's
+  // last) and of the unit's buffers.
+  auto tileRows = [&](const std::string &i0, std::vector<std::string> &row,
+                      std::vector<std::string> &local) {
+    std::string first = w_.assign(fmt::format("arith.subi {}, {} : index", i0, q0));
     for (int r = 0; r < rows; ++r) {
-      std::string a =
-          w_.assign(fmt::format("memref.load {}[{}, {}] : {}", qm, row[r], d, qType));
-      next.push_back(w_.assign(fmt::format("vector.fma {}, {}, {} : {}", splat(w_, a), keys,
-                                           sums[r], kVec)));
+      row.push_back(w_.assign(fmt::format("arith.minsi {}, {} : index",
+                                          r == 0 ? i0 : addIndex(w_, i0, w_.indexConstant(r)),
+                                          last)));
+      local.push_back(r == 0 ? first : addIndex(w_, first, w_.indexConstant(r)));
     }
-    closeCarryingFor(w_, next, vtypes);
-    scores = res;
-  }
-
-  // Which lanes are keys (< Tk), and with causal, which a row sees (<= row).
+  };
   std::string lanes = "arith.constant dense<[0";
   for (int l = 1; l < kLanes; ++l)
     lanes += fmt::format(", {}", l);
@@ -238,83 +242,213 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", index));
     return w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", i));
   };
-  std::string keysAt = w_.assign(
-      fmt::format("arith.addi {}, {} : vector<16xi64>", indexVector(j0), w_.assign(lanes)));
-  std::string isKey = w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi64>", keysAt,
-                                            indexVector(w_.indexConstant(tk))));
-  std::string scale = splat(w_, w_.constant(p->scale, DType::F32));
-  std::string fill = splat(w_, w_.constant(p->fill, DType::F32));
-  std::string lowestVec = splat(w_, lowest);
-  std::vector<std::string> nextMax, nextSum, rescale;
-  for (int r = 0; r < rows; ++r) {
-    std::string s = scores[r];
-    if (p->scaleOp == AttentionPattern::Scale::Mul)
-      s = w_.assign(fmt::format("arith.mulf {}, {} : {}", s, scale, kVec));
-    else if (p->scaleOp == AttentionPattern::Scale::Div)
-      s = w_.assign(fmt::format("arith.divf {}, {} : {}", s, scale, kVec));
-    if (p->causal) {
-      std::string sees = w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi64>", keysAt,
-                                               indexVector(row[r])));
-      s = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", sees, s, fill, kVec));
-    }
-    s = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey, s, lowestVec, kVec));
-    std::string blockMax =
-        w_.assign(fmt::format("vector.reduction <maximumf>, {} : {} into f32", s, kVec));
-    std::string m = w_.assign(fmt::format("arith.maximumf {}, {} : f32", carried[r], blockMax));
-    std::string shifted = w_.assign(fmt::format("arith.subf {}, {} : {}", s, splat(w_, m), kVec));
-    std::string e = w_.assign(fmt::format("math.exp {} : {}", shifted, kVec));
-    e = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey, e, zeros, kVec));
-    std::string correction = w_.assign(fmt::format(
-        "math.exp {} : f32", w_.assign(fmt::format("arith.subf {}, {} : f32", carried[r], m))));
-    std::string blockSum = w_.assign(fmt::format("vector.reduction <add>, {} : {} into f32", e, kVec));
-    std::string l = w_.assign(fmt::format(
-        "arith.addf {}, {} : f32",
-        w_.assign(fmt::format("arith.mulf {}, {} : f32", carried[rows + r], correction)), blockSum));
-    w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", e, probs, w_.indexConstant(r),
-                        w_.indexConstant(0), probsType, kVec));
-    nextMax.push_back(m);
-    nextSum.push_back(l);
-    rescale.push_back(splat(w_, correction));
-  }
+  std::vector<std::string> types(2 * rows, "f32");
 
-  // acc = acc * correction + probs x v[j0 .. j0 + 16).
-  {
-    std::string keysLeft = w_.assign(fmt::format(
-        "arith.minsi {}, {} : index",
-        w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(tk), j0)),
-        w_.indexConstant(kLanes)));
-    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
-    std::vector<std::string> vinits, vtypes(rows, kVec), res;
-    for (int r = 0; r < rows; ++r) {
-      std::string a = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", acc,
-                                            w_.indexConstant(r), c, accType, kVec));
-      vinits.push_back(w_.assign(fmt::format("arith.mulf {}, {} : {}", a, rescale[r], kVec)));
+  // One key block [j0, j0 + count), packed, through every tile of the unit.
+  auto keyBlockThroughTiles = [&](const std::string &j0, int64_t count) {
+    emitPackColumns(w_, keys, keysType, depth, at(kt, rank - 2) == 1, kPanel, kPanelType, j0,
+                    count);
+    if (packValues) {
+      std::string j = w_.beginFor(w_.indexConstant(0), w_.indexConstant(count));
+      std::string key = addIndex(w_, j0, j);
+      std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(dv));
+      std::string y = w_.assign(fmt::format("memref.load {}[{}, {}] : {}", vm, key, c, vType));
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", y, vPanel, j, c, vPanelType));
+      w_.endFor();
+      w_.endFor();
     }
-    std::string j = w_.fresh("j");
-    std::vector<std::string> sums =
-        openCarryingFor(w_, j, w_.indexConstant(0), keysLeft, 1, vinits, vtypes, res);
-    std::string values = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vPanel,
-                                               addIndex(w_, j0, j), c, vPanelType, kVec));
-    std::vector<std::string> next;
-    for (int r = 0; r < rows; ++r) {
-      std::string pr = w_.assign(
-          fmt::format("memref.load {}[{}, {}] : {}", probs, w_.indexConstant(r), j, probsType));
-      next.push_back(w_.assign(
-          fmt::format("vector.fma {}, {}, {} : {}", splat(w_, pr), values, sums[r], kVec)));
+    std::string blockEnd = addIndex(w_, j0, w_.indexConstant(count));
+    std::string i0 = openSteppedFor(w_, q0, qEnd, rows);
+    std::vector<std::string> row, local;
+    tileRows(i0, row, local);
+    // A causal tile needs the keys up to its last row only.
+    std::string tileKeyEnd = blockEnd;
+    if (p->causal)
+      tileKeyEnd = w_.assign(fmt::format("arith.minsi {}, {} : index",
+                                         addIndex(w_, i0, w_.indexConstant(rows)), blockEnd));
+    std::vector<std::string> inits;
+    for (const std::string &buffer : {maxes, sums})
+      for (int r = 0; r < rows; ++r)
+        inits.push_back(
+            w_.assign(fmt::format("memref.load {}[{}] : {}", buffer, local[r], statsType)));
+    std::vector<std::string> state;
+    std::string jj = w_.fresh("j");
+    std::vector<std::string> carried =
+        openCarryingFor(w_, jj, j0, tileKeyEnd, kLanes, inits, types, state);
+    std::string panelColumn = w_.assign(fmt::format("arith.subi {}, {} : index", jj, j0));
+
+    // Scores of the tile's rows for keys [jj, jj + 16): one FMA chain over D.
+    std::vector<std::string> scores;
+    {
+      std::vector<std::string> vinits(static_cast<size_t>(rows), zeros), vtypes(rows, kVec), res;
+      std::string d = w_.fresh("d");
+      std::vector<std::string> partial = openCarryingFor(
+          w_, d, w_.indexConstant(0), w_.indexConstant(depth), 1, vinits, vtypes, res);
+      std::string keyLanes = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", kPanel, d,
+                                                   panelColumn, kPanelType, kVec));
+      std::vector<std::string> next;
+      for (int r = 0; r < rows; ++r) {
+        std::string a =
+            w_.assign(fmt::format("memref.load {}[{}, {}] : {}", qm, row[r], d, qType));
+        next.push_back(w_.assign(fmt::format("vector.fma {}, {}, {} : {}", splat(w_, a), keyLanes,
+                                             partial[r], kVec)));
+      }
+      closeCarryingFor(w_, next, vtypes);
+      scores = res;
     }
-    closeCarryingFor(w_, next, vtypes);
-    for (int r = 0; r < rows; ++r)
-      w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", res[r], acc,
-                          w_.indexConstant(r), c, accType, kVec));
+
+    // Which lanes are keys (< Tk), and with causal, which a row sees (<= row).
+    std::string keysAt = w_.assign(
+        fmt::format("arith.addi {}, {} : vector<16xi64>", indexVector(jj), w_.assign(lanes)));
+    std::string isKey = w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi64>", keysAt,
+                                              indexVector(w_.indexConstant(tk))));
+    std::string scale = splat(w_, w_.constant(p->scale, DType::F32));
+    std::string fill = splat(w_, w_.constant(p->fill, DType::F32));
+    std::string lowestVec = splat(w_, lowest);
+    std::vector<std::string> nextMax, nextSum, rescale;
+    for (int r = 0; r < rows; ++r) {
+      std::string s = scores[r];
+      if (p->scaleOp == AttentionPattern::Scale::Mul)
+        s = w_.assign(fmt::format("arith.mulf {}, {} : {}", s, scale, kVec));
+      else if (p->scaleOp == AttentionPattern::Scale::Div)
+        s = w_.assign(fmt::format("arith.divf {}, {} : {}", s, scale, kVec));
+      if (p->causal) {
+        std::string sees = w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi64>",
+                                                 keysAt, indexVector(row[r])));
+        s = w_.assign(
+            fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", sees, s, fill, kVec));
+      }
+      s = w_.assign(
+          fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey, s, lowestVec, kVec));
+      std::string blockMax =
+          w_.assign(fmt::format("vector.reduction <maximumf>, {} : {} into f32", s, kVec));
+      std::string m = w_.assign(fmt::format("arith.maximumf {}, {} : f32", carried[r], blockMax));
+      std::string shifted =
+          w_.assign(fmt::format("arith.subf {}, {} : {}", s, splat(w_, m), kVec));
+      std::string e = w_.assign(fmt::format("math.exp {} : {}", shifted, kVec));
+      e = w_.assign(
+          fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey, e, zeros, kVec));
+      std::string correction = w_.assign(fmt::format(
+          "math.exp {} : f32", w_.assign(fmt::format("arith.subf {}, {} : f32", carried[r], m))));
+      std::string blockSum =
+          w_.assign(fmt::format("vector.reduction <add>, {} : {} into f32", e, kVec));
+      std::string l = w_.assign(fmt::format(
+          "arith.addf {}, {} : f32",
+          w_.assign(fmt::format("arith.mulf {}, {} : f32", carried[rows + r], correction)),
+          blockSum));
+      w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", e, probs, w_.indexConstant(r),
+                          w_.indexConstant(0), probsType, kVec));
+      nextMax.push_back(m);
+      nextSum.push_back(l);
+      rescale.push_back(splat(w_, correction));
+    }
+
+    // acc = acc * correction + probs x v[jj .. jj + 16): v's rows in place
+    // (the last 16 columns masked where Dv is not a multiple of 16, so no
+    // load reads past v's buffer) or from the panel.
+    {
+      std::string keysLeft = w_.assign(fmt::format(
+          "arith.minsi {}, {} : index",
+          w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(tk), jj)),
+          w_.indexConstant(kLanes)));
+      std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
+      std::string mask;
+      if (!packValues && dvPadded > dv)
+        mask = w_.assign(fmt::format(
+            "vector.create_mask {} : vector<16xi1>",
+            w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(dv), c))));
+      std::vector<std::string> vinits, vtypes(rows, kVec), res;
+      for (int r = 0; r < rows; ++r) {
+        std::string a = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", acc, local[r], c,
+                                              accType, kVec));
+        vinits.push_back(w_.assign(fmt::format("arith.mulf {}, {} : {}", a, rescale[r], kVec)));
+      }
+      std::string j = w_.fresh("j");
+      std::vector<std::string> partial =
+          openCarryingFor(w_, j, w_.indexConstant(0), keysLeft, 1, vinits, vtypes, res);
+      std::string values;
+      if (packValues)
+        values = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vPanel,
+                                       addIndex(w_, panelColumn, j), c, vPanelType, kVec));
+      else if (mask.empty())
+        values = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vm,
+                                       addIndex(w_, jj, j), c, vType, kVec));
+      else
+        values = w_.assign(fmt::format(
+            "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", vm,
+            addIndex(w_, jj, j), c, mask, zeros, vType, kVec, kVec));
+      std::vector<std::string> next;
+      for (int r = 0; r < rows; ++r) {
+        std::string pr = w_.assign(
+            fmt::format("memref.load {}[{}, {}] : {}", probs, w_.indexConstant(r), j, probsType));
+        next.push_back(w_.assign(
+            fmt::format("vector.fma {}, {}, {} : {}", splat(w_, pr), values, partial[r], kVec)));
+      }
+      closeCarryingFor(w_, next, vtypes);
+      for (int r = 0; r < rows; ++r)
+        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", res[r], acc, local[r], c,
+                            accType, kVec));
+      w_.endFor();
+    }
+    std::vector<std::string> yields = nextMax;
+    yields.insert(yields.end(), nextSum.begin(), nextSum.end());
+    closeCarryingFor(w_, yields, types);
+    for (int r = 0; r < rows; ++r) {
+      w_.line(fmt::format("memref.store {}, {}[{}] : {}", state[r], maxes, local[r], statsType));
+      w_.line(fmt::format("memref.store {}, {}[{}] : {}", state[rows + r], sums, local[r],
+                          statsType));
+    }
+    w_.endFor(); // tiles
+  };
+
+  // Whole key blocks (up to the causal end), then the last, shorter block
+  // of Tk where it is not a multiple of the block and the unit reaches it.
+  int64_t wholeEnd = tk / keyBlock * keyBlock;
+  if (wholeEnd > 0) {
+    std::string blocksEnd = w_.assign(fmt::format("arith.minsi {}, {} : index", keyEnd,
+                                                  w_.indexConstant(wholeEnd)));
+    std::string j0 = openSteppedFor(w_, w_.indexConstant(0), blocksEnd, keyBlock);
+    keyBlockThroughTiles(j0, keyBlock);
     w_.endFor();
   }
-  std::vector<std::string> yields = nextMax;
-  yields.insert(yields.end(), nextSum.begin(), nextSum.end());
-  closeCarryingFor(w_, yields, types);
+  if (tk > wholeEnd) {
+    w_.line(fmt::format("scf.if {} {{",
+                        w_.assign(fmt::format("arith.cmpi sgt, {}, {} : index", keyEnd,
+                                              w_.indexConstant(wholeEnd)))));
+    w_.indent();
+    w_.pushScope();
+    keyBlockThroughTiles(w_.indexConstant(wholeEnd), tk - wholeEnd);
+    w_.popScope();
+    w_.dedent();
+    w_.line("}");
+  }
 
-  // The row statistics where others read them (a training step's backward
-  // pass recomputes the probabilities from them): max and sum of exp(x - max).
-  for (auto [id, first] : {std::pair{p->rowMax, 0}, std::pair{p->rowSum, rows}}) {
+  // Each row's output, acc / l, and its statistics where others read them
+  // (a training step's backward pass recomputes the probabilities from
+  // them): max and sum of exp(x - max). With fault injection (lowerGroup's
+  // perturbation) the unit perturbs what it stores, so no other thread
+  // touches its elements.
+  std::string delta = w_.constant(perturbation_, DType::F32);
+  auto perturbed = [&](const std::string &value, const std::string &flat) {
+    if (perturbation_ == 0)
+      return value;
+    std::string even = w_.assign(fmt::format(
+        "arith.cmpi eq, {}, {} : index",
+        w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2))),
+        w_.indexConstant(0)));
+    return w_.assign(fmt::format(
+        "arith.addf {}, {} : f32", value,
+        w_.assign(fmt::format("arith.select {}, {}, {} : f32", even, delta, zero))));
+  };
+  std::string i0 = openSteppedFor(w_, q0, qEnd, rows);
+  std::vector<std::string> row, local;
+  tileRows(i0, row, local);
+  std::vector<std::string> rowMax, rowSum;
+  for (int r = 0; r < rows; ++r) {
+    rowMax.push_back(w_.assign(fmt::format("memref.load {}[{}] : {}", maxes, local[r], statsType)));
+    rowSum.push_back(w_.assign(fmt::format("memref.load {}[{}] : {}", sums, local[r], statsType)));
+  }
+  for (auto [id, values] : {std::pair{p->rowMax, &rowMax}, std::pair{p->rowSum, &rowSum}}) {
     if (!usedOutside_[id])
       continue;
     StridedOperand stats{id, 0, {}};
@@ -326,18 +460,19 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     }
     std::string type;
     std::string view = stridedMatrix(stats, batch, tq, 1, 1, 1, type);
+    std::string base = w_.assign(
+        fmt::format("arith.muli {}, {} : index", flatBatch, w_.indexConstant(tq)));
     for (int r = 0; r < rows; ++r)
-      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", state[first + r], view, row[r],
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}",
+                          perturbed((*values)[r], addIndex(w_, base, row[r])), view, row[r],
                           w_.indexConstant(0), type));
   }
-
-  // The rows' outputs: acc / l.
   {
     std::string one = w_.constant(1, DType::F32);
     std::vector<std::string> inverse;
     for (int r = 0; r < rows; ++r)
-      inverse.push_back(splat(
-          w_, w_.assign(fmt::format("arith.divf {}, {} : f32", one, state[rows + r]))));
+      inverse.push_back(
+          splat(w_, w_.assign(fmt::format("arith.divf {}, {} : f32", one, rowSum[r]))));
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
     std::string mask;
     if (dvPadded > dv)
@@ -345,9 +480,36 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
           "vector.create_mask {} : vector<16xi1>",
           w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(dv), c))));
     for (int r = 0; r < rows; ++r) {
-      std::string a = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", acc,
-                                            w_.indexConstant(r), c, accType, kVec));
+      std::string a = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", acc, local[r], c,
+                                            accType, kVec));
       std::string result = w_.assign(fmt::format("arith.mulf {}, {} : {}", a, inverse[r], kVec));
+      if (perturbation_ != 0) {
+        // Lane l is the element at flat index flat + l.
+        std::string flat = addIndex(
+            w_,
+            w_.assign(fmt::format("arith.muli {}, {} : index", flatBatch,
+                                  w_.indexConstant(tq * dv))),
+            addIndex(w_, w_.assign(fmt::format("arith.muli {}, {} : index", row[r],
+                                               w_.indexConstant(dv))),
+                     c));
+        std::string parity = w_.assign(fmt::format(
+            "arith.index_cast {} : index to i64",
+            w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2)))));
+        std::string lanesParity = w_.assign(fmt::format(
+            "arith.addi {}, {} : vector<16xi64>", w_.assign(lanes),
+            w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", parity))));
+        std::string two = w_.assign("arith.constant dense<2> : vector<16xi64>");
+        std::string odd = w_.assign(fmt::format("arith.remui {}, {} : vector<16xi64>",
+                                                lanesParity, two));
+        std::string even = w_.assign(fmt::format(
+            "arith.cmpi eq, {}, {} : vector<16xi64>", odd,
+            w_.assign("arith.constant dense<0> : vector<16xi64>")));
+        result = w_.assign(fmt::format(
+            "arith.addf {}, {} : {}", result,
+            w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", even,
+                                  splat(w_, delta), zeros, kVec)),
+            kVec));
+      }
       if (mask.empty())
         w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", result, om, row[r], c, oType,
                             kVec));
@@ -357,8 +519,8 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     }
     w_.endFor();
   }
-  w_.endFor(); // query tiles
-  closeLoops(batch.size());
+  w_.endFor(); // output tiles
+  w_.endFor(); // units
 }
 
 } // namespace stepc::codegen

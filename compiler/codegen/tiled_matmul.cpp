@@ -644,6 +644,18 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   }
 }
 
+void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bTType,
+                     int64_t depth, bool unitK, const std::string &panel,
+                     const std::string &panelType, const std::string &colLo, int64_t cols) {
+  TiledMatMul mm{};
+  mm.b = bT;
+  mm.bType = bTType;
+  mm.k = depth;
+  mm.bTransposed = true;
+  mm.bUnitK = unitK;
+  emitPackPanel(w, mm, panel, panelType, colLo, cols);
+}
+
 std::string panelBufferType(int64_t depth) {
   return memref(depth, registerTile().vectors * kLanes);
 }

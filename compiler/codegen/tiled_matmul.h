@@ -96,6 +96,17 @@ void forceBf16DotProducts(int state);
 // sums along K and reduce them at the end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
+// panel[k, c] = bT[colLo + c, k] for k < depth, c < cols: columns
+// [colLo, colLo + cols) of B copied row-major from B^T (`bT`, [N, depth],
+// f32, memref type `bTType`) into `panel` (memref type `panelType`, at
+// least depth x cols), as packB packs B's column panels; 16x16 blocks are
+// transposed in registers when B^T's K stride is 1 (`unitK`) and `cols` is
+// a multiple of 16, else the copy goes element by element. Rows of B^T
+// past colLo + cols are not read.
+void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bTType,
+                     int64_t depth, bool unitK, const std::string &panel,
+                     const std::string &panelType, const std::string &colLo, int64_t cols);
+
 // The type of TiledMatMul::bPanel for a product of depth K: K rows of one
 // column panel of the register tile, panelBufferFloats(K) floats.
 std::string panelBufferType(int64_t depth);

@@ -189,10 +189,12 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
   if (o.size() != space.size() || !std::equal(o.begin(), o.end() - 1, space.begin()) ||
       g.type(p.values).rank() > out.type.rank())
     return std::nullopt;
-  // The kernel keeps k^T and v of one batch entry on the stack.
+  // The kernel's stack buffers: a key block of k^T and v, a query block's
+  // accumulators (fusion_plan.h).
   auto padded = [](int64_t n) { return (n + 15) / 16 * 16; };
-  if ((padded(g.type(p.queries).shape.back()) + padded(o.back())) * padded(space.back()) >
-      kAttentionMaxPanelFloats)
+  int64_t depth = padded(g.type(p.queries).shape.back()), dv = padded(o.back());
+  if ((depth + dv) * kAttentionKeyBlock + (kAttentionQueryBlock + 16) * dv >
+      kAttentionMaxStackFloats)
     return std::nullopt;
   std::sort(p.computed.begin(), p.computed.end());
   p.computed.erase(std::unique(p.computed.begin(), p.computed.end()), p.computed.end());

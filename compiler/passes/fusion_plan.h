@@ -184,9 +184,15 @@ struct AttentionPattern {
   double fill = 0;               // the masked scores' value, with causal
   std::vector<ValueId> computed; // scores .. output, the nodes a kernel computes (sorted)
 };
-// The kernel keeps one batch entry's k^T and v on the stack, padded to 16
-// floats: (D + Dv) * Tk floats at most this many (192 KiB), or no match.
-constexpr int64_t kAttentionMaxPanelFloats = 49152;
+// The kernel walks the keys in blocks of kAttentionKeyBlock, packing each
+// block of k^T (and of v where v's rows are not contiguous) on the stack,
+// and the queries in blocks of kAttentionQueryBlock rows (rounded up to the
+// register tile's), whose output accumulators stay on the stack: padded to
+// 16 floats, (D + Dv) * key block + (query block + 16) * Dv floats at most
+// kAttentionMaxStackFloats (192 KiB), or no match. Tk is not bounded.
+constexpr int64_t kAttentionKeyBlock = 64;
+constexpr int64_t kAttentionQueryBlock = 64;
+constexpr int64_t kAttentionMaxStackFloats = 49152;
 constexpr double kAttentionLargestFill = -1e9;
 std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId output);
 
