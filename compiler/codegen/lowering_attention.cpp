@@ -430,8 +430,6 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   // touches its elements.
   std::string delta = w_.constant(perturbation_, DType::F32);
   auto perturbed = [&](const std::string &value, const std::string &flat) {
-    if (perturbation_ == 0)
-      return value;
     std::string even = w_.assign(fmt::format(
         "arith.cmpi eq, {}, {} : index",
         w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2))),
@@ -460,12 +458,16 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     }
     std::string type;
     std::string view = stridedMatrix(stats, batch, tq, 1, 1, 1, type);
-    std::string base = w_.assign(
-        fmt::format("arith.muli {}, {} : index", flatBatch, w_.indexConstant(tq)));
-    for (int r = 0; r < rows; ++r)
-      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}",
-                          perturbed((*values)[r], addIndex(w_, base, row[r])), view, row[r],
+    for (int r = 0; r < rows; ++r) {
+      std::string value = (*values)[r];
+      if (perturbation_ != 0)
+        value = perturbed(value, addIndex(w_,
+                                          w_.assign(fmt::format("arith.muli {}, {} : index",
+                                                                flatBatch, w_.indexConstant(tq))),
+                                          row[r]));
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", value, view, row[r],
                           w_.indexConstant(0), type));
+    }
   }
   {
     std::string one = w_.constant(1, DType::F32);
