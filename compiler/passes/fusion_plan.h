@@ -102,7 +102,8 @@ struct KernelPlan {
   // Threads split every nest by dimension 0 of the roots, each computing
   // its own rows: every root has that dimension 0, and a value computed in
   // the kernel is read only in the row it was written in (see rowLocal in
-  // kernel_plan.cpp). Else the kernel runs on one thread.
+  // kernel_plan.cpp). Else the kernel runs on one thread. An Attention
+  // kernel's threads split its units instead (lowering_attention.cpp).
   bool rowParallel = false;
 };
 

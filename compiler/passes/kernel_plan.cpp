@@ -197,7 +197,8 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
   KernelPlan plan;
   // An Attention kernel computes its output with the online softmax and
   // stores the row max and sum where others read them
-  // (lowering_attention.cpp): one nest.
+  // (lowering_attention.cpp): one nest, whose threads split its units (a
+  // batch entry's block of query rows) rather than dimension 0.
   if (group.kind == FusionKind::Attention) {
     for (ValueId id : group.nodes)
       if (static_cast<int64_t>(id) == group.hero || usedOutside[id])
