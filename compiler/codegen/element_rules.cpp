@@ -269,7 +269,10 @@ std::string ElementRules::convert(const std::string &v, DType from, DType to) {
 // nearest quadrant, reduce with pi/2 split in three parts (Cody-Waite, with
 // fma) into [-pi/4, pi/4], where sin is odd and cos even, and evaluate
 // Cephes' sinf/cosf polynomials, accurate to about an ulp there.
-std::string ElementRules::sinOrCosF32(const std::string &x, const ElementType &type, bool sine) {
+std::string ElementRules::sinOrCosF32(const std::string &x, const ElementType &operand, bool sine) {
+  // Halves compute in f32 registers; the constants must stay f32 too (pi/2's
+  // low parts rounded to f16 would cost tens of ulps at |x| ~ 1000).
+  ElementType type{DType::F32, operand.lanes};
   std::string t = type.text(), bt = type.boolText();
   auto c = [&](double v) { return constant(v, type); };
   auto op2 = [&](const char *name, const std::string &a, const std::string &b) {
