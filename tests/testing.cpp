@@ -197,6 +197,17 @@ std::vector<SnippetCase> readSnippetCases(const std::string &casesFile) {
   return cases;
 }
 
+std::string snippetText(const std::string &casesFile, std::string_view name) {
+  for (SnippetCase &c : readSnippetCases(casesFile))
+    if (c.name == name)
+      return std::move(c.text);
+  throw Error(fmt::format("{}: no '# case {}'", sourcePath(casesFile), name));
+}
+
+Graph snippetGraph(const std::string &casesFile, std::string_view name) {
+  return parseGraph(snippetText(casesFile, name), casesFile);
+}
+
 namespace {
 
 class RewriteTest : public ::testing::Test {

@@ -128,6 +128,13 @@ struct SnippetCase {
 // when it cannot be read or has no cases.
 std::vector<SnippetCase> readSnippetCases(const std::string &casesFile);
 
+// The snippet of the case `name` in `casesFile`, for a test that checks one
+// graph its own way; throws a stepc::Error naming both when there is no such
+// case.
+std::string snippetText(const std::string &casesFile, std::string_view name);
+// That snippet parsed, errors naming `casesFile` and the line in it.
+Graph snippetGraph(const std::string &casesFile, std::string_view name);
+
 // A pass's rewrite cases: each becomes the test SUITE.NAME, expectRewrite
 // of its snippet by `passes` into its expected graph, or into the snippet
 // itself where it has none. Called to initialize a namespace-scope variable,
