@@ -790,14 +790,14 @@ std::vector<ErrorCase> errorCases() {
   return v;
 }
 
-std::string caseName(const std::string &label, OpKind op, const std::vector<TensorType> &in,
-                     const Attrs &attrs) {
+// A ValidCase's or an ErrorCase's label, op, operand types and attributes.
+template <class Case> std::string caseName(const Case &c) {
   std::vector<std::string> types, entries;
-  for (const TensorType &t : in)
+  for (const TensorType &t : c.operands)
     types.push_back(typeString(t));
-  for (const auto &[name, value] : attrs.entries())
+  for (const auto &[name, value] : c.attrs.entries())
     entries.push_back(fmt::format("{}={}", name, attrValueString(value)));
-  return fmt::format("{} [{}({}) {{{}}}]", label, opInfo(op).name, fmt::join(types, ", "),
+  return fmt::format("{} [{}({}) {{{}}}]", c.label, opInfo(c.op).name, fmt::join(types, ", "),
                      fmt::join(entries, ", "));
 }
 
@@ -826,6 +826,14 @@ Node nodeFor(OpKind op, std::vector<ValueId> operands, Attrs attrs, SourceLoc lo
   return node;
 }
 
+// `g` becomes a graph of the case's operands as inputs, and then gets the
+// case's node, at `loc`, through Graph::add: that node's value.
+template <class Case> ValueId addCaseNode(Graph &g, const Case &c, SourceLoc loc) {
+  std::vector<ValueId> ids;
+  g = graphWithInputs(c.operands, ids);
+  return g.add(nodeFor(c.op, ids, c.attrs, std::move(loc)));
+}
+
 std::string inferError(OpKind op, const Attrs &attrs, const std::vector<TensorType> &in) {
   try {
     TensorType t = inferType(op, attrs, in);
@@ -840,7 +848,7 @@ std::string inferError(OpKind op, const Attrs &attrs, const std::vector<TensorTy
 TEST(ShapeRules, ValidCases) {
   auto cases = validCases();
   for (const ValidCase &c : cases) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
+    SCOPED_TRACE(caseName(c));
     TensorType got;
     try {
       got = inferType(c.op, c.attrs, c.operands);
@@ -858,11 +866,10 @@ TEST(ShapeRules, ValidCases) {
 // verify(), which re-infers every node.
 TEST(ShapeRules, ValidCasesThroughGraphAdd) {
   for (const ValidCase &c : validCases()) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
-    std::vector<ValueId> ids;
-    Graph g = graphWithInputs(c.operands, ids);
+    SCOPED_TRACE(caseName(c));
+    Graph g;
     try {
-      ValueId id = g.add(nodeFor(c.op, ids, c.attrs, SourceLoc("case.sg", 1, 1)));
+      ValueId id = addCaseNode(g, c, SourceLoc("case.sg", 1, 1));
       EXPECT_EQ(g.type(id), c.expected);
       g.addOutput("out", id);
       verify(g);
@@ -875,7 +882,7 @@ TEST(ShapeRules, ValidCasesThroughGraphAdd) {
 TEST(ShapeRules, ErrorCases) {
   auto cases = errorCases();
   for (const ErrorCase &c : cases) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
+    SCOPED_TRACE(caseName(c));
     std::string message = inferError(c.op, c.attrs, c.operands);
     // Every message starts with the op's name...
     EXPECT_THAT(message, StartsWith(std::string(opInfo(c.op).name) + ": "));
@@ -890,11 +897,9 @@ TEST(ShapeRules, ErrorCases) {
 
 TEST(ShapeRules, ErrorCasesThroughGraphAddCarryTheNodeLocation) {
   for (const ErrorCase &c : errorCases()) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
-    std::vector<ValueId> ids;
-    Graph g = graphWithInputs(c.operands, ids);
-    std::string message =
-        errorOf([&] { g.add(nodeFor(c.op, ids, c.attrs, SourceLoc("model.sg", 14, 9))); });
+    SCOPED_TRACE(caseName(c));
+    Graph g;
+    std::string message = errorOf([&] { addCaseNode(g, c, SourceLoc("model.sg", 14, 9)); });
     EXPECT_THAT(message, StartsWith(fmt::format("model.sg:14:9: error: {}: ", opInfo(c.op).name)));
     for (const std::string &part : c.expected)
       EXPECT_THAT(message, HasSubstr(part));
