@@ -33,11 +33,11 @@
 #include <string>
 
 using namespace stepc;
+using stepc::testing::corpusText;
 using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 using stepc::testing::exampleNames;
 using stepc::testing::loadExample;
-using stepc::testing::kEmbeddingText;
 
 // The kernels the fake driver (tests/fake_cuda_driver.cpp) runs on a launch,
 // by function name: their CPU emulation. Exported (ENABLE_EXPORTS) for it.
@@ -80,12 +80,12 @@ struct GraphCase {
 std::vector<GraphCase> opCases() {
   std::vector<GraphCase> cases = {
       {"every_op",
-       everyNodeAnOutput(parseGraph(stepc::testing::kEveryOpText, "every_op.sg")),
+       everyNodeAnOutput(parseGraph(corpusText("every_op"), "every_op.sg")),
        {{"i", Tensor::of<int32_t>({2}, {1, 0})}}},
       {"dtypes",
        everyNodeAnOutput(stepc::testing::snippetGraph("tests/snippets/codegen_gpu.sg", "dtypes")),
        {{"idx", Tensor::of<int64_t>({4}, {2, 0, 1, 2})}}},
-      {"composites", parseGraph(stepc::testing::kCompositesText, "composites.sg"), {}},
+      {"composites", parseGraph(corpusText("composites"), "composites.sg"), {}},
   };
   // f16/bf16: loads extend to f32, stores round (cvt.rn.f16.f32, cvt.rn.bf16.f32).
   for (const auto &c : stepc::testing::halfCases())
@@ -419,7 +419,7 @@ INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(stepc::test
                          [](const auto &info) { return info.param; });
 
 TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
-  Graph model = parseGraph(kEmbeddingText, "emb.sg");
+  Graph model = parseGraph(corpusText("embedding"), "emb.sg");
   Graph step = trainStep(model, "loss", Optimizer::adam());
   TensorMap good = randomInputs(step, 5);
   good.at("lr") = Tensor::scalar(DType::F32, 1e-2);
@@ -605,7 +605,7 @@ std::string indexChecksOnFakeDriver() {
   std::string failures;
   if (std::string why = cudaUnavailableReason(); !why.empty())
     return "the fake driver did not load: " + why;
-  Graph model = parseGraph(kEmbeddingText, "emb.sg");
+  Graph model = parseGraph(corpusText("embedding"), "emb.sg");
   Graph step = trainStep(model, "loss", Optimizer::adam());
   TensorMap good = randomInputs(step, 5);
   good.at("lr") = Tensor::scalar(DType::F32, 1e-2);

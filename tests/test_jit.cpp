@@ -28,7 +28,6 @@
 #include <iterator>
 #include <map>
 #include <optional>
-#include <sstream>
 
 #include <unistd.h>
 
@@ -44,14 +43,7 @@ namespace fs = std::filesystem;
 
 // examples/xor.sg: tests compile it, and edited copies of its text, from
 // several file names.
-std::string xorText() {
-  std::ifstream file(stepc::testing::sourcePath("examples/xor.sg"));
-  std::stringstream text;
-  text << file.rdbuf();
-  if (!file.is_open() || text.str().empty())
-    throw Error("cannot read examples/xor.sg");
-  return text.str();
-}
+std::string xorText() { return stepc::testing::readSourceFile("examples/xor.sg"); }
 
 Graph xorGraph(std::string_view file = "xor.sg") { return parseGraph(xorText(), file); }
 

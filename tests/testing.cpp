@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <random>
+#include <sstream>
 #include <string_view>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -79,6 +80,16 @@ Tensor runOp(const std::vector<Tensor> &args,
 
 std::string sourcePath(const std::string &relative) {
   return std::string(STEPC_TESTING_SOURCE_DIR) + "/" + relative;
+}
+
+std::string readSourceFile(const std::string &relative) {
+  std::string path = sourcePath(relative);
+  std::ifstream file(path, std::ios::binary);
+  if (!file)
+    throw Error(fmt::format("cannot read {}", path));
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
 }
 
 std::vector<std::string> exampleNames() {

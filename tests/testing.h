@@ -34,6 +34,9 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
                                     double rtol, double atol = 0);
 
 std::string sourcePath(const std::string &relative); // under the repo root
+// The bytes of the file `relative` names under the repo root; throws a
+// stepc::Error naming it when it cannot be read.
+std::string readSourceFile(const std::string &relative);
 
 // The message of the stepc::Error that `f` throws. Throwing nothing, or
 // another exception, fails the test (user errors must be stepc::Errors).
