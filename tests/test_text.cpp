@@ -55,7 +55,8 @@ TEST(TextRoundTrip, EveryOpAndInitializer) {
     used.insert(node.op);
   // A new op in ops.def must be added to tests/sg_corpus/every_op.sg.
   for (const OpInfo &info : allOps())
-    EXPECT_TRUE(used.count(info.kind)) << "tests/sg_corpus/every_op.sg does not use op " << info.name;
+    EXPECT_TRUE(used.count(info.kind))
+        << "tests/sg_corpus/every_op.sg does not use op " << info.name;
   std::set<std::string> inits;
   for (ValueId id : g.params())
     inits.insert(g.node(id).attrs.getString("init"));
