@@ -19,6 +19,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -745,79 +746,47 @@ void expectMatchesOnRandomData(const Graph &graph, uint64_t seed) {
   expectMatchesInterpreter(graph, randomInputs(graph, seed), params, {.steps = 2});
 }
 
-TEST(CodegenBufferReuse, OutputOverInputReadLaterInTheKernel) {
-  // %x comes from a kernel of its own (concat runs alone) and dies in the
-  // kernel computing %y and %s; %y may take over %x's buffer.
-  Graph graph = parseGraph(R"(
-    graph reuse {
-      input %a : f32[6,8]
-      input %b : f32[6,8]
-      %x = concat(%a, %b) {axis=0}
-      %y = mul(%x, %x)
-      %e = exp(%x)
-      %s = reduce_sum(%e) {axes=[1], keepdims=0}
-      output y = %y
-      output s = %s
-    })");
-  ASSERT_TRUE(fusedTogether(graph, OpKind::Mul, OpKind::ReduceSum));
-  expectMatchesOnRandomData(graph, freshSeed());
+// The graph `name` of tests/snippets/codegen.sg.
+Graph snippet(std::string_view name) {
+  return stepc::testing::snippetGraph("tests/snippets/codegen.sg", name);
 }
 
-// A multi-output kernel of a value and its transpose of the same shape
-// shares one loop nest; the transpose reads the value at the transposed
-// index, which the nest has not stored yet, so it must compute it (gpt.sg's
-// wo gradient, tokens == width: merged heads and their transpose).
-TEST(CodegenMultiOutput, RootReadTransposedByAnotherRootOfItsNest) {
-  Graph graph = parseGraph(R"(
-    graph flat {
-      input %x : f32[2,16,32]
-      %f = reshape(%x) {shape=[32,32]}
-      %t = transpose(%f) {perm=[1,0]}
-      output f = %f
-      output t = %t
-    })");
-  ASSERT_TRUE(fusedTogether(graph, OpKind::Reshape, OpKind::Transpose));
-  expectMatchesOnRandomData(graph, 20261205);
+// Kernels that write a buffer some value of the same kernel still reads, or
+// read a value their loop nest has not stored yet (the graphs, with what each
+// exercises, in tests/snippets/codegen.sg): ops a and b must share a kernel,
+// and the results match the interpreter's.
+struct FusedKernelCase {
+  std::string name; // the test's and the graph's
+  OpKind a, b;
+  std::optional<uint64_t> seed; // freshSeed() where none
+  friend void PrintTo(const FusedKernelCase &c, std::ostream *os) { *os << c.name; }
+};
+
+class CodegenFusedKernel : public ::testing::TestWithParam<FusedKernelCase> {};
+
+TEST_P(CodegenFusedKernel, MatchesInterpreter) {
+  const FusedKernelCase &c = GetParam();
+  Graph graph = snippet(c.name);
+  ASSERT_TRUE(fusedTogether(graph, c.a, c.b));
+  expectMatchesOnRandomData(graph, c.seed ? *c.seed : freshSeed());
 }
 
-TEST(CodegenBufferReuse, ParamUpdateOverParamReadLaterInTheKernel) {
-  Graph graph = parseGraph(R"(
-    graph reuse_param {
-      input %lr : f32[]
-      param %w : f32[6,8] = uniform(low=-1.0, high=1.0, seed=3)
-      %w_next = mul(%w, %lr)
-      %e = exp(%w)
-      %s = reduce_sum(%e) {axes=[1], keepdims=0}
-      update %w = %w_next
-      output s = %s
-    })");
-  ASSERT_TRUE(fusedTogether(graph, OpKind::Mul, OpKind::ReduceSum));
-  expectMatchesOnRandomData(graph, freshSeed());
-}
-
-TEST(CodegenBufferReuse, OutputOverInputReadByALaterOutputOfTheLoopNest) {
-  // %p and %q come from kernels of their own (concat runs alone) and die in
-  // the one loop nest computing %y and %z (fused: both read %c). %y may take over %p's buffer,
-  // which %z reads at the same index: %z must read %p before %y is stored.
-  Graph graph = parseGraph(R"(
-    graph reuse_nest {
-      input %a : f32[6,8]
-      input %b : f32[6,8]
-      input %c : f32[12,8]
-      %p = concat(%a, %b) {axis=0}
-      %q = concat(%b, %a) {axis=0}
-      %y = add(%q, %c)
-      %z = mul(%p, %c)
-      output y = %y
-      output z = %z
-    })");
-  ASSERT_TRUE(fusedTogether(graph, OpKind::Add, OpKind::Mul));
-  expectMatchesOnRandomData(graph, freshSeed());
-}
+INSTANTIATE_TEST_SUITE_P(
+    , CodegenFusedKernel,
+    ::testing::Values(
+        FusedKernelCase{"OutputOverInputReadLaterInTheKernel", OpKind::Mul, OpKind::ReduceSum, {}},
+        FusedKernelCase{"RootReadTransposedByAnotherRootOfItsNest", OpKind::Reshape,
+                        OpKind::Transpose, 20261205},
+        FusedKernelCase{"ParamUpdateOverParamReadLaterInTheKernel", OpKind::Mul,
+                        OpKind::ReduceSum, {}},
+        FusedKernelCase{"OutputOverInputReadByALaterOutputOfTheLoopNest", OpKind::Add,
+                        OpKind::Mul, {}}),
+    [](const auto &info) { return info.param.name; });
 
 // fuzz_graph's input tests/fuzz/corpus/graph/mismatch-fused-scatter-add, as
 // .sg: the gradient's last kernel wrote grad_x0 over the scatter_add result
-// that grad_x2 still read (the case above, found by the fuzzer).
+// that grad_x2 still read (CodegenFusedKernel's
+// OutputOverInputReadByALaterOutputOfTheLoopNest, found by the fuzzer).
 TEST(CodegenBufferReuse, FuzzFindingFusedScatterAdd) {
   Graph graph = parseGraphFile(stepc::testing::sourcePath("tests/fuzz/mismatch-fused-scatter-add.sg"));
   expectMatchesOnRandomData(graph, 1);
@@ -896,21 +865,7 @@ TEST(CodegenFusion, SubsetFusionAndPerturbedKernel) {
 // --- Shapes with a zero dimension ------------------------------------------------
 
 TEST(CodegenShapes, ZeroSizedDimensions) {
-  Graph graph = parseGraph(R"(
-    graph empty {
-      input %x : f32[0,4]
-      input %y : f32[4]
-      %e = exp(%x)
-      %s = reduce_sum(%x) {axes=[0], keepdims=0}
-      %m = reduce_max(%x) {axes=[0], keepdims=1}
-      %t = add(%s, %y)
-      %c = concat(%x, %x) {axis=0}
-      output e = %e
-      output s = %s
-      output m = %m
-      output t = %t
-      output c = %c
-    })");
+  Graph graph = snippet("empty");
   expectMatchesOnRandomData(graph, freshSeed());
 }
 

@@ -105,6 +105,9 @@ std::vector<stepc::testing::SnippetCase> cases() {
   return cases;
 }
 
+// The graphs of CodegenAttentionValues tests that are not composites.
+const std::string kValuesSnippets = "tests/snippets/codegen_attention_values.sg";
+
 Graph optimized(const std::string &text) {
   Graph g = parseGraph(text);
   PassManager pm;
@@ -198,20 +201,7 @@ TEST(CodegenAttentionValues, LayersSharingAnUnfoldedMaskAreAttentionKernels) {
 // Where an output reads the probabilities, the pattern is no attention
 // kernel.
 TEST(CodegenAttentionValues, ProbabilitiesReadElsewhereKeepTheSplitKernels) {
-  Graph g = optimized(R"(graph g {
-  input %q : f32[2,7,16]
-  input %kt : f32[2,16,9]
-  input %v : f32[2,9,16]
-  %x = matmul(%q, %kt)
-  %m = reduce_max(%x) {axes=[2], keepdims=1}
-  %d = sub(%x, %m)
-  %e = exp(%d)
-  %z = reduce_sum(%e) {axes=[2], keepdims=1}
-  %p = div(%e, %z)
-  %o = matmul(%p, %v)
-  output o = %o
-  output p = %p
-})");
+  Graph g = optimized(stepc::testing::snippetText(kValuesSnippets, "probabilities_read_elsewhere"));
   for (const FusionGroup &group : planFusion(g).groups)
     EXPECT_NE(group.kind, FusionKind::Attention) << group.name;
 }
@@ -278,23 +268,7 @@ TEST(CodegenAttentionValues, MaskDataGivenAsRealsIsCausal) {
 // the softmax: the recompute pass leaves that pattern alone (copies placed
 // among the pattern's nodes would read values defined after them).
 TEST(CodegenAttentionValues, ScoresReadInsideTheForwardAreNotRecomputed) {
-  Graph model = parseGraph(R"(graph g {
-  input %q : f32[2,19,16]
-  input %kt : f32[2,16,19]
-  input %v : f32[2,19,16]
-  %s = matmul(%q, %kt)
-  %aux = reduce_sum(%s) {axes=[0,1,2], keepdims=0}
-  %m = reduce_max(%s) {axes=[2], keepdims=1}
-  %d = sub(%s, %m)
-  %e = exp(%d)
-  %z = reduce_sum(%e) {axes=[2], keepdims=1}
-  %p = div(%e, %z)
-  %o = matmul(%p, %v)
-  %o2 = square(%o)
-  %l = reduce_sum(%o2) {axes=[0,1,2], keepdims=0}
-  %loss = add(%l, %aux)
-  output loss = %loss
-})");
+  Graph model = stepc::testing::snippetGraph(kValuesSnippets, "scores_read_inside_the_forward");
   Graph g = grad(model, "loss").graph;
   Graph copy = g;
   EXPECT_FALSE(recomputeAttentionProbabilities(copy));

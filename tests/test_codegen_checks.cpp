@@ -27,10 +27,10 @@
 #include <fstream>
 
 using namespace stepc;
+using stepc::testing::corpusText;
 using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-using stepc::testing::kEmbeddingText;
 
 namespace {
 
@@ -145,11 +145,11 @@ graph s {
             "range for axis 1 of the result f32[2,5,4]; valid indices are 0 to 4");
 }
 
-// An embedding model's training step (kEmbeddingText): a bad index (or
+// An embedding model's training step (tests/sg_corpus/embedding.sg): a bad index (or
 // label) is found in the forward pass, before any optimizer kernel, so params
 // stay as they were.
 TEST(IndexChecks, TrainingStepWithABadIndexLeavesParamsUnchanged) {
-  Graph step = trainStep(parseGraph(kEmbeddingText, "emb.sg"), "loss", Optimizer::adam());
+  Graph step = trainStep(parseGraph(corpusText("embedding"), "emb.sg"), "loss", Optimizer::adam());
   TensorMap good = randomInputs(step, 5);
   good.at("lr") = Tensor::scalar(DType::F32, 1e-2);
   for (bool fusion : {true, false}) {

@@ -84,7 +84,7 @@ TEST(CodegenExampleGpt, ForwardFusedAndStepCompiles) {
 // One fused AdamW step, as the demo runs it, against the interpreter. At
 // this size (64 tokens, width 64) the heads merged back and their transpose
 // have one shape and share a loop nest (test_codegen's
-// CodegenMultiOutput.RootReadTransposedByAnotherRootOfItsNest).
+// CodegenFusedKernel.MatchesInterpreter/RootReadTransposedByAnotherRootOfItsNest).
 TEST(CodegenExampleGpt, TrainStepAdamWFused) {
   uint64_t seed = freshSeed();
   SCOPED_TRACE(fmt::format("seed {} (replay with STEPC_TEST_SEED={})", seed, seed));

@@ -33,11 +33,11 @@
 #include <string>
 
 using namespace stepc;
+using stepc::testing::corpusText;
 using stepc::testing::errorOf;
 using ::testing::HasSubstr;
 using stepc::testing::exampleNames;
 using stepc::testing::loadExample;
-using stepc::testing::kEmbeddingText;
 
 // The kernels the fake driver (tests/fake_cuda_driver.cpp) runs on a launch,
 // by function name: their CPU emulation. Exported (ENABLE_EXPORTS) for it.
@@ -65,131 +65,6 @@ Graph everyNodeAnOutput(Graph graph) {
   return graph;
 }
 
-// The dtypes and variants kEveryOpText leaves out: f64 and integer
-// elementwise ops (i8..u64 with their signed and unsigned division, rem,
-// comparisons and extensions), casts, integer and f64 reductions and matmuls, batched
-// matmul, scatter_add along axis 1, grouped and dilated convolution, pooling
-// without padding in the count, and their gradients in f64.
-constexpr std::string_view kDtypesText = R"sg(
-graph dtypes {
-  input %f : f64[3,5]
-  input %g : f64[3,5]
-  input %i : i32[3,5]
-  input %j : i32[3,5]
-  input %l : i64[3,5]
-  input %m : i64[3,5]
-  input %b : bool[3,5]
-  input %idx : i64[4]
-  input %u : u8[3,5]
-  input %v : u8[3,5]
-  input %s8 : i8[3,5]
-  input %h : u16[3,5]
-  input %q : u64[3,5]
-  input %p : u64[3,5]
-  input %img : f64[2,4,6,6]
-  input %bm : f32[2,3,5]
-  param %k : f64[4,2,3,3] = normal(mean=0, std=0.1, seed=3)
-  param %w : f32[5,4] = he_uniform(seed=5)
-  param %wi : i32[5,2] = ones()
-
-  %f1 = neg(%f)
-  %f2 = abs(%f)
-  %f3 = exp(%f)
-  %f4 = log(%f)
-  %f5 = sqrt(%f)
-  %f6 = rsqrt(%f)
-  %f7 = square(%f)
-  %f8 = tanh(%f)
-  %f9 = sigmoid(%f)
-  %f10 = relu(%f)
-  %f11 = sin(%f)
-  %f12 = cos(%f)
-  %f13 = sign(%f)
-  %f14 = erf(%f)
-  %f15 = pow(%f, %g)
-  %f16 = div(%f, %g)
-  %f17 = maximum(%f, %g)
-  %f18 = minimum(%f, %g)
-
-  %i1 = neg(%i)
-  %i2 = abs(%i)
-  %i3 = square(%i)
-  %i4 = relu(%i)
-  %i5 = sign(%i)
-  %i6 = add(%i, %j)
-  %i7 = sub(%i, %j)
-  %i8 = mul(%i, %j)
-  %i9 = div(%i, %j)
-  %i10 = maximum(%i, %j)
-  %i11 = minimum(%i, %j)
-  %i12 = lt(%i, %j)
-  %i13 = select(%b, %i, %j)
-  %l1 = neg(%l)
-  %l2 = abs(%l)
-  %l3 = div(%l, %m)
-  %l4 = ge(%l, %m)
-  %l5 = sign(%l)
-  %l6 = mul(%l, %m)
-
-  %f19 = rem(%f, %g)
-  %u1 = div(%u, %v)
-  %u2 = rem(%u, %v)
-  %u3 = lt(%u, %v)
-  %u4 = maximum(%q, %p)
-  %u5 = div(%q, %p)
-  %u6 = rem(%h, %h)
-  %u7 = minimum(%s8, %s8)
-  %u8 = rem(%s8, %s8)
-  %u9 = relu(%s8)
-  %u10 = reduce_max(%u) {axes=[1], keepdims=0}
-  %u11 = cast(%u) {dtype=f64}
-  %u12 = cast(%s8) {dtype=u64}
-  %u13 = cast(%q) {dtype=u8}
-  %u14 = cast(%h) {dtype=f32}
-  %u15 = cast(%q) {dtype=f32}
-  %u16 = cast(%s8) {dtype=i32}
-  %u17 = ge(%q, %p)
-
-  %c1 = cast(%f) {dtype=i32}
-  %c2 = cast(%i) {dtype=f64}
-  %c3 = cast(%l) {dtype=i32}
-  %c4 = cast(%b) {dtype=f64}
-  %c5 = cast(%f) {dtype=bool}
-  %c6 = cast(%i) {dtype=i64}
-  %c7 = cast(%f) {dtype=f32}
-  %c8 = cast(%b) {dtype=i32}
-
-  %r1 = reduce_sum(%i) {axes=[0], keepdims=0}
-  %r2 = reduce_max(%l) {axes=[1], keepdims=1}
-  %r3 = reduce_min(%f) {axes=[0,1], keepdims=0}
-  %r4 = reduce_mean(%f) {axes=[0], keepdims=0}
-  %r5 = argmax(%i) {axis=0, keepdims=0}
-  %r6 = argmax(%f) {axis=1, keepdims=1}
-
-  %mm1 = matmul(%i, %wi)
-  %mm2 = matmul(%bm, %w)
-  %ft = transpose(%f) {perm=[1,0]}
-  %mm3 = matmul(%f, %ft)
-
-  %ga = gather(%f, %idx) {axis=1}
-  %sa = scatter_add(%idx, %ga) {axis=1, size=5}
-  %si = gather(%i, %idx) {axis=1}
-  %sai = scatter_add(%idx, %si) {axis=1, size=5}
-  %g0 = gather(%f, %idx) {axis=0}
-  %sa0 = scatter_add(%idx, %g0) {axis=0, size=7}
-
-  %cv = conv2d(%img, %k) {dilation=[2,2], groups=2, padding=[2,1], stride=[1,2]}
-  %cgi = conv2d_grad_input(%cv, %k) {dilation=[2,2], groups=2, input_hw=[6,6], padding=[2,1], stride=[1,2]}
-  %cgw = conv2d_grad_weight(%img, %cv) {dilation=[2,2], groups=2, kernel=[3,3], padding=[2,1], stride=[1,2]}
-  %ap = avg_pool2d(%img) {count_include_pad=0, kernel=[3,3], padding=[1,1], stride=[2,2]}
-  %apg = avg_pool2d_grad(%ap) {count_include_pad=0, input_hw=[6,6], kernel=[3,3], padding=[1,1], stride=[2,2]}
-  %mp = max_pool2d(%img) {kernel=[3,3], padding=[1,1], stride=[2,2]}
-  %mpg = max_pool2d_grad(%img, %mp) {kernel=[3,3], padding=[1,1], stride=[2,2]}
-
-  output f1 = %f1
-}
-)sg";
-
 struct GraphCase {
   std::string name;
   Graph graph;
@@ -205,12 +80,12 @@ struct GraphCase {
 std::vector<GraphCase> opCases() {
   std::vector<GraphCase> cases = {
       {"every_op",
-       everyNodeAnOutput(parseGraph(stepc::testing::kEveryOpText, "every_op.sg")),
+       everyNodeAnOutput(parseGraph(corpusText("every_op"), "every_op.sg")),
        {{"i", Tensor::of<int32_t>({2}, {1, 0})}}},
       {"dtypes",
-       everyNodeAnOutput(parseGraph(kDtypesText, "dtypes.sg")),
+       everyNodeAnOutput(stepc::testing::snippetGraph("tests/snippets/codegen_gpu.sg", "dtypes")),
        {{"idx", Tensor::of<int64_t>({4}, {2, 0, 1, 2})}}},
-      {"composites", parseGraph(stepc::testing::kCompositesText, "composites.sg"), {}},
+      {"composites", parseGraph(corpusText("composites"), "composites.sg"), {}},
   };
   // f16/bf16: loads extend to f32, stores round (cvt.rn.f16.f32, cvt.rn.bf16.f32).
   for (const auto &c : stepc::testing::halfCases())
@@ -544,7 +419,7 @@ INSTANTIATE_TEST_SUITE_P(, CudaEmulatedExamples, ::testing::ValuesIn(stepc::test
                          [](const auto &info) { return info.param; });
 
 TEST(CudaEmulated, IndexChecksReportLikeTheInterpreter) {
-  Graph model = parseGraph(kEmbeddingText, "emb.sg");
+  Graph model = parseGraph(corpusText("embedding"), "emb.sg");
   Graph step = trainStep(model, "loss", Optimizer::adam());
   TensorMap good = randomInputs(step, 5);
   good.at("lr") = Tensor::scalar(DType::F32, 1e-2);
@@ -730,7 +605,7 @@ std::string indexChecksOnFakeDriver() {
   std::string failures;
   if (std::string why = cudaUnavailableReason(); !why.empty())
     return "the fake driver did not load: " + why;
-  Graph model = parseGraph(kEmbeddingText, "emb.sg");
+  Graph model = parseGraph(corpusText("embedding"), "emb.sg");
   Graph step = trainStep(model, "loss", Optimizer::adam());
   TensorMap good = randomInputs(step, 5);
   good.at("lr") = Tensor::scalar(DType::F32, 1e-2);

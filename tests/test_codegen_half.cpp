@@ -213,19 +213,7 @@ TEST(CodegenHalf, TrainingStepMatchesTheInterpreter) {
 // 0.5 lr covers that, where a missing or wrong update is off by lr or more. The loss scale, its counter
 // and the step counter match exactly.
 TEST(CodegenHalf, MixedPrecisionStepMatchesTheInterpreter) {
-  Graph model = parseGraph(R"(graph t {
-    input %x : f32[7,11]
-    input %y : i32[7]
-    param %w1 : f32[11,9] = normal(mean=0, std=0.4, seed=7)
-    param %b1 : f32[9] = normal(mean=0, std=0.1, seed=8)
-    param %w2 : f32[9,5] = normal(mean=0, std=0.4, seed=9)
-    param %b2 : f32[5] = zeros()
-    %1 = linear(%x, %w1, %b1)
-    %2 = tanh(%1)
-    %3 = linear(%2, %w2, %b2)
-    %4 = cross_entropy(%3, %y)
-    output loss = %4
-  })");
+  Graph model = testing::snippetGraph("tests/snippets/codegen_half.sg", "classifier");
   Optimizer adam = Optimizer::adam();
   adam.lr = 1e-3;
   for (auto [half, ulps] : {std::pair{DType::BF16, 1.6e-2}, std::pair{DType::F16, 2e-3}}) {

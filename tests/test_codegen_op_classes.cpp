@@ -103,7 +103,7 @@ bool loadsFromOffset(const codegen::KernelSource &kernel, int64_t offset) {
 // before writing it (what an op sent to the wrong nest would do), except a
 // scatter-form op adding into its zeroed output.
 TEST(OpClasses, OnlyScatterFormKernelsReadTheirOwnOutput) {
-  Graph graph = parseGraph(testing::kEveryOpText);
+  Graph graph = parseGraph(testing::corpusText("every_op"));
   std::set<OpKind> seen;
   for (const OneOpKernel &k : oneOpKernels(graph)) {
     OpKind op = graph.node(k.value).op;
@@ -123,7 +123,7 @@ TEST(OpClasses, OnlyScatterFormKernelsReadTheirOwnOutput) {
 // output is zeroed by a nest of its own first, and it is the only kind of
 // op that adds atomically.
 TEST(OpClasses, EveryScatterFormOpIsZeroedFirstOnTheGpu) {
-  Graph graph = parseGraph(testing::kEveryOpText);
+  Graph graph = parseGraph(testing::corpusText("every_op"));
   for (const OneOpKernel &k : oneOpKernels(graph)) {
     OpKind op = graph.node(k.value).op;
     SCOPED_TRACE(std::string(opInfo(op).name));

@@ -30,6 +30,10 @@ namespace stepc {
 namespace {
 
 using testing::freshSeed;
+using testing::snippetGraph;
+
+// The graphs of some tests, as .sg text.
+const std::string kSnippets = "tests/snippets/fusion.sg";
 
 Graph optimized(Graph graph) {
   PassManager manager;
@@ -426,34 +430,7 @@ TEST(Fusion, MatmulBiasReluIsOneEpilogueKernel) {
 // torch.optim.Adam's update of one parameter, its gradient given: m, v and
 // the parameter are updated in one pass over memory, in place.
 TEST(Fusion, AdamUpdateIsOneMultiOutputKernelInPlace) {
-  Graph g = parseGraph(R"(graph adam {
-    input %g : f32[256,64]
-    input %lr : f32[]
-    param %p : f32[256,64] = he_uniform(seed=1)
-    param %m : f32[256,64] = zeros()
-    param %v : f32[256,64] = zeros()
-    %b1 = constant() {dtype=f32, shape=[], value=0.9}
-    %c1 = constant() {dtype=f32, shape=[], value=0.1}
-    %b2 = constant() {dtype=f32, shape=[], value=0.999}
-    %c2 = constant() {dtype=f32, shape=[], value=0.001}
-    %eps = constant() {dtype=f32, shape=[], value=1e-08}
-    %m_old = mul(%m, %b1)
-    %m_new = mul(%g, %c1)
-    %m1 = add(%m_old, %m_new)
-    %g2 = square(%g)
-    %v_old = mul(%v, %b2)
-    %v_new = mul(%g2, %c2)
-    %v1 = add(%v_old, %v_new)
-    %step = mul(%lr, %m1)
-    %root = sqrt(%v1)
-    %denom = add(%root, %eps)
-    %delta = div(%step, %denom)
-    %p1 = sub(%p, %delta)
-    output p = %p1
-    update %m = %m1
-    update %v = %v1
-    update %p = %p1
-  })", "adam.sg");
+  Graph g = snippetGraph(kSnippets, "adam");
   FusionPlan plan = planFusion(g);
   ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
   const FusionGroup &k = plan.groups[0];
@@ -930,6 +907,16 @@ void checkKernelPlan(const Graph &g, const FusionGroup &group) {
   }
 }
 
+// `g`'s plan into `plan`: one group, of `kind`, its kernel planned for a target
+// that reads operands in place, and checked.
+void planOneKernel(const Graph &g, FusionKind kind, FusionPlan &plan) {
+  plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  ASSERT_EQ(plan.groups[0].kind, kind);
+  planKernels(g, plan, readsInPlace(true));
+  checkKernelPlan(g, plan.groups[0]);
+}
+
 TEST(FusionKernelPlan, MatmulBiasReluComputesTheActivationOnTheProductsTile) {
   Graph g = parseGraph(R"(graph dense {
     input %x : f32[32,64]
@@ -1002,11 +989,8 @@ TEST(FusionKernelPlan, SoftmaxRunsItsReductionsThenItsRowsElementwise) {
     %p = div(%e, %s)
     output p = %p
   })", "softmax.sg");
-  FusionPlan plan = planFusion(g);
-  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
-  EXPECT_EQ(plan.groups[0].kind, FusionKind::Reduction);
-  planKernels(g, plan, readsInPlace(true));
-  checkKernelPlan(g, plan.groups[0]);
+  FusionPlan plan;
+  ASSERT_NO_FATAL_FAILURE(planOneKernel(g, FusionKind::Reduction, plan));
   const KernelPlan &kernel = plan.groups[0].kernel;
   EXPECT_EQ(kernel.roots, values(g, {"m", "s", "p"}));
   ASSERT_EQ(kernel.nests.size(), 3u);
@@ -1032,24 +1016,9 @@ TEST(FusionKernelPlan, SoftmaxRunsItsReductionsThenItsRowsElementwise) {
 }
 
 TEST(FusionKernelPlan, AttentionIsOneNestStoringItsOutput) {
-  Graph g = parseGraph(R"(graph attention {
-    input %q : f32[2,19,16]
-    input %kt : f32[2,16,19]
-    input %v : f32[2,19,24]
-    %s = matmul(%q, %kt)
-    %m = reduce_max(%s) {axes=[2], keepdims=1}
-    %d = sub(%s, %m)
-    %e = exp(%d)
-    %z = reduce_sum(%e) {axes=[2], keepdims=1}
-    %p = div(%e, %z)
-    %o = matmul(%p, %v)
-    output o = %o
-  })", "attention.sg");
-  FusionPlan plan = planFusion(g);
-  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
-  ASSERT_EQ(plan.groups[0].kind, FusionKind::Attention);
-  planKernels(g, plan, readsInPlace(true));
-  checkKernelPlan(g, plan.groups[0]);
+  Graph g = snippetGraph(kSnippets, "attention");
+  FusionPlan plan;
+  ASSERT_NO_FATAL_FAILURE(planOneKernel(g, FusionKind::Attention, plan));
   const KernelPlan &kernel = plan.groups[0].kernel;
   EXPECT_EQ(kernel.roots, values(g, {"o"}));
   ASSERT_EQ(kernel.nests.size(), 1u);

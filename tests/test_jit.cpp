@@ -41,24 +41,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr const char *kXor = R"(graph xor {
-  input %x : f32[4,2]
-  input %y : f32[4,1]
-  param %w1 : f32[2,2] = xavier_uniform(seed=7)
-  param %b1 : f32[2] = zeros()
-  param %w2 : f32[2,1] = xavier_uniform(seed=8)
-  param %b2 : f32[1] = zeros()
-  %z1 = linear(%x, %w1, %b1)
-  %h = tanh(%z1)
-  %z2 = linear(%h, %w2, %b2)
-  %prob = sigmoid(%z2)
-  %loss = mse(%prob, %y)
-  output prob = %prob
-  output loss = %loss
-}
-)";
+// examples/xor.sg: tests compile it, and edited copies of its text, from
+// several file names.
+std::string xorText() { return stepc::testing::readSourceFile("examples/xor.sg"); }
 
-Graph xorGraph(std::string_view file = "xor.sg") { return parseGraph(kXor, file); }
+Graph xorGraph(std::string_view file = "xor.sg") { return parseGraph(xorText(), file); }
 
 // Each TEST gets its own cache directory and a clean in-memory cache.
 class JitTest : public ::testing::Test {
@@ -209,7 +196,7 @@ TEST_F(JitTest, KeyCoversOptionsShapesAndLocations) {
   compileAndCheck(xorGraph(), unfused);
   EXPECT_EQ(jitCacheStats().misses, 2) << "fusion changes the code";
 
-  std::string text = kXor;
+  std::string text = xorText();
   for (std::string from : {"f32[4,2]", "f32[4,1]"}) // batch 4 -> 8
     text.replace(text.find(from), from.size(), from.substr(0, 4) + "8" + from.substr(5));
   compileAndCheck(parseGraph(text, "xor.sg"));
@@ -234,7 +221,7 @@ TEST_F(JitTest, KeyCoversOptionsShapesAndLocations) {
 // node's name, a location's origin) and find an equal graph.
 TEST_F(JitTest, MemoryKeySeesWhatThePrintedKeySees) {
   compileAndCheck(xorGraph());
-  std::string seed = kXor;
+  std::string seed = xorText();
   seed.replace(seed.find("seed=8"), 6, "seed=9");
   compileAndCheck(parseGraph(seed, "xor.sg"));
   EXPECT_EQ(jitCacheStats().misses, 2) << "an attribute changes the key";

@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -159,6 +161,18 @@ struct ModelMaker {
   std::string bytes() const { return model.SerializeAsString(); }
 };
 
+// The OnnxImportError importing `m` as `file` throws; none, and a test
+// failure, where it imports.
+std::optional<OnnxImportError> importFailure(const ModelMaker &m, const std::string &file) {
+  try {
+    importOnnxBytes(m.bytes(), file);
+  } catch (const OnnxImportError &e) {
+    return e;
+  }
+  ADD_FAILURE() << file << " imported; expected an OnnxImportError";
+  return std::nullopt;
+}
+
 TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
   ModelMaker m;
   m.input("x", onnx::TensorProto::FLOAT, {1, 2, 4, 4});
@@ -187,21 +201,18 @@ TEST(OnnxImport, UnsupportedModelListsEveryNodeInOneMessage) {
   training->add_int32_data(1);
   for (const char *out : {"f", "p", "c", "d"})
     m.output(out);
-  try {
-    importOnnxBytes(m.bytes(), "handmade.onnx");
-    FAIL() << "expected the import to fail";
-  } catch (const OnnxImportError &e) {
-    std::string message = e.what();
-    SCOPED_TRACE(message);
-    EXPECT_EQ(message.find('\n'), message.find("problems:") + 9);
-    for (const char *expected :
-         {"handmade.onnx", "FancyOp node 'fancy'", "no mapping for ONNX operator FancyOp",
-          "Pad node 'wrapped'", "mode 'wrap'", "Cast node 'to_complex'", "complex64",
-          "Dropout node 'train_drop'", "training mode", "graph input 'h'"})
-      EXPECT_NE(message.find(expected), std::string::npos) << expected;
-    EXPECT_EQ(message.find("'fine'"), std::string::npos);
-    EXPECT_EQ(e.problems().size(), 5u);
-  }
+  std::optional<OnnxImportError> e = importFailure(m, "handmade.onnx");
+  ASSERT_TRUE(e);
+  std::string message = e->what();
+  SCOPED_TRACE(message);
+  EXPECT_EQ(message.find('\n'), message.find("problems:") + 9);
+  for (const char *expected :
+       {"handmade.onnx", "FancyOp node 'fancy'", "no mapping for ONNX operator FancyOp",
+        "Pad node 'wrapped'", "mode 'wrap'", "Cast node 'to_complex'", "complex64",
+        "Dropout node 'train_drop'", "training mode", "graph input 'h'"})
+    EXPECT_NE(message.find(expected), std::string::npos) << expected;
+  EXPECT_EQ(message.find("'fine'"), std::string::npos);
+  EXPECT_EQ(e->problems().size(), 5u);
 }
 
 // Imports a hand-built model and runs it on the interpreter.
@@ -253,18 +264,15 @@ TEST(OnnxImport, WrongAttributeTypeAndUnknownElementTypeAreReported) {
   axis->set_type(onnx::AttributeProto::STRING);
   axis->set_s("1");
   m.output("y");
-  try {
-    importOnnxBytes(m.bytes(), "typed.onnx");
-    FAIL() << "expected the import to fail";
-  } catch (const OnnxImportError &e) {
-    std::string message = e.what();
-    SCOPED_TRACE(message);
-    EXPECT_NE(message.find("Softmax node 'soft'"), std::string::npos);
-    EXPECT_NE(message.find("attribute 'axis' must be INT, found STRING"), std::string::npos);
-    EXPECT_NE(message.find("graph input 'odd' has element type 99 (unknown to ONNX)"),
-              std::string::npos);
-    EXPECT_EQ(message.find("element type element type"), std::string::npos);
-  }
+  std::optional<OnnxImportError> e = importFailure(m, "typed.onnx");
+  ASSERT_TRUE(e);
+  std::string message = e->what();
+  SCOPED_TRACE(message);
+  EXPECT_NE(message.find("Softmax node 'soft'"), std::string::npos);
+  EXPECT_NE(message.find("attribute 'axis' must be INT, found STRING"), std::string::npos);
+  EXPECT_NE(message.find("graph input 'odd' has element type 99 (unknown to ONNX)"),
+            std::string::npos);
+  EXPECT_EQ(message.find("element type element type"), std::string::npos);
 }
 
 TEST(OnnxImport, MatMulPromotesVectors) {
@@ -345,13 +353,10 @@ TEST(OnnxImport, DynamicShapesAreRejected) {
       ->set_dim_param("batch");
   m.node("Relu", "r", {"x"}, {"y"});
   m.output("y");
-  try {
-    importOnnxBytes(m.bytes(), "dynamic.onnx");
-    FAIL();
-  } catch (const OnnxImportError &e) {
-    EXPECT_NE(std::string(e.what()).find("dynamic dimension 'batch'"), std::string::npos)
-        << e.what();
-  }
+  std::optional<OnnxImportError> e = importFailure(m, "dynamic.onnx");
+  ASSERT_TRUE(e);
+  EXPECT_NE(std::string(e->what()).find("dynamic dimension 'batch'"), std::string::npos)
+      << e->what();
 }
 
 // Whatever the bytes, the import either succeeds or throws stepc::Error.
@@ -483,12 +488,18 @@ void expectGradients(const ModelMaker &m, const TensorMap &inputs,
 }
 
 std::string importError(const ModelMaker &m) {
-  try {
-    importOnnxBytes(m.bytes(), "bad.onnx");
-  } catch (const OnnxImportError &e) {
-    return e.what();
-  }
-  return "";
+  std::optional<OnnxImportError> e = importFailure(m, "bad.onnx");
+  return e ? e->what() : "";
+}
+
+// `m` becomes y = Mod(a, b) {fmod} of inputs of `type` and shape [size];
+// with `sameOperand`, y = Mod(a, a).
+void makeMod(ModelMaker &m, int type, int64_t size, int64_t fmod, bool sameOperand = false) {
+  m.input("a", type, {size});
+  if (!sameOperand)
+    m.input("b", type, {size});
+  setInt(m.node("Mod", "mod", {"a", sameOperand ? "a" : "b"}, {"y"}), "fmod", fmod);
+  m.output("y");
 }
 
 TEST(OnnxComposite, ModFollowsTheDivisorOrTheDividendSign) {
@@ -496,10 +507,7 @@ TEST(OnnxComposite, ModFollowsTheDivisorOrTheDividendSign) {
   Tensor b = Tensor::of<int64_t>({6}, {3, -3, -3, 3, 0, 4});
   for (int64_t fmod : {0, 1}) {
     ModelMaker m;
-    m.input("a", onnx::TensorProto::INT64, {6});
-    m.input("b", onnx::TensorProto::INT64, {6});
-    setInt(m.node("Mod", "mod", {"a", "b"}, {"y"}), "fmod", fmod);
-    m.output("y");
+    makeMod(m, onnx::TensorProto::INT64, 6, fmod);
     Tensor y = runBoth(m, {{"a", a}, {"b", b}}).at("y");
     // x mod 0 is x (stepc's x / 0 is 0).
     std::vector<int64_t> want = fmod ? std::vector<int64_t>{-1, 1, -1, 1, 5, 0}
@@ -511,35 +519,25 @@ TEST(OnnxComposite, ModFollowsTheDivisorOrTheDividendSign) {
   Tensor x = Tensor::of<float>({5}, {-4.25f, 7.5f, 5.0f, -0.5f, 1e30f});
   Tensor d = Tensor::of<float>({5}, {2.0f, -3.0f, 8.0f, 0.25f, 3.0f});
   ModelMaker m;
-  m.input("x", onnx::TensorProto::FLOAT, {5});
-  m.input("d", onnx::TensorProto::FLOAT, {5});
-  setInt(m.node("Mod", "mod", {"x", "d"}, {"y"}), "fmod", 1);
-  m.output("y");
-  Tensor y = runBoth(m, {{"x", x}, {"d", d}}).at("y");
+  makeMod(m, onnx::TensorProto::FLOAT, 5, 1);
+  Tensor y = runBoth(m, {{"a", x}, {"b", d}}).at("y");
   for (int64_t i = 0; i < 5; ++i)
     EXPECT_EQ(y.data<float>()[i], std::fmod(x.data<float>()[i], d.data<float>()[i])) << i;
   // fmod = 0 is defined for integers only.
   ModelMaker floatPython;
-  floatPython.input("x", onnx::TensorProto::FLOAT, {5});
-  setInt(floatPython.node("Mod", "mod", {"x", "x"}, {"y"}), "fmod", 0);
-  floatPython.output("y");
+  makeMod(floatPython, onnx::TensorProto::FLOAT, 5, 0, true);
   EXPECT_NE(importError(floatPython).find("a f32 input needs fmod = 1"), std::string::npos);
   // Unsigned: the remainder of the unsigned values.
   for (int64_t fmod : {0, 1}) {
     ModelMaker u;
-    u.input("a", onnx::TensorProto::UINT32, {2});
-    u.input("b", onnx::TensorProto::UINT32, {2});
-    setInt(u.node("Mod", "mod", {"a", "b"}, {"y"}), "fmod", fmod);
-    u.output("y");
+    makeMod(u, onnx::TensorProto::UINT32, 2, fmod);
     Tensor ua = Tensor::of<uint32_t>({2}, {4000000000u, 10});
     Tensor ub = Tensor::of<uint32_t>({2}, {7, 4000000000u});
     EXPECT_EQ(runBoth(u, {{"a", ua}, {"b", ub}}).at("y"),
               Tensor::of<uint32_t>({2}, {4000000000u % 7, 10}));
   }
   ModelMaker bad;
-  bad.input("a", onnx::TensorProto::INT64, {6});
-  setInt(bad.node("Mod", "mod", {"a", "a"}, {"y"}), "fmod", 2);
-  bad.output("y");
+  makeMod(bad, onnx::TensorProto::INT64, 6, 2, true);
   EXPECT_NE(importError(bad).find("attribute 'fmod' must be 0 or 1"), std::string::npos);
 }
 
@@ -575,30 +573,51 @@ TEST(OnnxComposite, RoundingAndInverseTrigonometry) {
   }
 }
 
+// `m` becomes a model of one Einsum node of `equation`: f32 inputs a, b (as
+// many as `shapes`), output y. (A ModelMaker is not copied: it points into
+// itself.)
+void makeEinsum(ModelMaker &m, const std::string &equation,
+                const std::vector<std::vector<int64_t>> &shapes) {
+  std::vector<std::string> operands;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    operands.push_back(std::string(1, char('a' + k)));
+    m.input(operands.back(), onnx::TensorProto::FLOAT, shapes[k]);
+  }
+  setString(m.node("Einsum", "e", operands, {"y"}), "equation", equation);
+  m.output("y");
+}
+
+// Checks y, of rank 3, against the sum over one contracted label:
+// y[o0, o1, o2] = the sum of term(o0, o1, o2, s) for s < summed.
+void expectContraction(const Tensor &y, int64_t summed,
+                       const std::function<double(int64_t, int64_t, int64_t, int64_t)> &term) {
+  const Shape &shape = y.shape();
+  ASSERT_EQ(shape.size(), 3u);
+  for (int64_t o0 = 0; o0 < shape[0]; ++o0)
+    for (int64_t o1 = 0; o1 < shape[1]; ++o1)
+      for (int64_t o2 = 0; o2 < shape[2]; ++o2) {
+        double want = 0;
+        for (int64_t s = 0; s < summed; ++s)
+          want += term(o0, o1, o2, s);
+        EXPECT_NEAR(y.real((o0 * shape[1] + o1) * shape[2] + o2), want, 1e-5)
+            << "at [" << o0 << ", " << o1 << ", " << o2 << "]";
+      }
+}
+
 // Einsum becomes transposes, reshapes and one batched matmul per pair.
 TEST(OnnxComposite, EinsumContractsLikeNumpy) {
   Tensor a = testing::randomTensor(DType::F32, {3, 5, 7}, 1);
   Tensor b = testing::randomTensor(DType::F32, {7, 3, 2}, 2);
   ModelMaker m;
-  m.input("a", onnx::TensorProto::FLOAT, {3, 5, 7});
-  m.input("b", onnx::TensorProto::FLOAT, {7, 3, 2});
-  setString(m.node("Einsum", "e", {"a", "b"}, {"y"}), "equation", "bij, jbk -> kbi");
-  m.output("y");
+  makeEinsum(m, "bij, jbk -> kbi", {{3, 5, 7}, {7, 3, 2}});
   Tensor y = runBoth(m, {{"a", a}, {"b", b}}).at("y");
   ASSERT_EQ(y.shape(), (Shape{2, 3, 5}));
-  for (int64_t k = 0; k < 2; ++k)
-    for (int64_t bb = 0; bb < 3; ++bb)
-      for (int64_t i = 0; i < 5; ++i) {
-        double want = 0;
-        for (int64_t j = 0; j < 7; ++j)
-          want += a.real((bb * 5 + i) * 7 + j) * b.real((j * 3 + bb) * 2 + k);
-        EXPECT_NEAR(y.real((k * 3 + bb) * 5 + i), want, 1e-5);
-      }
+  expectContraction(y, 7, [&](int64_t k, int64_t bb, int64_t i, int64_t j) {
+    return a.real((bb * 5 + i) * 7 + j) * b.real((j * 3 + bb) * 2 + k);
+  });
   expectGradients(m, {{"a", a}, {"b", b}}, {"a", "b"});
   ModelMaker bad;
-  bad.input("a", onnx::TensorProto::FLOAT, {3, 5, 7});
-  setString(bad.node("Einsum", "e", {"a"}, {"y"}), "equation", "ij->i");
-  bad.output("y");
+  makeEinsum(bad, "ij->i", {{3, 5, 7}});
   EXPECT_NE(importError(bad).find("term 'ij' has 2 labels but operand 0 is f32[3,5,7]"),
             std::string::npos);
 }
@@ -610,26 +629,15 @@ TEST(OnnxComposite, EinsumEllipsisBroadcastsAndKeepsUserLabels) {
   Tensor a = testing::randomTensor(DType::F32, {3, 2, 4}, 4); // ... = [3, 2]
   Tensor b = testing::randomTensor(DType::F32, {1, 4, 5}, 5); // ... = [1] -> [2]
   ModelMaker m;
-  m.input("a", onnx::TensorProto::FLOAT, {3, 2, 4});
-  m.input("b", onnx::TensorProto::FLOAT, {1, 4, 5});
-  setString(m.node("Einsum", "e", {"a", "b"}, {"y"}), "equation", "...A,...AB->...B");
-  m.output("y");
+  makeEinsum(m, "...A,...AB->...B", {{3, 2, 4}, {1, 4, 5}});
   Tensor y = runBoth(m, {{"a", a}, {"b", b}}).at("y");
   ASSERT_EQ(y.shape(), (Shape{3, 2, 5}));
-  for (int64_t i = 0; i < 3; ++i)
-    for (int64_t j = 0; j < 2; ++j)
-      for (int64_t k = 0; k < 5; ++k) {
-        double want = 0;
-        for (int64_t l = 0; l < 4; ++l)
-          want += a.real((i * 2 + j) * 4 + l) * b.real(l * 5 + k);
-        EXPECT_NEAR(y.real((i * 2 + j) * 5 + k), want, 1e-5);
-      }
+  expectContraction(y, 4, [&](int64_t i, int64_t j, int64_t k, int64_t l) {
+    return a.real((i * 2 + j) * 4 + l) * b.real(l * 5 + k);
+  });
   // A labelled axis of size 1 against one of size 4 is an error naming it.
   ModelMaker bad;
-  bad.input("a", onnx::TensorProto::FLOAT, {3, 4});
-  bad.input("b", onnx::TensorProto::FLOAT, {1, 5});
-  setString(bad.node("Einsum", "e", {"a", "b"}, {"y"}), "equation", "ij,jk->ik");
-  bad.output("y");
+  makeEinsum(bad, "ij,jk->ik", {{3, 4}, {1, 5}});
   EXPECT_NE(importError(bad).find("label 'j' names axes of sizes 4 and 1"), std::string::npos)
       << importError(bad);
 }
@@ -802,13 +810,11 @@ TEST(OnnxComposite, ValueDependentShapesAreComputedAtImport) {
   m.node("Unique", "u", {"x"}, {"y", "first", "inverse", "counts"});
   for (const char *out : {"y", "first", "inverse", "counts"})
     m.output(out);
-  try {
-    importOnnxBytes(m.bytes(), "unique.onnx");
-    FAIL() << "expected the input to be needed at import";
-  } catch (const OnnxImportError &e) {
-    ASSERT_EQ(e.problems().size(), 1u) << e.what();
-    EXPECT_EQ(e.problems()[0].kind, OnnxProblem::Kind::StaticInput);
-  }
+  // The input is needed at import.
+  std::optional<OnnxImportError> e = importFailure(m, "unique.onnx");
+  ASSERT_TRUE(e);
+  ASSERT_EQ(e->problems().size(), 1u) << e->what();
+  EXPECT_EQ(e->problems()[0].kind, OnnxProblem::Kind::StaticInput);
   OnnxImportOptions options;
   options.inputValues["x"] = Tensor::of<float>({6}, {2, 1, 1, 3, 4, 3});
   OnnxModel model = importOnnxBytes(m.bytes(), "unique.onnx", options);

@@ -36,8 +36,8 @@ std::optional<std::chrono::milliseconds> budget() {
 
 std::vector<std::string> corpus() {
   std::vector<std::string> texts = {
-      std::string(testing::kEveryOpText), std::string(testing::kCompositesText),
-      std::string(testing::kCanonicalText), std::string(testing::kStepText)};
+      testing::corpusText("every_op"), testing::corpusText("composites"),
+      testing::corpusText("canonical"), testing::corpusText("step")};
   std::filesystem::path dir = STEPC_SOURCE_DIR "/examples";
   if (std::filesystem::exists(dir))
     for (const auto &entry : std::filesystem::directory_iterator(dir))

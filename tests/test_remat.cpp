@@ -371,36 +371,9 @@ TEST(Remat, CopiesAreComputedInsideTheKernelThatReadsThem) {
 // w_down^T times GELU's factors of `up`. Recomputed inside that kernel from
 // u, they are never alive at the peak. Values whose last reader is the peak
 // kernel are candidates for this (a value only alive across the peak
-// would never see them).
-constexpr const char *kPeakReaders = R"(graph readers {
-  input %x : f32[37,29]
-  input %w : f32[29,53]
-  input %g : f32[37,31]
-  input %w2 : f32[31,53]
-  input %w3 : f32[53,7]
-  input %w4 : f32[31,53]
-  %u = matmul(%x, %w)
-  %s = reduce_sum(%u) {axes=[1], keepdims=0}
-  %a = tanh(%u)
-  %b = square(%u)
-  %m0 = matmul(%g, %w4)
-  %h = sigmoid(%m0)
-  %m = matmul(%g, %w2)
-  %ma = mul(%m, %a)
-  %mb = mul(%m, %b)
-  %e = add(%ma, %mb)
-  %eu = add(%e, %u)
-  %z1 = matmul(%eu, %w3)
-  %ht = transpose(%h) {perm=[1,0]}
-  %z3 = matmul(%ht, %eu)
-  output s = %s
-  output z1 = %z1
-  output z3 = %z3
-}
-)";
-
+// would never see them). The graph: tests/snippets/remat.sg.
 TEST(Remat, ValuesThePeakKernelReadsLastAreRecomputedInsideIt) {
-  Graph graph = parseGraph(kPeakReaders, "readers.sg");
+  Graph graph = stepc::testing::snippetGraph("tests/snippets/remat.sg", "peak_readers");
   int64_t unbudgeted = plannedPeak(graph, true);
   Graph after = graph;
   Rematerialization remat({.bytes = unbudgeted - 1}, true);

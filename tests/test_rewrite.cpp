@@ -14,6 +14,9 @@ using namespace stepc::testing;
 
 namespace {
 
+// The graphs of some tests, as .sg text.
+const std::string kSnippets = "tests/snippets/rewrite.sg";
+
 TEST(Rewrite, CompactRenumbersOperandsOutputsAndUpdates) {
   Graph g = parseSnippet(R"(graph g {
     input %x : f32[3]
@@ -100,16 +103,7 @@ TEST(Rewrite, ReplaceAllUsesCoversOutputsAndUpdates) {
 }
 
 TEST(Rewrite, ReplaceAllUsesKeepsOrderAndTypes) {
-  Graph g = parseSnippet(R"(graph g {
-    input %x : f32[3]
-    %a = exp(%x)
-    %b = neg(%a)
-    %c = tanh(%x)
-    %s = reduce_sum(%x) {axes=[0], keepdims=0}
-    output b = %b
-    output c = %c
-    output s = %s
-  })");
+  Graph g = snippetGraph(kSnippets, "exp_neg_tanh_sum");
   Graph copy = g;
   // %c comes after %b, a user of %a.
   EXPECT_THROW(replaceAllUses(g, 1, 3), std::logic_error);

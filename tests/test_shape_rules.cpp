@@ -329,19 +329,24 @@ std::vector<ValidCase> validCases() {
       {{"axis", Int(0)}, {"size", Int(5)}}, f64({5, 6, 7}));
   add("scatter_add size 0", K::ScatterAdd, {i64({0}), f32({0})},
       {{"axis", Int(0)}, {"size", Int(0)}}, f32({0}));
+  // The gradients of two forward convolutions: a 5x5 kernel at stride 2 over
+  // 32x32 (or 31x31) into 16x16, and 3x3 kernels of 2 groups, strides 1 and
+  // 2, padding 0 and 1, dilation 2 and 1.
+  const Attrs strided = convAttrs({2, 2}, {2, 2}, {1, 1}, 1);
+  const Attrs grouped = convAttrs({1, 2}, {0, 1}, {2, 1}, 2);
   add("conv2d_grad_input", K::Conv2dGradInput, {f32({2, 8, 16, 16}), f32({8, 3, 5, 5})},
-      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "input_hw", Ints({32, 32})), f32({2, 3, 32, 32}));
+      with(strided, "input_hw", Ints({32, 32})), f32({2, 3, 32, 32}));
   // Stride 2 maps 31 and 32 to the same output size: input_hw decides.
   add("conv2d_grad_input odd size", K::Conv2dGradInput, {f32({2, 8, 16, 16}), f32({8, 3, 5, 5})},
-      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "input_hw", Ints({31, 31})), f32({2, 3, 31, 31}));
+      with(strided, "input_hw", Ints({31, 31})), f32({2, 3, 31, 31}));
   add("conv2d_grad_input groups", K::Conv2dGradInput, {f32({1, 6, 6, 6}), f32({6, 2, 3, 3})},
-      with(convAttrs({1, 2}, {0, 1}, {2, 1}, 2), "input_hw", Ints({10, 12})), f32({1, 4, 10, 12}));
+      with(grouped, "input_hw", Ints({10, 12})), f32({1, 4, 10, 12}));
   add("conv2d_grad_input zero height", K::Conv2dGradInput, {f32({1, 1, 2, 5}), f32({1, 1, 1, 1})},
       with(convAttrs({1, 1}, {1, 1}, {1, 1}, 1), "input_hw", Ints({0, 3})), f32({1, 1, 0, 3}));
   add("conv2d_grad_weight", K::Conv2dGradWeight, {f32({2, 3, 32, 32}), f32({2, 8, 16, 16})},
-      with(convAttrs({2, 2}, {2, 2}, {1, 1}, 1), "kernel", Ints({5, 5})), f32({8, 3, 5, 5}));
+      with(strided, "kernel", Ints({5, 5})), f32({8, 3, 5, 5}));
   add("conv2d_grad_weight groups", K::Conv2dGradWeight, {f64({1, 4, 10, 12}), f64({1, 6, 6, 6})},
-      with(convAttrs({1, 2}, {0, 1}, {2, 1}, 2), "kernel", Ints({3, 3})), f64({6, 2, 3, 3}));
+      with(grouped, "kernel", Ints({3, 3})), f64({6, 2, 3, 3}));
   add("max_pool2d_grad", K::MaxPool2dGrad, {f32({1, 3, 7, 7}), f32({1, 3, 4, 4})},
       poolAttrs({3, 3}, {2, 2}, {1, 1}), f32({1, 3, 7, 7}));
   add("avg_pool2d_grad", K::AvgPool2dGrad, {f32({1, 3, 4, 4})},
@@ -608,12 +613,11 @@ std::vector<ErrorCase> errorCases() {
 
   // Convolution and pooling.
   const Attrs conv1 = convAttrs({1, 1}, {0, 0}, {1, 1}, 1);
-  add("conv2d groups", K::Conv2d, {f32({1, 3, 8, 8}), f32({8, 3, 3, 3})},
-      convAttrs({1, 1}, {0, 0}, {1, 1}, 2),
+  const Attrs groups2 = convAttrs({1, 1}, {0, 0}, {1, 1}, 2);
+  add("conv2d groups", K::Conv2d, {f32({1, 3, 8, 8}), f32({8, 3, 3, 3})}, groups2,
       {"input channels 3 and output channels 8 must both be divisible by groups 2"});
   add("conv2d output channels vs groups", K::Conv2d, {f32({1, 4, 8, 8}), f32({3, 2, 3, 3})},
-      convAttrs({1, 1}, {0, 0}, {1, 1}, 2),
-      {"input channels 4 and output channels 3 must both be divisible by groups 2"});
+      groups2, {"input channels 4 and output channels 3 must both be divisible by groups 2"});
   add("conv2d groups 0", K::Conv2d, {f32({1, 3, 8, 8}), f32({8, 3, 3, 3})},
       convAttrs({1, 1}, {0, 0}, {1, 1}, 0), {"groups must be in 1..2^40, got 0"});
   add("conv2d weight channels", K::Conv2d, {f32({1, 3, 5, 5}), f32({8, 2, 3, 3})}, conv1,
@@ -790,14 +794,14 @@ std::vector<ErrorCase> errorCases() {
   return v;
 }
 
-std::string caseName(const std::string &label, OpKind op, const std::vector<TensorType> &in,
-                     const Attrs &attrs) {
+// A ValidCase's or an ErrorCase's label, op, operand types and attributes.
+template <class Case> std::string caseName(const Case &c) {
   std::vector<std::string> types, entries;
-  for (const TensorType &t : in)
+  for (const TensorType &t : c.operands)
     types.push_back(typeString(t));
-  for (const auto &[name, value] : attrs.entries())
+  for (const auto &[name, value] : c.attrs.entries())
     entries.push_back(fmt::format("{}={}", name, attrValueString(value)));
-  return fmt::format("{} [{}({}) {{{}}}]", label, opInfo(op).name, fmt::join(types, ", "),
+  return fmt::format("{} [{}({}) {{{}}}]", c.label, opInfo(c.op).name, fmt::join(types, ", "),
                      fmt::join(entries, ", "));
 }
 
@@ -826,6 +830,14 @@ Node nodeFor(OpKind op, std::vector<ValueId> operands, Attrs attrs, SourceLoc lo
   return node;
 }
 
+// `g` becomes a graph of the case's operands as inputs, and then gets the
+// case's node, at `loc`, through Graph::add: that node's value.
+template <class Case> ValueId addCaseNode(Graph &g, const Case &c, SourceLoc loc) {
+  std::vector<ValueId> ids;
+  g = graphWithInputs(c.operands, ids);
+  return g.add(nodeFor(c.op, ids, c.attrs, std::move(loc)));
+}
+
 std::string inferError(OpKind op, const Attrs &attrs, const std::vector<TensorType> &in) {
   try {
     TensorType t = inferType(op, attrs, in);
@@ -840,7 +852,7 @@ std::string inferError(OpKind op, const Attrs &attrs, const std::vector<TensorTy
 TEST(ShapeRules, ValidCases) {
   auto cases = validCases();
   for (const ValidCase &c : cases) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
+    SCOPED_TRACE(caseName(c));
     TensorType got;
     try {
       got = inferType(c.op, c.attrs, c.operands);
@@ -858,11 +870,10 @@ TEST(ShapeRules, ValidCases) {
 // verify(), which re-infers every node.
 TEST(ShapeRules, ValidCasesThroughGraphAdd) {
   for (const ValidCase &c : validCases()) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
-    std::vector<ValueId> ids;
-    Graph g = graphWithInputs(c.operands, ids);
+    SCOPED_TRACE(caseName(c));
+    Graph g;
     try {
-      ValueId id = g.add(nodeFor(c.op, ids, c.attrs, SourceLoc("case.sg", 1, 1)));
+      ValueId id = addCaseNode(g, c, SourceLoc("case.sg", 1, 1));
       EXPECT_EQ(g.type(id), c.expected);
       g.addOutput("out", id);
       verify(g);
@@ -875,7 +886,7 @@ TEST(ShapeRules, ValidCasesThroughGraphAdd) {
 TEST(ShapeRules, ErrorCases) {
   auto cases = errorCases();
   for (const ErrorCase &c : cases) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
+    SCOPED_TRACE(caseName(c));
     std::string message = inferError(c.op, c.attrs, c.operands);
     // Every message starts with the op's name...
     EXPECT_THAT(message, StartsWith(std::string(opInfo(c.op).name) + ": "));
@@ -890,11 +901,9 @@ TEST(ShapeRules, ErrorCases) {
 
 TEST(ShapeRules, ErrorCasesThroughGraphAddCarryTheNodeLocation) {
   for (const ErrorCase &c : errorCases()) {
-    SCOPED_TRACE(caseName(c.label, c.op, c.operands, c.attrs));
-    std::vector<ValueId> ids;
-    Graph g = graphWithInputs(c.operands, ids);
-    std::string message =
-        errorOf([&] { g.add(nodeFor(c.op, ids, c.attrs, SourceLoc("model.sg", 14, 9))); });
+    SCOPED_TRACE(caseName(c));
+    Graph g;
+    std::string message = errorOf([&] { addCaseNode(g, c, SourceLoc("model.sg", 14, 9)); });
     EXPECT_THAT(message, StartsWith(fmt::format("model.sg:14:9: error: {}: ", opInfo(c.op).name)));
     for (const std::string &part : c.expected)
       EXPECT_THAT(message, HasSubstr(part));

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <random>
+#include <sstream>
 #include <string_view>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -79,6 +80,16 @@ Tensor runOp(const std::vector<Tensor> &args,
 
 std::string sourcePath(const std::string &relative) {
   return std::string(STEPC_TESTING_SOURCE_DIR) + "/" + relative;
+}
+
+std::string readSourceFile(const std::string &relative) {
+  std::string path = sourcePath(relative);
+  std::ifstream file(path, std::ios::binary);
+  if (!file)
+    throw Error(fmt::format("cannot read {}", path));
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
 }
 
 std::vector<std::string> exampleNames() {
@@ -195,6 +206,17 @@ std::vector<SnippetCase> readSnippetCases(const std::string &casesFile) {
   if (cases.empty())
     throw Error(fmt::format("{}: no '# case NAME' line", path));
   return cases;
+}
+
+std::string snippetText(const std::string &casesFile, std::string_view name) {
+  for (SnippetCase &c : readSnippetCases(casesFile))
+    if (c.name == name)
+      return std::move(c.text);
+  throw Error(fmt::format("{}: no '# case {}'", sourcePath(casesFile), name));
+}
+
+Graph snippetGraph(const std::string &casesFile, std::string_view name) {
+  return parseGraph(snippetText(casesFile, name), casesFile);
 }
 
 namespace {

@@ -34,6 +34,9 @@ Tensor randomTensor(DType dtype, const Shape &shape, uint64_t seed, double low =
                                     double rtol, double atol = 0);
 
 std::string sourcePath(const std::string &relative); // under the repo root
+// The bytes of the file `relative` names under the repo root; throws a
+// stepc::Error naming it when it cannot be read.
+std::string readSourceFile(const std::string &relative);
 
 // The message of the stepc::Error that `f` throws. Throwing nothing, or
 // another exception, fails the test (user errors must be stepc::Errors).
@@ -127,6 +130,13 @@ struct SnippetCase {
 // `casesFile` relative to the repo root; throws a stepc::Error naming the file
 // when it cannot be read or has no cases.
 std::vector<SnippetCase> readSnippetCases(const std::string &casesFile);
+
+// The snippet of the case `name` in `casesFile`, for a test that checks one
+// graph its own way; throws a stepc::Error naming both when there is no such
+// case.
+std::string snippetText(const std::string &casesFile, std::string_view name);
+// That snippet parsed, errors naming `casesFile` and the line in it.
+Graph snippetGraph(const std::string &casesFile, std::string_view name);
 
 // A pass's rewrite cases: each becomes the test SUITE.NAME, expectRewrite
 // of its snippet by `passes` into its expected graph, or into the snippet
