@@ -98,6 +98,12 @@ std::vector<stepc::testing::SnippetCase> cases() {
       {"plain_700", composite("2,700,16", "2,700,16", false)},
       {"causal_1000_d64", composite("1,2,1000,64", "1,2,1000,64", true)},
       {"cross_50_by_1000", composite("1,2,50,16", "1,2,1000,16", false)},
+      // Tk a multiple of the key block (no tail block), and tails of 16 and
+      // 48 keys (whole 16-key groups: the register-transpose packing).
+      {"causal_64", composite("2,64,16", "2,64,16", true)},
+      {"plain_130_by_128", composite("2,130,24", "2,128,24", false)},
+      {"causal_80", composite("1,2,80,16", "1,2,80,16", true)},
+      {"cross_causal_150_by_112", composite("2,150,16", "2,112,16", true)},
   };
   for (stepc::testing::SnippetCase &c :
        stepc::testing::readSnippetCases("tests/snippets/codegen_attention.sg"))
@@ -158,6 +164,15 @@ TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
   stepc::testing::CompareOptions options;
   options.unfused = false;
   stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
+}
+
+// No keys: not an attention kernel (its softmax would divide 0 by 0); the
+// split kernels give the interpreter's zeros.
+TEST(CodegenAttentionValues, NoKeysIsNotAnAttentionKernel) {
+  Graph graph = parseGraph(composite("2,5,16", "2,0,16", false));
+  Graph g = optimized(composite("2,5,16", "2,0,16", false));
+  EXPECT_FALSE(matchAttention(g, g.outputs[0].value));
+  stepc::testing::expectMatchesInterpreter(graph, randomInputs(graph, 23), {});
 }
 
 // Fault injection (bisect-fusion's perturbKernel) on an attention kernel

@@ -186,8 +186,9 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
   p.keysT = mm.operands[1];
   // The output's batch dimensions are the scores' (values broadcast into them).
   const Shape &o = out.type.shape;
+  // No keys: the softmax divides 0 by 0 where the product over no keys is 0.
   if (o.size() != space.size() || !std::equal(o.begin(), o.end() - 1, space.begin()) ||
-      g.type(p.values).rank() > out.type.rank())
+      g.type(p.values).rank() > out.type.rank() || space.back() == 0)
     return std::nullopt;
   // The kernel's stack buffers: a key block of k^T and v, a query block's
   // accumulators (fusion_plan.h).
