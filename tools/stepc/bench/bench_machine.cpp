@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <utility>
 
 namespace stepc::cli::perf {
 namespace {
@@ -56,21 +57,22 @@ struct Avx2 {
   }
 };
 
-// Only ever inlined into a caller compiled for Isa's target (flatten, below),
-// so every accumulator stays in a register.
-template <class Isa> float fmaLoop(int64_t iterations) {
-  typename Isa::Vec a, b, acc[Isa::kAccumulators];
+// Only ever inlined into a caller compiled for Isa's target (flatten,
+// below). The folds over I spell out one statement per accumulator, as
+// unrolled code the optimizer cannot roll back into a loop over memory, so
+// every accumulator stays in a register.
+template <class Isa, size_t... I> float fmaLoop(int64_t iterations, std::index_sequence<I...>) {
+  typename Isa::Vec a, b, acc[sizeof...(I)];
   Isa::set(a, 0.999999f);
   Isa::set(b, 1e-6f);
-  for (int i = 0; i < Isa::kAccumulators; ++i)
-    Isa::set(acc[i], 1.0f + 0.01f * float(i));
+  (Isa::set(acc[I], 1.0f + 0.01f * float(I)), ...);
   for (int64_t it = 0; it < iterations; ++it)
-    for (typename Isa::Vec &v : acc)
-      Isa::fma(v, a, b);
-  for (int i = 1; i < Isa::kAccumulators; ++i)
-    Isa::add(acc[0], acc[i]);
+    (Isa::fma(acc[I], a, b), ...);
+  typename Isa::Vec sum;
+  Isa::set(sum, 0.0f);
+  (Isa::add(sum, acc[I]), ...);
   float lanes[Isa::kLanes];
-  Isa::store(lanes, acc[0]);
+  Isa::store(lanes, sum);
   float total = 0;
   for (float lane : lanes)
     total += lane;
@@ -78,10 +80,10 @@ template <class Isa> float fmaLoop(int64_t iterations) {
 }
 
 [[gnu::target("avx512f,fma"), gnu::flatten]] float fmaLoopAvx512(int64_t iterations) {
-  return fmaLoop<Avx512>(iterations);
+  return fmaLoop<Avx512>(iterations, std::make_index_sequence<Avx512::kAccumulators>());
 }
 [[gnu::target("avx2,fma"), gnu::flatten]] float fmaLoopAvx2(int64_t iterations) {
-  return fmaLoop<Avx2>(iterations);
+  return fmaLoop<Avx2>(iterations, std::make_index_sequence<Avx2::kAccumulators>());
 }
 
 // Runs work(thread) on `threads` threads released together; returns the
