@@ -61,26 +61,24 @@ std::vector<double> distinctValues(int64_t n, Stream &rng) {
 // Fills a non-float input; gets its own seed.
 using Fill = std::function<Tensor(const TensorType &, uint64_t seed)>;
 
-// Indices in [0, n); the last repeats the first, so a gather's gradient has to
-// accumulate (scatter-add) rather than overwrite.
-Fill indicesBelow(int64_t n) {
-  return [n](const TensorType &type, uint64_t seed) {
-    Stream rng(seed);
-    Tensor t(type);
-    for (int64_t i = 0; i < t.numel(); ++i)
-      t.setReal(i, static_cast<double>(rng.below(n)));
-    if (t.numel() >= 2)
-      t.setReal(t.numel() - 1, t.real(0));
-    return t;
-  };
-}
-
+// Labels (or indices) drawn in [0, n).
 Fill labelsBelow(int64_t n) {
   return [n](const TensorType &type, uint64_t seed) {
     Stream rng(seed);
     Tensor t(type);
     for (int64_t i = 0; i < t.numel(); ++i)
       t.setReal(i, static_cast<double>(rng.below(n)));
+    return t;
+  };
+}
+
+// Indices in [0, n); the last repeats the first, so a gather's gradient has to
+// accumulate (scatter-add) rather than overwrite.
+Fill indicesBelow(int64_t n) {
+  return [n](const TensorType &type, uint64_t seed) {
+    Tensor t = labelsBelow(n)(type, seed);
+    if (t.numel() >= 2)
+      t.setReal(t.numel() - 1, t.real(0));
     return t;
   };
 }
