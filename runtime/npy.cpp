@@ -14,27 +14,19 @@ namespace {
 
 constexpr std::string_view kMagic = "\x93NUMPY";
 
-std::string_view descrOf(DType dtype) {
-  switch (dtype) {
-  case DType::F32: return "<f4";
-  case DType::F64: return "<f8";
-  case DType::I32: return "<i4";
-  case DType::I64: return "<i8";
-  case DType::Bool: return "|b1";
-  case DType::F16: return "<f2";
-  case DType::I8: return "|i1";
-  case DType::U8: return "|u1";
-  case DType::I16: return "<i2";
-  case DType::U16: return "<u2";
-  case DType::U32: return "<u4";
-  case DType::U64: return "<u8";
-  // NumPy has no bfloat16: a bf16 tensor is stored as its bit patterns in
-  // uint16 (what torch's x.view(torch.uint16) or ml_dtypes' .view(np.uint16)
-  // give), and a <u2 file reads back as u16; the CLI binds such a file to a
-  // bf16 input by its bits (bindNpy).
-  case DType::BF16: return "<u2";
-  }
-  return "";
+// NumPy's array-protocol type string: the byte order ('|' for single bytes,
+// else little-endian '<'), the kind (b bool, f float, i signed, u unsigned)
+// and the size in bytes. NumPy has no bfloat16: a bf16 tensor is stored as
+// its bit patterns in uint16 (what torch's x.view(torch.uint16) or
+// ml_dtypes' .view(np.uint16) give), and a <u2 file reads back as u16; the
+// CLI binds such a file to a bf16 input by its bits (bindNpy).
+std::string descrOf(DType dtype) {
+  char kind = dtype == DType::Bool                         ? 'b'
+              : dtype == DType::BF16 || isUnsigned(dtype) ? 'u'
+              : isFloat(dtype)                             ? 'f'
+                                                           : 'i';
+  size_t size = dtypeSize(dtype);
+  return fmt::format("{}{}{}", size == 1 ? '|' : '<', kind, size);
 }
 
 std::optional<DType> dtypeOfDescr(std::string_view descr) {

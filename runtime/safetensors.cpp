@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cstring>
 
 namespace stepc {
@@ -29,23 +30,12 @@ static_assert(std::endian::native == std::endian::little,
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr std::string_view kMetadataKey = "__metadata__";
 
-std::string_view fileDTypeName(DType dtype) {
-  switch (dtype) {
-  case DType::F32: return "F32";
-  case DType::F64: return "F64";
-  case DType::I32: return "I32";
-  case DType::I64: return "I64";
-  case DType::Bool: return "BOOL";
-  case DType::F16: return "F16";
-  case DType::BF16: return "BF16";
-  case DType::I8: return "I8";
-  case DType::U8: return "U8";
-  case DType::I16: return "I16";
-  case DType::U16: return "U16";
-  case DType::U32: return "U32";
-  case DType::U64: return "U64";
-  }
-  return "";
+// The safetensors names are stepc's in capitals: F32, BF16, BOOL, ...
+std::string fileDTypeName(DType dtype) {
+  std::string name(dtypeName(dtype));
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](char c) { return static_cast<char>(std::toupper(static_cast<unsigned char>(c))); });
+  return name;
 }
 
 std::optional<DType> parseFileDType(std::string_view name) {

@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include <new>
+#include <stdexcept>
+#include <type_traits>
 
 #include <unistd.h>
 
@@ -55,41 +57,58 @@ Tensor Tensor::scalar(DType dtype, double value) {
   return t;
 }
 
-double Tensor::real(int64_t i) const {
-  switch (dtype()) {
-  case DType::F32: return data<float>()[i];
-  case DType::F64: return data<double>()[i];
-  case DType::I32: return data<int32_t>()[i];
-  case DType::I64: return static_cast<double>(data<int64_t>()[i]);
-  case DType::I8: return data<int8_t>()[i];
-  case DType::U8: return data<uint8_t>()[i];
-  case DType::I16: return data<int16_t>()[i];
-  case DType::U16: return data<uint16_t>()[i];
-  case DType::U32: return data<uint32_t>()[i];
-  case DType::U64: return static_cast<double>(data<uint64_t>()[i]);
-  case DType::Bool: return data<uint8_t>()[i] ? 1.0 : 0.0;
+namespace {
+
+// Calls f(T{}) with the C++ type that holds an element of a float or integer
+// dtype. Bool (one byte 0/1) and the halves (bit patterns) are not plain
+// values of a C++ type: callers handle them first.
+template <class F> decltype(auto) withValueType(DType dtype, F &&f) {
+  switch (dtype) {
+  case DType::F32: return f(float{});
+  case DType::F64: return f(double{});
+  case DType::I32: return f(int32_t{});
+  case DType::I64: return f(int64_t{});
+  case DType::I8: return f(int8_t{});
+  case DType::U8: return f(uint8_t{});
+  case DType::I16: return f(int16_t{});
+  case DType::U16: return f(uint16_t{});
+  case DType::U32: return f(uint32_t{});
+  case DType::U64: return f(uint64_t{});
+  case DType::Bool:
   case DType::F16:
-  case DType::BF16: return halfBitsToFloat(data<uint16_t>()[i], dtype());
+  case DType::BF16: break;
   }
-  return 0;
+  throw std::logic_error(fmt::format("{} elements are not values of a C++ type", dtypeName(dtype)));
+}
+
+} // namespace
+
+double Tensor::real(int64_t i) const {
+  if (dtype() == DType::Bool)
+    return data<uint8_t>()[i] ? 1.0 : 0.0;
+  if (isHalf(dtype()))
+    return halfBitsToFloat(data<uint16_t>()[i], dtype());
+  return withValueType(dtype(), [&](auto tag) {
+    return static_cast<double>(data<decltype(tag)>()[i]);
+  });
 }
 
 void Tensor::setReal(int64_t i, double v) {
-  switch (dtype()) {
-  case DType::F32: data<float>()[i] = static_cast<float>(v); return;
-  case DType::F64: data<double>()[i] = v; return;
-  case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(integerBitsOf(v)); return;
-  case DType::I64: data<int64_t>()[i] = static_cast<int64_t>(integerBitsOf(v)); return;
-  case DType::I8: data<int8_t>()[i] = static_cast<int8_t>(integerBitsOf(v)); return;
-  case DType::U8: data<uint8_t>()[i] = static_cast<uint8_t>(integerBitsOf(v)); return;
-  case DType::I16: data<int16_t>()[i] = static_cast<int16_t>(integerBitsOf(v)); return;
-  case DType::U16: data<uint16_t>()[i] = static_cast<uint16_t>(integerBitsOf(v)); return;
-  case DType::U32: data<uint32_t>()[i] = static_cast<uint32_t>(integerBitsOf(v)); return;
-  case DType::U64: data<uint64_t>()[i] = static_cast<uint64_t>(integerBitsOf(v)); return;
-  case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
-  case DType::F16:
-  case DType::BF16: data<uint16_t>()[i] = doubleToHalfBits(v, dtype()); return;
+  if (dtype() == DType::Bool) {
+    data<uint8_t>()[i] = v != 0 ? 1 : 0;
+    return;
   }
+  if (isHalf(dtype())) {
+    data<uint16_t>()[i] = doubleToHalfBits(v, dtype());
+    return;
+  }
+  withValueType(dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_floating_point_v<T>)
+      data<T>()[i] = static_cast<T>(v);
+    else
+      data<T>()[i] = static_cast<T>(integerBitsOf(v));
+  });
 }
 
 std::vector<double> Tensor::reals() const {
@@ -100,43 +119,28 @@ std::vector<double> Tensor::reals() const {
 }
 
 int64_t Tensor::integer(int64_t i) const {
-  switch (dtype()) {
-  case DType::I32: return data<int32_t>()[i];
-  case DType::I64: return data<int64_t>()[i];
-  case DType::I8: return data<int8_t>()[i];
-  case DType::U8: return data<uint8_t>()[i];
-  case DType::I16: return data<int16_t>()[i];
-  case DType::U16: return data<uint16_t>()[i];
-  case DType::U32: return data<uint32_t>()[i];
-  case DType::U64: return static_cast<int64_t>(data<uint64_t>()[i]);
-  case DType::Bool: return data<uint8_t>()[i] ? 1 : 0;
-  case DType::F32:
-  case DType::F64:
-  case DType::F16:
-  case DType::BF16: break;
-  }
-  throw std::logic_error(fmt::format("Tensor::integer: {} is not an integer dtype",
-                                     dtypeName(dtype())));
+  if (dtype() == DType::Bool)
+    return data<uint8_t>()[i] ? 1 : 0;
+  if (!isInteger(dtype()))
+    throw std::logic_error(fmt::format("Tensor::integer: {} is not an integer dtype",
+                                       dtypeName(dtype())));
+  return withValueType(dtype(), [&](auto tag) {
+    return static_cast<int64_t>(data<decltype(tag)>()[i]);
+  });
 }
 
 void Tensor::setInteger(int64_t i, int64_t v) {
-  switch (dtype()) {
-  case DType::I32: data<int32_t>()[i] = static_cast<int32_t>(v); return;
-  case DType::I64: data<int64_t>()[i] = v; return;
-  case DType::I8: data<int8_t>()[i] = static_cast<int8_t>(v); return;
-  case DType::U8: data<uint8_t>()[i] = static_cast<uint8_t>(v); return;
-  case DType::I16: data<int16_t>()[i] = static_cast<int16_t>(v); return;
-  case DType::U16: data<uint16_t>()[i] = static_cast<uint16_t>(v); return;
-  case DType::U32: data<uint32_t>()[i] = static_cast<uint32_t>(v); return;
-  case DType::U64: data<uint64_t>()[i] = static_cast<uint64_t>(v); return;
-  case DType::Bool: data<uint8_t>()[i] = v != 0 ? 1 : 0; return;
-  case DType::F32:
-  case DType::F64:
-  case DType::F16:
-  case DType::BF16: break;
+  if (dtype() == DType::Bool) {
+    data<uint8_t>()[i] = v != 0 ? 1 : 0;
+    return;
   }
-  throw std::logic_error(fmt::format("Tensor::setInteger: {} is not an integer dtype",
-                                     dtypeName(dtype())));
+  if (!isInteger(dtype()))
+    throw std::logic_error(fmt::format("Tensor::setInteger: {} is not an integer dtype",
+                                       dtypeName(dtype())));
+  withValueType(dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    data<T>()[i] = static_cast<T>(v);
+  });
 }
 
 Tensor castTensor(const Tensor &tensor, DType dtype) {

@@ -61,26 +61,24 @@ std::vector<double> distinctValues(int64_t n, Stream &rng) {
 // Fills a non-float input; gets its own seed.
 using Fill = std::function<Tensor(const TensorType &, uint64_t seed)>;
 
-// Indices in [0, n); the last repeats the first, so a gather's gradient has to
-// accumulate (scatter-add) rather than overwrite.
-Fill indicesBelow(int64_t n) {
-  return [n](const TensorType &type, uint64_t seed) {
-    Stream rng(seed);
-    Tensor t(type);
-    for (int64_t i = 0; i < t.numel(); ++i)
-      t.setReal(i, static_cast<double>(rng.below(n)));
-    if (t.numel() >= 2)
-      t.setReal(t.numel() - 1, t.real(0));
-    return t;
-  };
-}
-
+// Labels (or indices) drawn in [0, n).
 Fill labelsBelow(int64_t n) {
   return [n](const TensorType &type, uint64_t seed) {
     Stream rng(seed);
     Tensor t(type);
     for (int64_t i = 0; i < t.numel(); ++i)
       t.setReal(i, static_cast<double>(rng.below(n)));
+    return t;
+  };
+}
+
+// Indices in [0, n); the last repeats the first, so a gather's gradient has to
+// accumulate (scatter-add) rather than overwrite.
+Fill indicesBelow(int64_t n) {
+  return [n](const TensorType &type, uint64_t seed) {
+    Tensor t = labelsBelow(n)(type, seed);
+    if (t.numel() >= 2)
+      t.setReal(t.numel() - 1, t.real(0));
     return t;
   };
 }
@@ -430,30 +428,33 @@ void addConvolution(CaseList &cases) {
               [c](GraphBuilder &b) { return conv2d(in(b, "x", c.x), in(b, "w", c.w), c.options); });
 
   // The transposed convolutions the conv2d VJP emits, on their own.
-  cases.add("conv2d_grad_input_stride2", "conv2d_grad_input", [](GraphBuilder &b) {
-    Attrs attrs = convAttrs({2, 2}, {1, 1}, {1, 1}, 1);
-    attrs.set("input_hw", std::vector<int64_t>{6, 6});
-    return opNode(b, OpKind::Conv2dGradInput, {in(b, "g", {1, 3, 3, 3}), in(b, "w", {3, 2, 3, 3})},
-                  attrs);
-  });
-  cases.add("conv2d_grad_input_groups_dilation", "conv2d_grad_input", [](GraphBuilder &b) {
-    Attrs attrs = convAttrs({1, 1}, {1, 1}, {2, 2}, 2);
-    attrs.set("input_hw", std::vector<int64_t>{5, 5});
-    return opNode(b, OpKind::Conv2dGradInput, {in(b, "g", {1, 4, 3, 3}), in(b, "w", {4, 2, 3, 3})},
-                  attrs);
-  });
-  cases.add("conv2d_grad_weight_stride2", "conv2d_grad_weight", [](GraphBuilder &b) {
-    Attrs attrs = convAttrs({2, 2}, {1, 1}, {1, 1}, 1);
-    attrs.set("kernel", std::vector<int64_t>{3, 3});
-    return opNode(b, OpKind::Conv2dGradWeight, {in(b, "x", {1, 2, 6, 6}), in(b, "g", {1, 3, 3, 3})},
-                  attrs);
-  });
-  cases.add("conv2d_grad_weight_groups_dilation", "conv2d_grad_weight", [](GraphBuilder &b) {
-    Attrs attrs = convAttrs({1, 1}, {1, 1}, {2, 2}, 2);
-    attrs.set("kernel", std::vector<int64_t>{3, 3});
-    return opNode(b, OpKind::Conv2dGradWeight, {in(b, "x", {1, 4, 5, 5}), in(b, "g", {1, 4, 3, 3})},
-                  attrs);
-  });
+  struct ConvGrad {
+    const char *name;
+    OpKind op;
+    Shape first, second; // (g, w) of conv2d_grad_input, (x, g) of conv2d_grad_weight
+    std::vector<int64_t> stride, dilation;
+    int64_t groups;
+    std::vector<int64_t> size; // input_hw of conv2d_grad_input, kernel of conv2d_grad_weight
+  };
+  const ConvGrad convGrads[] = {
+      {"conv2d_grad_input_stride2", OpKind::Conv2dGradInput, {1, 3, 3, 3}, {3, 2, 3, 3},
+       {2, 2}, {1, 1}, 1, {6, 6}},
+      {"conv2d_grad_input_groups_dilation", OpKind::Conv2dGradInput, {1, 4, 3, 3},
+       {4, 2, 3, 3}, {1, 1}, {2, 2}, 2, {5, 5}},
+      {"conv2d_grad_weight_stride2", OpKind::Conv2dGradWeight, {1, 2, 6, 6}, {1, 3, 3, 3},
+       {2, 2}, {1, 1}, 1, {3, 3}},
+      {"conv2d_grad_weight_groups_dilation", OpKind::Conv2dGradWeight, {1, 4, 5, 5},
+       {1, 4, 3, 3}, {1, 1}, {2, 2}, 2, {3, 3}},
+  };
+  for (const ConvGrad &c : convGrads) {
+    bool input = c.op == OpKind::Conv2dGradInput;
+    cases.add(c.name, input ? "conv2d_grad_input" : "conv2d_grad_weight", [c, input](GraphBuilder &b) {
+      Attrs attrs = convAttrs(c.stride, {1, 1}, c.dilation, c.groups);
+      attrs.set(input ? "input_hw" : "kernel", c.size);
+      return opNode(b, c.op, {in(b, input ? "g" : "x", c.first), in(b, input ? "w" : "g", c.second)},
+                    attrs);
+    });
+  }
   // Double backward: the loss is built from conv2d's own gradients, so its
   // gradient runs the VJPs of conv2d_grad_input and conv2d_grad_weight.
   cases.add("conv2d_double_backward", "conv2d_grad_input", [](GraphBuilder &b) {

@@ -127,28 +127,36 @@ Tensor scatterAdd(const Node &node, const Tensor &indices, const Tensor &updates
   return out;
 }
 
-Tensor conv2dGradInput(const Node &node, const Tensor &g, const Tensor &w) {
+namespace {
+
+// Both gradients of conv2d accumulate the forward products at every tap:
+// dx[x] += g * w[w] for the input, dw[w] += g * x[x] for the weight.
+Tensor conv2dGrad(const Node &node, const Tensor &g, const Tensor &other, bool forWeight) {
   return withFloat(node, g.dtype(), [&](auto tag) {
     using T = decltype(tag);
     Tensor out(node.type);
-    T *dx = out.data<T>();
-    const T *pw = w.data<T>(), *pg = g.data<T>();
-    ConvGeometry(node, out.shape(), w.shape(), g.shape())
-        .forEachTap([&](int64_t xi, int64_t wi, int64_t gi) { dx[xi] += pg[gi] * pw[wi]; });
+    T *d = out.data<T>();
+    const T *po = other.data<T>(), *pg = g.data<T>();
+    const Shape &x = forWeight ? other.shape() : out.shape();
+    const Shape &w = forWeight ? out.shape() : other.shape();
+    ConvGeometry(node, x, w, g.shape()).forEachTap([&](int64_t xi, int64_t wi, int64_t gi) {
+      if (forWeight)
+        d[wi] += pg[gi] * po[xi];
+      else
+        d[xi] += pg[gi] * po[wi];
+    });
     return out;
   });
 }
 
+} // namespace
+
+Tensor conv2dGradInput(const Node &node, const Tensor &g, const Tensor &w) {
+  return conv2dGrad(node, g, w, false);
+}
+
 Tensor conv2dGradWeight(const Node &node, const Tensor &x, const Tensor &g) {
-  return withFloat(node, g.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    Tensor out(node.type);
-    T *dw = out.data<T>();
-    const T *px = x.data<T>(), *pg = g.data<T>();
-    ConvGeometry(node, x.shape(), out.shape(), g.shape())
-        .forEachTap([&](int64_t xi, int64_t wi, int64_t gi) { dw[wi] += pg[gi] * px[xi]; });
-    return out;
-  });
+  return conv2dGrad(node, g, x, true);
 }
 
 Tensor maxPool2dGrad(const Node &node, const Tensor &x, const Tensor &g) {

@@ -82,7 +82,7 @@ size_t hashNode(const Node &node) {
 
 } // namespace
 
-bool CommonSubexpressionElimination::run(Graph &graph) {
+bool eliminateCommonSubexpressions(Graph &graph) {
   std::vector<ValueId> canonical(graph.size());
   std::unordered_multimap<size_t, ValueId> seen;
   std::vector<bool> keep(graph.size(), true);

@@ -7,7 +7,7 @@
 
 namespace stepc::passes {
 
-bool DeadCodeElimination::run(Graph &graph) {
+bool eliminateDeadCode(Graph &graph) {
   std::vector<bool> live(graph.size(), false);
   for (const GraphOutput &out : graph.outputs)
     live[out.value] = true;

@@ -100,7 +100,7 @@ std::optional<Attrs> constantAttrs(const Tensor &t) {
 
 } // namespace
 
-bool ConstantFolding::run(Graph &graph) {
+bool foldConstants(Graph &graph) {
   // Operand values evaluated so far, by node: a constant read by several
   // folded nodes is materialized once. A folded node is a constant node by
   // the time a later node reads it, so it is evaluated from its attributes.

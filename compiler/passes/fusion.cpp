@@ -412,8 +412,7 @@ private:
   Refusal operandNotInMemory(ValueId v) const;
   Refusal outputOffTheSpace(const Candidate &c) const;
   Refusal tooManyInputs(const Candidate &c) const;
-  FusionDecision shouldFuse(int producer, int consumer);
-  FusionDecision shouldFuseSiblings(int a, int b);
+  FusionDecision shouldFuse(int a, int b, bool siblings);
   bool reaches(int from, int to) const;
   void merge(int into, int from);
   std::vector<ValueId> united(int a, int b) const;
@@ -827,35 +826,29 @@ bool Fuser::reaches(int from, int to) const {
   return hit;
 }
 
-// ShouldFuse(producer, consumer): may the producer's kernel join the
-// consumer's? The merged set must be one kernel (analyze) and the kernel
-// graph must stay acyclic.
-FusionDecision Fuser::shouldFuse(int producer, int consumer) {
-  if (attention_.count(producer) || attention_.count(consumer))
-    return FusionDecision::no("a fused attention kernel computes only its own pattern");
-  FusionDecision d = analyze(united(producer, consumer), nullptr);
+// ShouldFuse(a, b): may kernel a join kernel b? With siblings, a and b read
+// a common value and have no edge between them (sibling fusion: one
+// multi-output kernel that reads the value once); otherwise a produces for b.
+// The merged set must be one kernel (analyze) and the kernel graph must stay
+// acyclic.
+FusionDecision Fuser::shouldFuse(int a, int b, bool siblings) {
+  std::string_view prefix = siblings ? "siblings: " : "";
+  if (attention_.count(a) || attention_.count(b))
+    return FusionDecision::no(
+        fmt::format("{}a fused attention kernel computes only its own pattern", prefix));
+  FusionDecision d = analyze(united(a, b), nullptr);
   if (!d.fuse)
     return d;
   // Rule "no cycles": if the producer also reaches the consumer through a
   // third kernel (softmax's max between a matmul and the subtraction), the
-  // merged kernel would both feed and wait for that third kernel.
-  if (reaches(producer, consumer))
-    return FusionDecision::no(
-        "another kernel lies on a path between them: fusing would create a cycle");
-  return FusionDecision::yes();
-}
-
-// Sibling fusion: two kernels reading a common value, with no edge between
-// them, become one multi-output kernel that reads the value once.
-FusionDecision Fuser::shouldFuseSiblings(int a, int b) {
-  if (attention_.count(a) || attention_.count(b))
-    return FusionDecision::no("siblings: a fused attention kernel computes only its own pattern");
-  FusionDecision d = analyze(united(a, b), nullptr);
-  if (!d.fuse)
-    return d;
-  if (reaches(a, b) || reaches(b, a))
+  // merged kernel would both feed and wait for that third kernel. Siblings
+  // may depend on each other either way.
+  if (siblings && (reaches(a, b) || reaches(b, a)))
     return FusionDecision::no("siblings: one depends on the other through another kernel; "
                               "fusing would create a cycle");
+  if (!siblings && reaches(a, b))
+    return FusionDecision::no(
+        "another kernel lies on a path between them: fusing would create a cycle");
   return FusionDecision::yes();
 }
 
@@ -877,7 +870,7 @@ bool Fuser::producerConsumerSweep() {
       for (ValueId p : g_.node(c).operands) {
         if (!computed(p) || groupOf_[p] == groupOf_[c])
           continue;
-        FusionDecision d = shouldFuse(groupOf_[p], groupOf_[c]);
+        FusionDecision d = shouldFuse(groupOf_[p], groupOf_[c], false);
         if (d.fuse) {
           merge(groupOf_[c], groupOf_[p]);
           changed = any = true;
@@ -937,7 +930,7 @@ bool Fuser::siblingSweep() {
             (ka.mode != kb.mode && ka.space == kb.space);
         if (!sameSpace)
           continue; // not siblings: different loops
-        FusionDecision d = shouldFuseSiblings(a, b);
+        FusionDecision d = shouldFuse(a, b, true);
         ValueId na = members_[a].back(), nb = members_[b].back();
         if (d.fuse) {
           merge(a, b);

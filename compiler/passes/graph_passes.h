@@ -1,5 +1,6 @@
-// The graph-to-graph passes (one file each), as classes so that a pipeline
-// can hold them; createPass() in pass_manager.cpp maps names to them.
+// The graph-to-graph passes (one file each): each rewrites the graph in place
+// and says whether it changed anything. createPass() in pass_manager.cpp
+// names them and wraps each in a Pass so that a pipeline can hold them.
 #pragma once
 
 #include "stepc/passes.h"
@@ -7,31 +8,15 @@
 namespace stepc::passes {
 
 // Removes the nodes that no output or param update needs (dce.cpp).
-class DeadCodeElimination final : public Pass {
-public:
-  std::string_view name() const override { return "dce"; }
-  bool run(Graph &graph) override;
-};
+bool eliminateDeadCode(Graph &graph);
 
 // Merges nodes with the same op, operands, attributes and type (cse.cpp).
-class CommonSubexpressionElimination final : public Pass {
-public:
-  std::string_view name() const override { return "cse"; }
-  bool run(Graph &graph) override;
-};
+bool eliminateCommonSubexpressions(Graph &graph);
 
 // Evaluates nodes whose operands are all constants (fold.cpp).
-class ConstantFolding final : public Pass {
-public:
-  std::string_view name() const override { return "fold"; }
-  bool run(Graph &graph) override;
-};
+bool foldConstants(Graph &graph);
 
 // Local algebraic identities: x*1, x+0, neg(neg(x)), ... (simplify.cpp).
-class AlgebraicSimplification final : public Pass {
-public:
-  std::string_view name() const override { return "simplify"; }
-  bool run(Graph &graph) override;
-};
+bool simplifyAlgebra(Graph &graph);
 
 } // namespace stepc::passes

@@ -9,18 +9,28 @@
 namespace stepc {
 namespace {
 
-struct PassEntry {
-  std::string_view name;
-  std::unique_ptr<Pass> (*create)();
+// A pass that is one function of the graph.
+class FunctionPass final : public Pass {
+public:
+  FunctionPass(std::string_view name, bool (*rewrite)(Graph &)) : name_(name), rewrite_(rewrite) {}
+  std::string_view name() const override { return name_; }
+  bool run(Graph &graph) override { return rewrite_(graph); }
+
+private:
+  std::string_view name_;
+  bool (*rewrite_)(Graph &);
 };
 
-template <class P> std::unique_ptr<Pass> make() { return std::make_unique<P>(); }
+struct PassEntry {
+  std::string_view name;
+  bool (*rewrite)(Graph &);
+};
 
 constexpr PassEntry kPasses[] = {
-    {"dce", make<passes::DeadCodeElimination>},
-    {"cse", make<passes::CommonSubexpressionElimination>},
-    {"fold", make<passes::ConstantFolding>},
-    {"simplify", make<passes::AlgebraicSimplification>},
+    {"dce", passes::eliminateDeadCode},
+    {"cse", passes::eliminateCommonSubexpressions},
+    {"fold", passes::foldConstants},
+    {"simplify", passes::simplifyAlgebra},
 };
 
 } // namespace
@@ -28,7 +38,7 @@ constexpr PassEntry kPasses[] = {
 std::unique_ptr<Pass> createPass(std::string_view name) {
   for (const PassEntry &entry : kPasses)
     if (entry.name == name)
-      return entry.create();
+      return std::make_unique<FunctionPass>(entry.name, entry.rewrite);
   std::string known;
   for (const PassEntry &entry : kPasses)
     known += fmt::format("{}{}", known.empty() ? "" : ", ", entry.name);

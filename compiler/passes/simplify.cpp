@@ -195,7 +195,7 @@ private:
 
 } // namespace
 
-bool AlgebraicSimplification::run(Graph &graph) {
+bool simplifyAlgebra(Graph &graph) {
   Simplifier simplifier(graph);
   bool changed = false;
   // Each sweep removes at least one node or shortens a chain; the bound only

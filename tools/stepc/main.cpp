@@ -134,6 +134,16 @@ void addMemoryBudgetOption(CLI::App *command, std::string &budget) {
                       "peak; activations are recomputed (rematerialization) to fit");
 }
 
+// --backend, offering the command's backends (its options' kBackends), and
+// --gpu-arch for commands whose options name the GPU's chip.
+template <class Options> void addBackendOptions(CLI::App *command, Options &options) {
+  command->add_option("--backend", options.backend, stepc::backendChoices(options.kBackends))
+      ->capture_default_str();
+  if constexpr (requires { options.gpuArch; })
+    command->add_option("--gpu-arch", options.gpuArch, "with --backend cuda: the GPU's chip")
+        ->capture_default_str();
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -150,9 +160,7 @@ int main(int argc, char **argv) {
   stepc::cli::RunCommandOptions runOptions;
   auto *run = app.add_subcommand("run", "Run a graph once and summarize its outputs");
   run->add_option("file", runOptions.file, "graph file (.sg) or ONNX model (.onnx)")->required();
-  run->add_option("--backend", runOptions.backend, stepc::backendChoices(runOptions.kBackends))->capture_default_str();
-  run->add_option("--gpu-arch", runOptions.gpuArch, "with --backend cuda: the GPU's chip")
-      ->capture_default_str();
+  addBackendOptions(run, runOptions);
   run->add_option("--seed", runOptions.seed, "seed for random inputs")->capture_default_str();
   run->add_option("--input", runOptions.inputs, "NAME=FILE.npy (repeatable)");
   run->add_flag("--check-numerics", runOptions.checkNumerics,
@@ -207,9 +215,7 @@ int main(int argc, char **argv) {
   train->add_option("--params", trainOptions.params,
                     "initial params: a safetensors file or a folder of NAME.npy (default: "
                     "MODEL.safetensors beside MODEL.sg when present)");
-  train->add_option("--backend", trainOptions.backend, stepc::backendChoices(trainOptions.kBackends))->capture_default_str();
-  train->add_option("--gpu-arch", trainOptions.gpuArch, "with --backend cuda: the GPU's chip")
-      ->capture_default_str();
+  addBackendOptions(train, trainOptions);
   train->add_option("--seed", trainOptions.seed, "shuffles each epoch by (seed, epoch)")
       ->capture_default_str();
   addOptimizerOptions(train, trainOptions.step);
@@ -301,9 +307,7 @@ int main(int argc, char **argv) {
   auto *conformance = app.add_subcommand(
       "onnx-conformance", "Run the ONNX backend test data (dirs holding model.onnx)");
   conformance->add_option("dir", conformanceOptions.dir, "test data directory")->required();
-  conformance->add_option("--backend", conformanceOptions.backend,
-                          stepc::backendChoices(conformanceOptions.kBackends))
-      ->capture_default_str();
+  addBackendOptions(conformance, conformanceOptions);
   conformance->add_option("--expected-failures", conformanceOptions.expectedFailures,
                           "file of 'TEST REASON' lines counted as xfail");
   conformance->add_flag("-v,--verbose", conformanceOptions.verbose, "one line per test");
@@ -318,8 +322,7 @@ int main(int argc, char **argv) {
   bench->add_flag("--train", benchTrain, "bench the training step (--optimizer, default adam)");
   std::string benchOptimizer;
   bench->add_option("--optimizer", benchOptimizer, "with --train: sgd, momentum, adam, ...");
-  bench->add_option("--backend", benchOptions.backend, stepc::backendChoices(benchOptions.kBackends))
-      ->capture_default_str();
+  addBackendOptions(bench, benchOptions);
   bench->add_option("--loss", benchOptions.loss)->capture_default_str();
   bench->add_option("--steps", benchOptions.steps)->capture_default_str();
   bench->add_option("--warmup", benchOptions.warmup)->capture_default_str();
@@ -370,9 +373,7 @@ int main(int argc, char **argv) {
   bisect->add_option("--inject-fault", bisectOptions.injectFault,
                      "KERNEL=AMOUNT: the fused kernel (kN or its name) adds AMOUNT to every other "
                      "element of its outputs (for testing)");
-  bisect->add_option("--backend", bisectOptions.backend,
-                     stepc::backendChoices(bisectOptions.kBackends))
-      ->capture_default_str();
+  addBackendOptions(bisect, bisectOptions);
   bisect->add_option("--seed", bisectOptions.seed, "seed for the inputs")->capture_default_str();
   bisect->add_option("--threads", bisectOptions.threads, "0: all cores")->capture_default_str();
   bisect->add_option("--params", bisectOptions.params,

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -56,6 +57,24 @@ void saveDemoCheckpoint(Executable &trainer, const std::optional<std::string> &c
     return;
   trainer.saveParams(path);
   fmt::print("saved the trained parameters and optimizer state to {}\n", path);
+}
+
+size_t shuffleForHeldOut(std::vector<std::string> &items, std::mt19937_64 &rng) {
+  std::shuffle(items.begin(), items.end(), rng);
+  return items.size() * 9 / 10;
+}
+
+int32_t sampleSymbol(const float *logits, int64_t vocab, double temperature, std::mt19937 &rng) {
+  float top = *std::max_element(logits, logits + vocab);
+  std::vector<double> weights(static_cast<size_t>(vocab));
+  for (int64_t v = 0; v < vocab; ++v)
+    weights[static_cast<size_t>(v)] = std::exp((double(logits[v]) - double(top)) / temperature);
+  return std::discrete_distribution<int32_t>(weights.begin(), weights.end())(rng);
+}
+
+void copyParams(const Executable &from, Executable &to) {
+  for (const std::string &name : to.paramNames())
+    to.setParam(name, from.param(name));
 }
 
 int threadsPerRank(int ranks) {

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,18 @@ uint64_t paramsHash(const Executable &executable);
 // or to `fallback` without one (an empty --checkpoint saves nothing).
 void saveDemoCheckpoint(Executable &trainer, const std::optional<std::string> &checkpoint,
                         const std::string &fallback);
+
+// The character-level demos (makemore, gpt): shuffles the items (words,
+// fortunes) and returns how many of them, 90%, to train on; the rest are
+// held out, split by item so that no held-out item was seen in training.
+size_t shuffleForHeldOut(std::vector<std::string> &items, std::mt19937_64 &rng);
+
+// Draws the next symbol from softmax(logits / temperature) over `vocab`
+// logits.
+int32_t sampleSymbol(const float *logits, int64_t vocab, double temperature, std::mt19937 &rng);
+
+// Gives `to` (an evaluator of the same model) the params `from` trained.
+void copyParams(const Executable &from, Executable &to);
 
 // Threads per rank: the machine's cores shared among the ranks on it, so two
 // spinning pools do not stall each other.

@@ -171,11 +171,7 @@ std::vector<std::string> sampleFortunes(Executable &evaluator, const CharModel &
         continue;
       const float *row =
           logits.data<float>() + (r * m.tokens + last[static_cast<size_t>(r)]) * kVocab;
-      float top = *std::max_element(row, row + kVocab);
-      std::vector<double> weights(kVocab);
-      for (int64_t v = 0; v < kVocab; ++v)
-        weights[static_cast<size_t>(v)] = std::exp((double(row[v]) - double(top)) / temperature);
-      int32_t next = std::discrete_distribution<int32_t>(weights.begin(), weights.end())(rng);
+      int32_t next = sampleSymbol(row, kVocab, temperature, rng);
       std::vector<int32_t> &text = texts[static_cast<size_t>(r)];
       text.push_back(next);
       // "\n%": the model ended the fortune.
@@ -208,8 +204,7 @@ int gptDemo(const DemoOptions &options) {
   // Split by fortune, so no held-out fortune was seen in training.
   std::vector<std::string> fortunes = readFortunes(kFortunesDir);
   std::mt19937_64 rng(options.seed);
-  std::shuffle(fortunes.begin(), fortunes.end(), rng);
-  size_t trainCount = fortunes.size() * 9 / 10;
+  size_t trainCount = shuffleForHeldOut(fortunes, rng);
   std::vector<int32_t> train = encode({fortunes.begin(), fortunes.begin() + trainCount});
   std::vector<int32_t> heldOut = encode({fortunes.begin() + trainCount, fortunes.end()});
   // A sample of the held-out text keeps the per-epoch evaluation short.
@@ -271,8 +266,7 @@ int gptDemo(const DemoOptions &options) {
                                                  double(s - first + 1) / std::max(seconds, 1e-9)));
     }
     progress.finish(fmt::format("loss {:.4f}  {:.1f} s", average, millisSince(epochStart) / 1e3));
-    for (const std::string &name : evaluator->paramNames())
-      evaluator->setParam(name, trainer->param(name));
+    copyParams(*trainer, *evaluator);
     heldOutLoss = meanLoss(*evaluator, m, heldOut, heldOutStarts);
     fmt::print("epoch {}/{} ({} steps, {} characters): train loss {:.4f}, held-out loss {:.4f} "
                "(unigram baseline {:.4f})\n",

@@ -144,11 +144,7 @@ std::vector<std::string> sampleWords(Executable &evaluator, const LanguageModel 
         if (done[static_cast<size_t>(r)])
           continue;
         const float *row = logits.data<float>() + r * kVocab;
-        float top = *std::max_element(row, row + kVocab);
-        std::vector<double> weights(kVocab);
-        for (int v = 0; v < kVocab; ++v)
-          weights[static_cast<size_t>(v)] = std::exp(double(row[v]) - double(top));
-        int32_t next = std::discrete_distribution<int32_t>(weights.begin(), weights.end())(rng);
+        int32_t next = sampleSymbol(row, kVocab, 1.0, rng);
         int32_t *ctx = context.data<int32_t>() + r * m.block;
         std::shift_left(ctx, ctx + m.block, 1);
         ctx[m.block - 1] = next;
@@ -179,8 +175,7 @@ int makemoreDemo(const DemoOptions &options) {
   // Split by word, so no held-out word was seen in training.
   std::vector<std::string> words = readWords(kWordsPath);
   std::mt19937_64 rng(options.seed);
-  std::shuffle(words.begin(), words.end(), rng);
-  size_t trainWords = words.size() * 9 / 10;
+  size_t trainWords = shuffleForHeldOut(words, rng);
   Pairs train = makePairs({words.begin(), words.begin() + trainWords}, m.block);
   Pairs heldOut = makePairs({words.begin() + trainWords, words.end()}, m.block);
   if (train.count() < m.batch || heldOut.count() < m.batch)
@@ -227,8 +222,7 @@ int makemoreDemo(const DemoOptions &options) {
   Graph eval = m.graph;
   eval.addOutput("logits", *m.graph.findNamed("logits"));
   auto evaluator = compileJit(eval);
-  for (const std::string &name : evaluator->paramNames())
-    evaluator->setParam(name, trainer->param(name));
+  copyParams(*trainer, *evaluator);
   double trainLoss = meanLoss(*evaluator, m, train), heldOutLoss = meanLoss(*evaluator, m, heldOut);
   // Success means the model learned something: it beats a uniform guess on
   // words it never saw.
