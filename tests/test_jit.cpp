@@ -28,6 +28,8 @@
 #include <iterator>
 #include <map>
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include <unistd.h>
 
@@ -44,6 +46,15 @@ namespace fs = std::filesystem;
 // examples/xor.sg: tests compile it, and edited copies of its text, from
 // several file names.
 std::string xorText() { return stepc::testing::readSourceFile("examples/xor.sg"); }
+
+// `text` with `from` replaced by `to`; `from` must be there (an edit of the
+// example must fail here, not throw from std::string::replace).
+std::string edited(std::string text, const std::string &from, const std::string &to) {
+  size_t at = text.find(from);
+  if (at == std::string::npos)
+    throw std::logic_error("examples/xor.sg no longer contains '" + from + "': update the test");
+  return text.replace(at, from.size(), to);
+}
 
 Graph xorGraph(std::string_view file = "xor.sg") { return parseGraph(xorText(), file); }
 
@@ -198,7 +209,7 @@ TEST_F(JitTest, KeyCoversOptionsShapesAndLocations) {
 
   std::string text = xorText();
   for (std::string from : {"f32[4,2]", "f32[4,1]"}) // batch 4 -> 8
-    text.replace(text.find(from), from.size(), from.substr(0, 4) + "8" + from.substr(5));
+    text = edited(text, from, from.substr(0, 4) + "8" + from.substr(5));
   compileAndCheck(parseGraph(text, "xor.sg"));
   EXPECT_EQ(jitCacheStats().misses, 3) << "shapes change the code";
 
@@ -221,8 +232,7 @@ TEST_F(JitTest, KeyCoversOptionsShapesAndLocations) {
 // node's name, a location's origin) and find an equal graph.
 TEST_F(JitTest, MemoryKeySeesWhatThePrintedKeySees) {
   compileAndCheck(xorGraph());
-  std::string seed = xorText();
-  seed.replace(seed.find("seed=8"), 6, "seed=9");
+  std::string seed = edited(xorText(), "seed=8", "seed=9");
   compileAndCheck(parseGraph(seed, "xor.sg"));
   EXPECT_EQ(jitCacheStats().misses, 2) << "an attribute changes the key";
   Graph renamed = xorGraph();

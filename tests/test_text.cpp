@@ -479,9 +479,10 @@ TEST(TextErrors, LocationsAndMessages) {
        "t.sg:3:3: error: softmax: attribute 'axis' must be an integer", true},
   };
   for (const testing::SnippetCase &c : testing::readSnippetCases("tests/snippets/text_errors.sg")) {
-    ASSERT_FALSE(c.expected.empty()) << c.name << " has no '# expected' message";
     // Without the newlines that put the snippets at their lines in the file.
-    std::string message = c.expected.substr(c.expected.find_first_not_of('\n'));
+    size_t start = c.expected.find_first_not_of('\n');
+    ASSERT_NE(start, std::string::npos) << c.name << " has no '# expected' message";
+    std::string message = c.expected.substr(start);
     cases.push_back({c.name, c.text.substr(c.line), message.substr(0, message.find('\n'))});
   }
   for (const ErrorCase &c : cases) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -127,6 +128,8 @@ struct SnippetCase {
   std::string expected; // empty without "# expected"
   int line = 0;         // of "# case NAME"
 };
+// GoogleTest prints a parameterized test's case by this (not its bytes).
+inline void PrintTo(const SnippetCase &c, std::ostream *out) { *out << c.name; }
 // `casesFile` relative to the repo root; throws a stepc::Error naming the file
 // when it cannot be read or has no cases.
 std::vector<SnippetCase> readSnippetCases(const std::string &casesFile);
