@@ -107,7 +107,10 @@ struct KernelPlan {
   // Threads split every nest by dimension 0 of the roots, each computing
   // its own rows: every root has that dimension 0, and a value computed in
   // the kernel is read only in the row it was written in (see rowLocal in
-  // kernel_plan.cpp). Else the kernel runs on one thread.
+  // kernel_plan.cpp). Else the kernel runs on one thread. An Attention
+  // kernel is always split: a call computes its rows of dimension 0 (batch
+  // entries, or the queries of a 2-D one) of the output, row max and sum
+  // from the queries, keys and values in memory.
   bool rowParallel = false;
 };
 
