@@ -161,4 +161,86 @@ TEST(CodegenMatMulPlan, EpilogueRunsOnTheTileOnlyWhereThePlanSaysSo) {
   EXPECT_EQ(after.find(vectorRelu), std::string::npos) << after;
 }
 
+// The plan with codegen's own targets (kernelTarget): what the CPU's and the
+// GPU's kernels can do decides the plan, and lowering carries it out.
+struct PlannedKernel {
+  Graph graph;
+  FusionPlan plan;
+  std::string function; // the CPU kernel's MLIR
+};
+PlannedKernel planAndLower(const char *text, bool gpu) {
+  PlannedKernel out{parseGraph(text), {}, {}};
+  out.plan = planFusion(out.graph);
+  EXPECT_EQ(out.plan.groups.size(), 1u);
+  planKernels(out.graph, out.plan, codegen::kernelTarget(gpu));
+  std::vector<bool> usedOutside = usedOutsideGroup(out.graph, out.plan);
+  std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
+  if (!gpu)
+    out.function =
+        codegen::lowerGroup(out.graph, out.plan.groups[0], offset, usedOutside, 1 << 20).function;
+  return out;
+}
+
+const char *kDenseTransposed = R"(graph dense {
+  input %x : f32[32,64]
+  param %w : f32[48,64] = he_uniform(seed=1)
+  param %b : f32[48] = zeros()
+  %wt = transpose(%w) {perm=[1,0]}
+  %z = matmul(%x, %wt)
+  %zb = add(%z, %b)
+  %h = relu(%zb)
+  output h = %h
+})";
+
+// The CPU's tiled matmul reads w^T in place through strides; the GPU's reads
+// row-major buffers only, so its kernel stores %wt first.
+TEST(CodegenMatMulPlan, TransposedWeightIsStridedOnTheCpuAndCopiedOnTheGpu) {
+  for (bool gpu : {false, true}) {
+    SCOPED_TRACE(gpu ? "gpu" : "cpu");
+    PlannedKernel k = planAndLower(kDenseTransposed, gpu);
+    const Graph &g = k.graph;
+    const KernelPlan &kernel = k.plan.groups[0].kernel;
+    ValueId wt = *g.findNamed("wt"), z = *g.findNamed("z"), h = *g.findNamed("h");
+    std::vector<ValueId> roots = gpu ? std::vector<ValueId>{wt, z, h} : std::vector<ValueId>{z, h};
+    EXPECT_EQ(kernel.roots, roots);
+    const LoopNest &product = kernel.nests[gpu ? 1 : 0];
+    ASSERT_EQ(product.kind, NestKind::Contraction);
+    EXPECT_EQ(product.stridedOperands, std::vector<bool>(2, !gpu));
+  }
+}
+
+// matmul + bias + relu: the CPU computes the relu on the product's tile (a
+// select of 16 lanes), the GPU, which has no tile, after it.
+TEST(CodegenMatMulPlan, BiasReluIsAnEpilogueOnTheCpuTileOnly) {
+  const std::string vectorRelu = ": vector<16xi1>, vector<16xf32>";
+  PlannedKernel cpu = planAndLower(kDenseTransposed, false);
+  ValueId h = *cpu.graph.findNamed("h");
+  EXPECT_EQ(cpu.plan.groups[0].kernel.nests[0].epilogue, std::vector<ValueId>{h});
+  EXPECT_NE(cpu.function.find(vectorRelu), std::string::npos) << cpu.function;
+  PlannedKernel gpu = planAndLower(kDenseTransposed, true);
+  for (const LoopNest &nest : gpu.plan.groups[0].kernel.nests)
+    EXPECT_TRUE(nest.epilogue.empty());
+}
+
+// abs has no vector rule on the tile: the plan puts no epilogue on it, and
+// the kernel computes abs in a scalar loop after the product is stored.
+TEST(CodegenMatMulPlan, AbsIsNoEpilogueOnTheTile) {
+  PlannedKernel cpu = planAndLower(R"(graph dense {
+  input %x : f32[32,64]
+  input %w : f32[64,48]
+  %z = matmul(%x, %w)
+  %h = abs(%z)
+  output h = %h
+})", false);
+  const KernelPlan &kernel = cpu.plan.groups[0].kernel;
+  ASSERT_EQ(kernel.nests.size(), 2u);
+  EXPECT_TRUE(kernel.nests[0].epilogue.empty());
+  EXPECT_EQ(kernel.nests[1].kind, NestKind::Elementwise);
+  size_t abs = cpu.function.find("math.absf");
+  ASSERT_NE(abs, std::string::npos) << cpu.function;
+  std::string line = cpu.function.substr(abs, cpu.function.find('\n', abs) - abs);
+  EXPECT_EQ(line.find("vector<"), std::string::npos) << line;
+  stepc::testing::expectMatchesInterpreter(cpu.graph, randomInputs(cpu.graph, 14), initialParams(cpu.graph));
+}
+
 } // namespace

@@ -864,13 +864,16 @@ TEST(Fusion, CnnAndAttentionTrainingStepFigures) {
 
 // --- Kernel plans (planKernel): what each kernel stores and how ----------
 
-// A target whose matmul reads every operand in place as a strided view (the
-// CPU's register-tiled matmul), or none (only row-major buffers, as the
-// GPU's).
+// A target whose matmul reads every operand in place as a strided view (as
+// the CPU's register-tiled matmul), or none (only row-major buffers, as the
+// GPU's); either computes every epilogue the plan proposes on its tile.
+// (FusionKernelTarget below plans with codegen's targets.)
 KernelTarget readsInPlace(bool strided) {
   return {[strided](const Graph &, const FusionGroup &, ValueId) {
-    return std::vector<bool>{strided, strided};
-  }};
+            return std::vector<bool>{strided, strided};
+          },
+          [](const Graph &, const FusionGroup &, const std::vector<ValueId> &, ValueId,
+             const std::vector<ValueId> &) { return true; }};
 }
 
 std::vector<ValueId> values(const Graph &g, std::initializer_list<const char *> names) {

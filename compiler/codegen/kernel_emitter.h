@@ -41,6 +41,11 @@ public:
   // For the plan (kernelTarget): which operands of matmul `product` the
   // kernel stores row-major first (lowering_matmul.cpp).
   std::vector<bool> matmulCopies(ValueId product) const;
+  // For the plan (kernelTarget): whether the register tile of `product`
+  // computes `epilogue` in the kernel whose roots are `roots`
+  // (lowering_matmul.cpp).
+  bool planTileEpilogue(const std::vector<ValueId> &roots, ValueId product,
+                        const std::vector<ValueId> &epilogue);
 
 private:
   KernelSource emitGpu(const std::vector<ValueId> &roots, const std::set<ValueId> &arenaValues);
@@ -87,8 +92,15 @@ private:
   bool vectorizable(ValueId id, ValueId product, const Shape &shape) const;
   std::string vectorAt(ValueId id, const std::string &row, const std::string &col,
                        const std::string &mask);
-  bool emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
+  // Whether the register tile of `product` computes `epilogue`, with the
+  // values in views_ stored.
+  bool tileComputes(ValueId product, const std::vector<ValueId> &epilogue);
+  void emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
                               bool parallel);
+  // The values in the arena the kernel reads or writes, for the plan's
+  // `roots`: its inputs, the operands it reads from other kernels, and the
+  // roots others read.
+  std::set<ValueId> arenaValues(const std::vector<ValueId> &roots) const;
   ValueId tileProduct_ = 0;
   std::set<ValueId> tileRoots_; // computed on the tile, though they have views
   bool tileConv_ = false;       // the product is a conv2d (tiles per sample)

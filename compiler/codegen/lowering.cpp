@@ -551,6 +551,18 @@ std::map<ValueId, int64_t> KernelEmitter::scratchOffsets(const std::vector<Value
   return offsets;
 }
 
+std::set<ValueId> KernelEmitter::arenaValues(const std::vector<ValueId> &roots) const {
+  std::set<ValueId> values(group_.inputs.begin(), group_.inputs.end());
+  for (ValueId id : group_.nodes)
+    for (ValueId operand : node(id).operands)
+      if (!inGroup_.count(operand) && opInfo(node(operand).op).opClass != OpClass::Constant)
+        values.insert(operand);
+  for (ValueId id : roots)
+    if (usedOutside_[id])
+      values.insert(id);
+  return values;
+}
+
 KernelSource KernelEmitter::emit() {
   for (ValueId id : group_.nodes)
     checkSupported(node(id));
@@ -562,17 +574,10 @@ KernelSource KernelEmitter::emit() {
       throw std::logic_error(fmt::format("kernel {} has no plan (planKernels)", group_.name));
 
   // Views of everything in the arena this kernel touches.
-  std::set<ValueId> arenaValues(group_.inputs.begin(), group_.inputs.end());
-  for (ValueId id : group_.nodes)
-    for (ValueId operand : node(id).operands)
-      if (!inGroup_.count(operand) && opInfo(node(operand).op).opClass != OpClass::Constant)
-        arenaValues.insert(operand);
-  for (ValueId id : roots)
-    if (usedOutside_[id])
-      arenaValues.insert(id);
+  std::set<ValueId> inArena = arenaValues(roots);
   if (target_.parallel == LoweringTarget::Parallel::ThreadPerElement)
-    return emitGpu(roots, arenaValues);
-  for (ValueId id : arenaValues)
+    return emitGpu(roots, inArena);
+  for (ValueId id : inArena)
     views_[id] = arenaView(id);
   // Parallel calls share the scratch safely: each writes and reads only the
   // rows of dimension 0 it owns (KernelPlan::rowParallel).
@@ -585,7 +590,7 @@ KernelSource KernelEmitter::emit() {
   // Scalars the kernel only reads are loaded once, up front: a load inside
   // the loops from the arena the loops also store to is a dependence LLVM
   // cannot rule out, and it would keep the loops from vectorizing.
-  for (ValueId id : arenaValues)
+  for (ValueId id : inArena)
     if (g_.type(id).rank() == 0 && !inGroup_.count(id))
       w_.cache(fmt::format("{}@", id), load(id, {}));
 
@@ -611,10 +616,11 @@ KernelSource KernelEmitter::emit() {
   for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
     // A product whose epilogue runs on its register tile computes the roots
-    // of all later nests; where it cannot, they follow it.
-    bool onTile = !nest.epilogue.empty() &&
-                  emitMatMulWithEpilogue(nest.roots.front(), nest.epilogue, parallel);
-    if (!onTile)
+    // of all later nests.
+    bool onTile = !nest.epilogue.empty();
+    if (onTile)
+      emitMatMulWithEpilogue(nest.roots.front(), nest.epilogue, parallel);
+    else
       emitNest(nest, parallel);
     w_.popScope();
     if (onTile)
@@ -705,7 +711,7 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   std::map<ValueId, int64_t> scratch = scratchOffsets(roots, scratchBytes);
 
   // The nests: index checks first (one thread per index), then the plan's
-  // (no register tiles: a matmul's epilogue nests follow it).
+  // (no register tiles, so no epilogues: kernelTarget(true) puts none).
   std::vector<std::function<void()>> nests;
   for (ValueId id : precheckable(roots)) {
     nests.push_back([this, id] { emitIndexCheck(id); });
@@ -713,6 +719,10 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   }
   for (const LoopNest &nest : group_.kernel.nests) {
     ValueId root = nest.roots.front();
+    if (!nest.epilogue.empty())
+      throw std::logic_error(fmt::format("kernel {}: the plan puts an epilogue on the tile of %{} "
+                                         "and the GPU has no register tiles",
+                                         group_.name, root));
     if (nest.kind != NestKind::Elementwise && opInfo(node(root).op).is(kScatterForm))
       nests.push_back([this, root] { zeroChunk(root, true); });
     nests.push_back([this, &nest] { emitNest(nest, true); });

@@ -79,9 +79,10 @@ KernelSource lowerGroup(const Graph &graph, const FusionGroup &group,
                         const std::vector<bool> &usedOutside, int64_t scratchOffset,
                         bool gpu = false, FaultRecord fault = {}, double perturbation = 0);
 
-// What lowerGroup's kernels read in place, for planKernels: the CPU's
-// register-tiled matmul reads strided views of its operands, the GPU's
-// matmul only row-major buffers.
+// What lowerGroup's kernels can do, for planKernels: the CPU's
+// register-tiled matmul reads strided views of its operands and computes
+// epilogues on its tile where it has vector code for them; the GPU's matmul
+// reads only row-major buffers and has no tile.
 KernelTarget kernelTarget(bool gpu);
 
 // Whether a node's kernel checks the indices it reads (see IndexCheck).

@@ -190,7 +190,8 @@ std::vector<bool> KernelEmitter::matmulCopies(ValueId product) const {
 }
 
 KernelTarget kernelTarget(bool gpu) {
-  return {[gpu](const Graph &graph, const FusionGroup &group, ValueId product) {
+  KernelTarget target;
+  target.stridedOperands = [gpu](const Graph &graph, const FusionGroup &group, ValueId product) {
     std::function<int64_t(ValueId)> noOffsets;
     std::vector<bool> noUses;
     std::vector<bool> copies =
@@ -198,7 +199,17 @@ KernelTarget kernelTarget(bool gpu) {
                       gpu ? LoweringTarget::gpu() : LoweringTarget::cpu(), {}, 0)
             .matmulCopies(product);
     return std::vector<bool>{!copies[0], !copies[1]};
-  }};
+  };
+  target.tileEpilogue = [gpu](const Graph &graph, const FusionGroup &group,
+                              const std::vector<ValueId> &roots, ValueId product,
+                              const std::vector<ValueId> &epilogue) {
+    std::function<int64_t(ValueId)> noOffsets;
+    std::vector<bool> noUses;
+    return KernelEmitter(graph, group, noOffsets, noUses, 0,
+                         gpu ? LoweringTarget::gpu() : LoweringTarget::cpu(), {}, 0)
+        .planTileEpilogue(roots, product, epilogue);
+  };
+  return target;
 }
 
 std::string KernelEmitter::stridedMatrix(const StridedOperand &s, const Index &batch,
@@ -494,36 +505,58 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
   return v;
 }
 
-// The matmul with its epilogue roots (LoopNest::epilogue) computed on each
-// 16-lane piece of the product while it is in a register: nothing is stored
-// but the roots (and the product itself where a later kernel reads it).
-// False, having emitted nothing, where the tile cannot compute them.
-bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
-                                           bool parallel) {
+// Whether the register tile of `product` computes `epilogue`: the product
+// takes the tile with its sums in f32 (a half product is rounded first) and
+// the vector tile (not dot products), or is a convolution through it; the
+// epilogue's results are f32 or bool, of ops vectorAt knows.
+bool KernelEmitter::tileComputes(ValueId product, const std::vector<ValueId> &epilogue) {
   const Node &m = node(product);
-  const Shape &shape = m.type.shape;
   bool conv = m.op == OpKind::Conv2d;
   if (conv) {
     if (!convAsMatmul(m, m.operands[0], product, m.operands[1]))
       return false;
   } else {
     auto plan = matmulPlan(product, false);
-    // The epilogue computes on f32 sums; a half product is rounded first.
     if (!plan || (plan->dot && !plan->pack) || m.type.dtype != DType::F32)
       return false;
   }
   tileConv_ = conv;
-  // The plan chose the epilogue (planKernel: elementwise roots of the
-  // product's shape, not too heavy); the tile has lanes for f32 and bool
-  // results of the ops vectorAt knows.
   tileRoots_ = std::set<ValueId>(epilogue.begin(), epilogue.end());
-  for (ValueId r : epilogue)
-    if (!(dtypeOf(r) == DType::F32 || dtypeOf(r) == DType::Bool) ||
-        !vectorizable(r, product, shape)) {
-      tileRoots_.clear();
-      tileConv_ = false;
-      return false;
-    }
+  bool computes = std::ranges::all_of(epilogue, [&](ValueId r) {
+    return (dtypeOf(r) == DType::F32 || dtypeOf(r) == DType::Bool) &&
+           vectorizable(r, product, m.type.shape);
+  });
+  tileRoots_.clear();
+  tileConv_ = false;
+  return computes;
+}
+
+bool KernelEmitter::planTileEpilogue(const std::vector<ValueId> &roots, ValueId product,
+                                     const std::vector<ValueId> &epilogue) {
+  // The values emit() gives views (only which ones matters here): those in
+  // the arena and every root (in the arena or in scratch).
+  for (ValueId id : arenaValues({}))
+    views_[id];
+  for (ValueId id : roots)
+    views_[id];
+  return tileComputes(product, epilogue);
+}
+
+// The matmul with its epilogue roots (LoopNest::epilogue) computed on each
+// 16-lane piece of the product while it is in a register: nothing is stored
+// but the roots (and the product itself where a later kernel reads it).
+void KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
+                                           bool parallel) {
+  // The plan asked the target (kernelTarget's tileEpilogue, planTileEpilogue
+  // above) with the same views.
+  if (!tileComputes(product, epilogue))
+    throw std::logic_error(fmt::format("kernel {}: the plan puts an epilogue on the tile of %{} "
+                                       "({}) that the tile cannot compute",
+                                       group_.name, product, opInfo(node(product).op).name));
+  const Shape &shape = shapeOf(product);
+  bool conv = node(product).op == OpKind::Conv2d;
+  tileConv_ = conv;
+  tileRoots_ = std::set<ValueId>(epilogue.begin(), epilogue.end());
   tileProduct_ = product;
   tileEpilogue_ = [&, product, epilogue](const std::string &row, const std::string &col,
                                          const std::string &value, const std::string &mask) {
@@ -563,7 +596,6 @@ bool KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
   tileEpilogue_ = nullptr;
   tileRoots_.clear();
   tileConv_ = false;
-  return true;
 }
 
 } // namespace stepc::codegen

@@ -83,14 +83,19 @@ struct LoopNest {
   // Contraction of a matmul or conv2d: the roots of all the later nests,
   // when these are all Elementwise, of the product's shape and few enough
   // (with the full-size tensors they read) to compute on each register tile
-  // of the product before it is stored, its epilogue. A target that cannot
-  // (no register tile for these dtypes, operand layouts or ops) runs the
-  // later nests after the product instead.
+  // of the product before it is stored, and the target can
+  // (KernelTarget::tileEpilogue: it has a register tile for these dtypes,
+  // operand layouts and ops; the GPU has none): its epilogue. The kernel
+  // then computes those roots there, and the later nests are not run on
+  // their own. Empty: the later nests run after the product.
   std::vector<ValueId> epilogue;
-  // Contraction of a matmul: per operand, whether the kernel reads it in
-  // place, as a strided view of a stored value (a transpose, reshape, slice
-  // or broadcast of it: the layout it is read in); else it reads a row-major
-  // buffer: the operand's own, or a copy an earlier nest stores (a root).
+  // Contraction of a matmul: per operand, whether the target's register-
+  // tiled matmul reads it in place through strides (KernelTarget::
+  // stridedOperands): the stored value itself, or a transpose, reshape,
+  // slice or broadcast of one (the layout it is read in). False: the kernel
+  // reads a row-major buffer, the operand's own where it is stored (the
+  // GPU's matmul, an untiled product), else the copy an earlier nest of the
+  // kernel stores (a root).
   std::vector<bool> stridedOperands;
 };
 
@@ -103,7 +108,9 @@ struct KernelPlan {
   // its own rows: every root has that dimension 0, and a value computed in
   // the kernel is read only in the row it was written in (see rowLocal in
   // kernel_plan.cpp). Else the kernel runs on one thread. An Attention
-  // kernel's threads split its units instead (lowering_attention.cpp).
+  // kernel is always split, by its units instead (a batch entry's block of
+  // query rows, each owning whole rows of the output, row max and sum;
+  // lowering_attention.cpp).
   bool rowParallel = false;
 };
 
@@ -201,13 +208,21 @@ std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId outpu
 // does not have.
 FusionPlan planFusion(const Graph &graph, const FusionOptions &options = {});
 
-// What the target's kernels can read in place (codegen::kernelTarget gives
-// the CPU's and the GPU's).
+// What the target's kernels can do, for the plan to decide with
+// (codegen::kernelTarget gives the CPU's and the GPU's).
 struct KernelTarget {
   // For matmul `product` of `group`: per operand, whether the target's
   // matmul reads it in place as a strided view (LoopNest::stridedOperands).
   std::function<std::vector<bool>(const Graph &, const FusionGroup &, ValueId product)>
       stridedOperands;
+  // For the Contraction nest of `product` (a matmul or conv2d) of `group`,
+  // whose kernel stores `roots`: whether the target computes `epilogue` (the
+  // later roots, elementwise, of the product's shape, few enough) on the
+  // product's register tile. Its answer is the plan's LoopNest::epilogue:
+  // codegen carries it out and never refuses it.
+  std::function<bool(const Graph &, const FusionGroup &, const std::vector<ValueId> &roots,
+                     ValueId product, const std::vector<ValueId> &epilogue)>
+      tileEpilogue;
 };
 // Whether a node of this op can be inlined into the nests that read it
 // (its value at an index is a cheap function of its operands' values at

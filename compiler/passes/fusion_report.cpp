@@ -189,9 +189,10 @@ std::string peakLines(const Graph &graph, const FusionPlan &plan, const BufferPl
 }
 
 // How each kernel runs, where the kernels are planned (planKernels): its
-// nests in order, each with the roots it stores, one line per kernel:
-//   k0_matmul_add_relu: rows split; contraction %z1 (strided: a b) with
-//   epilogue %h1 on its tile
+// nests in order, each with the roots it stores, one line per kernel (the
+// nests an epilogue computes on the product's tile are listed too):
+//   nests k0_matmul_add_relu: rows split; contraction %z1 (strided: a b)
+//   with epilogue %h1 on its tile; elementwise %h1
 std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
   std::string out;
   for (const FusionGroup &group : plan.groups) {
@@ -215,8 +216,6 @@ std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
         for (ValueId v : nest.epilogue)
           epilogue.push_back(valueName(graph, v));
         text += fmt::format(" with epilogue {} on its tile", fmt::join(epilogue, " "));
-        nests.push_back(text);
-        break; // the later nests are its epilogue
       }
       nests.push_back(text);
     }

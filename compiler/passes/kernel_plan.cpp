@@ -159,7 +159,8 @@ bool rowLocal(const Graph &g, const FusionGroup &group, const std::vector<ValueI
 
 // The epilogue of the product `product` (a matmul or conv2d): `later`, the
 // roots of the nests after it, when they can all run on its register tile:
-// elementwise, of the product's shape, and few enough. Heavy epilogues stay a
+// elementwise, of the product's shape, and few enough (whether the target's
+// tile can compute them is KernelTarget::tileEpilogue). Heavy epilogues stay a
 // row sweep after the product: a whole optimizer update streams several
 // full-size tensors, which the tile order (column panels outside) would read
 // in short strided pieces.
@@ -245,10 +246,14 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
     if (auto it = strided.find(roots[i]); it != strided.end())
       nest.stridedOperands = it->second;
     // A matmul or conv2d (not a scatter-form gradient) may compute the roots
-    // after it on its register tile.
-    if (nest.kind == NestKind::Contraction && !opInfo(n.op).is(kScatterForm) && i + 1 < roots.size())
+    // after it on its register tile, where the target can.
+    if (nest.kind == NestKind::Contraction && !opInfo(n.op).is(kScatterForm) && i + 1 < roots.size()) {
       nest.epilogue = tileEpilogue(graph, group, roots[i],
                                    std::vector<ValueId>(roots.begin() + i + 1, roots.end()));
+      if (!nest.epilogue.empty() &&
+          !target.tileEpilogue(graph, group, roots, roots[i], nest.epilogue))
+        nest.epilogue.clear();
+    }
     plan.nests.push_back(std::move(nest));
     ++i;
   }
