@@ -14,7 +14,6 @@
 #include <functional>
 #include <memory>
 #include <thread>
-#include <utility>
 
 namespace stepc::cli::perf {
 namespace {
@@ -23,68 +22,58 @@ namespace {
 // (2) is 8 in flight per core; 16 (AVX-512, 32 registers) and 12 (AVX2, 16
 // registers) keep both ports busy without spilling. acc = acc * a + b with
 // a < 1 converges, so no lane ever becomes Inf or a denormal.
-//
-// The two instruction sets differ only in these few operations; fmaLoop is
-// written once over them. Vectors go by reference: a vector passed by value
-// between functions compiled for different targets would change the ABI.
-struct Avx512 {
-  using Vec = __m512;
-  static constexpr int kLanes = 16, kAccumulators = 16;
-  [[gnu::target("avx512f,fma")]] static void set(Vec &v, float x) { v = _mm512_set1_ps(x); }
-  [[gnu::target("avx512f,fma")]] static void fma(Vec &acc, const Vec &a, const Vec &b) {
-    acc = _mm512_fmadd_ps(acc, a, b);
-  }
-  [[gnu::target("avx512f,fma")]] static void add(Vec &sum, const Vec &v) {
-    sum = _mm512_add_ps(sum, v);
-  }
-  [[gnu::target("avx512f,fma")]] static void store(float *to, const Vec &v) {
-    _mm512_storeu_ps(to, v);
-  }
-};
+#define STEPC_FMA_16(F)                                                                            \
+  F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11) F(12) F(13) F(14) F(15)
+#define STEPC_FMA_12(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11)
 
-struct Avx2 {
-  using Vec = __m256;
-  static constexpr int kLanes = 8, kAccumulators = 12;
-  [[gnu::target("avx2,fma")]] static void set(Vec &v, float x) { v = _mm256_set1_ps(x); }
-  [[gnu::target("avx2,fma")]] static void fma(Vec &acc, const Vec &a, const Vec &b) {
-    acc = _mm256_fmadd_ps(acc, a, b);
-  }
-  [[gnu::target("avx2,fma")]] static void add(Vec &sum, const Vec &v) {
-    sum = _mm256_add_ps(sum, v);
-  }
-  [[gnu::target("avx2,fma")]] static void store(float *to, const Vec &v) {
-    _mm256_storeu_ps(to, v);
-  }
-};
+constexpr int kAvx512Accumulators = 16, kAvx2Accumulators = 12;
 
-// Only ever inlined into a caller compiled for Isa's target (flatten,
-// below). The folds over I spell out one statement per accumulator, as
-// unrolled code the optimizer cannot roll back into a loop over memory, so
-// every accumulator stays in a register.
-template <class Isa, size_t... I> float fmaLoop(int64_t iterations, std::index_sequence<I...>) {
-  typename Isa::Vec a, b, acc[sizeof...(I)];
-  Isa::set(a, 0.999999f);
-  Isa::set(b, 1e-6f);
-  (Isa::set(acc[I], 1.0f + 0.01f * float(I)), ...);
-  for (int64_t it = 0; it < iterations; ++it)
-    (Isa::fma(acc[I], a, b), ...);
-  typename Isa::Vec sum;
-  Isa::set(sum, 0.0f);
-  (Isa::add(sum, acc[I]), ...);
-  float lanes[Isa::kLanes];
-  Isa::store(lanes, sum);
+__attribute__((target("avx512f,fma"))) float fmaLoopAvx512(int64_t iterations) {
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-6f);
+#define DECLARE(i) __m512 acc##i = _mm512_set1_ps(1.0f + 0.01f * i);
+  STEPC_FMA_16(DECLARE)
+#undef DECLARE
+  for (int64_t it = 0; it < iterations; ++it) {
+#define STEP(i) acc##i = _mm512_fmadd_ps(acc##i, a, b);
+    STEPC_FMA_16(STEP)
+#undef STEP
+  }
+  __m512 sum = _mm512_setzero_ps();
+#define SUM(i) sum = _mm512_add_ps(sum, acc##i);
+  STEPC_FMA_16(SUM)
+#undef SUM
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sum);
   float total = 0;
   for (float lane : lanes)
     total += lane;
   return total;
 }
 
-[[gnu::target("avx512f,fma"), gnu::flatten]] float fmaLoopAvx512(int64_t iterations) {
-  return fmaLoop<Avx512>(iterations, std::make_index_sequence<Avx512::kAccumulators>());
+__attribute__((target("avx2,fma"))) float fmaLoopAvx2(int64_t iterations) {
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-6f);
+#define DECLARE(i) __m256 acc##i = _mm256_set1_ps(1.0f + 0.01f * i);
+  STEPC_FMA_12(DECLARE)
+#undef DECLARE
+  for (int64_t it = 0; it < iterations; ++it) {
+#define STEP(i) acc##i = _mm256_fmadd_ps(acc##i, a, b);
+    STEPC_FMA_12(STEP)
+#undef STEP
+  }
+  __m256 sum = _mm256_setzero_ps();
+#define SUM(i) sum = _mm256_add_ps(sum, acc##i);
+  STEPC_FMA_12(SUM)
+#undef SUM
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  float total = 0;
+  for (float lane : lanes)
+    total += lane;
+  return total;
 }
-[[gnu::target("avx2,fma"), gnu::flatten]] float fmaLoopAvx2(int64_t iterations) {
-  return fmaLoop<Avx2>(iterations, std::make_index_sequence<Avx2::kAccumulators>());
-}
+
+#undef STEPC_FMA_16
+#undef STEPC_FMA_12
 
 // Runs work(thread) on `threads` threads released together; returns the
 // seconds from the release to the last thread's end.
@@ -117,11 +106,9 @@ void measureFma(MachinePeak &peak) {
   int lanes, accumulators;
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) {
-    loop = fmaLoopAvx512, lanes = Avx512::kLanes, accumulators = Avx512::kAccumulators;
-    peak.isa = "avx512f";
+    loop = fmaLoopAvx512, lanes = 16, accumulators = kAvx512Accumulators, peak.isa = "avx512f";
   } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    loop = fmaLoopAvx2, lanes = Avx2::kLanes, accumulators = Avx2::kAccumulators;
-    peak.isa = "avx2";
+    loop = fmaLoopAvx2, lanes = 8, accumulators = kAvx2Accumulators, peak.isa = "avx2";
   } else {
     peak.isa = "none";
     return;
