@@ -133,34 +133,6 @@ TEST_P(CodegenMatMul, BothRegisterTilesMatchInterpreter) {
 INSTANTIATE_TEST_SUITE_P(, CodegenMatMul, ::testing::ValuesIn(cases()),
                          [](const auto &info) { return info.param.name; });
 
-// Codegen carries out the kernel plan (planKernels): the epilogue the plan
-// puts on the product's register tile is computed there, on 16-lane vectors
-// (relu as a select of vector<16xi1>); a plan without it gets the product
-// stored and the relu in a loop of its own after it.
-TEST(CodegenMatMulPlan, EpilogueRunsOnTheTileOnlyWhereThePlanSaysSo) {
-  Graph graph = parseGraph(R"(graph dense {
-  input %x : f32[32,64]
-  input %w : f32[64,48]
-  %z = matmul(%x, %w)
-  %h = relu(%z)
-  output h = %h
-})");
-  FusionPlan plan = planFusion(graph);
-  ASSERT_EQ(plan.groups.size(), 1u);
-  planKernels(graph, plan, codegen::kernelTarget(false));
-  FusionGroup group = plan.groups[0];
-  ASSERT_EQ(group.kernel.nests.size(), 2u);
-  ASSERT_EQ(group.kernel.nests[0].epilogue, std::vector<ValueId>{*graph.findNamed("h")});
-  std::vector<bool> usedOutside = usedOutsideGroup(graph, plan);
-  std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
-  const std::string vectorRelu = ": vector<16xi1>, vector<16xf32>";
-  std::string onTile = codegen::lowerGroup(graph, group, offset, usedOutside, 1 << 20).function;
-  EXPECT_NE(onTile.find(vectorRelu), std::string::npos) << onTile;
-  group.kernel.nests[0].epilogue.clear();
-  std::string after = codegen::lowerGroup(graph, group, offset, usedOutside, 1 << 20).function;
-  EXPECT_EQ(after.find(vectorRelu), std::string::npos) << after;
-}
-
 // The plan with codegen's own targets (kernelTarget): what the CPU's and the
 // GPU's kernels can do decides the plan, and lowering carries it out.
 struct PlannedKernel {
@@ -168,17 +140,41 @@ struct PlannedKernel {
   FusionPlan plan;
   std::string function; // the CPU kernel's MLIR
 };
+// The CPU kernel of `group` (one of `plan`'s, its kernel plan possibly edited).
+std::string lowerPlanned(const Graph &graph, const FusionPlan &plan, const FusionGroup &group) {
+  std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
+  return codegen::lowerGroup(graph, group, offset, usedOutsideGroup(graph, plan), 1 << 20).function;
+}
 PlannedKernel planAndLower(const char *text, bool gpu) {
   PlannedKernel out{parseGraph(text), {}, {}};
   out.plan = planFusion(out.graph);
   EXPECT_EQ(out.plan.groups.size(), 1u);
   planKernels(out.graph, out.plan, codegen::kernelTarget(gpu));
-  std::vector<bool> usedOutside = usedOutsideGroup(out.graph, out.plan);
-  std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
   if (!gpu)
-    out.function =
-        codegen::lowerGroup(out.graph, out.plan.groups[0], offset, usedOutside, 1 << 20).function;
+    out.function = lowerPlanned(out.graph, out.plan, out.plan.groups[0]);
   return out;
+}
+
+// Codegen carries out the kernel plan (planKernels): the epilogue the plan
+// puts on the product's register tile is computed there, on 16-lane vectors
+// (relu as a select of vector<16xi1>); a plan without it gets the product
+// stored and the relu in a loop of its own after it.
+TEST(CodegenMatMulPlan, EpilogueRunsOnTheTileOnlyWhereThePlanSaysSo) {
+  PlannedKernel k = planAndLower(R"(graph dense {
+  input %x : f32[32,64]
+  input %w : f32[64,48]
+  %z = matmul(%x, %w)
+  %h = relu(%z)
+  output h = %h
+})", false);
+  FusionGroup group = k.plan.groups[0];
+  ASSERT_EQ(group.kernel.nests.size(), 2u);
+  ASSERT_EQ(group.kernel.nests[0].epilogue, std::vector<ValueId>{*k.graph.findNamed("h")});
+  const std::string vectorRelu = ": vector<16xi1>, vector<16xf32>";
+  EXPECT_NE(k.function.find(vectorRelu), std::string::npos) << k.function;
+  group.kernel.nests[0].epilogue.clear();
+  std::string after = lowerPlanned(k.graph, k.plan, group);
+  EXPECT_EQ(after.find(vectorRelu), std::string::npos) << after;
 }
 
 const char *kDenseTransposed = R"(graph dense {
