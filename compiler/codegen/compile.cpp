@@ -129,6 +129,9 @@ LoweredGraph lowerGraph(const Graph &input, const CompileOptions &options) {
   // only add work.
   if (options.target != Target::Cuda && options.fusion)
     recomputeAttentionProbabilities(out.graph);
+  // After it: the attention kernel then stores what its backward reads.
+  if (options.fusion)
+    recomputeCheapActivations(out.graph, options.target != Target::Cuda);
   if (options.memoryBudget.given()) {
     Rematerialization remat(options.memoryBudget, options.fusion);
     remat.run(out.graph);

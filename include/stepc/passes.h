@@ -112,6 +112,17 @@ private:
 // kernel). Returns whether it changed the graph.
 bool recomputeAttentionProbabilities(Graph &graph);
 
+// In a training step (a graph with outputs and param updates), each value a
+// forward kernel stores only for backward kernels that is a short chain of
+// elementwise ops from values kept anyway (tanh-GELU's tanh, 1+tanh and
+// 1-tanh^2 from `up`) gets a copy of that chain (remat=N) before each such
+// backward kernel, which reads the copies: the forward kernel stores fewer
+// tensors (compiler/passes/activation_recompute.cpp has the rule). Runs
+// after the default pipeline in fused compiles, planning fusion with
+// `attentionKernels` as the compile does. Returns whether it changed the
+// graph.
+bool recomputeCheapActivations(Graph &graph, bool attentionKernels);
+
 // The planned peak of `graph` as compiled: planBuffers over planFusion.
 int64_t plannedPeak(const Graph &graph, bool fusion);
 

@@ -89,6 +89,12 @@ Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pip
       graph.nodes[id].name = prefix + std::to_string(id);
   graph.reindexNames();
   passManager(pipeline).run(graph);
+  // As lowerGraph (compile.cpp) does for the CPU target, so that the report
+  // shows the kernels a compile makes.
+  if (fusion) {
+    recomputeAttentionProbabilities(graph);
+    recomputeCheapActivations(graph, true);
+  }
   if (budget.given())
     Rematerialization(budget, fusion).run(graph);
   for (Node &node : graph.nodes)
