@@ -30,7 +30,8 @@ namespace {
 
 // A training step whose peak is mostly activations: eight gated layers of
 // width 16 over a batch of 256 (small weights, big activations), one of them
-// with dropout, so that 75% and 50% of its peak can be met.
+// with dropout, so that 75% and 50% of its peak can be met (75% and 60% once
+// a compile has recomputed its tanh activations: activation_recompute.cpp).
 Graph deepStep() {
   GraphBuilder b("deep");
   Value x = b.input("x", DType::F32, {256, 16});
@@ -237,7 +238,10 @@ TEST(Remat, CompiledResultsEqualTheUnbudgetedOnes) {
     return std::make_pair(std::move(results), exe->spec().arenaBytes);
   };
   auto [expected, unbudgetedArena] = stepWith({});
-  for (double percent : {75.0, 50.0}) {
+  // A compile recomputes the tanh activations in the backward before
+  // rematerialization (activation_recompute.cpp): its unbudgeted peak is 0.42
+  // MB, and rematerialization reaches 0.22 MB (53%) at best from there.
+  for (double percent : {75.0, 60.0}) {
     SCOPED_TRACE(percent);
     auto [got, arena] = stepWith({.percent = percent});
     EXPECT_LT(arena, unbudgetedArena);
@@ -288,8 +292,11 @@ std::vector<ValueId> waitingStepScalars(const Graph &graph) {
 // Below the unbudgeted peak of attentionStep(8, 32) (1.76 MB) and above the
 // smallest the pass reaches (0.90 MB, 51%); met only by recomputing GELU's
 // factors inside the matmul epilogue that reads them last (the smallest was
-// 76% before values the peak kernel reads last were candidates).
-constexpr double kAttentionPercent = 55;
+// 76% before values the peak kernel reads last were candidates). A compile
+// recomputes GELU's factors before rematerialization
+// (activation_recompute.cpp): from its unbudgeted peak, 1.33 MB, the
+// smallest is 0.81 MB (61%).
+constexpr double kAttentionPercent = 65;
 
 // trainStep builds Adam's step count and bias corrections after the backward
 // pass, so each gradient reduction fused with its param's update waits for
@@ -441,12 +448,12 @@ TEST(RematCli, BadBudgetsExitOne) {
 
 TEST(RematCli, OptMeetsTheBudgetOrSaysWhatItCanMeet) {
   std::string file = writeDeepStep();
-  stepc::testing::CommandResult ok = stepc::testing::stepcCommand("opt " + file + " --memory-budget 50%");
+  stepc::testing::CommandResult ok = stepc::testing::stepcCommand("opt " + file + " --memory-budget 60%");
   EXPECT_EQ(ok.status, 0) << ok.output;
   EXPECT_THAT(ok.output, HasSubstr("remat=1"));
   EXPECT_THAT(ok.output, HasSubstr("values recomputed"));
   stepc::testing::CommandResult report =
-      stepc::testing::stepcCommand("opt " + file + " --memory-budget 50% --fusion-report");
+      stepc::testing::stepcCommand("opt " + file + " --memory-budget 60% --fusion-report");
   EXPECT_EQ(report.status, 0) << report.output;
   stepc::testing::CommandResult bad = stepc::testing::stepcCommand("opt " + file + " --memory-budget 1KB");
   EXPECT_EQ(bad.status, 1) << bad.output;

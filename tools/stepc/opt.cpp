@@ -67,6 +67,14 @@ PassManager passManager(const std::vector<std::string> &pipeline) {
   return manager;
 }
 
+// The copies lowerGraph (compile.cpp) makes for the CPU target after the
+// pipeline, so that the fusion report shows the kernels a compile makes and
+// a memory budget's percentage is of the peak a compile without one plans.
+void recomputeForFusion(Graph &graph) {
+  recomputeAttentionProbabilities(graph);
+  recomputeCheapActivations(graph, true);
+}
+
 // `parsed` after the passes, with every value named as `stepc print` names it
 // in `parsed`: the passes renumber the values they keep, and an unnamed
 // value prints as its number. So each unnamed value carries a stand-in name
@@ -89,12 +97,8 @@ Graph optimizedWithPrintedNames(Graph graph, const std::vector<std::string> &pip
       graph.nodes[id].name = prefix + std::to_string(id);
   graph.reindexNames();
   passManager(pipeline).run(graph);
-  // As lowerGraph (compile.cpp) does for the CPU target, so that the report
-  // shows the kernels a compile makes.
-  if (fusion) {
-    recomputeAttentionProbabilities(graph);
-    recomputeCheapActivations(graph, true);
-  }
+  if (fusion)
+    recomputeForFusion(graph);
   if (budget.given())
     Rematerialization(budget, fusion).run(graph);
   for (Node &node : graph.nodes)
@@ -170,6 +174,8 @@ int opt(const OptOptions &options) {
   // After the pipeline: CSE would merge the copies back into the originals.
   // Its error (a budget that cannot be met) needs no "pass failed" prefix.
   if (budget.given()) {
+    if (!options.noFusion)
+      recomputeForFusion(graph);
     Rematerialization remat(budget, !options.noFusion);
     remat.run(graph);
     fmt::print(stderr, "{}\n", remat.report().summary());
