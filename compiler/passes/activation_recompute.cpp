@@ -21,9 +21,11 @@
 //     elementwise ops, views and reductions compute it where they read it);
 //   * its chain in G (v and the values of G it is computed from, back to
 //     leaves) has at most kMaxChain elementwise/view ops (constants are
-//     copied too) and at most kMaxLeaves leaves; a leaf is a graph input or
-//     param, a value another kernel stored, or a value G stores and keeps;
-//     the walk fails at a matmul, reduction or other op G does not store;
+//     copied too) and at most kMaxLeaves leaves besides graph inputs and
+//     params; a leaf is a value another kernel stored or one G stores and
+//     keeps; the walk fails at a matmul, reduction or other op G computes
+//     and does not store (GELU's `up` is a leaf because the backward reads
+//     it too; where it did not, nothing would be recomputed);
 //   * each leaf that is not an input or param is alive at every kernel
 //     reading v anyway (read there or later), so no tensor lives longer.
 //   G's values are decided in order: one that fails is kept, and is a leaf
@@ -188,10 +190,10 @@ bool recomputeCheapActivations(Graph &graph, bool attentionKernels) {
         !isCopyable(graph, v))
       continue;
     bool ok = true;
-    int firstReaderGroup = end;
+    int lastReaderGroup = -1;
     for (ValueId u : outsideReaders[v]) {
       ok = ok && !forwardGroup[groupOf[u]] && readsInline(graph, u);
-      firstReaderGroup = std::min(firstReaderGroup, groupOf[u]);
+      lastReaderGroup = std::max(lastReaderGroup, groupOf[u]);
     }
     std::set<ValueId> chain{v}, leaves;
     std::vector<ValueId> stack{v};
@@ -209,7 +211,7 @@ bool recomputeCheapActivations(Graph &graph, bool attentionKernels) {
         bool storedAndKept = (!outsideReaders[o].empty() || escapes[o]) && !recomputed[o];
         if (!inG || storedAndKept) {
           // A leaf: read from memory, which must be there at v's readers.
-          ok = lastGroup[o] >= firstReaderGroup && leaves.size() < kMaxLeaves;
+          ok = lastGroup[o] >= lastReaderGroup && leaves.size() < kMaxLeaves;
           leaves.insert(o);
         } else if (isCopyable(graph, o)) {
           chain.insert(o);
