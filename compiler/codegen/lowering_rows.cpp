@@ -62,6 +62,10 @@ bool KernelEmitter::rowVectorizable(ValueId id, int64_t width) const {
     return false;
   if (n.op == OpKind::BroadcastTo)
     return rowVectorizable(n.operands[0], width);
+  // A one-hot row compares the row's index with the columns; its index
+  // check ran before the nests (precheckable).
+  if (n.op == OpKind::OneHot)
+    return dt == DType::F32 && (!checksIndices(n) || prechecked_.count(id));
   if (n.op == OpKind::Cast)
     return dt == DType::F32 && dtypeOf(n.operands[0]) == DType::Bool &&
            rowVectorizable(n.operands[0], width);
@@ -106,6 +110,23 @@ std::string KernelEmitter::rowVector(ValueId id, const Index &at, int64_t width,
   } else if (n.op == OpKind::BroadcastTo) {
     ValueId x = n.operands[0];
     v = rowVector(x, broadcastIndex(x, n.type.shape, at), width, mask);
+  } else if (n.op == OpKind::OneHot) {
+    // 1 in the lane whose column is the row's index (none where it is out
+    // of range), else 0.
+    ValueId indices = n.operands[0];
+    Index row(at.begin(), at.end() - 1);
+    std::string index = rules_.convert(valueAt(indices, row), dtypeOf(indices), DType::I64);
+    std::string columns = w_.assign(fmt::format(
+        "arith.addi {}, {} : vector<16xi64>",
+        w_.assign("arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]> : "
+                  "vector<16xi64>"),
+        w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>",
+                              w_.assign(fmt::format("arith.index_cast {} : index to i64", at.back()))))));
+    std::string hit = w_.assign(fmt::format(
+        "arith.cmpi eq, {}, {} : vector<16xi64>", columns,
+        w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", index))));
+    ElementType lanes{DType::F32, 16};
+    v = rules_.select(hit, rules_.constant(1, lanes), rules_.constant(0, lanes), lanes);
   } else if (n.op == OpKind::Cast) {
     // bool to f32: 1 where set, else 0.
     ValueId x = n.operands[0];
