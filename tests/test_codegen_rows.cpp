@@ -167,6 +167,19 @@ TEST(CodegenRows, LayerNormBetweenMatmuls) {
   expectRowsMatch(graph, randomInputsOf(graph, 500));
 }
 
+// f64 rows: the plan's row nest, emitted as one nest per root (the vector
+// paths are f32).
+TEST(CodegenRows, LayerNormF64) {
+  GraphBuilder b("layer_norm_f64");
+  Value x = b.input("x", DType::F64, {6, 19});
+  Value gamma = b.param("gamma", DType::F64, {19}, Init::ones());
+  Value y = layerNorm(x, gamma, Value());
+  b.output("y", y);
+  b.output("grad", gradients(sum(mul(y, y)), {x})[0]);
+  Graph graph = b.finish();
+  expectRowsMatch(graph, {{"x", randomTensor(DType::F64, {6, 19}, 13)}});
+}
+
 // Rows of large values: the row pass subtracts the max before exp, else exp
 // overflows.
 TEST(CodegenRows, SoftmaxOfLargeLogits) {
