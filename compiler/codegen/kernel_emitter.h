@@ -180,6 +180,18 @@ private:
   void emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel);
   void emitRoot(ValueId id, bool parallel);
   void emitReduction(ValueId id, bool parallel);
+  // A Rows nest (lowering_rows.cpp): the roots row by row; `width` is the
+  // length of the rows the reductions reduce, `row` a row's leading indices.
+  void emitRows(const std::vector<ValueId> &roots, bool parallel);
+  void emitRowReduction(ValueId id, const Index &row, int64_t width);
+  void emitRowElements(const std::vector<ValueId> &roots, const Index &row, int64_t width);
+  void forEachRowChunk(int64_t width,
+                       const std::function<void(const std::string &, const std::string &)> &body);
+  // Whether `id` spans the row (its last axis has the row's length); whether
+  // it has a 16-lane form there (rowVector).
+  bool alongRow(ValueId id, int64_t width) const;
+  bool rowVectorizable(ValueId id, int64_t width) const;
+  std::string rowVector(ValueId id, const Index &at, int64_t width, const std::string &mask);
   void emitArgMax(ValueId id, bool parallel);
   std::string replacesMaximum(const std::string &v, const std::string &best, DType dt);
   void emitMatMul(ValueId id, bool parallel);

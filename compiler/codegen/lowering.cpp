@@ -651,6 +651,7 @@ void KernelEmitter::emitNest(const LoopNest &nest, bool parallel) {
   switch (nest.kind) {
   case NestKind::Elementwise: emitElementwiseRoots(nest.roots, parallel); return;
   case NestKind::Attention: emitAttention(nest.roots.front(), parallel); return;
+  case NestKind::Rows: emitRows(nest.roots, parallel); return;
   case NestKind::Reduction:
   case NestKind::Contraction:
   case NestKind::Window:

@@ -209,6 +209,7 @@ KernelTarget kernelTarget(bool gpu) {
                          gpu ? LoweringTarget::gpu() : LoweringTarget::cpu(), {}, 0)
         .planTileEpilogue(roots, product, epilogue);
   };
+  target.rowKernels = !gpu;
   return target;
 }
 

@@ -72,9 +72,15 @@ enum class NestKind {
   Attention,   // an Attention group's output by the online softmax, which
                // also stores the row max and sum where others read them
   Collective,  // all_reduce: no code, a runtime call between kernels
+  Rows,        // a Reduction kernel whose reductions all reduce the last
+               // axis of one shape [..., N] (layer norm, softmax, cross-
+               // entropy and their gradients): every root, row by row, the
+               // reductions first over the row, then the row's other roots,
+               // while the row is in cache (one pass over memory; rowKernel
+               // in kernel_plan.cpp says when)
 };
 // "elementwise", "reduction", "contraction", "window", "scatter",
-// "attention", "collective"
+// "attention", "collective", "rows"
 std::string_view nestKindName(NestKind kind);
 
 struct LoopNest {
@@ -223,6 +229,9 @@ struct KernelTarget {
   std::function<bool(const Graph &, const FusionGroup &, const std::vector<ValueId> &roots,
                      ValueId product, const std::vector<ValueId> &epilogue)>
       tileEpilogue;
+  // Whether the target runs NestKind::Rows nests (the CPU; the GPU's
+  // kernels run one nest per function, one thread per element).
+  bool rowKernels = false;
 };
 // Whether a node of this op can be inlined into the nests that read it
 // (its value at an index is a cheap function of its operands' values at

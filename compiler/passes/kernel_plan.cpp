@@ -21,6 +21,7 @@ std::string_view nestKindName(NestKind kind) {
   case NestKind::Scatter: return "scatter";
   case NestKind::Attention: return "attention";
   case NestKind::Collective: return "collective";
+  case NestKind::Rows: return "rows";
   }
   return "?";
 }
@@ -134,10 +135,12 @@ bool rowLocal(const Graph &g, const FusionGroup &group, const std::vector<ValueI
       }
       case OpClass::Contraction: ok = n.op == OpKind::MatMul && k == 0 && in.size() == 2 && sameRow; break;
       // A row-major reshape that keeps dimension 0 keeps each row's
-      // elements in that row (a matmul's [16,64,256] result as [16,64,4,64]).
+      // elements in that row (a matmul's [16,64,256] result as [16,64,4,64]);
+      // a broadcast of the same rank that keeps dimension 0 reads each row's
+      // values in that row (a layer norm's row sums back over the row).
       case OpClass::View:
-        ok = n.op == OpKind::Reshape && !in.empty() && !n.type.shape.empty() &&
-             in[0] == n.type.shape[0];
+        ok = (n.op == OpKind::Reshape || (n.op == OpKind::BroadcastTo && sameRow)) && !in.empty() &&
+             !n.type.shape.empty() && in[0] == n.type.shape[0];
         break;
       case OpClass::Source:
       case OpClass::Constant:
@@ -191,6 +194,62 @@ std::vector<ValueId> tileEpilogue(const Graph &g, const FusionGroup &group, Valu
   return later;
 }
 
+// Whether a Reduction group computes its roots row by row (NestKind::Rows):
+// every reduction is a sum, mean, max or min over the last axis of operands
+// of one shape [..., N]; every other root has that shape or the row shape
+// ([..., 1] or [...]); and every value computed in the kernel is read only
+// in its own row: elementwise ops and broadcasts of the same rank that keep
+// all leading dimensions (a row's reduced value broadcast over the row), and
+// the reductions themselves. A row's roots then need only that row's values
+// of the others, computed just before.
+bool rowKernel(const Graph &g, const FusionGroup &group, const std::vector<ValueId> &roots) {
+  if (group.kind != FusionKind::Reduction || group.hero < 0)
+    return false;
+  const Shape full = g.type(g.node(static_cast<ValueId>(group.hero)).operands[0]).shape;
+  if (full.empty() || full.back() < 1)
+    return false;
+  Shape keptRow(full.begin(), full.end() - 1), row = keptRow;
+  keptRow.push_back(1);
+  int rank = static_cast<int>(full.size());
+  for (ValueId r : roots) {
+    const Node &n = g.node(r);
+    if (opInfo(n.op).opClass == OpClass::Reduction) {
+      bool sumOrExtreme = n.op == OpKind::ReduceSum || n.op == OpKind::ReduceMean ||
+                          n.op == OpKind::ReduceMax || n.op == OpKind::ReduceMin;
+      if (!sumOrExtreme || g.type(n.operands[0]).shape != full ||
+          n.attrs.getInts("axes") != std::vector<int64_t>{rank - 1})
+        return false;
+    } else if (!isInlinable(n.op) ||
+               (n.type.shape != full && n.type.shape != keptRow && n.type.shape != row)) {
+      return false;
+    }
+  }
+  std::set<ValueId> rootSet(roots.begin(), roots.end());
+  std::set<ValueId> carries;
+  for (ValueId id : group.nodes) {
+    const Node &n = g.node(id);
+    bool c = rootSet.count(id) > 0;
+    for (ValueId operand : n.operands)
+      c = c || carries.count(operand);
+    if (!c)
+      continue;
+    carries.insert(id);
+    if (opInfo(n.op).opClass == OpClass::Reduction)
+      continue;
+    bool inRow = opInfo(n.op).opClass == OpClass::Elementwise || n.op == OpKind::BroadcastTo;
+    for (ValueId operand : n.operands) {
+      if (!carries.count(operand))
+        continue;
+      const Shape &in = g.type(operand).shape;
+      inRow = inRow && in.size() == n.type.shape.size() && !in.empty() &&
+              std::equal(in.begin(), in.end() - 1, n.type.shape.begin());
+    }
+    if (!inRow)
+      return false;
+  }
+  return true;
+}
+
 } // namespace
 
 KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
@@ -227,9 +286,14 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
     if (usedOutside[id] || !isInlinable(graph.node(id).op) || copied.count(id))
       plan.roots.push_back(id);
 
+  const std::vector<ValueId> &roots = plan.roots;
+  if (target.rowKernels && rowKernel(graph, group, roots)) {
+    plan.nests.push_back({NestKind::Rows, roots, {}, {}});
+    plan.rowParallel = rowLocal(graph, group, roots);
+    return plan;
+  }
   // Consecutive inlinable roots of one shape share a loop nest; every other
   // root has one of its own.
-  const std::vector<ValueId> &roots = plan.roots;
   for (size_t i = 0; i < roots.size();) {
     const Node &n = graph.node(roots[i]);
     if (isInlinable(n.op)) {
