@@ -237,12 +237,16 @@ TEST(CodegenAttentionValues, TrainingStepGradientsMatchInterpreter) {
 })");
   Graph step = trainStep(model, "loss", Optimizer::sgd());
   // The backward pass recomputes the probabilities (recomputeAttentionProbabilities),
-  // so the forward is one attention kernel that stores the row max and sum.
+  // so the forward is one attention kernel that stores the row max and sum,
+  // and the backward another (matchAttentionBackward).
   auto exe = compileJit(step, CompileOptions{.cache = false});
-  int attention = 0;
-  for (const KernelSpec &kernel : exe->spec().kernels)
+  int attention = 0, backward = 0;
+  for (const KernelSpec &kernel : exe->spec().kernels) {
     attention += kernel.name.find("_attention") != std::string::npos;
-  EXPECT_EQ(attention, 1);
+    backward += kernel.name.find("_attention_backward") != std::string::npos;
+  }
+  EXPECT_EQ(attention, 2);
+  EXPECT_EQ(backward, 1);
   TensorMap inputs = randomInputs(step, 23);
   inputs.at("lr") = Tensor::scalar(DType::F32, 0.5);
   stepc::testing::CompareOptions options;
