@@ -303,13 +303,18 @@ std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &g,
     y = n.operands[0];
     computed.push_back(y);
   }
+  // select(sees, dX, 0), or select(hides, 0, dX) after masked_fill's
+  // select(hides, fill, scores): dX where the forward's scores are.
   std::optional<ValueId> mask;
+  size_t gradAt = 0;
   if (const Node &n = g.node(y); n.op == OpKind::Select) {
     std::optional<double> zero = scalarConstant(g, n.operands[2]);
+    gradAt = zero && *zero == 0 ? 1 : 2;
+    zero = scalarConstant(g, n.operands[3 - gradAt]);
     if (!zero || *zero != 0)
       return std::nullopt;
     mask = n.operands[0];
-    y = n.operands[1];
+    y = n.operands[gradAt];
     computed.push_back(y);
   }
   // dX = add(G, M), G = mul(dE, E), E = exp(sub(X, m)).
@@ -392,7 +397,8 @@ std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &g,
   // X as the forward computes it, m and l its row max and sum of E.
   AttentionPattern &r = b.recomputed;
   if (!matchScores(g, x, r) || r.causal != mask.has_value() || (mask && *mask != r.mask) ||
-      r.scaleOp != scaleOp || r.scale != scale)
+      (mask && scalarConstant(g, g.node(x).operands[gradAt])) || r.scaleOp != scaleOp ||
+      r.scale != scale)
     return std::nullopt;
   computed.insert(computed.end(), r.computed.begin(), r.computed.end());
   {
