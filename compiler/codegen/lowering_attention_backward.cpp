@@ -69,8 +69,17 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   auto stackBuffer = [&](const std::string &type) {
     return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
   };
-  std::string kPanelType = fmt::format("memref<{}x{}xf32>", depth, keyBlock),
-              vPanelType = fmt::format("memref<{}x{}xf32>", dv, keyBlock),
+  // Where k^T's and v^T's panels for all of Tk fit beside the other
+  // buffers, a unit packs them once for all its tiles; else each tile packs
+  // one key block at a time.
+  bool wholePanels = (depth + dv) * tkPadded + 2 * rows * tkPadded +
+                         keyBlock * depthPadded + rows * (3 * depthPadded + dvPadded) <=
+                     kAttentionMaxStackFloats;
+  int64_t panelColumns = wholePanels ? tkPadded : keyBlock;
+  // dQ reads k's rows in place where they are contiguous, else packs them.
+  bool packKeyRows = depth > 1 && at(keys, rank - 1) != 1;
+  std::string kPanelType = fmt::format("memref<{}x{}xf32>", depth, panelColumns),
+              vPanelType = fmt::format("memref<{}x{}xf32>", dv, panelColumns),
               kRowsType = fmt::format("memref<{}x{}xf32>", keyBlock, depthPadded),
               rowsType = fmt::format("memref<{}x{}xf32>", rows, tkPadded),
               qTileType = fmt::format("memref<{}x{}xf32>", rows, depthPadded),
@@ -93,8 +102,8 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     w_.endFor();
     w_.endFor();
   };
-  zeroBuffer(kPanel, kPanelType, depth, keyBlock);
-  zeroBuffer(vPanel, vPanelType, dv, keyBlock);
+  zeroBuffer(kPanel, kPanelType, depth, panelColumns);
+  zeroBuffer(vPanel, vPanelType, dv, panelColumns);
   zeroBuffer(kRows, kRowsType, keyBlock, depthPadded);
   zeroBuffer(probs, rowsType, rows, tkPadded);
   zeroBuffer(grads, rowsType, rows, tkPadded);
@@ -171,6 +180,50 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   };
   std::vector<std::string> vectorTypes(static_cast<size_t>(rows), kVec);
 
+  // Runs body(j0, count) for the whole key blocks up to `end`, then for the
+  // last, shorter block where Tk is not a multiple of the block and `end`
+  // reaches it.
+  int64_t wholeEnd = tk / keyBlock * keyBlock;
+  auto forKeyBlocks = [&](const std::string &end,
+                          const std::function<void(const std::string &, int64_t)> &body) {
+    if (wholeEnd > 0) {
+      std::string j0 = openSteppedFor(w_, w_.indexConstant(0),
+                                      minIndex(end, w_.indexConstant(wholeEnd)), keyBlock);
+      body(j0, keyBlock);
+      w_.endFor();
+    }
+    if (tk > wholeEnd) {
+      w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format("arith.cmpi sgt, {}, {} : index",
+                                                               end,
+                                                               w_.indexConstant(wholeEnd)))));
+      w_.indent();
+      w_.pushScope();
+      body(w_.indexConstant(wholeEnd), tk - wholeEnd);
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
+    }
+  };
+  // Packs k^T's and v^T's columns [j0, j0 + count) into the panels (at
+  // their place in whole panels).
+  auto packPanels = [&](const std::string &j0, int64_t count) {
+    for (auto [matrix, type, inner, unitK, panel, panelType] :
+         {std::tuple{ktm, ktType, depth, at(kt, rank - 2) == 1, kPanel, kPanelType},
+          std::tuple{vm, vType, dv, at(vt, rank - 2) == 1, vPanel, vPanelType}}) {
+      std::string target = panel, targetType = panelType;
+      if (wholePanels) {
+        targetType = fmt::format("memref<{}x{}xf32, strided<[{}, 1], offset: ?>>", inner,
+                                 keyBlock, panelColumns);
+        target = w_.assign(fmt::format("memref.subview {}[0, {}] [{}, {}] [1, 1] : {} to {}",
+                                       panel, j0, inner, keyBlock, panelType, targetType));
+      }
+      emitPackColumns(w_, matrix, type, inner, unitK, target, targetType, j0, count);
+    }
+  };
+  if (wholePanels)
+    forKeyBlocks(w_.indexConstant(tk),
+                 [&](const std::string &j0, int64_t count) { packPanels(j0, count); });
+
   std::string i0 = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(tq), rows);
   // Row r of the tile: its row (clamped to the last) and whether it is one.
   std::vector<std::string> row, valid, rowMaxes, inverseSums;
@@ -202,38 +255,14 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   if (p.causal)
     keyEnd = minIndex(addIndex(w_, i0, w_.indexConstant(rows)), keyEnd);
 
-  // Runs body(j0, count) for the whole key blocks up to keyEnd, then for
-  // the last, shorter block where Tk is not a multiple of the block and
-  // the tile reaches it.
-  int64_t wholeEnd = tk / keyBlock * keyBlock;
-  auto forKeyBlocks = [&](const std::function<void(const std::string &, int64_t)> &body) {
-    if (wholeEnd > 0) {
-      std::string j0 = openSteppedFor(w_, w_.indexConstant(0),
-                                      minIndex(keyEnd, w_.indexConstant(wholeEnd)), keyBlock);
-      body(j0, keyBlock);
-      w_.endFor();
-    }
-    if (tk > wholeEnd) {
-      w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format("arith.cmpi sgt, {}, {} : index",
-                                                               keyEnd,
-                                                               w_.indexConstant(wholeEnd)))));
-      w_.indent();
-      w_.pushScope();
-      body(w_.indexConstant(wholeEnd), tk - wholeEnd);
-      w_.popScope();
-      w_.dedent();
-      w_.line("}");
-    }
-  };
-
   // 1. P and dP of the tile's rows, 16 keys at a time.
   std::string scale = splat(w_, w_.constant(p.scale, DType::F32));
-  forKeyBlocks([&](const std::string &j0, int64_t count) {
-    emitPackColumns(w_, ktm, ktType, depth, at(kt, rank - 2) == 1, kPanel, kPanelType, j0, count);
-    emitPackColumns(w_, vm, vType, dv, at(vt, rank - 2) == 1, vPanel, vPanelType, j0, count);
+  forKeyBlocks(keyEnd, [&](const std::string &j0, int64_t count) {
+    if (!wholePanels)
+      packPanels(j0, count);
     std::string blockEnd = minIndex(addIndex(w_, j0, w_.indexConstant(count)), keyEnd);
     std::string jj = openSteppedFor(w_, j0, blockEnd, kLanes);
-    std::string column = subIndex(jj, j0);
+    std::string column = wholePanels ? jj : subIndex(jj, j0);
     // Products of the tile's rows with 16 columns of a panel: one FMA chain.
     auto products = [&](const std::string &tile, const std::string &tileType,
                         const std::string &panel, const std::string &panelType, int64_t inner) {
@@ -321,23 +350,38 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     w_.endFor();
     w_.endFor();
   }
-  forKeyBlocks([&](const std::string &j0, int64_t count) {
-    std::string j = w_.beginFor(w_.indexConstant(0), w_.indexConstant(count));
-    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(km, keysType, addIndex(w_, j0, j), d),
-                        kRows, j, d, kRowsType));
-    w_.endFor();
-    w_.endFor();
+  forKeyBlocks(keyEnd, [&](const std::string &j0, int64_t count) {
+    if (packKeyRows) {
+      std::string j = w_.beginFor(w_.indexConstant(0), w_.indexConstant(count));
+      std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}",
+                          load(km, keysType, addIndex(w_, j0, j), d), kRows, j, d, kRowsType));
+      w_.endFor();
+      w_.endFor();
+    }
     std::string keysHere = minIndex(w_.indexConstant(count), subIndex(keyEnd, j0));
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
+    // k's rows in place: the last 16 columns masked where D is not a
+    // multiple of 16, so no load reads past k's buffer.
+    std::string mask;
+    if (!packKeyRows && depthPadded > depth)
+      mask = maskBelow(subIndex(w_.indexConstant(depth), c));
     std::vector<std::string> inits, res;
     for (int r = 0; r < rows; ++r)
       inits.push_back(vload(dqAcc, qTileType, w_.indexConstant(r), c));
     std::string jk = w_.fresh("j");
     std::vector<std::string> partial =
         openCarryingFor(w_, jk, w_.indexConstant(0), keysHere, 1, inits, vectorTypes, res);
-    std::string keyRow = vload(kRows, kRowsType, jk, c);
     std::string key = addIndex(w_, j0, jk);
+    std::string keyRow;
+    if (packKeyRows)
+      keyRow = vload(kRows, kRowsType, jk, c);
+    else if (mask.empty())
+      keyRow = vload(km, keysType, key, c);
+    else
+      keyRow = w_.assign(fmt::format(
+          "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", km, key, c, mask,
+          zeros, keysType, kVec, kVec));
     std::vector<std::string> next;
     for (int r = 0; r < rows; ++r)
       next.push_back(fma(splat(w_, load(grads, rowsType, w_.indexConstant(r), key)), keyRow,
