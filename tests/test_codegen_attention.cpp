@@ -23,6 +23,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+#include <ranges>
 #include <string>
 #include <vector>
 
@@ -148,6 +151,99 @@ TEST_P(CodegenAttention, ForwardMatchesInterpreter) {
 INSTANTIATE_TEST_SUITE_P(, CodegenAttention, ::testing::ValuesIn(cases()),
                          [](const auto &info) { return info.param.name; });
 
+// The backward pass (matchAttentionBackward): the gradient graph of
+// sum(attention(q, k, v) * w) for q, k and v, whose backward recomputes the
+// probabilities, is one backward attention kernel beside the forward one,
+// and its gradients match the interpreter's.
+std::string backwardModel(const std::string &q, const std::string &kv, bool causal,
+                          const std::string &kvBatch = "") {
+  return fmt::format(R"(graph g {{
+  input %q : f32[{0}]
+  input %k : f32[{2}{1}]
+  input %v : f32[{2}{1}]
+  input %w : f32[{0}]
+  %o = attention(%q, %k, %v) {{causal={3}}}
+  %ow = mul(%o, %w)
+  %loss = reduce_sum(%ow) {{axes=[{4}], keepdims=0}}
+  output loss = %loss
+}})",
+                     q, kv, kvBatch, causal ? 1 : 0,
+                     fmt::join(std::views::iota(0, static_cast<int>(std::count(q.begin(), q.end(), ',')) + 1), ","));
+}
+
+// The exported masked_fill form, heads split from [2, T, 32] inputs by
+// reshape and transpose (the gradients flow back through the views).
+std::string exportedBackwardModel(int tokens) {
+  std::string text = exportedMaskedFill(tokens);
+  text.replace(text.find("  output o = %o"), 15, fmt::format(R"(  input %w : f32[2,2,{0},16]
+  %ow = mul(%o, %w)
+  %loss = reduce_sum(%ow) {{axes=[0,1,2,3], keepdims=0}}
+  output loss = %loss)", tokens));
+  return text;
+}
+
+std::vector<stepc::testing::SnippetCase> backwardCases() {
+  return {
+      {"causal_1", backwardModel("2,3,1,16", "2,3,1,16", true)},
+      {"causal_7", backwardModel("2,3,7,16", "2,3,7,16", true)},
+      {"causal_33", backwardModel("2,3,33,16", "2,3,33,16", true)},
+      {"causal_65_d64", backwardModel("2,2,65,64", "2,2,65,64", true)},
+      {"plain_65", backwardModel("2,2,65,16", "2,2,65,16", false)},
+      {"causal_130", backwardModel("1,2,130,16", "1,2,130,16", true)},
+      {"plain_130_d64", backwardModel("2,130,64", "2,130,64", false)},
+      {"cross_7_by_33", backwardModel("2,3,7,16", "2,3,33,16", false)},
+      {"cross_causal_33_by_7", backwardModel("2,3,33,16", "2,3,7,16", true)},
+      {"rank2_causal_33", backwardModel("33,16", "33,16", true)},
+      {"kv_broadcast_over_batch", backwardModel("4,2,9,16", "2,9,16", false, "1,")},
+      {"exported_masked_fill_19", exportedBackwardModel(19)},
+      {"exported_masked_fill_65", exportedBackwardModel(65)},
+  };
+}
+
+class CodegenAttentionBackward
+    : public ::testing::TestWithParam<stepc::testing::SnippetCase> {};
+
+Graph gradientGraph(const std::string &text) {
+  Graph model = parseGraph(text);
+  std::vector<std::string> wrt;
+  for (const Node &n : model.nodes)
+    if (n.op == OpKind::Input && n.name != "w")
+      wrt.push_back(n.name);
+  return grad(model, "loss", wrt).graph;
+}
+
+TEST_P(CodegenAttentionBackward, IsOneBackwardKernelAndMatchesInterpreter) {
+  Graph g = gradientGraph(GetParam().text);
+  auto exe = compileJit(g, CompileOptions{.cache = false});
+  int backward = 0;
+  std::vector<std::string> names;
+  for (const KernelSpec &kernel : exe->spec().kernels) {
+    backward += kernel.name.find("_attention_backward") != std::string::npos;
+    names.push_back(kernel.name);
+  }
+  // One key: the pipeline simplifies the softmax over one element, and the
+  // backward pattern is gone (the split kernels compute it).
+  EXPECT_EQ(backward, GetParam().name == "causal_1" ? 0 : 1)
+      << fmt::format("{}", fmt::join(names, " "));
+  stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 31), {});
+}
+
+// Each output element has one writer and one summation order: 1 and 2
+// threads give the same bits.
+TEST_P(CodegenAttentionBackward, SameBitsAtOneAndTwoThreads) {
+  Graph g = gradientGraph(GetParam().text);
+  TensorMap inputs = randomInputs(g, 32);
+  std::map<std::string, Tensor> results[2];
+  for (int threads : {1, 2})
+    results[threads - 1] =
+        compileJit(g, CompileOptions{.cache = false}, RunOptions{.threads = threads})->step(inputs);
+  for (const auto &[name, value] : results[0])
+    EXPECT_EQ(std::memcmp(value.bytes(), results[1].at(name).bytes(), value.nbytes()), 0) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(, CodegenAttentionBackward, ::testing::ValuesIn(backwardCases()),
+                         [](const auto &info) { return info.param.name; });
+
 // Large scores: the online softmax's rescaling must keep exp from
 // overflowing where a row's max grows from block to block.
 TEST(CodegenAttentionValues, LargeGrowingScoresMatchInterpreter) {
@@ -237,12 +333,16 @@ TEST(CodegenAttentionValues, TrainingStepGradientsMatchInterpreter) {
 })");
   Graph step = trainStep(model, "loss", Optimizer::sgd());
   // The backward pass recomputes the probabilities (recomputeAttentionProbabilities),
-  // so the forward is one attention kernel that stores the row max and sum.
+  // so the forward is one attention kernel that stores the row max and sum,
+  // and the backward another (matchAttentionBackward).
   auto exe = compileJit(step, CompileOptions{.cache = false});
-  int attention = 0;
-  for (const KernelSpec &kernel : exe->spec().kernels)
+  int attention = 0, backward = 0;
+  for (const KernelSpec &kernel : exe->spec().kernels) {
     attention += kernel.name.find("_attention") != std::string::npos;
-  EXPECT_EQ(attention, 1);
+    backward += kernel.name.find("_attention_backward") != std::string::npos;
+  }
+  EXPECT_EQ(attention, 2);
+  EXPECT_EQ(backward, 1);
   TensorMap inputs = randomInputs(step, 23);
   inputs.at("lr") = Tensor::scalar(DType::F32, 0.5);
   stepc::testing::CompareOptions options;

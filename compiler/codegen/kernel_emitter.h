@@ -81,8 +81,13 @@ private:
   // plan's Attention nest), tile by tile with an online softmax. A parallel
   // call owns units [begin, end) of attentionUnits(output) (a batch entry's
   // block of query rows). It adds the perturbation to what it stores.
+  // With the hero of a backward pattern (matchAttentionBackward: dQ's
+  // product), emitAttentionBackward: dQ, d(k^T) and dV, one batch entry per
+  // unit (lowering_attention_backward.cpp).
   void emitAttention(ValueId output, bool parallel);
-  int64_t attentionUnits(ValueId output) const;
+  void emitAttentionBackward(ValueId gradQueries, bool parallel);
+  int64_t attentionUnits(ValueId hero) const;
+  StridedOperand operandInBatchSpace(ValueId v, size_t rank) const;
   // The product's full index of a tile element (row, col): batch indices
   // first, or the batch delinearized from a collapsed row.
   std::function<Index(const std::string &, const std::string &)> tileIndex_;

@@ -21,6 +21,7 @@
 // unit, in the order a serial run writes it, so results do not depend on
 // the thread count.
 #include "kernel_emitter.h"
+#include "vector_loops.h"
 
 #include "tiled_matmul.h"
 
@@ -32,59 +33,6 @@
 namespace stepc::codegen {
 
 namespace {
-
-constexpr const char *kVec = "vector<16xf32>";
-constexpr int64_t kLanes = 16;
-
-int64_t roundUp(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
-
-std::string addIndex(MlirWriter &w, const std::string &a, const std::string &b) {
-  return w.assign(fmt::format("arith.addi {}, {} : index", a, b));
-}
-
-std::string splat(MlirWriter &w, const std::string &scalar) {
-  return w.assign(fmt::format("vector.broadcast {} : f32 to {}", scalar, kVec));
-}
-
-// Opens `scf.for iv = lb to ub step step` carrying `inits` of `types`;
-// returns the iteration arguments' names, and the results' in `results`.
-std::vector<std::string> openCarryingFor(MlirWriter &w, const std::string &iv,
-                                         const std::string &lb, const std::string &ub,
-                                         int64_t step, const std::vector<std::string> &inits,
-                                         const std::vector<std::string> &types,
-                                         std::vector<std::string> &results) {
-  std::string res = w.fresh("t");
-  std::vector<std::string> args, names;
-  for (size_t i = 0; i < inits.size(); ++i) {
-    names.push_back(w.fresh("c"));
-    args.push_back(fmt::format("{} = {}", names.back(), inits[i]));
-    results.push_back(fmt::format("{}#{}", res, i));
-  }
-  w.line(fmt::format("{}:{} = scf.for {} = {} to {} step {} iter_args({}) -> ({}) {{", res,
-                     inits.size(), iv, lb, ub, w.indexConstant(step), fmt::join(args, ", "),
-                     fmt::join(types, ", ")));
-  w.indent();
-  w.pushScope();
-  return names;
-}
-
-void closeCarryingFor(MlirWriter &w, const std::vector<std::string> &yields,
-                      const std::vector<std::string> &types) {
-  w.line(fmt::format("scf.yield {} : {}", fmt::join(yields, ", "), fmt::join(types, ", ")));
-  w.popScope();
-  w.dedent();
-  w.line("}");
-}
-
-// `scf.for iv = lb to ub step step` without results; close with w.endFor().
-std::string openSteppedFor(MlirWriter &w, const std::string &lb, const std::string &ub,
-                           int64_t step) {
-  std::string iv = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, w.indexConstant(step)));
-  w.indent();
-  w.pushScope();
-  return iv;
-}
 
 // The kernel's units: a batch entry's block of query rows each (the
 // register tile's rows times a whole number), batch entries outside.
@@ -100,16 +48,44 @@ Units unitsOf(const Shape &out) {
   return {queryBlock, queryBlocks, count};
 }
 
+// The backward kernel's units: one batch entry each (it owns that entry's
+// rows of dQ, d(k^T) and dV).
+int64_t backwardUnits(const Shape &gradQueries) {
+  int64_t count = 1;
+  for (size_t d = 0; d + 2 < gradQueries.size(); ++d)
+    count *= gradQueries[d];
+  return count;
+}
+
 } // namespace
 
-int64_t KernelEmitter::attentionUnits(ValueId output) const {
-  return unitsOf(shapeOf(output)).count;
+int64_t KernelEmitter::attentionUnits(ValueId hero) const {
+  if (!matchAttention(g_, hero))
+    return backwardUnits(shapeOf(hero));
+  return unitsOf(shapeOf(hero)).count;
+}
+
+// The operand as a strided view in a batch space of `rank` dimensions
+// (stride 0 where it is broadcast), as matmulPlan does.
+KernelEmitter::StridedOperand KernelEmitter::operandInBatchSpace(ValueId v, size_t rank) const {
+  auto s = stridedOperand(v, false);
+  if (!s)
+    throw std::logic_error(
+        fmt::format("kernel {}: attention operand %{} is not a strided view", group_.name, v));
+  const Shape &shape = shapeOf(v);
+  Strides strides(rank - shape.size(), 0);
+  for (size_t d = 0; d < shape.size(); ++d)
+    strides.push_back(shape[d] == 1 ? 0 : s->strides[d]);
+  s->strides = strides;
+  return *s;
 }
 
 void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   std::optional<AttentionPattern> p = matchAttention(g_, output);
-  if (!p)
-    throw std::logic_error(fmt::format("kernel {}: not an attention pattern", group_.name));
+  if (!p) {
+    emitAttentionBackward(output, parallel);
+    return;
+  }
   const Shape &out = shapeOf(p->output);
   size_t rank = out.size();
   int64_t tq = out[rank - 2], dv = out[rank - 1], depth = shapeOf(p->queries).back(),
@@ -121,20 +97,7 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
           queryBlocks = units.queryBlocks;
   Shape batchShape(out.begin(), out.end() - 2);
 
-  // The operands as strided views in the output's batch space (stride 0
-  // where an operand is broadcast), as matmulPlan does.
-  auto inBatchSpace = [&](ValueId v) {
-    auto s = stridedOperand(v, false);
-    if (!s)
-      throw std::logic_error(fmt::format("kernel {}: attention operand %{} is not a strided view",
-                                         group_.name, v));
-    const Shape &shape = shapeOf(v);
-    Strides strides(rank - shape.size(), 0);
-    for (size_t d = 0; d < shape.size(); ++d)
-      strides.push_back(shape[d] == 1 ? 0 : s->strides[d]);
-    s->strides = strides;
-    return *s;
-  };
+  auto inBatchSpace = [&](ValueId v) { return operandInBatchSpace(v, rank); };
   StridedOperand q = inBatchSpace(p->queries), kt = inBatchSpace(p->keysT),
                  v = inBatchSpace(p->values);
   StridedOperand o{p->output, 0, {}};

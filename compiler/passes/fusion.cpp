@@ -109,6 +109,58 @@ bool reducesLastAxis(const Graph &g, ValueId v, OpKind op, ValueId of) {
          n.attrs.getInt("keepdims") == 1;
 }
 
+// X of an attention pattern ([select(causal, ] scores [* scale | / scale]
+// [, fill)], AttentionPattern): fills p's scores, operands, scale and mask
+// and adds the select, scale and scores to p.computed.
+bool matchScores(const Graph &g, ValueId x, AttentionPattern &p) {
+  const Shape &space = g.type(x).shape;
+  ValueId y = x;
+  if (const Node &sel = g.node(x); sel.op == OpKind::Select) {
+    // select(sees, scores, fill), or select(hides, fill, scores) as exported
+    // from masked_fill.
+    ValueId mask = sel.operands[0];
+    auto fill = scalarConstant(g, sel.operands[2]);
+    y = sel.operands[1];
+    bool causal = fill && isCausalMask(g, mask, false);
+    if (!causal) {
+      fill = scalarConstant(g, sel.operands[1]);
+      y = sel.operands[2];
+      causal = fill && isCausalMask(g, mask, true);
+    }
+    // Masked scores must vanish in the softmax (fusion_plan.h): a fill such as
+    // 0 is a different function, which the split kernels compute.
+    if (!causal || *fill > kAttentionLargestFill ||
+        g.type(mask).shape != Shape(space.end() - 2, space.end()))
+      return false;
+    p.causal = true;
+    p.fill = *fill;
+    p.computed.push_back(y);
+    p.mask = mask;
+  }
+  ValueId scores = y;
+  if (const Node &scale = g.node(y); scale.op == OpKind::Mul || scale.op == OpKind::Div) {
+    size_t other = 0; // the scores' operand
+    std::optional<double> c = scalarConstant(g, scale.operands[1]);
+    if (!c && scale.op == OpKind::Mul) {
+      c = scalarConstant(g, scale.operands[0]);
+      other = 1;
+    }
+    if (!c)
+      return false;
+    p.scaleOp = scale.op == OpKind::Mul ? AttentionPattern::Scale::Mul : AttentionPattern::Scale::Div;
+    p.scale = *c;
+    scores = scale.operands[other];
+  }
+  const Node &mm = g.node(scores);
+  if (mm.op != OpKind::MatMul || mm.type.shape != space || mm.type.dtype != DType::F32)
+    return false;
+  p.scores = scores;
+  p.computed.push_back(scores);
+  p.queries = mm.operands[0];
+  p.keysT = mm.operands[1];
+  return true;
+}
+
 } // namespace
 
 std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
@@ -140,50 +192,8 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
   if (g.type(probs).shape != space || g.type(e).shape != space || g.type(shifted).shape != space ||
       g.type(x).dtype != DType::F32)
     return std::nullopt;
-  ValueId y = x;
-  if (const Node &sel = g.node(x); sel.op == OpKind::Select) {
-    // select(sees, scores, fill), or select(hides, fill, scores) as exported
-    // from masked_fill.
-    ValueId mask = sel.operands[0];
-    auto fill = scalarConstant(g, sel.operands[2]);
-    y = sel.operands[1];
-    bool causal = fill && isCausalMask(g, mask, false);
-    if (!causal) {
-      fill = scalarConstant(g, sel.operands[1]);
-      y = sel.operands[2];
-      causal = fill && isCausalMask(g, mask, true);
-    }
-    // Masked scores must vanish in the softmax (fusion_plan.h): a fill such as
-    // 0 is a different function, which the split kernels compute.
-    if (!causal || *fill > kAttentionLargestFill ||
-        g.type(mask).shape != Shape(space.end() - 2, space.end()))
-      return std::nullopt;
-    p.causal = true;
-    p.fill = *fill;
-    p.computed.push_back(y);
-    p.mask = mask;
-  }
-  ValueId scores = y;
-  if (const Node &scale = g.node(y); scale.op == OpKind::Mul || scale.op == OpKind::Div) {
-    size_t other = 0; // the scores' operand
-    std::optional<double> c = scalarConstant(g, scale.operands[1]);
-    if (!c && scale.op == OpKind::Mul) {
-      c = scalarConstant(g, scale.operands[0]);
-      other = 1;
-    }
-    if (!c)
-      return std::nullopt;
-    p.scaleOp = scale.op == OpKind::Mul ? AttentionPattern::Scale::Mul : AttentionPattern::Scale::Div;
-    p.scale = *c;
-    scores = scale.operands[other];
-  }
-  const Node &mm = g.node(scores);
-  if (mm.op != OpKind::MatMul || mm.type.shape != space || mm.type.dtype != DType::F32)
+  if (!matchScores(g, x, p))
     return std::nullopt;
-  p.scores = scores;
-  p.computed.push_back(scores);
-  p.queries = mm.operands[0];
-  p.keysT = mm.operands[1];
   // The output's batch dimensions are the scores' (values broadcast into them).
   const Shape &o = out.type.shape;
   // No keys: the softmax divides 0 by 0 where the product over no keys is 0.
@@ -202,6 +212,269 @@ std::optional<AttentionPattern> matchAttention(const Graph &g, ValueId output) {
   return p;
 }
 
+
+namespace {
+
+// Whether a and b compute the same values: the same op, attributes (but the
+// "remat" mark of a recomputed copy) and type, over operands that are the
+// same nodes or compute the same values.
+bool sameComputation(const Graph &g, ValueId a, ValueId b) {
+  if (a == b)
+    return true;
+  const Node &x = g.node(a), &y = g.node(b);
+  if (x.op != y.op || x.type != y.type || x.operands.size() != y.operands.size() ||
+      opInfo(x.op).opClass == OpClass::Source || opInfo(x.op).opClass == OpClass::Random)
+    return false;
+  auto withoutMark = [](Attrs attrs) {
+    Attrs out;
+    for (const auto &[name, value] : attrs.entries())
+      if (name != "remat")
+        out.set(name, value);
+    return out;
+  };
+  if (withoutMark(x.attrs) != withoutMark(y.attrs))
+    return false;
+  for (size_t i = 0; i < x.operands.size(); ++i)
+    if (!sameComputation(g, x.operands[i], y.operands[i]))
+      return false;
+  return true;
+}
+
+// Whether `v` is op(a, b) or op(b, a) for a commutative op; sets the
+// operands so that `first` holds the one `isFirst` accepts.
+bool commutedPair(const Graph &g, ValueId v, OpKind op, const std::function<bool(ValueId)> &isFirst,
+                  ValueId &first, ValueId &second) {
+  const Node &n = g.node(v);
+  if (n.op != op || n.operands.size() != 2)
+    return false;
+  for (int i = 0; i < 2; ++i)
+    if (isFirst(n.operands[i])) {
+      first = n.operands[i];
+      second = n.operands[1 - i];
+      return true;
+    }
+  return false;
+}
+
+// Whether `v` is broadcast_to(of) to `shape`.
+bool broadcastOf(const Graph &g, ValueId v, ValueId of, const Shape &shape) {
+  const Node &n = g.node(v);
+  return n.op == OpKind::BroadcastTo && n.operands[0] == of && n.type.shape == shape;
+}
+
+// Whether `v` is a transpose of `of` swapping its last two axes.
+bool transposeLast2Of(const Graph &g, ValueId v, ValueId of) {
+  const Node &n = g.node(v);
+  if (n.op != OpKind::Transpose || n.operands[0] != of)
+    return false;
+  const std::vector<int64_t> &perm = n.attrs.getInts("perm");
+  int64_t rank = static_cast<int64_t>(perm.size());
+  for (int64_t d = 0; d < rank; ++d)
+    if (perm[d] != (d < rank - 2 ? d : d == rank - 2 ? rank - 1 : rank - 2))
+      return false;
+  return rank >= 2;
+}
+
+} // namespace
+
+std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &g,
+                                                               ValueId gradQueries) {
+  AttentionBackwardPattern b;
+  const Node &dq = g.node(gradQueries);
+  if (dq.op != OpKind::MatMul || dq.type.dtype != DType::F32 || dq.type.rank() < 2)
+    return std::nullopt;
+  b.gradQueries = gradQueries;
+  ValueId ds = dq.operands[0];
+  b.keys = dq.operands[1];
+  const Shape &space = g.type(ds).shape;
+  if (space.size() != dq.type.shape.size() || space.back() == 0)
+    return std::nullopt;
+  std::vector<ValueId> computed = {gradQueries, ds};
+  // dS = [select(mask, dX, 0)] [* c | / c]
+  ValueId y = ds;
+  AttentionPattern::Scale scaleOp = AttentionPattern::Scale::None;
+  double scale = 1;
+  if (const Node &n = g.node(y); n.op == OpKind::Mul || n.op == OpKind::Div) {
+    std::optional<double> c = scalarConstant(g, n.operands[1]);
+    if (!c)
+      return std::nullopt;
+    scaleOp = n.op == OpKind::Mul ? AttentionPattern::Scale::Mul : AttentionPattern::Scale::Div;
+    scale = *c;
+    y = n.operands[0];
+    computed.push_back(y);
+  }
+  // select(sees, dX, 0), or select(hides, 0, dX) after masked_fill's
+  // select(hides, fill, scores): dX where the forward's scores are.
+  std::optional<ValueId> mask;
+  size_t gradAt = 0;
+  if (const Node &n = g.node(y); n.op == OpKind::Select) {
+    std::optional<double> zero = scalarConstant(g, n.operands[2]);
+    gradAt = zero && *zero == 0 ? 1 : 2;
+    zero = scalarConstant(g, n.operands[3 - gradAt]);
+    if (!zero || *zero != 0)
+      return std::nullopt;
+    mask = n.operands[0];
+    y = n.operands[gradAt];
+    computed.push_back(y);
+  }
+  // dX = add(G, M), G = mul(dE, E), E = exp(sub(X, m)).
+  ValueId grad = 0, maxShare = 0, dE = 0, e = 0;
+  auto isExpGrad = [&](ValueId v) {
+    return commutedPair(
+        g, v, OpKind::Mul, [&](ValueId u) { return g.node(u).op == OpKind::Exp; }, e, dE);
+  };
+  if (!commutedPair(g, y, OpKind::Add, isExpGrad, grad, maxShare))
+    return std::nullopt;
+  const Node &shifted = g.node(g.node(e).operands[0]);
+  if (shifted.op != OpKind::Sub)
+    return std::nullopt;
+  ValueId x = shifted.operands[0], m = shifted.operands[1];
+  b.rowMax = m;
+  computed.insert(computed.end(), {grad, maxShare, dE, e, g.node(e).operands[0], x});
+  // dE = add(div(dP, l), broadcast(reduce_sum(neg(div(mul(dP, P), l))))),
+  // P = div(E, l).
+  ValueId direct = 0, fromSum = 0;
+  if (!commutedPair(
+          g, dE, OpKind::Add, [&](ValueId u) { return g.node(u).op == OpKind::Div; }, direct,
+          fromSum))
+    return std::nullopt;
+  ValueId dp = g.node(direct).operands[0], l = g.node(direct).operands[1];
+  b.rowSum = l;
+  const Node &sumOfL = g.node(fromSum);
+  if (sumOfL.op != OpKind::BroadcastTo || sumOfL.type.shape != space)
+    return std::nullopt;
+  ValueId dl = sumOfL.operands[0];
+  if (!reducesLastAxis(g, dl, OpKind::ReduceSum, g.node(dl).operands[0]))
+    return std::nullopt;
+  const Node &negL = g.node(g.node(dl).operands[0]);
+  if (negL.op != OpKind::Neg || g.node(negL.operands[0]).op != OpKind::Div ||
+      g.node(negL.operands[0]).operands[1] != l)
+    return std::nullopt;
+  ValueId dpTimesP = g.node(negL.operands[0]).operands[0], probs = 0, dpAgain = 0;
+  if (!commutedPair(
+          g, dpTimesP, OpKind::Mul,
+          [&](ValueId u) {
+            const Node &n = g.node(u);
+            return n.op == OpKind::Div && n.operands[0] == e && n.operands[1] == l;
+          },
+          probs, dpAgain) ||
+      dpAgain != dp)
+    return std::nullopt;
+  computed.insert(computed.end(), {direct, fromSum, dl, g.node(dl).operands[0],
+                                   negL.operands[0], dpTimesP, probs});
+  // M = div(mul(hit, broadcast(reduce_sum(neg(G)))), broadcast(reduce_sum(hit))),
+  // hit = cast(eq(X, broadcast(m))).
+  {
+    const Node &share = g.node(maxShare);
+    if (share.op != OpKind::Div)
+      return std::nullopt;
+    ValueId product = share.operands[0], ties = share.operands[1], hit = 0, spread = 0;
+    if (!commutedPair(
+            g, product, OpKind::Mul,
+            [&](ValueId u) { return g.node(u).op == OpKind::Cast; }, hit, spread))
+      return std::nullopt;
+    const Node &eq = g.node(g.node(hit).operands[0]);
+    if (eq.op != OpKind::Eq || eq.operands[0] != x || !broadcastOf(g, eq.operands[1], m, space) ||
+        g.type(hit).dtype != DType::F32)
+      return std::nullopt;
+    const Node &tiesNode = g.node(ties);
+    if (tiesNode.op != OpKind::BroadcastTo ||
+        !reducesLastAxis(g, tiesNode.operands[0], OpKind::ReduceSum, hit))
+      return std::nullopt;
+    const Node &spreadNode = g.node(spread);
+    if (spreadNode.op != OpKind::BroadcastTo)
+      return std::nullopt;
+    ValueId dm = spreadNode.operands[0];
+    if (!reducesLastAxis(g, dm, OpKind::ReduceSum, g.node(dm).operands[0]))
+      return std::nullopt;
+    const Node &negG = g.node(g.node(dm).operands[0]);
+    if (negG.op != OpKind::Neg || negG.operands[0] != grad)
+      return std::nullopt;
+    computed.insert(computed.end(), {product, ties, hit, g.node(hit).operands[0], eq.operands[1],
+                                     tiesNode.operands[0], spread, dm,
+                                     g.node(dm).operands[0]});
+  }
+  // X as the forward computes it, m and l its row max and sum of E.
+  AttentionPattern &r = b.recomputed;
+  if (!matchScores(g, x, r) || r.causal != mask.has_value() || (mask && *mask != r.mask) ||
+      (mask && scalarConstant(g, g.node(x).operands[gradAt])) || r.scaleOp != scaleOp ||
+      r.scale != scale)
+    return std::nullopt;
+  computed.insert(computed.end(), r.computed.begin(), r.computed.end());
+  {
+    const Node &maxNode = g.node(m), &sumNode = g.node(l);
+    if (maxNode.op != OpKind::ReduceMax || sumNode.op != OpKind::ReduceSum ||
+        !reducesLastAxis(g, m, OpKind::ReduceMax, maxNode.operands[0]) ||
+        !reducesLastAxis(g, l, OpKind::ReduceSum, sumNode.operands[0]) ||
+        !sameComputation(g, maxNode.operands[0], x) || !sameComputation(g, sumNode.operands[0], e))
+      return std::nullopt;
+  }
+  // dP = matmul(dO, vT); dV = matmul(transpose(P), dO); dKT = matmul(qT, dS).
+  const Node &dpNode = g.node(dp);
+  if (dpNode.op != OpKind::MatMul || dpNode.type.shape != space)
+    return std::nullopt;
+  b.gradOutput = dpNode.operands[0];
+  b.valuesT = dpNode.operands[1];
+  computed.push_back(dp);
+  auto usersOf = [&](ValueId v) {
+    std::vector<ValueId> users;
+    for (ValueId u = v + 1; u < g.size(); ++u)
+      if (std::count(g.node(u).operands.begin(), g.node(u).operands.end(), v))
+        users.push_back(u);
+    return users;
+  };
+  bool found = false;
+  for (ValueId t : usersOf(probs)) {
+    if (!transposeLast2Of(g, t, probs))
+      continue;
+    for (ValueId u : usersOf(t)) {
+      const Node &n = g.node(u);
+      if (n.op == OpKind::MatMul && n.operands[0] == t && n.operands[1] == b.gradOutput && !found) {
+        b.gradValues = u;
+        computed.insert(computed.end(), {t, u});
+        found = true;
+      }
+    }
+  }
+  if (!found)
+    return std::nullopt;
+  found = false;
+  for (ValueId u : usersOf(ds)) {
+    const Node &n = g.node(u);
+    if (n.op == OpKind::MatMul && n.operands[1] == ds && n.operands[0] != ds && !found) {
+      b.gradKeysT = u;
+      b.queriesT = n.operands[0];
+      computed.push_back(u);
+      found = true;
+    }
+  }
+  if (!found)
+    return std::nullopt;
+  // The products in the scores' batch space (no broadcast operand folded
+  // into rows), f32.
+  Shape batch(space.begin(), space.end() - 2);
+  for (ValueId v : {b.gradQueries, b.gradKeysT, b.gradValues}) {
+    const Shape &s = g.type(v).shape;
+    if (s.size() != space.size() || !std::equal(batch.begin(), batch.end(), s.begin()) ||
+        g.type(v).dtype != DType::F32)
+      return std::nullopt;
+  }
+  int64_t tq = space[space.size() - 2], tk = space.back();
+  if (g.type(b.gradKeysT).shape.back() != tk || g.type(b.gradValues).shape[space.size() - 2] != tk ||
+      dq.type.shape[space.size() - 2] != tq)
+    return std::nullopt;
+  // The kernel's stack buffers (lowering_attention_backward.cpp).
+  auto padded = [](int64_t n, int64_t to) { return (n + to - 1) / to * to; };
+  int64_t depth = padded(dq.type.shape.back(), 16), dv = padded(g.type(b.gradValues).shape.back(), 16);
+  // (8: the largest register tile's rows.)
+  if (2 * 8 * padded(tk, kAttentionKeyBlock) + (2 * depth + dv) * kAttentionKeyBlock +
+          8 * (2 * depth + dv) > kAttentionMaxStackFloats)
+    return std::nullopt;
+  std::sort(computed.begin(), computed.end());
+  computed.erase(std::unique(computed.begin(), computed.end()), computed.end());
+  b.computed = std::move(computed);
+  return b;
+}
 
 namespace {
 
@@ -956,14 +1229,31 @@ void Fuser::claimAttention() {
   for (ValueId v = 0; v < n_; ++v) {
     if (g_.node(v).op != OpKind::MatMul || !computed(v) || attention_.count(groupOf_[v]))
       continue;
-    std::optional<AttentionPattern> p = matchAttention(g_, v);
-    if (!p)
+    // A forward pattern (its output, row max and sum may be read outside),
+    // or a backward one (its three products may).
+    std::vector<ValueId> computedNodes, readOutside, operands;
+    std::optional<ValueId> mask;
+    if (std::optional<AttentionPattern> p = matchAttention(g_, v)) {
+      computedNodes = p->computed;
+      readOutside = {v, p->rowMax, p->rowSum};
+      operands = {p->queries, p->keysT, p->values};
+      if (p->causal)
+        mask = p->mask;
+    } else if (std::optional<AttentionBackwardPattern> b = matchAttentionBackward(g_, v)) {
+      computedNodes = b->computed;
+      readOutside = {b->gradQueries, b->gradKeysT, b->gradValues};
+      operands = {b->recomputed.queries, b->recomputed.keysT, b->gradOutput,
+                  b->valuesT,           b->keys,              b->queriesT};
+      if (b->recomputed.causal)
+        mask = b->recomputed.mask;
+    } else {
       continue;
-    std::set<ValueId> nodes(p->computed.begin(), p->computed.end());
+    }
+    std::set<ValueId> nodes(computedNodes.begin(), computedNodes.end());
     bool private_ = true;
-    for (ValueId u : p->computed) {
+    for (ValueId u : computedNodes) {
       private_ = private_ && computed(u) && members_[groupOf_[u]].size() == 1;
-      if (u == v || u == p->rowMax || u == p->rowSum)
+      if (std::count(readOutside.begin(), readOutside.end(), u))
         continue;
       private_ = private_ && !escapes_[u];
       for (ValueId user : users_[u])
@@ -974,18 +1264,18 @@ void Fuser::claimAttention() {
     // The kernel computes the causal mask from indices: a mask computed by
     // le(iota, iota) joins it where nothing else reads it (else its own
     // kernel computes it for the others, and this one ignores it).
-    if (p->causal && computed(p->mask) && !escapes_[p->mask] &&
-        members_[groupOf_[p->mask]].size() == 1 &&
-        std::all_of(users_[p->mask].begin(), users_[p->mask].end(),
+    if (mask && computed(*mask) && !escapes_[*mask] && members_[groupOf_[*mask]].size() == 1 &&
+        std::all_of(users_[*mask].begin(), users_[*mask].end(),
                     [&](ValueId u) { return nodes.count(u) > 0; }))
-      nodes.insert(p->mask);
+      nodes.insert(*mask);
     // Views whose every reader is in the kernel; a reshape only of a value
     // in memory, so each view stays a stride pattern over a buffer.
     bool inMemory = true;
     std::vector<ValueId> views;
-    for (ValueId operand : {p->queries, p->keysT, p->values}) {
+    for (ValueId operand : operands) {
       ValueId x = operand;
-      while (computed(x) && !escapes_[x] && members_[groupOf_[x]].size() == 1) {
+      while (computed(x) && !escapes_[x] && members_[groupOf_[x]].size() == 1 &&
+             !nodes.count(x)) {
         OpKind op = g_.node(x).op;
         ValueId from = g_.node(x).operands.empty() ? x : g_.node(x).operands[0];
         bool strided = op == OpKind::Transpose || op == OpKind::BroadcastTo ||
@@ -995,7 +1285,8 @@ void Fuser::claimAttention() {
         });
         if (!strided || !onlyInside)
           break;
-        views.push_back(x);
+        if (!std::count(views.begin(), views.end(), x))
+          views.push_back(x);
         x = from;
       }
       // The kernel reads its operands from memory (a constant has none).
@@ -1159,8 +1450,15 @@ FusionPlan Fuser::finish() {
     bool attention = attention_.count(live[order[pos]]) > 0;
     KernelShape k;
     if (attention) {
-      // The output matmul: the last node (ids are topological).
+      // The output matmul: the last node (ids are topological); in a
+      // backward pattern, dQ's product.
       k.hero = static_cast<int64_t>(group.nodes.back());
+      if (!matchAttention(g_, group.nodes.back()))
+        for (ValueId v : group.nodes)
+          if (matchAttentionBackward(g_, v)) {
+            k.hero = static_cast<int64_t>(v);
+            break;
+          }
     } else {
       [[maybe_unused]] FusionDecision ok = analyze(group.nodes, &k);
       assert(ok.fuse);
@@ -1227,6 +1525,8 @@ FusionPlan Fuser::finish() {
     group.name = fmt::format("k{}", pos);
     if (attention)
       ops = {"attention"};
+    if (attention && !matchAttention(g_, static_cast<ValueId>(group.hero)))
+      ops = {"attention", "backward"};
     for (size_t i = 0; i < ops.size() && i < 4; ++i)
       group.name += fmt::format("_{}", ops[i]);
     if (ops.size() > 4)

@@ -210,6 +210,36 @@ constexpr int64_t kAttentionMaxStackFloats = 49152;
 constexpr double kAttentionLargestFill = -1e9;
 std::optional<AttentionPattern> matchAttention(const Graph &graph, ValueId output);
 
+// The backward pass autodiff writes for an attention pattern whose
+// probabilities the backward recomputes (recomputeAttentionProbabilities):
+//   dP = matmul(dO, vT), dV = matmul(transpose(P), dO)
+//   G = mul(add(div(dP, l), broadcast(reduce_sum(neg(div(mul(dP, P), l))))), E)
+//   dX = add(G, M), M = max's share: div(mul(hit, broadcast(reduce_sum(neg(G)))),
+//        broadcast(reduce_sum(hit))), hit = cast(eq(X, broadcast(m)))
+//   dS = [select(causal, dX, 0)] [* scale | / scale]
+//   dQ = matmul(dS, keys), dKT = matmul(queriesT, dS)
+// with P = div(E, l), E = exp(sub(X, m)), X as in AttentionPattern computed
+// again from queries and keysT, m and l the forward's row max and sum. M is
+// 0 (rowsum(G) = rowsum(P dP) - rowsum(P) rowsum(P dP) and rowsum(P) = 1),
+// so dS = P (dP - rowsum(P dP)) [scaled, masked]: an Attention kernel whose
+// hero is dQ computes dQ, dKT and dV from the operands without storing any
+// [Tq, Tk] matrix (lowering_attention_backward.cpp).
+struct AttentionBackwardPattern {
+  AttentionPattern recomputed; // queries, keysT, scale, causal, mask, fill of X
+  ValueId rowMax = 0, rowSum = 0;
+  ValueId gradOutput = 0; // dO [..., Tq, Dv]
+  ValueId valuesT = 0;    // [..., Dv, Tk], dP's second operand
+  ValueId keys = 0;       // [..., Tk, D], dQ's second operand
+  ValueId queriesT = 0;   // [..., D, Tq], dKT's first operand
+  ValueId gradQueries = 0, gradKeysT = 0, gradValues = 0; // the three products
+  std::vector<ValueId> computed; // every node above but m, l and the operands (sorted)
+};
+// Tk bounded so that a tile of query rows keeps its rows of P and dP on the
+// stack: 2 x (register tile rows) x Tk (padded to 64) floats at most
+// kAttentionMaxStackFloats / 2.
+std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &graph,
+                                                               ValueId gradQueries);
+
 // Throws stepc::Error when options.fusedGroups names a group the full plan
 // does not have.
 FusionPlan planFusion(const Graph &graph, const FusionOptions &options = {});

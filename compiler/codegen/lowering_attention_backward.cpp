@@ -1,0 +1,477 @@
+// The backward Attention kernel (matchAttentionBackward in
+// compiler/passes/fusion_plan.h): dQ, d(k^T) and dV of softmax(q k^T [*
+// scale] [causal]) v from q, k^T, v, dO and the forward's row max m and
+// sum l, without storing any [Tq, Tk] matrix.
+//
+// A unit is one batch entry: it owns that entry's dQ, d(k^T) and dV, so
+// each output element has one writer and the sums run in one fixed order
+// whatever the thread count (units of key blocks would share dQ's rows,
+// units of query blocks dK's and dV's). A unit takes its query rows a
+// register tile (`rows`) at a time:
+// 1. for each key block (packed like the forward's: k^T's and v^T's
+//    columns, keys along the lanes), P = exp(s - m) / l and dP = dO v^T for
+//    the tile's rows, 16 keys per vector, kept in two [rows, Tk] stack
+//    buffers (this bounds Tk; a causal tile stops past its last row);
+// 2. D = rowsum(P dP) (= rowsum(dO O)), then dS = P (dP - D) [* scale |
+//    / scale] in place of dP;
+// 3. dQ = dS k over the key blocks (k's rows packed), stored once;
+// 4. dV += P^T dO and d(k^T) += q^T dS into the outputs, which the unit
+//    zeroed first.
+// Rows past Tq are computed as copies of the last row with P = dS = 0, so
+// they add nothing, and their dQ is not stored.
+#include "kernel_emitter.h"
+#include "vector_loops.h"
+
+#include "tiled_matmul.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <tuple>
+
+namespace stepc::codegen {
+
+void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
+  std::optional<AttentionBackwardPattern> b = matchAttentionBackward(g_, gradQueries);
+  if (!b)
+    throw std::logic_error(
+        fmt::format("kernel {}: not an attention pattern or its backward", group_.name));
+  const AttentionPattern &p = b->recomputed;
+  const Shape &space = shapeOf(p.scores);
+  size_t rank = space.size();
+  int64_t tq = space[rank - 2], tk = space[rank - 1], depth = shapeOf(gradQueries).back(),
+          dv = shapeOf(b->gradValues).back();
+  int64_t depthPadded = roundUp(depth, kLanes), dvPadded = roundUp(dv, kLanes),
+          keyBlock = kAttentionKeyBlock, tkPadded = roundUp(tk, kAttentionKeyBlock);
+  int rows = registerTile().rows;
+  Shape batchShape(space.begin(), space.end() - 2);
+  int64_t units = 1;
+  for (int64_t d : batchShape)
+    units *= d;
+
+  auto in = [&](ValueId v) { return operandInBatchSpace(v, rank); };
+  auto rowMajor = [&](ValueId v) {
+    StridedOperand s{v, 0, Strides(rank, 0)};
+    int64_t stride = 1;
+    for (size_t d = rank; d-- > 0;) {
+      s.strides[d] = stride;
+      stride *= shapeOf(v)[d];
+    }
+    return s;
+  };
+  StridedOperand q = in(p.queries), kt = in(p.keysT), dO = in(b->gradOutput),
+                 vt = in(b->valuesT), keys = in(b->keys), qt = in(b->queriesT),
+                 rowMax = in(b->rowMax), rowSum = in(b->rowSum);
+  StridedOperand dq = rowMajor(b->gradQueries), dkt = rowMajor(b->gradKeysT),
+                 dvOut = rowMajor(b->gradValues);
+  auto at = [&](const StridedOperand &s, size_t d) { return s.strides[d]; };
+
+  auto stackBuffer = [&](const std::string &type) {
+    return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
+  };
+  // Where k^T's and v^T's panels for all of Tk fit beside the other
+  // buffers, a unit packs them once for all its tiles; else each tile packs
+  // one key block at a time.
+  bool wholePanels = (depth + dv) * tkPadded + 2 * rows * tkPadded +
+                         keyBlock * depthPadded + rows * (3 * depthPadded + dvPadded) <=
+                     kAttentionMaxStackFloats;
+  int64_t panelColumns = wholePanels ? tkPadded : keyBlock;
+  // dQ reads k's rows in place where they are contiguous, else packs them.
+  bool packKeyRows = depth > 1 && at(keys, rank - 1) != 1;
+  std::string kPanelType = fmt::format("memref<{}x{}xf32>", depth, panelColumns),
+              vPanelType = fmt::format("memref<{}x{}xf32>", dv, panelColumns),
+              kRowsType = fmt::format("memref<{}x{}xf32>", keyBlock, depthPadded),
+              rowsType = fmt::format("memref<{}x{}xf32>", rows, tkPadded),
+              qTileType = fmt::format("memref<{}x{}xf32>", rows, depthPadded),
+              dOTileType = fmt::format("memref<{}x{}xf32>", rows, dvPadded);
+  std::string kPanel = stackBuffer(kPanelType), vPanel = stackBuffer(vPanelType),
+              kRows = stackBuffer(kRowsType), probs = stackBuffer(rowsType),
+              grads = stackBuffer(rowsType), qTile = stackBuffer(qTileType),
+              qtTile = stackBuffer(qTileType), dOTile = stackBuffer(dOTileType),
+              dqAcc = stackBuffer(qTileType);
+  std::string zero = w_.constant(0, DType::F32), one = w_.constant(1, DType::F32);
+  std::string zeros = w_.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
+  // Everything starts zeroed: panels' lanes past a tail block's keys are
+  // masked, and padding columns are read into lanes that are never stored,
+  // but a zero times garbage could still be a NaN.
+  auto zeroBuffer = [&](const std::string &buffer, const std::string &type, int64_t bufferRows,
+                        int64_t cols) {
+    std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(bufferRows));
+    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));
+    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", zero, buffer, r, c, type));
+    w_.endFor();
+    w_.endFor();
+  };
+  zeroBuffer(kPanel, kPanelType, depth, panelColumns);
+  zeroBuffer(vPanel, vPanelType, dv, panelColumns);
+  zeroBuffer(kRows, kRowsType, keyBlock, depthPadded);
+  zeroBuffer(probs, rowsType, rows, tkPadded);
+  zeroBuffer(grads, rowsType, rows, tkPadded);
+  zeroBuffer(qTile, qTileType, rows, depthPadded);
+  zeroBuffer(qtTile, qTileType, rows, depthPadded);
+  zeroBuffer(dOTile, dOTileType, rows, dvPadded);
+
+  std::string unit = w_.beginFor(parallel ? begin_ : w_.indexConstant(0),
+                                 parallel ? end_ : w_.indexConstant(units));
+  Index batch = batchShape.empty() ? Index{} : delinearize(unit, batchShape);
+  std::string qType, ktType, dOType, vType, keysType, qtType, maxType, sumType, dqType, dktType,
+      dvType;
+  std::string qm = stridedMatrix(q, batch, tq, depth, at(q, rank - 2), at(q, rank - 1), qType);
+  // k^T [D, Tk] read as k [Tk, D], v^T [Dv, Tk] as v, q^T [D, Tq] as q.
+  std::string ktm =
+      stridedMatrix(kt, batch, tk, depth, at(kt, rank - 1), at(kt, rank - 2), ktType);
+  std::string dOm = stridedMatrix(dO, batch, tq, dv, at(dO, rank - 2), at(dO, rank - 1), dOType);
+  std::string vm = stridedMatrix(vt, batch, tk, dv, at(vt, rank - 1), at(vt, rank - 2), vType);
+  std::string km =
+      stridedMatrix(keys, batch, tk, depth, at(keys, rank - 2), at(keys, rank - 1), keysType);
+  std::string qtm = stridedMatrix(qt, batch, tq, depth, at(qt, rank - 1), at(qt, rank - 2), qtType);
+  std::string maxm = stridedMatrix(rowMax, batch, tq, 1, at(rowMax, rank - 2),
+                                   at(rowMax, rank - 1), maxType);
+  std::string summ = stridedMatrix(rowSum, batch, tq, 1, at(rowSum, rank - 2),
+                                   at(rowSum, rank - 1), sumType);
+  std::string dqm = stridedMatrix(dq, batch, tq, depth, depth, 1, dqType);
+  std::string dktm = stridedMatrix(dkt, batch, depth, tk, tk, 1, dktType);
+  std::string dvm = stridedMatrix(dvOut, batch, tk, dv, dv, 1, dvType);
+
+  // The unit's d(k^T) and dV start at 0.
+  auto zeroMatrix = [&](const std::string &m, const std::string &type, int64_t mRows,
+                        int64_t cols) {
+    std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(mRows));
+    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));
+    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", zero, m, r, c, type));
+    w_.endFor();
+    w_.endFor();
+  };
+  zeroMatrix(dktm, dktType, depth, tk);
+  zeroMatrix(dvm, dvType, tk, dv);
+
+  auto load = [&](const std::string &m, const std::string &type, const std::string &r,
+                  const std::string &c) {
+    return w_.assign(fmt::format("memref.load {}[{}, {}] : {}", m, r, c, type));
+  };
+  auto vload = [&](const std::string &m, const std::string &type, const std::string &r,
+                   const std::string &c) {
+    return w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", m, r, c, type, kVec));
+  };
+  auto vstore = [&](const std::string &value, const std::string &m, const std::string &type,
+                    const std::string &r, const std::string &c) {
+    w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, m, r, c, type, kVec));
+  };
+  auto fma = [&](const std::string &a, const std::string &x, const std::string &acc) {
+    return w_.assign(fmt::format("vector.fma {}, {}, {} : {}", a, x, acc, kVec));
+  };
+  auto minIndex = [&](const std::string &a, const std::string &c) {
+    return w_.assign(fmt::format("arith.minsi {}, {} : index", a, c));
+  };
+  auto subIndex = [&](const std::string &a, const std::string &c) {
+    return w_.assign(fmt::format("arith.subi {}, {} : index", a, c));
+  };
+  // Lanes [0, n) of a 16-lane piece, n clamped by create_mask.
+  auto maskBelow = [&](const std::string &n) {
+    return w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", n));
+  };
+  std::string lanes = "arith.constant dense<[0";
+  for (int l = 1; l < kLanes; ++l)
+    lanes += fmt::format(", {}", l);
+  lanes += "]> : vector<16xi64>";
+  auto indexVector = [&](const std::string &index) {
+    std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", index));
+    return w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", i));
+  };
+  std::vector<std::string> vectorTypes(static_cast<size_t>(rows), kVec);
+
+  // Runs body(j0, count) for the whole key blocks up to `end`, then for the
+  // last, shorter block where Tk is not a multiple of the block and `end`
+  // reaches it.
+  int64_t wholeEnd = tk / keyBlock * keyBlock;
+  auto forKeyBlocks = [&](const std::string &end,
+                          const std::function<void(const std::string &, int64_t)> &body) {
+    if (wholeEnd > 0) {
+      std::string j0 = openSteppedFor(w_, w_.indexConstant(0),
+                                      minIndex(end, w_.indexConstant(wholeEnd)), keyBlock);
+      body(j0, keyBlock);
+      w_.endFor();
+    }
+    if (tk > wholeEnd) {
+      w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format("arith.cmpi sgt, {}, {} : index",
+                                                               end,
+                                                               w_.indexConstant(wholeEnd)))));
+      w_.indent();
+      w_.pushScope();
+      body(w_.indexConstant(wholeEnd), tk - wholeEnd);
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
+    }
+  };
+  // Packs k^T's and v^T's columns [j0, j0 + count) into the panels (at
+  // their place in whole panels).
+  auto packPanels = [&](const std::string &j0, int64_t count) {
+    for (auto [matrix, type, inner, unitK, panel, panelType] :
+         {std::tuple{ktm, ktType, depth, at(kt, rank - 2) == 1, kPanel, kPanelType},
+          std::tuple{vm, vType, dv, at(vt, rank - 2) == 1, vPanel, vPanelType}}) {
+      std::string target = panel, targetType = panelType;
+      if (wholePanels) {
+        targetType = fmt::format("memref<{}x{}xf32, strided<[{}, 1], offset: ?>>", inner,
+                                 keyBlock, panelColumns);
+        target = w_.assign(fmt::format("memref.subview {}[0, {}] [{}, {}] [1, 1] : {} to {}",
+                                       panel, j0, inner, keyBlock, panelType, targetType));
+      }
+      emitPackColumns(w_, matrix, type, inner, unitK, target, targetType, j0, count);
+    }
+  };
+  if (wholePanels)
+    forKeyBlocks(w_.indexConstant(tk),
+                 [&](const std::string &j0, int64_t count) { packPanels(j0, count); });
+
+  std::string i0 = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(tq), rows);
+  // Row r of the tile: its row (clamped to the last) and whether it is one.
+  std::vector<std::string> row, valid, rowMaxes, inverseSums;
+  std::string last = w_.indexConstant(tq - 1);
+  for (int r = 0; r < rows; ++r) {
+    std::string i = r == 0 ? i0 : addIndex(w_, i0, w_.indexConstant(r));
+    row.push_back(minIndex(i, last));
+    valid.push_back(w_.assign(
+        fmt::format("arith.cmpi slt, {}, {} : index", i, w_.indexConstant(tq))));
+    std::string ri = w_.indexConstant(r);
+    // The tile's rows of q, q^T's and dO, packed.
+    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
+    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(qm, qType, row[r], d), qTile, ri,
+                        d, qTileType));
+    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(qtm, qtType, row[r], d), qtTile,
+                        ri, d, qTileType));
+    w_.endFor();
+    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(dv));
+    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(dOm, dOType, row[r], c), dOTile,
+                        ri, c, dOTileType));
+    w_.endFor();
+    rowMaxes.push_back(splat(w_, load(maxm, maxType, row[r], w_.indexConstant(0))));
+    inverseSums.push_back(splat(
+        w_, w_.assign(fmt::format("arith.divf {}, {} : f32", one,
+                                  load(summ, sumType, row[r], w_.indexConstant(0))))));
+  }
+  // A causal tile needs the keys up to its last row only.
+  std::string keyEnd = w_.indexConstant(tk);
+  if (p.causal)
+    keyEnd = minIndex(addIndex(w_, i0, w_.indexConstant(rows)), keyEnd);
+
+  // 1. P and dP of the tile's rows, 16 keys at a time.
+  std::string scale = splat(w_, w_.constant(p.scale, DType::F32));
+  forKeyBlocks(keyEnd, [&](const std::string &j0, int64_t count) {
+    if (!wholePanels)
+      packPanels(j0, count);
+    std::string blockEnd = minIndex(addIndex(w_, j0, w_.indexConstant(count)), keyEnd);
+    std::string jj = openSteppedFor(w_, j0, blockEnd, kLanes);
+    std::string column = wholePanels ? jj : subIndex(jj, j0);
+    // Products of the tile's rows with 16 columns of a panel: one FMA chain.
+    auto products = [&](const std::string &tile, const std::string &tileType,
+                        const std::string &panel, const std::string &panelType, int64_t inner) {
+      std::vector<std::string> inits(static_cast<size_t>(rows), zeros), res;
+      std::string k = w_.fresh("k");
+      std::vector<std::string> partial = openCarryingFor(
+          w_, k, w_.indexConstant(0), w_.indexConstant(inner), 1, inits, vectorTypes, res);
+      std::string lanesOfPanel = vload(panel, panelType, k, column);
+      std::vector<std::string> next;
+      for (int r = 0; r < rows; ++r)
+        next.push_back(
+            fma(splat(w_, load(tile, tileType, w_.indexConstant(r), k)), lanesOfPanel, partial[r]));
+      closeCarryingFor(w_, next, vectorTypes);
+      return res;
+    };
+    std::vector<std::string> scores = products(qTile, qTileType, kPanel, kPanelType, depth);
+    std::vector<std::string> dps = products(dOTile, dOTileType, vPanel, vPanelType, dv);
+    std::string keysAt = w_.assign(
+        fmt::format("arith.addi {}, {} : vector<16xi64>", indexVector(jj), w_.assign(lanes)));
+    std::string isKey = w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi64>", keysAt,
+                                              indexVector(w_.indexConstant(tk))));
+    for (int r = 0; r < rows; ++r) {
+      std::string s = scores[r];
+      if (p.scaleOp == AttentionPattern::Scale::Mul)
+        s = w_.assign(fmt::format("arith.mulf {}, {} : {}", s, scale, kVec));
+      else if (p.scaleOp == AttentionPattern::Scale::Div)
+        s = w_.assign(fmt::format("arith.divf {}, {} : {}", s, scale, kVec));
+      std::string e = w_.assign(fmt::format(
+          "math.exp {} : {}",
+          w_.assign(fmt::format("arith.subf {}, {} : {}", s, rowMaxes[r], kVec)), kVec));
+      std::string pr = w_.assign(fmt::format("arith.mulf {}, {} : {}", e, inverseSums[r], kVec));
+      std::string seen = isKey;
+      if (p.causal)
+        seen = w_.assign(fmt::format(
+            "arith.andi {}, {} : vector<16xi1>", seen,
+            w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi64>", keysAt,
+                                  indexVector(row[r])))));
+      pr = w_.assign(
+          fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", seen, pr, zeros, kVec));
+      pr = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid[r], pr, zeros, kVec));
+      std::string ri = w_.indexConstant(r);
+      vstore(pr, probs, rowsType, ri, jj);
+      vstore(dps[r], grads, rowsType, ri, jj);
+    }
+    w_.endFor();
+  });
+
+  // 2. D = rowsum(P dP), then dS = P (dP - D) [scaled] in place of dP.
+  {
+    std::vector<std::string> inits(static_cast<size_t>(rows), zeros), res;
+    std::string jj = w_.fresh("j");
+    std::vector<std::string> partial =
+        openCarryingFor(w_, jj, w_.indexConstant(0), keyEnd, kLanes, inits, vectorTypes, res);
+    std::vector<std::string> next;
+    for (int r = 0; r < rows; ++r) {
+      std::string ri = w_.indexConstant(r);
+      next.push_back(fma(vload(probs, rowsType, ri, jj), vload(grads, rowsType, ri, jj), partial[r]));
+    }
+    closeCarryingFor(w_, next, vectorTypes);
+    std::vector<std::string> rowDots;
+    for (int r = 0; r < rows; ++r)
+      rowDots.push_back(splat(
+          w_, w_.assign(fmt::format("vector.reduction <add>, {} : {} into f32", res[r], kVec))));
+    std::string j = openSteppedFor(w_, w_.indexConstant(0), keyEnd, kLanes);
+    for (int r = 0; r < rows; ++r) {
+      std::string ri = w_.indexConstant(r);
+      std::string centered = w_.assign(fmt::format(
+          "arith.subf {}, {} : {}", vload(grads, rowsType, ri, j), rowDots[r], kVec));
+      std::string ds = w_.assign(fmt::format("arith.mulf {}, {} : {}",
+                                             vload(probs, rowsType, ri, j), centered, kVec));
+      if (p.scaleOp == AttentionPattern::Scale::Mul)
+        ds = w_.assign(fmt::format("arith.mulf {}, {} : {}", ds, scale, kVec));
+      else if (p.scaleOp == AttentionPattern::Scale::Div)
+        ds = w_.assign(fmt::format("arith.divf {}, {} : {}", ds, scale, kVec));
+      vstore(ds, grads, rowsType, ri, j);
+    }
+    w_.endFor();
+  }
+
+  // 3. dQ = dS k, over the key blocks (k's rows packed), stored once.
+  {
+    std::string r0 = w_.beginFor(w_.indexConstant(0), w_.indexConstant(rows));
+    std::string c0 = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
+    vstore(zeros, dqAcc, qTileType, r0, c0);
+    w_.endFor();
+    w_.endFor();
+  }
+  forKeyBlocks(keyEnd, [&](const std::string &j0, int64_t count) {
+    if (packKeyRows) {
+      std::string j = w_.beginFor(w_.indexConstant(0), w_.indexConstant(count));
+      std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}",
+                          load(km, keysType, addIndex(w_, j0, j), d), kRows, j, d, kRowsType));
+      w_.endFor();
+      w_.endFor();
+    }
+    std::string keysHere = minIndex(w_.indexConstant(count), subIndex(keyEnd, j0));
+    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
+    // k's rows in place: the last 16 columns masked where D is not a
+    // multiple of 16, so no load reads past k's buffer.
+    std::string mask;
+    if (!packKeyRows && depthPadded > depth)
+      mask = maskBelow(subIndex(w_.indexConstant(depth), c));
+    std::vector<std::string> inits, res;
+    for (int r = 0; r < rows; ++r)
+      inits.push_back(vload(dqAcc, qTileType, w_.indexConstant(r), c));
+    std::string jk = w_.fresh("j");
+    std::vector<std::string> partial =
+        openCarryingFor(w_, jk, w_.indexConstant(0), keysHere, 1, inits, vectorTypes, res);
+    std::string key = addIndex(w_, j0, jk);
+    std::string keyRow;
+    if (packKeyRows)
+      keyRow = vload(kRows, kRowsType, jk, c);
+    else if (mask.empty())
+      keyRow = vload(km, keysType, key, c);
+    else
+      keyRow = w_.assign(fmt::format(
+          "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", km, key, c, mask,
+          zeros, keysType, kVec, kVec));
+    std::vector<std::string> next;
+    for (int r = 0; r < rows; ++r)
+      next.push_back(fma(splat(w_, load(grads, rowsType, w_.indexConstant(r), key)), keyRow,
+                         partial[r]));
+    closeCarryingFor(w_, next, vectorTypes);
+    for (int r = 0; r < rows; ++r)
+      vstore(res[r], dqAcc, qTileType, w_.indexConstant(r), c);
+    w_.endFor();
+  });
+  {
+    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
+    std::string mask = maskBelow(subIndex(w_.indexConstant(depth), c));
+    for (int r = 0; r < rows; ++r) {
+      w_.line(fmt::format("scf.if {} {{", valid[r]));
+      w_.indent();
+      w_.pushScope();
+      w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dqm,
+                          row[r], c, mask, vload(dqAcc, qTileType, w_.indexConstant(r), c), dqType,
+                          kVec));
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
+    }
+    w_.endFor();
+  }
+
+  // 4. dV += P^T dO (Dv along the lanes) and d(k^T) += q^T dS (keys along
+  // the lanes), into the unit's outputs.
+  {
+    std::string j = w_.beginFor(w_.indexConstant(0), keyEnd);
+    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
+    std::string mask = maskBelow(subIndex(w_.indexConstant(dv), c));
+    std::string acc = w_.assign(fmt::format(
+        "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", dvm, j, c, mask,
+        zeros, dvType, kVec, kVec));
+    for (int r = 0; r < rows; ++r) {
+      std::string ri = w_.indexConstant(r);
+      acc = fma(splat(w_, load(probs, rowsType, ri, j)), vload(dOTile, dOTileType, ri, c), acc);
+    }
+    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dvm, j, c,
+                        mask, acc, dvType, kVec));
+    w_.endFor();
+    w_.endFor();
+  }
+  {
+    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
+    std::string j = openSteppedFor(w_, w_.indexConstant(0), keyEnd, kLanes);
+    std::string mask = maskBelow(subIndex(w_.indexConstant(tk), j));
+    std::string acc = w_.assign(fmt::format(
+        "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", dktm, d, j, mask,
+        zeros, dktType, kVec, kVec));
+    for (int r = 0; r < rows; ++r) {
+      std::string ri = w_.indexConstant(r);
+      acc = fma(splat(w_, load(qtTile, qTileType, ri, d)), vload(grads, rowsType, ri, j), acc);
+    }
+    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dktm, d,
+                        j, mask, acc, dktType, kVec));
+    w_.endFor();
+    w_.endFor();
+  }
+  w_.endFor(); // tiles
+
+  // With fault injection (lowerGroup's perturbation) the unit perturbs the
+  // elements it owns, at even flat indices.
+  if (perturbation_ != 0) {
+    std::string delta = w_.constant(perturbation_, DType::F32);
+    for (auto [m, type, mRows, cols] :
+         {std::tuple{dqm, dqType, tq, depth}, std::tuple{dktm, dktType, depth, tk},
+          std::tuple{dvm, dvType, tk, dv}}) {
+      std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(mRows));
+      std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));
+      std::string flat = addIndex(
+          w_, w_.assign(fmt::format("arith.muli {}, {} : index", unit,
+                                    w_.indexConstant(mRows * cols))),
+          addIndex(w_, w_.assign(fmt::format("arith.muli {}, {} : index", r,
+                                             w_.indexConstant(cols))),
+                   c));
+      std::string even = w_.assign(fmt::format(
+          "arith.cmpi eq, {}, {} : index",
+          w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2))),
+          w_.indexConstant(0)));
+      std::string value = w_.assign(fmt::format(
+          "arith.addf {}, {} : f32", load(m, type, r, c),
+          w_.assign(fmt::format("arith.select {}, {}, {} : f32", even, delta, zero))));
+      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", value, m, r, c, type));
+      w_.endFor();
+      w_.endFor();
+    }
+  }
+  w_.endFor(); // units
+}
+
+} // namespace stepc::codegen

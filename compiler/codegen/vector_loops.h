@@ -1,0 +1,68 @@
+// Small helpers for kernels written with 16-lane f32 vectors and scf.for
+// loops carrying values (the attention kernels: lowering_attention.cpp,
+// lowering_attention_backward.cpp).
+#pragma once
+
+#include "mlir_text.h"
+
+#include <fmt/format.h>
+
+#include <string>
+#include <vector>
+
+namespace stepc::codegen {
+
+inline constexpr const char *kVec = "vector<16xf32>";
+inline constexpr int64_t kLanes = 16;
+
+inline int64_t roundUp(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+
+inline std::string addIndex(MlirWriter &w, const std::string &a, const std::string &b) {
+  return w.assign(fmt::format("arith.addi {}, {} : index", a, b));
+}
+
+inline std::string splat(MlirWriter &w, const std::string &scalar) {
+  return w.assign(fmt::format("vector.broadcast {} : f32 to {}", scalar, kVec));
+}
+
+// Opens `scf.for iv = lb to ub step step` carrying `inits` of `types`;
+// returns the iteration arguments' names, and the results' in `results`.
+inline std::vector<std::string> openCarryingFor(MlirWriter &w, const std::string &iv,
+                                         const std::string &lb, const std::string &ub,
+                                         int64_t step, const std::vector<std::string> &inits,
+                                         const std::vector<std::string> &types,
+                                         std::vector<std::string> &results) {
+  std::string res = w.fresh("t");
+  std::vector<std::string> args, names;
+  for (size_t i = 0; i < inits.size(); ++i) {
+    names.push_back(w.fresh("c"));
+    args.push_back(fmt::format("{} = {}", names.back(), inits[i]));
+    results.push_back(fmt::format("{}#{}", res, i));
+  }
+  w.line(fmt::format("{}:{} = scf.for {} = {} to {} step {} iter_args({}) -> ({}) {{", res,
+                     inits.size(), iv, lb, ub, w.indexConstant(step), fmt::join(args, ", "),
+                     fmt::join(types, ", ")));
+  w.indent();
+  w.pushScope();
+  return names;
+}
+
+inline void closeCarryingFor(MlirWriter &w, const std::vector<std::string> &yields,
+                      const std::vector<std::string> &types) {
+  w.line(fmt::format("scf.yield {} : {}", fmt::join(yields, ", "), fmt::join(types, ", ")));
+  w.popScope();
+  w.dedent();
+  w.line("}");
+}
+
+// `scf.for iv = lb to ub step step` without results; close with w.endFor().
+inline std::string openSteppedFor(MlirWriter &w, const std::string &lb, const std::string &ub,
+                           int64_t step) {
+  std::string iv = w.fresh("i");
+  w.line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, w.indexConstant(step)));
+  w.indent();
+  w.pushScope();
+  return iv;
+}
+
+} // namespace stepc::codegen
