@@ -412,6 +412,8 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     tileSample_ = sample[0];
     mm.epilogue = tileEpilogue_;
     emitTiledMatMul(w_, mm);
+    if (afterSample_)
+      afterSample_(sample[0]);
     tileSample_.clear();
     closeLoops(sample.size());
     return true;
@@ -567,6 +569,72 @@ bool KernelEmitter::emitVectorPool(ValueId id, bool parallel) {
   w_.endFor();
   closeLoops(o.size());
   return true;
+}
+
+// A max_pool2d after a conv2d in its kernel (LoopNest::samplePool), for
+// one sample, from the sample's result in cache: 16 output columns at a
+// time, each tap a masked vector.gather of an input row (columns `stride`
+// apart). Taps outside the input (padding, a ragged edge) are masked off
+// and read as -inf, which leaves the maximum as the pool alone has it: the
+// maximum is exact in any order, so the bits are the unfused pool's.
+void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const std::string &input,
+                                   const std::string &inputType) {
+  const Node &n = node(id);
+  const Shape &xs = shapeOf(n.operands[0]), &os = n.type.shape;
+  auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride"),
+       padding = n.attrs.getInts("padding");
+  bool inside = windowsInside(n, xs);
+  const char *vec = "vector<16xf32>";
+  auto i32Splat = [&](int64_t v) {
+    return w_.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", v));
+  };
+  Index o = openLoops({os[1], os[2]}, false); // channel, output row
+  std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((os[3] + 15) / 16));
+  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk, w_.indexConstant(16)));
+  std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(os[3]), first));
+  std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
+  std::string lanes = w_.assign(
+      "arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]> : vector<16xi32>");
+  // Column of tap 0 in each lane: (first + lane) * stride - padding.
+  std::string firstI32 = w_.assign(fmt::format("arith.index_cast {} : index to i32", first));
+  std::string columns = w_.assign(fmt::format(
+      "arith.subi {}, {} : vector<16xi32>",
+      w_.assign(fmt::format(
+          "arith.muli {}, {} : vector<16xi32>",
+          w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", lanes,
+                                w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", firstI32)))),
+          i32Splat(stride[1]))),
+      i32Splat(padding[1])));
+  std::string lowest = w_.assign(fmt::format("vector.broadcast {} : f32 to {}",
+                                             w_.constant(-INFINITY, DType::F32), vec));
+  std::string acc = lowest;
+  for (int64_t ky = 0; ky < kernel[0]; ++ky) {
+    std::string y = windowCoordinate(o[1], w_.indexConstant(ky), stride[0], padding[0], 1);
+    std::string rowMask = lanesLeft;
+    if (!inside) {
+      std::string rowInside = w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
+      rowMask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", rowMask, rowInside));
+      y = clampIndex(y, xs[2]);
+    }
+    std::string rowStart = w_.assign(fmt::format("arith.muli {}, {} : index", y, w_.indexConstant(xs[3])));
+    for (int64_t kx = 0; kx < kernel[1]; ++kx) {
+      std::string at = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", columns, i32Splat(kx)));
+      std::string mask = rowMask;
+      if (!inside) {
+        // One unsigned comparison checks 0 <= column < width.
+        std::string columnInside = w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", at, i32Splat(xs[3])));
+        mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, columnInside));
+      }
+      std::string v = w_.assign(fmt::format(
+          "vector.gather {}[{}, {}][{}], {}, {} : {}, vector<16xi32>, vector<16xi1>, {} into {}", input, o[0],
+          rowStart, at, mask, lowest, inputType, vec, vec));
+      acc = w_.assign(fmt::format("arith.maximumf {}, {} : {}", acc, v, vec));
+    }
+  }
+  w_.line(fmt::format("vector.maskedstore {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {}", viewOf(id), sample,
+                      o[0], o[1], first, lanesLeft, acc, memrefType(n.type), vec));
+  w_.endFor();
+  closeLoops(o.size());
 }
 
 void KernelEmitter::emitPool(ValueId id, bool parallel) {
