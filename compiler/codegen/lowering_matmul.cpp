@@ -357,6 +357,13 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   closeLoops(idx.size());
 }
 
+// Whether a value of this shape, broadcast to a convolution's [N, C, H, W],
+// is the same at every pixel.
+static bool constantOverPixels(const Shape &s) {
+  size_t r = s.size();
+  return (r < 1 || s[r - 1] == 1) && (r < 2 || s[r - 2] == 1);
+}
+
 bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape) const {
   if (id == product)
     return true;
@@ -368,10 +375,12 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
       return true;
     // A convolution's tile is (channel, pixel) of one sample: other operands
     // must be full-size or constant over the pixels (a bias [C,1,1]).
-    const Shape &s = n.type.shape;
-    size_t r = s.size();
-    return (r < 1 || s[r - 1] == 1) && (r < 2 || s[r - 2] == 1);
+    return constantOverPixels(n.type.shape);
   }
+  // A convolution's bias reshaped in the kernel ([C] as [C,1,1], as ONNX
+  // models have it): one element per channel, read through the view.
+  if (tileConv_ && inGroup_.count(id) && opInfo(n.op).opClass == OpClass::View)
+    return n.type.dtype == DType::F32 && constantOverPixels(n.type.shape);
   if (n.op == OpKind::Constant) {
     // Data constants (a causal mask as PyTorch's ONNX exporter writes it:
     // bool [T,T]) are read from their module global, not on a convolution's
@@ -461,6 +470,12 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
                                 viewOf(id), fmt::join(at, ", "), mask, zero, memrefType(n.type),
                                 vec, vec));
     }
+  } else if (!tileSample_.empty() && inGroup_.count(id) && opInfo(n.op).opClass == OpClass::View) {
+    // A view constant over the convolution tile's pixels (vectorizable).
+    const Shape &out = shapeOf(tileProduct_);
+    std::string zero = w_.indexConstant(0);
+    v = splat(n.type.rank() == 0 ? valueAt(id, {})
+                                 : valueAt(id, broadcastIndex(id, out, {tileSample_, row, zero, zero})));
   } else if (n.op == OpKind::Constant && n.attrs.has("value")) {
     v = splat(w_.constant(n.attrs.getReal("value"), DType::F32));
   } else if (n.op == OpKind::Constant) {

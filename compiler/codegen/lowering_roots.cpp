@@ -573,10 +573,12 @@ bool KernelEmitter::emitVectorPool(ValueId id, bool parallel) {
 
 // A max_pool2d after a conv2d in its kernel (LoopNest::samplePool), for
 // one sample, from the sample's result in cache: 16 output columns at a
-// time, each tap a masked vector.gather of an input row (columns `stride`
-// apart). Taps outside the input (padding, a ragged edge) are masked off
-// and read as -inf, which leaves the maximum as the pool alone has it: the
-// maximum is exact in any order, so the bits are the unfused pool's.
+// time. With a column stride of 1 or 2, each tap reads 16 or 32 consecutive
+// input columns with masked loads (and keeps every other one, a shuffle);
+// else a masked vector.gather (which LLVM scalarizes on Zen 4). Taps
+// outside the input (padding, a ragged edge) are masked off and read as
+// -inf, which leaves the maximum as the pool alone has it: the maximum is
+// exact in any order, so the bits are the unfused pool's.
 void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const std::string &input,
                                    const std::string &inputType) {
   const Node &n = node(id);
@@ -584,9 +586,17 @@ void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const 
   auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride"),
        padding = n.attrs.getInts("padding");
   bool inside = windowsInside(n, xs);
+  bool contiguous = stride[1] <= 2;
   const char *vec = "vector<16xf32>";
   auto i32Splat = [&](int64_t v) {
     return w_.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", v));
+  };
+  auto i32Vector = [&](const std::string &index) {
+    std::string i32 = w_.assign(fmt::format("arith.index_cast {} : index to i32", index));
+    return w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", i32));
+  };
+  auto addIndex = [&](const std::string &a, int64_t b) {
+    return w_.assign(fmt::format("arith.addi {}, {} : index", a, w_.indexConstant(b)));
   };
   Index o = openLoops({os[1], os[2]}, false); // channel, output row
   std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((os[3] + 15) / 16));
@@ -595,39 +605,60 @@ void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const 
   std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
   std::string lanes = w_.assign(
       "arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]> : vector<16xi32>");
-  // Column of tap 0 in each lane: (first + lane) * stride - padding.
-  std::string firstI32 = w_.assign(fmt::format("arith.index_cast {} : index to i32", first));
-  std::string columns = w_.assign(fmt::format(
-      "arith.subi {}, {} : vector<16xi32>",
-      w_.assign(fmt::format(
-          "arith.muli {}, {} : vector<16xi32>",
-          w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", lanes,
-                                w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", firstI32)))),
-          i32Splat(stride[1]))),
-      i32Splat(padding[1])));
+  // Input column of tap 0 for output column `first`: first * stride - padding.
+  std::string firstColumn = w_.assign(fmt::format(
+      "arith.subi {}, {} : index",
+      w_.assign(fmt::format("arith.muli {}, {} : index", first, w_.indexConstant(stride[1]))),
+      w_.indexConstant(padding[1])));
+  // Gathers: the column of tap 0 in each lane, firstColumn + lane * stride.
+  std::string columns = contiguous ? "" : w_.assign(fmt::format(
+      "arith.addi {}, {} : vector<16xi32>", i32Vector(firstColumn),
+      w_.assign(fmt::format("arith.muli {}, {} : vector<16xi32>", lanes, i32Splat(stride[1])))));
   std::string lowest = w_.assign(fmt::format("vector.broadcast {} : f32 to {}",
                                              w_.constant(-INFINITY, DType::F32), vec));
   std::string acc = lowest;
   for (int64_t ky = 0; ky < kernel[0]; ++ky) {
     std::string y = windowCoordinate(o[1], w_.indexConstant(ky), stride[0], padding[0], 1);
-    std::string rowMask = lanesLeft;
+    std::string rowInside;
     if (!inside) {
-      std::string rowInside = w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
-      rowMask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", rowMask, rowInside));
+      rowInside = w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
       y = clampIndex(y, xs[2]);
     }
     std::string rowStart = w_.assign(fmt::format("arith.muli {}, {} : index", y, w_.indexConstant(xs[3])));
+    // Lanes whose column `at` is inside the input (one unsigned comparison
+    // checks 0 <= column < width) and the row too.
+    auto insideMask = [&](const std::string &at, std::string mask) {
+      std::string columnInside =
+          w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", at, i32Splat(xs[3])));
+      mask = mask.empty() ? columnInside
+                          : w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, columnInside));
+      return rowInside.empty() ? mask
+                               : w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, rowInside));
+    };
     for (int64_t kx = 0; kx < kernel[1]; ++kx) {
-      std::string at = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", columns, i32Splat(kx)));
-      std::string mask = rowMask;
-      if (!inside) {
-        // One unsigned comparison checks 0 <= column < width.
-        std::string columnInside = w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", at, i32Splat(xs[3])));
-        mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, columnInside));
+      std::string v;
+      if (contiguous) {
+        // Input columns firstColumn + kx + [0, 16 * stride): one load per 16.
+        std::vector<std::string> parts;
+        for (int64_t part = 0; part < stride[1]; ++part) {
+          std::string from = addIndex(firstColumn, kx + 16 * part);
+          std::string at = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", i32Vector(from), lanes));
+          std::string start = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, from));
+          parts.push_back(w_.assign(fmt::format(
+              "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", input, o[0], start,
+              insideMask(at, ""), lowest, inputType, vec, vec)));
+        }
+        v = parts[0];
+        if (stride[1] == 2)
+          v = w_.assign(fmt::format("vector.shuffle {}, {} [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, "
+                                    "28, 30] : {}, {}",
+                                    parts[0], parts[1], vec, vec));
+      } else {
+        std::string at = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", columns, i32Splat(kx)));
+        v = w_.assign(fmt::format(
+            "vector.gather {}[{}, {}][{}], {}, {} : {}, vector<16xi32>, vector<16xi1>, {} into {}", input, o[0],
+            rowStart, at, insideMask(at, lanesLeft), lowest, inputType, vec, vec));
       }
-      std::string v = w_.assign(fmt::format(
-          "vector.gather {}[{}, {}][{}], {}, {} : {}, vector<16xi32>, vector<16xi1>, {} into {}", input, o[0],
-          rowStart, at, mask, lowest, inputType, vec, vec));
       acc = w_.assign(fmt::format("arith.maximumf {}, {} : {}", acc, v, vec));
     }
   }
