@@ -130,6 +130,8 @@ private:
   std::string colBuffer(const Shape &ws, const Shape &gs);
   void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
               const Shape &gs, const std::string &col);
+  void im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+                  const Shape &gs, const std::string &col, const std::string &colType);
   // Byte offset in the arena of a stored value (a planned buffer or scratch).
   int64_t byteOffset(ValueId id) const;
   std::map<ValueId, int64_t> scratchAt_;

@@ -384,6 +384,10 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
                            const Shape &gs, const std::string &col) {
   const Shape &xs = shapeOf(x);
   std::string type = fmt::format("memref<{}x{}xf32>", ws[1] * ws[2] * ws[3], gs[2] * gs[3]);
+  if (n.attrs.getInts("stride")[1] == 1) {
+    im2colRows(n, x, sample, ws, gs, col, type);
+    return;
+  }
   forEachColElement(n, xs, ws, gs,
                     [&](const std::string &row, const std::string &point, const std::string &c,
                         const std::string &y, const std::string &xw, const std::string &valid) {
@@ -393,6 +397,56 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
                       w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", masked, col, row,
                                           point, type));
                     });
+}
+
+// im2col with a column stride of 1: a tap's output row reads consecutive
+// input columns, so it is copied 16 columns at a time with a masked load
+// (columns in the padding, and a row in it, read as 0) and a masked store,
+// instead of element by element with a select each.
+void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+                               const Shape &gs, const std::string &col, const std::string &colType) {
+  const Shape &xs = shapeOf(x);
+  auto stride = n.attrs.getInts("stride"), padding = n.attrs.getInts("padding"),
+       dilation = n.attrs.getInts("dilation");
+  const char *vec = "vector<16xf32>";
+  auto i32Vector = [&](const std::string &index) {
+    std::string i32 = w_.assign(fmt::format("arith.index_cast {} : index to i32", index));
+    return w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", i32));
+  };
+  std::string zero = w_.assign(fmt::format("arith.constant dense<0.0> : {}", vec));
+  std::string lanes = w_.assign(
+      "arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]> : vector<16xi32>");
+  std::string width = w_.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", xs[3]));
+  Index tap = openLoops({ws[1], ws[2], ws[3]}, false);
+  std::string row = linearize(tap, {ws[1], ws[2], ws[3]});
+  // Input column of output column 0: kx * dilation - padding.
+  std::string firstColumn = windowCoordinate(w_.indexConstant(0), tap[2], 1, padding[1], dilation[1]);
+  Index outRow = openLoops({gs[2]}, false);
+  std::string y = windowCoordinate(outRow[0], tap[1], stride[0], padding[0], dilation[0]);
+  std::string rowInside =
+      w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
+  std::string yc = clampIndex(y, xs[2]);
+  std::string rowStart = w_.assign(fmt::format("arith.muli {}, {} : index", outRow[0], w_.indexConstant(gs[3])));
+  std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((gs[3] + 15) / 16));
+  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk, w_.indexConstant(16)));
+  std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(gs[3]), first));
+  std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
+  std::string from = w_.assign(fmt::format("arith.addi {}, {} : index", firstColumn, first));
+  std::string columns = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", i32Vector(from), lanes));
+  // One unsigned comparison checks 0 <= column < width.
+  std::string inside = w_.assign(fmt::format(
+      "arith.andi {}, {} : vector<16xi1>",
+      w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", columns, width)), rowInside));
+  std::string mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", inside, lanesLeft));
+  std::string v = w_.assign(fmt::format(
+      "vector.maskedload {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {} into {}", viewOf(x), sample,
+      tap[0], yc, from, mask, zero, memrefType(node(x).type), vec, vec));
+  std::string point = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, first));
+  w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", col, row, point,
+                      lanesLeft, v, colType, vec));
+  w_.endFor();
+  closeLoops(outRow.size());
+  closeLoops(tap.size());
 }
 
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
