@@ -101,7 +101,12 @@ private:
   // values in views_ stored.
   bool tileComputes(ValueId product, const std::vector<ValueId> &epilogue);
   void emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
-                              bool parallel);
+                              std::optional<ValueId> samplePool, bool parallel);
+  // The values a conv2d's tile computes for its epilogue and for the pool
+  // after it (LoopNest::samplePool): the epilogue, plus the pool's input
+  // where the kernel computes it.
+  std::vector<ValueId> tileValues(ValueId product, const std::vector<ValueId> &epilogue,
+                                  std::optional<ValueId> samplePool) const;
   // The values in the arena the kernel reads or writes, for the plan's
   // `roots`: its inputs, the operands it reads from other kernels, and the
   // roots others read.
@@ -114,6 +119,9 @@ private:
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
       tileEpilogue_;
+  // A conv2d with a pool after it: called with each sample once the
+  // sample's tiles are done.
+  std::function<void(const std::string &)> afterSample_;
   // Convolutions through the tiled matmul (lowering_roots.cpp).
   static constexpr ValueId kNoValue = ~ValueId(0);
   bool convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const;
@@ -127,6 +135,8 @@ private:
   std::string colBuffer(const Shape &ws, const Shape &gs);
   void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
               const Shape &gs, const std::string &col);
+  void im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+                  const Shape &gs, const std::string &col, const std::string &colType);
   // Byte offset in the arena of a stored value (a planned buffer or scratch).
   int64_t byteOffset(ValueId id) const;
   std::map<ValueId, int64_t> scratchAt_;
@@ -203,6 +213,10 @@ private:
   void emitConv2d(ValueId id, bool parallel);
   void emitPool(ValueId id, bool parallel);
   bool emitVectorPool(ValueId id, bool parallel);
+  // max_pool2d `id` of one sample, whose input is `input`, the sample's
+  // [C, H*W] (type `inputType`).
+  void emitSamplePool(ValueId id, const std::string &sample, const std::string &input,
+                      const std::string &inputType);
   void emitScatterForm(ValueId id, bool parallel);
   // Average pooling's divisor at output position `out` over input spatial
   // shape `xs`: shared by the forward pool and its scatter-form gradient.

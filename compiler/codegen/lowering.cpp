@@ -617,9 +617,9 @@ KernelSource KernelEmitter::emit() {
     w_.pushScope();
     // A product whose epilogue runs on its register tile computes the roots
     // of all later nests.
-    bool onTile = !nest.epilogue.empty();
+    bool onTile = !nest.epilogue.empty() || nest.samplePool;
     if (onTile)
-      emitMatMulWithEpilogue(nest.roots.front(), nest.epilogue, parallel);
+      emitMatMulWithEpilogue(nest.roots.front(), nest.epilogue, nest.samplePool, parallel);
     else
       emitNest(nest, parallel);
     w_.popScope();
@@ -720,7 +720,7 @@ KernelSource KernelEmitter::emitGpu(const std::vector<ValueId> &roots,
   }
   for (const LoopNest &nest : group_.kernel.nests) {
     ValueId root = nest.roots.front();
-    if (!nest.epilogue.empty())
+    if (!nest.epilogue.empty() || nest.samplePool)
       throw std::logic_error(fmt::format("kernel {}: the plan puts an epilogue on the tile of %{} "
                                          "and the GPU has no register tiles",
                                          group_.name, root));

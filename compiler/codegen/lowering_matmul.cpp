@@ -358,6 +358,13 @@ void KernelEmitter::emitMatMul(ValueId id, bool parallel) {
   closeLoops(idx.size());
 }
 
+// Whether a value of this shape, broadcast to a convolution's [N, C, H, W],
+// is the same at every pixel.
+static bool constantOverPixels(const Shape &s) {
+  size_t r = s.size();
+  return (r < 1 || s[r - 1] == 1) && (r < 2 || s[r - 2] == 1);
+}
+
 bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape) const {
   if (id == product)
     return true;
@@ -369,10 +376,12 @@ bool KernelEmitter::vectorizable(ValueId id, ValueId product, const Shape &shape
       return true;
     // A convolution's tile is (channel, pixel) of one sample: other operands
     // must be full-size or constant over the pixels (a bias [C,1,1]).
-    const Shape &s = n.type.shape;
-    size_t r = s.size();
-    return (r < 1 || s[r - 1] == 1) && (r < 2 || s[r - 2] == 1);
+    return constantOverPixels(n.type.shape);
   }
+  // A convolution's bias reshaped in the kernel ([C] as [C,1,1], as ONNX
+  // models have it): one element per channel, read through the view.
+  if (tileConv_ && inGroup_.count(id) && opInfo(n.op).opClass == OpClass::View)
+    return n.type.dtype == DType::F32 && constantOverPixels(n.type.shape);
   if (n.op == OpKind::Constant) {
     // Data constants (a causal mask as PyTorch's ONNX exporter writes it:
     // bool [T,T]) are read from their module global, not on a convolution's
@@ -462,6 +471,12 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
                                 viewOf(id), fmt::join(at, ", "), mask, zero, memrefType(n.type),
                                 vec, vec));
     }
+  } else if (!tileSample_.empty() && inGroup_.count(id) && opInfo(n.op).opClass == OpClass::View) {
+    // A view constant over the convolution tile's pixels (vectorizable).
+    const Shape &out = shapeOf(tileProduct_);
+    std::string zero = w_.indexConstant(0);
+    v = splat(n.type.rank() == 0 ? valueAt(id, {})
+                                 : valueAt(id, broadcastIndex(id, out, {tileSample_, row, zero, zero})));
   } else if (n.op == OpKind::Constant && n.attrs.has("value")) {
     v = splat(w_.constant(n.attrs.getReal("value"), DType::F32));
   } else if (n.op == OpKind::Constant) {
@@ -546,19 +561,54 @@ bool KernelEmitter::planTileEpilogue(const std::vector<ValueId> &roots, ValueId 
 // The matmul with its epilogue roots (LoopNest::epilogue) computed on each
 // 16-lane piece of the product while it is in a register: nothing is stored
 // but the roots (and the product itself where a later kernel reads it).
+std::vector<ValueId> KernelEmitter::tileValues(ValueId product, const std::vector<ValueId> &epilogue,
+                                               std::optional<ValueId> samplePool) const {
+  std::vector<ValueId> values = epilogue;
+  if (samplePool) {
+    ValueId input = node(*samplePool).operands[0];
+    if (input != product && std::ranges::find(values, input) == values.end())
+      values.push_back(input);
+  }
+  return values;
+}
+
 void KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<ValueId> &epilogue,
-                                           bool parallel) {
+                                           std::optional<ValueId> samplePool, bool parallel) {
   // The plan asked the target (kernelTarget's tileEpilogue, planTileEpilogue
-  // above) with the same views.
-  if (!tileComputes(product, epilogue))
+  // above) with the same views and values (kernel_plan.cpp).
+  std::vector<ValueId> values = tileValues(product, epilogue, samplePool);
+  if (!tileComputes(product, values))
     throw std::logic_error(fmt::format("kernel {}: the plan puts an epilogue on the tile of %{} "
                                        "({}) that the tile cannot compute",
                                        group_.name, product, opInfo(node(product).op).name));
   const Shape &shape = shapeOf(product);
   bool conv = node(product).op == OpKind::Conv2d;
   tileConv_ = conv;
-  tileRoots_ = std::set<ValueId>(epilogue.begin(), epilogue.end());
+  tileRoots_ = std::set<ValueId>(values.begin(), values.end());
   tileProduct_ = product;
+  // The pool's input, per sample: read back from where the kernel stores
+  // it for others (the product, or a root of its epilogue), else kept in a
+  // buffer of one sample [C, H*W] on the stack (allocated outside the
+  // sample loop, as the col buffer).
+  std::optional<ValueId> poolInput;
+  bool poolInputStored = false;
+  std::string sampleBuffer, sampleType = fmt::format("memref<{}x{}xf32>", shape[1], shape[2] * shape[3]);
+  if (samplePool) {
+    poolInput = node(*samplePool).operands[0];
+    poolInputStored = *poolInput == product ? usedOutside_[product] != 0
+                                            : std::ranges::find(epilogue, *poolInput) != epilogue.end();
+    if (!poolInputStored)
+      sampleBuffer = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", sampleType));
+    afterSample_ = [&, poolInput, poolInputStored, sampleBuffer, sampleType](const std::string &sample) {
+      w_.pushScope();
+      if (poolInputStored)
+        emitSamplePool(*samplePool, sample, matrixView(*poolInput, sample, shape[1], shape[2] * shape[3]),
+                       sampleType);
+      else
+        emitSamplePool(*samplePool, sample, sampleBuffer, sampleType);
+      w_.popScope();
+    };
+  }
   tileEpilogue_ = [&, product, epilogue](const std::string &row, const std::string &col,
                                          const std::string &value, const std::string &mask) {
     tileValue_ = value;
@@ -589,11 +639,21 @@ void KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       storeVector(product, value);
     for (ValueId r : epilogue)
       storeVector(r, vectorAt(r, row, col, mask));
+    if (poolInput && !poolInputStored) {
+      std::string v = *poolInput == product ? value : vectorAt(*poolInput, row, col, mask);
+      if (mask.empty())
+        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, vector<16xf32>", v, sampleBuffer, row, col,
+                            sampleType));
+      else
+        w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, vector<16xf32>",
+                            sampleBuffer, row, col, mask, v, sampleType));
+    }
   };
   if (conv)
     emitConvAsMatmul(product, parallel);
   else
     emitMatMul(product, parallel);
+  afterSample_ = nullptr;
   tileEpilogue_ = nullptr;
   tileRoots_.clear();
   tileConv_ = false;

@@ -384,6 +384,10 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
                            const Shape &gs, const std::string &col) {
   const Shape &xs = shapeOf(x);
   std::string type = fmt::format("memref<{}x{}xf32>", ws[1] * ws[2] * ws[3], gs[2] * gs[3]);
+  if (n.attrs.getInts("stride")[1] == 1) {
+    im2colRows(n, x, sample, ws, gs, col, type);
+    return;
+  }
   forEachColElement(n, xs, ws, gs,
                     [&](const std::string &row, const std::string &point, const std::string &c,
                         const std::string &y, const std::string &xw, const std::string &valid) {
@@ -393,6 +397,56 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
                       w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", masked, col, row,
                                           point, type));
                     });
+}
+
+// im2col with a column stride of 1: a tap's output row reads consecutive
+// input columns, so it is copied 16 columns at a time with a masked load
+// (columns in the padding, and a row in it, read as 0) and a masked store,
+// instead of element by element with a select each.
+void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
+                               const Shape &gs, const std::string &col, const std::string &colType) {
+  const Shape &xs = shapeOf(x);
+  auto stride = n.attrs.getInts("stride"), padding = n.attrs.getInts("padding"),
+       dilation = n.attrs.getInts("dilation");
+  const char *vec = "vector<16xf32>";
+  auto i32Vector = [&](const std::string &index) {
+    std::string i32 = w_.assign(fmt::format("arith.index_cast {} : index to i32", index));
+    return w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", i32));
+  };
+  std::string zero = w_.assign(fmt::format("arith.constant dense<0.0> : {}", vec));
+  std::string lanes = w_.assign(
+      "arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]> : vector<16xi32>");
+  std::string width = w_.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", xs[3]));
+  Index tap = openLoops({ws[1], ws[2], ws[3]}, false);
+  std::string row = linearize(tap, {ws[1], ws[2], ws[3]});
+  // Input column of output column 0: kx * dilation - padding.
+  std::string firstColumn = windowCoordinate(w_.indexConstant(0), tap[2], 1, padding[1], dilation[1]);
+  Index outRow = openLoops({gs[2]}, false);
+  std::string y = windowCoordinate(outRow[0], tap[1], stride[0], padding[0], dilation[0]);
+  std::string rowInside =
+      w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
+  std::string yc = clampIndex(y, xs[2]);
+  std::string rowStart = w_.assign(fmt::format("arith.muli {}, {} : index", outRow[0], w_.indexConstant(gs[3])));
+  std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((gs[3] + 15) / 16));
+  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk, w_.indexConstant(16)));
+  std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(gs[3]), first));
+  std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
+  std::string from = w_.assign(fmt::format("arith.addi {}, {} : index", firstColumn, first));
+  std::string columns = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", i32Vector(from), lanes));
+  // One unsigned comparison checks 0 <= column < width.
+  std::string inside = w_.assign(fmt::format(
+      "arith.andi {}, {} : vector<16xi1>",
+      w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", columns, width)), rowInside));
+  std::string mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", inside, lanesLeft));
+  std::string v = w_.assign(fmt::format(
+      "vector.maskedload {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {} into {}", viewOf(x), sample,
+      tap[0], yc, from, mask, zero, memrefType(node(x).type), vec, vec));
+  std::string point = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, first));
+  w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", col, row, point,
+                      lanesLeft, v, colType, vec));
+  w_.endFor();
+  closeLoops(outRow.size());
+  closeLoops(tap.size());
 }
 
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
@@ -412,6 +466,8 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     tileSample_ = sample[0];
     mm.epilogue = tileEpilogue_;
     emitTiledMatMul(w_, mm);
+    if (afterSample_)
+      afterSample_(sample[0]);
     tileSample_.clear();
     closeLoops(sample.size());
     return true;
@@ -567,6 +623,103 @@ bool KernelEmitter::emitVectorPool(ValueId id, bool parallel) {
   w_.endFor();
   closeLoops(o.size());
   return true;
+}
+
+// A max_pool2d after a conv2d in its kernel (LoopNest::samplePool), for
+// one sample, from the sample's result in cache: 16 output columns at a
+// time. With a column stride of 1 or 2, each tap reads 16 or 32 consecutive
+// input columns with masked loads (and keeps every other one, a shuffle);
+// else a masked vector.gather (which LLVM scalarizes on Zen 4). Taps
+// outside the input (padding, a ragged edge) are masked off and read as
+// -inf, which leaves the maximum as the pool alone has it: the maximum is
+// exact in any order, so the bits are the unfused pool's.
+void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const std::string &input,
+                                   const std::string &inputType) {
+  const Node &n = node(id);
+  const Shape &xs = shapeOf(n.operands[0]), &os = n.type.shape;
+  auto kernel = n.attrs.getInts("kernel"), stride = n.attrs.getInts("stride"),
+       padding = n.attrs.getInts("padding");
+  bool inside = windowsInside(n, xs);
+  bool contiguous = stride[1] <= 2;
+  const char *vec = "vector<16xf32>";
+  auto i32Splat = [&](int64_t v) {
+    return w_.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", v));
+  };
+  auto i32Vector = [&](const std::string &index) {
+    std::string i32 = w_.assign(fmt::format("arith.index_cast {} : index to i32", index));
+    return w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", i32));
+  };
+  auto addIndex = [&](const std::string &a, int64_t b) {
+    return w_.assign(fmt::format("arith.addi {}, {} : index", a, w_.indexConstant(b)));
+  };
+  Index o = openLoops({os[1], os[2]}, false); // channel, output row
+  std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((os[3] + 15) / 16));
+  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk, w_.indexConstant(16)));
+  std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(os[3]), first));
+  std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
+  std::string lanes = w_.assign(
+      "arith.constant dense<[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]> : vector<16xi32>");
+  // Input column of tap 0 for output column `first`: first * stride - padding.
+  std::string firstColumn = w_.assign(fmt::format(
+      "arith.subi {}, {} : index",
+      w_.assign(fmt::format("arith.muli {}, {} : index", first, w_.indexConstant(stride[1]))),
+      w_.indexConstant(padding[1])));
+  // Gathers: the column of tap 0 in each lane, firstColumn + lane * stride.
+  std::string columns = contiguous ? "" : w_.assign(fmt::format(
+      "arith.addi {}, {} : vector<16xi32>", i32Vector(firstColumn),
+      w_.assign(fmt::format("arith.muli {}, {} : vector<16xi32>", lanes, i32Splat(stride[1])))));
+  std::string lowest = w_.assign(fmt::format("vector.broadcast {} : f32 to {}",
+                                             w_.constant(-INFINITY, DType::F32), vec));
+  std::string acc = lowest;
+  for (int64_t ky = 0; ky < kernel[0]; ++ky) {
+    std::string y = windowCoordinate(o[1], w_.indexConstant(ky), stride[0], padding[0], 1);
+    std::string rowInside;
+    if (!inside) {
+      rowInside = w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
+      y = clampIndex(y, xs[2]);
+    }
+    std::string rowStart = w_.assign(fmt::format("arith.muli {}, {} : index", y, w_.indexConstant(xs[3])));
+    // Lanes whose column `at` is inside the input (one unsigned comparison
+    // checks 0 <= column < width) and the row too.
+    auto insideMask = [&](const std::string &at, std::string mask) {
+      std::string columnInside =
+          w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", at, i32Splat(xs[3])));
+      mask = mask.empty() ? columnInside
+                          : w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, columnInside));
+      return rowInside.empty() ? mask
+                               : w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, rowInside));
+    };
+    for (int64_t kx = 0; kx < kernel[1]; ++kx) {
+      std::string v;
+      if (contiguous) {
+        // Input columns firstColumn + kx + [0, 16 * stride): one load per 16.
+        std::vector<std::string> parts;
+        for (int64_t part = 0; part < stride[1]; ++part) {
+          std::string from = addIndex(firstColumn, kx + 16 * part);
+          std::string at = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", i32Vector(from), lanes));
+          std::string start = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, from));
+          parts.push_back(w_.assign(fmt::format(
+              "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", input, o[0], start,
+              insideMask(at, ""), lowest, inputType, vec, vec)));
+        }
+        v = parts[0];
+        if (stride[1] == 2)
+          v = w_.assign(fmt::format("vector.shuffle {}, {} [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, "
+                                    "28, 30] : {}, {}",
+                                    parts[0], parts[1], vec, vec));
+      } else {
+        std::string at = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", columns, i32Splat(kx)));
+        v = w_.assign(fmt::format(
+            "vector.gather {}[{}, {}][{}], {}, {} : {}, vector<16xi32>, vector<16xi1>, {} into {}", input, o[0],
+            rowStart, at, insideMask(at, lanesLeft), lowest, inputType, vec, vec));
+      }
+      acc = w_.assign(fmt::format("arith.maximumf {}, {} : {}", acc, v, vec));
+    }
+  }
+  w_.line(fmt::format("vector.maskedstore {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {}", viewOf(id), sample,
+                      o[0], o[1], first, lanesLeft, acc, memrefType(n.type), vec));
+  w_.endFor();
+  closeLoops(o.size());
 }
 
 void KernelEmitter::emitPool(ValueId id, bool parallel) {

@@ -674,6 +674,7 @@ private:
   FusionDecision analyze(const std::vector<ValueId> &nodes, KernelShape *out);
   Refusal copyRunsEarly(const std::vector<ValueId> &nodes) const;
   Refusal opaqueNotAlone(const std::vector<ValueId> &nodes) const;
+  bool poolsConv(const std::vector<ValueId> &nodes, ValueId pool) const;
   Refusal secondContraction(const std::vector<ValueId> &nodes) const;
   Refusal reductionWithContraction(const std::vector<ValueId> &nodes) const;
   KernelShape kernelShape(const std::vector<ValueId> &nodes) const;
@@ -774,13 +775,42 @@ Refusal Fuser::copyRunsEarly(const std::vector<ValueId> &nodes) const {
 
 // Rule "opaque": gather, scatter_add, concat, pooling and pooling gradients
 // run alone; their loops are not an elementwise loop nest (see opaqueReason),
-// so nothing shares one with them.
+// so nothing shares one with them. One exception, a pool after a conv
+// (poolsConv).
 Refusal Fuser::opaqueNotAlone(const std::vector<ValueId> &nodes) const {
   if (nodes.size() > 1)
     for (ValueId v : nodes)
-      if (OpKind op = g_.node(v).op; fusionClass(op) == FusionClass::Opaque)
+      if (OpKind op = g_.node(v).op;
+          fusionClass(op) == FusionClass::Opaque && !poolsConv(nodes, v))
         return fmt::format("{} runs alone: {}", describe(v), opaqueReason(op));
   return std::nullopt;
+}
+
+// A max_pool2d may end a conv2d's kernel: it reads the conv's result (or a
+// value of its epilogue, bias and relu) per sample, while that sample's
+// result is still in cache, and the full-size value is stored only where
+// another kernel reads it (a training step's backward). It must be the
+// kernel's last word: one pool, after the conv, of a value of the conv's
+// shape computed in the kernel, and read by nothing in the kernel (its
+// output is not the kernel's iteration space). Max only: it is exact in any
+// order, so the fused pool gives the bits of the pool alone.
+bool Fuser::poolsConv(const std::vector<ValueId> &nodes, ValueId pool) const {
+  const Node &p = g_.node(pool);
+  if (p.op != OpKind::MaxPool2d || p.type.dtype != DType::F32)
+    return false;
+  ValueId input = p.operands[0];
+  std::optional<ValueId> conv;
+  for (ValueId v : nodes) {
+    OpKind op = g_.node(v).op;
+    if (op == OpKind::Conv2d)
+      conv = v;
+    else if (v != pool && fusionClass(op) == FusionClass::Opaque)
+      return false;
+  }
+  if (!conv || *conv > pool || !inside(input) || shape(input) != shape(*conv))
+    return false;
+  return std::none_of(users_[pool].begin(), users_[pool].end(),
+                      [&](ValueId u) { return inside(u); });
 }
 
 // Rule "one contraction": a kernel is built around one matmul/conv's tiling;

@@ -103,6 +103,14 @@ struct LoopNest {
   // GPU's matmul, an untiled product), else the copy an earlier nest of the
   // kernel stores (a root).
   std::vector<bool> stridedOperands;
+  // Contraction of a conv2d whose kernel ends in a max_pool2d (fusion's
+  // exception to rule "opaque"): that pool, when the target computes it
+  // sample by sample right after each sample's tiles (KernelTarget::
+  // tileEpilogue, asked with the pool's input among the epilogue values
+  // when that input is computed in the kernel), reading its input while it
+  // is in cache. `epilogue` then holds the later roots but the pool, and
+  // the nest computes every later root as above.
+  std::optional<ValueId> samplePool;
 };
 
 struct KernelPlan {

@@ -217,6 +217,8 @@ std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
           epilogue.push_back(valueName(graph, v));
         text += fmt::format(" with epilogue {} on its tile", fmt::join(epilogue, " "));
       }
+      if (nest.samplePool)
+        text += fmt::format(" then {} per sample", valueName(graph, *nest.samplePool));
       nests.push_back(text);
     }
     out += fmt::format("nests {}: {}{}\n", group.name, kernel.rowParallel ? "rows split; " : "",

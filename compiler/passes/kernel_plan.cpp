@@ -6,7 +6,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -142,10 +144,13 @@ bool rowLocal(const Graph &g, const FusionGroup &group, const std::vector<ValueI
         ok = (n.op == OpKind::Reshape || (n.op == OpKind::BroadcastTo && sameRow)) && !in.empty() &&
              !n.type.shape.empty() && in[0] == n.type.shape[0];
         break;
+      // A pool reads its own sample's (and channel's) window.
+      case OpClass::Window:
+        ok = (n.op == OpKind::MaxPool2d || n.op == OpKind::AvgPool2d) && sameRow;
+        break;
       case OpClass::Source:
       case OpClass::Constant:
       case OpClass::Indexed:
-      case OpClass::Window:
       case OpClass::Scatter:
       case OpClass::Collective: break;
       }
@@ -250,6 +255,19 @@ bool rowKernel(const Graph &g, const FusionGroup &group, const std::vector<Value
   return true;
 }
 
+// The max_pool2d that ends a conv2d's kernel (fusion's exception to rule
+// "opaque"): the last of the roots after the conv, reading a value of the
+// conv's shape.
+std::optional<ValueId> poolAfterConv(const Graph &g, ValueId product,
+                                     const std::vector<ValueId> &later) {
+  if (g.node(product).op != OpKind::Conv2d || later.empty())
+    return std::nullopt;
+  const Node &pool = g.node(later.back());
+  if (pool.op != OpKind::MaxPool2d || g.type(pool.operands[0]).shape != g.type(product).shape)
+    return std::nullopt;
+  return later.back();
+}
+
 } // namespace
 
 KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
@@ -263,7 +281,7 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
     for (ValueId id : group.nodes)
       if (static_cast<int64_t>(id) == group.hero || usedOutside[id])
         plan.roots.push_back(id);
-    plan.nests.push_back({NestKind::Attention, {static_cast<ValueId>(group.hero)}, {}, {}});
+    plan.nests.push_back({NestKind::Attention, {static_cast<ValueId>(group.hero)}, {}, {}, {}});
     plan.rowParallel = true;
     return plan;
   }
@@ -288,7 +306,7 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
 
   const std::vector<ValueId> &roots = plan.roots;
   if (target.rowKernels && rowKernel(graph, group, roots)) {
-    plan.nests.push_back({NestKind::Rows, roots, {}, {}});
+    plan.nests.push_back({NestKind::Rows, roots, {}, {}, {}});
     plan.rowParallel = rowLocal(graph, group, roots);
     return plan;
   }
@@ -302,21 +320,36 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
              graph.type(roots[j]).shape == n.type.shape)
         ++j;
       plan.nests.push_back(
-          {NestKind::Elementwise, std::vector<ValueId>(roots.begin() + i, roots.begin() + j), {}, {}});
+          {NestKind::Elementwise, std::vector<ValueId>(roots.begin() + i, roots.begin() + j), {}, {}, {}});
       i = j;
       continue;
     }
-    LoopNest nest{rootNestKind(n), {roots[i]}, {}, {}};
+    LoopNest nest{rootNestKind(n), {roots[i]}, {}, {}, {}};
     if (auto it = strided.find(roots[i]); it != strided.end())
       nest.stridedOperands = it->second;
     // A matmul or conv2d (not a scatter-form gradient) may compute the roots
     // after it on its register tile, where the target can.
     if (nest.kind == NestKind::Contraction && !opInfo(n.op).is(kScatterForm) && i + 1 < roots.size()) {
-      nest.epilogue = tileEpilogue(graph, group, roots[i],
-                                   std::vector<ValueId>(roots.begin() + i + 1, roots.end()));
-      if (!nest.epilogue.empty() &&
-          !target.tileEpilogue(graph, group, roots, roots[i], nest.epilogue))
-        nest.epilogue.clear();
+      std::vector<ValueId> later(roots.begin() + i + 1, roots.end());
+      if (std::optional<ValueId> pool = poolAfterConv(graph, roots[i], later)) {
+        // The tile computes the later roots but the pool, and the pool's
+        // input where the kernel computes it.
+        later.pop_back();
+        std::vector<ValueId> onTile = later;
+        ValueId input = graph.node(*pool).operands[0];
+        if (input != roots[i] && std::ranges::find(onTile, input) == onTile.end())
+          onTile.push_back(input);
+        if ((onTile.empty() || tileEpilogue(graph, group, roots[i], onTile) == onTile) &&
+            target.tileEpilogue(graph, group, roots, roots[i], onTile)) {
+          nest.epilogue = later;
+          nest.samplePool = pool;
+        }
+      } else {
+        nest.epilogue = tileEpilogue(graph, group, roots[i], later);
+        if (!nest.epilogue.empty() &&
+            !target.tileEpilogue(graph, group, roots, roots[i], nest.epilogue))
+          nest.epilogue.clear();
+      }
     }
     plan.nests.push_back(std::move(nest));
     ++i;
