@@ -218,36 +218,6 @@ TEST(CodegenMatMulPlan, BiasReluIsAnEpilogueOnTheCpuTileOnly) {
     EXPECT_TRUE(nest.epilogue.empty());
 }
 
-// A weight gradient's X^T (unit stride along M) is read in place by the
-// plan and packed by codegen: the kernel copies its row tiles into the
-// stack panel (one vector load of a tile's rows per K step) and the tile
-// reads them there, bias+relu still on the tile.
-TEST(CodegenMatMulPlan, TransposedAIsPackedInTheKernel) {
-  PlannedKernel cpu = planAndLower(R"(graph dense {
-  input %x : f32[200,70]
-  param %w : f32[200,40] = xavier_uniform(seed=1)
-  param %b : f32[40] = xavier_uniform(seed=2)
-  %xt = transpose(%x) {perm=[1,0]}
-  %y = matmul(%xt, %w)
-  %z = add(%y, %b)
-  %h = relu(%z)
-  output h = %h
-})",
-                                   false);
-  ValueId h = *cpu.graph.findNamed("h");
-  EXPECT_EQ(cpu.plan.groups[0].kernel.nests[0].epilogue, std::vector<ValueId>{h});
-  const std::string panel = codegen::packedABlockType(200);
-  EXPECT_NE(cpu.function.find("memref.alloca() {alignment = 64 : i64} : " + panel),
-            std::string::npos)
-      << cpu.function;
-  const std::string tileRows =
-      fmt::format("vector<{}xf32>", codegen::registerTile().rows);
-  EXPECT_NE(cpu.function.find("strided<[70, 1], offset: ?>>, " + tileRows), std::string::npos)
-      << cpu.function;
-  EXPECT_NE(cpu.function.find(": vector<16xi1>, vector<16xf32>"), std::string::npos)
-      << cpu.function;
-}
-
 // abs has no vector rule on the tile: the plan puts no epilogue on it, and
 // the kernel computes abs in a scalar loop after the product is stored.
 TEST(CodegenMatMulPlan, AbsIsNoEpilogueOnTheTile) {

@@ -258,15 +258,6 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
             dtypeOf(stored.operands[0]) == DType::BF16);
   };
   bool bf16Dot = bf16DotProducts() && bf16Numbers(plan.a.base) && bf16Numbers(plan.b.base);
-  // A with a unit stride along M but not along K (a weight gradient's X^T)
-  // is read as A^T and its row tiles packed (TiledMatMul::packA); the f32
-  // vector tile only.
-  bool packA = !bf16Dot && aM == 1 && aK != 1 && depth > 1 && (!plan.dot || plan.pack) &&
-               packedABlockFloats(depth) <= kMaxStackBufferFloats;
-  std::string aPanel;
-  if (packA)
-    aPanel = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
-                                   packedABlockType(depth)));
   auto product = [&](const Index &batch, int64_t rows, const std::string &lo,
                      const std::string &hi) {
     TiledMatMul mm;
@@ -279,11 +270,7 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     mm.n = cols;
     mm.rowBegin = lo;
     mm.rowEnd = hi;
-    mm.aTransposed = packA;
-    mm.packA = packA;
-    mm.aPanel = aPanel;
-    mm.a = packA ? stridedMatrix(plan.a, batch, depth, rows, aK, aM, mm.aType)
-                 : stridedMatrix(plan.a, batch, rows, depth, aM, aK, mm.aType);
+    mm.a = stridedMatrix(plan.a, batch, rows, depth, aM, aK, mm.aType);
     mm.bTransposed = plan.dot;
     mm.packB = plan.pack;
     mm.bPanel = panel;

@@ -7,7 +7,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -245,19 +244,11 @@ void emitBf16VectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string 
 // mask, the tile is one vector whose lanes past the matrix edge are off.
 // `bCol`, when given, is the column of B to read for C's column `col` (a
 // packed panel of B starts at its own column 0).
-// Where the tile's rows of A were packed (packA): rows [base, base + K) of
-// `panel` (type `type`) hold A[rowLo + r, k] at [base + k, r].
-struct PackedRows {
-  std::string panel, type, base;
-};
-
 void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
                     const std::string &col, int vectors, const std::string &mask = "",
-                    const std::string &bCol = "", const PackedRows *packedA = nullptr) {
+                    const std::string &bCol = "") {
   const std::string &bc = bCol.empty() ? col : bCol;
   if (mm.bf16Dot) {
-    if (packedA)
-      throw std::logic_error("tiled matmul: packA with bf16Dot");
     emitBf16VectorTile(w, mm, rowLo, rows, col, vectors, mask, bc);
     return;
   }
@@ -270,19 +261,15 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                                    v == 0 ? bc : add(w, bc, v * kLanes), mask),
                          mm.bElem, true));
   std::vector<std::string> next;
-  std::string packedK =
-      packedA ? w.assign(fmt::format("arith.addi {}, {} : index", packedA->base, loop.iv)) : "";
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);
-    std::string a = packedA ? w.assign(fmt::format("memref.load {}[{}, {}] : {}", packedA->panel,
-                                                   packedK, w.indexConstant(r), packedA->type))
-                            : w.assign(mm.aTransposed
+    std::string a = w.assign(mm.aTransposed
                                  ? fmt::format("memref.load {}[{}, {}] : {}", mm.a, loop.iv, row,
                                                aType(mm))
                                  : fmt::format("memref.load {}[{}, {}] : {}", mm.a, row, loop.iv,
                                                aType(mm)));
     std::string splat = w.assign(fmt::format("vector.broadcast {} : f32 to {}",
-                                             packedA ? a : widened(w, a, mm.aElem, false), kVec));
+                                             widened(w, a, mm.aElem, false), kVec));
     for (int v = 0; v < vectors; ++v)
       next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", splat, bv[v],
                                           loop.accs[r * vectors + v], kVec)));
@@ -557,121 +544,6 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
 
 } // namespace
 
-namespace {
-
-// Row tiles [lo, tileEnd) `rows` at a time: body(first row).
-void forRowTiles(MlirWriter &w, const std::string &lo, const std::string &tileEnd, int rows,
-                 const std::function<void(const std::string &)> &body) {
-  std::string row = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
-  w.indent();
-  w.pushScope();
-  body(row);
-  w.popScope();
-  w.dedent();
-  w.line("}");
-}
-
-// The first panel row of row tile `row` in a packA block from `blockLo`:
-// (row - blockLo) / rows * K.
-std::string packedBase(MlirWriter &w, const std::string &row, const std::string &blockLo,
-                       int rows, int64_t depth) {
-  std::string offset = w.assign(fmt::format("arith.subi {}, {} : index", row, blockLo));
-  std::string tileIndex =
-      w.assign(fmt::format("arith.divui {}, {} : index", offset, w.indexConstant(rows)));
-  return w.assign(
-      fmt::format("arith.muli {}, {} : index", tileIndex, w.indexConstant(depth)));
-}
-
-// packA: the row tiles [blockLo, blockEnd) of A, read from A^T (unit stride
-// along M: one vector load per tile and K step), into mm.aPanel widened to
-// f32. K outside: each K step reads the block's rows of A^T together (a
-// tile at a time, each K step a new page, the lines were gone from L1 and
-// L2 when the next tile came back to them: 4 times the traffic).
-void emitPackARows(MlirWriter &w, const TiledMatMul &mm, const std::string &blockLo,
-                   const std::string &blockEnd, int rows) {
-  std::string type = packedABlockType(mm.k);
-  std::string loaded = vectorOf(mm.aElem, rows), stored = vectorOf("f32", rows);
-  std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
-  forRowTiles(w, blockLo, blockEnd, rows, [&](const std::string &row) {
-    std::string v = w.assign(
-        fmt::format("vector.load {}[{}, {}] : {}, {}", mm.a, k, row, aType(mm), loaded));
-    if (mm.aElem != "f32")
-      v = w.assign(fmt::format("arith.extf {} : {} to {}", v, loaded, stored));
-    std::string at = w.assign(fmt::format("arith.addi {}, {} : index",
-                                          packedBase(w, row, blockLo, rows, mm.k), k));
-    w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", v, mm.aPanel, at,
-                       w.indexConstant(0), type, stored));
-  });
-  w.endFor();
-}
-
-// The rows one pass over C's columns covers: whole row tiles [lo, tileEnd)
-// (read from a packA block whose first row is lo, where packedA names its
-// panel) and leftover rows [tileEnd, hi) one at a time; either can be left
-// out where the caller knows it is empty.
-struct RowRange {
-  std::string lo, tileEnd, hi;
-  bool tiles = true, leftovers = true;
-  std::string packedA = "", packedAType = "";
-};
-
-// C's columns over `range`: 32-column panels of B (packed first with
-// packB) outside, row tiles inside; then the columns past the panels, one
-// vector wide, the last ones masked. `tm` is `mm` reading B from the panel.
-void emitColumnPasses(MlirWriter &w, const TiledMatMul &mm, const TiledMatMul &tm,
-                      const RegisterTile &tile, const RowRange &range, const std::string &panel,
-                      const std::string &panelType) {
-  const int rows = tile.rows, vectors = tile.vectors;
-  int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
-  int64_t narrowCols = (mm.n / kLanes) * kLanes;
-  auto panelColumn = [&](int64_t c) { return mm.packB ? w.indexConstant(c) : std::string(); };
-  auto rowTiles = [&](const std::string &col, int width, const std::string &mask,
-                      const std::string &bCol) {
-    if (range.tiles)
-      forRowTiles(w, range.lo, range.tileEnd, rows, [&](const std::string &row) {
-        if (range.packedA.empty()) {
-          emitVectorTile(w, tm, row, rows, col, width, mask, bCol);
-          return;
-        }
-        PackedRows packed{range.packedA, range.packedAType,
-                          packedBase(w, row, range.lo, rows, mm.k)};
-        emitVectorTile(w, tm, row, rows, col, width, mask, bCol, &packed);
-      });
-    if (range.leftovers) {
-      std::string r = w.beginFor(range.tileEnd, range.hi);
-      emitVectorTile(w, tm, r, 1, col, width, mask, bCol);
-      w.endFor();
-    }
-  };
-  if (wideCols > 0) {
-    std::string col = w.fresh("j");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                       w.indexConstant(wideCols), w.indexConstant(vectors * kLanes)));
-    w.indent();
-    w.pushScope();
-    if (mm.packB)
-      emitPackPanel(w, mm, panel, panelType, col, vectors * kLanes);
-    rowTiles(col, vectors, "", panelColumn(0));
-    w.popScope();
-    w.dedent();
-    w.line("}");
-  }
-  // The columns past the wide panels share one more panel.
-  if (mm.packB && mm.n > wideCols)
-    emitPackPanel(w, mm, panel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
-  if (narrowCols > wideCols)
-    rowTiles(w.indexConstant(wideCols), 1, "", panelColumn(0));
-  if (mm.n > narrowCols) {
-    // The last columns: one masked vector per row.
-    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
-                                            mm.n - narrowCols));
-    rowTiles(w.indexConstant(narrowCols), 1, mask, panelColumn(narrowCols - wideCols));
-  }
-}
-
-} // namespace
-
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   if (mm.accumulate && !mm.bTransposed)
     throw std::logic_error("tiled matmul: accumulate needs the dot-product path");
@@ -679,8 +551,6 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     throw std::logic_error("tiled matmul: an epilogue needs the vector path");
   if (mm.packB && (!mm.bTransposed || mm.accumulate))
     throw std::logic_error("tiled matmul: packB reads B^T and stores C");
-  if (mm.packA && (!mm.aTransposed || mm.bf16Dot || (mm.bTransposed && !mm.packB)))
-    throw std::logic_error("tiled matmul: packA reads A^T for the f32 vector tile");
   if (mm.bf16Dot && (mm.aElem == "f16" || mm.bElem == "f16"))
     throw std::logic_error("tiled matmul: bf16Dot reads bf16 numbers");
   if (mm.epilogue && mm.cElem != "f32")
@@ -699,7 +569,11 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     emitDotProducts(w, mm, tile, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
   }
-  std::string tileEnd = wholeTilesEnd(tile.rows);
+  const int rows = tile.rows, vectors = tile.vectors;
+  std::string tileEnd = wholeTilesEnd(rows);
+
+  int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
+  int64_t narrowCols = (mm.n / kLanes) * kLanes;
 
   // With packB, each column panel of B is first copied from B^T into
   // bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512), which the vector tiles then read row-major; every call packs
@@ -715,32 +589,59 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     fromPanel.bElem = "f32"; // the panel holds B widened
   }
   const TiledMatMul &tm = mm.packB ? fromPanel : mm;
-  if (!mm.packA) {
-    emitColumnPasses(w, mm, tm, tile, RowRange{lo, tileEnd, hi}, panel, panelType);
-    return;
+  auto panelColumn = [&](int64_t c) { return mm.packB ? w.indexConstant(c) : std::string(); };
+
+  // Column panels outside, row tiles inside.
+  if (wideCols > 0) {
+    std::string col = w.fresh("j");
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
+                       w.indexConstant(wideCols), w.indexConstant(vectors * kLanes)));
+    w.indent();
+    w.pushScope();
+    if (mm.packB)
+      emitPackPanel(w, mm, panel, panelType, col, vectors * kLanes);
+    std::string row = w.fresh("i");
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
+    w.indent();
+    w.pushScope();
+    emitVectorTile(w, tm, row, rows, col, vectors, "", panelColumn(0));
+    w.popScope();
+    w.dedent();
+    w.line("}");
+    // Leftover rows of this panel, one at a time.
+    std::string r = w.beginFor(tileEnd, hi);
+    emitVectorTile(w, tm, r, 1, col, vectors, "", panelColumn(0));
+    w.endFor();
+    w.popScope();
+    w.dedent();
+    w.line("}");
   }
-  // packA: blocks of whole row tiles, each packed once and then passed over
-  // all of C's columns (B's panels repacked per block with packB); the
-  // leftover rows after them read A^T in place.
-  std::string blockLo = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", blockLo, lo, tileEnd,
-                     w.indexConstant(packedABlockRows(mm.k))));
-  w.indent();
-  w.pushScope();
-  std::string blockEnd = w.assign(fmt::format(
-      "arith.minui {}, {} : index", add(w, blockLo, packedABlockRows(mm.k)), tileEnd));
-  emitPackARows(w, mm, blockLo, blockEnd, tile.rows);
-  RowRange block{blockLo, blockEnd, blockEnd};
-  block.leftovers = false;
-  block.packedA = mm.aPanel;
-  block.packedAType = packedABlockType(mm.k);
-  emitColumnPasses(w, mm, tm, tile, block, panel, panelType);
-  w.popScope();
-  w.dedent();
-  w.line("}");
-  RowRange rest{tileEnd, tileEnd, hi};
-  rest.tiles = false;
-  emitColumnPasses(w, mm, tm, tile, rest, panel, panelType);
+  // The columns past the wide panels share one more panel.
+  if (mm.packB && mm.n > wideCols)
+    emitPackPanel(w, mm, panel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
+  if (narrowCols > wideCols) {
+    std::string r = w.beginFor(lo, hi);
+    emitVectorTile(w, tm, r, 1, w.indexConstant(wideCols), 1, "", panelColumn(0));
+    w.endFor();
+  }
+  if (mm.n > narrowCols) {
+    // The last columns: one masked vector per row, a tile's rows at a time.
+    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
+                                            mm.n - narrowCols));
+    std::string col = w.indexConstant(narrowCols);
+    std::string bCol = panelColumn(narrowCols - wideCols);
+    std::string row = w.fresh("i");
+    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
+    w.indent();
+    w.pushScope();
+    emitVectorTile(w, tm, row, rows, col, 1, mask, bCol);
+    w.popScope();
+    w.dedent();
+    w.line("}");
+    std::string r = w.beginFor(tileEnd, hi);
+    emitVectorTile(w, tm, r, 1, col, 1, mask, bCol);
+    w.endFor();
+  }
 }
 
 void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bTType,
@@ -760,16 +661,5 @@ std::string panelBufferType(int64_t depth) {
 }
 
 int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
-
-int64_t packedABlockRows(int64_t depth) {
-  const int64_t budgetFloats = 32768, rows = registerTile().rows;
-  return std::max<int64_t>(1, budgetFloats / (depth * rows)) * rows;
-}
-
-std::string packedABlockType(int64_t depth) {
-  return memref(packedABlockRows(depth) / registerTile().rows * depth, registerTile().rows);
-}
-
-int64_t packedABlockFloats(int64_t depth) { return packedABlockRows(depth) * depth; }
 
 } // namespace stepc::codegen

@@ -15,7 +15,7 @@ struct TiledMatMul {
   // The row range this call computes; empty means all rows.
   std::string rowBegin, rowEnd;
   // Operands stored transposed: `a` is A^T [K,M] (its elements are loaded
-  // one at a time; see packA for when its stride costs); `b` is B^T [N,K], which
+  // one at a time, so the stride costs little); `b` is B^T [N,K], which
   // turns the product into dot products of rows, vectorized along K.
   bool aTransposed = false, bTransposed = false;
   // The memref types of a, b and c where they are not plain row-major
@@ -48,17 +48,6 @@ struct TiledMatMul {
   // With packB: B^T's K stride is 1 (its panels are then copied by
   // transposing 16x16 blocks in registers).
   bool bUnitK = false;
-  // With aTransposed (A^T [K,M] with a unit stride along M: a weight
-  // gradient's X^T): the whole row tiles of A are first copied, a block of
-  // packedABlockRows(k) rows at a time, into `aPanel` (a memref of
-  // packedABlockType(k) the caller allocated on the stack outside any loop)
-  // as one contiguous [K][tile rows] panel per row tile, and every column
-  // tile of the block reads them from there. Read in place, A^T's tile rows
-  // at one K step sit in one cache line and every K step is a new line at
-  // the same L1 set (a 4 KiB stride at M = 1024): 70% of the FMA peak.
-  // Leftover rows read A^T in place. Not with bf16Dot.
-  bool packA = false;
-  std::string aPanel = "";
   // Instead of storing each 16-lane piece of C, hand it to the caller while
   // it is still in a register: epilogue(row, col, value, mask), mask empty
   // unless lanes past the edge are off. Not with bTransposed unless packB.
@@ -122,12 +111,5 @@ void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bT
 // column panel of the register tile, panelBufferFloats(K) floats.
 std::string panelBufferType(int64_t depth);
 int64_t panelBufferFloats(int64_t depth);
-
-// The rows of A one packA block holds at depth K (a multiple of the
-// register tile's rows: about 128 KiB of panels, so the block and a column
-// panel of B stay in L2 together), and the type and size of the buffer.
-int64_t packedABlockRows(int64_t depth);
-std::string packedABlockType(int64_t depth);
-int64_t packedABlockFloats(int64_t depth);
 
 } // namespace stepc::codegen
