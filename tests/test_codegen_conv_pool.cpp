@@ -116,4 +116,22 @@ TEST(CodegenConvPoolPlan, OnlyOnePoolEndsTheKernel) {
   stepc::testing::expectMatchesInterpreter(graph, inputs, initialParams(graph), {});
 }
 
+// A sample of the pool's input over 1 MiB (a 1x1 conv widening 8 channels
+// to 512 at 64x64: 8 MiB) is not kept on the stack: the pool runs in a kernel
+// of its own, and the results still match.
+TEST(CodegenConvPoolPlan, AWideSampleKeepsItsPoolApart) {
+  Graph graph = parseGraph(R"(graph g {
+  input %x : f32[1,8,64,64]
+  param %k : f32[512,8,1,1] = he_uniform(seed=1)
+  %conv = conv2d(%x, %k) {dilation=[1,1], groups=1, padding=[0,0], stride=[1,1]}
+  %act = relu(%conv)
+  %pool = max_pool2d(%act) {kernel=[2,2], padding=[0,0], stride=[2,2]}
+  output pool = %pool
+})");
+  FusionPlan plan = planFusion(graph);
+  EXPECT_NE(plan.groupOf[*graph.findNamed("conv")], plan.groupOf[*graph.findNamed("pool")]);
+  TensorMap inputs = randomInputs(graph, 25);
+  stepc::testing::expectMatchesInterpreter(graph, inputs, initialParams(graph), {});
+}
+
 } // namespace

@@ -466,9 +466,9 @@ std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &g,
   // The kernel's stack buffers (lowering_attention_backward.cpp).
   auto padded = [](int64_t n, int64_t to) { return (n + to - 1) / to * to; };
   int64_t depth = padded(dq.type.shape.back(), 16), dv = padded(g.type(b.gradValues).shape.back(), 16);
-  // (8: the largest register tile's rows.)
+  // (8: the largest register tile's rows; q, q^T and dQ tiles of depth.)
   if (2 * 8 * padded(tk, kAttentionKeyBlock) + (2 * depth + dv) * kAttentionKeyBlock +
-          8 * (2 * depth + dv) > kAttentionMaxStackFloats)
+          8 * (3 * depth + dv) > kAttentionMaxStackFloats)
     return std::nullopt;
   std::sort(computed.begin(), computed.end());
   computed.erase(std::unique(computed.begin(), computed.end()), computed.end());
@@ -808,6 +808,13 @@ bool Fuser::poolsConv(const std::vector<ValueId> &nodes, ValueId pool) const {
       return false;
   }
   if (!conv || *conv > pool || !inside(input) || shape(input) != shape(*conv))
+    return false;
+  // Where the pool's input is not stored, codegen keeps one sample of it on
+  // the stack: at most 1 MiB (as the conv's im2col buffer), so a wide 1x1
+  // conv's pool runs in a kernel of its own.
+  const Shape &out = shape(*conv);
+  constexpr int64_t kSampleFloats = 1 << 18;
+  if (out.size() != 4 || out[1] * out[2] * out[3] > kSampleFloats)
     return false;
   return std::none_of(users_[pool].begin(), users_[pool].end(),
                       [&](ValueId u) { return inside(u); });
