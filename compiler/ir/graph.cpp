@@ -183,15 +183,47 @@ std::vector<ValueId> Graph::nodesOf(OpKind op) const {
   return ids;
 }
 
-std::vector<bool> valuesBehind(const Graph &graph, ValueId value) {
-  std::vector<bool> behind(graph.size(), false);
-  behind.at(value) = true;
-  // Operands precede their users, so one sweep down from `value` finds them all.
-  for (ValueId id = value + 1; id-- > 0;)
+namespace {
+
+// Marks what the marked values are computed from. Operands precede their
+// users, so one sweep down from the last marked value finds them all.
+void markBehind(const Graph &graph, std::vector<bool> &behind, ValueId last) {
+  for (ValueId id = last + 1; id-- > 0;)
     if (behind[id])
       for (ValueId operand : graph.node(id).operands)
         behind[operand] = true;
+}
+
+} // namespace
+
+std::vector<bool> valuesBehind(const Graph &graph, ValueId value) {
+  std::vector<bool> behind(graph.size(), false);
+  behind.at(value) = true;
+  markBehind(graph, behind, value);
   return behind;
+}
+
+std::vector<bool> valuesBehindOutputs(const Graph &graph) {
+  std::vector<bool> behind(graph.size(), false);
+  ValueId last = 0;
+  for (const GraphOutput &o : graph.outputs) {
+    behind.at(o.value) = true;
+    last = std::max(last, o.value);
+  }
+  if (!graph.outputs.empty())
+    markBehind(graph, behind, last);
+  return behind;
+}
+
+void Graph::replaceNodes(std::vector<Node> reordered, const std::vector<ValueId> &newId) {
+  nodes = std::move(reordered);
+  for (GraphOutput &o : outputs)
+    o.value = newId[o.value];
+  for (ParamUpdate &u : updates) {
+    u.param = newId[u.param];
+    u.value = newId[u.value];
+  }
+  reindexNames();
 }
 
 void Graph::reindexNames() {

@@ -34,8 +34,9 @@
 //   their chains (remat=N), placed before H's first node so that fusion puts
 //   it into H (rule "recomputation runs late"), and its reads point at the
 //   copies. The originals nothing reads any more are erased.
-// The copies compute the same ops on the same operands as the originals, so
-// their values are bit-identical; the remat mark keeps CSE from merging them
+// The copies compute the same ops on the same operands as the originals (in
+// the interpreter bit-identical; compiled, a copy in another kernel may be
+// vectorized differently, so equal up to rounding); the remat mark keeps CSE from merging them
 // back (this runs after the pipeline, as attention_recompute.cpp does).
 // The number of values the step keeps in memory only falls: G stores fewer,
 // the leaves were alive at H anyway, and the copies live inside H.
@@ -130,14 +131,7 @@ void insertAll(Graph &graph, std::vector<Insertion> &insertions, int64_t mark) {
     newId[id] = static_cast<ValueId>(nodes.size());
     nodes.push_back(std::move(node));
   }
-  graph.nodes = std::move(nodes);
-  for (GraphOutput &o : graph.outputs)
-    o.value = newId[o.value];
-  for (ParamUpdate &u : graph.updates) {
-    u.param = newId[u.param];
-    u.value = newId[u.value];
-  }
-  graph.reindexNames();
+  graph.replaceNodes(std::move(nodes), newId);
 }
 
 } // namespace
@@ -147,13 +141,7 @@ bool recomputeCheapActivations(Graph &graph, bool attentionKernels) {
     return false;
   size_t n = graph.size();
   // The forward pass: what the outputs need.
-  std::vector<bool> forward(n, false);
-  for (const GraphOutput &o : graph.outputs)
-    forward[o.value] = true;
-  for (ValueId v = static_cast<ValueId>(n); v-- > 0;)
-    if (forward[v])
-      for (ValueId o : graph.node(v).operands)
-        forward[o] = true;
+  std::vector<bool> forward = valuesBehindOutputs(graph);
 
   FusionPlan plan = planFusion(graph, {.enabled = true, .attention = attentionKernels});
   const std::vector<int> &groupOf = plan.groupOf;

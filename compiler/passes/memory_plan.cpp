@@ -277,13 +277,7 @@ int64_t placeSlots(std::vector<Slot> &slots) {
 PeakBreakdown breakdownAt(const Graph &graph, const Lifetimes &l, const Slots &shared,
                           int kernel) {
   const size_t n = graph.size();
-  std::vector<bool> forward(n, false); // the graph's outputs are computed from it
-  for (const GraphOutput &o : graph.outputs)
-    forward[o.value] = true;
-  for (ValueId v = static_cast<ValueId>(n); v-- > 0;)
-    if (forward[v])
-      for (ValueId o : graph.node(v).operands)
-        forward[o] = true;
+  std::vector<bool> forward = valuesBehindOutputs(graph); // the graph's outputs are computed from it
   std::vector<bool> newValue(n, false);
   for (const ParamUpdate &u : graph.updates)
     newValue[u.value] = true;

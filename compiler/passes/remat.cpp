@@ -310,14 +310,7 @@ void hoistStepScalars(Graph &graph) {
       o = newId[o];
     nodes.push_back(std::move(node));
   }
-  graph.nodes = std::move(nodes);
-  for (GraphOutput &o : graph.outputs)
-    o.value = newId[o.value];
-  for (ParamUpdate &u : graph.updates) {
-    u.param = newId[u.param];
-    u.value = newId[u.value];
-  }
-  graph.reindexNames();
+  graph.replaceNodes(std::move(nodes), newId);
 }
 
 // Bound on the greedy loop: plans tried per step, and steps.

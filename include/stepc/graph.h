@@ -162,6 +162,9 @@ public:
   std::optional<ValueId> findNamed(std::string_view name) const;
   std::optional<ValueId> findOutput(std::string_view name) const;
   void reindexNames();
+  // Replaces `nodes` with a reordered or extended list, `newId` giving each
+  // old value's id in it, and moves the outputs and param updates along.
+  void replaceNodes(std::vector<Node> reordered, const std::vector<ValueId> &newId);
 
   bool operator==(const Graph &other) const {
     return name == other.name && nodes == other.nodes && outputs == other.outputs &&
@@ -182,6 +185,9 @@ private:
 
 // Which values `value` is computed from, itself included (indexed by ValueId).
 std::vector<bool> valuesBehind(const Graph &graph, ValueId value);
+// Which values the graph's outputs are computed from (a training step's
+// forward pass), indexed by ValueId.
+std::vector<bool> valuesBehindOutputs(const Graph &graph);
 
 // Shape and dtype rule of one op (one case per op; compiler/ir/shape_rules.cpp).
 // Throws stepc::Error with a message that starts with the op name but carries
