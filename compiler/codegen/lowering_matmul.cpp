@@ -592,8 +592,9 @@ void KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
   // sample loop, as the col buffer).
   std::optional<ValueId> poolInput;
   bool poolInputStored = false;
-  std::string sampleBuffer, sampleType = fmt::format("memref<{}x{}xf32>", shape[1], shape[2] * shape[3]);
+  std::string sampleBuffer, sampleType;
   if (samplePool) {
+    sampleType = fmt::format("memref<{}x{}xf32>", shape[1], shape[2] * shape[3]);
     poolInput = node(*samplePool).operands[0];
     poolInputStored = *poolInput == product ? usedOutside_[product] != 0
                                             : std::ranges::find(epilogue, *poolInput) != epilogue.end();
