@@ -158,6 +158,8 @@ void CpuExecutable::runKernels() {
     const KernelSpec &kernel = spec_.kernels[index];
     for (size_t w : kernel.waitFor)
       waitFor(w);
+    if (options_.beforeKernel && !kernel.collective)
+      options_.beforeKernel(index, kernel, arena_);
     auto start = std::chrono::steady_clock::now();
     try {
       if (kernel.collective)

@@ -488,6 +488,29 @@ TEST(Executable, AfterKernelSeesEachKernelsOutputsInOrder) {
   EXPECT_EQ(t, 2);
 }
 
+// The hook `stepc bench --per-kernel` feeds fused kernels the unfused
+// build's values through: once per kernel, in order, before it runs, and
+// what it writes is what the kernel reads.
+TEST(Executable, BeforeKernelWritesWhatTheKernelReads) {
+  std::vector<size_t> indices;
+  RunOptions run{.threads = 2};
+  run.beforeKernel = [&](size_t index, const KernelSpec &, std::byte *arena) {
+    indices.push_back(index);
+    if (index == 1) { // k1_log reads w, which k0_sgd has just updated
+      std::vector<float> w{1, std::exp(1.0f), 2, 0.5f};
+      std::memcpy(arena + kW, w.data(), w.size() * sizeof(float));
+    }
+  };
+  CpuExecutable exe(trainSpec(), run);
+  auto out = exe.step(gradient({0.25f, 0.25f, 0.25f, 0.25f}));
+  EXPECT_EQ(indices, (std::vector<size_t>{0, 1, 2}));
+  const float *logs = out.at("%7").data<float>();
+  EXPECT_FLOAT_EQ(logs[0], 0);
+  EXPECT_FLOAT_EQ(logs[1], 1);
+  EXPECT_FLOAT_EQ(logs[2], std::log(2.0f));
+  EXPECT_FLOAT_EQ(logs[3], std::log(0.5f));
+}
+
 // ------------------------------------------------- checkpoints (safetensors)
 
 // A spec with no kernels and one param of every dtype.

@@ -48,7 +48,7 @@ std::string cudaUnavailableReason();
 // RunOptions: checkNumerics synchronizes after each kernel and scans its
 // outputs (a debug mode; on a hit the params are restored from a device
 // copy taken before the step); profile times each kernel with CUDA events;
-// threads and afterKernel do not apply.
+// threads, beforeKernel and afterKernel do not apply.
 class CudaExecutable final : public Executable {
 public:
   explicit CudaExecutable(CudaExecutableSpec spec, RunOptions options = {});

@@ -125,6 +125,13 @@ struct RunOptions {
   // Threads that run a kernel's parallel extent, counting the one that calls
   // step() (it takes a chunk too); 0: std::thread::hardware_concurrency.
   int threads = 0;
+  // Called before each kernel of a step (not a collective step) with its
+  // index in spec().kernels and the arena, which it may write: `stepc bench
+  // --per-kernel` puts the unfused build's values where a fused kernel
+  // reads its inputs, so that both builds' kernels read the same values.
+  // Unset: no cost.
+  std::function<void(size_t kernelIndex, const KernelSpec &, std::byte *arena)> beforeKernel =
+      nullptr;
   // Called after each kernel of a step (after its profile entry, before
   // checkNumerics looks at it) with the kernel's index in spec().kernels and
   // the arena, whose KernelSpec::outputs slots then hold what it wrote

@@ -39,8 +39,8 @@ TensorMap interpretStep(const Graph &graph, const TensorMap &inputs, TensorMap &
 // their type checks and checkpoints are the compiled backends' (the base
 // class's); a step runs interpretStep on the params it holds, so a failed
 // step changes none. Verifies the graph first. RunOptions::communicator
-// serves all_reduce; checkNumerics, profile, threads and afterKernel do not
-// apply (there are no kernels).
+// serves all_reduce; checkNumerics, profile, threads, beforeKernel and afterKernel
+// do not apply (there are no kernels).
 std::unique_ptr<Executable> makeInterpExecutable(const Graph &graph,
                                                  const RunOptions &options = {});
 

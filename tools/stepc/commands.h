@@ -230,6 +230,7 @@ struct BenchOptions {
   int64_t gelu = 0;      // > 0: also the tanh GELU over this many floats
   std::string memoryBudget; // --memory-budget BYTES|N% for the compiled graph
   std::string mixedPrecision; // with a training step: "bf16" or "f16"
+  std::string injectFault;    // with perKernel: KernelComparisonOptions::injectFault
 };
 // `stepc bench FILE.sg [--train-step adam] [--compare-unfused] [--per-kernel]
 //   [--json OUT.json] [--gelu [N]] [--threads N] [--check-determinism]`

@@ -337,6 +337,9 @@ int main(int argc, char **argv) {
                   "instead of timing: run --steps steps at 1, 2 and all cores' threads (twice "
                   "at the most), print a hash of the outputs and updated params per run; exit "
                   "1 if any differ");
+  bench->add_option("--inject-fault", benchOptions.injectFault,
+                    "KERNEL=AMOUNT: with --per-kernel, fused kernel KERNEL (name or kN) adds "
+                    "AMOUNT to every other element it writes in the compared step, for testing");
   bench->add_flag("--verbose", benchOptions.verbose,
                   "with --per-kernel: list each fused kernel's unfused kernels");
   bench->add_option("--params", benchOptions.params,

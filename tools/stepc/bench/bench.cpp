@@ -162,16 +162,18 @@ Json printKernels(const std::vector<perf::KernelTime> &kernels, double peakGflop
 }
 
 Json printComparison(const perf::KernelReport &report, bool verbose) {
-  fmt::print("fused vs unfused, per fused kernel (same inputs; {}):\n", report.note);
+  fmt::print("fused vs unfused, per fused kernel (each reads the unfused build's values of its "
+             "inputs; {}):\n",
+             report.note);
   fmt::print("  {:<36} {:>4} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "fused kernel", "ops",
-             "fused us", "unfused us", "saved us", "fused MB", "unfsd MB", "max rel");
+             "fused us", "unfused us", "saved us", "fused MB", "unfsd MB", "max diff");
   Json rows = Json::array();
   double fusedTotal = 0, unfusedTotal = 0;
   for (const perf::KernelComparison &r : report.rows) {
     fmt::print("  {:<36} {:>4} {:>10.1f} {:>10.1f} {:>9.1f} {:>9.2f} {:>9.2f} {:>9.1e}{}\n",
                r.kernel.substr(0, 36), r.ops, r.fusedMicros, r.unfusedMicros,
                r.unfusedMicros - r.fusedMicros, double(r.fusedBytes) / 1e6,
-               double(r.unfusedBytes) / 1e6, r.maxRelDiff, r.note.empty() ? "" : "  " + r.note);
+               double(r.unfusedBytes) / 1e6, r.maxDiff, r.note.empty() ? "" : "  " + r.note);
     if (verbose)
       fmt::print("    unfused: {}; {} output elements compared, max abs {:.1e}\n",
                  fmt::join(r.unfused, " + "), r.comparedElements, r.maxAbsDiff);
@@ -179,8 +181,9 @@ Json printComparison(const perf::KernelReport &report, bool verbose) {
     unfusedTotal += r.unfusedMicros;
     rows.push_back(perf::toJson(r));
   }
-  fmt::print("  total: {:.1f} us fused, {:.1f} us unfused ({} fused kernels); max rel = "
-             "max |a-b| / max(|a|,|b|,1e-6) over the kernel's outputs\n",
+  fmt::print("  total: {:.1f} us fused, {:.1f} us unfused ({} fused kernels); max diff = "
+             "max |fused - unfused| / max |unfused| over each output, the largest over the "
+             "kernel's outputs\n",
              fusedTotal, unfusedTotal, report.rows.size());
   return rows;
 }
@@ -253,6 +256,9 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
   // The planned peak (what a budget bounds), before the minutes of timing: a
   // budget that cannot be met fails here.
   LoweredGraph planned = lowerGraph(graph, fusedOptions);
+  // A kernel --inject-fault does not name fails here too, not after the timing.
+  if (!options.injectFault.empty())
+    perf::parseFault("bench", options.injectFault, planned);
 
   // A compile, a hit in this process' memory, and a hit on disk (what a
   // second process finds), each checked against the cache's own counters.
@@ -387,7 +393,8 @@ Json benchGraph(const BenchOptions &options, double peakGflops, double bandwidth
         {.steps = options.steps,
          .warmup = options.warmup,
          .threads = options.threads,
-         .memoryBudget = budget});
+         .memoryBudget = budget,
+         .injectFault = options.injectFault});
     json["kernels"] = printKernels(report.fused, peakGflops, bandwidthGBs);
     json["per_kernel"] = printComparison(report, options.verbose);
     json["per_kernel_note"] = report.note;
@@ -478,6 +485,9 @@ int bench(const BenchOptions &options) {
     return checkDeterminism(options);
   }
 
+  if (!options.injectFault.empty() && (!options.perKernel || options.file.empty()))
+    throw Error("bench: --inject-fault perturbs the per-kernel comparison of a graph; it goes "
+                "with FILE.sg --per-kernel");
   memoryBudgetOption(options.memoryBudget); // a bad budget fails before measuring
   if (!options.json.empty()) {
     // Fail before the minutes of measuring, not after.

@@ -9,7 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include <string>
+#include <string_view>
 #include <vector>
+
+namespace stepc {
+struct LoweredGraph;
+}
 
 namespace stepc::cli::perf {
 
@@ -22,6 +27,12 @@ double median(std::vector<double> values);
 Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
                        const std::string &optimizer, const std::string &loss, TensorMap &params,
                        const MixedPrecision &mixed = {});
+
+// --inject-fault KERNEL=AMOUNT of `command` (bisect-fusion, bench): KERNEL is
+// a fused kernel (more than one op) of `full`, by name or as "kN"; throws
+// naming the fused kernels otherwise.
+CompileOptions::Perturbation parseFault(std::string_view command, const std::string &text,
+                                        const LoweredGraph &full);
 
 // How far apart two tensors of one type are, over their elements: the
 // largest |a - b|, |a - b| / max(|a|, |b|, 1e-6) and |a - b| / max(|a|, |b|, 1)
@@ -52,10 +63,11 @@ struct KernelComparison {
   size_t ops = 0;
   double fusedMicros = 0, unfusedMicros = 0; // medians; unfused: their sum
   int64_t fusedBytes = 0, unfusedBytes = 0;  // read + written
-  // Over the fused kernel's outputs, element by element against the same
-  // value computed unfused: |a - b| / max(|a|, |b|, 1e-6), and |a - b|.
-  // NaN when no output could be matched (see `note`).
-  double maxRelDiff = 0, maxAbsDiff = 0;
+  // Over the fused kernel's outputs, each against the same value computed
+  // unfused, with the kernel reading the unfused build's values of its
+  // inputs: the largest |a - b| over the value's largest |b|, and the largest
+  // |a - b|. NaN when no output could be matched (see `note`).
+  double maxDiff = 0, maxAbsDiff = 0;
   int64_t comparedElements = 0; // over the outputs matched in both builds
   std::string note;
 };
@@ -64,6 +76,10 @@ struct KernelComparisonOptions {
   int steps = 20, warmup = 3, threads = 0;
   // With a budget, both builds run the fused build's rematerialized graph.
   MemoryBudget memoryBudget = {};
+  // KERNEL=AMOUNT (parseFault): that fused kernel adds AMOUNT to every other
+  // element it writes (CompileOptions::perturbKernel) in the compared step,
+  // not in the timed ones; to test that the comparison finds a wrong kernel.
+  std::string injectFault;
 };
 
 struct KernelTime {

@@ -80,6 +80,15 @@ std::string describeSet(const std::vector<size_t> &set, const std::vector<size_t
   return runs.empty() ? "none" : fmt::format("{}", fmt::join(runs, ", "));
 }
 
+// The groups of the full plan that fuse more than one op: the candidates.
+std::vector<size_t> fusedGroups(const FusionPlan &plan) {
+  std::vector<size_t> groups;
+  for (size_t g = 0; g < plan.groups.size(); ++g)
+    if (plan.groups[g].nodes.size() > 1)
+      groups.push_back(g);
+  return groups;
+}
+
 std::string fusedKernelNames(const FusionPlan &plan, const std::vector<size_t> &candidates) {
   std::vector<std::string> names;
   for (size_t g : candidates)
@@ -87,32 +96,37 @@ std::string fusedKernelNames(const FusionPlan &plan, const std::vector<size_t> &
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
-// --inject-fault KERNEL=AMOUNT, KERNEL a fused kernel's name or its "kN".
-CompileOptions::Perturbation parseFault(const std::string &text, const Graph &graph,
-                                        const FusionPlan &plan,
-                                        const std::vector<size_t> &candidates) {
+} // namespace
+
+CompileOptions::Perturbation perf::parseFault(std::string_view command, const std::string &text,
+                                              const LoweredGraph &full) {
+  const Graph &graph = full.graph;
+  const FusionPlan &plan = full.plan;
+  std::vector<size_t> candidates = fusedGroups(plan);
   size_t eq = text.rfind('=');
   std::string kernel = text.substr(0, eq == std::string::npos ? text.size() : eq);
   std::string amountText = eq == std::string::npos ? "" : text.substr(eq + 1);
   char *end = nullptr;
   double amount = amountText.empty() ? NAN : std::strtod(amountText.c_str(), &end);
   if (std::isnan(amount) || !std::isfinite(amount) || *end != '\0')
-    throw Error(fmt::format("bisect-fusion: --inject-fault '{}': expected KERNEL=AMOUNT with a "
+    throw Error(fmt::format("{}: --inject-fault '{}': expected KERNEL=AMOUNT with a "
                             "finite number, e.g. k3=0.01",
-                            text));
+                            command, text));
   for (size_t g = 0; g < plan.groups.size(); ++g) {
     if (kernel != plan.groups[g].name && kernel != shortName(g))
       continue;
     if (!std::binary_search(candidates.begin(), candidates.end(), g))
-      throw Error(fmt::format("bisect-fusion: --inject-fault: kernel '{}' of graph '{}' is one "
+      throw Error(fmt::format("{}: --inject-fault: kernel '{}' of graph '{}' is one "
                               "op, not a fused kernel; the fused kernels are: {}",
-                              kernel, graph.name, fusedKernelNames(plan, candidates)));
+                              command, kernel, graph.name, fusedKernelNames(plan, candidates)));
     return {g, amount};
   }
-  throw Error(fmt::format("bisect-fusion: --inject-fault: graph '{}' has no kernel '{}'; the "
+  throw Error(fmt::format("{}: --inject-fault: graph '{}' has no kernel '{}'; the "
                           "fused kernels are: {}",
-                          graph.name, kernel, fusedKernelNames(plan, candidates)));
+                          command, graph.name, kernel, fusedKernelNames(plan, candidates)));
 }
+
+namespace {
 
 // A kernel as the culprit lists show it: name, kind, then one line per op
 // with its source location (the kernel's provenance).
@@ -129,7 +143,7 @@ int bisectByDifference(const BisectOptions &options, const Graph &graph, const T
   int steps = options.steps.value_or(1);
   CompileOptions probeOptions{.cache = false};
   if (!options.injectFault.empty()) {
-    probeOptions.perturbKernel = parseFault(options.injectFault, graph, full.plan, candidates);
+    probeOptions.perturbKernel = perf::parseFault("bisect-fusion", options.injectFault, full);
     fmt::print("injected fault: {} adds {} to every other element of the float values it "
                "writes, when fused\n",
                full.plan.groups[probeOptions.perturbKernel->group].name,
@@ -230,10 +244,7 @@ int bisectFusion(const BisectOptions &options) {
   TensorMap inputs = randomInputs(graph, options.seed);
   // The full plan names the kernels; probes fuse subsets of its groups.
   LoweredGraph full = lowerGraph(graph, {.cache = false});
-  std::vector<size_t> candidates;
-  for (size_t g = 0; g < full.plan.groups.size(); ++g)
-    if (full.plan.groups[g].nodes.size() > 1)
-      candidates.push_back(g);
+  std::vector<size_t> candidates = fusedGroups(full.plan);
   fmt::print("{}{}: {} kernels, {} of them fused (more than one op)\n", graph.name,
              options.optimizer.empty() ? "" : " (training step, " + options.optimizer + ")",
              full.plan.groups.size(), candidates.size());
