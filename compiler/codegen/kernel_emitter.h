@@ -231,6 +231,11 @@ private:
                            const std::function<void(const Index &)> &body);
   std::string loadLanes(ValueId id, const Index &at, const std::string &mask);
   void storeLanes(ValueId id, const Index &at, const std::string &mask, const std::string &v);
+  // The stored f32 values that `id`'s 16-lane form (rowVector) reads element
+  // for element, each of `elements` elements: the same flat index as `id`'s
+  // (through elementwise ops, reshapes and broadcasts that broadcast
+  // nothing).
+  void collectStreamed(ValueId id, int64_t elements, std::set<ValueId> &leaves) const;
   void emitColumnReduction(ValueId id, const ColumnSweep &sweep);
   void emitColumnElements(const std::vector<ValueId> &roots, const ColumnSweep &sweep);
   std::string reductionIdentity(const Node &n);

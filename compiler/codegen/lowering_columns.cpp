@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <set>
 
 namespace stepc::codegen {
 
@@ -25,6 +27,10 @@ namespace {
 constexpr const char *kVector = "vector<16xf32>";
 constexpr const char *kMask = "vector<16xi1>";
 constexpr int64_t kLanes = 16;
+// How far ahead a reduction prefetches the rows it streams (measured on the
+// GPT step's [16, 64, 1024] bias gradients: 8 KiB read in 130-160 us where
+// none took 200-220 us, and 32 KiB as long as none).
+constexpr int64_t kPrefetchBytes = 8192;
 
 } // namespace
 
@@ -107,6 +113,23 @@ void KernelEmitter::storeLanes(ValueId id, const Index &at, const std::string &m
                         fmt::join(at, ", "), mask, v, type, kMask, kVector));
 }
 
+void KernelEmitter::collectStreamed(ValueId id, int64_t elements, std::set<ValueId> &leaves) const {
+  if (g_.type(id).numel() != elements || shapeOf(id).empty())
+    return;
+  if (views_.count(id) && !nestRoots_.count(id)) {
+    if (dtypeOf(id) == DType::F32)
+      leaves.insert(id);
+    return;
+  }
+  const Node &n = node(id);
+  bool sameElements = opInfo(n.op).opClass == OpClass::Elementwise || n.op == OpKind::Reshape ||
+                      n.op == OpKind::BroadcastTo;
+  if (!inGroup_.count(id) || !sameElements)
+    return;
+  for (ValueId operand : n.operands)
+    collectStreamed(operand, elements, leaves);
+}
+
 // The reduction's output holds the running value of the call's columns:
 // the identity first, then each row combined into it in order, then (for a
 // mean) divided by the row count. 16 lanes at a time where the operand has
@@ -141,8 +164,38 @@ void KernelEmitter::emitColumnReduction(ValueId id, const ColumnSweep &sweep) {
     forEachColumnBlock(sweep.columns, sweep, [&](const Index &at, const std::string &mask) {
       storeLanes(id, outputAt(at), mask, rules_.constant(identity, lanes));
     });
+    // The stored values the operand's lanes read element for element,
+    // prefetched kPrefetchBytes of rows ahead: a call reads only its
+    // columns of each row, a stretch too short for the hardware's stream
+    // prefetcher to get ahead.
+    std::vector<std::string> streamed;
+    std::set<ValueId> leaves;
+    int64_t elements = g_.type(x).numel();
+    collectStreamed(x, elements, leaves);
+    for (ValueId leaf : leaves) {
+      std::string view = viewOf(leaf), type = memrefType(g_.type(leaf));
+      if (shapeOf(leaf).size() > 1) {
+        std::vector<size_t> dims(shapeOf(leaf).size());
+        std::iota(dims.begin(), dims.end(), 0);
+        view = w_.assign(fmt::format("memref.collapse_shape {} [[{}]] : {} into memref<{}xf32>",
+                                     view, fmt::join(dims, ", "), type, elements));
+      }
+      streamed.push_back(view);
+    }
+    int64_t rowElements = elements / static_cast<int64_t>(rows);
+    int64_t ahead = std::max<int64_t>(1, kPrefetchBytes / (rowElements * 4)) * rowElements;
     forEachColumnBlock(full, sweep, [&](const Index &at, const std::string &mask) {
       Index out = outputAt(at);
+      if (!streamed.empty()) {
+        std::string target = w_.assign(fmt::format(
+            "arith.minui {}, {} : index",
+            w_.assign(fmt::format("arith.addi {}, {} : index", linearize(at, full),
+                                  w_.indexConstant(ahead))),
+            w_.indexConstant(elements - 1)));
+        for (const std::string &view : streamed)
+          w_.line(fmt::format("memref.prefetch {}[{}], read, locality<3>, data : memref<{}xf32>",
+                              view, target, elements));
+      }
       std::string next = rules_.apply(combine, lanes, DType::F32,
                                       {loadLanes(id, out, mask), rowVector(x, at, width, mask)});
       storeLanes(id, out, mask, next);
