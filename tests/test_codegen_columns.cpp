@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <optional>
 
 namespace stepc::testing {
 namespace {
@@ -161,6 +162,36 @@ TEST(CodegenColumns, F64MatchesInterpreter) {
     Graph graph = b.finish();
     EXPECT_GE(columnKernels(graph), 1);
     expectColumnsMatch(graph, {{"x", randomTensor(DType::F64, {3, 7, 19}, 21)}}, {});
+  }
+}
+
+// Fault injection (`stepc bisect-fusion`): a perturbed column kernel adds
+// the amount to the elements at even flat indices of each output once,
+// whichever thread owns their columns.
+TEST(CodegenColumns, PerturbedKernelShiftsEachEvenElementOnce) {
+  GraphBuilder b("columns_perturbed");
+  Value x = b.input("x", DType::F32, {9, 5, 37});
+  Value y = sum(tanh(x), {0, 1});
+  b.output("y", y * 3.0);
+  b.output("z", x * y);
+  Graph graph = b.finish();
+  LoweredGraph lowered = lowerGraph(graph, {.cache = false});
+  std::optional<size_t> columns;
+  for (size_t k = 0; k < lowered.plan.groups.size(); ++k)
+    if (lowered.plan.groups[k].kernel.nests.front().kind == NestKind::Columns)
+      columns = k;
+  ASSERT_TRUE(columns.has_value());
+  TensorMap inputs = {{"x", randomTensor(DType::F32, {9, 5, 37}, 3)}};
+  for (int threads : {1, 2, 3}) {
+    CompileOptions options{.cache = false};
+    auto plain = compileJit(graph, options, {.threads = threads})->step(inputs);
+    options.perturbKernel = CompileOptions::Perturbation{*columns, 0.25};
+    auto perturbed = compileJit(graph, options, {.threads = threads})->step(inputs);
+    for (const char *name : {"y", "z"})
+      for (int64_t i = 0; i < plain.at(name).numel(); ++i)
+        ASSERT_NEAR(perturbed.at(name).real(i), plain.at(name).real(i) + (i % 2 == 0 ? 0.25 : 0),
+                    1e-5)
+            << name << "[" << i << "] at " << threads << " threads";
   }
 }
 
