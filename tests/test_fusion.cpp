@@ -1018,6 +1018,60 @@ TEST(FusionKernelPlan, SoftmaxRunsItsReductionsThenItsRowsElementwise) {
   expectSameResults(columns, columnPlan, 44);
 }
 
+// On a target with column kernels (the CPU), a reduction over the leading
+// axes and the roots after it that end in its columns are one Columns nest
+// whose threads split the columns. A kernel whose root reads the reduced
+// value at other columns (a transpose; fusion forms no such kernel, so it
+// is built by hand here) is none: its threads would read columns others
+// write.
+TEST(FusionKernelPlan, LeadingAxesReductionIsOneColumnsNest) {
+  KernelTarget target = readsInPlace(true);
+  target.columnKernels = true;
+  Graph g = parseGraph(R"(graph bias_moment {
+    input %g : f32[4,6,33]
+    input %m : f32[33]
+    %s = reduce_sum(%g) {axes=[0,1], keepdims=1}
+    %r = reshape(%s) {shape=[33]}
+    %c = constant() {dtype=f32, shape=[], value=0.9}
+    %mc = mul(%m, %c)
+    %m2 = add(%mc, %r)
+    %q = mul(%g, %s)
+    output m2 = %m2
+    output q = %q
+  })", "bias_moment.sg");
+  FusionPlan plan = planFusion(g);
+  ASSERT_EQ(plan.groups.size(), 1u) << fusionReport(g, plan, planBuffers(g, plan));
+  planKernels(g, plan, target);
+  const KernelPlan &kernel = plan.groups[0].kernel;
+  EXPECT_EQ(kernel.roots, values(g, {"s", "m2", "q"}));
+  ASSERT_EQ(kernel.nests.size(), 1u);
+  EXPECT_EQ(kernel.nests[0].kind, NestKind::Columns);
+  EXPECT_EQ(kernel.nests[0].roots, kernel.roots);
+  EXPECT_TRUE(kernel.rowParallel);
+  expectSameResults(g, plan, 46);
+
+  Graph across = parseGraph(R"(graph across {
+    input %x : f32[5,4,4]
+    %s = reduce_sum(%x) {axes=[0], keepdims=0}
+    %t = transpose(%s) {perm=[1,0]}
+    %f = neg(%t)
+    output f = %f
+  })", "across.sg");
+  FusionGroup group;
+  group.name = "k0_reduce_sum_transpose_neg";
+  group.kind = FusionKind::Reduction;
+  group.nodes = values(across, {"s", "t", "f"});
+  group.inputs = values(across, {"x"});
+  group.outputs = values(across, {"f"});
+  group.hero = static_cast<int64_t>(group.nodes.front());
+  std::vector<bool> usedOutside(across.size(), false);
+  usedOutside[group.outputs.front()] = true;
+  KernelPlan acrossPlan = planKernel(across, group, usedOutside, target);
+  for (const LoopNest &nest : acrossPlan.nests)
+    EXPECT_NE(nest.kind, NestKind::Columns);
+  EXPECT_FALSE(acrossPlan.rowParallel);
+}
+
 TEST(FusionKernelPlan, AttentionIsOneNestStoringItsOutput) {
   Graph g = snippetGraph(kSnippets, "attention");
   FusionPlan plan;

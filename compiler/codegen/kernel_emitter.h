@@ -52,6 +52,8 @@ private:
   // Fault injection (lowerGroup's `perturbation`): adds it to every
   // floating-point value the kernel writes, once per element.
   void emitPerturbation(bool parallel, int64_t extent);
+  // Adds it to element `idx` of `id` where its flat index is even.
+  void perturbElement(ValueId id, const Index &idx);
   // Matmuls on the register-tiled micro-kernel (lowering_matmul.cpp). An
   // operand read in place: its element i is element offset + sum_d i[d] *
   // strides[d] of the stored value `base` (a transpose, reshape, slice or
@@ -207,6 +209,36 @@ private:
   bool alongRow(ValueId id, int64_t width) const;
   bool rowVectorizable(ValueId id, int64_t width) const;
   std::string rowVector(ValueId id, const Index &at, int64_t width, const std::string &mask);
+  // A Columns nest (lowering_columns.cpp): threads split the columns C of
+  // the reductions' shape [R..., C...] in units of 16 consecutive columns
+  // along C's last axis (for each index of C's other axes); a call owns
+  // units [first, last) and computes every root there.
+  struct ColumnSweep {
+    Shape columns;
+    std::string first, last;
+  };
+  Shape columnShape(const std::vector<ValueId> &roots) const;
+  int64_t columnUnits(const std::vector<ValueId> &roots) const;
+  void emitColumns(const std::vector<ValueId> &roots, bool parallel);
+  // `body(index, mask)` for each of the call's 16-column blocks of each row
+  // of `shape` (which ends in the columns), rows outside in order: `index`
+  // is the block's first element, `mask` its columns inside C's last axis
+  // (empty: all 16 are).
+  void forEachColumnBlock(const Shape &shape, const ColumnSweep &sweep,
+                          const std::function<void(const Index &, const std::string &)> &body);
+  // `body(index)` for each element of the block at `block`, one at a time.
+  void forEachBlockElement(const Index &block, int64_t width,
+                           const std::function<void(const Index &)> &body);
+  std::string loadLanes(ValueId id, const Index &at, const std::string &mask);
+  void storeLanes(ValueId id, const Index &at, const std::string &mask, const std::string &v);
+  // The stored f32 values that `id`'s 16-lane form (rowVector) reads element
+  // for element, each of `elements` elements: the same flat index as `id`'s
+  // (through elementwise ops, reshapes and broadcasts that broadcast
+  // nothing).
+  void collectStreamed(ValueId id, int64_t elements, std::set<ValueId> &leaves) const;
+  void emitColumnReduction(ValueId id, const ColumnSweep &sweep);
+  void emitColumnElements(const std::vector<ValueId> &roots, const ColumnSweep &sweep);
+  std::string reductionIdentity(const Node &n);
   void emitArgMax(ValueId id, bool parallel);
   std::string replacesMaximum(const std::string &v, const std::string &best, DType dt);
   void emitMatMul(ValueId id, bool parallel);

@@ -609,10 +609,14 @@ KernelSource KernelEmitter::emit() {
   bool parallel = plan.rowParallel;
   if (parallel)
     extent = shapeOf(roots.front())[0];
-  // An Attention kernel's threads split its units instead.
+  // An Attention kernel's threads split its units instead, a Columns
+  // kernel's its blocks of columns.
   bool attention = group_.kind == FusionKind::Attention;
   if (attention)
     extent = attentionUnits(static_cast<ValueId>(group_.hero));
+  bool columns = plan.nests.size() == 1 && plan.nests.front().kind == NestKind::Columns;
+  if (columns)
+    extent = columnUnits(plan.nests.front().roots);
   for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
     // A product whose epilogue runs on its register tile computes the roots
@@ -626,8 +630,9 @@ KernelSource KernelEmitter::emit() {
     if (onTile)
       break;
   }
-  // An Attention kernel perturbs what its units store.
-  if (perturbation_ != 0 && !attention)
+  // An Attention kernel perturbs what its units store, a Columns kernel
+  // its columns.
+  if (perturbation_ != 0 && !attention && !columns)
     emitPerturbation(parallel, extent);
   w_.line("return");
 
@@ -652,6 +657,7 @@ void KernelEmitter::emitNest(const LoopNest &nest, bool parallel) {
   case NestKind::Elementwise: emitElementwiseRoots(nest.roots, parallel); return;
   case NestKind::Attention: emitAttention(nest.roots.front(), parallel); return;
   case NestKind::Rows: emitRows(nest.roots, parallel); return;
+  case NestKind::Columns: emitColumns(nest.roots, parallel); return;
   case NestKind::Reduction:
   case NestKind::Contraction:
   case NestKind::Window:
@@ -683,17 +689,7 @@ void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
       w_.pushScope();
     }
     Index idx = openLoops(shape, split);
-    DType dt = dtypeOf(id);
-    std::string even = w_.assign(fmt::format(
-        "arith.cmpi eq, {}, {} : index",
-        w_.assign(fmt::format("arith.remui {}, {} : index", linearize(idx, shape),
-                              w_.indexConstant(2))),
-        w_.indexConstant(0)));
-    std::string delta = w_.assign(fmt::format("arith.select {}, {}, {} : {}", even,
-                                              w_.constant(perturbation_, dt), w_.constant(0, dt),
-                                              scalarType(dt)));
-    std::string sum = rules_.binary(OpKind::Add, dt, load(id, idx), delta);
-    store(id, viewOf(id), idx, sum);
+    perturbElement(id, idx);
     closeLoops(idx.size());
     if (guard) {
       w_.popScope();
@@ -702,6 +698,20 @@ void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
     }
     w_.popScope();
   }
+}
+
+void KernelEmitter::perturbElement(ValueId id, const Index &idx) {
+  DType dt = dtypeOf(id);
+  std::string even = w_.assign(fmt::format(
+      "arith.cmpi eq, {}, {} : index",
+      w_.assign(fmt::format("arith.remui {}, {} : index", linearize(idx, shapeOf(id)),
+                            w_.indexConstant(2))),
+      w_.indexConstant(0)));
+  std::string delta = w_.assign(fmt::format("arith.select {}, {}, {} : {}", even,
+                                            w_.constant(perturbation_, dt), w_.constant(0, dt),
+                                            scalarType(dt)));
+  std::string sum = rules_.binary(OpKind::Add, dt, load(id, idx), delta);
+  store(id, viewOf(id), idx, sum);
 }
 
 // See lowerGroup (lowering.h). Each nest is emitted into a function of its

@@ -210,6 +210,7 @@ KernelTarget kernelTarget(bool gpu) {
         .planTileEpilogue(roots, product, epilogue);
   };
   target.rowKernels = !gpu;
+  target.columnKernels = !gpu;
   return target;
 }
 

@@ -136,6 +136,21 @@ void KernelEmitter::emitRoot(ValueId id, bool parallel) {
                                      opInfo(n.op).name));
 }
 
+// The identities of max and min: infinities, or the integer limits of the
+// width and signedness (integerConstant keeps the low bits: INT64_MAX is no
+// double, and -1 is the largest unsigned value).
+std::string KernelEmitter::reductionIdentity(const Node &n) {
+  DType dt = n.type.dtype;
+  uint64_t signBit = uint64_t(1) << (dtypeSize(dt) * 8 - 1);
+  int64_t lowest = isUnsigned(dt) ? 0 : static_cast<int64_t>(signBit);
+  int64_t highest = isUnsigned(dt) ? -1 : static_cast<int64_t>(signBit - 1);
+  if (n.op == OpKind::ReduceMax)
+    return isFloat(dt) ? w_.constant(-INFINITY, dt) : w_.integerConstant(lowest, dt);
+  if (n.op == OpKind::ReduceMin)
+    return isFloat(dt) ? w_.constant(INFINITY, dt) : w_.integerConstant(highest, dt);
+  return w_.constant(0, dt); // sum and mean
+}
+
 void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   const Node &n = node(id);
   ValueId x = n.operands[0];
@@ -147,19 +162,8 @@ void KernelEmitter::emitReduction(ValueId id, bool parallel) {
   DType dt = n.type.dtype;
   std::string t = scalarType(dt);
 
-  // The identities of max and min: infinities, or the integer limits of the
-  // width and signedness (integerConstant keeps the low bits: INT64_MAX is no
-  // double, and -1 is the largest unsigned value).
-  std::string init;
-  uint64_t signBit = uint64_t(1) << (dtypeSize(dt) * 8 - 1);
-  int64_t lowest = isUnsigned(dt) ? 0 : static_cast<int64_t>(signBit);
-  int64_t highest = isUnsigned(dt) ? -1 : static_cast<int64_t>(signBit - 1);
-  if (n.op == OpKind::ReduceMax)
-    init = isFloat(dt) ? w_.constant(-INFINITY, dt) : w_.integerConstant(lowest, dt);
-  else if (n.op == OpKind::ReduceMin)
-    init = isFloat(dt) ? w_.constant(INFINITY, dt) : w_.integerConstant(highest, dt);
-  else // sum and mean (emitRoot sends only reduce_* here)
-    init = w_.constant(0, dt);
+  // emitRoot sends only reduce_* here.
+  std::string init = reductionIdentity(n);
   if (emitLeadingAxesReduction(id, parallel, init))
     return;
   Index out = openLoops(n.type.shape, parallel);

@@ -62,6 +62,11 @@ bool KernelEmitter::rowVectorizable(ValueId id, int64_t width) const {
     return false;
   if (n.op == OpKind::BroadcastTo)
     return rowVectorizable(n.operands[0], width);
+  // A reshape that keeps the last axis (a matmul's [B*T, N] result read as
+  // [B, T, N], a keepdims reduction's [1, 1, N] read as [N]) reads the same
+  // columns of one row of its operand.
+  if (n.op == OpKind::Reshape)
+    return alongRow(n.operands[0], width) && rowVectorizable(n.operands[0], width);
   // A one-hot row compares the row's index with the columns; its index
   // check ran before the nests (precheckable).
   if (n.op == OpKind::OneHot)
@@ -110,6 +115,15 @@ std::string KernelEmitter::rowVector(ValueId id, const Index &at, int64_t width,
   } else if (n.op == OpKind::BroadcastTo) {
     ValueId x = n.operands[0];
     v = rowVector(x, broadcastIndex(x, n.type.shape, at), width, mask);
+  } else if (n.op == OpKind::Reshape) {
+    // Row-major: the row's flat index among the leading axes is the same.
+    ValueId x = n.operands[0];
+    const Shape &xs = shapeOf(x);
+    Index row(at.begin(), at.end() - 1);
+    Index xAt = delinearize(linearize(row, Shape(n.type.shape.begin(), n.type.shape.end() - 1)),
+                            Shape(xs.begin(), xs.end() - 1));
+    xAt.push_back(at.back());
+    v = rowVector(x, xAt, width, mask);
   } else if (n.op == OpKind::OneHot) {
     // 1 in the lane whose column is the row's index (none where it is out
     // of range), else 0.

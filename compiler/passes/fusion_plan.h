@@ -78,9 +78,17 @@ enum class NestKind {
                // reductions first over the row, then the row's other roots,
                // while the row is in cache (one pass over memory; rowKernel
                // in kernel_plan.cpp says when)
+  Columns,     // a Reduction kernel whose reductions all reduce the leading
+               // axes of one shape [R..., C...] (bias and layer-norm
+               // parameter gradients) and whose other roots end in C (the
+               // optimizer's update after them): threads split the columns
+               // (blocks of 16 along C's last axis), each computing every
+               // root on its own columns, the reductions first, streaming
+               // the rows in order (columnKernel in kernel_plan.cpp says
+               // when; lowering_columns.cpp)
 };
 // "elementwise", "reduction", "contraction", "window", "scatter",
-// "attention", "collective", "rows"
+// "attention", "collective", "rows", "columns"
 std::string_view nestKindName(NestKind kind);
 
 struct LoopNest {
@@ -124,7 +132,8 @@ struct KernelPlan {
   // kernel_plan.cpp). Else the kernel runs on one thread. An Attention
   // kernel is always split, by its units instead (a batch entry's block of
   // query rows, each owning whole rows of the output, row max and sum;
-  // lowering_attention.cpp).
+  // lowering_attention.cpp), and so is a Columns kernel, by its blocks of
+  // columns (lowering_columns.cpp).
   bool rowParallel = false;
 };
 
@@ -270,6 +279,8 @@ struct KernelTarget {
   // Whether the target runs NestKind::Rows nests (the CPU; the GPU's
   // kernels run one nest per function, one thread per element).
   bool rowKernels = false;
+  // Whether the target runs NestKind::Columns nests (the CPU).
+  bool columnKernels = false;
 };
 // Whether a node of this op can be inlined into the nests that read it
 // (its value at an index is a cheap function of its operands' values at

@@ -221,8 +221,11 @@ std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
         text += fmt::format(" then {} per sample", valueName(graph, *nest.samplePool));
       nests.push_back(text);
     }
-    out += fmt::format("nests {}: {}{}\n", group.name, kernel.rowParallel ? "rows split; " : "",
-                       fmt::join(nests, "; "));
+    // A Columns kernel's threads split its columns, every other's its rows.
+    std::string split;
+    if (kernel.rowParallel)
+      split = kernel.nests.front().kind == NestKind::Columns ? "columns split; " : "rows split; ";
+    out += fmt::format("nests {}: {}{}\n", group.name, split, fmt::join(nests, "; "));
   }
   return out;
 }

@@ -24,6 +24,7 @@ std::string_view nestKindName(NestKind kind) {
   case NestKind::Attention: return "attention";
   case NestKind::Collective: return "collective";
   case NestKind::Rows: return "rows";
+  case NestKind::Columns: return "columns";
   }
   return "?";
 }
@@ -255,6 +256,82 @@ bool rowKernel(const Graph &g, const FusionGroup &group, const std::vector<Value
   return true;
 }
 
+// Whether `shape` ends in the dimensions `columns`.
+bool endsWith(const Shape &shape, const Shape &columns) {
+  return shape.size() >= columns.size() &&
+         std::equal(columns.begin(), columns.end(), shape.end() - columns.size());
+}
+
+// Whether a Reduction group computes its roots column by column
+// (NestKind::Columns): every reduction is a sum, mean, max or min of one
+// shape [R..., C...] over its leading axes R (a bias gradient: [B, T, N]
+// over B and T), not of a half type (the kernel accumulates in the output's
+// own buffer); every other root is inlinable with a shape ending in C (the
+// optimizer's update of that parameter, a full-size gradient); and every
+// value computed in the kernel is read only at its own column (its index
+// into C): by elementwise ops, broadcasts and reshapes whose operands and
+// results end in C (trailing dimensions that match are never broadcast, and
+// a row-major reshape between two shapes ending in C keeps every element's
+// index into C), and by the
+// reductions. Threads can then split the columns: each sums its columns over
+// all rows in order, so the result does not depend on the thread count.
+// A reduction alone (the unfused mode's kernel) is one too.
+bool columnKernel(const Graph &g, const FusionGroup &group, const std::vector<ValueId> &roots) {
+  if (group.kind != FusionKind::Reduction && group.kind != FusionKind::Single)
+    return false;
+  auto sumOrExtreme = [](OpKind op) {
+    return op == OpKind::ReduceSum || op == OpKind::ReduceMean || op == OpKind::ReduceMax ||
+           op == OpKind::ReduceMin;
+  };
+  auto first = std::ranges::find_if(roots, [&](ValueId r) { return sumOrExtreme(g.node(r).op); });
+  if (first == roots.end())
+    return false;
+  const Node &reduction = g.node(*first);
+  const Shape full = g.type(reduction.operands[0]).shape;
+  std::vector<int64_t> axes = reduction.attrs.getInts("axes");
+  std::sort(axes.begin(), axes.end());
+  if (axes.empty() || axes.size() >= full.size() ||
+      std::ranges::any_of(full, [](int64_t d) { return d < 1; }))
+    return false;
+  for (size_t k = 0; k < axes.size(); ++k)
+    if (axes[k] != static_cast<int64_t>(k))
+      return false;
+  const Shape columns(full.begin() + static_cast<ptrdiff_t>(axes.size()), full.end());
+  for (ValueId r : roots) {
+    const Node &n = g.node(r);
+    if (opInfo(n.op).opClass == OpClass::Reduction) {
+      std::vector<int64_t> a = sumOrExtreme(n.op) ? n.attrs.getInts("axes") : std::vector<int64_t>{};
+      std::sort(a.begin(), a.end());
+      if (a != axes || g.type(n.operands[0]).shape != full || isHalf(n.type.dtype))
+        return false;
+    } else if (!isInlinable(n.op) || !endsWith(n.type.shape, columns)) {
+      return false;
+    }
+  }
+  std::set<ValueId> rootSet(roots.begin(), roots.end());
+  std::set<ValueId> carries;
+  for (ValueId id : group.nodes) {
+    const Node &n = g.node(id);
+    bool c = rootSet.count(id) > 0;
+    for (ValueId operand : n.operands)
+      c = c || carries.count(operand);
+    if (!c)
+      continue;
+    carries.insert(id);
+    if (opInfo(n.op).opClass == OpClass::Reduction)
+      continue;
+    OpClass opClass = opInfo(n.op).opClass;
+    bool atColumn = (opClass == OpClass::Elementwise || opClass == OpClass::Random ||
+                     n.op == OpKind::BroadcastTo || n.op == OpKind::Reshape) &&
+                    endsWith(n.type.shape, columns);
+    for (ValueId operand : n.operands)
+      atColumn = atColumn && (!carries.count(operand) || endsWith(g.type(operand).shape, columns));
+    if (!atColumn)
+      return false;
+  }
+  return true;
+}
+
 // The max_pool2d that ends a conv2d's kernel (fusion's exception to rule
 // "opaque"): the last of the roots after the conv, reading a value of the
 // conv's shape.
@@ -308,6 +385,11 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
   if (target.rowKernels && rowKernel(graph, group, roots)) {
     plan.nests.push_back({NestKind::Rows, roots, {}, {}, {}});
     plan.rowParallel = rowLocal(graph, group, roots);
+    return plan;
+  }
+  if (target.columnKernels && columnKernel(graph, group, roots)) {
+    plan.nests.push_back({NestKind::Columns, roots, {}, {}, {}});
+    plan.rowParallel = true;
     return plan;
   }
   // Consecutive inlinable roots of one shape share a loop nest; every other
