@@ -100,15 +100,10 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   auto inBatchSpace = [&](ValueId v) { return operandInBatchSpace(v, rank); };
   StridedOperand q = inBatchSpace(p->queries), kt = inBatchSpace(p->keysT),
                  v = inBatchSpace(p->values);
-  StridedOperand o{p->output, 0, {}};
-  {
-    int64_t stride = 1;
-    o.strides.assign(rank, 0);
-    for (size_t d = rank; d-- > 0;) {
-      o.strides[d] = stride;
-      stride *= out[d];
-    }
-  }
+  // The output goes where the kernel stores it: itself, or the head merge
+  // after it (attentionStore), with stride 1 along Dv.
+  AttentionStore stored = attentionStore(g_, group_.nodes, p->output);
+  StridedOperand o{stored.stored, 0, stored.strides};
   // v's rows are read in place with vector loads where they are contiguous,
   // else each key block of v is copied to a panel too.
   bool packValues = dv > 1 && v.strides[rank - 1] != 1;
@@ -168,7 +163,7 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   std::string keys =
       stridedMatrix(kt, batch, tk, depth, at(kt, rank - 1), at(kt, rank - 2), keysType);
   std::string vm = stridedMatrix(v, batch, tk, dv, at(v, rank - 2), at(v, rank - 1), vType);
-  std::string om = stridedMatrix(o, batch, tq, dv, dv, 1, oType);
+  std::string om = stridedMatrix(o, batch, tq, dv, at(o, rank - 2), at(o, rank - 1), oType);
 
   // The unit's rows start with m = lowest, l = 0, acc = 0.
   {

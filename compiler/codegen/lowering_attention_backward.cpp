@@ -16,7 +16,8 @@
 //    / scale] in place of dP;
 // 3. dQ = dS k over the key blocks (k's rows packed), stored once;
 // 4. dV += P^T dO and d(k^T) += q^T dS into the outputs, which the unit
-//    zeroed first.
+//    zeroed first (or dK += dS^T q, where the kernel stores d(k^T) through a
+//    head merge that puts D, not Tk, at unit stride: attentionStore).
 // Rows past Tq are computed as copies of the last row with P = dS = 0, so
 // they add nothing, and their dQ is not stored.
 #include "kernel_emitter.h"
@@ -50,21 +51,21 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     units *= d;
 
   auto in = [&](ValueId v) { return operandInBatchSpace(v, rank); };
-  auto rowMajor = [&](ValueId v) {
-    StridedOperand s{v, 0, Strides(rank, 0)};
-    int64_t stride = 1;
-    for (size_t d = rank; d-- > 0;) {
-      s.strides[d] = stride;
-      stride *= shapeOf(v)[d];
-    }
-    return s;
-  };
   StridedOperand q = in(p.queries), kt = in(p.keysT), dO = in(b->gradOutput),
                  vt = in(b->valuesT), keys = in(b->keys), qt = in(b->queriesT),
                  rowMax = in(b->rowMax), rowSum = in(b->rowSum);
-  StridedOperand dq = rowMajor(b->gradQueries), dkt = rowMajor(b->gradKeysT),
-                 dvOut = rowMajor(b->gradValues);
+  // Each result goes where the kernel stores it: itself, or the head merge
+  // after it (attentionStore), with stride 1 along D (dQ), Dv (dV), and for
+  // d(k^T) along Tk or D: without unit stride along Tk the unit stores dK,
+  // its transpose, with D along the lanes.
+  auto storedAs = [&](ValueId result) {
+    AttentionStore stored = attentionStore(g_, group_.nodes, result);
+    return StridedOperand{stored.stored, 0, stored.strides};
+  };
+  StridedOperand dq = storedAs(b->gradQueries), dkt = storedAs(b->gradKeysT),
+                 dvOut = storedAs(b->gradValues);
   auto at = [&](const StridedOperand &s, size_t d) { return s.strides[d]; };
+  bool storeKeysAlongLanes = tk == 1 || at(dkt, rank - 1) == 1;
 
   auto stackBuffer = [&](const std::string &type) {
     return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}", type));
@@ -129,9 +130,16 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
                                    at(rowMax, rank - 1), maxType);
   std::string summ = stridedMatrix(rowSum, batch, tq, 1, at(rowSum, rank - 2),
                                    at(rowSum, rank - 1), sumType);
-  std::string dqm = stridedMatrix(dq, batch, tq, depth, depth, 1, dqType);
-  std::string dktm = stridedMatrix(dkt, batch, depth, tk, tk, 1, dktType);
-  std::string dvm = stridedMatrix(dvOut, batch, tk, dv, dv, 1, dvType);
+  std::string dqm =
+      stridedMatrix(dq, batch, tq, depth, at(dq, rank - 2), at(dq, rank - 1), dqType);
+  // d(k^T) [D, Tk], or dK [Tk, D].
+  int64_t dktRows = storeKeysAlongLanes ? depth : tk, dktCols = storeKeysAlongLanes ? tk : depth;
+  std::string dktm =
+      storeKeysAlongLanes
+          ? stridedMatrix(dkt, batch, depth, tk, at(dkt, rank - 2), at(dkt, rank - 1), dktType)
+          : stridedMatrix(dkt, batch, tk, depth, at(dkt, rank - 1), at(dkt, rank - 2), dktType);
+  std::string dvm =
+      stridedMatrix(dvOut, batch, tk, dv, at(dvOut, rank - 2), at(dvOut, rank - 1), dvType);
 
   // The unit's d(k^T) and dV start at 0.
   auto zeroMatrix = [&](const std::string &m, const std::string &type, int64_t mRows,
@@ -142,7 +150,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     w_.endFor();
     w_.endFor();
   };
-  zeroMatrix(dktm, dktType, depth, tk);
+  zeroMatrix(dktm, dktType, dktRows, dktCols);
   zeroMatrix(dvm, dvType, tk, dv);
 
   auto load = [&](const std::string &m, const std::string &type, const std::string &r,
@@ -426,7 +434,23 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     w_.endFor();
     w_.endFor();
   }
-  {
+  if (!storeKeysAlongLanes) {
+    // dK += dS^T q (D along the lanes), as dV above.
+    std::string j = w_.beginFor(w_.indexConstant(0), keyEnd);
+    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
+    std::string mask = maskBelow(subIndex(w_.indexConstant(depth), c));
+    std::string acc = w_.assign(fmt::format(
+        "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", dktm, j, c, mask,
+        zeros, dktType, kVec, kVec));
+    for (int r = 0; r < rows; ++r) {
+      std::string ri = w_.indexConstant(r);
+      acc = fma(splat(w_, load(grads, rowsType, ri, j)), vload(qtTile, qTileType, ri, c), acc);
+    }
+    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dktm, j,
+                        c, mask, acc, dktType, kVec));
+    w_.endFor();
+    w_.endFor();
+  } else {
     std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
     std::string j = openSteppedFor(w_, w_.indexConstant(0), keyEnd, kLanes);
     std::string mask = maskBelow(subIndex(w_.indexConstant(tk), j));
@@ -449,7 +473,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   if (perturbation_ != 0) {
     std::string delta = w_.constant(perturbation_, DType::F32);
     for (auto [m, type, mRows, cols] :
-         {std::tuple{dqm, dqType, tq, depth}, std::tuple{dktm, dktType, depth, tk},
+         {std::tuple{dqm, dqType, tq, depth}, std::tuple{dktm, dktType, dktRows, dktCols},
           std::tuple{dvm, dvType, tk, dv}}) {
       std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(mRows));
       std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));

@@ -30,45 +30,6 @@ Strides rowMajor(const Shape &shape) {
   return strides;
 }
 
-// The strides of a reshape of a strided view, where strides can express it
-// (numpy's rule): each run of old dimensions that merges into new ones must
-// be contiguous within itself. Dimensions of size 1 take any stride.
-std::optional<Strides> reshapeStrides(const Shape &from, const Strides &fromStrides,
-                                      const Shape &to) {
-  Shape oldDims;
-  Strides oldStrides;
-  for (size_t d = 0; d < from.size(); ++d)
-    if (from[d] != 1) {
-      oldDims.push_back(from[d]);
-      oldStrides.push_back(fromStrides[d]);
-    }
-  Strides strides(to.size(), 1);
-  size_t oi = 0, oj = 1, ni = 0, nj = 1;
-  while (ni < to.size() && oi < oldDims.size()) {
-    int64_t np = to[ni], op = oldDims[oi];
-    while (np != op) {
-      if (np < op) {
-        if (nj >= to.size())
-          return std::nullopt;
-        np *= to[nj++];
-      } else {
-        if (oj >= oldDims.size())
-          return std::nullopt;
-        op *= oldDims[oj++];
-      }
-    }
-    for (size_t ok = oi; ok + 1 < oj; ++ok)
-      if (oldStrides[ok] != oldDims[ok + 1] * oldStrides[ok + 1])
-        return std::nullopt;
-    strides[nj - 1] = oldStrides[oj - 1];
-    for (size_t nk = nj - 1; nk > ni; --nk)
-      strides[nk - 1] = strides[nk] * to[nk];
-    ni = nj++;
-    oi = oj++;
-  }
-  return strides;
-}
-
 } // namespace
 
 std::optional<KernelEmitter::StridedOperand> KernelEmitter::stridedOperand(ValueId v,

@@ -18,6 +18,13 @@
 #include <vector>
 
 namespace stepc {
+namespace {
+
+bool isStridedView(OpKind op) {
+  return op == OpKind::Transpose || op == OpKind::Reshape || op == OpKind::BroadcastTo;
+}
+
+} // namespace
 
 bool recomputeAttentionProbabilities(Graph &graph) {
   int64_t mark = 1;
@@ -40,10 +47,32 @@ bool recomputeAttentionProbabilities(Graph &graph) {
       escaping.insert(o.value);
     for (const ParamUpdate &u : graph.updates)
       escaping.insert(u.value);
+    // The views q and k^T are read through (a head split: reshape, then
+    // transpose) are copied too, down to the value in memory, while the
+    // forward reads them only in the pattern: shared by the forward and the
+    // recomputed scores they would be read by two kernels, so neither
+    // attention kernel could read them in place (fusion claims a view only
+    // with all its readers) and a copy kernel would materialize them.
+    // Copies of views cost nothing.
+    std::set<ValueId> views;
+    for (ValueId operand : {p->queries, p->keysT})
+      for (ValueId x = operand; isStridedView(graph.node(x).op) && !escaping.count(x);
+           x = graph.node(x).operands[0]) {
+        bool readInPattern = true;
+        for (ValueId user = 0; user < graph.size(); ++user)
+          if (user <= p->output && !pattern.count(user) && !views.count(user) &&
+              std::count(graph.node(user).operands.begin(), graph.node(user).operands.end(), x))
+            readInPattern = false;
+        if (!readInPattern)
+          break;
+        views.insert(x);
+      }
+    chain.insert(chain.end(), views.begin(), views.end());
+    std::sort(chain.begin(), chain.end());
     ValueId place = std::numeric_limits<ValueId>::max();
     bool escapes = false;
     for (ValueId user = 0; user < graph.size(); ++user) {
-      if (pattern.count(user))
+      if (pattern.count(user) || views.count(user))
         continue;
       for (ValueId o : graph.node(user).operands)
         if (std::binary_search(chain.begin(), chain.end(), o))

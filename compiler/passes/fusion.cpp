@@ -34,6 +34,7 @@
 #include <optional>
 #include <queue>
 #include <set>
+#include <stdexcept>
 #include <tuple>
 
 namespace stepc {
@@ -474,6 +475,99 @@ std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &g,
   computed.erase(std::unique(computed.begin(), computed.end()), computed.end());
   b.computed = std::move(computed);
   return b;
+}
+
+std::optional<std::vector<int64_t>> reshapeStrides(const Shape &from,
+                                                   const std::vector<int64_t> &fromStrides,
+                                                   const Shape &to) {
+  Shape oldDims;
+  std::vector<int64_t> oldStrides;
+  for (size_t d = 0; d < from.size(); ++d)
+    if (from[d] != 1) {
+      oldDims.push_back(from[d]);
+      oldStrides.push_back(fromStrides[d]);
+    }
+  std::vector<int64_t> strides(to.size(), 1);
+  size_t oi = 0, oj = 1, ni = 0, nj = 1;
+  while (ni < to.size() && oi < oldDims.size()) {
+    int64_t np = to[ni], op = oldDims[oi];
+    while (np != op) {
+      if (np < op) {
+        if (nj >= to.size())
+          return std::nullopt;
+        np *= to[nj++];
+      } else {
+        if (oj >= oldDims.size())
+          return std::nullopt;
+        op *= oldDims[oj++];
+      }
+    }
+    for (size_t ok = oi; ok + 1 < oj; ++ok)
+      if (oldStrides[ok] != oldDims[ok + 1] * oldStrides[ok + 1])
+        return std::nullopt;
+    strides[nj - 1] = oldStrides[oj - 1];
+    for (size_t nk = nj - 1; nk > ni; --nk)
+      strides[nk - 1] = strides[nk] * to[nk];
+    ni = nj++;
+    oi = oj++;
+  }
+  return strides;
+}
+
+namespace {
+
+// The strides of chain[0] in the row-major buffer of chain.back(), where
+// each later node of the chain is a transpose or reshape of the one before:
+// the views undone from the stored end back to the first value. None where
+// a reshape cannot be undone by strides.
+std::optional<std::vector<int64_t>> stridesUnderViews(const Graph &g,
+                                                      const std::vector<ValueId> &chain) {
+  const Shape &end = g.type(chain.back()).shape;
+  std::vector<int64_t> strides(end.size(), 1);
+  for (size_t d = end.size(); d-- > 1;)
+    strides[d - 1] = strides[d] * end[d];
+  for (size_t i = chain.size() - 1; i > 0; --i) {
+    const Node &view = g.node(chain[i]);
+    const Shape &from = g.type(chain[i - 1]).shape;
+    if (view.op == OpKind::Transpose) {
+      // view's dimension k is its operand's dimension perm[k].
+      const std::vector<int64_t> &perm = view.attrs.getInts("perm");
+      std::vector<int64_t> operandStrides(strides.size());
+      for (size_t k = 0; k < perm.size(); ++k)
+        operandStrides[static_cast<size_t>(perm[k])] = strides[k];
+      strides = std::move(operandStrides);
+    } else {
+      std::optional<std::vector<int64_t>> undone = reshapeStrides(view.type.shape, strides, from);
+      if (!undone)
+        return std::nullopt;
+      strides = std::move(*undone);
+    }
+  }
+  return strides;
+}
+
+bool isHeadView(OpKind op) { return op == OpKind::Transpose || op == OpKind::Reshape; }
+
+} // namespace
+
+AttentionStore attentionStore(const Graph &g, const std::vector<ValueId> &groupNodes,
+                              ValueId result) {
+  std::vector<ValueId> chain{result};
+  for (bool longer = true; longer;) {
+    longer = false;
+    for (ValueId v : groupNodes)
+      if (isHeadView(g.node(v).op) && g.node(v).operands[0] == chain.back()) {
+        chain.push_back(v);
+        longer = true;
+        break;
+      }
+  }
+  std::optional<std::vector<int64_t>> strides = stridesUnderViews(g, chain);
+  if (!strides)
+    throw std::logic_error(fmt::format("attention result %{} is stored through views that "
+                                       "strides cannot undo (claimAttention takes none such)",
+                                       result));
+  return {chain.back(), *strides};
 }
 
 namespace {
@@ -1268,17 +1362,22 @@ void Fuser::claimAttention() {
       continue;
     // A forward pattern (its output, row max and sum may be read outside),
     // or a backward one (its three products may).
-    std::vector<ValueId> computedNodes, readOutside, operands;
+    // `results`: what the kernel stores by attentionStore.
+    std::vector<ValueId> computedNodes, readOutside, operands, results;
     std::optional<ValueId> mask;
+    std::optional<ValueId> gradKeysT; // a backward pattern's d(k^T)
     if (std::optional<AttentionPattern> p = matchAttention(g_, v)) {
       computedNodes = p->computed;
       readOutside = {v, p->rowMax, p->rowSum};
+      results = {v};
       operands = {p->queries, p->keysT, p->values};
       if (p->causal)
         mask = p->mask;
     } else if (std::optional<AttentionBackwardPattern> b = matchAttentionBackward(g_, v)) {
       computedNodes = b->computed;
       readOutside = {b->gradQueries, b->gradKeysT, b->gradValues};
+      results = readOutside;
+      gradKeysT = b->gradKeysT;
       operands = {b->recomputed.queries, b->recomputed.keysT, b->gradOutput,
                   b->valuesT,           b->keys,              b->queriesT};
       if (b->recomputed.causal)
@@ -1332,6 +1431,34 @@ void Fuser::claimAttention() {
     if (!inMemory)
       continue;
     nodes.insert(views.begin(), views.end());
+    // The transposes and reshapes that are a result's only readers, one
+    // after another (a head merge), join too: the kernel stores the last of
+    // them (attentionStore) instead of a copy kernel rearranging the result.
+    // Only while strides undo them with stride 1 along the dimension whose
+    // 16-lane pieces the kernel stores: the last (a row of the output, dQ or
+    // dV), or for d(k^T) either of the last two (it then stores dK's rows).
+    for (ValueId result : results) {
+      auto storable = [&](const std::vector<int64_t> &strides) {
+        const Shape &s = g_.type(result).shape;
+        size_t last = s.size() - 1;
+        auto unit = [&](size_t d) { return strides[d] == 1 || s[d] == 1; };
+        return unit(last) || (result == gradKeysT && unit(last - 1));
+      };
+      std::vector<ValueId> chain{result};
+      while (!escapes_[chain.back()] && users_[chain.back()].size() == 1) {
+        ValueId u = users_[chain.back()].front();
+        if (!isHeadView(g_.node(u).op) || !computed(u) || members_[groupOf_[u]].size() != 1 ||
+            nodes.count(u))
+          break;
+        chain.push_back(u);
+        std::optional<std::vector<int64_t>> strides = stridesUnderViews(g_, chain);
+        if (!strides || !storable(*strides)) {
+          chain.pop_back();
+          break;
+        }
+      }
+      nodes.insert(chain.begin() + 1, chain.end());
+    }
     int into = groupOf_[v];
     for (ValueId u : nodes)
       if (groupOf_[u] != into)
@@ -1487,15 +1614,14 @@ FusionPlan Fuser::finish() {
     bool attention = attention_.count(live[order[pos]]) > 0;
     KernelShape k;
     if (attention) {
-      // The output matmul: the last node (ids are topological); in a
-      // backward pattern, dQ's product.
-      k.hero = static_cast<int64_t>(group.nodes.back());
-      if (!matchAttention(g_, group.nodes.back()))
-        for (ValueId v : group.nodes)
-          if (matchAttentionBackward(g_, v)) {
-            k.hero = static_cast<int64_t>(v);
-            break;
-          }
+      // The output matmul; in a backward pattern, dQ's product. (Not the
+      // last node: views of the results may follow it.)
+      for (ValueId v : group.nodes)
+        if (g_.node(v).op == OpKind::MatMul &&
+            (matchAttention(g_, v) || matchAttentionBackward(g_, v))) {
+          k.hero = static_cast<int64_t>(v);
+          break;
+        }
     } else {
       [[maybe_unused]] FusionDecision ok = analyze(group.nodes, &k);
       assert(ok.fuse);

@@ -257,6 +257,28 @@ struct AttentionBackwardPattern {
 std::optional<AttentionBackwardPattern> matchAttentionBackward(const Graph &graph,
                                                                ValueId gradQueries);
 
+// The strides of a reshape of a strided view, where strides can express it
+// (numpy's rule): each run of old dimensions that merges into new ones must
+// be contiguous within itself. Dimensions of size 1 take any stride.
+std::optional<std::vector<int64_t>> reshapeStrides(const Shape &from,
+                                                   const std::vector<int64_t> &fromStrides,
+                                                   const Shape &to);
+
+// Where an Attention kernel stores one of its results (the pattern's
+// output, or a backward pattern's dQ, d(k^T) or dV). The kernel also holds
+// the transposes and reshapes that are the result's only readers, one after
+// another (a head merge [B,H,T,D] -> [B,T,H,D] -> [B,T,H*D]: claimAttention
+// takes them), and stores the last of them, `stored`, row-major: result
+// element i is element sum_d i[d] * strides[d] of it. So no kernel copies
+// the result into the layout its readers want. Without such views `stored`
+// is the result itself.
+struct AttentionStore {
+  ValueId stored = 0;
+  std::vector<int64_t> strides;
+};
+AttentionStore attentionStore(const Graph &graph, const std::vector<ValueId> &groupNodes,
+                              ValueId result);
+
 // Throws stepc::Error when options.fusedGroups names a group the full plan
 // does not have.
 FusionPlan planFusion(const Graph &graph, const FusionOptions &options = {});

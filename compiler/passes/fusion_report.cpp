@@ -193,6 +193,7 @@ std::string peakLines(const Graph &graph, const FusionPlan &plan, const BufferPl
 // nests an epilogue computes on the product's tile are listed too):
 //   nests k0_matmul_add_relu: rows split; contraction %z1 (strided: a b)
 //   with epilogue %h1 on its tile; elementwise %h1
+//   nests k7_attention: rows split; attention %heads (stores %merged %m %l)
 std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
   std::string out;
   for (const FusionGroup &group : plan.groups) {
@@ -219,6 +220,14 @@ std::string kernelPlanLines(const Graph &graph, const FusionPlan &plan) {
       }
       if (nest.samplePool)
         text += fmt::format(" then {} per sample", valueName(graph, *nest.samplePool));
+      // What an attention kernel stores: its results, or the head merges
+      // after them (attentionStore), and the row statistics others read.
+      if (nest.kind == NestKind::Attention) {
+        std::vector<std::string> stored;
+        for (ValueId v : kernel.roots)
+          stored.push_back(valueName(graph, v));
+        text += fmt::format(" (stores {})", fmt::join(stored, " "));
+      }
       nests.push_back(text);
     }
     // A Columns kernel's threads split its columns, every other's its rows.

@@ -353,10 +353,11 @@ KernelPlan planKernel(const Graph &graph, const FusionGroup &group,
   // An Attention kernel computes its output with the online softmax and
   // stores the row max and sum where others read them
   // (lowering_attention.cpp): one nest, whose threads split its units (a
-  // batch entry's block of query rows) rather than dimension 0.
+  // batch entry's block of query rows) rather than dimension 0. Its results
+  // are stored as the views after them that others read (attentionStore).
   if (group.kind == FusionKind::Attention) {
     for (ValueId id : group.nodes)
-      if (static_cast<int64_t>(id) == group.hero || usedOutside[id])
+      if (usedOutside[id])
         plan.roots.push_back(id);
     plan.nests.push_back({NestKind::Attention, {static_cast<ValueId>(group.hero)}, {}, {}, {}});
     plan.rowParallel = true;
