@@ -14,6 +14,7 @@
 
 namespace stepc {
 struct LoweredGraph;
+struct FusionPlan;
 }
 
 namespace stepc::cli::perf {
@@ -27,6 +28,13 @@ double median(std::vector<double> values);
 Graph loadBenchedGraph(const std::string &file, const std::string &paramsOption,
                        const std::string &optimizer, const std::string &loss, TensorMap &params,
                        const MixedPrecision &mixed = {});
+
+// "k3", the short name of a plan's group ("k3_matmul_add_relu" in full).
+std::string kernelShortName(size_t group);
+
+// The groups of a plan that fuse more than one op (what --inject-fault and
+// bisect-fusion's probes may name).
+std::vector<size_t> fusedGroups(const FusionPlan &plan);
 
 // --inject-fault KERNEL=AMOUNT of `command` (bisect-fusion, bench): KERNEL is
 // a fused kernel (more than one op) of `full`, by name or as "kN"; throws

@@ -55,9 +55,6 @@ perf::Difference difference(const StepsResult &a, const StepsResult &b) {
   return d;
 }
 
-// "k3", the short name the probes use ("k3_matmul_add_relu" in full).
-std::string shortName(size_t group) { return fmt::format("k{}", group); }
-
 // The fused kernels of a probe, as runs of consecutive candidates:
 // "k0..k13, k17".
 std::string describeSet(const std::vector<size_t> &set, const std::vector<size_t> &candidates) {
@@ -72,61 +69,13 @@ std::string describeSet(const std::vector<size_t> &set, const std::vector<size_t
     while (j + 1 < candidates.size() &&
            std::binary_search(set.begin(), set.end(), candidates[j + 1]))
       ++j;
-    runs.push_back(i == j ? shortName(candidates[i])
-                          : fmt::format("{}..{}", shortName(candidates[i]),
-                                        shortName(candidates[j])));
+    runs.push_back(i == j ? perf::kernelShortName(candidates[i])
+                          : fmt::format("{}..{}", perf::kernelShortName(candidates[i]),
+                                        perf::kernelShortName(candidates[j])));
     i = j + 1;
   }
   return runs.empty() ? "none" : fmt::format("{}", fmt::join(runs, ", "));
 }
-
-// The groups of the full plan that fuse more than one op: the candidates.
-std::vector<size_t> fusedGroups(const FusionPlan &plan) {
-  std::vector<size_t> groups;
-  for (size_t g = 0; g < plan.groups.size(); ++g)
-    if (plan.groups[g].nodes.size() > 1)
-      groups.push_back(g);
-  return groups;
-}
-
-std::string fusedKernelNames(const FusionPlan &plan, const std::vector<size_t> &candidates) {
-  std::vector<std::string> names;
-  for (size_t g : candidates)
-    names.push_back(plan.groups[g].name);
-  return fmt::format("{}", fmt::join(names, ", "));
-}
-
-} // namespace
-
-CompileOptions::Perturbation perf::parseFault(std::string_view command, const std::string &text,
-                                              const LoweredGraph &full) {
-  const Graph &graph = full.graph;
-  const FusionPlan &plan = full.plan;
-  std::vector<size_t> candidates = fusedGroups(plan);
-  size_t eq = text.rfind('=');
-  std::string kernel = text.substr(0, eq == std::string::npos ? text.size() : eq);
-  std::string amountText = eq == std::string::npos ? "" : text.substr(eq + 1);
-  char *end = nullptr;
-  double amount = amountText.empty() ? NAN : std::strtod(amountText.c_str(), &end);
-  if (std::isnan(amount) || !std::isfinite(amount) || *end != '\0')
-    throw Error(fmt::format("{}: --inject-fault '{}': expected KERNEL=AMOUNT with a "
-                            "finite number, e.g. k3=0.01",
-                            command, text));
-  for (size_t g = 0; g < plan.groups.size(); ++g) {
-    if (kernel != plan.groups[g].name && kernel != shortName(g))
-      continue;
-    if (!std::binary_search(candidates.begin(), candidates.end(), g))
-      throw Error(fmt::format("{}: --inject-fault: kernel '{}' of graph '{}' is one "
-                              "op, not a fused kernel; the fused kernels are: {}",
-                              command, kernel, graph.name, fusedKernelNames(plan, candidates)));
-    return {g, amount};
-  }
-  throw Error(fmt::format("{}: --inject-fault: graph '{}' has no kernel '{}'; the "
-                          "fused kernels are: {}",
-                          command, graph.name, kernel, fusedKernelNames(plan, candidates)));
-}
-
-namespace {
 
 // A kernel as the culprit lists show it: name, kind, then one line per op
 // with its source location (the kernel's provenance).
@@ -244,7 +193,7 @@ int bisectFusion(const BisectOptions &options) {
   TensorMap inputs = randomInputs(graph, options.seed);
   // The full plan names the kernels; probes fuse subsets of its groups.
   LoweredGraph full = lowerGraph(graph, {.cache = false});
-  std::vector<size_t> candidates = fusedGroups(full.plan);
+  std::vector<size_t> candidates = perf::fusedGroups(full.plan);
   fmt::print("{}{}: {} kernels, {} of them fused (more than one op)\n", graph.name,
              options.optimizer.empty() ? "" : " (training step, " + options.optimizer + ")",
              full.plan.groups.size(), candidates.size());
