@@ -239,4 +239,28 @@ TEST(CodegenMatMulPlan, AbsIsNoEpilogueOnTheTile) {
   stepc::testing::expectMatchesInterpreter(cpu.graph, randomInputs(cpu.graph, 14), initialParams(cpu.graph));
 }
 
+// A transposed A whose K rows are a line or more apart (a weight
+// gradient's X^T) is prefetched ahead along K; a row-major A, which the
+// hardware prefetchers follow, and a short K stride (rows within a line)
+// are not.
+TEST(CodegenMatMulPlan, OnlyATransposedALongStrideIsPrefetched) {
+  auto lowered = [](const std::string &x, const std::string &a) {
+    std::string text = fmt::format(R"(graph g {{
+  input %x : f32[{}]
+  input %w : f32[40,24]
+  %xt = {}
+  %z = matmul(%xt, %w)
+  output z = %z
+}})", x, a);
+    return planAndLower(text.c_str(), false).function;
+  };
+  const std::string prefetch = "memref.prefetch";
+  std::string transposed = lowered("40,32", "transpose(%x) {perm=[1,0]}");
+  EXPECT_NE(transposed.find(prefetch), std::string::npos) << transposed;
+  std::string rowMajor = lowered("32,40", "reshape(%x) {shape=[32,40]}");
+  EXPECT_EQ(rowMajor.find(prefetch), std::string::npos) << rowMajor;
+  std::string shortStride = lowered("40,8", "transpose(%x) {perm=[1,0]}");
+  EXPECT_EQ(shortStride.find(prefetch), std::string::npos) << shortStride;
+}
+
 } // namespace

@@ -244,6 +244,11 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     StridedOperand c{id, 0, rowMajor(out)};
     mm.c = stridedMatrix(c, batch, rows, cols, cols, 1, mm.cType);
     mm.epilogue = tileEpilogue_;
+    // A transposed view of A (unit stride along M, K rows a line or more
+    // apart): 16 K steps ahead measured 4-8% faster on the GPT step's
+    // X^T x dY with M = K = 1024 (lda 1024); 8, 24, 32 and 64 were slower.
+    if (aM == 1 && aK >= 16)
+      mm.aPrefetch = 16;
     emitTiledMatMul(w_, mm);
   };
   if (rank == 2 || plan.collapse) {

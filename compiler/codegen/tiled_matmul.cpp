@@ -260,6 +260,15 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                          loadLanes(w, mm.b, bType(mm), mm.bElem, loop.iv,
                                    v == 0 ? bc : add(w, bc, v * kLanes), mask),
                          mm.bElem, true));
+  if (mm.aPrefetch > 0 && mm.k > mm.aPrefetch) {
+    // The tile's rows of A aPrefetch K steps ahead (the last row where that
+    // is past the end), one line: adjacent rows are adjacent in memory.
+    std::string ahead = w.assign(fmt::format("arith.minui {}, {} : index",
+                                             add(w, loop.iv, mm.aPrefetch),
+                                             w.indexConstant(mm.k - 1)));
+    w.line(fmt::format("memref.prefetch {}[{}, {}], read, locality<3>, data : {}", mm.a,
+                       mm.aTransposed ? ahead : rowLo, mm.aTransposed ? rowLo : ahead, aType(mm)));
+  }
   std::vector<std::string> next;
   for (int r = 0; r < rows; ++r) {
     std::string row = r == 0 ? rowLo : add(w, rowLo, r);

@@ -35,6 +35,12 @@ struct TiledMatMul {
   // one rounding, so only the order of the f32 sums differs from the FMA
   // kernel (and bf16 subnormals read as 0).
   bool bf16Dot = false;
+  // Where A's rows are adjacent in memory and its K stride is long (a
+  // transposed view, a weight gradient's X^T: each K step of a tile reads a
+  // new line, often a new page, which the hardware prefetchers do not
+  // follow), the f32 vector tile prefetches its rows of A this many K steps
+  // ahead; 0: none.
+  int64_t aPrefetch = 0;
   // Add the product to C instead of storing it (dot-product path only).
   bool accumulate = false;
   // With bTransposed: copy B^T's column panels into a row-major buffer on
