@@ -199,7 +199,7 @@ bool epilogueOnTile(const FusionGroup &group) {
 // (the next matmul and the weight gradient read act) and nothing else of
 // full size, on the register tile; the backward matmul kernel rebuilds
 // tanh from up in its own epilogue. Without the pass the forward stores
-// five such tensors and runs its epilogue as a row sweep.
+// five such tensors (on its tile too: kernel_plan.cpp's tileEpilogue).
 TEST(ActivationRecomputeRule, GeluForwardKernelStoresUpAndActOnItsTile) {
   Graph step = geluStep(2, 9, 16, 40);
   Shape hidden{2, 9, 40};
@@ -219,7 +219,6 @@ TEST(ActivationRecomputeRule, GeluForwardKernelStoresUpAndActOnItsTile) {
   GeluKernels without = geluKernels(unchanged, plan);
   ASSERT_NE(without.forward, nullptr);
   EXPECT_GT(fullSizeOutputs(unchanged, *without.forward, hidden), 3);
-  EXPECT_FALSE(epilogueOnTile(*without.forward));
 }
 
 } // namespace

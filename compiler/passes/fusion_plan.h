@@ -95,9 +95,9 @@ struct LoopNest {
   NestKind kind = NestKind::Elementwise;
   std::vector<ValueId> roots; // Elementwise: one or more of one shape; else one
   // Contraction of a matmul or conv2d: the roots of all the later nests,
-  // when these are all Elementwise, of the product's shape and few enough
-  // (with the full-size tensors they read) to compute on each register tile
-  // of the product before it is stored, and the target can
+  // when these are all Elementwise and of the product's shape, to compute
+  // on each register tile of the product before it is stored, where the
+  // target can
   // (KernelTarget::tileEpilogue: it has a register tile for these dtypes,
   // operand layouts and ops; the GPU has none): its epilogue. The kernel
   // then computes those roots there, and the later nests are not run on
