@@ -474,6 +474,9 @@ int bench(const BenchOptions &options) {
   if (options.threads < 0)
     throw Error(fmt::format("bench: --threads must be 0 (all cores) or more, got {}",
                             options.threads));
+  if (!options.injectFault.empty() && (!options.perKernel || options.file.empty()))
+    throw Error("bench: --inject-fault perturbs the per-kernel comparison of a graph; it goes "
+                "with FILE.sg --per-kernel");
   if (options.checkDeterminism) {
     // A check, not a measurement: it times nothing, so the timing options
     // would silently do nothing.
@@ -485,9 +488,6 @@ int bench(const BenchOptions &options) {
     return checkDeterminism(options);
   }
 
-  if (!options.injectFault.empty() && (!options.perKernel || options.file.empty()))
-    throw Error("bench: --inject-fault perturbs the per-kernel comparison of a graph; it goes "
-                "with FILE.sg --per-kernel");
   memoryBudgetOption(options.memoryBudget); // a bad budget fails before measuring
   if (!options.json.empty()) {
     // Fail before the minutes of measuring, not after.
