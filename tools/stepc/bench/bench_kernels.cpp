@@ -149,6 +149,18 @@ void requireMatchingKernels(const LoweredGraph &lowered, const Executable &exe,
     throw Error(fmt::format("bench --per-kernel: the {} executable's kernels differ from its "
                             "lowered plan ({} kernels against {} groups)",
                             build, actual.size(), lowered.plan.groups.size()));
+  // feedInputs writes by the lowered plan's offsets into the executable's
+  // arena: every value a kernel writes must sit in the same place in both.
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const auto &want = expected[i].outputs, &got = actual[i].outputs;
+    bool sameSlots = want.size() == got.size();
+    for (size_t j = 0; sameSlots && j < want.size(); ++j)
+      sameSlots = want[j].offset == got[j].offset && want[j].type == got[j].type;
+    if (!sameSlots)
+      throw Error(fmt::format("bench --per-kernel: kernel {} of the {} executable writes its "
+                              "outputs elsewhere in the arena than its lowered plan",
+                              expected[i].name, build));
+  }
 }
 
 } // namespace
