@@ -192,14 +192,6 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
       local.push_back(r == 0 ? first : addIndex(w_, first, w_.indexConstant(r)));
     }
   };
-  std::string lanes = "arith.constant dense<[0";
-  for (int l = 1; l < kLanes; ++l)
-    lanes += fmt::format(", {}", l);
-  lanes += "]> : vector<16xi64>";
-  auto indexVector = [&](const std::string &index) {
-    std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", index));
-    return w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", i));
-  };
   std::vector<std::string> types(2 * rows, "f32");
 
   // One key block [j0, j0 + count), packed, through every tile of the unit.
@@ -256,10 +248,9 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     }
 
     // Which lanes are keys (< Tk), and with causal, which a row sees (<= row).
-    std::string keysAt = w_.assign(
-        fmt::format("arith.addi {}, {} : vector<16xi64>", indexVector(jj), w_.assign(lanes)));
+    std::string keysAt = laneIndices(w_, jj);
     std::string isKey = w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi64>", keysAt,
-                                              indexVector(w_.indexConstant(tk))));
+                                              indexVector(w_, w_.indexConstant(tk))));
     std::string scale = splat(w_, w_.constant(p->scale, DType::F32));
     std::string fill = splat(w_, w_.constant(p->fill, DType::F32));
     std::string lowestVec = splat(w_, lowest);
@@ -272,7 +263,7 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
         s = w_.assign(fmt::format("arith.divf {}, {} : {}", s, scale, kVec));
       if (p->causal) {
         std::string sees = w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi64>",
-                                                 keysAt, indexVector(row[r])));
+                                                 keysAt, indexVector(w_, row[r])));
         s = w_.assign(
             fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", sees, s, fill, kVec));
       }
@@ -452,12 +443,8 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
             addIndex(w_, w_.assign(fmt::format("arith.muli {}, {} : index", row[r],
                                                w_.indexConstant(dv))),
                      c));
-        std::string parity = w_.assign(fmt::format(
-            "arith.index_cast {} : index to i64",
-            w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2)))));
-        std::string lanesParity = w_.assign(fmt::format(
-            "arith.addi {}, {} : vector<16xi64>", w_.assign(lanes),
-            w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", parity))));
+        std::string lanesParity = laneIndices(
+            w_, w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2))));
         std::string two = w_.assign("arith.constant dense<2> : vector<16xi64>");
         std::string odd = w_.assign(fmt::format("arith.remui {}, {} : vector<16xi64>",
                                                 lanesParity, two));

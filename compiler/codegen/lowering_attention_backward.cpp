@@ -178,14 +178,6 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   auto maskBelow = [&](const std::string &n) {
     return w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", n));
   };
-  std::string lanes = "arith.constant dense<[0";
-  for (int l = 1; l < kLanes; ++l)
-    lanes += fmt::format(", {}", l);
-  lanes += "]> : vector<16xi64>";
-  auto indexVector = [&](const std::string &index) {
-    std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i64", index));
-    return w_.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", i));
-  };
   std::vector<std::string> vectorTypes(static_cast<size_t>(rows), kVec);
 
   // Runs body(j0, count) for the whole key blocks up to `end`, then for the
@@ -288,10 +280,9 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     };
     std::vector<std::string> scores = products(qTile, qTileType, kPanel, kPanelType, depth);
     std::vector<std::string> dps = products(dOTile, dOTileType, vPanel, vPanelType, dv);
-    std::string keysAt = w_.assign(
-        fmt::format("arith.addi {}, {} : vector<16xi64>", indexVector(jj), w_.assign(lanes)));
+    std::string keysAt = laneIndices(w_, jj);
     std::string isKey = w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi64>", keysAt,
-                                              indexVector(w_.indexConstant(tk))));
+                                              indexVector(w_, w_.indexConstant(tk))));
     for (int r = 0; r < rows; ++r) {
       std::string s = scores[r];
       if (p.scaleOp == AttentionPattern::Scale::Mul)
@@ -307,7 +298,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
         seen = w_.assign(fmt::format(
             "arith.andi {}, {} : vector<16xi1>", seen,
             w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi64>", keysAt,
-                                  indexVector(row[r])))));
+                                  indexVector(w_, row[r])))));
       pr = w_.assign(
           fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", seen, pr, zeros, kVec));
       pr = w_.assign(fmt::format("arith.select {}, {}, {} : {}", valid[r], pr, zeros, kVec));
@@ -417,55 +408,36 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   }
 
   // 4. dV += P^T dO (Dv along the lanes) and d(k^T) += q^T dS (keys along
-  // the lanes), into the unit's outputs.
-  {
-    std::string j = w_.beginFor(w_.indexConstant(0), keyEnd);
-    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
-    std::string mask = maskBelow(subIndex(w_.indexConstant(dv), c));
-    std::string acc = w_.assign(fmt::format(
-        "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", dvm, j, c, mask,
-        zeros, dvType, kVec, kVec));
+  // the lanes), into the unit's outputs: out[o, l] += sum_r a[r, o] b[r, l]
+  // for o < outerEnd and lanes l < laneEnd, 16 at a time, masked from
+  // laneLimit on.
+  auto accumulateOuter = [&](const std::string &out, const std::string &outType,
+                             const std::string &outerEnd, const std::string &laneEnd,
+                             int64_t laneLimit, const std::string &a, const std::string &aType,
+                             const std::string &b, const std::string &bType) {
+    std::string o = w_.beginFor(w_.indexConstant(0), outerEnd);
+    std::string l = openSteppedFor(w_, w_.indexConstant(0), laneEnd, kLanes);
+    std::string mask = maskBelow(subIndex(w_.indexConstant(laneLimit), l));
+    std::string acc = w_.assign(
+        fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", out,
+                    o, l, mask, zeros, outType, kVec, kVec));
     for (int r = 0; r < rows; ++r) {
       std::string ri = w_.indexConstant(r);
-      acc = fma(splat(w_, load(probs, rowsType, ri, j)), vload(dOTile, dOTileType, ri, c), acc);
+      acc = fma(splat(w_, load(a, aType, ri, o)), vload(b, bType, ri, l), acc);
     }
-    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dvm, j, c,
-                        mask, acc, dvType, kVec));
+    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", out, o,
+                        l, mask, acc, outType, kVec));
     w_.endFor();
     w_.endFor();
-  }
-  if (!storeKeysAlongLanes) {
-    // dK += dS^T q (D along the lanes), as dV above.
-    std::string j = w_.beginFor(w_.indexConstant(0), keyEnd);
-    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
-    std::string mask = maskBelow(subIndex(w_.indexConstant(depth), c));
-    std::string acc = w_.assign(fmt::format(
-        "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", dktm, j, c, mask,
-        zeros, dktType, kVec, kVec));
-    for (int r = 0; r < rows; ++r) {
-      std::string ri = w_.indexConstant(r);
-      acc = fma(splat(w_, load(grads, rowsType, ri, j)), vload(qtTile, qTileType, ri, c), acc);
-    }
-    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dktm, j,
-                        c, mask, acc, dktType, kVec));
-    w_.endFor();
-    w_.endFor();
-  } else {
-    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
-    std::string j = openSteppedFor(w_, w_.indexConstant(0), keyEnd, kLanes);
-    std::string mask = maskBelow(subIndex(w_.indexConstant(tk), j));
-    std::string acc = w_.assign(fmt::format(
-        "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", dktm, d, j, mask,
-        zeros, dktType, kVec, kVec));
-    for (int r = 0; r < rows; ++r) {
-      std::string ri = w_.indexConstant(r);
-      acc = fma(splat(w_, load(qtTile, qTileType, ri, d)), vload(grads, rowsType, ri, j), acc);
-    }
-    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", dktm, d,
-                        j, mask, acc, dktType, kVec));
-    w_.endFor();
-    w_.endFor();
-  }
+  };
+  accumulateOuter(dvm, dvType, keyEnd, w_.indexConstant(dvPadded), dv, probs, rowsType, dOTile,
+                  dOTileType);
+  if (!storeKeysAlongLanes) // dK += dS^T q (D along the lanes), as dV
+    accumulateOuter(dktm, dktType, keyEnd, w_.indexConstant(depthPadded), depth, grads, rowsType,
+                    qtTile, qTileType);
+  else
+    accumulateOuter(dktm, dktType, w_.indexConstant(depth), keyEnd, tk, qtTile, qTileType, grads,
+                    rowsType);
   w_.endFor(); // tiles
 
   // With fault injection (lowerGroup's perturbation) the unit perturbs the

@@ -25,6 +25,21 @@ inline std::string splat(MlirWriter &w, const std::string &scalar) {
   return w.assign(fmt::format("vector.broadcast {} : f32 to {}", scalar, kVec));
 }
 
+// An index on all 16 lanes, as i64 (for comparisons with lane indices).
+inline std::string indexVector(MlirWriter &w, const std::string &index) {
+  std::string i = w.assign(fmt::format("arith.index_cast {} : index to i64", index));
+  return w.assign(fmt::format("vector.broadcast {} : i64 to vector<16xi64>", i));
+}
+
+// base, base + 1, ..., base + 15 as a vector<16xi64>.
+inline std::string laneIndices(MlirWriter &w, const std::string &base) {
+  std::string lanes = "arith.constant dense<[0";
+  for (int l = 1; l < kLanes; ++l)
+    lanes += fmt::format(", {}", l);
+  return w.assign(fmt::format("arith.addi {}, {} : vector<16xi64>", indexVector(w, base),
+                              w.assign(lanes + "]> : vector<16xi64>")));
+}
+
 // Opens `scf.for iv = lb to ub step step` carrying `inits` of `types`;
 // returns the iteration arguments' names, and the results' in `results`.
 inline std::vector<std::string> openCarryingFor(MlirWriter &w, const std::string &iv,

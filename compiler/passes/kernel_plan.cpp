@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -183,6 +184,30 @@ std::vector<ValueId> tileEpilogue(const Graph &g, ValueId product, const std::ve
   return later;
 }
 
+// Whether `keeps` holds for every node of the group, other than reductions,
+// that is a root or reads (through the group) a value that is: what the row
+// and column kernels compute in their sweep. `keeps` gets the node and the
+// values carried so far (its operands among them are the ones computed in
+// the sweep).
+bool carriedValuesAll(
+    const Graph &g, const FusionGroup &group, const std::vector<ValueId> &roots,
+    const std::function<bool(const Node &, const std::set<ValueId> &carries)> &keeps) {
+  std::set<ValueId> rootSet(roots.begin(), roots.end());
+  std::set<ValueId> carries;
+  for (ValueId id : group.nodes) {
+    const Node &n = g.node(id);
+    bool c = rootSet.count(id) > 0;
+    for (ValueId operand : n.operands)
+      c = c || carries.count(operand);
+    if (!c)
+      continue;
+    carries.insert(id);
+    if (opInfo(n.op).opClass != OpClass::Reduction && !keeps(n, carries))
+      return false;
+  }
+  return true;
+}
+
 // Whether a Reduction group computes its roots row by row (NestKind::Rows):
 // every reduction is a sum, mean, max or min over the last axis of operands
 // of one shape [..., N]; every other root has that shape or the row shape
@@ -213,18 +238,7 @@ bool rowKernel(const Graph &g, const FusionGroup &group, const std::vector<Value
       return false;
     }
   }
-  std::set<ValueId> rootSet(roots.begin(), roots.end());
-  std::set<ValueId> carries;
-  for (ValueId id : group.nodes) {
-    const Node &n = g.node(id);
-    bool c = rootSet.count(id) > 0;
-    for (ValueId operand : n.operands)
-      c = c || carries.count(operand);
-    if (!c)
-      continue;
-    carries.insert(id);
-    if (opInfo(n.op).opClass == OpClass::Reduction)
-      continue;
+  return carriedValuesAll(g, group, roots, [&](const Node &n, const std::set<ValueId> &carries) {
     bool inRow = opInfo(n.op).opClass == OpClass::Elementwise || n.op == OpKind::BroadcastTo;
     for (ValueId operand : n.operands) {
       if (!carries.count(operand))
@@ -233,10 +247,8 @@ bool rowKernel(const Graph &g, const FusionGroup &group, const std::vector<Value
       inRow = inRow && in.size() == n.type.shape.size() && !in.empty() &&
               std::equal(in.begin(), in.end() - 1, n.type.shape.begin());
     }
-    if (!inRow)
-      return false;
-  }
-  return true;
+    return inRow;
+  });
 }
 
 // Whether `shape` ends in the dimensions `columns`.
@@ -291,28 +303,15 @@ bool columnKernel(const Graph &g, const FusionGroup &group, const std::vector<Va
       return false;
     }
   }
-  std::set<ValueId> rootSet(roots.begin(), roots.end());
-  std::set<ValueId> carries;
-  for (ValueId id : group.nodes) {
-    const Node &n = g.node(id);
-    bool c = rootSet.count(id) > 0;
-    for (ValueId operand : n.operands)
-      c = c || carries.count(operand);
-    if (!c)
-      continue;
-    carries.insert(id);
-    if (opInfo(n.op).opClass == OpClass::Reduction)
-      continue;
+  return carriedValuesAll(g, group, roots, [&](const Node &n, const std::set<ValueId> &carries) {
     OpClass opClass = opInfo(n.op).opClass;
     bool atColumn = (opClass == OpClass::Elementwise || opClass == OpClass::Random ||
                      n.op == OpKind::BroadcastTo || n.op == OpKind::Reshape) &&
                     endsWith(n.type.shape, columns);
     for (ValueId operand : n.operands)
       atColumn = atColumn && (!carries.count(operand) || endsWith(g.type(operand).shape, columns));
-    if (!atColumn)
-      return false;
-  }
-  return true;
+    return atColumn;
+  });
 }
 
 // The max_pool2d that ends a conv2d's kernel (fusion's exception to rule
