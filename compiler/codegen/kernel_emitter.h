@@ -195,6 +195,9 @@ private:
   // One nest of the plan (KernelPlan::nests), as its kind says.
   void emitNest(const LoopNest &nest, bool parallel);
   void emitElementwiseRoots(const std::vector<ValueId> &roots, bool parallel);
+  // Computes each root at `at` (cached, so later roots reuse earlier ones),
+  // then stores them: the body of every nest that sweeps element by element.
+  void emitRootsAt(const std::vector<ValueId> &roots, const Index &at);
   void emitRoot(ValueId id, bool parallel);
   void emitReduction(ValueId id, bool parallel);
   // A Rows nest (lowering_rows.cpp): the roots row by row; `width` is the

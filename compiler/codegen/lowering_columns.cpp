@@ -246,15 +246,7 @@ void KernelEmitter::emitColumnElements(const std::vector<ValueId> &roots,
         storeLanes(roots[k], at, mask, values[k]);
       return;
     }
-    forEachBlockElement(at, width, [&](const Index &element) {
-      std::vector<std::string> values;
-      for (ValueId r : roots) {
-        values.push_back(lowerElement(node(r), r, element));
-        w_.cache(fmt::format("{}@{}", r, fmt::join(element, ",")), values.back());
-      }
-      for (size_t k = 0; k < roots.size(); ++k)
-        store(roots[k], viewOf(roots[k]), element, values[k]);
-    });
+    forEachBlockElement(at, width, [&](const Index &element) { emitRootsAt(roots, element); });
   });
   nestRoots_.clear();
 }

@@ -86,15 +86,19 @@ void KernelEmitter::emitElementwiseRoots(const std::vector<ValueId> &roots, bool
   const Shape &shape = shapeOf(roots.front());
   Index idx = openLoops(shape, parallel);
   nestRoots_.insert(roots.begin(), roots.end());
+  emitRootsAt(roots, idx);
+  nestRoots_.clear();
+  closeLoops(idx.size());
+}
+
+void KernelEmitter::emitRootsAt(const std::vector<ValueId> &roots, const Index &at) {
   std::vector<std::string> values;
   for (ValueId r : roots) {
-    values.push_back(lowerElement(node(r), r, idx));
-    w_.cache(fmt::format("{}@{}", r, fmt::join(idx, ",")), values.back());
+    values.push_back(lowerElement(node(r), r, at));
+    w_.cache(fmt::format("{}@{}", r, fmt::join(at, ",")), values.back());
   }
-  nestRoots_.clear();
-  for (size_t i = 0; i < roots.size(); ++i)
-    store(roots[i], viewOf(roots[i]), idx, values[i]);
-  closeLoops(idx.size());
+  for (size_t k = 0; k < roots.size(); ++k)
+    store(roots[k], viewOf(roots[k]), at, values[k]);
 }
 
 // A root's loop nest follows from its class and flags (ops.def). Each

@@ -276,13 +276,7 @@ void KernelEmitter::emitRowElements(const std::vector<ValueId> &roots, const Ind
     std::string col = w_.beginFor(w_.indexConstant(0), w_.indexConstant(width));
     Index at = row;
     at.push_back(col);
-    std::vector<std::string> values;
-    for (ValueId r : roots) {
-      values.push_back(lowerElement(node(r), r, at));
-      w_.cache(fmt::format("{}@{}", r, fmt::join(at, ",")), values.back());
-    }
-    for (size_t k = 0; k < roots.size(); ++k)
-      store(roots[k], viewOf(roots[k]), at, values[k]);
+    emitRootsAt(roots, at);
     w_.endFor();
   }
   nestRoots_.clear();
