@@ -27,10 +27,12 @@ struct ElementType {
 
 class ElementRules {
 public:
-  // `polynomialSinCos`: f32 sin and cos as sinOrCosF32's arithmetic (the
-  // CPU, where MLIR's polynomial for math.sin/cos is inaccurate); else
-  // math.sin/cos (the GPU's libdevice is accurate).
-  ElementRules(MlirWriter &w, bool polynomialSinCos) : w_(w), polynomialSinCos_(polynomialSinCos) {}
+  // `ownF32Polynomials`: f32 sin, cos and erf as sinOrCosF32's and erfF32's
+  // arithmetic (the CPU, where MLIR's polynomial for math.sin/cos is
+  // inaccurate and the one for math.erf slow); else math.sin/cos/erf (the
+  // GPU's libdevice is accurate and fast).
+  ElementRules(MlirWriter &w, bool ownF32Polynomials)
+      : w_(w), ownF32Polynomials_(ownF32Polynomials) {}
 
   // The value of elementwise op `op` on `x`: operands of type `in` (a
   // select's condition is `in`'s bool type), a result of dtype `out` (bool
@@ -47,9 +49,10 @@ public:
 
 private:
   std::string sinOrCosF32(const std::string &x, const ElementType &type, bool sine);
+  std::string erfF32(const std::string &x, const ElementType &type);
 
   MlirWriter &w_;
-  bool polynomialSinCos_;
+  bool ownF32Polynomials_;
 };
 
 } // namespace stepc::codegen

@@ -284,7 +284,7 @@ private:
   int64_t scratchOffset_ = 0;
   LoweringTarget target_;
   // The arithmetic of elementwise ops, scalar and vector (element_rules.h).
-  ElementRules rules_{w_, target_.polynomialSinCos};
+  ElementRules rules_{w_, target_.ownF32Polynomials};
   // One thread per element (LoweringTarget::Parallel): a nest's parallel
   // openLoops call is flattened: no loops, %begin is the thread's flat index
   // into `flatExtent_` elements.

@@ -24,9 +24,10 @@ struct LoweringTarget {
   // through it), vector pools, reductions into a stack buffer. A GPU thread
   // computes one element instead.
   bool vectorPaths;
-  // f32 sin and cos by ElementRules' polynomial: MLIR's polynomial for
-  // math.sin/cos on the CPU is inaccurate, the GPU's libdevice is not.
-  bool polynomialSinCos;
+  // f32 sin, cos and erf by ElementRules' polynomials: MLIR's polynomials
+  // for math.sin/cos on the CPU are inaccurate and the one for math.erf is
+  // slow; the GPU's libdevice is accurate and fast.
+  bool ownF32Polynomials;
   // Threads add into shared output elements: a scatter-form nest runs one
   // thread per element of what it scatters and adds atomically, after a
   // nest of its own zeroed the output (rather than each call zeroing the
