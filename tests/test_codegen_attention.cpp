@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <ranges>
 #include <string>
 #include <vector>
@@ -284,6 +285,56 @@ TEST(CodegenAttentionValues, PerturbedKernelShiftsEveryOtherElement) {
   Tensor shifted = run({.cache = false, .perturbKernel = CompileOptions::Perturbation{0, 0.25}});
   for (int64_t i = 0; i < plain.numel(); ++i)
     ASSERT_NEAR(shifted.real(i), plain.real(i) + (i % 2 == 0 ? 0.25 : 0), 1e-6) << "o[" << i << "]";
+}
+
+// Through a head merge at an odd head dim (D = 13, where an element's flat
+// indices in [B,H,T,D] and in the merged [B,T,H*D] differ in parity), the
+// forward and the backward attention kernel shift the elements at even flat
+// indices of the values they store: the merged output, and the merged dQ,
+// dK and dV (a gradient graph's outputs), each once.
+TEST(CodegenAttentionValues, PerturbedKernelsShiftEvenElementsOfMergedValues) {
+  Graph forward = parseGraph(R"(graph g {
+  input %x : f32[2,20,39]
+  input %y : f32[2,20,39]
+  input %z : f32[2,20,39]
+  input %w : f32[2,20,39]
+  %x4 = reshape(%x) {shape=[2,20,3,13]}
+  %qh = transpose(%x4) {perm=[0,2,1,3]}
+  %y4 = reshape(%y) {shape=[2,20,3,13]}
+  %kh = transpose(%y4) {perm=[0,2,1,3]}
+  %z4 = reshape(%z) {shape=[2,20,3,13]}
+  %vh = transpose(%z4) {perm=[0,2,1,3]}
+  %o = attention(%qh, %kh, %vh) {causal=1}
+  %o4 = transpose(%o) {perm=[0,2,1,3]}
+  %merged = reshape(%o4) {shape=[2,20,39]}
+  %p = mul(%merged, %w)
+  %loss = reduce_sum(%p) {axes=[0,1,2], keepdims=0}
+  output merged = %merged
+  output loss = %loss
+})");
+  Graph gradients = grad(forward, "loss", {"x", "y", "z"}).graph;
+  for (auto [graph, shifted] :
+       {std::pair{&forward, std::vector<std::string>{"merged"}},
+        std::pair{&gradients, std::vector<std::string>{"grad_x", "grad_y", "grad_z"}}}) {
+    LoweredGraph lowered = lowerGraph(*graph, {.cache = false});
+    // The forward graph's attention kernel, the gradient graph's backward one.
+    std::optional<size_t> kernel;
+    for (size_t k = 0; k < lowered.plan.groups.size(); ++k)
+      if (lowered.plan.groups[k].kind == FusionKind::Attention)
+        kernel = k;
+    ASSERT_TRUE(kernel.has_value()) << fusionReport(lowered.graph, lowered.plan,
+                                                    planBuffers(lowered.graph, lowered.plan));
+    TensorMap inputs = randomInputs(*graph, 28);
+    CompileOptions options{.cache = false};
+    auto plain = compileJit(*graph, options, {.threads = 2})->step(inputs);
+    options.perturbKernel = CompileOptions::Perturbation{*kernel, 0.25};
+    auto perturbed = compileJit(*graph, options, {.threads = 2})->step(inputs);
+    for (const std::string &name : shifted)
+      for (int64_t i = 0; i < plain.at(name).numel(); ++i)
+        ASSERT_NEAR(perturbed.at(name).real(i), plain.at(name).real(i) + (i % 2 == 0 ? 0.25 : 0),
+                    1e-5)
+            << name << "[" << i << "], kernel k" << *kernel;
+  }
 }
 
 // Two layers at 65 tokens: the unfolded causal mask le(iota, iota) is one

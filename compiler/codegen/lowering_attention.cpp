@@ -376,7 +376,8 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   // (a training step's backward pass recomputes the probabilities from
   // them): max and sum of exp(x - max). With fault injection (lowerGroup's
   // perturbation) the unit perturbs what it stores, so no other thread
-  // touches its elements.
+  // touches its elements: those at even flat indices of the values stored
+  // (through a head merge, the merged value's).
   std::string delta = w_.constant(perturbation_, DType::F32);
   auto perturbed = [&](const std::string &value, const std::string &flat) {
     std::string even = w_.assign(fmt::format(
@@ -410,10 +411,7 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     for (int r = 0; r < rows; ++r) {
       std::string value = (*values)[r];
       if (perturbation_ != 0)
-        value = perturbed(value, addIndex(w_,
-                                          w_.assign(fmt::format("arith.muli {}, {} : index",
-                                                                flatBatch, w_.indexConstant(tq))),
-                                          row[r]));
+        value = perturbed(value, flatIndexInValue(w_, view, type, row[r], w_.indexConstant(0)));
       w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", value, view, row[r],
                           w_.indexConstant(0), type));
     }
@@ -435,14 +433,8 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
                                             accType, kVec));
       std::string result = w_.assign(fmt::format("arith.mulf {}, {} : {}", a, inverse[r], kVec));
       if (perturbation_ != 0) {
-        // Lane l is the element at flat index flat + l.
-        std::string flat = addIndex(
-            w_,
-            w_.assign(fmt::format("arith.muli {}, {} : index", flatBatch,
-                                  w_.indexConstant(tq * dv))),
-            addIndex(w_, w_.assign(fmt::format("arith.muli {}, {} : index", row[r],
-                                               w_.indexConstant(dv))),
-                     c));
+        // Lane l is the element at flat index flat + l (Dv at unit stride).
+        std::string flat = flatIndexInValue(w_, om, oType, row[r], c);
         std::string lanesParity = laneIndices(
             w_, w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2))));
         std::string two = w_.assign("arith.constant dense<2> : vector<16xi64>");

@@ -441,7 +441,8 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   w_.endFor(); // tiles
 
   // With fault injection (lowerGroup's perturbation) the unit perturbs the
-  // elements it owns, at even flat indices.
+  // elements it owns at even flat indices of the values stored (through a
+  // head merge, the merged value's).
   if (perturbation_ != 0) {
     std::string delta = w_.constant(perturbation_, DType::F32);
     for (auto [m, type, mRows, cols] :
@@ -449,12 +450,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
           std::tuple{dvm, dvType, tk, dv}}) {
       std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(mRows));
       std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));
-      std::string flat = addIndex(
-          w_, w_.assign(fmt::format("arith.muli {}, {} : index", unit,
-                                    w_.indexConstant(mRows * cols))),
-          addIndex(w_, w_.assign(fmt::format("arith.muli {}, {} : index", r,
-                                             w_.indexConstant(cols))),
-                   c));
+      std::string flat = flatIndexInValue(w_, m, type, r, c);
       std::string even = w_.assign(fmt::format(
           "arith.cmpi eq, {}, {} : index",
           w_.assign(fmt::format("arith.remui {}, {} : index", flat, w_.indexConstant(2))),

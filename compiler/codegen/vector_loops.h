@@ -80,4 +80,23 @@ inline std::string openSteppedFor(MlirWriter &w, const std::string &lb, const st
   return iv;
 }
 
+// The flat index, in the value that the f32 matrix view `view` of type
+// `type` shows (stridedMatrix's views, whose offset and strides count that
+// value's elements), of the view's element [row, col]. Fault injection's
+// "element at an even flat index" is counted so: in the layout stored,
+// whatever view (a head merge) a kernel stores through.
+inline std::string flatIndexInValue(MlirWriter &w, const std::string &view,
+                                    const std::string &type, const std::string &row,
+                                    const std::string &col) {
+  std::string meta = w.fresh("meta");
+  w.line(fmt::format("{}:6 = memref.extract_strided_metadata {} : {} -> memref<f32>, index, "
+                     "index, index, index, index",
+                     meta, view, type));
+  auto scaled = [&](const std::string &i, int result) {
+    return w.assign(fmt::format("arith.muli {}, {}#{} : index", i, meta, result));
+  };
+  return addIndex(w, w.assign(fmt::format("arith.addi {}#1, {} : index", meta, scaled(row, 4))),
+                  scaled(col, 5));
+}
+
 } // namespace stepc::codegen
