@@ -10,6 +10,7 @@
 #include "stepc/autodiff.h"
 #include "stepc/builder.h"
 #include "stepc/compile.h"
+#include "stepc/text.h"
 #include "stepc/train.h"
 
 #include <fmt/format.h>
@@ -149,6 +150,35 @@ TEST(CodegenColumns, BiasGradientMatchesInterpreter) {
   EXPECT_GE(columnKernels(graph), 1);
   expectColumnsMatch(graph, {{"x", randomTensor(DType::F32, {5, 9, 37}, 17)}},
                      randomParams(graph, 18));
+}
+
+// Leading axes written as negative ones (axes=[-3,-2] of a rank-3 tensor,
+// as hand-written graphs and ONNX's ReduceSum give them; the graph holds
+// them normalized from Graph::add on, so the plan sees [0,1]), in any
+// order, ranks 2 to 4, keepdims or not: still a column kernel.
+TEST(CodegenColumns, NegativeLeadingAxesAreColumnKernels) {
+  const std::vector<std::pair<Shape, std::string>> kNegative = {
+      {{7, 33}, "[-2]"},          {{5, 9, 17}, "[-3,-2]"},     {{5, 9, 17}, "[-2,-3]"},
+      {{3, 5, 7, 19}, "[-4]"},    {{3, 5, 7, 19}, "[-3,0,-2]"}, {{3, 5, 7, 19}, "[0,-3]"},
+  };
+  for (size_t k = 0; k < kNegative.size(); ++k)
+    for (bool keepdims : {false, true}) {
+      const auto &[shape, axes] = kNegative[k];
+      std::string text = fmt::format(R"(graph g {{
+  input %x : f32[{}]
+  %t = tanh(%x)
+  %s = {}(%t) {{axes={}, keepdims={}}}
+  %y = mul(%s, %s)
+  output y = %y
+}})",
+                                     fmt::join(shape, ","), k % 2 == 0 ? "reduce_sum" : "reduce_mean",
+                                     axes, keepdims ? 1 : 0);
+      SCOPED_TRACE(text);
+      Graph graph = parseGraph(text);
+      EXPECT_EQ(columnKernels(graph), 1);
+      expectMatchesInterpreter(graph, {{"x", randomTensor(DType::F32, shape, 40 + k)}}, {},
+                               {.unfused = false, .threads = 2});
+    }
 }
 
 // f64 has no 16-lane form: the same columns, one element at a time.
