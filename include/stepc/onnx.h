@@ -49,6 +49,10 @@ struct OnnxModel {
   // The ONNX names of the graph outputs, in order; graph.outputs matches.
   std::vector<std::string> onnxOutputs;
   int64_t opset = 0; // of the default ONNX domain
+  // Params stored transposed: their ONNX initializers are read only
+  // transposed (Gemm's transB = 1 weights), so `params` holds each one
+  // transposed once at import and the graph reads it row-major.
+  std::vector<std::string> transposedParams;
 };
 
 // One reason a model cannot be imported.
