@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -17,6 +18,12 @@ namespace stepc::codegen {
 namespace {
 
 constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
+constexpr int64_t kBPrefetch = 16; // K steps ahead (see emitVectorTile)
+// Rows of C from which a row-major B's panels are copied (see emitTiledMatMul).
+constexpr int64_t kCopyPanelRows = 128;
+// The largest panel on the stack: 64K floats (256 KB), as the callers'
+// bound for packB (kernel_emitter.h's kMaxStackBufferFloats).
+constexpr int64_t kMaxPanelFloats = 65536;
 constexpr const char *kVec = "vector<16xf32>";
 
 std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") {
@@ -260,6 +267,23 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                          loadLanes(w, mm.b, bType(mm), mm.bElem, loop.iv,
                                    v == 0 ? bc : add(w, bc, v * kLanes), mask),
                          mm.bElem, true));
+  // B read in place (not from a packed panel): each K step reads B's next
+  // row, a row stride on, often a new page, which the hardware prefetchers
+  // do not follow. A whole tile prefetches its lines of B kBPrefetch K
+  // steps ahead (one memory op per `rows` FMAs): at batch 32 (a thread's
+  // 16 rows, two tiles) the MLP's 784x1024 and 1024x1024 products ran
+  // 1.3 ms a forward with it, 2.0 ms without (medians of 8 alternating runs
+  // on the shared machine). The narrower tiles of a few leftover rows,
+  // where a prefetch costs as much as the FMAs it serves, ran slower with it
+  // (batch 1: 0.123 against 0.106 ms).
+  if (!mm.packB && rows == registerTile().rows && mm.k > kBPrefetch)
+    for (int v = 0; v < vectors; ++v) {
+      std::string ahead = w.assign(fmt::format("arith.minui {}, {} : index",
+                                               add(w, loop.iv, kBPrefetch),
+                                               w.indexConstant(mm.k - 1)));
+      w.line(fmt::format("memref.prefetch {}[{}, {}], read, locality<3>, data : {}", mm.b, ahead,
+                         v == 0 ? bc : add(w, bc, v * kLanes), bType(mm)));
+    }
   if (mm.aPrefetch > 0 && mm.k > mm.aPrefetch) {
     // The tile's rows of A aPrefetch K steps ahead (the last row where that
     // is past the end), one line: adjacent rows are adjacent in memory.
@@ -522,6 +546,23 @@ void emitTransposedBlock(MlirWriter &w, const TiledMatMul &mm, const std::string
 // attention scores, 44% of the FMA peak).
 void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
                    const std::string &panelType, const std::string &colLo, int64_t cols) {
+  if (!mm.bTransposed) {
+    // B row-major: each row's `cols` columns copied as they are (lanes past
+    // them read 0; the panel is a whole number of vectors wide).
+    std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
+    for (int64_t c = 0; c < cols; c += kLanes) {
+      std::string mask;
+      if (cols - c < kLanes)
+        mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", cols - c));
+      std::string value = widened(
+          w, loadLanes(w, mm.b, bType(mm), mm.bElem, k, c == 0 ? colLo : add(w, colLo, c), mask),
+          mm.bElem, true);
+      w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, panel, k,
+                         w.indexConstant(c), panelType, kVec));
+    }
+    w.endFor();
+    return;
+  }
   if (mm.bUnitK && cols % kLanes == 0) {
     int64_t full = mm.k / kLanes * kLanes;
     if (full > 0) {
@@ -550,6 +591,84 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
   w.endFor();
   w.endFor();
 }
+
+// scf.for iv = lb to ub step `step` { ... closeRegion }
+std::string openFor(MlirWriter &w, const std::string &lb, const std::string &ub, int64_t step) {
+  std::string iv = w.fresh("i");
+  w.line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, w.indexConstant(step)));
+  w.indent();
+  w.pushScope();
+  return iv;
+}
+
+void closeRegion(MlirWriter &w) {
+  w.popScope();
+  w.dedent();
+  w.line("}");
+}
+
+// Rows [rowLo, rowEnd) in tiles of `rows` rows (rowEnd empty: the one tile
+// at rowLo) across all of C's columns, B read in place: `vectors` vectors a
+// tile, then the columns past the last whole tile one vector at a time, the
+// last ones masked. Column panels outside, row tiles inside, so a panel of B
+// read from memory serves every row tile from the cache.
+void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
+                  const std::string &rowEnd, int rows, int vectors) {
+  auto tiles = [&](const std::string &col, int tileVectors, const std::string &mask) {
+    if (rowEnd.empty()) {
+      emitVectorTile(w, mm, rowLo, rows, col, tileVectors, mask);
+      return;
+    }
+    std::string row = openFor(w, rowLo, rowEnd, rows);
+    emitVectorTile(w, mm, row, rows, col, tileVectors, mask);
+    closeRegion(w);
+  };
+  int64_t wideCols = mm.n / (vectors * kLanes) * vectors * kLanes;
+  int64_t narrowCols = mm.n / kLanes * kLanes;
+  if (wideCols > 0) {
+    std::string col = openFor(w, w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    tiles(col, vectors, "");
+    closeRegion(w);
+  }
+  if (narrowCols > wideCols) {
+    std::string col = openFor(w, w.indexConstant(wideCols), w.indexConstant(narrowCols), kLanes);
+    tiles(col, 1, "");
+    closeRegion(w);
+  }
+  if (mm.n > narrowCols)
+    tiles(w.indexConstant(narrowCols),  1,
+          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.n - narrowCols)));
+}
+
+// Rows [from, hi), fewer than a whole tile's (a small batch, or a thread's
+// share of one), B read in place: a tile of 4 rows, of 2 and of 1 as the
+// count's bits say, each as wide as a whole tile's accumulators allow, so
+// that a few rows read each line of B once, not once a row.
+void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                      const std::string &from, const std::string &hi) {
+  if (tile.rows > 8)
+    throw std::logic_error("tiled matmul: leftover rows are split into 4, 2 and 1 rows");
+  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", hi, from));
+  for (int rows = 4; rows >= 1; rows /= 2) {
+    if (rows >= tile.rows)
+      continue;
+    // The bigger pieces come first: this one starts at count & ~(2 rows - 1).
+    std::string bit = w.assign(fmt::format("arith.andi {}, {} : index", count, w.indexConstant(rows)));
+    std::string present = w.assign(fmt::format("arith.cmpi ne, {}, {} : index", bit,
+                                               w.indexConstant(0)));
+    std::string before = w.assign(fmt::format("arith.andi {}, {} : index", count,
+                                              w.indexConstant(-2 * rows)));
+    std::string rowLo = w.assign(fmt::format("arith.addi {}, {} : index", from, before));
+    w.line(fmt::format("scf.if {} {{", present));
+    w.indent();
+    w.pushScope();
+    emitRowTiles(w, mm, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
+    closeRegion(w);
+  }
+}
+
+void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                     const std::string &lo, const std::string &hi, const std::string &tileEnd);
 
 } // namespace
 
@@ -580,57 +699,72 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   }
   const int rows = tile.rows, vectors = tile.vectors;
   std::string tileEnd = wholeTilesEnd(rows);
+  if (mm.packB) {
+    emitPackedTiles(w, mm, tile, lo, hi, tileEnd);
+    return;
+  }
+  // B row-major, read in place by a few row tiles. Where many row tiles
+  // read each column panel (from kCopyPanelRows rows on), the panel is
+  // copied into a contiguous buffer first, as packB does: read in place,
+  // each K step of each tile is a new page (an L2 hit, a TLB miss); the
+  // MLP's products at batch 256 on one thread took 9.65 ms a forward in
+  // place against 9.02 ms from packed panels, while at batch 32 and 64 (4
+  // and 8 row tiles) in place was as fast or faster (1.20 against 1.30 ms,
+  // 2.31 against 2.34 ms). The buffer is on the stack, in an alloca scope
+  // (the product may run inside a batch loop).
+  if (mm.m >= kCopyPanelRows && panelBufferFloats(mm.k) <= kMaxPanelFloats) {
+    w.line("memref.alloca_scope {");
+    w.indent();
+    w.pushScope();
+    TiledMatMul copied = mm;
+    copied.packB = true;
+    copied.bPanel = w.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
+                                         panelBufferType(mm.k)));
+    emitPackedTiles(w, copied, tile, lo, hi, tileEnd);
+    closeRegion(w);
+    return;
+  }
+  emitRowTiles(w, mm, lo, tileEnd, rows, vectors);
+  emitLeftoverRows(w, mm, tile, tileEnd, hi);
+}
 
+namespace {
+
+// With packB, each column panel of B is first copied (from B^T, or from a
+// row-major B) into bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512),
+// which the vector tiles then read row-major; every call packs the panels
+// it uses into its own buffer, so parallel calls share nothing.
+void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                     const std::string &lo, const std::string &hi, const std::string &tileEnd) {
+  const int rows = tile.rows, vectors = tile.vectors;
   int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
   int64_t narrowCols = (mm.n / kLanes) * kLanes;
-
-  // With packB, each column panel of B is first copied from B^T into
-  // bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512), which the vector tiles then read row-major; every call packs
-  // the panels it uses into its own buffer, so parallel calls share nothing.
-  std::string panel, panelType;
+  std::string panelType = panelBufferType(mm.k);
   TiledMatMul fromPanel = mm;
-  if (mm.packB) {
-    panelType = panelBufferType(mm.k);
-    panel = mm.bPanel;
-    fromPanel.b = panel;
-    fromPanel.bType = panelType;
-    fromPanel.bTransposed = false;
-    fromPanel.bElem = "f32"; // the panel holds B widened
-  }
-  const TiledMatMul &tm = mm.packB ? fromPanel : mm;
-  auto panelColumn = [&](int64_t c) { return mm.packB ? w.indexConstant(c) : std::string(); };
+  fromPanel.b = mm.bPanel;
+  fromPanel.bType = panelType;
+  fromPanel.bTransposed = false;
+  fromPanel.bElem = "f32"; // the panel holds B widened
 
   // Column panels outside, row tiles inside.
   if (wideCols > 0) {
-    std::string col = w.fresh("j");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                       w.indexConstant(wideCols), w.indexConstant(vectors * kLanes)));
-    w.indent();
-    w.pushScope();
-    if (mm.packB)
-      emitPackPanel(w, mm, panel, panelType, col, vectors * kLanes);
-    std::string row = w.fresh("i");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
-    w.indent();
-    w.pushScope();
-    emitVectorTile(w, tm, row, rows, col, vectors, "", panelColumn(0));
-    w.popScope();
-    w.dedent();
-    w.line("}");
+    std::string col = openFor(w, w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    emitPackPanel(w, mm, mm.bPanel, panelType, col, vectors * kLanes);
+    std::string row = openFor(w, lo, tileEnd, rows);
+    emitVectorTile(w, fromPanel, row, rows, col, vectors, "", w.indexConstant(0));
+    closeRegion(w);
     // Leftover rows of this panel, one at a time.
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, tm, r, 1, col, vectors, "", panelColumn(0));
+    emitVectorTile(w, fromPanel, r, 1, col, vectors, "", w.indexConstant(0));
     w.endFor();
-    w.popScope();
-    w.dedent();
-    w.line("}");
+    closeRegion(w);
   }
   // The columns past the wide panels share one more panel.
-  if (mm.packB && mm.n > wideCols)
-    emitPackPanel(w, mm, panel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
+  if (mm.n > wideCols)
+    emitPackPanel(w, mm, mm.bPanel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
   if (narrowCols > wideCols) {
     std::string r = w.beginFor(lo, hi);
-    emitVectorTile(w, tm, r, 1, w.indexConstant(wideCols), 1, "", panelColumn(0));
+    emitVectorTile(w, fromPanel, r, 1, w.indexConstant(wideCols), 1, "", w.indexConstant(0));
     w.endFor();
   }
   if (mm.n > narrowCols) {
@@ -638,20 +772,17 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
                                             mm.n - narrowCols));
     std::string col = w.indexConstant(narrowCols);
-    std::string bCol = panelColumn(narrowCols - wideCols);
-    std::string row = w.fresh("i");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
-    w.indent();
-    w.pushScope();
-    emitVectorTile(w, tm, row, rows, col, 1, mask, bCol);
-    w.popScope();
-    w.dedent();
-    w.line("}");
+    std::string bCol = w.indexConstant(narrowCols - wideCols);
+    std::string row = openFor(w, lo, tileEnd, rows);
+    emitVectorTile(w, fromPanel, row, rows, col, 1, mask, bCol);
+    closeRegion(w);
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, tm, r, 1, col, 1, mask, bCol);
+    emitVectorTile(w, fromPanel, r, 1, col, 1, mask, bCol);
     w.endFor();
   }
 }
+
+} // namespace
 
 void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bTType,
                      int64_t depth, bool unitK, const std::string &panel,
