@@ -19,11 +19,6 @@ namespace {
 
 constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
 constexpr int64_t kBPrefetch = 16; // K steps ahead (see emitVectorTile)
-// Rows of C from which a row-major B's panels are copied (see emitTiledMatMul).
-constexpr int64_t kCopyPanelRows = 128;
-// The largest panel on the stack: 64K floats (256 KB), as the callers'
-// bound for packB (kernel_emitter.h's kMaxStackBufferFloats).
-constexpr int64_t kMaxPanelFloats = 65536;
 constexpr const char *kVec = "vector<16xf32>";
 
 std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") {
@@ -703,25 +698,12 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     emitPackedTiles(w, mm, tile, lo, hi, tileEnd);
     return;
   }
-  // B row-major, read in place by a few row tiles. Where many row tiles
-  // read each column panel (from kCopyPanelRows rows on), the panel is
-  // copied into a contiguous buffer first, as packB does: read in place,
-  // each K step of each tile is a new page (an L2 hit, a TLB miss); the
-  // MLP's products at batch 256 on one thread took 9.65 ms a forward in
-  // place against 9.02 ms from packed panels, while at batch 32 and 64 (4
-  // and 8 row tiles) in place was as fast or faster (1.20 against 1.30 ms,
-  // 2.31 against 2.34 ms). The buffer is on the stack, in an alloca scope
-  // (the product may run inside a batch loop).
-  if (mm.m >= kCopyPanelRows && panelBufferFloats(mm.k) <= kMaxPanelFloats) {
-    w.line("memref.alloca_scope {");
-    w.indent();
-    w.pushScope();
+  if (!mm.bPanel.empty()) {
+    // B row-major, its column panels copied into the caller's buffer
+    // (copiesRowMajorPanels), as packB copies B^T's.
     TiledMatMul copied = mm;
     copied.packB = true;
-    copied.bPanel = w.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
-                                         panelBufferType(mm.k)));
     emitPackedTiles(w, copied, tile, lo, hi, tileEnd);
-    closeRegion(w);
     return;
   }
   emitRowTiles(w, mm, lo, tileEnd, rows, vectors);
@@ -801,5 +783,19 @@ std::string panelBufferType(int64_t depth) {
 }
 
 int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
+
+bool copiesRowMajorPanels(int64_t rows) {
+  // Read in place, each K step of each row tile reads B's next row, a new
+  // page (an L2 hit, a TLB miss), while a copied panel is contiguous. The
+  // MLP's products at batch 256 on one thread took 9.65 ms a forward in
+  // place against 9.02 ms from copied panels, while at batch 32 and 64 (4
+  // and 8 row tiles) in place was as fast or faster (1.20 against 1.30 ms,
+  // 2.31 against 2.34 ms). The count is the whole product's, not a
+  // thread's share: the kernel is compiled once for any number of threads
+  // (the pool splits its rows at run time), and choosing at run time would
+  // emit the product twice; a share of 64 to 128 rows (batch 256 on 2 to 4
+  // threads) is where the two paths measured within 1.3% of each other.
+  return rows >= 128;
+}
 
 } // namespace stepc::codegen

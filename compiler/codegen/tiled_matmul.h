@@ -48,8 +48,10 @@ struct TiledMatMul {
   // epilogues) instead of dot products, whose partial sums are reduced per
   // output element at a fraction of the FMA rate.
   bool packB = false;
-  // With packB: a memref of panelBufferType(k) that the caller allocated on
-  // the stack outside any loop (an alloca in a loop would grow the stack).
+  // A memref of panelBufferType(k) that the caller allocated on the stack
+  // outside any loop (an alloca in a loop would grow the stack): needed
+  // with packB; with a row-major B, given where copiesRowMajorPanels(m),
+  // B's column panels are copied into it before the row tiles read them.
   std::string bPanel;
   // With packB: B^T's K stride is 1 (its panels are then copied by
   // transposing 16x16 blocks in registers).
@@ -117,5 +119,11 @@ void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bT
 // column panel of the register tile, panelBufferFloats(K) floats.
 std::string panelBufferType(int64_t depth);
 int64_t panelBufferFloats(int64_t depth);
+
+// Whether a product of `rows` rows (all of C's, however many threads share
+// them) copies a row-major B's column panels into a bPanel first: many row
+// tiles then read each panel. The caller gives the buffer where it fits its
+// stack bound.
+bool copiesRowMajorPanels(int64_t rows);
 
 } // namespace stepc::codegen
