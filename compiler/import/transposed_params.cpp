@@ -1,6 +1,7 @@
 #include "transposed_params.h"
 
 #include "stepc/interpreter.h"
+#include "stepc/onnx.h"
 
 #include <array>
 
@@ -15,10 +16,15 @@ bool isMatrixTranspose(const Node &node) {
 } // namespace
 
 std::vector<std::string> storeTransposedParams(Graph &graph, TensorMap &params) {
-  // Which params qualify: a matrix read by matrix transposes only.
+  // Which params qualify: a matrix read by matrix transposes only (whose
+  // new name no other param has).
+  auto transposedName = [](const std::string &name) {
+    return name + std::string(kTransposedParamSuffix);
+  };
   std::vector<bool> onlyTransposed(graph.size(), false);
   for (ValueId id : graph.params())
-    onlyTransposed[id] = graph.type(id).shape.size() == 2;
+    onlyTransposed[id] = graph.type(id).shape.size() == 2 &&
+                         !params.count(transposedName(graph.node(id).name));
   for (const Node &node : graph.nodes)
     for (ValueId o : node.operands)
       if (!isMatrixTranspose(node))
@@ -43,9 +49,12 @@ std::vector<std::string> storeTransposedParams(Graph &graph, TensorMap &params) 
       const Shape &shape = node.type.shape;
       Node transpose{OpKind::Transpose, {id}, {{"perm", std::vector<int64_t>{1, 0}}},
                      TensorType{node.type.dtype, {shape[1], shape[0]}}, "", node.loc};
-      Tensor &value = params.at(node.name);
+      const Tensor &value = params.at(node.name);
       const std::array<const Tensor *, 1> operands{&value};
-      value = evaluateNode(transpose, operands);
+      Tensor stored = evaluateNode(transpose, operands);
+      params.erase(node.name);
+      node.name = transposedName(node.name);
+      params[node.name] = std::move(stored);
       node.type = transpose.type;
       node.attrs.set("shape", node.type.shape);
       transposed.push_back(node.name);

@@ -64,7 +64,9 @@ int importOnnx(const ImportOnnxOptions &options) {
                         "run|train|bench|compile load from beside this file\n",
                         weights.filename().string());
     if (!model.transposedParams.empty())
-      text += fmt::format("# Stored transposed (the model reads them only transposed): {}\n",
+      text += fmt::format("# Stored transposed, as ONNX's NAME plus {} (the model reads them "
+                          "only transposed): {}\n",
+                          kTransposedParamSuffix,
                           fmt::join(model.transposedParams, ", "));
   }
   text += printGraph(model.graph);
