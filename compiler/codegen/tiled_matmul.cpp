@@ -425,15 +425,9 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
   int64_t colTiles = mm.n / tile.dotCols * tile.dotCols;
   auto columns = [&](const std::string &row, int rows) {
     if (colTiles > 0) {
-      std::string col = w.fresh("j");
-      w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                         w.indexConstant(colTiles), w.indexConstant(tile.dotCols)));
-      w.indent();
-      w.pushScope();
+      std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(colTiles), tile.dotCols);
       emitDotTile(w, mm, row, rows, col, tile.dotCols);
-      w.popScope();
-      w.dedent();
-      w.line("}");
+      w.endFor();
     }
     if (mm.n > colTiles) {
       std::string col = w.beginFor(w.indexConstant(colTiles), w.indexConstant(mm.n));
@@ -441,15 +435,9 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
       w.endFor();
     }
   };
-  std::string row = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd,
-                     w.indexConstant(tile.dotRows)));
-  w.indent();
-  w.pushScope();
+  std::string row = w.beginFor(lo, tileEnd, tile.dotRows);
   columns(row, tile.dotRows);
-  w.popScope();
-  w.dedent();
-  w.line("}");
+  w.endFor();
   std::string r = w.beginFor(tileEnd, hi);
   columns(r, 1);
   w.endFor();
@@ -561,16 +549,10 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
   if (mm.bUnitK && cols % kLanes == 0) {
     int64_t full = mm.k / kLanes * kLanes;
     if (full > 0) {
-      std::string k0 = w.fresh("k");
-      w.line(fmt::format("scf.for {} = {} to {} step {} {{", k0, w.indexConstant(0),
-                         w.indexConstant(full), w.indexConstant(kLanes)));
-      w.indent();
-      w.pushScope();
+      std::string k0 = w.beginFor(w.indexConstant(0), w.indexConstant(full), kLanes);
       for (int64_t group = 0; group < cols; group += kLanes)
         emitTransposedBlock(w, mm, panel, panelType, colLo, group, k0, kLanes);
-      w.popScope();
-      w.dedent();
-      w.line("}");
+      w.endFor();
     }
     for (int64_t group = 0; mm.k > full && group < cols; group += kLanes)
       emitTransposedBlock(w, mm, panel, panelType, colLo, group, w.indexConstant(full),
@@ -587,21 +569,6 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
   w.endFor();
 }
 
-// scf.for iv = lb to ub step `step` { ... closeRegion }
-std::string openFor(MlirWriter &w, const std::string &lb, const std::string &ub, int64_t step) {
-  std::string iv = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, w.indexConstant(step)));
-  w.indent();
-  w.pushScope();
-  return iv;
-}
-
-void closeRegion(MlirWriter &w) {
-  w.popScope();
-  w.dedent();
-  w.line("}");
-}
-
 // Rows [rowLo, rowEnd) in tiles of `rows` rows (rowEnd empty: the one tile
 // at rowLo) across all of C's columns, B read in place: `vectors` vectors a
 // tile, then the columns past the last whole tile one vector at a time, the
@@ -614,21 +581,21 @@ void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo
       emitVectorTile(w, mm, rowLo, rows, col, tileVectors, mask);
       return;
     }
-    std::string row = openFor(w, rowLo, rowEnd, rows);
+    std::string row = w.beginFor(rowLo, rowEnd, rows);
     emitVectorTile(w, mm, row, rows, col, tileVectors, mask);
-    closeRegion(w);
+    w.endFor();
   };
   int64_t wideCols = mm.n / (vectors * kLanes) * vectors * kLanes;
   int64_t narrowCols = mm.n / kLanes * kLanes;
   if (wideCols > 0) {
-    std::string col = openFor(w, w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
     tiles(col, vectors, "");
-    closeRegion(w);
+    w.endFor();
   }
   if (narrowCols > wideCols) {
-    std::string col = openFor(w, w.indexConstant(wideCols), w.indexConstant(narrowCols), kLanes);
+    std::string col = w.beginFor(w.indexConstant(wideCols), w.indexConstant(narrowCols), kLanes);
     tiles(col, 1, "");
-    closeRegion(w);
+    w.endFor();
   }
   if (mm.n > narrowCols)
     tiles(w.indexConstant(narrowCols),  1,
@@ -658,7 +625,9 @@ void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &
     w.indent();
     w.pushScope();
     emitRowTiles(w, mm, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
-    closeRegion(w);
+    w.popScope();
+    w.dedent();
+    w.line("}");
   }
 }
 
@@ -730,16 +699,16 @@ void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
 
   // Column panels outside, row tiles inside.
   if (wideCols > 0) {
-    std::string col = openFor(w, w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
     emitPackPanel(w, mm, mm.bPanel, panelType, col, vectors * kLanes);
-    std::string row = openFor(w, lo, tileEnd, rows);
+    std::string row = w.beginFor(lo, tileEnd, rows);
     emitVectorTile(w, fromPanel, row, rows, col, vectors, "", w.indexConstant(0));
-    closeRegion(w);
+    w.endFor();
     // Leftover rows of this panel, one at a time.
     std::string r = w.beginFor(tileEnd, hi);
     emitVectorTile(w, fromPanel, r, 1, col, vectors, "", w.indexConstant(0));
     w.endFor();
-    closeRegion(w);
+    w.endFor();
   }
   // The columns past the wide panels share one more panel.
   if (mm.n > wideCols)
@@ -755,9 +724,9 @@ void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
                                             mm.n - narrowCols));
     std::string col = w.indexConstant(narrowCols);
     std::string bCol = w.indexConstant(narrowCols - wideCols);
-    std::string row = openFor(w, lo, tileEnd, rows);
+    std::string row = w.beginFor(lo, tileEnd, rows);
     emitVectorTile(w, fromPanel, row, rows, col, 1, mask, bCol);
-    closeRegion(w);
+    w.endFor();
     std::string r = w.beginFor(tileEnd, hi);
     emitVectorTile(w, fromPanel, r, 1, col, 1, mask, bCol);
     w.endFor();

@@ -99,9 +99,15 @@ void forceBf16DotProducts(int state);
 // Blocks of registerTile() rows x columns accumulate in registers over the
 // whole K loop (one broadcast of A and the loads of B feed a row's FMAs);
 // column blocks are the outer loop so a 32-column panel of B stays in
-// L2 while the row blocks pass over it. Edges use one-row tiles and masked
-// vectors. With B^T, small tiles of dot products accumulate 16-lane partial
-// sums along K and reduce them at the end (A must then be row-major).
+// L2 while the row blocks pass over it. B read in place: whole tiles
+// prefetch their lines of B 16 K steps ahead, and the rows left after the
+// whole tiles run as tiles of 4, 2 and 1 rows, each as wide as the
+// accumulators allow; columns past the wide tiles go one vector at a time,
+// the last masked. With packB, or a row-major B and a bPanel, each column
+// panel is copied into bPanel first and the row tiles read it there (the
+// leftover rows one at a time). With B^T and no packB, small tiles of dot
+// products accumulate 16-lane partial sums along K and reduce them at the
+// end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
 // panel[k, c] = bT[colLo + c, k] for k < depth, c < cols: columns

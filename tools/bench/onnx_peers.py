@@ -210,6 +210,9 @@ def main():
             batches = [0]
         if not batches or min(batches) <= 0:
             parser.error(f"--mlp-batch {args.mlp_batch}: expected positive integers, comma-separated")
+        if "mlp" not in names:
+            parser.error(f"--mlp-batch {args.mlp_batch} sets the mlp's batches, but --only "
+                         f"{args.only} has no mlp")
         expanded = []
         for n in names:
             expanded += [mlp_name(b) for b in batches] if n == "mlp" else [n]
