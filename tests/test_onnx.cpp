@@ -487,6 +487,62 @@ void expectGradients(const ModelMaker &m, const TensorMap &inputs,
   EXPECT_GT(report.elementsChecked, 0);
 }
 
+// A Gemm with transB = 1 reads its weight initializer transposed (how
+// PyTorch exports nn.Linear): the import stores that param transposed once,
+// so no transpose reads it, and the model still computes ONNX's
+// Y = X W^T + b, on the interpreter and the CPU backend, with gradients for
+// training. A weight also read as it is (S, by a MatMul) keeps its layout.
+TEST(OnnxImport, GemmTransposedWeightsAreStoredTransposed) {
+  const int64_t rows = 5, depth = 37, cols = 19;
+  Tensor x = testing::randomTensor(DType::F32, {rows, depth}, 1);
+  Tensor w = testing::randomTensor(DType::F32, {cols, depth}, 2);
+  Tensor bias = testing::randomTensor(DType::F32, {cols}, 3);
+  Tensor s = testing::randomTensor(DType::F32, {cols, cols}, 4);
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {rows, depth});
+  addInitializer(m, "W", w);
+  addInitializer(m, "b", bias);
+  addInitializer(m, "S", s);
+  setInt(m.node("Gemm", "linear", {"x", "W", "b"}, {"y"}), "transB", 1);
+  setInt(m.node("Gemm", "shared_t", {"y", "S"}, {"u"}), "transB", 1);
+  m.node("MatMul", "shared", {"u", "S"}, {"v"});
+  m.output("y");
+  m.output("v");
+
+  OnnxModel model = importOnnxBytes(m.bytes(), "linear.onnx");
+  // Renamed W.T: values in ONNX's layout do not load under the new name.
+  EXPECT_EQ(model.transposedParams, std::vector<std::string>{"W.T"});
+  EXPECT_FALSE(model.graph.findNamed("W"));
+  EXPECT_FALSE(model.params.count("W"));
+  ValueId wId = *model.graph.findNamed("W.T"), sId = *model.graph.findNamed("S");
+  EXPECT_EQ(model.graph.type(wId).shape, (Shape{depth, cols}));
+  EXPECT_EQ(model.graph.type(sId).shape, (Shape{cols, cols}));
+  const Tensor &stored = model.params.at("W.T");
+  ASSERT_EQ(stored.shape(), (Shape{depth, cols}));
+  for (int64_t j = 0; j < cols; ++j)
+    for (int64_t k = 0; k < depth; ++k)
+      EXPECT_EQ(stored.real(k * cols + j), w.real(j * depth + k));
+  EXPECT_EQ(model.params.at("S").real(1), s.real(1));
+  bool sReadTransposed = false;
+  for (const Node &node : model.graph.nodes) {
+    EXPECT_FALSE(node.op == OpKind::Transpose && node.operands[0] == wId);
+    sReadTransposed |= node.op == OpKind::Transpose && node.operands[0] == sId;
+  }
+  EXPECT_TRUE(sReadTransposed);
+
+  TensorMap out = runBoth(m, {{"x", x}});
+  const Tensor &y = out.at("y");
+  ASSERT_EQ(y.shape(), (Shape{rows, cols}));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      double expected = bias.real(j);
+      for (int64_t k = 0; k < depth; ++k)
+        expected += x.real(i * depth + k) * w.real(j * depth + k);
+      EXPECT_NEAR(y.real(i * cols + j), expected, 1e-4) << i << ", " << j;
+    }
+  expectGradients(m, {{"x", x}}, {"x", "W.T", "b"});
+}
+
 std::string importError(const ModelMaker &m) {
   std::optional<OnnxImportError> e = importFailure(m, "bad.onnx");
   return e ? e->what() : "";

@@ -195,6 +195,28 @@ TEST_F(TrainCli, ImportedOnnxModel) {
   ASSERT_EQ(fromFolder.status, 0) << fromFolder.output;
   EXPECT_EQ(lastLine(fromFolder.output), lastLine(fromOnnx.output));
 
+  // The weight is stored transposed as NAME.T: its values in ONNX's layout
+  // (what a PyTorch state dict holds) fail to load, naming it, rather than
+  // loading transposed where the weight is square.
+  std::map<std::string, Tensor> onnxLayout;
+  std::string renamed;
+  for (const auto &[name, value] : readSafetensors((work / "linear.safetensors").string())) {
+    bool transposed = name.ends_with(".T");
+    if (transposed)
+      renamed = name;
+    onnxLayout.emplace(transposed ? name.substr(0, name.size() - 2) : name,
+                       transposed ? Tensor(value.dtype(), {value.shape()[1], value.shape()[0]})
+                                  : value);
+  }
+  ASSERT_FALSE(renamed.empty());
+  writeSafetensors((work / "onnx_layout.safetensors").string(), onnxLayout);
+  r = stepc(fmt::format("run {} --seed 1 --params {}", sg,
+                        (work / "onnx_layout.safetensors").string()));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(fmt::format("missing param '{}'", renamed)), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("ONNX's layout"), std::string::npos) << r.output;
+
   // compile's NAME.params.safetensors (what NAME_create loads) holds them too.
   r = stepc(fmt::format("compile {} -o {} --name linear", sg, (work / "aot").string()));
   ASSERT_EQ(r.status, 0) << r.output;

@@ -17,8 +17,8 @@
 
 namespace stepc::codegen {
 
-// The most floats a kernel keeps in one stack buffer (256 KiB): B^T's packed
-// panel, a reduction's row of accumulators. A kernel runs on the caller's
+// The most floats a kernel keeps in one stack buffer (256 KiB): a matmul's
+// panel of B, a reduction's row of accumulators. A kernel runs on the caller's
 // thread or a pool worker, whose stacks are a few MiB; larger shapes take
 // paths without the buffer.
 constexpr int64_t kMaxStackBufferFloats = 65536;
@@ -79,6 +79,11 @@ private:
   std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,
                             int64_t cols, int64_t rowStride, int64_t colStride, std::string &type);
   void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
+  // TiledMatMul::bPanel for a product of `rows` rows and depth K, allocated
+  // here, before the loops around the product: with B^T packed (`packed`),
+  // or with a row-major B where copiesRowMajorPanels(rows) and the panel
+  // fits kMaxStackBufferFloats; else empty (B read in place).
+  std::string panelBuffer(bool packed, int64_t rows, int64_t depth);
   // An Attention group's kernel (lowering_attention.cpp): its output (the
   // plan's Attention nest), tile by tile with an online softmax. A parallel
   // call owns units [begin, end) of attentionUnits(output) (a batch entry's

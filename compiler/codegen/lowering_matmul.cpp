@@ -196,6 +196,15 @@ std::string KernelEmitter::stridedMatrix(const StridedOperand &s, const Index &b
       viewOf(s.base), offset, rows, cols, rowStride, colStride, memrefType(g_.type(s.base)), type));
 }
 
+std::string KernelEmitter::panelBuffer(bool packed, int64_t rows, int64_t depth) {
+  bool copied = !packed && copiesRowMajorPanels(rows) &&
+                panelBufferFloats(depth) <= kMaxStackBufferFloats;
+  if (!packed && !copied)
+    return "";
+  return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
+                               panelBufferType(depth)));
+}
+
 // The register-tiled product, batch entry by batch entry (or all batch
 // entries as the rows of one product when they fold into A's rows). A
 // parallel call owns output rows [begin, end) of dimension 0: batch
@@ -206,11 +215,11 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
   int64_t m = out[rank - 2], depth = shapeOf(node(id).operands[0]).back(), cols = out[rank - 1];
   const Strides &as = plan.a.strides, &bs = plan.b.strides;
   int64_t aM = as[rank - 2], aK = as[rank - 1], bK = bs[rank - 2], bN = bs[rank - 1];
-  // Before any loop: one panel buffer on the stack per call of the kernel.
-  std::string panel;
-  if (plan.pack)
-    panel = w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
-                                  panelBufferType(depth)));
+  bool rowsFold = rank == 2 || plan.collapse;
+  int64_t foldedRows = 1;
+  for (size_t d = 0; d + 1 < rank; ++d)
+    foldedRows *= out[d];
+  std::string panel = panelBuffer(plan.pack, rowsFold ? foldedRows : m, depth);
   // Operands that hold bf16 numbers (bf16 buffers, or f32 ones a cast
   // widened from bf16, as mixed precision's products read) run on
   // vdpbf16ps where the target has it.
@@ -251,10 +260,8 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
       mm.aPrefetch = 16;
     emitTiledMatMul(w_, mm);
   };
-  if (rank == 2 || plan.collapse) {
-    int64_t rows = 1;
-    for (size_t d = 0; d + 1 < rank; ++d)
-      rows *= out[d];
+  if (rowsFold) {
+    int64_t rows = foldedRows;
     Shape lead(out.begin(), out.end() - 1);
     tileIndex_ = [this, lead](const std::string &row, const std::string &col) {
       Index idx = lead.size() == 1 ? Index{row} : delinearize(row, lead);

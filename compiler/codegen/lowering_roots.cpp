@@ -467,10 +467,12 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     int64_t depth = ws[1] * ws[2] * ws[3], points = os[2] * os[3];
     std::string weights = matrixView(w, "", ws[0], depth);
     std::string col = colBuffer(ws, os);
+    std::string panel = panelBuffer(false, os[1], depth);
     Index sample = openLoops({os[0]}, parallel);
     im2col(n, x, sample[0], ws, os, col);
     std::string out = matrixView(id, sample[0], os[1], points);
     TiledMatMul mm{weights, col, out, os[1], depth, points, "", ""};
+    mm.bPanel = panel;
     tileSample_ = sample[0];
     mm.epilogue = tileEpilogue_;
     emitTiledMatMul(w_, mm);
@@ -507,10 +509,12 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     std::string type = fmt::format("memref<{}x{}xf32>", depth, points);
     std::string dcol = colBuffer(ws, gs);
     std::string weights = matrixView(w, "", ws[0], depth);
+    std::string panel = panelBuffer(false, depth, gs[1]);
     Index sample = openLoops({gs[0]}, parallel);
     TiledMatMul mm{weights, matrixView(g, sample[0], gs[1], points), dcol, depth, gs[1], points,
                    "", ""};
     mm.aTransposed = true;
+    mm.bPanel = panel;
     emitTiledMatMul(w_, mm);
     forEachColElement(n, xs, ws, gs,
                       [&](const std::string &row, const std::string &point, const std::string &c,

@@ -122,10 +122,10 @@ std::string MlirWriter::literalConstant(const std::string &literal, DType dtype)
   return name;
 }
 
-std::string MlirWriter::beginFor(const std::string &lb, const std::string &ub) {
+std::string MlirWriter::beginFor(const std::string &lb, const std::string &ub, int64_t step) {
   std::string iv = fresh("i");
-  std::string one = indexConstant(1);
-  line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, one));
+  std::string stepValue = indexConstant(step);
+  line(fmt::format("scf.for {} = {} to {} step {} {{", iv, lb, ub, stepValue));
   indent();
   pushScope();
   return iv;

@@ -41,10 +41,9 @@ public:
   void indent() { depth_ += 1; }
   void dedent() { depth_ -= 1; }
 
-  // Opens `scf.for %iv = lb to ub` (with optional iter_args); close with
-  // `endFor`. Index constants are cached per region, so the cache scope is
-  // pushed too.
-  std::string beginFor(const std::string &lb, const std::string &ub);
+  // Opens `scf.for %iv = lb to ub step step`; close with `endFor`. Index
+  // constants are cached per region, so the cache scope is pushed too.
+  std::string beginFor(const std::string &lb, const std::string &ub, int64_t step = 1);
   void endFor();
 
   // Values computed in an enclosing region are visible in nested ones; a

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -17,6 +18,7 @@ namespace stepc::codegen {
 namespace {
 
 constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
+constexpr int64_t kBPrefetch = 16; // K steps ahead (see emitVectorTile)
 constexpr const char *kVec = "vector<16xf32>";
 
 std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") {
@@ -260,6 +262,23 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                          loadLanes(w, mm.b, bType(mm), mm.bElem, loop.iv,
                                    v == 0 ? bc : add(w, bc, v * kLanes), mask),
                          mm.bElem, true));
+  // B read in place (not from a packed panel): each K step reads B's next
+  // row, a row stride on, often a new page, which the hardware prefetchers
+  // do not follow. A whole tile prefetches its lines of B kBPrefetch K
+  // steps ahead (one memory op per `rows` FMAs): at batch 32 (a thread's
+  // 16 rows, two tiles) the MLP's 784x1024 and 1024x1024 products ran
+  // 1.3 ms a forward with it, 2.0 ms without (medians of 8 alternating runs
+  // on the shared machine). The narrower tiles of a few leftover rows,
+  // where a prefetch costs as much as the FMAs it serves, ran slower with it
+  // (batch 1: 0.123 against 0.106 ms).
+  if (!mm.packB && rows == registerTile().rows && mm.k > kBPrefetch)
+    for (int v = 0; v < vectors; ++v) {
+      std::string ahead = w.assign(fmt::format("arith.minui {}, {} : index",
+                                               add(w, loop.iv, kBPrefetch),
+                                               w.indexConstant(mm.k - 1)));
+      w.line(fmt::format("memref.prefetch {}[{}, {}], read, locality<3>, data : {}", mm.b, ahead,
+                         v == 0 ? bc : add(w, bc, v * kLanes), bType(mm)));
+    }
   if (mm.aPrefetch > 0 && mm.k > mm.aPrefetch) {
     // The tile's rows of A aPrefetch K steps ahead (the last row where that
     // is past the end), one line: adjacent rows are adjacent in memory.
@@ -406,15 +425,9 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
   int64_t colTiles = mm.n / tile.dotCols * tile.dotCols;
   auto columns = [&](const std::string &row, int rows) {
     if (colTiles > 0) {
-      std::string col = w.fresh("j");
-      w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                         w.indexConstant(colTiles), w.indexConstant(tile.dotCols)));
-      w.indent();
-      w.pushScope();
+      std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(colTiles), tile.dotCols);
       emitDotTile(w, mm, row, rows, col, tile.dotCols);
-      w.popScope();
-      w.dedent();
-      w.line("}");
+      w.endFor();
     }
     if (mm.n > colTiles) {
       std::string col = w.beginFor(w.indexConstant(colTiles), w.indexConstant(mm.n));
@@ -422,15 +435,9 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
       w.endFor();
     }
   };
-  std::string row = w.fresh("i");
-  w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd,
-                     w.indexConstant(tile.dotRows)));
-  w.indent();
-  w.pushScope();
+  std::string row = w.beginFor(lo, tileEnd, tile.dotRows);
   columns(row, tile.dotRows);
-  w.popScope();
-  w.dedent();
-  w.line("}");
+  w.endFor();
   std::string r = w.beginFor(tileEnd, hi);
   columns(r, 1);
   w.endFor();
@@ -522,19 +529,30 @@ void emitTransposedBlock(MlirWriter &w, const TiledMatMul &mm, const std::string
 // attention scores, 44% of the FMA peak).
 void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
                    const std::string &panelType, const std::string &colLo, int64_t cols) {
+  if (!mm.bTransposed) {
+    // B row-major: each row's `cols` columns copied as they are (lanes past
+    // them read 0; the panel is a whole number of vectors wide).
+    std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
+    for (int64_t c = 0; c < cols; c += kLanes) {
+      std::string mask;
+      if (cols - c < kLanes)
+        mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", cols - c));
+      std::string value = widened(
+          w, loadLanes(w, mm.b, bType(mm), mm.bElem, k, c == 0 ? colLo : add(w, colLo, c), mask),
+          mm.bElem, true);
+      w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, panel, k,
+                         w.indexConstant(c), panelType, kVec));
+    }
+    w.endFor();
+    return;
+  }
   if (mm.bUnitK && cols % kLanes == 0) {
     int64_t full = mm.k / kLanes * kLanes;
     if (full > 0) {
-      std::string k0 = w.fresh("k");
-      w.line(fmt::format("scf.for {} = {} to {} step {} {{", k0, w.indexConstant(0),
-                         w.indexConstant(full), w.indexConstant(kLanes)));
-      w.indent();
-      w.pushScope();
+      std::string k0 = w.beginFor(w.indexConstant(0), w.indexConstant(full), kLanes);
       for (int64_t group = 0; group < cols; group += kLanes)
         emitTransposedBlock(w, mm, panel, panelType, colLo, group, k0, kLanes);
-      w.popScope();
-      w.dedent();
-      w.line("}");
+      w.endFor();
     }
     for (int64_t group = 0; mm.k > full && group < cols; group += kLanes)
       emitTransposedBlock(w, mm, panel, panelType, colLo, group, w.indexConstant(full),
@@ -550,6 +568,71 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
   w.endFor();
   w.endFor();
 }
+
+// Rows [rowLo, rowEnd) in tiles of `rows` rows (rowEnd empty: the one tile
+// at rowLo) across all of C's columns, B read in place: `vectors` vectors a
+// tile, then the columns past the last whole tile one vector at a time, the
+// last ones masked. Column panels outside, row tiles inside, so a panel of B
+// read from memory serves every row tile from the cache.
+void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
+                  const std::string &rowEnd, int rows, int vectors) {
+  auto tiles = [&](const std::string &col, int tileVectors, const std::string &mask) {
+    if (rowEnd.empty()) {
+      emitVectorTile(w, mm, rowLo, rows, col, tileVectors, mask);
+      return;
+    }
+    std::string row = w.beginFor(rowLo, rowEnd, rows);
+    emitVectorTile(w, mm, row, rows, col, tileVectors, mask);
+    w.endFor();
+  };
+  int64_t wideCols = mm.n / (vectors * kLanes) * vectors * kLanes;
+  int64_t narrowCols = mm.n / kLanes * kLanes;
+  if (wideCols > 0) {
+    std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    tiles(col, vectors, "");
+    w.endFor();
+  }
+  if (narrowCols > wideCols) {
+    std::string col = w.beginFor(w.indexConstant(wideCols), w.indexConstant(narrowCols), kLanes);
+    tiles(col, 1, "");
+    w.endFor();
+  }
+  if (mm.n > narrowCols)
+    tiles(w.indexConstant(narrowCols),  1,
+          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.n - narrowCols)));
+}
+
+// Rows [from, hi), fewer than a whole tile's (a small batch, or a thread's
+// share of one), B read in place: a tile of 4 rows, of 2 and of 1 as the
+// count's bits say, each as wide as a whole tile's accumulators allow, so
+// that a few rows read each line of B once, not once a row.
+void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                      const std::string &from, const std::string &hi) {
+  if (tile.rows > 8)
+    throw std::logic_error("tiled matmul: leftover rows are split into 4, 2 and 1 rows");
+  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", hi, from));
+  for (int rows = 4; rows >= 1; rows /= 2) {
+    if (rows >= tile.rows)
+      continue;
+    // The bigger pieces come first: this one starts at count & ~(2 rows - 1).
+    std::string bit = w.assign(fmt::format("arith.andi {}, {} : index", count, w.indexConstant(rows)));
+    std::string present = w.assign(fmt::format("arith.cmpi ne, {}, {} : index", bit,
+                                               w.indexConstant(0)));
+    std::string before = w.assign(fmt::format("arith.andi {}, {} : index", count,
+                                              w.indexConstant(-2 * rows)));
+    std::string rowLo = w.assign(fmt::format("arith.addi {}, {} : index", from, before));
+    w.line(fmt::format("scf.if {} {{", present));
+    w.indent();
+    w.pushScope();
+    emitRowTiles(w, mm, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
+    w.popScope();
+    w.dedent();
+    w.line("}");
+  }
+}
+
+void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                     const std::string &lo, const std::string &hi, const std::string &tileEnd);
 
 } // namespace
 
@@ -580,57 +663,59 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   }
   const int rows = tile.rows, vectors = tile.vectors;
   std::string tileEnd = wholeTilesEnd(rows);
+  if (mm.packB) {
+    emitPackedTiles(w, mm, tile, lo, hi, tileEnd);
+    return;
+  }
+  if (!mm.bPanel.empty()) {
+    // B row-major, its column panels copied into the caller's buffer
+    // (copiesRowMajorPanels), as packB copies B^T's.
+    TiledMatMul copied = mm;
+    copied.packB = true;
+    emitPackedTiles(w, copied, tile, lo, hi, tileEnd);
+    return;
+  }
+  emitRowTiles(w, mm, lo, tileEnd, rows, vectors);
+  emitLeftoverRows(w, mm, tile, tileEnd, hi);
+}
 
+namespace {
+
+// With packB, each column panel of B is first copied (from B^T, or from a
+// row-major B) into bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512),
+// which the vector tiles then read row-major; every call packs the panels
+// it uses into its own buffer, so parallel calls share nothing.
+void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                     const std::string &lo, const std::string &hi, const std::string &tileEnd) {
+  const int rows = tile.rows, vectors = tile.vectors;
   int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
   int64_t narrowCols = (mm.n / kLanes) * kLanes;
-
-  // With packB, each column panel of B is first copied from B^T into
-  // bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512), which the vector tiles then read row-major; every call packs
-  // the panels it uses into its own buffer, so parallel calls share nothing.
-  std::string panel, panelType;
+  std::string panelType = panelBufferType(mm.k);
   TiledMatMul fromPanel = mm;
-  if (mm.packB) {
-    panelType = panelBufferType(mm.k);
-    panel = mm.bPanel;
-    fromPanel.b = panel;
-    fromPanel.bType = panelType;
-    fromPanel.bTransposed = false;
-    fromPanel.bElem = "f32"; // the panel holds B widened
-  }
-  const TiledMatMul &tm = mm.packB ? fromPanel : mm;
-  auto panelColumn = [&](int64_t c) { return mm.packB ? w.indexConstant(c) : std::string(); };
+  fromPanel.b = mm.bPanel;
+  fromPanel.bType = panelType;
+  fromPanel.bTransposed = false;
+  fromPanel.bElem = "f32"; // the panel holds B widened
 
   // Column panels outside, row tiles inside.
   if (wideCols > 0) {
-    std::string col = w.fresh("j");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", col, w.indexConstant(0),
-                       w.indexConstant(wideCols), w.indexConstant(vectors * kLanes)));
-    w.indent();
-    w.pushScope();
-    if (mm.packB)
-      emitPackPanel(w, mm, panel, panelType, col, vectors * kLanes);
-    std::string row = w.fresh("i");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
-    w.indent();
-    w.pushScope();
-    emitVectorTile(w, tm, row, rows, col, vectors, "", panelColumn(0));
-    w.popScope();
-    w.dedent();
-    w.line("}");
+    std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    emitPackPanel(w, mm, mm.bPanel, panelType, col, vectors * kLanes);
+    std::string row = w.beginFor(lo, tileEnd, rows);
+    emitVectorTile(w, fromPanel, row, rows, col, vectors, "", w.indexConstant(0));
+    w.endFor();
     // Leftover rows of this panel, one at a time.
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, tm, r, 1, col, vectors, "", panelColumn(0));
+    emitVectorTile(w, fromPanel, r, 1, col, vectors, "", w.indexConstant(0));
     w.endFor();
-    w.popScope();
-    w.dedent();
-    w.line("}");
+    w.endFor();
   }
   // The columns past the wide panels share one more panel.
-  if (mm.packB && mm.n > wideCols)
-    emitPackPanel(w, mm, panel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
+  if (mm.n > wideCols)
+    emitPackPanel(w, mm, mm.bPanel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
   if (narrowCols > wideCols) {
     std::string r = w.beginFor(lo, hi);
-    emitVectorTile(w, tm, r, 1, w.indexConstant(wideCols), 1, "", panelColumn(0));
+    emitVectorTile(w, fromPanel, r, 1, w.indexConstant(wideCols), 1, "", w.indexConstant(0));
     w.endFor();
   }
   if (mm.n > narrowCols) {
@@ -638,20 +723,17 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
                                             mm.n - narrowCols));
     std::string col = w.indexConstant(narrowCols);
-    std::string bCol = panelColumn(narrowCols - wideCols);
-    std::string row = w.fresh("i");
-    w.line(fmt::format("scf.for {} = {} to {} step {} {{", row, lo, tileEnd, w.indexConstant(rows)));
-    w.indent();
-    w.pushScope();
-    emitVectorTile(w, tm, row, rows, col, 1, mask, bCol);
-    w.popScope();
-    w.dedent();
-    w.line("}");
+    std::string bCol = w.indexConstant(narrowCols - wideCols);
+    std::string row = w.beginFor(lo, tileEnd, rows);
+    emitVectorTile(w, fromPanel, row, rows, col, 1, mask, bCol);
+    w.endFor();
     std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, tm, r, 1, col, 1, mask, bCol);
+    emitVectorTile(w, fromPanel, r, 1, col, 1, mask, bCol);
     w.endFor();
   }
 }
+
+} // namespace
 
 void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bTType,
                      int64_t depth, bool unitK, const std::string &panel,
@@ -670,5 +752,19 @@ std::string panelBufferType(int64_t depth) {
 }
 
 int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
+
+bool copiesRowMajorPanels(int64_t rows) {
+  // Read in place, each K step of each row tile reads B's next row, a new
+  // page (an L2 hit, a TLB miss), while a copied panel is contiguous. The
+  // MLP's products at batch 256 on one thread took 9.65 ms a forward in
+  // place against 9.02 ms from copied panels, while at batch 32 and 64 (4
+  // and 8 row tiles) in place was as fast or faster (1.20 against 1.30 ms,
+  // 2.31 against 2.34 ms). The count is the whole product's, not a
+  // thread's share: the kernel is compiled once for any number of threads
+  // (the pool splits its rows at run time), and choosing at run time would
+  // emit the product twice; a share of 64 to 128 rows (batch 256 on 2 to 4
+  // threads) is where the two paths measured within 1.3% of each other.
+  return rows >= 128;
+}
 
 } // namespace stepc::codegen

@@ -48,8 +48,10 @@ struct TiledMatMul {
   // epilogues) instead of dot products, whose partial sums are reduced per
   // output element at a fraction of the FMA rate.
   bool packB = false;
-  // With packB: a memref of panelBufferType(k) that the caller allocated on
-  // the stack outside any loop (an alloca in a loop would grow the stack).
+  // A memref of panelBufferType(k) that the caller allocated on the stack
+  // outside any loop (an alloca in a loop would grow the stack): needed
+  // with packB; with a row-major B, given where copiesRowMajorPanels(m),
+  // B's column panels are copied into it before the row tiles read them.
   std::string bPanel;
   // With packB: B^T's K stride is 1 (its panels are then copied by
   // transposing 16x16 blocks in registers).
@@ -97,9 +99,15 @@ void forceBf16DotProducts(int state);
 // Blocks of registerTile() rows x columns accumulate in registers over the
 // whole K loop (one broadcast of A and the loads of B feed a row's FMAs);
 // column blocks are the outer loop so a 32-column panel of B stays in
-// L2 while the row blocks pass over it. Edges use one-row tiles and masked
-// vectors. With B^T, small tiles of dot products accumulate 16-lane partial
-// sums along K and reduce them at the end (A must then be row-major).
+// L2 while the row blocks pass over it. B read in place: whole tiles
+// prefetch their lines of B 16 K steps ahead, and the rows left after the
+// whole tiles run as tiles of 4, 2 and 1 rows, each as wide as the
+// accumulators allow; columns past the wide tiles go one vector at a time,
+// the last masked. With packB, or a row-major B and a bPanel, each column
+// panel is copied into bPanel first and the row tiles read it there (the
+// leftover rows one at a time). With B^T and no packB, small tiles of dot
+// products accumulate 16-lane partial sums along K and reduce them at the
+// end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
 // panel[k, c] = bT[colLo + c, k] for k < depth, c < cols: columns
@@ -117,5 +125,11 @@ void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bT
 // column panel of the register tile, panelBufferFloats(K) floats.
 std::string panelBufferType(int64_t depth);
 int64_t panelBufferFloats(int64_t depth);
+
+// Whether a product of `rows` rows (all of C's, however many threads share
+// them) copies a row-major B's column panels into a bPanel first: many row
+// tiles then read each panel. The caller gives the buffer where it fits its
+// stack bound.
+bool copiesRowMajorPanels(int64_t rows);
 
 } // namespace stepc::codegen

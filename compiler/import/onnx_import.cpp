@@ -17,6 +17,7 @@
 // pre-13 Softmax coercion, Clip/Pad/Slice/Split arguments) are a few lines
 // each.
 #include "onnx_context.h"
+#include "transposed_params.h"
 
 #include "stepc/file.h"
 #include "stepc/interpreter.h"
@@ -634,11 +635,12 @@ OnnxModel Importer::run() {
   }
 
   result.graph = withoutDeadNodes(b_.graph());
-  verify(result.graph);
   for (ValueId id : result.graph.params()) {
     const std::string &name = result.graph.node(id).name;
     result.params[name] = params_.at(name);
   }
+  result.transposedParams = onnx_import::storeTransposedParams(result.graph, result.params);
+  verify(result.graph);
   return result;
 }
 

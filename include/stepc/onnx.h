@@ -14,6 +14,11 @@
 //   `stepc import-onnx model.onnx -o model.sg` writes them next to the graph
 //   as model.params/NAME.npy. Integer and bool initializers (shapes, axes,
 //   indices) are constants.
+// - A matrix initializer read only transposed (a Gemm with transB = 1, how
+//   PyTorch exports nn.Linear) is stored transposed, once, under its name
+//   plus kTransposedParamSuffix ("fc1.weight" becomes "fc1.weight.T"), so
+//   values in ONNX's layout (a PyTorch state dict) fail to load by name
+//   rather than load a square weight transposed.
 // - Shapes are static: Shape and Size fold at import, and so does every node
 //   whose operands are all constants. An operand that sets a shape (Reshape's
 //   shape, Slice's starts, Pad's pads, OneHot's depth, ...) must be known at
@@ -49,7 +54,15 @@ struct OnnxModel {
   // The ONNX names of the graph outputs, in order; graph.outputs matches.
   std::vector<std::string> onnxOutputs;
   int64_t opset = 0; // of the default ONNX domain
+  // Params stored transposed, by their names here (the ONNX name plus
+  // kTransposedParamSuffix): their ONNX initializers are read only
+  // transposed (Gemm's transB = 1 weights), so `params` holds each one
+  // transposed once at import and the graph reads it row-major.
+  std::vector<std::string> transposedParams;
 };
+
+// The suffix of a param stored transposed (OnnxModel::transposedParams).
+inline constexpr std::string_view kTransposedParamSuffix = ".T";
 
 // One reason a model cannot be imported.
 struct OnnxProblem {

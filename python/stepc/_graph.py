@@ -541,7 +541,10 @@ def parse(text: str, filename: str = "<string>") -> Graph:
 
 def import_onnx(path: Union[str, os.PathLike], input_values: Optional[Mapping[str, Any]] = None) -> Graph:
     """Converts an ONNX model; its weights become params whose values are
-    the graph's param_values. ``input_values``: values for inputs that set a
+    the graph's param_values. A weight read only transposed (Gemm's
+    transB=1, as PyTorch exports nn.Linear) is stored transposed, named with
+    ``.T`` appended (``fc1.weight.T``): values in ONNX's or PyTorch's layout
+    do not load under it. ``input_values``: values for inputs that set a
     shape (they become constants)."""
     values = {name: np.ascontiguousarray(v) for name, v in (input_values or {}).items()}
     graph, params = _stepc.import_onnx(os.fspath(path), values)

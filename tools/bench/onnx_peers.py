@@ -4,7 +4,9 @@ stepc on the CPU, 2 threads each, in the same run (tools/bench/README.md).
 
 Models (PyTorch, fixed seeds, exported with torch.onnx.export's TorchScript
 exporter at opset 17, as a user of an older toolchain would get them):
-  mlp    784-1024-1024-10 ReLU, batch 256 (Gemm with transposed weights)
+  mlp    784-1024-1024-10 ReLU, batch 256 (Gemm with transposed weights);
+         `--mlp-batch 1,32,256` runs it at each of those batches instead, as
+         mlp-b1, mlp-b32 and mlp (the name mlp-bN also works in --only)
   cnn    conv3x3(1->8)+bias, relu, maxpool2, conv3x3(8->16)+bias, relu,
          maxpool2, linear 784->10; batch 32 of 1x28x28 (cnn.sg's shapes)
   gpt    4-layer GPT-style forward to the logits: width 256, 4 heads, 128
@@ -15,8 +17,8 @@ exporter at opset 17, as a user of an older toolchain would get them):
 
 For each model and round: ONNX Runtime (intra_op_num_threads=2,
 inter_op_num_threads=1, sequential execution, all graph optimizations) is
-timed in a worker subprocess; stepc imports the model once (`stepc
-import-onnx`) and times the forward graph with `stepc bench --threads 2` (its
+timed in a worker subprocess; each stepc binary imports the model once
+(`stepc import-onnx`) and times the forward graph with `stepc bench --threads 2` (its
 fused build's median step, which copies the inputs into its arena and the
 outputs out; ORT's run allocates its outputs). Each cell is the median ms per
 forward over --steps calls after --warmup; the whole set runs --rounds times,
@@ -45,6 +47,26 @@ THREADS = 2
 MODELS = ["mlp", "cnn", "gpt"]
 LABELS = {"mlp": "MLP 784-1024-1024-10, b256", "cnn": "convnet 2 conv3x3, b32",
           "gpt": "GPT 4x256, 128 tok, b8"}
+MLP_BATCH = 256
+
+
+def mlp_name(batch):
+    """The model name of the MLP at a batch: mlp at 256 (its figures so far), else mlp-bN."""
+    return "mlp" if batch == MLP_BATCH else f"mlp-b{batch}"
+
+
+def mlp_batch(name):
+    """The batch of an MLP model name (mlp, mlp-b32), or None for another model."""
+    if name == "mlp":
+        return MLP_BATCH
+    if name.startswith("mlp-b") and name[len("mlp-b"):].isdigit() and int(name[len("mlp-b"):]) > 0:
+        return int(name[len("mlp-b"):])
+    return None
+
+
+def label(name):
+    batch = mlp_batch(name)
+    return f"MLP 784-1024-1024-10, b{batch}" if batch else LABELS[name]
 GPT = dict(layers=4, width=256, heads=4, tokens=128, batch=8, vocab=64)
 
 
@@ -54,10 +76,10 @@ def build_model(name):
     import torch.nn as nn
 
     torch.manual_seed(0)
-    if name == "mlp":
+    if mlp_batch(name):
         model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
                               nn.Linear(1024, 10))
-        return model, torch.randn(256, 784)
+        return model, torch.randn(mlp_batch(name), 784)
     if name == "cnn":
         model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -124,6 +146,7 @@ def run_ort(folder, names, args):
 
 
 def run_stepc(stepc, folder, names, args):
+    """Median ms per forward for each model, of the .sg that `stepc` imported into `folder`."""
     results = {}
     for name in names:
         with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
@@ -137,14 +160,14 @@ def run_stepc(stepc, folder, names, args):
     return results
 
 
-def check(stepc, folder, name):
+def check(stepc, folder, imported, name):
     """Largest |stepc - ort| relative to max|ort| on the export's input."""
     import numpy as np
 
     x = os.path.join(folder, f"{name}_x.npy")
     expected = ort_session(os.path.join(folder, f"{name}.onnx")).run(None, {"x": np.load(x)})[0]
     outputs = os.path.join(folder, f"{name}_out")
-    subprocess.run([stepc, "run", os.path.join(folder, f"{name}.sg"), "--backend", "cpu",
+    subprocess.run([stepc, "run", os.path.join(imported, f"{name}.sg"), "--backend", "cpu",
                     "--threads", str(THREADS), "--input", f"x={x}", "--save-outputs", outputs],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     got = np.load(os.path.join(outputs, "y.npy"))
@@ -163,19 +186,37 @@ def main():
                         "timed in the same rounds as a column of its own")
     parser.add_argument("--only", default=",".join(MODELS),
                         help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--mlp-batch", help="comma-separated batches at which to run the mlp "
+                        f"model (default {MLP_BATCH})")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keep", help="export the models into this folder and keep them "
-                        "(for `stepc bench --per-kernel` and `--fusion-report`)")
+    parser.add_argument("--keep", help="export the models into this folder and keep them, "
+                        "each stepc's imports in FOLDER/stepc and FOLDER/stepc-base (for `stepc "
+                        "bench --per-kernel` and `--fusion-report`)")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     for n in names:
-        if n not in MODELS:
-            parser.error(f"unknown model '{n}'; the models are: {', '.join(MODELS)}")
+        if n not in MODELS and not mlp_batch(n):
+            parser.error(f"unknown model '{n}'; the models are: {', '.join(MODELS)} "
+                         "(and mlp-bN, the mlp at batch N)")
+    if args.mlp_batch:
+        try:
+            batches = [int(b) for b in args.mlp_batch.split(",")]
+        except ValueError:
+            batches = [0]
+        if not batches or min(batches) <= 0:
+            parser.error(f"--mlp-batch {args.mlp_batch}: expected positive integers, comma-separated")
+        if "mlp" not in names:
+            parser.error(f"--mlp-batch {args.mlp_batch} sets the mlp's batches, but --only "
+                         f"{args.only} has no mlp")
+        expanded = []
+        for n in names:
+            expanded += [mlp_name(b) for b in batches] if n == "mlp" else [n]
+        names = list(dict.fromkeys(expanded))
 
     if args.worker:
         json.dump(ort_worker(args.worker, names, args.warmup, args.steps), open(args.out, "w"))
@@ -184,20 +225,25 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or scratch
         os.makedirs(folder, exist_ok=True)
-        for name in names:
-            path = export(name, folder)
-            subprocess.run([args.stepc, "import-onnx", path, "-o",
-                            os.path.join(folder, f"{name}.sg")], check=True)
-        errors = {name: check(args.stepc, folder, name) for name in names}
         stepcs = {"stepc": args.stepc}
         if args.stepc_base:
             stepcs["stepc-base"] = args.stepc_base
+        # Each stepc imports the models itself (into a folder of its own):
+        # how it imports is part of what is compared.
+        imported = {column: os.path.join(folder, column) for column in stepcs}
+        for name in names:
+            path = export(name, folder)
+            for column, binary in stepcs.items():
+                os.makedirs(imported[column], exist_ok=True)
+                subprocess.run([binary, "import-onnx", path, "-o",
+                                os.path.join(imported[column], f"{name}.sg")], check=True)
+        errors = {name: check(args.stepc, folder, imported["stepc"], name) for name in names}
         rounds = {c: {n: [] for n in names} for c in ["onnxruntime", *stepcs]}
         for _ in range(args.rounds):
             for n, ms in run_ort(folder, names, args).items():
                 rounds["onnxruntime"][n].append(ms)
             for column, binary in stepcs.items():
-                for n, ms in run_stepc(binary, folder, names, args).items():
+                for n, ms in run_stepc(binary, imported[column], names, args).items():
                     rounds[column][n].append(ms)
 
     best = {c: {n: min(v) if v else None for n, v in r.items()} for c, r in rounds.items()}
@@ -214,7 +260,7 @@ def main():
         o = best["onnxruntime"][n]
         cell = lambda v: f"{v:.3f}" if v is not None else "failed"
         ratio = lambda v: f"{v / o:.2f}x" if o and v else "-"
-        print(f"| {LABELS[n]:<28} | {cell(o):>11} |" +
+        print(f"| {label(n):<28} | {cell(o):>11} |" +
               "".join(f" {cell(best[c][n]):>10} | {ratio(best[c][n]):>14} |" for c in columns) +
               f" {errors[n]:>11.1e} |")
     if args.json:

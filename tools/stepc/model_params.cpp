@@ -6,6 +6,7 @@
 
 #include "stepc/executable.h"
 #include "stepc/npy.h"
+#include "stepc/onnx.h"
 
 #include <fmt/format.h>
 
@@ -33,9 +34,18 @@ void loadParamsInto(const std::string &path, const Graph &graph, TensorMap &para
   for (ValueId id : graph.params()) {
     const Node &p = graph.node(id);
     auto it = saved.find(p.name);
-    if (it == saved.end())
+    if (it == saved.end()) {
       problems += fmt::format("\n  missing param '{}' ({})", p.name, typeString(p.type));
-    else if (it->second.type() != p.type)
+      // import-onnx's NAME.T: the file may hold NAME in ONNX's layout.
+      std::string_view name = p.name;
+      if (name.ends_with(kTransposedParamSuffix)) {
+        std::string onnxName(name.substr(0, name.size() - kTransposedParamSuffix.size()));
+        if (saved.count(onnxName))
+          problems += fmt::format(": '{}' has '{}', ONNX's layout of it (the graph stores it "
+                                  "transposed; import-onnx writes its params that way)",
+                                  path, onnxName);
+      }
+    } else if (it->second.type() != p.type)
       problems += fmt::format("\n  param '{}': expected {}, '{}' has {}", p.name,
                               typeString(p.type), path, typeString(it->second.type()));
     else

@@ -10,6 +10,7 @@
 #include "stepc/text.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <filesystem>
 #include <map>
@@ -62,6 +63,11 @@ int importOnnx(const ImportOnnxOptions &options) {
     text += fmt::format("# Param values (the init below is a placeholder): {}, which stepc "
                         "run|train|bench|compile load from beside this file\n",
                         weights.filename().string());
+    if (!model.transposedParams.empty())
+      text += fmt::format("# Stored transposed, as ONNX's NAME plus {} (the model reads them "
+                          "only transposed): {}\n",
+                          kTransposedParamSuffix,
+                          fmt::join(model.transposedParams, ", "));
   }
   text += printGraph(model.graph);
   if (options.output.empty()) {
