@@ -12,6 +12,7 @@
 #include <bit>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace stepc {
@@ -96,21 +97,25 @@ TEST(CodegenErf, F32SpecialValues) {
     EXPECT_EQ(at(i), values[i] > 0 ? 1.0f : -1.0f) << "erf(" << values[i] << ")";
 }
 
+// The erf GELU of `x` as PyTorch's ONNX exporter writes it (x/sqrt(2), erf,
+// +1, times x, times 0.5), output `gelu`, closing the graph.
+std::string geluOf(const std::string &x) {
+  return fmt::format(R"(    %root2 = constant() {{dtype=f32, shape=[], value=1.4142135381698608}}
+    %d = div({0}, %root2)
+    %e = erf(%d)
+    %one = constant() {{dtype=f32, shape=[], value=1.0}}
+    %e1 = add(%e, %one)
+    %g = mul({0}, %e1)
+    %half = constant() {{dtype=f32, shape=[], value=0.5}}
+    %gelu = mul(%g, %half)
+    output gelu = %gelu
+  }})", x);
+}
+
 // The erf GELU as PyTorch's ONNX exporter writes it, elementwise over an odd
 // shape with inputs in [-6, 6) (both halves of erfF32 and the clamp).
 TEST(CodegenErf, ElementwiseGeluMatchesInterpreter) {
-  Graph graph = parseGraph(R"(graph g {
-    input %x : f32[3,37,41]
-    %root2 = constant() {dtype=f32, shape=[], value=1.4142135381698608}
-    %d = div(%x, %root2)
-    %e = erf(%d)
-    %one = constant() {dtype=f32, shape=[], value=1.0}
-    %e1 = add(%e, %one)
-    %g = mul(%x, %e1)
-    %half = constant() {dtype=f32, shape=[], value=0.5}
-    %gelu = mul(%g, %half)
-    output gelu = %gelu
-  })");
+  Graph graph = parseGraph("graph g {\n  input %x : f32[3,37,41]\n" + geluOf("%x"));
   for (uint64_t seed : {3, 17}) {
     SCOPED_TRACE(fmt::format("seed {}", seed));
     TensorMap inputs{{"x", randomTensor(DType::F32, {3, 37, 41}, seed, -6, 6)}};
@@ -127,16 +132,7 @@ TEST(CodegenErf, GeluEpilogueMatchesInterpreterOnBothTiles) {
     input %b : f32[75]
     %y = matmul(%x, %w)
     %yb = add(%y, %b)
-    %root2 = constant() {dtype=f32, shape=[], value=1.4142135381698608}
-    %d = div(%yb, %root2)
-    %e = erf(%d)
-    %one = constant() {dtype=f32, shape=[], value=1.0}
-    %e1 = add(%e, %one)
-    %g = mul(%yb, %e1)
-    %half = constant() {dtype=f32, shape=[], value=0.5}
-    %gelu = mul(%g, %half)
-    output gelu = %gelu
-  })");
+)" + geluOf("%yb"));
   TensorMap inputs{{"x", randomTensor(DType::F32, {43, 67}, 5, -1, 1)},
                    {"w", randomTensor(DType::F32, {67, 75}, 6, -1, 1)},
                    {"b", randomTensor(DType::F32, {75}, 7, -2, 2)}};
