@@ -274,6 +274,41 @@ TEST(CodegenMatMulPlan, OnlyATransposedALongStrideIsPrefetched) {
   EXPECT_EQ(prefetchesOfA(shortStride), 0) << shortStride;
 }
 
+// A transposed A read by several column panels of B is copied a block of
+// rows at a time into a stack buffer (and not prefetched in place); with
+// one panel's columns, or too few rows, it is read in place.
+TEST(CodegenMatMulPlan, ATransposedIsCopiedInBlocksWhereSeveralPanelsReadIt) {
+  auto lowered = [](int64_t rows, int64_t cols) {
+    std::string text = fmt::format(R"(graph g {{
+  input %x : f32[77,{}]
+  input %w : f32[77,{}]
+  %xt = transpose(%x) {{perm=[1,0]}}
+  %z = matmul(%xt, %w)
+  output z = %z
+}})", rows, cols);
+    return planAndLower(text.c_str(), false).function;
+  };
+  std::string block = "memref.alloca() {alignment = 64 : i64} : " + codegen::aBlockType(77);
+  // Prefetches of A read in place: its view [rows, 77] has a unit stride
+  // along the rows.
+  auto prefetchesOfA = [](const std::string &function) {
+    int count = 0;
+    std::istringstream lines(function);
+    for (std::string line; std::getline(lines, line);)
+      count += line.find("memref.prefetch") != std::string::npos &&
+               line.find("x77xf32, strided<[1, ") != std::string::npos;
+    return count;
+  };
+  std::string blocks = lowered(150, 45);
+  EXPECT_NE(blocks.find(block), std::string::npos) << blocks;
+  EXPECT_EQ(prefetchesOfA(blocks), 0) << blocks;
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{150, 32}, {31, 45}}) {
+    std::string inPlace = lowered(rows, cols);
+    EXPECT_EQ(inPlace.find(block), std::string::npos) << inPlace;
+    EXPECT_GT(prefetchesOfA(inPlace), 0) << inPlace;
+  }
+}
+
 } // namespace
 
 // Adam's update of a weight (m, v and the weight read and written in place)

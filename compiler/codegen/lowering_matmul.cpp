@@ -219,7 +219,6 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
   int64_t foldedRows = 1;
   for (size_t d = 0; d + 1 < rank; ++d)
     foldedRows *= out[d];
-  std::string panel = panelBuffer(plan.pack, rowsFold ? foldedRows : m, depth);
   // Operands that hold bf16 numbers (bf16 buffers, or f32 ones a cast
   // widened from bf16, as mixed precision's products read) run on
   // vdpbf16ps where the target has it.
@@ -230,6 +229,20 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
             dtypeOf(stored.operands[0]) == DType::BF16);
   };
   bool bf16Dot = bf16DotProducts() && bf16Numbers(plan.a.base) && bf16Numbers(plan.b.base);
+  // A transposed view of A (unit stride along M, K rows a line or more
+  // apart) is copied a block of rows at a time (TiledMatMul::aBlock) where
+  // several column panels of B read each block. B is then read in place:
+  // copied, its panels would be copied again for every block (the GPT
+  // step's weight gradients, X^T x dY at M = K = 1024, N = 256, ran 2.84
+  // ms with B in place, 3.09-3.39 ms with copied panels).
+  bool aColumns = aM == 1 && aK >= 16;
+  bool aBlocks = aColumns && !bf16Dot && dtypeOf(plan.a.base) == DType::F32 &&
+                 !(plan.dot && !plan.pack) && aBlockRows(depth) > 0 && cols > 32 &&
+                 (rowsFold ? foldedRows : m) >= 32;
+  std::string aBlock = aBlocks ? w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
+                                                       aBlockType(depth)))
+                               : "";
+  std::string panel = panelBuffer(plan.pack, aBlocks ? 0 : rowsFold ? foldedRows : m, depth);
   auto product = [&](const Index &batch, int64_t rows, const std::string &lo,
                      const std::string &hi) {
     TiledMatMul mm;
@@ -242,7 +255,10 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     mm.n = cols;
     mm.rowBegin = lo;
     mm.rowEnd = hi;
-    mm.a = stridedMatrix(plan.a, batch, rows, depth, aM, aK, mm.aType);
+    mm.aTransposed = aBlocks;
+    mm.aBlock = aBlock;
+    mm.a = aBlocks ? stridedMatrix(plan.a, batch, depth, rows, aK, aM, mm.aType)
+                   : stridedMatrix(plan.a, batch, rows, depth, aM, aK, mm.aType);
     mm.bTransposed = plan.dot;
     mm.packB = plan.pack;
     mm.bPanel = panel;
@@ -253,10 +269,10 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     StridedOperand c{id, 0, rowMajor(out)};
     mm.c = stridedMatrix(c, batch, rows, cols, cols, 1, mm.cType);
     mm.epilogue = tileEpilogue_;
-    // A transposed view of A (unit stride along M, K rows a line or more
-    // apart): 16 K steps ahead measured 4-8% faster on the GPT step's
-    // X^T x dY with M = K = 1024 (lda 1024); 8, 24, 32 and 64 were slower.
-    if (aM == 1 && aK >= 16)
+    // Read in place, 16 K steps ahead measured 4-8% faster on the GPT
+    // step's X^T x dY with M = K = 1024 (lda 1024); 8, 24, 32 and 64 were
+    // slower.
+    if (aColumns && !aBlocks)
       mm.aPrefetch = 16;
     emitTiledMatMul(w_, mm);
   };

@@ -634,6 +634,53 @@ void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
                      const std::string &lo, const std::string &hi, const std::string &tileEnd);
 
+// Rows [lo, hi) in blocks of aBlockRows(K) rows: each block's columns of
+// A^T copied into mm.aBlock (lanes past the block's last row as 0), then
+// the block's rows computed as any rows are, reading A from the copy
+// through a view shifted by the block's first row (its [k, row] is the
+// copy's [k, row - first]), so the tiles index A as before.
+void emitABlocks(MlirWriter &w, const TiledMatMul &mm, const std::string &lo,
+                 const std::string &hi) {
+  if (!mm.aTransposed || mm.aElem != "f32" || mm.bf16Dot || (mm.bTransposed && !mm.packB))
+    throw std::logic_error("tiled matmul: an A block copies an f32 A^T for the vector tile");
+  int64_t blockRows = aBlockRows(mm.k);
+  if (blockRows == 0)
+    throw std::logic_error("tiled matmul: K is too deep for an A block");
+  std::string blockType = aBlockType(mm.k);
+  std::string first = w.beginFor(lo, hi, blockRows);
+  std::string last = w.assign(
+      fmt::format("arith.minui {}, {} : index", add(w, first, blockRows), hi));
+  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", last, first));
+  std::vector<std::string> masks;
+  for (int64_t c = 0; c < blockRows; c += kLanes) {
+    std::string left = c == 0 ? count
+                              : w.assign(fmt::format("arith.subi {}, {} : index", count,
+                                                     w.indexConstant(c)));
+    masks.push_back(w.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left)));
+  }
+  std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
+  for (int64_t c = 0; c < blockRows; c += kLanes) {
+    std::string value = loadLanes(w, mm.a, aType(mm), "f32", k, c == 0 ? first : add(w, first, c),
+                                  masks[static_cast<size_t>(c / kLanes)]);
+    w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, mm.aBlock, k,
+                       w.indexConstant(c), blockType, kVec));
+  }
+  w.endFor();
+  TiledMatMul blocked = mm;
+  blocked.aBlock.clear();
+  blocked.aPrefetch = 0;
+  blocked.rowBegin = first;
+  blocked.rowEnd = last;
+  blocked.aType = fmt::format("memref<{}x{}xf32, strided<[{}, 1], offset: ?>>", mm.k, mm.m,
+                              blockRows);
+  std::string shift = w.assign(fmt::format("arith.subi {}, {} : index", w.indexConstant(0), first));
+  blocked.a = w.assign(fmt::format(
+      "memref.reinterpret_cast {} to offset: [{}], sizes: [{}, {}], strides: [{}, 1] : {} to {}",
+      mm.aBlock, shift, mm.k, mm.m, blockRows, blockType, blocked.aType));
+  emitTiledMatMul(w, blocked);
+  w.endFor();
+}
+
 } // namespace
 
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
@@ -657,6 +704,10 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(tileRows)));
     return w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled));
   };
+  if (!mm.aBlock.empty()) {
+    emitABlocks(w, mm, lo, hi);
+    return;
+  }
   if (mm.bTransposed && !mm.packB) {
     emitDotProducts(w, mm, tile, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
@@ -752,6 +803,13 @@ std::string panelBufferType(int64_t depth) {
 }
 
 int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
+
+int64_t aBlockRows(int64_t depth) {
+  int64_t rows = std::min<int64_t>(64, kABlockFloats / std::max<int64_t>(depth, 1) / kLanes * kLanes);
+  return rows >= kLanes ? rows : 0;
+}
+
+std::string aBlockType(int64_t depth) { return memref(depth, std::max<int64_t>(aBlockRows(depth), kLanes)); }
 
 bool copiesRowMajorPanels(int64_t rows) {
   // Read in place, each K step of each row tile reads B's next row, a new

@@ -41,6 +41,15 @@ struct TiledMatMul {
   // follow), the f32 vector tile prefetches its rows of A this many K steps
   // ahead; 0: none.
   int64_t aPrefetch = 0;
+  // With aTransposed, f32 and a unit stride along M: a buffer of
+  // aBlockType(k) the caller allocated outside any loop. The rows are then
+  // computed in blocks of aBlockRows(k): each block's columns of A^T are
+  // copied into the buffer first (K contiguous rows of aBlockRows floats),
+  // and the tiles read them there. In place, each K step of a tile reads a
+  // line a whole row of A^T apart (4 KB at M = 1024): the lines of one
+  // tile's columns fall into a few cache sets, so every column panel of B
+  // read them again from L3.
+  std::string aBlock;
   // Add the product to C instead of storing it (dot-product path only).
   bool accumulate = false;
   // With bTransposed: copy B^T's column panels into a row-major buffer on
@@ -125,6 +134,13 @@ void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bT
 // column panel of the register tile, panelBufferFloats(K) floats.
 std::string panelBufferType(int64_t depth);
 int64_t panelBufferFloats(int64_t depth);
+
+// The rows of a transposed-A block at depth K (TiledMatMul::aBlock): a
+// multiple of 16, as many as fit kABlockFloats floats up to 64; 0 where K is
+// too deep for a block of 16 rows.
+int64_t aBlockRows(int64_t depth);
+std::string aBlockType(int64_t depth);
+constexpr int64_t kABlockFloats = 65536;
 
 // Whether a product of `rows` rows (all of C's, however many threads share
 // them) copies a row-major B's column panels into a bPanel first: many row
