@@ -409,35 +409,56 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
 
   // 4. dV += P^T dO (Dv along the lanes) and d(k^T) += q^T dS (keys along
   // the lanes), into the unit's outputs: out[o, l] += sum_r a[r, o] b[r, l]
-  // for o < outerEnd and lanes l < laneEnd, 16 at a time, masked from
-  // laneLimit on.
+  // for o < outerEnd and lanes l < laneEnd, each lane masked from laneLimit
+  // on. `vectors` 16-lane pieces at a time (as the matmul's register tile):
+  // the tile's rows of b for them stay in registers while o runs, so each
+  // broadcast of a serves `vectors` FMAs and each o reads and writes only
+  // its own output pieces.
+  int vectors = registerTile().vectors;
   auto accumulateOuter = [&](const std::string &out, const std::string &outType,
                              const std::string &outerEnd, const std::string &laneEnd,
-                             int64_t laneLimit, const std::string &a, const std::string &aType,
-                             const std::string &b, const std::string &bType) {
-    std::string o = w_.beginFor(w_.indexConstant(0), outerEnd);
-    std::string l = openSteppedFor(w_, w_.indexConstant(0), laneEnd, kLanes);
-    std::string mask = maskBelow(subIndex(w_.indexConstant(laneLimit), l));
-    std::string acc = w_.assign(
-        fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", out,
-                    o, l, mask, zeros, outType, kVec, kVec));
-    for (int r = 0; r < rows; ++r) {
-      std::string ri = w_.indexConstant(r);
-      acc = fma(splat(w_, load(a, aType, ri, o)), vload(b, bType, ri, l), acc);
+                             const std::string &laneLimit, const std::string &a,
+                             const std::string &aType, const std::string &b,
+                             const std::string &bType) {
+    auto maskedLoad = [&](const std::string &m, const std::string &type, const std::string &r,
+                          const std::string &c, const std::string &mask) {
+      return w_.assign(
+          fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", m,
+                      r, c, mask, zeros, type, kVec, kVec));
+    };
+    std::string l0 = openSteppedFor(w_, w_.indexConstant(0), laneEnd, kLanes * vectors);
+    std::vector<std::string> ls, masks, bs;
+    for (int g = 0; g < vectors; ++g) {
+      ls.push_back(g == 0 ? l0 : addIndex(w_, l0, w_.indexConstant(g * kLanes)));
+      masks.push_back(maskBelow(subIndex(laneLimit, ls[g])));
     }
-    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", out, o,
-                        l, mask, acc, outType, kVec));
+    // Masked: the last group of pieces may start past b's columns.
+    for (int r = 0; r < rows; ++r)
+      for (int g = 0; g < vectors; ++g)
+        bs.push_back(maskedLoad(b, bType, w_.indexConstant(r), ls[g], masks[g]));
+    std::string o = w_.beginFor(w_.indexConstant(0), outerEnd);
+    std::vector<std::string> accs;
+    for (int g = 0; g < vectors; ++g)
+      accs.push_back(maskedLoad(out, outType, o, ls[g], masks[g]));
+    for (int r = 0; r < rows; ++r) {
+      std::string ar = splat(w_, load(a, aType, w_.indexConstant(r), o));
+      for (int g = 0; g < vectors; ++g)
+        accs[g] = fma(ar, bs[r * vectors + g], accs[g]);
+    }
+    for (int g = 0; g < vectors; ++g)
+      w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", out, o,
+                          ls[g], masks[g], accs[g], outType, kVec));
     w_.endFor();
     w_.endFor();
   };
-  accumulateOuter(dvm, dvType, keyEnd, w_.indexConstant(dvPadded), dv, probs, rowsType, dOTile,
-                  dOTileType);
+  accumulateOuter(dvm, dvType, keyEnd, w_.indexConstant(dvPadded), w_.indexConstant(dv), probs,
+                  rowsType, dOTile, dOTileType);
   if (!storeKeysAlongLanes) // dK += dS^T q (D along the lanes), as dV
-    accumulateOuter(dktm, dktType, keyEnd, w_.indexConstant(depthPadded), depth, grads, rowsType,
-                    qtTile, qTileType);
-  else
-    accumulateOuter(dktm, dktType, w_.indexConstant(depth), keyEnd, tk, qtTile, qTileType, grads,
-                    rowsType);
+    accumulateOuter(dktm, dktType, keyEnd, w_.indexConstant(depthPadded), w_.indexConstant(depth),
+                    grads, rowsType, qtTile, qTileType);
+  else // keys past the causal end (keyEnd <= Tk) have dS = 0: masked off
+    accumulateOuter(dktm, dktType, w_.indexConstant(depth), keyEnd, keyEnd, qtTile, qTileType,
+                    grads, rowsType);
   w_.endFor(); // tiles
 
   // With fault injection (lowerGroup's perturbation) the unit perturbs the
