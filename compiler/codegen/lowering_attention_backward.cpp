@@ -44,7 +44,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
           dv = shapeOf(b->gradValues).back();
   int64_t depthPadded = roundUp(depth, kLanes), dvPadded = roundUp(dv, kLanes),
           keyBlock = kAttentionKeyBlock, tkPadded = roundUp(tk, kAttentionKeyBlock);
-  int rows = registerTile().rows;
+  int rows = registerTile().rows, vectors = registerTile().vectors;
   Shape batchShape(space.begin(), space.end() - 2);
   int64_t units = 1;
   for (int64_t d : batchShape)
@@ -359,36 +359,56 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
       w_.endFor();
     }
     std::string keysHere = minIndex(w_.indexConstant(count), subIndex(keyEnd, j0));
-    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
-    // k's rows in place: the last 16 columns masked where D is not a
-    // multiple of 16, so no load reads past k's buffer.
-    std::string mask;
-    if (!packKeyRows && depthPadded > depth)
-      mask = maskBelow(subIndex(w_.indexConstant(depth), c));
-    std::vector<std::string> inits, res;
-    for (int r = 0; r < rows; ++r)
-      inits.push_back(vload(dqAcc, qTileType, w_.indexConstant(r), c));
-    std::string jk = w_.fresh("j");
-    std::vector<std::string> partial =
-        openCarryingFor(w_, jk, w_.indexConstant(0), keysHere, 1, inits, vectorTypes, res);
-    std::string key = addIndex(w_, j0, jk);
-    std::string keyRow;
-    if (packKeyRows)
-      keyRow = vload(kRows, kRowsType, jk, c);
-    else if (mask.empty())
-      keyRow = vload(km, keysType, key, c);
-    else
-      keyRow = w_.assign(fmt::format(
-          "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", km, key, c, mask,
-          zeros, keysType, kVec, kVec));
-    std::vector<std::string> next;
-    for (int r = 0; r < rows; ++r)
-      next.push_back(fma(splat(w_, load(grads, rowsType, w_.indexConstant(r), key)), keyRow,
-                         partial[r]));
-    closeCarryingFor(w_, next, vectorTypes);
-    for (int r = 0; r < rows; ++r)
-      vstore(res[r], dqAcc, qTileType, w_.indexConstant(r), c);
-    w_.endFor();
+    // `vectors` 16-lane pieces of D at a time (the register tile's shape;
+    // the last group narrower where the pieces do not divide). k's rows in
+    // place: the last piece masked where D is not a multiple of 16, so no
+    // load reads past k's buffer.
+    auto accumulatePieces = [&](const std::string &c0, int width) {
+      std::vector<std::string> columns, masks;
+      for (int g = 0; g < width; ++g) {
+        columns.push_back(g == 0 ? c0 : addIndex(w_, c0, w_.indexConstant(g * kLanes)));
+        if (!packKeyRows && depthPadded > depth)
+          masks.push_back(maskBelow(subIndex(w_.indexConstant(depth), columns[g])));
+      }
+      std::vector<std::string> inits, res, types(rows * width, kVec);
+      for (int r = 0; r < rows; ++r)
+        for (int g = 0; g < width; ++g)
+          inits.push_back(vload(dqAcc, qTileType, w_.indexConstant(r), columns[g]));
+      std::string jk = w_.fresh("j");
+      std::vector<std::string> partial =
+          openCarryingFor(w_, jk, w_.indexConstant(0), keysHere, 1, inits, types, res);
+      std::string key = addIndex(w_, j0, jk);
+      std::vector<std::string> keyRow;
+      for (int g = 0; g < width; ++g) {
+        if (packKeyRows)
+          keyRow.push_back(vload(kRows, kRowsType, jk, columns[g]));
+        else if (masks.empty())
+          keyRow.push_back(vload(km, keysType, key, columns[g]));
+        else
+          keyRow.push_back(w_.assign(fmt::format(
+              "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", km, key,
+              columns[g], masks[g], zeros, keysType, kVec, kVec)));
+      }
+      std::vector<std::string> next;
+      for (int r = 0; r < rows; ++r) {
+        std::string ds = splat(w_, load(grads, rowsType, w_.indexConstant(r), key));
+        for (int g = 0; g < width; ++g)
+          next.push_back(fma(ds, keyRow[g], partial[r * width + g]));
+      }
+      closeCarryingFor(w_, next, types);
+      for (int r = 0; r < rows; ++r)
+        for (int g = 0; g < width; ++g)
+          vstore(res[r * width + g], dqAcc, qTileType, w_.indexConstant(r), columns[g]);
+    };
+    int64_t pieces = depthPadded / kLanes, wholeGroupsEnd = pieces / vectors * vectors * kLanes;
+    if (wholeGroupsEnd > 0) {
+      std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(wholeGroupsEnd),
+                                     vectors * kLanes);
+      accumulatePieces(c, vectors);
+      w_.endFor();
+    }
+    if (pieces % vectors != 0)
+      accumulatePieces(w_.indexConstant(wholeGroupsEnd), static_cast<int>(pieces % vectors));
   });
   {
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
@@ -414,7 +434,6 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
   // the tile's rows of b for them stay in registers while o runs, so each
   // broadcast of a serves `vectors` FMAs and each o reads and writes only
   // its own output pieces.
-  int vectors = registerTile().vectors;
   auto accumulateOuter = [&](const std::string &out, const std::string &outType,
                              const std::string &outerEnd, const std::string &laneEnd,
                              const std::string &laneLimit, const std::string &a,
