@@ -327,7 +327,9 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
       std::string scale = splat(w_, w_.constant(p->scale, DType::F32));
       std::string fill = splat(w_, w_.constant(p->fill, DType::F32));
       std::string lowestVec = splat(w_, lowest);
-      std::vector<std::string> nextMax, nextSum, rescale;
+      // Each row's scores (scaled, masked) and new max.
+      std::vector<std::vector<std::string>> rowScores;
+      std::vector<std::string> nextMax;
       for (int r = 0; r < rows; ++r) {
         std::vector<std::string> s = scores[r];
         std::string rowMax;
@@ -348,20 +350,39 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
           rowMax = g == 0 ? s[g] : maxOf(rowMax, s[g], kVec);
         }
         // The max over the step's keys and the running max in one reduction.
-        std::string m = w_.assign(fmt::format(
+        nextMax.push_back(w_.assign(fmt::format(
             "vector.reduction <maxnumf>, {} fastmath<nnan> : {} into f32",
-            maxOf(rowMax, splat(w_, carried[r]), kVec), kVec));
-        std::string mVec = splat(w_, m);
-        std::string correction = w_.assign(fmt::format(
-            "math.exp {} : f32", w_.assign(fmt::format("arith.subf {}, {} : f32", carried[r], m))));
-        std::string correctionVec = splat(w_, correction);
+            maxOf(rowMax, splat(w_, carried[r]), kVec), kVec)));
+        rowScores.push_back(s);
+      }
+      // The rows' corrections exp(m_old - m_new), 16 rows per vector exp
+      // (lanes past the rows take exp(0)).
+      std::vector<std::string> rescale;
+      for (int r0 = 0; r0 < rows; r0 += static_cast<int>(kLanes)) {
+        std::string shifts = zeros;
+        int count = std::min(static_cast<int>(kLanes), rows - r0);
+        for (int r = 0; r < count; ++r)
+          shifts = w_.assign(fmt::format(
+              "vector.insert {}, {} [{}] : f32 into {}",
+              w_.assign(fmt::format("arith.subf {}, {} : f32", carried[r0 + r], nextMax[r0 + r])),
+              shifts, r, kVec));
+        std::string corrections = w_.assign(fmt::format("math.exp {} : {}", shifts, kVec));
+        for (int r = 0; r < count; ++r)
+          rescale.push_back(splat(
+              w_, w_.assign(fmt::format("vector.extract {}[{}] : f32 from {}", corrections, r,
+                                        kVec))));
+      }
+      // Probabilities exp(s - m) to the probs buffer, and l = l * correction
+      // + their sum.
+      std::vector<std::string> nextSum;
+      for (int r = 0; r < rows; ++r) {
+        std::string mVec = splat(w_, nextMax[r]);
         std::string l =
-            w_.assign(fmt::format("arith.mulf {}, {} : {}", carried[rows + r], correctionVec,
-                                  kVec));
+            w_.assign(fmt::format("arith.mulf {}, {} : {}", carried[rows + r], rescale[r], kVec));
         for (int g = 0; g < vectors; ++g) {
           std::string e = w_.assign(fmt::format(
               "math.exp {} : {}",
-              w_.assign(fmt::format("arith.subf {}, {} : {}", s[g], mVec, kVec)),
+              w_.assign(fmt::format("arith.subf {}, {} : {}", rowScores[r][g], mVec, kVec)),
               kVec));
           if (maskKeys)
             e = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey[g], e,
@@ -370,9 +391,7 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
           w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", e, probs, w_.indexConstant(r),
                               w_.indexConstant(g * kLanes), probsType, kVec));
         }
-        nextMax.push_back(m);
         nextSum.push_back(l);
-        rescale.push_back(correctionVec);
       }
 
       // acc = acc * correction + probs x v[jj .. jj + step): `maxVectors` 16-lane
