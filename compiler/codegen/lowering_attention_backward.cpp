@@ -234,17 +234,27 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     valid.push_back(w_.assign(
         fmt::format("arith.cmpi slt, {}, {} : index", i, w_.indexConstant(tq))));
     std::string ri = w_.indexConstant(r);
-    // The tile's rows of q, q^T's and dO, packed.
-    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(qm, qType, row[r], d), qTile, ri,
-                        d, qTileType));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(qtm, qtType, row[r], d), qtTile,
-                        ri, d, qTileType));
-    w_.endFor();
-    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(dv));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(dOm, dOType, row[r], c), dOTile,
-                        ri, c, dOTileType));
-    w_.endFor();
+    // The tile's rows of q, q^T's and dO, packed: 16 columns per vector
+    // where the row is contiguous (the last piece masked), else one by one.
+    for (auto [m, type, unitStride, cols, tile, tileType] :
+         {std::tuple{qm, qType, at(q, rank - 1) == 1, depth, qTile, qTileType},
+          std::tuple{qtm, qtType, at(qt, rank - 2) == 1, depth, qtTile, qTileType},
+          std::tuple{dOm, dOType, at(dO, rank - 1) == 1, dv, dOTile, dOTileType}}) {
+      if (unitStride) {
+        std::string c =
+            openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(roundUp(cols, kLanes)), kLanes);
+        std::string piece = w_.assign(fmt::format(
+            "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", m, row[r], c,
+            maskBelow(subIndex(w_.indexConstant(cols), c)), zeros, type, kVec, kVec));
+        vstore(piece, tile, tileType, ri, c);
+        w_.endFor();
+      } else {
+        std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));
+        w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(m, type, row[r], c), tile, ri,
+                            c, tileType));
+        w_.endFor();
+      }
+    }
     rowMaxes.push_back(splat(w_, load(maxm, maxType, row[r], w_.indexConstant(0))));
     inverseSums.push_back(splat(
         w_, w_.assign(fmt::format("arith.divf {}, {} : f32", one,
