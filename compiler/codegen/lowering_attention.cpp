@@ -472,18 +472,22 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     // Steps of registerTile().vectors x 16 keys; where 16 or fewer keys
     // are left after them (a causal tile's last keys, a short tail block),
     // one step of 16 rather than a wider one mostly masked.
+    // The span is clamped at 0: a tile whose keys end before j0 (none with
+    // today's blocks) takes no step rather than a wrapped count of them.
     std::string wideEnd = tileKeyEnd;
-    if (maxVectors > 1)
+    if (maxVectors > 1) {
+      std::string span = w_.assign(fmt::format(
+          "arith.subi {}, {} : index",
+          w_.assign(fmt::format("arith.maxui {}, {} : index", tileKeyEnd, j0)), j0));
       wideEnd = addIndex(
           w_, j0,
           w_.assign(fmt::format(
               "arith.muli {}, {} : index",
-              w_.assign(fmt::format(
-                  "arith.divui {}, {} : index",
-                  addIndex(w_, w_.assign(fmt::format("arith.subi {}, {} : index", tileKeyEnd, j0)),
-                           w_.indexConstant(kLanes - 1)),
-                  w_.indexConstant(maxStep))),
+              w_.assign(fmt::format("arith.divui {}, {} : index",
+                                    addIndex(w_, span, w_.indexConstant(kLanes - 1)),
+                                    w_.indexConstant(maxStep))),
               w_.indexConstant(maxStep))));
+    }
     std::vector<std::string> state;
     std::string jj = w_.fresh("j");
     std::vector<std::string> carried =
