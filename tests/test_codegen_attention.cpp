@@ -1,9 +1,10 @@
 // Fused attention (issue 11, FusionKind::Attention: compiler/passes/fusion.cpp
 // claims the pattern, compiler/codegen/lowering_attention.cpp emits it)
 // against the interpreter: causal and not, sequence lengths that are no
-// multiple of the 16-key group, the 64-key block or the register tile's
-// rows (1, 7, 33, 65, 700, 1000), batch 1 with several heads, D 40 and Dv 24,
-// cross attention (Tq != Tk), head dims 16 and 64, batch dimensions broadcast,
+// multiple of the 16-key group, the 32-key step, the 64-key block or the
+// register tile's rows (1, 7, 17, 33, 48, 65, 700, 1000), batch 1 with
+// several heads, D 40 and Dv 24, cross attention (Tq != Tk), head dims 16,
+// 48 and 64, batch dimensions broadcast,
 // the `attention` composite and the same pattern written out by hand (the
 // causal mask folded to a constant, or le(iota, iota) where it is too big to
 // fold), the masked_fill form torch.onnx.export writes, at 1 and 2 threads
@@ -108,6 +109,12 @@ std::vector<stepc::testing::SnippetCase> cases() {
       {"plain_130_by_128", composite("2,130,24", "2,128,24", false)},
       {"causal_80", composite("1,2,80,16", "1,2,80,16", true)},
       {"cross_causal_150_by_112", composite("2,150,16", "2,112,16", true)},
+      // Where 16 or fewer keys are left after the wide (32-key) steps, one
+      // 16-key step: 17 and 48 keys end on either side of that boundary.
+      // Dv 48 is three 16-lane pieces, an odd count for 32-lane groups.
+      {"causal_17_d48", composite("2,17,48", "2,17,48", true)},
+      {"plain_48", composite("2,2,48,16", "2,2,48,16", false)},
+      {"causal_48_d32", composite("1,2,48,32", "1,2,48,32", true)},
   };
   for (stepc::testing::SnippetCase &c :
        stepc::testing::readSnippetCases("tests/snippets/codegen_attention.sg"))
@@ -192,6 +199,8 @@ std::vector<stepc::testing::SnippetCase> backwardCases() {
       {"plain_65", backwardModel("2,2,65,16", "2,2,65,16", false)},
       {"causal_130", backwardModel("1,2,130,16", "1,2,130,16", true)},
       {"plain_130_d64", backwardModel("2,130,64", "2,130,64", false)},
+      {"causal_48_d48", backwardModel("1,2,48,48", "1,2,48,48", true)},
+      {"plain_17_d48", backwardModel("2,17,48", "2,17,48", false)},
       {"cross_7_by_33", backwardModel("2,3,7,16", "2,3,33,16", false)},
       {"cross_causal_33_by_7", backwardModel("2,3,33,16", "2,3,7,16", true)},
       {"rank2_causal_33", backwardModel("33,16", "33,16", true)},

@@ -27,7 +27,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cfloat>
+#include <cstdint>
 #include <stdexcept>
 
 namespace stepc::codegen {
@@ -92,6 +94,19 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
           tk = shapeOf(p->scores).back();
   int64_t dvPadded = roundUp(dv, kLanes);
   int rows = registerTile().rows;
+  // Keys per online-softmax step: as many 16-lane vectors per row as the
+  // matmul's register tile has (its accumulators fit the registers), so
+  // each step's reductions and rescaling serve more keys.
+  int maxVectors = registerTile().vectors;
+  int64_t maxStep = kLanes * maxVectors;
+  // Key and row indices are compared as i32 lanes.
+  if (std::max(tk, tq) > INT32_MAX - maxStep)
+    throw std::invalid_argument(fmt::format(
+        "kernel {}: attention over {} keys and {} queries, more than i32 lane indices hold",
+        group_.name, tk, tq));
+  if (kAttentionKeyBlock % maxStep != 0)
+    throw std::logic_error(fmt::format("kernel {}: key block {} is no multiple of the step {}",
+                                       group_.name, kAttentionKeyBlock, maxStep));
   Units units = unitsOf(out);
   int64_t keyBlock = kAttentionKeyBlock, queryBlock = units.queryBlock,
           queryBlocks = units.queryBlocks;
@@ -116,9 +131,10 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
               vPanelType = fmt::format("memref<{}x{}xf32>", keyBlock, dvPadded),
               accType = fmt::format("memref<{}x{}xf32>", queryBlock, dvPadded),
               statsType = fmt::format("memref<{}xf32>", queryBlock),
-              probsType = fmt::format("memref<{}x{}xf32>", rows, kLanes);
+              sumsType = fmt::format("memref<{}x{}xf32>", queryBlock, kLanes),
+              probsType = fmt::format("memref<{}x{}xf32>", rows, maxStep);
   std::string kPanel = stackBuffer(kPanelType), acc = stackBuffer(accType),
-              maxes = stackBuffer(statsType), sums = stackBuffer(statsType),
+              maxes = stackBuffer(statsType), sums = stackBuffer(sumsType),
               probs = stackBuffer(probsType), vPanel;
   std::string zero = w_.constant(0, DType::F32);
   std::string zeros = w_.assign(fmt::format("arith.constant dense<0.0> : {}", kVec));
@@ -157,6 +173,17 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   std::string last = w_.assign(fmt::format("arith.subi {}, {} : index", qEnd, w_.indexConstant(1)));
 
   auto at = [&](const StridedOperand &s, size_t d) { return s.strides[d]; };
+  // An index in all 16 lanes of an i32 vector.
+  auto splatIndex32 = [&](const std::string &index) {
+    std::string i = w_.assign(fmt::format("arith.index_cast {} : index to i32", index));
+    return w_.assign(fmt::format("vector.broadcast {} : i32 to vector<16xi32>", i));
+  };
+  // The larger of two vectors. Scores that are NaN make the row's sum, and
+  // so its output, NaN whichever max is taken, so the max need not
+  // propagate them (maxnumf without NaN checks: one vmaxps).
+  auto maxOf = [&](const std::string &a, const std::string &b, const std::string &type) {
+    return w_.assign(fmt::format("arith.maxnumf {}, {} fastmath<nnan> : {}", a, b, type));
+  };
   std::string qType, keysType, vType, oType;
   std::string qm = stridedMatrix(q, batch, tq, depth, at(q, rank - 2), at(q, rank - 1), qType);
   // k^T [D, Tk] read as k [Tk, D]: B^T of the scores' product, as packB reads it.
@@ -169,7 +196,8 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   {
     std::string r = w_.beginFor(w_.indexConstant(0), w_.indexConstant(queryBlock));
     w_.line(fmt::format("memref.store {}, {}[{}] : {}", lowest, maxes, r, statsType));
-    w_.line(fmt::format("memref.store {}, {}[{}] : {}", zero, sums, r, statsType));
+    w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", zeros, sums, r,
+                        w_.indexConstant(0), sumsType, kVec));
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
     w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", zeros, acc, r, c, accType, kVec));
     w_.endFor();
@@ -192,7 +220,18 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
       local.push_back(r == 0 ? first : addIndex(w_, first, w_.indexConstant(r)));
     }
   };
-  std::vector<std::string> types(2 * rows, "f32");
+  // Each row carries its max m (f32) and its sum l as 16 lane partial sums
+  // (added up once, after the last block: no reduction per step).
+  std::vector<std::string> types(rows, "f32");
+  types.insert(types.end(), rows, kVec);
+  // Lane indices as i32: one compare per 16 lanes (i64 lanes take two).
+  auto laneIndices32 = [&](const std::string &base) {
+    std::string lanes = "arith.constant dense<[0";
+    for (int l = 1; l < kLanes; ++l)
+      lanes += fmt::format(", {}", l);
+    return w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", splatIndex32(base),
+                                 w_.assign(lanes + "]> : vector<16xi32>")));
+  };
 
   // One key block [j0, j0 + count), packed, through every tile of the unit.
   auto keyBlockThroughTiles = [&](const std::string &j0, int64_t count) {
@@ -216,136 +255,254 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
     if (p->causal)
       tileKeyEnd = w_.assign(fmt::format("arith.minsi {}, {} : index",
                                          addIndex(w_, i0, w_.indexConstant(rows)), blockEnd));
-    std::vector<std::string> inits;
-    for (const std::string &buffer : {maxes, sums})
+    std::vector<std::string> rowsAsLanes;
+    if (p->causal)
       for (int r = 0; r < rows; ++r)
-        inits.push_back(
-            w_.assign(fmt::format("memref.load {}[{}] : {}", buffer, local[r], statsType)));
+        rowsAsLanes.push_back(splatIndex32(row[r]));
+    // The rows' m and l, from the unit's buffers and back.
+    auto loadState = [&] {
+      std::vector<std::string> state;
+      for (int r = 0; r < rows; ++r)
+        state.push_back(
+            w_.assign(fmt::format("memref.load {}[{}] : {}", maxes, local[r], statsType)));
+      for (int r = 0; r < rows; ++r)
+        state.push_back(w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", sums, local[r],
+                                              w_.indexConstant(0), sumsType, kVec)));
+      return state;
+    };
+    auto storeState = [&](const std::vector<std::string> &state) {
+      for (int r = 0; r < rows; ++r) {
+        w_.line(fmt::format("memref.store {}, {}[{}] : {}", state[r], maxes, local[r], statsType));
+        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", state[rows + r], sums,
+                            local[r], w_.indexConstant(0), sumsType, kVec));
+      }
+    };
+
+    // One online-softmax step: keys [jj, jj + 16 * vectors) of the tile's
+    // rows, from state `carried`; returns the next state.
+    auto softmaxStep = [&](const std::string &jj, int vectors,
+                           const std::vector<std::string> &carried) {
+      int64_t step = kLanes * vectors;
+      bool maskKeys = tk % step != 0;
+      std::string panelColumn = w_.assign(fmt::format("arith.subi {}, {} : index", jj, j0));
+
+      // Scores of the tile's rows for keys [jj, jj + step): `vectors` FMA
+      // chains over D per row, as the matmul's register tile.
+      std::vector<std::vector<std::string>> scores(rows);
+      {
+        std::vector<std::string> vinits(static_cast<size_t>(rows * vectors), zeros),
+            vtypes(rows * vectors, kVec), res;
+        std::string d = w_.fresh("d");
+        std::vector<std::string> partial = openCarryingFor(
+            w_, d, w_.indexConstant(0), w_.indexConstant(depth), 1, vinits, vtypes, res);
+        std::vector<std::string> keyLanes;
+        for (int g = 0; g < vectors; ++g)
+          keyLanes.push_back(w_.assign(fmt::format(
+              "vector.load {}[{}, {}] : {}, {}", kPanel, d,
+              g == 0 ? panelColumn : addIndex(w_, panelColumn, w_.indexConstant(g * kLanes)),
+              kPanelType, kVec)));
+        std::vector<std::string> next;
+        for (int r = 0; r < rows; ++r) {
+          std::string a = splat(
+              w_, w_.assign(fmt::format("memref.load {}[{}, {}] : {}", qm, row[r], d, qType)));
+          for (int g = 0; g < vectors; ++g)
+            next.push_back(w_.assign(fmt::format("vector.fma {}, {}, {} : {}", a, keyLanes[g],
+                                                 partial[r * vectors + g], kVec)));
+        }
+        closeCarryingFor(w_, next, vtypes);
+        for (int r = 0; r < rows; ++r)
+          scores[r].assign(res.begin() + r * vectors, res.begin() + (r + 1) * vectors);
+      }
+
+      // Which lanes are keys (< Tk), and with causal, which a row sees (<= row).
+      std::vector<std::string> keysAt, isKey;
+      if (maskKeys || p->causal)
+        for (int g = 0; g < vectors; ++g)
+          keysAt.push_back(laneIndices32(
+              g == 0 ? jj : addIndex(w_, jj, w_.indexConstant(g * kLanes))));
+      if (maskKeys)
+        for (int g = 0; g < vectors; ++g)
+          isKey.push_back(w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi32>",
+                                                keysAt[g], splatIndex32(w_.indexConstant(tk)))));
+      std::string scale = splat(w_, w_.constant(p->scale, DType::F32));
+      std::string fill = splat(w_, w_.constant(p->fill, DType::F32));
+      std::string lowestVec = splat(w_, lowest);
+      // Each row's scores (scaled, masked) and new max.
+      std::vector<std::vector<std::string>> rowScores;
+      std::vector<std::string> nextMax;
+      for (int r = 0; r < rows; ++r) {
+        std::vector<std::string> s = scores[r];
+        std::string rowMax;
+        for (int g = 0; g < vectors; ++g) {
+          if (p->scaleOp == AttentionPattern::Scale::Mul)
+            s[g] = w_.assign(fmt::format("arith.mulf {}, {} : {}", s[g], scale, kVec));
+          else if (p->scaleOp == AttentionPattern::Scale::Div)
+            s[g] = w_.assign(fmt::format("arith.divf {}, {} : {}", s[g], scale, kVec));
+          if (p->causal) {
+            std::string sees = w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi32>",
+                                                     keysAt[g], rowsAsLanes[r]));
+            s[g] = w_.assign(
+                fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", sees, s[g], fill, kVec));
+          }
+          if (maskKeys)
+            s[g] = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey[g],
+                                         s[g], lowestVec, kVec));
+          rowMax = g == 0 ? s[g] : maxOf(rowMax, s[g], kVec);
+        }
+        // The max over the step's keys and the running max in one reduction.
+        nextMax.push_back(w_.assign(fmt::format(
+            "vector.reduction <maxnumf>, {} fastmath<nnan> : {} into f32",
+            maxOf(rowMax, splat(w_, carried[r]), kVec), kVec)));
+        rowScores.push_back(s);
+      }
+      // The rows' corrections exp(m_old - m_new), 16 rows per vector exp
+      // (lanes past the rows take exp(0)).
+      std::vector<std::string> rescale;
+      for (int r0 = 0; r0 < rows; r0 += static_cast<int>(kLanes)) {
+        std::string shifts = zeros;
+        int count = std::min(static_cast<int>(kLanes), rows - r0);
+        for (int r = 0; r < count; ++r)
+          shifts = w_.assign(fmt::format(
+              "vector.insert {}, {} [{}] : f32 into {}",
+              w_.assign(fmt::format("arith.subf {}, {} : f32", carried[r0 + r], nextMax[r0 + r])),
+              shifts, r, kVec));
+        std::string corrections = w_.assign(fmt::format("math.exp {} : {}", shifts, kVec));
+        for (int r = 0; r < count; ++r)
+          rescale.push_back(splat(
+              w_, w_.assign(fmt::format("vector.extract {}[{}] : f32 from {}", corrections, r,
+                                        kVec))));
+      }
+      // Probabilities exp(s - m) to the probs buffer, and l = l * correction
+      // + their sum.
+      std::vector<std::string> nextSum;
+      for (int r = 0; r < rows; ++r) {
+        std::string mVec = splat(w_, nextMax[r]);
+        std::string l =
+            w_.assign(fmt::format("arith.mulf {}, {} : {}", carried[rows + r], rescale[r], kVec));
+        for (int g = 0; g < vectors; ++g) {
+          std::string e = w_.assign(fmt::format(
+              "math.exp {} : {}",
+              w_.assign(fmt::format("arith.subf {}, {} : {}", rowScores[r][g], mVec, kVec)),
+              kVec));
+          if (maskKeys)
+            e = w_.assign(fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey[g], e,
+                                      zeros, kVec));
+          l = w_.assign(fmt::format("arith.addf {}, {} : {}", l, e, kVec));
+          w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", e, probs, w_.indexConstant(r),
+                              w_.indexConstant(g * kLanes), probsType, kVec));
+        }
+        nextSum.push_back(l);
+      }
+
+      // acc = acc * correction + probs x v[jj .. jj + step): `maxVectors` 16-lane
+      // pieces of Dv at a time (the last group narrower where the pieces do
+      // not divide), over the step's keys the tile sees (a causal tile's
+      // later keys have probability 0). v's rows in place (the last piece
+      // masked where Dv is not a multiple of 16, so no load reads past v's
+      // buffer) or from the panel.
+      std::string keysHere = w_.assign(fmt::format(
+          "arith.minsi {}, {} : index",
+          w_.assign(fmt::format("arith.subi {}, {} : index", tileKeyEnd, jj)),
+          w_.indexConstant(step)));
+      auto accumulateValues = [&](const std::string &c0, int width) {
+        std::vector<std::string> columns, masks;
+        for (int g = 0; g < width; ++g) {
+          columns.push_back(g == 0 ? c0 : addIndex(w_, c0, w_.indexConstant(g * kLanes)));
+          if (!packValues && dvPadded > dv)
+            masks.push_back(w_.assign(fmt::format(
+                "vector.create_mask {} : vector<16xi1>",
+                w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(dv),
+                                      columns[g])))));
+        }
+        std::vector<std::string> vinits, vtypes(rows * width, kVec), res;
+        for (int r = 0; r < rows; ++r)
+          for (int g = 0; g < width; ++g) {
+            std::string a = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", acc, local[r],
+                                                  columns[g], accType, kVec));
+            vinits.push_back(w_.assign(fmt::format("arith.mulf {}, {} : {}", a, rescale[r], kVec)));
+          }
+        std::string j = w_.fresh("j");
+        std::vector<std::string> partial =
+            openCarryingFor(w_, j, w_.indexConstant(0), keysHere, 1, vinits, vtypes, res);
+        std::vector<std::string> values;
+        for (int g = 0; g < width; ++g) {
+          if (packValues)
+            values.push_back(w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vPanel,
+                                                   addIndex(w_, panelColumn, j), columns[g],
+                                                   vPanelType, kVec)));
+          else if (masks.empty())
+            values.push_back(w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vm,
+                                                   addIndex(w_, jj, j), columns[g], vType, kVec)));
+          else
+            values.push_back(w_.assign(fmt::format(
+                "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", vm,
+                addIndex(w_, jj, j), columns[g], masks[g], zeros, vType, kVec, kVec)));
+        }
+        std::vector<std::string> next;
+        for (int r = 0; r < rows; ++r) {
+          std::string pr = splat(w_, w_.assign(fmt::format(
+                                         "memref.load {}[{}, {}] : {}", probs,
+                                         w_.indexConstant(r), j, probsType)));
+          for (int g = 0; g < width; ++g)
+            next.push_back(w_.assign(fmt::format("vector.fma {}, {}, {} : {}", pr, values[g],
+                                                 partial[r * width + g], kVec)));
+        }
+        closeCarryingFor(w_, next, vtypes);
+        for (int r = 0; r < rows; ++r)
+          for (int g = 0; g < width; ++g)
+            w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", res[r * width + g], acc,
+                                local[r], columns[g], accType, kVec));
+      };
+      int64_t pieces = dvPadded / kLanes,
+              wholeGroupsEnd = pieces / maxVectors * maxVectors * kLanes;
+      if (wholeGroupsEnd > 0) {
+        std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(wholeGroupsEnd),
+                                       maxVectors * kLanes);
+        accumulateValues(c, maxVectors);
+        w_.endFor();
+      }
+      if (pieces % maxVectors != 0)
+        accumulateValues(w_.indexConstant(wholeGroupsEnd), static_cast<int>(pieces % maxVectors));
+
+      std::vector<std::string> next = nextMax;
+      next.insert(next.end(), nextSum.begin(), nextSum.end());
+      return next;
+    };
+
+    // Steps of registerTile().vectors x 16 keys; where 16 or fewer keys
+    // are left after them (a causal tile's last keys, a short tail block),
+    // one step of 16 rather than a wider one mostly masked.
+    // The span is clamped at 0: a tile whose keys end before j0 (none with
+    // today's blocks) takes no step rather than a wrapped count of them.
+    std::string wideEnd = tileKeyEnd;
+    if (maxVectors > 1) {
+      std::string span = w_.assign(fmt::format(
+          "arith.subi {}, {} : index",
+          w_.assign(fmt::format("arith.maxui {}, {} : index", tileKeyEnd, j0)), j0));
+      wideEnd = addIndex(
+          w_, j0,
+          w_.assign(fmt::format(
+              "arith.muli {}, {} : index",
+              w_.assign(fmt::format("arith.divui {}, {} : index",
+                                    addIndex(w_, span, w_.indexConstant(kLanes - 1)),
+                                    w_.indexConstant(maxStep))),
+              w_.indexConstant(maxStep))));
+    }
     std::vector<std::string> state;
     std::string jj = w_.fresh("j");
     std::vector<std::string> carried =
-        openCarryingFor(w_, jj, j0, tileKeyEnd, kLanes, inits, types, state);
-    std::string panelColumn = w_.assign(fmt::format("arith.subi {}, {} : index", jj, j0));
-
-    // Scores of the tile's rows for keys [jj, jj + 16): one FMA chain over D.
-    std::vector<std::string> scores;
-    {
-      std::vector<std::string> vinits(static_cast<size_t>(rows), zeros), vtypes(rows, kVec), res;
-      std::string d = w_.fresh("d");
-      std::vector<std::string> partial = openCarryingFor(
-          w_, d, w_.indexConstant(0), w_.indexConstant(depth), 1, vinits, vtypes, res);
-      std::string keyLanes = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", kPanel, d,
-                                                   panelColumn, kPanelType, kVec));
-      std::vector<std::string> next;
-      for (int r = 0; r < rows; ++r) {
-        std::string a =
-            w_.assign(fmt::format("memref.load {}[{}, {}] : {}", qm, row[r], d, qType));
-        next.push_back(w_.assign(fmt::format("vector.fma {}, {}, {} : {}", splat(w_, a), keyLanes,
-                                             partial[r], kVec)));
-      }
-      closeCarryingFor(w_, next, vtypes);
-      scores = res;
-    }
-
-    // Which lanes are keys (< Tk), and with causal, which a row sees (<= row).
-    std::string keysAt = laneIndices(w_, jj);
-    std::string isKey = w_.assign(fmt::format("arith.cmpi slt, {}, {} : vector<16xi64>", keysAt,
-                                              indexVector(w_, w_.indexConstant(tk))));
-    std::string scale = splat(w_, w_.constant(p->scale, DType::F32));
-    std::string fill = splat(w_, w_.constant(p->fill, DType::F32));
-    std::string lowestVec = splat(w_, lowest);
-    std::vector<std::string> nextMax, nextSum, rescale;
-    for (int r = 0; r < rows; ++r) {
-      std::string s = scores[r];
-      if (p->scaleOp == AttentionPattern::Scale::Mul)
-        s = w_.assign(fmt::format("arith.mulf {}, {} : {}", s, scale, kVec));
-      else if (p->scaleOp == AttentionPattern::Scale::Div)
-        s = w_.assign(fmt::format("arith.divf {}, {} : {}", s, scale, kVec));
-      if (p->causal) {
-        std::string sees = w_.assign(fmt::format("arith.cmpi sle, {}, {} : vector<16xi64>",
-                                                 keysAt, indexVector(w_, row[r])));
-        s = w_.assign(
-            fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", sees, s, fill, kVec));
-      }
-      s = w_.assign(
-          fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey, s, lowestVec, kVec));
-      std::string blockMax =
-          w_.assign(fmt::format("vector.reduction <maximumf>, {} : {} into f32", s, kVec));
-      std::string m = w_.assign(fmt::format("arith.maximumf {}, {} : f32", carried[r], blockMax));
-      std::string shifted =
-          w_.assign(fmt::format("arith.subf {}, {} : {}", s, splat(w_, m), kVec));
-      std::string e = w_.assign(fmt::format("math.exp {} : {}", shifted, kVec));
-      e = w_.assign(
-          fmt::format("arith.select {}, {}, {} : vector<16xi1>, {}", isKey, e, zeros, kVec));
-      std::string correction = w_.assign(fmt::format(
-          "math.exp {} : f32", w_.assign(fmt::format("arith.subf {}, {} : f32", carried[r], m))));
-      std::string blockSum =
-          w_.assign(fmt::format("vector.reduction <add>, {} : {} into f32", e, kVec));
-      std::string l = w_.assign(fmt::format(
-          "arith.addf {}, {} : f32",
-          w_.assign(fmt::format("arith.mulf {}, {} : f32", carried[rows + r], correction)),
-          blockSum));
-      w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", e, probs, w_.indexConstant(r),
-                          w_.indexConstant(0), probsType, kVec));
-      nextMax.push_back(m);
-      nextSum.push_back(l);
-      rescale.push_back(splat(w_, correction));
-    }
-
-    // acc = acc * correction + probs x v[jj .. jj + 16): v's rows in place
-    // (the last 16 columns masked where Dv is not a multiple of 16, so no
-    // load reads past v's buffer) or from the panel.
-    {
-      std::string keysLeft = w_.assign(fmt::format(
-          "arith.minsi {}, {} : index",
-          w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(tk), jj)),
-          w_.indexConstant(kLanes)));
-      std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(dvPadded), kLanes);
-      std::string mask;
-      if (!packValues && dvPadded > dv)
-        mask = w_.assign(fmt::format(
-            "vector.create_mask {} : vector<16xi1>",
-            w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(dv), c))));
-      std::vector<std::string> vinits, vtypes(rows, kVec), res;
-      for (int r = 0; r < rows; ++r) {
-        std::string a = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", acc, local[r], c,
-                                              accType, kVec));
-        vinits.push_back(w_.assign(fmt::format("arith.mulf {}, {} : {}", a, rescale[r], kVec)));
-      }
-      std::string j = w_.fresh("j");
-      std::vector<std::string> partial =
-          openCarryingFor(w_, j, w_.indexConstant(0), keysLeft, 1, vinits, vtypes, res);
-      std::string values;
-      if (packValues)
-        values = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vPanel,
-                                       addIndex(w_, panelColumn, j), c, vPanelType, kVec));
-      else if (mask.empty())
-        values = w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", vm,
-                                       addIndex(w_, jj, j), c, vType, kVec));
-      else
-        values = w_.assign(fmt::format(
-            "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", vm,
-            addIndex(w_, jj, j), c, mask, zeros, vType, kVec, kVec));
-      std::vector<std::string> next;
-      for (int r = 0; r < rows; ++r) {
-        std::string pr = w_.assign(
-            fmt::format("memref.load {}[{}, {}] : {}", probs, w_.indexConstant(r), j, probsType));
-        next.push_back(w_.assign(
-            fmt::format("vector.fma {}, {}, {} : {}", splat(w_, pr), values, partial[r], kVec)));
-      }
-      closeCarryingFor(w_, next, vtypes);
-      for (int r = 0; r < rows; ++r)
-        w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", res[r], acc, local[r], c,
-                            accType, kVec));
-      w_.endFor();
-    }
-    std::vector<std::string> yields = nextMax;
-    yields.insert(yields.end(), nextSum.begin(), nextSum.end());
-    closeCarryingFor(w_, yields, types);
-    for (int r = 0; r < rows; ++r) {
-      w_.line(fmt::format("memref.store {}, {}[{}] : {}", state[r], maxes, local[r], statsType));
-      w_.line(fmt::format("memref.store {}, {}[{}] : {}", state[rows + r], sums, local[r],
-                          statsType));
+        openCarryingFor(w_, jj, j0, wideEnd, maxStep, loadState(), types, state);
+    closeCarryingFor(w_, softmaxStep(jj, maxVectors, carried), types);
+    storeState(state);
+    if (maxVectors > 1) {
+      w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format("arith.cmpi slt, {}, {} : index",
+                                                               wideEnd, tileKeyEnd))));
+      w_.indent();
+      w_.pushScope();
+      storeState(softmaxStep(wideEnd, 1, loadState()));
+      w_.popScope();
+      w_.dedent();
+      w_.line("}");
     }
     w_.endFor(); // tiles
   };
@@ -394,7 +551,11 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
   std::vector<std::string> rowMax, rowSum;
   for (int r = 0; r < rows; ++r) {
     rowMax.push_back(w_.assign(fmt::format("memref.load {}[{}] : {}", maxes, local[r], statsType)));
-    rowSum.push_back(w_.assign(fmt::format("memref.load {}[{}] : {}", sums, local[r], statsType)));
+    rowSum.push_back(w_.assign(fmt::format(
+        "vector.reduction <add>, {} : {} into f32",
+        w_.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", sums, local[r],
+                              w_.indexConstant(0), sumsType, kVec)),
+        kVec)));
   }
   for (auto [id, values] : {std::pair{p->rowMax, &rowMax}, std::pair{p->rowSum, &rowSum}}) {
     if (!usedOutside_[id])

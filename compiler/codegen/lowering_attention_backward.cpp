@@ -44,7 +44,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
           dv = shapeOf(b->gradValues).back();
   int64_t depthPadded = roundUp(depth, kLanes), dvPadded = roundUp(dv, kLanes),
           keyBlock = kAttentionKeyBlock, tkPadded = roundUp(tk, kAttentionKeyBlock);
-  int rows = registerTile().rows;
+  int rows = registerTile().rows, vectors = registerTile().vectors;
   Shape batchShape(space.begin(), space.end() - 2);
   int64_t units = 1;
   for (int64_t d : batchShape)
@@ -234,17 +234,27 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
     valid.push_back(w_.assign(
         fmt::format("arith.cmpi slt, {}, {} : index", i, w_.indexConstant(tq))));
     std::string ri = w_.indexConstant(r);
-    // The tile's rows of q, q^T's and dO, packed.
-    std::string d = w_.beginFor(w_.indexConstant(0), w_.indexConstant(depth));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(qm, qType, row[r], d), qTile, ri,
-                        d, qTileType));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(qtm, qtType, row[r], d), qtTile,
-                        ri, d, qTileType));
-    w_.endFor();
-    std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(dv));
-    w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(dOm, dOType, row[r], c), dOTile,
-                        ri, c, dOTileType));
-    w_.endFor();
+    // The tile's rows of q, q^T's and dO, packed: 16 columns per vector
+    // where the row is contiguous (the last piece masked), else one by one.
+    for (auto [m, type, unitStride, cols, tile, tileType] :
+         {std::tuple{qm, qType, at(q, rank - 1) == 1, depth, qTile, qTileType},
+          std::tuple{qtm, qtType, at(qt, rank - 2) == 1, depth, qtTile, qTileType},
+          std::tuple{dOm, dOType, at(dO, rank - 1) == 1, dv, dOTile, dOTileType}}) {
+      if (unitStride) {
+        std::string c =
+            openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(roundUp(cols, kLanes)), kLanes);
+        std::string piece = w_.assign(fmt::format(
+            "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", m, row[r], c,
+            maskBelow(subIndex(w_.indexConstant(cols), c)), zeros, type, kVec, kVec));
+        vstore(piece, tile, tileType, ri, c);
+        w_.endFor();
+      } else {
+        std::string c = w_.beginFor(w_.indexConstant(0), w_.indexConstant(cols));
+        w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", load(m, type, row[r], c), tile, ri,
+                            c, tileType));
+        w_.endFor();
+      }
+    }
     rowMaxes.push_back(splat(w_, load(maxm, maxType, row[r], w_.indexConstant(0))));
     inverseSums.push_back(splat(
         w_, w_.assign(fmt::format("arith.divf {}, {} : f32", one,
@@ -359,36 +369,56 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
       w_.endFor();
     }
     std::string keysHere = minIndex(w_.indexConstant(count), subIndex(keyEnd, j0));
-    std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
-    // k's rows in place: the last 16 columns masked where D is not a
-    // multiple of 16, so no load reads past k's buffer.
-    std::string mask;
-    if (!packKeyRows && depthPadded > depth)
-      mask = maskBelow(subIndex(w_.indexConstant(depth), c));
-    std::vector<std::string> inits, res;
-    for (int r = 0; r < rows; ++r)
-      inits.push_back(vload(dqAcc, qTileType, w_.indexConstant(r), c));
-    std::string jk = w_.fresh("j");
-    std::vector<std::string> partial =
-        openCarryingFor(w_, jk, w_.indexConstant(0), keysHere, 1, inits, vectorTypes, res);
-    std::string key = addIndex(w_, j0, jk);
-    std::string keyRow;
-    if (packKeyRows)
-      keyRow = vload(kRows, kRowsType, jk, c);
-    else if (mask.empty())
-      keyRow = vload(km, keysType, key, c);
-    else
-      keyRow = w_.assign(fmt::format(
-          "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", km, key, c, mask,
-          zeros, keysType, kVec, kVec));
-    std::vector<std::string> next;
-    for (int r = 0; r < rows; ++r)
-      next.push_back(fma(splat(w_, load(grads, rowsType, w_.indexConstant(r), key)), keyRow,
-                         partial[r]));
-    closeCarryingFor(w_, next, vectorTypes);
-    for (int r = 0; r < rows; ++r)
-      vstore(res[r], dqAcc, qTileType, w_.indexConstant(r), c);
-    w_.endFor();
+    // `vectors` 16-lane pieces of D at a time (the register tile's shape;
+    // the last group narrower where the pieces do not divide). k's rows in
+    // place: the last piece masked where D is not a multiple of 16, so no
+    // load reads past k's buffer.
+    auto accumulatePieces = [&](const std::string &c0, int width) {
+      std::vector<std::string> columns, masks;
+      for (int g = 0; g < width; ++g) {
+        columns.push_back(g == 0 ? c0 : addIndex(w_, c0, w_.indexConstant(g * kLanes)));
+        if (!packKeyRows && depthPadded > depth)
+          masks.push_back(maskBelow(subIndex(w_.indexConstant(depth), columns[g])));
+      }
+      std::vector<std::string> inits, res, types(rows * width, kVec);
+      for (int r = 0; r < rows; ++r)
+        for (int g = 0; g < width; ++g)
+          inits.push_back(vload(dqAcc, qTileType, w_.indexConstant(r), columns[g]));
+      std::string jk = w_.fresh("j");
+      std::vector<std::string> partial =
+          openCarryingFor(w_, jk, w_.indexConstant(0), keysHere, 1, inits, types, res);
+      std::string key = addIndex(w_, j0, jk);
+      std::vector<std::string> keyRow;
+      for (int g = 0; g < width; ++g) {
+        if (packKeyRows)
+          keyRow.push_back(vload(kRows, kRowsType, jk, columns[g]));
+        else if (masks.empty())
+          keyRow.push_back(vload(km, keysType, key, columns[g]));
+        else
+          keyRow.push_back(w_.assign(fmt::format(
+              "vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", km, key,
+              columns[g], masks[g], zeros, keysType, kVec, kVec)));
+      }
+      std::vector<std::string> next;
+      for (int r = 0; r < rows; ++r) {
+        std::string ds = splat(w_, load(grads, rowsType, w_.indexConstant(r), key));
+        for (int g = 0; g < width; ++g)
+          next.push_back(fma(ds, keyRow[g], partial[r * width + g]));
+      }
+      closeCarryingFor(w_, next, types);
+      for (int r = 0; r < rows; ++r)
+        for (int g = 0; g < width; ++g)
+          vstore(res[r * width + g], dqAcc, qTileType, w_.indexConstant(r), columns[g]);
+    };
+    int64_t pieces = depthPadded / kLanes, wholeGroupsEnd = pieces / vectors * vectors * kLanes;
+    if (wholeGroupsEnd > 0) {
+      std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(wholeGroupsEnd),
+                                     vectors * kLanes);
+      accumulatePieces(c, vectors);
+      w_.endFor();
+    }
+    if (pieces % vectors != 0)
+      accumulatePieces(w_.indexConstant(wholeGroupsEnd), static_cast<int>(pieces % vectors));
   });
   {
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);
@@ -409,35 +439,55 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
 
   // 4. dV += P^T dO (Dv along the lanes) and d(k^T) += q^T dS (keys along
   // the lanes), into the unit's outputs: out[o, l] += sum_r a[r, o] b[r, l]
-  // for o < outerEnd and lanes l < laneEnd, 16 at a time, masked from
-  // laneLimit on.
+  // for o < outerEnd and lanes l < laneEnd, each lane masked from laneLimit
+  // on. `vectors` 16-lane pieces at a time (as the matmul's register tile):
+  // the tile's rows of b for them stay in registers while o runs, so each
+  // broadcast of a serves `vectors` FMAs and each o reads and writes only
+  // its own output pieces.
   auto accumulateOuter = [&](const std::string &out, const std::string &outType,
                              const std::string &outerEnd, const std::string &laneEnd,
-                             int64_t laneLimit, const std::string &a, const std::string &aType,
-                             const std::string &b, const std::string &bType) {
-    std::string o = w_.beginFor(w_.indexConstant(0), outerEnd);
-    std::string l = openSteppedFor(w_, w_.indexConstant(0), laneEnd, kLanes);
-    std::string mask = maskBelow(subIndex(w_.indexConstant(laneLimit), l));
-    std::string acc = w_.assign(
-        fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", out,
-                    o, l, mask, zeros, outType, kVec, kVec));
-    for (int r = 0; r < rows; ++r) {
-      std::string ri = w_.indexConstant(r);
-      acc = fma(splat(w_, load(a, aType, ri, o)), vload(b, bType, ri, l), acc);
+                             const std::string &laneLimit, const std::string &a,
+                             const std::string &aType, const std::string &b,
+                             const std::string &bType) {
+    auto maskedLoad = [&](const std::string &m, const std::string &type, const std::string &r,
+                          const std::string &c, const std::string &mask) {
+      return w_.assign(
+          fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<16xi1>, {} into {}", m,
+                      r, c, mask, zeros, type, kVec, kVec));
+    };
+    std::string l0 = openSteppedFor(w_, w_.indexConstant(0), laneEnd, kLanes * vectors);
+    std::vector<std::string> ls, masks, bs;
+    for (int g = 0; g < vectors; ++g) {
+      ls.push_back(g == 0 ? l0 : addIndex(w_, l0, w_.indexConstant(g * kLanes)));
+      masks.push_back(maskBelow(subIndex(laneLimit, ls[g])));
     }
-    w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", out, o,
-                        l, mask, acc, outType, kVec));
+    // Masked: the last group of pieces may start past b's columns.
+    for (int r = 0; r < rows; ++r)
+      for (int g = 0; g < vectors; ++g)
+        bs.push_back(maskedLoad(b, bType, w_.indexConstant(r), ls[g], masks[g]));
+    std::string o = w_.beginFor(w_.indexConstant(0), outerEnd);
+    std::vector<std::string> accs;
+    for (int g = 0; g < vectors; ++g)
+      accs.push_back(maskedLoad(out, outType, o, ls[g], masks[g]));
+    for (int r = 0; r < rows; ++r) {
+      std::string ar = splat(w_, load(a, aType, w_.indexConstant(r), o));
+      for (int g = 0; g < vectors; ++g)
+        accs[g] = fma(ar, bs[r * vectors + g], accs[g]);
+    }
+    for (int g = 0; g < vectors; ++g)
+      w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", out, o,
+                          ls[g], masks[g], accs[g], outType, kVec));
     w_.endFor();
     w_.endFor();
   };
-  accumulateOuter(dvm, dvType, keyEnd, w_.indexConstant(dvPadded), dv, probs, rowsType, dOTile,
-                  dOTileType);
+  accumulateOuter(dvm, dvType, keyEnd, w_.indexConstant(dvPadded), w_.indexConstant(dv), probs,
+                  rowsType, dOTile, dOTileType);
   if (!storeKeysAlongLanes) // dK += dS^T q (D along the lanes), as dV
-    accumulateOuter(dktm, dktType, keyEnd, w_.indexConstant(depthPadded), depth, grads, rowsType,
-                    qtTile, qTileType);
-  else
-    accumulateOuter(dktm, dktType, w_.indexConstant(depth), keyEnd, tk, qtTile, qTileType, grads,
-                    rowsType);
+    accumulateOuter(dktm, dktType, keyEnd, w_.indexConstant(depthPadded), w_.indexConstant(depth),
+                    grads, rowsType, qtTile, qTileType);
+  else // keys past the causal end (keyEnd <= Tk) have dS = 0: masked off
+    accumulateOuter(dktm, dktType, w_.indexConstant(depth), keyEnd, keyEnd, qtTile, qTileType,
+                    grads, rowsType);
   w_.endFor(); // tiles
 
   // With fault injection (lowerGroup's perturbation) the unit perturbs the
