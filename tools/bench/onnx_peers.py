@@ -13,7 +13,11 @@ exporter at opset 17, as a user of an older toolchain would get them):
          tokens, batch 8, vocabulary 64; pre-norm blocks (nn.LayerNorm,
          causal attention written out as matmul, scale, masked fill, softmax,
          matmul), an erf GELU MLP of 4x the width (nn.GELU), learned
-         positions, a final layer norm, an untied output layer
+         positions, a final layer norm, an untied output layer;
+         `--gpt-tokens 128,256,512` runs it at each of those token counts
+         instead, at batch 1024 // tokens (at least 1: the same 1024 rows
+         through every projection, so only attention grows), as gpt,
+         gpt-t256 and gpt-t512 (the name gpt-tN also works in --only)
 
 For each model and round: ONNX Runtime (intra_op_num_threads=2,
 inter_op_num_threads=1, sequential execution, all graph optimizations) is
@@ -40,34 +44,81 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 
 from peers import TorchGpt
 
 THREADS = 2
 MODELS = ["mlp", "cnn", "gpt"]
-LABELS = {"mlp": "MLP 784-1024-1024-10, b256", "cnn": "convnet 2 conv3x3, b32",
-          "gpt": "GPT 4x256, 128 tok, b8"}
 MLP_BATCH = 256
+GPT = dict(layers=4, width=256, heads=4, vocab=64)
+GPT_TOKENS = 128
+# Batch x tokens at every size of the gpt: the same rows through each
+# projection (the same matmul FLOPs), so only attention grows with the tokens.
+GPT_ROWS = 1024
 
 
-def mlp_name(batch):
-    """The model name of the MLP at a batch: mlp at 256 (its figures so far), else mlp-bN."""
-    return "mlp" if batch == MLP_BATCH else f"mlp-b{batch}"
+class Sized(typing.NamedTuple):
+    """A model that an option runs at several sizes: --mlp-batch runs mlp-bN."""
+    option: str
+    letter: str  # of the name's suffix: mlp-b32
+    default: int  # the size of the plain name (mlp), its figures so far
+    sizes: str  # what the option lists, for its messages
 
 
-def mlp_batch(name):
-    """The batch of an MLP model name (mlp, mlp-b32), or None for another model."""
-    if name == "mlp":
-        return MLP_BATCH
-    if name.startswith("mlp-b") and name[len("mlp-b"):].isdigit() and int(name[len("mlp-b"):]) > 0:
-        return int(name[len("mlp-b"):])
+SIZED = {"mlp": Sized("--mlp-batch", "b", MLP_BATCH, "batches"),
+         "gpt": Sized("--gpt-tokens", "t", GPT_TOKENS, "token counts")}
+
+
+def sized_name(model, size):
+    """The name of a sized model at a size: the plain name at its default size, else mlp-bN, gpt-tN."""
+    sized = SIZED[model]
+    return model if size == sized.default else f"{model}-{sized.letter}{size}"
+
+
+def model_size(name):
+    """(model, size) of a sized model's name (mlp, mlp-b32, gpt-t256), or None for another name."""
+    for model, sized in SIZED.items():
+        if name == model:
+            return model, sized.default
+        suffix = name.removeprefix(f"{model}-{sized.letter}")
+        if suffix != name and suffix.isdigit() and int(suffix) > 0:
+            return model, int(suffix)
     return None
 
 
+def expand_sizes(parser, names, model, value, only):
+    """names with the sized model replaced by its name at each size that its
+    option's value (comma-separated) lists; names as they are without the option."""
+    sized = SIZED[model]
+    if value is None:
+        return names
+    try:
+        sizes = [int(s) for s in value.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        parser.error(f"{sized.option} {value}: expected positive integers, comma-separated")
+    if model not in names:
+        parser.error(f"{sized.option} {value} sets the {model}'s {sized.sizes}, but --only {only} "
+                     f"has no {model}")
+    expanded = []
+    for n in names:
+        expanded += [sized_name(model, s) for s in sizes] if n == model else [n]
+    return list(dict.fromkeys(expanded))
+
+
+def gpt_batch(tokens):
+    return max(1, GPT_ROWS // tokens)
+
+
 def label(name):
-    batch = mlp_batch(name)
-    return f"MLP 784-1024-1024-10, b{batch}" if batch else LABELS[name]
-GPT = dict(layers=4, width=256, heads=4, tokens=128, batch=8, vocab=64)
+    if name == "cnn":
+        return "convnet 2 conv3x3, b32"
+    model, size = model_size(name)
+    if model == "mlp":
+        return f"MLP 784-1024-1024-10, b{size}"
+    return f"GPT {GPT['layers']}x{GPT['width']}, {size} tok, b{gpt_batch(size)}"
 
 
 def build_model(name):
@@ -76,16 +127,19 @@ def build_model(name):
     import torch.nn as nn
 
     torch.manual_seed(0)
-    if mlp_batch(name):
-        model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                              nn.Linear(1024, 10))
-        return model, torch.randn(mlp_batch(name), 784)
     if name == "cnn":
         model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                               nn.Flatten(), nn.Linear(784, 10))
         return model, torch.randn(32, 1, 28, 28)
-    return TorchGpt(**GPT, written_out=True), torch.randint(0, GPT["vocab"], (GPT["batch"], GPT["tokens"]))
+    model, size = model_size(name)
+    if model == "mlp":
+        model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                              nn.Linear(1024, 10))
+        return model, torch.randn(size, 784)
+    batch = gpt_batch(size)
+    return (TorchGpt(**GPT, tokens=size, batch=batch, written_out=True),
+            torch.randint(0, GPT["vocab"], (batch, size)))
 
 
 def export(name, folder):
@@ -188,6 +242,8 @@ def main():
                         help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--mlp-batch", help="comma-separated batches at which to run the mlp "
                         f"model (default {MLP_BATCH})")
+    parser.add_argument("--gpt-tokens", help="comma-separated token counts at which to run the gpt "
+                        f"model, each at batch {GPT_ROWS} // tokens (default {GPT_TOKENS})")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
@@ -200,23 +256,11 @@ def main():
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     for n in names:
-        if n not in MODELS and not mlp_batch(n):
+        if n not in MODELS and not model_size(n):
             parser.error(f"unknown model '{n}'; the models are: {', '.join(MODELS)} "
-                         "(and mlp-bN, the mlp at batch N)")
-    if args.mlp_batch:
-        try:
-            batches = [int(b) for b in args.mlp_batch.split(",")]
-        except ValueError:
-            batches = [0]
-        if not batches or min(batches) <= 0:
-            parser.error(f"--mlp-batch {args.mlp_batch}: expected positive integers, comma-separated")
-        if "mlp" not in names:
-            parser.error(f"--mlp-batch {args.mlp_batch} sets the mlp's batches, but --only "
-                         f"{args.only} has no mlp")
-        expanded = []
-        for n in names:
-            expanded += [mlp_name(b) for b in batches] if n == "mlp" else [n]
-        names = list(dict.fromkeys(expanded))
+                         "(and mlp-bN, the mlp at batch N; gpt-tN, the gpt at N tokens)")
+    names = expand_sizes(parser, names, "mlp", args.mlp_batch, args.only)
+    names = expand_sizes(parser, names, "gpt", args.gpt_tokens, args.only)
 
     if args.worker:
         json.dump(ort_worker(args.worker, names, args.warmup, args.steps), open(args.out, "w"))
