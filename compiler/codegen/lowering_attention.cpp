@@ -453,16 +453,7 @@ void KernelEmitter::emitAttention(ValueId output, bool parallel) {
             w_.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", res[r * width + g], acc,
                                 local[r], columns[g], accType, kVec));
       };
-      int64_t pieces = dvPadded / kLanes,
-              wholeGroupsEnd = pieces / maxVectors * maxVectors * kLanes;
-      if (wholeGroupsEnd > 0) {
-        std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(wholeGroupsEnd),
-                                       maxVectors * kLanes);
-        accumulateValues(c, maxVectors);
-        w_.endFor();
-      }
-      if (pieces % maxVectors != 0)
-        accumulateValues(w_.indexConstant(wholeGroupsEnd), static_cast<int>(pieces % maxVectors));
+      forPieceGroups(w_, dvPadded / kLanes, maxVectors, accumulateValues);
 
       std::vector<std::string> next = nextMax;
       next.insert(next.end(), nextSum.begin(), nextSum.end());

@@ -410,15 +410,7 @@ void KernelEmitter::emitAttentionBackward(ValueId gradQueries, bool parallel) {
         for (int g = 0; g < width; ++g)
           vstore(res[r * width + g], dqAcc, qTileType, w_.indexConstant(r), columns[g]);
     };
-    int64_t pieces = depthPadded / kLanes, wholeGroupsEnd = pieces / vectors * vectors * kLanes;
-    if (wholeGroupsEnd > 0) {
-      std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(wholeGroupsEnd),
-                                     vectors * kLanes);
-      accumulatePieces(c, vectors);
-      w_.endFor();
-    }
-    if (pieces % vectors != 0)
-      accumulatePieces(w_.indexConstant(wholeGroupsEnd), static_cast<int>(pieces % vectors));
+    forPieceGroups(w_, depthPadded / kLanes, vectors, accumulatePieces);
   });
   {
     std::string c = openSteppedFor(w_, w_.indexConstant(0), w_.indexConstant(depthPadded), kLanes);

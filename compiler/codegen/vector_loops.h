@@ -80,6 +80,22 @@ inline std::string openSteppedFor(MlirWriter &w, const std::string &lb, const st
   return iv;
 }
 
+// body(column, width) over `pieces` 16-lane pieces in groups of `group`
+// (a register tile's vectors per row): a loop over the whole groups, then
+// one narrower group where pieces % group != 0.
+template <typename Body>
+void forPieceGroups(MlirWriter &w, int64_t pieces, int group, Body body) {
+  int64_t wholeGroupsEnd = pieces / group * group * kLanes;
+  if (wholeGroupsEnd > 0) {
+    std::string c = openSteppedFor(w, w.indexConstant(0), w.indexConstant(wholeGroupsEnd),
+                                   group * kLanes);
+    body(c, group);
+    w.endFor();
+  }
+  if (pieces % group != 0)
+    body(w.indexConstant(wholeGroupsEnd), static_cast<int>(pieces % group));
+}
+
 // The flat index, in the value that the f32 matrix view `view` of type
 // `type` shows (stridedMatrix's views, whose offset and strides count that
 // value's elements), of the view's element [row, col]. Fault injection's
