@@ -276,7 +276,8 @@ TEST(CodegenMatMulPlan, OnlyATransposedALongStrideIsPrefetched) {
 
 // A transposed A read by several column panels of B is copied a block of
 // rows at a time into a stack buffer (and not prefetched in place); with
-// one panel's columns, or too few rows, it is read in place.
+// one panel's columns, or too few rows, it is read in place. The host's
+// register tile sets the panel's width.
 TEST(CodegenMatMulPlan, ATransposedIsCopiedInBlocksWhereSeveralPanelsReadIt) {
   auto lowered = [](int64_t rows, int64_t cols) {
     std::string text = fmt::format(R"(graph g {{
@@ -302,7 +303,9 @@ TEST(CodegenMatMulPlan, ATransposedIsCopiedInBlocksWhereSeveralPanelsReadIt) {
   std::string blocks = lowered(150, 45);
   EXPECT_NE(blocks.find(block), std::string::npos) << blocks;
   EXPECT_EQ(prefetchesOfA(blocks), 0) << blocks;
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{150, 32}, {31, 45}}) {
+  // One panel: the register tile's width (32 on AVX-512, 16 on AVX2).
+  int64_t panel = codegen::registerTile().vectors * 16;
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{150, panel}, {31, 45}}) {
     std::string inPlace = lowered(rows, cols);
     EXPECT_EQ(inPlace.find(block), std::string::npos) << inPlace;
     EXPECT_GT(prefetchesOfA(inPlace), 0) << inPlace;

@@ -17,12 +17,6 @@
 
 namespace stepc::codegen {
 
-// The most floats a kernel keeps in one stack buffer (256 KiB): a matmul's
-// panel of B, a reduction's row of accumulators. A kernel runs on the caller's
-// thread or a pool worker, whose stacks are a few MiB; larger shapes take
-// paths without the buffer.
-constexpr int64_t kMaxStackBufferFloats = 65536;
-
 using Index = std::vector<std::string>;
 using Strides = std::vector<int64_t>;
 

@@ -231,14 +231,15 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
   bool bf16Dot = bf16DotProducts() && bf16Numbers(plan.a.base) && bf16Numbers(plan.b.base);
   // A transposed view of A (unit stride along M, K rows a line or more
   // apart) is copied a block of rows at a time (TiledMatMul::aBlock) where
-  // several column panels of a row-major B read each block. B is then read
+  // several column panels (the register tile's width) of a row-major B read
+  // each block. B is then read
   // in place: copied, its panels would be copied again for every block (and
   // a B^T's packed again: B^T takes the old path). The GPT
   // step's weight gradients, X^T x dY at M = K = 1024, N = 256, ran 2.84
   // ms with B in place, 3.09-3.39 ms with copied panels).
   bool aColumns = aM == 1 && aK >= 16;
   bool aBlocks = aColumns && !bf16Dot && dtypeOf(plan.a.base) == DType::F32 && !plan.dot &&
-                 aBlockRows(depth) > 0 && cols > 32 &&
+                 aBlockRows(depth) > 0 && cols > registerTile().vectors * 16 &&
                  (rowsFold ? foldedRows : m) >= 32;
   std::string aBlock = aBlocks ? w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : {}",
                                                        aBlockType(depth)))

@@ -805,7 +805,7 @@ std::string panelBufferType(int64_t depth) {
 int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
 
 int64_t aBlockRows(int64_t depth) {
-  int64_t rows = std::min<int64_t>(64, kABlockFloats / std::max<int64_t>(depth, 1) / kLanes * kLanes);
+  int64_t rows = std::min<int64_t>(64, kMaxStackBufferFloats / std::max<int64_t>(depth, 1) / kLanes * kLanes);
   return rows >= kLanes ? rows : 0;
 }
 

@@ -9,6 +9,12 @@
 
 namespace stepc::codegen {
 
+// The most floats a kernel keeps in one stack buffer (256 KiB): a matmul's
+// panel of B or block of A^T, a reduction's row of accumulators. A kernel
+// runs on the caller's thread or a pool worker, whose stacks are a few MiB;
+// larger shapes take paths without the buffer.
+constexpr int64_t kMaxStackBufferFloats = 65536;
+
 struct TiledMatMul {
   std::string a, b, c; // memref SSA values
   int64_t m, k, n;
@@ -136,11 +142,10 @@ std::string panelBufferType(int64_t depth);
 int64_t panelBufferFloats(int64_t depth);
 
 // The rows of a transposed-A block at depth K (TiledMatMul::aBlock): a
-// multiple of 16, as many as fit kABlockFloats floats up to 64; 0 where K is
-// too deep for a block of 16 rows.
+// multiple of 16, as many as fit kMaxStackBufferFloats floats up to 64; 0
+// where K is too deep for a block of 16 rows.
 int64_t aBlockRows(int64_t depth);
 std::string aBlockType(int64_t depth);
-constexpr int64_t kABlockFloats = 65536;
 
 // Whether a product of `rows` rows (all of C's, however many threads share
 // them) copies a row-major B's column panels into a bPanel first: many row
