@@ -12,8 +12,8 @@
 //   differentiated and trained; their values are `params` (each param's own
 //   Init is zeros(), a placeholder: the imported values are the truth).
 //   `stepc import-onnx model.onnx -o model.sg` writes them next to the graph
-//   as model.params/NAME.npy. Integer and bool initializers (shapes, axes,
-//   indices) are constants.
+//   as model.safetensors, where `stepc run`, `bench` and `train` find them.
+//   Integer and bool initializers (shapes, axes, indices) are constants.
 // - A matrix initializer read only transposed (a Gemm with transB = 1, how
 //   PyTorch exports nn.Linear) is stored transposed, once, under its name
 //   plus kTransposedParamSuffix ("fc1.weight" becomes "fc1.weight.T"), so
