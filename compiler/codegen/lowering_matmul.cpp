@@ -224,12 +224,13 @@ int64_t KernelEmitter::productColumnUnits() const {
     return 0;
   int64_t rows = n.type.numel() / out.back();
   int64_t units = (out.back() + kProductColumnBlock - 1) / kProductColumnBlock;
-  // Fewer rows than a whole register tile's: at these each tile streams
-  // its columns of B from L3 once per few rows, and split by rows every
-  // thread would stream all of B. The MLP 784-1024-1024-10's forward at 2
-  // threads, split by columns against by rows: batch 1 0.060 against 0.107
-  // ms, batch 4 0.087 against 0.101; at batch 8 (one whole 8-row tile, 4
-  // rows a thread split by rows) 0.167 against 0.148.
+  // Fewer rows than a whole register tile's: streaming B from L3 is then
+  // the whole cost, and split by rows every thread would stream all of it.
+  // The MLP 784-1024-1024-10's forward at 2 threads (onnx_peers, best of 5
+  // rounds), split by columns against by rows: 0.051 against 0.108 ms at
+  // batch 1, 0.054 against 0.110 at batch 2, 0.072 against 0.103 at batch
+  // 4. At batch 8 (one whole 8-row tile; 4 rows a thread split by rows)
+  // the columns took 0.167 ms against 0.148.
   if (rows >= registerTile().rows || units < 2)
     return 0;
   // Every root is the product or on its tile: one element of its shape.
