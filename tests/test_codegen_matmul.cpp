@@ -257,7 +257,7 @@ TEST(CodegenMatMulPlan, OnlyATransposedALongStrideIsPrefetched) {
 }})", x, a);
     return planAndLower(text.c_str(), false).function;
   };
-  // Prefetches of A: of any memref but B's (the whole tiles prefetch B,
+  // Prefetches of A: of any memref but B's (the row tiles prefetch B,
   // read in place, in every case).
   auto prefetchesOfA = [](const std::string &function) {
     int count = 0;
@@ -347,14 +347,15 @@ TEST(CodegenMatMulPlan, FewRowsSplitTheColumnsManyRowsTheRows) {
     EXPECT_EQ(extent("64,77", 1000, tanh), 64);
     // One unit of columns: the rows.
     EXPECT_EQ(extent("3,77", 64, biasRelu), 3);
-    // A rank-3 input folded into 2 x 3 rows; 2 x 4 rows on AVX-512.
+    // A rank-3 input folded into 2 x 3 rows (fewer than AVX-512's 8: its
+    // columns there), and into 2 x 4 rows (the rows on both tiles).
     EXPECT_EQ(extent("2,3,77", 200, tanh), 6 < tile->rows ? 4 : 2);
     EXPECT_EQ(extent("2,4,77", 200, tanh), 2);
   }
 }
 
 // One row's gradients, whose products split their columns too (dR = dZ x
-// W2 and dX = dH x W^T, B^T packed), against central finite differences
+// W2^T and dX = dH x W^T, B^T packed), against central finite differences
 // in f64, and the compiled gradients against the interpreter's on both
 // register tiles at 1 and 2 threads.
 TEST(CodegenMatMulColumns, OneRowGradientsMatchFiniteDifferencesAndTheInterpreter) {
@@ -376,6 +377,39 @@ TEST(CodegenMatMulColumns, OneRowGradientsMatchFiniteDifferencesAndTheInterprete
   EXPECT_TRUE(check.passed) << check.worstWhere;
   Graph g = grad(forward, "loss", {"x", "w", "b", "w2"}).graph;
   stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 22), {});
+}
+
+// Few-row products at 3 threads, whose calls own uneven numbers of column
+// blocks (N = 1000: 6, 5 and 5 blocks of 64, the last 40 wide), so a call
+// that is not the last ends at a block that is no multiple of the wide
+// tile's columns: against the interpreter, and the same bits as 1 thread.
+TEST(CodegenMatMulColumns, ThreeThreadsSplitUnevenBlocksWithTheSameBits) {
+  Graph graph = parseGraph(R"(graph g {
+  input %x : f32[5,77]
+  input %w : f32[77,1000]
+  input %b : f32[1000]
+  input %w2 : f32[1000,330]
+  %h = linear(%x, %w, %b)
+  %r = relu(%h)
+  %z = matmul(%r, %w2)
+  output h = %h
+  output z = %z
+})");
+  TensorMap inputs = randomInputs(graph, 24);
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    stepc::testing::ForcedTile forced(*tile);
+    stepc::testing::CompareOptions options;
+    options.threads = 3;
+    options.unfused = false;
+    stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
+    CompileOptions compile{.cache = false};
+    auto one = compileJit(graph, compile, {.threads = 1})->step(inputs);
+    auto three = compileJit(graph, compile, {.threads = 3})->step(inputs);
+    for (const char *name : {"h", "z"})
+      for (int64_t i = 0; i < one.at(name).numel(); ++i)
+        ASSERT_EQ(one.at(name).real(i), three.at(name).real(i)) << name << "[" << i << "]";
+  }
 }
 
 // Fault injection (`stepc bisect-fusion`): a perturbed product split by

@@ -231,8 +231,15 @@ int64_t KernelEmitter::productColumnUnits() const {
   // batch 1, 0.054 against 0.110 at batch 2, 0.072 against 0.103 at batch
   // 4. At batch 8 (one whole 8-row tile; 4 rows a thread split by rows)
   // the columns took 0.167 ms against 0.148.
-  if (rows >= registerTile().rows || units < 2)
+  const RegisterTile &tile = registerTile();
+  if (rows >= tile.rows || units < 2)
     return 0;
+  // A call's columns start at a multiple of the block, where the wide
+  // tiles, the packed panels and the dot tiles start too: no panel or tile
+  // straddles two calls.
+  if (kProductColumnBlock % (tile.vectors * 16) != 0 || kProductColumnBlock % tile.dotCols != 0)
+    throw std::logic_error(fmt::format("column blocks of {} do not align with the {} tile",
+                                       kProductColumnBlock, tile.name));
   // Every root is the product or on its tile: one element of its shape.
   for (ValueId r : plan.roots)
     if (shapeOf(r) != out)

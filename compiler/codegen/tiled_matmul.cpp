@@ -228,7 +228,7 @@ void emitColumnPieces(
 // min(hi, wholeEnd) (wholeEnd: the last whole piece's end in C), so a
 // range whose lo is a multiple of the piece computes them from lo; and
 // whether the range also takes C's columns past wholeEnd (an i1; empty:
-// known to, or known not to, as `takesRest` says).
+// known to, or known not to, as `knownRest` says).
 struct WholePieces {
   std::string end, takesRest;
   bool knownRest;
