@@ -9,9 +9,11 @@
 // (AVX-512's 8x32 and AVX2's 6x16, whichever the host has).
 #include "codegen_harness.h"
 
+#include "gradcheck.h"
 #include "lowering.h"
 #include "tiled_matmul.h"
 
+#include "stepc/autodiff.h"
 #include "stepc/interpreter.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
@@ -255,7 +257,7 @@ TEST(CodegenMatMulPlan, OnlyATransposedALongStrideIsPrefetched) {
 }})", x, a);
     return planAndLower(text.c_str(), false).function;
   };
-  // Prefetches of A: of any memref but B's (the whole tiles prefetch B,
+  // Prefetches of A: of any memref but B's (the row tiles prefetch B,
   // read in place, in every case).
   auto prefetchesOfA = [](const std::string &function) {
     int count = 0;
@@ -309,6 +311,134 @@ TEST(CodegenMatMulPlan, ATransposedIsCopiedInBlocksWhereSeveralPanelsReadIt) {
     std::string inPlace = lowered(rows, cols);
     EXPECT_EQ(inPlace.find(block), std::string::npos) << inPlace;
     EXPECT_GT(prefetchesOfA(inPlace), 0) << inPlace;
+  }
+}
+
+// The threads of a kernel that is one product of fewer rows than a whole
+// register tile split its columns, in units of 64 (the last partial); from
+// a whole tile's rows on, or with one unit of columns, they split the rows
+// (dimension 0 of the product). Both register tiles.
+TEST(CodegenMatMulPlan, FewRowsSplitTheColumnsManyRowsTheRows) {
+  auto extent = [](const std::string &x, int64_t n, const std::string &epilogue) {
+    std::string text = fmt::format(R"(graph g {{
+  input %x : f32[{}]
+  input %w : f32[77,{}]
+  input %b : f32[{}]
+  %y = matmul(%x, %w)
+  %z = {}
+  output z = %z
+}})",
+                                   x, n, n, epilogue);
+    PlannedKernel k = planAndLower(text.c_str(), false);
+    std::function<int64_t(ValueId)> offset = [](ValueId v) { return 4096 * int64_t(v + 1); };
+    return codegen::lowerGroup(k.graph, k.plan.groups[0], offset, usedOutsideGroup(k.graph, k.plan),
+                               1 << 20)
+        .parallelExtent;
+  };
+  const std::string biasRelu = "add(%y, %b)", tanh = "tanh(%y)";
+  for (const codegen::RegisterTile *tile : {&codegen::avx512Tile(), &codegen::avx2Tile()}) {
+    SCOPED_TRACE(tile->name);
+    stepc::testing::ForcedTile forced(*tile);
+    int64_t few = tile->rows - 1, whole = tile->rows;
+    EXPECT_EQ(extent("1,77", 1000, biasRelu), 16);
+    EXPECT_EQ(extent(fmt::format("{},77", few), 1024, biasRelu), 16);
+    EXPECT_EQ(extent(fmt::format("{},77", few), 130, tanh), 3);
+    EXPECT_EQ(extent(fmt::format("{},77", whole), 1000, biasRelu), whole);
+    EXPECT_EQ(extent("64,77", 1000, tanh), 64);
+    // One unit of columns: the rows.
+    EXPECT_EQ(extent("3,77", 64, biasRelu), 3);
+    // A rank-3 input folded into 2 x 3 rows (fewer than AVX-512's 8: its
+    // columns there), and into 2 x 4 rows (the rows on both tiles).
+    EXPECT_EQ(extent("2,3,77", 200, tanh), 6 < tile->rows ? 4 : 2);
+    EXPECT_EQ(extent("2,4,77", 200, tanh), 2);
+  }
+}
+
+// One row's gradients, whose products split their columns too (dR = dZ x
+// W2^T and dX = dH x W^T, B^T packed), against central finite differences
+// in f64, and the compiled gradients against the interpreter's on both
+// register tiles at 1 and 2 threads.
+TEST(CodegenMatMulColumns, OneRowGradientsMatchFiniteDifferencesAndTheInterpreter) {
+  Graph forward = parseGraph(R"(graph g {
+  input %x : f32[1,77]
+  input %w : f32[77,130]
+  input %b : f32[130]
+  input %w2 : f32[130,70]
+  %h = linear(%x, %w, %b)
+  %r = tanh(%h)
+  %z = matmul(%r, %w2)
+  %sq = square(%z)
+  %loss = reduce_sum(%sq) {axes=[0,1], keepdims=0}
+  output loss = %loss
+})");
+  TensorMap inputs = randomInputs(forward, 21);
+  GradcheckReport check =
+      gradcheck(forward, "loss", inputs, {}, {}, {.tolerance = 1e-5, .maxElementsPerTensor = 12});
+  EXPECT_TRUE(check.passed) << check.worstWhere;
+  Graph g = grad(forward, "loss", {"x", "w", "b", "w2"}).graph;
+  stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 22), {});
+}
+
+// Few-row products at 3 threads, whose calls own uneven numbers of column
+// blocks (N = 1000: 6, 5 and 5 blocks of 64, the last 40 wide), so a call
+// that is not the last ends at a block that is no multiple of the wide
+// tile's columns: against the interpreter, and the same bits as 1 thread.
+TEST(CodegenMatMulColumns, ThreeThreadsSplitUnevenBlocksWithTheSameBits) {
+  Graph graph = parseGraph(R"(graph g {
+  input %x : f32[5,77]
+  input %w : f32[77,1000]
+  input %b : f32[1000]
+  input %w2 : f32[1000,330]
+  %h = linear(%x, %w, %b)
+  %r = relu(%h)
+  %z = matmul(%r, %w2)
+  output h = %h
+  output z = %z
+})");
+  TensorMap inputs = randomInputs(graph, 24);
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    stepc::testing::ForcedTile forced(*tile);
+    stepc::testing::CompareOptions options;
+    options.threads = 3;
+    options.unfused = false;
+    stepc::testing::expectMatchesInterpreter(graph, inputs, {}, options);
+    CompileOptions compile{.cache = false};
+    auto one = compileJit(graph, compile, {.threads = 1})->step(inputs);
+    auto three = compileJit(graph, compile, {.threads = 3})->step(inputs);
+    for (const char *name : {"h", "z"})
+      for (int64_t i = 0; i < one.at(name).numel(); ++i)
+        ASSERT_EQ(one.at(name).real(i), three.at(name).real(i)) << name << "[" << i << "]";
+  }
+}
+
+// Fault injection (`stepc bisect-fusion`): a perturbed product split by
+// columns adds the amount to the elements at even flat indices of each
+// output (the product and its epilogue's result) once, whichever thread
+// owns their columns.
+TEST(CodegenMatMulColumns, PerturbedKernelShiftsEachEvenElementOnce) {
+  Graph graph = parseGraph(R"(graph g {
+  input %x : f32[3,77]
+  input %w : f32[77,130]
+  input %b : f32[130]
+  %y = matmul(%x, %w)
+  %z = add(%y, %b)
+  output y = %y
+  output z = %z
+})");
+  LoweredGraph lowered = lowerGraph(graph, {.cache = false});
+  ASSERT_EQ(lowered.plan.groups.size(), 1u);
+  TensorMap inputs = randomInputs(graph, 23);
+  for (int threads : {1, 2, 3}) {
+    CompileOptions options{.cache = false};
+    auto plain = compileJit(graph, options, {.threads = threads})->step(inputs);
+    options.perturbKernel = CompileOptions::Perturbation{0, 0.25};
+    auto perturbed = compileJit(graph, options, {.threads = threads})->step(inputs);
+    for (const char *name : {"y", "z"})
+      for (int64_t i = 0; i < plain.at(name).numel(); ++i)
+        ASSERT_NEAR(perturbed.at(name).real(i), plain.at(name).real(i) + (i % 2 == 0 ? 0.25 : 0),
+                    1e-5)
+            << name << "[" << i << "] at " << threads << " threads";
   }
 }
 

@@ -30,7 +30,8 @@ namespace {
 // interpreter both sum exact f32 products of bf16 numbers in f32, in other
 // orders, so an element of an f32 result is within 2 K u sum_k |a_k b_k|
 // (u = 2^-24, the bound of each order's error) of the interpreter's; a bf16
-// result adds one bf16 rounding of the difference: 2^-7 of itself.
+// result adds one bf16 rounding of the difference: 2^-7 of itself (an f16
+// one 2^-10).
 // K is the depth of the graph's one product.
 int64_t depthOfTheProduct(const Graph &graph) {
   std::vector<int64_t> depths;
@@ -89,12 +90,13 @@ void expectProductsMatch(const testing::SnippetCase &c, bool bf16Dot) {
     Tensor got = exe->step(inputs).at("y");
     const Tensor &expected = want.at("y");
     ASSERT_EQ(got.type(), expected.type());
-    bool bf16 = expected.dtype() == DType::BF16;
+    bool bf16 = expected.dtype() == DType::BF16, f16 = expected.dtype() == DType::F16;
     int64_t bad = 0;
     for (int64_t i = 0; i < got.numel(); ++i) {
       double e = expected.real(i);
       double tolerance = 2 * double(depth) * u * 1.01 * magnitudes.at("y").real(i) +
-                         (bf16 ? std::ldexp(std::abs(e), -7) : 0);
+                         (bf16 ? std::ldexp(std::abs(e), -7) : 0) +
+                         (f16 ? std::ldexp(std::abs(e), -10) : 0);
       if (!(std::abs(got.real(i) - e) <= tolerance) && bad++ < 3)
         ADD_FAILURE() << "element " << i << ": " << got.real(i) << " vs " << e
                       << " (tolerance " << tolerance << ")";

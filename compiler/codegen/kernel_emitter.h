@@ -73,6 +73,21 @@ private:
   std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,
                             int64_t cols, int64_t rowStride, int64_t colStride, std::string &type);
   void emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel);
+  // Where a kernel's threads split the columns of its product rather than
+  // its rows (lowering_matmul.cpp): the kernel is one tiled matmul of a few
+  // rows (folded into rows, with or without an epilogue on its tile), whose
+  // every store is one element of the product's shape. Its units are blocks
+  // of kProductColumnBlock columns; 0 where the rows are split.
+  int64_t productColumnUnits() const;
+  // A multiple of every register tile's width (TiledMatMul::colBegin),
+  // small enough that 2 to 4 threads share a layer's 1000 columns evenly.
+  static constexpr int64_t kProductColumnBlock = 64;
+  // With product column units: the columns of the call's units,
+  // [productColumnsBegin_, productColumnsEnd_) (the last unit partial),
+  // which emitTiledProduct computes for every row; else empty.
+  std::string productColumnsBegin_, productColumnsEnd_;
+  // Fault injection for such a kernel: the call's columns of every output.
+  void emitProductColumnPerturbation();
   // TiledMatMul::bPanel for a product of `rows` rows and depth K, allocated
   // here, before the loops around the product: with B^T packed (`packed`),
   // or with a row-major B where copiesRowMajorPanels(rows) and the panel

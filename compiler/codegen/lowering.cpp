@@ -580,7 +580,8 @@ KernelSource KernelEmitter::emit() {
   for (ValueId id : inArena)
     views_[id] = arenaView(id);
   // Parallel calls share the scratch safely: each writes and reads only the
-  // rows of dimension 0 it owns (KernelPlan::rowParallel).
+  // rows of dimension 0 it owns (KernelPlan::rowParallel), or its columns
+  // of a product (productColumnUnits).
   int64_t scratchBytes = 0;
   scratchAt_ = scratchOffsets(roots, scratchBytes);
   for (const auto &[id, offset] : scratchAt_)
@@ -617,6 +618,21 @@ KernelSource KernelEmitter::emit() {
   bool columns = plan.nests.size() == 1 && plan.nests.front().kind == NestKind::Columns;
   if (columns)
     extent = columnUnits(plan.nests.front().roots);
+  // A product of a few rows, its blocks of columns: split by rows, every
+  // thread would read all of B.
+  int64_t productUnits = productColumnUnits();
+  if (productUnits > 0) {
+    extent = productUnits;
+    parallel = false;
+    int64_t width = shapeOf(plan.nests.front().roots.front()).back();
+    productColumnsBegin_ = w_.assign(
+        fmt::format("arith.muli {}, {} : index", begin_, w_.indexConstant(kProductColumnBlock)));
+    productColumnsEnd_ =
+        w_.assign(fmt::format("arith.minui {}, {} : index",
+                              w_.assign(fmt::format("arith.muli {}, {} : index", end_,
+                                                    w_.indexConstant(kProductColumnBlock))),
+                              w_.indexConstant(width)));
+  }
   for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
     // A product whose epilogue runs on its register tile computes the roots
@@ -631,8 +647,10 @@ KernelSource KernelEmitter::emit() {
       break;
   }
   // An Attention kernel perturbs what its units store, a Columns kernel
-  // its columns.
-  if (perturbation_ != 0 && !attention && !columns)
+  // its columns, a product its call's columns.
+  if (perturbation_ != 0 && productUnits > 0)
+    emitProductColumnPerturbation();
+  else if (perturbation_ != 0 && !attention && !columns)
     emitPerturbation(parallel, extent);
   w_.line("return");
 

@@ -205,10 +205,68 @@ std::string KernelEmitter::panelBuffer(bool packed, int64_t rows, int64_t depth)
                                panelBufferType(depth)));
 }
 
+int64_t KernelEmitter::productColumnUnits() const {
+  const KernelPlan &plan = group_.kernel;
+  if (plan.nests.empty())
+    return 0;
+  const LoopNest &nest = plan.nests.front();
+  // Later nests run only as the product's epilogue (emit() stops after it).
+  if (nest.kind != NestKind::Contraction || nest.samplePool ||
+      (plan.nests.size() > 1 && nest.epilogue.empty()))
+    return 0;
+  ValueId product = nest.roots.front();
+  const Node &n = node(product);
+  if (n.op != OpKind::MatMul)
+    return 0;
+  auto matmul = matmulPlan(product, false);
+  const Shape &out = n.type.shape;
+  if (!matmul || (out.size() > 2 && !matmul->collapse))
+    return 0;
+  int64_t rows = n.type.numel() / out.back();
+  int64_t units = (out.back() + kProductColumnBlock - 1) / kProductColumnBlock;
+  // Fewer rows than a whole register tile's: streaming B from L3 is then
+  // the whole cost, and split by rows every thread would stream all of it.
+  // The MLP 784-1024-1024-10's forward at 2 threads (onnx_peers, best of 5
+  // rounds), split by columns against by rows: 0.051 against 0.108 ms at
+  // batch 1, 0.054 against 0.110 at batch 2, 0.072 against 0.103 at batch
+  // 4. At batch 8 (one whole 8-row tile; 4 rows a thread split by rows)
+  // the columns took 0.167 ms against 0.148.
+  const RegisterTile &tile = registerTile();
+  if (rows >= tile.rows || units < 2)
+    return 0;
+  // A call's columns start at a multiple of the block, where the wide
+  // tiles, the packed panels and the dot tiles start too: no panel or tile
+  // straddles two calls.
+  if (kProductColumnBlock % (tile.vectors * 16) != 0 || kProductColumnBlock % tile.dotCols != 0)
+    throw std::logic_error(fmt::format("column blocks of {} do not align with the {} tile",
+                                       kProductColumnBlock, tile.name));
+  // Every root is the product or on its tile: one element of its shape.
+  for (ValueId r : plan.roots)
+    if (shapeOf(r) != out)
+      return 0;
+  return units;
+}
+
+void KernelEmitter::emitProductColumnPerturbation() {
+  for (ValueId id : group_.outputs) {
+    if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
+      continue;
+    const Shape &shape = shapeOf(id);
+    w_.pushScope();
+    Index idx = openLoops(Shape(shape.begin(), shape.end() - 1), false);
+    idx.push_back(w_.beginFor(productColumnsBegin_, productColumnsEnd_));
+    perturbElement(id, idx);
+    w_.endFor();
+    closeLoops(idx.size() - 1);
+    w_.popScope();
+  }
+}
+
 // The register-tiled product, batch entry by batch entry (or all batch
 // entries as the rows of one product when they fold into A's rows). A
 // parallel call owns output rows [begin, end) of dimension 0: batch
-// entries, or rows of a 2-D product.
+// entries, or rows of a 2-D product. With product column units, a call
+// computes all rows at its columns instead.
 void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool parallel) {
   const Shape &out = shapeOf(id);
   size_t rank = out.size();
@@ -257,6 +315,8 @@ void KernelEmitter::emitTiledProduct(ValueId id, const MatMulPlan &plan, bool pa
     mm.n = cols;
     mm.rowBegin = lo;
     mm.rowEnd = hi;
+    mm.colBegin = productColumnsBegin_;
+    mm.colEnd = productColumnsEnd_;
     mm.aTransposed = aBlocks;
     mm.aBlock = aBlock;
     mm.a = aBlocks ? stridedMatrix(plan.a, batch, depth, rows, aK, aM, mm.aType)

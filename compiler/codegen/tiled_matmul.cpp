@@ -135,6 +135,122 @@ std::string add(MlirWriter &w, const std::string &a, int64_t b) {
   return w.assign(fmt::format("arith.addi {}, {} : index", a, w.indexConstant(b)));
 }
 
+// The columns [lo, hi) of C a call computes; `count` is hi - lo where it is
+// known when the kernel is compiled (all of C's columns), else -1.
+struct ColumnRange {
+  std::string lo, hi;
+  int64_t count;
+};
+
+// lo + floor((hi - lo) / multiple) * multiple: where whole pieces of
+// `multiple` columns from lo end.
+std::string wholePiecesEnd(MlirWriter &w, const ColumnRange &cols, int64_t multiple) {
+  if (cols.count >= 0)
+    return add(w, cols.lo, cols.count / multiple * multiple);
+  std::string span = w.assign(fmt::format("arith.subi {}, {} : index", cols.hi, cols.lo));
+  std::string pieces =
+      w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(multiple)));
+  std::string whole =
+      w.assign(fmt::format("arith.muli {}, {} : index", pieces, w.indexConstant(multiple)));
+  return w.assign(fmt::format("arith.addi {}, {} : index", cols.lo, whole));
+}
+
+// body() where `condition` (an i1) holds.
+void emitIf(MlirWriter &w, const std::string &condition, const std::function<void()> &body) {
+  w.line(fmt::format("scf.if {} {{", condition));
+  w.indent();
+  w.pushScope();
+  body();
+  w.popScope();
+  w.dedent();
+  w.line("}");
+}
+
+// tile(col, vectors, mask) over columns [lo, hi): tiles `vectors` vectors
+// wide, then one narrower tile of each power-of-two width the rest needs
+// (the widest first, as emitLeftoverRows takes rows), then one vector whose
+// lanes past hi are masked off. A thread's share of a few rows' product
+// keeps its wide tiles wherever its columns start.
+void emitColumnPieces(
+    MlirWriter &w, const ColumnRange &cols, int vectors,
+    const std::function<void(const std::string &, int, const std::string &)> &tile) {
+  const int64_t wide = vectors * kLanes;
+  std::string wideEnd = wholePiecesEnd(w, cols, wide);
+  if (cols.count < 0 || cols.count >= wide) {
+    std::string col = w.beginFor(cols.lo, wideEnd, wide);
+    tile(col, vectors, "");
+    w.endFor();
+  }
+  // The whole vectors past the wide tiles: fewer than `vectors`.
+  int64_t knownLeft = cols.count >= 0 ? cols.count % wide / kLanes : -1;
+  std::string left;
+  if (knownLeft < 0)
+    left =
+        w.assign(fmt::format("arith.divui {}, {} : index",
+                             w.assign(fmt::format("arith.subi {}, {} : index", cols.hi, wideEnd)),
+                             w.indexConstant(kLanes)));
+  int piece = 1;
+  while (piece * 2 < vectors)
+    piece *= 2;
+  for (; piece >= 1; piece /= 2) {
+    if (knownLeft >= 0) {
+      if (knownLeft & piece)
+        tile(add(w, wideEnd, (knownLeft & -2 * piece) * kLanes), piece, "");
+      continue;
+    }
+    std::string bit =
+        w.assign(fmt::format("arith.andi {}, {} : index", left, w.indexConstant(piece)));
+    std::string present =
+        w.assign(fmt::format("arith.cmpi ne, {}, {} : index", bit, w.indexConstant(0)));
+    std::string before =
+        w.assign(fmt::format("arith.andi {}, {} : index", left, w.indexConstant(-2 * piece)));
+    std::string at = w.assign(fmt::format(
+        "arith.addi {}, {} : index", wideEnd,
+        w.assign(fmt::format("arith.muli {}, {} : index", before, w.indexConstant(kLanes)))));
+    emitIf(w, present, [&] { tile(at, piece, ""); });
+  }
+  std::string vectorsEnd = wholePiecesEnd(w, cols, kLanes);
+  if (cols.count >= 0) {
+    if (cols.count % kLanes != 0)
+      tile(vectorsEnd, 1,
+           w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", cols.count % kLanes)));
+    return;
+  }
+  std::string partial =
+      w.assign(fmt::format("arith.cmpi ult, {}, {} : index", vectorsEnd, cols.hi));
+  emitIf(w, partial, [&] {
+    std::string lanes = w.assign(fmt::format("arith.subi {}, {} : index", cols.hi, vectorsEnd));
+    tile(vectorsEnd, 1, w.assign(fmt::format("vector.create_mask {} : vector<16xi1>", lanes)));
+  });
+}
+
+// Where the columns [lo, hi) stop being whole pieces of C's columns:
+// min(hi, wholeEnd) (wholeEnd: the last whole piece's end in C), so a
+// range whose lo is a multiple of the piece computes them from lo; and
+// whether the range also takes C's columns past wholeEnd (an i1; empty:
+// known to, or known not to, as `knownRest` says).
+struct WholePieces {
+  std::string end, takesRest;
+  bool knownRest;
+};
+WholePieces wholePiecesOfC(MlirWriter &w, const ColumnRange &cols, int64_t n, int64_t wholeEnd) {
+  if (cols.count >= 0)
+    return {w.indexConstant(wholeEnd), "", n > wholeEnd};
+  std::string end =
+      w.assign(fmt::format("arith.minui {}, {} : index", cols.hi, w.indexConstant(wholeEnd)));
+  std::string rest =
+      w.assign(fmt::format("arith.cmpi ugt, {}, {} : index", cols.hi, w.indexConstant(wholeEnd)));
+  return {end, rest, false};
+}
+
+// body() for C's columns past the whole pieces where the range takes them.
+void emitRestOfC(MlirWriter &w, const WholePieces &pieces, const std::function<void()> &body) {
+  if (!pieces.takesRest.empty())
+    emitIf(w, pieces.takesRest, body);
+  else if (pieces.knownRest)
+    body();
+}
+
 // The tile's f32 sums to C (rounded to a half C's type) or to the epilogue.
 void storeTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
                const std::string &col, int vectors, const std::string &mask,
@@ -264,20 +380,24 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
                          mm.bElem, true));
   // B read in place (not from a packed panel): each K step reads B's next
   // row, a row stride on, often a new page, which the hardware prefetchers
-  // do not follow. A whole tile prefetches its lines of B kBPrefetch K
-  // steps ahead (one memory op per `rows` FMAs): at batch 32 (a thread's
-  // 16 rows, two tiles) the MLP's 784x1024 and 1024x1024 products ran
-  // 1.3 ms a forward with it, 2.0 ms without (medians of 8 alternating runs
-  // on the shared machine). The narrower tiles of a few leftover rows,
-  // where a prefetch costs as much as the FMAs it serves, ran slower with it
-  // (batch 1: 0.123 against 0.106 ms).
-  if (!mm.packB && rows == registerTile().rows && mm.k > kBPrefetch)
+  // do not follow. A tile prefetches its lines of B kBPrefetch K steps
+  // ahead: at batch 32 (a thread's 16 rows, two whole tiles) the MLP's
+  // 784x1024 and 1024x1024 products ran 1.3 ms a forward with it, 2.0 ms
+  // without (medians of 8 alternating runs on the shared machine). The
+  // narrower tiles of a few rows, where a prefetch costs about as much as
+  // the FMAs it serves, prefetch into L2 only: into L1 they ran slower
+  // (batch 1: 0.123 against 0.106 ms); into L2 the MLP's forward (its
+  // columns split between 2 threads, best of 5 alternating runs) took
+  // 0.051 against 0.060 ms at batch 1, 0.072 against 0.075 at batch 4 and
+  // 0.054 against 0.053 at batch 2.
+  bool wholeTile = rows == registerTile().rows;
+  if (!mm.packB && mm.k > kBPrefetch)
     for (int v = 0; v < vectors; ++v) {
       std::string ahead = w.assign(fmt::format("arith.minui {}, {} : index",
                                                add(w, loop.iv, kBPrefetch),
                                                w.indexConstant(mm.k - 1)));
-      w.line(fmt::format("memref.prefetch {}[{}, {}], read, locality<3>, data : {}", mm.b, ahead,
-                         v == 0 ? bc : add(w, bc, v * kLanes), bType(mm)));
+      w.line(fmt::format("memref.prefetch {}[{}, {}], read, locality<{}>, data : {}", mm.b, ahead,
+                         v == 0 ? bc : add(w, bc, v * kLanes), wholeTile ? 3 : 2, bType(mm)));
     }
   if (mm.aPrefetch > 0 && mm.k > mm.aPrefetch) {
     // The tile's rows of A aPrefetch K steps ahead (the last row where that
@@ -421,19 +541,21 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
 // Rows [lo, hi) of A x B^T: 4x4 tiles, then the leftover rows and columns
 // one at a time.
 void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const std::string &lo, const std::string &hi, const std::string &tileEnd) {
+                     const ColumnRange &cols, const std::string &lo, const std::string &hi,
+                     const std::string &tileEnd) {
   int64_t colTiles = mm.n / tile.dotCols * tile.dotCols;
   auto columns = [&](const std::string &row, int rows) {
+    WholePieces tiles = wholePiecesOfC(w, cols, mm.n, colTiles);
     if (colTiles > 0) {
-      std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(colTiles), tile.dotCols);
+      std::string col = w.beginFor(cols.lo, tiles.end, tile.dotCols);
       emitDotTile(w, mm, row, rows, col, tile.dotCols);
       w.endFor();
     }
-    if (mm.n > colTiles) {
+    emitRestOfC(w, tiles, [&] {
       std::string col = w.beginFor(w.indexConstant(colTiles), w.indexConstant(mm.n));
       emitDotTile(w, mm, row, rows, col, 1);
       w.endFor();
-    }
+    });
   };
   std::string row = w.beginFor(lo, tileEnd, tile.dotRows);
   columns(row, tile.dotRows);
@@ -570,36 +692,22 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
 }
 
 // Rows [rowLo, rowEnd) in tiles of `rows` rows (rowEnd empty: the one tile
-// at rowLo) across all of C's columns, B read in place: `vectors` vectors a
-// tile, then the columns past the last whole tile one vector at a time, the
-// last ones masked. Column panels outside, row tiles inside, so a panel of B
-// read from memory serves every row tile from the cache.
-void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
-                  const std::string &rowEnd, int rows, int vectors) {
-  auto tiles = [&](const std::string &col, int tileVectors, const std::string &mask) {
-    if (rowEnd.empty()) {
-      emitVectorTile(w, mm, rowLo, rows, col, tileVectors, mask);
-      return;
-    }
-    std::string row = w.beginFor(rowLo, rowEnd, rows);
-    emitVectorTile(w, mm, row, rows, col, tileVectors, mask);
-    w.endFor();
-  };
-  int64_t wideCols = mm.n / (vectors * kLanes) * vectors * kLanes;
-  int64_t narrowCols = mm.n / kLanes * kLanes;
-  if (wideCols > 0) {
-    std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
-    tiles(col, vectors, "");
-    w.endFor();
-  }
-  if (narrowCols > wideCols) {
-    std::string col = w.beginFor(w.indexConstant(wideCols), w.indexConstant(narrowCols), kLanes);
-    tiles(col, 1, "");
-    w.endFor();
-  }
-  if (mm.n > narrowCols)
-    tiles(w.indexConstant(narrowCols),  1,
-          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.n - narrowCols)));
+// at rowLo) across the call's columns, B read in place: `vectors` vectors a
+// tile, then the columns left (emitColumnPieces). Column tiles outside, row
+// tiles inside, so a panel of B read from memory serves every row tile from
+// the cache.
+void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const ColumnRange &cols,
+                  const std::string &rowLo, const std::string &rowEnd, int rows, int vectors) {
+  emitColumnPieces(w, cols, vectors,
+                   [&](const std::string &col, int tileVectors, const std::string &mask) {
+                     if (rowEnd.empty()) {
+                       emitVectorTile(w, mm, rowLo, rows, col, tileVectors, mask);
+                       return;
+                     }
+                     std::string row = w.beginFor(rowLo, rowEnd, rows);
+                     emitVectorTile(w, mm, row, rows, col, tileVectors, mask);
+                     w.endFor();
+                   });
 }
 
 // Rows [from, hi), fewer than a whole tile's (a small batch, or a thread's
@@ -607,7 +715,7 @@ void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo
 // count's bits say, each as wide as a whole tile's accumulators allow, so
 // that a few rows read each line of B once, not once a row.
 void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                      const std::string &from, const std::string &hi) {
+                      const ColumnRange &cols, const std::string &from, const std::string &hi) {
   if (tile.rows > 8)
     throw std::logic_error("tiled matmul: leftover rows are split into 4, 2 and 1 rows");
   std::string count = w.assign(fmt::format("arith.subi {}, {} : index", hi, from));
@@ -624,7 +732,7 @@ void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &
     w.line(fmt::format("scf.if {} {{", present));
     w.indent();
     w.pushScope();
-    emitRowTiles(w, mm, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
+    emitRowTiles(w, mm, cols, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
     w.popScope();
     w.dedent();
     w.line("}");
@@ -632,7 +740,8 @@ void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &
 }
 
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const std::string &lo, const std::string &hi, const std::string &tileEnd);
+                     const ColumnRange &cols, const std::string &lo, const std::string &hi,
+                     const std::string &tileEnd);
 
 // Rows [lo, hi) in blocks of aBlockRows(K) rows: each block's columns of
 // A^T copied into mm.aBlock (lanes past the block's last row as 0), then
@@ -694,9 +803,14 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     throw std::logic_error("tiled matmul: bf16Dot reads bf16 numbers");
   if (mm.epilogue && mm.cElem != "f32")
     throw std::logic_error("tiled matmul: an epilogue takes f32 sums, not a half C");
+  if (mm.colBegin.empty() != mm.colEnd.empty())
+    throw std::logic_error("tiled matmul: a column range needs both ends");
   const RegisterTile &tile = registerTile();
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
+  ColumnRange cols = mm.colBegin.empty()
+                         ? ColumnRange{w.indexConstant(0), w.indexConstant(mm.n), mm.n}
+                         : ColumnRange{mm.colBegin, mm.colEnd, -1};
   // Whole row tiles end at lo + floor((hi - lo) / tileRows) * tileRows.
   auto wholeTilesEnd = [&](int tileRows) {
     std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
@@ -709,13 +823,13 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     return;
   }
   if (mm.bTransposed && !mm.packB) {
-    emitDotProducts(w, mm, tile, lo, hi, wholeTilesEnd(tile.dotRows));
+    emitDotProducts(w, mm, tile, cols, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
   }
   const int rows = tile.rows, vectors = tile.vectors;
   std::string tileEnd = wholeTilesEnd(rows);
   if (mm.packB) {
-    emitPackedTiles(w, mm, tile, lo, hi, tileEnd);
+    emitPackedTiles(w, mm, tile, cols, lo, hi, tileEnd);
     return;
   }
   if (!mm.bPanel.empty()) {
@@ -723,11 +837,11 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     // (copiesRowMajorPanels), as packB copies B^T's.
     TiledMatMul copied = mm;
     copied.packB = true;
-    emitPackedTiles(w, copied, tile, lo, hi, tileEnd);
+    emitPackedTiles(w, copied, tile, cols, lo, hi, tileEnd);
     return;
   }
-  emitRowTiles(w, mm, lo, tileEnd, rows, vectors);
-  emitLeftoverRows(w, mm, tile, tileEnd, hi);
+  emitRowTiles(w, mm, cols, lo, tileEnd, rows, vectors);
+  emitLeftoverRows(w, mm, tile, cols, tileEnd, hi);
 }
 
 namespace {
@@ -737,7 +851,8 @@ namespace {
 // which the vector tiles then read row-major; every call packs the panels
 // it uses into its own buffer, so parallel calls share nothing.
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const std::string &lo, const std::string &hi, const std::string &tileEnd) {
+                     const ColumnRange &cols, const std::string &lo, const std::string &hi,
+                     const std::string &tileEnd) {
   const int rows = tile.rows, vectors = tile.vectors;
   int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
   int64_t narrowCols = (mm.n / kLanes) * kLanes;
@@ -748,9 +863,12 @@ void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
   fromPanel.bTransposed = false;
   fromPanel.bElem = "f32"; // the panel holds B widened
 
-  // Column panels outside, row tiles inside.
+  // Column panels outside, row tiles inside. The range's wide panels start
+  // at its first column (a multiple of their width); the columns past C's
+  // last wide panel go to the range that ends past them.
+  WholePieces panels = wholePiecesOfC(w, cols, mm.n, wideCols);
   if (wideCols > 0) {
-    std::string col = w.beginFor(w.indexConstant(0), w.indexConstant(wideCols), vectors * kLanes);
+    std::string col = w.beginFor(cols.lo, panels.end, vectors * kLanes);
     emitPackPanel(w, mm, mm.bPanel, panelType, col, vectors * kLanes);
     std::string row = w.beginFor(lo, tileEnd, rows);
     emitVectorTile(w, fromPanel, row, rows, col, vectors, "", w.indexConstant(0));
@@ -761,27 +879,28 @@ void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
     w.endFor();
     w.endFor();
   }
-  // The columns past the wide panels share one more panel.
-  if (mm.n > wideCols)
+  emitRestOfC(w, panels, [&] {
+    // The columns past the wide panels share one more panel.
     emitPackPanel(w, mm, mm.bPanel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
-  if (narrowCols > wideCols) {
-    std::string r = w.beginFor(lo, hi);
-    emitVectorTile(w, fromPanel, r, 1, w.indexConstant(wideCols), 1, "", w.indexConstant(0));
-    w.endFor();
-  }
-  if (mm.n > narrowCols) {
-    // The last columns: one masked vector per row, a tile's rows at a time.
-    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>",
-                                            mm.n - narrowCols));
-    std::string col = w.indexConstant(narrowCols);
-    std::string bCol = w.indexConstant(narrowCols - wideCols);
-    std::string row = w.beginFor(lo, tileEnd, rows);
-    emitVectorTile(w, fromPanel, row, rows, col, 1, mask, bCol);
-    w.endFor();
-    std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, fromPanel, r, 1, col, 1, mask, bCol);
-    w.endFor();
-  }
+    if (narrowCols > wideCols) {
+      std::string r = w.beginFor(lo, hi);
+      emitVectorTile(w, fromPanel, r, 1, w.indexConstant(wideCols), 1, "", w.indexConstant(0));
+      w.endFor();
+    }
+    if (mm.n > narrowCols) {
+      // The last columns: one masked vector per row, a tile's rows at a time.
+      std::string mask =
+          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.n - narrowCols));
+      std::string col = w.indexConstant(narrowCols);
+      std::string bCol = w.indexConstant(narrowCols - wideCols);
+      std::string row = w.beginFor(lo, tileEnd, rows);
+      emitVectorTile(w, fromPanel, row, rows, col, 1, mask, bCol);
+      w.endFor();
+      std::string r = w.beginFor(tileEnd, hi);
+      emitVectorTile(w, fromPanel, r, 1, col, 1, mask, bCol);
+      w.endFor();
+    }
+  });
 }
 
 } // namespace

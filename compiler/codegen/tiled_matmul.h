@@ -20,6 +20,11 @@ struct TiledMatMul {
   int64_t m, k, n;
   // The row range this call computes; empty means all rows.
   std::string rowBegin, rowEnd;
+  // The column range this call computes, [colBegin, colEnd) of C; empty
+  // means all columns. colBegin is a multiple of the register tile's width
+  // (its vectors x 16 columns), and so is colEnd unless it is n: the copied
+  // panels and the dot products' tiles start there.
+  std::string colBegin, colEnd;
   // Operands stored transposed: `a` is A^T [K,M] (its elements are loaded
   // one at a time, so the stride costs little); `b` is B^T [N,K], which
   // turns the product into dot products of rows, vectorized along K.
@@ -114,15 +119,16 @@ void forceBf16DotProducts(int state);
 // Blocks of registerTile() rows x columns accumulate in registers over the
 // whole K loop (one broadcast of A and the loads of B feed a row's FMAs);
 // column blocks are the outer loop so a 32-column panel of B stays in
-// L2 while the row blocks pass over it. B read in place: whole tiles
-// prefetch their lines of B 16 K steps ahead, and the rows left after the
-// whole tiles run as tiles of 4, 2 and 1 rows, each as wide as the
-// accumulators allow; columns past the wide tiles go one vector at a time,
-// the last masked. With packB, or a row-major B and a bPanel, each column
-// panel is copied into bPanel first and the row tiles read it there (the
-// leftover rows one at a time). With B^T and no packB, small tiles of dot
-// products accumulate 16-lane partial sums along K and reduce them at the
-// end (A must then be row-major).
+// L2 while the row blocks pass over it. B read in place: the tiles
+// prefetch their lines of B 16 K steps ahead (those of a few rows into L2),
+// and the rows left after the whole tiles run as tiles of 4, 2 and 1 rows,
+// each as wide as the accumulators allow; the columns past a row tile's
+// wide tiles go in one narrower tile of each power-of-two width they need,
+// then a masked vector. With packB, or a row-major B and a bPanel, each
+// column panel is copied into bPanel first and the row tiles read it there
+// (the leftover rows one at a time). With B^T and no packB, small tiles of
+// dot products accumulate 16-lane partial sums along K and reduce them at
+// the end (A must then be row-major).
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
 // panel[k, c] = bT[colLo + c, k] for k < depth, c < cols: columns
