@@ -282,4 +282,24 @@ inline void expectMatchesInterpreterOnBothTiles(const Graph &graph, const Tensor
   }
 }
 
+// Fault injection (`stepc bisect-fusion`): with kernel `kernel` perturbed
+// by 0.25, each named output's elements at even flat indices move by 0.25
+// and the others not at all, at 1, 2 and 3 threads (each element once,
+// whichever call owns it).
+inline void expectPerturbationShiftsEachEvenElementOnce(const Graph &graph,
+                                                       const TensorMap &inputs, size_t kernel,
+                                                       const std::vector<std::string> &names) {
+  for (int threads : {1, 2, 3}) {
+    CompileOptions options{.cache = false};
+    auto plain = compileJit(graph, options, {.threads = threads})->step(inputs);
+    options.perturbKernel = CompileOptions::Perturbation{kernel, 0.25};
+    auto perturbed = compileJit(graph, options, {.threads = threads})->step(inputs);
+    for (const std::string &name : names)
+      for (int64_t i = 0; i < plain.at(name).numel(); ++i)
+        ASSERT_NEAR(perturbed.at(name).real(i), plain.at(name).real(i) + (i % 2 == 0 ? 0.25 : 0),
+                    1e-5)
+            << name << "[" << i << "] at " << threads << " threads";
+  }
+}
+
 } // namespace stepc::testing

@@ -212,17 +212,7 @@ TEST(CodegenColumns, PerturbedKernelShiftsEachEvenElementOnce) {
       columns = k;
   ASSERT_TRUE(columns.has_value());
   TensorMap inputs = {{"x", randomTensor(DType::F32, {9, 5, 37}, 3)}};
-  for (int threads : {1, 2, 3}) {
-    CompileOptions options{.cache = false};
-    auto plain = compileJit(graph, options, {.threads = threads})->step(inputs);
-    options.perturbKernel = CompileOptions::Perturbation{*columns, 0.25};
-    auto perturbed = compileJit(graph, options, {.threads = threads})->step(inputs);
-    for (const char *name : {"y", "z"})
-      for (int64_t i = 0; i < plain.at(name).numel(); ++i)
-        ASSERT_NEAR(perturbed.at(name).real(i), plain.at(name).real(i) + (i % 2 == 0 ? 0.25 : 0),
-                    1e-5)
-            << name << "[" << i << "] at " << threads << " threads";
-  }
+  expectPerturbationShiftsEachEvenElementOnce(graph, inputs, *columns, {"y", "z"});
 }
 
 } // namespace
