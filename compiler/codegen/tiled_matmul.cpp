@@ -135,24 +135,24 @@ std::string add(MlirWriter &w, const std::string &a, int64_t b) {
   return w.assign(fmt::format("arith.addi {}, {} : index", a, w.indexConstant(b)));
 }
 
-// The columns [lo, hi) of C a call computes; `count` is hi - lo where it is
-// known when the kernel is compiled (all of C's columns), else -1.
-struct ColumnRange {
+// The rows or columns [lo, hi) a call computes; `count` is hi - lo where it
+// is known when the kernel is compiled (all of C's), else -1.
+struct IndexRange {
   std::string lo, hi;
   int64_t count;
 };
 
 // lo + floor((hi - lo) / multiple) * multiple: where whole pieces of
-// `multiple` columns from lo end.
-std::string wholePiecesEnd(MlirWriter &w, const ColumnRange &cols, int64_t multiple) {
-  if (cols.count >= 0)
-    return add(w, cols.lo, cols.count / multiple * multiple);
-  std::string span = w.assign(fmt::format("arith.subi {}, {} : index", cols.hi, cols.lo));
+// `multiple` rows or columns from lo end.
+std::string wholePiecesEnd(MlirWriter &w, const IndexRange &range, int64_t multiple) {
+  if (range.count >= 0)
+    return add(w, range.lo, range.count / multiple * multiple);
+  std::string span = w.assign(fmt::format("arith.subi {}, {} : index", range.hi, range.lo));
   std::string pieces =
       w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(multiple)));
   std::string whole =
       w.assign(fmt::format("arith.muli {}, {} : index", pieces, w.indexConstant(multiple)));
-  return w.assign(fmt::format("arith.addi {}, {} : index", cols.lo, whole));
+  return w.assign(fmt::format("arith.addi {}, {} : index", range.lo, whole));
 }
 
 // body() where `condition` (an i1) holds.
@@ -166,13 +166,50 @@ void emitIf(MlirWriter &w, const std::string &condition, const std::function<voi
   w.line("}");
 }
 
+// `count` units from `from` (`scale` indices a unit) taken in pieces of
+// each power of two set in it, the widest first, from `largest` down to 1:
+// body(at, piece) for each, the piece of p units starting at from + (count
+// & -2p) * scale. `count` is an index value, or knownCount >= 0 when it is
+// known when the kernel is compiled (the pieces then need no test).
+void emitPowerOfTwoPieces(MlirWriter &w, const std::string &from, const std::string &count,
+                          int64_t knownCount, int largest, int64_t scale,
+                          const std::function<void(const std::string &, int)> &body) {
+  for (int piece = largest; piece >= 1; piece /= 2) {
+    if (knownCount >= 0) {
+      if (knownCount & piece)
+        body(add(w, from, (knownCount & -2 * piece) * scale), piece);
+      continue;
+    }
+    std::string bit =
+        w.assign(fmt::format("arith.andi {}, {} : index", count, w.indexConstant(piece)));
+    std::string present =
+        w.assign(fmt::format("arith.cmpi ne, {}, {} : index", bit, w.indexConstant(0)));
+    std::string before =
+        w.assign(fmt::format("arith.andi {}, {} : index", count, w.indexConstant(-2 * piece)));
+    std::string at = w.assign(fmt::format(
+        "arith.addi {}, {} : index", from,
+        scale == 1 ? before
+                   : w.assign(fmt::format("arith.muli {}, {} : index", before,
+                                          w.indexConstant(scale)))));
+    emitIf(w, present, [&] { body(at, piece); });
+  }
+}
+
+// The largest power of two below `n` (0 where n <= 1).
+int largestPowerOfTwoBelow(int n) {
+  int p = 0;
+  for (int q = 1; q < n; q *= 2)
+    p = q;
+  return p;
+}
+
 // tile(col, vectors, mask) over columns [lo, hi): tiles `vectors` vectors
 // wide, then one narrower tile of each power-of-two width the rest needs
 // (the widest first, as emitLeftoverRows takes rows), then one vector whose
 // lanes past hi are masked off. A thread's share of a few rows' product
 // keeps its wide tiles wherever its columns start.
 void emitColumnPieces(
-    MlirWriter &w, const ColumnRange &cols, int vectors,
+    MlirWriter &w, const IndexRange &cols, int vectors,
     const std::function<void(const std::string &, int, const std::string &)> &tile) {
   const int64_t wide = vectors * kLanes;
   std::string wideEnd = wholePiecesEnd(w, cols, wide);
@@ -184,31 +221,13 @@ void emitColumnPieces(
   // The whole vectors past the wide tiles: fewer than `vectors`.
   int64_t knownLeft = cols.count >= 0 ? cols.count % wide / kLanes : -1;
   std::string left;
-  if (knownLeft < 0)
+  if (knownLeft < 0 && vectors > 1)
     left =
         w.assign(fmt::format("arith.divui {}, {} : index",
                              w.assign(fmt::format("arith.subi {}, {} : index", cols.hi, wideEnd)),
                              w.indexConstant(kLanes)));
-  int piece = 1;
-  while (piece * 2 < vectors)
-    piece *= 2;
-  for (; piece >= 1; piece /= 2) {
-    if (knownLeft >= 0) {
-      if (knownLeft & piece)
-        tile(add(w, wideEnd, (knownLeft & -2 * piece) * kLanes), piece, "");
-      continue;
-    }
-    std::string bit =
-        w.assign(fmt::format("arith.andi {}, {} : index", left, w.indexConstant(piece)));
-    std::string present =
-        w.assign(fmt::format("arith.cmpi ne, {}, {} : index", bit, w.indexConstant(0)));
-    std::string before =
-        w.assign(fmt::format("arith.andi {}, {} : index", left, w.indexConstant(-2 * piece)));
-    std::string at = w.assign(fmt::format(
-        "arith.addi {}, {} : index", wideEnd,
-        w.assign(fmt::format("arith.muli {}, {} : index", before, w.indexConstant(kLanes)))));
-    emitIf(w, present, [&] { tile(at, piece, ""); });
-  }
+  emitPowerOfTwoPieces(w, wideEnd, left, knownLeft, largestPowerOfTwoBelow(vectors), kLanes,
+                       [&](const std::string &at, int piece) { tile(at, piece, ""); });
   std::string vectorsEnd = wholePiecesEnd(w, cols, kLanes);
   if (cols.count >= 0) {
     if (cols.count % kLanes != 0)
@@ -233,7 +252,7 @@ struct WholePieces {
   std::string end, takesRest;
   bool knownRest;
 };
-WholePieces wholePiecesOfC(MlirWriter &w, const ColumnRange &cols, int64_t n, int64_t wholeEnd) {
+WholePieces wholePiecesOfC(MlirWriter &w, const IndexRange &cols, int64_t n, int64_t wholeEnd) {
   if (cols.count >= 0)
     return {w.indexConstant(wholeEnd), "", n > wholeEnd};
   std::string end =
@@ -541,7 +560,7 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
 // Rows [lo, hi) of A x B^T: 4x4 tiles, then the leftover rows and columns
 // one at a time.
 void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const ColumnRange &cols, const std::string &lo, const std::string &hi,
+                     const IndexRange &cols, const std::string &lo, const std::string &hi,
                      const std::string &tileEnd) {
   int64_t colTiles = mm.n / tile.dotCols * tile.dotCols;
   auto columns = [&](const std::string &row, int rows) {
@@ -696,7 +715,7 @@ void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &pane
 // tile, then the columns left (emitColumnPieces). Column tiles outside, row
 // tiles inside, so a panel of B read from memory serves every row tile from
 // the cache.
-void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const ColumnRange &cols,
+void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const IndexRange &cols,
                   const std::string &rowLo, const std::string &rowEnd, int rows, int vectors) {
   emitColumnPieces(w, cols, vectors,
                    [&](const std::string &col, int tileVectors, const std::string &mask) {
@@ -715,32 +734,19 @@ void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const ColumnRange &cols,
 // count's bits say, each as wide as a whole tile's accumulators allow, so
 // that a few rows read each line of B once, not once a row.
 void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                      const ColumnRange &cols, const std::string &from, const std::string &hi) {
+                      const IndexRange &cols, const std::string &from, const std::string &hi) {
   if (tile.rows > 8)
     throw std::logic_error("tiled matmul: leftover rows are split into 4, 2 and 1 rows");
   std::string count = w.assign(fmt::format("arith.subi {}, {} : index", hi, from));
-  for (int rows = 4; rows >= 1; rows /= 2) {
-    if (rows >= tile.rows)
-      continue;
-    // The bigger pieces come first: this one starts at count & ~(2 rows - 1).
-    std::string bit = w.assign(fmt::format("arith.andi {}, {} : index", count, w.indexConstant(rows)));
-    std::string present = w.assign(fmt::format("arith.cmpi ne, {}, {} : index", bit,
-                                               w.indexConstant(0)));
-    std::string before = w.assign(fmt::format("arith.andi {}, {} : index", count,
-                                              w.indexConstant(-2 * rows)));
-    std::string rowLo = w.assign(fmt::format("arith.addi {}, {} : index", from, before));
-    w.line(fmt::format("scf.if {} {{", present));
-    w.indent();
-    w.pushScope();
-    emitRowTiles(w, mm, cols, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
-    w.popScope();
-    w.dedent();
-    w.line("}");
-  }
+  emitPowerOfTwoPieces(w, from, count, -1, std::min(4, largestPowerOfTwoBelow(tile.rows)), 1,
+                       [&](const std::string &rowLo, int rows) {
+                         emitRowTiles(w, mm, cols, rowLo, "", rows,
+                                      std::max(1, tile.rows * tile.vectors / rows));
+                       });
 }
 
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const ColumnRange &cols, const std::string &lo, const std::string &hi,
+                     const IndexRange &cols, const std::string &lo, const std::string &hi,
                      const std::string &tileEnd);
 
 // Rows [lo, hi) in blocks of aBlockRows(K) rows: each block's columns of
@@ -808,15 +814,12 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   const RegisterTile &tile = registerTile();
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
-  ColumnRange cols = mm.colBegin.empty()
-                         ? ColumnRange{w.indexConstant(0), w.indexConstant(mm.n), mm.n}
-                         : ColumnRange{mm.colBegin, mm.colEnd, -1};
-  // Whole row tiles end at lo + floor((hi - lo) / tileRows) * tileRows.
+  IndexRange cols = mm.colBegin.empty()
+                        ? IndexRange{w.indexConstant(0), w.indexConstant(mm.n), mm.n}
+                        : IndexRange{mm.colBegin, mm.colEnd, -1};
+  // Where the whole row tiles end.
   auto wholeTilesEnd = [&](int tileRows) {
-    std::string span = w.assign(fmt::format("arith.subi {}, {} : index", hi, lo));
-    std::string tiles = w.assign(fmt::format("arith.divui {}, {} : index", span, w.indexConstant(tileRows)));
-    std::string tiled = w.assign(fmt::format("arith.muli {}, {} : index", tiles, w.indexConstant(tileRows)));
-    return w.assign(fmt::format("arith.addi {}, {} : index", lo, tiled));
+    return wholePiecesEnd(w, {lo, hi, mm.rowBegin.empty() ? mm.m : -1}, tileRows);
   };
   if (!mm.aBlock.empty()) {
     emitABlocks(w, mm, lo, hi);
@@ -840,7 +843,10 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     emitPackedTiles(w, copied, tile, cols, lo, hi, tileEnd);
     return;
   }
-  emitRowTiles(w, mm, cols, lo, tileEnd, rows, vectors);
+  // With fewer rows than a tile's (a product split by columns, a small
+  // batch) no call has a whole tile.
+  if (mm.m >= rows)
+    emitRowTiles(w, mm, cols, lo, tileEnd, rows, vectors);
   emitLeftoverRows(w, mm, tile, cols, tileEnd, hi);
 }
 
@@ -851,7 +857,7 @@ namespace {
 // which the vector tiles then read row-major; every call packs the panels
 // it uses into its own buffer, so parallel calls share nothing.
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const ColumnRange &cols, const std::string &lo, const std::string &hi,
+                     const IndexRange &cols, const std::string &lo, const std::string &hi,
                      const std::string &tileEnd) {
   const int rows = tile.rows, vectors = tile.vectors;
   int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
