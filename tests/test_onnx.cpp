@@ -18,6 +18,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 namespace stepc {
 namespace {
@@ -541,6 +542,52 @@ TEST(OnnxImport, GemmTransposedWeightsAreStoredTransposed) {
       EXPECT_NEAR(y.real(i * cols + j), expected, 1e-4) << i << ", " << j;
     }
   expectGradients(m, {{"x", x}}, {"x", "W.T", "b"});
+}
+
+// At batch 1 every product of W has one row: dot products read W fastest
+// as ONNX stores it (a contiguous row per output), so it keeps its layout
+// and a transpose reads it; W2, also read by a two-row product, is stored
+// transposed. Both compute ONNX's Y = X W^T + b on both backends.
+TEST(OnnxImport, GemmWeightsOfOneRowProductsKeepTheirLayout) {
+  const int64_t depth = 70, cols = 37;
+  Tensor x = testing::randomTensor(DType::F32, {1, depth}, 1);
+  Tensor x2 = testing::randomTensor(DType::F32, {2, depth}, 5);
+  Tensor w = testing::randomTensor(DType::F32, {cols, depth}, 2);
+  Tensor w2 = testing::randomTensor(DType::F32, {cols, depth}, 3);
+  Tensor bias = testing::randomTensor(DType::F32, {cols}, 4);
+  ModelMaker m;
+  m.input("x", onnx::TensorProto::FLOAT, {1, depth});
+  m.input("x2", onnx::TensorProto::FLOAT, {2, depth});
+  addInitializer(m, "W", w);
+  addInitializer(m, "W2", w2);
+  addInitializer(m, "b", bias);
+  setInt(m.node("Gemm", "linear", {"x", "W", "b"}, {"y"}), "transB", 1);
+  setInt(m.node("Gemm", "one_row", {"x", "W2", "b"}, {"u"}), "transB", 1);
+  setInt(m.node("Gemm", "two_rows", {"x2", "W2", "b"}, {"v"}), "transB", 1);
+  m.output("y");
+  m.output("u");
+  m.output("v");
+
+  OnnxModel model = importOnnxBytes(m.bytes(), "batch1.onnx");
+  EXPECT_EQ(model.transposedParams, std::vector<std::string>{"W2.T"});
+  ValueId wId = *model.graph.findNamed("W");
+  EXPECT_EQ(model.graph.type(wId).shape, (Shape{cols, depth}));
+  EXPECT_EQ(model.params.at("W").real(3), w.real(3));
+
+  TensorMap out = runBoth(m, {{"x", x}, {"x2", x2}});
+  for (const auto &[name, in, weight] :
+       {std::tuple{"y", &x, &w}, std::tuple{"u", &x, &w2}, std::tuple{"v", &x2, &w2}}) {
+    const Tensor &y = out.at(name);
+    int64_t rows = in->shape()[0];
+    ASSERT_EQ(y.shape(), (Shape{rows, cols})) << name;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) {
+        double expected = bias.real(j);
+        for (int64_t k = 0; k < depth; ++k)
+          expected += in->real(i * depth + k) * weight->real(j * depth + k);
+        EXPECT_NEAR(y.real(i * cols + j), expected, 1e-4) << name << " " << i << ", " << j;
+      }
+  }
 }
 
 std::string importError(const ModelMaker &m) {

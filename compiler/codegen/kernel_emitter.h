@@ -66,8 +66,9 @@ private:
   struct MatMulPlan {
     StridedOperand a, b;
     // dot: B is read as B^T (no unit stride along N); pack: its column
-    // panels are copied row-major for the vector tile (else dot products).
-    bool dot = false, pack = false, collapse = false;
+    // panels are copied row-major for the vector tile (else dot products);
+    // rowDots: dot products a row at a time (dotProductsByRow, few rows).
+    bool dot = false, pack = false, rowDots = false, collapse = false;
   };
   std::optional<MatMulPlan> matmulPlan(ValueId product, bool planning) const;
   std::string stridedMatrix(const StridedOperand &s, const Index &batch, int64_t rows,

@@ -108,17 +108,6 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
   int64_t m = out[rank - 2], depth = shapeOf(n.operands[0]).back(), cols = out[rank - 1];
   auto unit = [](int64_t stride, int64_t size) { return stride == 1 || size == 1; };
   int64_t aK = plan.a.strides[rank - 1], bK = plan.b.strides[rank - 2], bN = plan.b.strides[rank - 1];
-  // Without a unit stride along N, B is read as B^T: its column panels are
-  // packed for the vector tile, unless N is under one vector and dot
-  // products along a long, unit-stride K fill the lanes better, or the
-  // panel would not fit on the stack. Dot products need unit strides along
-  // K; without them (and without a panel) the product takes plain loops.
-  plan.dot = !unit(bN, cols);
-  bool unitK = unit(aK, depth) && unit(bK, depth);
-  plan.pack = plan.dot && !(unitK && depth >= 64 && cols < 16) &&
-              panelBufferFloats(depth) <= kMaxStackBufferFloats;
-  if (plan.dot && !plan.pack && !unitK)
-    return std::nullopt;
   // Batch dimensions fold into A's rows when B is the same for every batch
   // entry and A's rows follow each other at one stride over the batch.
   plan.collapse = rank > 2;
@@ -130,6 +119,19 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
   }
   if (m == 1 && rank > 2)
     plan.collapse = false; // A's row stride is arbitrary then
+  // Without a unit stride along N, B is read as B^T: its column panels are
+  // packed for the vector tile, unless dot products along a long,
+  // unit-stride K fill the lanes better (N under one vector), or few rows
+  // would read each packed panel (dotProductsByRow), or the panel would
+  // not fit on the stack. Dot products need unit strides along K; without
+  // them (and without a panel) the product takes plain loops.
+  plan.dot = !unit(bN, cols);
+  bool unitK = unit(aK, depth) && unit(bK, depth);
+  plan.rowDots = plan.dot && unitK && dotProductsByRow(plan.collapse ? span : m);
+  plan.pack = plan.dot && !plan.rowDots && !(unitK && depth >= 64 && cols < 16) &&
+              panelBufferFloats(depth) <= kMaxStackBufferFloats;
+  if (plan.dot && !plan.pack && !unitK)
+    return std::nullopt;
   return plan;
 }
 
@@ -575,8 +577,9 @@ std::string KernelEmitter::vectorAt(ValueId id, const std::string &row, const st
 
 // Whether the register tile of `product` computes `epilogue`: the product
 // takes the tile with its sums in f32 (a half product is rounded first) and
-// the vector tile (not dot products), or is a convolution through it; the
-// epilogue's results are f32 or bool, of ops vectorAt knows.
+// the vector tile or dot products by row (not dot tiles), or is a
+// convolution through it; the epilogue's results are f32 or bool, of ops
+// vectorAt knows.
 bool KernelEmitter::tileComputes(ValueId product, const std::vector<ValueId> &epilogue) {
   const Node &m = node(product);
   bool conv = m.op == OpKind::Conv2d;
@@ -585,7 +588,7 @@ bool KernelEmitter::tileComputes(ValueId product, const std::vector<ValueId> &ep
       return false;
   } else {
     auto plan = matmulPlan(product, false);
-    if (!plan || (plan->dot && !plan->pack) || m.type.dtype != DType::F32)
+    if (!plan || (plan->dot && !plan->pack && !plan->rowDots) || m.type.dtype != DType::F32)
       return false;
   }
   tileConv_ = conv;

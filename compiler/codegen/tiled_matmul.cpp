@@ -501,46 +501,53 @@ std::vector<std::string> bf16DotSums(MlirWriter &w, const TiledMatMul &mm,
   return acc;
 }
 
-void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
-                 const std::string &colLo, int cols) {
-  std::string zero = zeroVector(w, kVec);
+// The 16-lane partial sums along K of A's rows `rowIdx` with B^T's rows
+// `colIdx`: one vector per (row, column), row-major.
+std::vector<std::string> dotSums(MlirWriter &w, const TiledMatMul &mm,
+                                 const std::vector<std::string> &rowIdx,
+                                 const std::vector<std::string> &colIdx) {
+  if (mm.bf16Dot)
+    return bf16DotSums(w, mm, rowIdx, colIdx);
+  size_t rows = rowIdx.size(), cols = colIdx.size();
   int64_t full = mm.k / kLanes * kLanes;
-  std::vector<std::string> acc(static_cast<size_t>(rows * cols), zero);
-  std::vector<std::string> rowIdx, colIdx;
-  for (int r = 0; r < rows; ++r)
-    rowIdx.push_back(r == 0 ? rowLo : add(w, rowLo, r));
-  for (int c = 0; c < cols; ++c)
-    colIdx.push_back(c == 0 ? colLo : add(w, colLo, c));
+  std::vector<std::string> acc(rows * cols, zeroVector(w, kVec));
   auto step = [&](const std::string &k, const std::string &mask, const std::vector<std::string> &in) {
     auto load = [&](const std::string &mem, const std::string &i, const std::string &type,
                     const std::string &elem) {
       return widened(w, loadLanes(w, mem, type, elem, i, k, mask), elem, true);
     };
     std::vector<std::string> av, bv, next;
-    for (int r = 0; r < rows; ++r)
-      av.push_back(load(mm.a, rowIdx[r], aType(mm), mm.aElem));
-    for (int c = 0; c < cols; ++c)
-      bv.push_back(load(mm.b, colIdx[c], bType(mm), mm.bElem));
-    for (int r = 0; r < rows; ++r)
-      for (int c = 0; c < cols; ++c)
+    for (const std::string &row : rowIdx)
+      av.push_back(load(mm.a, row, aType(mm), mm.aElem));
+    for (const std::string &col : colIdx)
+      bv.push_back(load(mm.b, col, bType(mm), mm.bElem));
+    for (size_t r = 0; r < rows; ++r)
+      for (size_t c = 0; c < cols; ++c)
         next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", av[r], bv[c],
                                             in[r * cols + c], kVec)));
     return next;
   };
-  if (mm.bf16Dot) {
-    acc = bf16DotSums(w, mm, rowIdx, colIdx);
-  } else {
-    if (full > 0) {
-      VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(full), acc, kLanes);
-      closeVectorLoop(w, step(loop.iv, "", loop.accs));
-      acc = loop.results;
-    }
-    if (mm.k > full) {
-      std::string mask =
-          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.k - full));
-      acc = step(w.indexConstant(full), mask, acc);
-    }
+  if (full > 0) {
+    VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(full), acc, kLanes);
+    closeVectorLoop(w, step(loop.iv, "", loop.accs));
+    acc = loop.results;
   }
+  if (mm.k > full) {
+    std::string mask =
+        w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.k - full));
+    acc = step(w.indexConstant(full), mask, acc);
+  }
+  return acc;
+}
+
+void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
+                 const std::string &colLo, int cols) {
+  std::vector<std::string> rowIdx, colIdx;
+  for (int r = 0; r < rows; ++r)
+    rowIdx.push_back(r == 0 ? rowLo : add(w, rowLo, r));
+  for (int c = 0; c < cols; ++c)
+    colIdx.push_back(c == 0 ? colLo : add(w, colLo, c));
+  std::vector<std::string> acc = dotSums(w, mm, rowIdx, colIdx);
   for (int r = 0; r < rows; ++r)
     for (int c = 0; c < cols; ++c) {
       std::string sum = w.assign(fmt::format("vector.reduction <add>, {} : {} into f32",
@@ -555,6 +562,107 @@ void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
       w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", sum, mm.c, rowIdx[r], colIdx[c],
                          cType(mm)));
     }
+}
+
+// Two vectors that each hold 16 / g columns' partial sums, g lanes a column
+// (column s in lanes [s * g, (s + 1) * g)), added pairwise into one that
+// holds a's columns, then b's, g / 2 lanes each.
+std::string foldColumns(MlirWriter &w, const std::string &a, const std::string &b, int g) {
+  std::vector<int> low, high;
+  for (int from : {0, kLanes})
+    for (int s = 0; s < kLanes / g; ++s)
+      for (int l = 0; l < g / 2; ++l) {
+        low.push_back(from + s * g + l);
+        high.push_back(from + s * g + g / 2 + l);
+      }
+  auto shuffle = [&](const std::vector<int> &lanes) {
+    return w.assign(fmt::format("vector.shuffle {}, {} [{}] : {}, {}", a, b, fmt::join(lanes, ", "),
+                                kVec, kVec));
+  };
+  return w.assign(fmt::format("arith.addf {}, {} : {}", shuffle(low), shuffle(high), kVec));
+}
+
+// A power-of-two count of vectors, each 16 / g columns of g lanes, folded
+// pairwise into one.
+std::string foldAllColumns(MlirWriter &w, std::vector<std::string> sets, int g) {
+  for (; sets.size() > 1; g /= 2) {
+    std::vector<std::string> folded;
+    for (size_t i = 0; i < sets.size(); i += 2)
+      folded.push_back(foldColumns(w, sets[i], sets[i + 1], g));
+    sets = std::move(folded);
+  }
+  return sets.front();
+}
+
+// C[row .. row + rows, col .. col + count) (count <= 16; lanes past it
+// masked off), one vector a row: B^T's rows are read tile.rowDotCols at a
+// time (that many streams along K, each row of A times each into its own
+// accumulator), and each group's partial sums fold into the vectors' lanes
+// as the next group runs, so the sums reach the epilogue as vectors, as
+// the vector tile's do.
+void emitDotRow(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                const std::string &row, int rows, const std::string &col, int64_t count) {
+  const int group = tile.rowDotCols;
+  std::vector<std::string> rowIdx;
+  for (int r = 0; r < rows; ++r)
+    rowIdx.push_back(r == 0 ? row : add(w, row, r));
+  std::vector<std::vector<std::string>> groups(static_cast<size_t>(rows));
+  for (int first = 0; first < kLanes; first += group) {
+    std::vector<std::string> colIdx;
+    for (int c = first; c < first + group && c < count; ++c)
+      colIdx.push_back(c == 0 ? col : add(w, col, c));
+    std::vector<std::string> sums;
+    if (!colIdx.empty())
+      sums = dotSums(w, mm, rowIdx, colIdx);
+    for (size_t r = 0; r < groups.size(); ++r) {
+      std::vector<std::string> ofRow(static_cast<size_t>(group), zeroVector(w, kVec));
+      for (size_t c = 0; c < colIdx.size(); ++c)
+        ofRow[c] = sums[r * colIdx.size() + c];
+      groups[r].push_back(foldAllColumns(w, ofRow, kLanes));
+    }
+  }
+  std::string mask;
+  if (count < kLanes)
+    mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", count));
+  std::vector<std::string> sums;
+  for (size_t r = 0; r < groups.size(); ++r) {
+    std::string sum = foldAllColumns(w, groups[r], kLanes / group);
+    if (mm.accumulate) {
+      std::string old = loadLanes(w, mm.c, cType(mm), mm.cElem, rowIdx[r], col, mask);
+      sum = w.assign(fmt::format("arith.addf {}, {} : {}", sum,
+                                 widened(w, old, mm.cElem, true), kVec));
+    }
+    sums.push_back(sum);
+  }
+  storeTile(w, mm, row, rows, col, 1, mask, sums);
+}
+
+// Rows [lo, hi) of A x B^T with few rows (dotProductsByRow): 16 columns
+// at a time, each row's in one vector (emitDotRow), tile.rowDotRows rows
+// at a time until tileEnd, then one at a time. The rows run inside,
+// re-reading the columns' rows of B^T from L1/L2, so B^T streams from
+// memory once, in its own order.
+void emitDotRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                 const IndexRange &cols, const std::string &lo, const std::string &hi,
+                 const std::string &tileEnd) {
+  auto rowsAt = [&](const std::string &col, int64_t count) {
+    std::string row = w.beginFor(lo, tileEnd, tile.rowDotRows);
+    emitDotRow(w, mm, tile, row, tile.rowDotRows, col, count);
+    w.endFor();
+    if (tile.rowDotRows > 1) {
+      std::string last = w.beginFor(tileEnd, hi);
+      emitDotRow(w, mm, tile, last, 1, col, count);
+      w.endFor();
+    }
+  };
+  int64_t whole = mm.n / kLanes * kLanes;
+  WholePieces pieces = wholePiecesOfC(w, cols, mm.n, whole);
+  if (whole > 0) {
+    std::string col = w.beginFor(cols.lo, pieces.end, kLanes);
+    rowsAt(col, kLanes);
+    w.endFor();
+  }
+  emitRestOfC(w, pieces, [&] { rowsAt(w.indexConstant(whole), mm.n - whole); });
 }
 
 // Rows [lo, hi) of A x B^T: 4x4 tiles, then the leftover rows and columns
@@ -584,8 +692,8 @@ void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &t
   w.endFor();
 }
 
-constexpr RegisterTile kAvx512Tile{"8x32", 8, 2, 4, 4};
-constexpr RegisterTile kAvx2Tile{"6x16", 6, 1, 2, 2};
+constexpr RegisterTile kAvx512Tile{"8x32", 8, 2, 4, 4, 2, 8};
+constexpr RegisterTile kAvx2Tile{"6x16", 6, 1, 2, 2, 1, 4};
 std::atomic<const RegisterTile *> forcedTile{nullptr};
 
 } // namespace
@@ -611,6 +719,8 @@ const RegisterTile &registerTile() {
 }
 
 void forceRegisterTile(const RegisterTile *tile) { forcedTile.store(tile); }
+
+bool dotProductsByRow(int64_t rows) { return rows < registerTile().rows; }
 
 namespace {
 std::atomic<int> forcedBf16Dot{-1};
@@ -801,8 +911,8 @@ void emitABlocks(MlirWriter &w, const TiledMatMul &mm, const std::string &lo,
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   if (mm.accumulate && !mm.bTransposed)
     throw std::logic_error("tiled matmul: accumulate needs the dot-product path");
-  if (mm.epilogue && mm.bTransposed && !mm.packB)
-    throw std::logic_error("tiled matmul: an epilogue needs the vector path");
+  if (mm.epilogue && mm.bTransposed && !mm.packB && !dotProductsByRow(mm.m))
+    throw std::logic_error("tiled matmul: an epilogue needs the vector path or dot rows");
   if (mm.packB && (!mm.bTransposed || mm.accumulate))
     throw std::logic_error("tiled matmul: packB reads B^T and stores C");
   if (mm.bf16Dot && (mm.aElem == "f16" || mm.bElem == "f16"))
@@ -826,7 +936,10 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
     return;
   }
   if (mm.bTransposed && !mm.packB) {
-    emitDotProducts(w, mm, tile, cols, lo, hi, wholeTilesEnd(tile.dotRows));
+    if (dotProductsByRow(mm.m))
+      emitDotRows(w, mm, tile, cols, lo, hi, wholeTilesEnd(tile.rowDotRows));
+    else
+      emitDotProducts(w, mm, tile, cols, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
   }
   const int rows = tile.rows, vectors = tile.vectors;

@@ -78,7 +78,8 @@ struct TiledMatMul {
   bool bUnitK = false;
   // Instead of storing each 16-lane piece of C, hand it to the caller while
   // it is still in a register: epilogue(row, col, value, mask), mask empty
-  // unless lanes past the edge are off. Not with bTransposed unless packB.
+  // unless lanes past the edge are off. Not with bTransposed unless packB
+  // or dotProductsByRow(m).
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
       epilogue = nullptr;
@@ -93,11 +94,15 @@ struct RegisterTile {
   int rows;          // rows of a tile
   int vectors;       // vector<16xf32> per row
   int dotRows, dotCols; // the B^T path's tile of dot products
+  // With few rows (dotProductsByRow): the rows of A and of B^T one K loop
+  // reads side by side, each pair into its own accumulator.
+  int rowDotRows, rowDotCols;
 };
-// AVX-512 (32 zmm): 8 rows x 32 columns, 16 accumulators; B^T 4x4.
+// AVX-512 (32 zmm): 8 rows x 32 columns, 16 accumulators; B^T 4x4, or 2
+// rows of A x 8 of B^T a K loop with few rows.
 const RegisterTile &avx512Tile();
 // AVX2 (16 ymm): 6 rows x 16 columns, 12 ymm accumulators (BLIS's Haswell
-// kernel shape); B^T 2x2, 8 ymm.
+// kernel shape); B^T 2x2, 8 ymm, or 1 row of A x 4 of B^T with few rows.
 const RegisterTile &avx2Tile();
 // The tile for the target the kernels are compiled for: the host
 // (hostVectorRegisterBits, llvm_backend.h; JIT and AOT both compile for it),
@@ -108,6 +113,14 @@ const RegisterTile &registerTile();
 // again). The JIT cache key names registerTile(), so cached kernels stay
 // right.
 void forceRegisterTile(const RegisterTile *tile);
+
+// Whether a product of `rows` rows (of one call's C, all of them however
+// many threads share them) that reads B^T with a unit K stride takes dot
+// products a row at a time (emitTiledMatMul), fewer rows than a register
+// tile: B^T then streams from memory once, in its own order, instead of
+// being packed into panels that a row or two would read; 16 columns' sums
+// reach the epilogue as one vector.
+bool dotProductsByRow(int64_t rows);
 
 // Whether kernels multiply bf16 operands with vdpbf16ps: the target has
 // AVX512_BF16 (hostHasAvx512Bf16, llvm_backend.h), unless a test forced it
@@ -128,7 +141,9 @@ void forceBf16DotProducts(int state);
 // column panel is copied into bPanel first and the row tiles read it there
 // (the leftover rows one at a time). With B^T and no packB, small tiles of
 // dot products accumulate 16-lane partial sums along K and reduce them at
-// the end (A must then be row-major).
+// the end (A must then be row-major); with few rows (dotProductsByRow),
+// each row's sums for 16 columns are reduced into one vector, which takes
+// the epilogue.
 void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm);
 
 // panel[k, c] = bT[colLo + c, k] for k < depth, c < cols: columns
