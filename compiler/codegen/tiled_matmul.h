@@ -94,15 +94,15 @@ struct RegisterTile {
   int rows;          // rows of a tile
   int vectors;       // vector<16xf32> per row
   int dotRows, dotCols; // the B^T path's tile of dot products
-  // With few rows (dotProductsByRow): the rows of A and of B^T one K loop
-  // reads side by side, each pair into its own accumulator.
-  int rowDotRows, rowDotCols;
+  // With few rows (dotProductsByRow): the accumulators of one K loop, one
+  // for each row of A times each row of B^T it reads side by side.
+  int rowDotSums;
 };
-// AVX-512 (32 zmm): 8 rows x 32 columns, 16 accumulators; B^T 4x4, or 2
-// rows of A x 8 of B^T a K loop with few rows.
+// AVX-512 (32 zmm): 8 rows x 32 columns, 16 accumulators; B^T 4x4 (16
+// sums with few rows).
 const RegisterTile &avx512Tile();
 // AVX2 (16 ymm): 6 rows x 16 columns, 12 ymm accumulators (BLIS's Haswell
-// kernel shape); B^T 2x2, 8 ymm, or 1 row of A x 4 of B^T with few rows.
+// kernel shape); B^T 2x2, 8 ymm (4 sums with few rows).
 const RegisterTile &avx2Tile();
 // The tile for the target the kernels are compiled for: the host
 // (hostVectorRegisterBits, llvm_backend.h; JIT and AOT both compile for it),
