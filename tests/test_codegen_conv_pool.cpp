@@ -10,6 +10,7 @@
 #include "fusion_plan.h"
 #include "lowering.h"
 
+#include "stepc/autodiff.h"
 #include "stepc/text.h"
 #include "stepc/train.h"
 
@@ -132,6 +133,33 @@ TEST(CodegenConvPoolPlan, AWideSampleKeepsItsPoolApart) {
   EXPECT_NE(plan.groupOf[*graph.findNamed("conv")], plan.groupOf[*graph.findNamed("pool")]);
   TensorMap inputs = randomInputs(graph, 25);
   stepc::testing::expectMatchesInterpreter(graph, inputs, initialParams(graph), {});
+}
+
+// A convolution's weight gradient with few output channels: each sample's
+// dW += G x col^T (lowering_roots.cpp, im2col) has Cout = 3 or 5 rows, under
+// both register tiles' rows, so it takes dot products by row added into dW
+// (accumulate), dW's rows split among threads. Odd spatial sizes: 9x11 at
+// stride 1 (K = 99 points, N = 36 taps), 4x5 at stride 2 (K = 20, N = 45).
+// G is the random input r (not ones), so each column of G sums differently.
+TEST(CodegenConvWeightGradient, FewOutputChannelsMatchInterpreterOnBothTiles) {
+  Graph forward = parseGraph(R"(graph g {
+  input %x : f32[3,4,9,11]
+  input %x5 : f32[2,5,9,11]
+  input %k3 : f32[3,4,3,3]
+  input %k5 : f32[5,5,3,3]
+  input %r3 : f32[3,3,9,11]
+  input %r5 : f32[2,5,4,5]
+  %c3 = conv2d(%x, %k3) {dilation=[1,1], groups=1, padding=[1,1], stride=[1,1]}
+  %c5 = conv2d(%x5, %k5) {dilation=[1,1], groups=1, padding=[0,0], stride=[2,2]}
+  %p3 = mul(%c3, %r3)
+  %p5 = mul(%c5, %r5)
+  %l3 = reduce_sum(%p3) {axes=[0,1,2,3], keepdims=0}
+  %l5 = reduce_sum(%p5) {axes=[0,1,2,3], keepdims=0}
+  %loss = add(%l3, %l5)
+  output loss = %loss
+})");
+  Graph g = grad(forward, "loss", {"k3", "k5"}).graph;
+  stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 26), {});
 }
 
 } // namespace

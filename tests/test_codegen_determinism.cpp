@@ -157,6 +157,72 @@ TEST(DeterminismSplitStress, TrainStepAtOneTwoThreeThreads) {
   expectSameBitsAtAnyThreadCount(step, inputs, 2);
 }
 
+// Dot products by row (few rows of B^T: x w^T, and dH = dZ x w2^T in the
+// backward), whose threads split the columns in blocks of 64: N = 1000 at
+// M = 5 (6, 5 and 5 blocks at 3 threads, the last 40 wide), N = 130 at
+// M = 1, a [2,3] batch folded into 6 rows (N = 45). Each product reads its
+// own weight (a transpose read by several is copied first). Each call's rows
+// and columns are its own, so both register tiles give the bits of 1 thread
+// at 2 and 3.
+constexpr const char *kRowDots = R"(
+graph row_dots {
+  input %x : f32[5,77]
+  input %x1 : f32[1,77]
+  input %x6 : f32[2,3,77]
+  param %w : f32[1000,77] = xavier_uniform(seed=1)
+  param %b : f32[1000] = normal(mean=0.0, std=0.5, seed=2)
+  param %w2 : f32[1000,21] = xavier_uniform(seed=3)
+  param %v1 : f32[130,77] = xavier_uniform(seed=4)
+  param %v6 : f32[45,77] = xavier_uniform(seed=5)
+  %wt = transpose(%w) {perm=[1,0]}
+  %h = linear(%x, %wt, %b)
+  %t = tanh(%h)
+  %z = matmul(%t, %w2)
+  %zs = reduce_sum(%z) {axes=[0,1], keepdims=0}
+  %vt1 = transpose(%v1) {perm=[1,0]}
+  %y1 = matmul(%x1, %vt1)
+  %r1 = relu(%y1)
+  %s1 = reduce_sum(%r1) {axes=[0,1], keepdims=0}
+  %vt6 = transpose(%v6) {perm=[1,0]}
+  %y6 = matmul(%x6, %vt6)
+  %s6 = reduce_mean(%y6) {axes=[0,1,2], keepdims=0}
+  %l = add(%zs, %s1)
+  %loss = add(%l, %s6)
+  output loss = %loss
+  output h = %h
+  output y1 = %y1
+  output y6 = %y6
+}
+)";
+
+TEST(DeterminismRowDots, TrainStepAtOneTwoThreeThreadsOnBothTiles) {
+  Graph step = trainStep(parseGraph(kRowDots), "loss", Optimizer::sgd());
+  TensorMap inputs = randomInputs(step, 16);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    stepc::testing::ForcedTile forced(*tile);
+    expectSameBitsAtAnyThreadCount(step, inputs, 2);
+  }
+}
+
+// The same bits are also the right numbers: at 3 threads (uneven column
+// blocks) the interpreter agrees on both register tiles.
+TEST(DeterminismRowDots, MatchesInterpreterAtThreeThreadsOnBothTiles) {
+  Graph step = trainStep(parseGraph(kRowDots), "loss", Optimizer::sgd());
+  TensorMap inputs = randomInputs(step, 16);
+  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    stepc::testing::ForcedTile forced(*tile);
+    stepc::testing::CompareOptions options;
+    options.steps = 2;
+    options.unfused = false;
+    options.threads = 3;
+    stepc::testing::expectMatchesInterpreter(step, inputs, initialParams(step), options);
+  }
+}
+
 // The same bits are also the right numbers: the interpreter agrees within
 // the usual tolerances, single-threaded and split among 3 threads.
 TEST(DeterminismSplitStress, MatchesInterpreter) {

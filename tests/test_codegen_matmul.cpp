@@ -432,6 +432,74 @@ TEST(CodegenMatMulColumns, PerturbedKernelShiftsEachEvenElementOnce) {
   stepc::testing::expectPerturbationShiftsEachEvenElementOnce(graph, inputs, 0, {"y", "z"});
 }
 
+// The last fold of dot products by row (emitDotRow): two vectors of 8
+// columns' pairs of lanes added into one of 16 columns, as both register
+// tiles end it. A packed panel's transposed blocks shuffle other lanes.
+constexpr const char *kRowDotsFold =
+    "[0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]";
+
+// x w^T with w [37,45] at M rows, bias and relu after it.
+std::string rowDotsLayer(int64_t m) {
+  return fmt::format(R"(graph g {{
+  input %x : f32[{},45]
+  input %w : f32[37,45]
+  input %b : f32[37]
+  %wt = transpose(%w) {{perm=[1,0]}}
+  %y = linear(%x, %wt, %b)
+  %r = relu(%y)
+  output r = %r
+}})",
+                     m);
+}
+
+// Fewer rows than the register tile take dot products by row, their sums
+// folded into vectors; a whole tile's rows do not. Both register tiles.
+TEST(CodegenMatMulRowDots, FewRowsOfBTransposedFoldTheirSumsIntoVectors) {
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    stepc::testing::ForcedTile forced(*tile);
+    for (int m : {1, 2, 3, 5, tile->rows}) {
+      SCOPED_TRACE(fmt::format("M = {}", m));
+      std::string module = lowerGraph(parseGraph(rowDotsLayer(m)), {.cache = false}).mlirModule;
+      EXPECT_EQ(module.find(kRowDotsFold) != std::string::npos, m < tile->rows);
+    }
+  }
+}
+
+// A two-layer graph whose loss is sum(z * r) for a fixed random r: the
+// first product reads w [37,45] transposed (by row in the forward), the
+// gradient dT = dZ x w2^T reads w2 transposed (by row in the backward).
+// Central finite differences in f64 at M = 1 and 3, and the compiled
+// gradients against the interpreter's on both register tiles at 1 and 2
+// threads.
+TEST(CodegenMatMulRowDots, GradientsMatchFiniteDifferencesAndTheInterpreter) {
+  for (int64_t m : {1, 3}) {
+    SCOPED_TRACE(fmt::format("M = {}", m));
+    Graph forward = parseGraph(fmt::format(R"(graph g {{
+  input %x : f32[{0},45]
+  input %w : f32[37,45]
+  input %b : f32[37]
+  input %w2 : f32[37,21]
+  input %r : f32[{0},21]
+  %wt = transpose(%w) {{perm=[1,0]}}
+  %h = linear(%x, %wt, %b)
+  %t = tanh(%h)
+  %z = matmul(%t, %w2)
+  %p = mul(%z, %r)
+  %loss = reduce_sum(%p) {{axes=[0,1], keepdims=0}}
+  output loss = %loss
+}})",
+                                           m));
+    TensorMap inputs = randomInputs(forward, 31);
+    GradcheckReport check = gradcheck(forward, "loss", inputs, {}, {"x", "w", "b", "w2"},
+                                      {.tolerance = 1e-5, .maxElementsPerTensor = 12});
+    EXPECT_TRUE(check.passed) << check.worstWhere;
+    EXPECT_GT(check.elementsChecked, 0);
+    Graph g = grad(forward, "loss", {"x", "w", "b", "w2"}).graph;
+    stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 32), {});
+  }
+}
+
 } // namespace
 
 // Adam's update of a weight (m, v and the weight read and written in place)
