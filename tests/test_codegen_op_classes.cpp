@@ -71,9 +71,9 @@ std::vector<OneOpKernel> oneOpKernels(const Graph &graph) {
   return out;
 }
 
-// Whether the kernel loads from the arena view at byte offset `offset`. A
-// CPU kernel takes its offsets as arguments (%off0, ... in
-// KernelSource::offsets' order); a GPU kernel has them as constants.
+// Whether the kernel loads (scalars or vectors) from the arena view at byte
+// offset `offset`. A CPU kernel takes its offsets as arguments (%off0, ...
+// in KernelSource::offsets' order); a GPU kernel has them as constants.
 bool loadsFromOffset(const codegen::KernelSource &kernel, int64_t offset) {
   const std::string &function = kernel.function;
   std::vector<std::string> offsetValues;
@@ -94,8 +94,9 @@ bool loadsFromOffset(const codegen::KernelSource &kernel, int64_t offset) {
       views.insert(v[1].str());
   }
   for (const std::string &view : views)
-    if (function.find("memref.load " + view + "[") != std::string::npos)
-      return true;
+    for (const char *load : {"memref.load ", "vector.load ", "vector.maskedload "})
+      if (function.find(load + view + "[") != std::string::npos)
+        return true;
   return false;
 }
 
