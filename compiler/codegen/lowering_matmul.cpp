@@ -23,6 +23,16 @@ namespace {
 // sums it rounds on store.
 bool tiledDType(DType dtype) { return dtype == DType::F32 || isHalf(dtype); }
 
+// Whether a view broadcasts along one of its matrix dimensions (stride 0
+// where the size is over 1, as broadcast_to of one row makes): MLIR's
+// strided memrefs reject a zero stride, so such an operand is copied.
+bool broadcastsMatrix(const Shape &shape, const Strides &strides) {
+  for (size_t d = shape.size() < 2 ? 0 : shape.size() - 2; d < shape.size(); ++d)
+    if (shape[d] > 1 && strides[d] == 0)
+      return true;
+  return false;
+}
+
 Strides rowMajor(const Shape &shape) {
   Strides strides(shape.size(), 1);
   for (size_t d = shape.size(); d-- > 1;)
@@ -95,9 +105,9 @@ std::optional<KernelEmitter::MatMulPlan> KernelEmitter::matmulPlan(ValueId produ
   for (int k = 0; k < 2; ++k) {
     ValueId v = n.operands[static_cast<size_t>(k)];
     auto s = stridedOperand(v, planning);
-    if (!s)
-      return std::nullopt;
     const Shape &shape = shapeOf(v);
+    if (!s || broadcastsMatrix(shape, s->strides))
+      return std::nullopt;
     size_t lead = rank - shape.size();
     Strides strides(lead, 0);
     for (size_t d = 0; d < shape.size(); ++d)
@@ -144,12 +154,19 @@ std::vector<bool> KernelEmitter::matmulCopies(ValueId product) const {
     return {false, false};
   if (!target_.vectorPaths || !tiledDType(n.type.dtype))
     return {true, true};
-  // A is read in place if it is any strided view, B if it is one with a
-  // unit stride along N; copied row-major, either makes a plan.
+  // A is read in place if it is a strided view (not broadcast along its
+  // rows or columns), B if it is one with a unit stride along N; copied
+  // row-major, either makes a plan.
   ValueId a = n.operands[0], b = n.operands[1];
-  auto bView = stridedOperand(b, true);
+  auto view = [&](ValueId v) -> std::optional<StridedOperand> {
+    auto s = stridedOperand(v, true);
+    if (!s || broadcastsMatrix(shapeOf(v), s->strides))
+      return std::nullopt;
+    return s;
+  };
+  auto bView = view(b);
   bool bUnit = bView && (bView->strides.back() == 1 || shapeOf(b).back() == 1);
-  return {!stridedOperand(a, true), !bUnit};
+  return {!view(a), !bUnit};
 }
 
 KernelTarget kernelTarget(bool gpu) {
