@@ -594,13 +594,17 @@ std::string foldAllColumns(MlirWriter &w, std::vector<std::string> sets, int g) 
   return sets.front();
 }
 
-// The columns one K loop of emitDotRow takes for `rows` rows: the tile's
-// accumulators shared among them, at most 4 rows of B^T streaming side by
-// side. More streams ran slower: the MLP 784-1024-1024-10 with W^T at
-// batch 1 (2 threads, Zen 4) took 0.044-0.054 ms with 4, 0.050-0.053 with
-// 8; at batch 4, 0.073-0.088 with 4x4 against 0.100-0.119 with 2x8.
+// The columns one K loop of emitDotRow takes for `rows` rows: a power of
+// two, as many as the tile's accumulators allow for all the rows, at most
+// 4 rows of B^T streaming side by side. More streams ran slower: the MLP
+// 784-1024-1024-10 with W^T at batch 1 (2 threads, Zen 4) took
+// 0.044-0.054 ms with 4, 0.050-0.053 with 8; at batch 4, 0.073-0.088 with
+// 4x4 against 0.100-0.119 with 2x8.
 int rowDotColumns(const RegisterTile &tile, int rows) {
-  return std::clamp(tile.rowDotSums / rows, 1, 4);
+  int columns = 1;
+  while (columns < 4 && 2 * columns * rows <= tile.rowDotSums)
+    columns *= 2;
+  return columns;
 }
 
 // C[row .. row + rows, col .. col + count) (count <= 16; lanes past it
@@ -647,19 +651,25 @@ void emitDotRow(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
 }
 
 // Rows [lo, hi) of A x B^T with few rows (dotProductsByRow): 16 columns
-// at a time, each row's in one vector (emitDotRow), the rows in pieces of
-// 4, 2 and 1. The rows run inside, re-reading the columns' rows of B^T
-// from L1/L2, so B^T streams from memory once, in its own order.
+// at a time, each row's in one vector (emitDotRow). All the rows share
+// each K loop where their count is known (B^T streams from memory once, in
+// its own order: a second piece of rows would re-read the columns' rows of
+// B^T from L2, which at batch 3 cost the MLP above a third); a call's row
+// range (rows split between threads) goes in pieces of 4, 2 and 1.
 void emitDotRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
                  const IndexRange &cols, const IndexRange &rows) {
   if (tile.rows > 8)
-    throw std::logic_error("tiled matmul: dot products by row take 4, 2 and 1 rows");
-  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", rows.hi, rows.lo));
+    throw std::logic_error("tiled matmul: dot products by row take at most 7 rows");
   auto rowsAt = [&](const std::string &col, int64_t columns) {
-    emitPowerOfTwoPieces(w, rows.lo, count, rows.count, 4, 1,
-                         [&](const std::string &row, int piece) {
-                           emitDotRow(w, mm, tile, row, piece, col, columns);
-                         });
+    if (rows.count >= 0) {
+      if (rows.count > 0)
+        emitDotRow(w, mm, tile, rows.lo, static_cast<int>(rows.count), col, columns);
+      return;
+    }
+    std::string count = w.assign(fmt::format("arith.subi {}, {} : index", rows.hi, rows.lo));
+    emitPowerOfTwoPieces(w, rows.lo, count, -1, 4, 1, [&](const std::string &row, int piece) {
+      emitDotRow(w, mm, tile, row, piece, col, columns);
+    });
   };
   int64_t whole = mm.n / kLanes * kLanes;
   WholePieces pieces = wholePiecesOfC(w, cols, mm.n, whole);
@@ -846,19 +856,28 @@ void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const IndexRange &cols,
 }
 
 // Rows [from, hi), fewer than a whole tile's (a small batch, or a thread's
-// share of one), B read in place: a tile of 4 rows, of 2 and of 1 as the
-// count's bits say, each as wide as a whole tile's accumulators allow, so
-// that a few rows read each line of B once, not once a row.
+// share of one), B read in place, each row tile as wide as a whole tile's
+// accumulators allow, so that a few rows read each line of B once, not
+// once a row: all of them in one tile where their count is known
+// (knownCount >= 0; split 2 + 1, batch 3 of the MLP 784-1024-1024-10
+// streamed its weights twice: 0.12 ms against 0.07 for 4 rows), else a
+// tile of 4, 2 and 1 rows as the count's bits say.
 void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                      const IndexRange &cols, const std::string &from, const std::string &hi) {
+                      const IndexRange &cols, const std::string &from, const std::string &hi,
+                      int64_t knownCount) {
   if (tile.rows > 8)
     throw std::logic_error("tiled matmul: leftover rows are split into 4, 2 and 1 rows");
+  auto rowTile = [&](const std::string &rowLo, int rows) {
+    emitRowTiles(w, mm, cols, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
+  };
+  if (knownCount >= 0) {
+    if (knownCount > 0)
+      rowTile(from, static_cast<int>(knownCount));
+    return;
+  }
   std::string count = w.assign(fmt::format("arith.subi {}, {} : index", hi, from));
   emitPowerOfTwoPieces(w, from, count, -1, std::min(4, largestPowerOfTwoBelow(tile.rows)), 1,
-                       [&](const std::string &rowLo, int rows) {
-                         emitRowTiles(w, mm, cols, rowLo, "", rows,
-                                      std::max(1, tile.rows * tile.vectors / rows));
-                       });
+                       rowTile);
 }
 
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
@@ -966,7 +985,7 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   // batch) no call has a whole tile.
   if (mm.m >= rows)
     emitRowTiles(w, mm, cols, lo, tileEnd, rows, vectors);
-  emitLeftoverRows(w, mm, tile, cols, tileEnd, hi);
+  emitLeftoverRows(w, mm, tile, cols, tileEnd, hi, mm.rowBegin.empty() ? mm.m % rows : -1);
 }
 
 namespace {
