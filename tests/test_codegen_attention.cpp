@@ -29,6 +29,7 @@
 #include <optional>
 #include <ranges>
 #include <string>
+#include <tuple>
 #include <vector>
 
 using namespace stepc;
@@ -253,6 +254,50 @@ TEST_P(CodegenAttentionBackward, SameBitsAtOneAndTwoThreads) {
 
 INSTANTIATE_TEST_SUITE_P(, CodegenAttentionBackward, ::testing::ValuesIn(backwardCases()),
                          [](const auto &info) { return info.param.name; });
+
+// Operands broadcast along their rows or columns (one key, query or value
+// repeated: a zero stride, which MLIR's strided memrefs reject) stay outside
+// the attention kernel, copied first; broadcast over a batch dimension (keys
+// shared by the heads) they are read in place. Forward and gradients.
+TEST(CodegenAttentionValues, BroadcastOperandsMatchInterpreter) {
+  const char *kText = R"(graph g {{
+  input %q1 : f32[2,{}]
+  input %k1 : f32[2,{}]
+  input %v1 : f32[2,{}]
+  input %w : f32[2,9,16]
+  %q = broadcast_to(%q1) {{shape=[2,9,16]}}
+  %k = broadcast_to(%k1) {{shape=[2,9,16]}}
+  %v = broadcast_to(%v1) {{shape=[2,9,16]}}
+  %o = attention(%q, %k, %v) {{causal={}}}
+  %ow = mul(%o, %w)
+  %loss = reduce_sum(%ow) {{axes=[0,1,2], keepdims=0}}
+  output o = %o
+  output loss = %loss
+}})";
+  const std::string full = "9,16", row = "1,16", column = "9,1";
+  for (const auto &[name, q, k, v, causal] :
+       {std::tuple{"one key", full, row, full, 0}, std::tuple{"one query", row, full, full, 1},
+        std::tuple{"one value", full, full, row, 0}, std::tuple{"one column", column, full, column, 1}}) {
+    SCOPED_TRACE(name);
+    Graph graph = parseGraph(fmt::format(fmt::runtime(kText), q, k, v, causal));
+    stepc::testing::expectMatchesInterpreterOnBothTiles(graph, randomInputs(graph, 24), {});
+    Graph g = grad(graph, "loss", {"q1", "k1", "v1"}).graph;
+    stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 25), {});
+  }
+  const char *kHeads = R"(graph g {
+  input %q : f32[2,3,9,16]
+  input %k1 : f32[2,1,9,16]
+  input %v1 : f32[2,1,9,16]
+  %k = broadcast_to(%k1) {shape=[2,3,9,16]}
+  %v = broadcast_to(%v1) {shape=[2,3,9,16]}
+  %o = attention(%q, %k, %v) {causal=1}
+  output o = %o
+})";
+  Graph heads = parseGraph(kHeads);
+  Graph optimizedHeads = optimized(kHeads);
+  EXPECT_EQ(planFusion(optimizedHeads).groups.size(), 1u);
+  stepc::testing::expectMatchesInterpreterOnBothTiles(heads, randomInputs(heads, 26), {});
+}
 
 // Large scores: the online softmax's rescaling must keep exp from
 // overflowing where a row's max grows from block to block.

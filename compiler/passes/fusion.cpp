@@ -1410,12 +1410,35 @@ void Fuser::claimAttention() {
     std::vector<ValueId> views;
     for (ValueId operand : operands) {
       ValueId x = operand;
+      // The dimensions of x that are the operand's rows and columns, while
+      // known: a broadcast along one of them has no strided form (MLIR's
+      // strided memrefs reject a zero stride), so that view stays outside.
+      int64_t rank = static_cast<int64_t>(g_.type(operand).shape.size());
+      std::vector<int64_t> matrixDims{rank - 2, rank - 1};
+      bool matrixKnown = rank >= 2;
       while (computed(x) && !escapes_[x] && members_[groupOf_[x]].size() == 1 &&
              !nodes.count(x)) {
         OpKind op = g_.node(x).op;
         ValueId from = g_.node(x).operands.empty() ? x : g_.node(x).operands[0];
         bool strided = op == OpKind::Transpose || op == OpKind::BroadcastTo ||
                        (op == OpKind::Reshape && fusionClass(g_.node(from).op) != FusionClass::View);
+        if (op == OpKind::Transpose) {
+          const std::vector<int64_t> &perm = g_.node(x).attrs.getInts("perm");
+          for (int64_t &d : matrixDims)
+            d = perm[static_cast<size_t>(d)];
+        } else if (op == OpKind::Reshape) {
+          matrixKnown = false;
+        } else if (op == OpKind::BroadcastTo) {
+          const Shape &in = g_.type(from).shape, &out = g_.type(x).shape;
+          int64_t lead = static_cast<int64_t>(out.size() - in.size());
+          for (int64_t &d : matrixDims) {
+            bool broadcast = out[static_cast<size_t>(d)] > 1 &&
+                             (d < lead || in[static_cast<size_t>(d - lead)] == 1);
+            strided = strided && matrixKnown && !broadcast;
+            matrixKnown = matrixKnown && d >= lead;
+            d -= lead;
+          }
+        }
         bool onlyInside = std::all_of(users_[x].begin(), users_[x].end(), [&](ValueId u) {
           return nodes.count(u) > 0 || std::count(views.begin(), views.end(), u) > 0;
         });
