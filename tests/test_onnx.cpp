@@ -544,39 +544,50 @@ TEST(OnnxImport, GemmTransposedWeightsAreStoredTransposed) {
   expectGradients(m, {{"x", x}}, {"x", "W.T", "b"});
 }
 
-// At batch 1 every product of W has one row: dot products read W fastest
-// as ONNX stores it (a contiguous row per output), so it keeps its layout
-// and a transpose reads it; W2, also read by a two-row product, is stored
-// transposed. Both compute ONNX's Y = X W^T + b on both backends.
+// At batch 1 W's one product has one row: dot products read W fastest as
+// ONNX stores it (a contiguous row per output), so it keeps its layout and
+// a transpose reads it. W2, also read by a two-row product, is stored
+// transposed, and so is W3, read by two one-row products (one transpose
+// read by two products would be copied by a kernel of its own). All
+// compute ONNX's Y = X W^T + b on both backends.
 TEST(OnnxImport, GemmWeightsOfOneRowProductsKeepTheirLayout) {
   const int64_t depth = 70, cols = 37;
   Tensor x = testing::randomTensor(DType::F32, {1, depth}, 1);
   Tensor x2 = testing::randomTensor(DType::F32, {2, depth}, 5);
   Tensor w = testing::randomTensor(DType::F32, {cols, depth}, 2);
   Tensor w2 = testing::randomTensor(DType::F32, {cols, depth}, 3);
+  Tensor x3 = testing::randomTensor(DType::F32, {1, depth}, 7);
+  Tensor w3 = testing::randomTensor(DType::F32, {cols, depth}, 6);
   Tensor bias = testing::randomTensor(DType::F32, {cols}, 4);
   ModelMaker m;
   m.input("x", onnx::TensorProto::FLOAT, {1, depth});
   m.input("x2", onnx::TensorProto::FLOAT, {2, depth});
+  m.input("x3", onnx::TensorProto::FLOAT, {1, depth});
   addInitializer(m, "W", w);
   addInitializer(m, "W2", w2);
+  addInitializer(m, "W3", w3);
   addInitializer(m, "b", bias);
   setInt(m.node("Gemm", "linear", {"x", "W", "b"}, {"y"}), "transB", 1);
   setInt(m.node("Gemm", "one_row", {"x", "W2", "b"}, {"u"}), "transB", 1);
   setInt(m.node("Gemm", "two_rows", {"x2", "W2", "b"}, {"v"}), "transB", 1);
+  setInt(m.node("Gemm", "shared_1", {"x", "W3", "b"}, {"s"}), "transB", 1);
+  setInt(m.node("Gemm", "shared_2", {"x3", "W3", "b"}, {"t"}), "transB", 1);
   m.output("y");
   m.output("u");
   m.output("v");
+  m.output("s");
+  m.output("t");
 
   OnnxModel model = importOnnxBytes(m.bytes(), "batch1.onnx");
-  EXPECT_EQ(model.transposedParams, std::vector<std::string>{"W2.T"});
+  EXPECT_EQ(model.transposedParams, (std::vector<std::string>{"W2.T", "W3.T"}));
   ValueId wId = *model.graph.findNamed("W");
   EXPECT_EQ(model.graph.type(wId).shape, (Shape{cols, depth}));
   EXPECT_EQ(model.params.at("W").real(3), w.real(3));
 
-  TensorMap out = runBoth(m, {{"x", x}, {"x2", x2}});
+  TensorMap out = runBoth(m, {{"x", x}, {"x2", x2}, {"x3", x3}});
   for (const auto &[name, in, weight] :
-       {std::tuple{"y", &x, &w}, std::tuple{"u", &x, &w2}, std::tuple{"v", &x2, &w2}}) {
+       {std::tuple{"y", &x, &w}, std::tuple{"u", &x, &w2}, std::tuple{"v", &x2, &w2},
+        std::tuple{"s", &x, &w3}, std::tuple{"t", &x3, &w3}}) {
     const Tensor &y = out.at(name);
     int64_t rows = in->shape()[0];
     ASSERT_EQ(y.shape(), (Shape{rows, cols})) << name;

@@ -29,28 +29,28 @@ std::vector<std::string> storeTransposedParams(Graph &graph, TensorMap &params) 
     for (ValueId o : node.operands)
       if (!isMatrixTranspose(node))
         onlyTransposed[o] = false;
-  // Batch-1 inference: where every product reading a param's transposes
-  // has one row, dot products read the param fastest as ONNX stores it,
-  // each output from one contiguous row of the weight (codegen's
-  // dotProductsByRow; the MLP 784-1024-1024-10 at batch 1 ran 0.046 ms so
-  // against 0.055 ms transposed, 2 threads).
-  std::vector<bool> readByManyRows(graph.size(), false);
+  // Batch-1 inference: a param that one product with one row reads through
+  // a transpose, and nothing else, keeps ONNX's layout. Dot products read it
+  // fastest that way, each output from one contiguous row of the weight
+  // (codegen's dotProductsByRow; the MLP 784-1024-1024-10 at batch 1 ran
+  // 0.043-0.046 ms in ONNX's layout against 0.054 transposed, 2 threads).
+  // Read by two products, the transpose would be copied by a kernel of its
+  // own instead.
+  std::vector<int> readers(graph.size(), 0);
+  std::vector<bool> oneRowReader(graph.size(), false);
   for (const Node &node : graph.nodes)
     for (size_t k = 0; k < node.operands.size(); ++k) {
       const Node &operand = graph.node(node.operands[k]);
       if (!isMatrixTranspose(operand))
         continue;
-      bool oneRowProduct = node.op == OpKind::MatMul && k == 1 && !node.type.shape.empty() &&
-                           node.type.numel() == node.type.shape.back();
-      if (!oneRowProduct)
-        readByManyRows[operand.operands[0]] = true;
+      ValueId param = operand.operands[0];
+      ++readers[param];
+      oneRowReader[param] = node.op == OpKind::MatMul && k == 1 && !node.type.shape.empty() &&
+                            node.type.numel() == node.type.shape.back();
     }
   for (ValueId id : graph.params())
-    onlyTransposed[id] = onlyTransposed[id] && readByManyRows[id];
-  for (const GraphOutput &out : graph.outputs)
-    onlyTransposed[out.value] = false;
-  for (const ParamUpdate &update : graph.updates)
-    onlyTransposed[update.param] = onlyTransposed[update.value] = false;
+    if (readers[id] == 1 && oneRowReader[id])
+      onlyTransposed[id] = false;
 
   std::vector<std::string> transposed;
   std::vector<Node> nodes;

@@ -19,8 +19,9 @@ namespace stepc::onnx_import {
 // dropped: products then read the weight row-major instead of transposing
 // or repacking it on every call. A param that is also read as it is, is a
 // graph output, is updated by the graph, or whose NAME.T is taken keeps its
-// layout, and so does one whose every product has a single row (batch-1
-// inference), which dot products read fastest in ONNX's layout. Returns the new names of the params it transposed.
+// layout, and so does one that a single product of one row reads (batch-1
+// inference): dot products read it fastest in ONNX's layout. Returns the
+// new names of the params it transposed.
 std::vector<std::string> storeTransposedParams(Graph &graph, TensorMap &params);
 
 } // namespace stepc::onnx_import
