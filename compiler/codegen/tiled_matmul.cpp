@@ -445,8 +445,6 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   storeTile(w, mm, rowLo, rows, col, vectors, mask, loop.results);
 }
 
-// C[rows x cols] at (rowLo, colLo) as dot products of A's rows with B^T's
-// rows: 16-lane partial sums along K (the tail masked), reduced at the end.
 // 32 elements of a row of `mem` from [i, k] on (`count` of them where
 // fewer are left, the rest 0) as the bf16 pairs vdpbf16ps reads: the
 // elements in order, consecutive K being the pairs.
@@ -472,7 +470,7 @@ std::string bf16AlongK(MlirWriter &w, const std::string &mem, const std::string 
   return highHalves(w, part(k, count), part(add(w, k, kLanes), count - kLanes), false);
 }
 
-// emitDotTile with vdpbf16ps, 32 elements of K a step.
+// dotSums with vdpbf16ps, 32 elements of K a step.
 std::vector<std::string> bf16DotSums(MlirWriter &w, const TiledMatMul &mm,
                                      const std::vector<std::string> &rowIdx,
                                      const std::vector<std::string> &colIdx) {
@@ -540,6 +538,8 @@ std::vector<std::string> dotSums(MlirWriter &w, const TiledMatMul &mm,
   return acc;
 }
 
+// C[rows x cols] at (rowLo, colLo) as dot products of A's rows with B^T's
+// rows: 16-lane partial sums along K (dotSums), each reduced to its element.
 void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
                  const std::string &colLo, int cols) {
   std::vector<std::string> rowIdx, colIdx;
@@ -583,8 +583,13 @@ std::string foldColumns(MlirWriter &w, const std::string &a, const std::string &
 }
 
 // A power-of-two count of vectors, each 16 / g columns of g lanes, folded
-// pairwise into one.
+// pairwise into one. Every column's lanes add up in the same tree however
+// the columns were grouped (the same bits at any row piece).
 std::string foldAllColumns(MlirWriter &w, std::vector<std::string> sets, int g) {
+  if (sets.empty() || (sets.size() & (sets.size() - 1)) != 0 ||
+      sets.size() > static_cast<size_t>(g))
+    throw std::logic_error("tiled matmul: folds a power-of-two count of column sets, "
+                           "at most 16 columns");
   for (; sets.size() > 1; g /= 2) {
     std::vector<std::string> folded;
     for (size_t i = 0; i < sets.size(); i += 2)
@@ -599,7 +604,7 @@ std::string foldAllColumns(MlirWriter &w, std::vector<std::string> sets, int g) 
 // 4 rows of B^T streaming side by side. More streams ran slower: the MLP
 // 784-1024-1024-10 with W^T at batch 1 (2 threads, Zen 4) took
 // 0.044-0.054 ms with 4, 0.050-0.053 with 8; at batch 4, 0.073-0.088 with
-// 4x4 against 0.100-0.119 with 2x8.
+// 4x4 against 0.100-0.119 with 2x8. (AVX2's 4 sums are untimed.)
 int rowDotColumns(const RegisterTile &tile, int rows) {
   int columns = 1;
   while (columns < 4 && 2 * columns * rows <= tile.rowDotSums)
@@ -610,9 +615,9 @@ int rowDotColumns(const RegisterTile &tile, int rows) {
 // C[row .. row + rows, col .. col + count) (count <= 16; lanes past it
 // masked off), one vector a row: B^T's rows are read rowDotColumns at a
 // time (that many streams along K, each row of A times each into its own
-// accumulator), and each group's partial sums fold into the vectors' lanes
-// as the next group runs, so the sums reach the epilogue as vectors, as
-// the vector tile's do.
+// accumulator); each group's partial sums fold into one vector per row
+// when its K loop ends, and those fold into the row's 16 sums, which reach
+// the epilogue as one vector, as the vector tile's do.
 void emitDotRow(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
                 const std::string &row, int rows, const std::string &col, int64_t count) {
   const int group = rowDotColumns(tile, rows);

@@ -114,8 +114,8 @@ const RegisterTile &registerTile();
 // right.
 void forceRegisterTile(const RegisterTile *tile);
 
-// Whether a product of `rows` rows (of one call's C, all of them however
-// many threads share them) that reads B^T with a unit K stride takes dot
+// Whether a product of `rows` rows (all of C's rows, however many threads
+// split them) that reads B^T with a unit K stride takes dot
 // products a row at a time (emitTiledMatMul), fewer rows than a register
 // tile: B^T then streams from memory once, in its own order, instead of
 // being packed into panels that a row or two would read; 16 columns' sums
