@@ -18,7 +18,9 @@
 //   PyTorch exports nn.Linear) is stored transposed, once, under its name
 //   plus kTransposedParamSuffix ("fc1.weight" becomes "fc1.weight.T"), so
 //   values in ONNX's layout (a PyTorch state dict) fail to load by name
-//   rather than load a square weight transposed.
+//   rather than load a square weight transposed. One that a single product
+//   of one row reads (batch-1 inference) keeps ONNX's layout and its name:
+//   dot products read it fastest as it is.
 // - Shapes are static: Shape and Size fold at import, and so does every node
 //   whose operands are all constants. An operand that sets a shape (Reshape's
 //   shape, Slice's starts, Pad's pads, OneHot's depth, ...) must be known at
