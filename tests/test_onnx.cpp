@@ -3,10 +3,12 @@
 #include "stepc/autodiff.h"
 #include "stepc/backend.h"
 #include "stepc/onnx.h"
+#include "stepc/text.h"
 
 #include "gradcheck.h"
 
 #include "testing.h"
+#include "transposed_params.h"
 
 #include <fmt/format.h>
 #include <onnx/onnx_pb.h>
@@ -599,6 +601,40 @@ TEST(OnnxImport, GemmWeightsOfOneRowProductsKeepTheirLayout) {
         EXPECT_NEAR(y.real(i * cols + j), expected, 1e-4) << name << " " << i << ", " << j;
       }
   }
+}
+
+// Import-time canonicalization on a graph as text: of three weights each
+// read by one transpose and a three-row product, only v is stored
+// transposed. w is also a graph output and u is updated by the graph, so
+// both keep their layout and their names.
+TEST(OnnxImport, TransposedParamsSkipOutputsAndUpdatedParams) {
+  Graph graph = parseGraph(R"(graph g {
+  input %x : f32[3,5]
+  input %n : f32[4,5]
+  param %w : f32[4,5] = zeros()
+  param %u : f32[4,5] = zeros()
+  param %v : f32[4,5] = zeros()
+  %wt = transpose(%w) {perm=[1,0]}
+  %ut = transpose(%u) {perm=[1,0]}
+  %vt = transpose(%v) {perm=[1,0]}
+  %a = matmul(%x, %wt)
+  %b = matmul(%x, %ut)
+  %c = matmul(%x, %vt)
+  %unext = mul(%n, %n)
+  update %u = %unext
+  output a = %a
+  output b = %b
+  output c = %c
+  output w = %w
+})");
+  TensorMap params;
+  for (const char *name : {"w", "u", "v"})
+    params[name] = testing::randomTensor(DType::F32, {4, 5}, 8);
+  EXPECT_EQ(onnx_import::storeTransposedParams(graph, params), std::vector<std::string>{"v.T"});
+  EXPECT_EQ(graph.type(*graph.findNamed("w")).shape, (Shape{4, 5}));
+  EXPECT_EQ(graph.type(*graph.findNamed("u")).shape, (Shape{4, 5}));
+  EXPECT_EQ(graph.type(*graph.findNamed("v.T")).shape, (Shape{5, 4}));
+  EXPECT_TRUE(params.count("w") && params.count("u") && params.count("v.T"));
 }
 
 std::string importError(const ModelMaker &m) {

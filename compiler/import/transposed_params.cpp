@@ -29,6 +29,10 @@ std::vector<std::string> storeTransposedParams(Graph &graph, TensorMap &params) 
     for (ValueId o : node.operands)
       if (!isMatrixTranspose(node))
         onlyTransposed[o] = false;
+  for (const GraphOutput &out : graph.outputs)
+    onlyTransposed[out.value] = false;
+  for (const ParamUpdate &update : graph.updates)
+    onlyTransposed[update.param] = onlyTransposed[update.value] = false;
   // Batch-1 inference: a param that one product with one row reads through
   // a transpose, and nothing else, keeps ONNX's layout. Dot products read it
   // fastest that way, each output from one contiguous row of the weight
