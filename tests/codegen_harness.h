@@ -260,6 +260,16 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
   }
 }
 
+// body(tile) with each register tile forced in turn (AVX2's 6x16, then
+// AVX-512's 8x32, whatever the host has), its name in the failures' trace.
+inline void forEachRegisterTile(const std::function<void(const codegen::RegisterTile &)> &body) {
+  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
+    SCOPED_TRACE(tile->name);
+    ForcedTile forced(*tile);
+    body(*tile);
+  }
+}
+
 // Compiled fused with each register tile forced (AVX2's 6x16 and AVX-512's
 // 8x32, whatever the host has), at 1 and 2 threads, against the interpreter:
 // a product's edges (rows past the last whole tile, masked columns) fall at
@@ -267,9 +277,7 @@ inline void expectMatchesInterpreter(const Graph &graph, const TensorMap &inputs
 inline void expectMatchesInterpreterOnBothTiles(const Graph &graph, const TensorMap &inputs,
                                                 const TensorMap &params,
                                                 const std::function<void()> &alsoOnEachTile = {}) {
-  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
-    SCOPED_TRACE(tile->name);
-    ForcedTile forced(*tile);
+  forEachRegisterTile([&](const codegen::RegisterTile &) {
     for (int threads : {1, 2}) {
       SCOPED_TRACE(fmt::format("{} threads", threads));
       CompareOptions options;
@@ -279,7 +287,7 @@ inline void expectMatchesInterpreterOnBothTiles(const Graph &graph, const Tensor
     }
     if (alsoOnEachTile)
       alsoOnEachTile();
-  }
+  });
 }
 
 // Fault injection (`stepc bisect-fusion`): with kernel `kernel` perturbed

@@ -142,10 +142,21 @@ graph split_stress {
 }
 )";
 
-TEST(DeterminismSplitStress, TrainStepAtOneTwoThreeThreads) {
-  Graph step = trainStep(parseGraph(kSplitStress), "loss", Optimizer::sgd());
-  TensorMap inputs = randomInputs(step, 15);
+// The SGD training step of `text` (loss `loss`) and random inputs from
+// `seed`, at learning rate 1e-2.
+struct SgdStep {
+  Graph step;
+  TensorMap inputs;
+};
+SgdStep sgdStep(const char *text, uint64_t seed) {
+  Graph step = trainStep(parseGraph(text), "loss", Optimizer::sgd());
+  TensorMap inputs = randomInputs(step, seed);
   inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  return {std::move(step), std::move(inputs)};
+}
+
+TEST(DeterminismSplitStress, TrainStepAtOneTwoThreeThreads) {
+  auto [step, inputs] = sgdStep(kSplitStress, 15);
   // The kernels that would show a split: they must be split among threads
   // (else the thread count could not matter) or sum on one thread.
   auto probe = compileJit(step);
@@ -195,40 +206,26 @@ graph row_dots {
 }
 )";
 
+// The same bits at 1, 2 and 3 threads are also the right numbers: at 3
+// threads (uneven column blocks) the interpreter agrees. Both register
+// tiles.
 TEST(DeterminismRowDots, TrainStepAtOneTwoThreeThreadsOnBothTiles) {
-  Graph step = trainStep(parseGraph(kRowDots), "loss", Optimizer::sgd());
-  TensorMap inputs = randomInputs(step, 16);
-  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
-  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
-    SCOPED_TRACE(tile->name);
-    stepc::testing::ForcedTile forced(*tile);
-    expectSameBitsAtAnyThreadCount(step, inputs, 2);
-  }
-}
-
-// The same bits are also the right numbers: at 3 threads (uneven column
-// blocks) the interpreter agrees on both register tiles.
-TEST(DeterminismRowDots, MatchesInterpreterAtThreeThreadsOnBothTiles) {
-  Graph step = trainStep(parseGraph(kRowDots), "loss", Optimizer::sgd());
-  TensorMap inputs = randomInputs(step, 16);
-  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
-  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
-    SCOPED_TRACE(tile->name);
-    stepc::testing::ForcedTile forced(*tile);
+  SgdStep sgd = sgdStep(kRowDots, 16);
+  stepc::testing::forEachRegisterTile([&](const codegen::RegisterTile &) {
+    expectSameBitsAtAnyThreadCount(sgd.step, sgd.inputs, 2);
     stepc::testing::CompareOptions options;
     options.steps = 2;
     options.unfused = false;
     options.threads = 3;
-    stepc::testing::expectMatchesInterpreter(step, inputs, initialParams(step), options);
-  }
+    stepc::testing::expectMatchesInterpreter(sgd.step, sgd.inputs, initialParams(sgd.step),
+                                             options);
+  });
 }
 
 // The same bits are also the right numbers: the interpreter agrees within
 // the usual tolerances, single-threaded and split among 3 threads.
 TEST(DeterminismSplitStress, MatchesInterpreter) {
-  Graph step = trainStep(parseGraph(kSplitStress), "loss", Optimizer::sgd());
-  TensorMap inputs = randomInputs(step, 15);
-  inputs.at("lr") = Tensor::scalar(DType::F32, 1e-2);
+  auto [step, inputs] = sgdStep(kSplitStress, 15);
   for (int threads : {1, 3}) {
     stepc::testing::CompareOptions options;
     options.steps = 2;

@@ -336,10 +336,8 @@ TEST(CodegenMatMulPlan, FewRowsSplitTheColumnsManyRowsTheRows) {
         .parallelExtent;
   };
   const std::string biasRelu = "add(%y, %b)", tanh = "tanh(%y)";
-  for (const codegen::RegisterTile *tile : {&codegen::avx512Tile(), &codegen::avx2Tile()}) {
-    SCOPED_TRACE(tile->name);
-    stepc::testing::ForcedTile forced(*tile);
-    int64_t few = tile->rows - 1, whole = tile->rows;
+  stepc::testing::forEachRegisterTile([&](const codegen::RegisterTile &tile) {
+    int64_t few = tile.rows - 1, whole = tile.rows;
     EXPECT_EQ(extent("1,77", 1000, biasRelu), 16);
     EXPECT_EQ(extent(fmt::format("{},77", few), 1024, biasRelu), 16);
     EXPECT_EQ(extent(fmt::format("{},77", few), 130, tanh), 3);
@@ -349,9 +347,23 @@ TEST(CodegenMatMulPlan, FewRowsSplitTheColumnsManyRowsTheRows) {
     EXPECT_EQ(extent("3,77", 64, biasRelu), 3);
     // A rank-3 input folded into 2 x 3 rows (fewer than AVX-512's 8: its
     // columns there), and into 2 x 4 rows (the rows on both tiles).
-    EXPECT_EQ(extent("2,3,77", 200, tanh), 6 < tile->rows ? 4 : 2);
+    EXPECT_EQ(extent("2,3,77", 200, tanh), 6 < tile.rows ? 4 : 2);
     EXPECT_EQ(extent("2,4,77", 200, tanh), 2);
-  }
+  });
+}
+
+// `forward`'s gradients of `loss` with respect to `wrt` against central
+// finite differences in f64 (a dozen elements of each), and the compiled
+// gradient graph against the interpreter on both register tiles at 1 and 2
+// threads.
+void expectGradientsMatch(const Graph &forward, const std::vector<std::string> &wrt,
+                          uint64_t seed) {
+  GradcheckReport check = gradcheck(forward, "loss", randomInputs(forward, seed), {}, wrt,
+                                    {.tolerance = 1e-5, .maxElementsPerTensor = 12});
+  EXPECT_TRUE(check.passed) << check.worstWhere;
+  EXPECT_GT(check.elementsChecked, 0);
+  Graph g = grad(forward, "loss", wrt).graph;
+  stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, seed + 1), {});
 }
 
 // One row's gradients, whose products split their columns too (dR = dZ x
@@ -371,12 +383,7 @@ TEST(CodegenMatMulColumns, OneRowGradientsMatchFiniteDifferencesAndTheInterprete
   %loss = reduce_sum(%sq) {axes=[0,1], keepdims=0}
   output loss = %loss
 })");
-  TensorMap inputs = randomInputs(forward, 21);
-  GradcheckReport check =
-      gradcheck(forward, "loss", inputs, {}, {}, {.tolerance = 1e-5, .maxElementsPerTensor = 12});
-  EXPECT_TRUE(check.passed) << check.worstWhere;
-  Graph g = grad(forward, "loss", {"x", "w", "b", "w2"}).graph;
-  stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 22), {});
+  expectGradientsMatch(forward, {"x", "w", "b", "w2"}, 21);
 }
 
 // Few-row products at 3 threads, whose calls own uneven numbers of column
@@ -396,9 +403,7 @@ TEST(CodegenMatMulColumns, ThreeThreadsSplitUnevenBlocksWithTheSameBits) {
   output z = %z
 })");
   TensorMap inputs = randomInputs(graph, 24);
-  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
-    SCOPED_TRACE(tile->name);
-    stepc::testing::ForcedTile forced(*tile);
+  stepc::testing::forEachRegisterTile([&](const codegen::RegisterTile &) {
     stepc::testing::CompareOptions options;
     options.threads = 3;
     options.unfused = false;
@@ -409,7 +414,7 @@ TEST(CodegenMatMulColumns, ThreeThreadsSplitUnevenBlocksWithTheSameBits) {
     for (const char *name : {"h", "z"})
       for (int64_t i = 0; i < one.at(name).numel(); ++i)
         ASSERT_EQ(one.at(name).real(i), three.at(name).real(i)) << name << "[" << i << "]";
-  }
+  });
 }
 
 // Fault injection (`stepc bisect-fusion`): a perturbed product split by
@@ -455,15 +460,13 @@ std::string rowDotsLayer(int64_t m) {
 // Fewer rows than the register tile take dot products by row, their sums
 // folded into vectors; a whole tile's rows do not. Both register tiles.
 TEST(CodegenMatMulRowDots, FewRowsOfBTransposedFoldTheirSumsIntoVectors) {
-  for (const codegen::RegisterTile *tile : {&codegen::avx2Tile(), &codegen::avx512Tile()}) {
-    SCOPED_TRACE(tile->name);
-    stepc::testing::ForcedTile forced(*tile);
-    for (int m : {1, 2, 3, 5, tile->rows}) {
+  stepc::testing::forEachRegisterTile([](const codegen::RegisterTile &tile) {
+    for (int m : {1, 2, 3, 5, tile.rows}) {
       SCOPED_TRACE(fmt::format("M = {}", m));
       std::string module = lowerGraph(parseGraph(rowDotsLayer(m)), {.cache = false}).mlirModule;
-      EXPECT_EQ(module.find(kRowDotsFold) != std::string::npos, m < tile->rows);
+      EXPECT_EQ(module.find(kRowDotsFold) != std::string::npos, m < tile.rows);
     }
-  }
+  });
 }
 
 // A two-layer graph whose loss is sum(z * r) for a fixed random r: the
@@ -490,13 +493,7 @@ TEST(CodegenMatMulRowDots, GradientsMatchFiniteDifferencesAndTheInterpreter) {
   output loss = %loss
 }})",
                                            m));
-    TensorMap inputs = randomInputs(forward, 31);
-    GradcheckReport check = gradcheck(forward, "loss", inputs, {}, {"x", "w", "b", "w2"},
-                                      {.tolerance = 1e-5, .maxElementsPerTensor = 12});
-    EXPECT_TRUE(check.passed) << check.worstWhere;
-    EXPECT_GT(check.elementsChecked, 0);
-    Graph g = grad(forward, "loss", {"x", "w", "b", "w2"}).graph;
-    stepc::testing::expectMatchesInterpreterOnBothTiles(g, randomInputs(g, 32), {});
+    expectGradientsMatch(forward, {"x", "w", "b", "w2"}, 31);
   }
 }
 

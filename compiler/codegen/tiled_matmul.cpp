@@ -203,6 +203,21 @@ int largestPowerOfTwoBelow(int n) {
   return p;
 }
 
+// body(rowLo, rows) over the rows of `range`, fewer than a register tile's:
+// all of them at once where their count is known when the kernel is
+// compiled (one pass over B), else pieces of each power of two in the
+// count, from `largest` down.
+void emitFewRows(MlirWriter &w, const IndexRange &range, int largest,
+                 const std::function<void(const std::string &, int)> &body) {
+  if (range.count >= 0) {
+    if (range.count > 0)
+      body(range.lo, static_cast<int>(range.count));
+    return;
+  }
+  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", range.hi, range.lo));
+  emitPowerOfTwoPieces(w, range.lo, count, -1, largest, 1, body);
+}
+
 // tile(col, vectors, mask) over columns [lo, hi): tiles `vectors` vectors
 // wide, then one narrower tile of each power-of-two width the rest needs
 // (the widest first, as emitLeftoverRows takes rows), then one vector whose
@@ -625,6 +640,7 @@ void emitDotRow(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
   for (int r = 0; r < rows; ++r)
     rowIdx.push_back(r == 0 ? row : add(w, row, r));
   std::vector<std::vector<std::string>> groups(static_cast<size_t>(rows));
+  std::string zero = zeroVector(w, kVec);
   for (int first = 0; first < kLanes; first += group) {
     std::vector<std::string> colIdx;
     for (int c = first; c < first + group && c < count; ++c)
@@ -633,7 +649,7 @@ void emitDotRow(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
     if (!colIdx.empty())
       sums = dotSums(w, mm, rowIdx, colIdx);
     for (size_t r = 0; r < groups.size(); ++r) {
-      std::vector<std::string> ofRow(static_cast<size_t>(group), zeroVector(w, kVec));
+      std::vector<std::string> ofRow(static_cast<size_t>(group), zero);
       for (size_t c = 0; c < colIdx.size(); ++c)
         ofRow[c] = sums[r * colIdx.size() + c];
       groups[r].push_back(foldAllColumns(w, ofRow, kLanes));
@@ -666,14 +682,8 @@ void emitDotRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
   if (tile.rows > 8)
     throw std::logic_error("tiled matmul: dot products by row take at most 7 rows");
   auto rowsAt = [&](const std::string &col, int64_t columns) {
-    if (rows.count >= 0) {
-      if (rows.count > 0)
-        emitDotRow(w, mm, tile, rows.lo, static_cast<int>(rows.count), col, columns);
-      return;
-    }
-    std::string count = w.assign(fmt::format("arith.subi {}, {} : index", rows.hi, rows.lo));
-    emitPowerOfTwoPieces(w, rows.lo, count, -1, 4, 1, [&](const std::string &row, int piece) {
-      emitDotRow(w, mm, tile, row, piece, col, columns);
+    emitFewRows(w, rows, 4, [&](const std::string &row, int pieceRows) {
+      emitDotRow(w, mm, tile, row, pieceRows, col, columns);
     });
   };
   int64_t whole = mm.n / kLanes * kLanes;
@@ -860,29 +870,22 @@ void emitRowTiles(MlirWriter &w, const TiledMatMul &mm, const IndexRange &cols,
                    });
 }
 
-// Rows [from, hi), fewer than a whole tile's (a small batch, or a thread's
-// share of one), B read in place, each row tile as wide as a whole tile's
+// `rows`, fewer than a whole tile's (a small batch, or a thread's share of
+// one), B read in place, each row tile as wide as a whole tile's
 // accumulators allow, so that a few rows read each line of B once, not
-// once a row: all of them in one tile where their count is known
-// (knownCount >= 0; split 2 + 1, batch 3 of the MLP 784-1024-1024-10
-// streamed its weights twice: 0.12 ms against 0.07 for 4 rows), else a
-// tile of 4, 2 and 1 rows as the count's bits say.
+// once a row: all of them in one tile where their count is known (split
+// 2 + 1, batch 3 of the MLP 784-1024-1024-10 streamed its weights twice:
+// 0.12 ms against 0.07 for 4 rows), else tiles of 4, 2 and 1 rows
+// (emitFewRows).
 void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                      const IndexRange &cols, const std::string &from, const std::string &hi,
-                      int64_t knownCount) {
+                      const IndexRange &cols, const IndexRange &rows) {
   if (tile.rows > 8)
     throw std::logic_error("tiled matmul: leftover rows are split into 4, 2 and 1 rows");
-  auto rowTile = [&](const std::string &rowLo, int rows) {
-    emitRowTiles(w, mm, cols, rowLo, "", rows, std::max(1, tile.rows * tile.vectors / rows));
-  };
-  if (knownCount >= 0) {
-    if (knownCount > 0)
-      rowTile(from, static_cast<int>(knownCount));
-    return;
-  }
-  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", hi, from));
-  emitPowerOfTwoPieces(w, from, count, -1, std::min(4, largestPowerOfTwoBelow(tile.rows)), 1,
-                       rowTile);
+  emitFewRows(w, rows, std::min(4, largestPowerOfTwoBelow(tile.rows)),
+              [&](const std::string &rowLo, int pieceRows) {
+                emitRowTiles(w, mm, cols, rowLo, "", pieceRows,
+                             std::max(1, tile.rows * tile.vectors / pieceRows));
+              });
 }
 
 void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
@@ -954,12 +957,13 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   const RegisterTile &tile = registerTile();
   std::string lo = mm.rowBegin.empty() ? w.indexConstant(0) : mm.rowBegin;
   std::string hi = mm.rowEnd.empty() ? w.indexConstant(mm.m) : mm.rowEnd;
+  const IndexRange rowRange{lo, hi, mm.rowBegin.empty() ? mm.m : -1};
   IndexRange cols = mm.colBegin.empty()
                         ? IndexRange{w.indexConstant(0), w.indexConstant(mm.n), mm.n}
                         : IndexRange{mm.colBegin, mm.colEnd, -1};
   // Where the whole row tiles end.
   auto wholeTilesEnd = [&](int tileRows) {
-    return wholePiecesEnd(w, {lo, hi, mm.rowBegin.empty() ? mm.m : -1}, tileRows);
+    return wholePiecesEnd(w, rowRange, tileRows);
   };
   if (!mm.aBlock.empty()) {
     emitABlocks(w, mm, lo, hi);
@@ -967,7 +971,7 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   }
   if (mm.bTransposed && !mm.packB) {
     if (dotProductsByRow(mm.m))
-      emitDotRows(w, mm, tile, cols, {lo, hi, mm.rowBegin.empty() ? mm.m : -1});
+      emitDotRows(w, mm, tile, cols, rowRange);
     else
       emitDotProducts(w, mm, tile, cols, lo, hi, wholeTilesEnd(tile.dotRows));
     return;
@@ -990,7 +994,8 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   // batch) no call has a whole tile.
   if (mm.m >= rows)
     emitRowTiles(w, mm, cols, lo, tileEnd, rows, vectors);
-  emitLeftoverRows(w, mm, tile, cols, tileEnd, hi, mm.rowBegin.empty() ? mm.m % rows : -1);
+  emitLeftoverRows(w, mm, tile, cols,
+                   {tileEnd, hi, rowRange.count >= 0 ? rowRange.count % rows : -1});
 }
 
 namespace {
