@@ -142,6 +142,8 @@ private:
   // Convolutions through the tiled matmul (lowering_roots.cpp).
   static constexpr ValueId kNoValue = ~ValueId(0);
   bool convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const;
+  // A conv2d whose col matrix the tiled matmul reads from x (ConvTaps).
+  bool convTaps(const Node &n) const;
   bool emitConvAsMatmul(ValueId id, bool parallel);
   std::string matrixView(ValueId id, const std::string &sample, int64_t rows, int64_t cols);
   void forEachColElement(

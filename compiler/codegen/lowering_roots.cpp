@@ -339,14 +339,25 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
 //   conv2d:             out_n [O, OH*OW] = W [O, C*KH*KW] x col_n
 //   conv2d_grad_weight: dW += g_n [O, OH*OW] x col_n^T       (all samples)
 //   conv2d_grad_input:  dcol = W^T x g_n, added back into dx_n (col2im)
-// out_n, g_n and dx_n are plain row-major slices of the NCHW tensors. Used
-// for f32, one group, stored operands and a col buffer of at most 1 MB.
+// out_n, g_n and dx_n are plain row-major slices of the NCHW tensors. A
+// conv2d whose taps are shifts of the input's planes (convReadsTaps) reads
+// col_n from x_n in place (ConvTaps). Used for f32, one group, stored
+// operands and a col buffer, where there is one, of at most 1 MB.
 bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const {
   const Shape &ws = shapeOf(w), &gs = shapeOf(g);
   int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
+  bool colFits = depth * points * 4 <= (int64_t(1) << 20) || convTaps(n);
   return target_.vectorPaths && n.type.dtype == DType::F32 && n.attrs.getInt("groups") == 1 &&
-         (x == kNoValue || views_.count(x)) && views_.count(g) && views_.count(w) &&
-         depth * points * 4 <= (int64_t(1) << 20) && points > 0 && depth > 0;
+         (x == kNoValue || views_.count(x)) && views_.count(g) && views_.count(w) && colFits &&
+         points > 0 && depth > 0;
+}
+
+bool KernelEmitter::convTaps(const Node &n) const {
+  if (n.op != OpKind::Conv2d)
+    return false;
+  const Shape &xs = shapeOf(n.operands[0]), &ws = shapeOf(n.operands[1]);
+  auto stride = n.attrs.getInts("stride");
+  return convReadsTaps(xs[3], n.type.shape[3], ws[2], ws[3], stride[0] == 1 && stride[1] == 1);
 }
 
 std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int64_t rows,
@@ -463,16 +474,23 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     ValueId x = n.operands[0], w = n.operands[1];
     if (!convAsMatmul(n, x, id, w))
       return false;
-    const Shape &ws = shapeOf(w), &os = n.type.shape;
+    const Shape &xs = shapeOf(x), &ws = shapeOf(w), &os = n.type.shape;
     int64_t depth = ws[1] * ws[2] * ws[3], points = os[2] * os[3];
+    bool taps = convTaps(n);
     std::string weights = matrixView(w, "", ws[0], depth);
-    std::string col = colBuffer(ws, os);
-    std::string panel = panelBuffer(false, os[1], depth);
+    std::string col = taps ? "" : colBuffer(ws, os);
+    std::string panel = taps ? "" : panelBuffer(false, os[1], depth);
     Index sample = openLoops({os[0]}, parallel);
-    im2col(n, x, sample[0], ws, os, col);
     std::string out = matrixView(id, sample[0], os[1], points);
     TiledMatMul mm{weights, col, out, os[1], depth, points, "", ""};
-    mm.bPanel = panel;
+    if (taps) {
+      auto padding = n.attrs.getInts("padding"), dilation = n.attrs.getInts("dilation");
+      mm.taps = ConvTaps{matrixView(x, sample[0], xs[1], xs[2] * xs[3]), xs[1], xs[2], xs[3],
+                         os[2], ws[2], ws[3], padding[0], padding[1], dilation[0], dilation[1]};
+    } else {
+      im2col(n, x, sample[0], ws, os, col);
+      mm.bPanel = panel;
+    }
     tileSample_ = sample[0];
     mm.epilogue = tileEpilogue_;
     emitTiledMatMul(w_, mm);

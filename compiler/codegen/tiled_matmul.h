@@ -5,6 +5,7 @@
 #include "mlir_text.h"
 
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace stepc::codegen {
@@ -14,6 +15,25 @@ namespace stepc::codegen {
 // runs on the caller's thread or a pool worker, whose stacks are a few MiB;
 // larger shapes take paths without the buffer.
 constexpr int64_t kMaxStackBufferFloats = 65536;
+
+// B as a convolution's im2col matrix read from the input through the
+// kernel's taps, with no copy: B[k, p] for k = (c, i, j) (channel, kernel
+// row, kernel column) and p = (y, x) an output point is input[c, y + i *
+// dilationH - padH, x + j * dilationW - padW], 0 outside the image. For
+// stride 1 and an output as wide as the input only: each tap then reads
+// the input's plane shifted by one offset, 16 points in one masked load.
+struct ConvTaps {
+  std::string input; // one sample's input, memref<C x (H*W) x f32>
+  int64_t channels, height, width; // the input's C, H, W
+  int64_t outHeight;
+  int64_t kernelH, kernelW, padH, padW, dilationH, dilationW;
+};
+
+// Whether a stride-1 convolution's B can be read through its taps
+// (ConvTaps): its output rows are as wide as its input's, and the taps
+// few enough to unroll.
+bool convReadsTaps(int64_t width, int64_t outWidth, int64_t kernelH, int64_t kernelW,
+                   bool unitStride);
 
 struct TiledMatMul {
   std::string a, b, c; // memref SSA values
@@ -83,6 +103,8 @@ struct TiledMatMul {
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
       epilogue = nullptr;
+  // B is a convolution's taps (`b` unused): f32, row-major A, no bPanel.
+  std::optional<ConvTaps> taps;
 };
 
 // The register tile, sized so its accumulators, one broadcast of A and the

@@ -1,0 +1,101 @@
+// Stride-1 convolutions whose output is as wide as their input, the shapes
+// a micro-kernel can read straight from the input with shifted, masked
+// loads instead of an im2col buffer, and a few controls that keep im2col
+// (tests/snippets/codegen_conv_taps.sg), compiled fused. Against the
+// interpreter: forward on both register tiles at 1 and 2 threads, which
+// must give the same bits; and the gradients with respect to the input,
+// the weights, the bias and the residual. The conv with nothing on its tile
+// is the cases without an epilogue.
+#include "codegen_harness.h"
+
+#include "stepc/autodiff.h"
+#include "stepc/text.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace stepc;
+
+namespace {
+
+std::vector<stepc::testing::SnippetCase> cases() {
+  return stepc::testing::readSnippetCases("tests/snippets/codegen_conv_taps.sg");
+}
+
+class CodegenConvTaps : public ::testing::TestWithParam<stepc::testing::SnippetCase> {};
+
+// `graph` compiled fused, run once at `threads` threads: its outputs.
+std::map<std::string, Tensor> runFused(const Graph &graph, const TensorMap &inputs,
+                                       const TensorMap &params, int threads) {
+  auto exe = compileJit(graph, CompileOptions{.cache = false}, RunOptions{.threads = threads});
+  for (const std::string &name : exe->paramNames())
+    exe->setParam(name, params.at(name));
+  return exe->step(inputs);
+}
+
+// On each register tile (their tiles end at different columns), at 1 and 2
+// threads: each call computes whole samples, so the thread count never
+// changes a bit.
+TEST_P(CodegenConvTaps, ForwardMatchesInterpreterWithTheSameBitsAtOneAndTwoThreads) {
+  Graph graph = parseGraph(GetParam().text);
+  TensorMap inputs = randomInputs(graph, 31);
+  TensorMap params = initialParams(graph);
+  TensorMap expected = interpret(graph, inputs, params);
+  stepc::testing::forEachRegisterTile([&](const codegen::RegisterTile &) {
+    std::vector<std::map<std::string, Tensor>> runs;
+    for (int threads : {1, 2}) {
+      runs.push_back(runFused(graph, inputs, params, threads));
+      for (const GraphOutput &out : graph.outputs)
+        EXPECT_TRUE(stepc::testing::matches(runs.back().at(out.name), expected.at(out.name),
+                                            stepc::testing::toleranceFor(graph, out.value)))
+            << "output " << out.name << " at " << threads << " threads";
+    }
+    for (const GraphOutput &out : graph.outputs) {
+      const Tensor &one = runs[0].at(out.name), &two = runs[1].at(out.name);
+      ASSERT_EQ(one.nbytes(), two.nbytes()) << out.name;
+      EXPECT_EQ(std::memcmp(one.bytes(), two.bytes(), one.nbytes()), 0)
+          << "output " << out.name << " differs between 1 and 2 threads";
+    }
+  });
+}
+
+// d loss / d every value the case feeds in but r (the loss's weights): the
+// backward reads the forward's relu mask and pool choices, and dX and dW are
+// products of their own (Conv2dGradInput, Conv2dGradWeight).
+TEST_P(CodegenConvTaps, GradientsMatchInterpreter) {
+  Graph forward = parseGraph(GetParam().text);
+  std::vector<std::string> wrt;
+  for (ValueId v : forward.inputs())
+    if (forward.node(v).name != "r")
+      wrt.push_back(forward.node(v).name);
+  for (ValueId v : forward.params())
+    wrt.push_back(forward.node(v).name);
+  Graph g = grad(forward, "loss", wrt).graph;
+  stepc::testing::CompareOptions options;
+  options.unfused = false;
+  options.threads = 2;
+  stepc::testing::expectMatchesInterpreter(g, randomInputs(g, 32), initialParams(g), options);
+}
+
+// The forward conv reads its input in place (ConvTaps, tiled_matmul.h)
+// unless the case is a control: only that path takes each lane's image
+// column, a vector<16xi32> remainder.
+TEST_P(CodegenConvTaps, ReadsTheInputInPlaceUnlessAControl) {
+  Graph graph = parseGraph(GetParam().text);
+  std::istringstream mlir(lowerGraph(graph, {.cache = false}).mlirModule);
+  bool taps = false;
+  for (std::string line; std::getline(mlir, line);)
+    taps |= line.find("arith.remui") != std::string::npos &&
+            line.find("vector<16xi32>") != std::string::npos;
+  EXPECT_EQ(taps, !GetParam().name.starts_with("control_"));
+}
+
+INSTANTIATE_TEST_SUITE_P(, CodegenConvTaps, ::testing::ValuesIn(cases()),
+                         [](const auto &info) { return info.param.name; });
+
+} // namespace
