@@ -20,6 +20,22 @@ namespace stepc::codegen {
 using Index = std::vector<std::string>;
 using Strides = std::vector<int64_t>;
 
+// A convolution's sample in chunks of output rows (lowering_roots.cpp):
+// `rows` rows from `firstRow` (empty: the sample's whole, from row 0), in a
+// col buffer of `bufferPoints` columns.
+struct ConvChunk {
+  std::string firstRow;
+  int64_t rows;
+  int64_t bufferPoints;
+  int64_t points(int64_t width) const { return rows * width; }
+};
+
+// A matrix of a convolution's products: a memref value, its type, its shape.
+struct ConvMatrix {
+  std::string value, type;
+  int64_t rows, cols;
+};
+
 class KernelEmitter {
 public:
   KernelEmitter(const Graph &graph, const FusionGroup &group,
@@ -132,6 +148,8 @@ private:
   std::set<ValueId> tileRoots_; // computed on the tile, though they have views
   bool tileConv_ = false;       // the product is a conv2d (tiles per sample)
   std::string tileSample_;      // conv2d: the sample the tile belongs to
+  // conv2d in chunks: the sample's point of the tile's column 0 (empty: 0).
+  std::string tileColumnBase_;
   std::string tileValue_;
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
@@ -147,15 +165,26 @@ private:
   bool emitConvAsMatmul(ValueId id, bool parallel);
   std::string matrixView(ValueId id, const std::string &sample, int64_t rows, int64_t cols);
   void forEachColElement(
-      const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
+      const Node &n, const Shape &xs, const Shape &ws, const Shape &gs, const ConvChunk &chunk,
       const std::function<void(const std::string &, const std::string &, const std::string &,
                                const std::string &, const std::string &, const std::string &)> &f);
+  // Calls body with each chunk of a sample's output rows (gs's), chunkRows
+  // at a time: one chunk with firstRow empty where that is all of them.
+  void forEachConvChunk(const Shape &gs, int64_t chunkRows,
+                        const std::function<void(const ConvChunk &)> &body);
+  // The sample's output row of the chunk's row `row`.
+  std::string chunkRow(const ConvChunk &chunk, const std::string &row);
+  // The chunk's columns (its points) of a sample's [C, OH*OW] matrix.
+  ConvMatrix chunkColumns(const ConvMatrix &whole, const ConvChunk &chunk, int64_t width);
+  // The col buffer's first chunk.points(width) columns.
+  ConvMatrix chunkCol(const std::string &col, int64_t depth, const ConvChunk &chunk,
+                      int64_t width);
   bool emitLeadingAxesReduction(ValueId id, bool parallel, const std::string &init);
   std::string colBuffer(const Shape &ws, const Shape &gs);
   void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
-              const Shape &gs, const std::string &col);
+              const Shape &gs, const ConvChunk &chunk, const ConvMatrix &col);
   void im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
-                  const Shape &gs, const std::string &col, const std::string &colType);
+                  const Shape &gs, const ConvChunk &chunk, const ConvMatrix &col);
   // Byte offset in the arena of a stored value (a planned buffer or scratch).
   int64_t byteOffset(ValueId id) const;
   std::map<ValueId, int64_t> scratchAt_;

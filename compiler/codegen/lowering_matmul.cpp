@@ -682,9 +682,13 @@ void KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       w_.popScope();
     };
   }
-  tileEpilogue_ = [&, product, epilogue](const std::string &row, const std::string &col,
+  tileEpilogue_ = [&, product, epilogue](const std::string &row, const std::string &tileCol,
                                          const std::string &value, const std::string &mask) {
     tileValue_ = value;
+    std::string col = tileColumnBase_.empty()
+                          ? tileCol
+                          : w_.assign(fmt::format("arith.addi {}, {} : index", tileCol,
+                                                  tileColumnBase_));
     auto storeVector = [&](ValueId id, std::string v) {
       std::string type = "vector<16xf32>";
       if (dtypeOf(id) == DType::Bool) {

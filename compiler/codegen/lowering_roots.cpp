@@ -331,6 +331,19 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
   closeLoops(out.size());
 }
 
+namespace {
+
+// The most floats of an im2col buffer (1 MiB, on the stack of the call).
+constexpr int64_t kColFloats = int64_t(1) << 18;
+
+// The output rows of one im2col chunk: all of a sample's where its col
+// fits kColFloats, else as many as fit.
+int64_t convChunkRows(int64_t depth, const Shape &gs) {
+  return std::clamp<int64_t>(kColFloats / (depth * gs[3]), 1, gs[2]);
+}
+
+} // namespace
+
 // Convolutions as matmuls, one sample at a time: im2col copies a sample's
 // receptive fields into col [C*KH*KW, OH*OW] (a stack buffer of the call,
 // allocated before the sample loop: an alloca inside the loop takes new
@@ -340,16 +353,73 @@ void KernelEmitter::emitArgMax(ValueId id, bool parallel) {
 //   conv2d_grad_weight: dW += g_n [O, OH*OW] x col_n^T       (all samples)
 //   conv2d_grad_input:  dcol = W^T x g_n, added back into dx_n (col2im)
 // out_n, g_n and dx_n are plain row-major slices of the NCHW tensors. A
-// conv2d whose taps are shifts of the input's planes (convReadsTaps) reads
-// col_n from x_n in place (ConvTaps). Used for f32, one group, stored
-// operands and a col buffer, where there is one, of at most 1 MB.
+// sample whose col is over 1 MiB goes a chunk of output rows at a time
+// (forEachConvChunk): col then holds the chunk's points, and the products
+// read and write the chunk's columns of out_n and g_n. A conv2d whose taps
+// are shifts of the input's planes (convReadsTaps) reads col_n from x_n in
+// place (ConvTaps). Used for f32, one group, stored operands, and a col
+// chunk of at least one output row within the bound.
 bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const {
   const Shape &ws = shapeOf(w), &gs = shapeOf(g);
   int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
-  bool colFits = depth * points * 4 <= (int64_t(1) << 20) || convTaps(n);
+  bool colFits = depth * gs[3] <= kColFloats || convTaps(n);
   return target_.vectorPaths && n.type.dtype == DType::F32 && n.attrs.getInt("groups") == 1 &&
          (x == kNoValue || views_.count(x)) && views_.count(g) && views_.count(w) && colFits &&
          points > 0 && depth > 0;
+}
+
+void KernelEmitter::forEachConvChunk(const Shape &gs, int64_t chunkRows,
+                                     const std::function<void(const ConvChunk &)> &body) {
+  int64_t whole = gs[2] / chunkRows, rest = gs[2] % chunkRows;
+  if (whole == 1 && rest == 0) {
+    body(ConvChunk{"", chunkRows, chunkRows * gs[3]});
+    return;
+  }
+  if (whole > 0) {
+    std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant(whole));
+    body(ConvChunk{w_.assign(fmt::format("arith.muli {}, {} : index", chunk,
+                                         w_.indexConstant(chunkRows))),
+                   chunkRows, chunkRows * gs[3]});
+    w_.endFor();
+  }
+  if (rest > 0)
+    body(ConvChunk{w_.indexConstant(whole * chunkRows), rest, chunkRows * gs[3]});
+}
+
+std::string KernelEmitter::chunkRow(const ConvChunk &chunk, const std::string &row) {
+  return chunk.firstRow.empty()
+             ? row
+             : w_.assign(fmt::format("arith.addi {}, {} : index", chunk.firstRow, row));
+}
+
+ConvMatrix KernelEmitter::chunkColumns(const ConvMatrix &whole, const ConvChunk &chunk,
+                                       int64_t width) {
+  if (chunk.firstRow.empty())
+    return whole;
+  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk.firstRow,
+                                            w_.indexConstant(width)));
+  ConvMatrix part{"", fmt::format("memref<{}x{}xf32, strided<[{}, 1], offset: ?>>", whole.rows,
+                                  chunk.points(width), whole.cols),
+                  whole.rows, chunk.points(width)};
+  part.value = w_.assign(fmt::format("memref.subview {}[0, {}] [{}, {}] [1, 1] : {} to {}",
+                                     whole.value, first, part.rows, part.cols, whole.type,
+                                     part.type));
+  return part;
+}
+
+ConvMatrix KernelEmitter::chunkCol(const std::string &col, int64_t depth, const ConvChunk &chunk,
+                                   int64_t width) {
+  ConvMatrix full{col, fmt::format("memref<{}x{}xf32>", depth, chunk.bufferPoints), depth,
+                  chunk.bufferPoints};
+  int64_t points = chunk.points(width);
+  if (points == chunk.bufferPoints)
+    return full;
+  ConvMatrix part{"", fmt::format("memref<{}x{}xf32, strided<[{}, 1]>>", depth, points,
+                                  chunk.bufferPoints),
+                  depth, points};
+  part.value = w_.assign(fmt::format("memref.subview {}[0, 0] [{}, {}] [1, 1] : {} to {}", col,
+                                     depth, points, full.type, part.type));
+  return part;
 }
 
 bool KernelEmitter::convTaps(const Node &n) const {
@@ -377,44 +447,45 @@ std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int
 // Visits col's elements: f(row, point, y, x, valid) with the input position
 // of tap `row` at output point `point`.
 void KernelEmitter::forEachColElement(
-    const Node &n, const Shape &xs, const Shape &ws, const Shape &gs,
+    const Node &n, const Shape &xs, const Shape &ws, const Shape &gs, const ConvChunk &chunk,
     const std::function<void(const std::string &, const std::string &, const std::string &,
                              const std::string &, const std::string &, const std::string &)> &f) {
   auto stride = n.attrs.getInts("stride"), padding = n.attrs.getInts("padding"),
        dilation = n.attrs.getInts("dilation");
   Index tap = openLoops({ws[1], ws[2], ws[3]}, false);
   std::string row = linearize(tap, {ws[1], ws[2], ws[3]});
-  Index at = openLoops({gs[2], gs[3]}, false);
-  std::string y = windowCoordinate(at[0], tap[1], stride[0], padding[0], dilation[0]);
+  Index at = openLoops({chunk.rows, gs[3]}, false);
+  std::string y = windowCoordinate(chunkRow(chunk, at[0]), tap[1], stride[0], padding[0],
+                                   dilation[0]);
   std::string xw = windowCoordinate(at[1], tap[2], stride[1], padding[1], dilation[1]);
   std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]),
                                             inBounds(xw, xs[3])));
-  f(row, linearize(at, {gs[2], gs[3]}), tap[0], y, xw, valid);
+  f(row, linearize(at, {chunk.rows, gs[3]}), tap[0], y, xw, valid);
   closeLoops(at.size());
   closeLoops(tap.size());
 }
 
 std::string KernelEmitter::colBuffer(const Shape &ws, const Shape &gs) {
+  int64_t depth = ws[1] * ws[2] * ws[3];
   return w_.assign(fmt::format("memref.alloca() {{alignment = 64 : i64}} : memref<{}x{}xf32>",
-                               ws[1] * ws[2] * ws[3], gs[2] * gs[3]));
+                               depth, convChunkRows(depth, gs) * gs[3]));
 }
 
 void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
-                           const Shape &gs, const std::string &col) {
+                           const Shape &gs, const ConvChunk &chunk, const ConvMatrix &col) {
   const Shape &xs = shapeOf(x);
-  std::string type = fmt::format("memref<{}x{}xf32>", ws[1] * ws[2] * ws[3], gs[2] * gs[3]);
   if (n.attrs.getInts("stride")[1] == 1) {
-    im2colRows(n, x, sample, ws, gs, col, type);
+    im2colRows(n, x, sample, ws, gs, chunk, col);
     return;
   }
-  forEachColElement(n, xs, ws, gs,
+  forEachColElement(n, xs, ws, gs, chunk,
                     [&](const std::string &row, const std::string &point, const std::string &c,
                         const std::string &y, const std::string &xw, const std::string &valid) {
                       std::string v = load(x, {sample, c, clampIndex(y, xs[2]), clampIndex(xw, xs[3])});
                       std::string masked = w_.assign(fmt::format(
                           "arith.select {}, {}, {} : f32", valid, v, w_.constant(0, DType::F32)));
-                      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", masked, col, row,
-                                          point, type));
+                      w_.line(fmt::format("memref.store {}, {}[{}, {}] : {}", masked, col.value,
+                                          row, point, col.type));
                     });
 }
 
@@ -423,7 +494,7 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
 // (columns in the padding, and a row in it, read as 0) and a masked store,
 // instead of element by element with a select each.
 void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
-                               const Shape &gs, const std::string &col, const std::string &colType) {
+                               const Shape &gs, const ConvChunk &chunk, const ConvMatrix &col) {
   const Shape &xs = shapeOf(x);
   auto stride = n.attrs.getInts("stride"), padding = n.attrs.getInts("padding"),
        dilation = n.attrs.getInts("dilation");
@@ -440,14 +511,15 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
   std::string row = linearize(tap, {ws[1], ws[2], ws[3]});
   // Input column of output column 0: kx * dilation - padding.
   std::string firstColumn = windowCoordinate(w_.indexConstant(0), tap[2], 1, padding[1], dilation[1]);
-  Index outRow = openLoops({gs[2]}, false);
-  std::string y = windowCoordinate(outRow[0], tap[1], stride[0], padding[0], dilation[0]);
+  Index outRow = openLoops({chunk.rows}, false);
+  std::string y = windowCoordinate(chunkRow(chunk, outRow[0]), tap[1], stride[0], padding[0],
+                                   dilation[0]);
   std::string rowInside =
       w_.assign(fmt::format("vector.broadcast {} : i1 to vector<16xi1>", inBounds(y, xs[2])));
   std::string yc = clampIndex(y, xs[2]);
   std::string rowStart = w_.assign(fmt::format("arith.muli {}, {} : index", outRow[0], w_.indexConstant(gs[3])));
-  std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((gs[3] + 15) / 16));
-  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk, w_.indexConstant(16)));
+  std::string piece = w_.beginFor(w_.indexConstant(0), w_.indexConstant((gs[3] + 15) / 16));
+  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", piece, w_.indexConstant(16)));
   std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(gs[3]), first));
   std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
   std::string from = w_.assign(fmt::format("arith.addi {}, {} : index", firstColumn, first));
@@ -461,8 +533,8 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
       "vector.maskedload {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {} into {}", viewOf(x), sample,
       tap[0], yc, from, mask, zero, memrefType(node(x).type), vec, vec));
   std::string point = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, first));
-  w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", col, row, point,
-                      lanesLeft, v, colType, vec));
+  w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", col.value, row,
+                      point, lanesLeft, v, col.type, vec));
   w_.endFor();
   closeLoops(outRow.size());
   closeLoops(tap.size());
@@ -482,18 +554,33 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     std::string panel = taps ? "" : panelBuffer(false, os[1], depth);
     Index sample = openLoops({os[0]}, parallel);
     std::string out = matrixView(id, sample[0], os[1], points);
-    TiledMatMul mm{weights, col, out, os[1], depth, points, "", ""};
+    tileSample_ = sample[0];
     if (taps) {
       auto padding = n.attrs.getInts("padding"), dilation = n.attrs.getInts("dilation");
+      TiledMatMul mm{weights, "", out, os[1], depth, points, "", ""};
       mm.taps = ConvTaps{matrixView(x, sample[0], xs[1], xs[2] * xs[3]), xs[1], xs[2], xs[3],
                          os[2], ws[2], ws[3], padding[0], padding[1], dilation[0], dilation[1]};
+      mm.epilogue = tileEpilogue_;
+      emitTiledMatMul(w_, mm);
     } else {
-      im2col(n, x, sample[0], ws, os, col);
-      mm.bPanel = panel;
+      ConvMatrix whole{out, fmt::format("memref<{}x{}xf32>", os[1], points), os[1], points};
+      forEachConvChunk(os, convChunkRows(depth, os), [&](const ConvChunk &chunk) {
+        ConvMatrix b = chunkCol(col, depth, chunk, os[3]), c = chunkColumns(whole, chunk, os[3]);
+        im2col(n, x, sample[0], ws, os, chunk, b);
+        TiledMatMul mm{weights, b.value, c.value, os[1], depth, c.cols, "", ""};
+        mm.bType = b.type;
+        mm.cType = c.type;
+        mm.bPanel = panel;
+        // The epilogue's columns are the sample's points.
+        tileColumnBase_ = chunk.firstRow.empty()
+                              ? ""
+                              : w_.assign(fmt::format("arith.muli {}, {} : index", chunk.firstRow,
+                                                      w_.indexConstant(os[3])));
+        mm.epilogue = tileEpilogue_;
+        emitTiledMatMul(w_, mm);
+        tileColumnBase_.clear();
+      });
     }
-    tileSample_ = sample[0];
-    mm.epilogue = tileEpilogue_;
-    emitTiledMatMul(w_, mm);
     if (afterSample_)
       afterSample_(sample[0]);
     tileSample_.clear();
@@ -509,12 +596,19 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     std::string grad = matrixView(id, "", ws[0], depth);
     std::string col = colBuffer(ws, gs);
     Index sample = openLoops({gs[0]}, false);
-    im2col(n, x, sample[0], ws, gs, col);
-    TiledMatMul mm{matrixView(g, sample[0], gs[1], points), col, grad, ws[0], points, depth,
-                   parallel ? begin_ : "", parallel ? end_ : ""};
-    mm.bTransposed = true;
-    mm.accumulate = true;
-    emitTiledMatMul(w_, mm);
+    ConvMatrix whole{matrixView(g, sample[0], gs[1], points),
+                     fmt::format("memref<{}x{}xf32>", gs[1], points), gs[1], points};
+    forEachConvChunk(gs, convChunkRows(depth, gs), [&](const ConvChunk &chunk) {
+      ConvMatrix b = chunkCol(col, depth, chunk, gs[3]), a = chunkColumns(whole, chunk, gs[3]);
+      im2col(n, x, sample[0], ws, gs, chunk, b);
+      TiledMatMul mm{a.value, b.value, grad, ws[0], a.cols, depth,
+                     parallel ? begin_ : "", parallel ? end_ : ""};
+      mm.aType = a.type;
+      mm.bType = b.type;
+      mm.bTransposed = true;
+      mm.accumulate = true;
+      emitTiledMatMul(w_, mm);
+    });
     closeLoops(sample.size());
     return true;
   }
@@ -524,29 +618,34 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       return false;
     const Shape &ws = shapeOf(w), &gs = shapeOf(g), &xs = n.type.shape;
     int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
-    std::string type = fmt::format("memref<{}x{}xf32>", depth, points);
-    std::string dcol = colBuffer(ws, gs);
+    std::string col = colBuffer(ws, gs);
     std::string weights = matrixView(w, "", ws[0], depth);
     std::string panel = panelBuffer(false, depth, gs[1]);
     Index sample = openLoops({gs[0]}, parallel);
-    TiledMatMul mm{weights, matrixView(g, sample[0], gs[1], points), dcol, depth, gs[1], points,
-                   "", ""};
-    mm.aTransposed = true;
-    mm.bPanel = panel;
-    emitTiledMatMul(w_, mm);
-    forEachColElement(n, xs, ws, gs,
-                      [&](const std::string &row, const std::string &point, const std::string &c,
-                          const std::string &y, const std::string &xw, const std::string &valid) {
-                        w_.line(fmt::format("scf.if {} {{", valid));
-                        w_.indent();
-                        w_.pushScope();
-                        std::string v = w_.assign(fmt::format("memref.load {}[{}, {}] : {}", dcol,
-                                                              row, point, type));
-                        accumulate(id, {sample[0], c, y, xw}, v);
-                        w_.popScope();
-                        w_.dedent();
-                        w_.line("}");
-                      });
+    ConvMatrix whole{matrixView(g, sample[0], gs[1], points),
+                     fmt::format("memref<{}x{}xf32>", gs[1], points), gs[1], points};
+    forEachConvChunk(gs, convChunkRows(depth, gs), [&](const ConvChunk &chunk) {
+      ConvMatrix dcol = chunkCol(col, depth, chunk, gs[3]), b = chunkColumns(whole, chunk, gs[3]);
+      TiledMatMul mm{weights, b.value, dcol.value, depth, gs[1], b.cols, "", ""};
+      mm.bType = b.type;
+      mm.cType = dcol.type;
+      mm.aTransposed = true;
+      mm.bPanel = panel;
+      emitTiledMatMul(w_, mm);
+      forEachColElement(n, xs, ws, gs, chunk,
+                        [&](const std::string &row, const std::string &point, const std::string &c,
+                            const std::string &y, const std::string &xw, const std::string &valid) {
+                          w_.line(fmt::format("scf.if {} {{", valid));
+                          w_.indent();
+                          w_.pushScope();
+                          std::string v = w_.assign(fmt::format("memref.load {}[{}, {}] : {}",
+                                                                dcol.value, row, point, dcol.type));
+                          accumulate(id, {sample[0], c, y, xw}, v);
+                          w_.popScope();
+                          w_.dedent();
+                          w_.line("}");
+                        });
+    });
     closeLoops(sample.size());
     return true;
   }
