@@ -27,6 +27,8 @@ struct ConvChunk {
   std::string firstRow;
   int64_t rows;
   int64_t bufferPoints;
+  // The group's first channel of x (im2col) or dx (col2im); empty: 0.
+  std::string firstChannel;
   int64_t points(int64_t width) const { return rows * width; }
 };
 
@@ -150,6 +152,8 @@ private:
   std::string tileSample_;      // conv2d: the sample the tile belongs to
   // conv2d in chunks: the sample's point of the tile's column 0 (empty: 0).
   std::string tileColumnBase_;
+  // A grouped conv2d: the sample's channel of the tile's row 0 (empty: 0).
+  std::string tileRowBase_;
   std::string tileValue_;
   std::function<void(const std::string &, const std::string &, const std::string &,
                      const std::string &)>
@@ -163,15 +167,26 @@ private:
   // A conv2d whose col matrix the tiled matmul reads from x (ConvTaps).
   bool convTaps(const Node &n) const;
   bool emitConvAsMatmul(ValueId id, bool parallel);
-  std::string matrixView(ValueId id, const std::string &sample, int64_t rows, int64_t cols);
+  // A sample's [rows, cols] matrix of `id` (all of id without a sample),
+  // or the group's groupRows rows of it.
+  std::string matrixView(ValueId id, const std::string &sample, int64_t rows, int64_t cols,
+                         const std::string &group = "", int64_t groupRows = 0);
   void forEachColElement(
       const Node &n, const Shape &xs, const Shape &ws, const Shape &gs, const ConvChunk &chunk,
       const std::function<void(const std::string &, const std::string &, const std::string &,
                                const std::string &, const std::string &, const std::string &)> &f);
   // Calls body with each chunk of a sample's output rows (gs's), chunkRows
   // at a time: one chunk with firstRow empty where that is all of them.
-  void forEachConvChunk(const Shape &gs, int64_t chunkRows,
+  void forEachConvChunk(const Shape &gs, int64_t chunkRows, const std::string &firstChannel,
                         const std::function<void(const ConvChunk &)> &body);
+  std::string chunkChannel(const ConvChunk &chunk, const std::string &channel);
+  // Calls body with each group's index (empty where there is one group).
+  void forEachConvGroup(int64_t groups, const std::function<void(const std::string &)> &body);
+  // matrixView with its type and shape.
+  ConvMatrix groupMatrix(ValueId id, const std::string &sample, int64_t rows, int64_t cols,
+                         const std::string &group, int64_t groupRows);
+  // The group's first row of rows groupRows a group (empty: no groups).
+  std::string groupFirst(const std::string &group, int64_t groupRows);
   // The sample's output row of the chunk's row `row`.
   std::string chunkRow(const ConvChunk &chunk, const std::string &row);
   // The chunk's columns (its points) of a sample's [C, OH*OW] matrix.

@@ -682,9 +682,13 @@ void KernelEmitter::emitMatMulWithEpilogue(ValueId product, const std::vector<Va
       w_.popScope();
     };
   }
-  tileEpilogue_ = [&, product, epilogue](const std::string &row, const std::string &tileCol,
+  tileEpilogue_ = [&, product, epilogue](const std::string &tileRow, const std::string &tileCol,
                                          const std::string &value, const std::string &mask) {
     tileValue_ = value;
+    std::string row = tileRowBase_.empty()
+                          ? tileRow
+                          : w_.assign(fmt::format("arith.addi {}, {} : index", tileRow,
+                                                  tileRowBase_));
     std::string col = tileColumnBase_.empty()
                           ? tileCol
                           : w_.assign(fmt::format("arith.addi {}, {} : index", tileCol,

@@ -357,33 +357,41 @@ int64_t convChunkRows(int64_t depth, const Shape &gs) {
 // (forEachConvChunk): col then holds the chunk's points, and the products
 // read and write the chunk's columns of out_n and g_n. A conv2d whose taps
 // are shifts of the input's planes (convReadsTaps) reads col_n from x_n in
-// place (ConvTaps). Used for f32, one group, stored operands, and a col
-// chunk of at least one output row within the bound.
+// place (ConvTaps). Grouped convolutions do this for each group's
+// channels in turn. Used for f32, stored operands, and a col chunk of at
+// least one output row within the bound.
 bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const {
   const Shape &ws = shapeOf(w), &gs = shapeOf(g);
   int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
   bool colFits = depth * gs[3] <= kColFloats || convTaps(n);
-  return target_.vectorPaths && n.type.dtype == DType::F32 && n.attrs.getInt("groups") == 1 &&
+  return target_.vectorPaths && n.type.dtype == DType::F32 &&
          (x == kNoValue || views_.count(x)) && views_.count(g) && views_.count(w) && colFits &&
          points > 0 && depth > 0;
 }
 
 void KernelEmitter::forEachConvChunk(const Shape &gs, int64_t chunkRows,
+                                     const std::string &firstChannel,
                                      const std::function<void(const ConvChunk &)> &body) {
   int64_t whole = gs[2] / chunkRows, rest = gs[2] % chunkRows;
   if (whole == 1 && rest == 0) {
-    body(ConvChunk{"", chunkRows, chunkRows * gs[3]});
+    body(ConvChunk{"", chunkRows, chunkRows * gs[3], firstChannel});
     return;
   }
   if (whole > 0) {
     std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant(whole));
     body(ConvChunk{w_.assign(fmt::format("arith.muli {}, {} : index", chunk,
                                          w_.indexConstant(chunkRows))),
-                   chunkRows, chunkRows * gs[3]});
+                   chunkRows, chunkRows * gs[3], firstChannel});
     w_.endFor();
   }
   if (rest > 0)
-    body(ConvChunk{w_.indexConstant(whole * chunkRows), rest, chunkRows * gs[3]});
+    body(ConvChunk{w_.indexConstant(whole * chunkRows), rest, chunkRows * gs[3], firstChannel});
+}
+
+std::string KernelEmitter::chunkChannel(const ConvChunk &chunk, const std::string &channel) {
+  return chunk.firstChannel.empty()
+             ? channel
+             : w_.assign(fmt::format("arith.addi {}, {} : index", chunk.firstChannel, channel));
 }
 
 std::string KernelEmitter::chunkRow(const ConvChunk &chunk, const std::string &row) {
@@ -431,17 +439,46 @@ bool KernelEmitter::convTaps(const Node &n) const {
 }
 
 std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int64_t rows,
-                                      int64_t cols) {
+                                      int64_t cols, const std::string &group, int64_t groupRows) {
   DType dt = dtypeOf(id);
+  int64_t size = static_cast<int64_t>(dtypeSize(dt));
   std::string offset = arenaOffsetValue(byteOffset(id));
-  if (!sample.empty()) {
-    std::string shift = w_.assign(fmt::format(
-        "arith.muli {}, {} : index", sample,
-        w_.indexConstant(rows * cols * static_cast<int64_t>(dtypeSize(dt)))));
+  auto shiftBy = [&](const std::string &index, int64_t bytes) {
+    std::string shift = w_.assign(
+        fmt::format("arith.muli {}, {} : index", index, w_.indexConstant(bytes)));
     offset = w_.assign(fmt::format("arith.addi {}, {} : index", shift, offset));
+  };
+  if (!sample.empty())
+    shiftBy(sample, rows * cols * size);
+  if (!group.empty()) {
+    shiftBy(group, groupRows * cols * size);
+    rows = groupRows;
   }
   return w_.assign(fmt::format("memref.view %arena[{}][] : memref<?xi8> to memref<{}x{}x{}>",
                                offset, rows, cols, memoryElementType(dt)));
+}
+
+ConvMatrix KernelEmitter::groupMatrix(ValueId id, const std::string &sample, int64_t rows,
+                                      int64_t cols, const std::string &group, int64_t groupRows) {
+  int64_t viewRows = group.empty() ? rows : groupRows;
+  return ConvMatrix{matrixView(id, sample, rows, cols, group, groupRows),
+                    fmt::format("memref<{}x{}xf32>", viewRows, cols), viewRows, cols};
+}
+
+void KernelEmitter::forEachConvGroup(int64_t groups,
+                                     const std::function<void(const std::string &)> &body) {
+  if (groups == 1) {
+    body("");
+    return;
+  }
+  body(w_.beginFor(w_.indexConstant(0), w_.indexConstant(groups)));
+  w_.endFor();
+}
+
+std::string KernelEmitter::groupFirst(const std::string &group, int64_t groupRows) {
+  return group.empty() ? ""
+                       : w_.assign(fmt::format("arith.muli {}, {} : index", group,
+                                               w_.indexConstant(groupRows)));
 }
 
 // Visits col's elements: f(row, point, y, x, valid) with the input position
@@ -460,7 +497,7 @@ void KernelEmitter::forEachColElement(
   std::string xw = windowCoordinate(at[1], tap[2], stride[1], padding[1], dilation[1]);
   std::string valid = w_.assign(fmt::format("arith.andi {}, {} : i1", inBounds(y, xs[2]),
                                             inBounds(xw, xs[3])));
-  f(row, linearize(at, {chunk.rows, gs[3]}), tap[0], y, xw, valid);
+  f(row, linearize(at, {chunk.rows, gs[3]}), chunkChannel(chunk, tap[0]), y, xw, valid);
   closeLoops(at.size());
   closeLoops(tap.size());
 }
@@ -531,7 +568,7 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
   std::string mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", inside, lanesLeft));
   std::string v = w_.assign(fmt::format(
       "vector.maskedload {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {} into {}", viewOf(x), sample,
-      tap[0], yc, from, mask, zero, memrefType(node(x).type), vec, vec));
+      chunkChannel(chunk, tap[0]), yc, from, mask, zero, memrefType(node(x).type), vec, vec));
   std::string point = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, first));
   w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", col.value, row,
                       point, lanesLeft, v, col.type, vec));
@@ -542,45 +579,52 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
 
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
   const Node &n = node(id);
+  int64_t groups = n.attrs.getInt("groups");
   if (n.op == OpKind::Conv2d) {
     ValueId x = n.operands[0], w = n.operands[1];
     if (!convAsMatmul(n, x, id, w))
       return false;
     const Shape &xs = shapeOf(x), &ws = shapeOf(w), &os = n.type.shape;
-    int64_t depth = ws[1] * ws[2] * ws[3], points = os[2] * os[3];
+    int64_t depth = ws[1] * ws[2] * ws[3], points = os[2] * os[3], outGroup = os[1] / groups;
     bool taps = convTaps(n);
-    std::string weights = matrixView(w, "", ws[0], depth);
     std::string col = taps ? "" : colBuffer(ws, os);
-    std::string panel = taps ? "" : panelBuffer(false, os[1], depth);
+    std::string panel = taps ? "" : panelBuffer(false, outGroup, depth);
     Index sample = openLoops({os[0]}, parallel);
-    std::string out = matrixView(id, sample[0], os[1], points);
     tileSample_ = sample[0];
-    if (taps) {
-      auto padding = n.attrs.getInts("padding"), dilation = n.attrs.getInts("dilation");
-      TiledMatMul mm{weights, "", out, os[1], depth, points, "", ""};
-      mm.taps = ConvTaps{matrixView(x, sample[0], xs[1], xs[2] * xs[3]), xs[1], xs[2], xs[3],
-                         os[2], ws[2], ws[3], padding[0], padding[1], dilation[0], dilation[1]};
-      mm.epilogue = tileEpilogue_;
-      emitTiledMatMul(w_, mm);
-    } else {
-      ConvMatrix whole{out, fmt::format("memref<{}x{}xf32>", os[1], points), os[1], points};
-      forEachConvChunk(os, convChunkRows(depth, os), [&](const ConvChunk &chunk) {
-        ConvMatrix b = chunkCol(col, depth, chunk, os[3]), c = chunkColumns(whole, chunk, os[3]);
-        im2col(n, x, sample[0], ws, os, chunk, b);
-        TiledMatMul mm{weights, b.value, c.value, os[1], depth, c.cols, "", ""};
-        mm.bType = b.type;
-        mm.cType = c.type;
-        mm.bPanel = panel;
-        // The epilogue's columns are the sample's points.
-        tileColumnBase_ = chunk.firstRow.empty()
-                              ? ""
-                              : w_.assign(fmt::format("arith.muli {}, {} : index", chunk.firstRow,
-                                                      w_.indexConstant(os[3])));
+    forEachConvGroup(groups, [&](const std::string &group) {
+      std::string weights = matrixView(w, "", ws[0], depth, group, outGroup);
+      ConvMatrix out = groupMatrix(id, sample[0], os[1], points, group, outGroup);
+      // The epilogue's rows are the sample's channels.
+      tileRowBase_ = groupFirst(group, outGroup);
+      if (taps) {
+        auto padding = n.attrs.getInts("padding"), dilation = n.attrs.getInts("dilation");
+        TiledMatMul mm{weights, "", out.value, outGroup, depth, points, "", ""};
+        mm.taps = ConvTaps{matrixView(x, sample[0], xs[1], xs[2] * xs[3], group, ws[1]),
+                           ws[1], xs[2], xs[3], os[2], ws[2], ws[3], padding[0], padding[1],
+                           dilation[0], dilation[1]};
         mm.epilogue = tileEpilogue_;
         emitTiledMatMul(w_, mm);
-        tileColumnBase_.clear();
-      });
-    }
+      } else {
+        forEachConvChunk(os, convChunkRows(depth, os), groupFirst(group, ws[1]),
+                         [&](const ConvChunk &chunk) {
+          ConvMatrix b = chunkCol(col, depth, chunk, os[3]), c = chunkColumns(out, chunk, os[3]);
+          im2col(n, x, sample[0], ws, os, chunk, b);
+          TiledMatMul mm{weights, b.value, c.value, outGroup, depth, c.cols, "", ""};
+          mm.bType = b.type;
+          mm.cType = c.type;
+          mm.bPanel = panel;
+          // The epilogue's columns are the sample's points.
+          tileColumnBase_ = chunk.firstRow.empty()
+                                ? ""
+                                : w_.assign(fmt::format("arith.muli {}, {} : index",
+                                                        chunk.firstRow, w_.indexConstant(os[3])));
+          mm.epilogue = tileEpilogue_;
+          emitTiledMatMul(w_, mm);
+          tileColumnBase_.clear();
+        });
+      }
+      tileRowBase_.clear();
+    });
     if (afterSample_)
       afterSample_(sample[0]);
     tileSample_.clear();
@@ -592,22 +636,46 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     if (!convAsMatmul(n, x, g, id))
       return false;
     const Shape &ws = n.type.shape, &gs = shapeOf(g);
-    int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
-    std::string grad = matrixView(id, "", ws[0], depth);
+    int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3], outGroup = ws[0] / groups;
     std::string col = colBuffer(ws, gs);
     Index sample = openLoops({gs[0]}, false);
-    ConvMatrix whole{matrixView(g, sample[0], gs[1], points),
-                     fmt::format("memref<{}x{}xf32>", gs[1], points), gs[1], points};
-    forEachConvChunk(gs, convChunkRows(depth, gs), [&](const ConvChunk &chunk) {
-      ConvMatrix b = chunkCol(col, depth, chunk, gs[3]), a = chunkColumns(whole, chunk, gs[3]);
-      im2col(n, x, sample[0], ws, gs, chunk, b);
-      TiledMatMul mm{a.value, b.value, grad, ws[0], a.cols, depth,
-                     parallel ? begin_ : "", parallel ? end_ : ""};
-      mm.aType = a.type;
-      mm.bType = b.type;
-      mm.bTransposed = true;
-      mm.accumulate = true;
-      emitTiledMatMul(w_, mm);
+    forEachConvGroup(groups, [&](const std::string &group) {
+      // The call's rows of dW within the group's: [rowBegin, rowEnd), maybe
+      // none (then the group's im2col is skipped too).
+      std::string rowBegin = parallel ? begin_ : "", rowEnd = parallel ? end_ : "";
+      if (parallel && !group.empty()) {
+        std::string first = groupFirst(group, outGroup);
+        auto within = [&](const std::string &row, const std::string &low) {
+          std::string shifted = w_.assign(fmt::format("arith.subi {}, {} : index", row, first));
+          std::string bounded = w_.assign(fmt::format("arith.minsi {}, {} : index", shifted,
+                                                      w_.indexConstant(outGroup)));
+          return w_.assign(fmt::format("arith.maxsi {}, {} : index", bounded, low));
+        };
+        rowBegin = within(begin_, w_.indexConstant(0));
+        rowEnd = within(end_, rowBegin);
+        w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format(
+                                                "arith.cmpi slt, {}, {} : index", rowBegin, rowEnd))));
+        w_.indent();
+        w_.pushScope();
+      }
+      std::string grad = matrixView(id, "", ws[0], depth, group, outGroup);
+      ConvMatrix whole = groupMatrix(g, sample[0], gs[1], points, group, outGroup);
+      forEachConvChunk(gs, convChunkRows(depth, gs), groupFirst(group, ws[1]),
+                       [&](const ConvChunk &chunk) {
+        ConvMatrix b = chunkCol(col, depth, chunk, gs[3]), a = chunkColumns(whole, chunk, gs[3]);
+        im2col(n, x, sample[0], ws, gs, chunk, b);
+        TiledMatMul mm{a.value, b.value, grad, outGroup, a.cols, depth, rowBegin, rowEnd};
+        mm.aType = a.type;
+        mm.bType = b.type;
+        mm.bTransposed = true;
+        mm.accumulate = true;
+        emitTiledMatMul(w_, mm);
+      });
+      if (parallel && !group.empty()) {
+        w_.popScope();
+        w_.dedent();
+        w_.line("}");
+      }
     });
     closeLoops(sample.size());
     return true;
@@ -617,34 +685,36 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     if (!convAsMatmul(n, kNoValue, g, w))
       return false;
     const Shape &ws = shapeOf(w), &gs = shapeOf(g), &xs = n.type.shape;
-    int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3];
+    int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3], outGroup = ws[0] / groups;
     std::string col = colBuffer(ws, gs);
-    std::string weights = matrixView(w, "", ws[0], depth);
-    std::string panel = panelBuffer(false, depth, gs[1]);
+    std::string panel = panelBuffer(false, depth, outGroup);
     Index sample = openLoops({gs[0]}, parallel);
-    ConvMatrix whole{matrixView(g, sample[0], gs[1], points),
-                     fmt::format("memref<{}x{}xf32>", gs[1], points), gs[1], points};
-    forEachConvChunk(gs, convChunkRows(depth, gs), [&](const ConvChunk &chunk) {
-      ConvMatrix dcol = chunkCol(col, depth, chunk, gs[3]), b = chunkColumns(whole, chunk, gs[3]);
-      TiledMatMul mm{weights, b.value, dcol.value, depth, gs[1], b.cols, "", ""};
-      mm.bType = b.type;
-      mm.cType = dcol.type;
-      mm.aTransposed = true;
-      mm.bPanel = panel;
-      emitTiledMatMul(w_, mm);
-      forEachColElement(n, xs, ws, gs, chunk,
-                        [&](const std::string &row, const std::string &point, const std::string &c,
-                            const std::string &y, const std::string &xw, const std::string &valid) {
-                          w_.line(fmt::format("scf.if {} {{", valid));
-                          w_.indent();
-                          w_.pushScope();
-                          std::string v = w_.assign(fmt::format("memref.load {}[{}, {}] : {}",
-                                                                dcol.value, row, point, dcol.type));
-                          accumulate(id, {sample[0], c, y, xw}, v);
-                          w_.popScope();
-                          w_.dedent();
-                          w_.line("}");
-                        });
+    forEachConvGroup(groups, [&](const std::string &group) {
+      std::string weights = matrixView(w, "", ws[0], depth, group, outGroup);
+      ConvMatrix whole = groupMatrix(g, sample[0], gs[1], points, group, outGroup);
+      forEachConvChunk(gs, convChunkRows(depth, gs), groupFirst(group, ws[1]),
+                       [&](const ConvChunk &chunk) {
+        ConvMatrix dcol = chunkCol(col, depth, chunk, gs[3]), b = chunkColumns(whole, chunk, gs[3]);
+        TiledMatMul mm{weights, b.value, dcol.value, depth, outGroup, b.cols, "", ""};
+        mm.bType = b.type;
+        mm.cType = dcol.type;
+        mm.aTransposed = true;
+        mm.bPanel = panel;
+        emitTiledMatMul(w_, mm);
+        forEachColElement(n, xs, ws, gs, chunk,
+                          [&](const std::string &row, const std::string &point, const std::string &c,
+                              const std::string &y, const std::string &xw, const std::string &valid) {
+                            w_.line(fmt::format("scf.if {} {{", valid));
+                            w_.indent();
+                            w_.pushScope();
+                            std::string v = w_.assign(fmt::format("memref.load {}[{}, {}] : {}",
+                                                                  dcol.value, row, point, dcol.type));
+                            accumulate(id, {sample[0], c, y, xw}, v);
+                            w_.popScope();
+                            w_.dedent();
+                            w_.line("}");
+                          });
+      });
     });
     closeLoops(sample.size());
     return true;
