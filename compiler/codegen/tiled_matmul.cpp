@@ -1,6 +1,7 @@
 #include "tiled_matmul.h"
 
 #include "llvm_backend.h"
+#include "tiled_matmul_parts.h"
 
 #include "stepc/error.h"
 
@@ -15,11 +16,13 @@
 #include <vector>
 
 namespace stepc::codegen {
+
+// The helpers shared with tiled_dot.cpp are declared in tiled_matmul_parts.h.
+using namespace tiled;
+
 namespace {
 
-constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
 constexpr int64_t kBPrefetch = 16; // K steps ahead (see emitVectorTile)
-constexpr const char *kVec = "vector<16xf32>";
 
 std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") {
   return fmt::format("memref<{}x{}x{}>", rows, cols, elem);
@@ -28,6 +31,15 @@ std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") 
 std::string typeOf(const std::string &given, int64_t rows, int64_t cols, const std::string &elem) {
   return given.empty() ? memref(rows, cols, elem) : given;
 }
+
+std::string vectorOf(const std::string &elem, int lanes = kLanes) {
+  return fmt::format("vector<{}x{}>", lanes, elem);
+}
+
+} // namespace
+
+namespace tiled {
+
 std::string aType(const TiledMatMul &mm) {
   return mm.aTransposed ? typeOf(mm.aType, mm.k, mm.m, mm.aElem)
                         : typeOf(mm.aType, mm.m, mm.k, mm.aElem);
@@ -38,15 +50,10 @@ std::string bType(const TiledMatMul &mm) {
 }
 std::string cType(const TiledMatMul &mm) { return typeOf(mm.cType, mm.m, mm.n, mm.cElem); }
 
-std::string vectorOf(const std::string &elem, int lanes = kLanes) {
-  return fmt::format("vector<{}x{}>", lanes, elem);
-}
-
 std::string zeroVector(MlirWriter &w, const std::string &type) {
   return w.assign(fmt::format("arith.constant dense<0.0> : {}", type));
 }
 
-// A value loaded as `elem` (a scalar, or 16 lanes), in f32.
 std::string widened(MlirWriter &w, const std::string &value, const std::string &elem,
                     bool vector) {
   if (elem == "f32")
@@ -55,11 +62,9 @@ std::string widened(MlirWriter &w, const std::string &value, const std::string &
                 : w.assign(fmt::format("arith.extf {} : {} to f32", value, elem));
 }
 
-// 16 lanes of `mem` (elements `elem`) from [i, j] on, as stored; lanes off
-// in `mask` read 0.
 std::string loadLanes(MlirWriter &w, const std::string &mem, const std::string &type,
                       const std::string &elem, const std::string &i, const std::string &j,
-                      const std::string &mask = "") {
+                      const std::string &mask) {
   std::string vec = vectorOf(elem);
   if (mask.empty())
     return w.assign(fmt::format("vector.load {}[{}, {}] : {}, {}", mem, i, j, type, vec));
@@ -67,7 +72,6 @@ std::string loadLanes(MlirWriter &w, const std::string &mem, const std::string &
                               mem, i, j, mask, zeroVector(w, vec), type, vec, vec));
 }
 
-// acc + the pairwise dot products of a and b (vector<32xbf16>): vdpbf16ps.
 std::string dotBf16Pairs(MlirWriter &w, const std::string &acc, const std::string &a,
                          const std::string &b) {
   return w.assign(fmt::format(
@@ -76,8 +80,6 @@ std::string dotBf16Pairs(MlirWriter &w, const std::string &acc, const std::strin
       acc, a, b, kVec, kVec));
 }
 
-// 16 f32 words that hold bf16 numbers, as the bf16 in their high halves
-// (exact): the odd 16-bit lanes of x86's little-endian words.
 std::string highHalves(MlirWriter &w, const std::string &lo, const std::string &hi,
                        bool interleave) {
   std::vector<int> lanes;
@@ -97,14 +99,8 @@ std::string highHalves(MlirWriter &w, const std::string &lo, const std::string &
   return w.assign(fmt::format("vector.bitcast {} : vector<32xi16> to vector<32xbf16>", halves));
 }
 
-// Emits `scf.for` with vector accumulators; returns the result names.
-struct VectorLoop {
-  std::string iv;
-  std::vector<std::string> accs, results;
-};
-
 VectorLoop openVectorLoop(MlirWriter &w, const std::string &lb, const std::string &ub,
-                          const std::vector<std::string> &inits, int64_t step = 1) {
+                          const std::vector<std::string> &inits, int64_t step) {
   VectorLoop loop;
   loop.iv = w.fresh("k");
   std::string res = w.fresh("t");
@@ -135,12 +131,9 @@ std::string add(MlirWriter &w, const std::string &a, int64_t b) {
   return w.assign(fmt::format("arith.addi {}, {} : index", a, w.indexConstant(b)));
 }
 
-// The rows or columns [lo, hi) a call computes; `count` is hi - lo where it
-// is known when the kernel is compiled (all of C's), else -1.
-struct IndexRange {
-  std::string lo, hi;
-  int64_t count;
-};
+} // namespace tiled
+
+namespace {
 
 // lo + floor((hi - lo) / multiple) * multiple: where whole pieces of
 // `multiple` rows or columns from lo end.
@@ -203,21 +196,6 @@ int largestPowerOfTwoBelow(int n) {
   return p;
 }
 
-// body(rowLo, rows) over the rows of `range`, fewer than a register tile's:
-// all of them at once where their count is known when the kernel is
-// compiled (one pass over B), else pieces of each power of two in the
-// count, from `largest` down.
-void emitFewRows(MlirWriter &w, const IndexRange &range, int largest,
-                 const std::function<void(const std::string &, int)> &body) {
-  if (range.count >= 0) {
-    if (range.count > 0)
-      body(range.lo, static_cast<int>(range.count));
-    return;
-  }
-  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", range.hi, range.lo));
-  emitPowerOfTwoPieces(w, range.lo, count, -1, largest, 1, body);
-}
-
 // tile(col, vectors, mask) over columns [lo, hi): tiles `vectors` vectors
 // wide, then one narrower tile of each power-of-two width the rest needs
 // (the widest first, as emitLeftoverRows takes rows), then one vector whose
@@ -258,15 +236,21 @@ void emitColumnPieces(
   });
 }
 
-// Where the columns [lo, hi) stop being whole pieces of C's columns:
-// min(hi, wholeEnd) (wholeEnd: the last whole piece's end in C), so a
-// range whose lo is a multiple of the piece computes them from lo; and
-// whether the range also takes C's columns past wholeEnd (an i1; empty:
-// known to, or known not to, as `knownRest` says).
-struct WholePieces {
-  std::string end, takesRest;
-  bool knownRest;
-};
+} // namespace
+
+namespace tiled {
+
+void emitFewRows(MlirWriter &w, const IndexRange &range, int largest,
+                 const std::function<void(const std::string &, int)> &body) {
+  if (range.count >= 0) {
+    if (range.count > 0)
+      body(range.lo, static_cast<int>(range.count));
+    return;
+  }
+  std::string count = w.assign(fmt::format("arith.subi {}, {} : index", range.hi, range.lo));
+  emitPowerOfTwoPieces(w, range.lo, count, -1, largest, 1, body);
+}
+
 WholePieces wholePiecesOfC(MlirWriter &w, const IndexRange &cols, int64_t n, int64_t wholeEnd) {
   if (cols.count >= 0)
     return {w.indexConstant(wholeEnd), "", n > wholeEnd};
@@ -277,7 +261,6 @@ WholePieces wholePiecesOfC(MlirWriter &w, const IndexRange &cols, int64_t n, int
   return {end, rest, false};
 }
 
-// body() for C's columns past the whole pieces where the range takes them.
 void emitRestOfC(MlirWriter &w, const WholePieces &pieces, const std::function<void()> &body) {
   if (!pieces.takesRest.empty())
     emitIf(w, pieces.takesRest, body);
@@ -285,7 +268,6 @@ void emitRestOfC(MlirWriter &w, const WholePieces &pieces, const std::function<v
     body();
 }
 
-// The tile's f32 sums to C (rounded to a half C's type) or to the epilogue.
 void storeTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
                const std::string &col, int vectors, const std::string &mask,
                const std::vector<std::string> &sums) {
@@ -311,6 +293,10 @@ void storeTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, i
     }
   }
 }
+
+} // namespace tiled
+
+namespace {
 
 // B's rows k0 and k1 (empty: a row of zeros, for an odd K's last row) at
 // 16 columns, interleaved into the bf16 pairs vdpbf16ps reads:
@@ -551,269 +537,6 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   }
   closeVectorLoop(w, next);
   storeTile(w, mm, rowLo, rows, col, vectors, mask, loop.results);
-}
-
-// 32 elements of a row of `mem` from [i, k] on (`count` of them where
-// fewer are left, the rest 0) as the bf16 pairs vdpbf16ps reads: the
-// elements in order, consecutive K being the pairs.
-std::string bf16AlongK(MlirWriter &w, const std::string &mem, const std::string &type,
-                       const std::string &elem, const std::string &i, const std::string &k,
-                       int64_t count) {
-  const int64_t pairLanes = 2 * kLanes;
-  if (elem == "bf16") {
-    if (count >= pairLanes)
-      return w.assign(fmt::format("vector.load {}[{}, {}] : {}, vector<32xbf16>", mem, i, k, type));
-    std::string mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<32xi1>", count));
-    return w.assign(fmt::format("vector.maskedload {}[{}, {}], {}, {} : {}, vector<32xi1>, "
-                                "vector<32xbf16> into vector<32xbf16>",
-                                mem, i, k, mask, zeroVector(w, "vector<32xbf16>"), type));
-  }
-  auto part = [&](const std::string &at, int64_t n) {
-    if (n <= 0)
-      return zeroVector(w, kVec);
-    std::string mask = n >= kLanes ? std::string()
-                                   : w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", n));
-    return loadLanes(w, mem, type, "f32", i, at, mask);
-  };
-  return highHalves(w, part(k, count), part(add(w, k, kLanes), count - kLanes), false);
-}
-
-// dotSums with vdpbf16ps, 32 elements of K a step.
-std::vector<std::string> bf16DotSums(MlirWriter &w, const TiledMatMul &mm,
-                                     const std::vector<std::string> &rowIdx,
-                                     const std::vector<std::string> &colIdx) {
-  const int64_t pairLanes = 2 * kLanes;
-  int64_t full = mm.k / pairLanes * pairLanes;
-  size_t rows = rowIdx.size(), cols = colIdx.size();
-  std::vector<std::string> acc(rows * cols, zeroVector(w, kVec));
-  auto step = [&](const std::string &k, int64_t count, const std::vector<std::string> &in) {
-    std::vector<std::string> av, bv, next;
-    for (const std::string &row : rowIdx)
-      av.push_back(bf16AlongK(w, mm.a, aType(mm), mm.aElem, row, k, count));
-    for (const std::string &col : colIdx)
-      bv.push_back(bf16AlongK(w, mm.b, bType(mm), mm.bElem, col, k, count));
-    for (size_t r = 0; r < rows; ++r)
-      for (size_t c = 0; c < cols; ++c)
-        next.push_back(dotBf16Pairs(w, in[r * cols + c], av[r], bv[c]));
-    return next;
-  };
-  if (full > 0) {
-    VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(full), acc, pairLanes);
-    closeVectorLoop(w, step(loop.iv, pairLanes, loop.accs));
-    acc = loop.results;
-  }
-  if (mm.k > full)
-    acc = step(w.indexConstant(full), mm.k - full, acc);
-  return acc;
-}
-
-// The 16-lane partial sums along K of A's rows `rowIdx` with B^T's rows
-// `colIdx`: one vector per (row, column), row-major.
-std::vector<std::string> dotSums(MlirWriter &w, const TiledMatMul &mm,
-                                 const std::vector<std::string> &rowIdx,
-                                 const std::vector<std::string> &colIdx) {
-  if (mm.bf16Dot)
-    return bf16DotSums(w, mm, rowIdx, colIdx);
-  size_t rows = rowIdx.size(), cols = colIdx.size();
-  int64_t full = mm.k / kLanes * kLanes;
-  std::vector<std::string> acc(rows * cols, zeroVector(w, kVec));
-  auto step = [&](const std::string &k, const std::string &mask, const std::vector<std::string> &in) {
-    auto load = [&](const std::string &mem, const std::string &i, const std::string &type,
-                    const std::string &elem) {
-      return widened(w, loadLanes(w, mem, type, elem, i, k, mask), elem, true);
-    };
-    std::vector<std::string> av, bv, next;
-    for (const std::string &row : rowIdx)
-      av.push_back(load(mm.a, row, aType(mm), mm.aElem));
-    for (const std::string &col : colIdx)
-      bv.push_back(load(mm.b, col, bType(mm), mm.bElem));
-    for (size_t r = 0; r < rows; ++r)
-      for (size_t c = 0; c < cols; ++c)
-        next.push_back(w.assign(fmt::format("vector.fma {}, {}, {} : {}", av[r], bv[c],
-                                            in[r * cols + c], kVec)));
-    return next;
-  };
-  if (full > 0) {
-    VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(full), acc, kLanes);
-    closeVectorLoop(w, step(loop.iv, "", loop.accs));
-    acc = loop.results;
-  }
-  if (mm.k > full) {
-    std::string mask =
-        w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.k - full));
-    acc = step(w.indexConstant(full), mask, acc);
-  }
-  return acc;
-}
-
-// C[rows x cols] at (rowLo, colLo) as dot products of A's rows with B^T's
-// rows: 16-lane partial sums along K (dotSums), each reduced to its element.
-void emitDotTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
-                 const std::string &colLo, int cols) {
-  std::vector<std::string> rowIdx, colIdx;
-  for (int r = 0; r < rows; ++r)
-    rowIdx.push_back(r == 0 ? rowLo : add(w, rowLo, r));
-  for (int c = 0; c < cols; ++c)
-    colIdx.push_back(c == 0 ? colLo : add(w, colLo, c));
-  std::vector<std::string> acc = dotSums(w, mm, rowIdx, colIdx);
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) {
-      std::string sum = w.assign(fmt::format("vector.reduction <add>, {} : {} into f32",
-                                             acc[r * cols + c], kVec));
-      if (mm.accumulate) {
-        std::string old = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.c, rowIdx[r],
-                                               colIdx[c], cType(mm)));
-        sum = w.assign(fmt::format("arith.addf {}, {} : f32", widened(w, old, mm.cElem, false), sum));
-      }
-      if (mm.cElem != "f32")
-        sum = w.assign(fmt::format("arith.truncf {} : f32 to {}", sum, mm.cElem));
-      w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", sum, mm.c, rowIdx[r], colIdx[c],
-                         cType(mm)));
-    }
-}
-
-// Two vectors that each hold 16 / g columns' partial sums, g lanes a column
-// (column s in lanes [s * g, (s + 1) * g)), added pairwise into one that
-// holds a's columns, then b's, g / 2 lanes each.
-std::string foldColumns(MlirWriter &w, const std::string &a, const std::string &b, int g) {
-  std::vector<int> low, high;
-  for (int from : {0, kLanes})
-    for (int s = 0; s < kLanes / g; ++s)
-      for (int l = 0; l < g / 2; ++l) {
-        low.push_back(from + s * g + l);
-        high.push_back(from + s * g + g / 2 + l);
-      }
-  auto shuffle = [&](const std::vector<int> &lanes) {
-    return w.assign(fmt::format("vector.shuffle {}, {} [{}] : {}, {}", a, b, fmt::join(lanes, ", "),
-                                kVec, kVec));
-  };
-  return w.assign(fmt::format("arith.addf {}, {} : {}", shuffle(low), shuffle(high), kVec));
-}
-
-// A power-of-two count of vectors, each 16 / g columns of g lanes, folded
-// pairwise into one. Every column's lanes add up in the same tree however
-// the columns were grouped (the same bits at any row piece).
-std::string foldAllColumns(MlirWriter &w, std::vector<std::string> sets, int g) {
-  if (sets.empty() || (sets.size() & (sets.size() - 1)) != 0 ||
-      sets.size() > static_cast<size_t>(g))
-    throw std::logic_error("tiled matmul: folds a power-of-two count of column sets, "
-                           "at most 16 columns");
-  for (; sets.size() > 1; g /= 2) {
-    std::vector<std::string> folded;
-    for (size_t i = 0; i < sets.size(); i += 2)
-      folded.push_back(foldColumns(w, sets[i], sets[i + 1], g));
-    sets = std::move(folded);
-  }
-  return sets.front();
-}
-
-// The columns one K loop of emitDotRow takes for `rows` rows: a power of
-// two, as many as the tile's accumulators allow for all the rows, at most
-// 4 rows of B^T streaming side by side. More streams ran slower: the MLP
-// 784-1024-1024-10 with W^T at batch 1 (2 threads, Zen 4) took
-// 0.044-0.054 ms with 4, 0.050-0.053 with 8; at batch 4, 0.073-0.088 with
-// 4x4 against 0.100-0.119 with 2x8. (AVX2's 4 sums are untimed.)
-int rowDotColumns(const RegisterTile &tile, int rows) {
-  int columns = 1;
-  while (columns < 4 && 2 * columns * rows <= tile.rowDotSums)
-    columns *= 2;
-  return columns;
-}
-
-// C[row .. row + rows, col .. col + count) (count <= 16; lanes past it
-// masked off), one vector a row: B^T's rows are read rowDotColumns at a
-// time (that many streams along K, each row of A times each into its own
-// accumulator); each group's partial sums fold into one vector per row
-// when its K loop ends, and those fold into the row's 16 sums, which reach
-// the epilogue as one vector, as the vector tile's do.
-void emitDotRow(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                const std::string &row, int rows, const std::string &col, int64_t count) {
-  const int group = rowDotColumns(tile, rows);
-  std::vector<std::string> rowIdx;
-  for (int r = 0; r < rows; ++r)
-    rowIdx.push_back(r == 0 ? row : add(w, row, r));
-  std::vector<std::vector<std::string>> groups(static_cast<size_t>(rows));
-  std::string zero = zeroVector(w, kVec);
-  for (int first = 0; first < kLanes; first += group) {
-    std::vector<std::string> colIdx;
-    for (int c = first; c < first + group && c < count; ++c)
-      colIdx.push_back(c == 0 ? col : add(w, col, c));
-    std::vector<std::string> sums;
-    if (!colIdx.empty())
-      sums = dotSums(w, mm, rowIdx, colIdx);
-    for (size_t r = 0; r < groups.size(); ++r) {
-      std::vector<std::string> ofRow(static_cast<size_t>(group), zero);
-      for (size_t c = 0; c < colIdx.size(); ++c)
-        ofRow[c] = sums[r * colIdx.size() + c];
-      groups[r].push_back(foldAllColumns(w, ofRow, kLanes));
-    }
-  }
-  std::string mask;
-  if (count < kLanes)
-    mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", count));
-  std::vector<std::string> sums;
-  for (size_t r = 0; r < groups.size(); ++r) {
-    std::string sum = foldAllColumns(w, groups[r], kLanes / group);
-    if (mm.accumulate) {
-      std::string old = loadLanes(w, mm.c, cType(mm), mm.cElem, rowIdx[r], col, mask);
-      sum = w.assign(fmt::format("arith.addf {}, {} : {}", sum,
-                                 widened(w, old, mm.cElem, true), kVec));
-    }
-    sums.push_back(sum);
-  }
-  storeTile(w, mm, row, rows, col, 1, mask, sums);
-}
-
-// Rows [lo, hi) of A x B^T with few rows (dotProductsByRow): 16 columns
-// at a time, each row's in one vector (emitDotRow). All the rows share
-// each K loop where their count is known (B^T streams from memory once, in
-// its own order: a second piece of rows would re-read the columns' rows of
-// B^T from L2, which at batch 3 cost the MLP above a third); a call's row
-// range (rows split between threads) goes in pieces of 4, 2 and 1.
-void emitDotRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                 const IndexRange &cols, const IndexRange &rows) {
-  if (tile.rows > 8)
-    throw std::logic_error("tiled matmul: dot products by row take at most 7 rows");
-  auto rowsAt = [&](const std::string &col, int64_t columns) {
-    emitFewRows(w, rows, 4, [&](const std::string &row, int pieceRows) {
-      emitDotRow(w, mm, tile, row, pieceRows, col, columns);
-    });
-  };
-  int64_t whole = mm.n / kLanes * kLanes;
-  WholePieces pieces = wholePiecesOfC(w, cols, mm.n, whole);
-  if (whole > 0) {
-    std::string col = w.beginFor(cols.lo, pieces.end, kLanes);
-    rowsAt(col, kLanes);
-    w.endFor();
-  }
-  emitRestOfC(w, pieces, [&] { rowsAt(w.indexConstant(whole), mm.n - whole); });
-}
-
-// Rows [lo, hi) of A x B^T: 4x4 tiles, then the leftover rows and columns
-// one at a time.
-void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const IndexRange &cols, const std::string &lo, const std::string &hi,
-                     const std::string &tileEnd) {
-  int64_t colTiles = mm.n / tile.dotCols * tile.dotCols;
-  auto columns = [&](const std::string &row, int rows) {
-    WholePieces tiles = wholePiecesOfC(w, cols, mm.n, colTiles);
-    if (colTiles > 0) {
-      std::string col = w.beginFor(cols.lo, tiles.end, tile.dotCols);
-      emitDotTile(w, mm, row, rows, col, tile.dotCols);
-      w.endFor();
-    }
-    emitRestOfC(w, tiles, [&] {
-      std::string col = w.beginFor(w.indexConstant(colTiles), w.indexConstant(mm.n));
-      emitDotTile(w, mm, row, rows, col, 1);
-      w.endFor();
-    });
-  };
-  std::string row = w.beginFor(lo, tileEnd, tile.dotRows);
-  columns(row, tile.dotRows);
-  w.endFor();
-  std::string r = w.beginFor(tileEnd, hi);
-  columns(r, 1);
-  w.endFor();
 }
 
 constexpr RegisterTile kAvx512Tile{"8x32", 8, 2, 4, 4, 16};
