@@ -431,11 +431,15 @@ ConvMatrix KernelEmitter::chunkCol(const std::string &col, int64_t depth, const 
 }
 
 bool KernelEmitter::convTaps(const Node &n) const {
-  if (n.op != OpKind::Conv2d)
+  // conv2d (x, w) -> y; conv2d_grad_input (dy, w) -> dx.
+  bool forward = n.op == OpKind::Conv2d;
+  if (!forward && n.op != OpKind::Conv2dGradInput)
     return false;
-  const Shape &xs = shapeOf(n.operands[0]), &ws = shapeOf(n.operands[1]);
+  const Shape &xs = forward ? shapeOf(n.operands[0]) : n.type.shape;
+  const Shape &ys = forward ? n.type.shape : shapeOf(n.operands[0]);
+  const Shape &ws = shapeOf(n.operands[1]);
   auto stride = n.attrs.getInts("stride");
-  return convReadsTaps(xs[3], n.type.shape[3], ws[2], ws[3], stride[0] == 1 && stride[1] == 1);
+  return convReadsTaps(xs[3], ys[3], ws[2], ws[3], stride[0] == 1 && stride[1] == 1);
 }
 
 std::string KernelEmitter::matrixView(ValueId id, const std::string &sample, int64_t rows,
@@ -686,11 +690,26 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       return false;
     const Shape &ws = shapeOf(w), &gs = shapeOf(g), &xs = n.type.shape;
     int64_t depth = ws[1] * ws[2] * ws[3], points = gs[2] * gs[3], outGroup = ws[0] / groups;
-    std::string col = colBuffer(ws, gs);
-    std::string panel = panelBuffer(false, depth, outGroup);
+    bool taps = convTaps(n);
+    std::string col = taps ? "" : colBuffer(ws, gs);
+    std::string panel = taps ? "" : panelBuffer(false, depth, outGroup);
     Index sample = openLoops({gs[0]}, parallel);
     forEachConvGroup(groups, [&](const std::string &group) {
       std::string weights = matrixView(w, "", ws[0], depth, group, outGroup);
+      if (taps) {
+        // dx = dy convolved with the flipped kernel: a stride-1 conv of the
+        // same width, whose padding is the rest of the kernel's reach.
+        auto padding = n.attrs.getInts("padding"), dilation = n.attrs.getInts("dilation");
+        ConvMatrix dx = groupMatrix(id, sample[0], xs[1], xs[2] * xs[3], group, ws[1]);
+        TiledMatMul mm{weights, "", dx.value, ws[1], outGroup * ws[2] * ws[3], dx.cols, "", ""};
+        mm.aType = fmt::format("memref<{}x{}xf32>", outGroup, depth);
+        mm.taps = ConvTaps{matrixView(g, sample[0], gs[1], points, group, outGroup), outGroup,
+                           gs[2], gs[3], xs[2], ws[2], ws[3],
+                           dilation[0] * (ws[2] - 1) - padding[0],
+                           dilation[1] * (ws[3] - 1) - padding[1], dilation[0], dilation[1], true};
+        emitTiledMatMul(w_, mm);
+        return;
+      }
       ConvMatrix whole = groupMatrix(g, sample[0], gs[1], points, group, outGroup);
       forEachConvChunk(gs, convChunkRows(depth, gs), groupFirst(group, ws[1]),
                        [&](const ConvChunk &chunk) {
@@ -1014,7 +1033,9 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   const Node &n = node(id);
   // (Atomic accumulation zeroes the output in a nest of its own first: see
   // emitGpu.)
-  if (!target_.atomicAccumulate)
+  // (An input gradient through the taps stores every element.)
+  if (!target_.atomicAccumulate && !(n.op == OpKind::Conv2dGradInput && convTaps(n) &&
+                                     convAsMatmul(n, kNoValue, n.operands[0], n.operands[1])))
     zeroChunk(id, parallel);
   DType dt = n.type.dtype;
   auto ifValid = [&](const std::string &cond, const std::function<void()> &body) {

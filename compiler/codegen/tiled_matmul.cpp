@@ -446,6 +446,12 @@ void emitTapTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
   VectorLoop loop = openVectorLoop(w, w.indexConstant(0), w.indexConstant(t.channels), inits);
   std::string firstK = w.assign(
       fmt::format("arith.muli {}, {} : index", loop.iv, w.indexConstant(taps)));
+  // With flipped weights, each row's first element of A: row * taps.
+  std::vector<std::string> rowTaps;
+  for (int r = 0; t.flipped && r < rows; ++r)
+    rowTaps.push_back(w.assign(fmt::format("arith.muli {}, {} : index",
+                                           r == 0 ? rowLo : add(w, rowLo, r),
+                                           w.indexConstant(taps))));
   std::vector<std::string> sums = loop.accs;
   for (int64_t tap = 0; tap < taps; ++tap) {
     std::vector<std::string> bv;
@@ -454,8 +460,11 @@ void emitTapTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
                              add(w, firsts[v], shifts[tap]), masks[tap * vectors + v]));
     std::string k = tap == 0 ? firstK : add(w, firstK, tap);
     for (int r = 0; r < rows; ++r) {
-      std::string a = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.a,
-                                           r == 0 ? rowLo : add(w, rowLo, r), k, aType(mm)));
+      std::string a = w.assign(
+          t.flipped ? fmt::format("memref.load {}[{}, {}] : {}", mm.a, loop.iv,
+                                  add(w, rowTaps[r], taps - 1 - tap), aType(mm))
+                    : fmt::format("memref.load {}[{}, {}] : {}", mm.a,
+                                  r == 0 ? rowLo : add(w, rowLo, r), k, aType(mm)));
       std::string splatA = w.assign(fmt::format("vector.broadcast {} : f32 to {}", a, kVec));
       for (int v = 0; v < vectors; ++v) {
         std::string &sum = sums[r * vectors + v];

@@ -27,6 +27,10 @@ struct ConvTaps {
   int64_t channels, height, width; // the input's C, H, W
   int64_t outHeight;
   int64_t kernelH, kernelW, padH, padW, dilationH, dilationW;
+  // A is a convolution's weights [O, C*KH*KW] read for its input gradient
+  // (a convolution of dY, the `input` here, with the kernel flipped): the
+  // tile's row c, channel o, tap t read W[o, c, KH*KW - 1 - t].
+  bool flipped = false;
 };
 
 // Whether a stride-1 convolution's B can be read through its taps
