@@ -17,16 +17,13 @@
 
 namespace stepc::codegen {
 
-// The helpers shared with tiled_dot.cpp are declared in tiled_matmul_parts.h.
+// The helpers shared with tiled_dot.cpp and tiled_panels.cpp are declared in
+// tiled_matmul_parts.h.
 using namespace tiled;
 
 namespace {
 
 constexpr int64_t kBPrefetch = 16; // K steps ahead (see emitVectorTile)
-
-std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32") {
-  return fmt::format("memref<{}x{}x{}>", rows, cols, elem);
-}
 
 std::string typeOf(const std::string &given, int64_t rows, int64_t cols, const std::string &elem) {
   return given.empty() ? memref(rows, cols, elem) : given;
@@ -39,6 +36,10 @@ std::string vectorOf(const std::string &elem, int lanes = kLanes) {
 } // namespace
 
 namespace tiled {
+
+std::string memref(int64_t rows, int64_t cols, const std::string &elem) {
+  return fmt::format("memref<{}x{}x{}>", rows, cols, elem);
+}
 
 std::string aType(const TiledMatMul &mm) {
   return mm.aTransposed ? typeOf(mm.aType, mm.k, mm.m, mm.aElem)
@@ -476,13 +477,13 @@ void emitTapTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
   storeTile(w, mm, rowLo, rows, col, vectors, mask, loop.results);
 }
 
-// Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16). With a
-// mask, the tile is one vector whose lanes past the matrix edge are off.
-// `bCol`, when given, is the column of B to read for C's column `col` (a
-// packed panel of B starts at its own column 0).
+} // namespace
+
+namespace tiled {
+
 void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
-                    const std::string &col, int vectors, const std::string &mask = "",
-                    const std::string &bCol = "") {
+                    const std::string &col, int vectors, const std::string &mask,
+                    const std::string &bCol) {
   if (mm.taps) {
     emitTapTile(w, mm, rowLo, rows, col, vectors, mask);
     return;
@@ -548,6 +549,10 @@ void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &row
   storeTile(w, mm, rowLo, rows, col, vectors, mask, loop.results);
 }
 
+} // namespace tiled
+
+namespace {
+
 constexpr RegisterTile kAvx512Tile{"8x32", 8, 2, 4, 4, 16};
 constexpr RegisterTile kAvx2Tile{"6x16", 6, 1, 2, 2, 4};
 std::atomic<const RegisterTile *> forcedTile{nullptr};
@@ -591,91 +596,6 @@ void forceBf16DotProducts(int state) { forcedBf16Dot.store(state); }
 
 namespace {
 
-// Rows [k0, k0 + depth) of the panel's 16 columns from `group` on, from a
-// 16x16 block of B^T (unit K stride) transposed in registers: four rounds
-// of two-vector shuffles, each swapping the off-diagonal blocks of size s
-// (8, 4, 2, 1) of every 2s x 2s block. Rows of B^T past `depth` load as 0.
-void emitTransposedBlock(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
-                         const std::string &panelType, const std::string &colLo, int64_t group,
-                         const std::string &k0, int64_t depth) {
-  std::string mask;
-  if (depth < kLanes)
-    mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", depth));
-  std::vector<std::string> rows;
-  for (int i = 0; i < kLanes; ++i)
-    rows.push_back(widened(
-        w, loadLanes(w, mm.b, bType(mm), mm.bElem, add(w, colLo, group + i), k0, mask),
-        mm.bElem, true));
-  for (int size : {8, 4, 2, 1}) {
-    // Row i keeps its lanes l with (l & size) == 0 and takes row i + size's
-    // lanes l - size into the others; row i + size the converse.
-    std::vector<int> upper, lower;
-    for (int l = 0; l < kLanes; ++l) {
-      upper.push_back((l & size) == 0 ? l : kLanes + l - size);
-      lower.push_back((l & size) == 0 ? l + size : kLanes + l);
-    }
-    std::vector<std::string> next = rows;
-    for (int i = 0; i < kLanes; ++i) {
-      if (i & size)
-        continue;
-      for (auto [at, lanes] : {std::pair{i, &upper}, std::pair{i + size, &lower}})
-        next[at] = w.assign(fmt::format("vector.shuffle {}, {} [{}] : {}, {}", rows[i],
-                                        rows[i + size], fmt::join(*lanes, ", "), kVec, kVec));
-    }
-    rows = std::move(next);
-  }
-  for (int64_t j = 0; j < depth; ++j)
-    w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", rows[j], panel, add(w, k0, j),
-                       w.indexConstant(group), panelType, kVec));
-}
-
-// panel[k, c] = B^T[colLo + c, k] for c in [0, cols): a column panel of B
-// copied row-major from B^T, so the vector tile reads it like any B. With a
-// unit K stride, 16x16 blocks are transposed in registers: element by
-// element the copy cost as much as the product itself at K = 64 (batched
-// attention scores, 44% of the FMA peak).
-void emitPackPanel(MlirWriter &w, const TiledMatMul &mm, const std::string &panel,
-                   const std::string &panelType, const std::string &colLo, int64_t cols) {
-  if (!mm.bTransposed) {
-    // B row-major: each row's `cols` columns copied as they are (lanes past
-    // them read 0; the panel is a whole number of vectors wide).
-    std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
-    for (int64_t c = 0; c < cols; c += kLanes) {
-      std::string mask;
-      if (cols - c < kLanes)
-        mask = w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", cols - c));
-      std::string value = widened(
-          w, loadLanes(w, mm.b, bType(mm), mm.bElem, k, c == 0 ? colLo : add(w, colLo, c), mask),
-          mm.bElem, true);
-      w.line(fmt::format("vector.store {}, {}[{}, {}] : {}, {}", value, panel, k,
-                         w.indexConstant(c), panelType, kVec));
-    }
-    w.endFor();
-    return;
-  }
-  if (mm.bUnitK && cols % kLanes == 0) {
-    int64_t full = mm.k / kLanes * kLanes;
-    if (full > 0) {
-      std::string k0 = w.beginFor(w.indexConstant(0), w.indexConstant(full), kLanes);
-      for (int64_t group = 0; group < cols; group += kLanes)
-        emitTransposedBlock(w, mm, panel, panelType, colLo, group, k0, kLanes);
-      w.endFor();
-    }
-    for (int64_t group = 0; mm.k > full && group < cols; group += kLanes)
-      emitTransposedBlock(w, mm, panel, panelType, colLo, group, w.indexConstant(full),
-                          mm.k - full);
-    return;
-  }
-  std::string c = w.beginFor(w.indexConstant(0), w.indexConstant(cols));
-  std::string col = w.assign(fmt::format("arith.addi {}, {} : index", colLo, c));
-  std::string k = w.beginFor(w.indexConstant(0), w.indexConstant(mm.k));
-  std::string value = w.assign(fmt::format("memref.load {}[{}, {}] : {}", mm.b, col, k, bType(mm)));
-  w.line(fmt::format("memref.store {}, {}[{}, {}] : {}", widened(w, value, mm.bElem, false), panel,
-                     k, c, panelType));
-  w.endFor();
-  w.endFor();
-}
-
 // Rows [rowLo, rowEnd) in tiles of `rows` rows (rowEnd empty: the one tile
 // at rowLo) across the call's columns, B read in place: `vectors` vectors a
 // tile, then the columns left (emitColumnPieces). Column tiles outside, row
@@ -712,10 +632,6 @@ void emitLeftoverRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &
                              std::max(1, tile.rows * tile.vectors / pieceRows));
               });
 }
-
-void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const IndexRange &cols, const std::string &lo, const std::string &hi,
-                     const std::string &tileEnd);
 
 // Rows [lo, hi) in blocks of aBlockRows(K) rows: each block's columns of
 // A^T copied into mm.aBlock (lanes past the block's last row as 0), then
@@ -825,85 +741,6 @@ void emitTiledMatMul(MlirWriter &w, const TiledMatMul &mm) {
   emitLeftoverRows(w, mm, tile, cols,
                    {tileEnd, hi, rowRange.count >= 0 ? rowRange.count % rows : -1});
 }
-
-namespace {
-
-// With packB, each column panel of B is first copied (from B^T, or from a
-// row-major B) into bPanel (L1/L2-sized: 64 KB at K = 512 on AVX-512),
-// which the vector tiles then read row-major; every call packs the panels
-// it uses into its own buffer, so parallel calls share nothing.
-void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
-                     const IndexRange &cols, const std::string &lo, const std::string &hi,
-                     const std::string &tileEnd) {
-  const int rows = tile.rows, vectors = tile.vectors;
-  int64_t wideCols = (mm.n / (vectors * kLanes)) * vectors * kLanes;
-  int64_t narrowCols = (mm.n / kLanes) * kLanes;
-  std::string panelType = panelBufferType(mm.k);
-  TiledMatMul fromPanel = mm;
-  fromPanel.b = mm.bPanel;
-  fromPanel.bType = panelType;
-  fromPanel.bTransposed = false;
-  fromPanel.bElem = "f32"; // the panel holds B widened
-
-  // Column panels outside, row tiles inside. The range's wide panels start
-  // at its first column (a multiple of their width); the columns past C's
-  // last wide panel go to the range that ends past them.
-  WholePieces panels = wholePiecesOfC(w, cols, mm.n, wideCols);
-  if (wideCols > 0) {
-    std::string col = w.beginFor(cols.lo, panels.end, vectors * kLanes);
-    emitPackPanel(w, mm, mm.bPanel, panelType, col, vectors * kLanes);
-    std::string row = w.beginFor(lo, tileEnd, rows);
-    emitVectorTile(w, fromPanel, row, rows, col, vectors, "", w.indexConstant(0));
-    w.endFor();
-    // Leftover rows of this panel, one at a time.
-    std::string r = w.beginFor(tileEnd, hi);
-    emitVectorTile(w, fromPanel, r, 1, col, vectors, "", w.indexConstant(0));
-    w.endFor();
-    w.endFor();
-  }
-  emitRestOfC(w, panels, [&] {
-    // The columns past the wide panels share one more panel.
-    emitPackPanel(w, mm, mm.bPanel, panelType, w.indexConstant(wideCols), mm.n - wideCols);
-    if (narrowCols > wideCols) {
-      std::string r = w.beginFor(lo, hi);
-      emitVectorTile(w, fromPanel, r, 1, w.indexConstant(wideCols), 1, "", w.indexConstant(0));
-      w.endFor();
-    }
-    if (mm.n > narrowCols) {
-      // The last columns: one masked vector per row, a tile's rows at a time.
-      std::string mask =
-          w.assign(fmt::format("vector.constant_mask [{}] : vector<16xi1>", mm.n - narrowCols));
-      std::string col = w.indexConstant(narrowCols);
-      std::string bCol = w.indexConstant(narrowCols - wideCols);
-      std::string row = w.beginFor(lo, tileEnd, rows);
-      emitVectorTile(w, fromPanel, row, rows, col, 1, mask, bCol);
-      w.endFor();
-      std::string r = w.beginFor(tileEnd, hi);
-      emitVectorTile(w, fromPanel, r, 1, col, 1, mask, bCol);
-      w.endFor();
-    }
-  });
-}
-
-} // namespace
-
-void emitPackColumns(MlirWriter &w, const std::string &bT, const std::string &bTType,
-                     int64_t depth, bool unitK, const std::string &panel,
-                     const std::string &panelType, const std::string &colLo, int64_t cols) {
-  TiledMatMul mm{};
-  mm.b = bT;
-  mm.bType = bTType;
-  mm.k = depth;
-  mm.bTransposed = true;
-  mm.bUnitK = unitK;
-  emitPackPanel(w, mm, panel, panelType, colLo, cols);
-}
-
-std::string panelBufferType(int64_t depth) {
-  return memref(depth, registerTile().vectors * kLanes);
-}
-
-int64_t panelBufferFloats(int64_t depth) { return depth * registerTile().vectors * kLanes; }
 
 int64_t aBlockRows(int64_t depth) {
   int64_t rows = std::min<int64_t>(64, kMaxStackBufferFloats / std::max<int64_t>(depth, 1) / kLanes * kLanes);

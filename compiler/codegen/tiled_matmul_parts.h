@@ -1,7 +1,8 @@
-// The pieces of the tiled matmul (tiled_matmul.h) shared by tiled_matmul.cpp
-// and tiled_dot.cpp (the dot-product paths for B^T read in place): MLIR
-// text helpers, the row and column ranges a call computes, and the tile's
-// store. Internal to those two files.
+// The pieces of the tiled matmul (tiled_matmul.h) shared by tiled_matmul.cpp,
+// tiled_dot.cpp (the dot-product paths for B^T read in place) and
+// tiled_panels.cpp (B's column panels packed into a buffer): MLIR text
+// helpers, the row and column ranges a call computes, the vector tile and
+// its store. Internal to those three files.
 #pragma once
 
 #include "tiled_matmul.h"
@@ -15,6 +16,9 @@ namespace stepc::codegen::tiled {
 
 inline constexpr int kLanes = 16; // f32 lanes of every vector (two ymm registers on AVX2)
 inline constexpr const char *kVec = "vector<16xf32>";
+
+// memref<rows x cols x elem>, row-major.
+std::string memref(int64_t rows, int64_t cols, const std::string &elem = "f32");
 
 // The memref types of mm's A, B and C: the given ones, else row-major.
 std::string aType(const TiledMatMul &mm);
@@ -87,6 +91,14 @@ void storeTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, i
                const std::string &col, int vectors, const std::string &mask,
                const std::vector<std::string> &sums);
 
+// Rows [rowLo, rowLo + rows) x columns [col, col + vectors * 16). With a
+// mask, the tile is one vector whose lanes past the matrix edge are off.
+// `bCol`, when given, is the column of B to read for C's column `col` (a
+// packed panel of B starts at its own column 0).
+void emitVectorTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, int rows,
+                    const std::string &col, int vectors, const std::string &mask = "",
+                    const std::string &bCol = "");
+
 // emitTiledMatMul's paths for B^T read in place (tiled_dot.cpp): with few
 // rows (dotProductsByRow), each row's 16 columns in one vector; else tiles
 // of dot products, rows [lo, tileEnd) whole tiles and [tileEnd, hi) one at
@@ -94,6 +106,14 @@ void storeTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo, i
 void emitDotRows(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
                  const IndexRange &cols, const IndexRange &rows);
 void emitDotProducts(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
+                     const IndexRange &cols, const std::string &lo, const std::string &hi,
+                     const std::string &tileEnd);
+
+// emitTiledMatMul with packB, or a row-major B and a bPanel
+// (tiled_panels.cpp): each column panel of B copied into bPanel, then the
+// row tiles read it there, rows [lo, tileEnd) whole tiles and [tileEnd, hi)
+// one at a time.
+void emitPackedTiles(MlirWriter &w, const TiledMatMul &mm, const RegisterTile &tile,
                      const IndexRange &cols, const std::string &lo, const std::string &hi,
                      const std::string &tileEnd);
 
