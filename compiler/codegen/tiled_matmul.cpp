@@ -749,10 +749,14 @@ int64_t aBlockRows(int64_t depth) {
 
 std::string aBlockType(int64_t depth) { return memref(depth, std::max<int64_t>(aBlockRows(depth), kLanes)); }
 
-bool convReadsTaps(int64_t width, int64_t outWidth, int64_t kernelH, int64_t kernelW,
-                   bool unitStride) {
-  // Up to 7x7: every tap's FMAs are unrolled in the channel loop.
-  return unitStride && outWidth == width && kernelH * kernelW <= 49;
+bool convReadsTaps(const std::vector<int64_t> &stride, int64_t height, int64_t width,
+                   int64_t outHeight, int64_t outWidth, int64_t kernelH, int64_t kernelW) {
+  // Up to 7x7: every tap's FMAs are unrolled in the channel loop. A lane's
+  // point p, and p shifted by a tap's rows, must fit an i32 (the masks'
+  // unsigned comparisons): a generous bound on both planes.
+  bool unitStride = stride.size() == 2 && stride[0] == 1 && stride[1] == 1;
+  return unitStride && outWidth == width && kernelH * kernelW <= 49 &&
+         (height + outHeight) * width < (int64_t(1) << 30);
 }
 
 bool copiesRowMajorPanels(int64_t rows) {

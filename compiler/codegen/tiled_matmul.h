@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace stepc::codegen {
 
@@ -25,7 +26,7 @@ constexpr int64_t kMaxStackBufferFloats = 65536;
 struct ConvTaps {
   std::string input; // one sample's input, memref<C x (H*W) x f32>
   int64_t channels, height, width; // the input's C, H, W
-  int64_t outHeight;
+  int64_t outHeight;                // the output's rows (as wide as the input's)
   int64_t kernelH, kernelW, padH, padW, dilationH, dilationW;
   // A is a convolution's weights [O, C*KH*KW] read for its input gradient
   // (a convolution of dY, the `input` here, with the kernel flipped): the
@@ -33,11 +34,11 @@ struct ConvTaps {
   bool flipped = false;
 };
 
-// Whether a stride-1 convolution's B can be read through its taps
-// (ConvTaps): its output rows are as wide as its input's, and the taps
-// few enough to unroll.
-bool convReadsTaps(int64_t width, int64_t outWidth, int64_t kernelH, int64_t kernelW,
-                   bool unitStride);
+// Whether a convolution's B can be read through its taps (ConvTaps): stride
+// 1, output rows as wide as the input's, taps few enough to unroll, and
+// planes small enough for the lanes' i32 point indices.
+bool convReadsTaps(const std::vector<int64_t> &stride, int64_t height, int64_t width,
+                   int64_t outHeight, int64_t outWidth, int64_t kernelH, int64_t kernelW);
 
 struct TiledMatMul {
   std::string a, b, c; // memref SSA values
