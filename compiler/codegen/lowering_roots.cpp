@@ -520,7 +520,7 @@ std::string KernelEmitter::colBuffer(const Shape &ws, const Shape &gs) {
 void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
                            const Shape &gs, const ConvChunk &chunk, const ConvMatrix &col) {
   const Shape &xs = shapeOf(x);
-  if (n.attrs.getInts("stride")[1] == 1) {
+  if (n.attrs.getInts("stride")[1] <= 2) {
     im2colRows(n, x, sample, ws, gs, chunk, col);
     return;
   }
@@ -535,10 +535,11 @@ void KernelEmitter::im2col(const Node &n, ValueId x, const std::string &sample, 
                     });
 }
 
-// im2col with a column stride of 1: a tap's output row reads consecutive
-// input columns, so it is copied 16 columns at a time with a masked load
-// (columns in the padding, and a row in it, read as 0) and a masked store,
-// instead of element by element with a select each.
+// im2col with a column stride of 1 or 2: a tap's output row reads
+// consecutive input columns (every other one), so it is copied 16 columns
+// at a time with a masked load (two and a shuffle; columns in the padding,
+// and a row in it, read as 0) and a masked store, instead of element by
+// element with a select each.
 void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &sample, const Shape &ws,
                                const Shape &gs, const ConvChunk &chunk, const ConvMatrix &col) {
   const Shape &xs = shapeOf(x);
@@ -556,7 +557,8 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
   Index tap = openLoops({ws[1], ws[2], ws[3]}, false);
   std::string row = linearize(tap, {ws[1], ws[2], ws[3]});
   // Input column of output column 0: kx * dilation - padding.
-  std::string firstColumn = windowCoordinate(w_.indexConstant(0), tap[2], 1, padding[1], dilation[1]);
+  std::string firstColumn = windowCoordinate(w_.indexConstant(0), tap[2], stride[1], padding[1],
+                                             dilation[1]);
   Index outRow = openLoops({chunk.rows}, false);
   std::string y = windowCoordinate(chunkRow(chunk, outRow[0]), tap[1], stride[0], padding[0],
                                    dilation[0]);
@@ -568,16 +570,32 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
   std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", piece, w_.indexConstant(16)));
   std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(gs[3]), first));
   std::string lanesLeft = w_.assign(fmt::format("vector.create_mask {} : vector<16xi1>", left));
-  std::string from = w_.assign(fmt::format("arith.addi {}, {} : index", firstColumn, first));
-  std::string columns = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", i32Vector(from), lanes));
-  // One unsigned comparison checks 0 <= column < width.
-  std::string inside = w_.assign(fmt::format(
-      "arith.andi {}, {} : vector<16xi1>",
-      w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", columns, width)), rowInside));
-  std::string mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", inside, lanesLeft));
-  std::string v = w_.assign(fmt::format(
-      "vector.maskedload {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {} into {}", viewOf(x), sample,
-      chunkChannel(chunk, tap[0]), yc, from, mask, zero, memrefType(node(x).type), vec, vec));
+  // Input columns from firstColumn + first * stride on, 16 at a time; with
+  // a stride of 2, two loads and every other lane of the 32 (a shuffle).
+  std::string channel = chunkChannel(chunk, tap[0]);
+  std::vector<std::string> parts;
+  for (int64_t part = 0; part < stride[1]; ++part) {
+    std::string from = w_.assign(fmt::format(
+        "arith.addi {}, {} : index", firstColumn,
+        w_.assign(fmt::format("arith.muli {}, {} : index", first, w_.indexConstant(stride[1])))));
+    if (part > 0)
+      from = w_.assign(fmt::format("arith.addi {}, {} : index", from, w_.indexConstant(16 * part)));
+    std::string columns = w_.assign(fmt::format("arith.addi {}, {} : vector<16xi32>", i32Vector(from), lanes));
+    // One unsigned comparison checks 0 <= column < width.
+    std::string mask = w_.assign(fmt::format(
+        "arith.andi {}, {} : vector<16xi1>",
+        w_.assign(fmt::format("arith.cmpi ult, {}, {} : vector<16xi32>", columns, width)), rowInside));
+    if (stride[1] == 1)
+      mask = w_.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", mask, lanesLeft));
+    parts.push_back(w_.assign(fmt::format(
+        "vector.maskedload {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {} into {}", viewOf(x), sample,
+        channel, yc, from, mask, zero, memrefType(node(x).type), vec, vec)));
+  }
+  std::string v = stride[1] == 1
+                      ? parts[0]
+                      : w_.assign(fmt::format("vector.shuffle {}, {} [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, "
+                                              "20, 22, 24, 26, 28, 30] : {}, {}",
+                                              parts[0], parts[1], vec, vec));
   std::string point = w_.assign(fmt::format("arith.addi {}, {} : index", rowStart, first));
   w_.line(fmt::format("vector.maskedstore {}[{}, {}], {}, {} : {}, vector<16xi1>, {}", col.value, row,
                       point, lanesLeft, v, col.type, vec));

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <map>
 #include <string_view>
 #include <stdexcept>
 #include <vector>
@@ -395,8 +396,13 @@ void emitTapTile(MlirWriter &w, const TiledMatMul &mm, const std::string &rowLo,
                  const std::string &col, int vectors, const std::string &mask) {
   const ConvTaps &t = *mm.taps;
   std::string inputType = memref(t.channels, t.height * t.width);
+  // Each i32 splat once (W and H * W recur per tap and vector).
+  std::map<int64_t, std::string> splats;
   auto splat = [&](int64_t v) {
-    return w.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", v));
+    auto [at, added] = splats.try_emplace(v);
+    if (added)
+      at->second = w.assign(fmt::format("arith.constant dense<{}> : vector<16xi32>", v));
+    return at->second;
   };
   auto both = [&](const std::string &a, const std::string &b) {
     return a.empty() ? b : w.assign(fmt::format("arith.andi {}, {} : vector<16xi1>", a, b));
