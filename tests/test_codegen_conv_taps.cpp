@@ -11,6 +11,7 @@
 #include "stepc/autodiff.h"
 #include "stepc/text.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -128,5 +129,63 @@ TEST_P(CodegenConvTaps, ReadsTheInputInPlaceUnlessAControl) {
 
 INSTANTIATE_TEST_SUITE_P(, CodegenConvTaps, ::testing::ValuesIn(cases()),
                          [](const auto &info) { return info.param.name; });
+
+// A conv of 1-3 samples (bias, relu, pool after it): threads split its
+// (sample, block of the register tile's rows of channels) units, whatever
+// the register tile; each channel's values are the interpreter's and the
+// same bits at any thread count, and a perturbed kernel shifts each even
+// element once (`stepc bisect-fusion`).
+std::string fewSamplesConv(int64_t samples) {
+  return fmt::format(R"(graph g {{
+  input %x : f32[{},5,13,11]
+  param %k : f32[21,5,3,3] = he_uniform(seed=1)
+  param %c : f32[21] = normal(mean=0.0, std=0.5, seed=2)
+  %conv = conv2d(%x, %k) {{dilation=[1,1], groups=1, padding=[1,1], stride=[1,1]}}
+  %bias = reshape(%c) {{shape=[21,1,1]}}
+  %pre = add(%conv, %bias)
+  %act = relu(%pre)
+  %pool = max_pool2d(%act) {{kernel=[2,2], padding=[0,0], stride=[2,2]}}
+  output y = %pool
+  output z = %act
+}})",
+                     samples);
+}
+
+TEST(CodegenConvUnits, FewSamplesSplitTheirChannelsBetweenThreads) {
+  stepc::testing::forEachRegisterTile([](const codegen::RegisterTile &tile) {
+    for (int64_t samples : {1, 3, 4}) {
+      SCOPED_TRACE(fmt::format("{} samples", samples));
+      Graph graph = parseGraph(fewSamplesConv(samples));
+      LoweredGraph lowered = lowerGraph(graph, {.cache = false});
+      ASSERT_EQ(lowered.spec.kernels.size(), 1u);
+      int64_t blocks = (21 + tile.rows - 1) / tile.rows;
+      EXPECT_EQ(lowered.spec.kernels[0].parallelExtent, samples < 4 ? samples * blocks : samples);
+      if (samples == 4)
+        continue;
+      TensorMap inputs = randomInputs(graph, 41);
+      TensorMap params = initialParams(graph);
+      TensorMap expected = interpret(graph, inputs, params);
+      std::vector<std::map<std::string, Tensor>> runs;
+      for (int threads : {1, 3}) {
+        runs.push_back(runFused(graph, inputs, params, threads));
+        for (const GraphOutput &out : graph.outputs) {
+          EXPECT_TRUE(stepc::testing::matches(runs.back().at(out.name), expected.at(out.name),
+                                              stepc::testing::toleranceFor(graph, out.value)))
+              << out.name << " at " << threads << " threads";
+          EXPECT_EQ(std::memcmp(runs.back().at(out.name).bytes(), runs[0].at(out.name).bytes(),
+                                runs[0].at(out.name).nbytes()),
+                    0)
+              << out.name << " differs between 1 and " << threads << " threads";
+        }
+      }
+    }
+  });
+}
+
+TEST(CodegenConvUnits, PerturbedKernelShiftsEachEvenElementOnce) {
+  Graph graph = parseGraph(fewSamplesConv(3));
+  stepc::testing::expectPerturbationShiftsEachEvenElementOnce(graph, randomInputs(graph, 43), 0,
+                                                              {"y", "z"});
+}
 
 } // namespace

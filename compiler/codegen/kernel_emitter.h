@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace stepc::codegen {
@@ -105,6 +106,19 @@ private:
   // [productColumnsBegin_, productColumnsEnd_) (the last unit partial),
   // which emitTiledProduct computes for every row; else empty.
   std::string productColumnsBegin_, productColumnsEnd_;
+  // A kernel around a conv2d of few samples: threads split its (sample,
+  // block of a register tile's rows of output channels) units instead of
+  // its samples, so one image keeps every thread busy; 0 where samples
+  // are split.
+  int64_t convChannelUnits() const;
+  bool convUnits_ = false;
+  // With conv units: the call's samples [first, last), and for each, the
+  // output channels the call owns.
+  std::string convSamplesFirst_, convSamplesLast_;
+  std::pair<std::string, std::string> convUnitChannels(const std::string &sample);
+  void emitConvChannelPerturbation();
+  // The pool after a conv with units: the call's channels (empty: all).
+  std::string poolChannelsBegin_, poolChannelsEnd_;
   // Fault injection for such a kernel: the call's columns of every output.
   void emitProductColumnPerturbation();
   // TiledMatMul::bPanel for a product of `rows` rows and depth K, allocated

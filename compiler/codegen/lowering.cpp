@@ -633,6 +633,19 @@ KernelSource KernelEmitter::emit() {
                                                     w_.indexConstant(kProductColumnBlock))),
                               w_.indexConstant(width)));
   }
+  int64_t convUnits = parallel && productUnits == 0 ? convChannelUnits() : 0;
+  if (convUnits > 0) {
+    extent = convUnits;
+    parallel = false;
+    convUnits_ = true;
+    int64_t blocks = convUnits / shapeOf(plan.nests.front().roots.front())[0];
+    convSamplesFirst_ = w_.assign(
+        fmt::format("arith.divui {}, {} : index", begin_, w_.indexConstant(blocks)));
+    convSamplesLast_ = w_.assign(fmt::format(
+        "arith.divui {}, {} : index",
+        w_.assign(fmt::format("arith.addi {}, {} : index", end_, w_.indexConstant(blocks - 1))),
+        w_.indexConstant(blocks)));
+  }
   for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
     // A product whose epilogue runs on its register tile computes the roots
@@ -650,6 +663,8 @@ KernelSource KernelEmitter::emit() {
   // its columns, a product its call's columns.
   if (perturbation_ != 0 && productUnits > 0)
     emitProductColumnPerturbation();
+  else if (perturbation_ != 0 && convUnits > 0)
+    emitConvChannelPerturbation();
   else if (perturbation_ != 0 && !attention && !columns)
     emitPerturbation(parallel, extent);
   w_.line("return");

@@ -10,6 +10,8 @@
 
 #include <cmath>
 #include <functional>
+#include <tuple>
+#include <utility>
 
 namespace stepc::codegen {
 
@@ -604,6 +606,84 @@ void KernelEmitter::im2colRows(const Node &n, ValueId x, const std::string &samp
   closeLoops(tap.size());
 }
 
+namespace {
+// Below this many samples a conv's threads split its output channels too
+// (convChannelUnits): split by samples alone, threads past the batch size
+// would idle (one image: all but one).
+constexpr int64_t kConvUnitsBelowSamples = 4;
+} // namespace
+
+int64_t KernelEmitter::convChannelUnits() const {
+  const KernelPlan &plan = group_.kernel;
+  if (plan.nests.empty() || !plan.rowParallel)
+    return 0;
+  // Later nests run only as the conv's epilogue or pool (emit() stops
+  // after it).
+  const LoopNest &nest = plan.nests.front();
+  if (nest.kind != NestKind::Contraction ||
+      (plan.nests.size() > 1 && nest.epilogue.empty() && !nest.samplePool))
+    return 0;
+  ValueId conv = nest.roots.front();
+  const Node &n = node(conv);
+  if (n.op != OpKind::Conv2d || n.attrs.getInt("groups") != 1 ||
+      !convAsMatmul(n, n.operands[0], conv, n.operands[1]))
+    return 0;
+  const Shape &out = n.type.shape;
+  int64_t blocks = (out[1] + registerTile().rows - 1) / registerTile().rows;
+  if (out[0] >= kConvUnitsBelowSamples || blocks < 2)
+    return 0;
+  // Every root is per (sample, channel): the conv, its epilogue, its pool.
+  for (ValueId r : plan.roots) {
+    const Shape &shape = shapeOf(r);
+    if (shape.size() != 4 || shape[0] != out[0] || shape[1] != out[1])
+      return 0;
+  }
+  return out[0] * blocks;
+}
+
+// Units u = sample * blocks + block, blocks of the register tile's rows:
+// the call's units [begin, end) are its samples [first, last) and, in
+// each, output channels [max(begin - sample * blocks, 0), min(end - sample
+// * blocks, blocks)) blocks (the last block partial).
+std::pair<std::string, std::string> KernelEmitter::convUnitChannels(const std::string &sample) {
+  const Shape &out = shapeOf(group_.kernel.nests.front().roots.front());
+  int64_t rows = registerTile().rows, blocks = (out[1] + rows - 1) / rows;
+  std::string first = w_.assign(
+      fmt::format("arith.muli {}, {} : index", sample, w_.indexConstant(blocks)));
+  auto unitsFrom = [&](const std::string &unit) {
+    return w_.assign(fmt::format("arith.subi {}, {} : index", unit, first));
+  };
+  std::string lo = w_.assign(fmt::format("arith.maxsi {}, {} : index", unitsFrom(begin_),
+                                         w_.indexConstant(0)));
+  std::string hi = w_.assign(fmt::format("arith.minsi {}, {} : index", unitsFrom(end_),
+                                         w_.indexConstant(blocks)));
+  auto channel = [&](const std::string &block) {
+    std::string c = w_.assign(
+        fmt::format("arith.muli {}, {} : index", block, w_.indexConstant(rows)));
+    return w_.assign(fmt::format("arith.minsi {}, {} : index", c, w_.indexConstant(out[1])));
+  };
+  return {channel(lo), channel(hi)};
+}
+
+void KernelEmitter::emitConvChannelPerturbation() {
+  for (ValueId id : group_.outputs) {
+    if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
+      continue;
+    const Shape &shape = shapeOf(id);
+    w_.pushScope();
+    std::string sample = w_.beginFor(convSamplesFirst_, convSamplesLast_);
+    auto [lo, hi] = convUnitChannels(sample);
+    Index idx{sample, w_.beginFor(lo, hi)};
+    Index rest = openLoops(shape, false, 2);
+    idx.insert(idx.end(), rest.begin(), rest.end());
+    perturbElement(id, idx);
+    closeLoops(rest.size());
+    w_.endFor();
+    w_.endFor();
+    w_.popScope();
+  }
+}
+
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
   const Node &n = node(id);
   int64_t groups = n.attrs.getInt("groups");
@@ -616,7 +696,15 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
     bool taps = convTaps(n);
     std::string col = taps ? "" : colBuffer(ws, os);
     std::string panel = taps ? "" : panelBuffer(false, outGroup, depth);
-    Index sample = openLoops({os[0]}, parallel);
+    // The call's samples, and with conv units its channels of each.
+    Index sample;
+    std::string rowBegin, rowEnd;
+    if (convUnits_) {
+      sample.push_back(w_.beginFor(convSamplesFirst_, convSamplesLast_));
+      std::tie(rowBegin, rowEnd) = convUnitChannels(sample[0]);
+    } else {
+      sample = openLoops({os[0]}, parallel);
+    }
     tileSample_ = sample[0];
     forEachConvGroup(groups, [&](const std::string &group) {
       std::string weights = matrixView(w, "", ws[0], depth, group, outGroup);
@@ -625,7 +713,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       tileRowBase_ = groupFirst(group, outGroup);
       if (taps) {
         auto padding = n.attrs.getInts("padding"), dilation = n.attrs.getInts("dilation");
-        TiledMatMul mm{weights, "", out.value, outGroup, depth, points, "", ""};
+        TiledMatMul mm{weights, "", out.value, outGroup, depth, points, rowBegin, rowEnd};
         mm.taps = ConvTaps{matrixView(x, sample[0], xs[1], xs[2] * xs[3], group, ws[1]),
                            ws[1], xs[2], xs[3], os[2], ws[2], ws[3], padding[0], padding[1],
                            dilation[0], dilation[1]};
@@ -636,7 +724,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
                          [&](const ConvChunk &chunk) {
           ConvMatrix b = chunkCol(col, depth, chunk, os[3]), c = chunkColumns(out, chunk, os[3]);
           im2col(n, x, sample[0], ws, os, chunk, b);
-          TiledMatMul mm{weights, b.value, c.value, outGroup, depth, c.cols, "", ""};
+          TiledMatMul mm{weights, b.value, c.value, outGroup, depth, c.cols, rowBegin, rowEnd};
           mm.bType = b.type;
           mm.cType = c.type;
           mm.bPanel = panel;
@@ -652,10 +740,18 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       }
       tileRowBase_.clear();
     });
-    if (afterSample_)
+    if (afterSample_) {
+      poolChannelsBegin_ = rowBegin;
+      poolChannelsEnd_ = rowEnd;
       afterSample_(sample[0]);
+      poolChannelsBegin_.clear();
+      poolChannelsEnd_.clear();
+    }
     tileSample_.clear();
-    closeLoops(sample.size());
+    if (convUnits_)
+      w_.endFor();
+    else
+      closeLoops(sample.size());
     return true;
   }
   if (n.op == OpKind::Conv2dGradWeight) { // operands (x, g); rows of dW split among calls
@@ -893,7 +989,15 @@ void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const 
   auto addIndex = [&](const std::string &a, int64_t b) {
     return w_.assign(fmt::format("arith.addi {}, {} : index", a, w_.indexConstant(b)));
   };
-  Index o = openLoops({os[1], os[2]}, false); // channel, output row
+  // channel, output row: with conv units, the call's channels only.
+  bool channelRange = !poolChannelsBegin_.empty();
+  Index o;
+  if (channelRange) {
+    o.push_back(w_.beginFor(poolChannelsBegin_, poolChannelsEnd_));
+    o.push_back(openLoops({os[2]}, false)[0]);
+  } else {
+    o = openLoops({os[1], os[2]}, false);
+  }
   std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant((os[3] + 15) / 16));
   std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk, w_.indexConstant(16)));
   std::string left = w_.assign(fmt::format("arith.subi {}, {} : index", w_.indexConstant(os[3]), first));
@@ -960,7 +1064,9 @@ void KernelEmitter::emitSamplePool(ValueId id, const std::string &sample, const 
   w_.line(fmt::format("vector.maskedstore {}[{}, {}, {}, {}], {}, {} : {}, vector<16xi1>, {}", viewOf(id), sample,
                       o[0], o[1], first, lanesLeft, acc, memrefType(n.type), vec));
   w_.endFor();
-  closeLoops(o.size());
+  closeLoops(channelRange ? 1 : o.size());
+  if (channelRange)
+    w_.endFor();
 }
 
 void KernelEmitter::emitPool(ValueId id, bool parallel) {
