@@ -22,15 +22,15 @@ using Index = std::vector<std::string>;
 using Strides = std::vector<int64_t>;
 
 // A convolution's sample in chunks of output rows (lowering_roots.cpp):
-// `rows` rows from `firstRow` (empty: the sample's whole, from row 0), in a
-// col buffer of `bufferPoints` columns.
+// `rows` rows from `firstRow`, `points` output points from `firstPoint`
+// (both empty: the sample's whole, from 0), in a col buffer of
+// `bufferPoints` columns.
 struct ConvChunk {
-  std::string firstRow;
-  int64_t rows;
+  std::string firstRow, firstPoint;
+  int64_t rows, points;
   int64_t bufferPoints;
   // The group's first channel of x (im2col) or dx (col2im); empty: 0.
   std::string firstChannel;
-  int64_t points(int64_t width) const { return rows * width; }
 };
 
 // A matrix of a convolution's products: a memref value, its type, its shape.
@@ -115,8 +115,12 @@ private:
   // With conv units: the call's samples [first, last), and for each, the
   // output channels the call owns.
   std::string convSamplesFirst_, convSamplesLast_;
+  void beginConvUnits(int64_t units);
   std::pair<std::string, std::string> convUnitChannels(const std::string &sample);
   void emitConvChannelPerturbation();
+  // body(output) for each output that fault injection perturbs, in a
+  // scope of its own.
+  void forEachPerturbedOutput(const std::function<void(ValueId)> &body);
   // The pool after a conv with units: the call's channels (empty: all).
   std::string poolChannelsBegin_, poolChannelsEnd_;
   // Fault injection for such a kernel: the call's columns of every output.
@@ -180,6 +184,9 @@ private:
   bool convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w) const;
   // A conv2d whose col matrix the tiled matmul reads from x (ConvTaps).
   bool convTaps(const Node &n) const;
+  // A conv2d_grad_input that stores all of dx through the taps (no col2im,
+  // so no zeroed output to add into).
+  bool convGradInputByTaps(const Node &n) const;
   bool emitConvAsMatmul(ValueId id, bool parallel);
   // A sample's [rows, cols] matrix of `id` (all of id without a sample),
   // or the group's groupRows rows of it.
@@ -204,10 +211,9 @@ private:
   // The sample's output row of the chunk's row `row`.
   std::string chunkRow(const ConvChunk &chunk, const std::string &row);
   // The chunk's columns (its points) of a sample's [C, OH*OW] matrix.
-  ConvMatrix chunkColumns(const ConvMatrix &whole, const ConvChunk &chunk, int64_t width);
+  ConvMatrix chunkColumns(const ConvMatrix &whole, const ConvChunk &chunk);
   // The col buffer's first chunk.points(width) columns.
-  ConvMatrix chunkCol(const std::string &col, int64_t depth, const ConvChunk &chunk,
-                      int64_t width);
+  ConvMatrix chunkCol(const std::string &col, int64_t depth, const ConvChunk &chunk);
   bool emitLeadingAxesReduction(ValueId id, bool parallel, const std::string &init);
   std::string colBuffer(const Shape &ws, const Shape &gs);
   void im2col(const Node &n, ValueId x, const std::string &sample, const Shape &ws,

@@ -637,14 +637,7 @@ KernelSource KernelEmitter::emit() {
   if (convUnits > 0) {
     extent = convUnits;
     parallel = false;
-    convUnits_ = true;
-    int64_t blocks = convUnits / shapeOf(plan.nests.front().roots.front())[0];
-    convSamplesFirst_ = w_.assign(
-        fmt::format("arith.divui {}, {} : index", begin_, w_.indexConstant(blocks)));
-    convSamplesLast_ = w_.assign(fmt::format(
-        "arith.divui {}, {} : index",
-        w_.assign(fmt::format("arith.addi {}, {} : index", end_, w_.indexConstant(blocks - 1))),
-        w_.indexConstant(blocks)));
+    beginConvUnits(convUnits);
   }
   for (const LoopNest &nest : plan.nests) {
     w_.pushScope();
@@ -706,13 +699,20 @@ void KernelEmitter::emitNest(const LoopNest &nest, bool parallel) {
 // must show. A thread of a parallel kernel owns rows [%begin, %end) of dimension 0 of
 // the kernel's extent: it perturbs its rows of outputs of that many rows;
 // other outputs are perturbed by the thread that owns row 0 only.
-void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
+void KernelEmitter::forEachPerturbedOutput(const std::function<void(ValueId)> &body) {
   for (ValueId id : group_.outputs) {
     if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
       continue;
+    w_.pushScope();
+    body(id);
+    w_.popScope();
+  }
+}
+
+void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
+  forEachPerturbedOutput([&](ValueId id) {
     const Shape &shape = shapeOf(id);
     bool split = parallel && !shape.empty() && shape[0] == extent;
-    w_.pushScope();
     bool guard = parallel && !split;
     if (guard) {
       w_.line(fmt::format("scf.if {} {{", w_.assign(fmt::format(
@@ -729,8 +729,7 @@ void KernelEmitter::emitPerturbation(bool parallel, int64_t extent) {
       w_.dedent();
       w_.line("}");
     }
-    w_.popScope();
-  }
+  });
 }
 
 void KernelEmitter::perturbElement(ValueId id, const Index &idx) {

@@ -267,18 +267,14 @@ int64_t KernelEmitter::productColumnUnits() const {
 }
 
 void KernelEmitter::emitProductColumnPerturbation() {
-  for (ValueId id : group_.outputs) {
-    if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
-      continue;
+  forEachPerturbedOutput([&](ValueId id) {
     const Shape &shape = shapeOf(id);
-    w_.pushScope();
     Index idx = openLoops(Shape(shape.begin(), shape.end() - 1), false);
     idx.push_back(w_.beginFor(productColumnsBegin_, productColumnsEnd_));
     perturbElement(id, idx);
     w_.endFor();
     closeLoops(idx.size() - 1);
-    w_.popScope();
-  }
+  });
 }
 
 // The register-tiled product, batch entry by batch entry (or all batch

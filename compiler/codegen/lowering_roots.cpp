@@ -380,20 +380,25 @@ bool KernelEmitter::convAsMatmul(const Node &n, ValueId x, ValueId g, ValueId w)
 void KernelEmitter::forEachConvChunk(const Shape &gs, int64_t chunkRows,
                                      const std::string &firstChannel,
                                      const std::function<void(const ConvChunk &)> &body) {
-  int64_t whole = gs[2] / chunkRows, rest = gs[2] % chunkRows;
+  int64_t whole = gs[2] / chunkRows, rest = gs[2] % chunkRows, width = gs[3];
   if (whole == 1 && rest == 0) {
-    body(ConvChunk{"", chunkRows, chunkRows * gs[3], firstChannel});
+    body(ConvChunk{"", "", chunkRows, chunkRows * width, chunkRows * width, firstChannel});
     return;
   }
+  auto chunkFrom = [&](const std::string &firstRow, int64_t rows) {
+    std::string firstPoint = w_.assign(
+        fmt::format("arith.muli {}, {} : index", firstRow, w_.indexConstant(width)));
+    body(ConvChunk{firstRow, firstPoint, rows, rows * width, chunkRows * width, firstChannel});
+  };
   if (whole > 0) {
     std::string chunk = w_.beginFor(w_.indexConstant(0), w_.indexConstant(whole));
-    body(ConvChunk{w_.assign(fmt::format("arith.muli {}, {} : index", chunk,
-                                         w_.indexConstant(chunkRows))),
-                   chunkRows, chunkRows * gs[3], firstChannel});
+    chunkFrom(w_.assign(fmt::format("arith.muli {}, {} : index", chunk,
+                                    w_.indexConstant(chunkRows))),
+              chunkRows);
     w_.endFor();
   }
   if (rest > 0)
-    body(ConvChunk{w_.indexConstant(whole * chunkRows), rest, chunkRows * gs[3], firstChannel});
+    chunkFrom(w_.indexConstant(whole * chunkRows), rest);
 }
 
 std::string KernelEmitter::chunkChannel(const ConvChunk &chunk, const std::string &channel) {
@@ -408,26 +413,22 @@ std::string KernelEmitter::chunkRow(const ConvChunk &chunk, const std::string &r
              : w_.assign(fmt::format("arith.addi {}, {} : index", chunk.firstRow, row));
 }
 
-ConvMatrix KernelEmitter::chunkColumns(const ConvMatrix &whole, const ConvChunk &chunk,
-                                       int64_t width) {
-  if (chunk.firstRow.empty())
+ConvMatrix KernelEmitter::chunkColumns(const ConvMatrix &whole, const ConvChunk &chunk) {
+  if (chunk.firstPoint.empty())
     return whole;
-  std::string first = w_.assign(fmt::format("arith.muli {}, {} : index", chunk.firstRow,
-                                            w_.indexConstant(width)));
   ConvMatrix part{"", fmt::format("memref<{}x{}xf32, strided<[{}, 1], offset: ?>>", whole.rows,
-                                  chunk.points(width), whole.cols),
-                  whole.rows, chunk.points(width)};
+                                  chunk.points, whole.cols),
+                  whole.rows, chunk.points};
   part.value = w_.assign(fmt::format("memref.subview {}[0, {}] [{}, {}] [1, 1] : {} to {}",
-                                     whole.value, first, part.rows, part.cols, whole.type,
-                                     part.type));
+                                     whole.value, chunk.firstPoint, part.rows, part.cols,
+                                     whole.type, part.type));
   return part;
 }
 
-ConvMatrix KernelEmitter::chunkCol(const std::string &col, int64_t depth, const ConvChunk &chunk,
-                                   int64_t width) {
+ConvMatrix KernelEmitter::chunkCol(const std::string &col, int64_t depth, const ConvChunk &chunk) {
   ConvMatrix full{col, fmt::format("memref<{}x{}xf32>", depth, chunk.bufferPoints), depth,
                   chunk.bufferPoints};
-  int64_t points = chunk.points(width);
+  int64_t points = chunk.points;
   if (points == chunk.bufferPoints)
     return full;
   ConvMatrix part{"", fmt::format("memref<{}x{}xf32, strided<[{}, 1]>>", depth, points,
@@ -436,6 +437,11 @@ ConvMatrix KernelEmitter::chunkCol(const std::string &col, int64_t depth, const 
   part.value = w_.assign(fmt::format("memref.subview {}[0, 0] [{}, {}] [1, 1] : {} to {}", col,
                                      depth, points, full.type, part.type));
   return part;
+}
+
+bool KernelEmitter::convGradInputByTaps(const Node &n) const {
+  return n.op == OpKind::Conv2dGradInput && convTaps(n) &&
+         convAsMatmul(n, kNoValue, n.operands[0], n.operands[1]);
 }
 
 bool KernelEmitter::convTaps(const Node &n) const {
@@ -641,10 +647,22 @@ int64_t KernelEmitter::convChannelUnits() const {
   return out[0] * blocks;
 }
 
+void KernelEmitter::beginConvUnits(int64_t units) {
+  convUnits_ = true;
+  int64_t blocks = units / shapeOf(group_.kernel.nests.front().roots.front())[0];
+  convSamplesFirst_ = w_.assign(
+      fmt::format("arith.divui {}, {} : index", begin_, w_.indexConstant(blocks)));
+  convSamplesLast_ = w_.assign(fmt::format(
+      "arith.divui {}, {} : index",
+      w_.assign(fmt::format("arith.addi {}, {} : index", end_, w_.indexConstant(blocks - 1))),
+      w_.indexConstant(blocks)));
+}
+
 // Units u = sample * blocks + block, blocks of the register tile's rows:
 // the call's units [begin, end) are its samples [first, last) and, in
 // each, output channels [max(begin - sample * blocks, 0), min(end - sample
-// * blocks, blocks)) blocks (the last block partial).
+// * blocks, blocks)) blocks (the last block partial). The pool never makes
+// an empty call, so every sample of a call has a channel.
 std::pair<std::string, std::string> KernelEmitter::convUnitChannels(const std::string &sample) {
   const Shape &out = shapeOf(group_.kernel.nests.front().roots.front());
   int64_t rows = registerTile().rows, blocks = (out[1] + rows - 1) / rows;
@@ -666,22 +684,17 @@ std::pair<std::string, std::string> KernelEmitter::convUnitChannels(const std::s
 }
 
 void KernelEmitter::emitConvChannelPerturbation() {
-  for (ValueId id : group_.outputs) {
-    if (!usedOutside_[id] || !isFloat(dtypeOf(id)))
-      continue;
-    const Shape &shape = shapeOf(id);
-    w_.pushScope();
+  forEachPerturbedOutput([&](ValueId id) {
     std::string sample = w_.beginFor(convSamplesFirst_, convSamplesLast_);
     auto [lo, hi] = convUnitChannels(sample);
     Index idx{sample, w_.beginFor(lo, hi)};
-    Index rest = openLoops(shape, false, 2);
+    Index rest = openLoops(shapeOf(id), false, 2);
     idx.insert(idx.end(), rest.begin(), rest.end());
     perturbElement(id, idx);
     closeLoops(rest.size());
     w_.endFor();
     w_.endFor();
-    w_.popScope();
-  }
+  });
 }
 
 bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
@@ -722,17 +735,14 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       } else {
         forEachConvChunk(os, convChunkRows(depth, os), groupFirst(group, ws[1]),
                          [&](const ConvChunk &chunk) {
-          ConvMatrix b = chunkCol(col, depth, chunk, os[3]), c = chunkColumns(out, chunk, os[3]);
+          ConvMatrix b = chunkCol(col, depth, chunk), c = chunkColumns(out, chunk);
           im2col(n, x, sample[0], ws, os, chunk, b);
           TiledMatMul mm{weights, b.value, c.value, outGroup, depth, c.cols, rowBegin, rowEnd};
           mm.bType = b.type;
           mm.cType = c.type;
           mm.bPanel = panel;
           // The epilogue's columns are the sample's points.
-          tileColumnBase_ = chunk.firstRow.empty()
-                                ? ""
-                                : w_.assign(fmt::format("arith.muli {}, {} : index",
-                                                        chunk.firstRow, w_.indexConstant(os[3])));
+          tileColumnBase_ = chunk.firstPoint;
           mm.epilogue = tileEpilogue_;
           emitTiledMatMul(w_, mm);
           tileColumnBase_.clear();
@@ -785,7 +795,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       ConvMatrix whole = groupMatrix(g, sample[0], gs[1], points, group, outGroup);
       forEachConvChunk(gs, convChunkRows(depth, gs), groupFirst(group, ws[1]),
                        [&](const ConvChunk &chunk) {
-        ConvMatrix b = chunkCol(col, depth, chunk, gs[3]), a = chunkColumns(whole, chunk, gs[3]);
+        ConvMatrix b = chunkCol(col, depth, chunk), a = chunkColumns(whole, chunk);
         im2col(n, x, sample[0], ws, gs, chunk, b);
         TiledMatMul mm{a.value, b.value, grad, outGroup, a.cols, depth, rowBegin, rowEnd};
         mm.aType = a.type;
@@ -832,7 +842,7 @@ bool KernelEmitter::emitConvAsMatmul(ValueId id, bool parallel) {
       ConvMatrix whole = groupMatrix(g, sample[0], gs[1], points, group, outGroup);
       forEachConvChunk(gs, convChunkRows(depth, gs), groupFirst(group, ws[1]),
                        [&](const ConvChunk &chunk) {
-        ConvMatrix dcol = chunkCol(col, depth, chunk, gs[3]), b = chunkColumns(whole, chunk, gs[3]);
+        ConvMatrix dcol = chunkCol(col, depth, chunk), b = chunkColumns(whole, chunk);
         TiledMatMul mm{weights, b.value, dcol.value, depth, outGroup, b.cols, "", ""};
         mm.bType = b.type;
         mm.cType = dcol.type;
@@ -1163,8 +1173,7 @@ void KernelEmitter::emitScatterForm(ValueId id, bool parallel) {
   // (Atomic accumulation zeroes the output in a nest of its own first: see
   // emitGpu.)
   // (An input gradient through the taps stores every element.)
-  if (!target_.atomicAccumulate && !(n.op == OpKind::Conv2dGradInput && convTaps(n) &&
-                                     convAsMatmul(n, kNoValue, n.operands[0], n.operands[1])))
+  if (!target_.atomicAccumulate && !convGradInputByTaps(n))
     zeroChunk(id, parallel);
   DType dt = n.type.dtype;
   auto ifValid = [&](const std::string &cond, const std::function<void()> &body) {
